@@ -1,0 +1,95 @@
+"""Pure box operations. Convention: float ``(x1, y1, x2, y2)`` in pixels of the original image.
+
+Torch tensors go through ``torchvision.ops``; numpy arrays get small vectorised equivalents so that
+data readers, proposal code and the evaluator need no tensor round trip. Conversions to and from
+file formats (0-based inclusive ILSVRC XML, 1-based VOC XML, COCO ``xywh``) happen only at the edges.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision import ops
+
+__all__ = [
+    "box_area",
+    "box_iou",
+    "clip_boxes",
+    "remove_small_boxes",
+    "unique_boxes",
+    "xywh_to_xyxy",
+    "xyxy_to_xywh",
+]
+
+
+def box_area(boxes):
+    """Area of boxes. ``boxes: Tensor[N, 4] | ndarray[N, 4]`` xyxy -> ``[N]`` (no +1 rule)."""
+    if isinstance(boxes, torch.Tensor):
+        return ops.box_area(boxes)
+    boxes = np.asarray(boxes)
+    return (boxes[:, 2] - boxes[:, 0]).clip(min=0) * (boxes[:, 3] - boxes[:, 1]).clip(min=0)
+
+
+def box_iou(a, b):
+    """Pairwise IoU. ``a: [N, 4]``, ``b: [M, 4]`` xyxy (both tensors or both arrays) -> ``[N, M]``."""
+    if isinstance(a, torch.Tensor):
+        return ops.box_iou(a, b)
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clip(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def clip_boxes(boxes, width: int, height: int):
+    """Clip xyxy boxes to ``[0, width] x [0, height]``. Returns the same type as ``boxes``."""
+    if isinstance(boxes, torch.Tensor):
+        return ops.clip_boxes_to_image(boxes, (height, width))
+    boxes = np.array(boxes, copy=True)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes
+
+
+def remove_small_boxes(boxes, min_size: float):
+    """Indices of boxes whose width and height are both ``>= min_size``. ``[N, 4]`` -> ``[K]`` int64."""
+    if isinstance(boxes, torch.Tensor):
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        return torch.where((w >= min_size) & (h >= min_size))[0]
+    boxes = np.asarray(boxes)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return np.flatnonzero((w >= min_size) & (h >= min_size))
+
+
+def unique_boxes(boxes: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Indices of the first occurrence of each distinct box after rounding ``boxes * scale``.
+
+    ``boxes: ndarray[N, 4]`` -> sorted ``ndarray[K]`` int64 (keeps the input order of survivors).
+    """
+    boxes = np.asarray(boxes)
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys = np.round(boxes * scale).astype(np.int64)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    return np.sort(first).astype(np.int64)
+
+
+def xywh_to_xyxy(boxes):
+    """``(x, y, w, h) -> (x1, y1, x2, y2)``. ``[N, 4]`` array or tensor."""
+    if isinstance(boxes, torch.Tensor):
+        return ops.box_convert(boxes, "xywh", "xyxy")
+    boxes = np.array(boxes, dtype=np.float64 if np.asarray(boxes).dtype == np.float64 else np.float32)
+    boxes[:, 2:] += boxes[:, :2]
+    return boxes
+
+
+def xyxy_to_xywh(boxes):
+    """``(x1, y1, x2, y2) -> (x, y, w, h)``. ``[N, 4]`` array or tensor."""
+    if isinstance(boxes, torch.Tensor):
+        return ops.box_convert(boxes, "xyxy", "xywh")
+    boxes = np.array(boxes, dtype=np.float64 if np.asarray(boxes).dtype == np.float64 else np.float32)
+    boxes[:, 2:] -= boxes[:, :2]
+    return boxes

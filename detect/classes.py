@@ -1,0 +1,110 @@
+"""Class lists. The ILSVRC DET list (200 classes, DET_ID 1..200, official order) ships as package data;
+other datasets carry their own classes (VOC names, COCO categories, a ``classes.tsv`` of ours).
+
+Labels everywhere in the library are 0-based indices into a :class:`ClassList`; the ILSVRC DET_ID of
+label ``i`` is ``i + 1``. Region classifiers put background at index 0 and class ``i`` at ``i + 1``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["ClassList", "ilsvrc_det_classes", "read_class_list", "write_class_list"]
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """An ordered list of classes: ``wnids[i]`` (a stable identifier) and ``names[i]`` (for people)."""
+
+    wnids: tuple[str, ...]
+    names: tuple[str, ...]
+
+    def __post_init__(self):
+        if len(self.wnids) != len(self.names):
+            raise ValueError(f"{len(self.wnids)} class ids but {len(self.names)} names")
+        if len(set(self.wnids)) != len(self.wnids):
+            raise ValueError("class ids are not unique")
+
+    def __len__(self) -> int:
+        return len(self.wnids)
+
+    def index(self, key: str) -> int:
+        """0-based label of a class given its id (wnid) or its name; ``KeyError`` when unknown."""
+        lookup = self._lookup()
+        if key not in lookup:
+            raise KeyError(f"unknown class {key!r}")
+        return lookup[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._lookup()
+
+    def _lookup(self) -> dict[str, int]:
+        cache = self.__dict__.get("_cache")
+        if cache is None:
+            cache = {n: i for i, n in enumerate(self.names)}
+            cache.update({w: i for i, w in enumerate(self.wnids)})
+            object.__setattr__(self, "_cache", cache)
+        return cache
+
+    @classmethod
+    def from_names(cls, names) -> "ClassList":
+        names = tuple(str(n) for n in names)
+        return cls(wnids=names, names=names)
+
+
+def _parse_tsv(text: str, source: str) -> ClassList:
+    """Parse ``index<TAB>wnid<TAB>name`` rows (header optional, index 1-based and in order),
+    ``wnid<TAB>name`` rows, or one name per line."""
+    wnids, names = [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.rstrip("\r\n")
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if lineno == 1 and parts[0].strip().lower() in ("index", "id", "det_id"):
+            continue
+        if len(parts) >= 3:
+            try:
+                index = int(parts[0])
+            except ValueError as e:
+                raise ValueError(f"{source}:{lineno}: first column must be an index, got {parts[0]!r}") from e
+            if index != len(wnids) + 1:
+                raise ValueError(f"{source}:{lineno}: index {index}, expected {len(wnids) + 1}")
+            wnids.append(parts[1].strip())
+            names.append(parts[2].strip())
+        elif len(parts) == 2:
+            wnids.append(parts[0].strip())
+            names.append(parts[1].strip())
+        else:
+            wnids.append(parts[0].strip())
+            names.append(parts[0].strip())
+    if not wnids:
+        raise ValueError(f"{source}: no classes")
+    return ClassList(tuple(wnids), tuple(names))
+
+
+def read_class_list(path: str | Path) -> ClassList:
+    """Read a class list file (see :func:`_parse_tsv` for the accepted forms)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read class list ({e.strerror})") from e
+    return _parse_tsv(text, str(path))
+
+
+def write_class_list(classes: ClassList, path: str | Path) -> None:
+    """Write ``index wnid name`` rows (the format of the ILSVRC list), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    rows = ["index\twnid\tname"] + [f"{i + 1}\t{w}\t{n}" for i, (w, n) in enumerate(zip(classes.wnids, classes.names))]
+    tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def ilsvrc_det_classes() -> ClassList:
+    """The 200 ILSVRC 2014 DET classes in official order (label ``i`` is DET_ID ``i + 1``)."""
+    text = resources.files("detect").joinpath("data/ilsvrc_det_classes.tsv").read_text(encoding="utf-8")
+    return _parse_tsv(text, "detect/data/ilsvrc_det_classes.tsv")

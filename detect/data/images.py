@@ -1,0 +1,72 @@
+"""Reading images of any common form into 8-bit RGB, with errors that name the file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageError", "read_image", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+Image.MAX_IMAGE_PIXELS = 400_000_000  # allow large scans, still refuse decompression bombs
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; ``str()`` names the file and the problem."""
+
+    def __init__(self, path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return (arr.astype(np.float32) * (255.0 / top)).round().clip(0, 255).astype(np.uint8)
+    arr = arr.astype(np.float32)
+    top = 1.0 if arr.max(initial=0) <= 1.0 else float(arr.max())
+    return (arr * (255.0 / top)).round().clip(0, 255).astype(np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as ``ndarray[H, W, 3] uint8`` RGB, EXIF orientation applied.
+
+    Grey, grey+alpha, RGBA (composited on white), palette, CMYK, 16-bit and float images are all
+    converted. Raises :class:`ImageError` for a missing, unreadable, truncated or empty image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(path, "file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # broken EXIF must not lose the image
+                pass
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, im).convert("RGB")
+            elif im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = _to_uint8(np.asarray(im))
+                im = Image.fromarray(arr, mode="L").convert("RGB")
+            elif im.mode != "RGB":
+                im = im.convert("RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ImageError(path, "not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(path, f"corrupt or truncated image ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(path, f"image too large ({e})") from None
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageError(path, f"empty image of shape {arr.shape}")
+    return np.ascontiguousarray(arr)
