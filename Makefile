@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` (set up, then the whole pipeline on built-in synthetic data)
+# and `make test` (set up, then the test suite). Both create and reuse a local virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo demo-quick test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/demo.py $(ARGS)
+
+demo-quick: $(STAMP)
+	$(PY) tools/demo.py experiment=demo_quick $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf work outputs multirun .pytest_cache
