@@ -1,0 +1,264 @@
+"""Region classification as in R-CNN: warp each proposal into a fixed-size crop, label it against the
+ground truth, sample R-CNN mini-batches, and average the softmax of an ensemble of classifiers.
+
+Scores and labels put background at column / label 0 and class ``c`` at ``c + 1``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, get_worker_info
+from torchvision import ops
+
+from detect.data.images import read_image
+from detect.data.records import DetectionRecord
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "normalize_image",
+    "warp_regions",
+    "assign_region_labels",
+    "add_ground_truth",
+    "sample_regions",
+    "RegionDataset",
+    "collate_regions",
+    "Ensemble",
+]
+
+
+def normalize_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                    device: str | torch.device = "cpu") -> Tensor:
+    """``ndarray[H, W, 3] uint8`` RGB -> ``Tensor[3, H, W] float32`` ``(x / 255 - mean) / std`` on ``device``."""
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:  # torch refuses to wrap read-only memory (PIL-backed arrays)
+        image = image.copy()
+    x = torch.from_numpy(image).to(device).permute(2, 0, 1).float().div_(255.0)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def context_boxes(boxes: Tensor, size: int, context: int) -> Tensor:
+    """Dilate ``boxes: Tensor[N, 4]`` xyxy about their centres by ``size / (size - 2 * context)``, so that a
+    ``size x size`` warp of the result shows ``context`` output pixels around the original box."""
+    if size <= 2 * context:
+        raise ValueError(f"context {context} leaves no room in a {size}-pixel crop")
+    scale = size / (size - 2 * context)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * (scale / 2)
+    return torch.cat([centre - half, centre + half], dim=1)
+
+
+def warp_regions(image: Tensor, boxes: Tensor, size: int = 224, context: int = 16) -> Tensor:
+    """R-CNN's "warp" crops of all proposals of one image in one batched call.
+
+    image: Tensor[3, H, W] float, normalised (so zero is the mean colour), on any device
+    boxes: Tensor[N, 4] float, xyxy pixels of ``image``
+    returns Tensor[N, 3, size, size] on the image's device and dtype.
+
+    Each box is dilated by :func:`context_boxes` and scaled anisotropically to ``size x size`` with
+    plain bilinear sampling (no antialiasing, as R-CNN's ``imresize(..., 'antialiasing', false)``):
+    output pixel ``(i, j)`` samples the image at ``x1 + (j + 0.5) * w / size`` in continuous
+    coordinates (pixel ``k`` covers ``[k, k + 1)``). Done with ``roi_align(aligned=True,
+    sampling_ratio=1)``: one sample at each bin centre is exactly that bilinear resize. The image is
+    padded with one pixel of zeros first, so that samples outside it blend into zero (the mean) as
+    if the image were embedded in an infinite zero plane; roi_align returns zero further out.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
+    boxes = boxes.to(device=image.device, dtype=image.dtype).reshape(-1, 4)
+    if len(boxes) == 0:
+        return image.new_zeros((0, image.shape[0], size, size))
+    padded = torch.nn.functional.pad(image, (1, 1, 1, 1))[None]
+    rois = context_boxes(boxes, size, context) + 1.0
+    rois = torch.cat([rois.new_zeros((len(rois), 1)), rois], dim=1)
+    return ops.roi_align(padded, rois, output_size=(size, size), spatial_scale=1.0,
+                         sampling_ratio=1, aligned=True)
+
+
+def assign_region_labels(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
+                         gt_ignore: Tensor | None = None, fg_iou: float = 0.5) -> Tensor:
+    """Training label of each proposal.
+
+    proposals: Tensor[N, 4], gt_boxes: Tensor[G, 4] xyxy; gt_labels: Tensor[G] int64 (0-based classes);
+    gt_ignore: Tensor[G] bool (crowd / difficult) or None.
+    returns Tensor[N] int64: ``class + 1`` of the best-overlapping (non-ignored) ground truth when that
+    IoU is ``>= fg_iou``; 0 (background) below; -1 (unused) for a background proposal that overlaps an
+    ignored box by ``>= fg_iou`` (it is neither a positive nor a trustworthy negative).
+    """
+    n = len(proposals)
+    labels = torch.zeros(n, dtype=torch.int64)
+    if len(gt_boxes) == 0 or n == 0:
+        return labels
+    ignore = torch.zeros(len(gt_boxes), dtype=torch.bool) if gt_ignore is None else gt_ignore.bool()
+    iou = ops.box_iou(proposals.float(), gt_boxes.float())
+    if (~ignore).any():
+        best, arg = iou[:, ~ignore].max(dim=1)
+        fg = best >= fg_iou
+        labels[fg] = gt_labels[~ignore][arg[fg]].long() + 1
+    if ignore.any():
+        near_ignored = iou[:, ignore].max(dim=1).values >= fg_iou
+        labels[near_ignored & (labels == 0)] = -1
+    return labels
+
+
+def add_ground_truth(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
+                     gt_ignore: Tensor | None = None, fg_iou: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Proposals plus the (non-ignored) ground-truth boxes, with labels from :func:`assign_region_labels`.
+
+    returns (boxes Tensor[N + G', 4] float32, labels Tensor[N + G'] int64); the ground truth comes first.
+    """
+    keep = torch.ones(len(gt_boxes), dtype=torch.bool) if gt_ignore is None else ~gt_ignore.bool()
+    boxes = torch.cat([gt_boxes[keep].float().reshape(-1, 4), proposals.float().reshape(-1, 4)])
+    return boxes, assign_region_labels(boxes, gt_boxes, gt_labels, gt_ignore, fg_iou)
+
+
+def sample_regions(labels: Tensor, num: int, fg_fraction: float, rng: np.random.Generator) -> Tensor:
+    """Indices of ``num`` regions with ``round(num * fg_fraction)`` positives (R-CNN: 32 of 128).
+
+    labels: Tensor[N] int64 (>0 positive, 0 background, -1 unused) -> Tensor[num] int64.
+    When an image has too few positives the rest is background; a pool smaller than its quota is
+    drawn with replacement, so every image yields exactly ``num`` regions. Raises ``ValueError`` when
+    there is no usable region at all.
+    """
+    labels = labels.cpu().numpy()
+    fg = np.flatnonzero(labels > 0)
+    bg = np.flatnonzero(labels == 0)
+    n_fg = min(int(round(num * fg_fraction)), num) if len(fg) else 0
+    if len(bg) == 0:
+        n_fg = num if len(fg) else 0
+    n_bg = num - n_fg if len(bg) else 0
+    if n_fg + n_bg < num:
+        raise ValueError("no usable regions to sample from")
+    picks = []
+    for pool, k in ((fg, n_fg), (bg, n_bg)):
+        if k:
+            picks.append(rng.choice(pool, size=k, replace=len(pool) < k))
+    return torch.from_numpy(np.concatenate(picks).astype(np.int64))
+
+
+class RegionDataset(Dataset):
+    """Training crops of one image per item: ``regions_per_image`` warped regions, a quarter positive.
+
+    records: DetectionRecord list; proposals: ``image_id -> ndarray[N, 4]`` xyxy (e.g. ProposalStore.get;
+    a missing entry means ground truth only). Item ``i`` -> ``(crops Tensor[R, 3, S, S] float32,
+    labels Tensor[R] int64)``. Each draw flips the image horizontally with probability ``flip_prob``.
+    Randomness comes from ``seed``, the item index and the DataLoader worker's seed (which changes
+    every epoch when the loader has a seeded generator), so members with different seeds see
+    different samples, reproducibly.
+    """
+
+    def __init__(self, records: Sequence[DetectionRecord], proposals: Callable[[str], np.ndarray],
+                 mean: Sequence[float], std: Sequence[float], regions_per_image: int = 64,
+                 fg_fraction: float = 0.25, fg_iou: float = 0.5, crop_size: int = 224,
+                 context: int = 16, flip_prob: float = 0.5, seed: int = 0):
+        self.records = list(records)
+        self.proposals = proposals
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.regions_per_image = regions_per_image
+        self.fg_fraction = fg_fraction
+        self.fg_iou = fg_iou
+        self.crop_size = crop_size
+        self.context = context
+        self.flip_prob = flip_prob
+        self.seed = seed
+        self._calls = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        info = get_worker_info()
+        self._calls += 1
+        stream = info.seed % (2**63) if info is not None else 0
+        return np.random.default_rng([self.seed, index, stream, self._calls])
+
+    def _boxes(self, record: DetectionRecord) -> np.ndarray:
+        try:
+            boxes = self.proposals(record.image_id)
+        except KeyError:
+            return np.zeros((0, 4), np.float32)
+        return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        record = self.records[index]
+        rng = self._rng(index)
+        image = read_image(record.path)
+        height, width = image.shape[:2]
+        boxes, labels = add_ground_truth(
+            torch.from_numpy(self._boxes(record)), torch.from_numpy(record.boxes),
+            torch.from_numpy(record.labels), torch.from_numpy(record.ignore), self.fg_iou)
+        try:
+            pick = sample_regions(labels, self.regions_per_image, self.fg_fraction, rng)
+        except ValueError:
+            raise ValueError(f"{record.path}: no proposals or ground truth to sample regions from") from None
+        boxes, labels = boxes[pick], labels[pick]
+        if rng.random() < self.flip_prob:
+            image = image[:, ::-1]
+            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+        tensor = normalize_image(image, self.mean, self.std)
+        if tensor.shape[1:] != (height, width):
+            raise ValueError(f"{record.path}: unexpected decoded shape {tuple(tensor.shape)}")
+        return warp_regions(tensor, boxes, self.crop_size, self.context), labels
+
+
+def collate_regions(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Concatenate the regions of several images: ``(Tensor[sum R, 3, S, S], Tensor[sum R] int64)``."""
+    crops, labels = zip(*items)
+    return torch.cat(crops), torch.cat(labels)
+
+
+class Ensemble(nn.Module):
+    """Average of the members' softmax probabilities per region, optionally as a cascade.
+
+    members: region classifiers mapping ``Tensor[B, 3, S, S]`` to logits ``Tensor[B, C + 1]`` in eval mode.
+    cascade_threshold: None scores every region with every member; a float lets member 0 score all
+    regions and the others only those whose best foreground probability under member 0 is
+    ``>= cascade_threshold`` (the rest keep member 0's probabilities).
+    """
+
+    def __init__(self, members: Sequence[nn.Module], cascade_threshold: float | None = None):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.cascade_threshold = cascade_threshold
+
+    @staticmethod
+    def _probs(member: nn.Module, x: Tensor) -> Tensor:
+        out = member(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        return logits.float().softmax(dim=1)
+
+    def forward(self, crops: Tensor) -> Tensor:
+        """crops: Tensor[B, 3, S, S] -> probabilities Tensor[B, C + 1] float32 (rows sum to 1)."""
+        probs = self._probs(self.members[0], crops)
+        if len(self.members) == 1:
+            return probs
+        if self.cascade_threshold is None:
+            total = probs.clone()
+            for member in self.members[1:]:
+                total += self._probs(member, crops)
+            return total / len(self.members)
+        passed = torch.where(probs[:, 1:].max(dim=1).values >= self.cascade_threshold)[0]
+        if len(passed) == 0:
+            return probs
+        total = probs[passed].clone()
+        for member in self.members[1:]:
+            total += self._probs(member, crops[passed])
+        probs = probs.clone()
+        probs[passed] = total / len(self.members)
+        return probs
+
+    @torch.inference_mode()
+    def score_regions(self, crops: Tensor, batch_size: int = 128) -> Tensor:
+        """Eval-mode probabilities of ``crops: Tensor[N, 3, S, S]`` in batches -> ``Tensor[N, C + 1]`` float32."""
+        self.eval()
+        if len(crops) == 0:
+            return torch.zeros((0, 0))
+        return torch.cat([self(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)])
