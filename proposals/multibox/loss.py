@@ -1,0 +1,77 @@
+"""The MultiBox training objective (Erhan et al., CVPR 2014, section 3.2).
+
+For one image with predictions ``l_i`` (boxes, normalised xyxy), confidences ``c_i = sigmoid(z_i)``
+and ground truth ``g_j``::
+
+    F(x, l, c) = alpha/2 * sum_ij x_ij ||l_i - g_j||^2 - sum_ij x_ij log c_i - sum_i (1 - sum_j x_ij) log(1 - c_i)
+
+minimised over bipartite assignments ``x`` (each prediction and each ground truth matched at most
+once, ``min(K, G)`` pairs). Since ``F = -sum_i log(1 - c_i) + sum_ij x_ij cost_ij`` with
+``cost_ij = alpha/2 ||l_i - g_j||^2 - log c_i + log(1 - c_i)``, the optimal ``x`` is the linear sum
+assignment of ``cost`` (Hungarian algorithm, scipy). The assignment is held fixed for the gradient.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["match", "multibox_loss", "assignment_cost"]
+
+
+def assignment_cost(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Cost of assigning prediction i to ground truth j.
+
+    pred_boxes: Tensor[K, 4], pred_logits: Tensor[K], gt_boxes: Tensor[G, 4] (normalised xyxy)
+    -> Tensor[K, G]: ``alpha/2 ||l_i - g_j||^2 - log c_i + log(1 - c_i)``.
+    """
+    sq = ((pred_boxes[:, None, :] - gt_boxes[None, :, :]) ** 2).sum(-1)
+    conf = -F.logsigmoid(pred_logits) + F.logsigmoid(-pred_logits)
+    return 0.5 * alpha * sq + conf[:, None]
+
+
+def match(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.Tensor, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal bipartite matching for one image.
+
+    Returns ``(pred_index int64[M], gt_index int64[M])`` with ``M = min(K, G)``.
+    """
+    if len(gt_boxes) == 0 or len(pred_boxes) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    with torch.no_grad():
+        cost = assignment_cost(pred_boxes.float(), pred_logits.float(), gt_boxes.float(), alpha)
+    rows, cols = linear_sum_assignment(cost.cpu().double().numpy())
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+def multibox_loss(
+    pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: list[torch.Tensor], alpha: float
+) -> torch.Tensor:
+    """MultiBox loss: per-image objective ``F`` at the optimal assignment, averaged over the batch.
+
+    pred_boxes: Tensor[B, K, 4] float, predicted boxes (prior + offset), normalised xyxy
+    pred_logits: Tensor[B, K] float, confidence logits (``c = sigmoid(logit)``)
+    gt_boxes: list of B Tensor[G_b, 4], normalised xyxy (G_b may be 0: confidence term only)
+    alpha: weight of the location term
+    Returns a scalar Tensor (float32).
+    """
+    if pred_boxes.shape[:2] != pred_logits.shape or len(gt_boxes) != len(pred_boxes):
+        raise ValueError(
+            f"shape mismatch: boxes {tuple(pred_boxes.shape)}, logits {tuple(pred_logits.shape)}, {len(gt_boxes)} gt lists"
+        )
+    pred_boxes, pred_logits = pred_boxes.float(), pred_logits.float()
+    # every prediction first counts as unmatched: -log(1 - c_i)
+    total = -F.logsigmoid(-pred_logits).sum()
+    for b, gt in enumerate(gt_boxes):
+        gt = gt.to(device=pred_boxes.device, dtype=torch.float32)
+        rows, cols = match(pred_boxes[b], pred_logits[b], gt, alpha)
+        if len(rows) == 0:
+            continue
+        rows_t = torch.as_tensor(rows, device=pred_boxes.device)
+        cols_t = torch.as_tensor(cols, device=pred_boxes.device)
+        # matched pairs swap -log(1 - c_i) for -log c_i and add the location term
+        z = pred_logits[b, rows_t]
+        sq = ((pred_boxes[b, rows_t] - gt[cols_t]) ** 2).sum(-1)
+        total = total + (0.5 * alpha * sq - F.logsigmoid(z) + F.logsigmoid(-z)).sum()
+    return total / max(len(gt_boxes), 1)

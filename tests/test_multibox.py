@@ -1,0 +1,132 @@
+"""MultiBox: priors, matching loss against brute force, network shapes, decoding, data, proposer, tool."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from proposals.multibox.loss import match, multibox_loss
+from proposals.multibox.priors import compute_priors, normalised_boxes
+
+TINY_BACKBONE = {"width": 0.125, "batch_norm": True, "lrn": False, "dropout": 0.0}
+
+
+# ---------------------------------------------------------------- loss
+def _brute_force_loss(boxes, logits, gt, alpha):
+    """Minimum of F over every bipartite assignment of min(K, G) pairs, for one image (plain loops)."""
+    K, G = len(boxes), len(gt)
+    best = None
+    pairs_list = (
+        [list(zip(perm, range(G))) for perm in itertools.permutations(range(K), G)]
+        if G <= K
+        else [list(zip(range(K), perm)) for perm in itertools.permutations(range(G), K)]
+    )
+    for pairs in pairs_list:
+        matched = {i for i, _ in pairs}
+        total = 0.0
+        for i, j in pairs:
+            c = torch.sigmoid(logits[i]).double()
+            total += alpha / 2 * float(((boxes[i] - gt[j]) ** 2).sum()) - float(torch.log(c))
+        for i in range(K):
+            if i not in matched:
+                total -= float(torch.log(1 - torch.sigmoid(logits[i]).double()))
+        best = total if best is None else min(best, total)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_loss_equals_brute_force_minimum(seed):
+    g = torch.Generator().manual_seed(seed)
+    B, K = 3, int(torch.randint(1, 6, (), generator=g))
+    boxes = torch.rand(B, K, 4, generator=g, dtype=torch.float64)
+    logits = torch.randn(B, K, generator=g, dtype=torch.float64) * 2
+    gt = [torch.rand(int(torch.randint(0, 4, (), generator=g)), 4, generator=g, dtype=torch.float64) for _ in range(B)]
+    alpha = 0.3 + seed
+    loss = multibox_loss(boxes, logits, gt, alpha)
+    expected = np.mean([_brute_force_loss(boxes[b], logits[b], gt[b], alpha) for b in range(B)])
+    assert float(loss) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_loss_hand_made_case():
+    # two predictions, one ground truth equal to prediction 1: prediction 1 must take it
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]])
+    logits = torch.zeros(1, 2)  # c = 0.5 everywhere
+    gt = [torch.tensor([[0.5, 0.5, 1.0, 1.0]])]
+    rows, cols = match(boxes[0], logits[0], gt[0], alpha=1.0)
+    assert rows.tolist() == [1] and cols.tolist() == [0]
+    # = -log 0.5 (matched, zero distance) - log(1 - 0.5) (unmatched)
+    assert float(multibox_loss(boxes, logits, gt, 1.0)) == pytest.approx(2 * np.log(2), rel=1e-6)
+
+
+def test_loss_without_boxes_is_confidence_term_only_and_gradients_flow():
+    boxes = torch.rand(2, 4, 4, requires_grad=True)
+    logits = torch.randn(2, 4, requires_grad=True)
+    gt = [torch.zeros(0, 4), torch.tensor([[0.1, 0.1, 0.6, 0.7]])]
+    loss = multibox_loss(boxes, logits, gt, alpha=2.0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    # image 0 has no boxes: no location gradient, confidence gradient = sigmoid(z) / B
+    assert torch.all(boxes.grad[0] == 0)
+    assert torch.allclose(logits.grad[0], torch.sigmoid(logits[0].detach()) / 2, atol=1e-6)
+    assert boxes.grad[1].abs().sum() > 0
+    only_conf = multibox_loss(boxes[:1], logits[:1], gt[:1], alpha=2.0)
+    assert float(only_conf.detach()) == pytest.approx(float(-F.logsigmoid(-logits[0].detach()).sum()), rel=1e-6)
+
+
+def test_loss_is_stable_for_extreme_logits():
+    boxes = torch.rand(1, 3, 4)
+    logits = torch.tensor([[200.0, -200.0, 0.0]], requires_grad=True)
+    loss = multibox_loss(boxes, logits, [torch.rand(2, 4)], alpha=1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+# ---------------------------------------------------------------- priors
+def _random_boxes(n, seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.random((n, 2)), rng.random((n, 2))
+    return np.concatenate([np.minimum(a, b), np.maximum(a, b)], axis=1)
+
+
+def test_priors_reproducible_and_valid():
+    pts = _random_boxes(500, 0)
+    p1 = compute_priors(pts, k=20, seed=3, iterations=30)
+    p2 = compute_priors(pts[::-1].copy(), k=20, seed=3, iterations=30)  # order of the data does not matter
+    p3 = compute_priors(pts, k=20, seed=4, iterations=30)
+    assert p1.shape == (20, 4) and p1.dtype == np.float32
+    assert np.array_equal(p1, compute_priors(pts, k=20, seed=3, iterations=30))
+    assert not np.array_equal(p1, p3)
+    assert np.allclose(p1, p2, atol=1e-6)  # same seed, permuted input: same result
+    assert (p1[:, 2] >= p1[:, 0]).all() and (p1[:, 3] >= p1[:, 1]).all()
+    assert p1.min() >= 0 and p1.max() <= 1
+
+
+def test_priors_find_obvious_clusters():
+    centres = np.array([[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.9, 0.9], [0.0, 0.4, 1.0, 0.6]])
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([c + rng.normal(0, 0.005, (50, 4)) for c in centres])
+    priors = compute_priors(pts, k=3, seed=0, iterations=50)
+    d = np.abs(priors[:, None, :] - centres[None]).max(-1)
+    assert (d.min(0) < 0.01).all()
+
+
+def test_priors_with_fewer_distinct_boxes_than_k():
+    pts = np.array([[0.1, 0.1, 0.5, 0.5]] * 10 + [[0.2, 0.3, 0.9, 0.8]] * 5)
+    priors = compute_priors(pts, k=8, seed=0)
+    assert priors.shape == (8, 4)
+    for box in np.unique(pts, axis=0):
+        assert np.abs(priors - box).max(1).min() < 1e-6
+    assert np.array_equal(priors, compute_priors(pts, k=8, seed=0))
+    with pytest.raises(ValueError, match="no ground-truth boxes"):
+        compute_priors(np.zeros((0, 4)), k=8)
+
+
+def test_normalised_boxes_leave_out_ignored():
+    from detect.data.records import DetectionRecord
+
+    r = DetectionRecord("a", "a.jpg", 200, 100, [[0, 0, 100, 50], [10, 10, 20, 20]], [0, 1], [False, True])
+    e = DetectionRecord("b", "b.jpg", 50, 50, np.zeros((0, 4)), [], [])
+    assert np.allclose(normalised_boxes([r, e]), [[0, 0, 0.5, 0.5]])
