@@ -1,0 +1,415 @@
+"""The synthetic world: one scene renderer for a classification set and a detection set.
+
+Each class is a fixed combination of a shape (circle, square, triangle, ...), a saturated colour and a
+texture (solid, stripes, checks, dots, gradient); instances vary in size, aspect, rotation, colour and
+texture phase. Backgrounds are cluttered with gradients, noise, lines and blobs in desaturated colours
+and irregular shapes, which no class has.
+
+Class ids look like ILSVRC wnids: ``n99`` followed by the 6-digit 0-based class index
+(``n99000000``, ``n99000001``, ...); names read like ``"red solid circle"``.
+
+Layouts written:
+- ``make_classification_set``: ``root/{train,val}/<wnid>/<name>.JPEG`` and ``root/classes.tsv``.
+- ``make_detection_world``: the ILSVRC 2015+ layout, ``root/Data/DET/<split>/<name>.JPEG``,
+  ``root/Annotations/DET/<split>/<name>.xml`` (0-based inclusive pixel boxes), ``root/ImageSets/DET/
+  <split>.txt`` (``<name> <index>``, index 1-based) and ``root/classes.tsv``.
+
+Both are deterministic (same parameters -> the same bytes; each image draws from its own generator
+seeded by ``(seed, split, image number)``) and idempotent: ``root/manifest.json`` with the parameters is
+written last; when it matches, nothing is done; otherwise the generated entries are removed and rebuilt.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from detect.classes import ClassList, write_class_list
+from detect.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SceneClass", "scene_classes", "synthetic_class_list", "render_background", "render_object",
+    "render_detection_image", "render_classification_image", "make_classification_set",
+    "make_detection_world",
+]
+
+RENDERER_VERSION = 1  # bump when the pictures change, so that old manifests no longer match
+MANIFEST = "manifest.json"
+JPEG_QUALITY = 90
+
+COLOURS = {  # saturated class colours (RGB); the clutter is desaturated so it never matches a class
+    "red": (215, 35, 35), "green": (35, 165, 45), "blue": (35, 70, 215), "yellow": (235, 205, 25),
+    "magenta": (205, 45, 195), "cyan": (25, 195, 205), "orange": (245, 130, 15), "purple": (115, 45, 170),
+}
+TEXTURES = ("solid", "striped", "checked", "dotted", "graded")
+SHAPE_ASPECT = {"ellipse": 0.55, "arrow": 0.65}  # height / width of the shape before jitter; others 1
+
+
+def _regular(n: int, radius: float = 1.0, start: float = -math.pi / 2) -> np.ndarray:
+    t = start + np.arange(n) * 2 * math.pi / n
+    return np.stack([radius * np.cos(t), radius * np.sin(t)], axis=1)
+
+
+def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
+    outer = _regular(2 * points)
+    outer[1::2] *= inner
+    return outer
+
+
+_CROSS_W = 0.34
+SHAPES: dict[str, list[tuple[np.ndarray, int]]] = {  # unit polygons in [-1, 1]^2, filled (1) or cut (0)
+    "circle": [(_regular(48), 1)],
+    "square": [(np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float), 1)],
+    "triangle": [(np.array([[0, -1], [1, 1], [-1, 1]], float), 1)],
+    "star": [(_star(), 1)],
+    "cross": [(np.array([[-_CROSS_W, -1], [_CROSS_W, -1], [_CROSS_W, -_CROSS_W], [1, -_CROSS_W], [1, _CROSS_W],
+                         [_CROSS_W, _CROSS_W], [_CROSS_W, 1], [-_CROSS_W, 1], [-_CROSS_W, _CROSS_W],
+                         [-1, _CROSS_W], [-1, -_CROSS_W], [-_CROSS_W, -_CROSS_W]], float), 1)],
+    "ring": [(_regular(48), 1), (_regular(48, 0.55), 0)],
+    "diamond": [(np.array([[0, -1], [1, 0], [0, 1], [-1, 0]], float), 1)],
+    "ellipse": [(_regular(48), 1)],
+    "hexagon": [(_regular(6, start=0.0), 1)],
+    "arrow": [(np.array([[-1, -0.35], [0.15, -0.35], [0.15, -1], [1, 0], [0.15, 1], [0.15, 0.35],
+                         [-1, 0.35]], float), 1)],
+    "pentagon": [(_regular(5), 1)],
+    "crescent": [(_regular(48), 1), (_regular(48, 0.8) + np.array([0.45, -0.2]), 0)],
+}
+
+
+@dataclass(frozen=True)
+class SceneClass:
+    """One class of the synthetic world: a fixed shape, colour and texture."""
+
+    index: int
+    shape: str
+    colour: str
+    texture: str
+
+    @property
+    def wnid(self) -> str:
+        return f"n99{self.index:06d}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.texture} {self.shape}"
+
+
+def scene_classes(num_classes: int) -> list[SceneClass]:
+    """The first ``num_classes`` classes; class ``i`` has shape ``i % S`` and a colour/texture pair chosen
+    so that every class is a different (shape, colour, texture) combination (at most S*C*T classes)."""
+    shapes, colours = list(SHAPES), list(COLOURS)
+    s_n, c_n, t_n = len(shapes), len(colours), len(TEXTURES)
+    if not 1 <= num_classes <= s_n * c_n * t_n:
+        raise ValueError(f"num_classes must be in 1..{s_n * c_n * t_n}, got {num_classes}")
+    out = []
+    for i in range(num_classes):
+        s, q = i % s_n, i // s_n
+        out.append(SceneClass(i, shapes[s], colours[(s + q) % c_n], TEXTURES[(s + q // c_n) % t_n]))
+    return out
+
+
+def synthetic_class_list(num_classes: int) -> ClassList:
+    classes = scene_classes(num_classes)
+    return ClassList(tuple(c.wnid for c in classes), tuple(c.name for c in classes))
+
+
+# ----------------------------------------------------------------------------------------------- drawing
+
+def _dull_colour(rng: np.random.Generator) -> np.ndarray:
+    """A desaturated colour: grey plus a small tint (float32[3])."""
+    return (rng.uniform(40, 215) + rng.uniform(-30, 30, 3)).astype(np.float32)
+
+
+def _blob(rng: np.random.Generator, cx: float, cy: float, radius: float) -> np.ndarray:
+    """An irregular closed outline (int32[K, 2]) that is none of the class shapes."""
+    k = 14
+    t = np.arange(k) * 2 * math.pi / k + rng.uniform(0, 2 * math.pi)
+    r = radius * rng.uniform(0.45, 1.0, k)
+    r = (r + np.roll(r, 1) + np.roll(r, -1)) / 3  # smooth the outline a little
+    return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], axis=1).round().astype(np.int32)
+
+
+def render_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A cluttered background: ndarray[H, W, 3] uint8 RGB (gradient, noise, lines, blobs)."""
+    a, b = _dull_colour(rng), _dull_colour(rng)
+    angle = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    t = (xx * math.cos(angle) + yy * math.sin(angle))
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
+    img = a + (b - a) * t[..., None]
+    side = max(height, width)
+    for _ in range(rng.integers(2, 7)):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        cv2.fillPoly(img, [_blob(rng, cx, cy, rng.uniform(0.05, 0.3) * side)], _dull_colour(rng).tolist())
+    for _ in range(rng.integers(3, 11)):
+        p = rng.uniform(0, 1, 4) * np.array([width, height, width, height])
+        cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), _dull_colour(rng).tolist(),
+                 int(rng.integers(1, 5)), cv2.LINE_AA)
+    img += rng.normal(0, 7, img.shape).astype(np.float32)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def render_object(rng: np.random.Generator, cls: SceneClass, size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one instance of ``cls`` whose longer side is about ``size`` pixels.
+
+    Returns ``mask`` ndarray[h, w] bool (the object's full extent) and ``pixels`` ndarray[h, w, 3] uint8
+    RGB, both the size of the rotated object's bounding patch.
+    """
+    aspect = SHAPE_ASPECT.get(cls.shape, 1.0) * math.exp(rng.uniform(-0.2, 0.2))
+    half = np.array([1.0, aspect]) / max(1.0, aspect) * size / 2  # half width, half height
+    theta = math.radians(rng.uniform(-15, 15))
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    polys = [(pts * half) @ rot.T for pts, _ in SHAPES[cls.shape]]
+    outline = np.concatenate(polys)
+    lo, hi = np.floor(outline.min(axis=0)), outline.max(axis=0)
+    w, h = (np.ceil(hi - lo) + 1).astype(int)
+    mask = np.zeros((h, w), np.uint8)
+    for p, (_, value) in zip(polys, SHAPES[cls.shape]):
+        cv2.fillPoly(mask, [(p - lo).round().astype(np.int32)], int(value))
+
+    # texture coordinates in the object's own frame, in units of its size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xx, yy = xx + lo[0], yy + lo[1]
+    u = (xx * math.cos(theta) + yy * math.sin(theta)) / size
+    v = (-xx * math.sin(theta) + yy * math.cos(theta)) / size
+    colour = np.clip(np.array(COLOURS[cls.colour], np.float32) + rng.uniform(-15, 15, 3), 0, 255)
+    dark = colour * 0.3
+    freq = rng.uniform(3.5, 5.0)  # texture cycles across the object
+    phase = rng.uniform(0, 1, 2)
+    if cls.texture == "solid":
+        t = np.zeros_like(u)
+    elif cls.texture == "striped":
+        t = (np.floor(u * freq + phase[0]) % 2).astype(np.float32)
+    elif cls.texture == "checked":
+        t = ((np.floor(u * freq + phase[0]) + np.floor(v * freq + phase[1])) % 2).astype(np.float32)
+    elif cls.texture == "dotted":
+        du = (u * freq + phase[0]) % 1 - 0.5
+        dv = (v * freq + phase[1]) % 1 - 0.5
+        t = (du * du + dv * dv < 0.09).astype(np.float32)
+    elif cls.texture == "graded":
+        t = np.clip(u + 0.5, 0, 1)
+    else:
+        raise ValueError(f"unknown texture {cls.texture!r}")
+    pixels = colour + (dark - colour) * t[..., None]
+    return mask.astype(bool), pixels.clip(0, 255).astype(np.uint8)
+
+
+def _paste_window(x0: int, y0: int, h: int, w: int, height: int, width: int):
+    """Slices of the image and of a patch at (x0, y0) for their overlap; None when they do not overlap."""
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + w, width), min(y0 + h, height)
+    if ix0 >= ix1 or iy0 >= iy1:
+        return None
+    return (slice(iy0, iy1), slice(ix0, ix1)), (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+
+
+def render_detection_image(rng: np.random.Generator, width: int, height: int, classes: list[SceneClass],
+                           labels: list[int], min_object_size: float, max_object_fraction: float,
+                           min_visible: float, max_attempts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render a scene with objects of the given ``labels`` (larger ones behind smaller ones).
+
+    Object sizes are log-uniform in [min_object_size, max_object_fraction * min(width, height)]. An object
+    is kept only when it and every object behind it stay at least ``min_visible`` visible (clipping and
+    occlusion together); one that cannot be placed in ``max_attempts`` tries is left out.
+    Returns image ndarray[H, W, 3] uint8, boxes ndarray[N, 4] int64 (0-based inclusive xmin, ymin, xmax,
+    ymax: the full extent of the object clipped to the image) and labels ndarray[N] int64.
+    """
+    image = render_background(rng, height, width)
+    top = max(min_object_size, max_object_fraction * min(width, height))
+    sizes = np.exp(rng.uniform(math.log(min_object_size), math.log(top), len(labels)))
+    order = np.argsort(-sizes, kind="stable")
+    placed = []  # (label, full in-image mask, full area, visible mask, pixels window)
+    for k in order:
+        mask, pixels = render_object(rng, classes[labels[k]], float(sizes[k]))
+        h, w = mask.shape
+        area = int(mask.sum())
+        for _ in range(max_attempts):
+            x0 = int(rng.integers(-w // 2, width - w // 2 + 1))
+            y0 = int(rng.integers(-h // 2, height - h // 2 + 1))
+            win = _paste_window(x0, y0, h, w, height, width)
+            if win is None:
+                continue
+            full = np.zeros((height, width), bool)
+            full[win[0]] = mask[win[1]]
+            if full.sum() < min_visible * area:
+                continue
+            if any((vis & ~full).sum() < min_visible * a for _, _, a, vis in placed):
+                continue
+            for item in placed:
+                item[3] &= ~full
+            placed.append([int(labels[k]), full, area, full.copy()])
+            region = image[win[0]]
+            region[mask[win[1]]] = pixels[win[1]][mask[win[1]]]
+            break
+    boxes, out_labels = [], []
+    for label, full, _, _ in placed:
+        ys, xs = np.nonzero(full)
+        boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
+        out_labels.append(label)
+    return image, np.array(boxes, np.int64).reshape(-1, 4), np.array(out_labels, np.int64)
+
+
+def render_classification_image(rng: np.random.Generator, size: int, cls: SceneClass,
+                                min_fraction: float = 0.4, max_fraction: float = 0.8) -> np.ndarray:
+    """One object of ``cls`` near the centre of a cluttered ``size`` x ``size`` image (uint8[S, S, 3] RGB)."""
+    image = render_background(rng, size, size)
+    mask, pixels = render_object(rng, cls, rng.uniform(min_fraction, max_fraction) * size)
+    h, w = mask.shape
+    x0 = int(round((size - w) / 2 + rng.uniform(-0.12, 0.12) * size))
+    y0 = int(round((size - h) / 2 + rng.uniform(-0.12, 0.12) * size))
+    win = _paste_window(x0, y0, h, w, size, size)
+    if win is not None:
+        region = image[win[0]]
+        region[mask[win[1]]] = pixels[win[1]][mask[win[1]]]
+    return image
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+def _write_jpeg(path: Path, image: np.ndarray) -> None:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError(f"{path}: JPEG encoding failed")
+    path.write_bytes(data.tobytes())
+
+
+def _ilsvrc_xml(split: str, name: str, width: int, height: int, boxes: np.ndarray, wnids: list[str]) -> str:
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = split
+    ET.SubElement(root, "filename").text = name
+    ET.SubElement(ET.SubElement(root, "source"), "database").text = "synthetic"
+    size = ET.SubElement(root, "size")
+    ET.SubElement(size, "width").text = str(width)
+    ET.SubElement(size, "height").text = str(height)
+    for box, wnid in zip(boxes, wnids):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = wnid
+        bb = ET.SubElement(obj, "bndbox")
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
+            ET.SubElement(bb, key).text = str(int(value))
+    ET.indent(root, space="\t")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _up_to_date(root: Path, params: dict) -> bool:
+    import json
+
+    path = root / MANIFEST
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) == params
+    except (OSError, ValueError):
+        return False
+
+
+def _clear(root: Path, entries: tuple[str, ...]) -> None:
+    """Remove what a previous (different or interrupted) generation left: only the entries it writes."""
+    for name in (MANIFEST, *entries):
+        path = root / name
+        if path.is_dir():
+            log.info("removing old generated %s", path)
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _split_seed(seed: int, split: str) -> int:
+    return {"train": 1, "val": 2}[split] + 10 * int(seed)
+
+
+def make_classification_set(root: str | Path, num_classes: int = 8, train_per_class: int = 100,
+                            val_per_class: int = 20, image_size: int = 128, seed: int = 0) -> ClassList:
+    """Write ``root/{train,val}/<wnid>/<wnid>_<k>.JPEG`` (one object per image) and ``root/classes.tsv``.
+
+    Returns the :class:`ClassList`. Does nothing when ``root/manifest.json`` records the same parameters.
+    """
+    root = Path(root)
+    params = {"kind": "classification_set", "version": RENDERER_VERSION, "num_classes": int(num_classes),
+              "train_per_class": int(train_per_class), "val_per_class": int(val_per_class),
+              "image_size": int(image_size), "seed": int(seed)}
+    classes = scene_classes(num_classes)
+    class_list = synthetic_class_list(num_classes)
+    if _up_to_date(root, params):
+        log.info("%s: classification set up to date", root)
+        return class_list
+    _clear(root, ("train", "val", "classes.tsv"))
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for cls in tqdm(classes, desc=f"synthetic cls {split}", leave=False):
+            folder = root / split / cls.wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                rng = np.random.default_rng([_split_seed(seed, split), cls.index, k])
+                _write_jpeg(folder / f"{cls.wnid}_{k + 1:05d}.JPEG", render_classification_image(rng, image_size, cls))
+    write_class_list(class_list, root / "classes.tsv")
+    atomic_write_json(root / MANIFEST, params)
+    log.info("%s: wrote %d classes x (%d train + %d val) images", root, num_classes, train_per_class, val_per_class)
+    return class_list
+
+
+def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int = 300, num_val: int = 100,
+                         min_side: int = 192, max_side: int = 320, max_objects: int = 6,
+                         empty_fraction: float = 0.1, seed: int = 0, min_object_size: float = 20.0,
+                         max_object_fraction: float = 0.9, min_visible: float = 0.5,
+                         max_attempts: int = 20) -> ClassList:
+    """Write a detection set in the ILSVRC 2015+ layout (see the module docstring); returns its ClassList.
+
+    Each image is ``W x H`` with both sides uniform in [min_side, max_side]; ``round(empty_fraction * n)``
+    images per split have no object, the others 1..max_objects objects. The first object of the k-th
+    non-empty image is class ``k % num_classes`` (so every class appears once there are enough images),
+    the rest are uniform. Object sizes, visibility and placement: :func:`render_detection_image`.
+    Does nothing when ``root/manifest.json`` records the same parameters.
+    """
+    root = Path(root)
+    if not (0 < min_side <= max_side) or max_objects < 1 or not 0 <= empty_fraction <= 1:
+        raise ValueError(f"bad parameters: min_side={min_side} max_side={max_side} max_objects={max_objects} "
+                         f"empty_fraction={empty_fraction}")
+    params = {"kind": "detection_world", "version": RENDERER_VERSION, "num_classes": int(num_classes),
+              "num_train": int(num_train), "num_val": int(num_val), "min_side": int(min_side),
+              "max_side": int(max_side), "max_objects": int(max_objects), "empty_fraction": float(empty_fraction),
+              "seed": int(seed), "min_object_size": float(min_object_size),
+              "max_object_fraction": float(max_object_fraction), "min_visible": float(min_visible),
+              "max_attempts": int(max_attempts)}
+    classes = scene_classes(num_classes)
+    class_list = synthetic_class_list(num_classes)
+    if _up_to_date(root, params):
+        log.info("%s: detection world up to date", root)
+        return class_list
+    _clear(root, ("Data", "Annotations", "ImageSets", "classes.tsv"))
+    for split, count in (("train", num_train), ("val", num_val)):
+        image_dir = root / "Data" / "DET" / split
+        xml_dir = root / "Annotations" / "DET" / split
+        image_dir.mkdir(parents=True, exist_ok=True)
+        xml_dir.mkdir(parents=True, exist_ok=True)
+        split_rng = np.random.default_rng([_split_seed(seed, split)])
+        empty = set(split_rng.permutation(count)[: int(round(empty_fraction * count))].tolist())
+        lines, non_empty, n_boxes = [], 0, 0
+        for i in tqdm(range(count), desc=f"synthetic det {split}", leave=False):
+            rng = np.random.default_rng([_split_seed(seed, split), 1000, i])
+            width, height = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
+            labels = []
+            if i not in empty:
+                n = int(rng.integers(1, max_objects + 1))
+                labels = [non_empty % num_classes] + rng.integers(0, num_classes, n - 1).tolist()
+                non_empty += 1
+            image, boxes, labels = render_detection_image(
+                rng, width, height, classes, labels, min_object_size, max_object_fraction, min_visible, max_attempts)
+            name = f"synthetic_{split}_{i + 1:06d}"
+            _write_jpeg(image_dir / f"{name}.JPEG", image)
+            (xml_dir / f"{name}.xml").write_text(
+                _ilsvrc_xml(split, name, width, height, boxes, [classes[l].wnid for l in labels]), encoding="utf-8")
+            lines.append(f"{name} {i + 1}")
+            n_boxes += len(boxes)
+        atomic_write_text(root / "ImageSets" / "DET" / f"{split}.txt", "\n".join(lines) + ("\n" if lines else ""))
+        log.info("%s: %s split, %d images, %d boxes, %d empty", root, split, count, n_boxes, len(empty))
+    write_class_list(class_list, root / "classes.tsv")
+    atomic_write_json(root / MANIFEST, params)
+    return class_list
