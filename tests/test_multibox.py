@@ -130,3 +130,110 @@ def test_normalised_boxes_leave_out_ignored():
     r = DetectionRecord("a", "a.jpg", 200, 100, [[0, 0, 100, 50], [10, 10, 20, 20]], [0, 1], [False, True])
     e = DetectionRecord("b", "b.jpg", 50, 50, np.zeros((0, 4)), [], [])
     assert np.allclose(normalised_boxes([r, e]), [[0, 0, 0.5, 0.5]])
+
+
+# ---------------------------------------------------------------- network and decoding
+def test_network_shapes_and_zero_offsets_give_priors():
+    from proposals.multibox.model import MultiBoxNet
+
+    torch.manual_seed(0)
+    net = MultiBoxNet(TINY_BACKBONE, num_priors=7, input_size=96).eval()
+    priors = _random_boxes(7, 1).astype(np.float32)
+    net.set_priors(priors)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        boxes, logits = net(torch.randn(2, 3, 96, 96))
+    assert boxes.shape == (2, 7, 4) and logits.shape == (2, 7)
+    assert torch.allclose(boxes, torch.from_numpy(priors).expand(2, -1, -1))
+    with pytest.raises(ValueError, match="priors of shape"):
+        net.set_priors(np.zeros((6, 4)))
+    net.train()
+    torch.nn.init.normal_(net.head.weight, std=0.01)
+    boxes, logits = net(torch.randn(2, 3, 96, 96))
+    multibox_loss(boxes, logits, [torch.rand(2, 4), torch.zeros(0, 4)], 1.0).backward()
+    assert net.head.weight.grad.abs().sum() > 0
+    first = next(p for p in net.backbone.parameters() if p.dim() == 4)  # conv1's weight
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_decode_boxes_to_pixels_ordered_and_clipped():
+    from proposals.multibox.model import decode_boxes
+
+    boxes = torch.tensor([[0.1, 0.2, 0.5, 1.0], [0.6, 0.7, 0.2, 0.1], [-0.2, 0.5, 1.3, 0.6]])
+    out = decode_boxes(boxes, width=200, height=100)
+    expected = torch.tensor([[20.0, 20.0, 100.0, 100.0], [40.0, 10.0, 120.0, 70.0], [0.0, 50.0, 200.0, 60.0]])
+    assert out.dtype == torch.float32 and torch.allclose(out, expected)
+
+
+def test_preprocess_warps_and_normalises():
+    from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD
+    from proposals.multibox.model import preprocess
+
+    img = np.zeros((30, 70, 3), dtype=np.uint8)
+    img[..., 0] = 255
+    x = preprocess([img, img[:, :20]], 48)
+    assert x.shape == (2, 3, 48, 48) and x.dtype == torch.float32
+    assert torch.allclose(x[:, 0], torch.tensor((1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]))
+    assert torch.allclose(x[:, 1], torch.tensor(-IMAGENET_MEAN[1] / IMAGENET_STD[1]))
+    with pytest.raises(ValueError, match="RGB uint8"):
+        preprocess([np.zeros((10, 10), dtype=np.uint8)], 48)
+
+
+# ---------------------------------------------------------------- data
+def test_crop_boxes_hand_made():
+    from proposals.multibox.data import crop_boxes
+
+    boxes = np.array([[10, 10, 30, 30], [0, 0, 12, 40], [90, 90, 100, 100]], dtype=np.float32)
+    out = crop_boxes(boxes, (10, 0, 60, 50), min_visible=0.5)
+    # box 0 inside; box 1 keeps 2/12 of its width -> dropped; box 2 outside -> dropped
+    assert np.allclose(out, [[0, 10, 20, 30]])
+
+
+def _write_world(root, n=4, size=(80, 60)):
+    """A tiny detection set: images with one white rectangle each, as DetectionRecords."""
+    from PIL import Image
+
+    from detect.classes import ClassList
+    from detect.data.records import DetectionDataset, DetectionRecord
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(n):
+        w, h = size
+        img = np.zeros((h, w, 3), dtype=np.uint8)
+        x1, y1 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+        x2, y2 = x1 + int(rng.integers(10, w // 2)), y1 + int(rng.integers(10, h // 2))
+        img[y1:y2, x1:x2] = 255
+        path = root / f"img{i}.png"
+        Image.fromarray(img).save(path)
+        records.append(DetectionRecord(f"img{i}", path, w, h, [[x1, y1, x2, y2]], [0], [False], index=i + 1))
+    return DetectionDataset(records, ClassList.from_names(["box"]), name="tiny")
+
+
+def test_dataset_flip_keeps_boxes_on_the_object(tmp_path):
+    from proposals.multibox.data import MultiBoxDataset, collate_multibox
+
+    ds = _write_world(tmp_path)
+    plain = MultiBoxDataset(ds, input_size=64, train=False)
+    flipped = MultiBoxDataset(ds, input_size=64, train=True, flip=1.0, min_crop=1.0)
+    x, b = plain[0]
+    xf, bf = flipped[0]
+    r = ds.records[0]
+    assert np.allclose(b.numpy(), r.boxes / [r.width, r.height, r.width, r.height], atol=1e-6)
+    assert torch.allclose(bf[:, [0, 2]], 1 - b[:, [2, 0]]) and torch.allclose(bf[:, [1, 3]], b[:, [1, 3]])
+    assert torch.allclose(xf, x.flip(-1), atol=1e-5)
+    # random crops: the bright object still fills the (normalised) box it is given
+    cropped = MultiBoxDataset(ds, input_size=64, train=True, flip=0.5, min_crop=0.7, crop_probability=1.0)
+    torch.manual_seed(0)
+    for i in range(len(ds)):
+        xc, bc = cropped[i]
+        for box in (bc.numpy() * 64).round().astype(int):
+            inside = xc[0, box[1] + 1 : box[3] - 1, box[0] + 1 : box[2] - 1]
+            assert inside.numel() == 0 or inside.mean() > 1.5  # white after normalisation is ~2.2
+    # an unreadable image is reported, counted and dropped by the collate function
+    ds.records[1].path.write_bytes(b"not an image")
+    items = [plain[i] for i in range(len(ds))]
+    assert items[1] is None and len(plain.skipped) == 1
+    images, gt = collate_multibox(items)
+    assert images.shape == (3, 3, 64, 64) and len(gt) == 3

@@ -1,0 +1,112 @@
+"""Training data for MultiBox: detection records -> (warped normalised image, normalised boxes).
+
+Class-agnostic: labels are dropped, ignored boxes (VOC difficult, COCO crowd) left out. Training
+augmentation: a mild random crop (each side keeps at least ``min_crop`` of the image; boxes clipped
+to the crop, those keeping less than ``min_visible`` of their area dropped) and horizontal flips.
+Randomness comes from torch's generator, which the DataLoader seeds per worker.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from detect.data.images import read_image
+from detect.data.records import DetectionDataset, SkipLog
+from proposals.multibox.model import preprocess
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MultiBoxDataset", "collate_multibox", "crop_boxes"]
+
+
+def crop_boxes(boxes: np.ndarray, crop: tuple[float, float, float, float], min_visible: float) -> np.ndarray:
+    """Boxes ``ndarray[N, 4]`` (pixels) seen through ``crop = (x1, y1, x2, y2)``: shifted to the crop's
+    frame, clipped to it, and dropped when the visible area is below ``min_visible`` of the original
+    (or zero). Returns ``ndarray[M, 4] float32`` in crop pixels."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    x1, y1, x2, y2 = crop
+    clipped = boxes.copy()
+    clipped[:, 0::2] = clipped[:, 0::2].clip(x1, x2)
+    clipped[:, 1::2] = clipped[:, 1::2].clip(y1, y2)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = (visible > 0) & (visible >= min_visible * np.maximum(area, 0))
+    return clipped[keep] - np.array([x1, y1, x1, y1], dtype=np.float32)
+
+
+class MultiBoxDataset(Dataset):
+    """Items are ``(image Tensor[3, S, S] float32 normalised, boxes Tensor[G, 4] float32 normalised
+    xyxy)``, or ``None`` for an unreadable image (reported and counted in ``skipped``; the collate
+    function drops it).
+
+    dataset: a DetectionDataset; input_size: S; train: apply the augmentations;
+    flip: probability of a horizontal flip; min_crop: smallest crop side as a fraction of the image
+    side (1.0 = no crop); crop_probability: share of images cropped; min_visible: see :func:`crop_boxes`.
+    """
+
+    def __init__(
+        self,
+        dataset: DetectionDataset,
+        input_size: int,
+        train: bool = True,
+        flip: float = 0.5,
+        min_crop: float = 0.8,
+        crop_probability: float = 0.5,
+        min_visible: float = 0.5,
+    ):
+        self.records = dataset.records
+        self.input_size = input_size
+        self.train = train
+        self.flip = flip
+        self.min_crop = min_crop
+        self.crop_probability = crop_probability
+        self.min_visible = min_visible
+        self.skipped = SkipLog("images")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        record = self.records[i]
+        try:
+            image = read_image(record.path)
+        except ValueError as e:
+            self.skipped.add(record.path, f"unreadable image: {e}")
+            return None
+        height, width = image.shape[:2]
+        boxes = record.boxes[~record.ignore].astype(np.float32)
+        if self.train:
+            image, boxes = self._augment(image, boxes)
+            height, width = image.shape[:2]
+        scale = np.array([width, height, width, height], dtype=np.float32)
+        boxes = (boxes / scale).clip(0.0, 1.0)
+        x = preprocess([image], self.input_size)[0]
+        return x, torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4)
+
+    def _augment(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = image.shape[:2]
+        if self.min_crop < 1.0 and torch.rand(()).item() < self.crop_probability:
+            fw, fh = (self.min_crop + (1.0 - self.min_crop) * torch.rand(2)).tolist()
+            cw, ch = max(1, round(width * fw)), max(1, round(height * fh))
+            x0 = int(torch.randint(0, width - cw + 1, ()).item())
+            y0 = int(torch.randint(0, height - ch + 1, ()).item())
+            image = image[y0 : y0 + ch, x0 : x0 + cw]
+            boxes = crop_boxes(boxes, (x0, y0, x0 + cw, y0 + ch), self.min_visible)
+            width, height = cw, ch
+        if torch.rand(()).item() < self.flip:
+            image = image[:, ::-1]
+            boxes = boxes.copy()
+            boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
+        return np.ascontiguousarray(image), boxes
+
+
+def collate_multibox(items) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Stack images, keep boxes as a list; ``None`` items (unreadable images) are dropped.
+    Returns ``(Tensor[B, 3, S, S], list of B Tensor[G_b, 4])``; B may be 0."""
+    items = [it for it in items if it is not None]
+    if not items:
+        return torch.zeros(0, 3, 1, 1), []
+    return torch.stack([x for x, _ in items]), [b for _, b in items]

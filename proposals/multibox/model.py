@@ -1,0 +1,83 @@
+"""The MultiBox network: a GoogLeNet backbone and one linear layer predicting K boxes and K confidences.
+
+Boxes are predicted as offsets from K priors (see :mod:`proposals.multibox.priors`) in coordinates
+normalised by the image size; the image is warped anisotropically to ``input_size x input_size``
+(like R-CNN's crops), so normalised coordinates map back to pixels of the original image by a
+per-axis scale.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet
+
+__all__ = ["MultiBoxNet", "preprocess", "decode_boxes"]
+
+
+class MultiBoxNet(nn.Module):
+    """GoogLeNet (aux heads off) -> pooled 5b features -> dropout -> linear ``F -> 5K``.
+
+    backbone_kwargs: kwargs of ``detect.models.googlenet.GoogLeNet`` (``aux_logits`` is forced off)
+    num_priors: K
+    input_size: side of the square network input in pixels
+    dropout: dropout before the linear layer
+    The priors live in the buffer ``priors: Tensor[K, 4]`` (normalised xyxy; zeros until
+    :meth:`set_priors` or ``load_state_dict``).
+    """
+
+    def __init__(self, backbone_kwargs: dict, num_priors: int = 200, input_size: int = 224, dropout: float = 0.4):
+        super().__init__()
+        self.num_priors = int(num_priors)
+        self.input_size = int(input_size)
+        self.backbone = GoogLeNet(**{**dict(backbone_kwargs), "aux_logits": False})
+        # the classifier is never used (embed() stops before it); dropping it keeps DDP free of unused parameters
+        self.backbone.fc = nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.backbone.feature_dim, 5 * self.num_priors)
+        nn.init.normal_(self.head.weight, std=1e-3)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("priors", torch.zeros(self.num_priors, 4))
+
+    def set_priors(self, priors) -> None:
+        """priors: ndarray | Tensor [K, 4], normalised xyxy."""
+        priors = torch.as_tensor(np.asarray(priors, dtype=np.float32))
+        if priors.shape != (self.num_priors, 4):
+            raise ValueError(f"priors of shape {tuple(priors.shape)}, expected ({self.num_priors}, 4)")
+        self.priors.copy_(priors.to(self.priors.device))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: Tensor[B, 3, S, S] normalised -> (boxes Tensor[B, K, 4] normalised xyxy = prior + offset,
+        logits Tensor[B, K])."""
+        out = self.head(self.dropout(self.backbone.embed(x)))
+        offsets = out[:, : 4 * self.num_priors].reshape(-1, self.num_priors, 4)
+        logits = out[:, 4 * self.num_priors :]
+        return self.priors.to(offsets.dtype) + offsets, logits
+
+
+def preprocess(images: list[np.ndarray], input_size: int) -> torch.Tensor:
+    """Warp RGB uint8 images ``ndarray[H, W, 3]`` to ``input_size`` squares, scale to 0..1 and
+    normalise with IMAGENET_MEAN/STD. Returns ``Tensor[B, 3, S, S] float32`` (CPU)."""
+    batch = np.empty((len(images), input_size, input_size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+        batch[i] = cv2.resize(image, (input_size, input_size), interpolation=cv2.INTER_LINEAR)
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def decode_boxes(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Normalised xyxy ``Tensor[..., 4]`` -> pixels of a ``width x height`` image, coordinates put in
+    order (x1 <= x2, y1 <= y2) and clipped to the image. Same shape, float32."""
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes.device)
+    b = boxes.float() * scale
+    lo = torch.minimum(b[..., :2], b[..., 2:])
+    hi = torch.maximum(b[..., :2], b[..., 2:])
+    b = torch.cat([lo, hi], dim=-1)
+    limit = scale
+    return torch.minimum(b.clamp(min=0), limit)

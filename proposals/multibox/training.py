@@ -1,0 +1,68 @@
+"""Pieces the training tool hands to ``detect.engine.fit``: the loss callable and the coverage evaluation."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from detect.boxes import box_iou
+from proposals.multibox.loss import multibox_loss
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MultiBoxLossFn", "coverage", "evaluate_coverage"]
+
+
+class MultiBoxLossFn:
+    """``(model, batch, device) -> (loss, {"loss": float, "boxes_per_image": float})`` for the engine.
+
+    batch: ``(images Tensor[B, 3, S, S], list of B Tensor[G_b, 4])`` from ``collate_multibox``.
+    """
+
+    def __init__(self, alpha: float):
+        self.alpha = alpha
+
+    def __call__(self, model, batch, device):
+        images, gt = batch
+        images = images.to(device, non_blocking=True)
+        boxes, logits = model(images)
+        loss = multibox_loss(boxes, logits, gt, self.alpha)
+        n_gt = sum(len(g) for g in gt) / max(len(gt), 1)
+        return loss, {"loss": float(loss.detach()), "gt_per_image": n_gt}
+
+
+def coverage(proposals: list[np.ndarray], gt: list[np.ndarray], iou: float = 0.5) -> tuple[int, int]:
+    """Ground-truth boxes with a proposal at IoU >= ``iou``: ``(covered, total)``.
+
+    proposals, gt: per image ``ndarray[N, 4]`` / ``ndarray[G, 4]`` xyxy in one coordinate frame
+    (IoU is unchanged by the per-axis scaling between normalised and pixel coordinates).
+    """
+    covered = total = 0
+    for p, g in zip(proposals, gt):
+        total += len(g)
+        if len(g) and len(p):
+            covered += int((box_iou(np.asarray(g), np.asarray(p)).max(1) >= iou).sum())
+    return covered, total
+
+
+@torch.inference_mode()
+def evaluate_coverage(model, loader, device, top_k: int, iou: float = 0.5) -> dict:
+    """Coverage of the top-``top_k`` boxes (by confidence) of ``model`` on ``loader`` (a
+    ``MultiBoxDataset`` loader without augmentation). Returns ``{"coverage", "n_gt"}``."""
+    was_training = model.training
+    model.eval()
+    covered = total = 0
+    for images, gt in loader:
+        if len(gt) == 0:
+            continue
+        boxes, logits = model(images.to(device))
+        order = logits.argsort(dim=1, descending=True)[:, :top_k]
+        top = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 4)).float()
+        lo = torch.minimum(top[..., :2], top[..., 2:])
+        hi = torch.maximum(top[..., :2], top[..., 2:])
+        top = torch.cat([lo, hi], -1).clamp(0, 1).cpu().numpy()
+        c, t = coverage(list(top), [g.numpy() for g in gt], iou)
+        covered, total = covered + c, total + t
+    model.train(was_training)
+    return {"coverage": covered / max(total, 1), "n_gt": total}
