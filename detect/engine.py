@@ -1,0 +1,379 @@
+"""The one train loop (:func:`fit`) and the classification eval loop, shared by every trainer.
+
+``fit`` wraps the model in DDP when the context is distributed, uses AMP and channels-last on CUDA only,
+keeps a Polyak (exponential moving) average of the weights and buffers with
+``torch.optim.swa_utils.AveragedModel``, steps the LR scheduler once per epoch, and writes a
+checkpoint atomically after every epoch and every ``checkpoint_every`` steps. A run killed at any
+point resumes from its last checkpoint: the epoch's data order is rebuilt from the RNG state saved at
+the start of the epoch, the steps already done are skipped without loading their data, and the RNG
+state of the moment of the checkpoint is restored before the next step. With ``num_workers=0`` this
+reproduces the uninterrupted run; with worker processes, the data augmentation of the rest of the
+epoch is drawn afresh (the order of the samples is still the same).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from detect.distributed import DistributedContext, all_reduce_sum, barrier, resolve_device
+from detect.io import atomic_torch_save, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+__all__ = ["fit", "evaluate_classification", "predict_proba", "resolve_device", "seed_everything", "unwrap"]
+
+LossFn = Callable[[nn.Module, Any, torch.device], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch (all devices) with ``seed + rank``."""
+    s = int(seed) + int(rank)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / AveragedModel wrappers."""
+    while isinstance(model, (DistributedDataParallel, AveragedModel)):
+        model = model.module
+    return model
+
+
+# ----------------------------------------------------------------------------------------- RNG state
+def _rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every RNG a step may draw from, as tensors and plain values (loadable with ``weights_only``)."""
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if generator is not None:
+        state["loader"] = generator.get_state()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "loader" in state:
+        generator.set_state(state["loader"])
+
+
+# ----------------------------------------------------------------------------------- data helpers
+class _SkipBatches:
+    """A batch sampler that drops the first ``n`` batches of ``inner`` (indices only, nothing loaded),
+    then calls ``on_resume`` once before yielding the next batch."""
+
+    def __init__(self, inner: Iterable[list[int]], n: int, on_resume: Callable[[], None] | None):
+        self.inner, self.n, self.on_resume = inner, n, on_resume
+
+    def __iter__(self) -> Iterator[list[int]]:
+        it = iter(self.inner)
+        for _ in range(self.n):
+            next(it, None)
+        if self.on_resume is not None:
+            self.on_resume()
+        yield from it
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.n)
+
+
+def _iterate_from(loader: Iterable, skip: int, on_resume: Callable[[], None] | None) -> Iterator:
+    """Iterate ``loader`` from batch ``skip`` on; for a map-style DataLoader the skipped batches are
+    never loaded."""
+    if skip == 0:
+        it = iter(loader)
+        if on_resume is not None:
+            on_resume()
+        return it
+    if isinstance(loader, DataLoader) and loader.batch_sampler is not None:
+        resumed = DataLoader(
+            loader.dataset, batch_sampler=_SkipBatches(loader.batch_sampler, skip, on_resume),
+            num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+            timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+            multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
+            prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
+        )
+        return iter(resumed)
+    log.info("loader is not a map-style DataLoader: loading and dropping %d batches to resume", skip)
+    it = iter(loader)
+    for _ in range(skip):
+        next(it, None)
+    if on_resume is not None:
+        on_resume()
+    return it
+
+
+def _batch_size(batch: Any) -> int:
+    """Number of samples in a batch (first tensor / sequence found)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.ndim else 1
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)) and batch:
+        first = batch[0]
+        if isinstance(first, (torch.Tensor, list, tuple, dict)):
+            return _batch_size(first) if isinstance(first, (torch.Tensor, dict)) else len(first)
+        return len(batch)
+    return 0
+
+
+def _loader_len(loader: Iterable) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------- fit
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    train_loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    epochs: int,
+    ctx: DistributedContext,
+    checkpoint_path: str | Path,
+    checkpoint_meta: dict | None = None,
+    ema_decay: float | None = 0.999,
+    evaluate: Callable[[nn.Module], dict] | None = None,
+    amp: bool = True,
+    channels_last: bool = True,
+    resume: bool = True,
+    max_steps_per_epoch: int | None = None,
+    checkpoint_every: int | None = None,
+    grad_clip: float | None = None,
+) -> nn.Module:
+    """Train ``model`` for ``epochs`` epochs; returns the Polyak-averaged model (the raw model when
+    ``ema_decay`` is None), in eval mode on ``ctx.device``.
+
+    loss_fn: ``(model, batch, device) -> (loss: Tensor[] float, metrics: {name: float})``; it moves the
+        batch to ``device``. A batch that is ``None`` or empty (every sample unreadable) is skipped by
+        every process.
+    checkpoint_path: written atomically (rank 0) after every epoch and every ``checkpoint_every`` steps;
+        holds ``checkpoint_meta``, ``model_state`` (the averaged weights), ``epoch`` (epochs done),
+        ``step`` (steps done in the current epoch) and the training state for ``resume``.
+    amp, channels_last: bf16 autocast (fp16 + GradScaler where bf16 is unsupported) and channels-last
+        memory, both on CUDA only.
+    """
+    device = ctx.device
+    checkpoint_path = Path(checkpoint_path)
+    meta = dict(checkpoint_meta or {})
+    on_cuda = device.type == "cuda"
+    generator = train_loader.generator if isinstance(train_loader, DataLoader) else None
+
+    model.to(device)
+    if channels_last and on_cuda:
+        model.to(memory_format=torch.channels_last)
+    amp_dtype = None
+    if amp and on_cuda:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    state = None
+    if resume and checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        model.load_state_dict(state["raw_state"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        log.info("resuming %s at epoch %d step %d", checkpoint_path, state["epoch"], state["step"])
+
+    averaged = None
+    if ema_decay is not None:
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        if state is not None and state.get("averaged_state") is not None:
+            averaged.load_state_dict(state["averaged_state"])
+        averaged.eval()
+    result_model = averaged.module if averaged is not None else model
+
+    start_epoch = state["epoch"] if state is not None else 0
+    start_step = state["step"] if state is not None else 0
+    if start_epoch >= epochs:
+        log.info("%s: training already finished (%d epochs)", checkpoint_path, start_epoch)
+        return result_model.eval()
+
+    train_model: nn.Module = model
+    if ctx.distributed:
+        train_model = DistributedDataParallel(model, device_ids=[device] if on_cuda else None)
+
+    def save(epoch: int, step: int, epoch_rng: dict) -> None:
+        if ctx.is_main:
+            atomic_torch_save({
+                **meta,
+                "model_state": result_model.state_dict(),
+                "epoch": epoch, "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "raw_state": model.state_dict(),
+                "averaged_state": averaged.state_dict() if averaged is not None else None,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "rng": _rng_state(generator), "epoch_rng": epoch_rng,
+            }, checkpoint_path)
+        barrier()
+
+    if state is not None and start_step > 0:
+        epoch_rng = state["epoch_rng"]
+        _set_rng_state(epoch_rng, generator)
+        step_rng = state["rng"]
+    else:
+        if state is not None:
+            _set_rng_state(state["rng"], generator)
+        epoch_rng, step_rng = None, None
+
+    for epoch in range(start_epoch, epochs):
+        if epoch_rng is None:
+            epoch_rng = _rng_state(generator)
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        n_steps = _loader_len(train_loader)
+        if max_steps_per_epoch is not None:
+            n_steps = max_steps_per_epoch if n_steps is None else min(n_steps, max_steps_per_epoch)
+        skip = start_step if epoch == start_epoch else 0
+        restore = step_rng
+        batches = _iterate_from(train_loader, skip, (lambda s=restore: _set_rng_state(s, generator)) if restore else None)
+        step_rng = None
+
+        train_model.train()
+        sums = {"loss": 0.0, "samples": 0.0, "steps": 0.0}
+        t0 = time.perf_counter()
+        bar = tqdm(total=n_steps, initial=skip, desc=f"epoch {epoch + 1}/{epochs}", disable=not ctx.is_main,
+                   leave=False, dynamic_ncols=True)
+        step = skip
+        for batch in batches:
+            if n_steps is not None and step >= n_steps:
+                break
+            size = _batch_size(batch) if batch is not None else 0
+            if ctx.distributed:  # every process skips together, or DDP would wait forever
+                empty = all_reduce_sum({"empty": float(size == 0)}, device)["empty"]
+            else:
+                empty = float(size == 0)
+            step += 1
+            if empty:
+                log.warning("epoch %d step %d: empty batch (unreadable samples) skipped", epoch + 1, step)
+            else:
+                loss, metrics = _train_step(train_model, loss_fn, batch, device, optimizer, scaler,
+                                            amp_dtype, grad_clip)
+                if averaged is not None:
+                    averaged.update_parameters(model)
+                sums["loss"] += loss * size
+                sums["samples"] += size
+                sums["steps"] += 1
+                for k, v in metrics.items():
+                    sums[f"m_{k}"] = sums.get(f"m_{k}", 0.0) + float(v) * size
+                bar.set_postfix(loss=f"{loss:.4f}")
+            bar.update(1)
+            if checkpoint_every and step % checkpoint_every == 0 and (n_steps is None or step < n_steps):
+                save(epoch, step, epoch_rng)
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        if scheduler is not None:
+            scheduler.step()
+
+        totals = all_reduce_sum(sums, device) if ctx.distributed else sums
+        n = max(totals["samples"], 1.0)
+        summary = {"loss": totals["loss"] / n}
+        summary.update({k[2:]: v / n for k, v in totals.items() if k.startswith("m_")})
+        summary["images_per_s"] = totals["samples"] / max(elapsed, 1e-9)
+        summary["lr"] = optimizer.param_groups[0]["lr"]
+        if evaluate is not None:
+            result_model.eval()
+            summary.update({f"val_{k}": v for k, v in evaluate(result_model).items()})
+        if ctx.is_main:
+            log.info("epoch %d/%d  %s", epoch + 1, epochs,
+                     "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+        if not math.isfinite(summary["loss"]):
+            raise FloatingPointError(f"epoch {epoch + 1}: loss is {summary['loss']}")
+        epoch_rng = None
+        save(epoch + 1, 0, {})
+    return result_model.eval()
+
+
+def _train_step(model, loss_fn, batch, device, optimizer, scaler, amp_dtype, grad_clip) -> tuple[float, dict]:
+    autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    with autocast:
+        loss, metrics = loss_fn(model, batch, device)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach()), metrics
+
+
+# ------------------------------------------------------------------------------------------ eval
+@torch.no_grad()
+def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.device | str) -> dict[str, float]:
+    """Top-1 / top-5 accuracy of ``model`` over ``loader``, summed over all processes.
+
+    loader yields ``(images, labels)`` with images ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]``
+    (K crops per image: their softmax is averaged) and labels ``Tensor[B] int64``; ``None`` batches
+    (every sample unreadable) are skipped. Returns ``{"top1": float, "top5": float, "n": int}``
+    (accuracies in 0..1; top-5 is top-k with k = min(5, classes)).
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = count = 0.0
+    for batch in loader:
+        if batch is None:
+            continue
+        images, labels = batch
+        probs = predict_proba(model, images.to(device, non_blocking=True))
+        labels = labels.to(device)
+        k = min(5, probs.shape[1])
+        topk = probs.topk(k, dim=1).indices
+        hit = topk == labels[:, None]
+        correct1 += float(hit[:, 0].sum())
+        correct5 += float(hit.any(dim=1).sum())
+        count += len(labels)
+    model.train(was_training)
+    totals = all_reduce_sum({"c1": correct1, "c5": correct5, "n": count}, device)
+    n = totals["n"]
+    return {"top1": totals["c1"] / n if n else 0.0, "top5": totals["c5"] / n if n else 0.0, "n": int(n)}
+
+
+def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Softmax of ``model`` averaged over crops.
+
+    images: ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]`` float; returns ``Tensor[B, C]`` float32.
+    """
+    if images.ndim != 5:
+        return _logits(model(images)).float().softmax(dim=1)
+    b, k = images.shape[:2]
+    probs = _logits(model(images.flatten(0, 1))).float().softmax(dim=1)
+    return probs.view(b, k, -1).mean(dim=1)
+
+
+def _logits(output: Any) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output[0]
