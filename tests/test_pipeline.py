@@ -1,0 +1,119 @@
+"""Per-class NMS against a plain loop, the detector on a tiny network, and the detector checkpoint."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision import ops
+
+from detect.classes import ClassList
+from detect.io import load_checkpoint
+from detect.models.googlenet import GoogLeNet
+from detect.pipeline import DETECTOR_FORMAT, Detector, bundle_detector, per_class_nms
+from detect.region import Ensemble
+from proposals.base import Proposals
+
+TINY = dict(width=0.125, aux_logits=True, lrn=False, dropout=0.0)
+
+
+def test_per_class_nms_hand_made():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
+    probs = torch.tensor([[0.1, 0.8, 0.1],     # class 0 at 0.8
+                          [0.2, 0.7, 0.1],     # overlaps box 0 (IoU 0.82) in class 0 -> suppressed
+                          [0.5, 0.005, 0.495]])
+    b, s, l = per_class_nms(boxes, probs, nms_iou=0.3, score_threshold=0.01, max_per_image=10)
+    # class 1: box 2 at 0.495 and one of the overlapping boxes 0 / 1 at 0.1 (suppressed only within a class)
+    assert l.tolist() == [0, 1, 1] and s.tolist() == pytest.approx([0.8, 0.495, 0.1])
+    assert torch.equal(b[0], boxes[0]) and torch.equal(b[1], boxes[2])
+    b, s, l = per_class_nms(boxes, probs, 0.3, 0.01, max_per_image=2)
+    assert len(s) == 2 and s.tolist() == pytest.approx([0.8, 0.495])
+    b, s, l = per_class_nms(boxes[:0], probs[:0], 0.3, 0.01, 10)
+    assert b.shape == (0, 4) and len(s) == 0
+
+
+def test_per_class_nms_matches_plain_loop():
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(60, 2, generator=gen) * 80
+    boxes = torch.cat([xy, xy + 5 + torch.rand(60, 2, generator=gen) * 30], 1)
+    probs = torch.rand(60, 5, generator=gen).softmax(1)
+    b, s, l = per_class_nms(boxes, probs, 0.3, 0.15, 1000)
+    expected = []
+    for c in range(4):
+        keep_rows = torch.where(probs[:, c + 1] >= 0.15)[0]
+        for k in ops.nms(boxes[keep_rows], probs[keep_rows, c + 1], 0.3).tolist():
+            expected.append((c, round(float(probs[keep_rows[k], c + 1]), 6)))
+    got = sorted(zip(l.tolist(), [round(float(x), 6) for x in s]))
+    assert got == sorted(expected)
+    assert torch.all(s[:-1] >= s[1:])
+
+
+class _GridProposer:
+    name = "grid"
+
+    def __call__(self, image):
+        h, w = image.shape[:2]
+        return Proposals(np.array([[0, 0, w / 2, h / 2], [w / 4, h / 4, w, h], [-5, -5, w + 5, h + 5],
+                                   [3, 3, 3.5, 40]], np.float32))
+
+
+def _members(n, num_classes, seed=0):
+    torch.manual_seed(seed)
+    return [GoogLeNet(num_classes=num_classes + 1, **TINY).eval() for _ in range(n)]
+
+
+def test_detector_detects_and_roundtrips_checkpoint(tmp_path):
+    classes = ClassList.from_names(["cat", "dog", "car"])
+    members = _members(2, len(classes))
+    det = Detector(_GridProposer(), Ensemble(members), classes, crop_size=64, context=4, nms_iou=0.3,
+                   score_threshold=0.0, max_per_image=5, batch_size=2, device="cpu")
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    res = det.detect(image)
+    assert res.boxes.shape == (5, 4) and res.boxes.dtype == np.float32 and res.labels.dtype == np.int64
+    assert np.all(res.scores[:-1] >= res.scores[1:]) and np.all(res.labels < 3)
+    assert res.boxes.min() >= 0 and res.boxes[:, 2].max() <= 64 and res.boxes[:, 3].max() <= 48  # clipped
+    # the tiny 0.5-pixel-wide proposal is dropped before scoring
+    assert not np.any(res.boxes[:, 2] - res.boxes[:, 0] < 2)
+    # scores are the ensemble's averaged probabilities for the crop
+    probs = det.score(image, res.boxes[:1])
+    assert float(probs[0, res.labels[0] + 1]) == pytest.approx(float(res.scores[0]), abs=1e-5)
+
+    ckpts = [{"model_kwargs": m.model_kwargs, "model_state": m.state_dict()} for m in members]
+    config = {"crop_size": 64, "context": 4, "nms_iou": 0.3, "score_threshold": 0.0, "max_per_image": 5,
+              "batch_size": 3, "proposer": {"_target_": "tests.test_pipeline._GridProposer"}}
+    path = tmp_path / "detector.pt"
+    bundle_detector(ckpts, classes, config, path)
+    raw = load_checkpoint(path)  # weights_only=True
+    assert raw["format"] == DETECTOR_FORMAT and len(raw["members"]) == 2
+    assert not any(k.startswith("aux") for k in raw["members"][0]["model_state"])
+    loaded = Detector.from_checkpoint(path, device="cpu", proposer=_GridProposer())
+    assert loaded.classes == classes and loaded.batch_size == 3
+    res2 = loaded.detect(image)
+    np.testing.assert_allclose(res2.scores, res.scores, atol=1e-5)
+    np.testing.assert_allclose(res2.boxes, res.boxes, atol=1e-4)
+    # cached proposals instead of the proposer; a single member; a cascade override
+    one = Detector.from_checkpoint(path, proposer=None, members=[0], cascade_threshold=0.9)
+    assert len(one.ensemble.members) == 1 and one.ensemble.cascade_threshold == 0.9
+    res3 = one.detect(image, proposals=np.array([[0, 0, 32, 24]], np.float32))
+    assert len(res3) == 3 and np.all(res3.boxes == [0, 0, 32, 24])
+    with pytest.raises(ValueError, match="no proposer"):
+        one.detect(image)
+
+
+def test_detector_checkpoint_errors(tmp_path):
+    classes = ClassList.from_names(["a"])
+    member = _members(1, 2)[0]
+    with pytest.raises(ValueError, match="expected 2"):
+        bundle_detector([{"model_kwargs": member.model_kwargs, "model_state": member.state_dict()}],
+                        classes, {}, tmp_path / "d.pt")
+    torch.save({"model_state": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt"):
+        Detector.from_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        Detector.from_checkpoint(tmp_path / "missing.pt")
+
+
+def test_detector_no_proposals_gives_empty_result():
+    classes = ClassList.from_names(["a", "b"])
+    det = Detector(None, Ensemble(_members(1, 2)), classes, crop_size=64, context=4)
+    res = det.detect(np.zeros((20, 20, 3), np.uint8), proposals=np.zeros((0, 4), np.float32))
+    assert res.boxes.shape == (0, 4) and len(res.scores) == 0
