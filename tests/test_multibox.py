@@ -237,3 +237,54 @@ def test_dataset_flip_keeps_boxes_on_the_object(tmp_path):
     assert items[1] is None and len(plain.skipped) == 1
     images, gt = collate_multibox(items)
     assert images.shape == (3, 3, 64, 64) and len(gt) == 3
+
+
+# ---------------------------------------------------------------- proposer
+def _save_checkpoint(path, k=6, priors=None):
+    from detect.io import atomic_torch_save
+    from proposals.multibox.model import MultiBoxNet
+
+    torch.manual_seed(0)
+    kwargs = {"backbone_kwargs": TINY_BACKBONE, "num_priors": k, "input_size": 96}
+    net = MultiBoxNet(**kwargs)
+    net.set_priors(_random_boxes(k, 2) if priors is None else priors)
+    with torch.no_grad():
+        net.head.weight.zero_()  # offsets zero: the boxes are the priors; logits = bias
+        net.head.bias[: 4 * k].zero_()
+        net.head.bias[4 * k :] = torch.arange(k, dtype=torch.float32)  # confidence grows with the index
+    atomic_torch_save({"model_kwargs": kwargs, "model_state": net.state_dict(), "priors": net.priors.clone()}, path)
+    return net.priors.numpy().copy()
+
+
+def test_proposer_returns_priors_in_pixels_sorted_by_confidence(tmp_path):
+    from proposals.base import Proposals
+    from proposals.multibox import MultiBoxProposer
+
+    priors = _save_checkpoint(tmp_path / "mb.pt")
+    proposer = MultiBoxProposer(str(tmp_path / "mb.pt"), top_k=4, device="cpu", batch_size=2)
+    assert proposer.name == "multibox"
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(50, 120), (200, 90), (96, 96)]]
+    batch = proposer.propose_batch(images)
+    for image, p in zip(images, batch):
+        h, w = image.shape[:2]
+        assert isinstance(p, Proposals) and p.boxes.shape == (4, 4) and p.boxes.dtype == np.float32
+        assert p.scores.dtype == np.float32 and np.all(np.diff(p.scores) <= 0)
+        # offsets are zero, so the boxes are the 4 most confident priors (the last ones) scaled to pixels
+        expected = priors[::-1][:4] * np.array([w, h, w, h], dtype=np.float32)
+        assert np.allclose(p.boxes, expected, atol=1e-3)
+        assert (p.boxes >= 0).all() and (p.boxes[:, 2] <= w).all() and (p.boxes[:, 3] <= h).all()
+        single = proposer(image)
+        assert np.allclose(single.boxes, p.boxes, atol=1e-4) and np.allclose(single.scores, p.scores, atol=1e-5)
+    assert np.allclose(batch[0].scores, 1 / (1 + np.exp(-np.array([5, 4, 3, 2.0]))), atol=1e-5)
+
+
+def test_proposer_rejects_bad_checkpoint(tmp_path):
+    from detect.io import atomic_torch_save
+    from proposals.multibox import MultiBoxProposer
+
+    atomic_torch_save({"model_state": {}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt.*model_kwargs"):
+        MultiBoxProposer(str(tmp_path / "bad.pt"), device="cpu")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        MultiBoxProposer(str(tmp_path / "missing.pt"), device="cpu")

@@ -6,12 +6,16 @@ import logging
 import numpy as np
 import torch
 
+from pathlib import Path
+
 from detect.boxes import box_iou
+from detect.io import load_checkpoint
 from proposals.multibox.loss import multibox_loss
+from proposals.multibox.priors import compute_priors, normalised_boxes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MultiBoxLossFn", "coverage", "evaluate_coverage"]
+__all__ = ["MultiBoxLossFn", "coverage", "evaluate_coverage", "resolve_priors"]
 
 
 class MultiBoxLossFn:
@@ -66,3 +70,16 @@ def evaluate_coverage(model, loader, device, top_k: int, iou: float = 0.5) -> di
         covered, total = covered + c, total + t
     model.train(was_training)
     return {"coverage": covered / max(total, 1), "n_gt": total}
+
+
+def resolve_priors(checkpoint, dataset, k: int, seed: int, iterations: int, tolerance: float = 1e-6) -> np.ndarray:
+    """The priors of a run: those stored in ``checkpoint`` when it exists (a resumed run), else k-means
+    over ``dataset``'s normalised ground-truth boxes. Returns ``ndarray[k, 4] float32``."""
+    if checkpoint is not None and Path(checkpoint).is_file():
+        stored = load_checkpoint(checkpoint).get("priors")
+        if stored is not None and tuple(stored.shape) == (k, 4):
+            log.info("%s: using the stored priors", checkpoint)
+            return np.asarray(stored, dtype=np.float32)
+    boxes = normalised_boxes(dataset.records)
+    log.info("computing %d priors from %d ground-truth boxes", k, len(boxes))
+    return compute_priors(boxes, k=k, seed=seed, iterations=iterations, tolerance=tolerance)

@@ -1,0 +1,70 @@
+"""Inference: a trained MultiBox checkpoint as a proposer (image -> top-k boxes with confidences)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from detect.distributed import resolve_device
+from detect.io import load_checkpoint
+from proposals.base import Proposals
+from proposals.multibox.model import MultiBoxNet, decode_boxes, preprocess
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MultiBoxProposer", "load_multibox"]
+
+
+def load_multibox(path, map_location="cpu") -> tuple[MultiBoxNet, dict]:
+    """Rebuild a MultiBoxNet from a checkpoint (``model_kwargs`` + ``model_state``, the averaged
+    weights). Returns ``(model in eval mode, checkpoint dict)``; ``ValueError`` names the file when a
+    key is missing or the weights do not fit."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    for key in ("model_kwargs", "model_state"):
+        if key not in ckpt:
+            raise ValueError(f"{path}: not a MultiBox checkpoint (no {key!r})")
+    try:
+        model = MultiBoxNet(**ckpt["model_kwargs"])
+        model.load_state_dict(ckpt["model_state"])
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(f"{path}: MultiBox weights do not match model_kwargs ({e})") from e
+    return model.eval(), ckpt
+
+
+class MultiBoxProposer:
+    """``image ndarray[H, W, 3] uint8 RGB -> Proposals(boxes float32[top_k, 4] pixels, clipped, by
+    decreasing confidence; scores float32[top_k] sigmoid)``.
+
+    checkpoint: path written by tools/train_multibox.py; top_k: boxes kept per image (at most K);
+    device: "auto" | "cpu" | "cuda[:N]"; batch_size: images per forward pass in :meth:`propose_batch`.
+    """
+
+    name = "multibox"
+
+    def __init__(self, checkpoint: str, top_k: int = 200, device: str = "auto", batch_size: int = 32):
+        self.device = resolve_device(device)
+        self.model, _ = load_multibox(checkpoint)
+        self.model.to(self.device)
+        self.top_k = min(int(top_k), self.model.num_priors)
+        self.batch_size = int(batch_size)
+
+    def __call__(self, image: np.ndarray) -> Proposals:
+        return self.propose_batch([image])[0]
+
+    @torch.inference_mode()
+    def propose_batch(self, images: list[np.ndarray]) -> list[Proposals]:
+        """Proposals for each image of ``images`` (list of ndarray[H, W, 3] uint8 RGB)."""
+        out = []
+        for s in range(0, len(images), self.batch_size):
+            chunk = images[s : s + self.batch_size]
+            x = preprocess(chunk, self.model.input_size).to(self.device)
+            boxes, logits = self.model(x)
+            scores, order = torch.sigmoid(logits.float()).sort(dim=1, descending=True)
+            scores, order = scores[:, : self.top_k], order[:, : self.top_k]
+            boxes = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 4))
+            for image, b, sc in zip(chunk, boxes, scores):
+                height, width = image.shape[:2]
+                pixels = decode_boxes(b, width, height)
+                out.append(Proposals(boxes=pixels.cpu().numpy().astype(np.float32), scores=sc.cpu().numpy().astype(np.float32)))
+        return out
