@@ -6,7 +6,7 @@ Scores and labels put background at column / label 0 and class ``c`` at ``c + 1`
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,9 @@ __all__ = [
     "add_ground_truth",
     "sample_regions",
     "RegionDataset",
+    "RegionBatch",
     "collate_regions",
+    "RegionLoss",
     "Ensemble",
 ]
 
@@ -185,9 +187,16 @@ class RegionDataset(Dataset):
             return np.zeros((0, 4), np.float32)
         return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | None:
+        """The regions of image ``index``, or None (logged) when the image cannot be used."""
         record = self.records[index]
-        rng = self._rng(index)
+        try:
+            return self._regions(record, self._rng(index))
+        except ValueError as e:  # ImageError included; the message names the file
+            log.warning("skipped %s", e)
+            return None
+
+    def _regions(self, record: DetectionRecord, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
         image = read_image(record.path)
         height, width = image.shape[:2]
         boxes, labels = add_ground_truth(
@@ -207,10 +216,50 @@ class RegionDataset(Dataset):
         return warp_regions(tensor, boxes, self.crop_size, self.context), labels
 
 
-def collate_regions(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """Concatenate the regions of several images: ``(Tensor[sum R, 3, S, S], Tensor[sum R] int64)``."""
-    crops, labels = zip(*items)
-    return torch.cat(crops), torch.cat(labels)
+class RegionBatch(NamedTuple):
+    """crops: Tensor[B, 3, S, S] float32; labels: Tensor[B] int64; dropped: images of the batch skipped."""
+
+    crops: Tensor
+    labels: Tensor
+    dropped: int = 0
+
+
+def collate_regions(items: list[tuple[Tensor, Tensor] | None]) -> RegionBatch | None:
+    """Concatenate the regions of several images into a :class:`RegionBatch`; unusable images (None)
+    are dropped and counted, and a batch of nothing but those is None (the engine skips it)."""
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return None
+    crops, labels = zip(*kept)
+    return RegionBatch(torch.cat(crops), torch.cat(labels), len(items) - len(kept))
+
+
+class RegionLoss:
+    """Cross-entropy over ``C + 1`` classes, plus ``aux_weight`` times that of each auxiliary head.
+
+    ``(model, batch: RegionBatch, device) -> (loss Tensor[], {"acc", "fg_acc", "fg_share"})``, the
+    loss-function contract of :func:`detect.engine.fit`.
+    """
+
+    def __init__(self, aux_weight: float = 0.3):
+        self.aux_weight = aux_weight
+
+    def __call__(self, model: nn.Module, batch: RegionBatch, device: torch.device) -> tuple[Tensor, dict]:
+        crops = batch.crops.to(device, non_blocking=True)
+        labels = batch.labels.to(device, non_blocking=True)
+        out = model(crops)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss = nn.functional.cross_entropy(logits, labels)
+        if isinstance(out, tuple):
+            for aux in out[1:]:
+                if aux is not None:
+                    loss = loss + self.aux_weight * nn.functional.cross_entropy(aux, labels)
+        with torch.no_grad():
+            hit = logits.argmax(dim=1) == labels
+            fg = labels > 0
+            metrics = {"acc": float(hit.float().mean()), "fg_share": float(fg.float().mean()),
+                       "fg_acc": float(hit[fg].float().mean()) if fg.any() else 0.0}
+        return loss, metrics
 
 
 class Ensemble(nn.Module):

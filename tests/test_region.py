@@ -8,7 +8,7 @@ from PIL import Image
 from torch import nn
 
 from detect.data.records import DetectionRecord
-from detect.region import (Ensemble, RegionDataset, add_ground_truth, assign_region_labels,
+from detect.region import (Ensemble, RegionDataset, RegionLoss, add_ground_truth, assign_region_labels,
                            collate_regions, context_boxes, normalize_image, sample_regions, warp_regions)
 
 
@@ -136,7 +136,7 @@ def test_region_dataset_items_and_flip(tmp_path):
     props = {"a": np.array([[5, 5, 30, 29], [40, 0, 60, 40], [0, 0, 10, 10]], np.float32)}
     ds = RegionDataset(records, props.__getitem__, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
                        regions_per_image=8, fg_fraction=0.25, crop_size=16, context=2, flip_prob=0.0, seed=3)
-    crops, labels = collate_regions([ds[0], ds[1]])
+    crops, labels, _ = collate_regions([ds[0], ds[1]])
     assert crops.shape == (16, 3, 16, 16) and labels.shape == (16,)
     assert (labels[:8] == 3).sum() == 2 and (labels[:8] == 0).sum() == 6
     assert (labels[8:] == 3).all()  # "b" has no proposals: ground truth only
@@ -151,9 +151,13 @@ def test_region_dataset_items_and_flip(tmp_path):
 def test_region_dataset_reports_bad_image(tmp_path):
     rec = _record(tmp_path, "a")
     rec.path.write_bytes(b"not an image")
-    ds = RegionDataset([rec], {}.__getitem__, (0.5,) * 3, (0.25,) * 3, crop_size=16, context=2)
-    with pytest.raises(ValueError, match="a.png"):
-        ds[0]
+    good = _record(tmp_path, "b")
+    ds = RegionDataset([rec, good], {}.__getitem__, (0.5,) * 3, (0.25,) * 3, regions_per_image=4,
+                       crop_size=16, context=2)
+    assert ds[0] is None
+    crops, labels, dropped = collate_regions([ds[0], ds[1]])
+    assert crops.shape == (4, 3, 16, 16) and dropped == 1
+    assert collate_regions([ds[0]]) is None
 
 
 class _Fixed(nn.Module):
@@ -185,3 +189,19 @@ def test_ensemble_cascade_keeps_member0_scores_for_unpassed():
     assert passed.tolist() == [False, False, True]
     torch.testing.assert_close(probs[~passed], p0[~passed])
     torch.testing.assert_close(probs[passed], ((p0 + b(x).softmax(1)) / 2)[passed])
+
+
+def test_region_loss_weights_aux_heads():
+    from detect.models.googlenet import GoogLeNetOutputs
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    aux = torch.zeros(2, 3)
+    labels = torch.tensor([0, 1])
+    main = nn.functional.cross_entropy(logits, labels)
+    aux_ce = nn.functional.cross_entropy(aux, labels)
+    batch = collate_regions([(torch.zeros(2, 3, 4, 4), labels)])
+    loss, metrics = RegionLoss(0.3)(lambda x: GoogLeNetOutputs(logits, aux, aux), batch, torch.device("cpu"))
+    assert float(loss) == pytest.approx(float(main + 0.6 * aux_ce))
+    assert metrics == {"acc": 0.5, "fg_share": 0.5, "fg_acc": 0.0}
+    loss, _ = RegionLoss(0.3)(lambda x: logits, batch, torch.device("cpu"))  # eval-mode output
+    assert float(loss) == pytest.approx(float(main))
