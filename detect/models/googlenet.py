@@ -1,0 +1,396 @@
+"""GoogLeNet (Inception v1), exactly as Table 1 of Szegedy et al., "Going deeper with convolutions".
+
+The network, top to bottom at a 224x224 input (Table 1)::
+
+    conv1      7x7/2, 64                        112x112x64
+    maxpool1   3x3/2 (ceil) -> LRN              56x56x64
+    conv2      1x1, 64                          56x56x64
+    conv3      3x3, 192 -> LRN                  56x56x192
+    maxpool2   3x3/2                            28x28x192
+    inception 3a, 3b                            28x28x256, 28x28x480
+    maxpool3   3x3/2                            14x14x480
+    inception 4a .. 4e                          14x14x512, 512, 512, 528, 832
+    maxpool4   3x3/2                            7x7x832
+    inception 5a, 5b                            7x7x832, 7x7x1024
+    avgpool    global (= 7x7 at 224) -> dropout 0.4 -> fc
+
+Each inception module concatenates four branches (module names as in torchvision, so that state
+dict keys coincide when the options match): ``branch1`` 1x1; ``branch2`` 1x1 reduce -> 3x3;
+``branch3`` 1x1 reduce -> 5x5 (3x3 in torchvision's port, ``five_by_five=False``); ``branch4``
+3x3/1 max pool -> 1x1 pool projection. Every convolution, reductions and projections included, is
+followed by a ReLU (and by BatchNorm before it when ``batch_norm=True``, as torchvision places it).
+
+Auxiliary heads on 4a and 4d (training only): 5x5/3 average pool (14x14 -> 4x4; other map sizes
+fall back to an adaptive pool to 4x4), 1x1 conv 128 + ReLU, FC 1024 + ReLU, dropout 0.7, linear.
+
+Counting notes (checked in tests/test_googlenet.py): the convolution and linear weights of the main
+network (no biases, no auxiliary heads, 1000 classes) number 6,990,272, and the multiply-adds at
+224x224 are about 1.58 G. Table 1's params column disagrees with its own filter counts in a few
+rows: e.g. 4c has 512*128 + 512*128 + 128*256*9 + 512*24 + 24*64*25 + 512*64 = 509,440 weights
+(497.5 K) against the printed 463 K; and its ops column sums to about 1.5 G.
+
+Inputs: float ``Tensor[B, 3, H, W]`` normalised with ``IMAGENET_MEAN``/``IMAGENET_STD`` (RGB, 0..1
+scale), any H, W >= 96 (small CPU configs warp crops to 96 or 112).
+"""
+from __future__ import annotations
+
+import logging
+from collections import namedtuple
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detect.io import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "GoogLeNet",
+    "GoogLeNetOutputs",
+    "LoadReport",
+    "build_model",
+    "googlenet_torchvision",
+    "load_model",
+    "load_pretrained",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, 0..1 scale
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux1", "aux2"])
+
+# Table 1: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj) of each inception module.
+INCEPTION_TABLE = {
+    "3a": (64, 96, 128, 16, 32, 32),
+    "3b": (128, 128, 192, 32, 96, 64),
+    "4a": (192, 96, 208, 16, 48, 64),
+    "4b": (160, 112, 224, 24, 64, 64),
+    "4c": (128, 128, 256, 24, 64, 64),
+    "4d": (112, 144, 288, 32, 64, 64),
+    "4e": (256, 160, 320, 32, 128, 128),
+    "5a": (256, 160, 320, 32, 128, 128),
+    "5b": (384, 192, 384, 48, 128, 128),
+}
+
+
+class ConvReLU(nn.Module):
+    """Conv -> (BatchNorm, eps 0.001) -> ReLU. With BatchNorm the conv has no bias (torchvision's layout)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, batch_norm: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=not batch_norm)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001) if batch_norm else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return F.relu(x, inplace=True)
+
+
+class Inception(nn.Module):
+    """Four parallel branches concatenated on channels: [B, C_in, H, W] -> [B, out_channels, H, W]."""
+
+    def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
+                 pool_proj: int, batch_norm: bool = False, five_by_five: bool = True):
+        super().__init__()
+        k5 = 5 if five_by_five else 3
+        self.branch1 = ConvReLU(in_channels, ch1x1, 1, batch_norm=batch_norm)
+        self.branch2 = nn.Sequential(
+            ConvReLU(in_channels, ch3x3red, 1, batch_norm=batch_norm),
+            ConvReLU(ch3x3red, ch3x3, 3, padding=1, batch_norm=batch_norm),
+        )
+        self.branch3 = nn.Sequential(
+            ConvReLU(in_channels, ch5x5red, 1, batch_norm=batch_norm),
+            ConvReLU(ch5x5red, ch5x5, k5, padding=k5 // 2, batch_norm=batch_norm),
+        )
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True),
+            ConvReLU(in_channels, pool_proj, 1, batch_norm=batch_norm),
+        )
+        self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+class InceptionAux(nn.Module):
+    """Auxiliary classifier: [B, C, H, W] (14x14 at a 224 input) -> logits [B, num_classes].
+
+    ``pool="paper"``: 5x5/3 average pool when it gives 4x4 (maps 14..16), else adaptive to 4x4;
+    ``pool="adaptive"``: always adaptive to 4x4 (torchvision's port).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, conv_channels: int = 128, hidden: int = 1024,
+                 dropout: float = 0.7, batch_norm: bool = False, pool: str = "paper"):
+        super().__init__()
+        if pool not in ("paper", "adaptive"):
+            raise ValueError(f"aux pool must be 'paper' or 'adaptive', got {pool!r}")
+        self.pool = pool
+        self.conv = ConvReLU(in_channels, conv_channels, 1, batch_norm=batch_norm)
+        self.fc1 = nn.Linear(conv_channels * 16, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pool == "paper" and 14 <= x.shape[-2] <= 16 and 14 <= x.shape[-1] <= 16:
+            x = F.avg_pool2d(x, kernel_size=5, stride=3)
+        else:
+            x = F.adaptive_avg_pool2d(x, (4, 4))
+        x = torch.flatten(self.conv(x), 1)  # [B, conv_channels * 16]
+        x = self.dropout(F.relu(self.fc1(x), inplace=True))
+        return self.fc2(x)
+
+
+class GoogLeNet(nn.Module):
+    """Inception v1 (Table 1), with options for torchvision's port and small CPU configs.
+
+    Args:
+        num_classes: size of the classifier (1000 for ImageNet, 201 for a region classifier).
+        aux_logits: build the two auxiliary heads (used in training mode only).
+        batch_norm: BatchNorm after every conv (conv -> bn -> relu, eps 0.001, conv without bias).
+        width: multiplies every channel count (rounded, at least 8).
+        five_by_five: real 5x5 convs in the "5x5" branch (False: 3x3, as torchvision's port).
+        lrn: local response normalisation after maxpool1 and conv3 (size 5, alpha 1e-4, beta 0.75).
+        dropout, aux_dropout: dropout before the classifier / in the auxiliary heads.
+        transform_input: convert ImageNet-normalised input to the (x - 0.5) / 0.5 scale of
+            torchvision's ported weights (exactly as torchvision does).
+        init_weights: truncated-normal init (see ``_init_weights``); False leaves PyTorch's defaults.
+        aux_pool: "paper" (5x5/3 average pool) or "adaptive" (torchvision's adaptive 4x4).
+        pool4_size: kernel of maxpool4 (3 as in the paper; 2 in torchvision's port).
+
+    ``forward(x: Tensor[B, 3, H, W] float) -> Tensor[B, num_classes]`` in eval mode (or without aux
+    heads), ``GoogLeNetOutputs(logits, aux1, aux2)`` in training mode with aux heads.
+    """
+
+    def __init__(self, num_classes: int = 1000, aux_logits: bool = True, batch_norm: bool = False,
+                 width: float = 1.0, five_by_five: bool = True, lrn: bool = True, dropout: float = 0.4,
+                 aux_dropout: float = 0.7, transform_input: bool = False, init_weights: bool = True,
+                 aux_pool: str = "paper", pool4_size: int = 3):
+        super().__init__()
+        self.model_kwargs = dict(
+            num_classes=num_classes, aux_logits=aux_logits, batch_norm=batch_norm, width=width,
+            five_by_five=five_by_five, lrn=lrn, dropout=dropout, aux_dropout=aux_dropout,
+            transform_input=transform_input, aux_pool=aux_pool, pool4_size=pool4_size,
+        )  # what build_model needs to rebuild this network; stored in checkpoints
+        self.aux_logits = aux_logits
+        self.transform_input = transform_input
+
+        def ch(c: int) -> int:
+            return max(8, int(round(c * width)))
+
+        def conv(cin: int, cout: int, k: int, **kw) -> ConvReLU:
+            return ConvReLU(cin, cout, k, batch_norm=batch_norm, **kw)
+
+        def inception(cin: int, name: str) -> Inception:
+            return Inception(cin, *(ch(c) for c in INCEPTION_TABLE[name]), batch_norm=batch_norm,
+                             five_by_five=five_by_five)
+
+        def local_response_norm() -> nn.Module:
+            return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if lrn else nn.Identity()
+
+        self.conv1 = conv(3, ch(64), 7, stride=2, padding=3)
+        self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.lrn1 = local_response_norm()
+        self.conv2 = conv(ch(64), ch(64), 1)
+        self.conv3 = conv(ch(64), ch(192), 3, padding=1)
+        self.lrn2 = local_response_norm()
+        self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+
+        self.inception3a = inception(ch(192), "3a")
+        self.inception3b = inception(self.inception3a.out_channels, "3b")
+        self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+
+        self.inception4a = inception(self.inception3b.out_channels, "4a")
+        self.inception4b = inception(self.inception4a.out_channels, "4b")
+        self.inception4c = inception(self.inception4b.out_channels, "4c")
+        self.inception4d = inception(self.inception4c.out_channels, "4d")
+        self.inception4e = inception(self.inception4d.out_channels, "4e")
+        self.maxpool4 = nn.MaxPool2d(pool4_size, stride=2, ceil_mode=True)
+
+        self.inception5a = inception(self.inception4e.out_channels, "5a")
+        self.inception5b = inception(self.inception5a.out_channels, "5b")
+        self.feature_dim = self.inception5b.out_channels
+
+        if aux_logits:
+            aux = dict(conv_channels=ch(128), hidden=ch(1024), dropout=aux_dropout, batch_norm=batch_norm,
+                       pool=aux_pool)
+            self.aux1 = InceptionAux(self.inception4a.out_channels, num_classes, **aux)
+            self.aux2 = InceptionAux(self.inception4d.out_channels, num_classes, **aux)
+        else:
+            self.aux1 = self.aux2 = None
+
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+
+        if init_weights:
+            self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        """Truncated normal (at 2 std) for every conv and linear; biases 0; BatchNorm weight 1, bias 0.
+
+        Hidden layers use std sqrt(2 / fan_in) so that the 22-layer network without BatchNorm starts
+        with activations that neither vanish nor explode (torchvision's 0.01 everywhere makes them
+        vanish); the classifiers (fc, aux fc2) use std 0.01. Truncation redraws the few values
+        beyond 2 std (``_trunc_normal_``), several times faster than the inverse-CDF of
+        ``nn.init.trunc_normal_`` at this cut-off.
+        """
+        classifiers = {self.fc} | ({self.aux1.fc2, self.aux2.fc2} if self.aux_logits else set())
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                std = 0.01 if m in classifiers else (2.0 / m.weight[0].numel()) ** 0.5
+                _trunc_normal_(m.weight, std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _transform_input(self, x: Tensor) -> Tensor:
+        """ImageNet-normalised input -> the (x - 0.5) / 0.5 scale of torchvision's ported weights."""
+        if not self.transform_input:
+            return x
+        x0 = x[:, 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
+        x1 = x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
+        x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
+        return torch.cat([x0, x1, x2], 1)
+
+    def _trunk(self, x: Tensor, with_aux: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """[B, 3, H, W] -> (5b map [B, feature_dim, H/32, W/32], aux1 logits or None, aux2 logits or None)."""
+        x = self._transform_input(x)
+        x = self.lrn1(self.maxpool1(self.conv1(x)))           # [B, 64, 56, 56] at 224
+        x = self.maxpool2(self.lrn2(self.conv3(self.conv2(x))))  # [B, 192, 28, 28]
+        x = self.maxpool3(self.inception3b(self.inception3a(x)))  # [B, 480, 14, 14]
+        x = self.inception4a(x)                                # [B, 512, 14, 14]
+        aux1 = self.aux1(x) if with_aux else None
+        x = self.inception4d(self.inception4c(self.inception4b(x)))  # [B, 528, 14, 14]
+        aux2 = self.aux2(x) if with_aux else None
+        x = self.maxpool4(self.inception4e(x))                # [B, 832, 7, 7]
+        x = self.inception5b(self.inception5a(x))              # [B, 1024, 7, 7]
+        return x, aux1, aux2
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Inception 5b map: [B, 3, H, W] -> [B, feature_dim, h, w]: 7x7 at 224, 3x3 at 96 and 112
+        (conv1 halves rounding up, then four 3x3/2 ceil-mode pools: n -> ceil((n - 3) / 2) + 1)."""
+        return self._trunk(x, with_aux=False)[0]
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Pooled 5b features before dropout: [B, 3, H, W] -> [B, feature_dim] float."""
+        return torch.flatten(self.avgpool(self.forward_features(x)), 1)
+
+    def forward(self, x: Tensor) -> Tensor | GoogLeNetOutputs:
+        with_aux = self.training and self.aux_logits
+        x, aux1, aux2 = self._trunk(x, with_aux)
+        logits = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))  # [B, num_classes]
+        return GoogLeNetOutputs(logits, aux1, aux2) if with_aux else logits
+
+
+def _trunc_normal_(weight: Tensor, std: float) -> None:
+    """Fill ``weight`` in place from N(0, std^2) truncated to [-2 std, 2 std]: one normal draw, then
+    redraw only the values outside (4.6% of them, then 4.6% of those, ...)."""
+    flat = weight.view(-1)  # a freshly built parameter is contiguous
+    flat.normal_(0.0, std)
+    idx = (flat.abs() > 2 * std).nonzero().squeeze(1)
+    while idx.numel():
+        redraw = torch.randn(idx.numel(), dtype=weight.dtype, device=weight.device) * std
+        flat[idx] = redraw
+        idx = idx[redraw.abs() > 2 * std]
+
+
+def googlenet_torchvision(**overrides) -> GoogLeNet:
+    """The layout of ``torchvision.models.googlenet``: a torchvision state dict loads into it strictly.
+
+    BatchNorm, 3x3 convs in the "5x5" branch, no LRN, adaptive aux pool, 2x2 maxpool4, dropout 0.2.
+    ``overrides`` are GoogLeNet kwargs (e.g. ``num_classes=201, transform_input=True``).
+    """
+    kwargs = dict(batch_norm=True, five_by_five=False, lrn=False, aux_pool="adaptive", pool4_size=2, dropout=0.2)
+    kwargs.update(overrides)
+    return GoogLeNet(**kwargs)
+
+
+def build_model(model_kwargs: dict) -> GoogLeNet:
+    """GoogLeNet from the kwargs stored in a checkpoint (``GoogLeNet.model_kwargs``)."""
+    return GoogLeNet(**dict(model_kwargs))
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GoogLeNet, dict]:
+    """Rebuild a GoogLeNet from our checkpoint (``model_kwargs`` + ``model_state``); returns (model in eval mode, checkpoint)."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    if not isinstance(ckpt, dict) or "model_kwargs" not in ckpt or "model_state" not in ckpt:
+        raise ValueError(f"{path}: not a GoogLeNet checkpoint (needs 'model_kwargs' and 'model_state')")
+    model = GoogLeNet(**{**dict(ckpt["model_kwargs"]), "init_weights": False})
+    try:
+        model.load_state_dict(_strip_module_prefix(ckpt["model_state"]), strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the stored model_kwargs ({e})") from e
+    return model.eval(), ckpt
+
+
+@dataclass
+class LoadReport:
+    """What ``load_pretrained`` did: tensor names loaded, left initialised for a shape mismatch,
+    missing from the file, and present in the file but unknown to the model."""
+
+    loaded: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+
+def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.5) -> LoadReport:
+    """Load every tensor of ``path`` whose name and shape match ``model``'s state dict.
+
+    ``path``: our checkpoint (a dict with ``model_state``) or a raw state dict (torchvision's
+    ``googlenet-1378be20.pth``). Layers whose shape differs (fc, aux fc2 for another num_classes)
+    keep their initialisation and are logged. Raises ValueError naming the file when fewer than
+    ``min_fraction`` of the model's tensors match (the wrong architecture).
+    """
+    obj = load_checkpoint(path)
+    state = obj["model_state"] if isinstance(obj, dict) and "model_state" in obj else obj
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict or a checkpoint with 'model_state', got {type(state).__name__}")
+    state = _strip_module_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    own = model.state_dict()
+    report = LoadReport()
+    to_load = {}
+    for name, tensor in own.items():
+        if name not in state:
+            report.missing.append(name)
+        elif state[name].shape != tensor.shape:
+            report.mismatched.append(name)
+        else:
+            to_load[name] = state[name]
+            report.loaded.append(name)
+    report.unexpected = [k for k in state if k not in own]
+    if len(report.loaded) < min_fraction * len(own):
+        raise ValueError(
+            f"{path}: only {len(report.loaded)} of the model's {len(own)} tensors match by name and shape "
+            f"(missing {len(report.missing)}, mismatched {len(report.mismatched)}): a different architecture?"
+        )
+    model.load_state_dict(to_load, strict=False)
+    if report.mismatched:
+        log.info("%s: left initialised (shape differs): %s", path, ", ".join(report.mismatched))
+    if report.missing:
+        log.warning("%s: %d tensors not in the file, left initialised: %s", path, len(report.missing),
+                    ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else ""))
+    if report.unexpected:
+        log.info("%s: %d tensors of the file unused: %s", path, len(report.unexpected),
+                 ", ".join(report.unexpected[:10]) + (" ..." if len(report.unexpected) > 10 else ""))
+    log.info("%s: loaded %d of %d tensors", path, len(report.loaded), len(own))
+    return report
+
+
+def _strip_module_prefix(state: dict) -> dict:
+    """Drop the ``module.`` prefix of DistributedDataParallel / AveragedModel keys (and AveragedModel's
+    own ``n_averaged``)."""
+    if any(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
+    return state
