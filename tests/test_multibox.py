@@ -288,3 +288,34 @@ def test_proposer_rejects_bad_checkpoint(tmp_path):
         MultiBoxProposer(str(tmp_path / "bad.pt"), device="cpu")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         MultiBoxProposer(str(tmp_path / "missing.pt"), device="cpu")
+
+
+# ---------------------------------------------------------------- training tool
+def test_train_multibox_tool_smoke(tmp_path, repo_root):
+    """Two steps of tools/train_multibox.py on a tiny generated world; the checkpoint feeds the proposer."""
+    import subprocess
+    import sys
+
+    from detect.io import load_checkpoint
+    from proposals.multibox import MultiBoxProposer
+
+    if not (repo_root / "conf" / "data" / "synthetic.yaml").is_file():
+        pytest.skip("conf/data/synthetic.yaml (the data group) is not there yet")
+    work = tmp_path / "work"
+    args = [
+        sys.executable, str(repo_root / "tools" / "train_multibox.py"), f"work_dir={work}", "init=null",
+        "model.backbone_kwargs.width=0.125", "model.backbone_kwargs.batch_norm=true", "model.input_size=96",
+        "model.num_priors=16", "batch_size=4", "epochs=1", "max_steps_per_epoch=2", "num_workers=0",
+        "data.generate.num_train=10", "data.generate.num_val=4", "data.generate.min_side=96",
+        "data.generate.max_side=128", "data.generate.num_classes=3", "evaluation.top_k=8",
+    ]
+    run = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "coverage@0.5 top8:" in run.stdout
+    ckpt = load_checkpoint(work / "multibox" / "checkpoint.pt")
+    assert ckpt["epoch"] == 1 and ckpt["model_kwargs"]["num_priors"] == 16
+    assert tuple(ckpt["priors"].shape) == (16, 4) and torch.equal(ckpt["priors"], ckpt["model_state"]["priors"])
+    image = np.full((90, 130, 3), 127, dtype=np.uint8)
+    p = MultiBoxProposer(str(work / "multibox" / "checkpoint.pt"), top_k=8, device="cpu")(image)
+    assert p.boxes.shape == (8, 4) and np.all(np.diff(p.scores) <= 0)
+    assert (p.boxes[:, 2] <= 130).all() and (p.boxes[:, 3] <= 90).all()

@@ -19,7 +19,7 @@ __all__ = ["MultiBoxLossFn", "coverage", "evaluate_coverage", "resolve_priors"]
 
 
 class MultiBoxLossFn:
-    """``(model, batch, device) -> (loss, {"loss": float, "boxes_per_image": float})`` for the engine.
+    """``(model, batch, device) -> (loss, {"gt_per_image": float})`` for the engine.
 
     batch: ``(images Tensor[B, 3, S, S], list of B Tensor[G_b, 4])`` from ``collate_multibox``.
     """
@@ -33,7 +33,7 @@ class MultiBoxLossFn:
         boxes, logits = model(images)
         loss = multibox_loss(boxes, logits, gt, self.alpha)
         n_gt = sum(len(g) for g in gt) / max(len(gt), 1)
-        return loss, {"loss": float(loss.detach()), "gt_per_image": n_gt}
+        return loss, {"gt_per_image": n_gt}
 
 
 def coverage(proposals: list[np.ndarray], gt: list[np.ndarray], iou: float = 0.5) -> tuple[int, int]:
