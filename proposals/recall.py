@@ -1,0 +1,109 @@
+"""How well proposals cover ground truth: coverage (recall) at IoU 0.5 and at the ILSVRC small-object
+threshold, mean best overlap (MABO), and recall as a function of the number of proposals.
+
+``plus_one=True`` measures widths as ILSVRC's evaluator does (``x2 - x1 + 1``, inclusive pixel
+boxes) both for the IoU and for the small-object threshold ``min(0.5, wh / ((w + 10)(h + 10)))``;
+``plus_one=False`` (COCO-style continuous boxes) uses ``x2 - x1``. Ignored ground truth (VOC
+``difficult``, COCO ``iscrowd``) and blacklisted (image, class) pairs are left out.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from detect.boxes import box_iou
+
+__all__ = ["ProposalRecall", "best_overlaps", "ilsvrc_thresholds", "proposal_recall"]
+
+
+def _widen(boxes: np.ndarray, plus_one: bool) -> np.ndarray:
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+    if plus_one:
+        boxes[:, 2:] += 1.0
+    return boxes
+
+
+def ilsvrc_thresholds(gt: np.ndarray, plus_one: bool = True) -> np.ndarray:
+    """``gt: [G, 4]`` xyxy -> ``float64[G]``: ``min(0.5, w h / ((w + 10)(h + 10)))`` (ILSVRC small objects)."""
+    g = _widen(gt, plus_one)
+    w, h = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
+    return np.minimum(0.5, w * h / ((w + 10.0) * (h + 10.0)))
+
+
+def best_overlaps(gt: np.ndarray, proposals: np.ndarray, ks: Sequence[int] = (), plus_one: bool = True):
+    """Best IoU of each ground-truth box over all proposals, and over the first ``k`` for each ``k``.
+
+    gt: ``[G, 4]``, proposals: ``[N, 4]`` xyxy -> (``float64[G]``, ``float64[len(ks), G]``).
+    """
+    g, p = _widen(gt, plus_one), _widen(proposals, plus_one)
+    if len(g) == 0 or len(p) == 0:
+        return np.zeros(len(g)), np.zeros((len(ks), len(g)))
+    iou = box_iou(g, p)  # [G, N]
+    running = np.maximum.accumulate(iou, axis=1)
+    at_k = np.stack([running[:, min(k, len(p)) - 1] if k > 0 else np.zeros(len(g)) for k in ks]) if len(ks) else np.zeros((0, len(g)))
+    return running[:, -1], at_k
+
+
+@dataclass
+class ProposalRecall:
+    """Coverage figures of one method on one dataset split (``recall_at_k[i]`` belongs to ``ks[i]``)."""
+
+    num_images: int
+    num_gt: int
+    boxes_per_image: float
+    coverage_050: float
+    coverage_ilsvrc: float
+    mabo: float
+    ks: list[int]
+    recall_at_k: list[float]
+    recall_ilsvrc_at_k: list[float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def proposal_recall(
+    gts: Sequence[np.ndarray],
+    proposals: Sequence[np.ndarray],
+    keep: Sequence[np.ndarray] | None = None,
+    ks: Sequence[int] = (1, 10, 100, 1000),
+    iou_threshold: float = 0.5,
+    plus_one: bool = True,
+) -> ProposalRecall:
+    """Coverage of ground truth by proposals over a dataset.
+
+    gts[i]: ``[G_i, 4]`` ground truth of image i; proposals[i]: ``[N_i, 4]`` in rank order;
+    keep[i]: ``bool[G_i]`` ground truth that counts (None: all). ``coverage_050`` = share of counted
+    boxes with a proposal at IoU >= ``iou_threshold``; ``coverage_ilsvrc`` uses the per-box threshold
+    of :func:`ilsvrc_thresholds`; ``mabo`` = mean best overlap; recall over the first ``k`` proposals.
+    """
+    if len(gts) != len(proposals):
+        raise ValueError(f"{len(gts)} ground-truth lists but {len(proposals)} proposal lists")
+    ks = [int(k) for k in ks]
+    best_all, at_k_all, thr_all = [], [], []
+    for i, (gt, props) in enumerate(zip(gts, proposals)):
+        gt = np.asarray(gt, np.float64).reshape(-1, 4)
+        if keep is not None:
+            gt = gt[np.asarray(keep[i], bool).reshape(-1)]
+        best, at_k = best_overlaps(gt, props, ks, plus_one)
+        best_all.append(best)
+        at_k_all.append(at_k)
+        thr_all.append(ilsvrc_thresholds(gt, plus_one))
+    best = np.concatenate(best_all) if best_all else np.zeros(0)
+    at_k = np.concatenate(at_k_all, axis=1) if at_k_all else np.zeros((len(ks), 0))
+    thr = np.concatenate(thr_all) if thr_all else np.zeros(0)
+    n = len(best)
+    share = (lambda m: float(m.mean()) if n else 0.0)
+    return ProposalRecall(
+        num_images=len(gts),
+        num_gt=n,
+        boxes_per_image=float(np.mean([len(np.asarray(p).reshape(-1, 4)) for p in proposals])) if len(proposals) else 0.0,
+        coverage_050=share(best >= iou_threshold),
+        coverage_ilsvrc=share(best >= thr),
+        mabo=share(best),
+        ks=ks,
+        recall_at_k=[share(row >= iou_threshold) for row in at_k],
+        recall_ilsvrc_at_k=[share(row >= thr) for row in at_k],
+    )

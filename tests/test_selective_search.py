@@ -1,0 +1,156 @@
+"""Selective search: box contract, determinism, superpixel scale, malformed inputs; union de-duplication."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detect.data.images import read_image
+from proposals.base import Proposals, as_rgb_uint8
+from proposals.merge import UnionProposer, union_boxes
+from proposals.selective_search import SelectiveSearch
+
+
+def _scene(h=90, w=120, seed=0):
+    """Blocks of flat colour with noise: several obvious regions."""
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 200, np.uint8)
+    img[10:50, 10:60] = (220, 30, 30)
+    img[40:80, 70:110] = (30, 30, 220)
+    img[55:85, 15:45] = (30, 200, 30)
+    return np.clip(img.astype(int) + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+
+
+def _check_contract(p: Proposals, h, w, min_size):
+    assert p.boxes.dtype == np.float32 and p.boxes.ndim == 2 and p.boxes.shape[1] == 4
+    b = p.boxes
+    assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+    assert (b[:, 2] - b[:, 0] >= min_size).all() and (b[:, 3] - b[:, 1] >= min_size).all()
+    assert len(np.unique(np.round(b), axis=0)) == len(b)
+
+
+@pytest.mark.parametrize("mode", ["rcnn_fast", "opencv_fast"])
+def test_box_contract_and_determinism(mode):
+    img = _scene()
+    ss = SelectiveSearch(mode=mode, resize_width=100, min_box_size=10)
+    a, b = ss(img), ss(img)
+    assert len(a) > 3
+    _check_contract(a, 90, 120, 10)
+    assert np.array_equal(a.boxes, b.boxes)  # same order too: OpenCV's rand() is seeded per call
+    # the red block (10..60, 10..50) is found by some box
+    assert (np.abs(a.boxes - [10, 10, 60, 50]).max(axis=1) <= 4).any()
+
+
+def test_boxes_map_back_to_original_size():
+    img = _scene()
+    big = np.kron(img, np.ones((4, 4, 1), np.uint8))  # 360 x 480, resized to width 120 inside
+    p = SelectiveSearch(resize_width=120, min_box_size=10)(big)
+    _check_contract(p, 360, 480, 10)
+    assert (np.abs(p.boxes - [40, 40, 240, 200]).max(axis=1) <= 16).any()
+
+
+def test_scale_two_gives_fewer_boxes_on_real_images(shared_data):
+    folder = shared_data / "coco128" / "images" / "train2017"
+    files = sorted(folder.glob("*.jpg"))[:3]
+    one = SelectiveSearch(superpixel_scale=1.0, resize_width=200)
+    two = SelectiveSearch(superpixel_scale=2.0, resize_width=200)
+    n1 = n2 = 0
+    for f in files:
+        img = read_image(f)
+        p1, p2 = one(img), two(img)
+        _check_contract(p2, *img.shape[:2], 20)
+        n1, n2 = n1 + len(p1), n2 + len(p2)
+    assert 0 < n2 < 0.8 * n1
+
+
+def test_names_and_bad_settings():
+    assert SelectiveSearch().name == "ss2x" and SelectiveSearch(superpixel_scale=1.0).name == "ss1x"
+    assert SelectiveSearch(mode="opencv_fast").name == "ss_opencv_fast"
+    for bad in (dict(mode="slow"), dict(color_spaces=("xyz",)), dict(strategies=("colour",)), dict(superpixel_scale=0)):
+        with pytest.raises(ValueError):
+            SelectiveSearch(**bad)
+
+
+@pytest.mark.parametrize("make", [
+    lambda im: im.mean(axis=2).astype(np.uint8),                               # 2-D grey
+    lambda im: np.concatenate([im, np.full(im.shape[:2] + (1,), 255, np.uint8)], axis=2),  # RGBA
+    lambda im: im.astype(np.uint16) * 257,                                     # 16-bit
+    lambda im: im.astype(np.float32) / 255,                                    # float 0..1
+    lambda im: im[:, :, :1],                                                   # one channel
+])
+def test_array_forms_give_boxes(make):
+    ss = SelectiveSearch(resize_width=100, min_box_size=10)
+    ref = ss(_scene())
+    p = ss(make(_scene()))
+    _check_contract(p, 90, 120, 10)
+    assert len(p) > 0
+    if make(_scene()).dtype != np.uint8 and make(_scene()).ndim == 3 and make(_scene()).shape[2] == 3:
+        assert np.array_equal(p.boxes, ref.boxes)  # exact rescaling back to the same uint8 image
+
+
+def test_palette_file_and_tiny_and_extreme(tmp_path):
+    Image.fromarray(_scene()).convert("P").save(tmp_path / "p.png")
+    ss = SelectiveSearch(resize_width=100, min_box_size=10)
+    _check_contract(ss(read_image(tmp_path / "p.png")), 90, 120, 10)
+    assert len(SelectiveSearch()(np.zeros((10, 10, 3), np.uint8))) == 0
+    wide = np.tile(_scene(30, 100), (1, 20, 1))  # 30 x 2000
+    _check_contract(SelectiveSearch()(wide), 30, 2000, 20)
+    tall = np.ascontiguousarray(wide.transpose(1, 0, 2))  # 2000 x 30: resize limited by max_side
+    _check_contract(SelectiveSearch()(tall), 2000, 30, 20)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 0, 3), np.uint8), np.zeros((5, 5, 2), np.uint8),
+                                 np.zeros((2, 3, 4, 5), np.uint8), np.array([["a"]])])
+def test_malformed_arrays_raise_clear_errors(bad):
+    with pytest.raises(ValueError, match="image array"):
+        SelectiveSearch()(bad)
+
+
+def test_as_rgb_uint8_conversions():
+    assert as_rgb_uint8(np.full((2, 2), 65535, np.uint16)).max() == 255
+    assert as_rgb_uint8(np.ones((2, 2, 4), np.float64)).shape == (2, 2, 3)
+    assert as_rgb_uint8(np.ones((2, 2), bool)).max() == 255
+
+
+class Fixed:
+    def __init__(self, name, boxes, scores=None):
+        self.name, self.boxes, self.scores = name, np.asarray(boxes, np.float32), scores
+
+    def __call__(self, image):
+        return Proposals(self.boxes, self.scores)
+
+
+def test_union_dedups_and_caps():
+    ss = Fixed("ss2x", [[0, 0, 10, 10], [5, 5, 30, 30], [0.2, 0.1, 10.3, 9.8]])  # third = first after rounding
+    mb = Fixed("multibox", [[100, 100, 150, 150], [0, 0, 10, 10], [5, 5, 31, 30], [1, 1, 2, 2]],
+               np.array([0.5, 0.9, 0.8, 0.1], np.float32))
+    u = UnionProposer([ss, mb], [None, 3])
+    assert u.name == "ss2x+multibox3"
+    out = u(None)
+    # mb capped by score: [0,0,10,10] (dup of ss), [5,5,31,30], [100,100,150,150]
+    assert np.array_equal(out.boxes, np.array([[0, 0, 10, 10], [5, 5, 30, 30], [5, 5, 31, 30],
+                                               [100, 100, 150, 150]], np.float32))
+    assert out.scores is None
+    near = UnionProposer([ss, mb], [None, 3], dedup_iou=0.9)(None)
+    assert len(near) == 3  # [5,5,31,30] has IoU 0.96 with [5,5,30,30]
+
+
+def test_union_boxes_against_plain_loop():
+    rng = np.random.default_rng(0)
+    xy = rng.integers(0, 40, (60, 2))
+    boxes = np.concatenate([xy, xy + rng.integers(5, 30, (60, 2))], axis=1).astype(np.float32)
+    got = union_boxes([boxes[:30], boxes[30:]], dedup_iou=0.5)
+    kept = []
+    for i, b in enumerate(boxes):
+        ok = True
+        for j in kept:
+            k = boxes[j]
+            iw = max(0, min(b[2], k[2]) - max(b[0], k[0]))
+            ih = max(0, min(b[3], k[3]) - max(b[1], k[1]))
+            inter = iw * ih
+            union = (b[2] - b[0]) * (b[3] - b[1]) + (k[2] - k[0]) * (k[3] - k[1]) - inter
+            if np.array_equal(np.round(b), np.round(k)) or inter / union > 0.5:
+                ok = False
+        if ok:
+            kept.append(i)
+    assert got.tolist() == kept
