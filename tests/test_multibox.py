@@ -319,3 +319,20 @@ def test_train_multibox_tool_smoke(tmp_path, repo_root):
     p = MultiBoxProposer(str(work / "multibox" / "checkpoint.pt"), top_k=8, device="cpu")(image)
     assert p.boxes.shape == (8, 4) and np.all(np.diff(p.scores) <= 0)
     assert (p.boxes[:, 2] <= 130).all() and (p.boxes[:, 3] <= 90).all()
+
+
+def test_backbone_initialised_from_a_classification_checkpoint(tmp_path):
+    from detect.io import atomic_torch_save
+    from detect.models.googlenet import GoogLeNet, load_pretrained
+    from proposals.multibox.model import MultiBoxNet
+
+    torch.manual_seed(1)
+    cls = GoogLeNet(num_classes=5, aux_logits=True, **TINY_BACKBONE)
+    atomic_torch_save({"model_kwargs": {}, "model_state": cls.state_dict()}, tmp_path / "cls.pt")
+    torch.manual_seed(2)
+    net = MultiBoxNet(TINY_BACKBONE, num_priors=4, input_size=96)
+    load_pretrained(net.backbone, tmp_path / "cls.pt")
+    own = net.backbone.state_dict()
+    assert own and all(torch.equal(v, cls.state_dict()[k]) for k, v in own.items())
+    x = torch.randn(1, 3, 96, 96)
+    assert torch.allclose(net.eval().backbone.embed(x), cls.eval().embed(x), atol=1e-6)
