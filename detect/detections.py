@@ -1,0 +1,340 @@
+"""Detections in memory and on disk: the official ILSVRC submission format and COCO-results JSON.
+
+``Detections`` holds one row per detected box. ``image_index`` is 1-based into the dataset's image
+list (``DetectionRecord.index``, the first column of an ILSVRC submission); labels are 0-based
+(the ILSVRC DET_ID is ``label + 1``); boxes are float xyxy pixels.
+
+Files:
+- ILSVRC submission: text lines ``<image_index> <DET_ID> <confidence> <xmin> <ymin> <xmax> <ymax>``.
+  Malformed lines are reported with file and line number, counted in a ``SkipLog`` and skipped.
+- COCO results: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``. Images map through
+  the dataset's records: ``image_id`` is ``int(record.image_id)`` when every record id is an integer
+  (COCO datasets), else ``record.index``. Categories map through the ClassList: ``int(wnid)`` when
+  every wnid is an integer (COCO datasets: wnids are the category ids), else ``label + 1``.
+- ``SubmissionWriter`` appends one image at a time and flushes, for long runs that may be resumed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from detect.data.records import DetectionDataset, SkipLog
+from detect.io import atomic_open, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Detections",
+    "SubmissionWriter",
+    "coco_category_ids",
+    "coco_image_ids",
+    "read_coco_results",
+    "read_detections",
+    "read_ilsvrc_submission",
+    "write_coco_results",
+    "write_detections",
+    "write_ilsvrc_submission",
+]
+
+
+@dataclass
+class Detections:
+    """Detected boxes over a dataset.
+
+    image_index: ndarray[M] int64, 1-based into the dataset's image list (``DetectionRecord.index``)
+    labels: ndarray[M] int64, 0-based class labels
+    scores: ndarray[M] float32, confidences (higher is more confident)
+    boxes: ndarray[M, 4] float32, xyxy pixels
+    """
+
+    image_index: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+
+    def __post_init__(self):
+        self.image_index = np.asarray(self.image_index, dtype=np.int64).reshape(-1)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        n = len(self.image_index)
+        if not (len(self.labels) == len(self.scores) == len(self.boxes) == n):
+            raise ValueError(
+                f"Detections: lengths differ (image_index {n}, labels {len(self.labels)}, "
+                f"scores {len(self.scores)}, boxes {len(self.boxes)})"
+            )
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 4)))
+
+    @classmethod
+    def for_image(cls, image_index: int, labels, scores, boxes) -> "Detections":
+        """Detections of one image: ``labels [K]``, ``scores [K]``, ``boxes [K, 4]``."""
+        labels = np.asarray(labels).reshape(-1)
+        return cls(np.full(len(labels), image_index), labels, scores, boxes)
+
+    @classmethod
+    def concat(cls, items) -> "Detections":
+        """Concatenate an iterable of ``Detections`` (in order)."""
+        items = list(items)
+        if not items:
+            return cls.empty()
+        return cls(
+            np.concatenate([d.image_index for d in items]),
+            np.concatenate([d.labels for d in items]),
+            np.concatenate([d.scores for d in items]),
+            np.concatenate([d.boxes for d in items]),
+        )
+
+    def select(self, which) -> "Detections":
+        """Rows chosen by a boolean mask ``[M]`` or an index array ``[K]`` (order kept)."""
+        return Detections(self.image_index[which], self.labels[which], self.scores[which], self.boxes[which])
+
+
+# ---------------------------------------------------------------- ILSVRC submission
+
+
+def _format_lines(dets: Detections) -> str:
+    """Submission lines; floats with 9 significant digits so float32 values read back exactly."""
+    rows = [
+        f"{i} {c + 1} {s:.9g} {b[0]:.9g} {b[1]:.9g} {b[2]:.9g} {b[3]:.9g}\n"
+        for i, c, s, b in zip(dets.image_index.tolist(), dets.labels.tolist(), dets.scores.tolist(), dets.boxes.tolist())
+    ]
+    return "".join(rows)
+
+
+def write_ilsvrc_submission(path: str | Path, dets: Detections) -> None:
+    """Write ``dets`` as an ILSVRC submission file, atomically."""
+    with atomic_open(path, "w", encoding="ascii") as f:
+        f.write(_format_lines(dets))
+
+
+def _parse_line(line: str, num_classes: int | None) -> tuple[int, int, float, list[float]]:
+    """One submission line -> (image_index, label, score, box); ``ValueError`` says what is wrong."""
+    parts = line.split()
+    if len(parts) != 7:
+        raise ValueError(f"expected 7 fields, got {len(parts)}")
+    try:
+        index, det_id = int(parts[0]), int(parts[1])
+        values = [float(p) for p in parts[2:]]
+    except ValueError:
+        raise ValueError("non-numeric field (or a non-integer image index / DET_ID)") from None
+    if index < 1:
+        raise ValueError(f"image index {index} < 1")
+    if det_id < 1 or (num_classes is not None and det_id > num_classes):
+        raise ValueError(f"DET_ID {det_id} outside 1..{num_classes if num_classes is not None else 'N'}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("non-finite confidence or coordinate")
+    x1, y1, x2, y2 = values[1:]
+    if x2 < x1 or y2 < y1:
+        raise ValueError(f"box ({x1}, {y1}, {x2}, {y2}) has xmax < xmin or ymax < ymin")
+    return index, det_id - 1, values[0], values[1:]
+
+
+def read_ilsvrc_submission(
+    path: str | Path, num_classes: int | None = None, skipped: SkipLog | None = None
+) -> Detections:
+    """Read an ILSVRC submission file. Malformed lines are logged as ``file:line``, counted in ``skipped``
+    and left out; blank lines are ignored. ``FileNotFoundError`` names a missing file."""
+    path = Path(path)
+    skipped = skipped if skipped is not None else SkipLog("detection lines")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read detections ({e.strerror})") from e
+    index, labels, scores, boxes = [], [], [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            i, c, s, b = _parse_line(line, num_classes)
+        except ValueError as e:
+            skipped.add(f"{path}:{lineno}", f"malformed line: {e}")
+            continue
+        index.append(i)
+        labels.append(c)
+        scores.append(s)
+        boxes.append(b)
+    if len(skipped):
+        log.warning("%s: %s", path, skipped.summary())
+    return Detections(index, labels, scores, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+
+
+class SubmissionWriter:
+    """Append-and-flush ILSVRC submission writer for long, resumable dataset runs.
+
+    Each ``add(image_index, dets)`` appends that image's lines, flushes them to disk, then records the
+    image as done in ``<path>.done``. Reopened with ``resume=True``, lines of images not recorded as
+    done (a run killed mid-image) are dropped and ``done`` tells the caller which images to skip.
+    With ``resume=False`` both files start empty. Use as a context manager or call ``close()``.
+    """
+
+    def __init__(self, path: str | Path, resume: bool = True):
+        self.path = Path(path)
+        self.done_path = self.path.with_name(self.path.name + ".done")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[int] = set()
+        if resume and self.path.exists():
+            self._recover()
+        else:
+            for p in (self.path, self.done_path):
+                p.write_text("", encoding="ascii")
+        self._out = open(self.path, "a", encoding="ascii")
+        self._done_out = open(self.done_path, "a", encoding="ascii")
+
+    def _recover(self) -> None:
+        if self.done_path.exists():
+            for line in self.done_path.read_text(encoding="ascii", errors="replace").splitlines(keepends=True):
+                if line.endswith("\n") and line.strip().isdigit():
+                    self.done.add(int(line))
+        lines = self.path.read_text(encoding="ascii", errors="replace").splitlines(keepends=True)
+        kept = [ln for ln in lines if ln.endswith("\n") and ln.split(" ", 1)[0].isdigit() and int(ln.split(" ", 1)[0]) in self.done]
+        if len(kept) != len(lines):
+            log.info("%s: dropping %d lines of unfinished images", self.path, len(lines) - len(kept))
+            with atomic_open(self.path, "w", encoding="ascii") as f:
+                f.write("".join(kept))
+        with atomic_open(self.done_path, "w", encoding="ascii") as f:
+            f.write("".join(f"{i}\n" for i in sorted(self.done)))
+        log.info("%s: resuming after %d finished images", self.path, len(self.done))
+
+    def add(self, image_index: int, dets: Detections) -> None:
+        """Append the detections of one image (all rows must carry ``image_index``) and mark it done."""
+        if len(dets) and not np.all(dets.image_index == image_index):
+            raise ValueError(f"{self.path}: detections of other images passed for image {image_index}")
+        self._out.write(_format_lines(dets))
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._done_out.write(f"{int(image_index)}\n")
+        self._done_out.flush()
+        self.done.add(int(image_index))
+
+    def close(self) -> None:
+        self._out.close()
+        self._done_out.close()
+
+    def __enter__(self) -> "SubmissionWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- COCO results
+
+
+def _all_int(values) -> bool:
+    try:
+        [int(v) for v in values]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def coco_image_ids(dataset: DetectionDataset) -> np.ndarray:
+    """COCO ``image_id`` of each record, ``int64[N]``: ``int(image_id)`` for COCO data, else ``index``."""
+    ids = [r.image_id for r in dataset.records]
+    if ids and _all_int(ids):
+        return np.array([int(i) for i in ids], dtype=np.int64)
+    return np.array([r.index for r in dataset.records], dtype=np.int64)
+
+
+def coco_category_ids(dataset: DetectionDataset) -> np.ndarray:
+    """COCO ``category_id`` of each label, ``int64[C]``: ``int(wnid)`` for COCO data, else ``label + 1``."""
+    wnids = dataset.classes.wnids
+    if _all_int(wnids):
+        return np.array([int(w) for w in wnids], dtype=np.int64)
+    return np.arange(1, len(wnids) + 1, dtype=np.int64)
+
+
+def write_coco_results(path: str | Path, dets: Detections, dataset: DetectionDataset) -> None:
+    """Write ``dets`` as a COCO-results JSON list, atomically. Unknown image indices raise ``ValueError``."""
+    index_to_id = dict(zip((r.index for r in dataset.records), coco_image_ids(dataset).tolist()))
+    cats = coco_category_ids(dataset).tolist()
+    out = []
+    for i, c, s, b in zip(dets.image_index.tolist(), dets.labels.tolist(), dets.scores.tolist(), dets.boxes.tolist()):
+        if i not in index_to_id:
+            raise ValueError(f"{path}: image index {i} is not in dataset {dataset.name!r}")
+        out.append({"image_id": index_to_id[i], "category_id": cats[c], "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s})
+    atomic_write_json(path, out, indent=None)
+
+
+def read_coco_results(path: str | Path, dataset: DetectionDataset, skipped: SkipLog | None = None) -> Detections:
+    """Read COCO-results JSON against ``dataset``. Entries with missing keys, unknown image or category
+    ids, or bad boxes are logged as ``file: entry k``, counted in ``skipped`` and left out."""
+    path = Path(path)
+    skipped = skipped if skipped is not None else SkipLog("detection entries")
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read detections ({e.strerror})") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of results, got {type(entries).__name__}")
+    id_to_index = dict(zip(coco_image_ids(dataset).tolist(), (r.index for r in dataset.records)))
+    cat_to_label = {c: i for i, c in enumerate(coco_category_ids(dataset).tolist())}
+    index, labels, scores, boxes = [], [], [], []
+    for k, e in enumerate(entries):
+        try:
+            image, cat, score = e["image_id"], e["category_id"], float(e["score"])
+            x, y, w, h = (float(v) for v in e["bbox"])
+        except (KeyError, TypeError, ValueError) as err:
+            skipped.add(f"{path}: entry {k}", f"malformed entry: {type(err).__name__} {err}")
+            continue
+        if image not in id_to_index:
+            skipped.add(f"{path}: entry {k}", f"unknown image_id: {image!r}")
+        elif cat not in cat_to_label:
+            skipped.add(f"{path}: entry {k}", f"unknown category_id: {cat!r}")
+        elif not all(math.isfinite(v) for v in (score, x, y, w, h)) or w < 0 or h < 0:
+            skipped.add(f"{path}: entry {k}", f"bad box or score: {e['bbox']!r} {score!r}")
+        else:
+            index.append(id_to_index[image])
+            labels.append(cat_to_label[cat])
+            scores.append(score)
+            boxes.append([x, y, x + w, y + h])
+    if len(skipped):
+        log.warning("%s: %s", path, skipped.summary())
+    return Detections(index, labels, scores, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+
+
+# ---------------------------------------------------------------- by extension
+
+
+def _format_of(path: Path, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in ("ilsvrc", "coco"):
+            raise ValueError(f"unknown detections format {fmt!r} (ilsvrc | coco)")
+        return fmt
+    if path.suffix.lower() == ".json":
+        return "coco"
+    if path.suffix.lower() in (".txt", ".csv", ""):
+        return "ilsvrc"
+    raise ValueError(f"{path}: cannot tell the detections format from the extension; pass format=ilsvrc|coco")
+
+
+def read_detections(path: str | Path, dataset: DetectionDataset, format: str | None = None,
+                    skipped: SkipLog | None = None) -> Detections:
+    """Read detections in the format named or implied by the extension (``.json`` COCO, ``.txt`` ILSVRC)."""
+    path = Path(path)
+    if _format_of(path, format) == "coco":
+        return read_coco_results(path, dataset, skipped)
+    return read_ilsvrc_submission(path, len(dataset.classes), skipped)
+
+
+def write_detections(path: str | Path, dets: Detections, dataset: DetectionDataset, format: str | None = None) -> None:
+    """Write detections, atomically, in the format named or implied by the extension."""
+    path = Path(path)
+    if _format_of(path, format) == "coco":
+        write_coco_results(path, dets, dataset)
+    else:
+        write_ilsvrc_submission(path, dets)

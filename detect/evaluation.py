@@ -1,0 +1,459 @@
+"""Average precision of detections against a dataset's ground truth, under four sets of rules.
+
+``ilsvrc`` follows the ILSVRC devkit's ``eval_detection.m``:
+- widths use the +1 pixel convention (``plus_one=True``; the only place in the project that has it);
+- a ground-truth box of size w x h is matched at IoU >= min(0.5, w*h / ((w + 10) * (h + 10)));
+- within each image, detections of all classes in descending confidence each take the still-unmatched
+  same-class ground truth with the highest IoU at or above that box's threshold, else are false positives;
+- per class, detections over all images in descending confidence; AP = area under the monotone
+  precision envelope (VOC 2010+); blacklisted (image index, class) pairs: detections dropped, ground
+  truth not counted.
+``voc``: IoU >= 0.5 (+1 widths); per class, detections over all images in descending confidence each
+take the ground truth with the highest IoU; if it is taken already, a false positive; ``ignore``
+(difficult) boxes neither count nor penalise. Area AP. ``voc07``: the same with 11-point AP.
+``coco``: COCOeval's matching at IoU 0.5 (no +1; at most ``max_dets`` detections per image and class;
+crowd = ``ignore`` boxes matched by intersection over detection area, reusable, and their detections
+ignored; unmatched non-crowd ground truth preferred), AP50 with 101-point interpolation (equal to
+pycocotools) or the area under the envelope (``interpolation="area"``).
+
+Ties in confidence are broken by image index, then by position in the ``Detections`` (for ``voc``: by
+position only, the order of a VOC results file); ties in IoU by the ground truth's order in its
+record (``coco``: the later one, as COCOeval does). Ground truth flagged ``ignore`` under ``ilsvrc``
+rules is handled as under ``voc`` (a detection taking it is neither true nor false positive).
+
+Classes without ground truth (after the blacklist): ``classes_without_gt="skip"`` (default) leaves them
+out of the mean (AP NaN, as COCOeval does); ``"zero"`` counts them as AP 0 so the mean is over all
+classes (the devkit averages over all 200 classes, every one of which has ground truth on full val).
+Detections whose image index is not in the dataset raise ``ValueError`` (``unknown_images="error"``,
+default) or are dropped and counted (``"ignore"``).
+
+Only numpy here (pycocotools is imported inside ``coco_ap50_pycocotools``).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RULES",
+    "EvalResult",
+    "average_precision",
+    "coco_ap50_pycocotools",
+    "evaluate",
+    "ilsvrc_thresholds",
+    "pair_iou",
+    "rules_for_dataset",
+]
+
+RULES = ("ilsvrc", "voc", "voc07", "coco")
+COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCOeval's params.recThrs
+VOC07_RECALL_THRESHOLDS = np.arange(11) * 0.1         # VOC2007 devkit's 0:0.1:1
+
+
+def rules_for_dataset(name: str) -> str:
+    """Default rules for a dataset name: ``voc`` for VOC, ``coco`` for COCO, ``ilsvrc`` otherwise."""
+    name = name.lower()
+    if "voc" in name:
+        return "voc"
+    if "coco" in name:
+        return "coco"
+    return "ilsvrc"
+
+
+# ---------------------------------------------------------------- boxes, thresholds, AP
+
+
+def pair_iou(a: np.ndarray, b: np.ndarray, plus_one: bool = False, crowd: np.ndarray | None = None) -> np.ndarray:
+    """IoU of box pairs ``a[i]``, ``b[i]`` (``[P, 4]`` xyxy each) -> ``float64[P]``; 0 where they do not overlap.
+
+    ``plus_one``: ILSVRC/VOC pixel convention, width = x2 - x1 + 1. ``crowd: bool[P]``: for those pairs
+    the denominator is the area of ``a`` (COCO's intersection over detection area for crowd boxes).
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    one = 1.0 if plus_one else 0.0
+    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + one
+    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + one
+    overlap = (iw > 0) & (ih > 0)
+    inter = np.where(overlap, iw * ih, 0.0)
+    area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)
+    area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
+    union = area_a + area_b - inter
+    if crowd is not None:
+        union = np.where(crowd, area_a, union)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(overlap & (union > 0), inter / union, 0.0)
+
+
+def ilsvrc_thresholds(boxes: np.ndarray, iou_threshold: float = 0.5, pixel_tolerance: float = 10.0) -> np.ndarray:
+    """Per-ground-truth IoU threshold of the ILSVRC rules, ``[G, 4]`` -> ``float64[G]``:
+    ``min(iou_threshold, w*h / ((w + tol) * (h + tol)))`` with ``w = x2 - x1 + 1`` (the +1 convention)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    w = boxes[:, 2] - boxes[:, 0] + 1.0
+    h = boxes[:, 3] - boxes[:, 1] + 1.0
+    return np.minimum(iou_threshold, (w * h) / ((w + pixel_tolerance) * (h + pixel_tolerance)))
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "area") -> float:
+    """AP from a ranked list's ``recall[K]`` and ``precision[K]``.
+
+    ``area``: area under the monotone precision envelope (VOC 2010+, ILSVRC); ``11point``: VOC2007's mean
+    of the best precision at recall >= 0, 0.1, ..., 1; ``101point``: COCOeval's (envelope sampled at
+    the first rank reaching recall 0, 0.01, ..., 1; 0 beyond the last).
+    """
+    recall = np.asarray(recall, dtype=np.float64)
+    precision = np.asarray(precision, dtype=np.float64)
+    if method == "area":
+        mrec = np.concatenate([[0.0], recall, [1.0]])
+        mpre = np.concatenate([[0.0], precision, [0.0]])
+        mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+        i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+        return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
+    if method == "11point":
+        ap = 0.0
+        for t in VOC07_RECALL_THRESHOLDS:
+            p = precision[recall >= t]
+            ap += (p.max() if len(p) else 0.0) / 11.0
+        return float(ap)
+    if method == "101point":
+        env = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+        idx = np.searchsorted(recall, COCO_RECALL_THRESHOLDS, side="left")
+        q = np.zeros(len(COCO_RECALL_THRESHOLDS))
+        ok = idx < len(env)
+        q[ok] = env[idx[ok]]
+        return float(q.mean())
+    raise ValueError(f"unknown AP method {method!r} (area | 11point | 101point)")
+
+
+# ---------------------------------------------------------------- matching
+
+
+def _same_key_pairs(det_key: np.ndarray, gt_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (detection, ground truth) index pairs with equal keys, ``int64[P]`` each, by detection then gt."""
+    gt_order = np.argsort(gt_key, kind="stable")
+    sorted_keys = gt_key[gt_order]
+    start = np.searchsorted(sorted_keys, det_key, side="left")
+    counts = np.searchsorted(sorted_keys, det_key, side="right") - start
+    total = int(counts.sum())
+    det_idx = np.repeat(np.arange(len(det_key), dtype=np.int64), counts)
+    offsets = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return det_idx, gt_order[np.repeat(start, counts) + offsets]
+
+
+def _greedy(pair_det: np.ndarray, pair_gt: np.ndarray, num_det: int, num_gt: int, reusable: np.ndarray) -> np.ndarray:
+    """Walk candidate pairs in priority order: each detection takes its first ground truth that is free
+    (or reusable). Pairs must be grouped by detection in processing order. Returns gt index or -1, ``[M]``."""
+    out = [-1] * num_det
+    taken = bytearray(num_gt)
+    reuse = reusable.tolist()
+    for d, g in zip(pair_det.tolist(), pair_gt.tolist()):
+        if out[d] >= 0:
+            continue
+        if reuse[g]:
+            out[d] = g
+        elif not taken[g]:
+            taken[g] = 1
+            out[d] = g
+    return np.asarray(out, dtype=np.int64)
+
+
+def _status_from_match(det_gt: np.ndarray, gt_ignore: np.ndarray) -> np.ndarray:
+    """1 true positive, 0 false positive, -1 ignored (took an ignored ground truth); ``int8[M]``."""
+    status = (det_gt >= 0).astype(np.int8)
+    status[(det_gt >= 0) & gt_ignore[np.maximum(det_gt, 0)]] = -1
+    return status
+
+
+def _match_ilsvrc(det, gt, iou_threshold, pixel_tolerance):
+    m = len(det["score"])
+    rank = np.empty(m, dtype=np.int64)
+    rank[np.lexsort((np.arange(m), -det["score"], det["image"]))] = np.arange(m)
+    d, g = _same_key_pairs(det["key"], gt["key"])
+    iou = pair_iou(det["boxes"][d], gt["boxes"][g], plus_one=True)
+    ok = (iou > 0) & (iou >= ilsvrc_thresholds(gt["boxes"], iou_threshold, pixel_tolerance)[g])
+    d, g, iou = d[ok], g[ok], iou[ok]
+    o = np.lexsort((g, -iou, rank[d]))
+    det_gt = _greedy(d[o], g[o], m, len(gt["key"]), np.zeros(len(gt["key"]), bool))
+    return _status_from_match(det_gt, gt["ignore"])
+
+
+def _match_voc(det, gt, iou_threshold):
+    m = len(det["score"])
+    d, g = _same_key_pairs(det["key"], gt["key"])
+    iou = pair_iou(det["boxes"][d], gt["boxes"][g], plus_one=True)
+    ok = iou > 0
+    d, g, iou = d[ok], g[ok], iou[ok]
+    o = np.lexsort((g, -iou, d))
+    d, g, iou = d[o], g[o], iou[o]
+    first = np.ones(len(d), bool)
+    first[1:] = d[1:] != d[:-1]
+    best_gt = np.full(m, -1, dtype=np.int64)
+    best_iou = np.zeros(m)
+    best_gt[d[first]] = g[first]
+    best_iou[d[first]] = iou[first]
+    hit = best_iou >= iou_threshold
+    status = np.zeros(m, dtype=np.int8)
+    ignored = hit & gt["ignore"][np.maximum(best_gt, 0)]
+    status[ignored] = -1
+    claim = np.flatnonzero(hit & ~ignored)
+    rank = np.empty(m, dtype=np.int64)
+    rank[np.lexsort((np.arange(m), -det["score"]))] = np.arange(m)
+    claim = claim[np.lexsort((rank[claim], best_gt[claim]))]
+    winner = np.ones(len(claim), bool)
+    winner[1:] = best_gt[claim][1:] != best_gt[claim][:-1]
+    status[claim[winner]] = 1
+    return status
+
+
+def _match_coco(det, gt, iou_threshold):
+    m = len(det["score"])
+    rank = np.empty(m, dtype=np.int64)
+    rank[np.lexsort((np.arange(m), -det["score"], det["key"]))] = np.arange(m)
+    d, g = _same_key_pairs(det["key"], gt["key"])
+    crowd = gt["ignore"][g]
+    iou = pair_iou(det["boxes"][d], gt["boxes"][g], plus_one=False, crowd=crowd)
+    ok = iou >= min(iou_threshold, 1 - 1e-10)
+    d, g, iou, crowd = d[ok], g[ok], iou[ok], crowd[ok]
+    o = np.lexsort((-g, -iou, crowd, rank[d]))
+    det_gt = _greedy(d[o], g[o], m, len(gt["key"]), gt["ignore"])
+    return _status_from_match(det_gt, gt["ignore"])
+
+
+def _rank_in_group(key: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Rank of each detection within its key group by (-score, position), ``int64[M]``."""
+    m = len(key)
+    order = np.lexsort((np.arange(m), -score, key))
+    k = key[order]
+    start = np.ones(m, bool)
+    start[1:] = k[1:] != k[:-1]
+    group_start = np.maximum.accumulate(np.where(start, np.arange(m), 0))
+    rank = np.empty(m, dtype=np.int64)
+    rank[order] = np.arange(m) - group_start
+    return rank
+
+
+# ---------------------------------------------------------------- result
+
+
+@dataclass
+class EvalResult:
+    """Per-class AP and curves. ``ap: float64[C]`` (NaN: no ground truth, left out of the mean),
+    ``num_gt, num_det: int64[C]``, ``precision[c], recall[c]: float64[K_c]`` in ranked order."""
+
+    rules: str
+    class_names: list[str]
+    ap: np.ndarray
+    num_gt: np.ndarray
+    num_det: np.ndarray
+    precision: list[np.ndarray]
+    recall: list[np.ndarray]
+    mean_ap: float
+    median_ap: float
+    num_unknown_detections: int = 0
+    options: dict = field(default_factory=dict)
+
+    def ranked_classes(self) -> list[int]:
+        """Class labels sorted by AP, best first (classes with NaN AP last)."""
+        return sorted(range(len(self.ap)), key=lambda c: (np.isnan(self.ap[c]), -np.nan_to_num(self.ap[c], nan=0.0)))
+
+    def table(self) -> str:
+        """Per-class AP table sorted by AP, then mean and median."""
+        width = max([len(n) for n in self.class_names] + [5])
+        lines = [f"{'class':<{width}}  {'AP':>7}  {'#gt':>7}  {'#det':>8}"]
+        for c in self.ranked_classes():
+            ap = "    n/a" if np.isnan(self.ap[c]) else f"{100 * self.ap[c]:7.2f}"
+            lines.append(f"{self.class_names[c]:<{width}}  {ap}  {self.num_gt[c]:7d}  {self.num_det[c]:8d}")
+        lines.append(f"mean AP ({self.rules}): {100 * self.mean_ap:.2f}   median AP: {100 * self.median_ap:.2f}")
+        return "\n".join(lines)
+
+    def to_json(self, curves: bool = True) -> dict:
+        """Everything as plain JSON types (NaN AP as ``null``)."""
+        out = {
+            "rules": self.rules,
+            "options": self.options,
+            "mean_ap": self.mean_ap,
+            "median_ap": self.median_ap,
+            "num_unknown_detections": self.num_unknown_detections,
+            "classes": [],
+        }
+        for c, name in enumerate(self.class_names):
+            row = {"label": c, "name": name, "ap": None if np.isnan(self.ap[c]) else float(self.ap[c]),
+                   "num_gt": int(self.num_gt[c]), "num_det": int(self.num_det[c])}
+            if curves:
+                row["precision"] = self.precision[c].tolist()
+                row["recall"] = self.recall[c].tolist()
+            out["classes"].append(row)
+        return out
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _ground_truth(dataset, num_classes: int) -> dict:
+    """Flattened ground truth: ``image`` (record position), ``index`` (1-based), ``labels``, ``boxes``, ``ignore``."""
+    recs = dataset.records
+    counts = np.array([len(r.labels) for r in recs], dtype=np.int64)
+    pos = np.repeat(np.arange(len(recs), dtype=np.int64), counts)
+    index = np.array([r.index for r in recs], dtype=np.int64)
+    cat = (lambda xs, shape, dtype: np.concatenate(xs).astype(dtype) if len(xs) else np.zeros(shape, dtype))
+    labels = cat([r.labels for r in recs], (0,), np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"dataset {dataset.name!r}: ground-truth label outside 0..{num_classes - 1}")
+    return {"image": pos, "index": index[pos], "labels": labels,
+            "boxes": cat([r.boxes for r in recs], (0, 4), np.float64).reshape(-1, 4),
+            "ignore": cat([r.ignore for r in recs], (0,), bool)}
+
+
+def evaluate(
+    dataset,
+    detections,
+    rules: str = "ilsvrc",
+    iou_threshold: float = 0.5,
+    pixel_tolerance: float = 10.0,
+    max_dets: int = 100,
+    interpolation: str = "101point",
+    classes_without_gt: str = "skip",
+    unknown_images: str = "error",
+) -> EvalResult:
+    """AP per class and mAP of ``detections`` (a ``detect.detections.Detections``) on ``dataset``
+    (a ``DetectionDataset``) under ``rules`` (``ilsvrc | voc | voc07 | coco``; see the module text).
+
+    ``iou_threshold``: the 0.5 of every rule set; ``pixel_tolerance``: ILSVRC's small-object term (10);
+    ``max_dets``: COCO's detections per image and class (100); ``interpolation``: COCO AP's
+    ``101point`` (pycocotools) or ``area``; ``classes_without_gt``: ``skip | zero``;
+    ``unknown_images``: ``error | ignore``.
+    """
+    if rules not in RULES:
+        raise ValueError(f"unknown rules {rules!r} ({' | '.join(RULES)})")
+    if classes_without_gt not in ("skip", "zero"):
+        raise ValueError(f"classes_without_gt must be skip or zero, got {classes_without_gt!r}")
+    if unknown_images not in ("error", "ignore"):
+        raise ValueError(f"unknown_images must be error or ignore, got {unknown_images!r}")
+    num_classes = len(dataset.classes)
+    gt = _ground_truth(dataset, num_classes)
+
+    # detections -> record positions; unknown image indices
+    record_index = np.array([r.index for r in dataset.records], dtype=np.int64)
+    sorter = np.argsort(record_index, kind="stable")
+    if len(sorter):
+        pos = np.minimum(np.searchsorted(record_index[sorter], detections.image_index), len(sorter) - 1)
+        known = record_index[sorter][pos] == detections.image_index
+        pos = sorter[pos]
+    else:
+        pos, known = np.zeros(len(detections), np.int64), np.zeros(len(detections), bool)
+    num_unknown = int((~known).sum())
+    if num_unknown and unknown_images == "error":
+        bad = np.unique(detections.image_index[~known])[:5].tolist()
+        raise ValueError(f"{num_unknown} detections refer to images not in dataset {dataset.name!r} "
+                         f"(image indices {bad}...); pass unknown_images='ignore' to drop them")
+    if len(detections.labels) and (detections.labels.min() < 0 or detections.labels.max() >= num_classes):
+        raise ValueError(f"detection labels outside 0..{num_classes - 1}")
+    det = {"image": pos[known],
+           "index": detections.image_index[known], "labels": detections.labels[known],
+           "score": detections.scores[known].astype(np.float64), "boxes": detections.boxes[known].astype(np.float64)}
+
+    # blacklisted (image index, label) pairs: drop detections, do not count ground truth
+    if dataset.blacklist:
+        black = np.array([i * num_classes + c for i, c in dataset.blacklist], dtype=np.int64)
+        keep_gt = ~np.isin(gt["index"] * num_classes + gt["labels"], black)
+        keep_det = ~np.isin(det["index"] * num_classes + det["labels"], black)
+        gt = {k: v[keep_gt] for k, v in gt.items()}
+        det = {k: v[keep_det] for k, v in det.items()}
+    gt["key"] = gt["image"] * num_classes + gt["labels"]
+    det["key"] = det["image"] * num_classes + det["labels"]
+
+    if rules == "coco":  # at most max_dets per image and class
+        keep = _rank_in_group(det["key"], det["score"]) < max_dets
+        det = {k: v[keep] for k, v in det.items()}
+
+    if rules == "ilsvrc":
+        status = _match_ilsvrc(det, gt, iou_threshold, pixel_tolerance)
+    elif rules in ("voc", "voc07"):
+        status = _match_voc(det, gt, iou_threshold)
+    else:
+        status = _match_coco(det, gt, iou_threshold)
+
+    # per class ranked lists: (-score, image index, position); VOC: (-score, position)
+    m = len(status)
+    tie = np.zeros(m, dtype=np.int64) if rules in ("voc", "voc07") else det["index"]
+    order = np.lexsort((np.arange(m), tie, -det["score"], det["labels"]))
+    order = order[status[order] >= 0]
+    labels_sorted = det["labels"][order]
+    tp_sorted = status[order] == 1
+    bounds = np.searchsorted(labels_sorted, np.arange(num_classes + 1))
+    num_gt = np.bincount(gt["labels"][~gt["ignore"]], minlength=num_classes).astype(np.int64)
+    num_det = np.bincount(det["labels"], minlength=num_classes).astype(np.int64)
+    method = {"ilsvrc": "area", "voc": "area", "voc07": "11point", "coco": interpolation}[rules]
+    eps = np.spacing(1) if method == "101point" else 0.0  # COCOeval's tp / (tp + fp + eps)
+    ap = np.full(num_classes, np.nan)
+    precision, recall = [], []
+    for c in range(num_classes):
+        tp = np.cumsum(tp_sorted[bounds[c]:bounds[c + 1]]).astype(np.float64)
+        fp = np.arange(1, len(tp) + 1, dtype=np.float64) - tp
+        rec = tp / num_gt[c] if num_gt[c] else np.zeros_like(tp)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            prec = tp / (fp + tp + eps)
+        precision.append(prec)
+        recall.append(rec)
+        if num_gt[c]:
+            ap[c] = average_precision(rec, prec, method)
+        elif classes_without_gt == "zero":
+            ap[c] = 0.0
+    counted = ap[~np.isnan(ap)]
+    options = {"iou_threshold": iou_threshold, "pixel_tolerance": pixel_tolerance, "max_dets": max_dets,
+               "ap_method": method, "classes_without_gt": classes_without_gt, "unknown_images": unknown_images}
+    return EvalResult(
+        rules=rules, class_names=list(dataset.classes.names), ap=ap, num_gt=num_gt, num_det=num_det,
+        precision=precision, recall=recall,
+        mean_ap=float(counted.mean()) if len(counted) else float("nan"),
+        median_ap=float(np.median(counted)) if len(counted) else float("nan"),
+        num_unknown_detections=num_unknown, options=options,
+    )
+
+
+def coco_ap50_pycocotools(dataset, detections, max_dets: int = 100) -> float:
+    """AP at IoU 0.5 (area all, ``max_dets`` per image) by pycocotools' COCOeval, for comparison.
+
+    The ground truth is built in memory from ``dataset`` (image id = record index, category id =
+    label + 1, ``ignore`` -> ``iscrowd``, area = box area); detections of unknown images are dropped;
+    the blacklist is not applied (COCO has none).
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images, anns = [], []
+    for r in dataset.records:
+        images.append({"id": int(r.index), "width": int(r.width), "height": int(r.height)})
+        for b, c, ig in zip(r.boxes.astype(np.float64).tolist(), r.labels.tolist(), r.ignore.tolist()):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append({"id": len(anns) + 1, "image_id": int(r.index), "category_id": c + 1,
+                         "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": int(ig)})
+    cats = [{"id": c + 1, "name": n} for c, n in enumerate(dataset.classes.names)]
+    known = {im["id"] for im in images}
+    results = [
+        {"image_id": i, "category_id": c + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s}
+        for i, c, s, b in zip(detections.image_index.tolist(), detections.labels.tolist(),
+                              detections.scores.tolist(), detections.boxes.astype(np.float64).tolist())
+        if i in known
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": images, "annotations": anns, "categories": cats}
+        coco_gt.createIndex()
+        if not results:
+            return 0.0 if any(not a["iscrowd"] for a in anns) else float("nan")
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.params.iouThrs = np.array([0.5])
+        ev.params.maxDets = [max_dets]
+        ev.evaluate()
+        ev.accumulate()
+    p = ev.eval["precision"][0, :, :, 0, 0]  # [R, K] at IoU 0.5, area "all", maxDets max_dets
+    p = p[:, (p > -1).all(axis=0)]
+    return float(p.mean(axis=0).mean()) if p.size else float("nan")
