@@ -1,0 +1,67 @@
+"""ONNX Runtime and eager PyTorch agree; the cached export is reused, and rebuilt when stale or corrupt."""
+import json
+
+import pytest
+import torch
+
+from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, make_scorers, resolve_backend
+from detect.models.googlenet import GoogLeNet
+
+CROP = 96
+
+
+def _member(batch_norm: bool, seed: int = 0) -> GoogLeNet:
+    torch.manual_seed(seed)
+    model = GoogLeNet(num_classes=11, aux_logits=True, batch_norm=batch_norm, width=0.25).eval()
+    if batch_norm:  # non-trivial running statistics, so that folding BN into the export is exercised
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["paper", "batch_norm"])
+def test_onnxruntime_matches_torch(tmp_path, batch_norm):
+    model = _member(batch_norm)
+    crops = torch.randn(5, 3, CROP, CROP)
+    ref = TorchScorer(model, "cpu")(crops).softmax(1)
+    path = cached_onnx_export(model, tmp_path, "m", CROP)
+    out = OnnxScorer(path)(crops).softmax(1)
+    assert out.shape == (5, 11)
+    assert (out - ref).abs().max().item() <= 1e-4
+    # dynamic batch: another batch size runs on the same export
+    assert OnnxScorer(path)(torch.randn(1, 3, CROP, CROP)).shape == (1, 11)
+
+
+def test_export_cache_reused_then_rebuilt_when_weights_change(tmp_path):
+    model = _member(False)
+    path = cached_onnx_export(model, tmp_path, "m", CROP)
+    stamp = path.stat().st_mtime_ns
+    assert cached_onnx_export(model, tmp_path, "m", CROP).stat().st_mtime_ns == stamp  # cache hit
+    key = json.loads((tmp_path / "m.json").read_text())["key"]
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
+    cached_onnx_export(model, tmp_path, "m", CROP)
+    assert json.loads((tmp_path / "m.json").read_text())["key"] != key
+    crops = torch.randn(3, 3, CROP, CROP)
+    diff = OnnxScorer(path)(crops).softmax(1) - TorchScorer(model)(crops).softmax(1)
+    assert diff.abs().max().item() <= 1e-4  # the rebuilt export has the new weights
+
+
+def test_corrupt_export_is_rebuilt(tmp_path):
+    model = _member(False)
+    path = cached_onnx_export(model, tmp_path, "m", CROP)
+    path.write_bytes(path.read_bytes()[:1000])
+    rebuilt = cached_onnx_export(model, tmp_path, "m", CROP)
+    crops = torch.randn(2, 3, CROP, CROP)
+    assert (OnnxScorer(rebuilt)(crops) - TorchScorer(model)(crops)).abs().max().item() < 1e-3
+
+
+def test_backend_choice():
+    assert resolve_backend("auto", torch.device("cpu")) == "onnxruntime"
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    with pytest.raises(ValueError, match="unknown backend"):
+        resolve_backend("tensorrt", torch.device("cpu"))
+    with pytest.raises(ValueError):
+        make_scorers([_member(False)], "onnxruntime", "cpu", CROP, cache_dir=None)
