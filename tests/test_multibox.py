@@ -336,3 +336,19 @@ def test_backbone_initialised_from_a_classification_checkpoint(tmp_path):
     assert own and all(torch.equal(v, cls.state_dict()[k]) for k, v in own.items())
     x = torch.randn(1, 3, 96, 96)
     assert torch.allclose(net.eval().backbone.embed(x), cls.eval().embed(x), atol=1e-6)
+
+
+def test_evaluate_coverage_counts_top_k_only():
+    from proposals.multibox.training import evaluate_coverage
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [1.0, 0.0, 0.6, 0.4]]]).expand(len(x), -1, -1)
+            return boxes, torch.tensor([[3.0, 1.0, 2.0]]).expand(len(x), -1)
+
+    gt = [torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.6, 0.0, 1.0, 0.4]]), torch.zeros(0, 4)]
+    loader = [(torch.zeros(2, 3, 8, 8), gt)]
+    # top 2 by confidence: boxes 0 and 2 (2 is given with x1 > x2 and is put in order) -> 2 of 3 covered
+    assert evaluate_coverage(Fixed(), loader, "cpu", top_k=2)["coverage"] == pytest.approx(2 / 3)
+    assert evaluate_coverage(Fixed(), loader, "cpu", top_k=3)["coverage"] == pytest.approx(1.0)
+    assert evaluate_coverage(Fixed(), loader, "cpu", top_k=1)["n_gt"] == 3

@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from pathlib import Path
-
-from detect.boxes import box_iou
 from detect.io import load_checkpoint
 from proposals.multibox.loss import multibox_loss
 from proposals.multibox.priors import compute_priors, normalised_boxes
+from proposals.recall import proposal_recall
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MultiBoxLossFn", "coverage", "evaluate_coverage", "resolve_priors"]
+__all__ = ["MultiBoxLossFn", "evaluate_coverage", "resolve_priors"]
 
 
 class MultiBoxLossFn:
@@ -36,27 +35,15 @@ class MultiBoxLossFn:
         return loss, {"gt_per_image": n_gt}
 
 
-def coverage(proposals: list[np.ndarray], gt: list[np.ndarray], iou: float = 0.5) -> tuple[int, int]:
-    """Ground-truth boxes with a proposal at IoU >= ``iou``: ``(covered, total)``.
-
-    proposals, gt: per image ``ndarray[N, 4]`` / ``ndarray[G, 4]`` xyxy in one coordinate frame
-    (IoU is unchanged by the per-axis scaling between normalised and pixel coordinates).
-    """
-    covered = total = 0
-    for p, g in zip(proposals, gt):
-        total += len(g)
-        if len(g) and len(p):
-            covered += int((box_iou(np.asarray(g), np.asarray(p)).max(1) >= iou).sum())
-    return covered, total
-
-
 @torch.inference_mode()
 def evaluate_coverage(model, loader, device, top_k: int, iou: float = 0.5) -> dict:
     """Coverage of the top-``top_k`` boxes (by confidence) of ``model`` on ``loader`` (a
-    ``MultiBoxDataset`` loader without augmentation). Returns ``{"coverage", "n_gt"}``."""
+    ``MultiBoxDataset`` loader without augmentation): share of ground-truth boxes with one of them at
+    IoU >= ``iou`` (``proposals.recall``, in normalised coordinates, which leave IoU unchanged).
+    Returns ``{"coverage", "mabo", "n_gt"}``."""
     was_training = model.training
     model.eval()
-    covered = total = 0
+    proposals, gts = [], []
     for images, gt in loader:
         if len(gt) == 0:
             continue
@@ -65,11 +52,11 @@ def evaluate_coverage(model, loader, device, top_k: int, iou: float = 0.5) -> di
         top = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 4)).float()
         lo = torch.minimum(top[..., :2], top[..., 2:])
         hi = torch.maximum(top[..., :2], top[..., 2:])
-        top = torch.cat([lo, hi], -1).clamp(0, 1).cpu().numpy()
-        c, t = coverage(list(top), [g.numpy() for g in gt], iou)
-        covered, total = covered + c, total + t
+        proposals += list(torch.cat([lo, hi], -1).clamp(0, 1).cpu().numpy())
+        gts += [g.numpy() for g in gt]
     model.train(was_training)
-    return {"coverage": covered / max(total, 1), "n_gt": total}
+    r = proposal_recall(gts, proposals, ks=(top_k,), iou_threshold=iou, plus_one=False)
+    return {"coverage": r.coverage_050, "mabo": r.mabo, "n_gt": r.num_gt}
 
 
 def resolve_priors(checkpoint, dataset, k: int, seed: int, iterations: int, tolerance: float = 1e-6) -> np.ndarray:
