@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
@@ -34,7 +35,7 @@ from detect.io import atomic_torch_save, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit", "evaluate_classification", "predict_proba", "resolve_device", "seed_everything", "unwrap"]
+__all__ = ["fit", "ClassificationLoss", "evaluate_classification", "predict_proba", "resolve_device", "seed_everything", "unwrap"]
 
 LossFn = Callable[[nn.Module, Any, torch.device], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -174,7 +175,7 @@ def fit(
 
     loss_fn: ``(model, batch, device) -> (loss: Tensor[] float, metrics: {name: float})``; it moves the
         batch to ``device``. A batch that is ``None`` or empty (every sample unreadable) is skipped by
-        every process.
+        every process; a batch's ``dropped`` attribute (samples its collate removed) is summed per epoch.
     checkpoint_path: written atomically (rank 0) after every epoch and every ``checkpoint_every`` steps;
         holds ``checkpoint_meta``, ``model_state`` (the averaged weights), ``epoch`` (epochs done),
         ``step`` (steps done in the current epoch) and the training state for ``resume``.
@@ -263,7 +264,7 @@ def fit(
         step_rng = None
 
         train_model.train()
-        sums = {"loss": 0.0, "samples": 0.0, "steps": 0.0}
+        sums = {"loss": 0.0, "samples": 0.0, "steps": 0.0, "dropped": 0.0}
         t0 = time.perf_counter()
         bar = tqdm(total=n_steps, initial=skip, desc=f"epoch {epoch + 1}/{epochs}", disable=not ctx.is_main,
                    leave=False, dynamic_ncols=True)
@@ -272,6 +273,7 @@ def fit(
             if n_steps is not None and step >= n_steps:
                 break
             size = _batch_size(batch) if batch is not None else 0
+            sums["dropped"] += float(getattr(batch, "dropped", 0) or 0)
             if ctx.distributed:  # every process skips together, or DDP would wait forever
                 empty = all_reduce_sum({"empty": float(size == 0)}, device)["empty"]
             else:
@@ -304,6 +306,8 @@ def fit(
         summary.update({k[2:]: v / n for k, v in totals.items() if k.startswith("m_")})
         summary["images_per_s"] = totals["samples"] / max(elapsed, 1e-9)
         summary["lr"] = optimizer.param_groups[0]["lr"]
+        if totals["dropped"]:
+            summary["skipped_samples"] = int(totals["dropped"])
         if evaluate is not None:
             result_model.eval()
             summary.update({f"val_{k}": v for k, v in evaluate(result_model).items()})
@@ -337,8 +341,8 @@ def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.de
     """Top-1 / top-5 accuracy of ``model`` over ``loader``, summed over all processes.
 
     loader yields ``(images, labels)`` with images ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]``
-    (K crops per image: their softmax is averaged) and labels ``Tensor[B] int64``; ``None`` batches
-    (every sample unreadable) are skipped. Returns ``{"top1": float, "top5": float, "n": int}``
+    (K crops per image: their softmax is averaged) and labels ``Tensor[B] int64`` (more fields may
+    follow); ``None`` or empty batches (every sample unreadable) are skipped. Returns ``{"top1": float, "top5": float, "n": int}``
     (accuracies in 0..1; top-5 is top-k with k = min(5, classes)).
     """
     device = torch.device(device)
@@ -346,9 +350,9 @@ def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.de
     model.eval()
     correct1 = correct5 = count = 0.0
     for batch in loader:
-        if batch is None:
+        if batch is None or len(batch[1]) == 0:
             continue
-        images, labels = batch
+        images, labels = batch[0], batch[1]
         probs = predict_proba(model, images.to(device, non_blocking=True))
         labels = labels.to(device)
         k = min(5, probs.shape[1])
@@ -377,3 +381,29 @@ def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def _logits(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output[0]
+
+
+class ClassificationLoss:
+    """Cross-entropy of the main head plus ``aux_weight`` x that of each auxiliary head (the paper: 0.3).
+
+    ``__call__(model, batch, device)`` with batch ``(images Tensor[B, 3, H, W], labels Tensor[B] int64, ...)``
+    returns ``(loss, {"top1": training-batch accuracy of the main head})``.
+    """
+
+    def __init__(self, aux_weight: float = 0.3, label_smoothing: float = 0.0):
+        self.aux_weight, self.label_smoothing = float(aux_weight), float(label_smoothing)
+
+    def __call__(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch[0].to(device, non_blocking=True)
+        labels = batch[1].to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        out = model(images)
+        logits = _logits(out)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        if not isinstance(out, torch.Tensor):
+            for aux in out[1:]:
+                if aux is not None:
+                    loss = loss + self.aux_weight * F.cross_entropy(aux, labels, label_smoothing=self.label_smoothing)
+        top1 = float((logits.detach().argmax(1) == labels).float().mean())
+        return loss, {"top1": top1}

@@ -1,0 +1,67 @@
+"""Train a GoogLeNet classifier (the paper's section 6 recipe); one process or ``torchrun`` (DDP).
+
+    python tools/train_cls.py model=googlenet_small crop_size=96 epochs=5
+    python -m torch.distributed.run --nproc_per_node=2 tools/train_cls.py ...
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from detect import distributed
+from detect.data.classification import ClassificationDataset, make_loader
+from detect.engine import evaluate_classification, fit, seed_everything
+from detect.models.googlenet import load_pretrained
+
+log = logging.getLogger("train_cls")
+
+
+@hydra.main(config_path="../conf", config_name="train_cls", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    ctx = distributed.setup(cfg.device)
+    try:
+        seed_everything(cfg.seed, ctx.rank)
+        if "generate" in cfg.data_cls and ctx.is_main:
+            instantiate(cfg.data_cls.generate)
+        distributed.barrier()
+        train_split, val_split = instantiate(cfg.data_cls.train), instantiate(cfg.data_cls.val)
+        classes = train_split.classes
+        if val_split.classes != classes:
+            raise ValueError(f"{val_split.root}: class list differs from the training split's")
+
+        train_loader = make_loader(ClassificationDataset(train_split, instantiate(cfg.train_transform)),
+                                   cfg.batch_size, True, cfg.num_workers, ctx, cfg.seed)
+        val_loader = make_loader(ClassificationDataset(val_split, instantiate(cfg.val_transform)),
+                                 cfg.eval_batch_size, False, cfg.num_workers, ctx, cfg.seed)
+
+        model = instantiate(cfg.model, num_classes=len(classes))
+        if cfg.init:
+            load_pretrained(model, cfg.init)
+        optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+        scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)
+        averaged = fit(
+            model=model, loss_fn=instantiate(cfg.loss), train_loader=train_loader, optimizer=optimizer,
+            scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=Path(cfg.checkpoint),
+            checkpoint_meta={"model_kwargs": dict(model.model_kwargs),
+                             "classes": {"wnids": list(classes.wnids), "names": list(classes.names)},
+                             "config": OmegaConf.to_container(cfg, resolve=True)},
+            ema_decay=cfg.ema_decay, evaluate=lambda m: evaluate_classification(m, val_loader, ctx.device),
+            amp=cfg.amp, channels_last=cfg.channels_last, resume=cfg.resume,
+            max_steps_per_epoch=cfg.max_steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
+            grad_clip=cfg.grad_clip,
+        )
+        result = evaluate_classification(averaged, val_loader, ctx.device)
+        if ctx.is_main:
+            print(f"held-out top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  ({result['n']} images, "
+                  f"checkpoint {cfg.checkpoint})", flush=True)
+        return result
+    finally:
+        distributed.cleanup()
+
+
+if __name__ == "__main__":
+    main()
