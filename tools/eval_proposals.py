@@ -1,0 +1,54 @@
+"""Compare proposal stores on a dataset split: a table, a recall curve (PNG) and a JSON; see
+conf/eval_proposals.yaml.
+
+    python tools/eval_proposals.py data=ilsvrc split=val stores='[a.npz,b.npz]'
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from detect.data.records import SkipLog
+from detect.io import atomic_write_json
+from proposals.recall import plot_recall_curves, store_recall
+from proposals.store import ProposalStore, sidecar_path
+
+log = logging.getLogger("eval_proposals")
+
+
+@hydra.main(config_path="../conf", config_name="eval_proposals", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    dataset = instantiate(cfg.data[cfg.split])
+    paths = [Path(p) for p in cfg.stores] or sorted(
+        Path(cfg.paths.proposals_dir).glob(f"{cfg.data.name}_{cfg.split}_*.npz"))
+    if not paths:
+        raise SystemExit(f"no proposal stores given and none found in {cfg.paths.proposals_dir}")
+    results, rows, skipped = {}, {}, SkipLog("images")
+    for path in paths:
+        store = ProposalStore.load(path)
+        name = store.meta.get("method", path.stem)
+        r = store_recall(store, dataset, cfg.ks, cfg.iou, cfg.plus_one, skipped)
+        side = sidecar_path(path)
+        seconds = json.loads(side.read_text()).get("seconds_per_image") if side.is_file() else None
+        results[name] = r
+        rows[name] = dict(r.to_dict(), store=str(path), seconds_per_image=seconds)
+    header = f"{'method':24s} {'boxes/img':>9s} {'cov@0.5':>8s} {'cov@ILSVRC':>10s} {'MABO':>6s} {'s/img':>6s}"
+    lines = [header] + [
+        f"{n:24s} {v['boxes_per_image']:9.1f} {v['coverage_050']:8.3f} {v['coverage_ilsvrc']:10.3f} "
+        f"{v['mabo']:6.3f} {'' if v['seconds_per_image'] is None else format(v['seconds_per_image'], '6.2f'):>6s}"
+        for n, v in rows.items()]
+    print("\n".join(lines))
+    out = Path(cfg.paths.eval_dir) / cfg.output_name
+    atomic_write_json(out.with_suffix(".json"), {"dataset": cfg.data.name, "split": cfg.split, "methods": rows})
+    plot_recall_curves(results, out.with_suffix(".png"), f"{cfg.data.name} {cfg.split}")
+    log.info("wrote %s.json and .png; %s", out, skipped.summary())
+    return rows
+
+
+if __name__ == "__main__":
+    main()

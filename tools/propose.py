@@ -1,0 +1,45 @@
+"""Proposals for a whole dataset split; see conf/propose.yaml.
+
+    python tools/propose.py data=ilsvrc split=val proposals=ss_paper
+    RANK=1 WORLD_SIZE=4 python tools/propose.py ...   # or torchrun: rank r takes every 4th image
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from proposals.store import propose_dataset
+
+log = logging.getLogger("propose")
+
+
+@hydra.main(config_path="../conf", config_name="propose", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if cfg.data.get("generate") is not None and rank == 0:
+        instantiate(cfg.data.generate)
+    dataset = instantiate(cfg.data[cfg.split])
+    proposer_cfg = OmegaConf.to_container(cfg.proposals, resolve=True)
+    proposer = instantiate(proposer_cfg, _convert_="all")
+    output = cfg.output or Path(cfg.paths.proposals_dir) / f"{cfg.data.name}_{cfg.split}_{proposer.name}.npz"
+    summary = propose_dataset(
+        [r.path for r in dataset.records], [r.image_id for r in dataset.records], proposer, output,
+        functools.partial(instantiate, proposer_cfg, _convert_="all"),
+        workers=cfg.workers, chunk_size=cfg.chunk_size, rank=rank, world_size=world_size,
+        stop_after_chunks=cfg.stop_after_chunks, merge_timeout_s=cfg.merge_timeout_s, poll_s=cfg.poll_s,
+        meta={"dataset": cfg.data.name, "split": cfg.split, "proposals": proposer_cfg}, progress=cfg.progress,
+    )
+    if summary.merged:
+        log.info("proposals in %s; %s", summary.path, summary.skipped.summary())
+    else:
+        log.info("computed %d chunks (rank %d of %d); not merged yet", summary.chunks_computed, rank, world_size)
+
+
+if __name__ == "__main__":
+    main()
