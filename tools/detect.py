@@ -1,0 +1,126 @@
+"""Run the detector on images and folders; print a table, write JSON and a drawn PNG per image.
+
+    python tools/detect.py photo.jpg holiday/ [Hydra overrides, e.g. detector=work/detector.pt device=cpu]
+
+Hydra's command line accepts only `key=value` overrides, so the image arguments (anything without
+`=` that is not a Hydra flag) are taken out of sys.argv before Hydra parses it; they are added to
+the `images` list of conf/detect.yaml. Missing, corrupt or unsupported images are reported and the
+rest still run; the exit code is 1 only when no image could be processed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# This file's name equals the package's: run as a script, Python would put tools/ first on the import
+# path and `import detect` would find this file. Python >= 3.11's -P flag ("safe path") keeps the
+# script's folder off the path, so the script re-executes itself with it (nothing edits sys.path).
+if __name__ == "__main__" and not sys.flags.safe_path:
+    if sys.version_info < (3, 11):
+        raise SystemExit("tools/detect.py needs Python >= 3.11 (-P); use tools/detect_dataset.py with data=folder")
+    os.execv(sys.executable, [sys.executable, "-P", *sys.orig_argv[1:]])
+
+import logging  # noqa: E402  (after the re-exec guard)
+from pathlib import Path  # noqa: E402
+
+import hydra
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from detect.data.folder import list_images
+from detect.data.images import read_image
+from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
+from detect.detections import Detections, write_coco_results
+from detect.io import atomic_write_json
+from detect.pipeline import Detector
+from detect.visualize import draw_detections, write_png
+
+log = logging.getLogger("detect")
+
+HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                          "--config-dir", "-cd", "--info", "--experimental-rerun"}
+IMAGE_ARGS: list[str] = []  # filled by split_image_args before Hydra runs (command line only)
+
+
+def split_image_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(image arguments, the argv Hydra should see): bare words that are not Hydra flags or their values."""
+    images, rest = [], [argv[0]]
+    expect_value = False
+    for arg in argv[1:]:
+        if expect_value:
+            rest.append(arg)
+            expect_value = False
+        elif arg.startswith("-"):
+            rest.append(arg)
+            expect_value = arg in HYDRA_FLAGS_WITH_VALUE
+        elif "=" in arg and not Path(arg).exists():
+            rest.append(arg)
+        else:
+            images.append(arg)
+    return images, rest
+
+
+def _table(name: str, result, classes) -> str:
+    lines = [f"{name}: {len(result)} detections", f"  {'class':<28} {'score':>6}  box (x1, y1, x2, y2)"]
+    for box, score, label in zip(result.boxes, result.scores, result.labels):
+        lines.append(f"  {classes.names[label]:<28} {score:6.3f}  ({box[0]:.0f}, {box[1]:.0f}, {box[2]:.0f}, {box[3]:.0f})")
+    return "\n".join(lines)
+
+
+@hydra.main(config_path="../conf", config_name="detect", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    args = list(cfg.images) + IMAGE_ARGS
+    if not args:
+        raise SystemExit("no images given: python tools/detect.py image.jpg [folder ...] [overrides]")
+    overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold") if cfg[k] is not None}
+    proposer = instantiate(cfg.proposer) if cfg.proposer is not None else "stored"
+    detector = Detector.from_checkpoint(cfg.detector, device=cfg.device, proposer=proposer, **overrides)
+    classes = detector.classes
+    out_dir = Path(cfg.out_dir)
+    skipped = SkipLog("images")
+    files = []
+    for arg in args:
+        try:
+            files += list_images(arg)
+        except FileNotFoundError as e:
+            skipped.add(arg, f"missing: {e}")
+    records, all_dets, used_names = [], [], set()
+    for path in files:
+        try:
+            image = read_image(path)
+            result = detector.detect(image)
+        except ValueError as e:  # ImageError (names the file), a proposer refusing the image, ...
+            skipped.add(path, f"unusable: {e}")
+            continue
+        keep = result.scores >= cfg.show_threshold
+        name = path.stem if path.stem not in used_names else f"{path.stem}_{len(records) + 1}"
+        used_names.add(name)
+        print(_table(str(path), type(result)(result.boxes[keep], result.scores[keep], result.labels[keep]), classes))
+        atomic_write_json(out_dir / f"{name}.json", {
+            "image": str(path), "width": int(image.shape[1]), "height": int(image.shape[0]),
+            "detections": [{"class": classes.names[l], "wnid": classes.wnids[l], "label": int(l), "score": float(s),
+                            "box": [float(v) for v in b]}
+                           for b, s, l in zip(result.boxes[keep], result.scores[keep], result.labels[keep])]})
+        if cfg.draw:
+            write_png(out_dir / f"{name}.png", draw_detections(image, result.boxes[keep], result.scores[keep],
+                                                               result.labels[keep], classes.names))
+        index = len(records) + 1
+        records.append(DetectionRecord(str(path), path, image.shape[1], image.shape[0], np.zeros((0, 4)),
+                                       np.zeros(0), np.zeros(0), index))
+        all_dets.append(Detections.for_image(index, result.labels, result.scores, result.boxes))
+    if cfg.coco_results and records:
+        write_coco_results(out_dir / "coco_results.json", Detections.concat(all_dets),
+                           DetectionDataset(records, classes, name="images"))
+    print(f"{len(records)} of {len(records) + len(skipped)} images processed; results in {out_dir}")
+    if len(skipped):
+        print(skipped.summary())
+        for file, reason in skipped.entries:
+            print(f"  {file}: {reason}")
+    if not records:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    IMAGE_ARGS[:], sys.argv[:] = split_image_args(sys.argv)
+    main()
