@@ -251,3 +251,39 @@ def test_image_folder_and_dispatch(tmp_path):
         read_image_folder([tmp_path / "nope"])
     with pytest.raises(ValueError, match="unknown dataset format"):
         load_detection_dataset("kitti")
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        return compose(config_name="make_synthetic", overrides=overrides)
+
+
+def test_data_configs_instantiate(shared_data, tree_2014, tmp_path):
+    from hydra.utils import instantiate
+
+    coco = _compose(["data=coco", f"data.root={shared_data / 'coco128'}"])
+    assert len(instantiate(coco.data.train)) == 128 and len(instantiate(coco.data.val)) == 128
+
+    val2 = tmp_path / "val2.txt"
+    val2.write_text("".join(f"{n} {v[1]}\n" for n, v in REAL.items()))
+    blacklist = shared_data / "ilsvrc" / "ILSVRC2014_det_validation_blacklist.txt"
+    old = _compose(["data=ilsvrc2014", f"data.root={tree_2014}", f"data.val2_list={val2}", f"data.blacklist={blacklist}",
+                    "data.train.image_list=null"])
+    assert [r.index for r in instantiate(old.data.val)] == [v[1] for v in REAL.values()]
+    assert len(instantiate(old.data.train)) == 5  # the devkit's val list
+
+    new_root = tmp_path / "ilsvrc2015"
+    (new_root / "Data" / "DET").mkdir(parents=True)
+    (new_root / "Data" / "DET" / "val").symlink_to(tree_2014 / "ILSVRC2013_DET_val")
+    (new_root / "Annotations" / "DET").mkdir(parents=True)
+    (new_root / "Annotations" / "DET" / "val").symlink_to(tree_2014 / "ILSVRC2013_DET_bbox_val")
+    (new_root / "ImageSets" / "DET").mkdir(parents=True)
+    shutil.copy(tree_2014 / "devkit" / "data" / "det_lists" / "val.txt", new_root / "ImageSets" / "DET" / "val.txt")
+    new = _compose(["data=ilsvrc", f"data.root={new_root}", "data.val.image_list=null"])
+    ds = instantiate(new.data.val)
+    assert len(ds) == 5 and ds[0].index == 6
+
+    with pytest.raises(Exception, match="root"):
+        instantiate(_compose(["data=voc"]).data.val)  # root: ??? must be given

@@ -142,3 +142,24 @@ def test_classification_set(tmp_path):
     image = read_image(tmp_path / "train" / classes.wnids[0] / f"{classes.wnids[0]}_00001.JPEG")
     red = (image[..., 0].astype(int) - image[..., 1:].max(-1)) > 80
     assert red.sum() > 0.1 * 64 * 64
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        return compose(config_name="make_synthetic", overrides=overrides)
+
+
+def test_synthetic_configs_compose_and_instantiate(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = _compose([f"work_dir={tmp_path}", "data.generate.num_train=4", "data.generate.num_val=3",
+                    "data.generate.num_classes=3", "data_cls.generate.train_per_class=1",
+                    "data_cls.generate.val_per_class=1", "data_cls.generate.num_classes=3"])
+    assert cfg.detection and cfg.classification
+    assert len(instantiate(cfg.data.generate)) == 3
+    assert len(instantiate(cfg.data_cls.generate)) == 3
+    train, val = instantiate(cfg.data.train), instantiate(cfg.data.val)
+    assert (len(train), len(val)) == (4, 3) and train.classes.names[0] == "red solid circle"
+    assert (tmp_path / "data" / "synthetic_det" / "manifest.json").is_file()
