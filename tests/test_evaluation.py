@@ -2,6 +2,7 @@
 against plain-loop transcriptions of the devkits on random data, and COCO AP50 against pycocotools."""
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -367,3 +368,91 @@ def test_coco128_ap50_matches_pycocotools(coco128):
     area = evaluate(coco128, dets, rules="coco", interpolation="area")
     # area under the envelope vs. 101 samples of it: documented difference below 0.01 AP here
     assert abs(area.mean_ap - ref) < 0.01
+
+
+# ---------------------------------------------------------------- tools/eval_map.py end to end
+
+
+def _load_tool(repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_map_tool", repo_root / "tools" / "eval_map.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compose(repo_root, overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
+        return compose(config_name="eval_map", overrides=overrides)
+
+
+TINY_OBJECTS = {"a": [("n00000001", 10, 10, 59, 59), ("n00000002", 100, 20, 179, 99)],
+                "b": [("n00000001", 5, 5, 14, 14)],  # a 10 x 10 object: IoU threshold 0.25
+                "c": []}
+
+
+def make_tiny_ilsvrc(root: Path) -> None:
+    """ILSVRC 2015+ layout: Data/DET/val, Annotations/DET/val, ImageSets/DET/val.txt, classes.tsv."""
+    from PIL import Image
+
+    (root / "Data/DET/val").mkdir(parents=True)
+    (root / "Annotations/DET/val").mkdir(parents=True)
+    (root / "ImageSets/DET").mkdir(parents=True)
+    (root / "classes.tsv").write_text("index\twnid\tname\n1\tn00000001\tsquare\n2\tn00000002\tdisc\n")
+    (root / "ImageSets/DET/val.txt").write_text("".join(f"{n} {k + 1}\n" for k, n in enumerate(TINY_OBJECTS)))
+    for name, objs in TINY_OBJECTS.items():
+        Image.new("RGB", (200, 120), (90, 120, 150)).save(root / f"Data/DET/val/{name}.JPEG")
+        xml_objs = "".join(f"<object><name>{w}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
+                           f"<ymax>{y2}</ymax></bndbox></object>" for w, x1, y1, x2, y2 in objs)
+        (root / f"Annotations/DET/val/{name}.xml").write_text(
+            f"<annotation><folder>val</folder><filename>{name}</filename><size><width>200</width>"
+            f"<height>120</height></size>{xml_objs}</annotation>")
+
+
+TINY_SUBMISSION = ("1 1 0.9 10 10 59 59\n"
+                   "1 2 0.8 104 22 181 99\n"
+                   "2 1 0.7 5 5 14 34\n"      # IoU 1/3 with the small object: a match under ILSVRC rules only
+                   "3 2 0.95 0 0 50 50\n"     # an image without objects
+                   "3 2 oops\n")              # malformed: reported and skipped
+
+
+def test_eval_map_tool_on_tiny_ilsvrc(tmp_path, repo_root):
+    make_tiny_ilsvrc(tmp_path / "data")
+    (tmp_path / "det.txt").write_text(TINY_SUBMISSION)
+    tool = _load_tool(repo_root)
+    common = [f"data.root={tmp_path / 'data'}", f"detections={tmp_path / 'det.txt'}", f"work_dir={tmp_path / 'work'}"]
+    report = tool.run(_compose(repo_root, common))
+    assert report["rules"] == "ilsvrc" and report["skipped_lines"] == 1
+    assert [c["ap"] for c in report["classes"]] == pytest.approx([1.0, 0.5])
+    assert report["mean_ap"] == pytest.approx(0.75)
+    out = tmp_path / "work" / "eval"
+    assert json.loads((out / "eval_val.json").read_text())["mean_ap"] == pytest.approx(0.75)
+    assert (out / "pr_val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    voc = tool.run(_compose(repo_root, common + ["rules=voc", f"out_dir={tmp_path / 'voc'}"]))
+    assert voc["mean_ap"] == pytest.approx(0.5)
+
+
+def test_eval_map_tool_unknown_images(tmp_path, repo_root):
+    make_tiny_ilsvrc(tmp_path / "data")
+    (tmp_path / "det.txt").write_text(TINY_SUBMISSION + "9 1 0.99 0 0 10 10\n")
+    tool = _load_tool(repo_root)
+    common = [f"data.root={tmp_path / 'data'}", f"detections={tmp_path / 'det.txt'}", f"out_dir={tmp_path / 'out'}"]
+    with pytest.raises(ValueError, match="not in dataset"):
+        tool.run(_compose(repo_root, common))
+    report = tool.run(_compose(repo_root, common + ["evaluate.unknown_images=ignore"]))
+    assert report["num_unknown_detections"] == 1 and report["mean_ap"] == pytest.approx(0.75)
+
+
+def test_eval_map_tool_coco128_beside_pycocotools(tmp_path, repo_root, coco128, shared_data):
+    from detect.detections import write_coco_results
+
+    write_coco_results(tmp_path / "det.json", perturbed(coco128, seed=1), coco128)
+    tool = _load_tool(repo_root)
+    report = tool.run(_compose(repo_root, ["data=coco", f"data.root={shared_data / 'coco128'}",
+                                           f"detections={tmp_path / 'det.json'}", f"out_dir={tmp_path / 'out'}",
+                                           "curves_in_json=false"]))
+    assert report["rules"] == "coco" and "precision" not in report["classes"][0]
+    assert report["mean_ap"] == pytest.approx(report["ap50_pycocotools"], abs=1e-6)

@@ -1,0 +1,50 @@
+"""Evaluate a detections file on a dataset split: per-class AP table, mAP, JSON report, PR curves.
+
+    python tools/eval_map.py data=ilsvrc data.root=/datasets/ILSVRC data.blacklist=... detections=val.txt
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from detect.data.records import SkipLog
+from detect.detections import read_detections
+from detect.evaluation import coco_ap50_pycocotools, evaluate, rules_for_dataset
+from detect.io import atomic_write_json
+from detect.plots import save_pr_curves
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Evaluate as configured; returns the JSON report (also written to ``out_dir``)."""
+    dataset = instantiate(cfg.data[cfg.split])
+    skipped = SkipLog("detection lines")
+    detections = read_detections(cfg.detections, dataset, format=cfg.format, skipped=skipped)
+    rules = rules_for_dataset(cfg.data.name) if cfg.rules == "auto" else cfg.rules
+    result = evaluate(dataset, detections, rules=rules, **OmegaConf.to_container(cfg.evaluate))
+    print(result.table())
+    report = result.to_json(curves=cfg.curves_in_json)
+    report.update(detections=str(cfg.detections), dataset=cfg.data.name, split=cfg.split,
+                  num_images=len(dataset), num_detections=len(detections), skipped_lines=len(skipped))
+    if rules == "coco":
+        report["ap50_pycocotools"] = coco_ap50_pycocotools(dataset, detections, cfg.evaluate.max_dets)
+        print(f"AP50 pycocotools: {100 * report['ap50_pycocotools']:.2f}   ours: {100 * result.mean_ap:.2f}")
+    out_dir = Path(cfg.out_dir)
+    atomic_write_json(out_dir / f"eval_{cfg.split}.json", report)
+    save_pr_curves(result, out_dir / f"pr_{cfg.split}.png", cfg.plot_best, cfg.plot_worst)
+    log.info("wrote %s", out_dir / f"eval_{cfg.split}.json")
+    return report
+
+
+@hydra.main(config_path="../conf", config_name="eval_map", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
