@@ -20,6 +20,7 @@ written last; when it matches, nothing is done; otherwise the generated entries 
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -300,8 +301,6 @@ def _ilsvrc_xml(split: str, name: str, width: int, height: int, boxes: np.ndarra
 
 
 def _up_to_date(root: Path, params: dict) -> bool:
-    import json
-
     path = root / MANIFEST
     if not path.is_file():
         return False
