@@ -1,27 +1,20 @@
 """Run the detector on images and folders; print a table, write JSON and a drawn PNG per image.
 
-    python tools/detect.py photo.jpg holiday/ [Hydra overrides, e.g. detector=work/detector.pt device=cpu]
+    python tools/detect_images.py photo.jpg holiday/ [Hydra overrides, e.g. detector=work/detector.pt device=cpu]
 
 Hydra's command line accepts only `key=value` overrides, so the image arguments (anything without
 `=` that is not a Hydra flag) are taken out of sys.argv before Hydra parses it; they are added to
-the `images` list of conf/detect.yaml. Missing, corrupt or unsupported images are reported and the
+the `images` list of conf/detect_images.yaml. Missing, corrupt or unsupported images are reported and the
 rest still run; the exit code is 1 only when no image could be processed.
+
+(Not named tools/detect.py: a script of that name in tools/ would shadow the `detect` package for
+every tool, since Python puts the script's folder first on the import path.)
 """
 from __future__ import annotations
 
-import os
+import logging
 import sys
-
-# This file's name equals the package's: run as a script, Python would put tools/ first on the import
-# path and `import detect` would find this file. Python >= 3.11's -P flag ("safe path") keeps the
-# script's folder off the path, so the script re-executes itself with it (nothing edits sys.path).
-if __name__ == "__main__" and not sys.flags.safe_path:
-    if sys.version_info < (3, 11):
-        raise SystemExit("tools/detect.py needs Python >= 3.11 (-P); use tools/detect_dataset.py with data=folder")
-    os.execv(sys.executable, [sys.executable, "-P", *sys.orig_argv[1:]])
-
-import logging  # noqa: E402  (after the re-exec guard)
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
 import hydra
 import numpy as np
@@ -36,7 +29,7 @@ from detect.io import atomic_write_json
 from detect.pipeline import Detector
 from detect.visualize import draw_detections, write_png
 
-log = logging.getLogger("detect")
+log = logging.getLogger("detect_images")
 
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                           "--config-dir", "-cd", "--info", "--experimental-rerun"}
@@ -68,11 +61,11 @@ def _table(name: str, result, classes) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path="../conf", config_name="detect", version_base="1.3")
+@hydra.main(config_path="../conf", config_name="detect_images", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     args = list(cfg.images) + IMAGE_ARGS
     if not args:
-        raise SystemExit("no images given: python tools/detect.py image.jpg [folder ...] [overrides]")
+        raise SystemExit("no images given: python tools/detect_images.py image.jpg [folder ...] [overrides]")
     overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold") if cfg[k] is not None}
     proposer = instantiate(cfg.proposer) if cfg.proposer is not None else "stored"
     detector = Detector.from_checkpoint(cfg.detector, device=cfg.device, proposer=proposer, **overrides)
