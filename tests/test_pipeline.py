@@ -117,3 +117,57 @@ def test_detector_no_proposals_gives_empty_result():
     det = Detector(None, Ensemble(_members(1, 2)), classes, crop_size=64, context=4)
     res = det.detect(np.zeros((20, 20, 3), np.uint8), proposals=np.zeros((0, 4), np.float32))
     assert res.boxes.shape == (0, 4) and len(res.scores) == 0
+
+
+def _run_tool(repo_root, cwd, tool, *overrides):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, str(repo_root / "tools" / tool), *overrides], capture_output=True,
+                         text=True, cwd=cwd, timeout=300)
+    assert run.returncode == 0, f"{tool} failed:\n{run.stdout}\n{run.stderr[-4000:]}"
+    return run
+
+
+def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
+    """Two training steps of a tiny member, the detector bundle, then detection over a split (and its resume)."""
+    from detect.data.ilsvrc import read_ilsvrc_det
+    from detect.data.synthetic import make_detection_world
+    from detect.detections import read_ilsvrc_submission
+    from proposals.store import ProposalStore
+
+    root = tmp_path / "data"
+    make_detection_world(root, num_classes=3, num_train=4, num_val=3, min_side=96, max_side=128, max_objects=2,
+                         empty_fraction=0.0, seed=0)
+    rng = np.random.default_rng(0)
+    stores = {}
+    for split in ("train", "val"):
+        ds = read_ilsvrc_det(root, split, classes=root / "classes.tsv")
+        boxes = [np.concatenate([r.boxes + rng.normal(0, 3, r.boxes.shape),
+                                 np.array([[0, 0, 40, 40], [30, 20, 90, 80]])]).clip(0, 95).astype(np.float32)
+                 for r in ds.records]
+        stores[split] = tmp_path / f"{split}.npz"
+        ProposalStore.from_lists([r.image_id for r in ds.records], boxes).save(stores[split])
+    common = [f"work_dir={tmp_path / 'work'}", f"data.root={root}", "~data.generate", "device=cpu", "num_workers=0"]
+    _run_tool(repo_root, tmp_path, "train_region.py", *common, "model=googlenet_small", "model.width=0.125",
+              "init=null", "crop_size=64", "context=4", "epochs=1", "max_steps_per_epoch=2", "images_per_batch=2",
+              "regions_per_image=8", f"proposals_store={stores['train']}", "member=0")
+    member = load_checkpoint(tmp_path / "work" / "region" / "member0" / "checkpoint.pt")
+    assert member["model_kwargs"]["num_classes"] == 4 and member["step"] == 0 and member["epoch"] == 1
+    _run_tool(repo_root, tmp_path, "train_region.py", *common, "step=bundle", "members=1", "crop_size=64",
+              "context=4", "detector.score_threshold=0.0", "detector.max_per_image=7", "proposals=opencv_fast")
+    bundle = load_checkpoint(tmp_path / "work" / "detector.pt")
+    assert bundle["config"]["crop_size"] == 64 and bundle["config"]["proposer"]["mode"] == "opencv_fast"
+    assert bundle["classes"]["names"] == list(read_ilsvrc_det(root, "val", classes=root / "classes.tsv").classes.names)
+
+    run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *common, "split=val",
+                    f"proposals_store={stores['val']}")
+    out = tmp_path / "work" / "detections" / "synthetic_val.txt"
+    assert "21 detections on 3 images" in run.stdout
+    dets = read_ilsvrc_submission(out, num_classes=3)
+    assert sorted(set(dets.image_index.tolist())) == [1, 2, 3] and len(dets) == 21
+    assert (tmp_path / "work" / "detections" / "synthetic_val.json").is_file()
+    text = out.read_text()
+    run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *common, "split=val",
+                    f"proposals_store={stores['val']}")  # resumed: nothing left to do, same file
+    assert out.read_text() == text

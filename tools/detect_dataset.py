@@ -1,0 +1,95 @@
+"""Run the detector over a dataset split: ILSVRC submission + COCO-results JSON for tools/eval_map.py.
+
+    python tools/detect_dataset.py data=synthetic split=val
+    torchrun --nproc_per_node=4 tools/detect_dataset.py data=ilsvrc data.root=/data/ILSVRC device=cuda
+
+Each rank takes every world_size-th image and streams its lines to a shard file (kept as the resume
+state: images already done are skipped on a re-run); rank 0 merges the shards into
+``<output>.txt`` and ``<output>.json``. Cached proposals come from the proposal store when it holds
+the image, else from the detector's live proposer.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from detect.data.images import read_image
+from detect.data.records import SkipLog
+from detect.detections import (Detections, SubmissionWriter, read_ilsvrc_submission, write_coco_results,
+                               write_ilsvrc_submission)
+from detect.distributed import barrier, cleanup, setup
+from detect.pipeline import Detector
+from proposals.store import ProposalStore
+
+log = logging.getLogger("detect_dataset")
+
+
+@hydra.main(config_path="../conf", config_name="detect_dataset", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    ctx = setup(cfg.device)
+    if cfg.data.get("generate") is not None and ctx.is_main:
+        instantiate(cfg.data.generate)
+    barrier()
+    dataset = instantiate(cfg.data[cfg.split])
+    overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold", "members")
+                 if cfg[k] is not None}
+    if "members" in overrides:
+        overrides["members"] = list(overrides["members"])
+    proposer = instantiate(cfg.proposer, _convert_="all") if cfg.proposer is not None else "stored"
+    detector = Detector.from_checkpoint(cfg.detector, device=ctx.device, proposer=proposer, **overrides)
+    if detector.classes.wnids != dataset.classes.wnids:
+        raise ValueError(f"{cfg.detector}: its {len(detector.classes)} classes differ from those of "
+                         f"{cfg.data.name} ({len(dataset.classes)}); labels would not match")
+
+    store = None
+    store_path = cfg.proposals_store
+    if store_path is None and detector.proposer is not None:
+        store_path = Path(cfg.paths.proposals_dir) / f"{cfg.data.name}_{cfg.split}_{detector.proposer.name}.npz"
+    if store_path is not None and Path(store_path).is_file():
+        store = ProposalStore.load(store_path)
+        log.info("%s: cached proposals for %d images", store_path, len(store))
+    elif detector.proposer is None:
+        raise ValueError(f"no proposal store at {store_path} and the detector has no proposer")
+
+    output = Path(cfg.output or Path(cfg.paths.detections_dir) / f"{cfg.data.name}_{cfg.split}.txt")
+    shard = output.with_name(f"{output.name}.rank{ctx.rank}of{ctx.world_size}")
+    records = dataset.records[ctx.rank::ctx.world_size]
+    skipped = SkipLog("images")
+    start, computed = time.perf_counter(), 0
+    with SubmissionWriter(shard, resume=cfg.resume) as writer:
+        todo = [r for r in records if r.index not in writer.done]
+        if len(todo) < len(records):
+            log.info("rank %d: %d of %d images already done", ctx.rank, len(records) - len(todo), len(records))
+        for record in tqdm(todo, desc=f"detect rank {ctx.rank}", disable=not (cfg.progress and ctx.is_main)):
+            try:
+                image = read_image(record.path)
+                cached = store.get(record.image_id) if store is not None and record.image_id in store else None
+                result = detector.detect(image, cached)
+                dets = Detections.for_image(record.index, result.labels, result.scores, result.boxes)
+            except ValueError as e:  # unreadable image, no proposals, proposer error: reported, no detections
+                skipped.add(record.path, f"unusable: {e}")
+                dets = Detections.empty()
+            writer.add(record.index, dets)
+            computed += 1
+    if computed:
+        log.info("rank %d: %d images in %.1f s (%.3f s/image); %s", ctx.rank, computed,
+                 time.perf_counter() - start, (time.perf_counter() - start) / computed, skipped.summary())
+    barrier()
+    if ctx.is_main:
+        shards = [output.with_name(f"{output.name}.rank{r}of{ctx.world_size}") for r in range(ctx.world_size)]
+        dets = Detections.concat(read_ilsvrc_submission(p, num_classes=len(detector.classes)) for p in shards)
+        dets = dets.select(dets.image_index.argsort(kind="stable"))
+        write_ilsvrc_submission(output, dets)
+        write_coco_results(output.with_suffix(".json"), dets, dataset)
+        print(f"{len(dets)} detections on {len(dataset)} images ({cfg.data.name} {cfg.split}): {output}")
+    cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Fine-tune one GoogLeNet region classifier on warped proposal crops, then bundle the detector.
+
+    python tools/train_region.py member=0 seed=0          # ${paths.region_dir}/member0/checkpoint.pt
+    python tools/train_region.py member=1                 # another member: other seed, other sampling order
+    python tools/train_region.py step=bundle members=2    # ${paths.detector}: all members + detector settings
+    torchrun --nproc_per_node=2 tools/train_region.py member=0
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, DistributedSampler
+
+from detect.classes import ClassList
+from detect.distributed import barrier, cleanup, setup
+from detect.engine import fit, seed_everything
+from detect.io import load_checkpoint
+from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
+from detect.pipeline import bundle_detector
+from detect.region import RegionDataset, RegionLoss, collate_regions
+from proposals.store import ProposalStore
+
+log = logging.getLogger("train_region")
+
+
+def store_path(cfg: DictConfig, split: str) -> Path:
+    """The proposal store of ``split``: ``proposals_store``, or where tools/propose.py writes it."""
+    if cfg.proposals_store:
+        return Path(cfg.proposals_store)
+    name = instantiate(cfg.proposals, _convert_="all").name
+    return Path(cfg.paths.proposals_dir) / f"{cfg.data.name}_{split}_{name}.npz"
+
+
+def _proposal_lookup(path: Path):
+    """``image_id -> ndarray[N, 4]`` from the store, or a lookup that always misses (ground truth only)."""
+    if path.is_file():
+        store = ProposalStore.load(path)
+        log.info("%s: proposals for %d images", path, len(store))
+        return store.get
+    log.warning("%s: no proposal store; training on ground-truth regions only", path)
+    return {}.__getitem__
+
+
+def train(cfg: DictConfig) -> None:
+    ctx = setup(cfg.device)
+    seed = int(cfg.seed) + int(cfg.member_seed_stride) * int(cfg.member)
+    seed_everything(seed, ctx.rank)
+    if cfg.data.get("generate") is not None and ctx.is_main:
+        instantiate(cfg.data.generate)
+    barrier()
+    dataset = instantiate(cfg.data[cfg.split])
+    classes = dataset.classes
+
+    model = instantiate(cfg.model, num_classes=len(classes) + 1)
+    if cfg.init:
+        load_pretrained(model, cfg.init)
+    regions = RegionDataset(dataset.records, _proposal_lookup(store_path(cfg, cfg.split)), IMAGENET_MEAN, IMAGENET_STD,
+                            regions_per_image=cfg.regions_per_image, fg_fraction=cfg.fg_fraction,
+                            fg_iou=cfg.fg_iou, crop_size=cfg.crop_size, context=cfg.context,
+                            flip_prob=cfg.flip_prob, seed=seed)
+    sampler = DistributedSampler(regions, seed=seed) if ctx.distributed else None
+    loader = DataLoader(regions, batch_size=cfg.images_per_batch, shuffle=sampler is None, sampler=sampler,
+                        num_workers=cfg.num_workers, collate_fn=collate_regions, drop_last=len(regions) > cfg.images_per_batch,
+                        generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler else None
+    fit(model=model, loss_fn=RegionLoss(cfg.aux_weight), train_loader=loader, optimizer=optimizer,
+        scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=cfg.checkpoint,
+        checkpoint_meta={"model_kwargs": dict(model.model_kwargs), "member": int(cfg.member), "seed": seed,
+                         "classes": {"wnids": list(classes.wnids), "names": list(classes.names)}},
+        ema_decay=cfg.ema_decay, resume=cfg.resume, max_steps_per_epoch=cfg.max_steps_per_epoch,
+        checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip)
+    if ctx.is_main:
+        print(f"region classifier member {cfg.member} ({len(classes)} classes + background): {cfg.checkpoint}")
+    cleanup()
+
+
+def bundle(cfg: DictConfig) -> None:
+    paths = [Path(cfg.paths.region_dir) / f"member{k}" / "checkpoint.pt" for k in range(int(cfg.members))]
+    members = [load_checkpoint(p) for p in paths]
+    classes = ClassList(tuple(members[0]["classes"]["wnids"]), tuple(members[0]["classes"]["names"]))
+    for p, m in zip(paths, members):
+        if tuple(m["classes"]["wnids"]) != classes.wnids:
+            raise ValueError(f"{p}: trained on other classes than {paths[0]}")
+    config = OmegaConf.to_container(cfg.detector, resolve=True)
+    config.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+                  proposer=OmegaConf.to_container(cfg.proposals, resolve=True), data=str(cfg.data.name))
+    bundle_detector(members, classes, config, cfg.paths.detector)
+    print(f"detector with {len(members)} members ({len(classes)} classes): {cfg.paths.detector}")
+
+
+@hydra.main(config_path="../conf", config_name="train_region", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    steps = {"train": train, "bundle": bundle}
+    if cfg.step not in steps:
+        raise ValueError(f"step={cfg.step!r}: expected one of {sorted(steps)}")
+    steps[cfg.step](cfg)
+
+
+if __name__ == "__main__":
+    main()
