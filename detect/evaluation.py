@@ -452,6 +452,7 @@ def coco_ap50_pycocotools(dataset, detections, max_dets: int = 100) -> float:
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         ev.params.iouThrs = np.array([0.5])
         ev.params.maxDets = [max_dets]
+        ev.params.areaRng, ev.params.areaRngLbl = [[0.0, 1e5**2]], ["all"]
         ev.evaluate()
         ev.accumulate()
     p = ev.eval["precision"][0, :, :, 0, 0]  # [R, K] at IoU 0.5, area "all", maxDets max_dets
