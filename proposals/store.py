@@ -359,8 +359,8 @@ def propose_dataset(
             pool.terminate()
             pool.join()
     summary = ProposeSummary(out_path, False, len(pending), len(mine), skipped)
-    if rank != 0:
-        return summary
+    if rank != 0 or not all(chunks.file(rank, c).is_file() for c in range(len(mine))):
+        return summary  # merging is rank 0's job, once its own chunks are all done
     deadline = time.monotonic() + merge_timeout_s
     while not chunks.all_present():
         if time.monotonic() >= deadline:
