@@ -176,11 +176,13 @@ class SubmissionWriter:
     Each ``add(image_index, dets)`` appends that image's lines, flushes them to disk, then records the
     image as done in ``<path>.done``. Reopened with ``resume=True``, lines of images not recorded as
     done (a run killed mid-image) are dropped and ``done`` tells the caller which images to skip.
-    With ``resume=False`` both files start empty. Use as a context manager or call ``close()``.
+    With ``resume=False`` both files start empty. ``fsync``: force each image's lines to the disk
+    (safe against power loss, slower on some file systems). Use as a context manager or call ``close()``.
     """
 
-    def __init__(self, path: str | Path, resume: bool = True):
+    def __init__(self, path: str | Path, resume: bool = True, fsync: bool = True):
         self.path = Path(path)
+        self.fsync = fsync
         self.done_path = self.path.with_name(self.path.name + ".done")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done: set[int] = set()
@@ -213,7 +215,8 @@ class SubmissionWriter:
             raise ValueError(f"{self.path}: detections of other images passed for image {image_index}")
         self._out.write(_format_lines(dets))
         self._out.flush()
-        os.fsync(self._out.fileno())
+        if self.fsync:
+            os.fsync(self._out.fileno())
         self._done_out.write(f"{int(image_index)}\n")
         self._done_out.flush()
         self.done.add(int(image_index))

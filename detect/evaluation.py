@@ -277,8 +277,8 @@ class EvalResult:
         out = {
             "rules": self.rules,
             "options": self.options,
-            "mean_ap": self.mean_ap,
-            "median_ap": self.median_ap,
+            "mean_ap": None if np.isnan(self.mean_ap) else self.mean_ap,
+            "median_ap": None if np.isnan(self.median_ap) else self.median_ap,
             "num_unknown_detections": self.num_unknown_detections,
             "classes": [],
         }

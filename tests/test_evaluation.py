@@ -151,7 +151,7 @@ def test_empty_detections_and_empty_dataset():
         r = evaluate(ds, Detections.empty(), rules=rules)
         assert r.ap[0] == 0.0 and r.mean_ap == 0.0
     r = evaluate(make_dataset([]), Detections.empty())
-    assert math.isnan(r.mean_ap)
+    assert math.isnan(r.mean_ap) and r.to_json()["mean_ap"] is None
 
 
 # ---------------------------------------------------------------- slow references
@@ -456,3 +456,40 @@ def test_eval_map_tool_coco128_beside_pycocotools(tmp_path, repo_root, coco128, 
                                            "curves_in_json=false"]))
     assert report["rules"] == "coco" and "precision" not in report["classes"][0]
     assert report["mean_ap"] == pytest.approx(report["ap50_pycocotools"], abs=1e-6)
+
+
+def test_real_ilsvrc_annotations_small_objects_and_blacklist(shared_data):
+    """The 5 real val XMLs: exact detections give AP 1; small objects matched below IoU 0.5 count under
+    ILSVRC rules and not under VOC rules; a blacklisted pair removes that class's ground truth there."""
+    ilsvrc = pytest.importorskip("detect.data.ilsvrc", reason="detect.data.ilsvrc not written yet")
+    from detect.classes import read_class_list
+
+    root = shared_data / "ilsvrc"
+    classes = read_class_list(root / "classes.tsv")
+    val_index = dict(line.split() for line in (root / "val.txt").read_text().splitlines())
+    records, parts = [], []
+    for xml in sorted((root / "xml").glob("*.xml")):
+        w, h, boxes, labels, _ = ilsvrc.parse_ilsvrc_xml(xml, classes)
+        index = int(val_index[xml.stem])
+        records.append(DetectionRecord(xml.stem, xml, w, h, boxes, labels, np.zeros(len(labels), bool), index))
+        dets = boxes.astype(np.float64).copy()
+        thr = ilsvrc_thresholds(boxes)
+        small = thr < 0.5
+        hh = boxes[:, 3] - boxes[:, 1] + 1
+        target = (thr + 0.5) / 2  # between the small-object threshold and 0.5
+        dets[small, 3] = boxes[small, 1] + np.round(hh[small] / target[small]) - 1
+        parts.append(Detections.for_image(index, labels, np.linspace(0.9, 0.5, len(labels)), dets))
+    ds = DetectionDataset(records, classes, name="ilsvrc_val5")
+    dets = Detections.concat(parts)
+    ious = pair_iou(dets.boxes, np.concatenate([r.boxes for r in records]), plus_one=True)
+    small = ilsvrc_thresholds(np.concatenate([r.boxes for r in records])) < 0.5
+    assert small.any() and (ious[small] < 0.5).all()
+    r = evaluate(ds, dets, rules="ilsvrc")
+    present = np.flatnonzero(r.num_gt)
+    assert r.mean_ap == pytest.approx(1.0) and len(present) == len(np.unique(dets.labels))
+    assert evaluate(ds, dets, rules="voc").mean_ap < 1.0
+    label = int(records[2].labels[0])
+    ds.blacklist = {(records[2].index, label)}
+    b = evaluate(ds, dets)
+    assert b.num_gt[label] == r.num_gt[label] - int((records[2].labels == label).sum())
+    assert b.num_det[label] == r.num_det[label] - int((records[2].labels == label).sum())
