@@ -171,3 +171,28 @@ def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
     run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *common, "split=val",
                     f"proposals_store={stores['val']}")  # resumed: nothing left to do, same file
     assert out.read_text() == text
+
+
+@pytest.mark.parametrize("name", ["train_region", "detect_images", "detect_dataset"])
+def test_tool_configs_compose_and_instantiate(name, repo_root, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(repo_root / "conf"), version_base="1.3"):
+        cfg = compose(name, overrides=[f"work_dir={tmp_path}"])
+    OmegaConf.resolve(cfg)
+    if name == "train_region":
+        assert cfg.checkpoint == f"{tmp_path}/region/member0/checkpoint.pt"
+        assert cfg.images_per_batch * cfg.regions_per_image == 128 and cfg.fg_fraction * 128 == 32
+        model = instantiate(cfg.model, num_classes=5, width=0.125)
+        optimizer = instantiate(cfg.optimizer)(model.parameters())
+        assert optimizer.defaults["lr"] == 0.001 and optimizer.defaults["momentum"] == 0.9
+        assert optimizer.defaults["weight_decay"] == 5e-4 and cfg.aux_weight == 0.3
+        assert instantiate(cfg.scheduler)(optimizer).step_size == cfg.scheduler.step_size
+        assert instantiate(cfg.proposals).name
+        assert cfg.detector.nms_iou == 0.3 and cfg.detector.crop_size == cfg.crop_size
+    else:
+        assert cfg.detector == f"{tmp_path}/detector.pt"
+        if name == "detect_dataset":
+            assert cfg.data.val._target_.startswith("detect.data.")
