@@ -352,3 +352,20 @@ def test_evaluate_coverage_counts_top_k_only():
     assert evaluate_coverage(Fixed(), loader, "cpu", top_k=2)["coverage"] == pytest.approx(2 / 3)
     assert evaluate_coverage(Fixed(), loader, "cpu", top_k=3)["coverage"] == pytest.approx(1.0)
     assert evaluate_coverage(Fixed(), loader, "cpu", top_k=1)["n_gt"] == 3
+
+
+def test_config_composes_and_instantiates(repo_root, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from proposals.multibox import MultiBoxNet
+    from proposals.multibox.training import MultiBoxLossFn
+
+    with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
+        cfg = compose("train_multibox", overrides=[f"work_dir={tmp_path}", "model.backbone_kwargs.width=0.125",
+                                                   "model.num_priors=10"])
+    assert cfg.checkpoint == f"{tmp_path}/multibox/checkpoint.pt" and cfg.init == f"{tmp_path}/cls/checkpoint.pt"
+    model = instantiate(cfg.model, _convert_="all")
+    assert isinstance(model, MultiBoxNet) and model.num_priors == 10 and isinstance(instantiate(cfg.loss), MultiBoxLossFn)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    assert instantiate(cfg.scheduler)(optimizer).step_size == cfg.scheduler.step_size
