@@ -4,19 +4,22 @@
     torchrun --nproc_per_node=4 tools/detect_dataset.py data=ilsvrc data.root=/data/ILSVRC device=cuda
 
 Each rank takes every world_size-th image and streams its lines to a shard file (kept as the resume
-state: images already done are skipped on a re-run); rank 0 merges the shards into
+state: images already done are skipped on a re-run; shard names carry a hash of the detector file,
+the proposal store and the settings, so a changed detector starts afresh); rank 0 merges the shards into
 ``<output>.txt`` and ``<output>.json``. Cached proposals come from the proposal store when it holds
 the image, else from the detector's live proposer.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from detect.data.images import read_image
@@ -28,6 +31,25 @@ from detect.pipeline import Detector
 from proposals.store import ProposalStore
 
 log = logging.getLogger("detect_dataset")
+
+
+def _file_digest(path: str | Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(cfg: DictConfig, store_path: str | Path | None) -> str:
+    """Short hash of what the detections depend on (detector file contents, settings, data, proposals),
+    so that shards of an earlier run are resumed only when they came from the same inputs."""
+    what = {"detector": _file_digest(cfg.detector), "data": str(cfg.data.name), "split": str(cfg.split),
+            "store": _file_digest(store_path) if store_path is not None else None,
+            "settings": OmegaConf.to_container(cfg, resolve=True).get("proposer"),
+            **{k: OmegaConf.to_container(cfg, resolve=True)[k]
+               for k in ("score_threshold", "max_per_image", "cascade_threshold", "members")}}
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 @hydra.main(config_path="../conf", config_name="detect_dataset", version_base="1.3")
@@ -58,7 +80,8 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"no proposal store at {store_path} and the detector has no proposer")
 
     output = Path(cfg.output or Path(cfg.paths.detections_dir) / f"{cfg.data.name}_{cfg.split}.txt")
-    shard = output.with_name(f"{output.name}.rank{ctx.rank}of{ctx.world_size}")
+    key = fingerprint(cfg, store_path if store is not None else None)
+    shard = output.with_name(f"{output.name}.{key}.rank{ctx.rank}of{ctx.world_size}")
     records = dataset.records[ctx.rank::ctx.world_size]
     skipped = SkipLog("images")
     start, computed = time.perf_counter(), 0
@@ -82,7 +105,7 @@ def main(cfg: DictConfig) -> None:
                  time.perf_counter() - start, (time.perf_counter() - start) / computed, skipped.summary())
     barrier()
     if ctx.is_main:
-        shards = [output.with_name(f"{output.name}.rank{r}of{ctx.world_size}") for r in range(ctx.world_size)]
+        shards = [output.with_name(f"{output.name}.{key}.rank{r}of{ctx.world_size}") for r in range(ctx.world_size)]
         dets = Detections.concat(read_ilsvrc_submission(p, num_classes=len(detector.classes)) for p in shards)
         dets = dets.select(dets.image_index.argsort(kind="stable"))
         write_ilsvrc_submission(output, dets)
