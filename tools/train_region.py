@@ -21,7 +21,7 @@ from detect.classes import ClassList
 from detect.distributed import barrier, cleanup, setup
 from detect.engine import fit, seed_everything
 from detect.io import load_checkpoint
-from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
+from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
 from detect.pipeline import bundle_detector
 from detect.region import RegionDataset, RegionLoss, collate_regions
 from proposals.store import ProposalStore
@@ -47,6 +47,17 @@ def _proposal_lookup(path: Path):
     return {}.__getitem__
 
 
+def build_member(cfg: DictConfig, num_outputs: int) -> torch.nn.Module:
+    """The member network: the init checkpoint's architecture when it records one (``model_from_init``),
+    else ``cfg.model``; either way with ``num_outputs`` classifier outputs."""
+    if cfg.init and cfg.model_from_init:
+        ckpt = load_checkpoint(cfg.init)
+        if isinstance(ckpt, dict) and "model_kwargs" in ckpt:
+            log.info("%s: member built with the checkpoint's model_kwargs (cfg.model not used)", cfg.init)
+            return build_model({**dict(ckpt["model_kwargs"]), "num_classes": num_outputs})
+    return instantiate(cfg.model, num_classes=num_outputs)
+
+
 def train(cfg: DictConfig) -> None:
     ctx = setup(cfg.device)
     seed = int(cfg.seed) + int(cfg.member_seed_stride) * int(cfg.member)
@@ -57,7 +68,7 @@ def train(cfg: DictConfig) -> None:
     dataset = instantiate(cfg.data[cfg.split])
     classes = dataset.classes
 
-    model = instantiate(cfg.model, num_classes=len(classes) + 1)
+    model = build_member(cfg, len(classes) + 1)
     if cfg.init:
         load_pretrained(model, cfg.init)
     regions = RegionDataset(dataset.records, _proposal_lookup(store_path(cfg, cfg.split)), IMAGENET_MEAN, IMAGENET_STD,
