@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
