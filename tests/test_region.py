@@ -205,3 +205,17 @@ def test_region_loss_weights_aux_heads():
     assert metrics == {"acc": 0.5, "fg_share": 0.5, "fg_acc": 0.0}
     loss, _ = RegionLoss(0.3)(lambda x: logits, batch, torch.device("cpu"))  # eval-mode output
     assert float(loss) == pytest.approx(float(main))
+
+
+def test_region_dataset_draws_differ_by_seed_and_call(tmp_path):
+    records = [_record(tmp_path, "a")]
+    props = {"a": np.random.default_rng(0).uniform(0, 30, (200, 2)).repeat(2, 1).astype(np.float32)
+             + np.array([0, 0, 10, 10], np.float32)}
+    def make(seed):
+        return RegionDataset(records, props.__getitem__, (0.5,) * 3, (0.25,) * 3, regions_per_image=16,
+                             crop_size=8, context=1, flip_prob=0.0, seed=seed)
+    a, b = make(0), make(1)
+    first, again = a[0][0], a[0][0]
+    assert not torch.equal(first, again)            # a new draw every epoch
+    assert torch.equal(make(0)[0][0], first)        # reproducible from the seed
+    assert not torch.equal(b[0][0], first)          # another member samples differently
