@@ -35,7 +35,8 @@ from detect.io import atomic_torch_save, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit", "ClassificationLoss", "evaluate_classification", "predict_proba", "resolve_device", "seed_everything", "unwrap"]
+__all__ = ["fit", "ClassificationLoss", "evaluate_classification", "predict_proba", "collect_probabilities",
+           "topk_accuracy", "resolve_device", "seed_everything", "unwrap"]
 
 LossFn = Callable[[nn.Module, Any, torch.device], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -377,6 +378,37 @@ def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     b, k = images.shape[:2]
     probs = _logits(model(images.flatten(0, 1))).float().softmax(dim=1)
     return probs.view(b, k, -1).mean(dim=1)
+
+
+@torch.no_grad()
+def collect_probabilities(models: list[nn.Module], loader: Iterable, device: torch.device | str,
+                          progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Crop-averaged softmax of every model on every image (one process).
+
+    loader yields ``(images, labels, ...)`` as in :func:`evaluate_classification`. Returns
+    ``(probs Tensor[M, N, C] float32, labels Tensor[N] int64, crops per image)``; an ensemble's
+    prediction is ``probs.mean(0)`` (the average of softmax outputs, never of logits).
+    """
+    device = torch.device(device)
+    for m in models:
+        m.eval().to(device)
+    probs, labels, crops = [], [], 0
+    for batch in tqdm(loader, desc="classify", disable=not progress, leave=False):
+        if batch is None or len(batch[1]) == 0:
+            continue
+        images = batch[0].to(device, non_blocking=True)
+        crops = images.shape[1] if images.ndim == 5 else 1
+        probs.append(torch.stack([predict_proba(m, images).cpu() for m in models]))
+        labels.append(batch[1].cpu())
+    if not probs:
+        raise ValueError("no readable images to classify")
+    return torch.cat(probs, dim=1), torch.cat(labels), crops
+
+
+def topk_accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of rows of ``probs Tensor[N, C]`` whose ``labels Tensor[N]`` is among the ``k`` highest."""
+    k = min(k, probs.shape[1])
+    return float((probs.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean())
 
 
 def _logits(output: Any) -> torch.Tensor:
