@@ -29,6 +29,7 @@ __all__ = [
     "RegionBatch",
     "collate_regions",
     "RegionLoss",
+    "evaluate_regions",
     "Ensemble",
 ]
 
@@ -152,13 +153,13 @@ class RegionDataset(Dataset):
     labels Tensor[R] int64)``. Each draw flips the image horizontally with probability ``flip_prob``.
     Randomness comes from ``seed``, the item index and the DataLoader worker's seed (which changes
     every epoch when the loader has a seeded generator), so members with different seeds see
-    different samples, reproducibly.
+    different samples, reproducibly; ``resample=False`` draws the same regions every time.
     """
 
     def __init__(self, records: Sequence[DetectionRecord], proposals: Callable[[str], np.ndarray],
                  mean: Sequence[float], std: Sequence[float], regions_per_image: int = 64,
                  fg_fraction: float = 0.25, fg_iou: float = 0.5, crop_size: int = 224,
-                 context: int = 16, flip_prob: float = 0.5, seed: int = 0):
+                 context: int = 16, flip_prob: float = 0.5, seed: int = 0, resample: bool = True):
         self.records = list(records)
         self.proposals = proposals
         self.mean, self.std = tuple(mean), tuple(std)
@@ -169,12 +170,15 @@ class RegionDataset(Dataset):
         self.context = context
         self.flip_prob = flip_prob
         self.seed = seed
+        self.resample = resample
         self._calls = 0
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _rng(self, index: int) -> np.random.Generator:
+        if not self.resample:  # the same regions every time (held-out evaluation)
+            return np.random.default_rng([self.seed, index])
         info = get_worker_info()
         self._calls += 1
         stream = info.seed % (2**63) if info is not None else 0
@@ -260,6 +264,25 @@ class RegionLoss:
             metrics = {"acc": float(hit.float().mean()), "fg_share": float(fg.float().mean()),
                        "fg_acc": float(hit[fg].float().mean()) if fg.any() else 0.0}
         return loss, metrics
+
+
+@torch.no_grad()
+def evaluate_regions(model: nn.Module, loader, device: torch.device | str) -> dict[str, float]:
+    """Region classification accuracy of ``model`` (eval mode) over a loader of :class:`RegionBatch`:
+    ``{"acc", "fg_acc" (positives), "bg_acc" (background), "regions"}``."""
+    model.eval()
+    hits = {"all": 0, "fg": 0, "bg": 0}
+    counts = {"all": 0, "fg": 0, "bg": 0}
+    for batch in loader:
+        if batch is None:
+            continue
+        out = model(batch.crops.to(device))
+        pred = (out[0] if isinstance(out, tuple) else out).argmax(dim=1).cpu()
+        for key, mask in (("all", batch.labels >= 0), ("fg", batch.labels > 0), ("bg", batch.labels == 0)):
+            hits[key] += int((pred[mask] == batch.labels[mask]).sum())
+            counts[key] += int(mask.sum())
+    return {"acc": hits["all"] / max(counts["all"], 1), "fg_acc": hits["fg"] / max(counts["fg"], 1),
+            "bg_acc": hits["bg"] / max(counts["bg"], 1), "regions": float(counts["all"])}
 
 
 class Ensemble(nn.Module):

@@ -153,11 +153,13 @@ def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
     torch.manual_seed(0)
     pretrained = GoogLeNet(num_classes=5, width=0.125, batch_norm=True, lrn=False)
     torch.save({"model_kwargs": pretrained.model_kwargs, "model_state": pretrained.state_dict()}, tmp_path / "cls.pt")
-    _run_tool(repo_root, tmp_path, "train_region.py", *common, f"init={tmp_path / 'cls.pt'}", "crop_size=64", "context=4", "epochs=1", "max_steps_per_epoch=2", "images_per_batch=2",
-              "regions_per_image=8", f"proposals_store={stores['train']}", "member=0")
+    run = _run_tool(repo_root, tmp_path, "train_region.py", *common, f"init={tmp_path / 'cls.pt'}", "crop_size=64", "context=4", "epochs=1", "max_steps_per_epoch=2", "images_per_batch=2",
+              "regions_per_image=8", f"proposals_store={stores['train']}", "member=0",
+              f"evaluation.proposals_store={stores['val']}")
     member = load_checkpoint(tmp_path / "work" / "region" / "member0" / "checkpoint.pt")
     assert member["model_kwargs"]["num_classes"] == 4 and member["step"] == 0 and member["epoch"] == 1
     assert member["model_kwargs"]["width"] == 0.125 and member["model_kwargs"]["batch_norm"] is True
+    assert "val_fg_acc" in run.stdout + run.stderr  # held-out region accuracy logged after the epoch
     _run_tool(repo_root, tmp_path, "train_region.py", *common, "step=bundle", "members=1", "crop_size=64",
               "context=4", "detector.score_threshold=0.0", "detector.max_per_image=7", "proposals=opencv_fast")
     bundle = load_checkpoint(tmp_path / "work" / "detector.pt")

@@ -8,7 +8,7 @@ from PIL import Image
 from torch import nn
 
 from detect.data.records import DetectionRecord
-from detect.region import (Ensemble, RegionDataset, RegionLoss, add_ground_truth, assign_region_labels,
+from detect.region import (Ensemble, RegionDataset, RegionLoss, evaluate_regions, add_ground_truth, assign_region_labels,
                            collate_regions, context_boxes, normalize_image, sample_regions, warp_regions)
 
 
@@ -219,3 +219,11 @@ def test_region_dataset_draws_differ_by_seed_and_call(tmp_path):
     assert not torch.equal(first, again)            # a new draw every epoch
     assert torch.equal(make(0)[0][0], first)        # reproducible from the seed
     assert not torch.equal(b[0][0], first)          # another member samples differently
+
+
+def test_evaluate_regions_counts_hits():
+    model = _Fixed([0.0, 1.0, -1.0])  # predicts class column 1 for positive-mean crops, 2 (via -1) for negative
+    crops = torch.stack([torch.full((3, 2, 2), v) for v in (1.0, 1.0, -1.0, -1.0)])
+    batch = collate_regions([(crops, torch.tensor([1, 0, 2, 0])), None])
+    metrics = evaluate_regions(model, [batch, None], "cpu")
+    assert metrics == {"acc": 0.5, "fg_acc": 1.0, "bg_acc": 0.0, "regions": 4.0}

@@ -22,16 +22,16 @@ from detect.engine import fit, seed_everything
 from detect.io import load_checkpoint
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
 from detect.pipeline import bundle_detector
-from detect.region import RegionDataset, RegionLoss, collate_regions
+from detect.region import RegionDataset, RegionLoss, collate_regions, evaluate_regions
 from proposals.store import ProposalStore
 
 log = logging.getLogger("train_region")
 
 
-def store_path(cfg: DictConfig, split: str) -> Path:
-    """The proposal store of ``split``: ``proposals_store``, or where tools/propose.py writes it."""
-    if cfg.proposals_store:
-        return Path(cfg.proposals_store)
+def store_path(cfg: DictConfig, split: str, given: str | None) -> Path:
+    """The proposal store of ``split``: ``given``, or where tools/propose.py writes it."""
+    if given:
+        return Path(given)
     name = instantiate(cfg.proposals, _convert_="all").name
     return Path(cfg.paths.proposals_dir) / f"{cfg.data.name}_{split}_{name}.npz"
 
@@ -57,6 +57,14 @@ def build_member(cfg: DictConfig, num_outputs: int) -> torch.nn.Module:
     return instantiate(cfg.model, num_classes=num_outputs)
 
 
+def region_dataset(cfg: DictConfig, records, store: Path, seed: int, train: bool) -> RegionDataset:
+    """Training regions (flips, new draws every epoch) or held-out ones (no flips, fixed draws)."""
+    return RegionDataset(records, _proposal_lookup(store), IMAGENET_MEAN, IMAGENET_STD,
+                         regions_per_image=cfg.regions_per_image, fg_fraction=cfg.fg_fraction, fg_iou=cfg.fg_iou,
+                         crop_size=cfg.crop_size, context=cfg.context, flip_prob=cfg.flip_prob if train else 0.0,
+                         seed=seed, resample=train)
+
+
 def train(cfg: DictConfig) -> None:
     ctx = setup(cfg.device)
     seed = int(cfg.seed) + int(cfg.member_seed_stride) * int(cfg.member)
@@ -70,21 +78,30 @@ def train(cfg: DictConfig) -> None:
     model = build_member(cfg, len(classes) + 1)
     if cfg.init:
         load_pretrained(model, cfg.init)
-    regions = RegionDataset(dataset.records, _proposal_lookup(store_path(cfg, cfg.split)), IMAGENET_MEAN, IMAGENET_STD,
-                            regions_per_image=cfg.regions_per_image, fg_fraction=cfg.fg_fraction,
-                            fg_iou=cfg.fg_iou, crop_size=cfg.crop_size, context=cfg.context,
-                            flip_prob=cfg.flip_prob, seed=seed)
+    store = store_path(cfg, cfg.split, cfg.proposals_store)
+    regions = region_dataset(cfg, dataset.records, store, seed, train=True)
     sampler = DistributedSampler(regions, seed=seed) if ctx.distributed else None
     loader = DataLoader(regions, batch_size=cfg.images_per_batch, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.num_workers, collate_fn=collate_regions, drop_last=len(regions) > cfg.images_per_batch,
-                        generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+                        num_workers=cfg.num_workers, collate_fn=collate_regions,
+                        drop_last=len(regions) > cfg.images_per_batch, generator=torch.Generator().manual_seed(seed))
+    evaluate = None
+    if cfg.evaluation.images:
+        held_out = instantiate(cfg.data[cfg.evaluation.split]).records[:cfg.evaluation.images]
+        store = store_path(cfg, cfg.evaluation.split, cfg.evaluation.proposals_store)
+        val_loader = DataLoader(region_dataset(cfg, held_out, store, cfg.seed, train=False),
+                                batch_size=cfg.images_per_batch, num_workers=cfg.num_workers,
+                                collate_fn=collate_regions)
+
+        def evaluate(m):
+            return evaluate_regions(m, val_loader, ctx.device)
+
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler else None
     fit(model=model, loss_fn=RegionLoss(cfg.aux_weight), train_loader=loader, optimizer=optimizer,
         scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=cfg.checkpoint,
         checkpoint_meta={"model_kwargs": dict(model.model_kwargs), "member": int(cfg.member), "seed": seed,
                          "classes": {"wnids": list(classes.wnids), "names": list(classes.names)}},
-        ema_decay=cfg.ema_decay, resume=cfg.resume, max_steps_per_epoch=cfg.max_steps_per_epoch,
+        ema_decay=cfg.ema_decay, evaluate=evaluate, resume=cfg.resume, max_steps_per_epoch=cfg.max_steps_per_epoch,
         checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip)
     if ctx.is_main:
         print(f"region classifier member {cfg.member} ({len(classes)} classes + background): {cfg.checkpoint}")
