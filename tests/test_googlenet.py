@@ -9,6 +9,7 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from detect.io import atomic_torch_save
 from detect.models.googlenet import (
@@ -303,3 +304,30 @@ def test_model_configs_instantiate(name):
         assert model.eval()(torch.randn(1, 3, 96, 96)).shape == (1, 201)
     if name == "googlenet_bn":
         assert model.model_kwargs["batch_norm"] and not model.model_kwargs["five_by_five"]
+
+
+class _RecordOps(TorchDispatchMode):
+    """Records every aten call with the shapes and strides (memory format) of its tensor arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        layout = tuple((tuple(a.shape), a.stride()) for a in args if isinstance(a, torch.Tensor))
+        self.calls.append((str(func), layout))
+        return func(*args, **(kwargs or {}))
+
+
+def test_torchvision_variant_runs_torchvision_ops():
+    """Speed parity by construction: the same aten calls on the same shapes and memory formats."""
+    calls = []
+    ours = googlenet_torchvision()
+    theirs = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    for model in (ours, theirs):
+        model = model.eval().to(memory_format=torch.channels_last)
+        x = torch.randn(1, 3, 64, 64).to(memory_format=torch.channels_last)
+        with torch.inference_mode(), _RecordOps() as rec:
+            model(x)
+        calls.append(rec.calls)
+    assert len(calls[0]) == 197 and calls[0] == calls[1]
