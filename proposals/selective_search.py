@@ -114,15 +114,17 @@ class SelectiveSearch:
             name = f"ss{self.superpixel_scale:g}x" if mode == "rcnn_fast" else f"ss_{mode}"
         self.name = name
 
-    def _resize(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+    def _resize(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Resized image and the per-axis factors ``float32[4]`` that map its xyxy boxes back."""
         h, w = image.shape[:2]
         scale = 1.0 if self.resize_width is None else self.resize_width / w
         scale = min(scale, self.max_side / max(h, w))
-        if abs(scale - 1.0) < 1e-9:
-            return image, 1.0
         new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+        if (new_w, new_h) == (w, h):
+            return image, np.ones(4, np.float32)
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        return cv2.resize(image, (new_w, new_h), interpolation=interp), scale
+        back = np.array([w / new_w, h / new_h] * 2, np.float32)  # exact per axis, despite the rounding
+        return cv2.resize(image, (new_w, new_h), interpolation=interp), back
 
     def _segmenter(self, image: np.ndarray):
         ss = _seg.createSelectiveSearchSegmentation()
@@ -154,7 +156,7 @@ class SelectiveSearch:
         h, w = image.shape[:2]
         if min(h, w) < self.min_box_size:
             return Proposals.empty()
-        small, scale = self._resize(image)
+        small, back = self._resize(image)
         if self.num_threads is not None:
             cv2.setNumThreads(int(self.num_threads))
         try:
@@ -164,7 +166,7 @@ class SelectiveSearch:
         except cv2.error as e:
             raise ValueError(f"selective search failed on an image of shape {image.shape}: {e.err or e}") from None
         rects = np.asarray(rects, dtype=np.float32).reshape(-1, 4)
-        boxes = clip_boxes(xywh_to_xyxy(rects) / np.float32(scale), w, h).astype(np.float32)
+        boxes = clip_boxes(xywh_to_xyxy(rects) * back, w, h).astype(np.float32)
         boxes = boxes[remove_small_boxes(boxes, self.min_box_size)]
         boxes = boxes[unique_boxes(boxes)]
         if self.max_boxes is not None:

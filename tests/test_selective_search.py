@@ -96,6 +96,10 @@ def test_palette_file_and_tiny_and_extreme(tmp_path):
     _check_contract(SelectiveSearch()(wide), 30, 2000, 20)
     tall = np.ascontiguousarray(wide.transpose(1, 0, 2))  # 2000 x 30: resize limited by max_side
     _check_contract(SelectiveSearch()(tall), 2000, 30, 20)
+    # a flat image is one region: its box is the whole image, despite rounding in the resize (25 -> 2.5 px)
+    for shape in [(25, 5000, 3), (5000, 21, 3), (333, 1000, 3)]:
+        p = SelectiveSearch()(np.zeros(shape, np.uint8))
+        assert p.boxes.tolist() == [[0, 0, shape[1], shape[0]]]
 
 
 @pytest.mark.parametrize("bad", [np.zeros((0, 0, 3), np.uint8), np.zeros((5, 5, 2), np.uint8),
