@@ -15,6 +15,7 @@ from detect.io import atomic_torch_save
 from detect.models.googlenet import (
     INCEPTION_TABLE,
     GoogLeNet,
+    LocalResponseNorm,
     GoogLeNetOutputs,
     _trunc_normal_,
     build_model,
@@ -151,13 +152,30 @@ def test_width_batch_norm_lrn_options():
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(convs) == len(bns) == 3 + 9 * 6 + 2 and all(c.bias is None for c in convs)
     assert all(b.eps == 0.001 for b in bns)
-    assert not any(isinstance(m, nn.LocalResponseNorm) for m in net.modules())
+    assert not any(isinstance(m, LocalResponseNorm) for m in net.modules())
     paper = GoogLeNet(width=0.25)
-    lrns = [m for m in paper.modules() if isinstance(m, nn.LocalResponseNorm)]
+    lrns = [m for m in paper.modules() if isinstance(m, LocalResponseNorm)]
     assert len(lrns) == 2 and all((m.size, m.alpha, m.beta, m.k) == (5, 1e-4, 0.75, 1.0) for m in lrns)
     assert all(m.bias is not None for m in paper.modules() if isinstance(m, nn.Conv2d))
     k5 = {m.kernel_size for m in paper.inception4c.branch3.modules() if isinstance(m, nn.Conv2d)}
     assert k5 == {(1, 1), (5, 5)}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_matches_torch(channels_last):
+    x = torch.randn(2, 12, 5, 7) * 30  # large values so that the normalisation matters
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    ours = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)(x)
+    ref_x = x.detach().contiguous().requires_grad_(True)
+    ref = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)(ref_x)
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-5) and not torch.allclose(ref, x)
+    assert ours.is_contiguous(memory_format=torch.channels_last) == channels_last
+    grad = torch.randn_like(ref)
+    ours.backward(grad)
+    ref.backward(grad)
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-5, rtol=1e-5)
 
 
 def test_trunc_normal_and_init():
