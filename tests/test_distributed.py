@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from detect.distributed import DistributedContext, all_reduce_sum, broadcast_object, resolve_device, setup
+from detect.distributed import all_reduce_sum, broadcast_object, resolve_device, setup
 from detect.io import load_checkpoint
 
 # One SGD step of the paper network (no batch norm, dropout 0) on a fixed global batch of 4 images:
@@ -60,7 +60,6 @@ def test_ddp_step_equals_single_process_step(tmp_path):
                     str(script), str(two)], check=True, env=_env(), timeout=180)
     a, b = load_checkpoint(one), load_checkpoint(two)
     assert a["epoch"] == b["epoch"] == 1
-    init = {}
     torch.manual_seed(0)
     from detect.models.googlenet import GoogLeNet
     init = GoogLeNet(num_classes=5, width=0.125, dropout=0.0, aux_dropout=0.0).state_dict()

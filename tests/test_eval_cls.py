@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from detect.data.synthetic import make_classification_set
-from detect.data.transforms import TestTransform, crops_144, five_crops, to_float_tensor
+from detect.data.transforms import TestTransform, crops_144, five_crops
 from detect.engine import collect_probabilities, topk_accuracy
 from detect.io import atomic_torch_save
 from detect.models.googlenet import GoogLeNet

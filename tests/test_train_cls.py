@@ -1,7 +1,6 @@
 """Classification data, the training transforms, the train_cls config and tool (1 process and torchrun)."""
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
