@@ -277,6 +277,10 @@ def test_proposer_returns_priors_in_pixels_sorted_by_confidence(tmp_path):
         single = proposer(image)
         assert np.allclose(single.boxes, p.boxes, atol=1e-4) and np.allclose(single.scores, p.scores, atol=1e-5)
     assert np.allclose(batch[0].scores, 1 / (1 + np.exp(-np.array([5, 4, 3, 2.0]))), atol=1e-5)
+    grey = proposer(np.zeros((40, 30), dtype=np.uint16))  # direct arrays of other forms are converted
+    assert np.allclose(grey.boxes, priors[::-1][:4] * np.array([30, 40, 30, 40], dtype=np.float32), atol=1e-3)
+    with pytest.raises(ValueError, match="empty"):
+        proposer(np.zeros((0, 10, 3), dtype=np.uint8))
 
 
 def test_proposer_rejects_bad_checkpoint(tmp_path):

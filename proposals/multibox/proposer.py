@@ -8,7 +8,7 @@ import torch
 
 from detect.distributed import resolve_device
 from detect.io import load_checkpoint
-from proposals.base import Proposals
+from proposals.base import Proposals, as_rgb_uint8
 from proposals.multibox.model import MultiBoxNet, decode_boxes, preprocess
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,9 @@ class MultiBoxProposer:
 
     @torch.inference_mode()
     def propose_batch(self, images: list[np.ndarray]) -> list[Proposals]:
-        """Proposals for each image of ``images`` (list of ndarray[H, W, 3] uint8 RGB)."""
+        """Proposals for each image of ``images`` (list of ndarray[H, W, 3] uint8 RGB; grey, RGBA,
+        16-bit and float arrays are converted, empty or malformed ones raise ``ValueError``)."""
+        images = [as_rgb_uint8(image) for image in images]
         out = []
         for s in range(0, len(images), self.batch_size):
             chunk = images[s : s + self.batch_size]
