@@ -1,4 +1,4 @@
-"""tools/detect_images.py end to end on a real photo with a tiny random detector built here."""
+"""tools/detect.py end to end on a real photo with a tiny random detector built here."""
 from __future__ import annotations
 
 import json
@@ -45,7 +45,7 @@ def test_detect_tool_on_real_photo_with_bad_inputs(tmp_path, shared_data, repo_r
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     out = tmp_path / "out"
-    cmd = [sys.executable, str(repo_root / "tools" / "detect_images.py"), str(photo), str(tmp_path / "missing.jpg"),
+    cmd = [sys.executable, str(repo_root / "tools" / "detect.py"), str(photo), str(tmp_path / "missing.jpg"),
            str(corrupt), f"detector={detector}", "device=cpu", f"out_dir={out}", "show_threshold=0.0",
            "coco_results=true", f"work_dir={tmp_path / 'work'}"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)

@@ -35,7 +35,7 @@ STEP_SCRIPT = textwrap.dedent("""
 
 
 def _env():
-    return {**os.environ, "PYTHONSAFEPATH": "1", "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def test_single_process_context(monkeypatch):

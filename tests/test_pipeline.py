@@ -183,7 +183,7 @@ def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
     assert "6 detections on 3 images" in run.stdout and len(read_ilsvrc_submission(out)) == 6
 
 
-@pytest.mark.parametrize("name", ["train_region", "detect_images", "detect_dataset"])
+@pytest.mark.parametrize("name", ["train_region", "detect", "detect_dataset"])
 def test_tool_configs_compose_and_instantiate(name, repo_root, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate

@@ -76,7 +76,7 @@ def test_proposal_configs_compose(repo_root, name):
 
 
 def _tool(repo_root, tool, conf_dir, work, *overrides):
-    cmd = [sys.executable, "-P", str(repo_root / "tools" / tool), "--config-dir", str(conf_dir),
+    cmd = [sys.executable, str(repo_root / "tools" / tool), "--config-dir", str(conf_dir),
            "data=tiny", f"work_dir={work}", "hydra.run.dir=" + str(work / "logs"), *overrides]
     done = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

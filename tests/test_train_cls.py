@@ -146,7 +146,7 @@ def test_config_composes_and_instantiates(tmp_path):
 
 
 def _run_tool(args, tmp_path, torchrun=False, timeout=300):
-    env = {**os.environ, "PYTHONSAFEPATH": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun else [])
     cmd += [str(REPO / "tools" / "train_cls.py"), f"work_dir={tmp_path}", *TINY, *args]
     return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)

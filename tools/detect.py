@@ -1,23 +1,25 @@
 """Run the detector on images and folders; print a table, write JSON and a drawn PNG per image.
 
-    python tools/detect_images.py photo.jpg holiday/ [Hydra overrides, e.g. detector=work/detector.pt device=cpu]
+    python tools/detect.py photo.jpg holiday/ [Hydra overrides, e.g. detector=work/detector.pt device=cpu]
 
 Hydra's command line accepts only `key=value` overrides, so the image arguments (anything without
 `=` that is not a Hydra flag) are taken out of sys.argv before Hydra parses it; they are added to
-the `images` list of conf/detect_images.yaml. Missing, corrupt or unsupported images are reported and the
+the `images` list of conf/detect.yaml. Missing, corrupt or unsupported images are reported and the
 rest still run; the exit code is 1 only when no image could be processed.
 
-(Not named tools/detect.py: a script of that name in tools/ would shadow the `detect` package for
-every tool, since Python puts the script's folder first on the import path.)
 """
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
-import hydra
-import numpy as np
+# Python puts tools/ first on sys.path, where this very file would hide the `detect` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import logging  # noqa: E402
+
+import hydra  # noqa: E402
+import numpy as np  # noqa: E402
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -29,7 +31,7 @@ from detect.io import atomic_write_json
 from detect.pipeline import Detector
 from detect.visualize import draw_detections, write_png
 
-log = logging.getLogger("detect_images")
+log = logging.getLogger("detect")
 
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                           "--config-dir", "-cd", "--info", "--experimental-rerun"}
@@ -61,11 +63,11 @@ def _table(name: str, result, classes) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path="../conf", config_name="detect_images", version_base="1.3")
+@hydra.main(config_path="../conf", config_name="detect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     args = list(cfg.images) + IMAGE_ARGS
     if not args:
-        raise SystemExit("no images given: python tools/detect_images.py image.jpg [folder ...] [overrides]")
+        raise SystemExit("no images given: python tools/detect.py image.jpg [folder ...] [overrides]")
     overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold") if cfg[k] is not None}
     proposer = instantiate(cfg.proposer) if cfg.proposer is not None else "stored"
     detector = Detector.from_checkpoint(cfg.detector, device=cfg.device, proposer=proposer, **overrides)
@@ -78,6 +80,8 @@ def main(cfg: DictConfig) -> None:
             files += list_images(arg)
         except FileNotFoundError as e:
             skipped.add(arg, f"missing: {e}")
+    if cfg.max_images is not None:
+        files = files[: cfg.max_images]
     records, all_dets, used_names = [], [], set()
     for path in files:
         try:
