@@ -308,8 +308,8 @@ def test_train_multibox_tool_smoke(tmp_path, repo_root):
     work = tmp_path / "work"
     args = [
         sys.executable, str(repo_root / "tools" / "train_multibox.py"), f"work_dir={work}", "init=null",
-        "model.backbone_kwargs.width=0.125", "model.backbone_kwargs.batch_norm=true", "model.input_size=96",
-        "model.num_priors=16", "batch_size=4", "epochs=1", "max_steps_per_epoch=2", "num_workers=0",
+        "model.width=0.125", "model.batch_norm=true", "multibox.input_size=96",
+        "multibox.num_priors=16", "batch_size=4", "epochs=1", "max_steps_per_epoch=2", "num_workers=0",
         "data.generate.num_train=10", "data.generate.num_val=4", "data.generate.min_side=96",
         "data.generate.max_side=128", "data.generate.num_classes=3", "evaluation.top_k=8",
     ]
@@ -366,10 +366,11 @@ def test_config_composes_and_instantiates(repo_root, tmp_path):
     from proposals.multibox.training import MultiBoxLossFn
 
     with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
-        cfg = compose("train_multibox", overrides=[f"work_dir={tmp_path}", "model.backbone_kwargs.width=0.125",
-                                                   "model.num_priors=10"])
+        cfg = compose("train_multibox", overrides=[f"work_dir={tmp_path}", "model.width=0.125",
+                                                   "multibox.num_priors=10"])
     assert cfg.checkpoint == f"{tmp_path}/multibox/checkpoint.pt" and cfg.init == f"{tmp_path}/cls/checkpoint.pt"
-    model = instantiate(cfg.model, _convert_="all")
+    backbone_kwargs = instantiate(cfg.model, aux_logits=False).model_kwargs
+    model = instantiate(cfg.multibox, backbone_kwargs=backbone_kwargs, _convert_="all")
     assert isinstance(model, MultiBoxNet) and model.num_priors == 10 and isinstance(instantiate(cfg.loss), MultiBoxLossFn)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     assert instantiate(cfg.scheduler)(optimizer).step_size == cfg.scheduler.step_size

@@ -37,8 +37,10 @@ def main(cfg: DictConfig) -> float:
     barrier()
     train_set, val_set = instantiate(cfg.data.train), instantiate(cfg.data.val)
 
-    model = instantiate(cfg.model, _convert_="all")
-    model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
+    backbone_kwargs = instantiate(cfg.model, aux_logits=False, init_weights=False).model_kwargs
+    model = instantiate(cfg.multibox, backbone_kwargs=backbone_kwargs, _convert_="all")
+    model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.multibox, resolve=True).items() if k != "_target_"}
+    model_kwargs["backbone_kwargs"] = backbone_kwargs
     priors = resolve_priors(cfg.checkpoint if cfg.resume else None, train_set, model.num_priors, cfg.seed,
                             cfg.priors.iterations, cfg.priors.tolerance)
     model.set_priors(priors)
