@@ -48,7 +48,7 @@ def main(cfg) -> None:
         result = json.loads(report.read_text())
         print(f"\nmAP@0.5 on the synthetic val set ({experiment}, {cfg.members} members): {result['mean_ap']:.4f}")
         print(f"PR curves: {Path(cfg.paths.eval_dir) / 'pr_val.png'}")
-        print(f"drawn detections: {Path(cfg.work_dir) / 'drawn'}")
+        print(f"drawn detections: {Path(cfg.work_dir) / 'detect'}")
 
 
 if __name__ == "__main__":

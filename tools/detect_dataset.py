@@ -54,7 +54,7 @@ def fingerprint(cfg: DictConfig, store_path: str | Path | None) -> str:
             "store": _file_digest(store_path) if store_path is not None else None,
             "settings": OmegaConf.to_container(cfg, resolve=True).get("proposer"),
             **{k: OmegaConf.to_container(cfg, resolve=True)[k]
-               for k in ("score_threshold", "max_per_image", "cascade_threshold", "members")}}
+               for k in ("score_threshold", "max_per_image", "cascade_threshold", "use_members")}}
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -65,10 +65,9 @@ def main(cfg: DictConfig) -> None:
         instantiate(cfg.data.generate)
     barrier()
     dataset = instantiate(cfg.data[cfg.split])
-    overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold", "members")
-                 if cfg[k] is not None}
-    if "members" in overrides:
-        overrides["members"] = list(overrides["members"])
+    overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold") if cfg[k] is not None}
+    if cfg.use_members is not None:
+        overrides["members"] = list(cfg.use_members)
     proposer = instantiate(cfg.proposer, _convert_="all") if cfg.proposer is not None else "stored"
     detector = Detector.from_checkpoint(cfg.detector, device=ctx.device, proposer=proposer, **overrides)
     if detector.classes.wnids != dataset.classes.wnids:
