@@ -6,17 +6,22 @@ config); it loads with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import itertools
 import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchvision import ops
 
+from detect.backends import make_scorers
 from detect.classes import ClassList
+from detect.data.images import read_image
 from detect.distributed import resolve_device
 from detect.io import atomic_torch_save, load_checkpoint
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet
@@ -129,13 +134,49 @@ class Detector:
 
     __call__ = detect
 
+    def detect_many(self, items: Iterable[tuple[Any, Any, np.ndarray | None]], prefetch: int = 2
+                    ) -> Iterator[tuple[Any, np.ndarray | None, DetectionResult | None, Exception | None]]:
+        """Detect over ``items`` = ``(key, image path, cached proposals or None)``, yielding
+        ``(key, image, result, None)``, or ``(key, None, None, error)`` for an image that cannot be used.
+
+        Reading the next images and computing their proposals (OpenCV and ONNX Runtime release the GIL)
+        runs in a background thread, ``prefetch`` images ahead, while the current image's crops are
+        scored, so the scoring device does not wait for selective search.
+        """
+        def prepare(path, cached):
+            image = read_image(path)
+            boxes = self.proposals(image) if cached is None else np.asarray(cached, np.float32).reshape(-1, 4)
+            return image, boxes
+
+        items = iter(items)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: deque = deque()
+            for key, path, cached in itertools.islice(items, prefetch + 1):
+                pending.append((key, pool.submit(prepare, path, cached)))
+            while pending:
+                key, future = pending.popleft()
+                nxt = next(items, None)
+                if nxt is not None:
+                    pending.append((nxt[0], pool.submit(prepare, nxt[1], nxt[2])))
+                try:
+                    image, boxes = future.result()
+                    result = self.detect(image, boxes)
+                except ValueError as e:  # ImageError names the file; proposer refusals
+                    yield key, None, None, e
+                    continue
+                yield key, image, result, None
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", proposer: Any = "stored",
+                        backend: str = "auto", amp: str = "auto", onnx_cache: str | Path | None = None,
                         **overrides) -> "Detector":
         """Load a :func:`bundle_detector` file.
 
         proposer: "stored" builds the proposer recorded in the checkpoint (``config["proposer"]``, a
         Hydra ``_target_`` dict; None when there is none); anything else (a callable or None) replaces it.
+        backend: "auto" (ONNX Runtime on a CPU, eager torch on a GPU), "torch" or "onnxruntime"
+        (:mod:`detect.backends`); amp: autocast on CUDA ("auto" = bf16 where supported, "none" = off);
+        onnx_cache: folder of the cached ONNX exports (default: ``<path>.onnx/`` beside the checkpoint).
         overrides: Detector settings replacing the stored ones (e.g. ``score_threshold=0.1``,
         ``cascade_threshold=0.2``, ``members=[0]``).
         """
@@ -164,7 +205,11 @@ class Detector:
             if config.get("proposer"):
                 from hydra.utils import instantiate  # the stored proposer is a _target_ config
                 proposer = instantiate(config["proposer"])
-        return cls(proposer, Ensemble(members, cascade), classes, device=device, config=config, **settings)
+        device = resolve_device(device)
+        crop_size = int(settings.get("crop_size", 224))
+        scorers = make_scorers(members, backend, device, crop_size, amp=amp,
+                               cache_dir=onnx_cache or Path(f"{path}.onnx"))
+        return cls(proposer, Ensemble(scorers, cascade), classes, device=device, config=config, **settings)
 
 
 def bundle_detector(members: Sequence[dict], classes: ClassList, config: dict, path: str | Path) -> dict:

@@ -288,17 +288,22 @@ def evaluate_regions(model: nn.Module, loader, device: torch.device | str) -> di
 class Ensemble(nn.Module):
     """Average of the members' softmax probabilities per region, optionally as a cascade.
 
-    members: region classifiers mapping ``Tensor[B, 3, S, S]`` to logits ``Tensor[B, C + 1]`` in eval mode.
+    members: region classifiers mapping ``Tensor[B, 3, S, S]`` to logits ``Tensor[B, C + 1]`` in eval mode:
+    modules, or scorers of :mod:`detect.backends` (eager torch with AMP, ONNX Runtime); all members
+    share each crop batch.
     cascade_threshold: None scores every region with every member; a float lets member 0 score all
     regions and the others only those whose best foreground probability under member 0 is
     ``>= cascade_threshold`` (the rest keep member 0's probabilities).
     """
 
-    def __init__(self, members: Sequence[nn.Module], cascade_threshold: float | None = None):
+    def __init__(self, members: Sequence[nn.Module | Callable[[Tensor], Tensor]],
+                 cascade_threshold: float | None = None):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
-        self.members = nn.ModuleList(members)
+        # modules (training, tests) move with the ensemble; scorers (detect.backends) place themselves
+        modules = all(isinstance(m, nn.Module) for m in members)
+        self.members = nn.ModuleList(members) if modules else list(members)
         self.cascade_threshold = cascade_threshold
 
     @staticmethod

@@ -24,7 +24,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from detect.data.folder import list_images
-from detect.data.images import read_image
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 from detect.detections import Detections, write_coco_results
 from detect.io import atomic_write_json
@@ -70,7 +69,8 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit("no images given: python tools/detect.py image.jpg [folder ...] [overrides]")
     overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold") if cfg[k] is not None}
     proposer = instantiate(cfg.proposer) if cfg.proposer is not None else "stored"
-    detector = Detector.from_checkpoint(cfg.detector, device=cfg.device, proposer=proposer, **overrides)
+    detector = Detector.from_checkpoint(cfg.detector, device=cfg.device, proposer=proposer, backend=cfg.backend,
+                                        amp=cfg.amp, **overrides)
     classes = detector.classes
     out_dir = Path(cfg.out_dir)
     skipped = SkipLog("images")
@@ -83,12 +83,9 @@ def main(cfg: DictConfig) -> None:
     if cfg.max_images is not None:
         files = files[: cfg.max_images]
     records, all_dets, used_names = [], [], set()
-    for path in files:
-        try:
-            image = read_image(path)
-            result = detector.detect(image)
-        except ValueError as e:  # ImageError (names the file), a proposer refusing the image, ...
-            skipped.add(path, f"unusable: {e}")
+    for path, image, result, error in detector.detect_many(((f, f, None) for f in files), prefetch=cfg.prefetch):
+        if error is not None:  # ImageError (names the file), a proposer refusing the image, ...
+            skipped.add(path, f"unusable: {error}")
             continue
         keep = result.scores >= cfg.show_threshold
         name = path.stem if path.stem not in used_names else f"{path.stem}_{len(records) + 1}"

@@ -28,7 +28,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from detect.data.images import read_image
 from detect.data.records import SkipLog
 from detect.detections import (Detections, SubmissionWriter, read_ilsvrc_submission, write_coco_results,
                                write_ilsvrc_submission)
@@ -69,7 +68,8 @@ def main(cfg: DictConfig) -> None:
     if cfg.use_members is not None:
         overrides["members"] = list(cfg.use_members)
     proposer = instantiate(cfg.proposer, _convert_="all") if cfg.proposer is not None else "stored"
-    detector = Detector.from_checkpoint(cfg.detector, device=ctx.device, proposer=proposer, **overrides)
+    detector = Detector.from_checkpoint(cfg.detector, device=ctx.device, proposer=proposer, backend=cfg.backend,
+                                        amp=cfg.amp, **overrides)
     if detector.classes.wnids != dataset.classes.wnids:
         raise ValueError(f"{cfg.detector}: its {len(detector.classes)} classes differ from those of "
                          f"{cfg.data.name} ({len(dataset.classes)}); labels would not match")
@@ -94,15 +94,16 @@ def main(cfg: DictConfig) -> None:
         todo = [r for r in records if r.index not in writer.done]
         if len(todo) < len(records):
             log.info("rank %d: %d of %d images already done", ctx.rank, len(records) - len(todo), len(records))
-        for record in tqdm(todo, desc=f"detect rank {ctx.rank}", disable=not (cfg.progress and ctx.is_main)):
-            try:
-                image = read_image(record.path)
-                cached = store.get(record.image_id) if store is not None and record.image_id in store else None
-                result = detector.detect(image, cached)
-                dets = Detections.for_image(record.index, result.labels, result.scores, result.boxes)
-            except ValueError as e:  # unreadable image, no proposals, proposer error: reported, no detections
-                skipped.add(record.path, f"unusable: {e}")
+        items = ((r, r.path, store.get(r.image_id) if store is not None and r.image_id in store else None)
+                 for r in todo)
+        results = detector.detect_many(items, prefetch=cfg.prefetch)
+        for record, _, result, error in tqdm(results, total=len(todo), desc=f"detect rank {ctx.rank}",
+                                          disable=not (cfg.progress and ctx.is_main)):
+            if error is not None:  # unreadable image, proposer error: reported, no detections
+                skipped.add(record.path, f"unusable: {error}")
                 dets = Detections.empty()
+            else:
+                dets = Detections.for_image(record.index, result.labels, result.scores, result.boxes)
             writer.add(record.index, dets)
             computed += 1
     if computed:
