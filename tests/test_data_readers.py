@@ -263,7 +263,7 @@ def _compose(overrides):
 def test_data_configs_instantiate(shared_data, tree_2014, tmp_path):
     from hydra.utils import instantiate
 
-    coco = _compose(["data=coco", f"data.root={shared_data / 'coco128'}"])
+    coco = _compose(["data=coco", f"data.root={shared_data / 'coco128'}", "data.val_name=train2017"])
     assert len(instantiate(coco.data.train)) == 128 and len(instantiate(coco.data.val)) == 128
 
     val2 = tmp_path / "val2.txt"

@@ -451,7 +451,7 @@ def test_eval_map_tool_coco128_beside_pycocotools(tmp_path, repo_root, coco128, 
 
     write_coco_results(tmp_path / "det.json", perturbed(coco128, seed=1), coco128)
     tool = _load_tool(repo_root)
-    report = tool.run(_compose(repo_root, ["data=coco", f"data.root={shared_data / 'coco128'}",
+    report = tool.run(_compose(repo_root, ["data=coco", f"data.root={shared_data / 'coco128'}", "data.val_name=train2017",
                                            f"detections={tmp_path / 'det.json'}", f"out_dir={tmp_path / 'out'}",
                                            "curves_in_json=false"]))
     assert report["rules"] == "coco" and "precision" not in report["classes"][0]
