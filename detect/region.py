@@ -24,6 +24,7 @@ __all__ = [
     "warp_regions",
     "assign_region_labels",
     "add_ground_truth",
+    "best_overlaps",
     "sample_regions",
     "RegionDataset",
     "RegionBatch",
@@ -121,13 +122,24 @@ def add_ground_truth(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
     return boxes, assign_region_labels(boxes, gt_boxes, gt_labels, gt_ignore, fg_iou)
 
 
-def sample_regions(labels: Tensor, num: int, fg_fraction: float, rng: np.random.Generator) -> Tensor:
+def best_overlaps(boxes: Tensor, gt_boxes: Tensor, gt_ignore: Tensor | None = None) -> Tensor:
+    """IoU of each box with its best-overlapping non-ignored ground truth: ``Tensor[N]`` (0 when none)."""
+    keep = torch.ones(len(gt_boxes), dtype=torch.bool) if gt_ignore is None else ~gt_ignore.bool()
+    if len(boxes) == 0 or not keep.any():
+        return torch.zeros(len(boxes))
+    return ops.box_iou(boxes.float(), gt_boxes[keep].float()).max(dim=1).values
+
+
+def sample_regions(labels: Tensor, num: int, fg_fraction: float, rng: np.random.Generator,
+                   hard: Tensor | None = None, hard_fraction: float = 0.0) -> Tensor:
     """Indices of ``num`` regions with ``round(num * fg_fraction)`` positives (R-CNN: 32 of 128).
 
     labels: Tensor[N] int64 (>0 positive, 0 background, -1 unused) -> Tensor[num] int64.
-    When an image has too few positives the rest is background; a pool smaller than its quota is
-    drawn with replacement, so every image yields exactly ``num`` regions. Raises ``ValueError`` when
-    there is no usable region at all.
+    hard: Tensor[N] bool marking "hard" backgrounds (e.g. IoU in [0.1, 0.5) with an object: parts of
+    objects, near misses); ``hard_fraction`` of the background quota is drawn from them when there
+    are any (R-CNN: 0, every background alike). When an image has too few positives the rest is
+    background; a pool smaller than its quota is drawn with replacement, so every image yields exactly
+    ``num`` regions. Raises ``ValueError`` when there is no usable region at all.
     """
     labels = labels.cpu().numpy()
     fg = np.flatnonzero(labels > 0)
@@ -138,8 +150,10 @@ def sample_regions(labels: Tensor, num: int, fg_fraction: float, rng: np.random.
     n_bg = num - n_fg if len(bg) else 0
     if n_fg + n_bg < num:
         raise ValueError("no usable regions to sample from")
+    hard_bg = np.flatnonzero((labels == 0) & hard.cpu().numpy()) if hard is not None else bg[:0]
+    n_hard = int(round(n_bg * hard_fraction)) if len(hard_bg) else 0
     picks = []
-    for pool, k in ((fg, n_fg), (bg, n_bg)):
+    for pool, k in ((fg, n_fg), (hard_bg, n_hard), (bg, n_bg - n_hard)):
         if k:
             picks.append(rng.choice(pool, size=k, replace=len(pool) < k))
     return torch.from_numpy(np.concatenate(picks).astype(np.int64))
@@ -154,13 +168,17 @@ class RegionDataset(Dataset):
     Randomness comes from ``seed``, the item index and the DataLoader worker's seed (which changes
     every epoch when the loader has a seeded generator), so members with different seeds see
     different samples, reproducibly; ``resample=False`` draws the same regions every time.
+    ``hard_bg_fraction`` of each background quota comes from proposals overlapping an object by IoU
+    in ``[hard_bg_iou, fg_iou)`` (see :func:`sample_regions`; 0 = R-CNN's uniform backgrounds).
     """
 
     def __init__(self, records: Sequence[DetectionRecord], proposals: Callable[[str], np.ndarray],
                  mean: Sequence[float], std: Sequence[float], regions_per_image: int = 64,
                  fg_fraction: float = 0.25, fg_iou: float = 0.5, crop_size: int = 224,
-                 context: int = 16, flip_prob: float = 0.5, seed: int = 0, resample: bool = True):
+                 context: int = 16, flip_prob: float = 0.5, seed: int = 0, resample: bool = True,
+                 hard_bg_fraction: float = 0.0, hard_bg_iou: float = 0.1):
         self.records = list(records)
+        self.hard_bg_fraction, self.hard_bg_iou = hard_bg_fraction, hard_bg_iou
         self.proposals = proposals
         self.mean, self.std = tuple(mean), tuple(std)
         self.regions_per_image = regions_per_image
@@ -206,8 +224,12 @@ class RegionDataset(Dataset):
         boxes, labels = add_ground_truth(
             torch.from_numpy(self._boxes(record)), torch.from_numpy(record.boxes),
             torch.from_numpy(record.labels), torch.from_numpy(record.ignore), self.fg_iou)
+        hard = None
+        if self.hard_bg_fraction > 0:
+            iou = best_overlaps(boxes, torch.from_numpy(record.boxes), torch.from_numpy(record.ignore))
+            hard = iou >= self.hard_bg_iou
         try:
-            pick = sample_regions(labels, self.regions_per_image, self.fg_fraction, rng)
+            pick = sample_regions(labels, self.regions_per_image, self.fg_fraction, rng, hard, self.hard_bg_fraction)
         except ValueError:
             raise ValueError(f"{record.path}: no proposals or ground truth to sample regions from") from None
         boxes, labels = boxes[pick], labels[pick]

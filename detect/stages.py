@@ -23,7 +23,7 @@ from detect.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Stage", "run_stages", "StageError"]
+__all__ = ["Stage", "run_stages", "StageError", "tree_digest"]
 
 
 class StageError(RuntimeError):
@@ -68,6 +68,16 @@ def _snapshot(root: Path, exclude: tuple[Path, ...]) -> dict[str, tuple[int, int
     return out
 
 
+def tree_digest(folder: str | Path, pattern: str = "*.yaml") -> str:
+    """sha256 over the relative paths and contents of the files matching ``pattern`` under ``folder``."""
+    h = hashlib.sha256()
+    folder = Path(folder)
+    for p in sorted(folder.rglob(pattern)):
+        h.update(str(p.relative_to(folder)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
 def _stamp_valid(stamp_path: Path, command: list[str], upstream: str, root: Path) -> bool:
     try:
         stamp = json.loads(stamp_path.read_text())
@@ -84,9 +94,11 @@ def _stamp_valid(stamp_path: Path, command: list[str], upstream: str, root: Path
 
 
 def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path, python: str | None = None,
-               env: dict | None = None, stop_after: str | None = None) -> dict[str, float]:
+               env: dict | None = None, stop_after: str | None = None, inputs_digest: str = "") -> dict[str, float]:
     """Run ``stages`` in order, skipping those whose stamp is still valid. Returns seconds per stage run.
 
+    ``inputs_digest`` (e.g. :func:`tree_digest` of the config folder) is chained into every stamp, so a
+    changed configuration runs every stage again (each tool then resumes or skips its own finished work).
     Stamps live in ``<work_dir>/stages/``; logs (``<work_dir>/logs``) are not outputs. A failing stage
     raises :class:`StageError` naming it and its exit code (the stages before it stay stamped).
     """
@@ -95,7 +107,7 @@ def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path,
     stamps.mkdir(parents=True, exist_ok=True)
     exclude = (stamps, root / "logs")
     python = python or sys.executable
-    upstream = ""
+    upstream = inputs_digest
     timings: dict[str, float] = {}
     for stage in stages:
         command = stage.command(python, Path(tools_dir))

@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from detect.stages import Stage, StageError, run_stages
+from detect.stages import Stage, StageError, run_stages, tree_digest
 
 
 def build_stages(experiment: str, members: int, draw_images: int, extra: list[str], val_dir: str) -> list[Stage]:
@@ -40,7 +40,9 @@ def main(cfg) -> None:
     val_dir = str(Path(cfg.data.root) / "Data" / "DET" / "val")
     stages = build_stages(experiment, cfg.members, cfg.draw_images, list(cfg.stage_overrides), val_dir)
     try:
-        run_stages(stages, cfg.work_dir, Path(__file__).resolve().parent, stop_after=cfg.stop_after)
+        tools_dir = Path(__file__).resolve().parent
+        run_stages(stages, cfg.work_dir, tools_dir, stop_after=cfg.stop_after,
+                   inputs_digest=tree_digest(tools_dir.parent / "conf"))
     except StageError as e:
         sys.exit(f"demo stopped: {e}\nre-run the same command to continue from this stage")
     report = Path(cfg.paths.eval_dir) / "eval_val.json"

@@ -68,7 +68,8 @@ def region_dataset(cfg: DictConfig, records, store: Path, seed: int, train: bool
     return RegionDataset(records, _proposal_lookup(store), IMAGENET_MEAN, IMAGENET_STD,
                          regions_per_image=cfg.regions_per_image, fg_fraction=cfg.fg_fraction, fg_iou=cfg.fg_iou,
                          crop_size=cfg.crop_size, context=cfg.context, flip_prob=cfg.flip_prob if train else 0.0,
-                         seed=seed, resample=train)
+                         seed=seed, resample=train, hard_bg_fraction=cfg.hard_bg_fraction,
+                         hard_bg_iou=cfg.hard_bg_iou)
 
 
 def train(cfg: DictConfig) -> None:

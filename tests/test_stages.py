@@ -1,0 +1,66 @@
+"""The demo's stage runner: finished stages are skipped only while their outputs are intact."""
+import json
+import sys
+
+import pytest
+
+from detect.stages import Stage, StageError, run_stages, tree_digest
+
+WRITER = """
+import sys, pathlib
+work, name, log = pathlib.Path(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])
+with open(log, "a") as f:
+    f.write(name + "\\n")
+if (work / "fail").exists() and name == "second":
+    sys.exit(3)
+upstream = (work / "first.txt").read_text() if name == "second" else ""
+(work / f"{name}.txt").write_text(upstream + name)
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "write.py").write_text(WRITER)
+    work, log = tmp_path / "work", tmp_path / "ran.log"
+    work.mkdir()
+    stages = [Stage(n, "write", [str(work), n, str(log)]) for n in ("first", "second")]
+
+    def run(**kw):
+        log.write_text("")
+        run_stages(stages, work, tools, python=sys.executable, **kw)
+        return log.read_text().split()
+
+    return work, run
+
+
+def test_skips_verified_stages_and_reruns_changed_ones(setup):
+    work, run = setup
+    assert run() == ["first", "second"]
+    assert run() == []                                    # outputs verified: nothing runs
+    (work / "second.txt").write_text("tampered")
+    assert run() == ["second"]                            # a changed output re-runs its stage
+    assert (work / "second.txt").read_text() == "firstsecond"
+    (work / "first.txt").unlink()
+    assert run() == ["first", "second"]                   # an upstream re-run re-runs what follows
+    assert run(inputs_digest="other config") == ["first", "second"]
+    stamp = json.loads((work / "stages" / "first.json").read_text())
+    assert list(stamp["outputs"]) == ["first.txt"]
+
+
+def test_failed_stage_raises_and_resumes_after_the_last_good_one(setup):
+    work, run = setup
+    (work / "fail").write_text("")
+    with pytest.raises(StageError, match="stage second failed with exit code 3"):
+        run()
+    assert not (work / "stages" / "second.json").exists()
+    (work / "fail").unlink()
+    assert run() == ["second"]
+
+
+def test_tree_digest_follows_contents(tmp_path):
+    (tmp_path / "a.yaml").write_text("x: 1\n")
+    before = tree_digest(tmp_path)
+    (tmp_path / "a.yaml").write_text("x: 2\n")
+    assert tree_digest(tmp_path) != before
