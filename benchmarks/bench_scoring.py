@@ -1,0 +1,104 @@
+"""Region scoring throughput per backend, side by side in one run (issue: fast region scoring).
+
+Measures, for the paper's GoogLeNet (width 1.0, 200 classes + background, 224x224 crops):
+  - bare torch eager forward (inference mode) on ready-made crops,
+  - bare ONNX Runtime forward on the same crops,
+  - the pipeline's region scoring (Detector.score: normalise, warp with roi_align, ensemble softmax)
+    with backend=torch and with backend=auto (ONNX Runtime on a CPU),
+all at the same batch size, the models timed in turns (round-robin) so that load drift hits them alike;
+then seconds per image of the detector (warp + score + NMS) at --proposals boxes for 1 member with each
+backend, and for --members members (the ensemble shares each warped crop batch).
+
+    .venv/bin/python benchmarks/bench_scoring.py                       # defaults: 256 crops, batch 64
+    .venv/bin/python benchmarks/bench_scoring.py --proposals 1400 --members 6 --image-runs 1
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, make_scorers
+from detect.classes import ClassList
+from detect.models.googlenet import GoogLeNet
+from detect.pipeline import Detector
+from detect.region import Ensemble, normalize_image, warp_regions
+
+
+def _image_and_boxes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size=(375, 500, 3), dtype=np.uint8)
+    xy = rng.uniform(0, [450, 330], size=(n, 2))
+    wh = rng.uniform(20, 200, size=(n, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + wh, [500, 375])], axis=1).astype(np.float32)
+    return image, boxes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--crops", type=int, default=256, help="crops per timed round (a multiple of --batch)")
+    ap.add_argument("--batch", type=int, default=64, help="crops per forward pass")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported), after one warm-up")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--width", type=float, default=1.0, help="GoogLeNet width multiplier")
+    ap.add_argument("--crop-size", type=int, default=224)
+    ap.add_argument("--proposals", type=int, default=1400, help="boxes per image for the seconds/image figures")
+    ap.add_argument("--members", type=int, default=6, help="ensemble size for the multi-member figure")
+    ap.add_argument("--image-runs", type=int, default=1, help="images timed per setting (0 = skip)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    classes = ClassList.from_names([f"c{i}" for i in range(200)])
+    model = GoogLeNet(num_classes=201, aux_logits=False, width=args.width).eval()
+    cache = tempfile.mkdtemp(prefix="bench_scoring_")
+    onnx_path = cached_onnx_export(model, cache, "member0", args.crop_size)
+
+    image, boxes = _image_and_boxes(args.crops)
+    tensor = normalize_image(image, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    crops = [warp_regions(tensor, torch.from_numpy(boxes[i:i + args.batch]), args.crop_size, 16)
+             for i in range(0, args.crops, args.batch)]
+    eager, ort = TorchScorer(model, "cpu"), OnnxScorer(onnx_path, num_threads=args.threads)
+    detectors = {b: Detector(None, Ensemble(make_scorers([model], b, "cpu", args.crop_size, cache_dir=cache)),
+                             classes, crop_size=args.crop_size, batch_size=args.batch)
+                 for b in ("torch", "auto")}
+    runs = {
+        "bare torch eager forward": lambda: [eager(c).softmax(1) for c in crops],
+        "bare ONNX Runtime forward": lambda: [ort(c).softmax(1) for c in crops],
+        "pipeline, backend=torch": lambda: detectors["torch"].score(image, boxes),
+        "pipeline, backend=auto (onnxruntime)": lambda: detectors["auto"].score(image, boxes),
+    }
+    times = {k: [] for k in runs}
+    for r in range(args.rounds + 1):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            if r:  # round 0 warms up
+                times[name].append(time.perf_counter() - start)
+    rate = {k: args.crops / statistics.median(v) for k, v in times.items()}
+    print(f"\nregion scoring, paper GoogLeNet width {args.width}, {args.crop_size}x{args.crop_size} crops, "
+          f"batch {args.batch}, {args.threads} threads, median of {args.rounds} rounds of {args.crops} crops")
+    print(f"{'path':40s} {'crops/s':>9s} {'vs eager':>9s} {'vs bare ORT':>12s}")
+    for k, v in rate.items():
+        print(f"{k:40s} {v:9.1f} {v / rate['bare torch eager forward']:9.2f} "
+              f"{v / rate['bare ONNX Runtime forward']:12.2f}")
+
+    if args.image_runs:
+        image, boxes = _image_and_boxes(args.proposals, seed=1)
+        print(f"\nseconds per image, {args.proposals} proposals (warp + score + per-class NMS), "
+              f"{args.image_runs} image(s) each")
+        settings = [("torch", 1), ("auto", 1), ("auto", args.members)]
+        for backend, members in settings:
+            scorers = make_scorers([model] * members, backend, "cpu", args.crop_size, cache_dir=cache)
+            det = Detector(None, Ensemble(scorers), classes, crop_size=args.crop_size, batch_size=args.batch)
+            start = time.perf_counter()
+            for _ in range(args.image_runs):
+                det.detect(image, boxes)
+            print(f"  backend={backend:5s} members={members}: {(time.perf_counter() - start) / args.image_runs:8.1f} s/image")
+
+
+if __name__ == "__main__":
+    main()
