@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detect.io import atomic_open, atomic_write_json
+from detect.io import atomic_open, atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +114,6 @@ def _weights_key(model: nn.Module, crop_size: int, extra: dict) -> str:
     return h.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def cached_onnx_export(model: nn.Module, cache_dir: str | Path, name: str, crop_size: int,
                        extra_key: dict | None = None) -> Path:
@@ -135,7 +128,7 @@ def cached_onnx_export(model: nn.Module, cache_dir: str | Path, name: str, crop_
     if onnx_path.is_file() and meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
-            if meta.get("key") == key and meta.get("sha256") == _file_sha256(onnx_path):
+            if meta.get("key") == key and meta.get("sha256") == file_sha256(onnx_path):
                 OnnxScorer(onnx_path, num_threads=1)  # loads: the graph is intact
                 return onnx_path
             log.warning("%s: stale ONNX export (weights or exporter changed), rebuilding", onnx_path)
@@ -144,7 +137,7 @@ def cached_onnx_export(model: nn.Module, cache_dir: str | Path, name: str, crop_
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to ONNX (crop size %d)", name, crop_size)
     export_onnx(model, onnx_path, crop_size)
-    atomic_write_json(meta_path, {"key": key, "sha256": _file_sha256(onnx_path), "crop_size": crop_size})
+    atomic_write_json(meta_path, {"key": key, "sha256": file_sha256(onnx_path), "crop_size": crop_size})
     return onnx_path
 
 

@@ -5,6 +5,7 @@ target, so a killed job leaves either the old file or the new one, never half of
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -14,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["atomic_open", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
+__all__ = ["file_sha256", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
 
 
 @contextmanager
@@ -66,3 +67,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle refused by weights_only, ...
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's contents, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

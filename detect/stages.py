@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detect.io import atomic_write_json
+from detect.io import atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,6 @@ class Stage:
     def command(self, python: str, tools_dir: Path) -> list[str]:
         return [python, str(tools_dir / f"{self.tool}.py"), *self.args]
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _snapshot(root: Path, exclude: tuple[Path, ...]) -> dict[str, tuple[int, int]]:
@@ -87,7 +80,7 @@ def _stamp_valid(stamp_path: Path, command: list[str], upstream: str, root: Path
         return False
     for rel, (size, digest) in stamp.get("outputs", {}).items():
         p = root / rel
-        if not p.is_file() or p.stat().st_size != size or _sha256(p) != digest:
+        if not p.is_file() or p.stat().st_size != size or file_sha256(p) != digest:
             log.warning("stage %s: output %s changed or missing; running the stage again", stamp["name"], p)
             return False
     return True
@@ -125,11 +118,11 @@ def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path,
                 raise StageError(f"stage {stage.name} failed with exit code {result.returncode}: {' '.join(command[1:])}")
             after = _snapshot(root, exclude)
             changed = {rel for rel, meta in after.items() if before.get(rel) != meta}
-            outputs = {rel: (after[rel][0], _sha256(root / rel)) for rel in sorted(changed)}
+            outputs = {rel: (after[rel][0], file_sha256(root / rel)) for rel in sorted(changed)}
             atomic_write_json(stamp_path, {"name": stage.name, "command": command[1:], "upstream": upstream,
                                            "seconds": timings[stage.name], "outputs": outputs})
             print(f"[{stage.name}] finished in {timings[stage.name]:.1f} s", flush=True)
-        upstream = _sha256(stamp_path)
+        upstream = file_sha256(stamp_path)
         if stop_after == stage.name:
             break
     return timings

@@ -20,11 +20,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from defusedxml import ElementTree as SafeET
 from PIL import Image
 from tqdm import tqdm
 
 from detect.classes import ClassList, ilsvrc_det_classes, read_class_list
+from detect.data.xmlfile import read_xml_root
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 
 log = logging.getLogger(__name__)
@@ -103,14 +103,7 @@ def parse_ilsvrc_xml(path: str | Path, classes: ClassList):
     box outside the image). Raises ``ValueError`` naming the file when it is not readable XML.
     """
     path = Path(path)
-    try:
-        root = SafeET.parse(path).getroot()
-    except SafeET.ParseError as e:
-        raise ValueError(f"{path}: malformed XML ({e})") from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read annotation ({e.strerror})") from None
-    except Exception as e:  # defusedxml refusals (entities, DTDs)
-        raise ValueError(f"{path}: refused XML ({type(e).__name__}: {e})") from None
+    root = read_xml_root(path)
     if root.tag != "annotation":
         raise ValueError(f"{path}: root element is <{root.tag}>, expected <annotation>")
     size = root.find("size")

@@ -10,10 +10,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from defusedxml import ElementTree as SafeET
 from tqdm import tqdm
 
 from detect.classes import ClassList, read_class_list
+from detect.data.xmlfile import read_xml_root
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,7 @@ def parse_voc_xml(path: str | Path, classes: ClassList):
     dropped object. Raises ``ValueError`` naming the file when it is not readable XML or has no size.
     """
     path = Path(path)
-    try:
-        root = SafeET.parse(path).getroot()
-    except SafeET.ParseError as e:
-        raise ValueError(f"{path}: malformed XML ({e})") from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read annotation ({e.strerror})") from None
-    except Exception as e:  # defusedxml refusals
-        raise ValueError(f"{path}: refused XML ({type(e).__name__}: {e})") from None
+    root = read_xml_root(path)
     size = root.find("size")
     width, height = _number(size, "width"), _number(size, "height")
     if not width or not height or width <= 0 or height <= 0:
