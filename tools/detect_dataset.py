@@ -32,25 +32,18 @@ from detect.data.records import SkipLog
 from detect.detections import (Detections, SubmissionWriter, read_ilsvrc_submission, write_coco_results,
                                write_ilsvrc_submission)
 from detect.distributed import barrier, cleanup, setup
+from detect.io import file_sha256
 from detect.pipeline import Detector
 from proposals.store import ProposalStore
 
 log = logging.getLogger("detect_dataset")
 
 
-def _file_digest(path: str | Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(cfg: DictConfig, store_path: str | Path | None) -> str:
     """Short hash of what the detections depend on (detector file contents, settings, data, proposals),
     so that shards of an earlier run are resumed only when they came from the same inputs."""
-    what = {"detector": _file_digest(cfg.detector), "data": str(cfg.data.name), "split": str(cfg.split),
-            "store": _file_digest(store_path) if store_path is not None else None,
+    what = {"detector": file_sha256(cfg.detector), "data": str(cfg.data.name), "split": str(cfg.split),
+            "store": file_sha256(store_path) if store_path is not None else None,
             "settings": OmegaConf.to_container(cfg, resolve=True).get("proposer"),
             **{k: OmegaConf.to_container(cfg, resolve=True)[k]
                for k in ("score_threshold", "max_per_image", "cascade_threshold", "use_members")}}
