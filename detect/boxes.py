@@ -14,6 +14,7 @@ __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes",
+    "flip_boxes",
     "remove_small_boxes",
     "unique_boxes",
     "xywh_to_xyxy",
@@ -52,6 +53,17 @@ def clip_boxes(boxes, width: int, height: int):
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
     return boxes
+
+
+def flip_boxes(boxes, width: float):
+    """Boxes of a horizontally mirrored image of ``width`` pixels: ``x1, x2 -> width - x2, width - x1``.
+
+    ``[N, 4]`` array or tensor -> a new one of the same type.
+    """
+    flipped = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, copy=True)
+    flipped[:, 0] = width - boxes[:, 2]
+    flipped[:, 2] = width - boxes[:, 0]
+    return flipped
 
 
 def remove_small_boxes(boxes, min_size: float):

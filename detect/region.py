@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, get_worker_info
 from torchvision import ops
 
+from detect.boxes import flip_boxes
 from detect.data.images import read_image
 from detect.data.records import DetectionRecord
 
@@ -235,7 +236,7 @@ class RegionDataset(Dataset):
         boxes, labels = boxes[pick], labels[pick]
         if rng.random() < self.flip_prob:
             image = image[:, ::-1]
-            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+            boxes = flip_boxes(boxes, width)
         tensor = normalize_image(image, self.mean, self.std)
         if tensor.shape[1:] != (height, width):
             raise ValueError(f"{record.path}: unexpected decoded shape {tuple(tensor.shape)}")

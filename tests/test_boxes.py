@@ -60,3 +60,12 @@ def test_xywh_round_trip():
     np.testing.assert_array_equal(xyxy, [[1, 2, 4, 6]])
     np.testing.assert_array_equal(B.xyxy_to_xywh(xyxy), xywh)
     np.testing.assert_array_equal(B.xywh_to_xyxy(torch.tensor(xywh)).numpy(), xyxy)
+
+
+def test_flip_boxes_mirrors_and_is_an_involution():
+    boxes = np.array([[10, 5, 30, 25], [0, 0, 100, 50]], dtype=np.float32)
+    flipped = B.flip_boxes(boxes, 100)
+    np.testing.assert_array_equal(flipped, [[70, 5, 90, 25], [0, 0, 100, 50]])
+    np.testing.assert_array_equal(B.flip_boxes(flipped, 100), boxes)
+    np.testing.assert_array_equal(boxes[0], [10, 5, 30, 25])  # input untouched
+    np.testing.assert_array_equal(B.flip_boxes(torch.tensor(boxes), 100).numpy(), flipped)

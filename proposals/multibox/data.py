@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from detect.boxes import flip_boxes
 from detect.data.images import read_image
 from detect.data.records import DetectionDataset, SkipLog
 from proposals.multibox.model import preprocess
@@ -98,8 +99,7 @@ class MultiBoxDataset(Dataset):
             width, height = cw, ch
         if torch.rand(()).item() < self.flip:
             image = image[:, ::-1]
-            boxes = boxes.copy()
-            boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
+            boxes = flip_boxes(boxes, width)
         return np.ascontiguousarray(image), boxes
 
 
