@@ -6,11 +6,15 @@ Measures, for the paper's GoogLeNet (width 1.0, 200 classes + background, 224x22
   - the pipeline's region scoring (Detector.score: normalise, warp with roi_align, ensemble softmax)
     with backend=torch and with backend=auto (ONNX Runtime on a CPU),
 all at the same batch size, the models timed in turns (round-robin) so that load drift hits them alike;
-then seconds per image of the detector (warp + score + NMS) at --proposals boxes for 1 member with each
-backend, and for --members members (the ensemble shares each warped crop batch).
+then seconds per image of the detector (warp + score + NMS) at --proposals boxes, per --settings entry
+``backend:members`` (the ensemble shares each warped crop batch) or ``backend:members:cascade``: the
+cascade (member 0 on every region, the other members on the regions whose best foreground probability
+under member 0 reaches the threshold). With random weights every class probability is near 1/201, so
+the threshold is set to the quantile of member 0's best foreground probability that lets
+--cascade-pass of the regions through (the share a trained detector passes at its threshold; printed).
 
     .venv/bin/python benchmarks/bench_scoring.py                       # defaults: 256 crops, batch 64
-    .venv/bin/python benchmarks/bench_scoring.py --proposals 1400 --members 6 --image-runs 1
+    .venv/bin/python benchmarks/bench_scoring.py --settings auto:1 auto:6 auto:6:cascade --image-runs 1
 """
 from __future__ import annotations
 
@@ -47,7 +51,11 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=1.0, help="GoogLeNet width multiplier")
     ap.add_argument("--crop-size", type=int, default=224)
     ap.add_argument("--proposals", type=int, default=1400, help="boxes per image for the seconds/image figures")
-    ap.add_argument("--members", type=int, default=6, help="ensemble size for the multi-member figure")
+    ap.add_argument("--settings", nargs="*", default=["torch:1", "auto:1", "auto:6", "auto:6:cascade",
+                                                      "torch:6", "torch:6:cascade"],
+                    help="backend:members[:cascade] per seconds-per-image figure")
+    ap.add_argument("--cascade-pass", type=float, default=0.2,
+                    help="share of regions the cascade passes to members 1.. (the demo detector passes 0.215 at 0.3)")
     ap.add_argument("--image-runs", type=int, default=1, help="images timed per setting (0 = skip)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -90,14 +98,25 @@ def main() -> None:
         image, boxes = _image_and_boxes(args.proposals, seed=1)
         print(f"\nseconds per image, {args.proposals} proposals (warp + score + per-class NMS), "
               f"{args.image_runs} image(s) each")
-        settings = [("torch", 1), ("auto", 1), ("auto", args.members)]
-        for backend, members in settings:
+        threshold = None
+        for setting in args.settings:
+            backend, members, *rest = setting.split(":")
+            members, cascade = int(members), bool(rest)
+            if cascade and threshold is None:  # member 0's best foreground probability per region
+                first = Detector(None, Ensemble(make_scorers([model], "auto", "cpu", args.crop_size, cache_dir=cache)),
+                                 classes, crop_size=args.crop_size, batch_size=args.batch)
+                best = first.score(image, boxes)[:, 1:].max(dim=1).values
+                threshold = float(torch.quantile(best.double(), 1.0 - args.cascade_pass))
+                passed = float((best >= threshold).float().mean())
+                print(f"  cascade threshold {threshold:.6g}: {passed:.3f} of the regions pass to members 1..")
             scorers = make_scorers([model] * members, backend, "cpu", args.crop_size, cache_dir=cache)
-            det = Detector(None, Ensemble(scorers), classes, crop_size=args.crop_size, batch_size=args.batch)
+            det = Detector(None, Ensemble(scorers, threshold if cascade else None), classes,
+                           crop_size=args.crop_size, batch_size=args.batch)
             start = time.perf_counter()
             for _ in range(args.image_runs):
                 det.detect(image, boxes)
-            print(f"  backend={backend:5s} members={members}: {(time.perf_counter() - start) / args.image_runs:8.1f} s/image")
+            label = f"backend={backend} members={members}" + (" cascade" if cascade else "")
+            print(f"  {label:36s} {(time.perf_counter() - start) / args.image_runs:8.1f} s/image", flush=True)
 
 
 if __name__ == "__main__":

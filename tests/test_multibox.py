@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from proposals.multibox.loss import match, multibox_loss
+from proposals.multibox.loss import match, match_priors, multibox_loss
 from proposals.multibox.priors import compute_priors, normalised_boxes
 
 TINY_BACKBONE = {"width": 0.125, "batch_norm": True, "lrn": False, "dropout": 0.0}
@@ -48,6 +48,59 @@ def test_loss_equals_brute_force_minimum(seed):
     loss = multibox_loss(boxes, logits, gt, alpha)
     expected = np.mean([_brute_force_loss(boxes[b], logits[b], gt[b], alpha) for b in range(B)])
     assert float(loss) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def _brute_force_prior_matching(priors, gt):
+    """Every injective assignment of min(K, G) ground-truth boxes to priors; the one of least summed
+    squared distance -> (prior index list, gt index list)."""
+    K, G = len(priors), len(gt)
+    best, best_pairs = None, None
+    if G <= K:
+        candidates = ([(p, j) for j, p in enumerate(perm)] for perm in itertools.permutations(range(K), G))
+    else:
+        candidates = ([(i, j) for i, j in zip(range(K), perm)] for perm in itertools.permutations(range(G), K))
+    for pairs in candidates:
+        cost = sum(float(((priors[i] - gt[j]) ** 2).sum()) for i, j in pairs)
+        if best is None or cost < best:
+            best, best_pairs = cost, pairs
+    return best_pairs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_loss_with_prior_matching_equals_brute_force(seed):
+    """Training with priors: the assignment is the least-distance matching of ground truth to priors
+    (brute force over all of them), and F is evaluated there with the predictions."""
+    g = torch.Generator().manual_seed(100 + seed)
+    B, K = 2, int(torch.randint(1, 6, (), generator=g))
+    priors = torch.rand(K, 4, generator=g, dtype=torch.float64)
+    boxes = priors + 0.1 * torch.randn(B, K, 4, generator=g, dtype=torch.float64)
+    logits = torch.randn(B, K, generator=g, dtype=torch.float64) * 2
+    gt = [torch.rand(int(torch.randint(0, 5, (), generator=g)), 4, generator=g, dtype=torch.float64) for _ in range(B)]
+    alpha = 0.3 + seed
+    expected = []
+    for b in range(B):
+        pairs = _brute_force_prior_matching(priors, gt[b]) if len(gt[b]) else []
+        rows, cols = match_priors(priors, gt[b])
+        assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(pairs)
+        c = torch.sigmoid(logits[b]).double()
+        total = -float(torch.log(1 - c).sum())
+        for i, j in pairs:
+            total += alpha / 2 * float(((boxes[b, i] - gt[b][j]) ** 2).sum()) - float(torch.log(c[i])) \
+                + float(torch.log(1 - c[i]))
+        expected.append(total)
+    loss = multibox_loss(boxes, logits, gt, alpha, priors=priors)
+    assert float(loss) == pytest.approx(np.mean(expected), rel=1e-5, abs=1e-5)
+
+
+def test_prior_matching_ignores_confidences_prediction_matching_does_not():
+    # prediction 0 sits on the ground truth but has low confidence; prior 1 is the nearer prior
+    priors = torch.tensor([[0.0, 0.0, 0.2, 0.2], [0.4, 0.4, 0.9, 0.9]])
+    boxes = torch.tensor([[[0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 0.1, 0.1]]])
+    logits = torch.tensor([[-6.0, 6.0]])
+    gt = [torch.tensor([[0.5, 0.5, 1.0, 1.0]])]
+    assert match_priors(priors, gt[0])[0].tolist() == [1]
+    assert match(boxes[0], logits[0], gt[0], alpha=0.3)[0].tolist() == [1]  # confidence wins at small alpha
+    assert match(boxes[0], logits[0], gt[0], alpha=1000.0)[0].tolist() == [0]  # location wins at large alpha
 
 
 def test_loss_hand_made_case():
@@ -155,6 +208,57 @@ def test_network_shapes_and_zero_offsets_give_priors():
     assert net.head.weight.grad.abs().sum() > 0
     first = next(p for p in net.backbone.parameters() if p.dim() == 4)  # conv1's weight
     assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_grid_head_reads_the_spatial_map():
+    """grid > 1: the linear layer sees each cell of the pooled map, so moving content across the
+    image changes the features it reads, where global pooling cannot tell a mirrored image apart."""
+    from proposals.multibox.model import MultiBoxNet
+
+    torch.manual_seed(0)
+    net = MultiBoxNet(TINY_BACKBONE, num_priors=5, input_size=128, grid=4).eval()
+    assert net.head.in_features == net.backbone.feature_dim * 16
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        boxes, logits = net(x)
+        fmap = net.backbone.forward_features(x)
+        cells = torch.nn.functional.adaptive_avg_pool2d(fmap, 4).flatten(1)
+        expected = net.head(cells)
+    assert boxes.shape == (2, 5, 4) and logits.shape == (2, 5)
+    assert torch.allclose(logits, expected[:, 20:], atol=1e-6)
+    assert torch.allclose(boxes, net.priors + expected[:, :20].reshape(2, 5, 4), atol=1e-6)
+    with pytest.raises(ValueError, match="grid"):
+        MultiBoxNet(TINY_BACKBONE, num_priors=5, input_size=128, grid=0)
+
+
+def test_loss_fn_matches_to_the_models_priors_also_under_ddp_wrapping():
+    from proposals.multibox.model import MultiBoxNet
+    from proposals.multibox.training import MultiBoxLossFn
+
+    torch.manual_seed(0)
+    net = MultiBoxNet(TINY_BACKBONE, num_priors=6, input_size=96).eval()
+    net.set_priors(_random_boxes(6, 2).astype(np.float32))
+    batch = (torch.randn(2, 3, 96, 96), [torch.tensor([[0.1, 0.1, 0.5, 0.6]]), torch.zeros(0, 4)])
+    with torch.no_grad():
+        boxes, logits = net(batch[0])
+        expected = multibox_loss(boxes, logits, batch[1], 0.3, priors=net.priors)
+        by_pred = multibox_loss(boxes, logits, batch[1], 0.3)
+
+    class Wrapped(torch.nn.Module):  # the attribute layout of DistributedDataParallel
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return self.module(x)
+
+    with torch.no_grad():
+        for model in (net, Wrapped(net)):
+            loss, extra = MultiBoxLossFn(0.3, match="priors")(model, batch, "cpu")
+            assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+        assert float(MultiBoxLossFn(0.3, match="predictions")(net, batch, "cpu")[0]) == pytest.approx(float(by_pred), rel=1e-6)
+    with pytest.raises(ValueError, match="loss.match"):
+        MultiBoxLossFn(0.3, match="nearest")
 
 
 def test_decode_boxes_to_pixels_ordered_and_clipped():

@@ -9,6 +9,15 @@ minimised over bipartite assignments ``x`` (each prediction and each ground trut
 once, ``min(K, G)`` pairs). Since ``F = -sum_i log(1 - c_i) + sum_ij x_ij cost_ij`` with
 ``cost_ij = alpha/2 ||l_i - g_j||^2 - log c_i + log(1 - c_i)``, the optimal ``x`` is the linear sum
 assignment of ``cost`` (Hungarian algorithm, scipy). The assignment is held fixed for the gradient.
+
+Training with priors (Erhan et al., section 3.3): when the predictions are residuals to K priors, the
+assignment can be made between the ground truth and the *priors* instead of the predictions (cost
+``alpha/2 ||p_i - g_j||^2``, the matching part that depends on locations only), and ``F`` is then
+evaluated at that assignment. Each output slot then always answers for the same region of box
+space, so its confidence learns "is there an object near my prior in this image" and its offsets a
+residual. Matching against the predictions instead lets the network make any few slots confident and
+have them matched to whatever ground truth the image holds (the confidence part of the cost outweighs
+the location part at small alpha), a degenerate solution seen in our CPU runs (benchmarks/multibox.md).
 """
 from __future__ import annotations
 
@@ -17,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["match", "multibox_loss", "assignment_cost"]
+__all__ = ["match", "match_priors", "multibox_loss", "assignment_cost"]
 
 
 def assignment_cost(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -45,15 +54,33 @@ def match(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.T
     return rows.astype(np.int64), cols.astype(np.int64)
 
 
+def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Bipartite matching of ground truth to priors by squared L2 distance (training with priors).
+
+    priors: Tensor[K, 4], gt_boxes: Tensor[G, 4] (normalised xyxy) -> ``(prior_index int64[M],
+    gt_index int64[M])`` with ``M = min(K, G)``.
+    """
+    if len(gt_boxes) == 0 or len(priors) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    with torch.no_grad():
+        cost = ((priors.float()[:, None, :] - gt_boxes.float()[None, :, :]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost.cpu().double().numpy())
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
 def multibox_loss(
-    pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: list[torch.Tensor], alpha: float
+    pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: list[torch.Tensor], alpha: float,
+    priors: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MultiBox loss: per-image objective ``F`` at the optimal assignment, averaged over the batch.
+    """MultiBox loss: per-image objective ``F`` at the assignment, averaged over the batch.
 
     pred_boxes: Tensor[B, K, 4] float, predicted boxes (prior + offset), normalised xyxy
     pred_logits: Tensor[B, K] float, confidence logits (``c = sigmoid(logit)``)
     gt_boxes: list of B Tensor[G_b, 4], normalised xyxy (G_b may be 0: confidence term only)
     alpha: weight of the location term
+    priors: None = the assignment minimising ``F`` over the predictions (:func:`match`); Tensor[K, 4] =
+    the assignment of ground truth to these priors (:func:`match_priors`, training with priors)
     Returns a scalar Tensor (float32).
     """
     if pred_boxes.shape[:2] != pred_logits.shape or len(gt_boxes) != len(pred_boxes):
@@ -65,7 +92,10 @@ def multibox_loss(
     total = -F.logsigmoid(-pred_logits).sum()
     for b, gt in enumerate(gt_boxes):
         gt = gt.to(device=pred_boxes.device, dtype=torch.float32)
-        rows, cols = match(pred_boxes[b], pred_logits[b], gt, alpha)
+        if priors is None:
+            rows, cols = match(pred_boxes[b], pred_logits[b], gt, alpha)
+        else:
+            rows, cols = match_priors(priors, gt)
         if len(rows) == 0:
             continue
         rows_t = torch.as_tensor(rows, device=pred_boxes.device)

@@ -18,25 +18,34 @@ __all__ = ["MultiBoxNet", "preprocess", "decode_boxes"]
 
 
 class MultiBoxNet(nn.Module):
-    """GoogLeNet (aux heads off) -> pooled 5b features -> dropout -> linear ``F -> 5K``.
+    """GoogLeNet (aux heads off) -> 5b map average-pooled to ``grid x grid`` -> dropout -> linear
+    ``F * grid^2 -> 5K``.
 
     backbone_kwargs: kwargs of ``detect.models.googlenet.GoogLeNet`` (``aux_logits`` is forced off)
     num_priors: K
     input_size: side of the square network input in pixels
     dropout: dropout before the linear layer
+    grid: side of the pooled feature map the linear layer reads. 1 is GoogLeNet's global average
+    pooling, which keeps little of *where* things are; Erhan et al.'s network read AlexNet's spatial
+    6x6 map through fully connected layers, and a grid > 1 keeps that spatial layout (each prior can
+    weigh the cells it lies in).
     The priors live in the buffer ``priors: Tensor[K, 4]`` (normalised xyxy; zeros until
     :meth:`set_priors` or ``load_state_dict``).
     """
 
-    def __init__(self, backbone_kwargs: dict, num_priors: int = 200, input_size: int = 224, dropout: float = 0.4):
+    def __init__(self, backbone_kwargs: dict, num_priors: int = 200, input_size: int = 224, dropout: float = 0.4,
+                 grid: int = 1):
         super().__init__()
         self.num_priors = int(num_priors)
         self.input_size = int(input_size)
+        self.grid = int(grid)
+        if self.grid < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}")
         self.backbone = GoogLeNet(**{**dict(backbone_kwargs), "aux_logits": False})
         # the classifier is never used (embed() stops before it); dropping it keeps DDP free of unused parameters
         self.backbone.fc = nn.Identity()
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(self.backbone.feature_dim, 5 * self.num_priors)
+        self.head = nn.Linear(self.backbone.feature_dim * self.grid ** 2, 5 * self.num_priors)
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)
         self.register_buffer("priors", torch.zeros(self.num_priors, 4))
@@ -51,7 +60,12 @@ class MultiBoxNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: Tensor[B, 3, S, S] normalised -> (boxes Tensor[B, K, 4] normalised xyxy = prior + offset,
         logits Tensor[B, K])."""
-        out = self.head(self.dropout(self.backbone.embed(x)))
+        if self.grid == 1:
+            features = self.backbone.embed(x)
+        else:
+            fmap = self.backbone.forward_features(x)
+            features = torch.flatten(nn.functional.adaptive_avg_pool2d(fmap, self.grid), 1)
+        out = self.head(self.dropout(features))
         offsets = out[:, : 4 * self.num_priors].reshape(-1, self.num_priors, 4)
         logits = out[:, 4 * self.num_priors :]
         return self.priors.to(offsets.dtype) + offsets, logits

@@ -21,16 +21,22 @@ class MultiBoxLossFn:
     """``(model, batch, device) -> (loss, {"gt_per_image": float})`` for the engine.
 
     batch: ``(images Tensor[B, 3, S, S], list of B Tensor[G_b, 4])`` from ``collate_multibox``.
+    match: "priors" assigns ground truth to the model's priors (Erhan et al.'s training with priors),
+    "predictions" to the current predictions (see :mod:`proposals.multibox.loss`).
     """
 
-    def __init__(self, alpha: float):
+    def __init__(self, alpha: float, match: str = "priors"):
+        if match not in ("priors", "predictions"):
+            raise ValueError(f"loss.match must be 'priors' or 'predictions', got {match!r}")
         self.alpha = alpha
+        self.match = match
 
     def __call__(self, model, batch, device):
         images, gt = batch
         images = images.to(device, non_blocking=True)
         boxes, logits = model(images)
-        loss = multibox_loss(boxes, logits, gt, self.alpha)
+        priors = getattr(model, "module", model).priors if self.match == "priors" else None  # DDP wraps
+        loss = multibox_loss(boxes, logits, gt, self.alpha, priors=priors)
         n_gt = sum(len(g) for g in gt) / max(len(gt), 1)
         return loss, {"gt_per_image": n_gt}
 
