@@ -66,7 +66,11 @@ class SelectiveSearch:
     superpixel_scale: multiplies every ``k`` and (rcnn_fast) the minimum segment size.
     resize_width: the image is resized to this width before segmenting (None: original size); the
         resize is further limited so that neither side exceeds ``max_side``.
-    min_box_size: boxes with a side below this (original pixels) are dropped.
+    min_box_size: boxes with a side below this (original pixels) are dropped. R-CNN's
+        ``selective_search_boxes.m`` filters at 20 px in the resized (500-wide) frame before mapping
+        boxes back, i.e. at ``20 * width / 500`` original pixels; the two agree on ILSVRC's ~500-wide
+        images, and here the threshold holds in the pixels the boxes are returned in (a box of an
+        upscaled small image is never narrower than ``min_box_size``).
     max_boxes: keep at most this many (in rank order), None for all.
     num_threads: ``cv2.setNumThreads`` before each call (None leaves OpenCV's setting alone).
     seed: ``srand(seed)`` before OpenCV ranks its regions, so that equal inputs give equal order.
