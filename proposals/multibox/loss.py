@@ -10,7 +10,7 @@ once, ``min(K, G)`` pairs). Since ``F = -sum_i log(1 - c_i) + sum_ij x_ij cost_i
 ``cost_ij = alpha/2 ||l_i - g_j||^2 - log c_i + log(1 - c_i)``, the optimal ``x`` is the linear sum
 assignment of ``cost`` (Hungarian algorithm, scipy). The assignment is held fixed for the gradient.
 
-Training with priors (Erhan et al.'s "training with priors"): when the predictions are residuals to K priors, the
+Training with priors (Erhan et al.): when the predictions are residuals to K priors, the
 assignment can be made between the ground truth and the *priors* instead of the predictions (cost
 ``alpha/2 ||p_i - g_j||^2``, the matching part that depends on locations only), and ``F`` is then
 evaluated at that assignment. Each output slot then always answers for the same region of box
