@@ -1,7 +1,7 @@
 """Region scoring throughput per backend, side by side in one run (issue: fast region scoring).
 
 Measures, for the paper's GoogLeNet (width 1.0, 200 classes + background, 224x224 crops):
-  - bare torch eager forward (inference mode) on ready-made crops,
+  - bare torch eager forward (inference mode, channels-last: the issue's reference) on ready-made crops,
   - bare ONNX Runtime forward on the same crops,
   - the pipeline's region scoring (Detector.score: normalise, warp with roi_align, ensemble softmax)
     with backend=torch and with backend=auto (ONNX Runtime on a CPU),
@@ -69,7 +69,7 @@ def main() -> None:
     tensor = normalize_image(image, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     crops = [warp_regions(tensor, torch.from_numpy(boxes[i:i + args.batch]), args.crop_size, 16)
              for i in range(0, args.crops, args.batch)]
-    eager, ort = TorchScorer(model, "cpu"), OnnxScorer(onnx_path, num_threads=args.threads)
+    eager, ort = TorchScorer(model, "cpu"), OnnxScorer(onnx_path, num_threads=args.threads)  # eager: channels-last
     detectors = {b: Detector(None, Ensemble(make_scorers([model], b, "cpu", args.crop_size, cache_dir=cache)),
                              classes, crop_size=args.crop_size, batch_size=args.batch)
                  for b in ("torch", "auto")}

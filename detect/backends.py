@@ -4,8 +4,9 @@ A *scorer* is a callable ``crops: Tensor[N, 3, S, S] float32 (normalised) -> Ten
 logits`` (on the CPU for ONNX Runtime, on the scorer's device for torch). The ensemble and the detector
 only ever call scorers, so every backend serves the cascade and the shared crop batch alike.
 
-- ``torch``: the module in eval mode under ``torch.inference_mode``; on CUDA channels-last and bf16 (or
-  fp16) autocast, logits returned as float32.
+- ``torch``: the module in eval mode under ``torch.inference_mode``, channels-last (on the project's
+  2-core CPU 1.7x NCHW for the paper network, see benchmarks/README.md), on CUDA with bf16 (or fp16)
+  autocast; logits returned as float32.
 - ``onnxruntime``: the member exported to ONNX (dynamic batch) and run by ONNX Runtime's CPU provider,
   about twice as fast as eager PyTorch on a CPU (see benchmarks/README.md). Exports are cached beside
   the detector checkpoint, keyed on a hash of the member's weights, architecture, crop size and the
@@ -39,13 +40,13 @@ _EXPORT_FORMAT = 1  # bump when the export procedure changes: every cached expor
 
 class TorchScorer:
     """Eager PyTorch scorer. ``amp``: "auto" (bf16 on CUDA when supported, else fp16; none on CPU),
-    "bf16", "fp16" or "none". Channels-last is used on CUDA."""
+    "bf16", "fp16" or "none". ``channels_last``: NHWC convolutions (None = on, on every device)."""
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", amp: str = "auto",
                  channels_last: bool | None = None):
         self.device = torch.device(device)
         on_cuda = self.device.type == "cuda"
-        self.channels_last = on_cuda if channels_last is None else channels_last
+        self.channels_last = True if channels_last is None else channels_last
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
