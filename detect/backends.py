@@ -40,13 +40,13 @@ _EXPORT_FORMAT = 1  # bump when the export procedure changes: every cached expor
 
 class TorchScorer:
     """Eager PyTorch scorer. ``amp``: "auto" (bf16 on CUDA when supported, else fp16; none on CPU),
-    "bf16", "fp16" or "none". ``channels_last``: NHWC convolutions (None = on, on every device)."""
+    "bf16", "fp16" or "none". ``channels_last``: NHWC convolutions (on every device)."""
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", amp: str = "auto",
-                 channels_last: bool | None = None):
+                 channels_last: bool = True):
         self.device = torch.device(device)
         on_cuda = self.device.type == "cuda"
-        self.channels_last = True if channels_last is None else channels_last
+        self.channels_last = channels_last
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -40,18 +40,23 @@ def assignment_cost(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxe
     return 0.5 * alpha * sq + conf[:, None]
 
 
+def _assign(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Least-cost bipartite assignment of a ``Tensor[K, G]`` cost (Hungarian algorithm, scipy) ->
+    ``(row int64[M], col int64[M])``, ``M = min(K, G)``; empty when either side is empty."""
+    if cost.numel() == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    rows, cols = linear_sum_assignment(cost.detach().cpu().double().numpy())
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
 def match(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.Tensor, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Optimal bipartite matching for one image.
 
     Returns ``(pred_index int64[M], gt_index int64[M])`` with ``M = min(K, G)``.
     """
-    if len(gt_boxes) == 0 or len(pred_boxes) == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
     with torch.no_grad():
-        cost = assignment_cost(pred_boxes.float(), pred_logits.float(), gt_boxes.float(), alpha)
-    rows, cols = linear_sum_assignment(cost.cpu().double().numpy())
-    return rows.astype(np.int64), cols.astype(np.int64)
+        return _assign(assignment_cost(pred_boxes.float(), pred_logits.float(), gt_boxes.float(), alpha))
 
 
 def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -60,13 +65,8 @@ def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor) -> tuple[np.ndarr
     priors: Tensor[K, 4], gt_boxes: Tensor[G, 4] (normalised xyxy) -> ``(prior_index int64[M],
     gt_index int64[M])`` with ``M = min(K, G)``.
     """
-    if len(gt_boxes) == 0 or len(priors) == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
     with torch.no_grad():
-        cost = ((priors.float()[:, None, :] - gt_boxes.float()[None, :, :]) ** 2).sum(-1)
-    rows, cols = linear_sum_assignment(cost.cpu().double().numpy())
-    return rows.astype(np.int64), cols.astype(np.int64)
+        return _assign(((priors.float()[:, None, :] - gt_boxes.float()[None, :, :]) ** 2).sum(-1))
 
 
 def multibox_loss(

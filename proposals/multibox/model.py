@@ -60,11 +60,8 @@ class MultiBoxNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: Tensor[B, 3, S, S] normalised -> (boxes Tensor[B, K, 4] normalised xyxy = prior + offset,
         logits Tensor[B, K])."""
-        if self.grid == 1:
-            features = self.backbone.embed(x)
-        else:
-            fmap = self.backbone.forward_features(x)
-            features = torch.flatten(nn.functional.adaptive_avg_pool2d(fmap, self.grid), 1)
+        fmap = self.backbone.forward_features(x)
+        features = torch.flatten(nn.functional.adaptive_avg_pool2d(fmap, self.grid), 1)  # grid 1 = embed()
         out = self.head(self.dropout(features))
         offsets = out[:, : 4 * self.num_priors].reshape(-1, self.num_priors, 4)
         logits = out[:, 4 * self.num_priors :]
