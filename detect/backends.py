@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 __all__ = ["TorchScorer", "OnnxScorer", "export_onnx", "cached_onnx_export", "make_scorers", "resolve_backend"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
-_EXPORT_FORMAT = 1  # bump when the export procedure changes: every cached export is then rebuilt
+_EXPORT_FORMAT = 2  # bump when the export procedure changes: every cached export is then rebuilt
 
 
 class TorchScorer:

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, make_scorers, resolve_backend
-from detect.models.googlenet import GoogLeNet
+from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, export_onnx, make_scorers, resolve_backend
+from detect.models.googlenet import GoogLeNet, LocalResponseNorm
 
 CROP = 96
 
@@ -32,6 +32,19 @@ def test_onnxruntime_matches_torch(tmp_path, batch_norm):
     assert (out - ref).abs().max().item() <= 1e-4
     # dynamic batch: another batch size runs on the same export
     assert OnnxScorer(path)(torch.randn(1, 3, CROP, CROP)).shape == (1, 11)
+
+
+def test_lrn_export_matches_torch_where_normalisation_matters(tmp_path):
+    """LRN is exported in its own operator form; large inputs make the normalisation count."""
+    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 1), LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0))
+    export_onnx(layer, tmp_path / "lrn.onnx", 8)
+    x = torch.randn(4, 3, 8, 8) * 50
+    with torch.inference_mode():
+        ref = layer(x)
+        plain = layer[0](x)
+    out = OnnxScorer(tmp_path / "lrn.onnx")(x)
+    assert (out - plain).abs().max().item() > 1.0  # the layer does change its input here
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-4)
 
 
 def test_export_cache_reused_then_rebuilt_when_weights_change(tmp_path):

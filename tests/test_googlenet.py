@@ -161,6 +161,15 @@ def test_width_batch_norm_lrn_options():
     assert k5 == {(1, 1), (5, 5)}
 
 
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_lrn_onnx_form_matches_torch(beta):
+    """The export-time form (banded 1x1 conv, sqrt for beta 0.75) is the same function."""
+    x = torch.randn(2, 12, 5, 7) * 30
+    lrn = LocalResponseNorm(5, alpha=1e-4, beta=beta, k=1.0)
+    ref = nn.LocalResponseNorm(5, alpha=1e-4, beta=beta, k=1.0)(x)
+    assert torch.allclose(lrn.onnx_form(x), ref, atol=1e-5, rtol=1e-5) and not torch.allclose(ref, x)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_lrn_matches_torch(channels_last):
     x = torch.randn(2, 12, 5, 7) * 30  # large values so that the normalisation matters

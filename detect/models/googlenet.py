@@ -99,6 +99,12 @@ class LocalResponseNorm(nn.Module):
     as ``nn.LocalResponseNorm`` (and Caffe). On channels-last input the channel sum is a 1-D average
     pool over the contiguous channel axis, ~1.8x faster on CPU than torch's 3-D pool; other input
     goes through ``F.local_response_norm``. [B, C, H, W] -> [B, C, H, W], same memory format.
+
+    Under ONNX export the layer is written as ONNX Runtime runs it fastest (``onnx_form``): the channel
+    window sum as a fixed banded 1x1 convolution (which stays in ORT's blocked NCHWc layout) and, for
+    beta = 0.75, ``d^-0.75`` as ``1 / (sqrt(d) * sqrt(sqrt(d)))`` instead of ``Pow``. On the project's CPU
+    this makes the exported paper network 1.2x faster than the traced ``F.local_response_norm``
+    (benchmarks/README.md); ONNX's own ``LRN`` kernel was slower than both.
     """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
@@ -107,7 +113,20 @@ class LocalResponseNorm(nn.Module):
             raise ValueError(f"LRN size must be odd, got {size}")
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
+    def onnx_form(self, x: Tensor) -> Tensor:
+        """The same function in export-friendly operators (see the class docstring); NCHW in and out."""
+        c, half = int(x.shape[1]), self.size // 2
+        idx = torch.arange(c)
+        band = ((idx[:, None] - idx[None, :]).abs() <= half).to(x.dtype) * (self.alpha / self.size)
+        d = F.conv2d(x * x, band[:, :, None, None]) + self.k
+        if self.beta == 0.75:
+            r = d.sqrt()
+            return x / (r * r.sqrt())
+        return x * d.pow(-self.beta)
+
     def forward(self, x: Tensor) -> Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return self.onnx_form(x)
         if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
             return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
         b, c, h, w = x.shape
