@@ -3,7 +3,7 @@
 Measures, for the paper's GoogLeNet (width 1.0, 200 classes + background, 224x224 crops):
   - bare torch eager forward (inference mode, channels-last: the issue's reference) on ready-made crops,
   - bare ONNX Runtime forward on the same crops,
-  - the pipeline's region scoring (Detector.score: normalise, warp with roi_align, ensemble softmax)
+  - the pipeline's region scoring (Detector.score: normalise, warp with grid_sample, ensemble softmax)
     with backend=torch and with backend=auto (ONNX Runtime on a CPU),
 all at the same batch size, the models timed in turns (round-robin) so that load drift hits them alike;
 then seconds per image of the detector (warp + score + NMS) at --proposals boxes, per --settings entry
@@ -25,12 +25,13 @@ import time
 
 import numpy as np
 import torch
+from torchvision.ops import roi_align
 
 from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, make_scorers
 from detect.classes import ClassList
 from detect.models.googlenet import GoogLeNet
 from detect.pipeline import Detector
-from detect.region import Ensemble, normalize_image, warp_regions
+from detect.region import Ensemble, context_boxes, normalize_image, warp_regions
 
 
 def _image_and_boxes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +94,32 @@ def main() -> None:
     for k, v in rate.items():
         print(f"{k:40s} {v:9.1f} {v / rate['bare torch eager forward']:9.2f} "
               f"{v / rate['bare ONNX Runtime forward']:12.2f}")
+
+    # the warp alone: grid_sample (what warp_regions does) against the roi_align formulation it replaced
+    padded = torch.nn.functional.pad(tensor, (1, 1, 1, 1))[None]
+    batches = [torch.from_numpy(boxes[i:i + args.batch]) for i in range(0, args.crops, args.batch)]
+
+    def roi_align_warp(b: torch.Tensor) -> torch.Tensor:
+        rois = context_boxes(b, args.crop_size, 16) + 1.0
+        rois = torch.cat([rois.new_zeros((len(rois), 1)), rois], dim=1)
+        return roi_align(padded, rois, output_size=(args.crop_size, args.crop_size), spatial_scale=1.0,
+                         sampling_ratio=1, aligned=True)
+
+    warps = {"warp_regions (grid_sample)": lambda b: warp_regions(tensor, b, args.crop_size, 16),
+             "roi_align, aligned, 1 sample": roi_align_warp}
+    diff = (warps["warp_regions (grid_sample)"](batches[0]) - roi_align_warp(batches[0])).abs().max().item()
+    wtimes = {k: [] for k in warps}
+    for r in range(args.rounds + 1):
+        for name, fn in warps.items():
+            start = time.perf_counter()
+            for b in batches:
+                fn(b)
+            if r:
+                wtimes[name].append((time.perf_counter() - start) / len(batches))
+    print(f"
+warp alone, ms per batch of {args.batch} (max abs difference between the two {diff:.2g})")
+    for k, v in wtimes.items():
+        print(f"{k:40s} {statistics.median(v) * 1e3:9.1f}")
 
     if args.image_runs:
         image, boxes = _image_and_boxes(args.proposals, seed=1)

@@ -69,21 +69,27 @@ def warp_regions(image: Tensor, boxes: Tensor, size: int = 224, context: int = 1
     Each box is dilated by :func:`context_boxes` and scaled anisotropically to ``size x size`` with
     plain bilinear sampling (no antialiasing, as R-CNN's ``imresize(..., 'antialiasing', false)``):
     output pixel ``(i, j)`` samples the image at ``x1 + (j + 0.5) * w / size`` in continuous
-    coordinates (pixel ``k`` covers ``[k, k + 1)``). Done with ``roi_align(aligned=True,
-    sampling_ratio=1)``: one sample at each bin centre is exactly that bilinear resize. The image is
-    padded with one pixel of zeros first, so that samples outside it blend into zero (the mean) as
-    if the image were embedded in an infinite zero plane; roi_align returns zero further out.
+    coordinates (pixel ``k`` covers ``[k, k + 1)``). Samples outside the image blend with zeros (the
+    mean), as if the image were embedded in an infinite zero plane. Done with one ``grid_sample``
+    over the image expanded (not copied) to the batch: on the CPU it is vectorised and threaded, 3x
+    faster than the equivalent ``roi_align(aligned=True, sampling_ratio=1)`` (benchmarks/README.md).
     """
     if image.ndim != 3:
         raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
     boxes = boxes.to(device=image.device, dtype=image.dtype).reshape(-1, 4)
-    if len(boxes) == 0:
+    n = len(boxes)
+    if n == 0:
         return image.new_zeros((0, image.shape[0], size, size))
-    padded = torch.nn.functional.pad(image, (1, 1, 1, 1))[None]
-    rois = context_boxes(boxes, size, context) + 1.0
-    rois = torch.cat([rois.new_zeros((len(rois), 1)), rois], dim=1)
-    return ops.roi_align(padded, rois, output_size=(size, size), spatial_scale=1.0,
-                         sampling_ratio=1, aligned=True)
+    height, width = image.shape[1:]
+    rois = context_boxes(boxes, size, context)
+    steps = (torch.arange(size, device=image.device, dtype=image.dtype) + 0.5) / size
+    # continuous sample coordinates mapped to grid_sample's [-1, 1] (align_corners=False: -1 and 1
+    # are the outer edges of the border pixels, so u = 2 x / W - 1 for continuous x)
+    u = (rois[:, 0:1] + steps * (rois[:, 2:3] - rois[:, 0:1])) * (2.0 / width) - 1.0
+    v = (rois[:, 1:2] + steps * (rois[:, 3:4] - rois[:, 1:2])) * (2.0 / height) - 1.0
+    grid = torch.stack([u[:, None, :].expand(n, size, size), v[:, :, None].expand(n, size, size)], dim=-1)
+    return torch.nn.functional.grid_sample(image[None].expand(n, -1, -1, -1), grid, mode="bilinear",
+                                           padding_mode="zeros", align_corners=False)
 
 
 def assign_region_labels(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
