@@ -116,8 +116,7 @@ def main() -> None:
                 fn(b)
             if r:
                 wtimes[name].append((time.perf_counter() - start) / len(batches))
-    print(f"
-warp alone, ms per batch of {args.batch} (max abs difference between the two {diff:.2g})")
+    print(f"\nwarp alone, ms per batch of {args.batch} (max abs difference between the two {diff:.2g})")
     for k, v in wtimes.items():
         print(f"{k:40s} {statistics.median(v) * 1e3:9.1f}")
 

@@ -32,7 +32,8 @@ from detect.io import atomic_open, atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TorchScorer", "OnnxScorer", "export_onnx", "cached_onnx_export", "make_scorers", "resolve_backend"]
+__all__ = ["TorchScorer", "OnnxScorer", "export_onnx", "cached_onnx_export", "make_scorer", "make_scorers",
+           "resolve_backend"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 _EXPORT_FORMAT = 2  # bump when the export procedure changes: every cached export is then rebuilt
@@ -160,18 +161,38 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "onnxruntime"
 
 
-def make_scorers(members: list[nn.Module], backend: str, device: str | torch.device, crop_size: int,
-                 cache_dir: str | Path | None = None, amp: str = "auto",
-                 num_threads: int | None = None) -> list[Scorer]:
-    """One scorer per member. ``cache_dir`` is required for ``onnxruntime`` (exports live there)."""
+def make_scorer(model: nn.Module, backend: str, device: str | torch.device, input_size: int,
+                cache_dir: str | Path | None = None, name: str = "model", amp: str = "auto",
+                num_threads: int | None = None) -> Scorer:
+    """One scorer for ``model`` (single tensor output; inputs ``[N, 3, input_size, input_size]``).
+
+    ``cache_dir`` holds the ONNX export ``<name>.onnx`` (required for ``onnxruntime``). With
+    ``backend=auto``, an export that cannot be made (read-only checkpoint folder, full disk, an
+    operator the exporter does not support) falls back to torch with a warning instead of failing; an
+    explicit ``onnxruntime`` raises.
+    """
     device = torch.device(device)
-    backend = resolve_backend(backend, device)
-    if backend == "torch":
-        return [TorchScorer(m, device, amp=amp) for m in members]
+    chosen = resolve_backend(backend, device)
+    if chosen == "torch":
+        return TorchScorer(model, device, amp=amp)
     if cache_dir is None:
         raise ValueError("backend onnxruntime needs a cache_dir for its exports")
     threads = num_threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or torch.get_num_threads()
-    return [OnnxScorer(cached_onnx_export(m, cache_dir, f"member{k}", crop_size), num_threads=threads)
+    try:
+        path = cached_onnx_export(model, cache_dir, name, input_size)
+    except (OSError, RuntimeError) as e:  # the exporter's errors are RuntimeErrors
+        if backend != "auto":
+            raise
+        log.warning("no ONNX export of %s in %s (%s): running it in eager PyTorch", name, cache_dir, e)
+        return TorchScorer(model, device, amp=amp)
+    return OnnxScorer(path, num_threads=threads)
+
+
+def make_scorers(members: list[nn.Module], backend: str, device: str | torch.device, crop_size: int,
+                 cache_dir: str | Path | None = None, amp: str = "auto",
+                 num_threads: int | None = None) -> list[Scorer]:
+    """One scorer per member (see :func:`make_scorer`; the exports are ``member<k>.onnx``)."""
+    return [make_scorer(m, backend, device, crop_size, cache_dir, f"member{k}", amp, num_threads)
             for k, m in enumerate(members)]
 
 

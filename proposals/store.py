@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from detect.data.images import read_image
@@ -175,7 +176,8 @@ _worker: dict = {}  # per worker process: the proposer built by _init_worker
 
 
 def _init_worker(make_proposer: Callable[[], Proposer]) -> None:
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(1)  # one worker per core: no library threads on top (OpenCV, torch, ONNX Runtime)
+    torch.set_num_threads(1)
     _worker["proposer"] = make_proposer()
 
 

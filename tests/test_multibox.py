@@ -387,6 +387,47 @@ def test_proposer_returns_priors_in_pixels_sorted_by_confidence(tmp_path):
         proposer(np.zeros((0, 10, 3), dtype=np.uint8))
 
 
+def test_proposer_backends_agree_and_auto_falls_back_to_torch(tmp_path, caplog):
+    """ONNX Runtime and torch give the same proposals (spatial head, paper-style LRN backbone); with
+    backend=auto an export that cannot be cached falls back to torch, an explicit onnxruntime raises."""
+    from detect.backends import OnnxScorer, TorchScorer
+    from detect.io import atomic_torch_save
+    from proposals.multibox import MultiBoxProposer
+    from proposals.multibox.model import MultiBoxNet
+
+    torch.manual_seed(1)
+    kwargs = {"backbone_kwargs": {**TINY_BACKBONE, "batch_norm": False, "lrn": True}, "num_priors": 8,
+              "input_size": 96, "grid": 3}
+    net = MultiBoxNet(**kwargs)
+    net.set_priors(_random_boxes(8, 3))
+    with torch.no_grad():
+        net.head.weight.normal_(0, 0.05)  # offsets and confidences depend on the image
+    path = tmp_path / "mb.pt"
+    atomic_torch_save({"model_kwargs": kwargs, "model_state": net.state_dict()}, path)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(70, 120), (150, 90)]]
+    eager = MultiBoxProposer(str(path), top_k=8, device="cpu", backend="torch")
+    onnx = MultiBoxProposer(str(path), top_k=8, device="cpu", backend="onnxruntime")
+    assert isinstance(eager.net, TorchScorer) and isinstance(onnx.net, OnnxScorer)
+    assert (tmp_path / "mb.pt.onnx" / "multibox.onnx").is_file()
+    ours = eager.propose_batch(images)
+    for a, b in zip(ours, onnx.propose_batch(images)):
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-2)
+    assert not np.allclose(ours[0].scores, ours[1].scores, atol=1e-4)  # the outputs depend on the image
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    atomic_torch_save({"model_kwargs": kwargs, "model_state": net.state_dict()}, blocked / "mb.pt")
+    (blocked / "mb.pt.onnx").write_text("a file where the cache folder should be")
+    with caplog.at_level("WARNING"):
+        auto = MultiBoxProposer(str(blocked / "mb.pt"), top_k=8, device="cpu", backend="auto")
+    assert isinstance(auto.net, TorchScorer) and "eager PyTorch" in caplog.text
+    np.testing.assert_allclose(auto(images[0]).boxes, eager(images[0]).boxes, atol=1e-4)
+    with pytest.raises(OSError):
+        MultiBoxProposer(str(blocked / "mb.pt"), top_k=8, device="cpu", backend="onnxruntime")
+
+
 def test_proposer_rejects_bad_checkpoint(tmp_path):
     from detect.io import atomic_torch_save
     from proposals.multibox import MultiBoxProposer
