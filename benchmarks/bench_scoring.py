@@ -15,6 +15,7 @@ the threshold is set to the quantile of member 0's best foreground probability t
 
     .venv/bin/python benchmarks/bench_scoring.py                       # defaults: 256 crops, batch 64
     .venv/bin/python benchmarks/bench_scoring.py --settings auto:1 auto:6 auto:6:cascade --image-runs 1
+    .venv/bin/python benchmarks/bench_scoring.py --image-runs 0 --lrn-traced   # + the LRN export forms
 """
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, make_scorers
+from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, export_onnx, make_scorers
 from detect.classes import ClassList
-from detect.models.googlenet import GoogLeNet
+from detect.models.googlenet import GoogLeNet, LocalResponseNorm
 from detect.pipeline import Detector
 from detect.region import Ensemble, context_boxes, normalize_image, warp_regions
 
@@ -58,6 +61,9 @@ def main() -> None:
     ap.add_argument("--cascade-pass", type=float, default=0.2,
                     help="share of regions the cascade passes to members 1.. (the demo detector passes 0.215 at 0.3)")
     ap.add_argument("--image-runs", type=int, default=1, help="images timed per setting (0 = skip)")
+    ap.add_argument("--lrn-traced", action="store_true",
+                    help="also time bare ONNX Runtime on an export whose LRN is the traced F.local_response_norm "
+                         "(the export before LocalResponseNorm.onnx_form)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -80,6 +86,18 @@ def main() -> None:
         "pipeline, backend=torch": lambda: detectors["torch"].score(image, boxes),
         "pipeline, backend=auto (onnxruntime)": lambda: detectors["auto"].score(image, boxes),
     }
+    if args.lrn_traced:  # the same weights exported with LRN as torch's decomposition (Pow, 3-D average pool)
+        form = LocalResponseNorm.onnx_form
+        LocalResponseNorm.onnx_form = lambda self, x: F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        try:
+            traced_path = Path(cache) / "traced_lrn.onnx"
+            export_onnx(model, traced_path, args.crop_size)
+        finally:
+            LocalResponseNorm.onnx_form = form
+        traced = OnnxScorer(traced_path, num_threads=args.threads)
+        diff = (traced(crops[0]).softmax(1) - ort(crops[0]).softmax(1)).abs().max().item()
+        print(f"LRN export forms: max abs probability difference {diff:.2g}")
+        runs["bare ONNX Runtime forward, LRN traced"] = lambda: [traced(c).softmax(1) for c in crops]
     times = {k: [] for k in runs}
     for r in range(args.rounds + 1):
         for name, fn in runs.items():

@@ -118,7 +118,7 @@ class LocalResponseNorm(nn.Module):
         c, half = int(x.shape[1]), self.size // 2
         idx = torch.arange(c)
         band = ((idx[:, None] - idx[None, :]).abs() <= half).to(x.dtype) * (self.alpha / self.size)
-        d = F.conv2d(x * x, band[:, :, None, None]) + self.k
+        d = F.conv2d(x * x, band[:, :, None, None], torch.full((c,), self.k, dtype=x.dtype))  # k as the bias
         if self.beta == 0.75:
             r = d.sqrt()
             return x / (r * r.sqrt())
