@@ -46,6 +46,33 @@ def _image_and_boxes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return image, boxes
 
 
+def _profile_ort(onnx_path, crops: torch.Tensor, threads: int, runs: int = 3) -> None:
+    """Share of ONNX Runtime's kernel time per operator type over ``runs`` forwards of ``crops``."""
+    import collections
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="ort_profile_")) / "run")
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    x = crops.contiguous().numpy()
+    for _ in range(runs + 1):
+        session.run(None, {session.get_inputs()[0].name: x})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    per_op = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values())
+    print(f"\nONNX Runtime kernel time by operator ({runs + 1} forwards of {len(crops)} crops, profiler on):")
+    for op, us in per_op.most_common(12):
+        print(f"  {op:24s} {100 * us / total:5.1f} %")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--crops", type=int, default=256, help="crops per timed round (a multiple of --batch)")
@@ -64,6 +91,8 @@ def main() -> None:
     ap.add_argument("--lrn-traced", action="store_true",
                     help="also time bare ONNX Runtime on an export whose LRN is the traced F.local_response_norm "
                          "(the export before LocalResponseNorm.onnx_form)")
+    ap.add_argument("--ort-profile", action="store_true",
+                    help="print ONNX Runtime's kernel time per operator type for one batch (its profiler)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -112,6 +141,9 @@ def main() -> None:
     for k, v in rate.items():
         print(f"{k:40s} {v:9.1f} {v / rate['bare torch eager forward']:9.2f} "
               f"{v / rate['bare ONNX Runtime forward']:12.2f}")
+
+    if args.ort_profile:
+        _profile_ort(onnx_path, crops[0], args.threads)
 
     # the warp alone: grid_sample (what warp_regions does) against the roi_align formulation it replaced
     padded = torch.nn.functional.pad(tensor, (1, 1, 1, 1))[None]

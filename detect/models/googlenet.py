@@ -103,8 +103,9 @@ class LocalResponseNorm(nn.Module):
     Under ONNX export the layer is written as ONNX Runtime runs it fastest (``onnx_form``): the channel
     window sum as a fixed banded 1x1 convolution (which stays in ORT's blocked NCHWc layout) and, for
     beta = 0.75, ``d^-0.75`` as ``1 / (sqrt(d) * sqrt(sqrt(d)))`` instead of ``Pow``. On the project's CPU
-    this makes the exported paper network 1.2x faster than the traced ``F.local_response_norm``
-    (benchmarks/README.md); ONNX's own ``LRN`` kernel was slower than both.
+    this makes the exported paper network 1.07-1.11x faster than the traced ``F.local_response_norm``
+    (benchmarks/README.md, ``bench_scoring.py --lrn-traced``); ONNX's own ``LRN`` kernel was slower
+    than both in a one-off check.
     """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
