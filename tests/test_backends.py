@@ -78,3 +78,18 @@ def test_backend_choice():
         resolve_backend("tensorrt", torch.device("cpu"))
     with pytest.raises(ValueError):
         make_scorers([_member(False)], "onnxruntime", "cpu", CROP, cache_dir=None)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_torch_scorer_autocast_path(amp):
+    """The mixed-precision branch (what CUDA runs by default) works wherever autocast does, here on
+    the CPU: float32 logits out, probabilities near the float32 ones, and not bit-identical to them."""
+    model = _member(False)
+    crops = torch.randn(4, 3, CROP, CROP)
+    ref = TorchScorer(model, "cpu", amp="none")(crops)
+    mixed = TorchScorer(model, "cpu", amp=amp)
+    assert mixed.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    out = mixed(crops)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert (out.softmax(1) - ref.softmax(1)).abs().max().item() < 0.02
+    assert not torch.equal(out, ref)  # the reduced precision did take effect
