@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, export_onnx, make_scorers
+from detect.backends import (OnnxScorer, TorchScorer, cached_onnx_export, export_onnx, make_scorers,
+                             session_options)
 from detect.classes import ClassList
 from detect.models.googlenet import GoogLeNet, LocalResponseNorm
 from detect.pipeline import Detector
@@ -53,9 +54,7 @@ def _profile_ort(onnx_path, crops: torch.Tensor, threads: int, runs: int = 3) ->
 
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options = session_options(threads)  # the scorers' options, with the profiler on
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="ort_profile_")) / "run")
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

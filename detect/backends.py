@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -32,8 +31,8 @@ from detect.io import atomic_open, atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TorchScorer", "OnnxScorer", "export_onnx", "cached_onnx_export", "make_scorer", "make_scorers",
-           "resolve_backend"]
+__all__ = ["TorchScorer", "OnnxScorer", "session_options", "export_onnx", "cached_onnx_export", "make_scorer",
+           "make_scorers", "resolve_backend"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 _EXPORT_FORMAT = 2  # bump when the export procedure changes: every cached export is then rebuilt
@@ -68,19 +67,29 @@ class TorchScorer:
         return logits.float()
 
 
+def session_options(num_threads: int | None = None):
+    """ONNX Runtime session options of every scorer: all graph optimisations, ``num_threads`` intra-op
+    threads (None: torch's intra-op thread count, which follows ``OMP_NUM_THREADS`` and
+    ``torch.set_num_threads``), one inter-op thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = num_threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
 class OnnxScorer:
-    """ONNX Runtime (CPU provider) scorer for an exported model file."""
+    """ONNX Runtime (CPU provider) scorer for an exported model file (see :func:`session_options`)."""
 
     def __init__(self, onnx_path: str | Path, num_threads: int | None = None):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = num_threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         self.path = Path(onnx_path)
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.path), session_options(num_threads),
+                                            providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
@@ -177,7 +186,6 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
         return TorchScorer(model, device, amp=amp)
     if cache_dir is None:
         raise ValueError("backend onnxruntime needs a cache_dir for its exports")
-    threads = num_threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or torch.get_num_threads()
     try:
         path = cached_onnx_export(model, cache_dir, name, input_size)
     except (OSError, RuntimeError) as e:  # the exporter's errors are RuntimeErrors
@@ -185,7 +193,7 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
             raise
         log.warning("no ONNX export of %s in %s (%s): running it in eager PyTorch", name, cache_dir, e)
         return TorchScorer(model, device, amp=amp)
-    return OnnxScorer(path, num_threads=threads)
+    return OnnxScorer(path, num_threads=num_threads)
 
 
 def make_scorers(members: list[nn.Module], backend: str, device: str | torch.device, crop_size: int,
