@@ -272,3 +272,73 @@ def test_spec_roundtrip_rebuilds_the_same_proposer(tmp_path):
     reference = instantiate(config, _convert_="all")
     np.testing.assert_array_equal(proposer(image).boxes, reference(image).boxes)
     assert proposer.name == reference.name
+
+
+# --------------------------------------------------------------------------- error boundaries in training
+
+from detect.data.records import DetectionRecord, SkipLog  # noqa: E402
+from detect.distributed import DistributedContext  # noqa: E402
+from detect.engine import CheckpointMismatch, fit, run_fingerprint  # noqa: E402
+from detect.region import RegionDataset, RegionLoss, collate_regions  # noqa: E402
+
+
+def _region_records(tmp_path: Path, n: int = 4, readable: bool = True) -> list:
+    from detect.visualize import write_png
+
+    records = []
+    for i in range(n):
+        path = tmp_path / f"img{i}.png"
+        if readable:
+            write_png(path, np.full((40, 48, 3), 60 * (i % 4), np.uint8))
+        else:
+            path.write_bytes(b"not an image")
+        records.append(DetectionRecord(f"img{i}", path, 48, 40, np.array([[5, 5, 30, 30]], np.float32),
+                                       np.array([0]), np.array([False]), i + 1))
+    return records
+
+
+def test_a_settings_error_is_raised_when_the_dataset_is_built_not_skipped_per_item(tmp_path):
+    """context >= crop_size / 2 once turned every item into a skipped one and trained nothing."""
+    with pytest.raises(ValueError, match="context must be"):
+        RegionDataset(_region_records(tmp_path), {}.__getitem__, (0.5,) * 3, (0.25,) * 3, crop_size=16, context=8)
+    from proposals.multibox.data import MultiBoxDataset
+    from detect.data.records import DetectionDataset
+
+    with pytest.raises(ValueError, match="min_crop"):
+        MultiBoxDataset(DetectionDataset(_region_records(tmp_path), CLASSES), 64, min_crop=0.0)
+
+
+def _tiny_region_fit(tmp_path, records, ckpt, **kwargs):
+    ds = RegionDataset(records, {}.__getitem__, (0.5,) * 3, (0.25,) * 3, regions_per_image=4, crop_size=64, context=4)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_regions, num_workers=kwargs.pop("workers", 0))
+    torch.manual_seed(0)
+    model = GoogLeNet(num_classes=3, width=0.125, aux_logits=False, lrn=False, dropout=0.0)
+    return fit(model, RegionLoss(), loader, torch.optim.SGD(model.parameters(), lr=0.01), None, 1,
+               DistributedContext(), ckpt, ema_decay=None, **kwargs)
+
+
+def test_an_epoch_of_nothing_but_unreadable_images_stops_the_run(tmp_path):
+    skipped = SkipLog("images")
+    with pytest.raises(RuntimeError, match="no training step was taken.*img0.png"):
+        _tiny_region_fit(tmp_path, _region_records(tmp_path, readable=False), tmp_path / "c.pt", skipped=skipped)
+    assert not (tmp_path / "c.pt").exists()  # no checkpoint of untrained weights
+
+
+def test_skips_in_loader_workers_reach_the_report(tmp_path):
+    records = _region_records(tmp_path, n=6)
+    records[2].path.write_bytes(b"broken")
+    skipped = SkipLog("images")
+    _tiny_region_fit(tmp_path, records, tmp_path / "c.pt", skipped=skipped, max_skipped_fraction=0.5, workers=2)
+    assert [f for f, _ in skipped.entries] == [str(records[2].path)]
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    records = _region_records(tmp_path)
+    ckpt = tmp_path / "c.pt"
+    _tiny_region_fit(tmp_path, records, ckpt, fingerprint=run_fingerprint(data=["a", 1], settings={"lr": 0.01}))
+    before = ckpt.read_bytes()
+    with pytest.raises(CheckpointMismatch, match="differs in: data"):
+        _tiny_region_fit(tmp_path, records, ckpt, fingerprint=run_fingerprint(data=["b", 1], settings={"lr": 0.01}))
+    assert ckpt.read_bytes() == before  # left as it was
+    # the same run resumes (already finished: nothing to do)
+    _tiny_region_fit(tmp_path, records, ckpt, fingerprint=run_fingerprint(data=["a", 1], settings={"lr": 0.01}))
