@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from detect.data.records import SkipLog
 from detect.distributed import DistributedContext, all_reduce_sum, barrier, resolve_device
-from detect.io import atomic_torch_save, load_checkpoint
+from detect.io import OutputConflict, atomic_torch_save, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +210,15 @@ def fit(
     if fingerprint is not None:
         meta["fingerprint"] = fingerprint
     state = None
-    if resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, map_location=device)
-        check_fingerprint(state, fingerprint, checkpoint_path)
+    if checkpoint_path.exists():
+        existing = load_checkpoint(checkpoint_path, map_location=device)
+        if not isinstance(existing, dict) or "raw_state" not in existing or "optimizer" not in existing:
+            raise OutputConflict(f"{checkpoint_path}: exists and is not a training checkpoint written by this "
+                                 "project's trainers (weights to start from go in init=); not overwritten")
+        if resume:
+            state = existing
+            check_fingerprint(state, fingerprint, checkpoint_path)
+    if state is not None:
         model.load_state_dict(state["raw_state"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:

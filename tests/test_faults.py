@@ -481,3 +481,16 @@ def test_proposal_store_follows_the_multibox_weights_not_its_path(tmp_path, repo
     mine.write_bytes(b"my data")
     run = _tool(repo_root, "propose.py", *args[:-2], f"output={mine}", "progress=false", cwd=tmp_path)
     assert run.returncode != 0 and "not a proposal store" in run.stderr and mine.read_bytes() == b"my data"
+
+
+def test_a_trainer_never_overwrites_weights_it_did_not_write(tmp_path):
+    """checkpoint= pointing at the user's pretrained weights (with resume=false) once replaced them."""
+    weights = tmp_path / "pretrained.pt"
+    torch.save({"model_kwargs": {}, "model_state": GoogLeNet(num_classes=3, width=0.125).state_dict()}, weights)
+    before = weights.read_bytes()
+    from detect.io import OutputConflict
+
+    for resume in (False, True):
+        with pytest.raises(OutputConflict, match="not a training checkpoint"):
+            _tiny_region_fit(tmp_path, _region_records(tmp_path), weights, resume=resume)
+    assert weights.read_bytes() == before
