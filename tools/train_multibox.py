@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
+from detect.runtime import worker_threads
 from detect.engine import fit, init_identity, run_fingerprint, seed_everything
 from detect.models.googlenet import load_pretrained
 from proposals.multibox.data import MultiBoxDataset, collate_multibox
@@ -54,11 +55,11 @@ def main(cfg: DictConfig) -> float:
     train_data = MultiBoxDataset(train_set, model.input_size, train=True, **cfg.augment)
     sampler = DistributedSampler(train_data, seed=cfg.seed) if ctx.distributed else None
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.num_workers, collate_fn=collate_multibox,
+                        num_workers=cfg.num_workers, collate_fn=collate_multibox, worker_init_fn=worker_threads,
                         generator=torch.Generator().manual_seed(cfg.seed))
     val_loader = DataLoader(MultiBoxDataset(val_set, model.input_size, train=False),
                             batch_size=cfg.evaluation.batch_size, num_workers=cfg.num_workers,
-                            collate_fn=collate_multibox)
+                            collate_fn=collate_multibox, worker_init_fn=worker_threads)
 
     def evaluate(m):
         return evaluate_coverage(m, val_loader, ctx.device, cfg.evaluation.top_k, cfg.evaluation.iou)

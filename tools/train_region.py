@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from detect.classes import ClassList
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
+from detect.runtime import worker_threads
 from detect.engine import fit, init_identity, run_fingerprint, seed_everything
 from detect.io import load_checkpoint
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
@@ -95,7 +96,7 @@ def train(cfg: DictConfig) -> None:
     regions = region_dataset(cfg, dataset.records, store, seed, train=True)
     sampler = DistributedSampler(regions, seed=seed) if ctx.distributed else None
     loader = DataLoader(regions, batch_size=cfg.images_per_batch, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.num_workers, collate_fn=collate_regions,
+                        num_workers=cfg.num_workers, collate_fn=collate_regions, worker_init_fn=worker_threads,
                         drop_last=len(regions) > cfg.images_per_batch, generator=torch.Generator().manual_seed(seed))
     evaluate = None
     if cfg.evaluation.images:
@@ -103,7 +104,7 @@ def train(cfg: DictConfig) -> None:
         val_store = _open_store(store_path(cfg, cfg.evaluation.split, cfg.evaluation.proposals_store))
         val_loader = DataLoader(region_dataset(cfg, held_out, val_store, cfg.seed, train=False),
                                 batch_size=cfg.images_per_batch, num_workers=cfg.num_workers,
-                                collate_fn=collate_regions)
+                                collate_fn=collate_regions, worker_init_fn=worker_threads)
 
         def evaluate(m):
             return evaluate_regions(m, val_loader, ctx.device)

@@ -1,0 +1,44 @@
+"""The `threads` setting: resolution, application, and its registration for every tool."""
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from detect.runtime import ThreadsCallback, resolve_threads, usable_cores
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def test_auto_is_the_usable_cores_shared_by_the_processes_of_the_machine():
+    assert resolve_threads("auto", cores=16, env={}) == 16
+    assert resolve_threads("auto", cores=16, env={"LOCAL_WORLD_SIZE": "4"}) == 4
+    assert resolve_threads("auto", cores=2, env={"LOCAL_WORLD_SIZE": "4"}) == 1  # never 0
+    assert resolve_threads("auto", cores=6, env={"LOCAL_WORLD_SIZE": "4"}) == 1
+    assert resolve_threads("auto", env={}) == usable_cores()
+    assert resolve_threads(3) == 3 and resolve_threads("2") == 2
+    for bad in (0, -1, "many", 1.5, True):
+        with pytest.raises(ValueError, match="threads="):
+            resolve_threads(bad)
+
+
+def test_callback_applies_the_setting_and_stops_on_a_bad_one():
+    before_torch, before_cv = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        ThreadsCallback().on_job_start(config=OmegaConf.create({"threads": 1}))
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+        with pytest.raises(SystemExit, match="threads=0"):  # Hydra would only warn about a ValueError
+            ThreadsCallback().on_job_start(config=OmegaConf.create({"threads": 0}))
+    finally:
+        torch.set_num_threads(before_torch)
+        cv2.setNumThreads(before_cv)
+
+
+@pytest.mark.parametrize("tool", sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "common"))
+def test_every_tool_registers_the_callback(tool):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(tool, return_hydra_config=True)
+    assert cfg.threads == "auto"
+    assert cfg.hydra.callbacks.threads._target_ == "detect.runtime.ThreadsCallback"
