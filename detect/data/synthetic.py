@@ -12,7 +12,9 @@ Layouts written:
 - ``make_classification_set``: ``root/{train,val}/<wnid>/<name>.JPEG`` and ``root/classes.tsv``.
 - ``make_detection_world``: the ILSVRC 2015+ layout, ``root/Data/DET/<split>/<name>.JPEG``,
   ``root/Annotations/DET/<split>/<name>.xml`` (0-based inclusive pixel boxes), ``root/ImageSets/DET/
-  <split>.txt`` (``<name> <index>``, index 1-based) and ``root/classes.tsv``.
+  <split>.txt`` (``<name> <index>``, index 1-based) and ``root/classes.tsv``; or the same world as a
+  PASCAL VOC folder (``layout="voc"``) or COCO files (``layout="coco"``), for trying the chain on
+  datasets of one's own (see :func:`make_detection_world`).
 
 Both are deterministic (same parameters -> the same bytes; each image draws from its own generator
 seeded by ``(seed, split, image number)``) and idempotent: ``root/manifest.json`` records the parameters
@@ -36,7 +38,7 @@ from tqdm import tqdm
 
 from detect.classes import ClassList, write_class_list
 from detect.data.generated import ForeignDataError, finish_root, prepare_root
-from detect.io import atomic_write_text
+from detect.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -302,20 +304,64 @@ def _ilsvrc_xml(split: str, name: str, width: int, height: int, boxes: np.ndarra
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
+LAYOUTS = ("ilsvrc", "voc", "coco")
+VOC_SPLITS = {"train": "trainval", "val": "test"}  # the world's splits as named in its VOC layout
+
+
+def _image_file(params: dict, split: str, i: int) -> str:
+    """The image file of the ``i``-th (0-based) image of ``split``, relative to the root."""
+    name = f"synthetic_{split}_{i + 1:06d}"
+    layout = params.get("layout", "ilsvrc")
+    if layout == "ilsvrc":
+        return f"Data/DET/{split}/{name}.JPEG"
+    extensions = params["extensions"]
+    ext = extensions[i % len(extensions)]
+    return f"JPEGImages/{name}{ext}" if layout == "voc" else f"images/{split}/{name}{ext}"
+
+
 def _planned_files(params: dict) -> list[str]:
     """Every file a generation with ``params`` writes, relative to its root (POSIX separators)."""
     if params["kind"] == "classification_set":
         files = [f"{split}/{cls.wnid}/{cls.wnid}_{k + 1:05d}.JPEG"
                  for split, per_class in (("train", params["train_per_class"]), ("val", params["val_per_class"]))
                  for cls in scene_classes(params["num_classes"]) for k in range(per_class)]
-    else:
-        files = []
-        for split, count in (("train", params["num_train"]), ("val", params["num_val"])):
-            for i in range(count):
-                name = f"synthetic_{split}_{i + 1:06d}"
-                files += [f"Data/DET/{split}/{name}.JPEG", f"Annotations/DET/{split}/{name}.xml"]
-            files.append(f"ImageSets/DET/{split}.txt")
-    return files + ["classes.tsv"]
+        return files + ["classes.tsv"]
+    layout = params.get("layout", "ilsvrc")
+    files = []
+    for split, count in (("train", params["num_train"]), ("val", params["num_val"])):
+        for i in range(count):
+            name = f"synthetic_{split}_{i + 1:06d}"
+            files.append(_image_file(params, split, i))
+            if layout == "ilsvrc":
+                files.append(f"Annotations/DET/{split}/{name}.xml")
+            elif layout == "voc":
+                files.append(f"Annotations/{name}.xml")
+        files.append({"ilsvrc": f"ImageSets/DET/{split}.txt", "voc": f"ImageSets/Main/{VOC_SPLITS[split]}.txt",
+                      "coco": f"annotations/instances_{split}.json"}[layout])
+    return files + (["classes.tsv"] if layout == "ilsvrc" else [])
+
+
+def _voc_xml(file_name: str, width: int, height: int, boxes: np.ndarray, names: list[str]) -> str:
+    """A PASCAL VOC annotation: 1-based inclusive pixel boxes (``boxes`` are 0-based inclusive)."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = file_name
+    ET.SubElement(ET.SubElement(root, "source"), "database").text = "synthetic"
+    size = ET.SubElement(root, "size")
+    for key, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    ET.SubElement(root, "segmented").text = "0"
+    for box, name in zip(boxes, names):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = "0"
+        bb = ET.SubElement(obj, "bndbox")
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
+            ET.SubElement(bb, key).text = str(int(value) + 1)
+    ET.indent(root, space="\t")
+    return ET.tostring(root, encoding="unicode") + "\n"
 
 
 def _legacy_files(data: dict) -> list[str]:
@@ -370,38 +416,50 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
                          min_side: int = 192, max_side: int = 320, max_objects: int = 6,
                          empty_fraction: float = 0.1, seed: int = 0, min_object_size: float = 20.0,
                          max_object_fraction: float = 0.9, min_visible: float = 0.5,
-                         max_attempts: int = 20) -> ClassList:
-    """Write a detection set in the ILSVRC 2015+ layout (see the module docstring); returns its ClassList.
+                         max_attempts: int = 20, layout: str = "ilsvrc",
+                         extensions: tuple[str, ...] = (".jpg",)) -> ClassList:
+    """Write a detection set (see the module docstring); returns its ClassList.
 
     Each image is ``W x H`` with both sides uniform in [min_side, max_side]; ``round(empty_fraction * n)``
     images per split have no object, the others 1..max_objects objects. The first object of the k-th
     non-empty image is class ``k % num_classes`` (so every class appears once there are enough images),
     the rest are uniform. Object sizes, visibility and placement: :func:`render_detection_image`.
+    layout: ``ilsvrc`` (the 2015+ layout with ``classes.tsv``), ``voc`` (a VOC20xx folder: ``JPEGImages/``,
+    ``Annotations/`` with 1-based boxes and class names, ``ImageSets/Main/trainval.txt`` = train and
+    ``test.txt`` = val) or ``coco`` (``annotations/instances_{train,val}.json``, ``images/{train,val}/``,
+    category ids 1..C). The same seed draws the same pictures and boxes in every layout.
+    extensions: voc/coco image file extensions, used in turn image by image (e.g. ``[".jpg", ".JPG"]``
+    to exercise readers' extension handling); the files are JPEG whatever the name says.
     Does nothing when ``root/manifest.json`` records the same parameters.
     """
     root = Path(root)
     if not (0 < min_side <= max_side) or max_objects < 1 or not 0 <= empty_fraction <= 1:
         raise ValueError(f"bad parameters: min_side={min_side} max_side={max_side} max_objects={max_objects} "
                          f"empty_fraction={empty_fraction}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
     params = {"kind": "detection_world", "version": RENDERER_VERSION, "num_classes": int(num_classes),
               "num_train": int(num_train), "num_val": int(num_val), "min_side": int(min_side),
               "max_side": int(max_side), "max_objects": int(max_objects), "empty_fraction": float(empty_fraction),
               "seed": int(seed), "min_object_size": float(min_object_size),
               "max_object_fraction": float(max_object_fraction), "min_visible": float(min_visible),
               "max_attempts": int(max_attempts)}
+    if layout != "ilsvrc":  # (ILSVRC-layout manifests keep their earlier form)
+        extensions = [str(e) for e in extensions]
+        if not extensions or not all(e.startswith(".") and "/" not in e and len(e) > 1 for e in extensions):
+            raise ValueError(f"extensions={extensions!r}: expected file extensions such as ['.jpg', '.JPG']")
+        params.update(layout=layout, extensions=extensions)
     classes = scene_classes(num_classes)
     class_list = synthetic_class_list(num_classes)
     if _prepare_root(root, params, "detection world"):
         log.info("%s: detection world up to date", root)
         return class_list
     for split, count in (("train", num_train), ("val", num_val)):
-        image_dir = root / "Data" / "DET" / split
-        xml_dir = root / "Annotations" / "DET" / split
-        image_dir.mkdir(parents=True, exist_ok=True)
-        xml_dir.mkdir(parents=True, exist_ok=True)
         split_rng = np.random.default_rng([_split_seed(seed, split)])
         empty = set(split_rng.permutation(count)[: int(round(empty_fraction * count))].tolist())
         lines, non_empty, n_boxes = [], 0, 0
+        coco = {"images": [], "annotations": [],
+                "categories": [{"id": c.index + 1, "name": c.name} for c in classes]}
         for i in tqdm(range(count), desc=f"synthetic det {split}", leave=False):
             rng = np.random.default_rng([_split_seed(seed, split), 1000, i])
             width, height = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
@@ -413,13 +471,36 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
             image, boxes, labels = render_detection_image(
                 rng, width, height, classes, labels, min_object_size, max_object_fraction, min_visible, max_attempts)
             name = f"synthetic_{split}_{i + 1:06d}"
-            _write_jpeg(image_dir / f"{name}.JPEG", image)
-            (xml_dir / f"{name}.xml").write_text(
-                _ilsvrc_xml(split, name, width, height, boxes, [classes[l].wnid for l in labels]), encoding="utf-8")
-            lines.append(f"{name} {i + 1}")
+            image_file = root / _image_file(params, split, i)
+            image_file.parent.mkdir(parents=True, exist_ok=True)
+            _write_jpeg(image_file, image)
+            if layout == "ilsvrc":
+                (root / "Annotations" / "DET" / split).mkdir(parents=True, exist_ok=True)
+                (root / "Annotations" / "DET" / split / f"{name}.xml").write_text(
+                    _ilsvrc_xml(split, name, width, height, boxes, [classes[l].wnid for l in labels]), encoding="utf-8")
+                lines.append(f"{name} {i + 1}")
+            elif layout == "voc":
+                (root / "Annotations").mkdir(parents=True, exist_ok=True)
+                (root / "Annotations" / f"{name}.xml").write_text(
+                    _voc_xml(image_file.name, width, height, boxes, [classes[l].name for l in labels]), encoding="utf-8")
+                lines.append(name)
+            else:
+                coco["images"].append({"id": i + 1, "file_name": image_file.name, "width": width, "height": height})
+                for box, label in zip(boxes.tolist(), labels.tolist()):  # inclusive pixels -> continuous xywh
+                    w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
+                    coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1,
+                                                "category_id": int(label) + 1, "bbox": [box[0], box[1], w, h],
+                                                "area": w * h, "iscrowd": 0})
             n_boxes += len(boxes)
-        atomic_write_text(root / "ImageSets" / "DET" / f"{split}.txt", "\n".join(lines) + ("\n" if lines else ""))
+        text = "\n".join(lines) + ("\n" if lines else "")
+        if layout == "ilsvrc":
+            atomic_write_text(root / "ImageSets" / "DET" / f"{split}.txt", text)
+        elif layout == "voc":
+            atomic_write_text(root / "ImageSets" / "Main" / f"{VOC_SPLITS[split]}.txt", text)
+        else:
+            atomic_write_json(root / "annotations" / f"instances_{split}.json", coco, indent=None)
         log.info("%s: %s split, %d images, %d boxes, %d empty", root, split, count, n_boxes, len(empty))
-    write_class_list(class_list, root / "classes.tsv")
+    if layout == "ilsvrc":
+        write_class_list(class_list, root / "classes.tsv")
     _finish(root, params)
     return class_list
