@@ -7,6 +7,11 @@ to OpenCV's (ONNX Runtime sessions follow torch's count, see ``detect.backends.s
 Helper processes take 1 thread each: DataLoader workers (:func:`worker_threads`, torch does the same
 for its own pool) and proposal workers (``proposals.store``), since they already run one per core.
 
+Idle OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, set by ``import detect``): with
+spinning threads, a process given 2 threads on 2 cores shared with other jobs trained 10x slower than
+with 1; waiting passively, 2 threads are faster than 1 there too (benchmarks/threads.md). So ``auto``
+need not guess the machine's load.
+
 The setting is applied by :class:`ThreadsCallback`, a Hydra callback that conf/common.yaml registers
 for every tool, before the tool's own code runs; a bad value stops the tool with the reason.
 """

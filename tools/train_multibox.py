@@ -13,6 +13,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import logging
 
+import detect  # noqa: F401  (first: sets OpenMP's passive waiting before torch loads; see detect/__init__.py)
+
 import hydra
 import torch
 from hydra.utils import instantiate
@@ -40,7 +42,7 @@ def main(cfg: DictConfig) -> float:
     if cfg.data.get("generate") is not None and ctx.is_main:
         instantiate(cfg.data.generate)
     barrier()
-    train_set, val_set = instantiate(cfg.data.train), instantiate(cfg.data.val)
+    train_set, val_set = instantiate(cfg.data.train), instantiate(cfg.data[cfg.evaluation.split])
 
     backbone_kwargs = instantiate(cfg.model, aux_logits=False, init_weights=False).model_kwargs
     model = instantiate(cfg.multibox, backbone_kwargs=backbone_kwargs, _convert_="all")

@@ -14,6 +14,8 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import logging
+
+import detect  # noqa: F401  (first: sets OpenMP's passive waiting before torch loads; see detect/__init__.py)
 from pathlib import Path
 
 import hydra
@@ -25,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from detect.classes import ClassList
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
+from detect.data.splits import proposal_store_path
 from detect.runtime import worker_threads
 from detect.engine import fit, init_identity, run_fingerprint, seed_everything
 from detect.io import load_checkpoint
@@ -44,8 +47,7 @@ def store_path(cfg: DictConfig, split: str, given: str | None) -> Path:
     """The proposal store of ``split``: ``given``, or where tools/propose.py writes it."""
     if given:
         return Path(given)
-    name = instantiate(cfg.proposals, _convert_="all").name
-    return Path(cfg.paths.proposals_dir) / f"{cfg.data.name}_{split}_{name}.npz"
+    return proposal_store_path(cfg.paths.proposals_dir, cfg.data, split, instantiate(cfg.proposals, _convert_="all").name)
 
 
 def _open_store(path: Path) -> ProposalStore | None:
