@@ -19,6 +19,7 @@ from detect.data.transforms import INTERPOLATIONS, TrainTransform, to_float_tens
 from detect.distributed import DistributedContext
 from detect.engine import ClassificationLoss, fit
 from detect.io import load_checkpoint
+from detect.models.convention import RGB01
 from detect.models.googlenet import GoogLeNet, load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def test_flip_is_a_mirror():
     image = np.zeros((10, 10, 3), np.uint8)
     image[:, :5] = 255  # left half white
     t = TrainTransform(crop_size=10, scale=(1, 1), ratio=(1, 1), brightness=0, contrast=0, saturation=0, flip_prob=1.0,
-                       interpolations=("nearest",), mean=(0, 0, 0), std=(1, 1, 1))
+                       interpolations=("nearest",), convention=RGB01)
     out = t(image)
     assert torch.equal(out, to_float_tensor(image).flip(-1))
 

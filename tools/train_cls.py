@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from detect import distributed
 from detect.data.classification import ClassificationDataset, make_loader
 from detect.engine import evaluate_classification, fit, seed_everything
-from detect.models.googlenet import load_pretrained
+from detect.models.googlenet import load_pretrained, resume_convention
 
 log = logging.getLogger("train_cls")
 
@@ -39,14 +39,16 @@ def main(cfg: DictConfig) -> dict:
         if val_split.classes != classes:
             raise ValueError(f"{val_split.root}: class list differs from the training split's")
 
-        train_loader = make_loader(ClassificationDataset(train_split, instantiate(cfg.train_transform)),
-                                   cfg.batch_size, True, cfg.num_workers, ctx, cfg.seed)
-        val_loader = make_loader(ClassificationDataset(val_split, instantiate(cfg.val_transform)),
-                                 cfg.eval_batch_size, False, cfg.num_workers, ctx, cfg.seed)
-
         model = instantiate(cfg.model, num_classes=len(classes))
         if cfg.init:
-            load_pretrained(model, cfg.init)
+            load_pretrained(model, cfg.init)  # also takes the input convention of those weights
+        if cfg.resume:
+            resume_convention(model, cfg.checkpoint)
+        convention = model.input_convention  # the data is prepared as these weights expect
+        train_loader = make_loader(ClassificationDataset(train_split, instantiate(cfg.train_transform, convention=convention.to_dict())),
+                                   cfg.batch_size, True, cfg.num_workers, ctx, cfg.seed)
+        val_loader = make_loader(ClassificationDataset(val_split, instantiate(cfg.val_transform, convention=convention.to_dict())),
+                                 cfg.eval_batch_size, False, cfg.num_workers, ctx, cfg.seed)
         optimizer = instantiate(cfg.optimizer)(params=model.parameters())
         scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)
         averaged = fit(

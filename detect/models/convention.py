@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputConvention", "IMAGENET", "BVLC"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputConvention", "IMAGENET", "BVLC", "RGB01", "WithInputConvention"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, 0..1 scale
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -110,3 +110,17 @@ class InputConvention:
 
 IMAGENET = InputConvention()  # torchvision's and our own checkpoints: RGB 0..1, ImageNet mean / std
 BVLC = InputConvention("BGR", 255.0, (104.0, 117.0, 123.0), (1.0, 1.0, 1.0))  # BVLC's train_val.prototxt mean_value
+RGB01 = InputConvention("RGB", 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # plain RGB 0..1: input of WithInputConvention
+
+
+class WithInputConvention(nn.Module):
+    """``model`` fed plain RGB: ``forward(x)`` prepares ``x`` (``Tensor[B, 3, H, W]`` RGB, uint8 or float
+    0..1) with ``model.input_convention`` and returns ``model(prepared)``. Lets models of different
+    conventions share one batch of crops (e.g. an ensemble in ``tools/eval_cls.py``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor):
+        return self.model(self.model.input_convention.normalize(x))

@@ -58,6 +58,8 @@ __all__ = [
     "GoogLeNetOutputs",
     "LoadReport",
     "build_model",
+    "checkpoint_convention",
+    "resume_convention",
     "googlenet_torchvision",
     "load_model",
     "load_pretrained",
@@ -461,8 +463,7 @@ def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.
         )
     model.load_state_dict(to_load, strict=False)
     if hasattr(model, "set_input_convention"):
-        kwargs = obj.get("model_kwargs") if ours else None
-        convention = InputConvention.from_dict(kwargs.get("input_convention") if isinstance(kwargs, dict) else None)
+        convention = checkpoint_convention(obj if ours else {})
         if convention != model.input_convention:
             log.info("%s: input convention %s (the model was set to %s)", path, convention.describe(),
                      model.input_convention.describe())
@@ -477,6 +478,30 @@ def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.
                  ", ".join(report.unexpected[:10]) + (" ..." if len(report.unexpected) > 10 else ""))
     log.info("%s: loaded %d of %d tensors", path, len(report.loaded), len(own))
     return report
+
+
+def checkpoint_convention(ckpt: dict) -> InputConvention:
+    """The input convention our checkpoint records: ``model_kwargs["input_convention"]`` (for MultiBox,
+    that of ``model_kwargs["backbone_kwargs"]``); ImageNet for a checkpoint that records none."""
+    kwargs = ckpt.get("model_kwargs") if isinstance(ckpt, dict) else None
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
+    if "input_convention" not in kwargs and isinstance(kwargs.get("backbone_kwargs"), dict):
+        kwargs = kwargs["backbone_kwargs"]
+    return InputConvention.from_dict(kwargs.get("input_convention"))
+
+
+def resume_convention(model: nn.Module, checkpoint_path: str | Path) -> None:
+    """Before a trainer resumes from ``checkpoint_path`` (when it exists): the weights ``fit`` will load
+    from it expect the convention it records, whatever ``init`` set, so the model takes it (logged
+    when it changes) and the data prepared after this call follows it."""
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        return
+    convention = checkpoint_convention(load_checkpoint(path))
+    if convention != model.input_convention:
+        log.warning("%s: resuming weights that expect %s (the model was set to %s)", path, convention.describe(),
+                    model.input_convention.describe())
+    model.set_input_convention(convention)
 
 
 def _strip_module_prefix(state: dict) -> dict:
