@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["file_sha256", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
+__all__ = ["file_sha256", "state_digest", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
 
 
 @contextmanager
@@ -75,4 +75,16 @@ def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def state_digest(state) -> str:
+    """Hex sha256 of a state dict (``{name: Tensor}``): names, dtypes, shapes and values, in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

@@ -68,7 +68,7 @@ def main(cfg: DictConfig) -> None:
     if not args:
         raise SystemExit("no images given: python tools/detect.py image.jpg [folder ...] [overrides]")
     overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold") if cfg[k] is not None}
-    proposer = instantiate(cfg.proposer) if cfg.proposer is not None else "stored"
+    proposer = instantiate(cfg.proposer, _convert_="all") if cfg.proposer is not None else None
     detector = Detector.from_checkpoint(cfg.detector, device=cfg.device, proposer=proposer, backend=cfg.backend,
                                         amp=cfg.amp, **overrides)
     classes = detector.classes

@@ -60,7 +60,7 @@ def main(cfg: DictConfig) -> None:
     overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold") if cfg[k] is not None}
     if cfg.use_members is not None:
         overrides["members"] = list(cfg.use_members)
-    proposer = instantiate(cfg.proposer, _convert_="all") if cfg.proposer is not None else "stored"
+    proposer = instantiate(cfg.proposer, _convert_="all") if cfg.proposer is not None else None
     detector = Detector.from_checkpoint(cfg.detector, device=ctx.device, proposer=proposer, backend=cfg.backend,
                                         amp=cfg.amp, **overrides)
     if detector.classes.wnids != dataset.classes.wnids:

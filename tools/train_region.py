@@ -27,8 +27,9 @@ from detect.distributed import barrier, cleanup, setup
 from detect.engine import fit, seed_everything
 from detect.io import load_checkpoint
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
-from detect.pipeline import bundle_detector
+from detect.pipeline import DetectorSettings, bundle_detector
 from detect.region import RegionDataset, RegionLoss, collate_regions, evaluate_regions
+from proposals.spec import embed_networks, spec_from_target_config
 from proposals.store import ProposalStore
 
 log = logging.getLogger("train_region")
@@ -122,10 +123,13 @@ def bundle(cfg: DictConfig) -> None:
     for p, m in zip(paths, members):
         if tuple(m["classes"]["wnids"]) != classes.wnids:
             raise ValueError(f"{p}: trained on other classes than {paths[0]}")
-    config = OmegaConf.to_container(cfg.detector, resolve=True)
-    config.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-                  proposer=OmegaConf.to_container(cfg.proposals, resolve=True), data=str(cfg.data.name))
-    bundle_detector(members, classes, config, cfg.paths.detector)
+    settings = DetectorSettings.from_dict(
+        {**OmegaConf.to_container(cfg.detector, resolve=True), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "conf: detector")
+    proposer = embed_networks(spec_from_target_config(OmegaConf.to_container(cfg.proposals, resolve=True), "conf: proposals"),
+                              "conf: proposals")
+    provenance = {"data": str(cfg.data.name), "members": [str(p) for p in paths]}
+    bundle_detector(members, classes, settings, cfg.paths.detector, proposer=proposer, provenance=provenance)
     print(f"detector with {len(members)} members ({len(classes)} classes): {cfg.paths.detector}")
 
 
