@@ -26,7 +26,8 @@ from detect.classes import ClassList
 from detect.distributed import barrier, cleanup, setup
 from detect.engine import fit, seed_everything
 from detect.io import load_checkpoint
-from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
+from detect.models.bvlc import weights_format
+from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained, resume_convention
 from detect.pipeline import DetectorSettings, bundle_detector
 from detect.region import RegionDataset, RegionLoss, collate_regions, evaluate_regions
 from proposals.spec import embed_networks, spec_from_target_config
@@ -55,8 +56,8 @@ def _proposal_lookup(path: Path):
 
 def build_member(cfg: DictConfig, num_outputs: int) -> torch.nn.Module:
     """The member network: the init checkpoint's architecture when it records one (``model_from_init``),
-    else ``cfg.model``; either way with ``num_outputs`` classifier outputs."""
-    if cfg.init and cfg.model_from_init:
+    else ``cfg.model`` (BVLC weights: ``model=googlenet``); either way with ``num_outputs`` classifier outputs."""
+    if cfg.init and cfg.model_from_init and weights_format(cfg.init) == "torch":
         ckpt = load_checkpoint(cfg.init)
         if isinstance(ckpt, dict) and "model_kwargs" in ckpt:
             log.info("%s: member built with the checkpoint's model_kwargs (cfg.model not used)", cfg.init)
@@ -64,9 +65,10 @@ def build_member(cfg: DictConfig, num_outputs: int) -> torch.nn.Module:
     return instantiate(cfg.model, num_classes=num_outputs)
 
 
-def region_dataset(cfg: DictConfig, records, store: Path, seed: int, train: bool) -> RegionDataset:
-    """Training regions (flips, new draws every epoch) or held-out ones (no flips, fixed draws)."""
-    return RegionDataset(records, _proposal_lookup(store), IMAGENET_MEAN, IMAGENET_STD,
+def region_dataset(cfg: DictConfig, records, store: Path, seed: int, train: bool, convention) -> RegionDataset:
+    """Training regions (flips, new draws every epoch) or held-out ones (no flips, fixed draws), prepared
+    with ``convention`` (the member's input convention)."""
+    return RegionDataset(records, _proposal_lookup(store), convention,
                          regions_per_image=cfg.regions_per_image, fg_fraction=cfg.fg_fraction, fg_iou=cfg.fg_iou,
                          crop_size=cfg.crop_size, context=cfg.context, flip_prob=cfg.flip_prob if train else 0.0,
                          seed=seed, resample=train, hard_bg_fraction=cfg.hard_bg_fraction,
@@ -85,9 +87,11 @@ def train(cfg: DictConfig) -> None:
 
     model = build_member(cfg, len(classes) + 1)
     if cfg.init:
-        load_pretrained(model, cfg.init)
+        load_pretrained(model, cfg.init)  # also takes the input convention of those weights
+    if cfg.resume:
+        resume_convention(model, cfg.checkpoint)
     store = store_path(cfg, cfg.split, cfg.proposals_store)
-    regions = region_dataset(cfg, dataset.records, store, seed, train=True)
+    regions = region_dataset(cfg, dataset.records, store, seed, train=True, convention=model.input_convention)
     sampler = DistributedSampler(regions, seed=seed) if ctx.distributed else None
     loader = DataLoader(regions, batch_size=cfg.images_per_batch, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.num_workers, collate_fn=collate_regions,
@@ -96,7 +100,8 @@ def train(cfg: DictConfig) -> None:
     if cfg.evaluation.images:
         held_out = instantiate(cfg.data[cfg.evaluation.split]).records[:cfg.evaluation.images]
         store = store_path(cfg, cfg.evaluation.split, cfg.evaluation.proposals_store)
-        val_loader = DataLoader(region_dataset(cfg, held_out, store, cfg.seed, train=False),
+        val_loader = DataLoader(region_dataset(cfg, held_out, store, cfg.seed, train=False,
+                                               convention=model.input_convention),
                                 batch_size=cfg.images_per_batch, num_workers=cfg.num_workers,
                                 collate_fn=collate_regions)
 
