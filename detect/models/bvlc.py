@@ -116,10 +116,12 @@ def weights_format(path: str | Path) -> str:
         head = f.read(4)
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save zip, legacy pickle
         return "torch"
+    seen = set()
     try:
-        seen = {(number, wire) for number, wire, _ in pw.iter_fields(path.read_bytes())}
-    except pw.WireError:
-        return "torch"
+        for number, wire, _ in pw.iter_fields(path.read_bytes()):
+            seen.add((number, wire))
+    except pw.WireError:  # a truncated file still shows what it is (its reader then says it is damaged)
+        pass
     if (7, pw.LENGTH) in seen and (1, pw.VARINT) in seen:  # ModelProto: ir_version 1, graph 7
         return "onnx"
     if (100, pw.LENGTH) in seen or (2, pw.LENGTH) in seen:  # NetParameter: layer 100 / layers 2
