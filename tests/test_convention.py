@@ -13,7 +13,7 @@ from PIL import Image
 from detect.classes import ClassList
 from detect.io import atomic_torch_save, load_checkpoint
 from detect.models.convention import BVLC, IMAGENET, IMAGENET_MEAN, IMAGENET_STD, RGB01, InputConvention, WithInputConvention
-from detect.models.googlenet import GoogLeNet, checkpoint_convention, load_model, load_pretrained, resume_convention
+from detect.models.googlenet import GoogLeNet, checkpoint_convention, load_model, load_pretrained
 from detect.pipeline import Detector, DetectorSettings, bundle_detector
 from detect.region import Ensemble, RegionDataset, normalize_image, warp_regions
 from detect.data.records import DetectionRecord
@@ -67,11 +67,6 @@ def test_checkpoints_record_and_carry_the_convention(tmp_path):
     target.set_input_convention(BVLC)
     load_pretrained(target, tmp_path / "raw.pth")
     assert target.input_convention == IMAGENET
-    # resuming: the checkpoint being resumed decides, whatever init said
-    resume_convention(target, tmp_path / "b.pt")
-    assert target.input_convention == BVLC
-    resume_convention(target, tmp_path / "missing.pt")
-    assert target.input_convention == BVLC
     assert checkpoint_convention({"model_kwargs": {"backbone_kwargs": {"input_convention": BVLC.to_dict()}}}) == BVLC
 
 

@@ -272,3 +272,226 @@ def test_spec_roundtrip_rebuilds_the_same_proposer(tmp_path):
     reference = instantiate(config, _convert_="all")
     np.testing.assert_array_equal(proposer(image).boxes, reference(image).boxes)
     assert proposer.name == reference.name
+
+
+# --------------------------------------------------------------------------- error boundaries in training
+
+from detect.data.records import DetectionRecord, SkipLog  # noqa: E402
+from detect.distributed import DistributedContext  # noqa: E402
+from detect.engine import CheckpointMismatch, fit, run_fingerprint  # noqa: E402
+from detect.region import RegionDataset, RegionLoss, collate_regions  # noqa: E402
+from detect.models.convention import InputConvention  # noqa: E402
+
+
+def _region_records(tmp_path: Path, n: int = 4, readable: bool = True) -> list:
+    from detect.visualize import write_png
+
+    records = []
+    for i in range(n):
+        path = tmp_path / f"img{i}.png"
+        if readable:
+            write_png(path, np.full((40, 48, 3), 60 * (i % 4), np.uint8))
+        else:
+            path.write_bytes(b"not an image")
+        records.append(DetectionRecord(f"img{i}", path, 48, 40, np.array([[5, 5, 30, 30]], np.float32),
+                                       np.array([0]), np.array([False]), i + 1))
+    return records
+
+
+def test_a_settings_error_is_raised_when_the_dataset_is_built_not_skipped_per_item(tmp_path):
+    """context >= crop_size / 2 once turned every item into a skipped one and trained nothing."""
+    with pytest.raises(ValueError, match="context must be"):
+        RegionDataset(_region_records(tmp_path), {}.__getitem__, InputConvention(mean=(0.5,) * 3, std=(0.25,) * 3), crop_size=16, context=8)
+    from proposals.multibox.data import MultiBoxDataset
+    from detect.data.records import DetectionDataset
+
+    with pytest.raises(ValueError, match="min_crop"):
+        MultiBoxDataset(DetectionDataset(_region_records(tmp_path), CLASSES), 64, min_crop=0.0)
+
+
+def _tiny_region_fit(tmp_path, records, ckpt, **kwargs):
+    ds = RegionDataset(records, {}.__getitem__, InputConvention(mean=(0.5,) * 3, std=(0.25,) * 3), regions_per_image=4, crop_size=64, context=4)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_regions, num_workers=kwargs.pop("workers", 0))
+    torch.manual_seed(0)
+    model = GoogLeNet(num_classes=3, width=0.125, aux_logits=False, lrn=False, dropout=0.0)
+    return fit(model, RegionLoss(), loader, torch.optim.SGD(model.parameters(), lr=0.01), None, 1,
+               DistributedContext(), ckpt, ema_decay=None, **kwargs)
+
+
+def test_an_epoch_of_nothing_but_unreadable_images_stops_the_run(tmp_path):
+    skipped = SkipLog("images")
+    with pytest.raises(RuntimeError, match="no training step was taken.*img0.png"):
+        _tiny_region_fit(tmp_path, _region_records(tmp_path, readable=False), tmp_path / "c.pt", skipped=skipped)
+    assert not (tmp_path / "c.pt").exists()  # no checkpoint of untrained weights
+
+
+def test_skips_in_loader_workers_reach_the_report(tmp_path):
+    records = _region_records(tmp_path, n=6)
+    records[2].path.write_bytes(b"broken")
+    skipped = SkipLog("images")
+    _tiny_region_fit(tmp_path, records, tmp_path / "c.pt", skipped=skipped, max_skipped_fraction=0.5, workers=2)
+    assert [f for f, _ in skipped.entries] == [str(records[2].path)]
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    records = _region_records(tmp_path)
+    ckpt = tmp_path / "c.pt"
+    _tiny_region_fit(tmp_path, records, ckpt, fingerprint=run_fingerprint(data=["a", 1], settings={"lr": 0.01}))
+    before = ckpt.read_bytes()
+    with pytest.raises(CheckpointMismatch, match="differs in: data"):
+        _tiny_region_fit(tmp_path, records, ckpt, fingerprint=run_fingerprint(data=["b", 1], settings={"lr": 0.01}))
+    assert ckpt.read_bytes() == before  # left as it was
+    # the same run resumes (already finished: nothing to do)
+    _tiny_region_fit(tmp_path, records, ckpt, fingerprint=run_fingerprint(data=["a", 1], settings={"lr": 0.01}))
+
+
+# --------------------------------------------------------------------------- outputs never overwrite inputs
+
+def _tool(repo_root: Path, tool: str, *args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(repo_root / "tools" / tool), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_detect_tool_never_writes_over_inputs_or_foreign_files(tmp_path, repo_root):
+    from detect.visualize import write_png
+
+    detector = tmp_path / "det.pt"
+    bundle_detector([_member()], CLASSES, DetectorSettings(crop_size=64, context=4, score_threshold=0.0), detector,
+                    proposer={"kind": "selective_search", "params": {"mode": "opencv_fast", "max_boxes": 10}})
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    write_png(imgs / "rgba.png", np.full((40, 50, 3), 90, np.uint8))
+    before = (imgs / "rgba.png").read_bytes()
+    common = [f"detector={detector}", "backend=torch", f"work_dir={tmp_path / 'work'}"]
+    # out_dir = the input folder (the reported case) and a folder inside it
+    for out in (imgs, imgs / "out"):
+        run = _tool(repo_root, "detect.py", imgs, f"out_dir={out}", *common, cwd=tmp_path)
+        assert run.returncode != 0 and "input folder" in run.stderr, run.stdout + run.stderr
+    # an image given by file name, out_dir its own folder: the drawn PNG would replace it
+    run = _tool(repo_root, "detect.py", imgs / "rgba.png", f"out_dir={imgs}", *common, cwd=tmp_path)
+    assert run.returncode != 0 and "overwrite an input" in run.stderr, run.stdout + run.stderr
+    assert (imgs / "rgba.png").read_bytes() == before
+    # a file of the user's in out_dir with the name an output would take: kept, and the run refuses
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rgba.json").write_text("my notes")
+    run = _tool(repo_root, "detect.py", imgs, f"out_dir={out}", *common, cwd=tmp_path)
+    assert run.returncode != 0 and "not written by detect" in run.stderr
+    assert (out / "rgba.json").read_text() == "my notes" and not (out / "rgba.png").exists()
+    # its own earlier outputs are replaced on a re-run
+    (out / "rgba.json").unlink()
+    for _ in range(2):
+        run = _tool(repo_root, "detect.py", imgs, f"out_dir={out}", *common, cwd=tmp_path)
+        assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads((out / "rgba.json").read_text())["width"] == 50
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    """mkstemp makes 0600 files; outputs are made readable as the user's umask allows (a colleague in
+    the group could not read results before)."""
+    code = ("import os, sys; os.umask(0o002); from detect.io import atomic_write_text; "
+            "atomic_write_text(sys.argv[1], 'x')")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "shared.txt")], check=True, timeout=60)
+    assert (os.stat(tmp_path / "shared.txt").st_mode & 0o777) == 0o664
+    code = code.replace("0o002", "0o077")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "private.txt")], check=True, timeout=60)
+    assert (os.stat(tmp_path / "private.txt").st_mode & 0o777) == 0o600
+
+
+# --------------------------------------------------------------------------- resumable detections
+
+def _detect_dataset_setup(tmp_path: Path):
+    from detect.data.ilsvrc import read_ilsvrc_det
+    from proposals.store import ProposalStore
+
+    root = tmp_path / "world"
+    make_detection_world(root, num_classes=2, num_train=1, num_val=4, min_side=64, max_side=72, max_objects=1,
+                         empty_fraction=0.0)
+    ds = read_ilsvrc_det(root, "val", classes=root / "classes.tsv")
+    store = tmp_path / "val.npz"
+    ProposalStore.from_lists([r.image_id for r in ds.records],
+                             [np.array([[0, 0, 30, 30], [10, 10, 60, 60]], np.float32)] * len(ds)).save(store)
+    classes = ds.classes
+    torch.manual_seed(0)
+    net = GoogLeNet(num_classes=len(classes) + 1, width=0.125, lrn=False, dropout=0.0).eval()
+    bundle_detector([{"model_kwargs": net.model_kwargs, "model_state": net.state_dict()}], classes,
+                    DetectorSettings(crop_size=64, context=4, score_threshold=0.0, max_per_image=3),
+                    tmp_path / "det.pt")
+    args = [f"work_dir={tmp_path / 'work'}", f"data.root={root}", "~data.generate", "device=cpu", "backend=torch",
+            f"detector={tmp_path / 'det.pt'}", f"proposals_store={store}", "split=val", "progress=false"]
+    return root, args, tmp_path / "work" / "detections" / "synthetic_val.txt"
+
+
+def test_detect_dataset_does_not_resume_from_another_image_list(tmp_path, repo_root):
+    """Changing the image list once gave '20 of 20 images already done' and the old detections."""
+    from detect.detections import read_ilsvrc_submission
+
+    root, args, out = _detect_dataset_setup(tmp_path)
+    run = _tool(repo_root, "detect_dataset.py", *args, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert sorted(set(read_ilsvrc_submission(out).image_index.tolist())) == [1, 2, 3, 4]
+    lines = (root / "ImageSets/DET/val.txt").read_text().splitlines()
+    (root / "ImageSets/DET/val.txt").write_text("\n".join(lines[2:]) + "\n")  # now 2 images, indices 3, 4
+    run = _tool(repo_root, "detect_dataset.py", *args, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "already done" not in run.stdout + run.stderr
+    assert sorted(set(read_ilsvrc_submission(out).image_index.tolist())) == [3, 4]
+
+
+def test_detect_dataset_second_writer_is_stopped_and_foreign_output_kept(tmp_path, repo_root):
+    from detect.io import exclusive_lock
+
+    _, args, out = _detect_dataset_setup(tmp_path)
+    run = _tool(repo_root, "detect_dataset.py", *args, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    shard = next(out.parent.glob(f"{out.name}.*.rank0of1"))
+    text = out.read_text()
+    with exclusive_lock(shard):  # another run is writing this shard
+        run = _tool(repo_root, "detect_dataset.py", *args, "resume=false", cwd=tmp_path)
+    assert run.returncode != 0 and "another run is writing" in run.stderr
+    assert out.read_text() == text
+    mine = tmp_path / "my_submission.txt"
+    mine.write_text("1 1 0.5 0 0 10 10\n")
+    run = _tool(repo_root, "detect_dataset.py", *args, f"output={mine}", cwd=tmp_path)
+    assert run.returncode != 0 and "not written by detect_dataset" in run.stderr
+    assert mine.read_text() == "1 1 0.5 0 0 10 10\n"
+
+
+def test_proposal_store_follows_the_multibox_weights_not_its_path(tmp_path, repo_root):
+    """A store made with an earlier MultiBox checkpoint at the same path is made again, not reused."""
+    from proposals.store import ProposalStore
+
+    root, _, _ = _detect_dataset_setup(tmp_path)
+    mb = _multibox_checkpoint(tmp_path / "mb.pt")
+    out = tmp_path / "store.npz"
+    args = [f"work_dir={tmp_path / 'work'}", f"data.root={root}", "~data.generate", "proposals=multibox",
+            f"proposals.checkpoint={mb}", "proposals.backend=torch", "proposals.top_k=3", "workers=0",
+            f"output={out}", "progress=false"]
+    assert _tool(repo_root, "propose.py", *args, cwd=tmp_path).returncode == 0
+    first = ProposalStore.load(out)
+    ckpt = torch.load(mb, weights_only=True)
+    priors = ckpt["model_state"]["priors"]
+    ckpt["model_state"]["priors"] = priors.flip(0).contiguous()  # "retrained": other boxes come out
+    torch.save(ckpt, mb)
+    run = _tool(repo_root, "propose.py", *args, cwd=tmp_path)
+    assert run.returncode == 0 and "nothing to do" not in run.stdout + run.stderr
+    second = ProposalStore.load(out)
+    assert first.meta["fingerprint"] != second.meta["fingerprint"]
+    # a file of the user's at the output path is never replaced
+    mine = tmp_path / "notes.npz"
+    mine.write_bytes(b"my data")
+    run = _tool(repo_root, "propose.py", *args[:-2], f"output={mine}", "progress=false", cwd=tmp_path)
+    assert run.returncode != 0 and "not a proposal store" in run.stderr and mine.read_bytes() == b"my data"
+
+
+def test_a_trainer_never_overwrites_weights_it_did_not_write(tmp_path):
+    """checkpoint= pointing at the user's pretrained weights (with resume=false) once replaced them."""
+    weights = tmp_path / "pretrained.pt"
+    torch.save({"model_kwargs": {}, "model_state": GoogLeNet(num_classes=3, width=0.125).state_dict()}, weights)
+    before = weights.read_bytes()
+    from detect.io import OutputConflict
+
+    for resume in (False, True):
+        with pytest.raises(OutputConflict, match="not a training checkpoint"):
+            _tiny_region_fit(tmp_path, _region_records(tmp_path), weights, resume=resume)
+    assert weights.read_bytes() == before

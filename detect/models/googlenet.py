@@ -59,7 +59,6 @@ __all__ = [
     "LoadReport",
     "build_model",
     "checkpoint_convention",
-    "resume_convention",
     "googlenet_torchvision",
     "load_model",
     "load_pretrained",
@@ -488,20 +487,6 @@ def checkpoint_convention(ckpt: dict) -> InputConvention:
     if "input_convention" not in kwargs and isinstance(kwargs.get("backbone_kwargs"), dict):
         kwargs = kwargs["backbone_kwargs"]
     return InputConvention.from_dict(kwargs.get("input_convention"))
-
-
-def resume_convention(model: nn.Module, checkpoint_path: str | Path) -> None:
-    """Before a trainer resumes from ``checkpoint_path`` (when it exists): the weights ``fit`` will load
-    from it expect the convention it records, whatever ``init`` set, so the model takes it (logged
-    when it changes) and the data prepared after this call follows it."""
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        return
-    convention = checkpoint_convention(load_checkpoint(path))
-    if convention != model.input_convention:
-        log.warning("%s: resuming weights that expect %s (the model was set to %s)", path, convention.describe(),
-                    model.input_convention.describe())
-    model.set_input_convention(convention)
 
 
 def _strip_module_prefix(state: dict) -> dict:
