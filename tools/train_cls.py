@@ -48,10 +48,10 @@ def main(cfg: DictConfig) -> dict:
         model = instantiate(cfg.model, num_classes=len(classes))
         if cfg.init:
             load_pretrained(model, cfg.init)  # also takes the input convention of those weights
-        convention = model.input_convention  # the data is prepared as these weights expect
-        train_loader = make_loader(ClassificationDataset(train_split, instantiate(cfg.train_transform, convention=convention.to_dict())),
+        convention = model.input_convention.to_dict()  # the data is prepared as these weights expect
+        train_loader = make_loader(ClassificationDataset(train_split, instantiate(cfg.train_transform, convention=convention)),
                                    cfg.batch_size, True, cfg.num_workers, ctx, cfg.seed)
-        val_loader = make_loader(ClassificationDataset(val_split, instantiate(cfg.val_transform, convention=convention.to_dict())),
+        val_loader = make_loader(ClassificationDataset(val_split, instantiate(cfg.val_transform, convention=convention)),
                                  cfg.eval_batch_size, False, cfg.num_workers, ctx, cfg.seed)
         optimizer = instantiate(cfg.optimizer)(params=model.parameters())
         scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)

@@ -337,7 +337,10 @@ def _check_geometry(path: Path, layer: WeightsLayer, module: nn.Module) -> None:
         want = {"method": method, "kernel": (k, k), "stride": (s, s), "pad": (pad, pad), "global": False, "ceil": True}
     for key, value in want.items():
         got = p.get(key, value)
-        same = abs(got - value) <= 1e-6 * abs(value) if isinstance(value, float) else tuple(np.atleast_1d(got)) == tuple(np.atleast_1d(value))
+        if isinstance(value, float):  # LRN constants are float32 in the file
+            same = abs(got - value) <= 1e-6 * abs(value)
+        else:
+            same = tuple(np.atleast_1d(got)) == tuple(np.atleast_1d(value))
         if not same:
             raise ValueError(f"{path}: layer {layer.name!r} has {key}={got}, model=googlenet has {key}={value}: "
                              "not the network this model implements")
