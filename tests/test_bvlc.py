@@ -99,6 +99,17 @@ def test_onnx_matches_caffe_reference_and_its_own_forward(world):
     assert _rel(logits, torch.from_numpy(theirs).double()) < TOL  # the file's own forward (ONNX Runtime)
 
 
+def test_deploy_only_caffemodel_leaves_the_aux_heads_initialised(world, tmp_path):
+    """A .caffemodel saved from deploy.prototxt (no loss1/loss2 layers) still loads into a model with aux heads."""
+    path = tmp_path / "deploy.caffemodel"
+    write_caffemodel(path, world["deploy"], world["weights"], world["schema"], "layer")
+    model = GoogLeNet(init_weights=False)
+    report = load_pretrained(model, path)
+    assert len(report.loaded_layers) == 58 and len(report.missing) == 12
+    assert all(reason.startswith("not in the file") for reason in report.skipped_layers.values())
+    assert _rel(_outputs(model, world["images"])["loss3/classifier"], world["ref"]["loss3/classifier"]) < TOL
+
+
 def test_onnx_gemm_without_transb_is_transposed(world, tmp_path):
     """A zoo file may store a fully connected weight as (in, out) for Gemm(transB=0): it is transposed back."""
     import onnx

@@ -406,8 +406,8 @@ def _load(model: GoogLeNet, path: Path, layers: list[WeightsLayer], source: str)
         report.loaded_layers.append(name)
     if source.startswith("caffemodel"):
         for name, target in {**LRN_LAYERS, **POOL_LAYERS}.items():
-            if target not in modules:  # aux heads not built
-                continue
+            if target not in modules or (name.startswith("loss") and name not in by_name):
+                continue  # aux heads not built, or not in the file (a deploy-only file: they stay initialised)
             if name not in by_name:
                 raise ValueError(f"{path}: layer {name!r} is missing from the file: not BVLC GoogLeNet")
             _check_geometry(path, by_name[name], modules[target])
