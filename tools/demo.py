@@ -28,7 +28,8 @@ GROUPS = ("data", "data_cls", "model", "proposals")  # the groups every tool's c
 def forwarded_overrides(overrides: list[str]) -> list[str]:
     """The command-line overrides that every stage takes too: the groups and their keys, and the
     settings of conf/common.yaml (work_dir, seed, device, threads, paths ...). The demo's own settings
-    (members, draw_images, init, stop_after, stage_overrides) and the experiment are not forwarded."""
+    (members, draw_images, init, stop_after, stage_overrides, tool_overrides) and the experiment are not
+    forwarded."""
     common = {k for k in OmegaConf.load(CONF / "common.yaml") if k != "hydra"}
     parsed = OverridesParser.create().parse_overrides(overrides)
     keep = []
@@ -123,6 +124,8 @@ def main(cfg) -> None:
         stages = dataset_stages(common, cfg.members, drawn_images(blocks["val"].records, cfg.draw_images),
                                 cfg.init, list(stems.values()))
         where = f"{output_stem(cfg.data, 'val')} ({len(blocks['val'])} images; {experiment}, {cfg.members} members)"
+    for stage in stages:
+        stage.args += list(cfg.tool_overrides.get(stage.tool) or [])
     try:
         tools_dir = Path(__file__).resolve().parent
         run_stages(stages, cfg.work_dir, tools_dir, stop_after=cfg.stop_after, inputs_digest=digest)

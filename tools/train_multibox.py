@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
-from detect.runtime import worker_threads
 from detect.engine import fit, init_identity, run_fingerprint, seed_everything
 from detect.models.googlenet import load_pretrained
+from detect.runtime import worker_threads
 from proposals.multibox.data import MultiBoxDataset, collate_multibox
 from proposals.multibox.training import evaluate_coverage, resolve_priors
 

@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import logging
+from pathlib import Path
 
 import detect  # noqa: F401  (first: sets OpenMP's passive waiting before torch loads; see detect/__init__.py)
-from pathlib import Path
 
 import hydra
 import torch
@@ -28,13 +28,13 @@ from detect.classes import ClassList
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
 from detect.data.splits import proposal_store_path
-from detect.runtime import worker_threads
 from detect.engine import fit, init_identity, run_fingerprint, seed_everything
 from detect.io import load_checkpoint
 from detect.models.bvlc import weights_format
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
 from detect.pipeline import DetectorSettings, bundle_detector
 from detect.region import RegionDataset, RegionLoss, collate_regions, evaluate_regions
+from detect.runtime import worker_threads
 from proposals.spec import embed_networks, spec_from_target_config
 from proposals.store import ProposalStore
 
