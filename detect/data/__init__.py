@@ -32,9 +32,16 @@ def load_detection_dataset(format: str, **kwargs) -> DetectionDataset:
 def read_dataset(spec: Mapping[str, Any], **options) -> DetectionDataset:
     """Build the dataset a ``_target_`` block of ``conf/data/<name>.yaml`` describes, adding ``options``
     (e.g. ``check_images=False`` for an evaluation) to the reader's arguments where the reader takes
-    them: a reader without such a parameter is called without it."""
+    them: a reader without such a parameter is called without it. The reader's own error (a missing
+    folder, a wrong layout ...) is raised as it is, not wrapped in Hydra's ``InstantiationException``."""
+    from hydra.errors import InstantiationException
     from hydra.utils import get_method, instantiate
 
     params = inspect.signature(get_method(spec["_target_"])).parameters
     accepted = {k: v for k, v in options.items() if k in params}
-    return instantiate(spec, **accepted)
+    try:
+        return instantiate(spec, **accepted)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, (OSError, ValueError)):
+            raise e.__cause__ from None
+        raise
