@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,17 +144,63 @@ def _parse_line(line: str, num_classes: int | None) -> tuple[int, int, float, li
     return index, det_id - 1, values[0], values[1:]
 
 
-def _parse_rows_fast(rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray] | None:
-    """``[K][7]`` tokens -> (``int64[K, 2]`` index and DET_ID, ``float64[K, 5]``), with the same
-    number syntax as ``int()``/``float()``; ``None`` when a token does not convert (the caller then
-    parses line by line for the messages)."""
-    if not rows:
-        return np.zeros((0, 2), np.int64), np.zeros((0, 5))
-    tokens = np.array(rows)
+_NUMBER_BYTES = np.zeros(256, bool)  # what the fast path allows: digits, signs, point, exponent, inf/nan, spaces
+_NUMBER_BYTES[list(b"0123456789+-.eEinfatyINFATY \t\r\n")] = True
+_SPACE_BYTES = np.zeros(256, bool)
+_SPACE_BYTES[list(b" \t\r\n")] = True
+_NOT_INT_BYTES = np.ones(256, bool)
+_NOT_INT_BYTES[list(b"0123456789+-")] = False
+
+
+def _tokenise_fast(text: str, bad: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The common case in a few numpy passes: a file of plain numbers. Returns (line numbers
+    ``int64[K]``, numbers ``float64[K, 7]``, integer-looking index and DET_ID ``bool[K]``) of the lines
+    with 7 fields, the others put in ``bad``; ``None`` when the file needs the line-by-line path (a
+    character other than those of numbers, a token that does not parse), which gives the same result."""
     try:
-        return tokens[:, :2].astype(np.int64), tokens[:, 2:].astype(np.float64)
-    except (ValueError, OverflowError):
+        data = text.encode("ascii")
+    except UnicodeEncodeError:
         return None
+    b = np.frombuffer(data, np.uint8)
+    if not len(b) or not _NUMBER_BYTES[b].all():
+        return None
+    cr = np.flatnonzero(b == 13)
+    if len(cr) and (cr[-1] == len(b) - 1 or np.any(b[cr + 1] != 10)):
+        return None  # a lone carriage return is a line break to str.splitlines: leave it to the slow path
+    space = _SPACE_BYTES[b]
+    starts = np.flatnonzero(~space & np.concatenate([[True], space[:-1]]))
+    ends = np.flatnonzero(~space & np.concatenate([space[1:], [True]])) + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        values = np.fromstring(data, dtype=np.float64, sep=" ")
+    if len(values) != len(starts):
+        return None
+    line = np.searchsorted(np.flatnonzero(b == 10), starts)  # 0-based line of each token
+    counts = np.bincount(line)
+    for n in np.flatnonzero((counts != 0) & (counts != 7)).tolist():
+        bad[n + 1] = None  # not 7 fields: reported with _parse_line's message
+    keep = counts[line] == 7
+    starts, ends, values, line = starts[keep], ends[keep], values[keep], line[keep]
+    not_int = np.concatenate([[0], np.cumsum(_NOT_INT_BYTES[b])])
+    first_two = np.arange(len(starts)).reshape(-1, 7)[:, :2]
+    integer = ((not_int[ends[first_two]] - not_int[starts[first_two]]) == 0).all(axis=1)
+    return line[::7] + 1, values.reshape(-1, 7), integer
+
+
+def _tokenise_slow(text: str, num_classes: int | None, bad: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Line by line with ``int()``/``float()``: (line numbers, numbers ``float64[K, 7]``, all True);
+    lines that fail go into ``bad``."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.split():
+            continue
+        try:
+            i, c, sc, box = _parse_line(line, num_classes)
+            out.append((n, i, c + 1, sc, *box))
+        except ValueError:
+            bad[n] = None
+    arr = np.array(out, dtype=np.float64).reshape(-1, 8)
+    return arr[:, 0].astype(np.int64), arr[:, 1:], np.ones(len(arr), bool)
 
 
 def read_ilsvrc_submission(
@@ -168,8 +215,8 @@ def read_ilsvrc_submission(
     log line. Lines that cannot be parsed, whose DET_ID is outside ``1..num_classes``, or whose image
     index is not in ``known_images`` (an iterable of indices; ``None``: any) are logged as
     ``file:line``, counted in ``skipped`` and left out; blank lines are ignored. ``FileNotFoundError``
-    names a missing file. Vectorised: one pass of numpy conversions for well-formed files, a per-line
-    parse only for the lines that need a message.
+    names a missing file. Numbers follow Python's ``int()``/``float()`` syntax. Vectorised: a file of
+    plain numbers is read in a few numpy passes; any other is read line by line, with the same result.
     """
     path = Path(path)
     skipped = skipped if skipped is not None else SkipLog("detection lines")
@@ -177,35 +224,24 @@ def read_ilsvrc_submission(
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise FileNotFoundError(f"{path}: cannot read detections ({e.strerror})") from e
-    lines = text.splitlines()
-    split = [line.split() for line in lines]
-    rows = [p for p in split if len(p) == 7]
-    row_lineno = np.array([n for n, p in enumerate(split, 1) if len(p) == 7], dtype=np.int64)
-    bad = {n: None for n, p in enumerate(split, 1) if p and len(p) != 7}  # line number -> message (None: ask _parse_line)
-    fast = _parse_rows_fast(rows)
-    if fast is None:  # some token is not a number: parse every row on its own for the messages
-        values = []
-        for n, p in zip(row_lineno.tolist(), rows):
-            try:
-                i, c, sc, b = _parse_line(" ".join(p), num_classes)
-                values.append((n, i, c + 1, sc, *b))
-            except ValueError:
-                bad[n] = None
-        arr = np.array(values, dtype=np.float64).reshape(-1, 8)
-        row_lineno = arr[:, 0].astype(np.int64)
-        ints, floats = arr[:, 1:3].astype(np.int64), arr[:, 3:]
-    else:
-        ints, floats = fast
-    ok = (ints[:, 0] >= 1) & (ints[:, 1] >= 1) & np.isfinite(floats).all(axis=1)
+    bad: dict[int, str | None] = {}  # line number -> reason (None: ask _parse_line)
+    fast = _tokenise_fast(text, bad)
+    if fast is None:
+        bad.clear()
+    lineno, values, integer = fast if fast is not None else _tokenise_slow(text, num_classes, bad)
+    ids = values[:, :2]
+    ok = integer & np.isfinite(values).all(axis=1) & (ids[:, 0] >= 1) & (ids[:, 1] >= 1)
     if num_classes is not None:
-        ok &= ints[:, 1] <= num_classes
-    for n in row_lineno[~ok].tolist():
+        ok &= ids[:, 1] <= num_classes
+    ints = np.where(ok[:, None], ids, 0).astype(np.int64)
+    for n in lineno[~ok].tolist():
         bad[n] = None
     if known_images is not None:
         known = np.isin(ints[:, 0], np.fromiter(known_images, dtype=np.int64))
-        for n, i in zip(row_lineno[ok & ~known].tolist(), ints[ok & ~known, 0].tolist()):
+        for n, i in zip(lineno[ok & ~known].tolist(), ints[ok & ~known, 0].tolist()):
             bad[n] = f"unknown image: index {i} is not in the dataset (not listed, or its annotation was skipped)"
         ok &= known
+    lines = text.splitlines() if bad else []
     for n in sorted(bad):
         reason = bad[n]
         if reason is None:
@@ -215,7 +251,7 @@ def read_ilsvrc_submission(
             except ValueError as e:
                 reason = str(e) if str(e).startswith("unknown class") else f"malformed line: {e}"
         skipped.add(f"{path}:{n}", reason)
-    dets = Detections(ints[ok, 0], ints[ok, 1] - 1, floats[ok, 0], floats[ok, 1:].astype(np.float32))
+    dets = Detections(ints[ok, 0], ints[ok, 1] - 1, values[ok, 2], values[ok, 3:].astype(np.float32))
     _log_degenerate(path, dets)
     if len(skipped):
         log.warning("%s: %s", path, skipped.summary())

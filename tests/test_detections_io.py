@@ -100,7 +100,7 @@ def test_ilsvrc_unknown_images_reported_by_line(tmp_path):
 def _slow_read(path, num_classes, known):
     """Plain per-line reference of read_ilsvrc_submission: the lines kept and the line numbers skipped."""
     kept, bad = [], []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -117,9 +117,22 @@ def _slow_read(path, num_classes, known):
     return kept, bad
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_vectorised_submission_reader_equals_line_by_line(tmp_path, seed):
+VARIANTS = {  # extra line kinds mixed into a random file; whether the numpy fast path should take it
+    "plain": ([], True),
+    "crlf_tabs_and_odd_ids": (["1.0 2 0.5 1 2 3 4", "+3 1 0.5 1 2 3 4", "4 2e0 0.5 1 2 3 4", "5 1 1e-3 -1.5e2 2 3 4"], True),
+    "hex_and_underscores": (["0x10 1 0.5 1 2 3 4", "3 1 0.5 1_0 2 3 4"], False),
+    "words": (["3 1 abc 1 2 3 4", "# a comment"], False),
+    "unicode": (["3 1 0.5 1 2 3 4 é"], False),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("seed", range(3))
+def test_vectorised_submission_reader_equals_line_by_line(tmp_path, monkeypatch, seed, variant):
+    import detect.detections as det_io
+
     rng = np.random.default_rng(seed)
+    extra, fast_expected = VARIANTS[variant]
     lines = []
     for _ in range(300):
         r = rng.random()
@@ -127,19 +140,29 @@ def test_vectorised_submission_reader_equals_line_by_line(tmp_path, seed):
         box = rng.uniform(-20, 300, 4).round(2).tolist()  # inverted, zero-size and off-image boxes included
         if r < 0.05:
             lines.append(f"{i} {c} 0.5 1 2")
-        elif r < 0.08 and seed % 2:  # only some files have non-numeric tokens (the per-line fallback)
-            lines.append(f"{i} {c} abc 1 2 3 4")
+        elif r < 0.07:
+            lines.append(f"{i} {c} 0.5 1 2 3 4 5")
         elif r < 0.1:
-            lines.append("")
+            lines.append("" if r < 0.09 else "   ")
         elif r < 0.12:
             lines.append(f"{i} {c} inf 1 2 3 4")
+        elif r < 0.14:
+            lines.append(f"{i} {c} nan 1 2 3 4")
         else:
             lines.append(f"{i} {c} {rng.random():.4f} " + " ".join(map(str, box)))
+    for line in extra:
+        lines.insert(int(rng.integers(0, len(lines))), line)
+    sep = "\r\n" if variant == "crlf_tabs_and_odd_ids" else "\n"
+    text = sep.join(line.replace(" ", "\t", 1) if variant != "plain" and k % 3 == 0 else line for k, line in enumerate(lines))
     path = tmp_path / "det.txt"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(text + sep, encoding="utf-8", newline="")
+    took = []
+    real = det_io._tokenise_fast
+    monkeypatch.setattr(det_io, "_tokenise_fast", lambda t, bad: took.append(real(t, {}) is not None) or real(t, bad))
     known = set(range(1, 10))
     skipped = SkipLog("lines")
     got = read_ilsvrc_submission(path, 4, skipped, known_images=known)
+    assert took == [fast_expected]  # the path under test is the one taken
     kept, bad = _slow_read(path, 4, known)
     ref = np.array(kept).reshape(-1, 7)
     np.testing.assert_array_equal(got.image_index, ref[:, 0])

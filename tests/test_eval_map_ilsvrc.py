@@ -220,8 +220,8 @@ def test_annotation_cache(tmp_path, monkeypatch):
     first = read_ilsvrc_det(root, "val", check_images=False, cache_dir=cache)
     assert len(list(cache.glob("*.npz"))) == 1 and not list(root.rglob("*.npz"))
     calls = []
-    real_parse = ilsvrc.parse_ilsvrc_xml
-    monkeypatch.setattr(ilsvrc, "parse_ilsvrc_xml", lambda p, c: calls.append(p) or real_parse(p, c))
+    real_parse = ilsvrc._parse_ilsvrc_raw
+    monkeypatch.setattr(ilsvrc, "_parse_ilsvrc_raw", lambda p, c: calls.append(p) or real_parse(p, c))
     again = read_ilsvrc_det(root, "val", check_images=False, cache_dir=cache)
     assert calls == []  # nothing parsed: all from the cache
     assert [r.boxes.tolist() for r in again] == [r.boxes.tolist() for r in first]

@@ -121,6 +121,11 @@ def parse_ilsvrc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
     (unknown class, missing or non-numeric coordinate, inverted box). Raises ``ValueError`` naming the
     file when it is not readable XML.
     """
+    return ParsedAnnotation.from_raw(_parse_ilsvrc_raw(path, classes))
+
+
+def _parse_ilsvrc_raw(path: str | Path, classes: ClassList) -> tuple:
+    """:func:`parse_ilsvrc_xml` as plain lists (width, height, boxes, labels, flags, problems)."""
     root = read_xml_root(path)
     if root.tag != "annotation":
         raise ValueError(f"{path}: root element is <{root.tag}>, expected <annotation>")
@@ -157,8 +162,7 @@ def parse_ilsvrc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
     width, height = _int_value(size.get("width")), _int_value(size.get("height"))
     if not width or not height or width <= 0 or height <= 0:
         width = height = None
-    return ParsedAnnotation(None, width, height, np.asarray(boxes, np.float32).reshape(-1, 4),
-                            np.asarray(labels, np.int64), np.zeros(len(labels), bool), tuple(problems))
+    return width, height, boxes, labels, [False] * len(labels), problems
 
 
 def resolve_classes(classes, root: Path | None = None) -> ClassList:
@@ -351,7 +355,7 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
             where = "ImageSets/DET" if layout == "2015" else "the devkit's data/det_lists (give devkit=)"
             raise FileNotFoundError(f"{root}: no image list {split}.txt in {where}; give image_list=")
         entries = read_image_list(list_path)
-        parsed = parse_annotation_files(xml_dir, [n for n, _ in entries], parse_ilsvrc_xml, cache_dir,
+        parsed = parse_annotation_files(xml_dir, [n for n, _ in entries], _parse_ilsvrc_raw, cache_dir,
                                         f"ilsvrc_{layout}_{split}_{Path(list_path).stem}", PARSER_VERSION, class_list)
 
     skipped = SkipLog("annotations")
@@ -361,10 +365,10 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     if check_images:
         finder.check_missing([name for (name, _), p in zip(entries, images) if p is None], len(entries),
                              max_missing_images)
-    xml_folder = str(xml_dir)
+    source = (lambda name: os.path.join(str(xml_dir), name + ".xml")) if ground_truth is None else (
+        lambda name: str(ground_truth))  # the file to name in messages (built only when one is needed)
     records = []
     for (name, index), image_path, p in zip(entries, images, parsed):
-        xml_path = os.path.join(xml_folder, name + ".xml") if ground_truth is None else str(ground_truth)
         if image_path is None:
             image_path = finder.default_path(name)
             if check_images:
@@ -372,21 +376,20 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
                 continue
         if p.error == "missing":
             if missing_annotation == "skip":
-                skipped.add(xml_path, "missing annotation")
+                skipped.add(source(name), "missing annotation")
                 continue
             p = ParsedAnnotation(None, None, None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool))
         elif p.error is not None:
-            skipped.add(xml_path, f"unreadable annotation: {p.error}")
+            skipped.add(source(name), f"unreadable annotation: {p.error}")
             continue
         for problem in p.problems:
-            skipped.add(xml_path, problem)
+            skipped.add(source(name), problem)
         width, height = p.width, p.height
         if width is None:  # no valid <size> in the XML (the devkit's .mat has no sizes at all: left 0)
             width, height = (0, 0) if ground_truth is not None else size_from_image(
-                image_path, xml_path, "no valid <size> in the annotation", warnings)
+                image_path, source(name), "no valid <size> in the annotation", warnings)
         records.append(DetectionRecord(name, image_path, width, height, p.boxes, p.labels, p.flags, index))
-    warn_outside(records, warnings, lambda r: os.path.join(xml_folder, r.image_id + ".xml") if ground_truth is None
-                 else str(ground_truth))
+    warn_outside(records, warnings, lambda r: source(r.image_id))
 
     pairs = set()
     if blacklist is not None:

@@ -54,6 +54,11 @@ def parse_voc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
     (VOC values minus 1), ``labels: int64[N]``, ``flags: bool[N]`` (difficult), ``problems`` one line
     per dropped object; ``width``/``height`` ``None`` when ``<size>`` is missing, 0 or not a number.
     Raises ``ValueError`` naming the file when it is not readable XML."""
+    return ParsedAnnotation.from_raw(_parse_voc_raw(path, classes))
+
+
+def _parse_voc_raw(path: str | Path, classes: ClassList) -> tuple:
+    """:func:`parse_voc_xml` as plain lists (width, height, boxes, labels, difficult, problems)."""
     root = read_xml_root(path)
     width, height = _number(root.findtext("size/width")), _number(root.findtext("size/height"))
     if not width or not height or width < 1 or height < 1:
@@ -80,8 +85,7 @@ def parse_voc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
         boxes.append([x1, y1, x2, y2])
         labels.append(lookup[name])
         difficult.append((_number(obj.findtext("difficult")) or 0) > 0)
-    return ParsedAnnotation(None, width, height, np.asarray(boxes, np.float32).reshape(-1, 4),
-                            np.asarray(labels, np.int64), np.asarray(difficult, bool), tuple(problems))
+    return width, height, boxes, labels, difficult, problems
 
 
 def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult: bool = True,
@@ -110,7 +114,7 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
     xml_dir = root / "Annotations"
     if names and not xml_dir.is_dir():
         raise FileNotFoundError(f"{xml_dir}: no annotation folder (is data.root the VOC20xx folder?)")
-    parsed = parse_annotation_files(xml_dir, names, parse_voc_xml, cache_dir, f"voc_{split}", PARSER_VERSION,
+    parsed = parse_annotation_files(xml_dir, names, _parse_voc_raw, cache_dir, f"voc_{split}", PARSER_VERSION,
                                     class_list)
     finder = ImageFinder(root / "JPEGImages", ".jpg")
     images = [finder.find(name) for name in names]
