@@ -255,3 +255,24 @@ def test_plain_command_line_without_torch(tmp_path, repo_root, world):
     bad = subprocess.run(cmd[:5] + [f"data.root={tmp_path / 'missing'}", f"detections={det}"], capture_output=True,
                          text=True, env=env, cwd=tmp_path, timeout=300)
     assert bad.returncode != 0 and "missing: dataset folder not found (data.root)" in bad.stderr
+
+
+def test_parallel_parse_equals_serial(tmp_path, monkeypatch):
+    """Worker processes (a cold cache on a large folder) give exactly the serial result, errors included."""
+    import detect.data.cache as cache
+    import detect.data.ilsvrc as ilsvrc
+
+    names, gt = make_world(seed=3, num_images=40)
+    root = tmp_path / "gt"
+    write_ground_truth_only(root, "2015", names, gt)
+    xml_dir = root / "Annotations" / "DET" / "val"
+    (xml_dir / f"{names[7]}.xml").write_text("<annotation><object>")  # malformed
+    (xml_dir / f"{names[23]}.xml").unlink()  # missing
+    (xml_dir / f"{names[30]}.xml").write_text(xml_text(names[30], 50, 50, [(1, 9, 9, 3, 3)]))  # an inverted box
+    monkeypatch.setattr(cache, "MIN_FILES_PER_WORKER", 5)
+    serial = cache.parse_annotation_files(xml_dir, names, ilsvrc._parse_ilsvrc_raw, None, "t", 1, CLASSES, workers=1)
+    parallel = cache.parse_annotation_files(xml_dir, names, ilsvrc._parse_ilsvrc_raw, None, "t", 1, CLASSES, workers=3)
+    for key in ("width", "height", "counts", "boxes", "labels", "flags"):
+        np.testing.assert_array_equal(getattr(parallel, key), getattr(serial, key))
+    assert parallel.errors == serial.errors and set(serial.errors) == {7, 23} and serial.errors[23] == "missing"
+    assert parallel.problems == serial.problems and list(serial.problems) == [30]

@@ -71,6 +71,16 @@ class ParsedFolder:
         self._width, self._height = width.tolist(), height.tolist()
 
     @classmethod
+    def concat(cls, parts: list["ParsedFolder"]) -> "ParsedFolder":
+        """The parts' files one after the other."""
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).tolist()
+        cat = lambda key: np.concatenate([getattr(p, key) for p in parts])  # noqa: E731
+        errors = {k + off: v for p, off in zip(parts, offsets) for k, v in p.errors.items()}
+        problems = {k + off: v for p, off in zip(parts, offsets) for k, v in p.problems.items()}
+        return cls(cat("width"), cat("height"), cat("counts"), cat("boxes").reshape(-1, 4), cat("labels"), cat("flags"),
+                   errors, problems)
+
+    @classmethod
     def from_raw(cls, items: list) -> "ParsedFolder":
         """From per-file raw tuples (see :meth:`ParsedAnnotation.from_raw`) or error strings."""
         width, height, counts, boxes, labels, flags = [], [], [], [], [], []
@@ -166,12 +176,41 @@ def cache_path(cache_dir: str | Path, tag: str, identity: list) -> Path:
     return Path(cache_dir) / f"{tag}_{key}.npz"
 
 
+MIN_FILES_PER_WORKER = 2000  # below this many files per worker process, parsing in this process is faster
+
+
+def _parse_files(parse_raw, files: list[str], classes, progress: str | None = None) -> ParsedFolder:
+    """Parse ``files`` one by one (in this process or in a worker) into columns."""
+    items = []
+    for path in (tqdm(files, desc=progress, leave=False, mininterval=2.0) if progress else files):
+        try:
+            items.append(parse_raw(path, classes))
+        except ValueError as e:
+            items.append("missing" if not os.path.isfile(path) else str(e))
+    return ParsedFolder.from_raw(items)
+
+
+def _parse_in_workers(parse_raw, files: list[str], classes, workers: int) -> ParsedFolder:
+    """Parse in ``workers`` processes (forked where the platform allows: nothing to import again)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    bounds = np.linspace(0, len(files), workers * 4 + 1).astype(int).tolist()  # 4 chunks per worker: even finish
+    chunks = [files[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        parts = list(pool.map(_parse_files, [parse_raw] * len(chunks), chunks, [classes] * len(chunks)))
+    return ParsedFolder.concat(parts)
+
+
 def parse_annotation_files(folder: str | Path, names: list[str], parse_raw, cache_dir: str | Path | None, tag: str,
-                           version: int, classes) -> ParsedFolder:
+                           version: int, classes, workers: int = 1) -> ParsedFolder:
     """``parse_raw(folder/<name>.xml, classes)`` (a raw tuple, see :meth:`ParsedAnnotation.from_raw`) for
     every name, through the cache in ``cache_dir`` when given. A file that cannot be parsed gets
     ``error`` (its ``ValueError`` text, or ``"missing"``). ``version`` (the parser's) and ``classes``
-    are part of the fingerprint."""
+    are part of the fingerprint. ``workers``: processes that parse when the cache is cold (used when
+    each gets at least ``MIN_FILES_PER_WORKER`` files); the result is the same for any number."""
     folder = str(folder)
     files = [os.path.join(folder, name + ".xml") for name in names]
     cache = fingerprint = None
@@ -182,13 +221,12 @@ def parse_annotation_files(folder: str | Path, names: list[str], parse_raw, cach
         parsed = ParsedFolder.load(cache, fingerprint, len(names))
         if parsed is not None:
             return parsed
-    items = []
-    for path in tqdm(files, desc=f"reading {folder}", leave=False, mininterval=2.0):
-        try:
-            items.append(parse_raw(path, classes))
-        except ValueError as e:
-            items.append("missing" if not os.path.isfile(path) else str(e))
-    parsed = ParsedFolder.from_raw(items)
+    workers = max(1, min(int(workers), len(files) // MIN_FILES_PER_WORKER))
+    if workers > 1:
+        log.info("parsing %d annotation files in %s with %d processes", len(files), folder, workers)
+        parsed = _parse_in_workers(parse_raw, files, classes, workers)
+    else:
+        parsed = _parse_files(parse_raw, files, classes, progress=f"reading {folder}")
     if cache is not None:
         parsed.save(cache, fingerprint)
     return parsed

@@ -315,7 +315,8 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
                     blacklist: str | Path | None = None, classes=None, layout: str | int = "auto",
                     missing_annotation: str | None = None, devkit: str | Path | None = None,
                     check_images: bool = True, max_missing_images: float = 0.1,
-                    ground_truth: str | Path | None = None, cache_dir: str | Path | None = None) -> DetectionDataset:
+                    ground_truth: str | Path | None = None, cache_dir: str | Path | None = None,
+                    workers: int = 1) -> DetectionDataset:
     """Read an ILSVRC DET split into a :class:`DetectionDataset` (see the module docstring for layouts).
 
     image_list: a ``<name> <index>`` file replacing the split's own list (e.g. R-CNN's val1/val2).
@@ -328,7 +329,7 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     (evaluation: no pixels needed) reads the ground truth alone. A size missing from the XML is read
     from the image header (counted in ``dataset.warnings``), else left 0 (unknown).
     ground_truth: the devkit's cached ground-truth ``.mat`` in place of the XML folder (official list only).
-    cache_dir: where parsed XML is cached (None: no cache).
+    cache_dir: where parsed XML is cached (None: no cache). workers: processes parsing XML on a cold cache.
     Malformed XML skips the image; bad objects are dropped; both are counted in ``dataset.skipped``.
     A split where nothing is left raises ``ValueError`` with the summary.
     """
@@ -356,7 +357,8 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
             raise FileNotFoundError(f"{root}: no image list {split}.txt in {where}; give image_list=")
         entries = read_image_list(list_path)
         parsed = parse_annotation_files(xml_dir, [n for n, _ in entries], _parse_ilsvrc_raw, cache_dir,
-                                        f"ilsvrc_{layout}_{split}_{Path(list_path).stem}", PARSER_VERSION, class_list)
+                                        f"ilsvrc_{layout}_{split}_{Path(list_path).stem}", PARSER_VERSION, class_list,
+                                        workers)
 
     skipped = SkipLog("annotations")
     warnings = SkipLog("annotations", verb="kept with a warning")

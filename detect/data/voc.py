@@ -90,7 +90,7 @@ def _parse_voc_raw(path: str | Path, classes: ClassList) -> tuple:
 
 def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult: bool = True,
              check_images: bool = True, max_missing_images: float = 0.1,
-             cache_dir: str | Path | None = None) -> DetectionDataset:
+             cache_dir: str | Path | None = None, workers: int = 1) -> DetectionDataset:
     """Read ``root`` (a ``VOCdevkit/VOC20xx`` folder) split ``split`` into a :class:`DetectionDataset`.
 
     classes: ``None`` (the 20 VOC classes), a class list file, or a ClassList.
@@ -99,7 +99,7 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
     check_images: look for every listed image in ``JPEGImages`` (any extension and case); missing ones
     are skipped and counted, more than ``max_missing_images`` (a share) missing stops with an error
     naming the pattern. ``False`` (evaluation) reads the annotations alone.
-    cache_dir: where parsed XML is cached (None: no cache).
+    cache_dir: where parsed XML is cached (None: no cache). workers: processes parsing XML on a cold cache.
     Unreadable annotations skip the image; bad objects are dropped; both counted in ``dataset.skipped``;
     sizes read from the images are counted in ``dataset.warnings``.
     """
@@ -115,7 +115,7 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
     if names and not xml_dir.is_dir():
         raise FileNotFoundError(f"{xml_dir}: no annotation folder (is data.root the VOC20xx folder?)")
     parsed = parse_annotation_files(xml_dir, names, _parse_voc_raw, cache_dir, f"voc_{split}", PARSER_VERSION,
-                                    class_list)
+                                    class_list, workers)
     finder = ImageFinder(root / "JPEGImages", ".jpg")
     images = [finder.find(name) for name in names]
     if check_images:
