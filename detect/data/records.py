@@ -21,17 +21,7 @@ from detect.classes import ClassList
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "boxes_outside_image", "warn_outside"]
-
-
-def boxes_outside_image(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``bool[N]``: which boxes ``[N, 4]`` (xyxy) reach past the image: ``x1 < 0``, ``y1 < 0``,
-    ``x2 > width`` or ``y2 > height`` (so inclusive-pixel formats may end on ``width``, a common 1-based
-    slip). All False when the size is unknown (0). Such boxes are kept (see the module docstring)."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if width <= 0 or height <= 0:
-        return np.zeros(len(boxes), bool)
-    return (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height)
+__all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "warn_outside"]
 
 
 @dataclass
@@ -64,9 +54,11 @@ class DetectionRecord:
 
 
 def warn_outside(records: list["DetectionRecord"], warnings: "SkipLog", source) -> int:
-    """Add a warning per ground-truth box of ``records`` that reaches past its image (the boxes stay as
-    stored; see the module docstring); ``source(record)`` names the annotation file. Returns the count.
-    One vectorised pass over all records."""
+    """Add a warning per ground-truth box of ``records`` that reaches past its image: ``x1 < 0``,
+    ``y1 < 0``, ``x2 > width`` or ``y2 > height`` (so inclusive-pixel formats may end on ``width``, a
+    common 1-based slip); none for a record of unknown size (0). The boxes stay as stored (see the
+    module docstring); ``source(record)`` names the annotation file. Returns the count. One vectorised
+    pass over all records."""
     counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
     if not counts.sum():
         return 0

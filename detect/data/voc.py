@@ -17,8 +17,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
-
 from detect.classes import ClassList, read_class_list
 from detect.data.cache import ParsedAnnotation, parse_annotation_files
 from detect.data.folder import ImageFinder, size_from_image
