@@ -169,7 +169,6 @@ def _tokenise_fast(text: str, bad: dict) -> tuple[np.ndarray, np.ndarray, np.nda
         return None  # a lone carriage return is a line break to str.splitlines: leave it to the slow path
     space = _SPACE_BYTES[b]
     starts = np.flatnonzero(~space & np.concatenate([[True], space[:-1]]))
-    ends = np.flatnonzero(~space & np.concatenate([space[1:], [True]])) + 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         values = np.fromstring(data, dtype=np.float64, sep=" ")
@@ -179,11 +178,12 @@ def _tokenise_fast(text: str, bad: dict) -> tuple[np.ndarray, np.ndarray, np.nda
     counts = np.bincount(line)
     for n in np.flatnonzero((counts != 0) & (counts != 7)).tolist():
         bad[n + 1] = None  # not 7 fields: reported with _parse_line's message
+    # tokens holding a character other than digits and signs ('.', 'e', letters): not integers
+    not_int = np.zeros(len(starts), bool)
+    not_int[np.searchsorted(starts, np.flatnonzero(_NOT_INT_BYTES[b] & ~space), side="right") - 1] = True
     keep = counts[line] == 7
-    starts, ends, values, line = starts[keep], ends[keep], values[keep], line[keep]
-    not_int = np.concatenate([[0], np.cumsum(_NOT_INT_BYTES[b])])
-    first_two = np.arange(len(starts)).reshape(-1, 7)[:, :2]
-    integer = ((not_int[ends[first_two]] - not_int[starts[first_two]]) == 0).all(axis=1)
+    values, line, not_int = values[keep], line[keep], not_int[keep]
+    integer = ~not_int.reshape(-1, 7)[:, :2].any(axis=1)
     return line[::7] + 1, values.reshape(-1, 7), integer
 
 
