@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from detect.io import atomic_open
 
@@ -182,7 +181,11 @@ MIN_FILES_PER_WORKER = 2000  # below this many files per worker process, parsing
 def _parse_files(parse_raw, files: list[str], classes, progress: str | None = None) -> ParsedFolder:
     """Parse ``files`` one by one (in this process or in a worker) into columns."""
     items = []
-    for path in (tqdm(files, desc=progress, leave=False, mininterval=2.0) if progress else files):
+    if progress:
+        from tqdm import tqdm  # only when parsing (a warm cache needs no progress bar)
+
+        files = tqdm(files, desc=progress, leave=False, mininterval=2.0)
+    for path in files:
         try:
             items.append(parse_raw(path, classes))
         except ValueError as e:
