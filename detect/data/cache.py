@@ -158,15 +158,17 @@ class ParsedFolder:
 def annotation_fingerprint(files: list[str], names: list[str], extra: list) -> str:
     """sha256 over ``extra``, the names and each file's (size, mtime_ns, ctime_ns, inode) (-1 when
     missing); the inode catches a file replaced by an atomic rename within the clock's resolution."""
-    stats = []
-    for f in files:
+    stats = np.full((len(files), 4), -1, dtype=np.int64)
+    for k, f in enumerate(files):
         try:
             st = os.stat(f)
-            stats.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
         except OSError:
-            stats.append((-1, -1, -1, -1))
-    blob = json.dumps([extra, names, stats], separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()
+            continue
+        stats[k] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    h = hashlib.sha256(json.dumps(extra, separators=(",", ":")).encode())
+    h.update("\n".join(names).encode("utf-8", "surrogatepass"))
+    h.update(stats.tobytes())
+    return h.hexdigest()
 
 
 def cache_path(cache_dir: str | Path, tag: str, identity: list) -> Path:
