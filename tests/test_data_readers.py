@@ -140,7 +140,7 @@ def test_bad_input_is_counted_and_skipped(bad_tree):
     assert {"malformed.xml", "missing.xml", "inverted.xml", "noimage.JPEG"} <= files
     assert "5 annotations skipped" in ds.skipped.summary()
     warned = sorted((Path(f).name, r.split(":")[0]) for f, r in ds.warnings.entries)
-    assert warned == [("nosize.xml", "size from the image"), ("outside.xml", "box outside the image")]
+    assert warned == [("nosize.xml", "size repaired from the image"), ("outside.xml", "box outside the image")]
     assert "kept with a warning" in ds.summary()
     kept = read_ilsvrc_det(bad_tree, "val", missing_annotation="empty", max_missing_images=0.2)
     missing = [r for r in kept if r.image_id == "missing"][0]

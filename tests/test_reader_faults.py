@@ -130,8 +130,8 @@ def test_voc_size_taken_from_the_image(tmp_path, size):
     assert [r.image_id for r in ds] == ["a", "b"] and len(ds.skipped) == 0  # never dropped
     assert (ds[0].width, ds[0].height) == (64, 48) and (ds[1].width, ds[1].height) == (40, 30)
     np.testing.assert_array_equal(ds[0].boxes, [[4, 5, 19, 24]])  # its boxes kept
-    assert [(Path(f).name, r.split(":")[0]) for f, r in ds.warnings.entries] == [("a.xml", "size from the image")]
-    assert "1 annotations kept with a warning" in ds.summary() and "size from the image" in ds.summary()
+    assert [(Path(f).name, r.split(":")[0]) for f, r in ds.warnings.entries] == [("a.xml", "size repaired from the image")]
+    assert "1 annotations kept with a warning" in ds.summary() and "size repaired from the image" in ds.summary()
     # evaluation without the images: the record is kept, its size unknown (0), also counted
     os.remove(root / "JPEGImages" / "a.jpg")
     gt_only = read_voc(root, "test", check_images=False)

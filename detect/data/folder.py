@@ -213,5 +213,5 @@ def size_from_image(image_path: Path, annotation: str | Path, reason: str, warni
     except ValueError as e:
         warnings.add(annotation, f"size unknown: {reason}, and {e}")
         return 0, 0
-    warnings.add(annotation, f"size from the image: {reason}; {width}x{height} from {Path(image_path).name}")
+    warnings.add(annotation, f"size repaired from the image: {reason}; {width}x{height} from {Path(image_path).name}")
     return width, height
