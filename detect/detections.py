@@ -265,8 +265,8 @@ def _log_degenerate(path: Path, dets: Detections) -> None:
     flat = int(((b[:, 2] == b[:, 0]) | (b[:, 3] == b[:, 1])).sum())
     if inverted or flat:
         log.warning("%s: %d detections with xmax < xmin or ymax < ymin and %d with zero width or height: kept "
-                    "and scored as the official code scores them (they match nothing under COCO rules; under "
-                    "ILSVRC/VOC rules only boxes inverted by less than one pixel can overlap)", path, inverted, flat)
+                    "and scored as the official code scores them (under COCO rules they match nothing; under the "
+                    "ILSVRC/VOC +1 rule a box inverted by a pixel or more matches nothing)", path, inverted, flat)
 
 
 class SubmissionWriter:

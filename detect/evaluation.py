@@ -18,11 +18,12 @@ pycocotools) or the area under the envelope (``interpolation="area"``).
 
 Detections are scored exactly as given, as the official code scores them: nothing is clipped or
 dropped here. Under ``ilsvrc``/``voc`` rules (+1 widths) a box with ``x2 < x1`` (or ``y2 < y1``) by a
-pixel or more, or of zero size in a continuous sense, overlaps nothing unless it is inverted by less
-than one pixel, and counts as a false positive; boxes reaching outside the image are matched as they
-are. Under ``coco`` rules a box of zero or negative width or height overlaps nothing; an unmatched
-detection whose area ``w * h`` lies outside COCOeval's "all" range ``[0, 1e10]`` (exactly one negative
-side) is ignored, as COCOeval ignores it, and one with zero area is a false positive.
+pixel or more overlaps nothing and counts as a false positive, while ``x2 == x1`` is a box one pixel
+wide and one inverted by less than a pixel still has a positive width; boxes reaching outside the
+image are matched as they are. Under ``coco`` rules a box of zero or negative width or height overlaps
+nothing; an unmatched detection whose area ``w * h`` lies outside COCOeval's "all" range ``[0, 1e10]``
+(exactly one negative side) is ignored, as COCOeval ignores it, and one with zero area is a false
+positive.
 
 Ties in confidence are broken by image index, then by position in the ``Detections`` (for ``voc``: by
 position only, the order of a VOC results file); ties in IoU by the ground truth's order in its
