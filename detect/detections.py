@@ -7,8 +7,8 @@ list (``DetectionRecord.index``, the first column of an ILSVRC submission); labe
 Files:
 - ILSVRC submission: text lines ``<image_index> <DET_ID> <confidence> <xmin> <ymin> <xmax> <ymax>``.
   A detections file is the user's output, not corrupt input: every line that parses is scored as the
-  official code scores it (an inverted or zero-area box is a false positive, a box outside the image
-  is matched as it is). Lines that cannot be parsed, or name an image or class that does not exist,
+  official code scores it (a box inverted by a pixel or more is a false positive, a box outside the
+  image is matched as it is; see ``detect.evaluation``). Lines that cannot be parsed, or name an image or class that does not exist,
   are reported with file and line number, counted in a ``SkipLog`` and skipped.
 - COCO results: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``. Images map through
   the dataset's records: ``image_id`` is ``int(record.image_id)`` when every record id is an integer
@@ -211,8 +211,8 @@ def read_ilsvrc_submission(
 
     Every line of 7 numeric fields (integer image index >= 1 and DET_ID, finite numbers) is kept as
     written: a box with ``xmax < xmin``, ``ymax < ymin`` or zero area is the user's output and is scored
-    as the official code scores it (it overlaps nothing: a false positive); such boxes are counted in a
-    log line. Lines that cannot be parsed, whose DET_ID is outside ``1..num_classes``, or whose image
+    as the official code scores it (see ``detect.evaluation``: inverted by a pixel or more, it overlaps
+    nothing, a false positive); such boxes are counted in a log line. Lines that cannot be parsed, whose DET_ID is outside ``1..num_classes``, or whose image
     index is not in ``known_images`` (an iterable of indices; ``None``: any) are logged as
     ``file:line``, counted in ``skipped`` and left out; blank lines are ignored. ``FileNotFoundError``
     names a missing file. Numbers follow Python's ``int()``/``float()`` syntax. Vectorised: a file of
