@@ -19,7 +19,7 @@ from pathlib import Path
 
 from detect.classes import ClassList, read_class_list
 from detect.data.cache import ParsedAnnotation, parse_annotation_files
-from detect.data.folder import ImageFinder, size_from_image
+from detect.data.folder import ImageFinder, leaves_folder, size_from_image
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, warn_outside
 from detect.data.xmlfile import read_xml_root
 
@@ -109,6 +109,9 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
         names = [line.split()[0] for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError as e:
         raise FileNotFoundError(f"{list_path}: cannot read VOC image list ({e.strerror})") from None
+    outside = [n for n in names if leaves_folder(n)]
+    if outside:
+        raise ValueError(f"{list_path}: image name {outside[0]!r} points outside the dataset folder")
     xml_dir = root / "Annotations"
     if names and not xml_dir.is_dir():
         raise FileNotFoundError(f"{xml_dir}: no annotation folder (is data.root the VOC20xx folder?)")
