@@ -34,7 +34,7 @@ from detect.data.records import DetectionDataset
 log = logging.getLogger(__name__)
 
 __all__ = ["BLOCKS", "HeldOutPart", "holdout_key", "holdout_part", "split_name", "output_stem",
-           "proposal_store_path", "detections_path"]
+           "proposal_store_path", "detections_path", "reader_target"]
 
 BLOCKS = ("train", "monitor", "val")  # the reader blocks every data config has
 PARTS = ("train", "monitor")
@@ -82,7 +82,7 @@ def holdout_part(source: DetectionDataset, part: str, fraction: float, seed: int
     log.info("%s: %s part, %d of %d images (held-out share %.3f, seed %d)", source.name, part, len(chosen),
              len(records), fraction, seed)
     return HeldOutPart(chosen, source.classes, name=f"{source.name}:{part}", blacklist=blacklist,
-                       skipped=source.skipped, whole=source, part=part)
+                       skipped=source.skipped, warnings=source.warnings, whole=source, part=part)
 
 
 def split_name(data: Mapping, block: str) -> str:
@@ -93,6 +93,16 @@ def split_name(data: Mapping, block: str) -> str:
         raise ValueError(f"split={block}: data={data.get('name')} has no such reader block (blocks: {blocks})")
     names = data.get("split_names") or {}
     return str(names.get(block, block))
+
+
+def reader_target(data: Mapping, block: str) -> str:
+    """The ``_target_`` of the reader behind ``block`` (through a held-out part to its ``source``), by
+    which the evaluation rules of the data are chosen (``detect.evaluation.rules_for_dataset``)."""
+    split_name(data, block)  # a block that exists
+    spec = data[block]
+    while isinstance(spec.get("source"), Mapping) and "_target_" in spec["source"]:
+        spec = spec["source"]
+    return str(spec["_target_"])
 
 
 def output_stem(data: Mapping, block: str) -> str:
