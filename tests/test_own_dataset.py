@@ -23,9 +23,9 @@ pytestmark = pytest.mark.slow
 
 TINY = dict(num_classes=3, num_train=14, num_val=6, min_side=96, max_side=128, max_objects=3, min_object_size=24,
             empty_fraction=0.0, seed=0, extensions=[".jpg", ".JPG"])
-TINY_RUN = [  # every trainer: one epoch of two steps on a width-0.125 network at 64 pixels; SS at native size
+TINY_RUN = [  # every trainer: one epoch of two steps on a width-0.125 network at 64 pixels
     "members=1", "draw_images=2",
-    "stage_overrides=['device=cpu','num_workers=0','model.width=0.125','proposals=union_native']",
+    "stage_overrides=['device=cpu','num_workers=0','model.width=0.125']",
     "tool_overrides.train_cls=['epochs=1','max_steps_per_epoch=2','batch_size=4','crop_size=64']",
     "tool_overrides.train_multibox=['epochs=1','max_steps_per_epoch=2','batch_size=4','multibox.input_size=64',"
     "'multibox.num_priors=10','multibox.grid=2','evaluation.batch_size=4']",
