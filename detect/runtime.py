@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,18 @@ def resolve_threads(setting: Any, cores: int | None = None, env: Mapping[str, st
 
 
 def apply_threads(setting: Any) -> int:
-    """Set torch's and OpenCV's thread counts for ``setting`` (see :func:`resolve_threads`); returns it."""
-    import cv2
-    import torch
+    """Set torch's and OpenCV's thread counts for ``setting`` (see :func:`resolve_threads`); returns it.
 
+    A library not imported yet is not imported here (the evaluation tools never load torch): its
+    environment variable is set instead, which it reads when it loads (``OMP_NUM_THREADS`` for torch's
+    OpenMP runtime and MKL, ``OPENCV_FOR_THREADS_NUM`` for OpenCV)."""
     n = resolve_threads(setting)
-    torch.set_num_threads(n)
-    cv2.setNumThreads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ["OPENCV_FOR_THREADS_NUM"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(n)
     return n
 
 

@@ -1,4 +1,7 @@
 """The `threads` setting: resolution, application, and its registration for every tool."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -24,7 +27,9 @@ def test_auto_is_the_usable_cores_shared_by_the_processes_of_the_machine():
             resolve_threads(bad)
 
 
-def test_callback_applies_the_setting_and_stops_on_a_bad_one():
+def test_callback_applies_the_setting_and_stops_on_a_bad_one(monkeypatch):
+    for name in ("OMP_NUM_THREADS", "OPENCV_FOR_THREADS_NUM"):  # restored after the test
+        monkeypatch.delenv(name, raising=False)
     before_torch, before_cv = torch.get_num_threads(), cv2.getNumThreads()
     try:
         ThreadsCallback().on_job_start(config=OmegaConf.create({"threads": 1}))
@@ -34,6 +39,17 @@ def test_callback_applies_the_setting_and_stops_on_a_bad_one():
     finally:
         torch.set_num_threads(before_torch)
         cv2.setNumThreads(before_cv)
+
+
+def test_applied_before_torch_loads_without_loading_it():
+    """The evaluation tools never import torch: the setting reaches torch and OpenCV when they load."""
+    code = ("import sys; from detect.runtime import apply_threads; apply_threads(1); "
+            "assert 'torch' not in sys.modules and 'cv2' not in sys.modules; "
+            "import torch, cv2; print(torch.get_num_threads(), cv2.getNumThreads())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")}
+    env["PYTHONPATH"] = str(CONF.parent)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]
 
 
 @pytest.mark.parametrize("tool", sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "common"))
