@@ -131,12 +131,12 @@ def main(cfg) -> None:
         run_stages(stages, cfg.work_dir, tools_dir, stop_after=cfg.stop_after, inputs_digest=digest)
     except StageError as e:
         sys.exit(f"demo stopped: {e}\nre-run the same command to continue from this stage")
-    eval_dir = Path(cfg.paths.eval_dir)
-    report = eval_dir / f"eval_{output_stem(cfg.data, 'val')}.json"
+    stem = output_stem(cfg.data, "val")
+    report = Path(cfg.paths.eval_dir) / f"eval_{stem}.json"
     if cfg.stop_after is None and report.is_file():
         result = json.loads(report.read_text())
         print(f"\nmAP@0.5 on {where}, {result.get('rules', 'its')} rules: {result['mean_ap']:.4f}")
-        print(f"report and PR curves: {report}, {report.with_name('pr_' + report.name[len('eval_'):-5] + '.png')}")
+        print(f"report and PR curves: {report}, {report.with_name(f'pr_{stem}.png')}")
         print(f"detector: {cfg.paths.detector}")
         print(f"drawn detections: {Path(cfg.work_dir) / 'detect'}")
 
