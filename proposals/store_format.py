@@ -55,8 +55,9 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def box_dtype_for(low: float, high: float) -> np.dtype:
-    """uint16 when every coordinate (in ``[low, high]``, NaN-free extremes) rounds into 0..65535, else float32."""
-    return np.dtype(np.uint16) if low >= 0 and high <= _UINT16_MAX else np.dtype(np.float32)
+    """uint16 when every coordinate (in ``[low, high]``, NaN-free extremes) rounds into 0..65535, else float32
+    (a box a hair outside the image, e.g. at -0.001, still rounds to 0 and keeps the split in uint16)."""
+    return np.dtype(np.uint16) if np.round(low) >= 0 and np.round(high) <= _UINT16_MAX else np.dtype(np.float32)
 
 
 def _ids_array(image_ids: Sequence[str]) -> np.ndarray:
@@ -142,9 +143,9 @@ class StoreWriter:
         if len(boxes) != self.counts[i]:
             raise ValueError(f"{self.path}: image {self.ids[i]!r} has {len(boxes)} boxes, {self.counts[i]} announced")
         if self.box_dtype == np.uint16 and boxes.dtype != np.uint16:
+            boxes = np.round(boxes)
             if len(boxes) and not (np.nanmin(boxes) >= 0 and np.nanmax(boxes) <= _UINT16_MAX):
                 raise ValueError(f"{self.path}: image {self.ids[i]!r} has coordinates outside 0..65535 for uint16 boxes")
-            boxes = np.round(boxes)
         self._boxes.write(np.ascontiguousarray(boxes, dtype=self.box_dtype).tobytes())
         if self.with_scores:
             if scores is None or len(np.asarray(scores).reshape(-1)) != len(boxes):

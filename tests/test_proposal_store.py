@@ -325,3 +325,17 @@ def test_a_lookup_reads_one_image_not_the_split(tmp_path, repo_root):
     whole, _ = grown(tmp_path / "v1.npz")
     assert not torch_imported
     assert mapped < 8 and whole > 30, (mapped, whole)  # 40 MB of boxes and scores
+
+
+def test_box_dtype_follows_the_rounded_coordinates(tmp_path):
+    from proposals.store_format import StoreWriter, box_dtype_for
+
+    assert box_dtype_for(-0.001, 65535.4) == np.uint16  # a hair outside the image still rounds into range
+    assert box_dtype_for(-0.6, 10) == np.float32 and box_dtype_for(0, 65535.6) == np.float32
+    store = ProposalStore.from_lists(["a"], [np.array([[-0.001, 0.2, 10.4, 65535.4]], np.float32)])
+    store.save(tmp_path / "s.npz")
+    back = ProposalStore.load(tmp_path / "s.npz")
+    assert back.boxes.dtype == np.uint16 and back.get("a").tolist() == [[0, 0, 10, 65535]]
+    with pytest.raises(ValueError, match="outside 0..65535"), StoreWriter(tmp_path / "w.npz", ["a"], [1]) as w:
+        w.add(np.array([[0, 0, -3, 5]], np.float32))
+    assert not (tmp_path / "w.npz").exists() and not list(tmp_path.glob(".w.npz.*"))  # nothing half-written
