@@ -63,13 +63,14 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: Path = REPO, log_
 
     The peak comes from GNU time (``/usr/bin/time -f %M``), whose own small process forks the command, so
     the figure is the command's alone; without it, from ``os.wait4``, which also counts the memory this
-    process had when it forked (small for the driver, which imports no torch)."""
+    process had when it forked (small for the driver, which imports no torch). ``cpu_s``: user + system
+    seconds of the command and its children, a steadier figure than wall time on a shared machine."""
     import tempfile
 
     start = time.perf_counter()
     out = open(log_path, "w") if log_path else subprocess.PIPE
     with tempfile.NamedTemporaryFile("r", suffix=".maxrss") as peak_file:
-        full = [TIME, "-f", "%M", "-o", peak_file.name, *map(str, cmd)] if os.access(TIME, os.X_OK) else list(map(str, cmd))
+        full = [TIME, "-f", "%M %U %S", "-o", peak_file.name, *map(str, cmd)] if os.access(TIME, os.X_OK) else list(map(str, cmd))
         proc = subprocess.Popen(full, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
         text = ""
@@ -78,8 +79,12 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: Path = REPO, log_
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
-        lines = [ln for ln in peak_file.read().splitlines() if ln.strip().isdigit()]
-        peak_kb = int(lines[-1]) if full[0] == TIME and lines else usage.ru_maxrss
+        fields = [ln.split() for ln in peak_file.read().splitlines()]
+        fields = [f for f in fields if len(f) == 3 and f[0].isdigit()]
+        if full[0] == TIME and fields:
+            peak_kb, cpu = int(fields[-1][0]), float(fields[-1][1]) + float(fields[-1][2])
+        else:
+            peak_kb, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     if log_path is not None:
         out.close()
         text = log_path.read_text()
@@ -89,7 +94,7 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: Path = REPO, log_
     for line in text.splitlines():
         if line.startswith("RESULT "):
             result = json.loads(line[len("RESULT "):])
-    return {"wall_s": round(wall, 3), "peak_rss_mb": round(peak_kb / 1024, 1), **result}
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak_kb / 1024, 1), **result}
 
 
 def _emit(**values) -> None:
@@ -148,11 +153,11 @@ def m_propose(args) -> None:
     paths, ids = [str(r.path) for r in ds.records], [r.image_id for r in ds.records]
     total_chunks = -(-len(ids) // args.chunk_size)
     stop = total_chunks - 1 if args.part == "chunks" else None
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     summary = module.propose_dataset(paths, ids, StandInProposer(args.boxes), args.out, chunk_size=args.chunk_size,
                                      stop_after_chunks=stop, progress=False)
     seconds = time.perf_counter() - start
-    _emit(seconds=seconds, chunks=summary.chunks_computed, merged=summary.merged, images=len(ids),
+    _emit(seconds=seconds, cpu_seconds=time.process_time() - cpu, chunks=summary.chunks_computed, merged=summary.merged, images=len(ids),
           size_mb=Path(args.out).stat().st_size / 2**20 if summary.merged else None)
 
 
@@ -211,26 +216,30 @@ def m_train_data(args) -> None:
                          crop_size=args.crop, context=16 * args.crop // 224, seed=0)
     picks = np.linspace(0, len(records) - 1, min(args.items, len(records))).astype(int).tolist()
     data[picks[0]]  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     regions = 0
     for i in picks:
         crops, labels = data[i]
         regions += len(labels)
     item = (time.perf_counter() - start) / len(picks)
+    item_cpu = (time.process_time() - cpu) / len(picks)
     rng = np.random.default_rng(0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in picks:
         r = records[i]
         boxes, labels = add_ground_truth(torch.from_numpy(store.get(r.image_id)), torch.from_numpy(r.boxes),
                                          torch.from_numpy(r.labels), torch.from_numpy(r.ignore), 0.5)
         sample_regions(labels, args.regions, 0.25, rng)
     labels_only = (time.perf_counter() - start) / len(picks)
+    labels_cpu = (time.process_time() - cpu) / len(picks)
     start = time.perf_counter()
     for i in picks:
         store.get(records[i].image_id)
     lookup = (time.perf_counter() - start) / len(picks)
-    _emit(setup_s=setup, images=len(records), item_ms=1000 * item, regions_per_s=regions / (item * len(picks)),
-          labels_ms=1000 * labels_only, lookup_ms=1000 * lookup, rss_mb=_rss_mb(), items=len(picks))
+    _emit(setup_s=setup, images=len(records), item_ms=1000 * item, item_cpu_ms=1000 * item_cpu,
+          regions_per_s=regions / (item * len(picks)), regions_per_cpu_s=regions / (item_cpu * len(picks)),
+          labels_ms=1000 * labels_only, labels_cpu_ms=1000 * labels_cpu, lookup_ms=1000 * lookup, rss_mb=_rss_mb(),
+          items=len(picks))
 
 
 def _real_records(root: Path):
@@ -328,8 +337,13 @@ def _measure(stage: str, log_dir: Path, name: str, **kw) -> dict:
 
 
 def _tool(tool: str, overrides: list[str], log_dir: Path, name: str, env: dict | None = None) -> dict:
+    import re
+
     result = run_measured([PYTHON, str(REPO / "tools" / f"{tool}.py"), *overrides], env=env,
                           log_path=log_dir / f"{name}.log")
+    loop = re.search(r"rank 0: (\d+) images in ([\d.]+) s", (log_dir / f"{name}.log").read_text())
+    if loop:  # detect_dataset's own figure for its per-image loop (reading, proposals, scoring, writing)
+        result.update(loop_images=int(loop.group(1)), loop_s=float(loop.group(2)))
     print(f"  {name}: {json.dumps(result)}", flush=True)
     return result
 

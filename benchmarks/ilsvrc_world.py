@@ -153,8 +153,8 @@ class StandInProposer:
         rng = np.random.default_rng([self.seed, h, w, int(image[::16, ::16].sum())])
         n_small = self.num_boxes - self.large
         side_small = rng.uniform(2.0, min(self.large_side - 1, w - 1, h - 1), (n_small, 2))
-        side_large = np.stack([rng.uniform(min(self.large_side, w), w + 1e-3, self.large),
-                               rng.uniform(min(self.large_side, h), h + 1e-3, self.large)], axis=1)
+        side_large = np.stack([rng.uniform(min(self.large_side, w), w, self.large),
+                               rng.uniform(min(self.large_side, h), h, self.large)], axis=1)
         sides = np.concatenate([side_large, side_small])
         x1 = rng.uniform(0, 1, len(sides)) * (w - sides[:, 0])
         y1 = rng.uniform(0, 1, len(sides)) * (h - sides[:, 1])

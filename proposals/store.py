@@ -66,12 +66,14 @@ def _read_npz(path: Path, names: Sequence[str] | None = None) -> dict[str, np.nd
 
 
 def resolve_workers(workers: int | str) -> int:
-    """``"auto"`` -> the CPU cores this process may use; an int is returned as it is (0 or 1: in-process)."""
+    """``"auto"`` -> the CPU cores this process may use, shared among the ranks that torchrun started on
+    this machine (``LOCAL_WORLD_SIZE``), at least 1; an int is returned as it is (0 or 1: in-process)."""
     if workers == "auto":
         try:
-            return len(os.sched_getaffinity(0))
+            cores = len(os.sched_getaffinity(0))
         except AttributeError:
-            return os.cpu_count() or 1
+            cores = os.cpu_count() or 1
+        return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     return int(workers)
 
 

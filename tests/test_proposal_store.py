@@ -339,3 +339,17 @@ def test_box_dtype_follows_the_rounded_coordinates(tmp_path):
     with pytest.raises(ValueError, match="outside 0..65535"), StoreWriter(tmp_path / "w.npz", ["a"], [1]) as w:
         w.add(np.array([[0, 0, -3, 5]], np.float32))
     assert not (tmp_path / "w.npz").exists() and not list(tmp_path.glob(".w.npz.*"))  # nothing half-written
+
+
+def test_auto_workers_share_the_cores_among_local_ranks(monkeypatch):
+    import os
+
+    from proposals.store import resolve_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert resolve_workers("auto") == 16 and resolve_workers(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun --nproc_per_node=8: 2 proposer processes per rank
+    assert resolve_workers("auto") == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert resolve_workers("auto") == 1
