@@ -29,6 +29,7 @@ Real-size region sampling (``--real-images``): RegionDataset on 500x375 JPEGs wi
 
     .venv/bin/python benchmarks/bench_scale.py --work /tmp/scale --sizes 1000 5000 20000 \
         --store-images 456567 --out benchmarks/scale_results.json
+    .venv/bin/python benchmarks/bench_scale.py --report benchmarks/scale_results.json   # the tables of scale.md
 """
 from __future__ import annotations
 
@@ -395,7 +396,80 @@ def lscpu_model() -> str:
         return platform.processor()
 
 
+def report_markdown(report: dict) -> str:
+    """The tables of benchmarks/scale.md from a results JSON."""
+    sizes = sorted(report["sizes"], key=int)
+    S = {n: report["sizes"][n] for n in sizes}
+    head = "| stage | figure | " + " | ".join(f"{int(n):,} images" for n in sizes) + " | last / first |"
+    rule = "| --- | --- | " + " | ".join("---:" for _ in sizes) + " | ---: |"
+
+    def row(stage, figure, fn, fmt="{:.2f}", ratio=True):
+        vals = []
+        for n in sizes:
+            try:
+                vals.append(fn(S[n], int(n)))
+            except (KeyError, TypeError, ZeroDivisionError):
+                vals.append(None)
+        cells = ["" if v is None else fmt.format(v) for v in vals]
+        r = f"{vals[-1] / vals[0]:.2f}x" if ratio and vals[0] and vals[-1] is not None else ""
+        return f"| {stage} | {figure} | " + " | ".join(cells) + f" | {r} |"
+
+    rows = [head, rule,
+            row("read (ILSVRC reader, full val list)", "ms/image, wall in-process", lambda r, n: 1000 * r["read"]["seconds"] / n),
+            row("", "resident MB after reading", lambda r, n: r["read"]["rss_mb"], "{:.0f}"),
+            row("propose: chunks (stand-in, 2,000 boxes)", "ms CPU/image in-process", lambda r, n: 1000 * r["propose_chunks_current"]["cpu_seconds"] / n),
+            row("", "ms/image wall in-process", lambda r, n: 1000 * r["propose_chunks_current"]["seconds"] / n),
+            row("propose: last chunk + merge", "ms CPU/image in-process", lambda r, n: 1000 * r["propose_merge_current"]["cpu_seconds"] / n),
+            row("", "peak MB (process)", lambda r, n: r["propose_merge_current"]["peak_rss_mb"], "{:.0f}"),
+            row("", "reference (npz read whole): ms CPU/image", lambda r, n: 1000 * r["propose_merge_reference"]["cpu_seconds"] / n),
+            row("", "reference: peak MB", lambda r, n: r["propose_merge_reference"]["peak_rss_mb"], "{:.0f}"),
+            row("store file", "MB", lambda r, n: r["propose_merge_current"]["size_mb"], "{:.1f}"),
+            row("", "reference (deflated npz): MB", lambda r, n: r["propose_merge_reference"]["size_mb"], "{:.1f}"),
+            row("store: open", "ms", lambda r, n: 1000 * r["lookup_current"]["open_s"], "{:.1f}"),
+            row("", "reference: ms", lambda r, n: 1000 * r["lookup_reference"]["open_s"], "{:.0f}"),
+            row("store: one lookup (2,000 boxes)", "ms, mean of 1,000 random", lambda r, n: r["lookup_current"]["lookup_ms"], "{:.3f}"),
+            row("", "resident MB after open + one lookup (numpy-only process)",
+                lambda r, n: r["lookup_current"]["rss_after_first_mb"], "{:.1f}"),
+            row("", "reference: resident MB after open (process had torch)",
+                lambda r, n: r["lookup_reference"]["rss_open_mb"] - r["lookup_reference"]["rss_start_mb"], "{:.0f}"),
+            row("train_region data path (224 px, 64 regions)", "ms CPU/image, one thread", lambda r, n: r["train_data_current"]["item_cpu_ms"]),
+            row("", "of which labels + sampling: ms CPU", lambda r, n: r["train_data_current"]["labels_cpu_ms"]),
+            row("", "regions per CPU-second", lambda r, n: r["train_data_current"]["regions_per_cpu_s"], "{:.0f}"),
+            row("", "resident MB (process)", lambda r, n: r["train_data_current"]["rss_mb"], "{:.0f}"),
+            row("", "reference store: resident MB", lambda r, n: r["train_data_reference"]["rss_mb"], "{:.0f}"),
+            row("train_region.py (val1, 3 steps, width 0.25)", "s wall / s CPU", lambda r, n: r["train_region"]["cpu_s"], "{:.1f}"),
+            row("", "peak MB", lambda r, n: r["train_region"]["peak_rss_mb"], "{:.0f}"),
+            row("detect_dataset.py (full val, stand-in detector)", "ms/image, its loop (wall)", lambda r, n: 1000 * r["detect"]["loop_s"] / r["detect"]["loop_images"]),
+            row("", "ms CPU/image, whole tool", lambda r, n: 1000 * r["detect"]["cpu_s"] / n),
+            row("", "peak MB", lambda r, n: r["detect"]["peak_rss_mb"], "{:.0f}"),
+            row("detect_dataset.py again (resume: all done)", "ms CPU/image, whole tool", lambda r, n: 1000 * r["detect_resume"]["cpu_s"] / n),
+            row("", "peak MB", lambda r, n: r["detect_resume"]["peak_rss_mb"], "{:.0f}"),
+            row("eval_map.py (100 detections/image)", "ms CPU/image, whole tool", lambda r, n: 1000 * r["eval"]["cpu_s"] / n),
+            row("", "peak MB", lambda r, n: r["eval"]["peak_rss_mb"], "{:.0f}"),
+            ]
+    out = ["\n".join(rows)]
+    real = report.get("real_size_train_data")
+    if real:
+        out.append(f"Real-size region sampling (500x375 JPEGs, 2,000 proposals, 224 px crops, 64 regions, one thread): "
+                   f"{real['item_cpu_ms']:.1f} ms CPU per image ({real['item_ms']:.1f} ms wall), "
+                   f"{real['regions_per_cpu_s']:.0f} regions per CPU-second ({real['regions_per_s']:.0f} per wall second).")
+    big = report.get("store_at_scale")
+    if big:
+        w, l1, l2 = big["writer"], big["lookup"], big["lookup_again"]
+        out.append(f"Store at {big['images']:,} images x {big['boxes']:,} boxes: file {w['size_gb']:.2f} GB, written in "
+                   f"{w['seconds']:.0f} s ({w['cpu_s']:.0f} s CPU, peak {w['peak_rss_mb']:.0f} MB); open {1000 * l1['open_s']:.1f} ms; "
+                   f"first lookup {l1['first_lookup_ms']:.1f} ms, then {l1['lookup_ms']:.3f} ms each (1,000 random); "
+                   f"resident {l1['rss_start_mb']:.1f} MB after imports, {l1['rss_open_mb']:.1f} MB open, "
+                   f"{l1['rss_after_first_mb']:.1f} MB after one lookup, {l1['rss_after_lookups_mb']:.1f} MB after 1,000; "
+                   f"peak {l1['peak_rss_mb']:.0f} MB; torch imported: {l1['torch_imported']}. Again (page cache warm): "
+                   f"open {1000 * l2['open_s']:.1f} ms, {l2['lookup_ms']:.3f} ms per lookup.")
+    return "\n\n".join(out)
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--report":
+        print(report_markdown(json.loads(Path(sys.argv[2]).read_text())))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "_measure":
         ap = argparse.ArgumentParser()
         ap.add_argument("stage", choices=sorted(MEASURES))
