@@ -403,6 +403,13 @@ def report_markdown(report: dict) -> str:
     head = "| stage | figure | " + " | ".join(f"{int(n):,} images" for n in sizes) + " | last / first |"
     rule = "| --- | --- | " + " | ".join("---:" for _ in sizes) + " | ---: |"
 
+    def marginal(key, r, n):
+        """CPU milliseconds per image between the first size and this one (fixed start-up costs cancel)."""
+        first = int(sizes[0])
+        if n == first:
+            return None
+        return 1000 * (r[key]["cpu_s"] - S[sizes[0]][key]["cpu_s"]) / (n - first)
+
     def row(stage, figure, fn, fmt="{:.2f}", ratio=True):
         vals = []
         for n in sizes:
@@ -437,14 +444,17 @@ def report_markdown(report: dict) -> str:
             row("", "regions per CPU-second", lambda r, n: r["train_data_current"]["regions_per_cpu_s"], "{:.0f}"),
             row("", "resident MB (process)", lambda r, n: r["train_data_current"]["rss_mb"], "{:.0f}"),
             row("", "reference store: resident MB", lambda r, n: r["train_data_reference"]["rss_mb"], "{:.0f}"),
-            row("train_region.py (val1, 3 steps, width 0.25)", "s wall / s CPU", lambda r, n: r["train_region"]["cpu_s"], "{:.1f}"),
+            row("train_region.py (val1, 3 steps, width 0.25)", "s CPU, whole tool", lambda r, n: r["train_region"]["cpu_s"], "{:.1f}"),
             row("", "peak MB", lambda r, n: r["train_region"]["peak_rss_mb"], "{:.0f}"),
             row("detect_dataset.py (full val, stand-in detector)", "ms/image, its loop (wall)", lambda r, n: 1000 * r["detect"]["loop_s"] / r["detect"]["loop_images"]),
             row("", "ms CPU/image, whole tool", lambda r, n: 1000 * r["detect"]["cpu_s"] / n),
+            row("", "ms CPU per image added since the first size", lambda r, n: marginal("detect", r, n), ratio=False),
             row("", "peak MB", lambda r, n: r["detect"]["peak_rss_mb"], "{:.0f}"),
             row("detect_dataset.py again (resume: all done)", "ms CPU/image, whole tool", lambda r, n: 1000 * r["detect_resume"]["cpu_s"] / n),
+            row("", "ms CPU per image added since the first size", lambda r, n: marginal("detect_resume", r, n), ratio=False),
             row("", "peak MB", lambda r, n: r["detect_resume"]["peak_rss_mb"], "{:.0f}"),
             row("eval_map.py (100 detections/image)", "ms CPU/image, whole tool", lambda r, n: 1000 * r["eval"]["cpu_s"] / n),
+            row("", "ms CPU per image added since the first size", lambda r, n: marginal("eval", r, n), ratio=False),
             row("", "peak MB", lambda r, n: r["eval"]["peak_rss_mb"], "{:.0f}"),
             ]
     out = ["\n".join(rows)]

@@ -89,11 +89,19 @@ def table(rows: list[tuple], title: str) -> str:
     out = [f"**{title}**", "", "| stage | items | GPU h (1 GPU) | GPU h (8 GPUs, wall) | CPU core-h | basis |",
            "| --- | ---: | ---: | ---: | ---: | --- |"]
     for stage, items, unit, g1, g8, cpu, note in rows:
-        out.append(f"| {stage} | {items:,.0f} {unit} | {g1:,.1f} | {g8:,.2f} | {cpu:,.1f} | {note} |")
+        out.append(f"| {stage} | {items:,.0f} {unit} | {g1:,.2f} | {g8:,.2f} | {cpu:,.2f} | {note} |")
     main = [r for r in rows if "official" not in r[0] and "cascade" not in r[0]]
     g1, g8, cpu = (sum(r[k] for r in main) for k in (3, 4, 5))
     out.append(f"| **total** (val2 detection, no cascade) | | **{g1:,.1f}** | **{g8:,.2f}** | **{cpu:,.1f}** | |")
     return "\n".join(out)
+
+
+def loader_workers(crops_per_s: float, regions_per_worker_s: float) -> str:
+    """How many region-sampling loader workers keep one GPU's fine-tuning fed."""
+    need = crops_per_s / TRAIN_COST
+    return (f"Region fine-tuning consumes about {need:,.0f} crops/s per GPU at this rate; one loader worker "
+            f"samples {regions_per_worker_s:,.0f} regions per CPU-second (500x375 JPEGs, measured): "
+            f"{-(-need // regions_per_worker_s):.0f} workers per GPU, each on its own core.")
 
 
 def main() -> None:
@@ -108,6 +116,9 @@ def main() -> None:
             title = (f"{rate:,.0f} crops/s per GPU; {'val1 + 456,567 train images' if with_train else 'R-CNN split (train val1, test val2)'}; "
                      f"{'pre-training from scratch' if pretrain else 'BVLC start'}")
             print(table(bill(rate, results, with_train, pretrain), title) + "\n")
+        real = (results or {}).get("real_size_train_data")
+        if real:
+            print(loader_workers(rate, real["regions_per_cpu_s"]) + "\n")
 
 
 if __name__ == "__main__":
