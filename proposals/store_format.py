@@ -100,19 +100,26 @@ class StoreWriter:
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.with_scores = with_scores
         self._next = 0
-        self._context = atomic_open(self.path, "wb")
-        self._file = self._context.__enter__()
-        self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._scores = tempfile.TemporaryFile(dir=self.path.parent) if with_scores else None
+        small = []  # every member but boxes and scores, in file order (made before anything is written)
         for name, array in (("format_version", np.asarray(FORMAT_VERSION, np.int64)), ("image_ids", self.ids),
                             ("id_order", order.astype(np.int64)),
                             ("meta", np.asarray(json.dumps(dict(meta or {}), sort_keys=True))),
                             ("offsets", self.offsets)):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, array, allow_pickle=False)
-            self._write_member(name, buf.getvalue())
-        total = int(self.offsets[-1])
-        self._boxes = self._open_member("boxes", self.box_dtype, (total, 4))
+            small.append((name, buf.getvalue()))
+        self._context = atomic_open(self.path, "wb")
+        self._file = self._context.__enter__()
+        self._scores = self._boxes = None
+        try:
+            self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+            self._scores = tempfile.TemporaryFile(dir=self.path.parent) if with_scores else None
+            for name, data in small:
+                self._write_member(name, data)
+            self._boxes = self._open_member("boxes", self.box_dtype, (int(self.offsets[-1]), 4))
+        except BaseException as e:
+            self.abort(e)
+            raise
 
     def _info(self, name: str, size: int) -> zipfile.ZipInfo:
         info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
@@ -154,18 +161,23 @@ class StoreWriter:
         self._next += 1
 
     def commit(self) -> None:
-        """Finish the file (every image must have been added) and rename it over ``path``."""
-        if self._next != len(self.ids):
-            raise ValueError(f"{self.path}: {self._next} of {len(self.ids)} images added")
-        self._boxes.close()
-        if self._scores is not None:
-            w = self._open_member("scores", np.dtype(np.float16), (int(self.offsets[-1]),))
-            self._scores.seek(0)
-            for block in iter(lambda: self._scores.read(_COPY_BLOCK), b""):
-                w.write(block)
-            w.close()
-            self._scores.close()
-        self._zip.close()
+        """Finish the file (every image must have been added) and rename it over ``path``; on any error
+        the temporary file is removed and ``path`` is left as it was."""
+        try:
+            if self._next != len(self.ids):
+                raise ValueError(f"{self.path}: {self._next} of {len(self.ids)} images added")
+            self._boxes.close()
+            if self._scores is not None:
+                w = self._open_member("scores", np.dtype(np.float16), (int(self.offsets[-1]),))
+                self._scores.seek(0)
+                for block in iter(lambda: self._scores.read(_COPY_BLOCK), b""):
+                    w.write(block)
+                w.close()
+                self._scores.close()
+            self._zip.close()
+        except BaseException as e:
+            self.abort(e)
+            raise
         self._context.__exit__(None, None, None)
 
     def abort(self, error: BaseException | None = None) -> None:
@@ -173,9 +185,10 @@ class StoreWriter:
         if self._scores is not None:
             self._scores.close()
         try:
-            self._boxes.close()
+            if self._boxes is not None:
+                self._boxes.close()
             self._zip.close()
-        except (ValueError, OSError):
+        except (ValueError, OSError, AttributeError):
             pass
         error = error or RuntimeError(f"{self.path}: store not written")
         self._context.__exit__(type(error), error, error.__traceback__)  # removes the temporary file

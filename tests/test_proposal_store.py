@@ -353,3 +353,16 @@ def test_auto_workers_share_the_cores_among_local_ranks(monkeypatch):
     assert resolve_workers("auto") == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert resolve_workers("auto") == 1
+
+
+def test_writer_leaves_nothing_behind_when_images_are_missing_or_meta_is_not_json(tmp_path):
+    from proposals.store_format import StoreWriter
+
+    (tmp_path / "s.npz").write_bytes(b"previous")
+    with pytest.raises(ValueError, match="1 of 2 images added"), StoreWriter(tmp_path / "s.npz", ["a", "b"], [1, 1]) as w:
+        w.add(np.zeros((1, 4), np.float32))
+    with pytest.raises(TypeError):
+        StoreWriter(tmp_path / "s.npz", ["a"], [1], meta={"x": object()})
+    with pytest.raises(ValueError, match="repeated image ids"):
+        StoreWriter(tmp_path / "s.npz", ["a", "a"], [1, 1])
+    assert (tmp_path / "s.npz").read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
