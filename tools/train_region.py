@@ -27,6 +27,7 @@ from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
 from detect.engine import fit, init_identity, run_fingerprint, seed_everything
 from detect.io import load_checkpoint
+from detect.models.bvlc import weights_format
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
 from detect.pipeline import DetectorSettings, bundle_detector
 from detect.region import RegionDataset, RegionLoss, collate_regions, evaluate_regions
@@ -59,8 +60,8 @@ def _open_store(path: Path) -> ProposalStore | None:
 
 def build_member(cfg: DictConfig, num_outputs: int) -> torch.nn.Module:
     """The member network: the init checkpoint's architecture when it records one (``model_from_init``),
-    else ``cfg.model``; either way with ``num_outputs`` classifier outputs."""
-    if cfg.init and cfg.model_from_init:
+    else ``cfg.model`` (BVLC weights: ``model=googlenet``); either way with ``num_outputs`` classifier outputs."""
+    if cfg.init and cfg.model_from_init and weights_format(cfg.init) == "torch":
         ckpt = load_checkpoint(cfg.init)
         if isinstance(ckpt, dict) and "model_kwargs" in ckpt:
             log.info("%s: member built with the checkpoint's model_kwargs (cfg.model not used)", cfg.init)
@@ -68,10 +69,12 @@ def build_member(cfg: DictConfig, num_outputs: int) -> torch.nn.Module:
     return instantiate(cfg.model, num_classes=num_outputs)
 
 
-def region_dataset(cfg: DictConfig, records, store: ProposalStore | None, seed: int, train: bool) -> RegionDataset:
-    """Training regions (flips, new draws every epoch) or held-out ones (no flips, fixed draws)."""
+def region_dataset(cfg: DictConfig, records, store: ProposalStore | None, seed: int, train: bool,
+                   convention) -> RegionDataset:
+    """Training regions (flips, new draws every epoch) or held-out ones (no flips, fixed draws), prepared
+    with ``convention`` (the member's input convention)."""
     lookup = store.get if store is not None else {}.__getitem__
-    return RegionDataset(records, lookup, IMAGENET_MEAN, IMAGENET_STD,
+    return RegionDataset(records, lookup, convention,
                          regions_per_image=cfg.regions_per_image, fg_fraction=cfg.fg_fraction, fg_iou=cfg.fg_iou,
                          crop_size=cfg.crop_size, context=cfg.context, flip_prob=cfg.flip_prob if train else 0.0,
                          seed=seed, resample=train, hard_bg_fraction=cfg.hard_bg_fraction,
@@ -90,9 +93,9 @@ def train(cfg: DictConfig) -> None:
 
     model = build_member(cfg, len(classes) + 1)
     if cfg.init:
-        load_pretrained(model, cfg.init)
+        load_pretrained(model, cfg.init)  # also takes the input convention of those weights
     store = _open_store(store_path(cfg, cfg.split, cfg.proposals_store))
-    regions = region_dataset(cfg, dataset.records, store, seed, train=True)
+    regions = region_dataset(cfg, dataset.records, store, seed, train=True, convention=model.input_convention)
     sampler = DistributedSampler(regions, seed=seed) if ctx.distributed else None
     loader = DataLoader(regions, batch_size=cfg.images_per_batch, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.num_workers, collate_fn=collate_regions,
@@ -101,7 +104,8 @@ def train(cfg: DictConfig) -> None:
     if cfg.evaluation.images:
         held_out = instantiate(cfg.data[cfg.evaluation.split]).records[:cfg.evaluation.images]
         val_store = _open_store(store_path(cfg, cfg.evaluation.split, cfg.evaluation.proposals_store))
-        val_loader = DataLoader(region_dataset(cfg, held_out, val_store, cfg.seed, train=False),
+        val_loader = DataLoader(region_dataset(cfg, held_out, val_store, cfg.seed, train=False,
+                                               convention=model.input_convention),
                                 batch_size=cfg.images_per_batch, num_workers=cfg.num_workers,
                                 collate_fn=collate_regions)
 

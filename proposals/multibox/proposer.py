@@ -55,6 +55,10 @@ class _Flat(nn.Module):
         super().__init__()
         self.net = net
 
+    @property
+    def input_convention(self):
+        return self.net.input_convention
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         boxes, logits = self.net(x)
         return torch.cat([boxes, logits[..., None]], dim=-1)
@@ -114,7 +118,7 @@ class MultiBoxProposer:
         out = []
         for s in range(0, len(images), self.batch_size):
             chunk = images[s : s + self.batch_size]
-            flat = self.net(preprocess(chunk, self.model.input_size))
+            flat = self.net(preprocess(chunk, self.model.input_size, self.model.input_convention))
             boxes, logits = flat[..., :4], flat[..., 4]
             scores, order = torch.sigmoid(logits.float()).sort(dim=1, descending=True)
             scores, order = scores[:, : self.top_k], order[:, : self.top_k]
