@@ -305,11 +305,9 @@ def _read_detector(ckpt: Any, source: str) -> dict:
     members = ckpt.get("members")
     if not isinstance(members, list) or not members:
         raise ValueError(f"{source}: a detector file needs a non-empty list of members")
-    classes = ckpt.get("classes")
-    wnids, names = (classes.get("wnids"), classes.get("names")) if isinstance(classes, Mapping) else (None, None)
-    if not (isinstance(wnids, list) and isinstance(names, list) and len(wnids) == len(names) and wnids
-            and all(isinstance(x, str) for x in wnids + names)):
-        raise ValueError(f"{source}: the class list must be equally long lists of wnids and names (strings)")
+    classes = ClassList.from_dict(ckpt.get("classes"), source)
+    if not len(classes):
+        raise ValueError(f"{source}: the detector's class list is empty")
     if fmt == DETECTOR_FORMAT:
         settings, spec = ckpt.get("settings", {}), ckpt.get("proposer")
     else:
@@ -323,7 +321,7 @@ def _read_detector(ckpt: Any, source: str) -> dict:
                 raise ValueError(f"{source}: this detector file (format v1) refers to a MultiBox checkpoint by path; "
                                  "rebuild it with tools/train_region.py step=bundle (the network is then embedded), "
                                  "or pass another proposer")
-    return {"members": members, "classes": ClassList(tuple(wnids), tuple(names)),
+    return {"members": members, "classes": classes,
             "settings": DetectorSettings.from_dict(settings, source), "proposer": spec}
 
 
@@ -359,7 +357,7 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
                  if not n.startswith(("aux1.", "aux2."))}
         entries.append({"model_kwargs": kwargs, "model_state": state})
     obj = {"format": DETECTOR_FORMAT, "members": entries,
-           "classes": {"wnids": list(classes.wnids), "names": list(classes.names)},
+           "classes": classes.to_dict(),
            "settings": settings.to_dict(), "proposer": None if proposer is None else dict(proposer),
            "provenance": dict(provenance or {})}
     atomic_torch_save(obj, path)
