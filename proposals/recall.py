@@ -16,7 +16,7 @@ import numpy as np
 from detect.boxes import box_iou
 from detect.evaluation import ilsvrc_thresholds
 
-__all__ = ["ProposalRecall", "best_proposal_overlaps", "ilsvrc_thresholds", "plot_recall_curves", "proposal_recall", "store_recall"]
+__all__ = ["ProposalRecall", "best_proposal_overlaps", "ilsvrc_thresholds", "proposal_recall", "store_recall"]
 
 
 def _widen(boxes: np.ndarray, plus_one: bool) -> np.ndarray:
@@ -118,29 +118,3 @@ def store_recall(store, dataset, ks: Sequence[int] = (1, 10, 100, 1000), iou_thr
         keeps.append(~rec.ignore & ~black)
         props.append(store.get(rec.image_id))
     return proposal_recall(gts, props, keeps, ks, iou_threshold, plus_one)
-
-
-def plot_recall_curves(results: dict[str, ProposalRecall], path, title: str = "") -> None:
-    """Recall at IoU 0.5 (solid) and at the ILSVRC threshold (dashed) against the number of proposals, PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from detect.io import atomic_open
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in results.items():
-        line, = ax.plot(r.ks, r.recall_at_k, marker="o", label=f"{name} (IoU 0.5)")
-        ax.plot(r.ks, r.recall_ilsvrc_at_k, linestyle="--", color=line.get_color(), label=f"{name} (ILSVRC thr.)")
-    ax.set_xscale("log")
-    ax.set_xlabel("number of proposals (first k)")
-    ax.set_ylabel("recall of ground-truth boxes")
-    ax.set_ylim(0, 1)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
