@@ -33,7 +33,7 @@ __all__ = [
     "warp_regions",
     "assign_region_labels",
     "add_ground_truth",
-    "best_overlaps",
+    "best_gt_overlaps",
     "sample_regions",
     "RegionDataset",
     "RegionBatch",
@@ -137,7 +137,7 @@ def add_ground_truth(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
     return boxes, assign_region_labels(boxes, gt_boxes, gt_labels, gt_ignore, fg_iou)
 
 
-def best_overlaps(boxes: Tensor, gt_boxes: Tensor, gt_ignore: Tensor | None = None) -> Tensor:
+def best_gt_overlaps(boxes: Tensor, gt_boxes: Tensor, gt_ignore: Tensor | None = None) -> Tensor:
     """IoU of each box with its best-overlapping non-ignored ground truth: ``Tensor[N]`` (0 when none)."""
     keep = torch.ones(len(gt_boxes), dtype=torch.bool) if gt_ignore is None else ~gt_ignore.bool()
     if len(boxes) == 0 or not keep.any():
@@ -253,7 +253,7 @@ class RegionDataset(Dataset):
             torch.from_numpy(record.labels), torch.from_numpy(record.ignore), self.fg_iou)
         hard = None
         if self.hard_bg_fraction > 0:
-            iou = best_overlaps(boxes, torch.from_numpy(record.boxes), torch.from_numpy(record.ignore))
+            iou = best_gt_overlaps(boxes, torch.from_numpy(record.boxes), torch.from_numpy(record.ignore))
             hard = iou >= self.hard_bg_iou
         try:
             pick = sample_regions(labels, self.regions_per_image, self.fg_fraction, rng, hard, self.hard_bg_fraction)

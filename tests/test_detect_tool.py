@@ -13,7 +13,7 @@ from PIL import Image
 from detect.classes import ClassList
 from detect.models.googlenet import GoogLeNet
 from detect.pipeline import DetectorSettings, bundle_detector
-from detect.visualize import draw_detections, write_png
+from detect.plots import draw_detections, write_png
 
 
 def _tiny_detector(path, classes, proposer):

@@ -284,7 +284,7 @@ from detect.models.convention import InputConvention  # noqa: E402
 
 
 def _region_records(tmp_path: Path, n: int = 4, readable: bool = True) -> list:
-    from detect.visualize import write_png
+    from detect.plots import write_png
 
     records = []
     for i in range(n):
@@ -353,7 +353,7 @@ def _tool(repo_root: Path, tool: str, *args, cwd: Path) -> subprocess.CompletedP
 
 
 def test_detect_tool_never_writes_over_inputs_or_foreign_files(tmp_path, repo_root):
-    from detect.visualize import write_png
+    from detect.plots import write_png
 
     detector = tmp_path / "det.pt"
     bundle_detector([_member()], CLASSES, DetectorSettings(crop_size=64, context=4, score_threshold=0.0), detector,

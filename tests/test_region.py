@@ -234,14 +234,14 @@ def test_evaluate_regions_counts_hits():
 
 
 def test_hard_backgrounds_take_their_share_of_the_background_quota():
-    from detect.region import best_overlaps, sample_regions
+    from detect.region import best_gt_overlaps, sample_regions
 
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0],     # the object itself: IoU 1
                           [0.0, 0.0, 5.0, 5.0],       # a part of it: IoU 0.25 (hard)
                           [50.0, 50.0, 60.0, 60.0],   # elsewhere: IoU 0
                           [40.0, 40.0, 70.0, 70.0]])  # elsewhere: IoU 0
-    iou = best_overlaps(boxes, gt)
+    iou = best_gt_overlaps(boxes, gt)
     assert torch.allclose(iou, torch.tensor([1.0, 0.25, 0.0, 0.0]))
     labels = torch.tensor([1, 0, 0, 0])
     hard = iou >= 0.1
@@ -251,4 +251,4 @@ def test_hard_backgrounds_take_their_share_of_the_background_quota():
     assert 170 < pick.count(1) < 230                                    # 150 hard + a third of 150 uniform
     plain = sample_regions(labels, 400, 0.25, np.random.default_rng(0))
     assert 60 < plain.tolist().count(1) < 140                           # uniform: about a third of 300 bg
-    assert best_overlaps(boxes, gt, torch.tensor([True])).eq(0).all()   # ignored ground truth counts for nothing
+    assert best_gt_overlaps(boxes, gt, torch.tensor([True])).eq(0).all()   # ignored ground truth counts for nothing

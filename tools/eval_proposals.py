@@ -24,7 +24,8 @@ from detect.data.records import SkipLog
 from detect.data.splits import output_stem, reader_target, split_name
 from detect.evaluation import rules_for_dataset
 from detect.io import atomic_write_json
-from proposals.recall import plot_recall_curves, store_recall
+from detect.plots import plot_recall_curves
+from proposals.recall import store_recall
 from proposals.store import ProposalStore, sidecar_path
 
 log = logging.getLogger("eval_proposals")

@@ -122,7 +122,7 @@ def train(cfg: DictConfig) -> None:
     fit(model=model, loss_fn=RegionLoss(cfg.aux_weight), train_loader=loader, optimizer=optimizer,
         scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=cfg.checkpoint,
         checkpoint_meta={"model_kwargs": dict(model.model_kwargs), "member": int(cfg.member), "seed": seed,
-                         "classes": {"wnids": list(classes.wnids), "names": list(classes.names)}},
+                         "classes": classes.to_dict()},
         ema_decay=cfg.ema_decay, evaluate=evaluate, resume=cfg.resume, max_steps_per_epoch=cfg.max_steps_per_epoch,
         checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip, skipped=skipped,
         max_skipped_fraction=cfg.max_skipped_fraction,
@@ -142,9 +142,9 @@ def train(cfg: DictConfig) -> None:
 def bundle(cfg: DictConfig) -> None:
     paths = [Path(cfg.paths.region_dir) / f"member{k}" / "checkpoint.pt" for k in range(int(cfg.members))]
     members = [load_checkpoint(p) for p in paths]
-    classes = ClassList(tuple(members[0]["classes"]["wnids"]), tuple(members[0]["classes"]["names"]))
+    classes = ClassList.from_dict(members[0]["classes"], str(paths[0]))
     for p, m in zip(paths, members):
-        if tuple(m["classes"]["wnids"]) != classes.wnids:
+        if ClassList.from_dict(m["classes"], str(p)) != classes:
             raise ValueError(f"{p}: trained on other classes than {paths[0]}")
     settings = DetectorSettings.from_dict(
         {**OmegaConf.to_container(cfg.detector, resolve=True), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
