@@ -1,16 +1,18 @@
 """CPU threads of a tool process: the ``threads`` setting of conf/common.yaml, applied once at start-up.
 
-``threads: auto`` gives each process of a machine an equal share of the cores it may use:
-``usable cores // LOCAL_WORLD_SIZE`` (torchrun's count of processes on this machine; 1 without
-torchrun), at least 1. An integer sets the count directly. It is applied to torch's intra-op pool and
+``threads: auto`` gives each process of a machine an equal share of the cores it may use, less one
+core for its helpers (data-loading workers, the detector's prefetch thread):
+``usable cores // LOCAL_WORLD_SIZE - 1`` (torchrun's count of processes on this machine; 1 without
+torchrun), at least 1. On the 2-core machine that is 1 thread, which measured as fast or faster than 2
+for training and 2x faster for detection (benchmarks/threads.md). An integer sets the count directly. It is applied to torch's intra-op pool and
 to OpenCV's (ONNX Runtime sessions follow torch's count, see ``detect.backends.session_options``).
 Helper processes take 1 thread each: DataLoader workers (:func:`worker_threads`, torch does the same
 for its own pool) and proposal workers (``proposals.store``), since they already run one per core.
 
 Idle OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, set by ``import detect``): with
-spinning threads, a process given 2 threads on 2 cores shared with other jobs trained 10x slower than
-with 1; waiting passively, 2 threads are faster than 1 there too (benchmarks/threads.md). So ``auto``
-need not guess the machine's load.
+libgomp's spinning waits, a process given 2 threads on 2 cores shared with other jobs trained 10-20x
+slower than with 1; waiting passively, never more than 12 % slower (benchmarks/threads.md). So a
+thread count that turns out too high for a busy machine costs little.
 
 The setting is applied by :class:`ThreadsCallback`, a Hydra callback that conf/common.yaml registers
 for every tool, before the tool's own code runs; a bad value stops the tool with the reason.
@@ -36,7 +38,7 @@ def usable_cores() -> int:
 
 
 def resolve_threads(setting: Any, cores: int | None = None, env: Mapping[str, str] | None = None) -> int:
-    """The thread count for ``setting``: ``"auto"`` -> ``max(1, cores // LOCAL_WORLD_SIZE)``, a positive
+    """The thread count for ``setting``: ``"auto"`` -> ``max(1, cores // LOCAL_WORLD_SIZE - 1)``, a positive
     integer -> itself. ``cores``/``env`` default to :func:`usable_cores` and ``os.environ``.
     Raises ``ValueError`` naming the setting for anything else."""
     if setting == "auto" or setting is None:
@@ -45,7 +47,7 @@ def resolve_threads(setting: Any, cores: int | None = None, env: Mapping[str, st
             processes = max(1, int(env.get("LOCAL_WORLD_SIZE", 1)))
         except ValueError:
             processes = 1
-        return max(1, (usable_cores() if cores is None else int(cores)) // processes)
+        return max(1, (usable_cores() if cores is None else int(cores)) // processes - 1)
     if isinstance(setting, bool) or not isinstance(setting, (int, str)):
         raise ValueError(f"threads={setting!r}: expected auto or a positive integer")
     try:
