@@ -74,3 +74,6 @@ def test_output_names_are_the_datasets_own_split_names():
         split_name(data, "test")
     with pytest.raises(ValueError, match="split=name"):
         split_name(data, "name")
+    unset = OmegaConf.create({"name": "voc", "root": "???", "val": reader})  # root not given yet
+    with pytest.raises(ValueError, match=r"split=test.*\['val'\]"):
+        split_name(unset, "test")

@@ -85,12 +85,25 @@ def holdout_part(source: DetectionDataset, part: str, fraction: float, seed: int
                        skipped=source.skipped, warnings=source.warnings, whole=source, part=part)
 
 
+def _reader_blocks(data: Mapping) -> list[str]:
+    """The keys of ``data`` that are reader blocks (a mapping with ``_target_``); unset values skipped."""
+    blocks = []
+    for key in data:
+        try:
+            value = data[key]
+        except Exception:  # an unset mandatory value (root: ???) is no block
+            continue
+        if isinstance(value, Mapping) and "_target_" in value:
+            blocks.append(key)
+    return blocks
+
+
 def split_name(data: Mapping, block: str) -> str:
     """The dataset's own name of the split that ``block`` of the data config ``data`` reads
     (``data.split_names[block]``; the block name itself where the config has no such mapping)."""
-    if block not in data or not isinstance(data[block], Mapping) or "_target_" not in data[block]:
-        blocks = [b for b in data if isinstance(data[b], Mapping) and "_target_" in data[b]]
-        raise ValueError(f"split={block}: data={data.get('name')} has no such reader block (blocks: {blocks})")
+    if block not in _reader_blocks(data):
+        raise ValueError(f"split={block}: data={data.get('name')} has no such reader block "
+                         f"(blocks: {_reader_blocks(data)})")
     names = data.get("split_names") or {}
     return str(names.get(block, block))
 
