@@ -101,7 +101,7 @@ def rehearse(work: str | Path, images: int = 400, members: int = 6, nproc: int =
             tail = (logs / f"{name}.log").read_text()[-4000:]
             raise RuntimeError(f"stage {name} failed ({result.returncode}); log {logs / (name + '.log')}:\n{tail}")
         log(f"[{name}] {timings[name]:.1f} s")
-    report = json.loads((run / "eval" / "eval_val.json").read_text())
+    report = json.loads((run / "eval" / "eval_ilsvrc2014_val2.json").read_text())  # <data>_<split name> (val2)
     return {"world": record, "stages": timings, "eval": report}
 
 

@@ -40,9 +40,11 @@ def test_world_reads_as_ilsvrc_2014_with_val1_val2_and_blacklist(tmp_path):
                  f"data.blacklist={root / 'devkit' / 'data' / 'ILSVRC2014_det_validation_blacklist.txt'}",
                  f"data_cls.root={tmp_path / 'cls'}", f"work_dir={tmp_path / 'work'}"]
     cfg = _compose("eval_map", overrides)
-    train, held_out = instantiate(cfg.data.train), instantiate(cfg.data.val)  # the recipe: val1 / val2
+    train, held_out = instantiate(cfg.data.train_full), instantiate(cfg.data.val)  # the recipe: val1 / val2
     assert len(train.classes) == 200 and train.classes.wnids[0] == "n02672831"  # the real list, official order
     assert [r.image_id for r in train.records] == val1 and [r.image_id for r in held_out.records] == val2
+    parts = [instantiate(cfg.data.train), instantiate(cfg.data.monitor)]  # val1 less a held-out share, and that share
+    assert sorted(r.image_id for p in parts for r in p.records) == sorted(val1) and all(len(p) for p in parts)
     assert not held_out.blacklist  # blacklisted images are in neither half
     cfg.data.val.image_list = None  # the full official val list: the blacklist applies by official index
     full = instantiate(cfg.data.val)
@@ -129,13 +131,13 @@ def test_recipe_every_stage_at_200_classes_in_process(tmp_path, repo_root, monke
     finally:
         torch.set_num_threads(threads)
     val1, val2 = record["val1"], record["val2"]
-    for split, n in (("train", val1), ("val", val2)):
+    for split, n in (("val1", val1), ("val2", val2)):  # named after the recipe's splits
         store = ProposalStore.load(work / "proposals" / f"ilsvrc2014_{split}_ss2x+multibox200.npz")
         assert len(store) == n and isinstance(store.boxes, np.memmap) and store.boxes_per_image().min() > 0
     detector = load_checkpoint(work / "detector.pt")
     assert len(detector["members"]) == 6 and len(detector["classes"]["wnids"]) == 200
     assert detector["settings"]["crop_size"] == 64
-    lines = (work / "detections" / "ilsvrc2014_val.txt").read_text().splitlines()
+    lines = (work / "detections" / "ilsvrc2014_val2.txt").read_text().splitlines()
     assert len({int(line.split()[0]) for line in lines}) == val2  # every val2 image has detections
-    report = json.loads((work / "eval" / "eval_val.json").read_text())
+    report = json.loads((work / "eval" / "eval_ilsvrc2014_val2.json").read_text())
     assert report["num_images"] == val2 and report["num_detections"] == len(lines)

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from detect.data.records import SkipLog
+from detect.data.splits import detections_path, proposal_store_path, split_name
 from detect.detections import (Detections, SubmissionWriter, read_ilsvrc_submission, write_coco_results,
                                write_ilsvrc_submission)
 from detect.distributed import barrier, cleanup, setup
@@ -89,14 +90,14 @@ def main(cfg: DictConfig) -> None:
     store = None
     store_path = cfg.proposals_store
     if store_path is None and detector.proposer is not None:
-        store_path = Path(cfg.paths.proposals_dir) / f"{cfg.data.name}_{cfg.split}_{detector.proposer.name}.npz"
+        store_path = proposal_store_path(cfg.paths.proposals_dir, cfg.data, cfg.split, detector.proposer.name)
     if store_path is not None and Path(store_path).is_file():
         store = ProposalStore.load(store_path)
         log.info("%s: cached proposals for %d images", store_path, len(store))
     elif detector.proposer is None:
         raise ValueError(f"no proposal store at {store_path} and the detector has no proposer")
 
-    output = Path(cfg.output or Path(cfg.paths.detections_dir) / f"{cfg.data.name}_{cfg.split}.txt")
+    output = Path(cfg.output or detections_path(cfg.paths.detections_dir, cfg.data, cfg.split))
     check_output_is_ours(output)
     key = fingerprint(cfg, store_path if store is not None else None, dataset.records)
     shard = output.with_name(f"{output.name}.{key}.rank{ctx.rank}of{ctx.world_size}")
@@ -133,7 +134,7 @@ def main(cfg: DictConfig) -> None:
                                                    "images": len(dataset), "detections": len(dets)})
             write_ilsvrc_submission(output, dets)
             write_coco_results(output.with_suffix(".json"), dets, dataset)
-        print(f"{len(dets)} detections on {len(dataset)} images ({cfg.data.name} {cfg.split}): {output}")
+        print(f"{len(dets)} detections on {len(dataset)} images ({cfg.data.name} {split_name(cfg.data, cfg.split)}): {output}")
     cleanup()
 
 

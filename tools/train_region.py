@@ -16,6 +16,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import logging
 from pathlib import Path
 
+import detect  # noqa: F401  (first: sets OpenMP's passive waiting before torch loads; see detect/__init__.py)
+
 import hydra
 import torch
 from hydra.utils import instantiate
@@ -25,12 +27,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from detect.classes import ClassList
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
+from detect.data.splits import proposal_store_path
 from detect.engine import fit, init_identity, run_fingerprint, seed_everything
 from detect.io import load_checkpoint
 from detect.models.bvlc import weights_format
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
 from detect.pipeline import DetectorSettings, bundle_detector
 from detect.region import RegionDataset, RegionLoss, collate_regions, evaluate_regions
+from detect.runtime import worker_threads
 from proposals.spec import embed_networks, spec_from_target_config
 from proposals.store import ProposalStore
 
@@ -44,8 +48,7 @@ def store_path(cfg: DictConfig, split: str, given: str | None) -> Path:
     """The proposal store of ``split``: ``given``, or where tools/propose.py writes it."""
     if given:
         return Path(given)
-    name = instantiate(cfg.proposals, _convert_="all").name
-    return Path(cfg.paths.proposals_dir) / f"{cfg.data.name}_{split}_{name}.npz"
+    return proposal_store_path(cfg.paths.proposals_dir, cfg.data, split, instantiate(cfg.proposals, _convert_="all").name)
 
 
 def _open_store(path: Path) -> ProposalStore | None:
@@ -98,7 +101,7 @@ def train(cfg: DictConfig) -> None:
     regions = region_dataset(cfg, dataset.records, store, seed, train=True, convention=model.input_convention)
     sampler = DistributedSampler(regions, seed=seed) if ctx.distributed else None
     loader = DataLoader(regions, batch_size=cfg.images_per_batch, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.num_workers, collate_fn=collate_regions,
+                        num_workers=cfg.num_workers, collate_fn=collate_regions, worker_init_fn=worker_threads,
                         drop_last=len(regions) > cfg.images_per_batch, generator=torch.Generator().manual_seed(seed))
     evaluate = None
     if cfg.evaluation.images:
@@ -107,7 +110,7 @@ def train(cfg: DictConfig) -> None:
         val_loader = DataLoader(region_dataset(cfg, held_out, val_store, cfg.seed, train=False,
                                                convention=model.input_convention),
                                 batch_size=cfg.images_per_batch, num_workers=cfg.num_workers,
-                                collate_fn=collate_regions)
+                                collate_fn=collate_regions, worker_init_fn=worker_threads)
 
         def evaluate(m):
             return evaluate_regions(m, val_loader, ctx.device)
