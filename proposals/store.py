@@ -10,15 +10,11 @@ memory.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,36 +26,14 @@ from tqdm import tqdm
 
 from detect.data.images import read_image
 from detect.data.records import SkipLog
-from detect.io import OutputConflict, atomic_open, atomic_write_json, exclusive_lock
+from detect.io import OutputConflict, atomic_write_json
+from detect.runs import ChunkedRun, run_fingerprint_of
 from proposals.base import Proposals, Proposer
 from proposals.store_format import ProposalStore, StoreWriter, box_dtype_for, sidecar_path, store_meta, upgrade_store
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ProposalStore", "ProposeSummary", "propose_dataset", "resolve_workers", "sidecar_path"]
-
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write a partial (chunk) ``.npz`` atomically and reproducibly (sorted members, fixed zip timestamps)."""
-    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
-
-
-def _read_npz(path: Path, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """The members ``names`` (default all) of a partial file; ValueError naming it when unreadable."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: proposal file not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in (z.files if names is None else [n for n in names if n in z.files])}
-    except Exception as e:  # truncated zip, not an npz, object arrays refused
-        raise ValueError(f"{path}: not a readable proposal file ({type(e).__name__}: {e})") from e
 
 
 # --------------------------------------------------------------------------- computing a whole split
@@ -111,53 +85,31 @@ class ProposeSummary:
     skipped: SkipLog = field(default_factory=lambda: SkipLog("images"))
 
 
-class _Chunks:
-    """The partial files of one (dataset, method, world size): names, presence, reading and writing."""
-
-    def __init__(self, out_path: Path, image_ids: Sequence[str], chunk_size: int, world_size: int, fingerprint: str):
-        self.dir = out_path.parent / f".{out_path.stem}.parts-{fingerprint}"
-        self.n = len(image_ids)
-        self.chunk_size = chunk_size
-        self.world_size = world_size
-
-    def indices(self, rank: int) -> list[np.ndarray]:
-        """Image indices of each chunk of ``rank`` (every ``world_size``-th image)."""
-        mine = np.arange(rank, self.n, self.world_size, dtype=np.int64)
-        return [mine[i:i + self.chunk_size] for i in range(0, len(mine), self.chunk_size)]
-
-    def file(self, rank: int, chunk: int) -> Path:
-        return self.dir / f"w{self.world_size}_r{rank}_c{chunk:06d}.npz"
-
-    def write(self, rank: int, chunk: int, indices: np.ndarray, results: list) -> None:
-        boxes = [np.zeros((0, 4), np.float32) if r is None else np.asarray(r.boxes, np.float32).reshape(-1, 4)
-                 for r, _, _ in results]
-        has_scores = all(r is None or r.scores is not None for r, _, _ in results)
-        scores = [np.zeros(len(b), np.float32) if (r is None or r.scores is None) else r.scores
-                  for b, (r, _, _) in zip(boxes, results)]
-        errors = {int(i): e for i, (_, e, _) in zip(indices, results) if e is not None}
-        cat = np.concatenate(boxes)
-        _write_npz(self.file(rank, chunk), {
-            "indices": indices,
-            "offsets": np.concatenate([[0], np.cumsum([len(b) for b in boxes])]).astype(np.int64),
-            "boxes": cat,
-            "box_range": np.asarray([np.nanmin(cat), np.nanmax(cat)] if len(cat) else [0.0, 0.0], np.float64),
-            "scores": np.concatenate(scores).astype(np.float32),
-            "has_scores": np.asarray([r is not None and r.scores is not None for r, _, _ in results]),
-            "errors": np.asarray(json.dumps(errors, sort_keys=True)),
-            "seconds": np.asarray([s for _, _, s in results], np.float64),
-            "all_scores": np.asarray(has_scores),
-        })
-
-    def all_present(self) -> bool:
-        return all(self.file(r, c).is_file() for r in range(self.world_size) for c in range(len(self.indices(r))))
+def _chunk_arrays(indices: np.ndarray, results: list) -> dict[str, np.ndarray]:
+    """One chunk's partial result: ``results`` = ``(Proposals or None, error or None, seconds)`` for each
+    image of ``indices``."""
+    boxes = [np.zeros((0, 4), np.float32) if r is None else np.asarray(r.boxes, np.float32).reshape(-1, 4)
+             for r, _, _ in results]
+    scores = [np.zeros(len(b), np.float32) if (r is None or r.scores is None) else r.scores
+              for b, (r, _, _) in zip(boxes, results)]
+    errors = {int(i): e for i, (_, e, _) in zip(indices, results) if e is not None}
+    cat = np.concatenate(boxes)
+    return {
+        "offsets": np.concatenate([[0], np.cumsum([len(b) for b in boxes])]).astype(np.int64),
+        "boxes": cat,
+        "box_range": np.asarray([np.nanmin(cat), np.nanmax(cat)] if len(cat) else [0.0, 0.0], np.float64),
+        "scores": np.concatenate(scores).astype(np.float32),
+        "has_scores": np.asarray([r is not None and r.scores is not None for r, _, _ in results]),
+        "errors": np.asarray(json.dumps(errors, sort_keys=True)),  # image index -> reason
+        "seconds": np.asarray([s for _, _, s in results], np.float64),
+    }
 
 
 def _fingerprint(image_ids: Sequence[str], paths: Sequence[str], meta: dict, chunk_size: int) -> str:
-    h = hashlib.sha256(json.dumps([list(image_ids), list(paths), meta, chunk_size], sort_keys=True).encode())
-    return h.hexdigest()[:12]
+    return run_fingerprint_of(list(image_ids), list(paths), meta, chunk_size)
 
 
-def _merge(chunks: _Chunks, out_path: Path, image_ids: Sequence[str], meta: dict, run_info: dict) -> SkipLog:
+def _merge(chunks: ChunkedRun, out_path: Path, image_ids: Sequence[str], meta: dict, run_info: dict) -> SkipLog:
     """Write the store from every chunk in two streaming passes: sizes, failures and the box range
     first (small members only), then the boxes image by image in store order."""
     counts = np.zeros(chunks.n, np.int64)
@@ -167,11 +119,9 @@ def _merge(chunks: _Chunks, out_path: Path, image_ids: Sequence[str], meta: dict
     low, high = np.inf, -np.inf
     for r in range(chunks.world_size):
         for c, expected in enumerate(chunks.indices(r)):
-            z = _read_npz(chunks.file(r, c), ("indices", "offsets", "has_scores", "errors", "seconds", "box_range"))
-            if not np.array_equal(z["indices"], expected):
-                raise ValueError(f"{chunks.file(r, c)}: holds other images than expected; delete {chunks.dir}")
+            z = chunks.read(r, c, ("offsets", "has_scores", "errors", "seconds", "box_range"))
             if "box_range" not in z:  # a chunk written before chunks recorded it
-                z["box_range"] = _read_npz(chunks.file(r, c), ("boxes",))["boxes"]
+                z["box_range"] = chunks.read(r, c, ("boxes",))["boxes"]
             if z["box_range"].size and np.isfinite(z["box_range"]).any():
                 low, high = min(low, float(np.nanmin(z["box_range"]))), max(high, float(np.nanmax(z["box_range"])))
             counts[expected] = np.diff(z["offsets"])
@@ -189,7 +139,7 @@ def _merge(chunks: _Chunks, out_path: Path, image_ids: Sequence[str], meta: dict
     per_group = chunks.chunk_size * chunks.world_size  # chunk c of every rank holds images c*per_group ...
     with StoreWriter(out_path, image_ids, counts, dtype, keep_scores, meta) as writer:
         for c in range(len(chunks.indices(0))):
-            parts = {r: _read_npz(chunks.file(r, c), ("offsets", "boxes", "scores"))
+            parts = {r: chunks.read(r, c, ("offsets", "boxes", "scores"))
                      for r in range(chunks.world_size) if c < len(chunks.indices(r))}
             for i in range(c * per_group, min((c + 1) * per_group, chunks.n)):
                 z = parts[i % chunks.world_size]
@@ -200,7 +150,7 @@ def _merge(chunks: _Chunks, out_path: Path, image_ids: Sequence[str], meta: dict
                 num_images=chunks.n, num_failed=len(failed), failed={image_ids[i]: failed[i] for i in sorted(failed)},
                 mean_boxes_per_image=float(counts.mean()) if chunks.n else 0.0)
     atomic_write_json(sidecar_path(out_path), info)
-    shutil.rmtree(chunks.dir, ignore_errors=True)
+    chunks.remove()
     return skipped
 
 
@@ -247,22 +197,22 @@ def propose_dataset(
             raise OutputConflict(f"{out_path}: exists and is not a proposal store; not overwritten (choose another "
                                  "output path)") from None
         if done:
-            with exclusive_lock(out_path.with_name(f"{out_path.name}.rank{rank}")):
+            with ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size).lock(rank):
                 upgraded = upgrade_store(out_path)  # an older compressed store: rewritten memory-mapped
             log.info("%s is complete already (same images and settings)%s", out_path,
                      "; rewritten in the memory-mapped format" if upgraded else ": nothing to do")
             return ProposeSummary(out_path, True, 0, 0)
         log.info("%s was made from other images or settings: computing it again", out_path)
-    with exclusive_lock(out_path.with_name(f"{out_path.name}.rank{rank}")):
+    with ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size).lock(rank):
         return _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers, chunk_size, rank,
                         world_size, stop_after_chunks, merge_timeout_s, poll_s, meta, fingerprint, progress)
 
 
 def _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers, chunk_size, rank, world_size,
              stop_after_chunks, merge_timeout_s, poll_s, meta, fingerprint, progress) -> ProposeSummary:
-    chunks = _Chunks(out_path, image_ids, chunk_size, world_size, fingerprint)
+    chunks = ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size)
     mine = chunks.indices(rank)
-    pending = [c for c in range(len(mine)) if not chunks.file(rank, c).is_file()]
+    pending = chunks.pending(rank)
     if stop_after_chunks is not None:
         pending = pending[:stop_after_chunks]
     skipped = SkipLog("images")
@@ -289,7 +239,7 @@ def _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers,
                     skipped.add(image_paths[i], result[1])
                 results.append(result)
                 bar.update(1)
-            chunks.write(rank, c, mine[c], results)
+            chunks.write(rank, c, _chunk_arrays(mine[c], results))
     finally:
         bar.close()
         if pool is not None:
