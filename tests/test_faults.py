@@ -352,6 +352,7 @@ def _tool(repo_root: Path, tool: str, *args, cwd: Path) -> subprocess.CompletedP
                           text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_detect_tool_never_writes_over_inputs_or_foreign_files(tmp_path, repo_root):
     from detect.plots import write_png
 
@@ -422,6 +423,7 @@ def _detect_dataset_setup(tmp_path: Path):
     return root, args, tmp_path / "work" / "detections" / "synthetic_val.txt"
 
 
+@pytest.mark.slow
 def test_detect_dataset_does_not_resume_from_another_image_list(tmp_path, repo_root):
     """Changing the image list once gave '20 of 20 images already done' and the old detections."""
     from detect.detections import read_ilsvrc_submission
@@ -438,6 +440,7 @@ def test_detect_dataset_does_not_resume_from_another_image_list(tmp_path, repo_r
     assert sorted(set(read_ilsvrc_submission(out).image_index.tolist())) == [3, 4]
 
 
+@pytest.mark.slow
 def test_detect_dataset_second_writer_is_stopped_and_foreign_output_kept(tmp_path, repo_root):
     from detect.io import exclusive_lock
 
@@ -456,6 +459,7 @@ def test_detect_dataset_second_writer_is_stopped_and_foreign_output_kept(tmp_pat
     assert mine.read_text() == "1 1 0.5 0 0 10 10\n"
 
 
+@pytest.mark.slow
 def test_proposal_store_follows_the_multibox_weights_not_its_path(tmp_path, repo_root):
     """A store made with an earlier MultiBox checkpoint at the same path is made again, not reused."""
     from proposals.store import ProposalStore

@@ -12,6 +12,7 @@ import pytest
 from benchmarks import gpu_check
 
 
+@pytest.mark.slow
 def test_dry_run_exercises_every_section_and_writes_the_report(tmp_path, repo_root):
     out = tmp_path / "report.json"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}

@@ -62,6 +62,7 @@ def _members(n, num_classes, seed=0):
     return [GoogLeNet(num_classes=num_classes + 1, **TINY).eval() for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_detector_detects_and_roundtrips_checkpoint(tmp_path):
     classes = ClassList.from_names(["cat", "dog", "car"])
     members = _members(2, len(classes))
@@ -130,6 +131,7 @@ def _run_tool(repo_root, cwd, tool, *overrides):
     return run
 
 
+@pytest.mark.slow
 def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
     """Two training steps of a tiny member, the detector bundle, then detection over a split (and its resume)."""
     from detect.data.ilsvrc import read_ilsvrc_det

@@ -113,6 +113,7 @@ def test_ranks_shard_and_rank0_merges(tmp_path):
     assert a.image_ids == b.image_ids and np.array_equal(a.boxes, b.boxes) and np.array_equal(a.offsets, b.offsets)
 
 
+@pytest.mark.slow
 def test_worker_pool_matches_in_process(tmp_path):
     paths, ids = _images(tmp_path, 4)
     make = functools.partial(SelectiveSearch, resize_width=60, min_box_size=5)

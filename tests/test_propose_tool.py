@@ -98,6 +98,7 @@ def tiny_data(tmp_path):
     return tmp_path / "conf"
 
 
+@pytest.mark.slow
 def test_propose_stopped_and_resumed_matches_uninterrupted(repo_root, tiny_data, tmp_path):
     common = ["proposals.resize_width=72", "proposals.min_box_size=8", "chunk_size=2", "workers=1", "progress=false"]
     _tool(repo_root, "propose.py", tiny_data, tmp_path / "a", *common)
