@@ -455,34 +455,44 @@ def _train_step(model, loss_fn, batch, device, optimizer, scaler, amp_dtype, gra
 
 # ------------------------------------------------------------------------------------------ eval
 @torch.no_grad()
-def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.device | str) -> dict[str, float]:
+def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.device | str,
+                            background: int | None = None) -> dict[str, float]:
     """Top-1 / top-5 accuracy of ``model`` over ``loader``, summed over all processes.
 
     loader yields ``(images, labels)`` with images ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]``
     (K crops per image: their softmax is averaged) and labels ``Tensor[B] int64`` (more fields may
-    follow); ``None`` or empty batches (every sample unreadable) are skipped. Returns ``{"top1": float, "top5": float, "n": int}``
-    (accuracies in 0..1; top-5 is top-k with k = min(5, classes)).
+    follow; negative labels are not counted); ``None`` or empty batches (every sample unreadable) are
+    skipped. Returns ``{"top1", "top5", "n"}`` (accuracies in 0..1; top-5 is top-k with k = min(5,
+    classes)); with ``background`` (a region classifier's background label) also ``fg_acc`` and
+    ``bg_acc``, the top-1 accuracy on the object and on the background samples.
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    correct1 = correct5 = count = 0.0
+    sums = {"c1": 0.0, "c5": 0.0, "n": 0.0, "fg_hit": 0.0, "fg": 0.0, "bg_hit": 0.0, "bg": 0.0}
     for batch in loader:
         if batch is None or len(batch[1]) == 0:
             continue
-        images, labels = batch[0], batch[1]
-        probs = predict_proba(model, images.to(device, non_blocking=True))
-        labels = labels.to(device)
-        k = min(5, probs.shape[1])
-        topk = probs.topk(k, dim=1).indices
+        keep = batch[1] >= 0
+        probs = predict_proba(model, batch[0][keep].to(device, non_blocking=True))
+        labels = batch[1][keep].to(device)
+        topk = probs.topk(min(5, probs.shape[1]), dim=1).indices
         hit = topk == labels[:, None]
-        correct1 += float(hit[:, 0].sum())
-        correct5 += float(hit.any(dim=1).sum())
-        count += len(labels)
+        sums["c1"] += float(hit[:, 0].sum())
+        sums["c5"] += float(hit.any(dim=1).sum())
+        sums["n"] += len(labels)
+        if background is not None:
+            bg = labels == background
+            sums["bg_hit"] += float(hit[bg, 0].sum())
+            sums["bg"] += float(bg.sum())
+            sums["fg_hit"] += float(hit[~bg, 0].sum())
+            sums["fg"] += float((~bg).sum())
     model.train(was_training)
-    totals = all_reduce_sum({"c1": correct1, "c5": correct5, "n": count}, device)
-    n = totals["n"]
-    return {"top1": totals["c1"] / n if n else 0.0, "top5": totals["c5"] / n if n else 0.0, "n": int(n)}
+    t = all_reduce_sum(sums, device)
+    out = {"top1": t["c1"] / t["n"] if t["n"] else 0.0, "top5": t["c5"] / t["n"] if t["n"] else 0.0, "n": int(t["n"])}
+    if background is not None:
+        out.update(fg_acc=t["fg_hit"] / max(t["fg"], 1.0), bg_acc=t["bg_hit"] / max(t["bg"], 1.0))
+    return out
 
 
 def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -533,14 +543,17 @@ def _logits(output: Any) -> torch.Tensor:
 
 
 class ClassificationLoss:
-    """Cross-entropy of the main head plus ``aux_weight`` x that of each auxiliary head (the paper: 0.3).
+    """Cross-entropy of the main head plus ``aux_weight`` x that of each auxiliary head (the paper: 0.3),
+    for image classification and for region classifiers alike (``background=0``: the region column).
 
     ``__call__(model, batch, device)`` with batch ``(images Tensor[B, 3, H, W], labels Tensor[B] int64, ...)``
-    returns ``(loss, {"top1": training-batch accuracy of the main head})``.
+    returns ``(loss, {"top1"})`` (training-batch accuracy of the main head), and with ``background`` also
+    ``fg_acc`` (accuracy on the other labels) and ``fg_share`` (their share of the batch).
     """
 
-    def __init__(self, aux_weight: float = 0.3, label_smoothing: float = 0.0):
+    def __init__(self, aux_weight: float = 0.3, label_smoothing: float = 0.0, background: int | None = None):
         self.aux_weight, self.label_smoothing = float(aux_weight), float(label_smoothing)
+        self.background = background
 
     def __call__(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch[0].to(device, non_blocking=True)
@@ -554,5 +567,9 @@ class ClassificationLoss:
             for aux in out[1:]:
                 if aux is not None:
                     loss = loss + self.aux_weight * F.cross_entropy(aux, labels, label_smoothing=self.label_smoothing)
-        top1 = float((logits.detach().argmax(1) == labels).float().mean())
-        return loss, {"top1": top1}
+        hit = logits.detach().argmax(1) == labels
+        metrics = {"top1": float(hit.float().mean())}
+        if self.background is not None:
+            fg = labels != self.background
+            metrics.update(fg_share=float(fg.float().mean()), fg_acc=float(hit[fg].float().mean()) if fg.any() else 0.0)
+        return loss, metrics

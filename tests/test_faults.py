@@ -279,7 +279,8 @@ def test_spec_roundtrip_rebuilds_the_same_proposer(tmp_path):
 from detect.data.records import DetectionRecord, SkipLog  # noqa: E402
 from detect.distributed import DistributedContext  # noqa: E402
 from detect.engine import CheckpointMismatch, fit, run_fingerprint  # noqa: E402
-from detect.region import RegionDataset, RegionLoss, collate_regions  # noqa: E402
+from detect.engine import ClassificationLoss  # noqa: E402
+from detect.region import RegionDataset, collate_regions  # noqa: E402
 from detect.models.convention import InputConvention  # noqa: E402
 
 
@@ -314,7 +315,7 @@ def _tiny_region_fit(tmp_path, records, ckpt, **kwargs):
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_regions, num_workers=kwargs.pop("workers", 0))
     torch.manual_seed(0)
     model = GoogLeNet(num_classes=3, width=0.125, aux_logits=False, lrn=False, dropout=0.0)
-    return fit(model, RegionLoss(), loader, torch.optim.SGD(model.parameters(), lr=0.01), None, 1,
+    return fit(model, ClassificationLoss(background=0), loader, torch.optim.SGD(model.parameters(), lr=0.01), None, 1,
                DistributedContext(), ckpt, ema_decay=None, **kwargs)
 
 

@@ -28,12 +28,13 @@ from detect.classes import ClassList
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
 from detect.data.splits import proposal_store_path
-from detect.engine import fit, init_identity, run_fingerprint, seed_everything
+from detect.engine import (ClassificationLoss, evaluate_classification, fit, init_identity, run_fingerprint,
+                           seed_everything)
 from detect.io import load_checkpoint
 from detect.models.bvlc import weights_format
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
 from detect.pipeline import DetectorSettings, bundle_detector
-from detect.region import RegionDataset, RegionLoss, collate_regions, evaluate_regions
+from detect.region import RegionDataset, collate_regions
 from detect.runtime import worker_threads
 from proposals.spec import embed_networks, spec_from_target_config
 from proposals.store import ProposalStore
@@ -113,13 +114,13 @@ def train(cfg: DictConfig) -> None:
                                 collate_fn=collate_regions, worker_init_fn=worker_threads)
 
         def evaluate(m):
-            return evaluate_regions(m, val_loader, ctx.device)
+            return evaluate_classification(m, val_loader, ctx.device, background=0)
 
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler else None
     resolved = OmegaConf.to_container(cfg, resolve=True)
     skipped = SkipLog("training images")
-    fit(model=model, loss_fn=RegionLoss(cfg.aux_weight), train_loader=loader, optimizer=optimizer,
+    fit(model=model, loss_fn=ClassificationLoss(cfg.aux_weight, background=0), train_loader=loader, optimizer=optimizer,
         scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=cfg.checkpoint,
         checkpoint_meta={"model_kwargs": dict(model.model_kwargs), "member": int(cfg.member), "seed": seed,
                          "classes": classes.to_dict()},
