@@ -76,9 +76,9 @@ def warp_regions(image: Tensor, boxes: Tensor, size: int = 224, context: int = 1
     coordinates (pixel ``k`` covers ``[k, k + 1)``). Samples outside the image blend with zeros (the
     mean colour of the image's convention: BVLC's (104, 117, 123) BGR for its weights, ImageNet's mean
     for ours), as if the image were embedded in an infinite zero plane. Done with one ``grid_sample``
-    over the image expanded (not copied) to the batch: on the CPU it is vectorised and threaded,
-    2.2-2.7x faster than the equivalent ``roi_align(aligned=True, sampling_ratio=1)``
-    (benchmarks/README.md).
+    over the image expanded (not copied) to the batch: on the CPU it is vectorised and threaded, and
+    faster than the equivalent ``roi_align(aligned=True, sampling_ratio=1)`` (figures:
+    benchmarks/README.md).
     """
     if image.ndim != 3:
         raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")

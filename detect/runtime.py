@@ -3,15 +3,15 @@
 ``threads: auto`` gives each process of a machine an equal share of the cores it may use, less one
 core for its helpers (data-loading workers, the detector's prefetch thread):
 ``usable cores // LOCAL_WORLD_SIZE - 1`` (torchrun's count of processes on this machine; 1 without
-torchrun), at least 1. On the 2-core machine that is 1 thread, which measured as fast or faster than 2
-for training and 2x faster for detection (benchmarks/threads.md). An integer sets the count directly. It is applied to torch's intra-op pool and
-to OpenCV's (ONNX Runtime sessions follow torch's count, see ``detect.backends.session_options``).
+torchrun), at least 1. On a 2-core machine that is 1 thread, which measured no slower than 2 for
+training and faster for detection (figures: benchmarks/threads.md). An integer sets the count directly.
+It is applied to torch's intra-op pool and to OpenCV's (ONNX Runtime sessions follow torch's count, see ``detect.backends.session_options``).
 Helper processes take 1 thread each: DataLoader workers (:func:`worker_threads`, torch does the same
 for its own pool) and proposal workers (``proposals.store``), since they already run one per core.
 
 Idle OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, set by ``import detect``): with
-libgomp's spinning waits, a process given 2 threads on 2 cores shared with other jobs trained 10-20x
-slower than with 1; waiting passively, never more than 12 % slower (benchmarks/threads.md). So a
+libgomp's spinning waits, a process given 2 threads on 2 cores shared with other jobs trained an order
+of magnitude slower than with 1; waiting passively, only slightly slower (benchmarks/threads.md). So a
 thread count that turns out too high for a busy machine costs little.
 
 The setting is applied by :class:`ThreadsCallback`, a Hydra callback that conf/common.yaml registers

@@ -106,10 +106,10 @@ def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path,
         command = stage.command(python, Path(tools_dir))
         stamp_path = stamps / f"{stage.name}.json"
         if _stamp_valid(stamp_path, command, upstream, root):
-            print(f"[{stage.name}] done earlier, outputs verified: skipped", flush=True)
+            log.info("[%s] done earlier, outputs verified: skipped", stage.name)
         else:
             stamp_path.unlink(missing_ok=True)
-            print(f"[{stage.name}] $ {' '.join(command[1:])}", flush=True)
+            log.info("[%s] $ %s", stage.name, " ".join(command[1:]))
             before = _snapshot(root, exclude)
             start = time.perf_counter()
             result = subprocess.run(command, env={**os.environ, **(env or {})})
@@ -121,7 +121,7 @@ def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path,
             outputs = {rel: (after[rel][0], file_sha256(root / rel)) for rel in sorted(changed)}
             atomic_write_json(stamp_path, {"name": stage.name, "command": command[1:], "upstream": upstream,
                                            "seconds": timings[stage.name], "outputs": outputs})
-            print(f"[{stage.name}] finished in {timings[stage.name]:.1f} s", flush=True)
+            log.info("[%s] finished in %.1f s", stage.name, timings[stage.name])
         upstream = file_sha256(stamp_path)
         if stop_after == stage.name:
             break

@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> dict:
     if len(skipped):
         print(skipped.summary())
     out_dir = Path(cfg.out_dir)
-    # with the curves (hundreds of thousands of numbers) compact JSON: the indenting encoder is pure Python, 5x slower
+    # with the curves (hundreds of thousands of numbers) compact JSON: the indenting encoder is pure Python, much slower
     atomic_write_json(out_dir / f"eval_{stem}.json", report, indent=None if cfg.curves_in_json else 2)
     if cfg.plot_best or cfg.plot_worst:
         from detect.plots import save_pr_curves

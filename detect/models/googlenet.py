@@ -103,14 +103,14 @@ class ConvReLU(nn.Module):
 class LocalResponseNorm(nn.Module):
     """Cross-channel LRN, ``x / (k + alpha / size * sum of x^2 over size neighbouring channels)^beta``,
     as ``nn.LocalResponseNorm`` (and Caffe). On channels-last input the channel sum is a 1-D average
-    pool over the contiguous channel axis, ~1.8x faster on CPU than torch's 3-D pool; other input
+    pool over the contiguous channel axis, faster on CPU than torch's 3-D pool; other input
     goes through ``F.local_response_norm``. [B, C, H, W] -> [B, C, H, W], same memory format.
 
     Under ONNX export the layer is written as ONNX Runtime runs it fastest (``onnx_form``): the channel
     window sum as a fixed banded 1x1 convolution (which stays in ORT's blocked NCHWc layout) and, for
     beta = 0.75, ``d^-0.75`` as ``1 / (sqrt(d) * sqrt(sqrt(d)))`` instead of ``Pow``. On the project's CPU
-    this makes the exported paper network 1.07-1.11x faster than the traced ``F.local_response_norm``
-    (benchmarks/README.md, ``bench_scoring.py --lrn-traced``); ONNX's own ``LRN`` kernel was slower
+    this makes the exported paper network faster than the traced ``F.local_response_norm`` (figures:
+    benchmarks/README.md, ``bench_scoring.py --lrn-traced``); ONNX's own ``LRN`` kernel was slower
     than both in a one-off check.
     """
 
@@ -301,7 +301,7 @@ class GoogLeNet(nn.Module):
         Hidden layers use std sqrt(2 / fan_in) so that the 22-layer network without BatchNorm starts
         with activations that neither vanish nor explode (torchvision's 0.01 everywhere makes them
         vanish); the classifiers (fc, aux fc2) use std 0.01. Truncation redraws the few values
-        beyond 2 std (``_trunc_normal_``), several times faster than the inverse-CDF of
+        beyond 2 std (``_trunc_normal_``), faster than the inverse-CDF of
         ``nn.init.trunc_normal_`` at this cut-off.
         """
         classifiers = {self.fc} | ({self.aux1.fc2, self.aux2.fc2} if self.aux_logits else set())
