@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from detect.classes import ilsvrc_det_classes
-from detect.data.synthetic import render_detection_image, scene_classes
+from detect.data.synthetic import ilsvrc_xml, render_detection_image, scene_classes
 from proposals.base import Proposals
 
 __all__ = ["make_ilsvrc2014_world", "StandInProposer", "write_classification_folders"]
@@ -40,22 +39,6 @@ VAL_DIRS = ("ILSVRC2013_DET_val", "ILSVRC2013_DET_bbox_val")
 LISTS = Path("devkit") / "data" / "det_lists"
 BLACKLIST = Path("devkit") / "data" / "ILSVRC2014_det_validation_blacklist.txt"
 WORLD_VERSION = 1
-
-
-def _xml(name: str, width: int, height: int, boxes: np.ndarray, wnids: list[str]) -> str:
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "ILSVRC2013_val"
-    ET.SubElement(root, "filename").text = name
-    size = ET.SubElement(root, "size")
-    ET.SubElement(size, "width").text = str(width)
-    ET.SubElement(size, "height").text = str(height)
-    for box, wnid in zip(boxes, wnids):
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = wnid
-        bb = ET.SubElement(obj, "bndbox")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
-            ET.SubElement(bb, key).text = str(int(value))
-    return ET.tostring(root, encoding="unicode") + "\n"
 
 
 def make_ilsvrc2014_world(root: str | Path, images: int = 1000, min_side: int = 64, max_side: int = 128,
@@ -101,7 +84,7 @@ def make_ilsvrc2014_world(root: str | Path, images: int = 1000, min_side: int = 
         if not ok:
             raise RuntimeError(f"{name}: JPEG encoding failed")
         (image_dir / f"{name}.JPEG").write_bytes(data.tobytes())
-        (xml_dir / f"{name}.xml").write_text(_xml(name, width, height, boxes, [classes.wnids[l] for l in labels]))
+        (xml_dir / f"{name}.xml").write_text(ilsvrc_xml("ILSVRC2013_val", name, width, height, boxes, [classes.wnids[l] for l in labels]))
         names.append(name)
         labels_of.append(labels)
         n_boxes += len(boxes)

@@ -30,7 +30,7 @@ def forwarded_overrides(overrides: list[str]) -> list[str]:
     settings of conf/common.yaml (work_dir, seed, device, threads, paths ...). The demo's own settings
     (members, draw_images, init, stop_after, stage_overrides, tool_overrides) and the experiment are not
     forwarded."""
-    common = {k for k in OmegaConf.load(CONF / "common.yaml") if k != "hydra"}
+    common = {k for k in OmegaConf.load(CONF / "common.yaml") if k not in ("hydra", "defaults")}
     parsed = OverridesParser.create().parse_overrides(overrides)
     keep = []
     for text, o in zip(overrides, parsed):
@@ -38,6 +38,17 @@ def forwarded_overrides(overrides: list[str]) -> list[str]:
         if top in GROUPS or top in common:
             keep.append(text)
     return keep
+
+
+def final_stages(common: list[str], members: int, draw: list[str]) -> list[Stage]:
+    """What follows the members in every chain: bundle, detection and evaluation of the test split (block
+    ``val``), drawn test images."""
+    return [
+        Stage("bundle", "train_region", [*common, "step=bundle", f"members={members}"]),
+        Stage("detect_val", "detect_dataset", [*common, "split=val"]),
+        Stage("eval_map", "eval_map", [*common, "split=val"]),
+        Stage("draw", "detect", [*draw, *common]),
+    ]
 
 
 def synthetic_stages(common: list[str], members: int, draw: list[str]) -> list[Stage]:
@@ -50,12 +61,7 @@ def synthetic_stages(common: list[str], members: int, draw: list[str]) -> list[S
         Stage("propose_val", "propose", [*common, "split=val"]),
     ]
     stages += [Stage(f"train_region_{k}", "train_region", [*common, f"member={k}"]) for k in range(members)]
-    stages += [
-        Stage("bundle", "train_region", [*common, "step=bundle", f"members={members}"]),
-        Stage("detect_val", "detect_dataset", [*common, "split=val"]),
-        Stage("eval_map", "eval_map", [*common, "split=val"]),
-        Stage("draw", "detect", [*draw, *common]),
-    ]
+    stages += final_stages(common, members, draw)
     return stages
 
 
@@ -72,12 +78,7 @@ def dataset_stages(common: list[str], members: int, draw: list[str], init: str |
     stages += [Stage(f"propose_{b}", "propose", [*common, f"split={b}"]) for b in propose_blocks]
     stages += [Stage(f"train_region_{k}", "train_region", [*common, *init_args, f"member={k}"])
                for k in range(members)]
-    stages += [
-        Stage("bundle", "train_region", [*common, "step=bundle", f"members={members}"]),
-        Stage("detect_val", "detect_dataset", [*common, "split=val"]),
-        Stage("eval_map", "eval_map", [*common, "split=val"]),
-        Stage("draw", "detect", [*draw, *common]),
-    ]
+    stages += final_stages(common, members, draw)
     return stages
 
 

@@ -286,7 +286,8 @@ def _write_jpeg(path: Path, image: np.ndarray) -> None:
     path.write_bytes(data.tobytes())
 
 
-def _ilsvrc_xml(split: str, name: str, width: int, height: int, boxes: np.ndarray, wnids: list[str]) -> str:
+def ilsvrc_xml(split: str, name: str, width: int, height: int, boxes: np.ndarray, wnids: list[str]) -> str:
+    """An annotation file in the ILSVRC (PASCAL VOC) layout: integer pixel boxes, one ``object`` per box."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = split
     ET.SubElement(root, "filename").text = name
@@ -477,7 +478,7 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
             if layout == "ilsvrc":
                 (root / "Annotations" / "DET" / split).mkdir(parents=True, exist_ok=True)
                 (root / "Annotations" / "DET" / split / f"{name}.xml").write_text(
-                    _ilsvrc_xml(split, name, width, height, boxes, [classes[l].wnid for l in labels]), encoding="utf-8")
+                    ilsvrc_xml(split, name, width, height, boxes, [classes[l].wnid for l in labels]), encoding="utf-8")
                 lines.append(f"{name} {i + 1}")
             elif layout == "voc":
                 (root / "Annotations").mkdir(parents=True, exist_ok=True)
