@@ -362,34 +362,11 @@ def evaluate(
         raise ValueError(f"unknown_images must be error or ignore, got {unknown_images!r}")
     num_classes = len(dataset.classes)
     gt = _ground_truth(dataset, num_classes)
-
-    # detections -> record positions; unknown image indices
-    record_index = np.array([r.index for r in dataset.records], dtype=np.int64)
-    sorter = np.argsort(record_index, kind="stable")
-    if len(sorter):
-        pos = np.minimum(np.searchsorted(record_index[sorter], detections.image_index), len(sorter) - 1)
-        known = record_index[sorter][pos] == detections.image_index
-        pos = sorter[pos]
-    else:
-        pos, known = np.zeros(len(detections), np.int64), np.zeros(len(detections), bool)
-    num_unknown = int((~known).sum())
-    if num_unknown and unknown_images == "error":
-        bad = np.unique(detections.image_index[~known])[:5].tolist()
-        raise ValueError(f"{num_unknown} detections refer to images not in dataset {dataset.name!r} "
-                         f"(image indices {bad}...); pass unknown_images='ignore' to drop them")
+    det, num_unknown = _place_detections(dataset, detections, unknown_images)
     if len(detections.labels) and (detections.labels.min() < 0 or detections.labels.max() >= num_classes):
         raise ValueError(f"detection labels outside 0..{num_classes - 1}")
-    det = {"image": pos[known],
-           "index": detections.image_index[known], "labels": detections.labels[known],
-           "score": detections.scores[known].astype(np.float64), "boxes": detections.boxes[known].astype(np.float64)}
-
-    # blacklisted (image index, label) pairs: drop detections, do not count ground truth
-    if dataset.blacklist:
-        black = np.array([i * num_classes + c for i, c in dataset.blacklist], dtype=np.int64)
-        keep_gt = ~np.isin(gt["index"] * num_classes + gt["labels"], black)
-        keep_det = ~np.isin(det["index"] * num_classes + det["labels"], black)
-        gt = {k: v[keep_gt] for k, v in gt.items()}
-        det = {k: v[keep_det] for k, v in det.items()}
+    if dataset.blacklist:  # blacklisted (image index, label) pairs: drop detections, do not count ground truth
+        gt, det = _drop_blacklisted(gt, det, dataset.blacklist, num_classes)
     gt["key"] = gt["image"] * num_classes + gt["labels"]
     det["key"] = det["image"] * num_classes + det["labels"]
 
@@ -404,17 +381,67 @@ def evaluate(
     else:
         status = _match_coco(det, gt, iou_threshold)
 
-    # per class ranked lists: (-score, image index, position); VOC: (-score, position)
-    m = len(status)
-    tie = np.zeros(m, dtype=np.int64) if rules in ("voc", "voc07") else det["index"]
+    method = {"ilsvrc": "area", "voc": "area", "voc07": "11point", "coco": interpolation}[rules]
+    num_gt = np.bincount(gt["labels"][~gt["ignore"]], minlength=num_classes).astype(np.int64)
+    num_det = np.bincount(det["labels"], minlength=num_classes).astype(np.int64)
+    # ranked lists per class: (-score, image index, position); VOC: (-score, position)
+    ap, precision, recall = _class_curves(det, status, num_gt, method, classes_without_gt,
+                                          tie_by_image=rules not in ("voc", "voc07"))
+    counted = ap[~np.isnan(ap)]
+    options = {"iou_threshold": iou_threshold, "pixel_tolerance": pixel_tolerance, "max_dets": max_dets,
+               "ap_method": method, "classes_without_gt": classes_without_gt, "unknown_images": unknown_images}
+    return EvalResult(
+        rules=rules, class_names=list(dataset.classes.names), ap=ap, num_gt=num_gt, num_det=num_det,
+        precision=precision, recall=recall,
+        mean_ap=float(counted.mean()) if len(counted) else float("nan"),
+        median_ap=float(np.median(counted)) if len(counted) else float("nan"),
+        num_unknown_detections=num_unknown, options=options,
+    )
+
+def _place_detections(dataset, detections, unknown_images: str) -> tuple[dict[str, np.ndarray], int]:
+    """The detections whose image is in ``dataset``, as arrays (``image``: position in ``dataset.records``;
+    ``index``, ``labels``, ``score`` float64, ``boxes`` float64 [N, 4]), and the count of those on images
+    that are not; with ``unknown_images="error"`` any such detection is a ``ValueError``."""
+    record_index = np.array([r.index for r in dataset.records], dtype=np.int64)
+    sorter = np.argsort(record_index, kind="stable")
+    if len(sorter):
+        pos = np.minimum(np.searchsorted(record_index[sorter], detections.image_index), len(sorter) - 1)
+        known = record_index[sorter][pos] == detections.image_index
+        pos = sorter[pos]
+    else:
+        pos, known = np.zeros(len(detections), np.int64), np.zeros(len(detections), bool)
+    num_unknown = int((~known).sum())
+    if num_unknown and unknown_images == "error":
+        bad = np.unique(detections.image_index[~known])[:5].tolist()
+        raise ValueError(f"{num_unknown} detections refer to images not in dataset {dataset.name!r} "
+                         f"(image indices {bad}...); pass unknown_images='ignore' to drop them")
+    det = {"image": pos[known],
+           "index": detections.image_index[known], "labels": detections.labels[known],
+           "score": detections.scores[known].astype(np.float64), "boxes": detections.boxes[known].astype(np.float64)}
+    return det, num_unknown
+
+
+def _drop_blacklisted(gt: dict, det: dict, blacklist, num_classes: int) -> tuple[dict, dict]:
+    """``gt`` and ``det`` without the entries of the blacklisted (image index, label) pairs."""
+    black = np.array([i * num_classes + c for i, c in blacklist], dtype=np.int64)
+    keep_gt = ~np.isin(gt["index"] * num_classes + gt["labels"], black)
+    keep_det = ~np.isin(det["index"] * num_classes + det["labels"], black)
+    return {k: v[keep_gt] for k, v in gt.items()}, {k: v[keep_det] for k, v in det.items()}
+
+
+def _class_curves(det: dict, status: np.ndarray, num_gt: np.ndarray, method: str, classes_without_gt: str,
+                  tie_by_image: bool) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """AP ``float64[C]`` (NaN for a class without ground truth unless ``classes_without_gt="zero"``) and
+    the precision and recall arrays of each class, from the matching ``status`` of each detection
+    (1 true positive, 0 false positive, -1 not counted). Each class's detections are ranked by score,
+    ties by image index (``tie_by_image``, ILSVRC and COCO) and then by position in the input."""
+    m, num_classes = len(status), len(num_gt)
+    tie = det["index"] if tie_by_image else np.zeros(m, dtype=np.int64)
     order = np.lexsort((np.arange(m), tie, -det["score"], det["labels"]))
     order = order[status[order] >= 0]
     labels_sorted = det["labels"][order]
     tp_sorted = status[order] == 1
     bounds = np.searchsorted(labels_sorted, np.arange(num_classes + 1))
-    num_gt = np.bincount(gt["labels"][~gt["ignore"]], minlength=num_classes).astype(np.int64)
-    num_det = np.bincount(det["labels"], minlength=num_classes).astype(np.int64)
-    method = {"ilsvrc": "area", "voc": "area", "voc07": "11point", "coco": interpolation}[rules]
     eps = np.spacing(1) if method == "101point" else 0.0  # COCOeval's tp / (tp + fp + eps)
     ap = np.full(num_classes, np.nan)
     precision, recall = [], []
@@ -430,16 +457,8 @@ def evaluate(
             ap[c] = average_precision(rec, prec, method)
         elif classes_without_gt == "zero":
             ap[c] = 0.0
-    counted = ap[~np.isnan(ap)]
-    options = {"iou_threshold": iou_threshold, "pixel_tolerance": pixel_tolerance, "max_dets": max_dets,
-               "ap_method": method, "classes_without_gt": classes_without_gt, "unknown_images": unknown_images}
-    return EvalResult(
-        rules=rules, class_names=list(dataset.classes.names), ap=ap, num_gt=num_gt, num_det=num_det,
-        precision=precision, recall=recall,
-        mean_ap=float(counted.mean()) if len(counted) else float("nan"),
-        median_ap=float(np.median(counted)) if len(counted) else float("nan"),
-        num_unknown_detections=num_unknown, options=options,
-    )
+    return ap, precision, recall
+
 
 
 def coco_ap50_pycocotools(dataset, detections, max_dets: int = 100) -> float:
