@@ -1,0 +1,320 @@
+"""Static int8 quantization of exported scorers with ONNX Runtime, calibrated on the data they score.
+
+An fp32 ONNX export (:func:`detect.backends.cached_onnx_export`) becomes an int8 model once:
+``quant_pre_process`` (shape inference, graph clean-up), then ``quantize_static`` with activation ranges
+calibrated on ``calibration`` inputs (the network's own float inputs: warped proposal crops of the
+training split for a region classifier, resized training images for MultiBox). How it is quantized is
+an :class:`Int8Recipe`; the defaults in conf/ are the variant measured best (benchmarks/int8.md). The
+int8 model is cached beside the fp32 export (``<name>.int8.onnx`` + ``<name>.int8.json``), keyed on the
+fp32 export's key (weights, architecture, exporter versions), the recipe, a hash of the calibration
+inputs and the ONNX Runtime version; it is written atomically and made again when any of them changes
+or the file does not match its recorded hash.
+
+The local response norms: in float they cost a large share of the int8 model's time (Sqrt and Div
+between dequantize/quantize pairs, benchmarks/int8.md). ``lrn="fold"`` measures each LRN's largest
+effect on the calibration inputs, ``1 - s`` for its factor ``s = (d / k)^-beta`` relative to the
+constant ``k^-beta`` it tends to for small activations; an LRN whose effect stays below
+``lrn_tolerance`` (default 1/512: every activation moves by less than half an 8-bit step of its range)
+is replaced by that constant in the int8 model (the others are quantized in their exact form). The
+decision and the measured effects are recorded in the ``.int8.json`` sidecar.
+
+Which CPUs gain: int8 convolutions are fast where the CPU has 8-bit dot-product instructions (AVX-512
+VNNI, AVX-VNNI, AMX-INT8; :func:`cpu_has_int8_dot`); without them ONNX Runtime's u8s8 kernels are
+not expected to beat fp32.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detect.io import atomic_write_json, file_sha256
+from detect.models.googlenet import LocalResponseNorm
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_export", "lrn_effects",
+           "fold_lrns", "cpu_flags", "cpu_has_int8_dot", "calibration_digest", "INT8_DOT_FLAGS"]
+
+_INT8_FORMAT = 1  # bump when the quantization procedure changes: every cached int8 model is then rebuilt
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of 8-bit dot products
+
+
+class QuantizationError(RuntimeError):
+    """The int8 model cannot be made (unusable calibration data, the quantizer failed, ...); the text
+    names the model and the cause."""
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How an fp32 export is quantized (``quantize_static`` options).
+
+    format: "qdq" (QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses) | "qoperator"
+    (QLinearConv etc. written out); activations / weights: "u8" | "s8"; per_channel: one weight scale
+    per output channel; lrn: "int8" quantizes the local response norms' operators too, "float" leaves
+    them in float, "fold" replaces those whose largest effect on the calibration inputs is below
+    ``lrn_tolerance`` by their constant factor (module docstring) and quantizes the rest; calibration:
+    "minmax" | "entropy" | "percentile" (``percentile``: the share of each activation histogram kept,
+    in percent); reduce_range: 7-bit weights (for CPUs without VNNI, where u8s8 sums can saturate).
+    """
+
+    format: str = "qdq"
+    activations: str = "u8"
+    weights: str = "s8"
+    per_channel: bool = True
+    lrn: str = "int8"
+    lrn_tolerance: float = 1.0 / 512
+    calibration: str = "minmax"
+    percentile: float = 99.999
+    reduce_range: bool = False
+
+    def __post_init__(self):
+        choices = {"format": ("qdq", "qoperator"), "activations": ("u8", "s8"), "weights": ("u8", "s8"),
+                   "lrn": ("int8", "float", "fold"), "calibration": ("minmax", "entropy", "percentile")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"int8 recipe: {name}={getattr(self, name)!r}, expected one of {allowed}")
+        if not 0.0 <= float(self.lrn_tolerance) < 1.0:
+            raise ValueError(f"int8 recipe: lrn_tolerance={self.lrn_tolerance} is not in [0, 1)")
+        if not 0.0 < float(self.percentile) <= 100.0:
+            raise ValueError(f"int8 recipe: percentile={self.percentile} is not in (0, 100]")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "Int8Recipe":
+        """A recipe from plain config values; an unknown key is an error naming it."""
+        values = dict(values or {})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"int8 recipe: unknown setting(s) {sorted(unknown)}")
+        return cls(**values)
+
+    def label(self) -> str:
+        """Short name, e.g. ``qdq-u8s8-pc-lrnint8-minmax``."""
+        calib = self.calibration + (f"{self.percentile:g}" if self.calibration == "percentile" else "")
+        lrn = self.lrn + (f"{self.lrn_tolerance:.3g}" if self.lrn == "fold" else "")
+        return (f"{self.format}-{self.activations}{self.weights}{'-pc' if self.per_channel else ''}"
+                f"{'-rr' if self.reduce_range else ''}-lrn{lrn}-{calib}")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where it cannot be read, e.g. not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_int8_dot(flags: Iterable[str] | None = None) -> bool:
+    """True when the CPU has an 8-bit dot-product instruction set (:data:`INT8_DOT_FLAGS`)."""
+    flags = cpu_flags() if flags is None else set(flags)
+    return any(f in flags for f in INT8_DOT_FLAGS)
+
+
+def calibration_digest(calibration: np.ndarray) -> str:
+    """sha256 of the calibration inputs (dtype, shape and bytes)."""
+    calibration = np.ascontiguousarray(calibration)
+    h = hashlib.sha256(f"{calibration.dtype.str}{calibration.shape}".encode())
+    h.update(calibration.tobytes())
+    return h.hexdigest()
+
+
+def _check_calibration(calibration: np.ndarray, what: str) -> np.ndarray:
+    calibration = np.asarray(calibration)
+    if calibration.ndim != 4 or len(calibration) == 0 or not np.issubdtype(calibration.dtype, np.floating):
+        raise QuantizationError(f"{what}: calibration inputs must be a non-empty float array [N, C, H, W], "
+                                f"got {calibration.dtype} {calibration.shape}")
+    if not np.isfinite(calibration).all():
+        raise QuantizationError(f"{what}: calibration inputs contain NaN or infinity")
+    return calibration
+
+
+@torch.inference_mode()
+def lrn_effects(model: nn.Module, calibration: np.ndarray, batch_size: int = 16) -> dict[str, float]:
+    """Largest effect of each :class:`LocalResponseNorm` of ``model`` on ``calibration`` inputs.
+
+    calibration: ``ndarray[N, 3, S, S] float32``. Returns ``{module name: max over every activation of
+    1 - (d / k)^-beta}``, with ``d = k + alpha * (mean of x^2 over the size-channel window)``: how far the
+    LRN's factor falls below the constant ``k^-beta`` (0 = the LRN is that constant here).
+    """
+    lrns = {name: m for name, m in model.named_modules() if isinstance(m, LocalResponseNorm)}
+    peak = dict.fromkeys(lrns, 0.0)
+
+    def hook(name):
+        def record(module, inputs, output):
+            x = inputs[0].float()
+            mean_sq = F.avg_pool3d((x * x)[:, None], (module.size, 1, 1), stride=1,
+                                   padding=(module.size // 2, 0, 0), count_include_pad=True)
+            peak[name] = max(peak[name], float(mean_sq.max()) * module.alpha)
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in lrns.items()]
+    try:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        for i in range(0, len(calibration), batch_size):
+            model(torch.from_numpy(np.ascontiguousarray(calibration[i:i + batch_size], np.float32)).to(device))
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: 1.0 - (1.0 + peak[name] / lrns[name].k) ** -lrns[name].beta for name in lrns}
+
+
+class _Scale(nn.Module):
+    """``x * factor``: a local response norm folded to its constant ``k^-beta``."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def fold_lrns(model: nn.Module, names: Iterable[str]) -> nn.Module:
+    """A copy of ``model`` whose :class:`LocalResponseNorm` modules ``names`` are replaced by their
+    constant factor ``k^-beta`` (an identity when k = 1)."""
+    model = copy.deepcopy(model)
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        lrn = getattr(parent, attr)
+        factor = lrn.k ** -lrn.beta
+        setattr(parent, attr, nn.Identity() if factor == 1.0 else _Scale(factor))
+    return model
+
+
+class _Reader:
+    """ONNX Runtime ``CalibrationDataReader`` over ``calibration`` in batches of ``batch_size``."""
+
+    def __init__(self, input_name: str, calibration: np.ndarray, batch_size: int):
+        self.batches = iter([{input_name: np.ascontiguousarray(calibration[i:i + batch_size], np.float32)}
+                             for i in range(0, len(calibration), batch_size)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def _nodes_of(model_path: Path, modules: Iterable[str]) -> list[str]:
+    """Names of the nodes the exporter wrote for torch ``modules`` (``net.lrn1`` -> ``/net/lrn1/...``)."""
+    import onnx
+
+    prefixes = tuple("/" + m.replace(".", "/") + "/" for m in modules)
+    if not prefixes:
+        return []
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.name.startswith(prefixes)]
+
+
+def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray,
+                  recipe: Int8Recipe = Int8Recipe(), float_modules: Iterable[str] = (),
+                  batch_size: int = 8) -> None:
+    """Write the int8 model of the ONNX file ``fp32_path`` to ``out_path`` atomically.
+
+    calibration: ``ndarray[N, 3, S, S] float32`` network inputs (N >= 1) whose activation ranges set the
+    quantization scales (every input's activations are held until the ranges are computed: keep N in
+    the hundreds at most); float_modules: torch module names whose nodes stay in float; batch_size:
+    calibration inputs per forward pass. Raises :class:`QuantizationError` naming the model.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    calibration = _check_calibration(calibration, str(fp32_path))
+    qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[recipe.calibration]
+    extra = {"CalibPercentile": float(recipe.percentile)} if recipe.calibration == "percentile" else {}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    try:
+        import onnxruntime as ort
+
+        pre = work / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre))
+        input_name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+        exclude = _nodes_of(pre, float_modules)
+        quantized = work / "int8.onnx"
+        quantize_static(
+            str(pre), str(quantized), _Reader(input_name, calibration, batch_size),
+            quant_format=QuantFormat.QDQ if recipe.format == "qdq" else QuantFormat.QOperator,
+            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+            activation_type=qtype[recipe.activations], weight_type=qtype[recipe.weights],
+            nodes_to_exclude=exclude or None, calibrate_method=method, extra_options=extra,
+        )
+        os.replace(quantized, out_path)  # same folder: atomic
+    except Exception as e:  # the quantizer raises many kinds (ValueError, RuntimeError, ONNX errors)
+        raise QuantizationError(f"{fp32_path}: int8 quantization failed ({type(e).__name__}: {e})") from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, calibration: np.ndarray,
+                       recipe: Int8Recipe = Int8Recipe()) -> Path:
+    """Path of a valid int8 model of ``model``, whose fp32 export is ``<dir>/<name>.onnx`` with cache key
+    ``fp32_key`` (its weights hash): ``<dir>/<name>.int8.onnx``, quantized when missing or stale.
+
+    calibration: ``ndarray[N, 3, S, S] float32`` network inputs. The sidecar ``<name>.int8.json``
+    records the key (fp32 key, recipe, calibration digest, ONNX Runtime version), the int8 file's
+    sha256 and the LRN decisions; a mismatch of key or hash, or a file ONNX Runtime cannot load, means
+    it is quantized again. Raises :class:`QuantizationError` when quantization fails.
+    """
+    import onnxruntime as ort
+
+    from detect.backends import export_onnx
+
+    fp32_path = Path(fp32_path)
+    calibration = _check_calibration(calibration, str(fp32_path))
+    stem = fp32_path.name.removesuffix(".onnx")
+    int8_path, meta_path = fp32_path.with_name(f"{stem}.int8.onnx"), fp32_path.with_name(f"{stem}.int8.json")
+    header = {"format": _INT8_FORMAT, "fp32_key": fp32_key, "recipe": asdict(recipe),
+              "calibration": calibration_digest(calibration), "calibration_inputs": len(calibration),
+              "onnxruntime": ort.__version__}
+    key = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+    if int8_path.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("key") == key and meta.get("sha256") == file_sha256(int8_path):
+                ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])  # loads: intact
+                return int8_path
+            log.warning("%s: stale int8 model (weights, calibration, recipe or ONNX Runtime changed), "
+                        "quantizing again", int8_path)
+        except Exception as e:  # corrupt JSON, truncated model, ...
+            log.warning("%s: unusable int8 model (%s), quantizing again", int8_path, e)
+    log.info("quantizing %s to int8 (%s, %d calibration inputs)", fp32_path, recipe.label(), len(calibration))
+    lrns = [name for name, m in model.named_modules() if isinstance(m, LocalResponseNorm)]
+    effects, folded = {}, []
+    if recipe.lrn == "fold" and lrns:
+        effects = lrn_effects(model, calibration)
+        folded = [name for name in lrns if effects[name] <= recipe.lrn_tolerance]
+        log.info("%s: LRN effects on the calibration inputs %s; folded (<= %g): %s", fp32_path.name,
+                 {n: f"{e:.2g}" for n, e in effects.items()}, recipe.lrn_tolerance, folded or "none")
+    source = fp32_path
+    work = Path(tempfile.mkdtemp(prefix=f".{stem}.int8src.", dir=fp32_path.parent))
+    try:
+        if folded:
+            source = work / "folded.onnx"
+            export_onnx(fold_lrns(model, folded), source, int(calibration.shape[-1]))
+        quantize_onnx(source, int8_path, calibration, recipe, float_modules=lrns if recipe.lrn == "float" else ())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    atomic_write_json(meta_path, {"key": key, "sha256": file_sha256(int8_path), **header,
+                                  "lrn_effects": effects, "lrn_folded": folded})
+    return int8_path
