@@ -30,12 +30,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from detect.data.records import SkipLog
 from detect.distributed import DistributedContext, all_reduce_sum, barrier, resolve_device
-from detect.io import atomic_torch_save, load_checkpoint
+from detect.io import OutputConflict, atomic_torch_save, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit", "ClassificationLoss", "evaluate_classification", "predict_proba", "collect_probabilities",
+__all__ = ["fit", "run_fingerprint", "init_identity", "CheckpointMismatch", "ClassificationLoss", "evaluate_classification", "predict_proba", "collect_probabilities",
            "topk_accuracy", "resolve_device", "seed_everything", "unwrap"]
 
 LossFn = Callable[[nn.Module, Any, torch.device], "tuple[torch.Tensor, dict[str, float]]"]
@@ -170,6 +171,9 @@ def fit(
     max_steps_per_epoch: int | None = None,
     checkpoint_every: int | None = None,
     grad_clip: float | None = None,
+    fingerprint: dict | None = None,
+    skipped: SkipLog | None = None,
+    max_skipped_fraction: float | None = 0.1,
 ) -> nn.Module:
     """Train ``model`` for ``epochs`` epochs; returns the Polyak-averaged model (the raw model when
     ``ema_decay`` is None), in eval mode on ``ctx.device``.
@@ -182,6 +186,12 @@ def fit(
         ``step`` (steps done in the current epoch) and the training state for ``resume``.
     amp, channels_last: bf16 autocast (fp16 + GradScaler where bf16 is unsupported) and channels-last
         memory, both on CUDA only.
+    fingerprint: plain values naming what the run trains on and how (data, image list, init weights,
+        settings); stored in the checkpoint, and a checkpoint written with another fingerprint is not
+        resumed: ``CheckpointMismatch`` names the differing entries (never a silent mix of two runs).
+    skipped: receives the samples the data pipeline skipped (from a batch's ``skipped`` entries, worker
+        processes included). An epoch that takes no step, or skips more than ``max_skipped_fraction``
+        of its samples (None: no limit), stops the run with a ``RuntimeError`` naming the first reasons.
     """
     device = ctx.device
     checkpoint_path = Path(checkpoint_path)
@@ -197,9 +207,18 @@ def fit(
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
+    if fingerprint is not None:
+        meta["fingerprint"] = fingerprint
     state = None
-    if resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, map_location=device)
+    if checkpoint_path.exists():
+        existing = load_checkpoint(checkpoint_path, map_location=device)
+        if not isinstance(existing, dict) or "raw_state" not in existing or "optimizer" not in existing:
+            raise OutputConflict(f"{checkpoint_path}: exists and is not a training checkpoint written by this "
+                                 "project's trainers (weights to start from go in init=); not overwritten")
+        if resume:
+            state = existing
+            check_fingerprint(state, fingerprint, checkpoint_path)
+    if state is not None:
         model.load_state_dict(state["raw_state"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
@@ -275,6 +294,9 @@ def fit(
                 break
             size = _batch_size(batch) if batch is not None else 0
             sums["dropped"] += float(getattr(batch, "dropped", 0) or 0)
+            if skipped is not None:
+                for file, reason in getattr(batch, "skipped", ()):
+                    skipped.entries.append((file, reason))
             if ctx.distributed:  # every process skips together, or DDP would wait forever
                 empty = all_reduce_sum({"empty": float(size == 0)}, device)["empty"]
             else:
@@ -317,9 +339,62 @@ def fit(
                      "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
         if not math.isfinite(summary["loss"]):
             raise FloatingPointError(f"epoch {epoch + 1}: loss is {summary['loss']}")
+        _check_epoch(epoch, totals, skipped, max_skipped_fraction, nothing_left=n_steps is not None and skip >= n_steps)
         epoch_rng = None
         save(epoch + 1, 0, {})
     return result_model.eval()
+
+
+def run_fingerprint(**parts: Any) -> dict[str, str]:
+    """``{name: short sha256}`` of each part (plain values, lists, dicts; paths as strings): what a
+    training run depends on, compared part by part when a checkpoint is resumed (:func:`fit`)."""
+    import hashlib
+    import json
+
+    return {name: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for name, value in parts.items()}
+
+
+def init_identity(path: str | Path | None) -> str | None:
+    """What an ``init=`` weights file is, for fingerprints: its sha256 (None when there is none)."""
+    from detect.io import file_sha256
+
+    return None if not path else file_sha256(path)
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint to resume was written by a run with other inputs or settings."""
+
+
+def check_fingerprint(state: dict, fingerprint: dict | None, path: str | Path) -> None:
+    """Refuse to resume ``state`` (a loaded checkpoint) when it records another ``fingerprint``."""
+    stored = state.get("fingerprint")
+    if fingerprint is None:
+        return
+    if stored is None:
+        log.warning("%s: written before checkpoints recorded what produced them; resuming it as it is", path)
+        return
+    if stored != fingerprint:
+        keys = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+        raise CheckpointMismatch(
+            f"{path}: written by a run with other inputs or settings (differs in: {', '.join(keys)}); not resumed. "
+            "Restore those settings to continue it, or write to another checkpoint (or resume=false to start over)")
+
+
+def _check_epoch(epoch: int, totals: dict, skipped: SkipLog | None, max_fraction: float | None,
+                 nothing_left: bool = False) -> None:
+    """No silent success: an epoch without a single step (unless a resume found it already done), or
+    one that skipped too many samples, stops the run."""
+    dropped, samples = int(totals["dropped"]), int(totals["samples"])
+    reasons = ""
+    if skipped is not None and len(skipped):
+        reasons = "; first: " + "; ".join(f"{f}: {r}" for f, r in skipped.entries[:3])
+    if totals["steps"] == 0 and not nothing_left:
+        raise RuntimeError(f"epoch {epoch + 1}: no training step was taken ({dropped} samples skipped, none "
+                           f"usable){reasons}")
+    if max_fraction is not None and dropped > max_fraction * (dropped + samples):
+        raise RuntimeError(f"epoch {epoch + 1}: {dropped} of {dropped + samples} samples skipped, more than the "
+                           f"allowed share {max_fraction:g} (max_skipped_fraction){reasons}")
 
 
 def _train_step(model, loss_fn, batch, device, optimizer, scaler, amp_dtype, grad_clip) -> tuple[float, dict]:

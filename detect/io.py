@@ -15,7 +15,24 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["file_sha256", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
+__all__ = ["file_sha256", "state_digest", "exclusive_lock", "OutputLocked", "OwnedFolder", "OutputConflict",
+           "refuse_inputs", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
+
+
+def _read_umask() -> int:
+    """The process umask, read without changing it where /proc tells it (else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 @contextmanager
@@ -25,6 +42,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs follow the user's umask like open() does
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
@@ -76,3 +94,104 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def state_digest(state) -> str:
+    """Hex sha256 of a state dict (``{name: Tensor}``): names, dtypes, shapes and values, in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class OutputLocked(RuntimeError):
+    """Another process is writing the same output."""
+
+
+@contextmanager
+def exclusive_lock(target: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock for writing ``target`` (``flock`` on ``.<name>.lock`` beside it).
+
+    A second writer of the same output fails at once with :class:`OutputLocked` naming the output and
+    the process that holds it, instead of interleaving its lines with the first one's. The lock file
+    is left in place (removing it would let two processes lock different files of the same name).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.with_name(f".{target.name}.lock")
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks
+        yield
+        return
+    with open(lock_path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise OutputLocked(f"{target}: another run is writing this output ({holder}, lock {lock_path}); "
+                               "wait for it to finish or write elsewhere") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+class OutputConflict(ValueError):
+    """An output would replace a file the tool did not write (an input, or a file of the user's)."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def refuse_inputs(outputs: list[str | Path], inputs: list[str | Path], hint: str = "") -> None:
+    """Raise :class:`OutputConflict` when an output path is one of the inputs (the same file)."""
+    existing = [Path(p) for p in inputs if Path(p).exists()]
+    for out in map(Path, outputs):
+        if out.exists() and any(_same_file(out, inp) for inp in existing):
+            raise OutputConflict(f"{out}: this output would overwrite an input file; {hint or 'write elsewhere'}")
+
+
+class OwnedFolder:
+    """A folder that a tool writes into, and the record of what it wrote there (``.<tool>-outputs``,
+    one file name per line, appended). :meth:`claim` lets the tool write a name only when no such file
+    exists yet or the tool wrote it before: a file of the user's (or of another tool) is never
+    overwritten (:class:`OutputConflict`)."""
+
+    def __init__(self, folder: str | Path, tool: str):
+        self.folder = Path(folder)
+        self.record = self.folder / f".{tool}-outputs"
+        self.tool = tool
+        self.owned: set[str] = set()
+        if self.record.is_file():
+            self.owned = {ln for ln in self.record.read_text(encoding="utf-8").splitlines() if ln}
+
+    def claim(self, name: str) -> Path:
+        """The path of ``name`` in the folder, now recorded as this tool's; refused when it is someone else's file."""
+        if "/" in name or name in ("", ".", "..") or name.startswith("."):
+            raise OutputConflict(f"{name!r}: not a plain file name for {self.folder}")
+        path = self.folder / name
+        if name not in self.owned:
+            if path.exists() or path.is_symlink():
+                raise OutputConflict(f"{path}: exists and was not written by {self.tool}; not overwritten "
+                                     "(choose another out_dir or move the file)")
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(self.record, "a", encoding="utf-8") as f:
+                f.write(name + "\n")
+            self.owned.add(name)
+        return path

@@ -1,18 +1,23 @@
 """The detector: image -> proposals -> warped crops -> ensemble softmax -> per-class NMS -> detections.
 
-A detector checkpoint (``bundle_detector``) is one file holding every member's ``model_kwargs`` and
-``model_state``, the class list and the detector settings (crop size, context, NMS, proposer
-config); it loads with ``weights_only=True``.
+A detector file (``bundle_detector``) holds every member's ``model_kwargs`` and ``model_state``, the
+class list, the detector settings (:class:`DetectorSettings`) and the proposer as a plain spec with its
+MultiBox network embedded (:mod:`proposals.spec`): the file alone is enough on another machine. It is
+data: it loads with ``weights_only=True``, and nothing in it can choose code to run (the proposer is
+rebuilt only into the project's own proposer classes, member networks only as GoogLeNet).
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
 import logging
+import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,12 +31,93 @@ from detect.distributed import resolve_device
 from detect.io import atomic_torch_save, load_checkpoint
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet
 from detect.region import Ensemble, normalize_image, warp_regions
+from proposals.spec import build_proposer, check_spec, spec_from_target_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionResult", "Detector", "per_class_nms", "bundle_detector", "DETECTOR_FORMAT"]
+__all__ = ["DetectionResult", "Detector", "DetectorSettings", "per_class_nms", "bundle_detector", "DETECTOR_FORMAT"]
 
-DETECTOR_FORMAT = "googlenet-detector-v1"
+DETECTOR_FORMAT = "googlenet-detector-v2"
+_OLD_FORMATS = ("googlenet-detector-v1",)  # settings in "config", proposer as a _target_ dict
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Everything the detector does besides its networks and proposer; saved and loaded as one
+    (``to_dict`` / ``from_dict``), overridden with ``dataclasses.replace``; checked when built.
+
+    crop_size, context: the warp (:func:`detect.region.warp_regions`), as the members were trained;
+    nms_iou, score_threshold, max_per_image: :func:`per_class_nms`; batch_size: crops per forward;
+    min_size: proposals narrower or shorter than this (pixels, after clipping) are dropped;
+    cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is
+    at least this (:class:`detect.region.Ensemble`); mean, std: the crops' normalisation (RGB, 0..1).
+    """
+
+    crop_size: int = 224
+    context: int = 16
+    nms_iou: float = 0.3
+    score_threshold: float = 0.01
+    max_per_image: int = 100
+    batch_size: int = 128
+    min_size: float = 2.0
+    cascade_threshold: float | None = None
+    mean: tuple[float, float, float] = tuple(IMAGENET_MEAN)
+    std: tuple[float, float, float] = tuple(IMAGENET_STD)
+
+    def __post_init__(self):
+        def number(name, value, integer=False):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or (integer and float(value) != int(value)):
+                raise ValueError(f"detector setting {name}={value!r}: expected a finite {'integer' if integer else 'number'}")
+            object.__setattr__(self, name, int(value) if integer else float(value))
+
+        for name in ("crop_size", "context", "max_per_image", "batch_size"):
+            number(name, getattr(self, name), integer=True)
+        for name in ("nms_iou", "score_threshold", "min_size"):
+            number(name, getattr(self, name))
+        if self.cascade_threshold is not None:
+            number("cascade_threshold", self.cascade_threshold)
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or len(value) != 3:
+                raise ValueError(f"detector setting {name}={value!r}: expected 3 numbers (R, G, B)")
+            for v in value:
+                number(name, v)
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+        checks = [(self.crop_size >= 8, "crop_size must be >= 8"),
+                  (0 <= self.context and 2 * self.context < self.crop_size, "context must be >= 0 and < crop_size / 2"),
+                  (0 < self.nms_iou <= 1, "nms_iou must be in (0, 1]"),
+                  (0 <= self.score_threshold <= 1, "score_threshold must be in [0, 1]"),
+                  (self.max_per_image >= 1 and self.batch_size >= 1, "max_per_image and batch_size must be >= 1"),
+                  (self.min_size >= 0, "min_size must be >= 0"),
+                  (self.cascade_threshold is None or 0 <= self.cascade_threshold <= 1, "cascade_threshold must be in [0, 1]"),
+                  (all(v > 0 for v in self.std), "std must be > 0")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"detector settings: {message} ({self})")
+
+    def to_dict(self) -> dict:
+        """Plain values only (what a detector file stores)."""
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, values: Mapping, source: str = "settings") -> "DetectorSettings":
+        """Settings from plain values; unknown names or bad values are a ``ValueError`` naming ``source``."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{source}: detector settings are not a mapping")
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{source}: unknown detector settings {sorted(unknown)}")
+        try:
+            return cls(**dict(values))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from None
+
+    def replace(self, **changes) -> "DetectorSettings":
+        """A copy with ``changes`` (unknown names are a ``ValueError``)."""
+        return self.from_dict({**dataclasses.asdict(self), **changes}, "overrides")
 
 
 @dataclass
@@ -67,29 +153,22 @@ class Detector:
 
     proposer: callable ``ndarray[H, W, 3] uint8 -> Proposals`` (or None when proposals are always passed in)
     ensemble: :class:`detect.region.Ensemble` (member outputs: background + ``len(classes)`` columns)
-    classes: ClassList; crop_size, context: the warp (see :func:`detect.region.warp_regions`);
-    nms_iou, score_threshold, max_per_image: :func:`per_class_nms`; batch_size: crops per forward;
-    min_size: proposals narrower or shorter than this (pixels, after clipping) are dropped;
-    device: "auto", "cpu", "cuda", ...; channels_last: NHWC convolutions (helps on CUDA).
+    classes: ClassList; settings: :class:`DetectorSettings` (keyword ``overrides`` replace single ones,
+    e.g. ``crop_size=64``); device: "auto", "cpu", "cuda", ...; channels_last: NHWC convolutions.
     """
 
-    def __init__(self, proposer: Callable | None, ensemble: Ensemble, classes: ClassList, crop_size: int = 224,
-                 context: int = 16, nms_iou: float = 0.3, score_threshold: float = 0.01, max_per_image: int = 100,
-                 batch_size: int = 128, device: str | torch.device = "cpu", min_size: float = 2.0,
-                 channels_last: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, config: dict | None = None):
+    def __init__(self, proposer: Callable | None, ensemble: Ensemble, classes: ClassList,
+                 settings: DetectorSettings | None = None, device: str | torch.device = "cpu",
+                 channels_last: bool = False, **overrides):
         self.proposer = proposer
         self.classes = classes
-        self.crop_size, self.context = crop_size, context
-        self.nms_iou, self.score_threshold, self.max_per_image = nms_iou, score_threshold, max_per_image
-        self.batch_size, self.min_size = batch_size, min_size
-        self.mean, self.std = tuple(mean), tuple(std)
+        settings = settings or DetectorSettings()
+        self.settings = settings.replace(**overrides) if overrides else settings
         self.device = resolve_device(device)
         self.channels_last = channels_last
         self.ensemble = ensemble.to(self.device).eval()
         if channels_last:
             self.ensemble.to(memory_format=torch.channels_last)
-        self.config = dict(config or {})
 
     def proposals(self, image: np.ndarray) -> np.ndarray:
         """The live proposer's boxes for ``image``: ndarray[N, 4] float32."""
@@ -104,12 +183,13 @@ class Detector:
         returns Tensor[N, C + 1] float32 on the detector's device. Crops are warped and scored
         ``batch_size`` at a time (all of an image's crops at once would not fit in memory).
         """
-        tensor = normalize_image(image, self.mean, self.std, self.device)
+        tensor = normalize_image(image, self.settings.mean, self.settings.std, self.device)
         boxes = torch.as_tensor(np.asarray(boxes, np.float32) if not isinstance(boxes, Tensor) else boxes,
                                 dtype=torch.float32, device=self.device).reshape(-1, 4)
         out = []
-        for i in range(0, len(boxes), self.batch_size):
-            crops = warp_regions(tensor, boxes[i:i + self.batch_size], self.crop_size, self.context)
+        for i in range(0, len(boxes), self.settings.batch_size):
+            crops = warp_regions(tensor, boxes[i:i + self.settings.batch_size], self.settings.crop_size,
+                                 self.settings.context)
             if self.channels_last:
                 crops = crops.contiguous(memory_format=torch.channels_last)
             out.append(self.ensemble(crops))
@@ -124,11 +204,12 @@ class Detector:
         boxes = self.proposals(image) if proposals is None else np.asarray(proposals, np.float32).reshape(-1, 4)
         boxes = torch.from_numpy(np.ascontiguousarray(boxes)).to(self.device)
         boxes = ops.clip_boxes_to_image(boxes, (height, width))
-        boxes = boxes[ops.remove_small_boxes(boxes, self.min_size)] if len(boxes) else boxes
+        boxes = boxes[ops.remove_small_boxes(boxes, self.settings.min_size)] if len(boxes) else boxes
         probs = self.score(image, boxes)
         if probs.shape[1] != len(self.classes) + 1:
             raise ValueError(f"the ensemble gives {probs.shape[1]} columns for {len(self.classes)} classes + background")
-        b, s, l = per_class_nms(boxes, probs, self.nms_iou, self.score_threshold, self.max_per_image)
+        b, s, l = per_class_nms(boxes, probs, self.settings.nms_iou, self.settings.score_threshold,
+                                self.settings.max_per_image)
         return DetectionResult(b.cpu().numpy().astype(np.float32), s.cpu().numpy().astype(np.float32),
                                l.cpu().numpy().astype(np.int64))
 
@@ -167,59 +248,111 @@ class Detector:
                 yield key, image, result, None
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", proposer: Any = "stored",
-                        backend: str = "auto", amp: str = "auto", onnx_cache: str | Path | None = None,
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", proposer: Callable | None = None,
+                        stored_proposer: bool = True, backend: str = "auto", amp: str = "auto",
+                        onnx_cache: str | Path | None = None, members: Sequence[int] | None = None,
                         **overrides) -> "Detector":
         """Load a :func:`bundle_detector` file.
 
-        proposer: "stored" builds the proposer recorded in the checkpoint (``config["proposer"]``, a
-        Hydra ``_target_`` dict; None when there is none); anything else (a callable or None) replaces it.
-        backend: "auto" (ONNX Runtime on a CPU, eager torch on a GPU), "torch" or "onnxruntime"
-        (:mod:`detect.backends`); amp: autocast on CUDA ("auto" = bf16 where supported, "none" = off);
-        onnx_cache: folder of the cached ONNX exports (default: ``<path>.onnx/`` beside the checkpoint).
-        overrides: Detector settings replacing the stored ones (e.g. ``score_threshold=0.1``,
-        ``cascade_threshold=0.2``, ``members=[0]``).
+        proposer: replaces the stored proposer; otherwise the stored one is rebuilt from its spec when
+        ``stored_proposer`` (None when the file has none), else the detector has none (proposals are
+        passed in). backend: "auto" (ONNX Runtime on a CPU, eager torch on a GPU), "torch" or
+        "onnxruntime" (:mod:`detect.backends`); amp: autocast on CUDA ("auto" = bf16 where supported,
+        "none" = off); onnx_cache: folder of the cached ONNX exports (default ``<path>.onnx/``);
+        members: indices of the members to use (default all); overrides: :class:`DetectorSettings`
+        values replacing the stored ones (e.g. ``score_threshold=0.1``, ``cascade_threshold=0.2``).
         """
         ckpt = load_checkpoint(path)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != DETECTOR_FORMAT:
-            raise ValueError(f"{path}: not a detector checkpoint (format {DETECTOR_FORMAT!r}); "
-                             "build one with tools/train_region.py's bundle step")
-        config = dict(ckpt.get("config", {}))
-        settings = {k: config[k] for k in ("crop_size", "context", "nms_iou", "score_threshold", "max_per_image",
-                                           "batch_size", "min_size", "mean", "std") if k in config}
-        cascade = overrides.pop("cascade_threshold", config.get("cascade_threshold"))
-        use = overrides.pop("members", None)
-        settings.update(overrides)
-        member_entries = ckpt["members"] if use is None else [ckpt["members"][i] for i in use]
-        members = []
-        for k, entry in enumerate(member_entries):
-            model = GoogLeNet(**{**dict(entry["model_kwargs"]), "init_weights": False})
-            try:
-                model.load_state_dict(entry["model_state"])
-            except RuntimeError as e:
-                raise ValueError(f"{path}: member {k} weights do not fit its model_kwargs ({e})") from e
-            members.append(model.eval())
-        classes = ClassList(tuple(ckpt["classes"]["wnids"]), tuple(ckpt["classes"]["names"]))
-        if isinstance(proposer, str) and proposer == "stored":
-            proposer = None
-            if config.get("proposer"):
-                from hydra.utils import instantiate  # the stored proposer is a _target_ config
-                proposer = instantiate(config["proposer"])
+        contents = _read_detector(ckpt, str(path))
+        settings = contents["settings"].replace(**overrides) if overrides else contents["settings"]
+        entries = contents["members"]
+        if members is not None:
+            bad = [i for i in members if not 0 <= int(i) < len(entries)]
+            if bad or not members:
+                raise ValueError(f"{path}: members={list(members)}: the detector has members 0..{len(entries) - 1}")
+            entries = [entries[int(i)] for i in members]
+        nets = [_member_network(entry, k, str(path)) for k, entry in enumerate(entries)]
         device = resolve_device(device)
-        crop_size = int(settings.get("crop_size", 224))
-        scorers = make_scorers(members, backend, device, crop_size, amp=amp,
-                               cache_dir=onnx_cache or Path(f"{path}.onnx"))
-        return cls(proposer, Ensemble(scorers, cascade), classes, device=device, config=config, **settings)
+        cache = Path(onnx_cache) if onnx_cache is not None else Path(f"{path}.onnx")
+        if proposer is None and stored_proposer and contents["proposer"] is not None:
+            proposer = build_proposer(contents["proposer"], str(path), onnx_cache=cache)
+        scorers = make_scorers(nets, backend, device, settings.crop_size, amp=amp, cache_dir=cache)
+        return cls(proposer, Ensemble(scorers, settings.cascade_threshold), contents["classes"], settings, device=device)
 
 
-def bundle_detector(members: Sequence[dict], classes: ClassList, config: dict, path: str | Path) -> dict:
+_GOOGLENET_ARGS = set(inspect.signature(GoogLeNet.__init__).parameters) - {"self"}
+
+
+def _member_network(entry: Any, k: int, source: str) -> GoogLeNet:
+    """Member ``k`` of a detector file as a GoogLeNet in eval mode; anything else is a ValueError."""
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("model_kwargs"), Mapping) \
+            or not isinstance(entry.get("model_state"), Mapping):
+        raise ValueError(f"{source}: member {k} lacks model_kwargs / model_state")
+    kwargs = dict(entry["model_kwargs"])
+    unknown = set(kwargs) - _GOOGLENET_ARGS
+    if unknown:
+        raise ValueError(f"{source}: member {k} has unknown model_kwargs {sorted(unknown)}")
+    try:
+        model = GoogLeNet(**{**kwargs, "init_weights": False})
+        model.load_state_dict(entry["model_state"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{source}: member {k} weights do not fit its model_kwargs ({e})") from e
+    return model.eval()
+
+
+def _read_detector(ckpt: Any, source: str) -> dict:
+    """``{"members", "classes", "settings", "proposer" (spec or None)}`` of a loaded detector file, checked;
+    files of format v1 are read too (their proposer config must name one of the project's proposers
+    and may not point at a MultiBox checkpoint file)."""
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if fmt != DETECTOR_FORMAT and fmt not in _OLD_FORMATS:
+        raise ValueError(f"{source}: not a detector file (format {DETECTOR_FORMAT!r}); "
+                         "build one with tools/train_region.py step=bundle")
+    members = ckpt.get("members")
+    if not isinstance(members, list) or not members:
+        raise ValueError(f"{source}: a detector file needs a non-empty list of members")
+    classes = ckpt.get("classes")
+    wnids, names = (classes.get("wnids"), classes.get("names")) if isinstance(classes, Mapping) else (None, None)
+    if not (isinstance(wnids, list) and isinstance(names, list) and len(wnids) == len(names) and wnids
+            and all(isinstance(x, str) for x in wnids + names)):
+        raise ValueError(f"{source}: the class list must be equally long lists of wnids and names (strings)")
+    if fmt == DETECTOR_FORMAT:
+        settings, spec = ckpt.get("settings", {}), ckpt.get("proposer")
+    else:
+        config = dict(ckpt.get("config") or {})
+        target = config.pop("proposer", None)
+        settings = {k: v for k, v in config.items() if k in DetectorSettings.__dataclass_fields__}
+        spec = None
+        if target:
+            spec = spec_from_target_config(target, source)
+            if _names_checkpoint(spec):
+                raise ValueError(f"{source}: this detector file (format v1) refers to a MultiBox checkpoint by path; "
+                                 "rebuild it with tools/train_region.py step=bundle (the network is then embedded), "
+                                 "or pass another proposer")
+    return {"members": members, "classes": ClassList(tuple(wnids), tuple(names)),
+            "settings": DetectorSettings.from_dict(settings, source), "proposer": spec}
+
+
+def _names_checkpoint(spec: Mapping) -> bool:
+    return spec.get("checkpoint") is not None or any(_names_checkpoint(s) for s in spec.get("sources", []))
+
+
+def bundle_detector(members: Sequence[dict], classes: ClassList, settings: DetectorSettings, path: str | Path,
+                    proposer: Mapping | None = None, provenance: Mapping | None = None) -> dict:
     """Write one detector file from member checkpoints (dicts with ``model_kwargs`` and ``model_state``).
 
-    config: plain values only (crop_size, context, nms_iou, score_threshold, max_per_image, batch_size,
-    cascade_threshold, proposer ``_target_`` dict, ...). Returns the saved dict.
+    settings: :class:`DetectorSettings`; proposer: a proposer spec with its networks embedded
+    (:func:`proposals.spec.proposer_spec` of a live proposer, or :func:`proposals.spec.embed_networks`
+    of a config's), or None; provenance: plain facts about the training (data name, ...), kept for the
+    reader. Returns the saved dict.
     """
     if not members:
         raise ValueError("a detector needs at least one member checkpoint")
+    if proposer is not None:
+        check_spec(proposer, "the detector's proposer")
+        if _names_checkpoint(proposer):
+            raise ValueError("the detector's proposer refers to a MultiBox checkpoint by path: embed it "
+                             "(proposals.spec.embed_networks)")
     entries = []
     for k, ckpt in enumerate(members):
         if "model_kwargs" not in ckpt or "model_state" not in ckpt:
@@ -234,6 +367,8 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, config: dict, p
         state = {n: t.detach().cpu() for n, t in state.items() if not n.startswith(("aux1.", "aux2."))}
         entries.append({"model_kwargs": kwargs, "model_state": state})
     obj = {"format": DETECTOR_FORMAT, "members": entries,
-           "classes": {"wnids": list(classes.wnids), "names": list(classes.names)}, "config": dict(config)}
+           "classes": {"wnids": list(classes.wnids), "names": list(classes.names)},
+           "settings": settings.to_dict(), "proposer": None if proposer is None else dict(proposer),
+           "provenance": dict(provenance or {})}
     atomic_torch_save(obj, path)
     return obj

@@ -15,8 +15,8 @@ from torch.utils.data import Dataset, get_worker_info
 from torchvision import ops
 
 from detect.boxes import flip_boxes
-from detect.data.images import read_image
-from detect.data.records import DetectionRecord
+from detect.data.images import SampleError, read_image
+from detect.data.records import DetectionRecord, SkippedItem
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,18 @@ class RegionDataset(Dataset):
                  fg_fraction: float = 0.25, fg_iou: float = 0.5, crop_size: int = 224,
                  context: int = 16, flip_prob: float = 0.5, seed: int = 0, resample: bool = True,
                  hard_bg_fraction: float = 0.0, hard_bg_iou: float = 0.1):
+        checks = [(crop_size >= 8, "crop_size must be >= 8"),
+                  (0 <= context and 2 * context < crop_size, "context must be >= 0 and < crop_size / 2"),
+                  (regions_per_image >= 1, "regions_per_image must be >= 1"),
+                  (0 <= fg_fraction <= 1 and 0 <= hard_bg_fraction <= 1, "fg_fraction and hard_bg_fraction must be in [0, 1]"),
+                  (0 < fg_iou <= 1 and 0 <= hard_bg_iou <= fg_iou, "need 0 <= hard_bg_iou <= fg_iou <= 1, fg_iou > 0"),
+                  (0 <= flip_prob <= 1, "flip_prob must be in [0, 1]"),
+                  (len(mean) == 3 and len(std) == 3 and all(s > 0 for s in std), "mean and std: 3 values, std > 0")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"region sampling settings: {message} (crop_size={crop_size}, context={context}, "
+                                 f"regions_per_image={regions_per_image}, fg_fraction={fg_fraction}, fg_iou={fg_iou}, "
+                                 f"hard_bg_fraction={hard_bg_fraction}, hard_bg_iou={hard_bg_iou}, flip_prob={flip_prob})")
         self.records = list(records)
         self.hard_bg_fraction, self.hard_bg_iou = hard_bg_fraction, hard_bg_iou
         self.proposals = proposals
@@ -217,14 +229,14 @@ class RegionDataset(Dataset):
             return np.zeros((0, 4), np.float32)
         return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | None:
-        """The regions of image ``index``, or None (logged) when the image cannot be used."""
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | SkippedItem:
+        """The regions of image ``index``, or a :class:`SkippedItem` (logged) when the image cannot be used."""
         record = self.records[index]
         try:
             return self._regions(record, self._rng(index))
-        except ValueError as e:  # ImageError included; the message names the file
+        except SampleError as e:  # an unreadable image, nothing to sample; the message names the file
             log.warning("skipped %s", e)
-            return None
+            return SkippedItem(str(record.path), str(e))
 
     def _regions(self, record: DetectionRecord, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
         image = read_image(record.path)
@@ -239,33 +251,37 @@ class RegionDataset(Dataset):
         try:
             pick = sample_regions(labels, self.regions_per_image, self.fg_fraction, rng, hard, self.hard_bg_fraction)
         except ValueError:
-            raise ValueError(f"{record.path}: no proposals or ground truth to sample regions from") from None
+            raise SampleError(f"{record.path}: no proposals or ground truth to sample regions from") from None
         boxes, labels = boxes[pick], labels[pick]
         if rng.random() < self.flip_prob:
             image = image[:, ::-1]
             boxes = flip_boxes(boxes, width)
         tensor = normalize_image(image, self.mean, self.std)
         if tensor.shape[1:] != (height, width):
-            raise ValueError(f"{record.path}: unexpected decoded shape {tuple(tensor.shape)}")
+            raise SampleError(f"{record.path}: unexpected decoded shape {tuple(tensor.shape)}")
         return warp_regions(tensor, boxes, self.crop_size, self.context), labels
 
 
 class RegionBatch(NamedTuple):
-    """crops: Tensor[B, 3, S, S] float32; labels: Tensor[B] int64; dropped: images of the batch skipped."""
+    """crops: Tensor[B, 3, S, S] float32; labels: Tensor[B] int64; dropped: images of the batch skipped;
+    skipped: their :class:`SkippedItem` entries (file, reason)."""
 
     crops: Tensor
     labels: Tensor
     dropped: int = 0
+    skipped: tuple = ()
 
 
-def collate_regions(items: list[tuple[Tensor, Tensor] | None]) -> RegionBatch | None:
-    """Concatenate the regions of several images into a :class:`RegionBatch`; unusable images (None)
-    are dropped and counted, and a batch of nothing but those is None (the engine skips it)."""
-    kept = [item for item in items if item is not None]
+def collate_regions(items: list[tuple[Tensor, Tensor] | SkippedItem]) -> RegionBatch:
+    """Concatenate the regions of several images into a :class:`RegionBatch`; unusable images
+    (:class:`SkippedItem`) are dropped and handed on in ``skipped``; a batch of nothing but those has
+    no crops (the engine skips it and counts them)."""
+    kept = [item for item in items if not isinstance(item, SkippedItem)]
+    skipped = tuple(item for item in items if isinstance(item, SkippedItem))
     if not kept:
-        return None
+        return RegionBatch(torch.zeros(0, 3, 1, 1), torch.zeros(0, dtype=torch.long), len(skipped), skipped)
     crops, labels = zip(*kept)
-    return RegionBatch(torch.cat(crops), torch.cat(labels), len(items) - len(kept))
+    return RegionBatch(torch.cat(crops), torch.cat(labels), len(skipped), skipped)
 
 
 class RegionLoss:
@@ -304,7 +320,7 @@ def evaluate_regions(model: nn.Module, loader, device: torch.device | str) -> di
     hits = {"all": 0, "fg": 0, "bg": 0}
     counts = {"all": 0, "fg": 0, "bg": 0}
     for batch in loader:
-        if batch is None:
+        if batch is None or len(batch.labels) == 0:
             continue
         out = model(batch.crops.to(device))
         pred = (out[0] if isinstance(out, tuple) else out).argmax(dim=1).cpu()

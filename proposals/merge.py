@@ -62,6 +62,12 @@ class UnionProposer:
         self.sources, self.caps, self.dedup_iou = sources, caps, dedup_iou
         self.name = name or "+".join(s.name if c is None else f"{s.name}{c}" for s, c in zip(sources, caps))
 
+    kind = "union"  # proposals.spec: how detector files and proposal stores record it
+
+    def spec_params(self) -> dict:
+        """Constructor arguments besides the sources (plain values; see :mod:`proposals.spec`)."""
+        return {"caps": list(self.caps), "dedup_iou": self.dedup_iou, "name": self.name}
+
     def __call__(self, image: np.ndarray) -> Proposals:
         """``image: ndarray[H, W, 3] uint8`` RGB -> ``Proposals(boxes float32[N, 4], scores float32[N] | None)``."""
         parts = [_cap(src(image), cap) for src, cap in zip(self.sources, self.caps)]

@@ -118,6 +118,15 @@ class SelectiveSearch:
             name = f"ss{self.superpixel_scale:g}x" if mode == "rcnn_fast" else f"ss_{mode}"
         self.name = name
 
+    kind = "selective_search"  # proposals.spec: how detector files and proposal stores record it
+
+    def spec_params(self) -> dict:
+        """Constructor arguments that rebuild this proposer (plain values; see :mod:`proposals.spec`)."""
+        return {"mode": self.mode, "superpixel_scale": self.superpixel_scale, "resize_width": self.resize_width,
+                "min_box_size": self.min_box_size, "color_spaces": list(self.color_spaces), "ks": list(self.ks),
+                "sigma": self.sigma, "strategies": list(self.strategies), "max_boxes": self.max_boxes,
+                "num_threads": self.num_threads, "seed": self.seed, "max_side": self.max_side, "name": self.name}
+
     def _resize(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Resized image and the per-axis factors ``float32[4]`` that map its xyxy boxes back."""
         h, w = image.shape[:2]

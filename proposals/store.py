@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from detect.data.images import read_image
 from detect.data.records import SkipLog
-from detect.io import atomic_open, atomic_write_json
+from detect.io import OutputConflict, atomic_open, atomic_write_json, exclusive_lock
 from proposals.base import Proposals, Proposer
 
 log = logging.getLogger(__name__)
@@ -317,14 +317,23 @@ def propose_dataset(
     meta = dict(meta or {}, method=proposer.name)
     fingerprint = _fingerprint(image_ids, image_paths, meta, chunk_size)
     meta["fingerprint"] = fingerprint
-    if out_path.is_file():
+    if out_path.exists():
         try:
             done = ProposalStore.load(out_path).meta.get("fingerprint") == fingerprint
-        except ValueError:
-            done = False
+        except (ValueError, FileNotFoundError):
+            raise OutputConflict(f"{out_path}: exists and is not a proposal store; not overwritten (choose another "
+                                 "output path)") from None
         if done:
             log.info("%s is complete already (same images and settings); nothing to do", out_path)
             return ProposeSummary(out_path, True, 0, 0)
+        log.info("%s was made from other images or settings: computing it again", out_path)
+    with exclusive_lock(out_path.with_name(f"{out_path.name}.rank{rank}")):
+        return _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers, chunk_size, rank,
+                        world_size, stop_after_chunks, merge_timeout_s, poll_s, meta, fingerprint, progress)
+
+
+def _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers, chunk_size, rank, world_size,
+             stop_after_chunks, merge_timeout_s, poll_s, meta, fingerprint, progress) -> ProposeSummary:
     chunks = _Chunks(out_path, image_ids, chunk_size, world_size, fingerprint)
     mine = chunks.indices(rank)
     pending = [c for c in range(len(mine)) if not chunks.file(rank, c).is_file()]

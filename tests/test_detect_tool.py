@@ -12,16 +12,17 @@ from PIL import Image
 
 from detect.classes import ClassList
 from detect.models.googlenet import GoogLeNet
-from detect.pipeline import bundle_detector
+from detect.pipeline import DetectorSettings, bundle_detector
 from detect.visualize import draw_detections, write_png
 
 
 def _tiny_detector(path, classes, proposer):
     torch.manual_seed(0)
     member = GoogLeNet(num_classes=len(classes) + 1, width=0.125, lrn=False, dropout=0.0).eval()
-    config = {"crop_size": 64, "context": 4, "nms_iou": 0.3, "score_threshold": 0.0, "max_per_image": 10,
-              "batch_size": 32, "proposer": proposer}
-    bundle_detector([{"model_kwargs": member.model_kwargs, "model_state": member.state_dict()}], classes, config, path)
+    settings = DetectorSettings(crop_size=64, context=4, nms_iou=0.3, score_threshold=0.0, max_per_image=10,
+                                batch_size=32)
+    bundle_detector([{"model_kwargs": member.model_kwargs, "model_state": member.state_dict()}], classes, settings,
+                    path, proposer=proposer)
 
 
 def test_draw_detections_changes_only_box_pixels(tmp_path):
@@ -40,8 +41,8 @@ def test_detect_tool_on_real_photo_with_bad_inputs(tmp_path, shared_data, repo_r
         pytest.skip(f"{photo} not available")
     classes = ClassList.from_names(["cat", "dog", "person"])
     detector = tmp_path / "detector.pt"
-    _tiny_detector(detector, classes, {"_target_": "proposals.selective_search.SelectiveSearch",
-                                       "mode": "opencv_fast", "resize_width": 160, "max_boxes": 40})
+    _tiny_detector(detector, classes, {"kind": "selective_search",
+                                       "params": {"mode": "opencv_fast", "resize_width": 160, "max_boxes": 40}})
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     out = tmp_path / "out"

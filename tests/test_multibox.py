@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from detect.data.records import SkippedItem
 from proposals.multibox.loss import match, match_priors, multibox_loss
 from proposals.multibox.priors import compute_priors, normalised_boxes
 
@@ -238,7 +239,9 @@ def test_loss_fn_matches_to_the_models_priors_also_under_ddp_wrapping():
     torch.manual_seed(0)
     net = MultiBoxNet(TINY_BACKBONE, num_priors=6, input_size=96).eval()
     net.set_priors(_random_boxes(6, 2).astype(np.float32))
-    batch = (torch.randn(2, 3, 96, 96), [torch.tensor([[0.1, 0.1, 0.5, 0.6]]), torch.zeros(0, 4)])
+    from proposals.multibox.data import MultiBoxBatch
+
+    batch = MultiBoxBatch(torch.randn(2, 3, 96, 96), [torch.tensor([[0.1, 0.1, 0.5, 0.6]]), torch.zeros(0, 4)])
     with torch.no_grad():
         boxes, logits = net(batch[0])
         expected = multibox_loss(boxes, logits, batch[1], 0.3, priors=net.priors)
@@ -338,9 +341,10 @@ def test_dataset_flip_keeps_boxes_on_the_object(tmp_path):
     # an unreadable image is reported, counted and dropped by the collate function
     ds.records[1].path.write_bytes(b"not an image")
     items = [plain[i] for i in range(len(ds))]
-    assert items[1] is None and len(plain.skipped) == 1
-    images, gt = collate_multibox(items)
-    assert images.shape == (3, 3, 64, 64) and len(gt) == 3
+    assert isinstance(items[1], SkippedItem) and items[1].file == str(ds.records[1].path)
+    batch = collate_multibox(items)
+    assert batch.images.shape == (3, 3, 64, 64) and len(batch.boxes) == 3
+    assert batch.dropped == 1 and batch.skipped == (items[1],)
 
 
 # ---------------------------------------------------------------- proposer
@@ -488,6 +492,7 @@ def test_backbone_initialised_from_a_classification_checkpoint(tmp_path):
 
 
 def test_evaluate_coverage_counts_top_k_only():
+    from proposals.multibox.data import MultiBoxBatch
     from proposals.multibox.training import evaluate_coverage
 
     class Fixed(torch.nn.Module):
@@ -496,7 +501,7 @@ def test_evaluate_coverage_counts_top_k_only():
             return boxes, torch.tensor([[3.0, 1.0, 2.0]]).expand(len(x), -1)
 
     gt = [torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.6, 0.0, 1.0, 0.4]]), torch.zeros(0, 4)]
-    loader = [(torch.zeros(2, 3, 8, 8), gt)]
+    loader = [MultiBoxBatch(torch.zeros(2, 3, 8, 8), gt)]
     # top 2 by confidence: boxes 0 and 2 (2 is given with x1 > x2 and is put in order) -> 2 of 3 covered
     assert evaluate_coverage(Fixed(), loader, "cpu", top_k=2)["coverage"] == pytest.approx(2 / 3)
     assert evaluate_coverage(Fixed(), loader, "cpu", top_k=3)["coverage"] == pytest.approx(1.0)

@@ -9,7 +9,7 @@ from torchvision import ops
 from detect.classes import ClassList
 from detect.io import load_checkpoint
 from detect.models.googlenet import GoogLeNet
-from detect.pipeline import DETECTOR_FORMAT, Detector, bundle_detector, per_class_nms
+from detect.pipeline import DETECTOR_FORMAT, Detector, DetectorSettings, bundle_detector, per_class_nms
 from detect.region import Ensemble
 from proposals.base import Proposals
 
@@ -78,20 +78,20 @@ def test_detector_detects_and_roundtrips_checkpoint(tmp_path):
     assert float(probs[0, res.labels[0] + 1]) == pytest.approx(float(res.scores[0]), abs=1e-5)
 
     ckpts = [{"model_kwargs": m.model_kwargs, "model_state": m.state_dict()} for m in members]
-    config = {"crop_size": 64, "context": 4, "nms_iou": 0.3, "score_threshold": 0.0, "max_per_image": 5,
-              "batch_size": 3, "proposer": {"_target_": "tests.test_pipeline._GridProposer"}}
+    settings = DetectorSettings(crop_size=64, context=4, nms_iou=0.3, score_threshold=0.0, max_per_image=5,
+                                batch_size=3)
     path = tmp_path / "detector.pt"
-    bundle_detector(ckpts, classes, config, path)
+    bundle_detector(ckpts, classes, settings, path, proposer=None)
     raw = load_checkpoint(path)  # weights_only=True
     assert raw["format"] == DETECTOR_FORMAT and len(raw["members"]) == 2
     assert not any(k.startswith("aux") for k in raw["members"][0]["model_state"])
     loaded = Detector.from_checkpoint(path, device="cpu", proposer=_GridProposer())
-    assert loaded.classes == classes and loaded.batch_size == 3
+    assert loaded.classes == classes and loaded.settings == settings
     res2 = loaded.detect(image)
     np.testing.assert_allclose(res2.scores, res.scores, atol=1e-5)
     np.testing.assert_allclose(res2.boxes, res.boxes, atol=1e-4)
     # cached proposals instead of the proposer; a single member; a cascade override
-    one = Detector.from_checkpoint(path, proposer=None, members=[0], cascade_threshold=0.9)
+    one = Detector.from_checkpoint(path, stored_proposer=False, members=[0], cascade_threshold=0.9)
     assert len(one.ensemble.members) == 1 and one.ensemble.cascade_threshold == 0.9
     res3 = one.detect(image, proposals=np.array([[0, 0, 32, 24]], np.float32))
     assert len(res3) == 3 and np.all(res3.boxes == [0, 0, 32, 24])
@@ -104,7 +104,7 @@ def test_detector_checkpoint_errors(tmp_path):
     member = _members(1, 2)[0]
     with pytest.raises(ValueError, match="expected 2"):
         bundle_detector([{"model_kwargs": member.model_kwargs, "model_state": member.state_dict()}],
-                        classes, {}, tmp_path / "d.pt")
+                        classes, DetectorSettings(), tmp_path / "d.pt")
     torch.save({"model_state": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt"):
         Detector.from_checkpoint(tmp_path / "other.pt")
@@ -163,7 +163,7 @@ def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
     _run_tool(repo_root, tmp_path, "train_region.py", *common, "step=bundle", "members=1", "crop_size=64",
               "context=4", "detector.score_threshold=0.0", "detector.max_per_image=7", "proposals=opencv_fast")
     bundle = load_checkpoint(tmp_path / "work" / "detector.pt")
-    assert bundle["config"]["crop_size"] == 64 and bundle["config"]["proposer"]["mode"] == "opencv_fast"
+    assert bundle["settings"]["crop_size"] == 64 and bundle["proposer"]["params"]["mode"] == "opencv_fast"
     assert bundle["classes"]["names"] == list(read_ilsvrc_det(root, "val", classes=root / "classes.tsv").classes.names)
 
     run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *common, "split=val",

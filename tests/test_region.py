@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from detect.data.records import DetectionRecord
+from detect.data.records import DetectionRecord, SkippedItem
 from detect.region import (Ensemble, RegionDataset, RegionLoss, evaluate_regions, add_ground_truth, assign_region_labels,
                            collate_regions, context_boxes, normalize_image, sample_regions, warp_regions)
 
@@ -136,7 +136,7 @@ def test_region_dataset_items_and_flip(tmp_path):
     props = {"a": np.array([[5, 5, 30, 29], [40, 0, 60, 40], [0, 0, 10, 10]], np.float32)}
     ds = RegionDataset(records, props.__getitem__, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
                        regions_per_image=8, fg_fraction=0.25, crop_size=16, context=2, flip_prob=0.0, seed=3)
-    crops, labels, _ = collate_regions([ds[0], ds[1]])
+    crops, labels, _, _ = collate_regions([ds[0], ds[1]])
     assert crops.shape == (16, 3, 16, 16) and labels.shape == (16,)
     assert (labels[:8] == 3).sum() == 2 and (labels[:8] == 0).sum() == 6
     assert (labels[8:] == 3).all()  # "b" has no proposals: ground truth only
@@ -154,10 +154,11 @@ def test_region_dataset_reports_bad_image(tmp_path):
     good = _record(tmp_path, "b")
     ds = RegionDataset([rec, good], {}.__getitem__, (0.5,) * 3, (0.25,) * 3, regions_per_image=4,
                        crop_size=16, context=2)
-    assert ds[0] is None
-    crops, labels, dropped = collate_regions([ds[0], ds[1]])
-    assert crops.shape == (4, 3, 16, 16) and dropped == 1
-    assert collate_regions([ds[0]]) is None
+    assert isinstance(ds[0], SkippedItem) and ds[0].file == str(rec.path) and "image" in ds[0].reason
+    crops, labels, dropped, skipped = collate_regions([ds[0], ds[1]])
+    assert crops.shape == (4, 3, 16, 16) and dropped == 1 and skipped == (ds[0],)
+    nothing = collate_regions([ds[0]])
+    assert len(nothing.labels) == 0 and nothing.dropped == 1
 
 
 class _Fixed(nn.Module):
@@ -224,7 +225,7 @@ def test_region_dataset_draws_differ_by_seed_and_call(tmp_path):
 def test_evaluate_regions_counts_hits():
     model = _Fixed([0.0, 1.0, -1.0])  # predicts class column 1 for positive-mean crops, 2 (via -1) for negative
     crops = torch.stack([torch.full((3, 2, 2), v) for v in (1.0, 1.0, -1.0, -1.0)])
-    batch = collate_regions([(crops, torch.tensor([1, 0, 2, 0])), None])
+    batch = collate_regions([(crops, torch.tensor([1, 0, 2, 0])), SkippedItem("x.jpg", "unreadable")])
     metrics = evaluate_regions(model, [batch, None], "cpu")
     assert metrics == {"acc": 0.5, "fg_acc": 1.0, "bg_acc": 0.0, "regions": 4.0}
 

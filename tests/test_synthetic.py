@@ -83,10 +83,14 @@ def test_idempotent_and_regenerates_on_change(tmp_path, monkeypatch):
     assert _tree_bytes(tmp_path) == before
     monkeypatch.undo()
 
-    (tmp_path / "Data" / "DET" / "train" / "stale.JPEG").write_bytes(b"x")
+    stale = tmp_path / "Data" / "DET" / "train" / "stale.JPEG"  # not written by the generator: never removed
+    stale.write_bytes(b"x")
+    with pytest.raises(synthetic.ForeignDataError, match="stale.JPEG.*files added by hand"):
+        make_detection_world(tmp_path, **dict(params, num_train=3))
+    assert stale.read_bytes() == b"x" and _tree_bytes(tmp_path) == dict(before, **{"Data/DET/train/stale.JPEG": b"x"})
+    stale.unlink()
     make_detection_world(tmp_path, **dict(params, num_train=3))  # different parameters: rebuilt
     assert len(read_ilsvrc_det(tmp_path, "train")) == 3
-    assert not (tmp_path / "Data" / "DET" / "train" / "stale.JPEG").exists()
     assert sorted(p.name for p in (tmp_path / "Data" / "DET" / "train").iterdir()) == [
         f"synthetic_train_{i:06d}.JPEG" for i in (1, 2, 3)]
 

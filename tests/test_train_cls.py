@@ -15,6 +15,7 @@ from PIL import Image
 
 from detect.classes import ClassList, write_class_list
 from detect.data.classification import ClassificationDataset, collate_skip, read_split
+from detect.data.records import SkipLog, SkippedItem
 from detect.data.transforms import INTERPOLATIONS, TrainTransform, to_float_tensor
 from detect.distributed import DistributedContext
 from detect.engine import ClassificationLoss, fit
@@ -112,20 +113,26 @@ def test_unreadable_image_is_reported_counted_and_skipped(tmp_path, caplog):
     (tmp_path / "train" / "n01" / "3_broken.png").write_bytes(b"\x89PNG not really")
     split = read_split(tmp_path / "train")
     ds = ClassificationDataset(split, TrainTransform(crop_size=64))
-    assert ds[3] is None
+    assert isinstance(ds[3], SkippedItem) and ds[3].file.endswith("3_broken.png")
     assert "3_broken.png" in caplog.text
     batch = collate_skip([ds[i] for i in range(4)])
-    assert batch.images.shape == (3, 3, 64, 64) and batch.dropped == 1
-    empty = collate_skip([None, None])
+    assert batch.images.shape == (3, 3, 64, 64) and batch.dropped == 1 and batch.skipped == (ds[3],)
+    empty = collate_skip([ds[3], ds[3]])
     assert len(empty.labels) == 0 and empty.dropped == 2
     # through the train loop: the epoch summary counts the dropped samples
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_skip)
     model = GoogLeNet(num_classes=2, width=0.125, aux_logits=False)
     caplog.clear()
+    skipped = SkipLog("images")
     with caplog.at_level("INFO", logger="detect.engine"):
         fit(model, ClassificationLoss(), loader, torch.optim.SGD(model.parameters(), lr=0.01), None, 1,
-            DistributedContext(), tmp_path / "c.pt", ema_decay=None)
+            DistributedContext(), tmp_path / "c.pt", ema_decay=None, skipped=skipped, max_skipped_fraction=0.5)
     assert "skipped_samples 1" in caplog.text
+    assert [f for f, _ in skipped.entries] == [str(tmp_path / "train" / "n01" / "3_broken.png")]
+    # a quarter of the samples skipped is more than the default share: the run stops and says why
+    with pytest.raises(RuntimeError, match="1 of 4 samples skipped.*3_broken.png"):
+        fit(model, ClassificationLoss(), loader, torch.optim.SGD(model.parameters(), lr=0.01), None, 1,
+            DistributedContext(), tmp_path / "d.pt", ema_decay=None, skipped=SkipLog("images"))
 
 
 # ---------------------------------------------------------------------------------- config, tool

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from detect.data.folder import list_images
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 from detect.detections import Detections, write_coco_results
-from detect.io import atomic_write_json
+from detect.io import OutputConflict, OwnedFolder, atomic_write_json, refuse_inputs
 from detect.pipeline import Detector
 from detect.visualize import draw_detections, write_png
 
@@ -62,13 +62,34 @@ def _table(name: str, result, classes) -> str:
     return "\n".join(lines)
 
 
+def claim_outputs(files: list[Path], input_dirs: list[str], out_dir: Path, draw: bool, coco: bool) -> dict:
+    """``{image path: (json path, png path or None)}`` (plus ``"coco_results"``), every name claimed in
+    ``out_dir`` before anything runs: an out_dir inside an input folder, or a file there that this tool
+    did not write (an input image among them), stops the run at once with the reason."""
+    for folder in input_dirs:
+        if out_dir.resolve().is_relative_to(Path(folder).resolve()):
+            raise OutputConflict(f"out_dir={out_dir} is inside the input folder {folder}: the drawn images would be "
+                                 "written among the inputs (and read as inputs next time); choose another out_dir")
+    refuse_inputs([out_dir / f"{p.stem}{ext}" for p in files for ext in (".json", ".png")], files,
+                  "choose another out_dir")
+    owned = OwnedFolder(out_dir, "detect")
+    targets, used = {}, set()
+    for k, path in enumerate(files, 1):
+        name = path.stem if path.stem not in used else f"{path.stem}_{k}"
+        used.add(name)
+        targets[path] = (owned.claim(f"{name}.json"), owned.claim(f"{name}.png") if draw else None)
+    if coco:
+        targets["coco_results"] = owned.claim("coco_results.json")
+    return targets
+
+
 @hydra.main(config_path="../conf", config_name="detect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     args = list(cfg.images) + IMAGE_ARGS
     if not args:
         raise SystemExit("no images given: python tools/detect.py image.jpg [folder ...] [overrides]")
     overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold") if cfg[k] is not None}
-    proposer = instantiate(cfg.proposer) if cfg.proposer is not None else "stored"
+    proposer = instantiate(cfg.proposer, _convert_="all") if cfg.proposer is not None else None
     detector = Detector.from_checkpoint(cfg.detector, device=cfg.device, proposer=proposer, backend=cfg.backend,
                                         amp=cfg.amp, **overrides)
     classes = detector.classes
@@ -82,29 +103,29 @@ def main(cfg: DictConfig) -> None:
             skipped.add(arg, f"missing: {e}")
     if cfg.max_images is not None:
         files = files[: cfg.max_images]
-    records, all_dets, used_names = [], [], set()
+    targets = claim_outputs(files, [a for a in args if Path(a).is_dir()], out_dir, cfg.draw, cfg.coco_results)
+    records, all_dets = [], []
     for path, image, result, error in detector.detect_many(((f, f, None) for f in files), prefetch=cfg.prefetch):
         if error is not None:  # ImageError (names the file), a proposer refusing the image, ...
             skipped.add(path, f"unusable: {error}")
             continue
         keep = result.scores >= cfg.show_threshold
-        name = path.stem if path.stem not in used_names else f"{path.stem}_{len(records) + 1}"
-        used_names.add(name)
+        json_path, png_path = targets[path]
         print(_table(str(path), type(result)(result.boxes[keep], result.scores[keep], result.labels[keep]), classes))
-        atomic_write_json(out_dir / f"{name}.json", {
+        atomic_write_json(json_path, {
             "image": str(path), "width": int(image.shape[1]), "height": int(image.shape[0]),
             "detections": [{"class": classes.names[l], "wnid": classes.wnids[l], "label": int(l), "score": float(s),
                             "box": [float(v) for v in b]}
                            for b, s, l in zip(result.boxes[keep], result.scores[keep], result.labels[keep])]})
         if cfg.draw:
-            write_png(out_dir / f"{name}.png", draw_detections(image, result.boxes[keep], result.scores[keep],
+            write_png(png_path, draw_detections(image, result.boxes[keep], result.scores[keep],
                                                                result.labels[keep], classes.names))
         index = len(records) + 1
         records.append(DetectionRecord(str(path), path, image.shape[1], image.shape[0], np.zeros((0, 4)),
                                        np.zeros(0), np.zeros(0), index))
         all_dets.append(Detections.for_image(index, result.labels, result.scores, result.boxes))
     if cfg.coco_results and records:
-        write_coco_results(out_dir / "coco_results.json", Detections.concat(all_dets),
+        write_coco_results(targets["coco_results"], Detections.concat(all_dets),
                            DetectionDataset(records, classes, name="images"))
     print(f"{len(records)} of {len(records) + len(skipped)} images processed; results in {out_dir}")
     if len(skipped):

@@ -20,6 +20,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from proposals.spec import proposer_spec, spec_digest
 from proposals.store import propose_dataset
 
 log = logging.getLogger("propose")
@@ -39,7 +40,9 @@ def main(cfg: DictConfig) -> None:
         functools.partial(instantiate, proposer_cfg, _convert_="all"),
         workers=cfg.workers, chunk_size=cfg.chunk_size, rank=rank, world_size=world_size,
         stop_after_chunks=cfg.stop_after_chunks, merge_timeout_s=cfg.merge_timeout_s, poll_s=cfg.poll_s,
-        meta={"dataset": cfg.data.name, "split": cfg.split, "proposals": proposer_cfg}, progress=cfg.progress,
+        meta={"dataset": cfg.data.name, "split": cfg.split, "proposals": proposer_cfg,
+              "proposer": spec_digest(proposer_spec(proposer))},  # the weights too, not only the checkpoint path
+        progress=cfg.progress,
     )
     if summary.merged:
         log.info("proposals in %s; %s", summary.path, summary.skipped.summary())

@@ -20,10 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from detect import distributed
 from detect.data.classification import ClassificationDataset, make_loader
-from detect.engine import evaluate_classification, fit, seed_everything
+from detect.data.records import SkipLog
+from detect.engine import evaluate_classification, fit, init_identity, run_fingerprint, seed_everything
 from detect.models.googlenet import load_pretrained
 
 log = logging.getLogger("train_cls")
+# what a resumed checkpoint must have been trained with (epochs and logging may change between runs)
+RUN_SETTINGS = ("crop_size", "batch_size", "ema_decay", "grad_clip", "loss", "optimizer", "scheduler",
+                "train_transform", "seed", "amp")
 
 
 @hydra.main(config_path="../conf", config_name="train_cls", version_base="1.3")
@@ -44,6 +48,8 @@ def main(cfg: DictConfig) -> dict:
         val_loader = make_loader(ClassificationDataset(val_split, instantiate(cfg.val_transform)),
                                  cfg.eval_batch_size, False, cfg.num_workers, ctx, cfg.seed)
 
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        skipped = SkipLog("training images")
         model = instantiate(cfg.model, num_classes=len(classes))
         if cfg.init:
             load_pretrained(model, cfg.init)
@@ -58,8 +64,14 @@ def main(cfg: DictConfig) -> dict:
             ema_decay=cfg.ema_decay, evaluate=lambda m: evaluate_classification(m, val_loader, ctx.device),
             amp=cfg.amp, channels_last=cfg.channels_last, resume=cfg.resume,
             max_steps_per_epoch=cfg.max_steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
-            grad_clip=cfg.grad_clip,
+            grad_clip=cfg.grad_clip, skipped=skipped, max_skipped_fraction=cfg.max_skipped_fraction,
+            fingerprint=run_fingerprint(
+                data=[str(cfg.data_cls.name), [(str(p), int(label)) for p, label in train_split.samples]],
+                classes=list(classes.wnids), model=dict(model.model_kwargs), init=init_identity(cfg.init),
+                settings={k: resolved[k] for k in RUN_SETTINGS}),
         )
+        if ctx.is_main and len(skipped):
+            print(skipped.summary(), flush=True)
         result = evaluate_classification(averaged, val_loader, ctx.device)
         if ctx.is_main:
             print(f"held-out top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  ({result['n']} images, "

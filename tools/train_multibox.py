@@ -20,12 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
 from detect.distributed import barrier, cleanup, setup
-from detect.engine import fit, seed_everything
+from detect.data.records import SkipLog
+from detect.engine import fit, init_identity, run_fingerprint, seed_everything
 from detect.models.googlenet import load_pretrained
 from proposals.multibox.data import MultiBoxDataset, collate_multibox
 from proposals.multibox.training import evaluate_coverage, resolve_priors
 
 log = logging.getLogger("train_multibox")
+# what a resumed checkpoint must have been trained with (epochs and logging may change between runs)
+RUN_SETTINGS = ("multibox", "priors", "loss", "augment", "batch_size", "ema_decay", "grad_clip", "optimizer",
+                "scheduler", "seed")
 
 
 @hydra.main(config_path="../conf", config_name="train_multibox", version_base="1.3")
@@ -61,6 +65,8 @@ def main(cfg: DictConfig) -> float:
 
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    skipped = SkipLog("training images")
     averaged = fit(
         model=model, loss_fn=instantiate(cfg.loss), train_loader=loader, optimizer=optimizer,
         scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=cfg.checkpoint,
@@ -68,12 +74,15 @@ def main(cfg: DictConfig) -> float:
                          "classes": {"wnids": [], "names": []}},
         ema_decay=cfg.ema_decay, evaluate=evaluate, resume=cfg.resume,
         max_steps_per_epoch=cfg.max_steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
-        grad_clip=cfg.grad_clip,
+        grad_clip=cfg.grad_clip, skipped=skipped, max_skipped_fraction=cfg.max_skipped_fraction,
+        fingerprint=run_fingerprint(
+            data=[str(cfg.data.name), [(r.image_id, str(r.path), r.boxes.tolist()) for r in train_set.records]],
+            model=model_kwargs, init=init_identity(cfg.init), settings={k: resolved[k] for k in RUN_SETTINGS}),
     )
     result = evaluate(averaged)
     if ctx.is_main:
         log.info("held-out coverage of the top %d boxes at IoU %.2f: %.4f (%d ground-truth boxes); %s",
-                 cfg.evaluation.top_k, cfg.evaluation.iou, result["coverage"], result["n_gt"], train_data.skipped.summary())
+                 cfg.evaluation.top_k, cfg.evaluation.iou, result["coverage"], result["n_gt"], skipped.summary())
         print(f"coverage@{cfg.evaluation.iou} top{cfg.evaluation.top_k}: {result['coverage']:.4f} ({result['n_gt']} boxes)")
     cleanup()
     return result["coverage"]

@@ -24,14 +24,19 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from detect.classes import ClassList
 from detect.distributed import barrier, cleanup, setup
-from detect.engine import fit, seed_everything
+from detect.data.records import SkipLog
+from detect.engine import fit, init_identity, run_fingerprint, seed_everything
 from detect.io import load_checkpoint
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
-from detect.pipeline import bundle_detector
+from detect.pipeline import DetectorSettings, bundle_detector
 from detect.region import RegionDataset, RegionLoss, collate_regions, evaluate_regions
+from proposals.spec import embed_networks, spec_from_target_config
 from proposals.store import ProposalStore
 
 log = logging.getLogger("train_region")
+# what a resumed checkpoint must have been trained with (epochs and logging may change between runs)
+RUN_SETTINGS = ("crop_size", "context", "fg_iou", "fg_fraction", "hard_bg_fraction", "hard_bg_iou", "images_per_batch",
+                "regions_per_image", "flip_prob", "aux_weight", "ema_decay", "grad_clip", "optimizer", "scheduler")
 
 
 def store_path(cfg: DictConfig, split: str, given: str | None) -> Path:
@@ -42,14 +47,14 @@ def store_path(cfg: DictConfig, split: str, given: str | None) -> Path:
     return Path(cfg.paths.proposals_dir) / f"{cfg.data.name}_{split}_{name}.npz"
 
 
-def _proposal_lookup(path: Path):
-    """``image_id -> ndarray[N, 4]`` from the store, or a lookup that always misses (ground truth only)."""
+def _open_store(path: Path) -> ProposalStore | None:
+    """The proposal store at ``path``, or None (training then uses ground-truth regions only)."""
     if path.is_file():
         store = ProposalStore.load(path)
         log.info("%s: proposals for %d images", path, len(store))
-        return store.get
+        return store
     log.warning("%s: no proposal store; training on ground-truth regions only", path)
-    return {}.__getitem__
+    return None
 
 
 def build_member(cfg: DictConfig, num_outputs: int) -> torch.nn.Module:
@@ -63,9 +68,10 @@ def build_member(cfg: DictConfig, num_outputs: int) -> torch.nn.Module:
     return instantiate(cfg.model, num_classes=num_outputs)
 
 
-def region_dataset(cfg: DictConfig, records, store: Path, seed: int, train: bool) -> RegionDataset:
+def region_dataset(cfg: DictConfig, records, store: ProposalStore | None, seed: int, train: bool) -> RegionDataset:
     """Training regions (flips, new draws every epoch) or held-out ones (no flips, fixed draws)."""
-    return RegionDataset(records, _proposal_lookup(store), IMAGENET_MEAN, IMAGENET_STD,
+    lookup = store.get if store is not None else {}.__getitem__
+    return RegionDataset(records, lookup, IMAGENET_MEAN, IMAGENET_STD,
                          regions_per_image=cfg.regions_per_image, fg_fraction=cfg.fg_fraction, fg_iou=cfg.fg_iou,
                          crop_size=cfg.crop_size, context=cfg.context, flip_prob=cfg.flip_prob if train else 0.0,
                          seed=seed, resample=train, hard_bg_fraction=cfg.hard_bg_fraction,
@@ -85,7 +91,7 @@ def train(cfg: DictConfig) -> None:
     model = build_member(cfg, len(classes) + 1)
     if cfg.init:
         load_pretrained(model, cfg.init)
-    store = store_path(cfg, cfg.split, cfg.proposals_store)
+    store = _open_store(store_path(cfg, cfg.split, cfg.proposals_store))
     regions = region_dataset(cfg, dataset.records, store, seed, train=True)
     sampler = DistributedSampler(regions, seed=seed) if ctx.distributed else None
     loader = DataLoader(regions, batch_size=cfg.images_per_batch, shuffle=sampler is None, sampler=sampler,
@@ -94,8 +100,8 @@ def train(cfg: DictConfig) -> None:
     evaluate = None
     if cfg.evaluation.images:
         held_out = instantiate(cfg.data[cfg.evaluation.split]).records[:cfg.evaluation.images]
-        store = store_path(cfg, cfg.evaluation.split, cfg.evaluation.proposals_store)
-        val_loader = DataLoader(region_dataset(cfg, held_out, store, cfg.seed, train=False),
+        val_store = _open_store(store_path(cfg, cfg.evaluation.split, cfg.evaluation.proposals_store))
+        val_loader = DataLoader(region_dataset(cfg, held_out, val_store, cfg.seed, train=False),
                                 batch_size=cfg.images_per_batch, num_workers=cfg.num_workers,
                                 collate_fn=collate_regions)
 
@@ -104,13 +110,24 @@ def train(cfg: DictConfig) -> None:
 
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler else None
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    skipped = SkipLog("training images")
     fit(model=model, loss_fn=RegionLoss(cfg.aux_weight), train_loader=loader, optimizer=optimizer,
         scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=cfg.checkpoint,
         checkpoint_meta={"model_kwargs": dict(model.model_kwargs), "member": int(cfg.member), "seed": seed,
                          "classes": {"wnids": list(classes.wnids), "names": list(classes.names)}},
         ema_decay=cfg.ema_decay, evaluate=evaluate, resume=cfg.resume, max_steps_per_epoch=cfg.max_steps_per_epoch,
-        checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip)
+        checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip, skipped=skipped,
+        max_skipped_fraction=cfg.max_skipped_fraction,
+        fingerprint=run_fingerprint(
+            data=[str(cfg.data.name), [(r.image_id, str(r.path), r.boxes.tolist(), r.labels.tolist())
+                                       for r in dataset.records]],
+            proposals=None if store is None else [store.meta.get("fingerprint"), len(store)],
+            classes=list(classes.wnids), model=dict(model.model_kwargs), init=init_identity(cfg.init),
+            settings={**{k: resolved[k] for k in RUN_SETTINGS}, "seed": seed}))
     if ctx.is_main:
+        if len(skipped):
+            print(skipped.summary(), flush=True)
         print(f"region classifier member {cfg.member} ({len(classes)} classes + background): {cfg.checkpoint}")
     cleanup()
 
@@ -122,10 +139,13 @@ def bundle(cfg: DictConfig) -> None:
     for p, m in zip(paths, members):
         if tuple(m["classes"]["wnids"]) != classes.wnids:
             raise ValueError(f"{p}: trained on other classes than {paths[0]}")
-    config = OmegaConf.to_container(cfg.detector, resolve=True)
-    config.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-                  proposer=OmegaConf.to_container(cfg.proposals, resolve=True), data=str(cfg.data.name))
-    bundle_detector(members, classes, config, cfg.paths.detector)
+    settings = DetectorSettings.from_dict(
+        {**OmegaConf.to_container(cfg.detector, resolve=True), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "conf: detector")
+    proposer = embed_networks(spec_from_target_config(OmegaConf.to_container(cfg.proposals, resolve=True), "conf: proposals"),
+                              "conf: proposals")
+    provenance = {"data": str(cfg.data.name), "members": [str(p) for p in paths]}
+    bundle_detector(members, classes, settings, cfg.paths.detector, proposer=proposer, provenance=provenance)
     print(f"detector with {len(members)} members ({len(classes)} classes): {cfg.paths.detector}")
 
 

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from detect.classes import ClassList, read_class_list
 from detect.distributed import DistributedContext
-from detect.data.images import IMAGE_EXTENSIONS, read_image
+from detect.data.images import IMAGE_EXTENSIONS, SampleError, read_image
+from detect.data.records import SkippedItem
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def read_split(image_dir: str | Path, classes: ClassList | str | Path | None = N
 
 
 class ClassificationDataset(Dataset):
-    """``dataset[i] -> (Tensor image, int label)`` or ``None`` when the image cannot be read (reported).
+    """``dataset[i] -> (Tensor image, int label)``, or a :class:`SkippedItem` when the image cannot be read
+    (reported; the collate function drops it and hands it on to the trainer's report).
 
     transform: ``ndarray[H, W, 3] uint8 -> Tensor`` (``detect.data.transforms``).
     """
@@ -133,29 +135,31 @@ class ClassificationDataset(Dataset):
         path, label = self.split.samples[i]
         try:
             return self.transform(read_image(path)), label
-        except ValueError as e:  # ImageError names the file; a transform error gets it added
-            log.warning("skipped %s", e if str(path) in str(e) else f"{path}: {e}")
-            return None
+        except SampleError as e:  # ImageError names the file; settings errors are not caught
+            log.warning("skipped %s", e)
+            return SkippedItem(str(path), str(e))
 
 
 class ClassificationBatch(NamedTuple):
-    """images ``Tensor[B, ...] float32``, labels ``Tensor[B] int64``; ``dropped``: unreadable samples removed."""
+    """images ``Tensor[B, ...] float32``, labels ``Tensor[B] int64``; ``dropped``: unreadable samples removed,
+    ``skipped``: their :class:`SkippedItem` entries."""
 
     images: torch.Tensor
     labels: torch.Tensor
     dropped: int = 0
+    skipped: tuple = ()
 
 
 def collate_skip(items: list) -> ClassificationBatch:
-    """Stack ``(image, label)`` items, dropping ``None`` (unreadable) ones; an all-unreadable batch is
-    empty (``B = 0``), which the engine skips."""
-    good = [it for it in items if it is not None]
-    dropped = len(items) - len(good)
+    """Stack ``(image, label)`` items, dropping :class:`SkippedItem` (unreadable) ones; an all-unreadable
+    batch is empty (``B = 0``), which the engine skips and counts."""
+    good = [it for it in items if not isinstance(it, SkippedItem)]
+    skipped = tuple(it for it in items if isinstance(it, SkippedItem))
     if not good:
-        return ClassificationBatch(torch.empty(0), torch.empty(0, dtype=torch.long), dropped)
+        return ClassificationBatch(torch.empty(0), torch.empty(0, dtype=torch.long), len(skipped), skipped)
     images = torch.stack([im for im, _ in good])
     labels = torch.tensor([lb for _, lb in good], dtype=torch.long)
-    return ClassificationBatch(images, labels, dropped)
+    return ClassificationBatch(images, labels, len(skipped), skipped)
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, ctx: DistributedContext,

@@ -6,14 +6,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "read_image", "IMAGE_EXTENSIONS"]
+__all__ = ["SampleError", "ImageError", "read_image", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 Image.MAX_IMAGE_PIXELS = 400_000_000  # allow large scans, still refuse decompression bombs
 
 
-class ImageError(ValueError):
+class SampleError(ValueError):
+    """One item of a dataset (an image, or an image with its annotation) that cannot be used; ``str()``
+    names the file. Datasets skip and count exactly these; every other error (a bad setting, a bug)
+    stops the run."""
+
+
+class ImageError(SampleError):
     """An image that cannot be used; ``str()`` names the file and the problem."""
 
     def __init__(self, path, reason: str):

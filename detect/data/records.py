@@ -5,6 +5,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from detect.classes import ClassList
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionRecord", "DetectionDataset", "SkipLog"]
+__all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "SkippedItem"]
 
 
 @dataclass
@@ -40,6 +41,15 @@ class DetectionRecord:
         self.ignore = np.asarray(self.ignore, dtype=bool).reshape(-1)
         if not (len(self.boxes) == len(self.labels) == len(self.ignore)):
             raise ValueError(f"{self.image_id}: boxes, labels and ignore flags differ in length")
+
+
+class SkippedItem(NamedTuple):
+    """What a dataset returns instead of an item it cannot use (see ``detect.data.images.SampleError``):
+    the collate functions drop it and hand it on in the batch, so that what DataLoader worker
+    processes skip reaches the trainer's report."""
+
+    file: str
+    reason: str
 
 
 class SkipLog:

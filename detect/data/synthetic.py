@@ -15,15 +15,18 @@ Layouts written:
   <split>.txt`` (``<name> <index>``, index 1-based) and ``root/classes.tsv``.
 
 Both are deterministic (same parameters -> the same bytes; each image draws from its own generator
-seeded by ``(seed, split, image number)``) and idempotent: ``root/manifest.json`` with the parameters is
-written last; when it matches, nothing is done; otherwise the generated entries are removed and rebuilt.
+seeded by ``(seed, split, image number)``) and idempotent: ``root/manifest.json`` records the parameters
+and the list of files the generation writes (marked complete when it ends); when it matches, nothing is
+done; otherwise exactly the files it lists are removed and the set is rebuilt. The generator never
+removes or overwrites anything else: a folder holding files it did not write (a real dataset given by
+mistake as ``data.root``) is refused with :class:`ForeignDataError` before anything is touched.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import shutil
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SceneClass", "scene_classes", "synthetic_class_list", "render_background", "render_object",
     "render_detection_image", "render_classification_image", "make_classification_set",
-    "make_detection_world",
+    "make_detection_world", "ForeignDataError",
 ]
 
 RENDERER_VERSION = 1  # bump when the pictures change, so that old manifests no longer match
@@ -300,25 +303,143 @@ def _ilsvrc_xml(split: str, name: str, width: int, height: int, boxes: np.ndarra
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _up_to_date(root: Path, params: dict) -> bool:
+class ForeignDataError(ValueError):
+    """The target folder holds files this generator did not write; nothing was removed or written."""
+
+
+def _read_manifest(root: Path) -> dict | None:
+    """The manifest of an earlier generation as ``{"params", "files", "complete"}``, or None.
+
+    Manifests written before file lists were recorded hold only the parameters (and were written last,
+    so they mark a complete generation); their files follow from the parameters.
+    """
     path = root / MANIFEST
     if not path.is_file():
-        return False
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8")) == params
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if "params" in data and isinstance(data.get("files"), list):
+        files = [f for f in data["files"] if isinstance(f, str)]
+        if len(files) != len(data["files"]) or not all(_inside(f) for f in files):
+            return None  # a list naming anything outside root is not one this generator wrote
+        return {"params": data["params"], "files": files, "complete": bool(data.get("complete"))}
+    if data.get("kind") in ("classification_set", "detection_world") and data.get("version") == 1:
+        try:
+            return {"params": data, "files": _planned_files(data), "complete": True}
+        except (KeyError, TypeError, ValueError):
+            return None
+    return None
+
+
+def _inside(rel: str) -> bool:
+    """A plain relative POSIX path that stays inside its root (no absolute path, no '..', no empty part)."""
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and "\\" not in rel and all(p not in ("", ".", "..") for p in parts)
+
+
+def _planned_files(params: dict) -> list[str]:
+    """Every file a generation with ``params`` writes, relative to its root (POSIX separators)."""
+    if params["kind"] == "classification_set":
+        files = [f"{split}/{cls.wnid}/{cls.wnid}_{k + 1:05d}.JPEG"
+                 for split, per_class in (("train", params["train_per_class"]), ("val", params["val_per_class"]))
+                 for cls in scene_classes(params["num_classes"]) for k in range(per_class)]
+    else:
+        files = []
+        for split, count in (("train", params["num_train"]), ("val", params["num_val"])):
+            for i in range(count):
+                name = f"synthetic_{split}_{i + 1:06d}"
+                files += [f"Data/DET/{split}/{name}.JPEG", f"Annotations/DET/{split}/{name}.xml"]
+            files.append(f"ImageSets/DET/{split}.txt")
+    return files + ["classes.tsv"]
+
+
+def _guess_dataset(root: Path) -> str:
+    """What a folder the generator refuses probably is, as the data group to pass instead."""
+    if (root / "Data" / "DET").is_dir() or (root / "Annotations" / "DET").is_dir():
+        return "an ILSVRC DET folder (2015+ layout): pass data=ilsvrc"
+    if any(root.glob("ILSVRC201*_DET_*")):
+        return "an ILSVRC DET folder (2013/2014 layout): pass data=ilsvrc2014"
+    if (root / "JPEGImages").is_dir() and (root / "Annotations").is_dir():
+        return "a PASCAL VOC folder: pass data=voc"
+    if any(root.glob("annotations/*.json")) or any(root.glob("*.json")):
+        return "a COCO-style folder: pass data=coco with data.annotations=<file>"
+    if (root / "train").is_dir() or (root / "val").is_dir():
+        return "an ImageNet-style classification folder: pass data_cls=imagenet"
+    return "not data this generator wrote"
+
+
+def _foreign_file(root: Path, owned: set[str]) -> str | None:
+    """The first file under ``root`` (relative, POSIX) that is neither ``owned`` nor the manifest."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in dirnames:  # a linked folder leads outside root: never ours to clear
+            if os.path.islink(os.path.join(dirpath, name)):
+                return (rel_dir / name).as_posix()
+        for name in sorted(filenames):
+            rel = (rel_dir / name).as_posix()
+            if rel in owned or rel == MANIFEST or _is_leftover_temp(rel_dir, name, owned):
+                continue
+            return rel
+    return None
+
+
+def _is_leftover_temp(rel_dir: Path, name: str, owned: set[str]) -> bool:
+    """A temporary file of an interrupted atomic write (``.<target>.<random>.tmp``, see detect.io) of
+    a file this generator owns."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
         return False
+    target = name[1:].rsplit(".", 2)[0]
+    rel = (rel_dir / target).as_posix()
+    return rel in owned or rel == MANIFEST
 
 
-def _clear(root: Path, entries: tuple[str, ...]) -> None:
-    """Remove what a previous (different or interrupted) generation left: only the entries it writes."""
-    for name in (MANIFEST, *entries):
-        path = root / name
-        if path.is_dir():
-            log.info("removing old generated %s", path)
-            shutil.rmtree(path)
-        elif path.exists():
+def _prepare_root(root: Path, params: dict, what: str) -> bool:
+    """Make ``root`` ready for a generation with ``params``; True when it is already complete.
+
+    The generator only ever removes files that its own manifest lists (the files of an earlier
+    generation, complete or interrupted); a folder holding anything else is refused with
+    :class:`ForeignDataError`, before anything is touched, naming the folder and what it looks like.
+    """
+    state = _read_manifest(root)
+    if state is not None and state["complete"] and state["params"] == params:
+        return True
+    owned = set(state["files"]) if state is not None else set()
+    if root.exists():
+        if not root.is_dir():
+            raise ForeignDataError(f"{root}: not a folder; the synthetic {what} needs a new or empty folder")
+        foreign = _foreign_file(root, owned)
+        if foreign is not None:
+            looks = (f"an earlier synthetic {what} with files added by hand; move them out" if state is not None
+                     else f"{_guess_dataset(root)} (the default data group is the synthetic world)")
+            raise ForeignDataError(
+                f"{root}: refusing to write the synthetic {what} here: the folder holds files this generator did "
+                f"not write (e.g. {foreign}), and nothing was removed. It looks like {looks}. Generated data needs "
+                f"a new or empty folder, or one this generator wrote ({MANIFEST} lists its files).")
+    for rel in sorted(owned):
+        path = root / rel
+        if path.is_file() or path.is_symlink():
             path.unlink()
+        for temp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+            temp.unlink()
+    if owned:
+        log.info("%s: removed %d files of an earlier generation", root, len(owned))
+    parents = sorted({(root / rel).parent for rel in owned} - {root}, key=lambda p: len(p.parts), reverse=True)
+    for folder in parents:  # prune the folders that the removal emptied, deepest first, never root
+        while folder != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / MANIFEST, {"params": params, "files": _planned_files(params), "complete": False})
+    return False
+
+
+def _finish(root: Path, params: dict) -> None:
+    atomic_write_json(root / MANIFEST, {"params": params, "files": _planned_files(params), "complete": True})
 
 
 def _split_seed(seed: int, split: str) -> int:
@@ -337,10 +458,9 @@ def make_classification_set(root: str | Path, num_classes: int = 8, train_per_cl
               "image_size": int(image_size), "seed": int(seed)}
     classes = scene_classes(num_classes)
     class_list = synthetic_class_list(num_classes)
-    if _up_to_date(root, params):
+    if _prepare_root(root, params, "classification set"):
         log.info("%s: classification set up to date", root)
         return class_list
-    _clear(root, ("train", "val", "classes.tsv"))
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
         for cls in tqdm(classes, desc=f"synthetic cls {split}", leave=False):
             folder = root / split / cls.wnid
@@ -349,7 +469,7 @@ def make_classification_set(root: str | Path, num_classes: int = 8, train_per_cl
                 rng = np.random.default_rng([_split_seed(seed, split), cls.index, k])
                 _write_jpeg(folder / f"{cls.wnid}_{k + 1:05d}.JPEG", render_classification_image(rng, image_size, cls))
     write_class_list(class_list, root / "classes.tsv")
-    atomic_write_json(root / MANIFEST, params)
+    _finish(root, params)
     log.info("%s: wrote %d classes x (%d train + %d val) images", root, num_classes, train_per_class, val_per_class)
     return class_list
 
@@ -379,10 +499,9 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
               "max_attempts": int(max_attempts)}
     classes = scene_classes(num_classes)
     class_list = synthetic_class_list(num_classes)
-    if _up_to_date(root, params):
+    if _prepare_root(root, params, "detection world"):
         log.info("%s: detection world up to date", root)
         return class_list
-    _clear(root, ("Data", "Annotations", "ImageSets", "classes.tsv"))
     for split, count in (("train", num_train), ("val", num_val)):
         image_dir = root / "Data" / "DET" / split
         xml_dir = root / "Annotations" / "DET" / split
@@ -410,5 +529,5 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
         atomic_write_text(root / "ImageSets" / "DET" / f"{split}.txt", "\n".join(lines) + ("\n" if lines else ""))
         log.info("%s: %s split, %d images, %d boxes, %d empty", root, split, count, n_boxes, len(empty))
     write_class_list(class_list, root / "classes.tsv")
-    atomic_write_json(root / MANIFEST, params)
+    _finish(root, params)
     return class_list

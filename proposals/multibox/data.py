@@ -8,19 +8,20 @@ Randomness comes from torch's generator, which the DataLoader seeds per worker.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from detect.boxes import flip_boxes
-from detect.data.images import read_image
-from detect.data.records import DetectionDataset, SkipLog
+from detect.data.images import SampleError, read_image
+from detect.data.records import DetectionDataset, SkippedItem
 from proposals.multibox.model import preprocess
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MultiBoxDataset", "collate_multibox", "crop_boxes"]
+__all__ = ["MultiBoxDataset", "MultiBoxBatch", "collate_multibox", "crop_boxes"]
 
 
 def crop_boxes(boxes: np.ndarray, crop: tuple[float, float, float, float], min_visible: float) -> np.ndarray:
@@ -40,8 +41,8 @@ def crop_boxes(boxes: np.ndarray, crop: tuple[float, float, float, float], min_v
 
 class MultiBoxDataset(Dataset):
     """Items are ``(image Tensor[3, S, S] float32 normalised, boxes Tensor[G, 4] float32 normalised
-    xyxy)``, or ``None`` for an unreadable image (reported and counted in ``skipped``; the collate
-    function drops it).
+    xyxy)``, or a :class:`SkippedItem` for an unreadable image (the collate function drops it and
+    hands it on in the batch, so that the trainer reports it).
 
     dataset: a DetectionDataset; input_size: S; train: apply the augmentations;
     flip: probability of a horizontal flip; min_crop: smallest crop side as a fraction of the image
@@ -58,6 +59,11 @@ class MultiBoxDataset(Dataset):
         crop_probability: float = 0.5,
         min_visible: float = 0.5,
     ):
+        if not (input_size >= 8 and 0 <= flip <= 1 and 0 < min_crop <= 1 and 0 <= crop_probability <= 1
+                and 0 <= min_visible <= 1):
+            raise ValueError(f"MultiBox data settings: need input_size >= 8 and flip, crop_probability, min_visible in "
+                             f"[0, 1], min_crop in (0, 1] (got input_size={input_size}, flip={flip}, min_crop={min_crop}, "
+                             f"crop_probability={crop_probability}, min_visible={min_visible})")
         self.records = dataset.records
         self.input_size = input_size
         self.train = train
@@ -65,7 +71,6 @@ class MultiBoxDataset(Dataset):
         self.min_crop = min_crop
         self.crop_probability = crop_probability
         self.min_visible = min_visible
-        self.skipped = SkipLog("images")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -74,9 +79,9 @@ class MultiBoxDataset(Dataset):
         record = self.records[i]
         try:
             image = read_image(record.path)
-        except ValueError as e:
-            self.skipped.add(record.path, f"unreadable image: {e}")
-            return None
+        except SampleError as e:  # reported by the trainer through the batch (worker processes included)
+            log.warning("skipped %s", e)
+            return SkippedItem(str(record.path), f"unreadable image: {e}")
         height, width = image.shape[:2]
         boxes = record.boxes[~record.ignore].astype(np.float32)
         if self.train:
@@ -103,10 +108,21 @@ class MultiBoxDataset(Dataset):
         return np.ascontiguousarray(image), boxes
 
 
-def collate_multibox(items) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Stack images, keep boxes as a list; ``None`` items (unreadable images) are dropped.
-    Returns ``(Tensor[B, 3, S, S], list of B Tensor[G_b, 4])``; B may be 0."""
-    items = [it for it in items if it is not None]
+class MultiBoxBatch(NamedTuple):
+    """images: Tensor[B, 3, S, S]; boxes: list of B Tensor[G_b, 4] normalised xyxy; dropped / skipped:
+    the unreadable images of the batch (count and :class:`SkippedItem` entries)."""
+
+    images: torch.Tensor
+    boxes: list
+    dropped: int = 0
+    skipped: tuple = ()
+
+
+def collate_multibox(items) -> MultiBoxBatch:
+    """Stack images, keep boxes as a list; :class:`SkippedItem` entries (unreadable images) are dropped
+    and handed on in the batch. B may be 0."""
+    skipped = tuple(it for it in items if isinstance(it, SkippedItem))
+    items = [it for it in items if not isinstance(it, SkippedItem)]
     if not items:
-        return torch.zeros(0, 3, 1, 1), []
-    return torch.stack([x for x, _ in items]), [b for _, b in items]
+        return MultiBoxBatch(torch.zeros(0, 3, 1, 1), [], len(skipped), skipped)
+    return MultiBoxBatch(torch.stack([x for x, _ in items]), [b for _, b in items], len(skipped), skipped)

@@ -1,8 +1,10 @@
 """Inference: a trained MultiBox checkpoint as a proposer (image -> top-k boxes with confidences)."""
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -19,20 +21,31 @@ log = logging.getLogger(__name__)
 __all__ = ["MultiBoxProposer", "load_multibox"]
 
 
-def load_multibox(path, map_location="cpu") -> tuple[MultiBoxNet, dict]:
-    """Rebuild a MultiBoxNet from a checkpoint (``model_kwargs`` + ``model_state``, the averaged
-    weights). Returns ``(model in eval mode, checkpoint dict)``; ``ValueError`` names the file when a
+def load_multibox(path, map_location="cpu", source: str | None = None) -> tuple[MultiBoxNet, dict]:
+    """Rebuild a MultiBoxNet from a checkpoint file, or from an already loaded checkpoint dict
+    (``model_kwargs`` + ``model_state``, the averaged weights; e.g. the network a detector file embeds).
+    Returns ``(model in eval mode, checkpoint dict)``; ``ValueError`` names the file (``source``) when a
     key is missing or the weights do not fit."""
-    ckpt = load_checkpoint(path, map_location=map_location)
+    ckpt = load_checkpoint(path, map_location=map_location) if isinstance(path, (str, Path)) else path
+    source = source or (str(path) if isinstance(path, (str, Path)) else "MultiBox network")
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"{source}: not a MultiBox checkpoint")
     for key in ("model_kwargs", "model_state"):
         if key not in ckpt:
-            raise ValueError(f"{path}: not a MultiBox checkpoint (no {key!r})")
+            raise ValueError(f"{source}: not a MultiBox checkpoint (no {key!r})")
+    kwargs = ckpt["model_kwargs"]
+    if not isinstance(kwargs, Mapping) or not set(kwargs) <= _MODEL_ARGS:
+        raise ValueError(f"{source}: MultiBox model_kwargs must be a mapping of {sorted(_MODEL_ARGS)}")
     try:
-        model = MultiBoxNet(**ckpt["model_kwargs"])
+        model = MultiBoxNet(**kwargs)
         model.load_state_dict(ckpt["model_state"])
-    except (TypeError, RuntimeError) as e:
-        raise ValueError(f"{path}: MultiBox weights do not match model_kwargs ({e})") from e
-    return model.eval(), ckpt
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{source}: MultiBox weights do not match model_kwargs ({e})") from e
+    return model.eval(), dict(ckpt)
+
+
+_MODEL_ARGS = set(inspect.signature(MultiBoxNet.__init__).parameters) - {"self"}
+TRAINING_STATE = ("optimizer", "scheduler", "raw_state", "averaged_state", "scaler", "rng", "epoch_rng")
 
 
 class _Flat(nn.Module):
@@ -51,24 +64,44 @@ class MultiBoxProposer:
     """``image ndarray[H, W, 3] uint8 RGB -> Proposals(boxes float32[top_k, 4] pixels, clipped, by
     decreasing confidence; scores float32[top_k] sigmoid)``.
 
-    checkpoint: path written by tools/train_multibox.py; top_k: boxes kept per image (at most K);
+    checkpoint: path written by tools/train_multibox.py, or that checkpoint already loaded (a dict with
+    ``model_kwargs`` and ``model_state``, as a detector file embeds it); top_k: boxes kept per image (at most K);
     device: "auto" | "cpu" | "cuda[:N]"; batch_size: images per forward pass in :meth:`propose_batch`;
     backend: "auto" (ONNX Runtime on a CPU, torch on a GPU) | "torch" | "onnxruntime", as for region
     scoring (:mod:`detect.backends`); the ONNX export is cached in ``<checkpoint>.onnx/``, keyed on the
     weights; amp: mixed precision of the torch backend on CUDA, "none" by default because the boxes
     are regressed coordinates (bf16 would round them to ~0.4 % of the image side).
+    onnx_cache: folder of the ONNX export (default ``<checkpoint>.onnx/`` for a path; for a loaded dict
+    without it, ``backend=auto`` runs torch).
     """
 
     name = "multibox"
+    kind = "multibox"  # proposals.spec: how detector files and proposal stores record it
 
-    def __init__(self, checkpoint: str, top_k: int = 200, device: str = "auto", batch_size: int = 32,
-                 backend: str = "auto", amp: str = "none"):
+    def __init__(self, checkpoint: str | Path | Mapping, top_k: int = 200, device: str = "auto", batch_size: int = 32,
+                 backend: str = "auto", amp: str = "none", onnx_cache: str | Path | None = None):
         self.device = resolve_device(device)
-        self.model, _ = load_multibox(checkpoint)
+        self.model, ckpt = load_multibox(checkpoint)
+        self._network = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
+        self._params = {"top_k": int(top_k), "device": str(device), "batch_size": int(batch_size),
+                        "backend": str(backend), "amp": str(amp)}
         self.top_k = min(int(top_k), self.model.num_priors)
         self.batch_size = int(batch_size)
+        if onnx_cache is None and isinstance(checkpoint, (str, Path)):
+            onnx_cache = Path(f"{checkpoint}.onnx")
+        if onnx_cache is None and backend == "auto":
+            backend = "torch"
         self.net = make_scorer(_Flat(self.model), backend, self.device, self.model.input_size,
-                               cache_dir=Path(f"{checkpoint}.onnx"), name="multibox", amp=amp)
+                               cache_dir=onnx_cache, name="multibox", amp=amp)
+
+    def spec_params(self) -> dict:
+        """Constructor arguments besides the network (plain values; see :mod:`proposals.spec`)."""
+        return dict(self._params)
+
+    def network_entry(self) -> dict:
+        """The inference part of the checkpoint (``model_kwargs``, ``model_state`` with the priors, and
+        whatever else it records about the model), training state left out: what a detector file embeds."""
+        return dict(self._network)
 
     def __call__(self, image: np.ndarray) -> Proposals:
         return self.propose_batch([image])[0]

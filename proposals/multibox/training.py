@@ -20,7 +20,8 @@ __all__ = ["MultiBoxLossFn", "evaluate_coverage", "resolve_priors"]
 class MultiBoxLossFn:
     """``(model, batch, device) -> (loss, {"gt_per_image": float})`` for the engine.
 
-    batch: ``(images Tensor[B, 3, S, S], list of B Tensor[G_b, 4])`` from ``collate_multibox``.
+    batch: a :class:`proposals.multibox.data.MultiBoxBatch` (images ``Tensor[B, 3, S, S]``, boxes: list
+    of B ``Tensor[G_b, 4]``) from ``collate_multibox``.
     match: "priors" assigns ground truth to the model's priors (Erhan et al.'s training with priors),
     "predictions" to the current predictions (see :mod:`proposals.multibox.loss`).
     """
@@ -32,7 +33,7 @@ class MultiBoxLossFn:
         self.match = match
 
     def __call__(self, model, batch, device):
-        images, gt = batch
+        images, gt = batch.images, batch.boxes
         images = images.to(device, non_blocking=True)
         boxes, logits = model(images)
         priors = getattr(model, "module", model).priors if self.match == "priors" else None  # DDP wraps
@@ -50,7 +51,8 @@ def evaluate_coverage(model, loader, device, top_k: int, iou: float = 0.5) -> di
     was_training = model.training
     model.eval()
     proposals, gts = [], []
-    for images, gt in loader:
+    for batch in loader:
+        images, gt = batch.images, batch.boxes
         if len(gt) == 0:
             continue
         boxes, logits = model(images.to(device))
