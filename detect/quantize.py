@@ -33,7 +33,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,8 @@ from detect.models.googlenet import LocalResponseNorm
 log = logging.getLogger(__name__)
 
 __all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_export", "lrn_effects",
-           "fold_lrns", "cpu_flags", "cpu_has_int8_dot", "calibration_digest", "INT8_DOT_FLAGS"]
+           "fold_lrns", "cpu_flags", "cpu_has_int8_dot", "calibration_digest", "draw_calibration_crops",
+           "draw_calibration_images", "crops_to_inputs", "INT8_DOT_FLAGS"]
 
 _INT8_FORMAT = 1  # bump when the quantization procedure changes: every cached int8 model is then rebuilt
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of 8-bit dot products
@@ -93,7 +94,9 @@ class Int8Recipe:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "Int8Recipe":
-        """A recipe from plain config values; an unknown key is an error naming it."""
+        """A recipe from plain config values; an unknown key or a bad value is a ``ValueError``."""
+        if values is not None and not isinstance(values, Mapping):
+            raise ValueError(f"int8 recipe: expected a mapping of settings, got {type(values).__name__}")
         values = dict(values or {})
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
@@ -132,6 +135,99 @@ def calibration_digest(calibration: np.ndarray) -> str:
     h = hashlib.sha256(f"{calibration.dtype.str}{calibration.shape}".encode())
     h.update(calibration.tobytes())
     return h.hexdigest()
+
+
+def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndarray], count: int, crop_size: int,
+                           context: int, mean: Sequence[float], std: Sequence[float], seed: int = 0,
+                           min_size: float = 2.0) -> np.ndarray:
+    """Warped proposal crops for calibrating an int8 region classifier: what the detector scores.
+
+    records: DetectionRecord list (the training split); proposals: ``image_id -> ndarray[N, 4]`` xyxy
+    (e.g. ``ProposalStore.get``; a missing entry (KeyError) falls back to the ground-truth boxes).
+    Images are visited in a seeded random order, ``ceil(count / len(records))`` proposals drawn
+    uniformly from each (clipped, smaller than ``min_size`` dropped) and warped exactly as
+    :meth:`detect.pipeline.Detector.score` warps them (:func:`detect.region.warp_regions` on the image
+    normalised with ``mean``/``std``), then stored as pixels: returns ``ndarray[count, 3, crop_size,
+    crop_size] uint8`` (``crops_to_inputs`` gives the network inputs back, to within half a grey level).
+    Unreadable images are logged and skipped; ``ValueError`` when no crop could be drawn.
+    """
+    from torchvision import ops
+
+    from detect.data.images import read_image
+    from detect.region import normalize_image, warp_regions
+
+    if count < 1 or not records:
+        raise ValueError(f"calibration crops: count={count} from {len(records)} images: nothing to draw")
+    rng = np.random.default_rng(seed)
+    per_image = -(-count // len(records))
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    crops, skipped = [], 0
+    for index in rng.permutation(len(records)):
+        if sum(len(c) for c in crops) >= count:
+            break
+        record = records[index]
+        try:
+            image = read_image(record.path)
+        except ValueError as e:  # ImageError names the file
+            log.warning("calibration crops: skipped %s", e)
+            skipped += 1
+            continue
+        try:
+            boxes = np.asarray(proposals(record.image_id), np.float32).reshape(-1, 4)
+        except KeyError:
+            boxes = np.zeros((0, 4), np.float32)
+        if len(boxes) == 0:
+            boxes = np.asarray(record.boxes, np.float32).reshape(-1, 4)
+        boxes = ops.clip_boxes_to_image(torch.from_numpy(boxes), image.shape[:2])
+        boxes = boxes[ops.remove_small_boxes(boxes, min_size)]
+        if len(boxes) == 0:
+            continue
+        pick = rng.choice(len(boxes), size=min(per_image, len(boxes)), replace=False)
+        warped = warp_regions(normalize_image(image, mean, std), boxes[torch.from_numpy(pick)], crop_size, context)
+        crops.append(((warped * s + m) * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy())
+    if not crops:
+        raise ValueError(f"calibration crops: none could be drawn from {len(records)} images ({skipped} unreadable)")
+    out = np.concatenate(crops)[:count]
+    if len(out) < count:
+        log.warning("calibration crops: %d of the %d asked for (%d images unreadable)", len(out), count, skipped)
+    return out
+
+
+def draw_calibration_images(records: Sequence, count: int, size: int, seed: int = 0) -> np.ndarray:
+    """Training images for calibrating an int8 MultiBox network: ``count`` images in a seeded random
+    order, resized as :func:`proposals.multibox.model.preprocess` resizes them (bilinear to
+    ``size x size``). Returns ``ndarray[count, size, size, 3] uint8`` RGB; unreadable images are
+    logged and skipped; ``ValueError`` when none can be read."""
+    import cv2
+
+    from detect.data.images import read_image
+
+    if count < 1 or not records:
+        raise ValueError(f"calibration images: count={count} from {len(records)} images: nothing to draw")
+    out, skipped = [], 0
+    for index in np.random.default_rng(seed).permutation(len(records)):
+        if len(out) == count:
+            break
+        try:
+            image = read_image(records[index].path)
+        except ValueError as e:
+            log.warning("calibration images: skipped %s", e)
+            skipped += 1
+            continue
+        out.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
+    if not out:
+        raise ValueError(f"calibration images: none of {len(records)} images could be read")
+    if len(out) < count:
+        log.warning("calibration images: %d of the %d asked for (%d unreadable)", len(out), count, skipped)
+    return np.stack(out)
+
+
+def crops_to_inputs(crops: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``ndarray[N, 3, S, S] uint8`` pixels -> network inputs ``(x / 255 - mean) / std``, float32."""
+    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return ((np.asarray(crops, np.float32) / 255.0 - m) / s).astype(np.float32)
 
 
 def _check_calibration(calibration: np.ndarray, what: str) -> np.ndarray:
