@@ -66,7 +66,10 @@ class Int8Recipe:
     (QLinearConv etc. written out); activations / weights: "u8" | "s8"; per_channel: one weight scale
     per output channel; lrn: "int8" quantizes the local response norms' operators too, "float" leaves
     them in float, "fold" replaces those whose largest effect on the calibration inputs is below
-    ``lrn_tolerance`` by their constant factor (module docstring) and quantizes the rest; calibration:
+    ``lrn_tolerance`` by their constant factor (module docstring) and quantizes the rest; head: "float"
+    keeps the output of the fully connected layers (Gemm: a classifier's logits, MultiBox's boxes and
+    confidences, which share one tensor and so one 8-bit scale) and everything computed from it in
+    float, "int8" quantizes it too; calibration:
     "minmax" | "entropy" | "percentile" (``percentile``: the share of each activation histogram kept,
     in percent); reduce_range: 7-bit weights (for CPUs without VNNI, where u8s8 sums can saturate).
     """
@@ -77,13 +80,15 @@ class Int8Recipe:
     per_channel: bool = True
     lrn: str = "int8"
     lrn_tolerance: float = 1.0 / 512
+    head: str = "float"
     calibration: str = "minmax"
     percentile: float = 99.999
     reduce_range: bool = False
 
     def __post_init__(self):
         choices = {"format": ("qdq", "qoperator"), "activations": ("u8", "s8"), "weights": ("u8", "s8"),
-                   "lrn": ("int8", "float", "fold"), "calibration": ("minmax", "entropy", "percentile")}
+                   "lrn": ("int8", "float", "fold"), "head": ("float", "int8"),
+                   "calibration": ("minmax", "entropy", "percentile")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"int8 recipe: {name}={getattr(self, name)!r}, expected one of {allowed}")
@@ -108,7 +113,7 @@ class Int8Recipe:
         calib = self.calibration + (f"{self.percentile:g}" if self.calibration == "percentile" else "")
         lrn = self.lrn + (f"{self.lrn_tolerance:.3g}" if self.lrn == "fold" else "")
         return (f"{self.format}-{self.activations}{self.weights}{'-pc' if self.per_channel else ''}"
-                f"{'-rr' if self.reduce_range else ''}-lrn{lrn}-{calib}")
+                f"{'-rr' if self.reduce_range else ''}-lrn{lrn}-head{self.head}-{calib}")
 
 
 def cpu_flags() -> set[str]:
@@ -308,15 +313,21 @@ class _Reader:
         return next(self.batches, None)
 
 
-def _nodes_of(model_path: Path, modules: Iterable[str]) -> list[str]:
-    """Names of the nodes the exporter wrote for torch ``modules`` (``net.lrn1`` -> ``/net/lrn1/...``)."""
+def _float_nodes(model_path: Path, modules: Iterable[str], head: bool) -> list[str]:
+    """Names of the nodes to leave in float: those the exporter wrote for torch ``modules`` (``net.lrn1``
+    -> ``/net/lrn1/...``) and, with ``head``, every node computing from a Gemm's output."""
     import onnx
 
-    prefixes = tuple("/" + m.replace(".", "/") + "/" for m in modules)
-    if not prefixes:
-        return []
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    return [n.name for n in graph.node if n.name.startswith(prefixes)]
+    prefixes = tuple("/" + m.replace(".", "/") + "/" for m in modules)
+    names = [n.name for n in graph.node if prefixes and n.name.startswith(prefixes)]
+    if head:
+        tainted = {o for n in graph.node if n.op_type == "Gemm" for o in n.output}
+        for n in graph.node:  # exported graphs are topologically sorted
+            if n.op_type != "Gemm" and tainted.intersection(n.input):
+                tainted.update(n.output)
+                names.append(n.name)
+    return names
 
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray,
@@ -338,6 +349,8 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.n
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[recipe.calibration]
     extra = {"CalibPercentile": float(recipe.percentile)} if recipe.calibration == "percentile" else {}
+    if recipe.head == "float":
+        extra["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
     try:
@@ -346,7 +359,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         pre = work / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre))
         input_name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-        exclude = _nodes_of(pre, float_modules)
+        exclude = _float_nodes(pre, float_modules, head=recipe.head == "float")
         quantized = work / "int8.onnx"
         quantize_static(
             str(pre), str(quantized), _Reader(input_name, calibration, batch_size),

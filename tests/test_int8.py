@@ -70,6 +70,19 @@ def _int8(model, tmp_path, calibration=None, recipe=Int8Recipe()):
     return cached_int8_export(model, fp32, key, _calibration() if calibration is None else calibration, recipe)
 
 
+def _quantized_after_gemm(path) -> int:
+    """QuantizeLinear nodes computing from a Gemm's output (the classifier's logits)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    tainted, count = set(), 0
+    for n in graph.node:
+        if n.op_type == "Gemm" or tainted.intersection(n.input):
+            tainted.update(n.output)
+            count += n.op_type == "QuantizeLinear"
+    return count
+
+
 def test_int8_scores_near_fp32_on_a_trained_network(trained, tmp_path):
     x, _ = _images(128, seed=20_000)
     fp32 = OnnxScorer(cached_onnx_export(trained, tmp_path, "m", CROP))(x).softmax(1)
@@ -81,6 +94,9 @@ def test_int8_scores_near_fp32_on_a_trained_network(trained, tmp_path):
     assert (out.argmax(1) == fp32.argmax(1)).float().mean() >= 0.97
     assert diff.max().item() < 0.15 and diff.mean().item() < 0.01
     assert diff.max().item() > 1e-6  # it is a different (quantized) model, not the fp32 one
+    # the logits (the Gemm's output) stay in float: no QuantizeLinear after the classifier, unless head="int8"
+    assert _quantized_after_gemm(int8_scorer.path) == 0
+    assert _quantized_after_gemm(_int8(trained, tmp_path / "head", recipe=Int8Recipe(head="int8"))) > 0
     # mutation guard: calibrating on inputs 50x too small saturates every activation; the tolerance sees it
     bad = OnnxScorer(_int8(trained, tmp_path / "bad", calibration=_calibration() * 0.02))(x).softmax(1)
     assert (bad - fp32).abs().mean().item() > 2 * diff.mean().item()
