@@ -13,7 +13,9 @@ changed, ``format=qoperator,lrn=float``; ``file`` = the file's recipe unchanged)
             members, cascade off and on, fp32 against ``--speed-variant``, alternating;
   profile   ONNX Runtime's kernel time per operator type, fp32 and ``--speed-variant``;
   multibox  the detector's embedded MultiBox network in fp32 and int8: images/s (alternating), recall
-            of the val ground truth at IoU 0.5 by each, and the share of fp32's boxes int8 reproduces.
+            of the val ground truth at IoU 0.5 by each, and the share of fp32's boxes int8 reproduces;
+  paper     speed only: the paper's GoogLeNet (width 1, 201 outputs, 224 crops, random weights) in fp32,
+            the int8 variants (calibrated on real val crops at 224) and torch fp32 / bf16, alternating.
 
     .venv/bin/python benchmarks/bench_int8.py --detector work/demo/detector.pt \\
         --variants file lrn=int8 lrn=float format=qoperator calibration=entropy --sections accuracy speed
@@ -255,6 +257,40 @@ def main() -> None:
 
     if "multibox" in args.sections:
         multibox_section(contents, records, variants[speed_label], cache, args)
+
+    if "paper" in args.sections:
+        paper_section(records, store, settings, variants, cache, args)
+
+
+def paper_section(records, store, settings, variants: dict, cache: Path, args) -> None:
+    from detect.models.googlenet import GoogLeNet
+
+    torch.manual_seed(0)
+    net = GoogLeNet(num_classes=201, aux_logits=False, width=1.0).eval()
+    paper = dataclasses.replace(settings, crop_size=224, context=16)
+    crops = []
+    for r in records:
+        crops.append(image_crops(read_image(r.path), store.get(r.image_id), paper)[1])
+        if sum(len(c) for c in crops) >= 64 + args.batch:
+            break
+    crops = torch.cat(crops)
+    calibration, batch = crops[:64].numpy(), crops[64:64 + args.batch]
+    runs = {}
+    for label, recipe in [("fp32", None), *variants.items()]:
+        folder = cache / "paper" / ("fp32" if recipe is None else recipe.label().replace(".", "_"))
+        scorer = make_scorers([net], "onnxruntime", "cpu", 224, folder, precision="fp32" if recipe is None else "int8",
+                              calibration=calibration, int8_recipe=recipe)[0]
+        if recipe is not None:
+            meta = json.loads(scorer.path.with_suffix(".json").read_text())
+            print(f"  paper network, {label}: LRN effects {({k: round(v, 4) for k, v in meta['lrn_effects'].items()})}")
+        runs[label] = lambda s=scorer: s(batch)
+    runs["torch fp32 eager (channels-last)"] = lambda s=TorchScorer(net, "cpu", amp="none"): s(batch)
+    runs["torch bf16 autocast (channels-last)"] = lambda s=TorchScorer(net, "cpu", amp="bf16"): s(batch)
+    times = alternate(runs, args.rounds)
+    print(f"\npaper GoogLeNet (random weights), {len(batch)} real crops at 224 per round, median of {args.rounds} "
+          "alternating rounds:")
+    for label, t in times.items():
+        print(f"  {label:44s} {len(batch) / t:8.1f} crops/s  {times['fp32'] / t:5.2f}x fp32 ORT")
 
 
 def multibox_section(contents, records, recipe: Int8Recipe, cache: Path, args) -> None:
