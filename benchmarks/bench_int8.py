@@ -42,7 +42,7 @@ from detect.detections import Detections
 from detect.evaluation import evaluate
 from detect.io import load_checkpoint
 from detect.pipeline import Detector, _member_network, _read_detector, per_class_nms
-from detect.quantize import Int8Recipe, crops_to_inputs
+from detect.quantize import Int8Recipe, QuantizationError, crops_to_inputs
 from detect.region import Ensemble, normalize_image, warp_regions
 from proposals.store import ProposalStore
 
@@ -158,7 +158,13 @@ def main() -> None:
     print(f"{args.detector}: {len(nets)} members, crop {settings.crop_size}, {len(calib['crops'])} calibration crops; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     start = time.perf_counter()
-    members = {"fp32": scorers("fp32"), **{label: scorers(label) for label in variants}}
+    members = {"fp32": scorers("fp32")}
+    for label in list(variants):
+        try:
+            members[label] = scorers(label)
+        except QuantizationError as e:
+            print(f"  {label}: quantization failed ({e})")
+            del variants[label]
     print(f"exports and int8 models ready in {time.perf_counter() - start:.0f} s ({cache})")
     for label in variants:
         meta = json.loads((members[label][0].path.with_suffix(".json")).read_text())
@@ -278,8 +284,12 @@ def paper_section(records, store, settings, variants: dict, cache: Path, args) -
     runs = {}
     for label, recipe in [("fp32", None), *variants.items()]:
         folder = cache / "paper" / ("fp32" if recipe is None else recipe.label().replace(".", "_"))
-        scorer = make_scorers([net], "onnxruntime", "cpu", 224, folder, precision="fp32" if recipe is None else "int8",
-                              calibration=calibration, int8_recipe=recipe)[0]
+        try:
+            scorer = make_scorers([net], "onnxruntime", "cpu", 224, folder, calibration=calibration, int8_recipe=recipe,
+                                  precision="fp32" if recipe is None else "int8")[0]
+        except QuantizationError as e:
+            print(f"  paper network, {label}: quantization failed ({e})")
+            continue
         if recipe is not None:
             meta = json.loads(scorer.path.with_suffix(".json").read_text())
             print(f"  paper network, {label}: LRN effects {({k: round(v, 4) for k, v in meta['lrn_effects'].items()})}")
