@@ -20,7 +20,7 @@ Precision of the ONNX Runtime backend (``precision``):
 - ``int8``: the export quantized statically with activation ranges calibrated on ``calibration``
   inputs (:mod:`detect.quantize`), cached beside the fp32 export; an error when it cannot be made
   (no calibration inputs, the torch backend, a failed quantization).
-- ``auto``: int8 on CPUs with 8-bit dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX), where it
+- ``auto``: int8 on CPUs with 8-bit dot-product instructions (AVX-512 VNNI or AMX), where it
   was measured faster (benchmarks/int8.md), when calibration inputs exist; fp32 otherwise, and fp32
   with a warning when the int8 model cannot be made.
 """
@@ -205,7 +205,7 @@ def resolve_precision(precision: str, backend: str, has_calibration: bool,
                              "bundle it again with tools/train_region.py step=bundle)")
         return "int8"
     if not cpu_has_int8_dot(cpu_flags):
-        log.info("precision=auto: no 8-bit dot-product instructions on this CPU (VNNI/AMX): fp32")
+        log.info("precision=auto: no AVX-512 VNNI or AMX on this CPU, where int8 was measured faster: fp32")
         return "fp32"
     if not has_calibration:
         log.warning("precision=auto: no calibration inputs for an int8 model: fp32 (bundle the detector "

@@ -18,9 +18,9 @@ constant ``k^-beta`` it tends to for small activations; an LRN whose effect stay
 is replaced by that constant in the int8 model (the others are quantized in their exact form). The
 decision and the measured effects are recorded in the ``.int8.json`` sidecar.
 
-Which CPUs gain: int8 convolutions are fast where the CPU has 8-bit dot-product instructions (AVX-512
-VNNI, AVX-VNNI, AMX-INT8; :func:`cpu_has_int8_dot`); without them ONNX Runtime's u8s8 kernels are
-not expected to beat fp32.
+Which CPUs gain: int8 convolutions are fast where the CPU has 8-bit dot-product instructions; measured
+on a Xeon with AVX-512 VNNI and AMX-INT8 (:func:`cpu_has_int8_dot` checks for those two); on AVX2-only
+CPUs ONNX Runtime's u8s8 kernels have no such instructions and int8 is not expected to beat fp32.
 """
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ __all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_expo
            "draw_calibration_images", "crops_to_inputs", "INT8_DOT_FLAGS"]
 
 _INT8_FORMAT = 1  # bump when the quantization procedure changes: every cached int8 model is then rebuilt
-INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of 8-bit dot products
+# /proc/cpuinfo flags of the 8-bit dot products where int8 was measured faster than fp32 (benchmarks/int8.md:
+# Xeon with AVX-512 VNNI and AMX). AVX-VNNI alone (256-bit, client CPUs) is left out: not measured.
+INT8_DOT_FLAGS = ("avx512_vnni", "amx_int8")
 
 
 class QuantizationError(RuntimeError):
