@@ -60,11 +60,12 @@ def parse_variant(text: str, base: Int8Recipe) -> tuple[str, Int8Recipe]:
     return f"int8 {recipe.label()}", recipe
 
 
-def image_crops(image: np.ndarray, boxes: np.ndarray, settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """The detector's boxes (clipped, small ones dropped) and their warped crops, as Detector.detect does."""
+def image_crops(image: np.ndarray, boxes: np.ndarray, settings, convention=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The detector's boxes (clipped, small ones dropped) and their crops warped in ``convention`` (a
+    member's input convention), as Detector.detect does."""
     b = ops.clip_boxes_to_image(torch.from_numpy(np.asarray(boxes, np.float32)), image.shape[:2])
     b = b[ops.remove_small_boxes(b, settings.min_size)]
-    crops = warp_regions(normalize_image(image, settings.mean, settings.std), b, settings.crop_size, settings.context)
+    crops = warp_regions(normalize_image(image, convention), b, settings.crop_size, settings.context)
     return b, crops
 
 
@@ -141,8 +142,11 @@ def main() -> None:
     settings, calib = contents["settings"], contents["calibration"]
     if calib is None:
         raise SystemExit(f"{args.detector}: no calibration crops; bundle it again (tools/train_region.py step=bundle)")
-    nets = [_member_network(e, k, args.detector) for k, e in enumerate(contents["members"])]
-    inputs = crops_to_inputs(calib["crops"], settings.mean, settings.std)
+    nets = [_member_network(e, k, args.detector, settings) for k, e in enumerate(contents["members"])]
+    if len({n.input_convention for n in nets}) > 1:
+        raise SystemExit(f"{args.detector}: members of several input conventions; this benchmark scores one")
+    convention = nets[0].input_convention
+    inputs = crops_to_inputs(calib["crops"], convention)
     cache = Path(args.cache or tempfile.mkdtemp(prefix="bench_int8_"))
     variants = dict(parse_variant(v, calib["recipe"]) for v in args.variants)
     speed_label = parse_variant(args.speed_variant, calib["recipe"])[0]
@@ -181,7 +185,7 @@ def main() -> None:
         start = time.perf_counter()
         for r in records:
             image = read_image(r.path)
-            boxes, crops = image_crops(image, store.get(r.image_id), settings)
+            boxes, crops = image_crops(image, store.get(r.image_id), settings, convention)
             for label, scorer_list in members.items():
                 ensemble = Ensemble(scorer_list, settings.cascade_threshold)
                 p = torch.cat([ensemble(crops[i:i + args.batch]) for i in range(0, len(crops), args.batch)])
@@ -208,7 +212,7 @@ def main() -> None:
             image = read_image(path)
             boxes = propose(image).boxes
             boxes = boxes[rng.choice(len(boxes), size=min(args.coco_crops, len(boxes)), replace=False)]
-            real.append(image_crops(image, boxes, settings)[1])
+            real.append(image_crops(image, boxes, settings, convention)[1])
         real = torch.cat(real)
         print(f"\nreal photos: {len(real)} crops of selective search proposals on {len(photos)} coco128 images, per member:")
         for k in range(len(nets)):
@@ -220,7 +224,7 @@ def main() -> None:
     if {"speed", "profile"} & set(args.sections):
         crops = []
         for r in records:
-            crops.append(image_crops(read_image(r.path), store.get(r.image_id), settings)[1])
+            crops.append(image_crops(read_image(r.path), store.get(r.image_id), settings, convention)[1])
             if sum(len(c) for c in crops) >= args.speed_crops:
                 break
         crops = torch.cat(crops)[:args.speed_crops]

@@ -101,7 +101,7 @@ def main() -> None:
     onnx_path = cached_onnx_export(model, cache, "member0", args.crop_size)
 
     image, boxes = _image_and_boxes(args.crops)
-    tensor = normalize_image(image, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    tensor = normalize_image(image)  # ImageNet convention
     crops = [warp_regions(tensor, torch.from_numpy(boxes[i:i + args.batch]), args.crop_size, 16)
              for i in range(0, args.crops, args.batch)]
     eager, ort = TorchScorer(model, "cpu"), OnnxScorer(onnx_path, num_threads=args.threads)  # eager: channels-last

@@ -1,8 +1,10 @@
 """Inference backends for region-scoring networks: eager PyTorch and ONNX Runtime.
 
-A *scorer* is a callable ``crops: Tensor[N, 3, S, S] float32 (normalised) -> Tensor[N, C] float32
-logits`` (on the CPU for ONNX Runtime, on the scorer's device for torch). The ensemble and the detector
-only ever call scorers, so every backend serves the cascade and the shared crop batch alike.
+A *scorer* is a callable ``crops: Tensor[N, 3, S, S] float32 (prepared with the scorer's
+``input_convention``, that of the model's weights) -> Tensor[N, C] float32 logits`` (on the CPU for
+ONNX Runtime, on the scorer's device for torch). The ensemble and the detector only ever call
+scorers, so every backend serves the cascade and the shared crop batch alike. An ONNX export takes
+the prepared crops too; its sidecar JSON records the input convention they follow.
 
 - ``torch``: the module in eval mode under ``torch.inference_mode``, channels-last (on the project's
   2-core CPU 1.7x NCHW for the paper network, see benchmarks/README.md), on CUDA with bf16 (or fp16)
@@ -38,6 +40,7 @@ import torch
 from torch import nn
 
 from detect.io import atomic_open, atomic_write_json, file_sha256
+from detect.models.convention import IMAGENET, InputConvention
 from detect.quantize import Int8Recipe, QuantizationError, cached_int8_export, cpu_has_int8_dot
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class TorchScorer:
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", amp: str = "auto",
                  channels_last: bool = True):
         self.device = torch.device(device)
+        self.input_convention = getattr(model, "input_convention", IMAGENET)
         on_cuda = self.device.type == "cuda"
         self.channels_last = channels_last
         self.model = model.eval().to(self.device)
@@ -95,12 +99,15 @@ def session_options(num_threads: int | None = None):
 
 class OnnxScorer:
     """ONNX Runtime (CPU provider) scorer for an exported model file (see :func:`session_options`);
+    ``input_convention``: how its crops are prepared (that of the exported model's weights);
     ``precision`` ("fp32" | "int8") records which kind of model the file is."""
 
-    def __init__(self, onnx_path: str | Path, num_threads: int | None = None, precision: str = "fp32"):
+    def __init__(self, onnx_path: str | Path, num_threads: int | None = None,
+                 input_convention: InputConvention | None = None, precision: str = "fp32"):
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
+        self.input_convention = input_convention or IMAGENET
         self.precision = precision
         self.session = ort.InferenceSession(str(self.path), session_options(num_threads),
                                             providers=["CPUExecutionProvider"])
@@ -162,7 +169,9 @@ def cached_onnx_export(model: nn.Module, cache_dir: str | Path, name: str, crop_
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to ONNX (crop size %d)", name, crop_size)
     export_onnx(model, onnx_path, crop_size)
-    atomic_write_json(meta_path, {"key": key, "sha256": file_sha256(onnx_path), "crop_size": crop_size})
+    convention = getattr(model, "input_convention", IMAGENET)
+    atomic_write_json(meta_path, {"key": key, "sha256": file_sha256(onnx_path), "crop_size": crop_size,
+                                  "input_convention": convention.to_dict()})
     return onnx_path
 
 
@@ -242,17 +251,18 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
             raise
         log.warning("no ONNX export of %s in %s (%s): running it in eager PyTorch", name, cache_dir, e)
         return TorchScorer(model, device, amp=amp)
+    convention = getattr(model, "input_convention", None)
     if wanted == "int8":
         recipe = int8_recipe if isinstance(int8_recipe, Int8Recipe) else Int8Recipe.from_dict(int8_recipe)
         try:
             key = json.loads((Path(cache_dir) / f"{name}.json").read_text())["key"]
             int8_path = cached_int8_export(model, path, key, calibration, recipe)
-            return OnnxScorer(int8_path, num_threads=num_threads, precision="int8")
+            return OnnxScorer(int8_path, num_threads=num_threads, input_convention=convention, precision="int8")
         except (QuantizationError, OSError) as e:
             if precision == "int8":
                 raise
             log.warning("no int8 model of %s (%s): scoring in fp32", name, e)
-    return OnnxScorer(path, num_threads=num_threads)
+    return OnnxScorer(path, num_threads=num_threads, input_convention=convention)
 
 
 def make_scorers(members: list[nn.Module], backend: str, device: str | torch.device, crop_size: int,

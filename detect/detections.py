@@ -6,11 +6,15 @@ list (``DetectionRecord.index``, the first column of an ILSVRC submission); labe
 
 Files:
 - ILSVRC submission: text lines ``<image_index> <DET_ID> <confidence> <xmin> <ymin> <xmax> <ymax>``.
-  Malformed lines are reported with file and line number, counted in a ``SkipLog`` and skipped.
+  A detections file is the user's output, not corrupt input: every line that parses is scored as the
+  official code scores it (a box inverted by a pixel or more is a false positive, a box outside the
+  image is matched as it is; see ``detect.evaluation``). Lines that cannot be parsed, or name an image or class that does not exist,
+  are reported with file and line number, counted in a ``SkipLog`` and skipped.
 - COCO results: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``. Images map through
   the dataset's records: ``image_id`` is ``int(record.image_id)`` when every record id is an integer
   (COCO datasets), else ``record.index``. Categories map through the ClassList: ``int(wnid)`` when
-  every wnid is an integer (COCO datasets: wnids are the category ids), else ``label + 1``.
+  every wnid is an integer (COCO datasets: wnids are the category ids), else ``label + 1``. Read as
+  pycocotools reads it: every entry with the right field types is kept, degenerate boxes included.
 - ``SubmissionWriter`` appends one image at a time and flushes, for long runs that may be resumed.
 """
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +125,8 @@ def write_ilsvrc_submission(path: str | Path, dets: Detections) -> None:
 
 
 def _parse_line(line: str, num_classes: int | None) -> tuple[int, int, float, list[float]]:
-    """One submission line -> (image_index, label, score, box); ``ValueError`` says what is wrong."""
+    """One submission line -> (image_index, label, score, box); ``ValueError`` says what is wrong.
+    Inverted and zero-area boxes are valid lines (the official code scores them as false positives)."""
     parts = line.split()
     if len(parts) != 7:
         raise ValueError(f"expected 7 fields, got {len(parts)}")
@@ -132,42 +138,135 @@ def _parse_line(line: str, num_classes: int | None) -> tuple[int, int, float, li
     if index < 1:
         raise ValueError(f"image index {index} < 1")
     if det_id < 1 or (num_classes is not None and det_id > num_classes):
-        raise ValueError(f"DET_ID {det_id} outside 1..{num_classes if num_classes is not None else 'N'}")
+        raise ValueError(f"unknown class: DET_ID {det_id} outside 1..{num_classes if num_classes is not None else 'N'}")
     if not all(math.isfinite(v) for v in values):
         raise ValueError("non-finite confidence or coordinate")
-    x1, y1, x2, y2 = values[1:]
-    if x2 < x1 or y2 < y1:
-        raise ValueError(f"box ({x1}, {y1}, {x2}, {y2}) has xmax < xmin or ymax < ymin")
     return index, det_id - 1, values[0], values[1:]
 
 
+_NUMBER_BYTES = np.zeros(256, bool)  # what the fast path allows: digits, signs, point, exponent, inf/nan, spaces
+_NUMBER_BYTES[list(b"0123456789+-.eEinfatyINFATY \t\r\n")] = True
+_SPACE_BYTES = np.zeros(256, bool)
+_SPACE_BYTES[list(b" \t\r\n")] = True
+_NOT_INT_BYTES = np.ones(256, bool)
+_NOT_INT_BYTES[list(b"0123456789+-")] = False
+
+
+def _tokenise_fast(text: str, bad: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The common case in a few numpy passes: a file of plain numbers. Returns (line numbers
+    ``int64[K]``, numbers ``float64[K, 7]``, integer-looking index and DET_ID ``bool[K]``) of the lines
+    with 7 fields, the others put in ``bad``; ``None`` when the file needs the line-by-line path (a
+    character other than those of numbers, a token that does not parse), which gives the same result."""
+    try:
+        data = text.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    b = np.frombuffer(data, np.uint8)
+    if not len(b) or not _NUMBER_BYTES[b].all():
+        return None
+    cr = np.flatnonzero(b == 13)
+    if len(cr) and (cr[-1] == len(b) - 1 or np.any(b[cr + 1] != 10)):
+        return None  # a lone carriage return is a line break to str.splitlines: leave it to the slow path
+    space = _SPACE_BYTES[b]
+    starts = np.flatnonzero(~space & np.concatenate([[True], space[:-1]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        values = np.fromstring(data, dtype=np.float64, sep=" ")
+    if len(values) != len(starts):
+        return None
+    line = np.searchsorted(np.flatnonzero(b == 10), starts)  # 0-based line of each token
+    counts = np.bincount(line)
+    for n in np.flatnonzero((counts != 0) & (counts != 7)).tolist():
+        bad[n + 1] = None  # not 7 fields: reported with _parse_line's message
+    # tokens holding a character other than digits and signs ('.', 'e', letters): not integers
+    not_int = np.zeros(len(starts), bool)
+    not_int[np.searchsorted(starts, np.flatnonzero(_NOT_INT_BYTES[b] & ~space), side="right") - 1] = True
+    keep = counts[line] == 7
+    values, line, not_int = values[keep], line[keep], not_int[keep]
+    integer = ~not_int.reshape(-1, 7)[:, :2].any(axis=1)
+    return line[::7] + 1, values.reshape(-1, 7), integer
+
+
+def _tokenise_slow(text: str, num_classes: int | None, bad: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Line by line with ``int()``/``float()``: (line numbers, numbers ``float64[K, 7]``, all True);
+    lines that fail go into ``bad``."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.split():
+            continue
+        try:
+            i, c, sc, box = _parse_line(line, num_classes)
+            out.append((n, i, c + 1, sc, *box))
+        except ValueError:
+            bad[n] = None
+    arr = np.array(out, dtype=np.float64).reshape(-1, 8)
+    return arr[:, 0].astype(np.int64), arr[:, 1:], np.ones(len(arr), bool)
+
+
 def read_ilsvrc_submission(
-    path: str | Path, num_classes: int | None = None, skipped: SkipLog | None = None
+    path: str | Path, num_classes: int | None = None, skipped: SkipLog | None = None,
+    known_images=None,
 ) -> Detections:
-    """Read an ILSVRC submission file. Malformed lines are logged as ``file:line``, counted in ``skipped``
-    and left out; blank lines are ignored. ``FileNotFoundError`` names a missing file."""
+    """Read an ILSVRC submission file as ``eval_detection.m`` reads it.
+
+    Every line of 7 numeric fields (integer image index >= 1 and DET_ID, finite numbers) is kept as
+    written: a box with ``xmax < xmin``, ``ymax < ymin`` or zero area is the user's output and is scored
+    as the official code scores it (see ``detect.evaluation``: inverted by a pixel or more, it overlaps
+    nothing, a false positive); such boxes are counted in a log line. Lines that cannot be parsed, whose DET_ID is outside ``1..num_classes``, or whose image
+    index is not in ``known_images`` (an iterable of indices; ``None``: any) are logged as
+    ``file:line``, counted in ``skipped`` and left out; blank lines are ignored. ``FileNotFoundError``
+    names a missing file. Numbers follow Python's ``int()``/``float()`` syntax. Vectorised: a file of
+    plain numbers is read in a few numpy passes; any other is read line by line, with the same result.
+    """
     path = Path(path)
     skipped = skipped if skipped is not None else SkipLog("detection lines")
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise FileNotFoundError(f"{path}: cannot read detections ({e.strerror})") from e
-    index, labels, scores, boxes = [], [], [], []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            i, c, s, b = _parse_line(line, num_classes)
-        except ValueError as e:
-            skipped.add(f"{path}:{lineno}", f"malformed line: {e}")
-            continue
-        index.append(i)
-        labels.append(c)
-        scores.append(s)
-        boxes.append(b)
+    bad: dict[int, str | None] = {}  # line number -> reason (None: ask _parse_line)
+    fast = _tokenise_fast(text, bad)
+    if fast is None:
+        bad.clear()
+    lineno, values, integer = fast if fast is not None else _tokenise_slow(text, num_classes, bad)
+    ids = values[:, :2]
+    ok = integer & np.isfinite(values).all(axis=1) & (ids[:, 0] >= 1) & (ids[:, 1] >= 1)
+    if num_classes is not None:
+        ok &= ids[:, 1] <= num_classes
+    ints = np.where(ok[:, None], ids, 0).astype(np.int64)
+    for n in lineno[~ok].tolist():
+        bad[n] = None
+    if known_images is not None:
+        known = np.isin(ints[:, 0], np.fromiter(known_images, dtype=np.int64))
+        for n, i in zip(lineno[ok & ~known].tolist(), ints[ok & ~known, 0].tolist()):
+            bad[n] = f"unknown image: index {i} is not in the dataset (not listed, or its annotation was skipped)"
+        ok &= known
+    lines = text.splitlines() if bad else []
+    for n in sorted(bad):
+        reason = bad[n]
+        if reason is None:
+            try:
+                _parse_line(lines[n - 1], num_classes)
+                reason = "malformed line"
+            except ValueError as e:
+                reason = str(e) if str(e).startswith("unknown class") else f"malformed line: {e}"
+        skipped.add(f"{path}:{n}", reason)
+    dets = Detections(ints[ok, 0], ints[ok, 1] - 1, values[ok, 2], values[ok, 3:].astype(np.float32))
+    _log_degenerate(path, dets)
     if len(skipped):
         log.warning("%s: %s", path, skipped.summary())
-    return Detections(index, labels, scores, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    return dets
+
+
+def _log_degenerate(path: Path, dets: Detections) -> None:
+    """Count (in the log) kept detections whose box is inverted or has zero width or height."""
+    b = dets.boxes
+    inverted = int(((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])).sum())
+    flat = int(((b[:, 2] == b[:, 0]) | (b[:, 3] == b[:, 1])).sum())
+    if inverted or flat:
+        log.warning("%s: %d detections with xmax < xmin or ymax < ymin and %d with zero width or height: kept "
+                    "and scored as the official code scores them (under COCO rules they match nothing; under the "
+                    "ILSVRC/VOC +1 rule a box inverted by a pixel or more matches nothing)", path, inverted, flat)
 
 
 class SubmissionWriter:
@@ -272,15 +371,24 @@ def write_coco_results(path: str | Path, dets: Detections, dataset: DetectionDat
 
 
 def read_coco_results(path: str | Path, dataset: DetectionDataset, skipped: SkipLog | None = None) -> Detections:
-    """Read COCO-results JSON against ``dataset``. Entries with missing keys, unknown image or category
-    ids, or bad boxes are logged as ``file: entry k``, counted in ``skipped`` and left out."""
+    """Read COCO-results JSON against ``dataset``, as pycocotools' ``loadRes`` reads it.
+
+    Each entry must be an object with an integer ``image_id`` and ``category_id`` (an integral float such
+    as ``3.0`` is the same id to pycocotools; a string, a bool or a list is not), a finite number
+    ``score`` and a ``bbox`` list of 4 finite numbers. A box with negative or zero width or height is
+    kept as written (pycocotools scores it as written). Entries that fail those checks, or name an
+    image or category not in ``dataset``, are logged as ``file: entry k``, counted in ``skipped`` and
+    left out.
+    """
+    from detect.data.coco import as_bbox, as_int, as_number
+
     path = Path(path)
     skipped = skipped if skipped is not None else SkipLog("detection entries")
     try:
         entries = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise FileNotFoundError(f"{path}: cannot read detections ({e.strerror})") from e
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of results, got {type(entries).__name__}")
@@ -289,25 +397,32 @@ def read_coco_results(path: str | Path, dataset: DetectionDataset, skipped: Skip
     index, labels, scores, boxes = [], [], [], []
     for k, e in enumerate(entries):
         try:
-            image, cat, score = e["image_id"], e["category_id"], float(e["score"])
-            x, y, w, h = (float(v) for v in e["bbox"])
-        except (KeyError, TypeError, ValueError) as err:
-            skipped.add(f"{path}: entry {k}", f"malformed entry: {type(err).__name__} {err}")
+            if not isinstance(e, dict):
+                raise ValueError(f"entry is {type(e).__name__}, not an object")
+            missing = [key for key in ("image_id", "category_id", "bbox", "score") if key not in e]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+            image = as_int(e["image_id"], "image_id")
+            cat = as_int(e["category_id"], "category_id")
+            score = as_number(e["score"], "score")
+            x, y, w, h = as_bbox(e["bbox"])
+        except ValueError as err:
+            skipped.add(f"{path}: entry {k}", f"malformed entry: {err}")
             continue
         if image not in id_to_index:
-            skipped.add(f"{path}: entry {k}", f"unknown image_id: {image!r}")
+            skipped.add(f"{path}: entry {k}", f"unknown image: image_id {image}")
         elif cat not in cat_to_label:
-            skipped.add(f"{path}: entry {k}", f"unknown category_id: {cat!r}")
-        elif not all(math.isfinite(v) for v in (score, x, y, w, h)) or w < 0 or h < 0:
-            skipped.add(f"{path}: entry {k}", f"bad box or score: {e['bbox']!r} {score!r}")
+            skipped.add(f"{path}: entry {k}", f"unknown class: category_id {cat}")
         else:
             index.append(id_to_index[image])
             labels.append(cat_to_label[cat])
             scores.append(score)
             boxes.append([x, y, x + w, y + h])
+    dets = Detections(index, labels, scores, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    _log_degenerate(path, dets)
     if len(skipped):
         log.warning("%s: %s", path, skipped.summary())
-    return Detections(index, labels, scores, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    return dets
 
 
 # ---------------------------------------------------------------- by extension
@@ -331,7 +446,7 @@ def read_detections(path: str | Path, dataset: DetectionDataset, format: str | N
     path = Path(path)
     if _format_of(path, format) == "coco":
         return read_coco_results(path, dataset, skipped)
-    return read_ilsvrc_submission(path, len(dataset.classes), skipped)
+    return read_ilsvrc_submission(path, len(dataset.classes), skipped, known_images=[r.index for r in dataset.records])
 
 
 def write_detections(path: str | Path, dets: Detections, dataset: DetectionDataset, format: str | None = None) -> None:

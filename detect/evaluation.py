@@ -16,6 +16,15 @@ crowd = ``ignore`` boxes matched by intersection over detection area, reusable, 
 ignored; unmatched non-crowd ground truth preferred), AP50 with 101-point interpolation (equal to
 pycocotools) or the area under the envelope (``interpolation="area"``).
 
+Detections are scored exactly as given, as the official code scores them: nothing is clipped or
+dropped here. Under ``ilsvrc``/``voc`` rules (+1 widths) a box with ``x2 < x1`` (or ``y2 < y1``) by a
+pixel or more overlaps nothing and counts as a false positive, while ``x2 == x1`` is a box one pixel
+wide and one inverted by less than a pixel still has a positive width; boxes reaching outside the
+image are matched as they are. Under ``coco`` rules a box of zero or negative width or height overlaps
+nothing; an unmatched detection whose area ``w * h`` lies outside COCOeval's "all" range ``[0, 1e10]``
+(exactly one negative side) is ignored, as COCOeval ignores it, and one with zero area is a false
+positive.
+
 Ties in confidence are broken by image index, then by position in the ``Detections`` (for ``voc``: by
 position only, the order of a VOC results file); ties in IoU by the ground truth's order in its
 record (``coco``: the later one, as COCOeval does). Ground truth flagged ``ignore`` under ``ilsvrc``
@@ -54,10 +63,16 @@ __all__ = [
 RULES = ("ilsvrc", "voc", "voc07", "coco")
 COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCOeval's params.recThrs
 VOC07_RECALL_THRESHOLDS = np.arange(11) * 0.1         # VOC2007 devkit's 0:0.1:1
+COCO_AREA_ALL = (0.0, 1e5**2)                         # COCOeval's areaRng "all"
 
 
-def rules_for_dataset(name: str) -> str:
-    """Default rules for a dataset name: ``voc`` for VOC, ``coco`` for COCO, ``ilsvrc`` otherwise."""
+def rules_for_dataset(name: str, reader: str | None = None) -> str:
+    """Default rules for a dataset: by its reader when given (the ``_target_`` of its config block:
+    ``...read_coco`` -> ``coco``, ``...read_voc`` -> ``voc``), else by name (``voc`` / ``coco`` in it),
+    else ``ilsvrc``."""
+    reader = (reader or "").rsplit(".", 1)[-1]
+    if reader in ("read_coco", "read_voc"):
+        return reader[len("read_"):]
     name = name.lower()
     if "voc" in name:
         return "voc"
@@ -222,7 +237,13 @@ def _match_coco(det, gt, iou_threshold):
     d, g, iou, crowd = d[ok], g[ok], iou[ok], crowd[ok]
     o = np.lexsort((-g, -iou, crowd, rank[d]))
     det_gt = _greedy(d[o], g[o], m, len(gt["key"]), gt["ignore"])
-    return _status_from_match(det_gt, gt["ignore"])
+    status = _status_from_match(det_gt, gt["ignore"])
+    # COCOeval ignores unmatched detections whose area w * h lies outside the area range [0, 1e10]
+    # ("all"): a box with exactly one negative side has a negative area, so it is ignored, not a miss
+    b = det["boxes"]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    status[(det_gt < 0) & ((area < COCO_AREA_ALL[0]) | (area > COCO_AREA_ALL[1]))] = -1
+    return status
 
 
 def _rank_in_group(key: np.ndarray, score: np.ndarray) -> np.ndarray:

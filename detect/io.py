@@ -11,9 +11,10 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
+if TYPE_CHECKING:  # torch is imported inside the two functions that need it: readers and evaluation run without it
+    import torch
 
 __all__ = ["file_sha256", "state_digest", "exclusive_lock", "OutputLocked", "OwnedFolder", "OutputConflict",
            "refuse_inputs", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
@@ -69,6 +70,8 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file, then rename over ``path``."""
+    import torch
+
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
 
@@ -78,6 +81,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or unreadable.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")

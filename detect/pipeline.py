@@ -4,7 +4,11 @@ A detector file (``bundle_detector``) holds every member's ``model_kwargs`` and 
 class list, the detector settings (:class:`DetectorSettings`) and the proposer as a plain spec with its
 MultiBox network embedded (:mod:`proposals.spec`): the file alone is enough on another machine. It is
 data: it loads with ``weights_only=True``, and nothing in it can choose code to run (the proposer is
-rebuilt only into the project's own proposer classes, member networks only as GoogLeNet).
+rebuilt only into the project's own proposer classes, member networks only as GoogLeNet). Each
+member records the input convention of its weights in its ``model_kwargs``
+(:mod:`detect.models.convention`); the image is prepared and its regions warped once per distinct
+convention, and each member scores the crops of its own (a member fine-tuned from BVLC's weights
+reads BGR 0..255 crops, ours ImageNet-normalised ones).
 """
 from __future__ import annotations
 
@@ -51,7 +55,9 @@ class DetectorSettings:
     nms_iou, score_threshold, max_per_image: :func:`per_class_nms`; batch_size: crops per forward;
     min_size: proposals narrower or shorter than this (pixels, after clipping) are dropped;
     cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is
-    at least this (:class:`detect.region.Ensemble`); mean, std: the crops' normalisation (RGB, 0..1).
+    at least this (:class:`detect.region.Ensemble`); mean, std: the RGB 0..1 normalisation of members
+    that record no input convention (files written before members recorded theirs); every other
+    member's crops follow its own ``model_kwargs["input_convention"]``.
     """
 
     crop_size: int = 224
@@ -184,15 +190,16 @@ class Detector:
         returns Tensor[N, C + 1] float32 on the detector's device. Crops are warped and scored
         ``batch_size`` at a time (all of an image's crops at once would not fit in memory).
         """
-        tensor = normalize_image(image, self.settings.mean, self.settings.std, self.device)
+        # one prepared image per input convention of the members (its zero padding is that convention's mean)
+        tensors = {c: normalize_image(image, c, self.device) for c in self.ensemble.conventions}
         boxes = torch.as_tensor(np.asarray(boxes, np.float32) if not isinstance(boxes, Tensor) else boxes,
                                 dtype=torch.float32, device=self.device).reshape(-1, 4)
         out = []
         for i in range(0, len(boxes), self.settings.batch_size):
-            crops = warp_regions(tensor, boxes[i:i + self.settings.batch_size], self.settings.crop_size,
-                                 self.settings.context)
+            crops = {c: warp_regions(t, boxes[i:i + self.settings.batch_size], self.settings.crop_size,
+                                     self.settings.context) for c, t in tensors.items()}
             if self.channels_last:
-                crops = crops.contiguous(memory_format=torch.channels_last)
+                crops = {c: x.contiguous(memory_format=torch.channels_last) for c, x in crops.items()}
             out.append(self.ensemble(crops))
         if not out:
             return torch.zeros((0, len(self.classes) + 1), device=self.device)
@@ -274,13 +281,13 @@ class Detector:
             if bad or not members:
                 raise ValueError(f"{path}: members={list(members)}: the detector has members 0..{len(entries) - 1}")
             entries = [entries[int(i)] for i in members]
-        nets = [_member_network(entry, k, str(path)) for k, entry in enumerate(entries)]
+        nets = [_member_network(entry, k, str(path), settings) for k, entry in enumerate(entries)]
         device = resolve_device(device)
         cache = Path(onnx_cache) if onnx_cache is not None else Path(f"{path}.onnx")
         if proposer is None and stored_proposer and contents["proposer"] is not None:
             proposer = build_proposer(_with_precision(contents["proposer"], precision), str(path), onnx_cache=cache)
-        calibration = contents["calibration"]
-        inputs = None if calibration is None else crops_to_inputs(calibration["crops"], settings.mean, settings.std)
+        calibration = contents["calibration"]  # uint8 RGB crops, prepared for each member in its own convention
+        inputs = None if calibration is None else [crops_to_inputs(calibration["crops"], n.input_convention) for n in nets]
         scorers = make_scorers(nets, backend, device, settings.crop_size, amp=amp, cache_dir=cache, precision=precision,
                                calibration=inputs, int8_recipe=None if calibration is None else calibration["recipe"])
         return cls(proposer, Ensemble(scorers, settings.cascade_threshold), contents["classes"], settings, device=device)
@@ -289,8 +296,9 @@ class Detector:
 _GOOGLENET_ARGS = set(inspect.signature(GoogLeNet.__init__).parameters) - {"self"}
 
 
-def _member_network(entry: Any, k: int, source: str) -> GoogLeNet:
-    """Member ``k`` of a detector file as a GoogLeNet in eval mode; anything else is a ValueError."""
+def _member_network(entry: Any, k: int, source: str, settings: DetectorSettings) -> GoogLeNet:
+    """Member ``k`` of a detector file as a GoogLeNet in eval mode; anything else is a ValueError. A member
+    that records no input convention takes ``settings.mean``/``std`` on RGB 0..1 (older files)."""
     if not isinstance(entry, Mapping) or not isinstance(entry.get("model_kwargs"), Mapping) \
             or not isinstance(entry.get("model_state"), Mapping):
         raise ValueError(f"{source}: member {k} lacks model_kwargs / model_state")
@@ -298,6 +306,8 @@ def _member_network(entry: Any, k: int, source: str) -> GoogLeNet:
     unknown = set(kwargs) - _GOOGLENET_ARGS
     if unknown:
         raise ValueError(f"{source}: member {k} has unknown model_kwargs {sorted(unknown)}")
+    kwargs.setdefault("input_convention", {"channel_order": "RGB", "scale": 1.0, "mean": list(settings.mean),
+                                           "std": list(settings.std)})
     try:
         model = GoogLeNet(**{**kwargs, "init_weights": False})
         model.load_state_dict(entry["model_state"])

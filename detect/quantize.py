@@ -41,13 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from detect.io import atomic_write_json, file_sha256
+from detect.models.convention import InputConvention
 from detect.models.googlenet import LocalResponseNorm
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_export", "lrn_effects",
            "fold_lrns", "cpu_flags", "cpu_has_int8_dot", "calibration_digest", "draw_calibration_crops",
-           "draw_calibration_images", "crops_to_inputs", "INT8_DOT_FLAGS"]
+           "draw_calibration_images", "crops_to_inputs", "to_pixels", "INT8_DOT_FLAGS"]
 
 _INT8_FORMAT = 1  # bump when the quantization procedure changes: every cached int8 model is then rebuilt
 # /proc/cpuinfo flags of the 8-bit dot products where int8 was measured faster than fp32 (benchmarks/int8.md:
@@ -145,17 +146,20 @@ def calibration_digest(calibration: np.ndarray) -> str:
 
 
 def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndarray], count: int, crop_size: int,
-                           context: int, mean: Sequence[float], std: Sequence[float], seed: int = 0,
+                           context: int, convention: InputConvention | Mapping | None = None, seed: int = 0,
                            min_size: float = 2.0) -> np.ndarray:
-    """Warped proposal crops for calibrating an int8 region classifier: what the detector scores.
+    """Warped proposal crops for calibrating int8 region classifiers: what the detector scores, as RGB pixels.
 
     records: DetectionRecord list (the training split); proposals: ``image_id -> ndarray[N, 4]`` xyxy
     (e.g. ``ProposalStore.get``; a missing entry (KeyError) falls back to the ground-truth boxes).
     Images are visited in a seeded random order, ``ceil(count / len(records))`` proposals drawn
     uniformly from each (clipped, smaller than ``min_size`` dropped) and warped exactly as
-    :meth:`detect.pipeline.Detector.score` warps them (:func:`detect.region.warp_regions` on the image
-    normalised with ``mean``/``std``), then stored as pixels: returns ``ndarray[count, 3, crop_size,
-    crop_size] uint8`` (``crops_to_inputs`` gives the network inputs back, to within half a grey level).
+    :meth:`detect.pipeline.Detector.score` warps them for a member of input ``convention`` (None =
+    ImageNet): :func:`detect.region.warp_regions` on the image prepared in it, then turned back into
+    pixels. Returns ``ndarray[count, 3, crop_size, crop_size] uint8`` RGB, whatever the convention:
+    :func:`crops_to_inputs` prepares them for each member in its own (to within half a grey level).
+    Beyond the image border a warp shows ``convention``'s mean colour, so a member of another
+    convention sees that colour there (ImageNet's and BVLC's means differ by under one grey level).
     Unreadable images are logged and skipped; ``ValueError`` when no crop could be drawn.
     """
     from torchvision import ops
@@ -165,10 +169,9 @@ def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndar
 
     if count < 1 or not records:
         raise ValueError(f"calibration crops: count={count} from {len(records)} images: nothing to draw")
+    convention = InputConvention.from_dict(convention)
     rng = np.random.default_rng(seed)
     per_image = -(-count // len(records))
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     crops, skipped = [], 0
     for index in rng.permutation(len(records)):
         if sum(len(c) for c in crops) >= count:
@@ -191,14 +194,26 @@ def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndar
         if len(boxes) == 0:
             continue
         pick = rng.choice(len(boxes), size=min(per_image, len(boxes)), replace=False)
-        warped = warp_regions(normalize_image(image, mean, std), boxes[torch.from_numpy(pick)], crop_size, context)
-        crops.append(((warped * s + m) * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy())
+        warped = warp_regions(normalize_image(image, convention), boxes[torch.from_numpy(pick)], crop_size, context)
+        crops.append(to_pixels(warped, convention).numpy())
     if not crops:
         raise ValueError(f"calibration crops: none could be drawn from {len(records)} images ({skipped} unreadable)")
     out = np.concatenate(crops)[:count]
     if len(out) < count:
         log.warning("calibration crops: %d of the %d asked for (%d images unreadable)", len(out), count, skipped)
     return out
+
+
+def to_pixels(inputs: torch.Tensor, convention: InputConvention | Mapping | None = None) -> torch.Tensor:
+    """The inverse of ``convention.normalize``: ``Tensor[..., 3, H, W]`` float network inputs ->
+    ``Tensor[..., 3, H, W] uint8`` RGB pixels (rounded, clamped to 0..255)."""
+    c = InputConvention.from_dict(convention)
+    mean = torch.tensor(c.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(c.std, dtype=torch.float32).view(3, 1, 1)
+    x = (inputs.float() * std + mean) * (255.0 / c.scale)
+    if c.channel_order == "BGR":
+        x = x.flip(-3)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def draw_calibration_images(records: Sequence, count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -230,11 +245,10 @@ def draw_calibration_images(records: Sequence, count: int, size: int, seed: int 
     return np.stack(out)
 
 
-def crops_to_inputs(crops: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``ndarray[N, 3, S, S] uint8`` pixels -> network inputs ``(x / 255 - mean) / std``, float32."""
-    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-    return ((np.asarray(crops, np.float32) / 255.0 - m) / s).astype(np.float32)
+def crops_to_inputs(crops: np.ndarray, convention: InputConvention | Mapping | None = None) -> np.ndarray:
+    """``ndarray[N, 3, S, S] uint8`` RGB pixels -> the inputs of a network of input ``convention`` (None =
+    ImageNet; :meth:`detect.models.convention.InputConvention.normalize`): ``ndarray[N, 3, S, S] float32``."""
+    return InputConvention.from_dict(convention).normalize(torch.from_numpy(np.ascontiguousarray(crops))).numpy()
 
 
 def _check_calibration(calibration: np.ndarray, what: str) -> np.ndarray:
@@ -382,9 +396,10 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
     """Path of a valid int8 model of ``model``, whose fp32 export is ``<dir>/<name>.onnx`` with cache key
     ``fp32_key`` (its weights hash): ``<dir>/<name>.int8.onnx``, quantized when missing or stale.
 
-    calibration: ``ndarray[N, 3, S, S] float32`` network inputs. The sidecar ``<name>.int8.json``
-    records the key (fp32 key, recipe, calibration digest, ONNX Runtime version), the int8 file's
-    sha256 and the LRN decisions; a mismatch of key or hash, or a file ONNX Runtime cannot load, means
+    calibration: ``ndarray[N, 3, S, S] float32`` network inputs, prepared in ``model.input_convention``
+    (:func:`crops_to_inputs`). The sidecar ``<name>.int8.json`` records the key (fp32 key, recipe,
+    calibration digest, input convention, ONNX Runtime version), the int8 file's sha256 and the LRN
+    decisions; a mismatch of key or hash, or a file ONNX Runtime cannot load, means
     it is quantized again. Raises :class:`QuantizationError` when quantization fails.
     """
     import onnxruntime as ort
@@ -395,9 +410,10 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
     calibration = _check_calibration(calibration, str(fp32_path))
     stem = fp32_path.name.removesuffix(".onnx")
     int8_path, meta_path = fp32_path.with_name(f"{stem}.int8.onnx"), fp32_path.with_name(f"{stem}.int8.json")
+    convention = getattr(model, "input_convention", None)
     header = {"format": _INT8_FORMAT, "fp32_key": fp32_key, "recipe": asdict(recipe),
               "calibration": calibration_digest(calibration), "calibration_inputs": len(calibration),
-              "onnxruntime": ort.__version__}
+              "input_convention": InputConvention.from_dict(convention).to_dict(), "onnxruntime": ort.__version__}
     key = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
     if int8_path.is_file() and meta_path.is_file():
         try:

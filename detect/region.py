@@ -2,10 +2,17 @@
 ground truth, sample R-CNN mini-batches, and average the softmax of an ensemble of classifiers.
 
 Scores and labels put background at column / label 0 and class ``c`` at ``c + 1``.
+
+Crops are prepared with the input convention of the weights that score them
+(``detect.models.convention``): the image is normalised first and warped after, so the zeros that
+pad a region reaching beyond the image are that convention's mean colour. Members of an ensemble
+may expect different conventions; the crops are then warped once per distinct convention (not per
+member) and each member reads the batch of its own.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -17,6 +24,7 @@ from torchvision import ops
 from detect.boxes import flip_boxes
 from detect.data.images import SampleError, read_image
 from detect.data.records import DetectionRecord, SkippedItem
+from detect.models.convention import IMAGENET, InputConvention
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +44,14 @@ __all__ = [
 ]
 
 
-def normalize_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
+def normalize_image(image: np.ndarray, convention: InputConvention | None = None,
                     device: str | torch.device = "cpu") -> Tensor:
-    """``ndarray[H, W, 3] uint8`` RGB -> ``Tensor[3, H, W] float32`` ``(x / 255 - mean) / std`` on ``device``."""
+    """``ndarray[H, W, 3] uint8`` RGB -> ``Tensor[3, H, W] float32`` prepared with ``convention``
+    (``InputConvention.normalize``; None = ImageNet: ``(x / 255 - mean) / std``) on ``device``."""
     image = np.ascontiguousarray(image)
     if not image.flags.writeable:  # torch refuses to wrap read-only memory (PIL-backed arrays)
         image = image.copy()
-    x = torch.from_numpy(image).to(device).permute(2, 0, 1).float().div_(255.0)
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
-    return x.sub_(m).div_(s)
+    return InputConvention.from_dict(convention).normalize(torch.from_numpy(image).to(device).permute(2, 0, 1))
 
 
 def context_boxes(boxes: Tensor, size: int, context: int) -> Tensor:
@@ -62,7 +68,7 @@ def context_boxes(boxes: Tensor, size: int, context: int) -> Tensor:
 def warp_regions(image: Tensor, boxes: Tensor, size: int = 224, context: int = 16) -> Tensor:
     """R-CNN's "warp" crops of all proposals of one image in one batched call.
 
-    image: Tensor[3, H, W] float, normalised (so zero is the mean colour), on any device
+    image: Tensor[3, H, W] float, prepared with an input convention (so zero is its mean colour), on any device
     boxes: Tensor[N, 4] float, xyxy pixels of ``image``
     returns Tensor[N, 3, size, size] on the image's device and dtype.
 
@@ -70,7 +76,8 @@ def warp_regions(image: Tensor, boxes: Tensor, size: int = 224, context: int = 1
     plain bilinear sampling (no antialiasing, as R-CNN's ``imresize(..., 'antialiasing', false)``):
     output pixel ``(i, j)`` samples the image at ``x1 + (j + 0.5) * w / size`` in continuous
     coordinates (pixel ``k`` covers ``[k, k + 1)``). Samples outside the image blend with zeros (the
-    mean), as if the image were embedded in an infinite zero plane. Done with one ``grid_sample``
+    mean colour of the image's convention: BVLC's (104, 117, 123) BGR for its weights, ImageNet's mean
+    for ours), as if the image were embedded in an infinite zero plane. Done with one ``grid_sample``
     over the image expanded (not copied) to the batch: on the CPU it is vectorised and threaded,
     2.2-2.7x faster than the equivalent ``roi_align(aligned=True, sampling_ratio=1)``
     (benchmarks/README.md).
@@ -171,7 +178,8 @@ class RegionDataset(Dataset):
     """Training crops of one image per item: ``regions_per_image`` warped regions, a quarter positive.
 
     records: DetectionRecord list; proposals: ``image_id -> ndarray[N, 4]`` xyxy (e.g. ProposalStore.get;
-    a missing entry means ground truth only). Item ``i`` -> ``(crops Tensor[R, 3, S, S] float32,
+    a missing entry means ground truth only); convention: the input convention of the network trained
+    (its ``input_convention``; None = ImageNet). Item ``i`` -> ``(crops Tensor[R, 3, S, S] float32,
     labels Tensor[R] int64)``. Each draw flips the image horizontally with probability ``flip_prob``.
     Randomness comes from ``seed``, the item index and the DataLoader worker's seed (which changes
     every epoch when the loader has a seeded generator), so members with different seeds see
@@ -181,7 +189,7 @@ class RegionDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[DetectionRecord], proposals: Callable[[str], np.ndarray],
-                 mean: Sequence[float], std: Sequence[float], regions_per_image: int = 64,
+                 convention: InputConvention | None = None, regions_per_image: int = 64,
                  fg_fraction: float = 0.25, fg_iou: float = 0.5, crop_size: int = 224,
                  context: int = 16, flip_prob: float = 0.5, seed: int = 0, resample: bool = True,
                  hard_bg_fraction: float = 0.0, hard_bg_iou: float = 0.1):
@@ -190,8 +198,7 @@ class RegionDataset(Dataset):
                   (regions_per_image >= 1, "regions_per_image must be >= 1"),
                   (0 <= fg_fraction <= 1 and 0 <= hard_bg_fraction <= 1, "fg_fraction and hard_bg_fraction must be in [0, 1]"),
                   (0 < fg_iou <= 1 and 0 <= hard_bg_iou <= fg_iou, "need 0 <= hard_bg_iou <= fg_iou <= 1, fg_iou > 0"),
-                  (0 <= flip_prob <= 1, "flip_prob must be in [0, 1]"),
-                  (len(mean) == 3 and len(std) == 3 and all(s > 0 for s in std), "mean and std: 3 values, std > 0")]
+                  (0 <= flip_prob <= 1, "flip_prob must be in [0, 1]")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"region sampling settings: {message} (crop_size={crop_size}, context={context}, "
@@ -200,7 +207,7 @@ class RegionDataset(Dataset):
         self.records = list(records)
         self.hard_bg_fraction, self.hard_bg_iou = hard_bg_fraction, hard_bg_iou
         self.proposals = proposals
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.convention = InputConvention.from_dict(convention)
         self.regions_per_image = regions_per_image
         self.fg_fraction = fg_fraction
         self.fg_iou = fg_iou
@@ -256,7 +263,7 @@ class RegionDataset(Dataset):
         if rng.random() < self.flip_prob:
             image = image[:, ::-1]
             boxes = flip_boxes(boxes, width)
-        tensor = normalize_image(image, self.mean, self.std)
+        tensor = normalize_image(image, self.convention)
         if tensor.shape[1:] != (height, width):
             raise SampleError(f"{record.path}: unexpected decoded shape {tuple(tensor.shape)}")
         return warp_regions(tensor, boxes, self.crop_size, self.context), labels
@@ -335,8 +342,9 @@ class Ensemble(nn.Module):
     """Average of the members' softmax probabilities per region, optionally as a cascade.
 
     members: region classifiers mapping ``Tensor[B, 3, S, S]`` to logits ``Tensor[B, C + 1]`` in eval mode:
-    modules, or scorers of :mod:`detect.backends` (eager torch with AMP, ONNX Runtime); all members
-    share each crop batch.
+    modules, or scorers of :mod:`detect.backends` (eager torch with AMP, ONNX Runtime); each carries
+    the ``input_convention`` of its weights (ImageNet when it has none). ``conventions`` lists the
+    distinct ones (first-member order); members of one convention share each crop batch.
     cascade_threshold: None scores every region with every member; a float lets member 0 score all
     regions and the others only those whose best foreground probability under member 0 is
     ``>= cascade_threshold`` (the rest keep member 0's probabilities).
@@ -351,6 +359,8 @@ class Ensemble(nn.Module):
         modules = all(isinstance(m, nn.Module) for m in members)
         self.members = nn.ModuleList(members) if modules else list(members)
         self.cascade_threshold = cascade_threshold
+        self.member_conventions = [getattr(m, "input_convention", IMAGENET) for m in members]
+        self.conventions = list(dict.fromkeys(self.member_conventions))
 
     @staticmethod
     def _probs(member: nn.Module, x: Tensor) -> Tensor:
@@ -358,30 +368,40 @@ class Ensemble(nn.Module):
         logits = out[0] if isinstance(out, tuple) else out
         return logits.float().softmax(dim=1)
 
-    def forward(self, crops: Tensor) -> Tensor:
-        """crops: Tensor[B, 3, S, S] -> probabilities Tensor[B, C + 1] float32 (rows sum to 1)."""
-        probs = self._probs(self.members[0], crops)
+    def forward(self, crops: Tensor | Mapping[InputConvention, Tensor]) -> Tensor:
+        """crops: the same B regions as ``{convention: Tensor[B, 3, S, S]}`` for every convention in
+        ``self.conventions`` (or a bare Tensor when there is one) -> probabilities Tensor[B, C + 1]
+        float32 (rows sum to 1)."""
+        if isinstance(crops, Tensor):
+            if len(self.conventions) > 1:
+                raise ValueError(f"the members expect {len(self.conventions)} input conventions: pass one crop "
+                                 "batch per convention ({convention: crops})")
+            crops = {self.conventions[0]: crops}
+        batches = [crops[c] for c in self.member_conventions]
+        probs = self._probs(self.members[0], batches[0])
         if len(self.members) == 1:
             return probs
         if self.cascade_threshold is None:
             total = probs.clone()
-            for member in self.members[1:]:
-                total += self._probs(member, crops)
+            for member, batch in zip(self.members[1:], batches[1:]):
+                total += self._probs(member, batch)
             return total / len(self.members)
         passed = torch.where(probs[:, 1:].max(dim=1).values >= self.cascade_threshold)[0]
         if len(passed) == 0:
             return probs
         total = probs[passed].clone()
-        for member in self.members[1:]:
-            total += self._probs(member, crops[passed])
+        for member, batch in zip(self.members[1:], batches[1:]):
+            total += self._probs(member, batch[passed])
         probs = probs.clone()
         probs[passed] = total / len(self.members)
         return probs
 
     @torch.inference_mode()
-    def score_regions(self, crops: Tensor, batch_size: int = 128) -> Tensor:
-        """Eval-mode probabilities of ``crops: Tensor[N, 3, S, S]`` in batches -> ``Tensor[N, C + 1]`` float32."""
+    def score_regions(self, crops: Tensor | Mapping[InputConvention, Tensor], batch_size: int = 128) -> Tensor:
+        """Eval-mode probabilities of ``crops`` (as :meth:`forward`, N regions) in batches -> ``Tensor[N, C + 1]`` float32."""
         self.eval()
-        if len(crops) == 0:
+        crops = crops if isinstance(crops, Mapping) else {c: crops for c in self.conventions[:1]}
+        n = len(next(iter(crops.values())))
+        if n == 0:
             return torch.zeros((0, 0))
-        return torch.cat([self(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)])
+        return torch.cat([self({c: x[i:i + batch_size] for c, x in crops.items()}) for i in range(0, n, batch_size)])

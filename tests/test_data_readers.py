@@ -36,8 +36,8 @@ def tree_2014(shared_data, tmp_path) -> Path:
         xml = shared_data / "ilsvrc" / "xml" / f"{name}.xml"
         (tmp_path / "ILSVRC2013_DET_bbox_val").mkdir(exist_ok=True)
         (tmp_path / "ILSVRC2013_DET_bbox_val" / xml.name).symlink_to(xml)
-        width, height, *_ = parse_ilsvrc_xml(xml, classes)
-        _jpeg(tmp_path / "ILSVRC2013_DET_val" / f"{name}.JPEG", width, height)
+        p = parse_ilsvrc_xml(xml, classes)
+        _jpeg(tmp_path / "ILSVRC2013_DET_val" / f"{name}.JPEG", p.width, p.height)
     lists = tmp_path / "devkit" / "data" / "det_lists"
     lists.mkdir(parents=True)
     (lists / "val.txt").write_text("".join(f"{n} {v[0]}\n" for n, v in sorted(REAL.items(), key=lambda kv: kv[1][0])))
@@ -56,15 +56,15 @@ def test_real_lists_and_blacklist(shared_data):
 def test_real_xmls(shared_data):
     classes = ilsvrc_det_classes()
     for name, (_, _, count) in REAL.items():
-        width, height, boxes, labels, problems = parse_ilsvrc_xml(shared_data / "ilsvrc" / "xml" / f"{name}.xml", classes)
-        assert problems == [] and len(boxes) == len(labels) == count
-        assert boxes.dtype == np.float32 and labels.dtype == np.int64
-        assert np.all(boxes[:, 2] <= width - 1) and np.all(boxes[:, 3] <= height - 1)
-    width, height, boxes, labels, _ = parse_ilsvrc_xml(shared_data / "ilsvrc" / "xml" / "ILSVRC2012_val_00000022.xml", classes)
-    assert (width, height) == (375, 500)
-    np.testing.assert_array_equal(boxes[0], [8, 95, 155, 498])  # stored values, no conversion
-    assert labels[0] == PERSON
-    assert (boxes[:, 2] - boxes[:, 0]).min() == 12  # the small objects are there
+        p = parse_ilsvrc_xml(shared_data / "ilsvrc" / "xml" / f"{name}.xml", classes)
+        assert p.problems == () and p.error is None and len(p.boxes) == len(p.labels) == count
+        assert p.boxes.dtype == np.float32 and p.labels.dtype == np.int64
+        assert np.all(p.boxes[:, 2] <= p.width - 1) and np.all(p.boxes[:, 3] <= p.height - 1)
+    p = parse_ilsvrc_xml(shared_data / "ilsvrc" / "xml" / "ILSVRC2012_val_00000022.xml", classes)
+    assert (p.width, p.height) == (375, 500)
+    np.testing.assert_array_equal(p.boxes[0], [8, 95, 155, 498])  # stored values, no conversion
+    assert p.labels[0] == PERSON
+    assert (p.boxes[:, 2] - p.boxes[:, 0]).min() == 12  # the small objects are there
 
 
 def test_2014_layout(tree_2014):
@@ -122,21 +122,27 @@ def bad_tree(tmp_path) -> Path:
 
 
 def test_bad_input_is_counted_and_skipped(bad_tree):
-    ds = read_ilsvrc_det(bad_tree, "val")
+    with pytest.raises(FileNotFoundError, match=r"1 of 8 images not found .* as <name>\.JPEG"):
+        read_ilsvrc_det(bad_tree, "val")  # 1 in 8 missing: more than the default 10 %
+    ds = read_ilsvrc_det(bad_tree, "val", max_missing_images=0.2)
     by_name = {r.image_id: r for r in ds}
     assert sorted(by_name) == ["good", "inverted", "nosize", "outside", "unknown"]
     assert len(by_name["good"].boxes) == 2
-    for name in ("outside", "inverted", "unknown"):  # the bad object dropped, the good one kept
+    for name in ("inverted", "unknown"):  # the bad object dropped, the good one kept
         np.testing.assert_array_equal(by_name[name].boxes, [[10, 10, 50, 60]])
+    # a box reaching past the image is kept exactly as stored (the devkit scores it so), with a warning
+    np.testing.assert_array_equal(by_name["outside"].boxes, [[10, 10, 50, 60], [50, 10, 140, 60]])
     assert (by_name["nosize"].width, by_name["nosize"].height) == (64, 80)  # read from the image header
     assert by_name["outside"].index == 3
     kinds = sorted(reason.split(":")[0] for _, reason in ds.skipped.entries)
-    assert kinds == ["box outside the image", "inverted box", "missing annotation", "missing image",
-                     "unknown class", "unreadable annotation"]
+    assert kinds == ["inverted box", "missing annotation", "missing image", "unknown class", "unreadable annotation"]
     files = {Path(f).name for f, _ in ds.skipped.entries}
-    assert {"malformed.xml", "missing.xml", "outside.xml", "noimage.JPEG"} <= files
-    assert "6 annotations skipped" in ds.skipped.summary()
-    kept = read_ilsvrc_det(bad_tree, "val", missing_annotation="empty")
+    assert {"malformed.xml", "missing.xml", "inverted.xml", "noimage.JPEG"} <= files
+    assert "5 annotations skipped" in ds.skipped.summary()
+    warned = sorted((Path(f).name, r.split(":")[0]) for f, r in ds.warnings.entries)
+    assert warned == [("nosize.xml", "size repaired from the image"), ("outside.xml", "box outside the image")]
+    assert "kept with a warning" in ds.summary()
+    kept = read_ilsvrc_det(bad_tree, "val", missing_annotation="empty", max_missing_images=0.2)
     missing = [r for r in kept if r.image_id == "missing"][0]
     assert len(missing.boxes) == 0 and (missing.width, missing.height) == (100, 80)
 
@@ -162,7 +168,7 @@ def test_2015_train_list_with_subfolders_and_own_classes(tmp_path):
     (tmp_path / "classes.tsv").write_text("index\twnid\tname\n1\tn99000000\ta\n2\tn99000001\tb\n")
     ds = read_ilsvrc_det(tmp_path, "train")
     assert len(ds) == 1 and ds.classes.names == ("a", "b") and ds[0].labels.tolist() == [1]
-    with pytest.raises(FileNotFoundError, match="layout"):
+    with pytest.raises(FileNotFoundError, match="nothing: dataset folder not found"):
         read_ilsvrc_det(tmp_path / "nothing", "val")
 
 
@@ -194,7 +200,7 @@ def test_coco_degenerate_and_unknown(tmp_path):
                             {"id": 4, "image_id": 5, "category_id": 4, "bbox": [1, 2, 3, 4], "iscrowd": 0}]}
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(data))
-    ds = read_coco(path, tmp_path)
+    ds = read_coco(path, tmp_path, check_images=False)
     assert ds.classes == ClassList(("3", "7"), ("dog", "cat"))
     assert [r.image_id for r in ds] == ["2", "5"] and len(ds[0].boxes) == 0
     np.testing.assert_array_equal(ds[1].boxes, [[1, 2, 4, 6]])
@@ -222,15 +228,19 @@ def test_voc_tiny_tree(tmp_path):
     (root / "Annotations" / "000002.xml").write_text(VOC_XML.format(
         name="000002", objects=_voc_obj("unicorn", (1, 1, 5, 5)) + _voc_obj("cat", (3, 3, 60, 9))))
     (root / "Annotations" / "000003.xml").write_text("not xml")
+    _jpeg(root / "JPEGImages" / "000001.jpg", 50, 40)
+    _jpeg(root / "JPEGImages" / "000002.JPG", 50, 40)  # found whatever the extension's case
+    _jpeg(root / "JPEGImages" / "000003.jpeg", 50, 40)
     ds = read_voc(root, "test")
     assert len(ds.classes) == 20 and ds.classes.names[0] == "aeroplane" and ds.classes.names[-1] == "tvmonitor"
     assert [r.image_id for r in ds] == ["000001", "000002"] and ds[0].path == root / "JPEGImages" / "000001.jpg"
+    assert ds[1].path == root / "JPEGImages" / "000002.JPG"
     np.testing.assert_array_equal(ds[0].boxes, [[0, 0, 49, 39], [9, 4, 19, 29]])  # 1-based -> 0-based
     assert ds[0].labels.tolist() == [ds.classes.index("dog"), ds.classes.index("person")]
     assert ds[0].ignore.tolist() == [False, True]
-    assert len(ds[1].boxes) == 0
-    assert sorted(r.split(":")[0] for _, r in ds.skipped.entries) == [
-        "box outside the image", "unknown class", "unreadable annotation"]
+    np.testing.assert_array_equal(ds[1].boxes, [[2, 2, 59, 8]])  # outside the 50 x 40 image: kept as stored
+    assert sorted(r.split(":")[0] for _, r in ds.skipped.entries) == ["unknown class", "unreadable annotation"]
+    assert [r.split(":")[0] for _, r in ds.warnings.entries] == ["box outside the image"]
     assert read_voc(root, "test", use_difficult=False)[0].labels.tolist() == [ds.classes.index("dog")]
 
 
@@ -263,16 +273,19 @@ def _compose(overrides):
 def test_data_configs_instantiate(shared_data, tree_2014, tmp_path):
     from hydra.utils import instantiate
 
-    coco = _compose(["data=coco", f"data.root={shared_data / 'coco128'}", "data.val_name=train2017"])
+    work = f"work_dir={tmp_path / 'work'}"
+    coco = _compose(["data=coco", f"data.root={shared_data / 'coco128'}", "data.val_name=train2017", work])
     assert len(instantiate(coco.data.train)) == 128 and len(instantiate(coco.data.val)) == 128
 
     val2 = tmp_path / "val2.txt"
     val2.write_text("".join(f"{n} {v[1]}\n" for n, v in REAL.items()))
     blacklist = shared_data / "ilsvrc" / "ILSVRC2014_det_validation_blacklist.txt"
     old = _compose(["data=ilsvrc2014", f"data.root={tree_2014}", f"data.val2_list={val2}", f"data.blacklist={blacklist}",
-                    "data.train.image_list=null"])
-    assert [r.index for r in instantiate(old.data.val)] == [v[1] for v in REAL.values()]
-    assert len(instantiate(old.data.train)) == 5  # the devkit's val list
+                    "experiment=ilsvrc14", "data.train.image_list=null", work])
+    assert [r.index for r in instantiate(old.data.val)] == [v[1] for v in REAL.values()]  # the recipe's val2
+    assert len(instantiate(old.data.train)) == 5  # the devkit's val list (the recipe trains on split val)
+    plain = _compose(["data=ilsvrc2014", f"data.root={tree_2014}", work])
+    assert [r.index for r in instantiate(plain.data.val)] == sorted(v[0] for v in REAL.values())  # official val
 
     new_root = tmp_path / "ilsvrc2015"
     (new_root / "Data" / "DET").mkdir(parents=True)
@@ -281,9 +294,10 @@ def test_data_configs_instantiate(shared_data, tree_2014, tmp_path):
     (new_root / "Annotations" / "DET" / "val").symlink_to(tree_2014 / "ILSVRC2013_DET_bbox_val")
     (new_root / "ImageSets" / "DET").mkdir(parents=True)
     shutil.copy(tree_2014 / "devkit" / "data" / "det_lists" / "val.txt", new_root / "ImageSets" / "DET" / "val.txt")
-    new = _compose(["data=ilsvrc", f"data.root={new_root}", "data.val.image_list=null"])
+    new = _compose(["data=ilsvrc", f"data.root={new_root}", work])
     ds = instantiate(new.data.val)
     assert len(ds) == 5 and ds[0].index == 6
+    assert list((tmp_path / "work" / "cache").glob("ilsvrc_2015_val_*.npz"))  # parsed XML cached in the work dir
 
     with pytest.raises(Exception, match="root"):
         instantiate(_compose(["data=voc"]).data.val)  # root: ??? must be given

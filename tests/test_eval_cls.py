@@ -15,10 +15,11 @@ from detect.data.synthetic import make_classification_set
 from detect.data.transforms import TestTransform, crops_144, five_crops
 from detect.engine import collect_probabilities, topk_accuracy
 from detect.io import atomic_torch_save
+from detect.models.convention import RGB01
 from detect.models.googlenet import GoogLeNet
 
 REPO = Path(__file__).resolve().parents[1]
-PLAIN = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+PLAIN = {"convention": RGB01}
 
 
 def _coords(h, w):

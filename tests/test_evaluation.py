@@ -325,6 +325,62 @@ def test_coco_equals_pycocotools_random(seed):
     assert ours == pytest.approx(coco_ap50_pycocotools(ds, dets), abs=1e-9)
 
 
+def degenerate(dets: Detections, seed: int) -> tuple[Detections, np.ndarray]:
+    """The detections with a third of the boxes made degenerate, as a user's detector may write them:
+    inverted by several pixels, inverted by less than one pixel, zero width or height, and off the
+    image (negative or beyond it). Returns (detections, which rows were changed)."""
+    rng = np.random.default_rng(seed)
+    b = dets.boxes.astype(np.float64).copy()
+    kind = np.where(rng.random(len(b)) < 0.35, rng.integers(0, 6, len(b)), -1)
+    b[kind == 0] = b[kind == 0][:, [2, 3, 0, 1]]                       # both sides inverted
+    b[kind == 1, 2] = b[kind == 1, 0] - rng.uniform(1.5, 30, int((kind == 1).sum()))   # x2 < x1 by pixels
+    b[kind == 2, 3] = b[kind == 2, 1] - 0.5                            # y2 < y1 by half a pixel (+1 rule: overlaps)
+    b[kind == 3, 2] = b[kind == 3, 0]                                  # zero width
+    b[kind == 4] -= 350                                                # wholly off the image (negative)
+    b[kind == 5, 2:] += 400                                            # reaching far past the border
+    return Detections(dets.image_index, dets.labels, dets.scores, b), kind >= 0
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_degenerate_detections_scored_as_the_devkits(seed):
+    """Inverted, zero-area and off-image boxes (the user's output) against the plain transcriptions of
+    eval_detection.m (ILSVRC), VOCevaldet.m (VOC, VOC07) and pycocotools (COCO)."""
+    ds, dets = random_world(300 + seed, ignore_rate=0.1 if seed % 3 == 2 else 0.0)
+    dets, changed = degenerate(dets, seed)
+    assert changed.any() and ((dets.boxes[:, 2] < dets.boxes[:, 0]) | (dets.boxes[:, 3] < dets.boxes[:, 1])).any()
+    ilsvrc = evaluate(ds, dets, rules="ilsvrc").ap
+    np.testing.assert_allclose(ilsvrc, devkit_reference(ds, dets), atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(evaluate(ds, dets, rules="voc").ap, voc_reference(ds, dets), atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(evaluate(ds, dets, rules="voc07").ap, voc_reference(ds, dets, eleven=True),
+                               atol=1e-9, equal_nan=True)
+    coco_ds = DetectionDataset(ds.records, ds.classes, ds.name)  # COCO has no blacklist
+    assert evaluate(coco_ds, dets, rules="coco").mean_ap == pytest.approx(coco_ap50_pycocotools(coco_ds, dets), abs=1e-9)
+    if seed == 0:  # guard: dropping the degenerate rows (what the reader used to do) changes the result
+        kept = dets.select(~changed)
+        assert not np.allclose(evaluate(ds, kept, rules="ilsvrc").ap, ilsvrc, equal_nan=True)
+
+
+def test_degenerate_box_cases_by_hand():
+    ds = make_dataset([[(0, 10, 10, 19, 19), (0, 100, 100, 199, 199)]])
+    # y2 < y1 by half a pixel: width 10, height 0.5 under the +1 rule; IoU 5/100 = 0.05 < 0.25: a miss
+    r = evaluate(ds, dets_of([(1, 0, 0.9, 10, 10, 19, 9.5)]), rules="ilsvrc")
+    assert r.precision[0].tolist() == [0.0]
+    # inverted by a pixel or more: overlaps nothing, a false positive ranked first, halving the AP
+    rows = [(1, 0, 0.95, 199, 199, 100, 100), (1, 0, 0.9, 100, 100, 199, 199), (1, 0, 0.8, 10, 10, 19, 19)]
+    for rules in ("ilsvrc", "voc"):
+        assert evaluate(ds, dets_of(rows), rules=rules).precision[0].tolist() == pytest.approx([0, 0.5, 2 / 3])
+    # COCO: one negative side -> negative area -> ignored when unmatched (as COCOeval); zero area -> a miss
+    coco = evaluate(ds, dets_of([(1, 0, 0.95, 150, 100, 100, 199)] + rows[1:]), rules="coco")
+    assert coco.precision[0].tolist() == pytest.approx([1.0, 1.0]) and coco.ap[0] == pytest.approx(1.0)
+    assert coco_ap50_pycocotools(ds, dets_of([(1, 0, 0.95, 150, 100, 100, 199)] + rows[1:])) == pytest.approx(1.0)
+    zero = dets_of([(1, 0, 0.95, 150, 150, 150, 199)] + rows[1:])
+    assert evaluate(ds, zero, rules="coco").precision[0].tolist() == pytest.approx([0, 0.5, 2 / 3])
+    assert coco_ap50_pycocotools(ds, zero) == pytest.approx(evaluate(ds, zero, rules="coco").ap[0])
+    both = dets_of([(1, 0, 0.95, 199, 199, 100, 100)] + rows[1:])  # two negative sides: positive area, a miss
+    assert evaluate(ds, both, rules="coco").ap[0] == pytest.approx(coco_ap50_pycocotools(ds, both))
+    assert evaluate(ds, both, rules="coco").ap[0] < 0.9
+
+
 def test_coco_max_dets_per_image_and_class():
     ds = make_dataset([[(0, 0, 0, 99, 99)]])
     rows = [(1, 0, 0.9 - 0.001 * k, 300, 300, 350, 350) for k in range(5)] + [(1, 0, 0.1, 0, 0, 99, 99)]
@@ -425,7 +481,7 @@ def test_eval_map_tool_on_tiny_ilsvrc(tmp_path, repo_root):
     tool = _load_tool(repo_root)
     common = [f"data.root={tmp_path / 'data'}", f"detections={tmp_path / 'det.txt'}", f"work_dir={tmp_path / 'work'}"]
     report = tool.run(_compose(repo_root, common))
-    assert report["rules"] == "ilsvrc" and report["skipped_lines"] == 1
+    assert report["rules"] == "ilsvrc" and report["skipped_lines"] == 1 and report["skipped_annotations"] == 0
     assert [c["ap"] for c in report["classes"]] == pytest.approx([1.0, 0.5])
     assert report["mean_ap"] == pytest.approx(0.75)
     out = tmp_path / "work" / "eval"
@@ -436,14 +492,22 @@ def test_eval_map_tool_on_tiny_ilsvrc(tmp_path, repo_root):
 
 
 def test_eval_map_tool_unknown_images(tmp_path, repo_root):
+    """A line naming an image that is not in the split is reported with file:line and skipped, like a
+    malformed one; the rest is scored. A file where nothing is left stops with the cause."""
     make_tiny_ilsvrc(tmp_path / "data")
     (tmp_path / "det.txt").write_text(TINY_SUBMISSION + "9 1 0.99 0 0 10 10\n")
     tool = _load_tool(repo_root)
-    common = [f"data.root={tmp_path / 'data'}", f"detections={tmp_path / 'det.txt'}", f"out_dir={tmp_path / 'out'}"]
-    with pytest.raises(ValueError, match="not in dataset"):
-        tool.run(_compose(repo_root, common))
-    report = tool.run(_compose(repo_root, common + ["evaluate.unknown_images=ignore"]))
-    assert report["num_unknown_detections"] == 1 and report["mean_ap"] == pytest.approx(0.75)
+    common = [f"data.root={tmp_path / 'data'}", f"detections={tmp_path / 'det.txt'}", f"out_dir={tmp_path / 'out'}",
+              f"work_dir={tmp_path / 'work'}"]
+    report = tool.run(_compose(repo_root, common))
+    assert report["skipped_lines"] == 2 and report["mean_ap"] == pytest.approx(0.75)
+    (tmp_path / "other.txt").write_text("9 1 0.99 0 0 10 10\n12 2 0.5 0 0 10 10\n")
+    with pytest.raises(ValueError, match=r"other.txt: no detections to evaluate on ilsvrc_val \(3 images\); every one "
+                                         r"was skipped: 2 detection lines skipped:\n +2 +unknown image"):
+        tool.run(_compose(repo_root, common + [f"detections={tmp_path / 'other.txt'}"]))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="the file is empty"):
+        tool.run(_compose(repo_root, common + [f"detections={tmp_path / 'empty.txt'}"]))
 
 
 def test_eval_map_tool_coco128_beside_pycocotools(tmp_path, repo_root, coco128, shared_data):
@@ -453,7 +517,7 @@ def test_eval_map_tool_coco128_beside_pycocotools(tmp_path, repo_root, coco128, 
     tool = _load_tool(repo_root)
     report = tool.run(_compose(repo_root, ["data=coco", f"data.root={shared_data / 'coco128'}", "data.val_name=train2017",
                                            f"detections={tmp_path / 'det.json'}", f"out_dir={tmp_path / 'out'}",
-                                           "curves_in_json=false"]))
+                                           "curves_in_json=false", f"work_dir={tmp_path / 'work'}"]))
     assert report["rules"] == "coco" and "precision" not in report["classes"][0]
     assert report["mean_ap"] == pytest.approx(report["ap50_pycocotools"], abs=1e-6)
 
@@ -469,7 +533,8 @@ def test_real_ilsvrc_annotations_small_objects_and_blacklist(shared_data):
     val_index = dict(line.split() for line in (root / "val.txt").read_text().splitlines())
     records, parts = [], []
     for xml in sorted((root / "xml").glob("*.xml")):
-        w, h, boxes, labels, _ = ilsvrc.parse_ilsvrc_xml(xml, classes)
+        p = ilsvrc.parse_ilsvrc_xml(xml, classes)
+        w, h, boxes, labels = p.width, p.height, p.boxes, p.labels
         index = int(val_index[xml.stem])
         records.append(DetectionRecord(xml.stem, xml, w, h, boxes, labels, np.zeros(len(labels), bool), index))
         dets = boxes.astype(np.float64).copy()

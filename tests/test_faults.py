@@ -280,6 +280,7 @@ from detect.data.records import DetectionRecord, SkipLog  # noqa: E402
 from detect.distributed import DistributedContext  # noqa: E402
 from detect.engine import CheckpointMismatch, fit, run_fingerprint  # noqa: E402
 from detect.region import RegionDataset, RegionLoss, collate_regions  # noqa: E402
+from detect.models.convention import InputConvention  # noqa: E402
 
 
 def _region_records(tmp_path: Path, n: int = 4, readable: bool = True) -> list:
@@ -300,7 +301,7 @@ def _region_records(tmp_path: Path, n: int = 4, readable: bool = True) -> list:
 def test_a_settings_error_is_raised_when_the_dataset_is_built_not_skipped_per_item(tmp_path):
     """context >= crop_size / 2 once turned every item into a skipped one and trained nothing."""
     with pytest.raises(ValueError, match="context must be"):
-        RegionDataset(_region_records(tmp_path), {}.__getitem__, (0.5,) * 3, (0.25,) * 3, crop_size=16, context=8)
+        RegionDataset(_region_records(tmp_path), {}.__getitem__, InputConvention(mean=(0.5,) * 3, std=(0.25,) * 3), crop_size=16, context=8)
     from proposals.multibox.data import MultiBoxDataset
     from detect.data.records import DetectionDataset
 
@@ -309,7 +310,7 @@ def test_a_settings_error_is_raised_when_the_dataset_is_built_not_skipped_per_it
 
 
 def _tiny_region_fit(tmp_path, records, ckpt, **kwargs):
-    ds = RegionDataset(records, {}.__getitem__, (0.5,) * 3, (0.25,) * 3, regions_per_image=4, crop_size=64, context=4)
+    ds = RegionDataset(records, {}.__getitem__, InputConvention(mean=(0.5,) * 3, std=(0.25,) * 3), regions_per_image=4, crop_size=64, context=4)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_regions, num_workers=kwargs.pop("workers", 0))
     torch.manual_seed(0)
     model = GoogLeNet(num_classes=3, width=0.125, aux_logits=False, lrn=False, dropout=0.0)

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, make_scorer, resolve_precision
 from detect.data.images import read_image
+from detect.models.convention import BVLC, IMAGENET
 from detect.models.googlenet import GoogLeNet, LocalResponseNorm
 from detect.quantize import (Int8Recipe, QuantizationError, cached_int8_export, cpu_has_int8_dot, fold_lrns,
-                             lrn_effects)
+                             lrn_effects, to_pixels)
 
 CROP = 32
 CLASSES = 4  # background + 3
@@ -212,11 +213,13 @@ def world(tmp_path_factory):
     return records, proposals
 
 
-def test_calibration_crops_are_the_detectors_crops(world, tmp_path, caplog):
+@pytest.mark.parametrize("convention", [IMAGENET, BVLC], ids=["imagenet", "bvlc"])
+def test_calibration_crops_are_the_detectors_crops(world, tmp_path, caplog, convention):
+    """Crops drawn in a convention are uint8 RGB; prepared in it again they are the crops the detector
+    scores for a member of that convention, to within the uint8 rounding."""
     import dataclasses
 
-    from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD
-    from detect.quantize import crops_to_inputs, draw_calibration_crops
+    from detect.quantize import crops_to_inputs, draw_calibration_crops, to_pixels
     from detect.region import normalize_image, warp_regions
 
     records, proposals = world
@@ -224,20 +227,31 @@ def test_calibration_crops_are_the_detectors_crops(world, tmp_path, caplog):
     broken = dataclasses.replace(records[0], path=tmp_path / "broken.jpg", image_id="broken")
     with caplog.at_level(logging.WARNING):
         crops = draw_calibration_crops([*records, broken], proposals.__getitem__, len(records), CROP, 2,
-                                       IMAGENET_MEAN, IMAGENET_STD, seed=0)
+                                       convention, seed=0)
     assert crops.dtype == np.uint8 and crops.shape == (len(records), 3, CROP, CROP)
-    inputs = torch.from_numpy(crops_to_inputs(crops, IMAGENET_MEAN, IMAGENET_STD))
-    reference = torch.cat([warp_regions(normalize_image(read_image(r.path), IMAGENET_MEAN, IMAGENET_STD),
-                                        torch.from_numpy(proposals[r.image_id]), CROP, 2) for r in records])
-    # every drawn crop is one image's proposal, warped as the detector warps it (to within the uint8 rounding)
+    inputs = torch.from_numpy(crops_to_inputs(crops, convention))
+
+    def warps(c):
+        return torch.cat([warp_regions(normalize_image(read_image(r.path), c),
+                                       torch.from_numpy(proposals[r.image_id]), CROP, 2) for r in records])
+
+    reference = warps(convention)
+    # half a grey level in the convention's units
+    step = 0.5 / 255 * convention.scale / min(convention.std) * 1.001 + 1e-4
     dist = (inputs[:, None] - reference[None]).abs().flatten(2).max(dim=2).values
-    assert (dist.min(dim=1).values <= 0.5 / 255 / min(IMAGENET_STD) + 1e-4).all()
+    assert (dist.min(dim=1).values <= step).all()
     assert len(set(dist.argmin(dim=1).tolist())) == len(records)  # each image once
-    again = draw_calibration_crops(records, proposals.__getitem__, 4, CROP, 2, IMAGENET_MEAN, IMAGENET_STD, seed=0)
+    # RGB pixels whatever the convention (the padding beyond the border: the mean colour, within a grey level)
+    assert (to_pixels(reference, convention).int() - to_pixels(warps(IMAGENET), IMAGENET).int()).abs().max() <= 1
+    other = BVLC if convention == IMAGENET else IMAGENET  # the other member's inputs from the same crops
+    mismatch = (torch.from_numpy(crops_to_inputs(crops, other))[:, None] - warps(other)[None]).abs().flatten(2)
+    other_step = 1.5 / 255 * other.scale / min(other.std) + 1e-4  # rounding + under a grey level of mean colour
+    assert (mismatch.max(dim=2).values.min(dim=1).values <= other_step).all()
+    again = draw_calibration_crops(records, proposals.__getitem__, 4, CROP, 2, convention, seed=0)
     assert np.array_equal(again, draw_calibration_crops(records, proposals.__getitem__, 4, CROP, 2,
-                                                        IMAGENET_MEAN, IMAGENET_STD, seed=0))  # seeded
+                                                        convention, seed=0))  # seeded
     with pytest.raises(ValueError, match="none could be drawn"):
-        draw_calibration_crops([broken], proposals.__getitem__, 4, CROP, 2, IMAGENET_MEAN, IMAGENET_STD)
+        draw_calibration_crops([broken], proposals.__getitem__, 4, CROP, 2, convention)
 
 
 def test_detector_file_carries_calibration_and_loads_int8(trained, world, tmp_path, caplog, monkeypatch):
@@ -248,7 +262,7 @@ def test_detector_file_carries_calibration_and_loads_int8(trained, world, tmp_pa
 
     records, proposals = world
     settings = DetectorSettings(crop_size=CROP, context=2, score_threshold=0.0, max_per_image=5)
-    crops = draw_calibration_crops(records, proposals.__getitem__, 6, CROP, 2, settings.mean, settings.std)
+    crops = draw_calibration_crops(records, proposals.__getitem__, 6, CROP, 2)
     member = [{"model_kwargs": trained.model_kwargs, "model_state": trained.state_dict()}]
     classes = ClassList.from_names(["a", "b", "c"])
     path = tmp_path / "detector.pt"
@@ -283,6 +297,66 @@ def test_detector_file_carries_calibration_and_loads_int8(trained, world, tmp_pa
     torch.save(raw, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt: calibration recipe"):
         Detector.from_checkpoint(tmp_path / "bad.pt")
+
+
+def _as_bvlc(model: GoogLeNet) -> GoogLeNet:
+    """``model`` rewritten to take BVLC inputs (BGR 0..255 minus mean): conv1's weights scaled and their
+    channels reversed, the mean difference moved into conv1's BatchNorm (exact away from the border)."""
+    out = _net().eval()
+    out.load_state_dict(model.state_dict())
+    out.set_input_convention(BVLC)
+    m_in, s_in = torch.tensor(IMAGENET.mean), torch.tensor(IMAGENET.std)
+    m_b = torch.tensor(BVLC.mean).flip(0)  # in RGB order
+    with torch.no_grad():
+        w = model.conv1.conv.weight
+        out.conv1.conv.weight.copy_((w / (255.0 * s_in).view(1, 3, 1, 1)).flip(1))
+        shift = (w * ((m_b / 255.0 - m_in) / s_in).view(1, 3, 1, 1)).sum((1, 2, 3))
+        out.conv1.bn.running_mean.sub_(shift)
+    return out
+
+
+def test_int8_members_calibrate_in_their_own_convention(trained, world, tmp_path):
+    """A detector mixing an ImageNet member and a BVLC one: each int8 model is calibrated on the stored
+    RGB crops prepared in its member's convention, and each scores near its fp32 model."""
+    from detect.classes import ClassList
+    from detect.pipeline import Detector, DetectorSettings, bundle_detector
+    from detect.quantize import calibration_digest, crops_to_inputs, draw_calibration_crops
+
+    records, proposals = world
+    bvlc = _as_bvlc(trained)
+    x, _ = _images(64, seed=30_000)  # ImageNet-prepared crops of pixels within 0..255
+    x = x.clamp(-2.0, 2.0)
+    pixels = to_pixels(x, IMAGENET)
+    with torch.inference_mode():
+        same = trained(IMAGENET.normalize(pixels)).softmax(1) - bvlc(BVLC.normalize(pixels)).softmax(1)
+    assert same.abs().max().item() < 0.02  # the rewrite is the same classifier
+
+    settings = DetectorSettings(crop_size=CROP, context=2, score_threshold=0.0, max_per_image=5)
+    crops = draw_calibration_crops(records, proposals.__getitem__, 8, CROP, 2)
+    members = [{"model_kwargs": m.model_kwargs, "model_state": m.state_dict()} for m in (trained, bvlc)]
+    path = tmp_path / "detector.pt"
+    bundle_detector(members, ClassList.from_names(["a", "b", "c"]), settings, path, calibration={"crops": crops})
+    int8 = Detector.from_checkpoint(path, precision="int8")
+    assert [m.input_convention for m in int8.ensemble.members] == [IMAGENET, BVLC]
+    for k, convention in enumerate((IMAGENET, BVLC)):
+        meta = json.loads((tmp_path / "detector.pt.onnx" / f"member{k}.int8.json").read_text())
+        assert meta["input_convention"] == convention.to_dict()
+        assert meta["calibration"] == calibration_digest(crops_to_inputs(crops, convention))
+    diffs = []
+    for k, (member, convention) in enumerate(zip((trained, bvlc), (IMAGENET, BVLC))):
+        inputs = convention.normalize(pixels)
+        with torch.inference_mode():
+            diffs.append((int8.ensemble.members[k](inputs).softmax(1) - member(inputs).softmax(1)).abs())
+    # measured: |dp| mean 0.0032 / 0.0034, max 0.035 / 0.053
+    assert all(d.mean().item() < 0.01 and d.max().item() < 0.15 for d in diffs)
+    # mutation guard: the BVLC member calibrated on ImageNet-prepared inputs (the convention ignored) is far off
+    fp32_key = json.loads((tmp_path / "detector.pt.onnx" / "member1.json").read_text())["key"]
+    wrong = OnnxScorer(cached_int8_export(bvlc, tmp_path / "detector.pt.onnx" / "member1.onnx", fp32_key,
+                                          crops_to_inputs(crops, IMAGENET)))
+    inputs = BVLC.normalize(pixels)
+    with torch.inference_mode():
+        bad = (wrong(inputs).softmax(1) - bvlc(inputs).softmax(1)).abs().mean().item()  # measured 0.30
+    assert bad > 5 * diffs[1].mean().item()
 
 
 def test_multibox_int8_from_embedded_calibration_images(world, tmp_path):

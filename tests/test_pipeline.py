@@ -8,6 +8,7 @@ from torchvision import ops
 
 from detect.classes import ClassList
 from detect.io import load_checkpoint
+from detect.models.convention import BVLC
 from detect.models.googlenet import GoogLeNet
 from detect.pipeline import DETECTOR_FORMAT, Detector, DetectorSettings, bundle_detector, per_class_nms
 from detect.region import Ensemble
@@ -149,9 +150,11 @@ def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
         stores[split] = tmp_path / f"{split}.npz"
         ProposalStore.from_lists([r.image_id for r in ds.records], boxes).save(stores[split])
     common = [f"work_dir={tmp_path / 'work'}", f"data.root={root}", "~data.generate", "device=cpu", "num_workers=0"]
-    # a "train_cls" checkpoint of another class count: the member takes its architecture and trunk weights
+    # a "train_cls" checkpoint of another class count: the member takes its architecture and trunk weights,
+    # and the input convention of those weights (here BVLC's, as for a network started from BVLC GoogLeNet)
     torch.manual_seed(0)
     pretrained = GoogLeNet(num_classes=5, width=0.125, batch_norm=True, lrn=False)
+    pretrained.set_input_convention(BVLC)
     torch.save({"model_kwargs": pretrained.model_kwargs, "model_state": pretrained.state_dict()}, tmp_path / "cls.pt")
     run = _run_tool(repo_root, tmp_path, "train_region.py", *common, f"init={tmp_path / 'cls.pt'}", "crop_size=64", "context=4", "epochs=1", "max_steps_per_epoch=2", "images_per_batch=2",
               "regions_per_image=8", f"proposals_store={stores['train']}", "member=0",
@@ -159,11 +162,15 @@ def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
     member = load_checkpoint(tmp_path / "work" / "region" / "member0" / "checkpoint.pt")
     assert member["model_kwargs"]["num_classes"] == 4 and member["step"] == 0 and member["epoch"] == 1
     assert member["model_kwargs"]["width"] == 0.125 and member["model_kwargs"]["batch_norm"] is True
+    assert member["model_kwargs"]["input_convention"] == BVLC.to_dict()
     assert "val_fg_acc" in run.stdout + run.stderr  # held-out region accuracy logged after the epoch
     _run_tool(repo_root, tmp_path, "train_region.py", *common, "step=bundle", "members=1", "crop_size=64",
               "context=4", "detector.score_threshold=0.0", "detector.max_per_image=7", "proposals=opencv_fast")
     bundle = load_checkpoint(tmp_path / "work" / "detector.pt")
     assert bundle["settings"]["crop_size"] == 64 and bundle["proposer"]["params"]["mode"] == "opencv_fast"
+    assert bundle["members"][0]["model_kwargs"]["input_convention"] == BVLC.to_dict()
+    assert Detector.from_checkpoint(tmp_path / "work" / "detector.pt", backend="torch",
+                                    stored_proposer=False).ensemble.conventions == [BVLC]
     assert bundle["classes"]["names"] == list(read_ilsvrc_det(root, "val", classes=root / "classes.tsv").classes.names)
 
     run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *common, "split=val",

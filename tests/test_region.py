@@ -8,8 +8,11 @@ from PIL import Image
 from torch import nn
 
 from detect.data.records import DetectionRecord, SkippedItem
+from detect.models.convention import InputConvention
 from detect.region import (Ensemble, RegionDataset, RegionLoss, evaluate_regions, add_ground_truth, assign_region_labels,
                            collate_regions, context_boxes, normalize_image, sample_regions, warp_regions)
+
+HALF = InputConvention(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # RGB 0..1 -> (x - 0.5) / 0.25
 
 
 def _bilinear_zero_padded(img: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -78,7 +81,7 @@ def test_warp_empty_and_bad_input():
 
 def test_normalize_image():
     image = np.full((2, 3, 3), 255, np.uint8)
-    x = normalize_image(image, (0.5, 0.5, 0.0), (0.5, 0.25, 1.0))
+    x = normalize_image(image, InputConvention(mean=(0.5, 0.5, 0.0), std=(0.5, 0.25, 1.0)))
     assert x.shape == (3, 2, 3) and x.dtype == torch.float32
     assert torch.allclose(x[0], torch.full((2, 3), 1.0)) and torch.allclose(x[1], torch.full((2, 3), 2.0))
 
@@ -134,16 +137,16 @@ def _record(tmp_path, name, size=(40, 60)):
 def test_region_dataset_items_and_flip(tmp_path):
     records = [_record(tmp_path, "a"), _record(tmp_path, "b")]
     props = {"a": np.array([[5, 5, 30, 29], [40, 0, 60, 40], [0, 0, 10, 10]], np.float32)}
-    ds = RegionDataset(records, props.__getitem__, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+    ds = RegionDataset(records, props.__getitem__, HALF,
                        regions_per_image=8, fg_fraction=0.25, crop_size=16, context=2, flip_prob=0.0, seed=3)
     crops, labels, _, _ = collate_regions([ds[0], ds[1]])
     assert crops.shape == (16, 3, 16, 16) and labels.shape == (16,)
     assert (labels[:8] == 3).sum() == 2 and (labels[:8] == 0).sum() == 6
     assert (labels[8:] == 3).all()  # "b" has no proposals: ground truth only
     # a horizontal flip of the image and boxes gives the mirrored crop of the same region
-    ds_flip = RegionDataset(records[1:], {}.__getitem__, (0.5,) * 3, (0.25,) * 3, regions_per_image=1,
+    ds_flip = RegionDataset(records[1:], {}.__getitem__, HALF, regions_per_image=1,
                             crop_size=16, context=2, flip_prob=1.0)
-    ds_plain = RegionDataset(records[1:], {}.__getitem__, (0.5,) * 3, (0.25,) * 3, regions_per_image=1,
+    ds_plain = RegionDataset(records[1:], {}.__getitem__, HALF, regions_per_image=1,
                              crop_size=16, context=2, flip_prob=0.0)
     torch.testing.assert_close(ds_flip[0][0], ds_plain[0][0].flip(-1), atol=1e-4, rtol=0)
 
@@ -152,7 +155,7 @@ def test_region_dataset_reports_bad_image(tmp_path):
     rec = _record(tmp_path, "a")
     rec.path.write_bytes(b"not an image")
     good = _record(tmp_path, "b")
-    ds = RegionDataset([rec, good], {}.__getitem__, (0.5,) * 3, (0.25,) * 3, regions_per_image=4,
+    ds = RegionDataset([rec, good], {}.__getitem__, HALF, regions_per_image=4,
                        crop_size=16, context=2)
     assert isinstance(ds[0], SkippedItem) and ds[0].file == str(rec.path) and "image" in ds[0].reason
     crops, labels, dropped, skipped = collate_regions([ds[0], ds[1]])
@@ -213,7 +216,7 @@ def test_region_dataset_draws_differ_by_seed_and_call(tmp_path):
     props = {"a": np.random.default_rng(0).uniform(0, 30, (200, 2)).repeat(2, 1).astype(np.float32)
              + np.array([0, 0, 10, 10], np.float32)}
     def make(seed):
-        return RegionDataset(records, props.__getitem__, (0.5,) * 3, (0.25,) * 3, regions_per_image=16,
+        return RegionDataset(records, props.__getitem__, HALF, regions_per_image=16,
                              crop_size=8, context=1, flip_prob=0.0, seed=seed)
     a, b = make(0), make(1)
     first, again = a[0][0], a[0][0]

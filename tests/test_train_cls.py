@@ -20,6 +20,7 @@ from detect.data.transforms import INTERPOLATIONS, TrainTransform, to_float_tens
 from detect.distributed import DistributedContext
 from detect.engine import ClassificationLoss, fit
 from detect.io import load_checkpoint
+from detect.models.convention import BVLC, RGB01
 from detect.models.googlenet import GoogLeNet, load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def test_flip_is_a_mirror():
     image = np.zeros((10, 10, 3), np.uint8)
     image[:, :5] = 255  # left half white
     t = TrainTransform(crop_size=10, scale=(1, 1), ratio=(1, 1), brightness=0, contrast=0, saturation=0, flip_prob=1.0,
-                       interpolations=("nearest",), mean=(0, 0, 0), std=(1, 1, 1))
+                       interpolations=("nearest",), convention=RGB01)
     out = t(image)
     assert torch.equal(out, to_float_tensor(image).flip(-1))
 
@@ -160,17 +161,27 @@ def _run_tool(args, tmp_path, torchrun=False, timeout=300):
 
 
 def test_train_cls_tool_end_to_end_and_resume(tmp_path):
-    r = _run_tool(["epochs=2", "max_steps_per_epoch=2"], tmp_path)
+    # init: weights expecting BVLC's input (BGR 0..255 minus mean), as after init=bvlc_googlenet.caffemodel
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        init = instantiate(compose("train_cls", overrides=TINY).model, num_classes=5)
+    init.set_input_convention(BVLC)
+    torch.save({"model_kwargs": init.model_kwargs, "model_state": init.state_dict()}, tmp_path / "init.pt")
+    r = _run_tool(["epochs=2", "max_steps_per_epoch=2", f"init={tmp_path / 'init.pt'}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "held-out top-1" in r.stdout and "(16 images" in r.stdout
     ck = load_checkpoint(tmp_path / "cls" / "checkpoint.pt")
     assert ck["epoch"] == 2 and len(ck["classes"]["wnids"]) == 8
+    assert ck["model_kwargs"]["input_convention"] == BVLC.to_dict()  # the convention of the init weights
     model, _ = load_model(tmp_path / "cls" / "checkpoint.pt")  # model_state fits model_kwargs
     assert model.fc.out_features == 8
-    r = _run_tool(["epochs=3", "max_steps_per_epoch=2"], tmp_path)  # continues for one more epoch
+    # resuming without the init: the model would expect ImageNet input, the checkpoint's weights BVLC's: refused
+    r = _run_tool(["epochs=3", "max_steps_per_epoch=2"], tmp_path)
+    assert r.returncode != 0 and "differs in: init, model" in r.stderr
+    r = _run_tool(["epochs=3", "max_steps_per_epoch=2", f"init={tmp_path / 'init.pt'}"], tmp_path)  # one more epoch
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming" in r.stdout + r.stderr and "epoch 3/3" in r.stdout + r.stderr
-    assert load_checkpoint(tmp_path / "cls" / "checkpoint.pt")["epoch"] == 3
+    ck = load_checkpoint(tmp_path / "cls" / "checkpoint.pt")
+    assert ck["epoch"] == 3 and ck["model_kwargs"]["input_convention"] == BVLC.to_dict()
 
 
 def test_train_cls_with_torchrun_on_cpu(tmp_path):

@@ -16,10 +16,11 @@ import logging
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from detect.data import read_dataset
 from detect.data.records import SkipLog
+from detect.evaluation import rules_for_dataset
 from detect.io import atomic_write_json
 from proposals.recall import plot_recall_curves, store_recall
 from proposals.store import ProposalStore, sidecar_path
@@ -29,7 +30,13 @@ log = logging.getLogger("eval_proposals")
 
 @hydra.main(config_path="../conf", config_name="eval_proposals", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    dataset = instantiate(cfg.data[cfg.split])
+    dataset = read_dataset(cfg.data[cfg.split], check_images=cfg.check_images)
+    plus_one = cfg.plus_one
+    if plus_one == "auto":  # the data format's own convention: COCO boxes are continuous, ILSVRC/VOC inclusive pixels
+        plus_one = rules_for_dataset(cfg.data.name, cfg.data[cfg.split].get("_target_")) != "coco"
+    elif not isinstance(plus_one, bool):
+        raise SystemExit(f"plus_one must be auto, true or false, got {plus_one!r}")
+    log.info("IoU with %s widths (plus_one=%s)", "x2 - x1 + 1" if plus_one else "x2 - x1", plus_one)
     paths = [Path(p) for p in cfg.stores] or sorted(
         Path(cfg.paths.proposals_dir).glob(f"{cfg.data.name}_{cfg.split}_*.npz"))
     if not paths:
@@ -38,7 +45,7 @@ def main(cfg: DictConfig) -> dict:
     for path in paths:
         store = ProposalStore.load(path)
         name = store.meta.get("method", path.stem)
-        r = store_recall(store, dataset, cfg.ks, cfg.iou, cfg.plus_one, skipped)
+        r = store_recall(store, dataset, cfg.ks, cfg.iou, bool(plus_one), skipped)
         side = sidecar_path(path)
         seconds = json.loads(side.read_text()).get("seconds_per_image") if side.is_file() else None
         results[name] = r
@@ -50,7 +57,8 @@ def main(cfg: DictConfig) -> dict:
         for n, v in rows.items()]
     print("\n".join(lines))
     out = Path(cfg.paths.eval_dir) / cfg.output_name
-    atomic_write_json(out.with_suffix(".json"), {"dataset": cfg.data.name, "split": cfg.split, "methods": rows})
+    atomic_write_json(out.with_suffix(".json"), {"dataset": cfg.data.name, "split": cfg.split, "plus_one": bool(plus_one),
+                                                 "methods": rows})
     plot_recall_curves(results, out.with_suffix(".png"), f"{cfg.data.name} {cfg.split}")
     log.info("wrote %s.json and .png; %s", out, skipped.summary())
     return rows

@@ -43,16 +43,16 @@ def main(cfg: DictConfig) -> dict:
         if val_split.classes != classes:
             raise ValueError(f"{val_split.root}: class list differs from the training split's")
 
-        train_loader = make_loader(ClassificationDataset(train_split, instantiate(cfg.train_transform)),
-                                   cfg.batch_size, True, cfg.num_workers, ctx, cfg.seed)
-        val_loader = make_loader(ClassificationDataset(val_split, instantiate(cfg.val_transform)),
-                                 cfg.eval_batch_size, False, cfg.num_workers, ctx, cfg.seed)
-
         resolved = OmegaConf.to_container(cfg, resolve=True)
         skipped = SkipLog("training images")
         model = instantiate(cfg.model, num_classes=len(classes))
         if cfg.init:
-            load_pretrained(model, cfg.init)
+            load_pretrained(model, cfg.init)  # also takes the input convention of those weights
+        convention = model.input_convention.to_dict()  # the data is prepared as these weights expect
+        train_loader = make_loader(ClassificationDataset(train_split, instantiate(cfg.train_transform, convention=convention)),
+                                   cfg.batch_size, True, cfg.num_workers, ctx, cfg.seed)
+        val_loader = make_loader(ClassificationDataset(val_split, instantiate(cfg.val_transform, convention=convention)),
+                                 cfg.eval_batch_size, False, cfg.num_workers, ctx, cfg.seed)
         optimizer = instantiate(cfg.optimizer)(params=model.parameters())
         scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)
         averaged = fit(

@@ -43,20 +43,20 @@ def main(cfg: DictConfig) -> float:
 
     backbone_kwargs = instantiate(cfg.model, aux_logits=False, init_weights=False).model_kwargs
     model = instantiate(cfg.multibox, backbone_kwargs=backbone_kwargs, _convert_="all")
-    model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.multibox, resolve=True).items() if k != "_target_"}
-    model_kwargs["backbone_kwargs"] = backbone_kwargs
     priors = resolve_priors(cfg.checkpoint if cfg.resume else None, train_set, model.num_priors, cfg.seed,
                             cfg.priors.iterations, cfg.priors.tolerance)
     model.set_priors(priors)
     if cfg.init:
-        load_pretrained(model.backbone, cfg.init)
+        load_pretrained(model.backbone, cfg.init)  # also takes the input convention of those weights
+    model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.multibox, resolve=True).items() if k != "_target_"}
+    model_kwargs["backbone_kwargs"] = dict(model.backbone.model_kwargs, aux_logits=False)
 
-    train_data = MultiBoxDataset(train_set, model.input_size, train=True, **cfg.augment)
+    train_data = MultiBoxDataset(train_set, model.input_size, model.input_convention, train=True, **cfg.augment)
     sampler = DistributedSampler(train_data, seed=cfg.seed) if ctx.distributed else None
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.num_workers, collate_fn=collate_multibox,
                         generator=torch.Generator().manual_seed(cfg.seed))
-    val_loader = DataLoader(MultiBoxDataset(val_set, model.input_size, train=False),
+    val_loader = DataLoader(MultiBoxDataset(val_set, model.input_size, model.input_convention, train=False),
                             batch_size=cfg.evaluation.batch_size, num_workers=cfg.num_workers,
                             collate_fn=collate_multibox)
 

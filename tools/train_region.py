@@ -27,6 +27,8 @@ from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
 from detect.engine import fit, init_identity, run_fingerprint, seed_everything
 from detect.io import load_checkpoint
+from detect.models.bvlc import weights_format
+from detect.models.convention import InputConvention
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
 from detect.pipeline import DetectorSettings, bundle_detector
 from detect.quantize import draw_calibration_crops, draw_calibration_images
@@ -60,8 +62,8 @@ def _open_store(path: Path) -> ProposalStore | None:
 
 def build_member(cfg: DictConfig, num_outputs: int) -> torch.nn.Module:
     """The member network: the init checkpoint's architecture when it records one (``model_from_init``),
-    else ``cfg.model``; either way with ``num_outputs`` classifier outputs."""
-    if cfg.init and cfg.model_from_init:
+    else ``cfg.model`` (BVLC weights: ``model=googlenet``); either way with ``num_outputs`` classifier outputs."""
+    if cfg.init and cfg.model_from_init and weights_format(cfg.init) == "torch":
         ckpt = load_checkpoint(cfg.init)
         if isinstance(ckpt, dict) and "model_kwargs" in ckpt:
             log.info("%s: member built with the checkpoint's model_kwargs (cfg.model not used)", cfg.init)
@@ -69,10 +71,12 @@ def build_member(cfg: DictConfig, num_outputs: int) -> torch.nn.Module:
     return instantiate(cfg.model, num_classes=num_outputs)
 
 
-def region_dataset(cfg: DictConfig, records, store: ProposalStore | None, seed: int, train: bool) -> RegionDataset:
-    """Training regions (flips, new draws every epoch) or held-out ones (no flips, fixed draws)."""
+def region_dataset(cfg: DictConfig, records, store: ProposalStore | None, seed: int, train: bool,
+                   convention) -> RegionDataset:
+    """Training regions (flips, new draws every epoch) or held-out ones (no flips, fixed draws), prepared
+    with ``convention`` (the member's input convention)."""
     lookup = store.get if store is not None else {}.__getitem__
-    return RegionDataset(records, lookup, IMAGENET_MEAN, IMAGENET_STD,
+    return RegionDataset(records, lookup, convention,
                          regions_per_image=cfg.regions_per_image, fg_fraction=cfg.fg_fraction, fg_iou=cfg.fg_iou,
                          crop_size=cfg.crop_size, context=cfg.context, flip_prob=cfg.flip_prob if train else 0.0,
                          seed=seed, resample=train, hard_bg_fraction=cfg.hard_bg_fraction,
@@ -91,9 +95,9 @@ def train(cfg: DictConfig) -> None:
 
     model = build_member(cfg, len(classes) + 1)
     if cfg.init:
-        load_pretrained(model, cfg.init)
+        load_pretrained(model, cfg.init)  # also takes the input convention of those weights
     store = _open_store(store_path(cfg, cfg.split, cfg.proposals_store))
-    regions = region_dataset(cfg, dataset.records, store, seed, train=True)
+    regions = region_dataset(cfg, dataset.records, store, seed, train=True, convention=model.input_convention)
     sampler = DistributedSampler(regions, seed=seed) if ctx.distributed else None
     loader = DataLoader(regions, batch_size=cfg.images_per_batch, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.num_workers, collate_fn=collate_regions,
@@ -102,7 +106,8 @@ def train(cfg: DictConfig) -> None:
     if cfg.evaluation.images:
         held_out = instantiate(cfg.data[cfg.evaluation.split]).records[:cfg.evaluation.images]
         val_store = _open_store(store_path(cfg, cfg.evaluation.split, cfg.evaluation.proposals_store))
-        val_loader = DataLoader(region_dataset(cfg, held_out, val_store, cfg.seed, train=False),
+        val_loader = DataLoader(region_dataset(cfg, held_out, val_store, cfg.seed, train=False,
+                                               convention=model.input_convention),
                                 batch_size=cfg.images_per_batch, num_workers=cfg.num_workers,
                                 collate_fn=collate_regions)
 
@@ -133,10 +138,12 @@ def train(cfg: DictConfig) -> None:
     cleanup()
 
 
-def draw_calibration(cfg: DictConfig, settings: DetectorSettings, proposer: dict | None) -> dict | None:
+def draw_calibration(cfg: DictConfig, settings: DetectorSettings, proposer: dict | None,
+                     convention: InputConvention) -> dict | None:
     """Inputs for int8 models, drawn from the training split (cfg.calibration): warped proposal crops for
-    the members (returned, for the detector file) and resized images added to every embedded MultiBox
-    network of ``proposer``; None when ``calibration.crops`` is 0."""
+    the members (uint8 RGB, warped in ``convention``, member 0's; returned, for the detector file) and
+    resized images added to every embedded MultiBox network of ``proposer``; None when
+    ``calibration.crops`` is 0."""
     calib = cfg.calibration
     if not calib.crops and not calib.multibox_images:
         return None
@@ -151,7 +158,7 @@ def draw_calibration(cfg: DictConfig, settings: DetectorSettings, proposer: dict
         return None
     store = _open_store(store_path(cfg, cfg.split, cfg.proposals_store))
     crops = draw_calibration_crops(records, store.get if store is not None else {}.__getitem__, int(calib.crops),
-                                   settings.crop_size, settings.context, settings.mean, settings.std,
+                                   settings.crop_size, settings.context, convention,
                                    seed=int(calib.seed), min_size=settings.min_size)
     log.info("calibration: %d crops, %d MultiBox images per network", len(crops), calib.multibox_images)
     return {"crops": crops, "recipe": recipe}
@@ -175,7 +182,8 @@ def bundle(cfg: DictConfig) -> None:
     proposer = embed_networks(spec_from_target_config(OmegaConf.to_container(cfg.proposals, resolve=True), "conf: proposals"),
                               "conf: proposals")
     provenance = {"data": str(cfg.data.name), "members": [str(p) for p in paths]}
-    calibration = draw_calibration(cfg, settings, proposer)
+    convention = InputConvention.from_dict(members[0]["model_kwargs"].get("input_convention"))
+    calibration = draw_calibration(cfg, settings, proposer, convention)
     bundle_detector(members, classes, settings, cfg.paths.detector, proposer=proposer, provenance=provenance,
                     calibration=calibration)
     print(f"detector with {len(members)} members ({len(classes)} classes): {cfg.paths.detector}")

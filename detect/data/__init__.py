@@ -1,5 +1,12 @@
-"""Dataset readers (each returns a :class:`DetectionDataset`) and the synthetic world."""
+"""Dataset readers (each returns a :class:`DetectionDataset`) and the synthetic world.
+
+Importing this package (and every reader) needs numpy, Pillow and defusedxml only, never torch: the
+evaluation path (``tools/eval_map.py``) stays light.
+"""
 from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
 
 from detect.data.coco import read_coco
 from detect.data.folder import read_image_folder
@@ -8,7 +15,7 @@ from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 from detect.data.voc import read_voc
 
 __all__ = ["DetectionDataset", "DetectionRecord", "SkipLog", "READERS", "load_detection_dataset",
-           "read_coco", "read_ilsvrc_det", "read_image_folder", "read_voc"]
+           "read_coco", "read_dataset", "read_ilsvrc_det", "read_image_folder", "read_voc"]
 
 READERS = {"ilsvrc": read_ilsvrc_det, "voc": read_voc, "coco": read_coco, "folder": read_image_folder}
 
@@ -20,3 +27,21 @@ def load_detection_dataset(format: str, **kwargs) -> DetectionDataset:
     except KeyError:
         raise ValueError(f"unknown dataset format {format!r}; known: {sorted(READERS)}") from None
     return reader(**kwargs)
+
+
+def read_dataset(spec: Mapping[str, Any], **options) -> DetectionDataset:
+    """Build the dataset a ``_target_`` block of ``conf/data/<name>.yaml`` describes, adding ``options``
+    (e.g. ``check_images=False`` for an evaluation) to the reader's arguments where the reader takes
+    them: a reader without such a parameter is called without it. The reader's own error (a missing
+    folder, a wrong layout ...) is raised as it is, not wrapped in Hydra's ``InstantiationException``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_method, instantiate
+
+    params = inspect.signature(get_method(spec["_target_"])).parameters
+    accepted = {k: v for k, v in options.items() if k in params}
+    try:
+        return instantiate(spec, **accepted)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, (OSError, ValueError)):
+            raise e.__cause__ from None
+        raise

@@ -1,24 +1,41 @@
-"""COCO instances JSON -> :class:`DetectionDataset`.
+"""COCO instances JSON -> :class:`DetectionDataset`, every field checked.
 
 Classes are the file's ``categories`` sorted by id: ``wnids[i] = str(category id)`` and ``names[i]`` the
 category name, so label ``i`` maps back to a COCO ``category_id`` with ``int(classes.wnids[i])``.
 Boxes ``[x, y, w, h]`` become ``(x, y, x + w, y + h)``; ``iscrowd`` boxes are kept with ``ignore=True``.
+
+Validation: each entry of ``images``, ``categories`` and ``annotations`` is checked for the type and
+value of every field the project uses, and a bad entry is reported with the file, its list and index
+and the reason, counted in ``dataset.skipped`` and left out; the rest is kept. Never a crash on a
+wrongly typed field:
+- category: an object with an integer ``id`` (not a bool, not a string, unique) and a string ``name``;
+- image: an object with an integer ``id`` (unique), a non-empty string ``file_name``, and ``width`` /
+  ``height`` finite positive integers (``640.0`` is accepted as 640);
+- annotation: an object whose ``image_id`` / ``category_id`` are integers naming a kept image /
+  category, ``bbox`` a list of 4 finite numbers (a string such as ``"1234"`` is refused) with
+  width and height > 0, and ``iscrowd`` (when present) 0 or 1 as an integer or JSON boolean (the
+  string ``"0"`` is refused; a missing one is 0, as in pycocotools).
+Boxes outside the image follow the one rule of :mod:`detect.data.records`: kept exactly as stored (as
+COCOeval scores them), counted in ``dataset.warnings``. Images are found by ``file_name``, or by its
+stem whatever the extension's case (:class:`detect.data.folder.ImageFinder`).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from detect.classes import ClassList
-from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
+from detect.data.folder import ImageFinder
+from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, warn_outside
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_coco", "coco_category_ids"]
+__all__ = ["read_coco", "coco_category_ids", "as_int", "as_number"]
 
 
 def coco_category_ids(classes: ClassList) -> list[int]:
@@ -26,12 +43,99 @@ def coco_category_ids(classes: ClassList) -> list[int]:
     return [int(w) for w in classes.wnids]
 
 
-def read_coco(annotation_file: str | Path, image_dir: str | Path) -> DetectionDataset:
+def as_int(value, field: str) -> int:
+    """``value`` as an id: an int (not a bool) or an integral finite float; ``ValueError`` saying what it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field} {value!r} is {_kind(value)}, not an integer")
+    if isinstance(value, float) and not (math.isfinite(value) and value == int(value)):
+        raise ValueError(f"{field} {value!r} is not an integer")
+    return int(value)
+
+
+def as_number(value, field: str) -> float:
+    """``value`` as a finite float (an int or a float, not a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field} {value!r} is {_kind(value)}, not a number")
+    if not math.isfinite(value):
+        raise ValueError(f"{field} {value!r} is not finite")
+    return float(value)
+
+
+def as_bbox(value) -> list[float]:
+    """A COCO ``[x, y, w, h]``: a list of 4 finite numbers; ``ValueError`` otherwise."""
+    if not isinstance(value, list) or len(value) != 4:
+        raise ValueError(f"bbox {value!r} is {_kind(value)}, not a list of 4 numbers")
+    return [as_number(v, "bbox value") for v in value]
+
+
+def _kind(value) -> str:
+    return {type(None): "null", bool: "a boolean", str: "a string", list: "a list", dict: "an object",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _check_category(c) -> tuple[int, str]:
+    if not isinstance(c, dict):
+        raise ValueError(f"entry is {_kind(c)}, not an object")
+    if "id" not in c or "name" not in c:
+        raise ValueError(f"missing {'id' if 'id' not in c else 'name'}")
+    if not isinstance(c["name"], str):
+        raise ValueError(f"name {c['name']!r} is {_kind(c['name'])}, not a string")
+    return as_int(c["id"], "id"), c["name"]
+
+
+def _check_image(im) -> tuple[int, str, int, int]:
+    if not isinstance(im, dict):
+        raise ValueError(f"entry is {_kind(im)}, not an object")
+    for key in ("id", "file_name", "width", "height"):
+        if key not in im:
+            raise ValueError(f"missing {key}")
+    if not isinstance(im["file_name"], str) or not im["file_name"]:
+        raise ValueError(f"file_name {im['file_name']!r} is not a non-empty string")
+    size = [as_int(im[k], k) for k in ("width", "height")]
+    if min(size) <= 0:
+        raise ValueError(f"size {size[0]}x{size[1]} is not positive")
+    return as_int(im["id"], "id"), im["file_name"], size[0], size[1]
+
+
+def _check_annotation(ann, images: dict, label_of: dict) -> tuple[int, int, list[float], bool]:
+    if not isinstance(ann, dict):
+        raise ValueError(f"entry is {_kind(ann)}, not an object")
+    for key in ("image_id", "category_id", "bbox"):
+        if key not in ann:
+            raise ValueError(f"missing {key}")
+    image_id = as_int(ann["image_id"], "image_id")
+    if image_id not in images:
+        raise ValueError(f"unknown image: image_id {image_id}")
+    category_id = as_int(ann["category_id"], "category_id")
+    if category_id not in label_of:
+        raise ValueError(f"unknown class: category_id {category_id}")
+    x, y, w, h = as_bbox(ann["bbox"])
+    if not (w > 0 and h > 0):
+        raise ValueError(f"degenerate box: bbox {ann['bbox']} has width or height <= 0")
+    crowd = ann.get("iscrowd", 0)
+    if isinstance(crowd, bool):
+        crowd = int(crowd)
+    if type(crowd) is not int or crowd not in (0, 1):
+        raise ValueError(f"iscrowd {crowd!r} is {_kind(crowd)}, not 0 or 1")
+    return image_id, label_of[category_id], [x, y, w, h], bool(crowd)
+
+
+def _where(path: Path, key: str, k: int, entry) -> str:
+    ident = entry.get("id") if isinstance(entry, dict) else None
+    return f"{path}: {key}[{k}]" + (f" (id {ident!r})" if ident is not None else "")
+
+
+def read_coco(annotation_file: str | Path, image_dir: str | Path, check_images: bool = True,
+              max_missing_images: float = 0.1) -> DetectionDataset:
     """Read a COCO instances file; images are ``image_dir / file_name``, ordered by image id.
 
-    Every image is kept (those without annotations have no boxes); record ``image_id`` = str(COCO id),
-    ``index`` = 1-based position. Annotations with a non-positive width/height, a malformed bbox, or an
-    unknown image/category are dropped and counted in ``dataset.skipped``.
+    Every valid image is kept (those without annotations have no boxes); record ``image_id`` =
+    str(COCO id), ``index`` = 1-based position. Bad entries are reported, counted in
+    ``dataset.skipped`` and left out (see the module docstring). ``check_images``: look for every
+    image (by file name, or its stem in any extension case); missing ones are skipped, more than
+    ``max_missing_images`` (a share) missing stops with an error naming the pattern; ``False``
+    (evaluation) reads the annotations alone. A file that is not JSON, or not a COCO instances
+    object, raises ``ValueError`` naming it.
     """
     annotation_file, image_dir = Path(annotation_file), Path(image_dir)
     try:
@@ -42,35 +146,72 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path) -> DetectionDa
         raise ValueError(f"{annotation_file}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or not {"images", "categories"} <= data.keys():
         raise ValueError(f"{annotation_file}: not a COCO instances file (needs 'images' and 'categories')")
-    categories = sorted(data["categories"], key=lambda c: int(c["id"]))
-    classes = ClassList(tuple(str(c["id"]) for c in categories), tuple(str(c["name"]) for c in categories))
-    label_of = {int(c["id"]): i for i, c in enumerate(categories)}
-    images = {int(im["id"]): im for im in data["images"]}
+    for key in ("images", "categories", "annotations"):
+        if not isinstance(data.get(key, []), list):
+            raise ValueError(f"{annotation_file}: '{key}' is {_kind(data[key])}, not a list")
 
     skipped = SkipLog("annotations")
-    per_image = defaultdict(list)
-    for ann in data.get("annotations", []):
-        where = f"{annotation_file} annotation {ann.get('id')}"
-        bbox = ann.get("bbox")
-        if int(ann.get("image_id", -1)) not in images:
-            skipped.add(where, f"unknown image: {ann.get('image_id')}")
-        elif int(ann.get("category_id", -1)) not in label_of:
-            skipped.add(where, f"unknown class: category {ann.get('category_id')}")
-        elif not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            skipped.add(where, f"malformed box: {bbox!r}")
-        elif not (bbox[2] > 0 and bbox[3] > 0):
-            skipped.add(where, f"degenerate box: {bbox}")
-        else:
-            per_image[int(ann["image_id"])].append(ann)
+    categories = {}
+    for k, c in enumerate(data["categories"]):
+        try:
+            cid, name = _check_category(c)
+            if cid in categories:
+                raise ValueError(f"duplicate category id {cid}")
+        except ValueError as e:
+            skipped.add(_where(annotation_file, "categories", k, c), f"bad category: {e}")
+            continue
+        categories[cid] = name
+    if not categories:
+        raise ValueError(f"{annotation_file}: no usable category; {skipped.summary()}")
+    ids = sorted(categories)
+    classes = ClassList(tuple(str(i) for i in ids), tuple(categories[i] for i in ids))
+    label_of = {cid: i for i, cid in enumerate(ids)}
 
+    images = {}
+    for k, im in enumerate(data["images"]):
+        try:
+            image_id, file_name, width, height = _check_image(im)
+            if image_id in images:
+                raise ValueError(f"duplicate image id {image_id}")
+        except ValueError as e:
+            skipped.add(_where(annotation_file, "images", k, im), f"bad image: {e}")
+            continue
+        images[image_id] = (file_name, width, height)
+
+    per_image = defaultdict(list)
+    for k, ann in enumerate(data.get("annotations", [])):
+        try:
+            image_id, label, xywh, crowd = _check_annotation(ann, images, label_of)
+        except ValueError as e:
+            text = str(e)
+            kind = text.split(":")[0] if text.startswith(("unknown image", "unknown class", "degenerate box")) else "bad annotation"
+            skipped.add(_where(annotation_file, "annotations", k, ann), text if kind != "bad annotation" else f"{kind}: {text}")
+            continue
+        per_image[image_id].append((label, xywh, crowd))
+
+    finder = ImageFinder(image_dir, ".jpg")
+    order = sorted(images)
+    paths = [finder.find(images[i][0]) for i in order]
+    if check_images:
+        finder.check_missing([images[i][0] for i, p in zip(order, paths) if p is None], len(order), max_missing_images)
     records = []
-    for index, image_id in enumerate(sorted(images), 1):
-        im, anns = images[image_id], per_image.get(image_id, [])
-        xywh = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
+    for index, (image_id, path) in enumerate(zip(order, paths), 1):  # index: position among the valid images
+        file_name, width, height = images[image_id]
+        if path is None:
+            path = image_dir / file_name
+            if check_images:
+                skipped.add(path, "missing image")
+                continue
+        anns = per_image.get(image_id, [])
+        xywh = np.array([a[1] for a in anns], np.float64).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        records.append(DetectionRecord(
-            str(image_id), image_dir / im["file_name"], int(im["width"]), int(im["height"]), boxes,
-            [label_of[int(a["category_id"])] for a in anns], [bool(a.get("iscrowd", 0)) for a in anns], index))
-    if len(skipped):
-        log.warning("%s: %s", annotation_file, skipped.summary())
-    return DetectionDataset(records, classes, name=annotation_file.stem, skipped=skipped)
+        records.append(DetectionRecord(str(image_id), path, width, height, boxes, [a[0] for a in anns],
+                                       [a[2] for a in anns], index))
+    warnings = SkipLog("annotations", verb="kept with a warning")
+    warn_outside(records, warnings, lambda r: f"{annotation_file}: image {r.image_id}")
+    dataset = DetectionDataset(records, classes, name=annotation_file.stem, skipped=skipped, warnings=warnings)
+    if len(skipped) or len(warnings):
+        log.warning("%s: %s", annotation_file, dataset.summary())
+    if data["images"] and not records:
+        raise ValueError(f"{annotation_file}: none of the {len(data['images'])} images could be used; {skipped.summary()}")
+    return dataset

@@ -1,7 +1,17 @@
-"""Image files and folders as a dataset without ground truth (for running a detector on photos)."""
+"""Image files: finding a dataset's images by name, and image folders as a dataset without ground truth.
+
+Every reader resolves image files through :class:`ImageFinder`: one directory listing per folder
+(not one ``stat`` or glob per image), and an image is found by its stem whatever its extension and
+the extension's case (``IMG_0001`` -> ``IMG_0001.JPG``, ``.jpeg``, ``.png`` ...; the reader's usual
+extension is preferred when several files share a stem). When many listed images are missing,
+:meth:`ImageFinder.check_missing` stops with an error that names the pattern (what was looked for,
+and what the folder holds instead).
+"""
 from __future__ import annotations
 
 import logging
+import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +23,137 @@ from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["list_images", "read_image_folder"]
+__all__ = ["ImageFinder", "image_size", "is_image_name", "list_images", "read_image_folder", "size_from_image"]
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag of the orientation
 
 
+def is_image_name(name: str) -> bool:
+    """Whether a file name has an image extension (any letter case)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _split_image_name(name: str) -> tuple[str, str]:
+    """``"a/b.JPG"`` -> ``("a/b", ".JPG")``; a name without an image extension is all stem."""
+    stem, ext = os.path.splitext(name)
+    return (stem, ext) if ext.lower() in IMAGE_EXTENSIONS else (name, "")
+
+
+class ImageFinder:
+    """Finds the image files of a dataset under ``folder`` by name, from one listing per sub-folder.
+
+    ``expected``: the dataset's usual extension (``".JPEG"`` for ILSVRC, ``".jpg"`` for VOC), preferred
+    when several files share a stem and named in error messages. ``find(name)`` takes a name with or
+    without an extension, possibly with sub-folders (``ILSVRC2013_train/n01440764/n01440764_10026``);
+    a name given with an extension (COCO ``file_name``) is first looked up exactly.
+    """
+
+    def __init__(self, folder: str | Path, expected: str = ".jpg"):
+        self.folder = Path(folder)
+        self.expected = expected
+        self._prefix = os.path.join(str(self.folder), "")  # plain string joins: pathlib is slow per image
+        self._dirs: dict[str, tuple[set[str], dict[str, list[str]]]] = {}
+
+    def _listing(self, sub: str) -> tuple[set[str], dict[str, list[str]]]:
+        """(all file names, image stem -> image file names) of ``folder/sub``, listed once."""
+        if sub not in self._dirs:
+            files: set[str] = set()
+            stems: dict[str, list[str]] = {}
+            try:
+                with os.scandir(self.folder / sub if sub else self.folder) as it:
+                    for entry in it:
+                        try:
+                            if not entry.is_file():
+                                continue
+                        except OSError:
+                            continue
+                        files.add(entry.name)
+                        stem, ext = _split_image_name(entry.name)
+                        if ext:
+                            stems.setdefault(stem, []).append(entry.name)
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                pass
+            self._dirs[sub] = (files, stems)
+        return self._dirs[sub]
+
+    def _rank(self, file_name: str, wanted_ext: str) -> tuple:
+        ext = os.path.splitext(file_name)[1]
+        return (ext != wanted_ext, ext.lower() != wanted_ext.lower(), IMAGE_EXTENSIONS.index(ext.lower()), file_name)
+
+    def find(self, name: str) -> Path | None:
+        """The image file for ``name``, or ``None`` when the folder has none with that stem."""
+        sub, _, base = name.replace("\\", "/").rpartition("/")
+        files, stems = self._listing(sub)
+        if not files:
+            return None
+        if base in files and is_image_name(base):
+            return Path(self._prefix + name)
+        stem, ext = _split_image_name(base)
+        candidates = stems.get(stem)
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda f: self._rank(f, ext or self.expected))
+        return Path(self._prefix + (f"{sub}/{best}" if sub else best))
+
+    def default_path(self, name: str) -> Path:
+        """The conventional path ``folder/<name><expected>`` (``folder/<name>`` when it has an extension),
+        for an image that was not found."""
+        return Path(self._prefix + (name if _split_image_name(name)[1] else name + self.expected))
+
+    def describe_missing(self, missing: list[str], total: int) -> str:
+        """One line saying how many of ``total`` images were not found, as what, and what the folder
+        holds instead (same stems with another extension, other letter case, or nothing)."""
+        shown = f"<name>{self.expected}" if not any(_split_image_name(n)[1] for n in missing[:1]) else "<file_name>"
+        text = (f"{len(missing)} of {total} images not found in {self.folder} as {shown} "
+                f"(any letter case of {', '.join(IMAGE_EXTENSIONS)})")
+        if not self.folder.is_dir():
+            return f"{text}; the folder does not exist"
+        other_ext, other_case, by_sub = Counter(), 0, {}
+        for name in missing:
+            sub, _, base = name.replace("\\", "/").rpartition("/")
+            if sub not in by_sub:  # any file by exact stem, and the lower-cased stems, of each folder once
+                files = sorted(self._listing(sub)[0])
+                by_sub[sub] = ({os.path.splitext(f)[0]: f for f in reversed(files)},
+                               {os.path.splitext(f)[0].lower() for f in files})
+            by_stem, lowered = by_sub[sub]
+            stem = _split_image_name(base)[0]
+            if stem in by_stem:
+                other_ext[os.path.splitext(by_stem[stem])[1] or "(no extension)"] += 1
+            elif stem.lower() in lowered:
+                other_case += 1
+        hints = [f"found <name>{ext} for {n} (not a supported image extension)" for ext, n in other_ext.most_common(3)]
+        if other_case:
+            hints.append(f"found {other_case} with the name in another letter case")
+        if not hints:
+            files = sorted(self._listing("")[0])
+            hints.append(f"the folder holds {len(files)} files" + (f", e.g. {', '.join(files[:3])}" if files else ""))
+        return f"{text}; {'; '.join(hints)}"
+
+    def check_missing(self, missing: list[str], total: int, max_share: float) -> None:
+        """Raise ``FileNotFoundError`` (see :meth:`describe_missing`) when more than ``max_share`` of
+        ``total`` images are missing (always when none at all was found); else log a warning."""
+        if not missing:
+            return
+        text = self.describe_missing(missing, total)
+        if len(missing) == total or len(missing) > max_share * total:
+            raise FileNotFoundError(f"{text}; stopping (more than {max_share:.0%} missing)")
+        log.warning("%s; they are skipped", text)
+
+
 def list_images(paths) -> list[Path]:
-    """Image files among ``paths`` (files, or folders searched recursively), by extension, sorted per
-    argument, without duplicates. A path that does not exist raises ``FileNotFoundError`` naming it."""
+    """Image files among ``paths`` (files, or folders searched recursively), by extension in any letter
+    case, sorted per argument, without duplicates. A path that does not exist raises
+    ``FileNotFoundError`` naming it."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     out, seen = [], set()
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = []
+            for folder, dirs, files in os.walk(p):
+                dirs.sort()
+                found += [Path(folder) / f for f in files if is_image_name(f)]
+            found.sort()
         elif p.is_file():
             found = [p]
         else:
@@ -48,11 +175,8 @@ def read_image_folder(paths, classes: ClassList | None = None) -> DetectionDatas
     records = []
     for f in list_images(paths):
         try:
-            with Image.open(f) as im:
-                width, height = im.size
-                if im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-                    width, height = height, width
-        except (OSError, ValueError) as e:
+            width, height = image_size(f)
+        except ValueError as e:
             skipped.add(f, f"unreadable image: {e}")
             continue
         records.append(DetectionRecord(str(f), f, width, height, np.zeros((0, 4), np.float32),
@@ -60,3 +184,34 @@ def read_image_folder(paths, classes: ClassList | None = None) -> DetectionDatas
     if len(skipped):
         log.warning("%s", skipped.summary())
     return DetectionDataset(records, classes or ClassList((), ()), name="folder", skipped=skipped)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image from its header, EXIF rotation applied (as ``read_image`` does);
+    ``ValueError`` naming the file when it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                width, height = height, width
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"{path}: unreadable image header ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: image too large ({e})") from None
+    return width, height
+
+
+def size_from_image(image_path: Path, annotation: str | Path, reason: str, warnings: SkipLog) -> tuple[int, int]:
+    """``(width, height)`` for an annotation whose own size is unusable (``reason``), read from the image
+    header and counted in ``warnings`` as repaired; ``(0, 0)`` (unknown, also counted) when the image
+    is absent or unreadable. Never drops the record: evaluation needs no size."""
+    if not os.path.isfile(image_path):
+        warnings.add(annotation, f"size unknown: {reason}, and no image {Path(image_path).name}")
+        return 0, 0
+    try:
+        width, height = image_size(image_path)
+    except ValueError as e:
+        warnings.add(annotation, f"size unknown: {reason}, and {e}")
+        return 0, 0
+    warnings.add(annotation, f"size repaired from the image: {reason}; {width}x{height} from {Path(image_path).name}")
+    return width, height

@@ -1,6 +1,7 @@
-"""ILSVRC DET annotations: image lists, the blacklist and the XML files, in both directory layouts.
+"""ILSVRC DET ground truth: image lists, the blacklist, the XML files in both directory layouts, and
+the devkit's cached ground truth ``.mat``.
 
-Layouts (``layout="auto"`` picks the one present under ``root``):
+Layouts (``layout="auto"`` picks the one present under ``root``; ``2015``/``2014`` as int or string):
 - ``"2015"`` (ILSVRC 2015+ and our synthetic world): ``Data/DET/<split>/<name>.JPEG``,
   ``Annotations/DET/<split>/<name>.xml``, list ``ImageSets/DET/<split>.txt``. Names may contain
   sub-folders (``ILSVRC2013_train/n01440764/n01440764_10026``).
@@ -8,35 +9,47 @@ Layouts (``layout="auto"`` picks the one present under ``root``):
   ``ILSVRC2013_DET_bbox_<split>/<name>.xml`` (train: ``ILSVRC2014_DET_train`` / ``ILSVRC2014_DET_bbox_train``);
   the list is the devkit's ``data/det_lists/<split>.txt``, given as ``devkit`` or found under
   ``root/devkit`` or ``root/ILSVRC2014_devkit``.
+Either works without the images (a ground-truth-only folder): evaluation reads no pixels
+(``check_images=False``). Images are found by name whatever their extension's case (``ImageFinder``).
+
+``ground_truth``: the devkit's cache ``ILSVRC2015_det_validation_ground_truth.mat`` (what
+``eval_detection.m`` saves: ``gt_img_ids`` [N x 1], ``gt_obj_labels`` {1 x N} DET_IDs,
+``gt_obj_bboxes`` {1 x N} [4 x n] ``xmin ymin xmax ymax``, ``gt_obj_thr`` {1 x N}, ``num_pos_per_class``)
+replaces the XML folder; it is read with ``mat_dtype=True`` (MATLAB stores small integers as
+uint8/uint16, whose arithmetic would wrap).
 
 Boxes are kept as stored (0-based inclusive ints as float32); the evaluator applies the ``+1`` rule.
-The record ``index`` is the list line's index column (what submission lines refer to). Blacklist
-entries (``<val index> <wnid>``) refer to the official val list; with another list (R-CNN's val1/val2)
-they are mapped through the names of the official list.
+Objects are dropped or kept by the rule in :mod:`detect.data.records`. The record ``index`` is the
+list line's index column (what submission lines refer to). Blacklist entries (``<val index> <wnid>``)
+refer to the official val list; with another list (R-CNN's val1/val2) they are mapped through the
+names of the official list. Parsed XML is cached in ``cache_dir`` (:mod:`detect.data.cache`).
 """
 from __future__ import annotations
 
 import logging
+import math
+import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from tqdm import tqdm
 
 from detect.classes import ClassList, ilsvrc_det_classes, read_class_list
+from detect.data.cache import ParsedAnnotation, parse_annotation_files
+from detect.data.folder import ImageFinder, size_from_image
+from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, warn_outside
 from detect.data.xmlfile import read_xml_root
-from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_image_list", "read_blacklist", "parse_ilsvrc_xml", "resolve_classes", "read_ilsvrc_det"]
+__all__ = ["read_image_list", "read_blacklist", "parse_ilsvrc_xml", "read_devkit_ground_truth",
+           "resolve_classes", "read_ilsvrc_det"]
 
 LAYOUT_2014_DIRS = {  # split -> (image folder, annotation folder) of the 2013/2014 tarballs
     "val": ("ILSVRC2013_DET_val", "ILSVRC2013_DET_bbox_val"),
     "train": ("ILSVRC2014_DET_train", "ILSVRC2014_DET_bbox_train"),
     "test": ("ILSVRC2013_DET_test", "ILSVRC2013_DET_bbox_test"),
 }
-BOX_TOLERANCE = 1  # pixels a stored xmax/ymax may exceed width-1/height-1 (1-based slips in real files)
+PARSER_VERSION = 2  # part of the annotation cache's fingerprint: bump when parse_ilsvrc_xml changes
 
 
 def read_image_list(path: str | Path) -> list[tuple[str, int]]:
@@ -84,55 +97,72 @@ def read_blacklist(path: str | Path, classes: ClassList) -> set[tuple[int, int]]
     return out
 
 
-def _int_text(node, tag: str) -> int | None:
-    child = node.find(tag)
-    if child is None or child.text is None:
-        return None
+def _int_value(text) -> int | None:
+    """An XML number (``"378"``, ``" 378.0 "``) rounded to int; ``None`` when missing or not finite."""
     try:
-        return int(round(float(child.text.strip())))
-    except ValueError:
+        return int(text)
+    except (TypeError, ValueError):
+        pass
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
         return None
+    return int(round(value)) if math.isfinite(value) else None
 
 
-def parse_ilsvrc_xml(path: str | Path, classes: ClassList):
-    """Parse one ILSVRC annotation file.
+_BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 
-    Returns ``(width, height, boxes, labels, problems)``: width/height ``int`` or ``None`` when the
-    file has no usable size; boxes ndarray[N, 4] float32 (xmin, ymin, xmax, ymax as stored);
-    labels ndarray[N] int64; problems: one line per dropped object (unknown class, missing or bad box,
-    box outside the image). Raises ``ValueError`` naming the file when it is not readable XML.
+
+def parse_ilsvrc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
+    """Parse one ILSVRC annotation file into a :class:`ParsedAnnotation`.
+
+    ``width``/``height``: ``None`` when the file has no usable size; ``boxes: float32[N, 4]`` (xmin,
+    ymin, xmax, ymax as stored), ``labels: int64[N]``; ``problems``: one line per dropped object
+    (unknown class, missing or non-numeric coordinate, inverted box). Raises ``ValueError`` naming the
+    file when it is not readable XML.
     """
-    path = Path(path)
+    return ParsedAnnotation.from_raw(_parse_ilsvrc_raw(path, classes))
+
+
+def _parse_ilsvrc_raw(path: str | Path, classes: ClassList) -> tuple:
+    """:func:`parse_ilsvrc_xml` as plain lists (width, height, boxes, labels, flags, problems)."""
     root = read_xml_root(path)
     if root.tag != "annotation":
         raise ValueError(f"{path}: root element is <{root.tag}>, expected <annotation>")
-    size = root.find("size")
-    width = _int_text(size, "width") if size is not None else None
-    height = _int_text(size, "height") if size is not None else None
-    if not width or not height or width <= 0 or height <= 0:
-        width = height = None
+    lookup = classes._lookup()
+    size: dict = {}
     boxes, labels, problems = [], [], []
-    for k, obj in enumerate(root.findall("object"), 1):
-        name = (obj.findtext("name") or "").strip()
-        if name not in classes:
+    k = 0
+    for node in root:  # direct children: one pass, no path queries (20,121 files per evaluation)
+        if node.tag == "size":
+            size = {c.tag: c.text for c in node}
+            continue
+        if node.tag != "object":
+            continue
+        k += 1
+        name, values = "", {}
+        for c in node:
+            if c.tag == "name":
+                name = (c.text or "").strip()
+            elif c.tag == "bndbox":
+                values = {b.tag: b.text for b in c}
+        label = lookup.get(name)
+        if label is None:
             problems.append(f"unknown class: object {k} ({name!r})")
             continue
-        bb = obj.find("bndbox")
-        coords = [_int_text(bb, t) for t in ("xmin", "ymin", "xmax", "ymax")] if bb is not None else [None]
-        if any(c is None for c in coords):
+        coords = [_int_value(values.get(t)) for t in _BOX_TAGS]
+        if None in coords:
             problems.append(f"missing box: object {k} ({name})")
             continue
-        x1, y1, x2, y2 = coords
-        if x2 < x1 or y2 < y1:
+        if coords[2] < coords[0] or coords[3] < coords[1]:
             problems.append(f"inverted box: object {k} ({name}) {coords}")
             continue
-        if width is not None and (x1 < 0 or y1 < 0 or x2 > width - 1 + BOX_TOLERANCE
-                                  or y2 > height - 1 + BOX_TOLERANCE):
-            problems.append(f"box outside the image: object {k} ({name}) {coords} in {width}x{height}")
-            continue
         boxes.append(coords)
-        labels.append(classes.index(name))
-    return (width, height, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), problems)
+        labels.append(label)
+    width, height = _int_value(size.get("width")), _int_value(size.get("height"))
+    if not width or not height or width <= 0 or height <= 0:
+        width = height = None
+    return width, height, boxes, labels, [False] * len(labels), problems
 
 
 def resolve_classes(classes, root: Path | None = None) -> ClassList:
@@ -146,13 +176,59 @@ def resolve_classes(classes, root: Path | None = None) -> ClassList:
     return read_class_list(classes)
 
 
-def _detect_layout(root: Path, split: str) -> str:
-    if (root / "Data" / "DET").is_dir():
-        return "2015"
-    if split in LAYOUT_2014_DIRS and (root / LAYOUT_2014_DIRS[split][0]).is_dir():
-        return "2014"
-    raise FileNotFoundError(f"{root}: neither the 2015+ layout (Data/DET) nor the 2013/2014 layout "
-                            f"({LAYOUT_2014_DIRS.get(split, ('ILSVRC2013_DET_' + split,))[0]}) found")
+# ---------------------------------------------------------------- layouts and lists
+
+
+def _normalise_layout(layout) -> str:
+    text = str(layout).strip().lower() if layout is not None else "auto"
+    if text not in ("auto", "2015", "2014"):
+        raise ValueError(f"layout must be auto, 2015 or 2014 (int or string), got {layout!r}")
+    return text
+
+
+def _layout_dirs(root: Path, split: str, layout: str) -> tuple[Path, Path]:
+    """(image folder, annotation folder) of ``split`` in ``layout``."""
+    if layout == "2015":
+        return root / "Data" / "DET" / split, root / "Annotations" / "DET" / split
+    if split not in LAYOUT_2014_DIRS:
+        raise ValueError(f"split {split!r} unknown in the 2014 layout ({sorted(LAYOUT_2014_DIRS)})")
+    return tuple(root / d for d in LAYOUT_2014_DIRS[split])
+
+
+def _present(root: Path, split: str) -> list[str]:
+    """Layouts whose image or annotation folder (or 2015 list folder) for ``split`` exists under root."""
+    found = []
+    if any((root / p).is_dir() for p in (f"Annotations/DET/{split}", f"Data/DET/{split}", "ImageSets/DET")):
+        found.append("2015")
+    if split in LAYOUT_2014_DIRS and any((root / d).is_dir() for d in LAYOUT_2014_DIRS[split]):
+        found.append("2014")
+    return found
+
+
+def _choose_layout(root: Path, split: str, layout: str, need_annotations: bool) -> str:
+    """The layout to read, or ``FileNotFoundError`` naming the real cause (no folder, no annotations,
+    wrong layout) in one line."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset folder not found (data.root)")
+    present = _present(root, split)
+    if layout == "auto":
+        if not present:
+            have = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())[:8]) or "nothing"
+            raise FileNotFoundError(
+                f"{root}: no ILSVRC DET {split} data: expected Annotations/DET/{split} (2015+ layout) or "
+                f"{LAYOUT_2014_DIRS.get(split, ('', 'ILSVRC2013_DET_bbox_' + split))[1]} (2013/2014 layout); "
+                f"the folder has: {have}")
+        with_xml = [lay for lay in present if _layout_dirs(root, split, lay)[1].is_dir()]
+        layout = (with_xml or present)[0]
+    xml_dir = _layout_dirs(root, split, layout)[1]
+    if need_annotations and not xml_dir.is_dir():
+        others = [lay for lay in present if lay != layout and _layout_dirs(root, split, lay)[1].is_dir()]
+        if others:
+            raise FileNotFoundError(f"{root}: layout={layout} but {xml_dir.name} does not exist; the folder has the "
+                                    f"{others[0]} layout ({_layout_dirs(root, split, others[0])[1]}): use layout={others[0]} or auto")
+        raise FileNotFoundError(f"{xml_dir}: no annotations for split {split!r} ({layout} layout); give the "
+                                f"folder that holds them as data.root, or the devkit's ground-truth .mat as ground_truth=")
+    return layout
 
 
 def _default_list(root: Path, split: str, layout: str, devkit) -> Path | None:
@@ -167,88 +243,169 @@ def _default_list(root: Path, split: str, layout: str, devkit) -> Path | None:
     return None
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+# ---------------------------------------------------------------- ground truth sources
+
+
+def _mat_cell(value, name: str, path: Path, n: int) -> list:
+    """A MATLAB cell array {1 x n} (or {n x 1}) as a list of ndarrays; ``ValueError`` naming the variable."""
+    arr = np.asarray(value)
+    if arr.dtype != object or arr.size != n:
+        raise ValueError(f"{path}: {name} should be a cell array of {n} entries, got {arr.dtype} {arr.shape}")
+    return [np.asarray(v, dtype=np.float64) for v in arr.reshape(-1)]
+
+
+def read_devkit_ground_truth(path: str | Path, classes: ClassList) -> tuple[list[int], list[ParsedAnnotation]]:
+    """The devkit's cached ground truth (``eval_detection.m``'s ``optional_cache_file``) -> (official
+    image indices ``[N]``, one :class:`ParsedAnnotation` per image). ``ValueError`` naming the file and
+    the variable for anything that is not the devkit's structure; labels are DET_IDs 1..len(classes)."""
+    import scipy.io
+
+    path = Path(path)
     try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: no size in the annotation and the image header is unreadable ({e})") from None
+        mat = scipy.io.loadmat(path, mat_dtype=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: ground-truth .mat not found") from None
+    except Exception as e:  # scipy raises ValueError, TypeError, MatReadError ... for files it cannot read
+        raise ValueError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {e})") from None
+    if "gt_obj_img_ids" in mat:
+        raise ValueError(f"{path}: a 2013-format cache (gt_obj_img_ids), which eval_detection.m itself discards; "
+                         "give the XML folder instead")
+    need = ("gt_img_ids", "gt_obj_labels", "gt_obj_bboxes")
+    if any(k not in mat for k in need):
+        have = sorted(k for k in mat if not k.startswith("__"))
+        raise ValueError(f"{path}: not the devkit's ground-truth cache: needs {', '.join(need)} (has {', '.join(have) or 'nothing'})")
+    ids = np.asarray(mat["gt_img_ids"], dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)) or np.any(ids < 1):
+        raise ValueError(f"{path}: gt_img_ids must be positive integers")
+    n = len(ids)
+    labels = _mat_cell(mat["gt_obj_labels"], "gt_obj_labels", path, n)
+    bboxes = _mat_cell(mat["gt_obj_bboxes"], "gt_obj_bboxes", path, n)
+    thr = _mat_cell(mat["gt_obj_thr"], "gt_obj_thr", path, n) if "gt_obj_thr" in mat else None
+    parsed, mismatch = [], 0
+    for i in range(n):
+        lab = labels[i].reshape(-1)
+        box = bboxes[i]
+        if box.size == 0 and lab.size == 0:
+            parsed.append(ParsedAnnotation(None, None, None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
+                                           np.zeros(0, bool)))
+            continue
+        if box.shape != (4, lab.size):
+            raise ValueError(f"{path}: image {int(ids[i])} (entry {i + 1}): gt_obj_bboxes is {box.shape}, "
+                             f"expected (4, {lab.size}) for its {lab.size} labels")
+        if not np.all(np.isfinite(box)) or np.any(lab != np.round(lab)) or np.any(lab < 1) or np.any(lab > len(classes)):
+            raise ValueError(f"{path}: image {int(ids[i])} (entry {i + 1}): labels outside 1..{len(classes)} "
+                             "or non-finite boxes")
+        boxes = box.T.astype(np.float32)
+        if thr is not None and thr[i].size:
+            w = boxes[:, 2] - boxes[:, 0] + 1.0
+            h = boxes[:, 3] - boxes[:, 1] + 1.0
+            expected = np.minimum(0.5, w * h / ((w + 10.0) * (h + 10.0)))
+            mismatch += int(np.sum(np.abs(thr[i].reshape(-1) - expected) > 1e-6)) if thr[i].size == len(w) else len(w)
+        parsed.append(ParsedAnnotation(None, None, None, boxes, (lab - 1).astype(np.int64), np.zeros(lab.size, bool)))
+    if mismatch:
+        log.warning("%s: %d stored gt_obj_thr values differ from min(0.5, wh / ((w + 10)(h + 10))); the evaluator "
+                    "computes the thresholds from the boxes with evaluate.pixel_tolerance", path, mismatch)
+    return [int(v) for v in ids], parsed
+
+
+# ---------------------------------------------------------------- the reader
 
 
 def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path | None = None,
-                    blacklist: str | Path | None = None, classes=None, layout: str = "auto",
+                    blacklist: str | Path | None = None, classes=None, layout: str | int = "auto",
                     missing_annotation: str | None = None, devkit: str | Path | None = None,
-                    check_images: bool = True) -> DetectionDataset:
+                    check_images: bool = True, max_missing_images: float = 0.1,
+                    ground_truth: str | Path | None = None, cache_dir: str | Path | None = None,
+                    workers: int = 1) -> DetectionDataset:
     """Read an ILSVRC DET split into a :class:`DetectionDataset` (see the module docstring for layouts).
 
     image_list: a ``<name> <index>`` file replacing the split's own list (e.g. R-CNN's val1/val2).
     blacklist: the devkit's ``ILSVRC2014_det_validation_blacklist.txt``; stored as ``{(record index, label)}``.
     classes: ``None`` (``root/classes.tsv`` or the ILSVRC 200), a path, or a ClassList.
-    missing_annotation: what to do with a listed image that has no XML: ``"skip"`` (the default, except
-    for ``split="test"``) drops it and counts it; ``"empty"`` keeps it without boxes (the test default).
-    check_images: skip (and count) listed images whose file is missing.
+    missing_annotation: a listed image without XML: ``"skip"`` (the default, except for
+    ``split="test"``) drops it and counts it; ``"empty"`` keeps it without boxes (the test default).
+    check_images: look for every listed image; missing ones are skipped and counted, and more than
+    ``max_missing_images`` (a share) of them missing stops with an error naming the pattern. ``False``
+    (evaluation: no pixels needed) reads the ground truth alone. A size missing from the XML is read
+    from the image header (counted in ``dataset.warnings``), else left 0 (unknown).
+    ground_truth: the devkit's cached ground-truth ``.mat`` in place of the XML folder (official list only).
+    cache_dir: where parsed XML is cached (None: no cache). workers: processes parsing XML on a cold cache.
     Malformed XML skips the image; bad objects are dropped; both are counted in ``dataset.skipped``.
+    A split where nothing is left raises ``ValueError`` with the summary.
     """
     root = Path(root)
-    layout = _detect_layout(root, split) if layout == "auto" else layout
-    if layout == "2015":
-        image_dir, xml_dir = root / "Data" / "DET" / split, root / "Annotations" / "DET" / split
-    elif layout == "2014":
-        if split not in LAYOUT_2014_DIRS:
-            raise ValueError(f"split {split!r} unknown in the 2014 layout ({sorted(LAYOUT_2014_DIRS)})")
-        image_dir, xml_dir = (root / d for d in LAYOUT_2014_DIRS[split])
-    else:
-        raise ValueError(f"layout must be 'auto', '2015' or '2014', got {layout!r}")
+    layout = _normalise_layout(layout)
     missing_annotation = missing_annotation or ("empty" if split == "test" else "skip")
     if missing_annotation not in ("skip", "empty"):
         raise ValueError(f"missing_annotation must be 'skip' or 'empty', got {missing_annotation!r}")
     class_list = resolve_classes(classes, root)
+    layout = _choose_layout(root, split, layout, need_annotations=ground_truth is None and missing_annotation == "skip")
+    image_dir, xml_dir = _layout_dirs(root, split, layout)
 
     official = _default_list(root, split, layout, devkit)
     list_path = Path(image_list) if image_list is not None else official
-    if list_path is None:
-        raise FileNotFoundError(f"{root}: no image list for split {split!r} (give image_list= or devkit=)")
-    entries = read_image_list(list_path)
+    if ground_truth is not None:
+        if image_list is not None and official is not None and Path(image_list).resolve() != official.resolve():
+            raise ValueError(f"{ground_truth}: the devkit's ground truth covers the official list; it cannot be "
+                             f"combined with image_list={image_list} (give the XML folder instead)")
+        ids, parsed = read_devkit_ground_truth(ground_truth, class_list)
+        name_of = {index: name for name, index in read_image_list(list_path)} if list_path is not None else {}
+        entries = [(name_of.get(i, str(i)), i) for i in ids]
+    else:
+        if list_path is None:
+            where = "ImageSets/DET" if layout == "2015" else "the devkit's data/det_lists (give devkit=)"
+            raise FileNotFoundError(f"{root}: no image list {split}.txt in {where}; give image_list=")
+        entries = read_image_list(list_path)
+        parsed = parse_annotation_files(xml_dir, [n for n, _ in entries], _parse_ilsvrc_raw, cache_dir,
+                                        f"ilsvrc_{layout}_{split}_{Path(list_path).stem}", PARSER_VERSION, class_list,
+                                        workers)
 
     skipped = SkipLog("annotations")
+    warnings = SkipLog("annotations", verb="kept with a warning")
+    finder = ImageFinder(image_dir, ".JPEG")
+    images = [finder.find(name) for name, _ in entries]
+    if check_images:
+        finder.check_missing([name for (name, _), p in zip(entries, images) if p is None], len(entries),
+                             max_missing_images)
+    source = (lambda name: os.path.join(str(xml_dir), name + ".xml")) if ground_truth is None else (
+        lambda name: str(ground_truth))  # the file to name in messages (built only when one is needed)
     records = []
-    for name, index in tqdm(entries, desc=f"ILSVRC {split}", leave=False, mininterval=2.0):
-        image_path = image_dir / f"{name}.JPEG"
-        if check_images and not image_path.is_file():
-            skipped.add(image_path, "missing image")
-            continue
-        xml_path = xml_dir / f"{name}.xml"
-        if not xml_path.is_file():
+    for (name, index), image_path, p in zip(entries, images, parsed):
+        if image_path is None:
+            image_path = finder.default_path(name)
+            if check_images:
+                skipped.add(image_path, "missing image")
+                continue
+        if p.error == "missing":
             if missing_annotation == "skip":
-                skipped.add(xml_path, "missing annotation")
+                skipped.add(source(name), "missing annotation")
                 continue
-            width, height, boxes, labels, problems = None, None, np.zeros((0, 4), np.float32), [], []
-        else:
-            try:
-                width, height, boxes, labels, problems = parse_ilsvrc_xml(xml_path, class_list)
-            except ValueError as e:
-                skipped.add(xml_path, f"unreadable annotation: {e}")
-                continue
-        for problem in problems:
-            skipped.add(xml_path, problem)
-        if width is None:
-            try:
-                width, height = _image_size(image_path)
-            except ValueError as e:
-                skipped.add(image_path, f"no image size: {e}")
-                continue
-        records.append(DetectionRecord(name, image_path, width, height, boxes, labels,
-                                       np.zeros(len(labels), bool), index))
+            p = ParsedAnnotation(None, None, None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool))
+        elif p.error is not None:
+            skipped.add(source(name), f"unreadable annotation: {p.error}")
+            continue
+        for problem in p.problems:
+            skipped.add(source(name), problem)
+        width, height = p.width, p.height
+        if width is None:  # no valid <size> in the XML (the devkit's .mat has no sizes at all: left 0)
+            width, height = (0, 0) if ground_truth is not None else size_from_image(
+                image_path, source(name), "no valid <size> in the annotation", warnings)
+        records.append(DetectionRecord(name, image_path, width, height, p.boxes, p.labels, p.flags, index))
+    warn_outside(records, warnings, lambda r: source(r.image_id))
 
     pairs = set()
     if blacklist is not None:
         pairs = read_blacklist(blacklist, class_list)
-        if list_path != official:
+        if list_path is not None and list_path != official:
             pairs = _remap_blacklist(pairs, official, records)
-    if len(skipped):
-        log.warning("%s %s: %s", root, split, skipped.summary())
+    dataset = DetectionDataset(records, class_list, name=f"ilsvrc_{split}", blacklist=pairs, skipped=skipped,
+                               warnings=warnings)
+    if len(skipped) or len(warnings):
+        log.warning("%s %s: %s", root, split, dataset.summary())
+    if entries and not records:
+        raise ValueError(f"{root} {split}: none of the {len(entries)} listed images could be used; {skipped.summary()}")
     log.info("%s %s: %d images, %d boxes", root, split, len(records), sum(len(r.boxes) for r in records))
-    return DetectionDataset(records, class_list, name=f"ilsvrc_{split}", blacklist=pairs, skipped=skipped)
+    return dataset
 
 
 def _remap_blacklist(pairs: set[tuple[int, int]], official: Path | None, records) -> set[tuple[int, int]]:

@@ -1,4 +1,13 @@
-"""The in-memory form every detection reader produces, and the log of what a reader had to skip."""
+"""The in-memory form every detection reader produces, and the logs of what a reader skipped or repaired.
+
+Ground-truth boxes, one rule for every reader (ILSVRC, VOC, COCO): an object is dropped (and counted
+in ``dataset.skipped``) only when it cannot be a box: its class is unknown, a coordinate is missing or
+not a finite number, or it is inverted (``x2 < x1`` or ``y2 < y1``; COCO: width or height <= 0). A box
+that reaches past the image border, or lies wholly outside the image, is **kept exactly as stored**,
+because the official evaluators (``eval_detection.m``, ``VOCevaldet.m``, ``COCOeval``) score ground
+truth as stored; it is counted in ``dataset.warnings`` ("box outside the image"). Code that needs boxes
+inside the image (training targets, crops) clips them itself.
+"""
 from __future__ import annotations
 
 import logging
@@ -13,7 +22,7 @@ from detect.classes import ClassList
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "SkippedItem"]
+__all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "SkippedItem", "warn_outside"]
 
 
 @dataclass
@@ -24,6 +33,8 @@ class DetectionRecord:
     labels: ndarray[N] int64, 0-based indices into the dataset's ClassList
     ignore: ndarray[N] bool, boxes that neither count nor penalise (VOC ``difficult``, COCO ``iscrowd``)
     index: 1-based position in the dataset's image list (the first column of an ILSVRC submission)
+    width, height: pixels; 0 when unknown (an evaluation-only read of an annotation without a size whose
+    image is absent: evaluation needs no size)
     """
 
     image_id: str
@@ -52,16 +63,53 @@ class SkippedItem(NamedTuple):
     reason: str
 
 
-class SkipLog:
-    """Counts and reports what was skipped (file, reason); a summary is printed at the end of a run."""
+def warn_outside(records: list["DetectionRecord"], warnings: "SkipLog", source) -> int:
+    """Add a warning per ground-truth box of ``records`` that reaches past its image: ``x1 < 0``,
+    ``y1 < 0``, ``x2 > width`` or ``y2 > height`` (so inclusive-pixel formats may end on ``width``, a
+    common 1-based slip); none for a record of unknown size (0). The boxes stay as stored (see the
+    module docstring); ``source(record)`` names the annotation file. Returns the count. One vectorised
+    pass over all records."""
+    counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
+    if not counts.sum():
+        return 0
+    boxes = np.concatenate([r.boxes for r in records])
+    width = np.repeat(np.array([r.width for r in records], dtype=np.float64), counts)
+    height = np.repeat(np.array([r.height for r in records], dtype=np.float64), counts)
+    known = (width > 0) & (height > 0)
+    bad = known & ((boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height))
+    owner = np.repeat(np.arange(len(records)), counts)
+    for k in np.flatnonzero(bad).tolist():
+        r = records[owner[k]]
+        warnings.add(source(r), f"box outside the image: {boxes[k].tolist()} in {r.width}x{r.height} (kept as stored)")
+    return int(bad.sum())
 
-    def __init__(self, what: str = "items"):
+
+class SkipLog:
+    """Counts and reports what was skipped (file, reason); a summary is printed at the end of a run.
+
+    ``what`` names the items (``"annotations"``), ``verb`` what happened to them (``"skipped"``,
+    ``"repaired"``). Each entry is logged as a warning, the first ``log_limit`` of each kind (the text
+    before the reason's first colon) only, so a file with 20,000 bad lines does not flood the log; every
+    entry is kept and counted in :meth:`summary`.
+    """
+
+    def __init__(self, what: str = "items", verb: str = "skipped", log_limit: int | None = 20):
         self.what = what
+        self.verb = verb
+        self.log_limit = log_limit
         self.entries: list[tuple[str, str]] = []
+        self._logged: Counter = Counter()
 
     def add(self, file: str | Path, reason: str) -> None:
         self.entries.append((str(file), reason))
-        log.warning("skipped %s: %s", file, reason)
+        kind = reason.split(":")[0]
+        self._logged[kind] += 1
+        n = self._logged[kind]
+        if self.log_limit is None or n <= self.log_limit:
+            log.warning("%s %s: %s", self.verb, file, reason)
+        elif n == self.log_limit + 1:
+            log.warning("%s: more %s %s (%s); not logged one by one, counted in the summary",
+                        file, self.what, self.verb, kind)
 
     def extend(self, other: "SkipLog") -> None:
         self.entries.extend(other.entries)
@@ -71,25 +119,37 @@ class SkipLog:
 
     def summary(self) -> str:
         if not self.entries:
-            return f"no {self.what} skipped"
+            return f"no {self.what} {self.verb}"
         kinds = Counter(reason.split(":")[0] for _, reason in self.entries)
-        lines = [f"{len(self.entries)} {self.what} skipped:"]
+        lines = [f"{len(self.entries)} {self.what} {self.verb}:"]
         lines += [f"  {n:6d}  {kind}" for kind, n in kinds.most_common()]
         return "\n".join(lines)
 
 
 @dataclass
 class DetectionDataset:
-    """A list of records with their class list; ``blacklist`` holds ignored (record index, label) pairs."""
+    """A list of records with their class list; ``blacklist`` holds ignored (record index, label) pairs.
+
+    ``skipped``: images and objects left out (with file and reason); ``warnings``: what was kept but
+    repaired or is unusual (an image size read from the image, a box outside the image).
+    """
 
     records: list[DetectionRecord]
     classes: ClassList
     name: str = ""
     blacklist: set[tuple[int, int]] = field(default_factory=set)
     skipped: SkipLog = field(default_factory=lambda: SkipLog("annotations"))
+    warnings: SkipLog = field(default_factory=lambda: SkipLog("annotations", verb="kept with a warning"))
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def summary(self) -> str:
+        """What was skipped and what was kept with a warning, one kind per line."""
+        parts = [self.skipped.summary()]
+        if len(self.warnings):
+            parts.append(self.warnings.summary())
+        return "\n".join(parts)
 
     def __getitem__(self, i: int) -> DetectionRecord:
         return self.records[i]

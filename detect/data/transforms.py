@@ -2,14 +2,16 @@
 
 Training: a random crop of ``scale`` (8%-100%) of the image area with aspect ratio in ``ratio``
 (3/4-4/3), resized to ``crop_size`` with a random interpolation among bilinear, area, nearest and
-bicubic, photometric distortions, a random horizontal flip, ImageNet normalisation.
+bicubic, photometric distortions, a random horizontal flip, then the input convention of the
+weights being trained (``detect.models.convention``: ImageNet mean/std on RGB 0..1 by default, BGR
+0..255 minus the mean for BVLC's weights).
 
 Test: 1 crop (centre), 10 crops (4 corners + centre, and their mirrors) or the 144 crops of section 7.
 Every size is relative to ``crop_size``: the paper's 256 / 224 resize and its 256/288/320/352 scales
 are kept as ratios, so a demo with 96-pixel crops resizes the shorter side to 110, etc.
 
 Inputs are ``ndarray[H, W, 3] uint8`` RGB (``detect.data.images.read_image``) or ``Tensor[3, H, W]``
-uint8; outputs are normalised float32 tensors.
+uint8; outputs are float32 tensors prepared with the transform's ``convention``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD
+from detect.models.convention import InputConvention
 
 __all__ = ["TrainTransform", "TestTransform", "to_float_tensor", "resize_shorter", "five_crops", "crops_144",
            "INTERPOLATIONS", "num_test_crops"]
@@ -70,13 +72,15 @@ class TrainTransform:
 
     scale: range of the crop's area as a fraction of the image; ratio: range of its aspect (w / h);
     interpolations: drawn uniformly per image; brightness/contrast/saturation/hue: ColorJitter
-    strengths (0 = off); flip_prob: probability of a horizontal flip. Random draws use torch's RNG.
+    strengths (0 = off); flip_prob: probability of a horizontal flip; convention: the input
+    convention of the network fed (``InputConvention``, its dict form, or None = ImageNet). Random
+    draws use torch's RNG.
     """
 
     def __init__(self, crop_size: int = 224, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), interpolations: Sequence[str] = INTERPOLATIONS,
                  brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.0,
-                 flip_prob: float = 0.5, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 flip_prob: float = 0.5, convention: InputConvention | dict | None = None):
         for mode in interpolations:
             if mode not in INTERPOLATIONS:
                 raise ValueError(f"unknown interpolation {mode!r}, expected one of {INTERPOLATIONS}")
@@ -86,7 +90,7 @@ class TrainTransform:
         self.interpolations = tuple(interpolations)
         self.jitter = v2.ColorJitter(brightness, contrast, saturation, hue) if any((brightness, contrast, saturation, hue)) else None
         self.flip_prob = float(flip_prob)
-        self.normalize = v2.Normalize(mean, std)
+        self.convention = InputConvention.from_dict(convention)
 
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """A random ``(top, left, h, w)`` of ``scale`` of the area and aspect ``ratio``; the whole image
@@ -120,7 +124,7 @@ class TrainTransform:
             x = self.jitter(x).clamp_(0.0, 1.0)
         if self.flip_prob > 0 and torch.rand(1).item() < self.flip_prob:
             x = x.flip(-1)
-        return self.normalize(x)
+        return self.convention.normalize(x)
 
 
 def five_crops(x: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -157,32 +161,34 @@ def num_test_crops(crops: int, scales: Sequence[float] = (256, 288, 320, 352)) -
 
 class TestTransform:
     """Test-time crops; ``__call__(image)`` -> ``Tensor[3, S, S]`` (``crops=1``) or ``Tensor[K, 3, S, S]``
-    (``crops=10``: K = 10; ``crops=144``: K = 144), float32, normalised.
+    (``crops=10``: K = 10; ``crops=144``: K = 144), float32, prepared with ``convention``.
 
     resize: the shorter side for 1 and 10 crops, in units of a 224 crop (256 -> 256/224 x crop_size);
-    scales: the shorter sides of the 144-crop scheme, same units.
+    scales: the shorter sides of the 144-crop scheme, same units; convention: as for
+    :class:`TrainTransform` (``detect.models.convention.RGB01`` leaves plain RGB 0..1 crops, for
+    models that prepare their own input).
     """
 
     __test__ = False  # not a pytest class
 
     def __init__(self, crop_size: int = 224, crops: int = 1, resize: float = 256, scales: Sequence[float] = (256, 288, 320, 352),
-                 reference_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 reference_size: int = 224, convention: InputConvention | dict | None = None):
         if crops not in (1, 10, 144):
             raise ValueError(f"crops must be 1, 10 or 144, got {crops}")
         self.crop_size, self.crops = int(crop_size), int(crops)
         factor = self.crop_size / reference_size
         self.resize = max(self.crop_size, round(resize * factor))
         self.scales = tuple(max(self.crop_size, round(s * factor)) for s in scales)
-        self.normalize = v2.Normalize(mean, std)
+        self.convention = InputConvention.from_dict(convention)
 
     def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = to_float_tensor(image)
         s = self.crop_size
         if self.crops == 1:
-            return self.normalize(five_crops(resize_shorter(x, self.resize), s)[4].contiguous())
+            return self.convention.normalize(five_crops(resize_shorter(x, self.resize), s)[4].contiguous())
         if self.crops == 10:
             five = five_crops(resize_shorter(x, self.resize), s)
             crops = five + [c.flip(-1) for c in five]
         else:
             crops = crops_144(x, s, self.scales)
-        return self.normalize(torch.stack(crops))
+        return self.convention.normalize(torch.stack(crops))

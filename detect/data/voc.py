@@ -3,18 +3,25 @@
 VOC XML coordinates are 1-based inclusive; they become 0-based (minus 1) here, the ILSVRC convention
 the evaluator expects (its ``+1`` width rule then matches the VOC devkit). ``difficult`` objects are
 kept with ``ignore=True`` (or dropped with ``use_difficult=False``).
+
+Sets exported by labelling tools often have ``<size>`` missing, ``0x0`` or not a number: the size is
+then read from the image header and the image kept (counted in ``dataset.warnings`` as repaired); the
+VOC devkit never uses the size, so the evaluation is unchanged. Images are found by name whatever
+their extension's case (``IMG_0001.JPG``, ``.jpeg``, ``.png``: :class:`detect.data.folder.ImageFinder`).
+Objects are dropped or kept by the rule in :mod:`detect.data.records`.
 """
 from __future__ import annotations
 
 import logging
+import math
+import os
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from detect.classes import ClassList, read_class_list
+from detect.data.cache import ParsedAnnotation, parse_annotation_files
+from detect.data.folder import ImageFinder, size_from_image
+from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, warn_outside
 from detect.data.xmlfile import read_xml_root
-from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +31,7 @@ VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
+PARSER_VERSION = 2  # part of the annotation cache's fingerprint: bump when parse_voc_xml changes
 
 
 def voc_classes() -> ClassList:
@@ -31,59 +39,67 @@ def voc_classes() -> ClassList:
     return ClassList.from_names(VOC_CLASSES)
 
 
-def _number(node, tag: str) -> float | None:
-    text = node.findtext(tag) if node is not None else None
+def _number(text) -> float | None:
     try:
-        return float(text.strip()) if text is not None else None
-    except ValueError:
+        value = float(text)
+    except (TypeError, ValueError):
         return None
+    return value if math.isfinite(value) else None
 
 
-def parse_voc_xml(path: str | Path, classes: ClassList):
-    """Parse one VOC annotation.
+def parse_voc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
+    """Parse one VOC annotation into a :class:`ParsedAnnotation`: ``boxes: float32[N, 4]`` 0-based xyxy
+    (VOC values minus 1), ``labels: int64[N]``, ``flags: bool[N]`` (difficult), ``problems`` one line
+    per dropped object; ``width``/``height`` ``None`` when ``<size>`` is missing, 0 or not a number.
+    Raises ``ValueError`` naming the file when it is not readable XML."""
+    return ParsedAnnotation.from_raw(_parse_voc_raw(path, classes))
 
-    Returns ``(width, height, boxes, labels, difficult, problems)``: boxes ndarray[N, 4] float32 0-based
-    xyxy (VOC values minus 1), labels ndarray[N] int64, difficult ndarray[N] bool, problems one line per
-    dropped object. Raises ``ValueError`` naming the file when it is not readable XML or has no size.
-    """
-    path = Path(path)
+
+def _parse_voc_raw(path: str | Path, classes: ClassList) -> tuple:
+    """:func:`parse_voc_xml` as plain lists (width, height, boxes, labels, difficult, problems)."""
     root = read_xml_root(path)
-    size = root.find("size")
-    width, height = _number(size, "width"), _number(size, "height")
-    if not width or not height or width <= 0 or height <= 0:
-        raise ValueError(f"{path}: no valid <size>")
-    width, height = int(width), int(height)
+    width, height = _number(root.findtext("size/width")), _number(root.findtext("size/height"))
+    if not width or not height or width < 1 or height < 1:
+        width = height = None
+    else:
+        width, height = int(width), int(height)
+    lookup = classes._lookup()
     boxes, labels, difficult, problems = [], [], [], []
-    for k, obj in enumerate(root.findall("object"), 1):
+    for k, obj in enumerate(root.iterfind("object"), 1):
         name = (obj.findtext("name") or "").strip()
-        if name not in classes:
+        if name not in lookup:
             problems.append(f"unknown class: object {k} ({name!r})")
             continue
-        coords = [_number(obj.find("bndbox"), t) for t in ("xmin", "ymin", "xmax", "ymax")]
-        if any(c is None for c in coords):
+        bb = obj.find("bndbox")
+        values = {} if bb is None else {c.tag: c.text for c in bb}
+        coords = [_number(values.get(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
+        if None in coords:
             problems.append(f"missing box: object {k} ({name})")
             continue
         x1, y1, x2, y2 = (c - 1 for c in coords)
         if x2 < x1 or y2 < y1:
             problems.append(f"inverted box: object {k} ({name}) {coords}")
             continue
-        if x1 < 0 or y1 < 0 or x2 > width - 1 or y2 > height - 1:
-            problems.append(f"box outside the image: object {k} ({name}) {coords} in {width}x{height}")
-            continue
         boxes.append([x1, y1, x2, y2])
-        labels.append(classes.index(name))
-        difficult.append((_number(obj, "difficult") or 0) > 0)
-    return (width, height, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
-            np.asarray(difficult, bool), problems)
+        labels.append(lookup[name])
+        difficult.append((_number(obj.findtext("difficult")) or 0) > 0)
+    return width, height, boxes, labels, difficult, problems
 
 
-def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult: bool = True) -> DetectionDataset:
+def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult: bool = True,
+             check_images: bool = True, max_missing_images: float = 0.1,
+             cache_dir: str | Path | None = None, workers: int = 1) -> DetectionDataset:
     """Read ``root`` (a ``VOCdevkit/VOC20xx`` folder) split ``split`` into a :class:`DetectionDataset`.
 
     classes: ``None`` (the 20 VOC classes), a class list file, or a ClassList.
     use_difficult: keep ``difficult`` objects as ``ignore=True`` (VOC evaluation: neither counted nor
     penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list.
-    Unreadable annotations skip the image; bad objects are dropped; both counted in ``dataset.skipped``.
+    check_images: look for every listed image in ``JPEGImages`` (any extension and case); missing ones
+    are skipped and counted, more than ``max_missing_images`` (a share) missing stops with an error
+    naming the pattern. ``False`` (evaluation) reads the annotations alone.
+    cache_dir: where parsed XML is cached (None: no cache). workers: processes parsing XML on a cold cache.
+    Unreadable annotations skip the image; bad objects are dropped; both counted in ``dataset.skipped``;
+    sizes read from the images are counted in ``dataset.warnings``.
     """
     root = Path(root)
     class_list = classes if isinstance(classes, ClassList) else (
@@ -93,21 +109,41 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
         names = [line.split()[0] for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError as e:
         raise FileNotFoundError(f"{list_path}: cannot read VOC image list ({e.strerror})") from None
+    xml_dir = root / "Annotations"
+    if names and not xml_dir.is_dir():
+        raise FileNotFoundError(f"{xml_dir}: no annotation folder (is data.root the VOC20xx folder?)")
+    parsed = parse_annotation_files(xml_dir, names, _parse_voc_raw, cache_dir, f"voc_{split}", PARSER_VERSION,
+                                    class_list, workers)
+    finder = ImageFinder(root / "JPEGImages", ".jpg")
+    images = [finder.find(name) for name in names]
+    if check_images:
+        finder.check_missing([n for n, p in zip(names, images) if p is None], len(names), max_missing_images)
     skipped = SkipLog("annotations")
+    warnings = SkipLog("annotations", verb="kept with a warning")
     records = []
-    for i, name in enumerate(tqdm(names, desc=f"VOC {split}", leave=False, mininterval=2.0), 1):
-        xml_path = root / "Annotations" / f"{name}.xml"
-        try:
-            width, height, boxes, labels, difficult, problems = parse_voc_xml(xml_path, class_list)
-        except ValueError as e:
-            skipped.add(xml_path, f"unreadable annotation: {e}")
+    for i, (name, image_path, p) in enumerate(zip(names, images, parsed), 1):
+        xml_path = os.path.join(xml_dir, name + ".xml")
+        if image_path is None:
+            image_path = finder.default_path(name)
+            if check_images:
+                skipped.add(image_path, "missing image")
+                continue
+        if p.error is not None:
+            skipped.add(xml_path, "missing annotation" if p.error == "missing" else f"unreadable annotation: {p.error}")
             continue
-        for problem in problems:
+        for problem in p.problems:
             skipped.add(xml_path, problem)
+        width, height = p.width, p.height
+        if width is None:
+            width, height = size_from_image(image_path, xml_path, "no valid <size> in the annotation", warnings)
+        boxes, labels, difficult = p.boxes, p.labels, p.flags
         if not use_difficult:
             boxes, labels, difficult = boxes[~difficult], labels[~difficult], difficult[~difficult]
-        records.append(DetectionRecord(name, root / "JPEGImages" / f"{name}.jpg", width, height,
-                                       boxes, labels, difficult, i))
-    if len(skipped):
-        log.warning("%s %s: %s", root, split, skipped.summary())
-    return DetectionDataset(records, class_list, name=f"voc_{split}", skipped=skipped)
+        records.append(DetectionRecord(name, image_path, width, height, boxes, labels, difficult, i))
+    warn_outside(records, warnings, lambda r: os.path.join(xml_dir, r.image_id + ".xml"))
+    dataset = DetectionDataset(records, class_list, name=f"voc_{split}", skipped=skipped, warnings=warnings)
+    if len(skipped) or len(warnings):
+        log.warning("%s %s: %s", root, split, dataset.summary())
+    if names and not records:
+        raise ValueError(f"{root} {split}: none of the {len(names)} listed images could be used; {skipped.summary()}")
+    return dataset

@@ -29,8 +29,10 @@ network (no biases, no auxiliary heads, 1000 classes) number 6,990,272, and the 
 rows: e.g. 4c has 512*128 + 512*128 + 128*256*9 + 512*24 + 24*64*25 + 512*64 = 509,440 weights
 (497.5 K) against the printed 463 K; and its ops column sums to about 1.5 G.
 
-Inputs: float ``Tensor[B, 3, H, W]`` normalised with ``IMAGENET_MEAN``/``IMAGENET_STD`` (RGB, 0..1
-scale), any H, W >= 96 (small CPU configs warp crops to 96 or 112).
+Inputs: float ``Tensor[B, 3, H, W]`` prepared by the model's ``input_convention``
+(:mod:`detect.models.convention`: ImageNet mean/std on RGB 0..1 for our own and torchvision's
+weights, BGR 0..255 minus the mean for BVLC's), any H, W >= 96 (small CPU configs warp crops to 96
+or 112). The convention is part of ``model_kwargs``, so every checkpoint and detector file records it.
 """
 from __future__ import annotations
 
@@ -44,23 +46,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detect.io import load_checkpoint
+from detect.models.convention import IMAGENET_MEAN, IMAGENET_STD, InputConvention
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "InputConvention",
     "GoogLeNet",
     "GoogLeNetOutputs",
     "LoadReport",
     "build_model",
+    "checkpoint_convention",
     "googlenet_torchvision",
     "load_model",
     "load_pretrained",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, 0..1 scale
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux1", "aux2"])
 
@@ -207,6 +209,10 @@ class GoogLeNet(nn.Module):
         init_weights: truncated-normal init (see ``_init_weights``); False leaves PyTorch's defaults.
         aux_pool: "paper" (5x5/3 average pool) or "adaptive" (torchvision's adaptive 4x4).
         pool4_size: kernel of maxpool4 (3 as in the paper; 2 in torchvision's port).
+        input_convention: the input the weights expect (``InputConvention`` or its ``to_dict()``;
+            None = ImageNet mean/std on RGB 0..1). Loading weights sets it (``load_pretrained``);
+            it does not change the forward pass: callers prepare inputs with
+            ``model.input_convention.normalize``.
 
     ``forward(x: Tensor[B, 3, H, W] float) -> Tensor[B, num_classes]`` in eval mode (or without aux
     heads), ``GoogLeNetOutputs(logits, aux1, aux2)`` in training mode with aux heads.
@@ -215,12 +221,15 @@ class GoogLeNet(nn.Module):
     def __init__(self, num_classes: int = 1000, aux_logits: bool = True, batch_norm: bool = False,
                  width: float = 1.0, five_by_five: bool = True, lrn: bool = True, dropout: float = 0.4,
                  aux_dropout: float = 0.7, transform_input: bool = False, init_weights: bool = True,
-                 aux_pool: str = "paper", pool4_size: int = 3):
+                 aux_pool: str = "paper", pool4_size: int = 3,
+                 input_convention: InputConvention | dict | None = None):
         super().__init__()
+        self.input_convention = InputConvention.from_dict(input_convention)
         self.model_kwargs = dict(
             num_classes=num_classes, aux_logits=aux_logits, batch_norm=batch_norm, width=width,
             five_by_five=five_by_five, lrn=lrn, dropout=dropout, aux_dropout=aux_dropout,
             transform_input=transform_input, aux_pool=aux_pool, pool4_size=pool4_size,
+            input_convention=self.input_convention.to_dict(),
         )  # what build_model needs to rebuild this network; stored in checkpoints
         self.aux_logits = aux_logits
         self.transform_input = transform_input
@@ -275,6 +284,11 @@ class GoogLeNet(nn.Module):
 
         if init_weights:
             self._init_weights()
+
+    def set_input_convention(self, convention: InputConvention | dict | None) -> None:
+        """Record the input the (newly loaded) weights expect, in ``input_convention`` and ``model_kwargs``."""
+        self.input_convention = InputConvention.from_dict(convention)
+        self.model_kwargs["input_convention"] = self.input_convention.to_dict()
 
     @torch.no_grad()
     def _init_weights(self) -> None:
@@ -365,7 +379,18 @@ def build_model(model_kwargs: dict) -> GoogLeNet:
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GoogLeNet, dict]:
-    """Rebuild a GoogLeNet from our checkpoint (``model_kwargs`` + ``model_state``); returns (model in eval mode, checkpoint)."""
+    """Rebuild a GoogLeNet from our checkpoint (``model_kwargs`` + ``model_state``), or build it from
+    BVLC GoogLeNet weights (a ``.caffemodel`` or an ONNX-zoo ``.onnx``, detected by content; see
+    :mod:`detect.models.bvlc`). Returns (model in eval mode, checkpoint); for BVLC weights the
+    "checkpoint" is ``{"model_kwargs", "classes": None, "load_report"}`` (the file names no classes:
+    its outputs are the ILSVRC 2012 synsets in sorted wnid order, Caffe's ``synsets.txt``)."""
+    from detect.models.bvlc import model_from_weights, weights_format
+
+    kind = weights_format(path)
+    if kind != "torch":
+        model, report = model_from_weights(path, kind)
+        return model.to(map_location), {"model_kwargs": dict(model.model_kwargs), "classes": None,
+                                        "load_report": report}
     ckpt = load_checkpoint(path, map_location=map_location)
     if not isinstance(ckpt, dict) or "model_kwargs" not in ckpt or "model_state" not in ckpt:
         raise ValueError(f"{path}: not a GoogLeNet checkpoint (needs 'model_kwargs' and 'model_state')")
@@ -379,30 +404,47 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 
 @dataclass
 class LoadReport:
-    """What ``load_pretrained`` did: tensor names loaded, left initialised for a shape mismatch,
-    missing from the file, and present in the file but unknown to the model."""
+    """What ``load_pretrained`` did: tensor names (ours) loaded, left initialised for a shape mismatch,
+    missing from the file, and present in the file but unknown to the model; ``source``: the file's
+    format; for BVLC weights also the file's layers loaded and those not loaded with the reason, its
+    sha1, and whether that is the sha1 BVLC published (None: no published sha1 to compare with)."""
 
     loaded: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    source: str = "checkpoint"
+    loaded_layers: list[str] = field(default_factory=list)
+    skipped_layers: dict[str, str] = field(default_factory=dict)
+    sha1: str | None = None
+    sha1_matches: bool | None = None
 
 
 def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.5) -> LoadReport:
-    """Load every tensor of ``path`` whose name and shape match ``model``'s state dict.
+    """Load pretrained weights into ``model`` and adopt the input convention they expect.
 
-    ``path``: our checkpoint (a dict with ``model_state``) or a raw state dict (torchvision's
-    ``googlenet-1378be20.pth``). Layers whose shape differs (fc, aux fc2 for another num_classes)
-    keep their initialisation and are logged. Raises ValueError naming the file when fewer than
-    ``min_fraction`` of the model's tensors match (the wrong architecture).
+    ``path``, detected by content: our checkpoint (a dict with ``model_state``; its convention from
+    its ``model_kwargs``, ImageNet when it records none), a raw state dict (torchvision's
+    ``googlenet-1378be20.pth``: ImageNet), or BVLC GoogLeNet's ``.caffemodel`` / ONNX-zoo ``.onnx``
+    (:func:`detect.models.bvlc.load_bvlc`: every layer must fit ``model=googlenet``; BVLC's BGR
+    0..255 convention). For torch files every tensor whose name and shape match is loaded; layers
+    whose shape differs (fc, aux fc2 for another num_classes) keep their initialisation and are
+    logged. Raises ValueError naming the file when fewer than ``min_fraction`` of the model's
+    tensors match (the wrong architecture).
     """
+    from detect.models.bvlc import load_bvlc, weights_format
+
+    kind = weights_format(path)
+    if kind != "torch":
+        return load_bvlc(model, path, kind)
     obj = load_checkpoint(path)
-    state = obj["model_state"] if isinstance(obj, dict) and "model_state" in obj else obj
+    ours = isinstance(obj, dict) and "model_state" in obj
+    state = obj["model_state"] if ours else obj
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict or a checkpoint with 'model_state', got {type(state).__name__}")
     state = _strip_module_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     own = model.state_dict()
-    report = LoadReport()
+    report = LoadReport(source="checkpoint" if ours else "state dict")
     to_load = {}
     for name, tensor in own.items():
         if name not in state:
@@ -419,6 +461,12 @@ def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.
             f"(missing {len(report.missing)}, mismatched {len(report.mismatched)}): a different architecture?"
         )
     model.load_state_dict(to_load, strict=False)
+    if hasattr(model, "set_input_convention"):
+        convention = checkpoint_convention(obj if ours else {})
+        if convention != model.input_convention:
+            log.info("%s: input convention %s (the model was set to %s)", path, convention.describe(),
+                     model.input_convention.describe())
+        model.set_input_convention(convention)
     if report.mismatched:
         log.info("%s: left initialised (shape differs): %s", path, ", ".join(report.mismatched))
     if report.missing:
@@ -429,6 +477,16 @@ def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.
                  ", ".join(report.unexpected[:10]) + (" ..." if len(report.unexpected) > 10 else ""))
     log.info("%s: loaded %d of %d tensors", path, len(report.loaded), len(own))
     return report
+
+
+def checkpoint_convention(ckpt: dict) -> InputConvention:
+    """The input convention our checkpoint records: ``model_kwargs["input_convention"]`` (for MultiBox,
+    that of ``model_kwargs["backbone_kwargs"]``); ImageNet for a checkpoint that records none."""
+    kwargs = ckpt.get("model_kwargs") if isinstance(ckpt, dict) else None
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
+    if "input_convention" not in kwargs and isinstance(kwargs.get("backbone_kwargs"), dict):
+        kwargs = kwargs["backbone_kwargs"]
+    return InputConvention.from_dict(kwargs.get("input_convention"))
 
 
 def _strip_module_prefix(state: dict) -> dict:

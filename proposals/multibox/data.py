@@ -1,4 +1,5 @@
-"""Training data for MultiBox: detection records -> (warped normalised image, normalised boxes).
+"""Training data for MultiBox: detection records -> (warped image prepared with the backbone's input
+convention, normalised boxes).
 
 Class-agnostic: labels are dropped, ignored boxes (VOC difficult, COCO crowd) left out. Training
 augmentation: a mild random crop (each side keeps at least ``min_crop`` of the image; boxes clipped
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset
 from detect.boxes import flip_boxes
 from detect.data.images import SampleError, read_image
 from detect.data.records import DetectionDataset, SkippedItem
+from detect.models.convention import InputConvention
 from proposals.multibox.model import preprocess
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,12 @@ def crop_boxes(boxes: np.ndarray, crop: tuple[float, float, float, float], min_v
 
 
 class MultiBoxDataset(Dataset):
-    """Items are ``(image Tensor[3, S, S] float32 normalised, boxes Tensor[G, 4] float32 normalised
-    xyxy)``, or a :class:`SkippedItem` for an unreadable image (the collate function drops it and
-    hands it on in the batch, so that the trainer reports it).
+    """Items are ``(image Tensor[3, S, S] float32 prepared with ``convention``, boxes Tensor[G, 4]
+    float32 normalised xyxy)``, or a :class:`SkippedItem` for an unreadable image (the collate
+    function drops it and hands it on in the batch, so that the trainer reports it).
 
-    dataset: a DetectionDataset; input_size: S; train: apply the augmentations;
+    dataset: a DetectionDataset; input_size: S; convention: the network's ``input_convention``
+    (None = ImageNet); train: apply the augmentations;
     flip: probability of a horizontal flip; min_crop: smallest crop side as a fraction of the image
     side (1.0 = no crop); crop_probability: share of images cropped; min_visible: see :func:`crop_boxes`.
     """
@@ -53,6 +56,7 @@ class MultiBoxDataset(Dataset):
         self,
         dataset: DetectionDataset,
         input_size: int,
+        convention: InputConvention | None = None,
         train: bool = True,
         flip: float = 0.5,
         min_crop: float = 0.8,
@@ -66,6 +70,7 @@ class MultiBoxDataset(Dataset):
                              f"crop_probability={crop_probability}, min_visible={min_visible})")
         self.records = dataset.records
         self.input_size = input_size
+        self.convention = InputConvention.from_dict(convention)
         self.train = train
         self.flip = flip
         self.min_crop = min_crop
@@ -89,7 +94,7 @@ class MultiBoxDataset(Dataset):
             height, width = image.shape[:2]
         scale = np.array([width, height, width, height], dtype=np.float32)
         boxes = (boxes / scale).clip(0.0, 1.0)
-        x = preprocess([image], self.input_size)[0]
+        x = preprocess([image], self.input_size, self.convention)[0]
         return x, torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4)
 
     def _augment(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

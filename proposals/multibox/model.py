@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet
+from detect.models.convention import InputConvention
+from detect.models.googlenet import GoogLeNet
 
 __all__ = ["MultiBoxNet", "preprocess", "decode_boxes"]
 
@@ -50,6 +51,14 @@ class MultiBoxNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.register_buffer("priors", torch.zeros(self.num_priors, 4))
 
+    @property
+    def input_convention(self) -> InputConvention:
+        """The input the backbone's weights expect (it is part of ``backbone_kwargs``)."""
+        return self.backbone.input_convention
+
+    def set_input_convention(self, convention: InputConvention | dict | None) -> None:
+        self.backbone.set_input_convention(convention)
+
     def set_priors(self, priors) -> None:
         """priors: ndarray | Tensor [K, 4], normalised xyxy."""
         priors = torch.as_tensor(np.asarray(priors, dtype=np.float32))
@@ -68,18 +77,16 @@ class MultiBoxNet(nn.Module):
         return self.priors.to(offsets.dtype) + offsets, logits
 
 
-def preprocess(images: list[np.ndarray], input_size: int) -> torch.Tensor:
-    """Warp RGB uint8 images ``ndarray[H, W, 3]`` to ``input_size`` squares, scale to 0..1 and
-    normalise with IMAGENET_MEAN/STD. Returns ``Tensor[B, 3, S, S] float32`` (CPU)."""
+def preprocess(images: list[np.ndarray], input_size: int, convention: InputConvention | None = None) -> torch.Tensor:
+    """Warp RGB uint8 images ``ndarray[H, W, 3]`` to ``input_size`` squares and prepare them with
+    ``convention`` (the network's ``input_convention``; None = ImageNet). Returns
+    ``Tensor[B, 3, S, S] float32`` (CPU)."""
     batch = np.empty((len(images), input_size, input_size, 3), dtype=np.uint8)
     for i, image in enumerate(images):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
         batch[i] = cv2.resize(image, (input_size, input_size), interpolation=cv2.INTER_LINEAR)
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return InputConvention.from_dict(convention).normalize(torch.from_numpy(batch).permute(0, 3, 1, 2))
 
 
 def decode_boxes(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:

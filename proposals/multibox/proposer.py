@@ -55,6 +55,10 @@ class _Flat(nn.Module):
         super().__init__()
         self.net = net
 
+    @property
+    def input_convention(self):
+        return self.net.input_convention
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         boxes, logits = self.net(x)
         return torch.cat([boxes, logits[..., None]], dim=-1)
@@ -74,8 +78,8 @@ class MultiBoxProposer:
     onnx_cache: folder of the ONNX export (default ``<checkpoint>.onnx/`` for a path; for a loaded dict
     without it, ``backend=auto`` runs torch).
     precision: "fp32" | "int8" | "auto" of the ONNX Runtime backend (:mod:`detect.backends`); the int8
-    model is calibrated on the checkpoint's ``calibration`` images (``uint8 [N, S, S, 3]`` at the input
-    size, with its ``int8_recipe``), which the detector bundle step adds to the network it embeds.
+    model is calibrated on the checkpoint's ``calibration`` images (``uint8 [N, S, S, 3]`` RGB at the
+    input size, prepared in the network's input convention, with its ``int8_recipe``), which the detector bundle step adds to the network it embeds.
     """
 
     name = "multibox"
@@ -99,8 +103,10 @@ class MultiBoxProposer:
         if calibration is not None:
             calibration = torch.as_tensor(calibration)
             if calibration.dtype != torch.uint8 or calibration.ndim != 4 or calibration.shape[-1] != 3:
-                raise ValueError("MultiBox calibration images must be uint8 [N, S, S, 3]")
-            calibration = preprocess(list(calibration.numpy()), self.model.input_size).numpy()
+                source = checkpoint if isinstance(checkpoint, (str, Path)) else "the embedded MultiBox network"
+                raise ValueError(f"{source}: MultiBox calibration images must be uint8 [N, S, S, 3], "
+                                 f"got {calibration.dtype} {tuple(calibration.shape)}")
+            calibration = preprocess(list(calibration.numpy()), self.model.input_size, self.model.input_convention).numpy()
         self.net = make_scorer(_Flat(self.model), backend, self.device, self.model.input_size,
                                cache_dir=onnx_cache, name="multibox", amp=amp, precision=precision,
                                calibration=calibration, int8_recipe=ckpt.get("int8_recipe"))
@@ -125,7 +131,7 @@ class MultiBoxProposer:
         out = []
         for s in range(0, len(images), self.batch_size):
             chunk = images[s : s + self.batch_size]
-            flat = self.net(preprocess(chunk, self.model.input_size))
+            flat = self.net(preprocess(chunk, self.model.input_size, self.model.input_convention))
             boxes, logits = flat[..., :4], flat[..., 4]
             scores, order = torch.sigmoid(logits.float()).sort(dim=1, descending=True)
             scores, order = scores[:, : self.top_k], order[:, : self.top_k]
