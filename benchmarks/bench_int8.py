@@ -42,9 +42,12 @@ from detect.detections import Detections
 from detect.evaluation import evaluate
 from detect.io import load_checkpoint
 from detect.pipeline import Detector, _member_network, _read_detector, per_class_nms
-from detect.quantize import Int8Recipe, QuantizationError, crops_to_inputs
+from detect.quantize import Int8Recipe, QuantizationError, cpu_has_int8_dot, crops_to_inputs
 from detect.region import Ensemble, normalize_image, warp_regions
 from proposals.store import ProposalStore
+
+
+BF16 = "torch bf16 autocast (channels-last)"
 
 
 def parse_variant(text: str, base: Int8Recipe) -> tuple[str, Int8Recipe]:
@@ -83,8 +86,9 @@ def agreement(ref: torch.Tensor, out: torch.Tensor) -> str:
             f"p99 {diff.flatten().quantile(0.99):.2e} max {diff.max():.3f}  |dp(fp32 top)| mean {best.mean():.2e}")
 
 
-def alternate(runs: dict, rounds: int) -> dict[str, float]:
-    """Median seconds of each callable, timed in turns for ``rounds`` rounds after one warm-up round."""
+def alternate(runs: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each callable per round, timed in turns for ``rounds`` rounds after one warm-up round
+    (alternating, so that the load of a shared machine hits every callable alike)."""
     times = {k: [] for k in runs}
     for r in range(rounds + 1):
         for name, fn in runs.items():
@@ -92,7 +96,20 @@ def alternate(runs: dict, rounds: int) -> dict[str, float]:
             fn()
             if r:
                 times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def ratio_to(times: dict[str, list[float]], ref: str, name: str) -> str:
+    """Speed of ``name`` relative to ``ref``: median (min-max) over the rounds of ``ref``'s time / ``name``'s
+    time in the same round."""
+    r = [a / b for a, b in zip(times[ref], times[name])]
+    return f"{statistics.median(r):5.2f}x ({min(r):.2f}-{max(r):.2f})"
+
+
+def rate(count: float, seconds: list[float]) -> str:
+    """``count`` per second: median (min-max) over the rounds."""
+    per = [count / t for t in seconds]
+    return f"{statistics.median(per):8.1f} ({min(per):.1f}-{max(per):.1f})"
 
 
 def profile(path: Path, crops: torch.Tensor, runs: int = 3) -> None:
@@ -135,6 +152,8 @@ def main() -> None:
     ap.add_argument("--image-runs", type=int, default=4, help="val images timed per seconds/image setting and round")
     ap.add_argument("--cascade-threshold", type=float, default=0.3)
     ap.add_argument("--cache", default=None, help="folder of the exports (default: a temporary folder)")
+    ap.add_argument("--bf16", action="store_true", help="torch bf16 autocast in the accuracy and s/image sections too "
+                    "(the bare crops/s section always times it)")
     args = ap.parse_args()
 
     ckpt = load_checkpoint(args.detector)
@@ -155,12 +174,14 @@ def main() -> None:
     def scorers(label: str) -> list:
         if label == "fp32":
             return make_scorers(nets, "onnxruntime", "cpu", settings.crop_size, cache / "fp32", precision="fp32")
+        if label == BF16:
+            return [TorchScorer(n, "cpu", amp="bf16") for n in nets]
         folder = cache / label.split()[1].replace(".", "_")
         return make_scorers(nets, "onnxruntime", "cpu", settings.crop_size, folder, precision="int8",
                             calibration=inputs, int8_recipe=variants[label])
 
     print(f"{args.detector}: {len(nets)} members, crop {settings.crop_size}, {len(calib['crops'])} calibration crops; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; int8 dot products: {cpu_has_int8_dot()}")
     start = time.perf_counter()
     members = {"fp32": scorers("fp32")}
     for label in list(variants):
@@ -169,11 +190,15 @@ def main() -> None:
         except QuantizationError as e:
             print(f"  {label}: quantization failed ({e})")
             del variants[label]
+    if args.bf16:
+        members[BF16] = scorers(BF16)
     print(f"exports and int8 models ready in {time.perf_counter() - start:.0f} s ({cache})")
     for label in variants:
         meta = json.loads((members[label][0].path.with_suffix(".json")).read_text())
         print(f"  {label}: LRN effects {({k: round(v, 5) for k, v in meta['lrn_effects'].items()})}, "
               f"folded {meta['lrn_folded']}")
+    if speed_label not in variants:
+        raise SystemExit(f"the speed variant {speed_label} could not be made")
 
     dataset = read_ilsvrc_det(args.data_root, "val", classes=Path(args.data_root) / "classes.tsv")
     store = ProposalStore.load(args.val_store)
@@ -199,12 +224,14 @@ def main() -> None:
         fp32_map = evaluate(subset, Detections.concat(dets["fp32"]), rules="ilsvrc").mean_ap
         for label in members:
             m = evaluate(subset, Detections.concat(dets[label]), rules="ilsvrc").mean_ap
-            print(f"  {label:44s} mAP@0.5 {m:.4f} ({100 * (m - fp32_map):+.2f} points)  "
+            print(f"  {label:52s} mAP@0.5 {m:.4f} ({100 * (m - fp32_map):+.2f} points)  "
                   + ("" if label == "fp32" else agreement(ref, torch.cat(probs[label]))))
 
         from proposals.selective_search import SelectiveSearch
 
         photos = sorted(Path(args.coco).glob("*.jpg"))[:args.coco_images]
+        if not photos:
+            raise SystemExit(f"{args.coco}: no .jpg photos for the real-crop agreement")
         propose = SelectiveSearch(mode="opencv_fast", superpixel_scale=1.0)
         rng = np.random.default_rng(0)
         real = []
@@ -214,12 +241,14 @@ def main() -> None:
             boxes = boxes[rng.choice(len(boxes), size=min(args.coco_crops, len(boxes)), replace=False)]
             real.append(image_crops(image, boxes, settings, convention)[1])
         real = torch.cat(real)
-        print(f"\nreal photos: {len(real)} crops of selective search proposals on {len(photos)} coco128 images, per member:")
+        print(f"\nreal photos: {len(real)} crops of selective search proposals on {len(photos)} coco128 images, "
+              "per member, against fp32 ORT:")
         for k in range(len(nets)):
             ref = scores_in_batches(members["fp32"][k], real, args.batch).softmax(1)
-            for label in variants:
-                out = scores_in_batches(members[label][k], real, args.batch).softmax(1)
-                print(f"  member {k} {label:44s} {agreement(ref, out)}")
+            for label in members:
+                if label != "fp32":
+                    out = scores_in_batches(members[label][k], real, args.batch).softmax(1)
+                    print(f"  member {k} {label:52s} {agreement(ref, out)}")
 
     if {"speed", "profile"} & set(args.sections):
         crops = []
@@ -234,32 +263,35 @@ def main() -> None:
         net = nets[0]
         runs = {label: (lambda s=scorer_list[0]: [s(b) for b in batches]) for label, scorer_list in members.items()}
         runs["torch fp32 eager (channels-last)"] = lambda s=TorchScorer(net, "cpu", amp="none"): [s(b) for b in batches]
-        runs["torch bf16 autocast (channels-last)"] = lambda s=TorchScorer(net, "cpu", amp="bf16"): [s(b) for b in batches]
+        if not args.bf16:
+            runs[BF16] = lambda s=TorchScorer(net, "cpu", amp="bf16"): [s(b) for b in batches]
         times = alternate(runs, args.rounds)
-        print(f"\nbare scoring, member 0, {len(crops)} real crops per round in batches of {args.batch}, "
-              f"median of {args.rounds} alternating rounds:")
+        print(f"\nbare scoring, member 0, {len(crops)} val crops per round in batches of {args.batch}; "
+              f"median (min-max) of {args.rounds} alternating rounds:")
+        print(f"  {'':52s} {'crops/s':>22s}  vs fp32 ORT, per round")
         for label, t in times.items():
-            print(f"  {label:44s} {len(crops) / t:8.1f} crops/s  {times['fp32'] / t:5.2f}x fp32 ORT")
-        bf16 = TorchScorer(net, "cpu", amp="bf16")
-        ref = scores_in_batches(members["fp32"][0], crops, args.batch).softmax(1)
-        print(f"  torch bf16 vs fp32 ORT, member 0: {agreement(ref, scores_in_batches(bf16, crops, args.batch).softmax(1))}")
+            print(f"  {label:52s} {rate(len(crops), t)}  {ratio_to(times, 'fp32', label)}")
 
         items = [(read_image(r.path), store.get(r.image_id)) for r in records[:args.image_runs]]
-        setups = {}
-        for label in ("fp32", speed_label):
+        setups, short = {}, {"fp32": "fp32", speed_label: "int8", BF16: "bf16"}
+        for label in [x for x in ("fp32", speed_label, BF16) if x in members]:
             for count in (1, 6):
                 for cascade in ((None, args.cascade_threshold) if count > 1 else (None,)):
                     chosen = [members[label][k % len(nets)] for k in range(count)]
                     det = Detector(None, Ensemble(chosen, cascade), contents["classes"], settings, device="cpu")
-                    name = f"{'fp32' if label == 'fp32' else 'int8'} members={count}" + (f" cascade {cascade}" if cascade else "")
+                    name = f"{short[label]} members={count}" + (f" cascade {cascade}" if cascade else "")
                     setups[name] = lambda d=det: [d.detect(image, boxes) for image, boxes in items]
-        times = alternate(setups, max(2, args.rounds // 2))
+        image_rounds = max(2, args.rounds // 2)
+        times = alternate(setups, image_rounds)
         n = sum(len(b) for _, b in items) / len(items)
-        print(f"\nseconds per image (warp + score + NMS), {len(items)} val images of {n:.0f} stored proposals each, "
-              f"median of {max(2, args.rounds // 2)} alternating rounds; int8 = {speed_label}:")
+        print(f"\nseconds per image (warp + score + NMS), {len(items)} val images of {n:.0f} stored proposals each "
+              f"(members beyond the file's {len(nets)} repeat them); median (min-max) of {image_rounds} alternating "
+              f"rounds; int8 = {speed_label}, bf16 = {BF16}:")
         for name, t in times.items():
-            ref = times[name.replace("int8", "fp32")]
-            print(f"  {name:36s} {t / len(items):7.3f} s/image  {ref / t:5.2f}x fp32")
+            per = [x / len(items) for x in t]
+            ref = "fp32 " + name.split(" ", 1)[1]
+            print(f"  {name:32s} {statistics.median(per):7.3f} ({min(per):.3f}-{max(per):.3f}) s/image  "
+                  f"{ratio_to(times, ref, name)} fp32")
 
     if "profile" in args.sections:
         profile(members["fp32"][0].path, batches[0])
@@ -299,12 +331,12 @@ def paper_section(records, store, settings, variants: dict, cache: Path, args) -
             print(f"  paper network, {label}: LRN effects {({k: round(v, 4) for k, v in meta['lrn_effects'].items()})}")
         runs[label] = lambda s=scorer: s(batch)
     runs["torch fp32 eager (channels-last)"] = lambda s=TorchScorer(net, "cpu", amp="none"): s(batch)
-    runs["torch bf16 autocast (channels-last)"] = lambda s=TorchScorer(net, "cpu", amp="bf16"): s(batch)
+    runs[BF16] = lambda s=TorchScorer(net, "cpu", amp="bf16"): s(batch)
     times = alternate(runs, args.rounds)
-    print(f"\npaper GoogLeNet (random weights), {len(batch)} real crops at 224 per round, median of {args.rounds} "
-          "alternating rounds:")
+    print(f"\npaper GoogLeNet (random weights), {len(batch)} val crops at 224 per round; median (min-max) of "
+          f"{args.rounds} alternating rounds:")
     for label, t in times.items():
-        print(f"  {label:44s} {len(batch) / t:8.1f} crops/s  {times['fp32'] / t:5.2f}x fp32 ORT")
+        print(f"  {label:52s} {rate(len(batch), t)} crops/s  {ratio_to(times, 'fp32', label)} fp32 ORT")
 
 
 def multibox_section(contents, records, recipe: Int8Recipe, cache: Path, args) -> None:
@@ -342,7 +374,7 @@ def multibox_section(contents, records, recipe: Int8Recipe, cache: Path, args) -
     print(f"\nMultiBox (top {top_k}, input {fp32.model.input_size}), {len(images)} val images; int8 = {recipe.label()}:")
     for label in ("fp32", "int8"):
         print(f"  {label}: recall of the ground truth at IoU 0.5 {np.concatenate(recall[label]).mean():.4f}, "
-              f"{len(batch) / times[label]:.1f} images/s ({times['fp32'] / times[label]:.2f}x fp32)")
+              f"{rate(len(batch), times[label])} images/s, {ratio_to(times, 'fp32', label)} fp32")
     print(f"  share of fp32's boxes that int8 reproduces at IoU >= 0.9: {np.mean(same):.4f}")
 
 

@@ -327,7 +327,7 @@ def _with_precision(spec: Mapping, precision: str) -> dict:
 
 
 def _read_calibration(entry: Any, crop_size: int, source: str) -> dict | None:
-    """The file's calibration entry, ``{"crops": ndarray[N, 3, S, S] uint8, "recipe": Int8Recipe}``, checked;
+    """The file's calibration entry, ``{"crops": ndarray[N, 3, S, S] uint8 RGB, "recipe": Int8Recipe}``, checked;
     None when the file has none."""
     if entry is None:
         return None
@@ -388,7 +388,7 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
     settings: :class:`DetectorSettings`; proposer: a proposer spec with its networks embedded
     (:func:`proposals.spec.proposer_spec` of a live proposer, or :func:`proposals.spec.embed_networks`
     of a config's), or None; provenance: plain facts about the training (data name, ...), kept for the
-    reader; calibration: for int8 scoring, ``{"crops": ndarray[N, 3, S, S] uint8`` (warped training
+    reader; calibration: for int8 scoring, ``{"crops": ndarray[N, 3, S, S] uint8`` RGB (warped training
     proposals, :func:`detect.quantize.draw_calibration_crops`), ``"recipe": plain Int8Recipe values}``
     or None. Returns the saved dict.
     """
