@@ -42,12 +42,13 @@ from detect.detections import Detections
 from detect.evaluation import evaluate
 from detect.io import load_checkpoint
 from detect.pipeline import Detector, _member_network, _read_detector, per_class_nms
-from detect.quantize import Int8Recipe, QuantizationError, cpu_has_int8_dot, crops_to_inputs
+from detect.quantize import Int8Recipe, QuantizationError, cpu_has_int8_dot, crops_to_inputs, fold_lrns, lrn_effects
 from detect.region import Ensemble, normalize_image, warp_regions
 from proposals.store import ProposalStore
 
 
 BF16 = "torch bf16 autocast (channels-last)"
+FOLDED = "fp32 ORT, LRNs folded (not exact)"
 
 
 def parse_variant(text: str, base: Int8Recipe) -> tuple[str, Int8Recipe]:
@@ -88,12 +89,14 @@ def agreement(ref: torch.Tensor, out: torch.Tensor) -> str:
 
 def alternate(runs: dict, rounds: int) -> dict[str, list[float]]:
     """Seconds of each callable per round, timed in turns for ``rounds`` rounds after one warm-up round
-    (alternating, so that the load of a shared machine hits every callable alike)."""
+    (alternating, so that the load of a shared machine hits every callable alike; each round starts one
+    callable later, so that none always follows the same one, e.g. eager torch's spinning OpenMP threads)."""
     times = {k: [] for k in runs}
+    names = list(runs)
     for r in range(rounds + 1):
-        for name, fn in runs.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
-            fn()
+            runs[name]()
             if r:
                 times[name].append(time.perf_counter() - start)
     return times
@@ -152,6 +155,8 @@ def main() -> None:
     ap.add_argument("--image-runs", type=int, default=4, help="val images timed per seconds/image setting and round")
     ap.add_argument("--cascade-threshold", type=float, default=0.3)
     ap.add_argument("--cache", default=None, help="folder of the exports (default: a temporary folder)")
+    ap.add_argument("--fp32-folded", action="store_true", help="also fp32 ONNX Runtime with the foldable LRNs "
+                    "folded (the file's lrn_tolerance), as a reference for the fold's own share of the gain")
     ap.add_argument("--bf16", action="store_true", help="torch bf16 autocast in the accuracy and s/image sections too "
                     "(the bare crops/s section always times it)")
     args = ap.parse_args()
@@ -176,6 +181,10 @@ def main() -> None:
             return make_scorers(nets, "onnxruntime", "cpu", settings.crop_size, cache / "fp32", precision="fp32")
         if label == BF16:
             return [TorchScorer(n, "cpu", amp="bf16") for n in nets]
+        if label == FOLDED:  # fp32 with the LRNs the file's recipe would fold folded: how much of int8's gain is the fold
+            tol = calib["recipe"].lrn_tolerance
+            folded = [fold_lrns(n, [k for k, e in lrn_effects(n, inputs).items() if e <= tol]) for n in nets]
+            return make_scorers(folded, "onnxruntime", "cpu", settings.crop_size, cache / "fp32_folded", precision="fp32")
         folder = cache / label.split()[1].replace(".", "_")
         return make_scorers(nets, "onnxruntime", "cpu", settings.crop_size, folder, precision="int8",
                             calibration=inputs, int8_recipe=variants[label])
@@ -192,6 +201,8 @@ def main() -> None:
             del variants[label]
     if args.bf16:
         members[BF16] = scorers(BF16)
+    if args.fp32_folded:
+        members[FOLDED] = scorers(FOLDED)
     print(f"exports and int8 models ready in {time.perf_counter() - start:.0f} s ({cache})")
     for label in variants:
         meta = json.loads((members[label][0].path.with_suffix(".json")).read_text())

@@ -23,7 +23,8 @@ Precision of the ONNX Runtime backend (``precision``):
   inputs (:mod:`detect.quantize`), cached beside the fp32 export; an error when it cannot be made
   (no calibration inputs, the torch backend, a failed quantization).
 - ``auto``: int8 on CPUs with 8-bit dot-product instructions (AVX-512 VNNI or AMX), where it
-  was measured faster (benchmarks/int8.md), when calibration inputs exist; fp32 otherwise, and fp32
+  was measured faster (benchmarks/int8.md: 1.5-1.9x fp32 crops/s on the demo detector, 0.01 points
+  of mAP), with a recipe measured faster, when calibration inputs exist; fp32 otherwise, and fp32
   with a warning when the int8 model cannot be made.
 """
 from __future__ import annotations
@@ -194,11 +195,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def resolve_precision(precision: str, backend: str, has_calibration: bool,
-                      cpu_flags: set[str] | None = None) -> str:
+                      cpu_flags: set[str] | None = None, recipe: Int8Recipe | None = None) -> str:
     """``fp32`` or ``int8`` for ``precision`` under the resolved ``backend`` (see the module docstring).
 
-    has_calibration: calibration inputs exist; cpu_flags: the CPU's feature flags (None: this CPU's).
-    ``int8`` without ONNX Runtime or without calibration inputs is a ``ValueError`` saying what to do.
+    has_calibration: calibration inputs exist; cpu_flags: the CPU's feature flags (None: this CPU's);
+    recipe: the int8 recipe (None: the defaults). ``auto`` gives int8 only where it was measured faster
+    than fp32 (benchmarks/int8.md): a CPU with AVX-512 VNNI or AMX, and a recipe other than those
+    measured slower (LRNs left in float: 0.87x on the demo detector; signed int8 activations:
+    0.16-0.71x). ``int8`` without ONNX Runtime or without calibration inputs is a ``ValueError`` saying
+    what to do.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -215,6 +220,10 @@ def resolve_precision(precision: str, backend: str, has_calibration: bool,
         return "int8"
     if not cpu_has_int8_dot(cpu_flags):
         log.info("precision=auto: no AVX-512 VNNI or AMX on this CPU, where int8 was measured faster: fp32")
+        return "fp32"
+    recipe = recipe or Int8Recipe()
+    if recipe.lrn == "float" or recipe.activations == "s8":
+        log.info("precision=auto: the int8 recipe %s was measured slower than fp32: fp32", recipe.label())
         return "fp32"
     if not has_calibration:
         log.warning("precision=auto: no calibration inputs for an int8 model: fp32 (bundle the detector "
@@ -239,7 +248,9 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
     """
     device = torch.device(device)
     chosen = resolve_backend(backend, device)
-    wanted = resolve_precision(precision, chosen, calibration is not None)
+    recipe = None if precision == "fp32" else \
+        int8_recipe if isinstance(int8_recipe, Int8Recipe) else Int8Recipe.from_dict(int8_recipe)
+    wanted = resolve_precision(precision, chosen, calibration is not None, recipe=recipe)
     if chosen == "torch":
         return TorchScorer(model, device, amp=amp)
     if cache_dir is None:
@@ -253,7 +264,6 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
         return TorchScorer(model, device, amp=amp)
     convention = getattr(model, "input_convention", None)
     if wanted == "int8":
-        recipe = int8_recipe if isinstance(int8_recipe, Int8Recipe) else Int8Recipe.from_dict(int8_recipe)
         try:
             key = json.loads((Path(cache_dir) / f"{name}.json").read_text())["key"]
             int8_path = cached_int8_export(model, path, key, calibration, recipe)

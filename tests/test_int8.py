@@ -138,6 +138,11 @@ def test_precision_choice():
     assert resolve_precision("auto", "onnxruntime", False, vnni) == "fp32"  # nothing to calibrate on
     assert resolve_precision("auto", "torch", True, vnni) == "fp32"
     assert resolve_precision("int8", "onnxruntime", True, set()) == "int8"  # asked for: made anywhere
+    # recipes measured slower than fp32 (LRNs in float, signed activations): auto keeps fp32, int8 obeys
+    for slow in (Int8Recipe(lrn="float"), Int8Recipe(activations="s8")):
+        assert resolve_precision("auto", "onnxruntime", True, vnni, recipe=slow) == "fp32"
+        assert resolve_precision("int8", "onnxruntime", True, vnni, recipe=slow) == "int8"
+    assert resolve_precision("auto", "onnxruntime", True, vnni, recipe=Int8Recipe(lrn="int8")) == "int8"
     with pytest.raises(ValueError, match="needs calibration"):
         resolve_precision("int8", "onnxruntime", False)
     with pytest.raises(ValueError, match="runs on ONNX Runtime"):
