@@ -7,18 +7,24 @@ changed, ``format=qoperator,lrn=float``; ``file`` = the file's recipe unchanged)
   accuracy  mAP@0.5 (ILSVRC rules) on the detector's val split with its stored proposals, and, on the same
             crops, the agreement with fp32 (top-1 class, |probability| differences); then the same
             agreement per member on real photos' crops (coco128, selective search proposals);
-  speed     crops/s of the bare scorers on real crops (fp32 ORT, the int8 variants, eager torch fp32 and
-            torch bf16 autocast), all timed in alternating rounds so that load drift hits them alike;
-            seconds per image of the detector (warp + score + NMS, stored proposals) with 1 and 6
-            members, cascade off and on, fp32 against ``--speed-variant``, alternating;
+  speed     crops/s of the bare scorers on val crops (fp32 ORT, the int8 variants, eager torch fp32 and
+            torch bf16 autocast, with ``--fp32-folded`` fp32 ORT with the foldable LRNs folded), all
+            timed in alternating rounds so that load drift hits them alike (median, min-max, and the
+            ratio to fp32 per round); seconds per image of the detector (warp + score + NMS, stored
+            proposals) with 1 and 6 members, cascade off and on, fp32 against ``--speed-variant`` (and
+            bf16 with ``--bf16``), alternating;
   profile   ONNX Runtime's kernel time per operator type, fp32 and ``--speed-variant``;
   multibox  the detector's embedded MultiBox network in fp32 and int8: images/s (alternating), recall
             of the val ground truth at IoU 0.5 by each, and the share of fp32's boxes int8 reproduces;
   paper     speed only: the paper's GoogLeNet (width 1, 201 outputs, 224 crops, random weights) in fp32,
             the int8 variants (calibrated on real val crops at 224) and torch fp32 / bf16, alternating.
 
+The runs of benchmarks/int8.md:
+
     .venv/bin/python benchmarks/bench_int8.py --detector work/demo/detector.pt \\
-        --variants file lrn=int8 lrn=float format=qoperator calibration=entropy --sections accuracy speed
+        --variants file lrn=int8 lrn=float format=qoperator --bf16 --sections accuracy multibox --cache work/int8/cache
+    .venv/bin/python benchmarks/bench_int8.py --detector work/demo/detector.pt --variants file format=qoperator \\
+        --fp32-folded --sections speed --rounds 9 --speed-crops 2048 --cache work/int8/cache
 """
 from __future__ import annotations
 
