@@ -1,11 +1,11 @@
 # The two commands of the README: `make demo` (set up, then the whole pipeline on built-in synthetic data)
-# and `make test` (set up, then the test suite). Both create and reuse a local virtual environment.
+# and `make test` (set up, then the whole test suite; `make test-fast` skips the slow end-to-end tests). Both create and reuse a local virtual environment.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo demo-quick test bench clean
+.PHONY: setup demo demo-quick test test-fast clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ demo-quick: $(STAMP)
 	$(PY) tools/demo.py experiment=demo_quick $(ARGS)
 
 test: $(STAMP)
+	$(PY) -m pytest -q --full $(ARGS)
+
+test-fast: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 clean:

@@ -49,7 +49,7 @@ def main() -> None:
                                      f"backend={backend}", "progress=false", "resume=false"])
         per_image = re.search(r"\(([\d.]+) s/image\)", log)
         run("eval_map", [*common, f"detections={det}", f"out_dir={out_dir / tag}"])
-        report = json.loads((out_dir / tag / "eval_val.json").read_text())
+        report = json.loads((out_dir / tag / "eval_synthetic_val.json").read_text())
         print(f"{','.join(map(str, members)):>10s} {str(cascade):>8s} {backend:>8s} "
               f"{float(per_image.group(1)) if per_image else float('nan'):8.3f} {report['mean_ap']:8.4f}", flush=True)
 

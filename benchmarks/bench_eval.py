@@ -198,7 +198,7 @@ def end_to_end(a) -> None:
                 if name == names[0]:
                     maps["reference"] = json.loads(out.strip().splitlines()[-1])["mean_ap"]
                 elif "floor" not in name:
-                    maps["eval_map"] = json.loads((work / "eval" / "eval_val.json").read_text())["mean_ap"]
+                    maps["eval_map"] = json.loads((work / "eval" / "eval_ilsvrc_val.json").read_text())["mean_ap"]
                 print(f"round {r + 1} {name:55s} wall {wall:6.2f} s  cpu {cpu:6.2f} s  peak RSS {rss:6.0f} MB", flush=True)
         print(f"\nmedians over {a.repeats} rounds (wall / CPU seconds, peak RSS MB):")
         med = {n: [statistics.median(v[k] for v in runs[n]) for k in range(3)] for n in names}

@@ -287,9 +287,3 @@ def make_scorers(members: list[nn.Module], backend: str, device: str | torch.dev
     return [make_scorer(m, backend, device, crop_size, cache_dir, f"member{k}", amp, num_threads, precision,
                         per_member[k], int8_recipe) for k, m in enumerate(members)]
 
-
-def softmax_numpy(logits: np.ndarray) -> np.ndarray:
-    """Row softmax of ``ndarray[N, C]`` in float64 (for comparisons in tests and benchmarks)."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)

@@ -15,6 +15,7 @@ __all__ = [
     "box_iou",
     "clip_boxes",
     "flip_boxes",
+    "order_corners",
     "remove_small_boxes",
     "unique_boxes",
     "xywh_to_xyxy",
@@ -28,6 +29,15 @@ def box_area(boxes):
         return ops.box_area(boxes)
     boxes = np.asarray(boxes)
     return (boxes[:, 2] - boxes[:, 0]).clip(min=0) * (boxes[:, 3] - boxes[:, 1]).clip(min=0)
+
+
+def order_corners(boxes):
+    """Boxes ``[..., 4]`` (Tensor or ndarray) with each box's corners put in order, ``x1 <= x2`` and
+    ``y1 <= y2`` (a box given as (x2, y2, x1, y1) becomes (x1, y1, x2, y2)); same shape and type."""
+    if isinstance(boxes, torch.Tensor):
+        return torch.cat([torch.minimum(boxes[..., :2], boxes[..., 2:]), torch.maximum(boxes[..., :2], boxes[..., 2:])], -1)
+    boxes = np.asarray(boxes)
+    return np.concatenate([np.minimum(boxes[..., :2], boxes[..., 2:]), np.maximum(boxes[..., :2], boxes[..., 2:])], -1)
 
 
 def box_iou(a, b):

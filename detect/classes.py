@@ -52,6 +52,23 @@ class ClassList:
         names = tuple(str(n) for n in names)
         return cls(wnids=names, names=names)
 
+    def to_dict(self) -> dict:
+        """``{"wnids": [...], "names": [...]}``: how checkpoints and detector files store a class list."""
+        return {"wnids": list(self.wnids), "names": list(self.names)}
+
+    @classmethod
+    def from_dict(cls, value, source: str = "classes") -> "ClassList":
+        """The inverse of :meth:`to_dict`; anything but equally long lists of strings is a ``ValueError``
+        naming ``source``."""
+        wnids, names = (value.get("wnids"), value.get("names")) if isinstance(value, dict) else (None, None)
+        if not (isinstance(wnids, (list, tuple)) and isinstance(names, (list, tuple)) and len(wnids) == len(names)
+                and all(isinstance(x, str) for x in [*wnids, *names])):
+            raise ValueError(f"{source}: the class list must be equally long lists of wnids and names (strings)")
+        try:
+            return cls(tuple(wnids), tuple(names))
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+
 
 def _parse_tsv(text: str, source: str) -> ClassList:
     """Parse ``index<TAB>wnid<TAB>name`` rows (header optional, index 1-based and in order),

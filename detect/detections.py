@@ -15,14 +15,12 @@ Files:
   (COCO datasets), else ``record.index``. Categories map through the ClassList: ``int(wnid)`` when
   every wnid is an integer (COCO datasets: wnids are the category ids), else ``label + 1``. Read as
   pycocotools reads it: every entry with the right field types is kept, degenerate boxes included.
-- ``SubmissionWriter`` appends one image at a time and flushes, for long runs that may be resumed.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Detections",
-    "SubmissionWriter",
     "coco_category_ids",
     "coco_image_ids",
     "read_coco_results",
@@ -268,67 +265,6 @@ def _log_degenerate(path: Path, dets: Detections) -> None:
                     "and scored as the official code scores them (under COCO rules they match nothing; under the "
                     "ILSVRC/VOC +1 rule a box inverted by a pixel or more matches nothing)", path, inverted, flat)
 
-
-class SubmissionWriter:
-    """Append-and-flush ILSVRC submission writer for long, resumable dataset runs.
-
-    Each ``add(image_index, dets)`` appends that image's lines, flushes them to disk, then records the
-    image as done in ``<path>.done``. Reopened with ``resume=True``, lines of images not recorded as
-    done (a run killed mid-image) are dropped and ``done`` tells the caller which images to skip.
-    With ``resume=False`` both files start empty. ``fsync``: force each image's lines to the disk
-    (safe against power loss, slower on some file systems). Use as a context manager or call ``close()``.
-    """
-
-    def __init__(self, path: str | Path, resume: bool = True, fsync: bool = True):
-        self.path = Path(path)
-        self.fsync = fsync
-        self.done_path = self.path.with_name(self.path.name + ".done")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[int] = set()
-        if resume and self.path.exists():
-            self._recover()
-        else:
-            for p in (self.path, self.done_path):
-                p.write_text("", encoding="ascii")
-        self._out = open(self.path, "a", encoding="ascii")
-        self._done_out = open(self.done_path, "a", encoding="ascii")
-
-    def _recover(self) -> None:
-        if self.done_path.exists():
-            for line in self.done_path.read_text(encoding="ascii", errors="replace").splitlines(keepends=True):
-                if line.endswith("\n") and line.strip().isdigit():
-                    self.done.add(int(line))
-        lines = self.path.read_text(encoding="ascii", errors="replace").splitlines(keepends=True)
-        kept = [ln for ln in lines if ln.endswith("\n") and ln.split(" ", 1)[0].isdigit() and int(ln.split(" ", 1)[0]) in self.done]
-        if len(kept) != len(lines):
-            log.info("%s: dropping %d lines of unfinished images", self.path, len(lines) - len(kept))
-            with atomic_open(self.path, "w", encoding="ascii") as f:
-                f.write("".join(kept))
-        with atomic_open(self.done_path, "w", encoding="ascii") as f:
-            f.write("".join(f"{i}\n" for i in sorted(self.done)))
-        log.info("%s: resuming after %d finished images", self.path, len(self.done))
-
-    def add(self, image_index: int, dets: Detections) -> None:
-        """Append the detections of one image (all rows must carry ``image_index``) and mark it done."""
-        if len(dets) and not np.all(dets.image_index == image_index):
-            raise ValueError(f"{self.path}: detections of other images passed for image {image_index}")
-        self._out.write(_format_lines(dets))
-        self._out.flush()
-        if self.fsync:
-            os.fsync(self._out.fileno())
-        self._done_out.write(f"{int(image_index)}\n")
-        self._done_out.flush()
-        self.done.add(int(image_index))
-
-    def close(self) -> None:
-        self._out.close()
-        self._done_out.close()
-
-    def __enter__(self) -> "SubmissionWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------- COCO results

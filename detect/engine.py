@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from detect.io import OutputConflict, atomic_torch_save, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit", "run_fingerprint", "init_identity", "CheckpointMismatch", "ClassificationLoss", "evaluate_classification", "predict_proba", "collect_probabilities",
+__all__ = ["fit", "train_one_epoch", "Checkpoint", "ResumePoint", "run_fingerprint", "init_identity", "CheckpointMismatch", "ClassificationLoss", "evaluate_classification", "predict_proba", "collect_probabilities",
            "topk_accuracy", "resolve_device", "seed_everything", "unwrap"]
 
 LossFn = Callable[[nn.Module, Any, torch.device], "tuple[torch.Tensor, dict[str, float]]"]
@@ -152,6 +152,76 @@ def _loader_len(loader: Iterable) -> int | None:
         return None
 
 
+# ------------------------------------------------------------------------------------ checkpoint
+class ResumePoint(NamedTuple):
+    """Where a run continues: epochs done, steps done in the current epoch, and the RNG states of the
+    epoch's start (rebuilds its data order) and of the checkpoint's moment (None for a fresh run)."""
+
+    epoch: int = 0
+    step: int = 0
+    epoch_rng: dict | None = None
+    step_rng: dict | None = None
+
+
+class Checkpoint:
+    """The whole training state in one file: :meth:`save` writes it atomically (rank 0), :meth:`restore`
+    puts it back for an exact resume.
+
+    The file holds ``meta`` (model_kwargs, classes, ``fingerprint`` ...), ``model_state`` (the averaged
+    weights: the model to use), ``epoch``, ``step`` and the training state (``raw_state``, ``optimizer``,
+    ``scheduler``, ``averaged_state``, ``scaler``, ``rng``, ``epoch_rng``).
+    """
+
+    def __init__(self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any | None,
+                 scaler: torch.amp.GradScaler, averaged: AveragedModel | None, generator: torch.Generator | None,
+                 meta: dict, ctx: DistributedContext):
+        self.path, self.model, self.optimizer, self.scheduler = Path(path), model, optimizer, scheduler
+        self.scaler, self.averaged, self.generator, self.meta, self.ctx = scaler, averaged, generator, meta, ctx
+
+    def restore(self, resume: bool) -> ResumePoint:
+        """Load the file when ``resume`` and it exists. A file there that no trainer wrote is refused
+        (never overwritten); one written with another ``meta["fingerprint"]`` is not resumed."""
+        if not self.path.exists():
+            return ResumePoint()
+        state = load_checkpoint(self.path, map_location=self.ctx.device)
+        if not isinstance(state, dict) or "raw_state" not in state or "optimizer" not in state:
+            raise OutputConflict(f"{self.path}: exists and is not a training checkpoint written by this "
+                                 "project's trainers (weights to start from go in init=); not overwritten")
+        if not resume:
+            return ResumePoint()
+        check_fingerprint(state, self.meta.get("fingerprint"), self.path)
+        self.model.load_state_dict(state["raw_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.averaged is not None and state.get("averaged_state") is not None:
+            self.averaged.load_state_dict(state["averaged_state"])
+        log.info("resuming %s at epoch %d step %d", self.path, state["epoch"], state["step"])
+        if state["step"] > 0:  # mid-epoch: the epoch's data order from its start, then the step's RNG
+            _set_rng_state(state["epoch_rng"], self.generator)
+            return ResumePoint(state["epoch"], state["step"], state["epoch_rng"], state["rng"])
+        _set_rng_state(state["rng"], self.generator)
+        return ResumePoint(state["epoch"], 0)
+
+    def save(self, epoch: int, step: int, epoch_rng: dict) -> None:
+        if self.ctx.is_main:
+            result = self.averaged.module if self.averaged is not None else self.model
+            atomic_torch_save({
+                **self.meta,
+                "model_state": result.state_dict(),
+                "epoch": epoch, "step": step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "raw_state": self.model.state_dict(),
+                "averaged_state": self.averaged.state_dict() if self.averaged is not None else None,
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "rng": _rng_state(self.generator), "epoch_rng": epoch_rng,
+            }, self.path)
+        barrier()
+
+
 # ------------------------------------------------------------------------------------------- fit
 def fit(
     model: nn.Module,
@@ -181,9 +251,7 @@ def fit(
     loss_fn: ``(model, batch, device) -> (loss: Tensor[] float, metrics: {name: float})``; it moves the
         batch to ``device``. A batch that is ``None`` or empty (every sample unreadable) is skipped by
         every process; a batch's ``dropped`` attribute (samples its collate removed) is summed per epoch.
-    checkpoint_path: written atomically (rank 0) after every epoch and every ``checkpoint_every`` steps;
-        holds ``checkpoint_meta``, ``model_state`` (the averaged weights), ``epoch`` (epochs done),
-        ``step`` (steps done in the current epoch) and the training state for ``resume``.
+    checkpoint_path: a :class:`Checkpoint` written after every epoch and every ``checkpoint_every`` steps.
     amp, channels_last: bf16 autocast (fp16 + GradScaler where bf16 is unsupported) and channels-last
         memory, both on CUDA only.
     fingerprint: plain values naming what the run trains on and how (data, image list, init weights,
@@ -194,143 +262,50 @@ def fit(
         of its samples (None: no limit), stops the run with a ``RuntimeError`` naming the first reasons.
     """
     device = ctx.device
-    checkpoint_path = Path(checkpoint_path)
-    meta = dict(checkpoint_meta or {})
     on_cuda = device.type == "cuda"
     generator = train_loader.generator if isinstance(train_loader, DataLoader) else None
-
     model.to(device)
     if channels_last and on_cuda:
         model.to(memory_format=torch.channels_last)
-    amp_dtype = None
-    if amp and on_cuda:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp and on_cuda else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    if fingerprint is not None:
-        meta["fingerprint"] = fingerprint
-    state = None
-    if checkpoint_path.exists():
-        existing = load_checkpoint(checkpoint_path, map_location=device)
-        if not isinstance(existing, dict) or "raw_state" not in existing or "optimizer" not in existing:
-            raise OutputConflict(f"{checkpoint_path}: exists and is not a training checkpoint written by this "
-                                 "project's trainers (weights to start from go in init=); not overwritten")
-        if resume:
-            state = existing
-            check_fingerprint(state, fingerprint, checkpoint_path)
-    if state is not None:
-        model.load_state_dict(state["raw_state"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        log.info("resuming %s at epoch %d step %d", checkpoint_path, state["epoch"], state["step"])
-
     averaged = None
     if ema_decay is not None:
-        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-        if state is not None and state.get("averaged_state") is not None:
-            averaged.load_state_dict(state["averaged_state"])
-        averaged.eval()
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True).eval()
+    meta = dict(checkpoint_meta or {}, **({"fingerprint": fingerprint} if fingerprint is not None else {}))
+    checkpoint = Checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, averaged, generator, meta, ctx)
+    start = checkpoint.restore(resume)
     result_model = averaged.module if averaged is not None else model
-
-    start_epoch = state["epoch"] if state is not None else 0
-    start_step = state["step"] if state is not None else 0
-    if start_epoch >= epochs:
-        log.info("%s: training already finished (%d epochs)", checkpoint_path, start_epoch)
+    if start.epoch >= epochs:
+        log.info("%s: training already finished (%d epochs)", checkpoint_path, start.epoch)
         return result_model.eval()
-
-    train_model: nn.Module = model
-    if ctx.distributed:
-        train_model = DistributedDataParallel(model, device_ids=[device] if on_cuda else None)
-
-    def save(epoch: int, step: int, epoch_rng: dict) -> None:
-        if ctx.is_main:
-            atomic_torch_save({
-                **meta,
-                "model_state": result_model.state_dict(),
-                "epoch": epoch, "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "raw_state": model.state_dict(),
-                "averaged_state": averaged.state_dict() if averaged is not None else None,
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "rng": _rng_state(generator), "epoch_rng": epoch_rng,
-            }, checkpoint_path)
-        barrier()
-
-    if state is not None and start_step > 0:
-        epoch_rng = state["epoch_rng"]
-        _set_rng_state(epoch_rng, generator)
-        step_rng = state["rng"]
-    else:
-        if state is not None:
-            _set_rng_state(state["rng"], generator)
-        epoch_rng, step_rng = None, None
-
-    for epoch in range(start_epoch, epochs):
-        if epoch_rng is None:
-            epoch_rng = _rng_state(generator)
-        sampler = getattr(train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+    step_ctx = _StepContext(DistributedDataParallel(model, device_ids=[device] if on_cuda else None)
+                            if ctx.distributed else model, model, loss_fn, optimizer, scaler, amp_dtype, grad_clip,
+                            averaged, ctx, skipped)
+    epoch_rng, step_rng = start.epoch_rng, start.step_rng
+    for epoch in range(start.epoch, epochs):
+        epoch_rng = epoch_rng or _rng_state(generator)
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
         n_steps = _loader_len(train_loader)
         if max_steps_per_epoch is not None:
             n_steps = max_steps_per_epoch if n_steps is None else min(n_steps, max_steps_per_epoch)
-        skip = start_step if epoch == start_epoch else 0
-        restore = step_rng
-        batches = _iterate_from(train_loader, skip, (lambda s=restore: _set_rng_state(s, generator)) if restore else None)
+        skip = start.step if epoch == start.epoch else 0
+        restore = (lambda s=step_rng: _set_rng_state(s, generator)) if step_rng else None
         step_rng = None
 
-        train_model.train()
-        sums = {"loss": 0.0, "samples": 0.0, "steps": 0.0, "dropped": 0.0}
-        t0 = time.perf_counter()
-        bar = tqdm(total=n_steps, initial=skip, desc=f"epoch {epoch + 1}/{epochs}", disable=not ctx.is_main,
-                   leave=False, dynamic_ncols=True)
-        step = skip
-        for batch in batches:
-            if n_steps is not None and step >= n_steps:
-                break
-            size = _batch_size(batch) if batch is not None else 0
-            sums["dropped"] += float(getattr(batch, "dropped", 0) or 0)
-            if skipped is not None:
-                for file, reason in getattr(batch, "skipped", ()):
-                    skipped.entries.append((file, reason))
-            if ctx.distributed:  # every process skips together, or DDP would wait forever
-                empty = all_reduce_sum({"empty": float(size == 0)}, device)["empty"]
-            else:
-                empty = float(size == 0)
-            step += 1
-            if empty:
-                log.warning("epoch %d step %d: empty batch (unreadable samples) skipped", epoch + 1, step)
-            else:
-                loss, metrics = _train_step(train_model, loss_fn, batch, device, optimizer, scaler,
-                                            amp_dtype, grad_clip)
-                if averaged is not None:
-                    averaged.update_parameters(model)
-                sums["loss"] += loss * size
-                sums["samples"] += size
-                sums["steps"] += 1
-                for k, v in metrics.items():
-                    sums[f"m_{k}"] = sums.get(f"m_{k}", 0.0) + float(v) * size
-                bar.set_postfix(loss=f"{loss:.4f}")
-            bar.update(1)
+        def save_every(step: int, epoch=epoch, epoch_rng=epoch_rng) -> None:
             if checkpoint_every and step % checkpoint_every == 0 and (n_steps is None or step < n_steps):
-                save(epoch, step, epoch_rng)
-        bar.close()
+                checkpoint.save(epoch, step, epoch_rng)
+
+        t0 = time.perf_counter()
+        sums = train_one_epoch(step_ctx, _iterate_from(train_loader, skip, restore), skip, n_steps,
+                               f"epoch {epoch + 1}/{epochs}", save_every)
         elapsed = time.perf_counter() - t0
         if scheduler is not None:
             scheduler.step()
-
         totals = all_reduce_sum(sums, device) if ctx.distributed else sums
-        n = max(totals["samples"], 1.0)
-        summary = {"loss": totals["loss"] / n}
-        summary.update({k[2:]: v / n for k, v in totals.items() if k.startswith("m_")})
-        summary["images_per_s"] = totals["samples"] / max(elapsed, 1e-9)
-        summary["lr"] = optimizer.param_groups[0]["lr"]
-        if totals["dropped"]:
-            summary["skipped_samples"] = int(totals["dropped"])
+        summary = _epoch_summary(totals, elapsed, optimizer)
         if evaluate is not None:
             result_model.eval()
             summary.update({f"val_{k}": v for k, v in evaluate(result_model).items()})
@@ -341,8 +316,75 @@ def fit(
             raise FloatingPointError(f"epoch {epoch + 1}: loss is {summary['loss']}")
         _check_epoch(epoch, totals, skipped, max_skipped_fraction, nothing_left=n_steps is not None and skip >= n_steps)
         epoch_rng = None
-        save(epoch + 1, 0, {})
+        checkpoint.save(epoch + 1, 0, {})
     return result_model.eval()
+
+
+class _StepContext(NamedTuple):
+    """What every training step needs besides the batch."""
+
+    train_model: nn.Module  # the model as trained (DDP-wrapped when distributed)
+    model: nn.Module  # the plain model, whose weights the average follows
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    grad_clip: float | None
+    averaged: AveragedModel | None
+    ctx: DistributedContext
+    skipped: SkipLog | None
+
+
+def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_steps: int | None, desc: str,
+                    after_step: Callable[[int], None]) -> dict[str, float]:
+    """One pass over ``batches`` (steps ``start_step + 1 ..``, at most ``n_steps`` in all); returns this
+    process's sums: loss and metrics weighted by batch size, ``samples``, ``steps``, ``dropped``."""
+    device = sc.ctx.device
+    sc.train_model.train()
+    sums = {"loss": 0.0, "samples": 0.0, "steps": 0.0, "dropped": 0.0}
+    bar = tqdm(total=n_steps, initial=start_step, desc=desc, disable=not sc.ctx.is_main, leave=False,
+               dynamic_ncols=True)
+    step = start_step
+    for batch in batches:
+        if n_steps is not None and step >= n_steps:
+            break
+        size = _batch_size(batch) if batch is not None else 0
+        sums["dropped"] += float(getattr(batch, "dropped", 0) or 0)
+        if sc.skipped is not None:
+            sc.skipped.entries.extend(tuple(entry) for entry in getattr(batch, "skipped", ()))
+        empty = float(size == 0)
+        if sc.ctx.distributed:  # every process skips together, or DDP would wait forever
+            empty = all_reduce_sum({"empty": empty}, device)["empty"]
+        step += 1
+        if empty:
+            log.warning("%s step %d: empty batch (unreadable samples) skipped", desc, step)
+        else:
+            loss, metrics = _train_step(sc.train_model, sc.loss_fn, batch, device, sc.optimizer, sc.scaler,
+                                        sc.amp_dtype, sc.grad_clip)
+            if sc.averaged is not None:
+                sc.averaged.update_parameters(sc.model)
+            sums["loss"] += loss * size
+            sums["samples"] += size
+            sums["steps"] += 1
+            for k, v in metrics.items():
+                sums[f"m_{k}"] = sums.get(f"m_{k}", 0.0) + float(v) * size
+            bar.set_postfix(loss=f"{loss:.4f}")
+        bar.update(1)
+        after_step(step)
+    bar.close()
+    return sums
+
+
+def _epoch_summary(totals: dict, elapsed: float, optimizer: torch.optim.Optimizer) -> dict:
+    """Mean loss and metrics per sample, throughput, learning rate, skipped samples."""
+    n = max(totals["samples"], 1.0)
+    summary = {"loss": totals["loss"] / n}
+    summary.update({k[2:]: v / n for k, v in totals.items() if k.startswith("m_")})
+    summary["images_per_s"] = totals["samples"] / max(elapsed, 1e-9)
+    summary["lr"] = optimizer.param_groups[0]["lr"]
+    if totals["dropped"]:
+        summary["skipped_samples"] = int(totals["dropped"])
+    return summary
 
 
 def run_fingerprint(**parts: Any) -> dict[str, str]:
@@ -413,34 +455,44 @@ def _train_step(model, loss_fn, batch, device, optimizer, scaler, amp_dtype, gra
 
 # ------------------------------------------------------------------------------------------ eval
 @torch.no_grad()
-def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.device | str) -> dict[str, float]:
+def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.device | str,
+                            background: int | None = None) -> dict[str, float]:
     """Top-1 / top-5 accuracy of ``model`` over ``loader``, summed over all processes.
 
     loader yields ``(images, labels)`` with images ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]``
     (K crops per image: their softmax is averaged) and labels ``Tensor[B] int64`` (more fields may
-    follow); ``None`` or empty batches (every sample unreadable) are skipped. Returns ``{"top1": float, "top5": float, "n": int}``
-    (accuracies in 0..1; top-5 is top-k with k = min(5, classes)).
+    follow; negative labels are not counted); ``None`` or empty batches (every sample unreadable) are
+    skipped. Returns ``{"top1", "top5", "n"}`` (accuracies in 0..1; top-5 is top-k with k = min(5,
+    classes)); with ``background`` (a region classifier's background label) also ``fg_acc`` and
+    ``bg_acc``, the top-1 accuracy on the object and on the background samples.
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    correct1 = correct5 = count = 0.0
+    sums = {"c1": 0.0, "c5": 0.0, "n": 0.0, "fg_hit": 0.0, "fg": 0.0, "bg_hit": 0.0, "bg": 0.0}
     for batch in loader:
         if batch is None or len(batch[1]) == 0:
             continue
-        images, labels = batch[0], batch[1]
-        probs = predict_proba(model, images.to(device, non_blocking=True))
-        labels = labels.to(device)
-        k = min(5, probs.shape[1])
-        topk = probs.topk(k, dim=1).indices
+        keep = batch[1] >= 0
+        probs = predict_proba(model, batch[0][keep].to(device, non_blocking=True))
+        labels = batch[1][keep].to(device)
+        topk = probs.topk(min(5, probs.shape[1]), dim=1).indices
         hit = topk == labels[:, None]
-        correct1 += float(hit[:, 0].sum())
-        correct5 += float(hit.any(dim=1).sum())
-        count += len(labels)
+        sums["c1"] += float(hit[:, 0].sum())
+        sums["c5"] += float(hit.any(dim=1).sum())
+        sums["n"] += len(labels)
+        if background is not None:
+            bg = labels == background
+            sums["bg_hit"] += float(hit[bg, 0].sum())
+            sums["bg"] += float(bg.sum())
+            sums["fg_hit"] += float(hit[~bg, 0].sum())
+            sums["fg"] += float((~bg).sum())
     model.train(was_training)
-    totals = all_reduce_sum({"c1": correct1, "c5": correct5, "n": count}, device)
-    n = totals["n"]
-    return {"top1": totals["c1"] / n if n else 0.0, "top5": totals["c5"] / n if n else 0.0, "n": int(n)}
+    t = all_reduce_sum(sums, device)
+    out = {"top1": t["c1"] / t["n"] if t["n"] else 0.0, "top5": t["c5"] / t["n"] if t["n"] else 0.0, "n": int(t["n"])}
+    if background is not None:
+        out.update(fg_acc=t["fg_hit"] / max(t["fg"], 1.0), bg_acc=t["bg_hit"] / max(t["bg"], 1.0))
+    return out
 
 
 def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -491,14 +543,17 @@ def _logits(output: Any) -> torch.Tensor:
 
 
 class ClassificationLoss:
-    """Cross-entropy of the main head plus ``aux_weight`` x that of each auxiliary head (the paper: 0.3).
+    """Cross-entropy of the main head plus ``aux_weight`` x that of each auxiliary head (the paper: 0.3),
+    for image classification and for region classifiers alike (``background=0``: the region column).
 
     ``__call__(model, batch, device)`` with batch ``(images Tensor[B, 3, H, W], labels Tensor[B] int64, ...)``
-    returns ``(loss, {"top1": training-batch accuracy of the main head})``.
+    returns ``(loss, {"top1"})`` (training-batch accuracy of the main head), and with ``background`` also
+    ``fg_acc`` (accuracy on the other labels) and ``fg_share`` (their share of the batch).
     """
 
-    def __init__(self, aux_weight: float = 0.3, label_smoothing: float = 0.0):
+    def __init__(self, aux_weight: float = 0.3, label_smoothing: float = 0.0, background: int | None = None):
         self.aux_weight, self.label_smoothing = float(aux_weight), float(label_smoothing)
+        self.background = background
 
     def __call__(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch[0].to(device, non_blocking=True)
@@ -512,5 +567,9 @@ class ClassificationLoss:
             for aux in out[1:]:
                 if aux is not None:
                     loss = loss + self.aux_weight * F.cross_entropy(aux, labels, label_smoothing=self.label_smoothing)
-        top1 = float((logits.detach().argmax(1) == labels).float().mean())
-        return loss, {"top1": top1}
+        hit = logits.detach().argmax(1) == labels
+        metrics = {"top1": float(hit.float().mean())}
+        if self.background is not None:
+            fg = labels != self.background
+            metrics.update(fg_share=float(fg.float().mean()), fg_acc=float(hit[fg].float().mean()) if fg.any() else 0.0)
+        return loss, metrics

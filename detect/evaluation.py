@@ -106,12 +106,16 @@ def pair_iou(a: np.ndarray, b: np.ndarray, plus_one: bool = False, crowd: np.nda
         return np.where(overlap & (union > 0), inter / union, 0.0)
 
 
-def ilsvrc_thresholds(boxes: np.ndarray, iou_threshold: float = 0.5, pixel_tolerance: float = 10.0) -> np.ndarray:
-    """Per-ground-truth IoU threshold of the ILSVRC rules, ``[G, 4]`` -> ``float64[G]``:
-    ``min(iou_threshold, w*h / ((w + tol) * (h + tol)))`` with ``w = x2 - x1 + 1`` (the +1 convention)."""
+def ilsvrc_thresholds(boxes: np.ndarray, iou_threshold: float = 0.5, pixel_tolerance: float = 10.0,
+                      plus_one: bool = True) -> np.ndarray:
+    """Per-ground-truth IoU threshold of the ILSVRC rules (small objects), ``[G, 4]`` -> ``float64[G]``:
+    ``min(iou_threshold, w*h / ((w + tol) * (h + tol)))`` with ``w = x2 - x1 + 1`` (the +1 convention;
+    ``plus_one=False``: ``w = x2 - x1``, for continuous coordinates). The one definition, used by the
+    evaluator and by proposal coverage (:mod:`proposals.recall`)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    w = boxes[:, 2] - boxes[:, 0] + 1.0
-    h = boxes[:, 3] - boxes[:, 1] + 1.0
+    extra = 1.0 if plus_one else 0.0
+    w = boxes[:, 2] - boxes[:, 0] + extra
+    h = boxes[:, 3] - boxes[:, 1] + extra
     return np.minimum(iou_threshold, (w * h) / ((w + pixel_tolerance) * (h + pixel_tolerance)))
 
 

@@ -13,7 +13,6 @@ reads BGR 0..255 crops, ours ImageNet-normalised ones).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import logging
 import math
@@ -33,7 +32,7 @@ from detect.classes import ClassList
 from detect.data.images import read_image
 from detect.distributed import resolve_device
 from detect.io import atomic_torch_save, load_checkpoint
-from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet
+from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, model_from_entry, strip_module_prefix
 from detect.quantize import Int8Recipe, crops_to_inputs
 from detect.region import Ensemble, normalize_image, warp_regions
 from proposals.spec import build_proposer, check_spec, spec_from_target_config
@@ -293,27 +292,12 @@ class Detector:
         return cls(proposer, Ensemble(scorers, settings.cascade_threshold), contents["classes"], settings, device=device)
 
 
-_GOOGLENET_ARGS = set(inspect.signature(GoogLeNet.__init__).parameters) - {"self"}
-
-
 def _member_network(entry: Any, k: int, source: str, settings: DetectorSettings) -> GoogLeNet:
     """Member ``k`` of a detector file as a GoogLeNet in eval mode; anything else is a ValueError. A member
     that records no input convention takes ``settings.mean``/``std`` on RGB 0..1 (older files)."""
-    if not isinstance(entry, Mapping) or not isinstance(entry.get("model_kwargs"), Mapping) \
-            or not isinstance(entry.get("model_state"), Mapping):
-        raise ValueError(f"{source}: member {k} lacks model_kwargs / model_state")
-    kwargs = dict(entry["model_kwargs"])
-    unknown = set(kwargs) - _GOOGLENET_ARGS
-    if unknown:
-        raise ValueError(f"{source}: member {k} has unknown model_kwargs {sorted(unknown)}")
-    kwargs.setdefault("input_convention", {"channel_order": "RGB", "scale": 1.0, "mean": list(settings.mean),
-                                           "std": list(settings.std)})
-    try:
-        model = GoogLeNet(**{**kwargs, "init_weights": False})
-        model.load_state_dict(entry["model_state"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{source}: member {k} weights do not fit its model_kwargs ({e})") from e
-    return model.eval()
+    older = {"input_convention": {"channel_order": "RGB", "scale": 1.0, "mean": list(settings.mean),
+                                  "std": list(settings.std)}}
+    return model_from_entry(entry, f"{source}: member {k}", defaults=older)
 
 
 def _with_precision(spec: Mapping, precision: str) -> dict:
@@ -353,11 +337,9 @@ def _read_detector(ckpt: Any, source: str) -> dict:
     members = ckpt.get("members")
     if not isinstance(members, list) or not members:
         raise ValueError(f"{source}: a detector file needs a non-empty list of members")
-    classes = ckpt.get("classes")
-    wnids, names = (classes.get("wnids"), classes.get("names")) if isinstance(classes, Mapping) else (None, None)
-    if not (isinstance(wnids, list) and isinstance(names, list) and len(wnids) == len(names) and wnids
-            and all(isinstance(x, str) for x in wnids + names)):
-        raise ValueError(f"{source}: the class list must be equally long lists of wnids and names (strings)")
+    classes = ClassList.from_dict(ckpt.get("classes"), source)
+    if not len(classes):
+        raise ValueError(f"{source}: the detector's class list is empty")
     if fmt == DETECTOR_FORMAT:
         settings, spec = ckpt.get("settings", {}), ckpt.get("proposer")
     else:
@@ -372,8 +354,8 @@ def _read_detector(ckpt: Any, source: str) -> dict:
                                  "rebuild it with tools/train_region.py step=bundle (the network is then embedded), "
                                  "or pass another proposer")
     settings = DetectorSettings.from_dict(settings, source)
-    return {"members": members, "classes": ClassList(tuple(wnids), tuple(names)), "settings": settings,
-            "proposer": spec, "calibration": _read_calibration(ckpt.get("calibration"), settings.crop_size, source)}
+    return {"members": members, "classes": classes, "settings": settings, "proposer": spec,
+            "calibration": _read_calibration(ckpt.get("calibration"), settings.crop_size, source)}
 
 
 def _names_checkpoint(spec: Mapping) -> bool:
@@ -407,13 +389,11 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
         if kwargs.get("num_classes") != len(classes) + 1:
             raise ValueError(f"member {k}: {kwargs.get('num_classes')} outputs, expected {len(classes) + 1} "
                              f"({len(classes)} classes + background)")
-        state = dict(ckpt["model_state"])
-        if any(n.startswith("module.") for n in state):  # DDP / AveragedModel prefixes
-            state = {n[len("module."):]: t for n, t in state.items() if n.startswith("module.")}
-        state = {n: t.detach().cpu() for n, t in state.items() if not n.startswith(("aux1.", "aux2."))}
+        state = {n: t.detach().cpu() for n, t in strip_module_prefix(ckpt["model_state"]).items()
+                 if not n.startswith(("aux1.", "aux2."))}
         entries.append({"model_kwargs": kwargs, "model_state": state})
     obj = {"format": DETECTOR_FORMAT, "members": entries,
-           "classes": {"wnids": list(classes.wnids), "names": list(classes.names)},
+           "classes": classes.to_dict(),
            "settings": settings.to_dict(), "proposer": None if proposer is None else dict(proposer),
            "provenance": dict(provenance or {})}
     if calibration is not None:

@@ -1,14 +1,18 @@
-"""Precision-recall curve figures for an evaluation result, drawn with Pillow.
+"""Every figure the tools write: precision-recall curves of an evaluation (Pillow), recall curves of
+proposals (matplotlib), and detections drawn on an image (OpenCV); all written atomically.
 
-Pillow rather than matplotlib: importing and laying out a matplotlib figure costs about 0.45 s of CPU,
-more than reading a cached 20,121-image ground truth and scoring a submission together, and
-``tools/eval_map.py`` draws this figure on every run (``benchmarks/evaluation.md``). The figure is
+The PR curves are drawn with Pillow rather than matplotlib: importing and laying out a matplotlib figure
+costs more CPU than reading a cached ILSVRC val ground truth and scoring a submission together
+(``benchmarks/evaluation.md``), and ``tools/eval_map.py`` draws this figure on every run. The figure is
 simple (two panels of curves on a fixed [0, 1] grid, a legend), so a direct raster drawing loses nothing.
+OpenCV and matplotlib are imported by the functions that use them, so the evaluation path loads neither.
 """
 from __future__ import annotations
 
+import colorsys
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -16,7 +20,7 @@ from detect.io import atomic_open
 
 log = logging.getLogger(__name__)
 
-__all__ = ["save_pr_curves"]
+__all__ = ["save_pr_curves", "plot_recall_curves", "class_colour", "draw_detections", "write_png"]
 
 COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # the "tab10" palette
@@ -94,3 +98,74 @@ def save_pr_curves(result, path: str | Path, best: int = 4, worst: int = 4, dpi:
         image.save(f, format="PNG")
     log.info("wrote %s", path)
     return path
+
+
+# ------------------------------------------------------------------- proposal recall curves
+def plot_recall_curves(results: dict, path, title: str = "") -> None:
+    """Recall at IoU 0.5 (solid) and at the ILSVRC threshold (dashed) against the number of proposals, PNG.
+
+    results: ``{method name: proposals.recall.ProposalRecall}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in results.items():
+        line, = ax.plot(r.ks, r.recall_at_k, marker="o", label=f"{name} (IoU 0.5)")
+        ax.plot(r.ks, r.recall_ilsvrc_at_k, linestyle="--", color=line.get_color(), label=f"{name} (ILSVRC thr.)")
+    ax.set_xscale("log")
+    ax.set_xlabel("number of proposals (first k)")
+    ax.set_ylabel("recall of ground-truth boxes")
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------- detections on an image
+def class_colour(label: int) -> tuple[int, int, int]:
+    """A bright RGB colour per class label, spread around the hue circle (golden-ratio steps)."""
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                    class_names: Sequence[str], thickness: int | None = None) -> np.ndarray:
+    """A copy of ``image: ndarray[H, W, 3] uint8`` RGB with each box and ``"<class> <score>"`` drawn.
+
+    boxes: ndarray[K, 4] xyxy pixels; scores: ndarray[K]; labels: ndarray[K] int (0-based into class_names).
+    Boxes are drawn lowest score first, so the best ones end up on top.
+    """
+    import cv2
+
+    out = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    height, width = out.shape[:2]
+    thickness = thickness or max(1, round(min(height, width) / 300))
+    scale = max(0.35, min(height, width) / 900)
+    for k in np.argsort(np.asarray(scores), kind="stable"):
+        x1, y1, x2, y2 = (int(round(float(v))) for v in boxes[k])
+        colour = class_colour(int(labels[k]))
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
+        text = f"{class_names[int(labels[k])]} {float(scores[k]):.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        ty = y1 - 2 if y1 - th - base - 2 >= 0 else min(y1 + th + 2, height - base - 1)
+        cv2.rectangle(out, (x1, ty - th - 2), (x1 + tw + 2, ty + base), colour, cv2.FILLED)
+        cv2.putText(out, text, (x1 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write ``image: ndarray[H, W, 3] uint8`` RGB as a PNG file, atomically."""
+    import cv2
+
+    ok, data = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"{path}: PNG encoding failed")
+    with atomic_open(path, "wb") as f:
+        f.write(data.tobytes())

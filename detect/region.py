@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, get_worker_info
 from torchvision import ops
 
 from detect.boxes import flip_boxes
+from detect.data.classification import ClassificationBatch
 from detect.data.images import SampleError, read_image
 from detect.data.records import DetectionRecord, SkippedItem
 from detect.models.convention import IMAGENET, InputConvention
@@ -33,13 +34,10 @@ __all__ = [
     "warp_regions",
     "assign_region_labels",
     "add_ground_truth",
-    "best_overlaps",
+    "best_gt_overlaps",
     "sample_regions",
     "RegionDataset",
-    "RegionBatch",
     "collate_regions",
-    "RegionLoss",
-    "evaluate_regions",
     "Ensemble",
 ]
 
@@ -137,7 +135,7 @@ def add_ground_truth(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
     return boxes, assign_region_labels(boxes, gt_boxes, gt_labels, gt_ignore, fg_iou)
 
 
-def best_overlaps(boxes: Tensor, gt_boxes: Tensor, gt_ignore: Tensor | None = None) -> Tensor:
+def best_gt_overlaps(boxes: Tensor, gt_boxes: Tensor, gt_ignore: Tensor | None = None) -> Tensor:
     """IoU of each box with its best-overlapping non-ignored ground truth: ``Tensor[N]`` (0 when none)."""
     keep = torch.ones(len(gt_boxes), dtype=torch.bool) if gt_ignore is None else ~gt_ignore.bool()
     if len(boxes) == 0 or not keep.any():
@@ -253,7 +251,7 @@ class RegionDataset(Dataset):
             torch.from_numpy(record.labels), torch.from_numpy(record.ignore), self.fg_iou)
         hard = None
         if self.hard_bg_fraction > 0:
-            iou = best_overlaps(boxes, torch.from_numpy(record.boxes), torch.from_numpy(record.ignore))
+            iou = best_gt_overlaps(boxes, torch.from_numpy(record.boxes), torch.from_numpy(record.ignore))
             hard = iou >= self.hard_bg_iou
         try:
             pick = sample_regions(labels, self.regions_per_image, self.fg_fraction, rng, hard, self.hard_bg_fraction)
@@ -269,73 +267,18 @@ class RegionDataset(Dataset):
         return warp_regions(tensor, boxes, self.crop_size, self.context), labels
 
 
-class RegionBatch(NamedTuple):
-    """crops: Tensor[B, 3, S, S] float32; labels: Tensor[B] int64; dropped: images of the batch skipped;
-    skipped: their :class:`SkippedItem` entries (file, reason)."""
-
-    crops: Tensor
-    labels: Tensor
-    dropped: int = 0
-    skipped: tuple = ()
-
-
-def collate_regions(items: list[tuple[Tensor, Tensor] | SkippedItem]) -> RegionBatch:
-    """Concatenate the regions of several images into a :class:`RegionBatch`; unusable images
-    (:class:`SkippedItem`) are dropped and handed on in ``skipped``; a batch of nothing but those has
-    no crops (the engine skips it and counts them)."""
+def collate_regions(items: list[tuple[Tensor, Tensor] | SkippedItem]) -> ClassificationBatch:
+    """Concatenate the regions of several images into one batch (crops as ``images``, labels ``0`` =
+    background, ``c + 1`` = class ``c``); unusable images (:class:`SkippedItem`) are dropped and handed
+    on in ``skipped``; a batch of nothing but those has no crops (the engine skips it and counts them).
+    Train with :class:`detect.engine.ClassificationLoss` ``(background=0)`` and evaluate with
+    :func:`detect.engine.evaluate_classification` ``(background=0)``, as any classifier."""
     kept = [item for item in items if not isinstance(item, SkippedItem)]
     skipped = tuple(item for item in items if isinstance(item, SkippedItem))
     if not kept:
-        return RegionBatch(torch.zeros(0, 3, 1, 1), torch.zeros(0, dtype=torch.long), len(skipped), skipped)
+        return ClassificationBatch(torch.zeros(0, 3, 1, 1), torch.zeros(0, dtype=torch.long), len(skipped), skipped)
     crops, labels = zip(*kept)
-    return RegionBatch(torch.cat(crops), torch.cat(labels), len(skipped), skipped)
-
-
-class RegionLoss:
-    """Cross-entropy over ``C + 1`` classes, plus ``aux_weight`` times that of each auxiliary head.
-
-    ``(model, batch: RegionBatch, device) -> (loss Tensor[], {"acc", "fg_acc", "fg_share"})``, the
-    loss-function contract of :func:`detect.engine.fit`.
-    """
-
-    def __init__(self, aux_weight: float = 0.3):
-        self.aux_weight = aux_weight
-
-    def __call__(self, model: nn.Module, batch: RegionBatch, device: torch.device) -> tuple[Tensor, dict]:
-        crops = batch.crops.to(device, non_blocking=True)
-        labels = batch.labels.to(device, non_blocking=True)
-        out = model(crops)
-        logits = out[0] if isinstance(out, tuple) else out
-        loss = nn.functional.cross_entropy(logits, labels)
-        if isinstance(out, tuple):
-            for aux in out[1:]:
-                if aux is not None:
-                    loss = loss + self.aux_weight * nn.functional.cross_entropy(aux, labels)
-        with torch.no_grad():
-            hit = logits.argmax(dim=1) == labels
-            fg = labels > 0
-            metrics = {"acc": float(hit.float().mean()), "fg_share": float(fg.float().mean()),
-                       "fg_acc": float(hit[fg].float().mean()) if fg.any() else 0.0}
-        return loss, metrics
-
-
-@torch.no_grad()
-def evaluate_regions(model: nn.Module, loader, device: torch.device | str) -> dict[str, float]:
-    """Region classification accuracy of ``model`` (eval mode) over a loader of :class:`RegionBatch`:
-    ``{"acc", "fg_acc" (positives), "bg_acc" (background), "regions"}``."""
-    model.eval()
-    hits = {"all": 0, "fg": 0, "bg": 0}
-    counts = {"all": 0, "fg": 0, "bg": 0}
-    for batch in loader:
-        if batch is None or len(batch.labels) == 0:
-            continue
-        out = model(batch.crops.to(device))
-        pred = (out[0] if isinstance(out, tuple) else out).argmax(dim=1).cpu()
-        for key, mask in (("all", batch.labels >= 0), ("fg", batch.labels > 0), ("bg", batch.labels == 0)):
-            hits[key] += int((pred[mask] == batch.labels[mask]).sum())
-            counts[key] += int(mask.sum())
-    return {"acc": hits["all"] / max(counts["all"], 1), "fg_acc": hits["fg"] / max(counts["fg"], 1),
-            "bg_acc": hits["bg"] / max(counts["bg"], 1), "regions": float(counts["all"])}
+    return ClassificationBatch(torch.cat(crops), torch.cat(labels), len(skipped), skipped)
 
 
 class Ensemble(nn.Module):

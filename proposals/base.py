@@ -6,6 +6,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from detect.data.images import to_uint8
+
 __all__ = ["Proposals", "Proposer", "as_rgb_uint8"]
 
 
@@ -59,16 +61,7 @@ def as_rgb_uint8(image) -> np.ndarray:
         raise ValueError(f"image array of shape {arr.shape}: expected [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"empty image array of shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        if arr.dtype == bool:
-            arr = arr.astype(np.uint8) * 255
-        elif np.issubdtype(arr.dtype, np.integer):
-            top = 65535.0 if arr.max() > 255 else 255.0
-            arr = (arr.astype(np.float32) * (255.0 / top)).round().clip(0, 255).astype(np.uint8)
-        else:
-            arr = np.nan_to_num(arr.astype(np.float32))
-            top = 1.0 if arr.max() <= 1.0 else float(arr.max())
-            arr = (arr * (255.0 / top)).round().clip(0, 255).astype(np.uint8)
+    arr = to_uint8(arr)
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     elif arr.shape[2] == 4:

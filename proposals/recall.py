@@ -14,8 +14,9 @@ from typing import Sequence
 import numpy as np
 
 from detect.boxes import box_iou
+from detect.evaluation import ilsvrc_thresholds
 
-__all__ = ["ProposalRecall", "best_overlaps", "ilsvrc_thresholds", "plot_recall_curves", "proposal_recall", "store_recall"]
+__all__ = ["ProposalRecall", "best_proposal_overlaps", "ilsvrc_thresholds", "proposal_recall", "store_recall"]
 
 
 def _widen(boxes: np.ndarray, plus_one: bool) -> np.ndarray:
@@ -25,14 +26,7 @@ def _widen(boxes: np.ndarray, plus_one: bool) -> np.ndarray:
     return boxes
 
 
-def ilsvrc_thresholds(gt: np.ndarray, plus_one: bool = True) -> np.ndarray:
-    """``gt: [G, 4]`` xyxy -> ``float64[G]``: ``min(0.5, w h / ((w + 10)(h + 10)))`` (ILSVRC small objects)."""
-    g = _widen(gt, plus_one)
-    w, h = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
-    return np.minimum(0.5, w * h / ((w + 10.0) * (h + 10.0)))
-
-
-def best_overlaps(gt: np.ndarray, proposals: np.ndarray, ks: Sequence[int] = (), plus_one: bool = True):
+def best_proposal_overlaps(gt: np.ndarray, proposals: np.ndarray, ks: Sequence[int] = (), plus_one: bool = True):
     """Best IoU of each ground-truth box over all proposals, and over the first ``k`` for each ``k``.
 
     gt: ``[G, 4]``, proposals: ``[N, 4]`` xyxy -> (``float64[G]``, ``float64[len(ks), G]``).
@@ -87,10 +81,10 @@ def proposal_recall(
         gt = np.asarray(gt, np.float64).reshape(-1, 4)
         if keep is not None:
             gt = gt[np.asarray(keep[i], bool).reshape(-1)]
-        best, at_k = best_overlaps(gt, props, ks, plus_one)
+        best, at_k = best_proposal_overlaps(gt, props, ks, plus_one)
         best_all.append(best)
         at_k_all.append(at_k)
-        thr_all.append(ilsvrc_thresholds(gt, plus_one))
+        thr_all.append(ilsvrc_thresholds(gt, plus_one=plus_one))
     best = np.concatenate(best_all) if best_all else np.zeros(0)
     at_k = np.concatenate(at_k_all, axis=1) if at_k_all else np.zeros((len(ks), 0))
     thr = np.concatenate(thr_all) if thr_all else np.zeros(0)
@@ -124,29 +118,3 @@ def store_recall(store, dataset, ks: Sequence[int] = (1, 10, 100, 1000), iou_thr
         keeps.append(~rec.ignore & ~black)
         props.append(store.get(rec.image_id))
     return proposal_recall(gts, props, keeps, ks, iou_threshold, plus_one)
-
-
-def plot_recall_curves(results: dict[str, ProposalRecall], path, title: str = "") -> None:
-    """Recall at IoU 0.5 (solid) and at the ILSVRC threshold (dashed) against the number of proposals, PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from detect.io import atomic_open
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in results.items():
-        line, = ax.plot(r.ks, r.recall_at_k, marker="o", label=f"{name} (IoU 0.5)")
-        ax.plot(r.ks, r.recall_ilsvrc_at_k, linestyle="--", color=line.get_color(), label=f"{name} (ILSVRC thr.)")
-    ax.set_xscale("log")
-    ax.set_xlabel("number of proposals (first k)")
-    ax.set_ylabel("recall of ground-truth boxes")
-    ax.set_ylim(0, 1)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)

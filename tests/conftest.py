@@ -23,3 +23,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not available: {SHARED_DATA} does not exist (a clone without ../shared)")
     return SHARED_DATA
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", default=False,
+                     help="run the whole suite, the tests marked slow included (what `make test` and CI run)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without --full, the tests marked ``slow`` (end-to-end tool runs in subprocesses) are skipped, so
+    that the default run is a quick check while working; ``make test`` and CI run everything."""
+    if config.getoption("--full"):
+        return
+    skip = pytest.mark.skip(reason="slow: part of the full suite (pytest --full, make test)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

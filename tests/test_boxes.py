@@ -69,3 +69,27 @@ def test_flip_boxes_mirrors_and_is_an_involution():
     np.testing.assert_array_equal(B.flip_boxes(flipped, 100), boxes)
     np.testing.assert_array_equal(boxes[0], [10, 5, 30, 25])  # input untouched
     np.testing.assert_array_equal(B.flip_boxes(torch.tensor(boxes), 100).numpy(), flipped)
+
+
+def test_order_corners_numpy_and_torch_agree():
+    import numpy as np
+    import torch
+
+    from detect.boxes import order_corners
+
+    boxes = np.array([[10, 20, 5, 8], [1, 2, 3, 4], [7, 1, 7, 0]], np.float32)
+    expected = np.array([[5, 8, 10, 20], [1, 2, 3, 4], [7, 0, 7, 1]], np.float32)
+    np.testing.assert_array_equal(order_corners(boxes), expected)
+    np.testing.assert_array_equal(order_corners(torch.from_numpy(boxes)[None]).numpy()[0], expected)
+
+
+def test_top_k_boxes_most_confident_first_ties_in_order():
+    import torch
+
+    from proposals.multibox.model import top_k_boxes
+
+    boxes = torch.arange(5 * 4, dtype=torch.float32).view(1, 5, 4)
+    logits = torch.tensor([[0.5, 2.0, 0.5, -1.0, 3.0]])
+    top, top_logits = top_k_boxes(boxes, logits, 3)
+    assert top_logits.tolist() == [[3.0, 2.0, 0.5]]
+    assert top[0, :, 0].tolist() == [16.0, 4.0, 0.0]  # boxes 4, 1, then the first of the tied 0 and 2

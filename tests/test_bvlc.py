@@ -128,6 +128,7 @@ def test_onnx_gemm_without_transb_is_transposed(world, tmp_path):
     assert _rel(_outputs(model, world["images"])["loss3/classifier"], world["ref"]["loss3/classifier"]) < TOL
 
 
+@pytest.mark.slow
 def test_mapping_errors_fail_the_comparison(world, tmp_path):
     """Each mapping error the equality must catch: a swapped branch, a transposed fully connected weight,
     the wrong channel order. Every shape still fits, so only the forward comparison can see them."""

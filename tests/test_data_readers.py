@@ -275,15 +275,19 @@ def test_data_configs_instantiate(shared_data, tree_2014, tmp_path):
 
     work = f"work_dir={tmp_path / 'work'}"
     coco = _compose(["data=coco", f"data.root={shared_data / 'coco128'}", "data.val_name=train2017", work])
-    assert len(instantiate(coco.data.train)) == 128 and len(instantiate(coco.data.val)) == 128
+    assert len(instantiate(coco.data.train_full)) == 128 and len(instantiate(coco.data.val)) == 128
+    train, monitor = instantiate(coco.data.train), instantiate(coco.data.monitor)  # the held-out share
+    assert len(train) + len(monitor) == 128 and 0 < len(monitor) < 30
+    assert not {r.image_id for r in train} & {r.image_id for r in monitor}
 
     val2 = tmp_path / "val2.txt"
     val2.write_text("".join(f"{n} {v[1]}\n" for n, v in REAL.items()))
     blacklist = shared_data / "ilsvrc" / "ILSVRC2014_det_validation_blacklist.txt"
     old = _compose(["data=ilsvrc2014", f"data.root={tree_2014}", f"data.val2_list={val2}", f"data.blacklist={blacklist}",
-                    "experiment=ilsvrc14", "data.train.image_list=null", work])
+                    "experiment=ilsvrc14", "data.train_full.image_list=null", work])
     assert [r.index for r in instantiate(old.data.val)] == [v[1] for v in REAL.values()]  # the recipe's val2
-    assert len(instantiate(old.data.train)) == 5  # the devkit's val list (the recipe trains on split val)
+    assert len(instantiate(old.data.train_full)) == 5  # the devkit's val list (the recipe trains on split val)
+    assert len(instantiate(old.data.train)) + len(instantiate(old.data.monitor)) == 5
     plain = _compose(["data=ilsvrc2014", f"data.root={tree_2014}", work])
     assert [r.index for r in instantiate(plain.data.val)] == sorted(v[0] for v in REAL.values())  # official val
 

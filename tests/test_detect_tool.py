@@ -13,7 +13,7 @@ from PIL import Image
 from detect.classes import ClassList
 from detect.models.googlenet import GoogLeNet
 from detect.pipeline import DetectorSettings, bundle_detector
-from detect.visualize import draw_detections, write_png
+from detect.plots import draw_detections, write_png
 
 
 def _tiny_detector(path, classes, proposer):
@@ -35,6 +35,7 @@ def test_draw_detections_changes_only_box_pixels(tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), drawn)
 
 
+@pytest.mark.slow
 def test_detect_tool_on_real_photo_with_bad_inputs(tmp_path, shared_data, repo_root):
     photo = shared_data / "coco128" / "images" / "train2017" / "000000000009.jpg"
     if not photo.is_file():

@@ -11,7 +11,6 @@ from detect.classes import ClassList
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 from detect.detections import (
     Detections,
-    SubmissionWriter,
     read_coco_results,
     read_detections,
     read_ilsvrc_submission,
@@ -248,31 +247,3 @@ def test_format_from_extension(tmp_path):
     assert_same(read_detections(tmp_path / "a.txt", ds, format="ilsvrc"), d)
     with pytest.raises(ValueError, match="extension"):
         write_detections(tmp_path / "a.pkl", d, ds)
-
-
-def test_submission_writer_resumes_after_a_crash(tmp_path):
-    d = random_dets(n=40, num_images=6)
-    path = tmp_path / "run" / "det.txt"
-    with SubmissionWriter(path, resume=True) as w:
-        for i in (1, 2, 3):
-            w.add(i, d.select(d.image_index == i))
-    # a crash while writing image 4: some lines written, a torn last line, image not marked done
-    part = d.select(d.image_index == 4)
-    with open(path, "a") as f:
-        f.write("4 1 0.5 1 2 3 4\n4 2 0.")
-    w = SubmissionWriter(path, resume=True)
-    assert w.done == {1, 2, 3}
-    for i in (4, 5, 6):
-        w.add(i, d.select(d.image_index == i))
-    w.close()
-    got = read_ilsvrc_submission(path)
-    order = np.argsort(d.image_index, kind="stable")
-    assert_same(got, d.select(order))
-    assert len(part) == int((got.image_index == 4).sum())
-    with pytest.raises(ValueError, match="other images"):
-        with SubmissionWriter(path, resume=True) as w2:
-            assert w2.done == {1, 2, 3, 4, 5, 6}
-            w2.add(7, d.select(d.image_index == 1))
-    with SubmissionWriter(path, resume=False) as w3:
-        assert w3.done == set()
-    assert path.read_text() == ""

@@ -51,6 +51,7 @@ def test_single_process_context(monkeypatch):
             resolve_device("cuda")
 
 
+@pytest.mark.slow
 def test_ddp_step_equals_single_process_step(tmp_path):
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     subprocess.run([sys.executable, "-c", STEP_SCRIPT, str(one)], check=True, env=_env(), timeout=120)

@@ -51,7 +51,7 @@ def test_plus_one_follows_the_data_format(repo_root, tmp_path, coco_and_ilsvrc):
     common = [f"stores=[{store}]", f"work_dir={tmp_path / 'work'}", "ks=[1]"]
     rows, _ = _run(repo_root, ["data=coco", f"data.root={coco}"] + common)
     assert rows["one"]["coverage_050"] == 0.0  # COCO: continuous widths, IoU 0.47
-    report = json.loads((tmp_path / "work" / "eval" / "proposals_coco_val.json").read_text())
+    report = json.loads((tmp_path / "work" / "eval" / "proposals_coco_val2017.json").read_text())  # named after the split
     assert report["plus_one"] is False
     rows, _ = _run(repo_root, ["data=coco", f"data.root={coco}", "plus_one=true"] + common)
     assert rows["one"]["coverage_050"] == 1.0  # set explicitly: the +1 rule

@@ -485,8 +485,8 @@ def test_eval_map_tool_on_tiny_ilsvrc(tmp_path, repo_root):
     assert [c["ap"] for c in report["classes"]] == pytest.approx([1.0, 0.5])
     assert report["mean_ap"] == pytest.approx(0.75)
     out = tmp_path / "work" / "eval"
-    assert json.loads((out / "eval_val.json").read_text())["mean_ap"] == pytest.approx(0.75)
-    assert (out / "pr_val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "eval_synthetic_val.json").read_text())["mean_ap"] == pytest.approx(0.75)
+    assert (out / "pr_synthetic_val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     voc = tool.run(_compose(repo_root, common + ["rules=voc", f"out_dir={tmp_path / 'voc'}"]))
     assert voc["mean_ap"] == pytest.approx(0.5)
 

@@ -444,6 +444,7 @@ def test_proposer_rejects_bad_checkpoint(tmp_path):
 
 
 # ---------------------------------------------------------------- training tool
+@pytest.mark.slow
 def test_train_multibox_tool_smoke(tmp_path, repo_root):
     """Two steps of tools/train_multibox.py on a tiny generated world; the checkpoint feeds the proposer."""
     import subprocess

@@ -113,6 +113,7 @@ def test_ranks_shard_and_rank0_merges(tmp_path):
     assert a.image_ids == b.image_ids and np.array_equal(a.boxes, b.boxes) and np.array_equal(a.offsets, b.offsets)
 
 
+@pytest.mark.slow
 def test_worker_pool_matches_in_process(tmp_path):
     paths, ids = _images(tmp_path, 4)
     make = functools.partial(SelectiveSearch, resize_width=60, min_box_size=5)
@@ -121,3 +122,248 @@ def test_worker_pool_matches_in_process(tmp_path):
     assert one.merged and two.merged
     a, b = ProposalStore.load(one.path), ProposalStore.load(two.path)
     assert a.boxes_per_image().sum() > 0 and np.array_equal(a.boxes, b.boxes)
+
+
+# ------------------------------------------------------------------ format version 2: memory-mapped
+
+
+def _legacy_store(path, image_ids, boxes, scores=None, meta=None):
+    """A store as the format-1 writer wrote it: the same members, deflate-compressed, no id_order."""
+    import io
+    import zipfile
+
+    counts = [len(b) for b in boxes]
+    arrays = {"image_ids": np.asarray(image_ids, dtype=str), "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+              "boxes": np.round(np.concatenate(boxes)).astype(np.uint16), "meta": np.asarray(json.dumps(meta or {}, sort_keys=True))}
+    if scores is not None:
+        arrays["scores"] = np.concatenate(scores).astype(np.float16)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arrays[name], allow_pickle=False)
+            zf.writestr(f"{name}.npy", buf.getvalue())
+
+
+def _random_store(n, seed=0, max_boxes=30):
+    rng = np.random.default_rng(seed)
+    ids = [f"n{rng.integers(10**7, 10**8)}/img_{i:05d}" for i in range(n)]
+    rng.shuffle(ids)
+    boxes = [rng.uniform(0, 500, (int(rng.integers(0, max_boxes)), 4)).astype(np.float32) for _ in ids]
+    scores = [rng.uniform(0, 1, len(b)).astype(np.float32) for b in boxes]
+    return ids, boxes, scores
+
+
+def test_loaded_store_is_memory_mapped_and_lookups_match_a_dict(tmp_path):
+    from proposals.store_format import is_memory_mapped_store
+
+    ids, boxes, scores = _random_store(300)
+    ProposalStore.from_lists(ids, boxes, scores, {"method": "m"}).save(tmp_path / "s.npz")
+    assert is_memory_mapped_store(tmp_path / "s.npz")
+    store = ProposalStore.load(tmp_path / "s.npz")
+    assert isinstance(store.boxes, np.memmap) and isinstance(store.scores, np.memmap)
+    reference = dict(zip(ids, boxes))  # the obvious lookup, against the binary search over id_order
+    for image_id in ids:
+        assert np.abs(store.get(image_id) - reference[image_id]).max(initial=0) <= 0.5
+        assert len(store.get_scores(image_id)) == len(reference[image_id])
+    assert store.image_ids == ids and len(store) == 300 and list(store.boxes_per_image()) == [len(b) for b in boxes]
+    for absent in ("", ids[0] + "x", ids[0][:-1], "z" * 200, "\x00", ids[0].upper()):
+        assert absent not in store
+        with pytest.raises(KeyError):
+            store.get(absent)
+    # numpy alone still reads the file
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as z:
+        assert z["image_ids"].tolist() == ids and z["boxes"].dtype == np.uint16
+
+
+def test_resave_and_merge_give_the_bytes_of_a_fresh_save(tmp_path):
+    paths, ids = _images(tmp_path, 10, broken={3})
+    out = tmp_path / "m" / "s.npz"
+    propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=3, progress=False)
+    loaded = ProposalStore.load(out)
+    loaded.save(tmp_path / "again.npz")  # from the memory-mapped arrays
+    fresh = ProposalStore.from_lists(ids, [loaded.get(i) for i in ids], [loaded.get_scores(i) for i in ids], loaded.meta)
+    fresh.save(tmp_path / "fresh.npz")
+    assert out.read_bytes() == (tmp_path / "again.npz").read_bytes() == (tmp_path / "fresh.npz").read_bytes()
+
+
+def test_three_ranks_with_uneven_chunks_merge_to_the_same_bytes(tmp_path):
+    paths, ids = _images(tmp_path, 13)
+    one = propose_dataset(paths, ids, BoxesFromSize(), tmp_path / "1" / "s.npz", chunk_size=2, progress=False)
+    out = tmp_path / "3" / "s.npz"
+    for rank in (1, 2, 0):  # rank 0 last: it merges
+        summary = propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=2, rank=rank, world_size=3, progress=False)
+    assert summary.merged and out.read_bytes() == one.path.read_bytes()
+
+
+def test_version_1_store_is_read_then_upgraded_in_place(tmp_path, caplog):
+    from proposals.store_format import is_memory_mapped_store, upgrade_store
+
+    ids, boxes, scores = _random_store(50, seed=3)
+    old = tmp_path / "old.npz"
+    _legacy_store(old, ids, boxes, scores, {"method": "m"})
+    with caplog.at_level("WARNING"):
+        legacy = ProposalStore.load(old)
+    assert "older compressed format" in caplog.text and "propose.py" in caplog.text
+    assert not isinstance(legacy.boxes, np.memmap)
+    got = {i: legacy.get(i) for i in ids}
+    assert not is_memory_mapped_store(old) and upgrade_store(old) and is_memory_mapped_store(old)
+    assert not upgrade_store(old)  # version 2 already: nothing done
+    new = ProposalStore.load(old)
+    assert all(np.array_equal(new.get(i), got[i]) for i in ids)
+    ProposalStore.from_lists(ids, [got[i] for i in ids], [legacy.get_scores(i) for i in ids], {"method": "m"}).save(tmp_path / "fresh.npz")
+    assert old.read_bytes() == (tmp_path / "fresh.npz").read_bytes()
+
+
+def test_propose_dataset_upgrades_a_complete_version_1_store_without_recomputing(tmp_path):
+    paths, ids = _images(tmp_path, 5)
+    out = tmp_path / "s.npz"
+    propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=2, progress=False)
+    store = ProposalStore.load(out)
+    boxes, scores, meta = [store.get(i) for i in ids], [store.get_scores(i) for i in ids], store.meta
+    del store  # (its file is replaced below; writers always replace, never truncate a mapped file)
+    _legacy_store(tmp_path / "old.npz", ids, boxes, scores, meta)
+    (tmp_path / "old.npz").replace(out)
+    reference = out.read_bytes()
+    again = propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=2, progress=False)
+    assert again.merged and again.chunks_computed == 0 and out.read_bytes() != reference
+    upgraded = ProposalStore.load(out)
+    assert isinstance(upgraded.boxes, np.memmap) and all(np.array_equal(upgraded.get(i), b) for i, b in zip(ids, boxes))
+
+
+def _store_arrays(ids, boxes):
+    counts = [len(b) for b in boxes]
+    return {"format_version": np.asarray(2, np.int64), "image_ids": np.asarray(ids, dtype=str),
+            "id_order": np.argsort(np.asarray(ids, dtype=str)).astype(np.int64),
+            "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            "boxes": np.concatenate(boxes).astype(np.uint16), "meta": np.asarray("{}")}
+
+
+def _stored_zip(path, arrays):
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, array, allow_pickle=True)
+            zf.writestr(f"{name}.npy", buf.getvalue())
+
+
+@pytest.mark.parametrize("damage", ["object_boxes", "offsets_backwards", "order_out_of_range", "future_version",
+                                    "truncated", "ids_not_strings", "missing_boxes"])
+def test_malformed_version_2_files_are_refused_naming_the_file(tmp_path, damage):
+    ids, boxes = ["a", "b", "c"], [np.ones((2, 4)), np.ones((0, 4)), np.ones((3, 4))]
+    arrays = _store_arrays(ids, boxes)
+    path = tmp_path / "bad.npz"
+    if damage == "object_boxes":
+        arrays["boxes"] = np.array([object()] * 5, dtype=object)
+    elif damage == "offsets_backwards":
+        arrays["offsets"] = np.array([0, 3, 2, 5], np.int64)
+    elif damage == "order_out_of_range":
+        arrays["id_order"] = np.array([0, 1, 7], np.int64)
+    elif damage == "future_version":
+        arrays["format_version"] = np.asarray(3, np.int64)
+    elif damage == "ids_not_strings":
+        arrays["image_ids"] = np.arange(3)
+    elif damage == "missing_boxes":
+        del arrays["boxes"]
+    _stored_zip(path, arrays)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ValueError, match="bad.npz"):
+        ProposalStore.load(path)
+
+
+def test_a_store_pickles_as_its_path(tmp_path):
+    import pickle
+
+    ids, boxes, scores = _random_store(200, seed=5, max_boxes=200)
+    ProposalStore.from_lists(ids, boxes, scores).save(tmp_path / "s.npz")
+    store = ProposalStore.load(tmp_path / "s.npz")
+    blob = pickle.dumps(store.get)  # what a DataLoader worker receives (RegionDataset holds store.get)
+    assert len(blob) < 2000 < store.boxes.nbytes
+    get = pickle.loads(blob)
+    assert np.array_equal(get(ids[7]), store.get(ids[7]))
+
+
+_RSS_SCRIPT = """
+import sys, numpy as np
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+from proposals.store_format import ProposalStore
+before = rss()
+store = ProposalStore.load(sys.argv[1])
+for image_id in sys.argv[2:]:
+    store.get(image_id)
+print(rss() - before, 'torch' in sys.modules)
+"""
+
+
+def test_a_lookup_reads_one_image_not_the_split(tmp_path, repo_root):
+    """Resident memory of opening a 40 MB store and reading 3 images stays a few MB (the whole split
+    for a version-1 file, as the mutation check shows); the format module does not import torch."""
+    import os
+    import subprocess
+    import sys
+
+    n, per_image = 4000, 1000
+    rng = np.random.default_rng(0)
+    ids = [f"im{i:06d}" for i in range(n)]
+    boxes = [rng.integers(0, 500, (per_image, 4)).astype(np.float32) for _ in range(n)]
+    scores = [np.full(per_image, 0.5, np.float32)] * n
+    ProposalStore.from_lists(ids, boxes, scores).save(tmp_path / "v2.npz")
+    _legacy_store(tmp_path / "v1.npz", ids, boxes, scores)
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+
+    def grown(path):
+        out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path), ids[5], ids[2500], ids[-1]],
+                             capture_output=True, text=True, env=env, check=True).stdout.split()
+        return float(out[0]), out[1] == "True"
+
+    mapped, torch_imported = grown(tmp_path / "v2.npz")
+    whole, _ = grown(tmp_path / "v1.npz")
+    assert not torch_imported
+    assert mapped < 8 and whole > 30, (mapped, whole)  # 40 MB of boxes and scores
+
+
+def test_box_dtype_follows_the_rounded_coordinates(tmp_path):
+    from proposals.store_format import StoreWriter, box_dtype_for
+
+    assert box_dtype_for(-0.001, 65535.4) == np.uint16  # a hair outside the image still rounds into range
+    assert box_dtype_for(-0.6, 10) == np.float32 and box_dtype_for(0, 65535.6) == np.float32
+    store = ProposalStore.from_lists(["a"], [np.array([[-0.001, 0.2, 10.4, 65535.4]], np.float32)])
+    store.save(tmp_path / "s.npz")
+    back = ProposalStore.load(tmp_path / "s.npz")
+    assert back.boxes.dtype == np.uint16 and back.get("a").tolist() == [[0, 0, 10, 65535]]
+    with pytest.raises(ValueError, match="outside 0..65535"), StoreWriter(tmp_path / "w.npz", ["a"], [1]) as w:
+        w.add(np.array([[0, 0, -3, 5]], np.float32))
+    assert not (tmp_path / "w.npz").exists() and not list(tmp_path.glob(".w.npz.*"))  # nothing half-written
+
+
+def test_auto_workers_share_the_cores_among_local_ranks(monkeypatch):
+    import os
+
+    from proposals.store import resolve_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert resolve_workers("auto") == 16 and resolve_workers(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun --nproc_per_node=8: 2 proposer processes per rank
+    assert resolve_workers("auto") == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert resolve_workers("auto") == 1
+
+
+def test_writer_leaves_nothing_behind_when_images_are_missing_or_meta_is_not_json(tmp_path):
+    from proposals.store_format import StoreWriter
+
+    (tmp_path / "s.npz").write_bytes(b"previous")
+    with pytest.raises(ValueError, match="1 of 2 images added"), StoreWriter(tmp_path / "s.npz", ["a", "b"], [1, 1]) as w:
+        w.add(np.zeros((1, 4), np.float32))
+    with pytest.raises(TypeError):
+        StoreWriter(tmp_path / "s.npz", ["a"], [1], meta={"x": object()})
+    with pytest.raises(ValueError, match="repeated image ids"):
+        StoreWriter(tmp_path / "s.npz", ["a", "a"], [1, 1])
+    assert (tmp_path / "s.npz").read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]

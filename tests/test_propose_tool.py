@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
-from proposals.recall import best_overlaps, ilsvrc_thresholds, proposal_recall
+from proposals.recall import best_proposal_overlaps, ilsvrc_thresholds, proposal_recall
 from proposals.selective_search import SelectiveSearch
 from proposals.store import ProposalStore
 
@@ -48,7 +48,7 @@ def test_best_overlaps_against_loop():
     xy = rng.uniform(0, 50, (30, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(1, 40, (30, 2))], axis=1)
     gt, props = boxes[:5], boxes[5:]
-    best, at_k = best_overlaps(gt, props, ks=[3, 100], plus_one=False)
+    best, at_k = best_proposal_overlaps(gt, props, ks=[3, 100], plus_one=False)
     for g in range(5):
         ious = []
         for p in props:
@@ -98,6 +98,7 @@ def tiny_data(tmp_path):
     return tmp_path / "conf"
 
 
+@pytest.mark.slow
 def test_propose_stopped_and_resumed_matches_uninterrupted(repo_root, tiny_data, tmp_path):
     common = ["proposals.resize_width=72", "proposals.min_box_size=8", "chunk_size=2", "workers=1", "progress=false"]
     _tool(repo_root, "propose.py", tiny_data, tmp_path / "a", *common)

@@ -170,6 +170,8 @@ BAD = [  # (list, bad entry, reason text): one wrongly typed or valued field eac
     ("images", {**GOOD_IMAGE, "id": 2, "height": 0}, "size 40x0 is not positive"),
     ("images", {k: v for k, v in GOOD_IMAGE.items() if k != "file_name"} | {"id": 2}, "missing file_name"),
     ("images", {**GOOD_IMAGE, "id": 2, "file_name": 5}, "file_name 5 is not a non-empty string"),
+    ("images", {**GOOD_IMAGE, "id": 2, "file_name": "../../secret.jpg"}, "points outside the image folder"),
+    ("images", {**GOOD_IMAGE, "id": 2, "file_name": "/etc/passwd"}, "points outside the image folder"),
     ("images", {**GOOD_IMAGE, "id": None}, "id None is null, not an integer"),
     ("images", {k: v for k, v in GOOD_IMAGE.items() if k != "id"}, "missing id"),
     ("images", {**GOOD_IMAGE}, "duplicate image id 1"),
@@ -240,3 +242,23 @@ def test_xml_with_a_doctype_is_refused(tmp_path, text, encoding):
 def test_plain_xml_parses():
     root = parse_xml_bytes('<?xml version="1.0" encoding="UTF-16"?><a><b>é</b><!-- c --></a>'.encode("utf-16"))
     assert root.tag == "a" and root.findtext("b") == "é"
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/../../outside", "/etc/passwd", "C:/Windows/x", "..\\x"])
+def test_image_list_names_may_not_leave_the_dataset_folder(tmp_path, name):
+    """A list entry is a name inside the dataset: no absolute paths, drives or '..' (they once reached
+    any file the user can read, as image and as annotation)."""
+    (tmp_path / "ImageSets" / "DET").mkdir(parents=True)
+    (tmp_path / "Annotations" / "DET" / "val").mkdir(parents=True)
+    (tmp_path / "Data" / "DET" / "val").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "DET" / "val.txt").write_text(f"ok 1\n{name} 2\n")
+    with pytest.raises(ValueError, match="val.txt:2: image name .* points outside"):
+        read_ilsvrc_det(tmp_path, "val", check_images=False)
+    voc = tmp_path / "voc"
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "Annotations").mkdir()
+    (voc / "ImageSets" / "Main" / "test.txt").write_text(f"ok\n{name}\n")
+    with pytest.raises(ValueError, match="test.txt: image name .* points outside"):
+        read_voc(voc, "test")
+    with pytest.raises(ValueError, match="points outside"):
+        ImageFinder(tmp_path).find(name)

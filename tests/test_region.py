@@ -9,7 +9,8 @@ from torch import nn
 
 from detect.data.records import DetectionRecord, SkippedItem
 from detect.models.convention import InputConvention
-from detect.region import (Ensemble, RegionDataset, RegionLoss, evaluate_regions, add_ground_truth, assign_region_labels,
+from detect.engine import ClassificationLoss, evaluate_classification
+from detect.region import (Ensemble, RegionDataset, add_ground_truth, assign_region_labels,
                            collate_regions, context_boxes, normalize_image, sample_regions, warp_regions)
 
 HALF = InputConvention(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # RGB 0..1 -> (x - 0.5) / 0.25
@@ -204,10 +205,11 @@ def test_region_loss_weights_aux_heads():
     main = nn.functional.cross_entropy(logits, labels)
     aux_ce = nn.functional.cross_entropy(aux, labels)
     batch = collate_regions([(torch.zeros(2, 3, 4, 4), labels)])
-    loss, metrics = RegionLoss(0.3)(lambda x: GoogLeNetOutputs(logits, aux, aux), batch, torch.device("cpu"))
+    region_loss = ClassificationLoss(0.3, background=0)
+    loss, metrics = region_loss(lambda x: GoogLeNetOutputs(logits, aux, aux), batch, torch.device("cpu"))
     assert float(loss) == pytest.approx(float(main + 0.6 * aux_ce))
-    assert metrics == {"acc": 0.5, "fg_share": 0.5, "fg_acc": 0.0}
-    loss, _ = RegionLoss(0.3)(lambda x: logits, batch, torch.device("cpu"))  # eval-mode output
+    assert metrics == {"top1": 0.5, "fg_share": 0.5, "fg_acc": 0.0}
+    loss, _ = region_loss(lambda x: logits, batch, torch.device("cpu"))  # eval-mode output
     assert float(loss) == pytest.approx(float(main))
 
 
@@ -229,19 +231,21 @@ def test_evaluate_regions_counts_hits():
     model = _Fixed([0.0, 1.0, -1.0])  # predicts class column 1 for positive-mean crops, 2 (via -1) for negative
     crops = torch.stack([torch.full((3, 2, 2), v) for v in (1.0, 1.0, -1.0, -1.0)])
     batch = collate_regions([(crops, torch.tensor([1, 0, 2, 0])), SkippedItem("x.jpg", "unreadable")])
-    metrics = evaluate_regions(model, [batch, None], "cpu")
-    assert metrics == {"acc": 0.5, "fg_acc": 1.0, "bg_acc": 0.0, "regions": 4.0}
+    metrics = evaluate_classification(model, [batch, None], "cpu", background=0)
+    assert metrics["top1"] == 0.5 and metrics["fg_acc"] == 1.0 and metrics["bg_acc"] == 0.0 and metrics["n"] == 4
+    ignored = collate_regions([(crops, torch.tensor([1, -1, 2, -1]))])  # label -1: not used, not counted
+    assert evaluate_classification(model, [ignored], "cpu", background=0)["n"] == 2
 
 
 def test_hard_backgrounds_take_their_share_of_the_background_quota():
-    from detect.region import best_overlaps, sample_regions
+    from detect.region import best_gt_overlaps, sample_regions
 
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0],     # the object itself: IoU 1
                           [0.0, 0.0, 5.0, 5.0],       # a part of it: IoU 0.25 (hard)
                           [50.0, 50.0, 60.0, 60.0],   # elsewhere: IoU 0
                           [40.0, 40.0, 70.0, 70.0]])  # elsewhere: IoU 0
-    iou = best_overlaps(boxes, gt)
+    iou = best_gt_overlaps(boxes, gt)
     assert torch.allclose(iou, torch.tensor([1.0, 0.25, 0.0, 0.0]))
     labels = torch.tensor([1, 0, 0, 0])
     hard = iou >= 0.1
@@ -251,4 +255,4 @@ def test_hard_backgrounds_take_their_share_of_the_background_quota():
     assert 170 < pick.count(1) < 230                                    # 150 hard + a third of 150 uniform
     plain = sample_regions(labels, 400, 0.25, np.random.default_rng(0))
     assert 60 < plain.tolist().count(1) < 140                           # uniform: about a third of 300 bg
-    assert best_overlaps(boxes, gt, torch.tensor([True])).eq(0).all()   # ignored ground truth counts for nothing
+    assert best_gt_overlaps(boxes, gt, torch.tensor([True])).eq(0).all()   # ignored ground truth counts for nothing

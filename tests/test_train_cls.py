@@ -108,6 +108,7 @@ def test_read_split_flat_folder_with_labels_file(tmp_path):
         read_split(tmp_path / "val", classes=tmp_path / "classes.tsv", labels_file=tmp_path / "bad.txt")
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_reported_counted_and_skipped(tmp_path, caplog):
     for k in range(3):
         _png(tmp_path / "train" / "n01" / f"{k}.png", 50)
@@ -160,6 +161,7 @@ def _run_tool(args, tmp_path, torchrun=False, timeout=300):
     return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_train_cls_tool_end_to_end_and_resume(tmp_path):
     # init: weights expecting BVLC's input (BGR 0..255 minus mean), as after init=bvlc_googlenet.caffemodel
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
@@ -184,6 +186,7 @@ def test_train_cls_tool_end_to_end_and_resume(tmp_path):
     assert ck["epoch"] == 3 and ck["model_kwargs"]["input_convention"] == BVLC.to_dict()
 
 
+@pytest.mark.slow
 def test_train_cls_with_torchrun_on_cpu(tmp_path):
     r = _run_tool(["epochs=1", "max_steps_per_epoch=2"], tmp_path, torchrun=True)
     assert r.returncode == 0, r.stderr[-3000:]

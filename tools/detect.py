@@ -28,7 +28,7 @@ from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 from detect.detections import Detections, write_coco_results
 from detect.io import OutputConflict, OwnedFolder, atomic_write_json, refuse_inputs
 from detect.pipeline import Detector
-from detect.visualize import draw_detections, write_png
+from detect.plots import draw_detections, write_png
 
 log = logging.getLogger("detect")
 

@@ -3,13 +3,15 @@
     python tools/detect_dataset.py data=synthetic split=val
     torchrun --nproc_per_node=4 tools/detect_dataset.py data=ilsvrc data.root=/data/ILSVRC device=cuda
 
-Each rank takes every world_size-th image and streams its lines to a shard file (kept as the resume
-state: images already done are skipped on a re-run; shard names carry a hash of the detector file,
-the image list, the proposal store and the settings, so changed inputs start afresh and are never
-mixed with old lines; a second run on the same shard is stopped by a lock); rank 0 merges the shards
-into ``<output>.txt`` and ``<output>.json`` and records the run in ``<output>.txt.run.json``. An
-existing output without that record is not this tool's and is never overwritten. Cached proposals come from the proposal store when it holds
-the image, else from the detector's live proposer.
+A resumable, sharded run (:mod:`detect.runs`, as tools/propose.py): each rank takes every
+world_size-th image and writes its detections in chunks of ``chunk_size`` images; the chunk folder is
+named after a hash of the detector file, the image list, the proposal store and the settings, so a
+re-run skips the chunks already written and changed inputs start afresh (never mixed); a second run on
+the same output is stopped by a lock. Rank 0 merges the chunks into ``<output>.txt`` and
+``<output>.json`` and records the run in ``<output>.txt.run.json``; a re-run with the same inputs then
+has nothing to do. An existing output without that record is not this tool's and is never
+overwritten. Cached proposals come from the proposal store when it holds the image, else from the
+detector's live proposer.
 """
 from __future__ import annotations
 
@@ -27,16 +29,18 @@ import time
 from pathlib import Path
 
 import hydra
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from detect.data.records import SkipLog
-from detect.detections import (Detections, SubmissionWriter, read_ilsvrc_submission, write_coco_results,
-                               write_ilsvrc_submission)
+from detect.data.splits import detections_path, proposal_store_path, split_name
+from detect.detections import Detections, write_coco_results, write_ilsvrc_submission
 from detect.distributed import barrier, cleanup, setup
 from detect.io import OutputConflict, atomic_write_json, exclusive_lock, file_sha256
 from detect.pipeline import Detector
+from detect.runs import ChunkedRun
 from proposals.store import ProposalStore
 
 log = logging.getLogger("detect_dataset")
@@ -44,8 +48,9 @@ log = logging.getLogger("detect_dataset")
 
 def fingerprint(cfg: DictConfig, store_path: str | Path | None, records, precision: list[str]) -> str:
     """Short hash of what the detections depend on: the detector file, the settings, the image list
-    (indices, ids and paths), the proposals and the members' precision (fp32 / int8), so that shards of an earlier run are resumed only when
-    they came from the same inputs (other inputs write other shards; nothing is mixed)."""
+    (indices, ids and paths), the proposals and the members' precision (fp32 / int8), so that shards of
+    an earlier run are resumed only when they came from the same inputs (other inputs write other
+    shards; nothing is mixed)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     images = hashlib.sha256(json.dumps([(r.index, r.image_id, str(r.path)) for r in records]).encode()).hexdigest()
     what = {"detector": file_sha256(cfg.detector), "data": str(cfg.data.name), "split": str(cfg.split),
@@ -69,6 +74,46 @@ def check_output_is_ours(output: Path) -> None:
                                  "beside it); not overwritten: choose another output=")
 
 
+def _up_to_date(output: Path, key: str) -> bool:
+    """True when ``output`` (and its .json) were written by a run with fingerprint ``key``."""
+    try:
+        record = json.loads(run_record(output).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("fingerprint") == key and output.is_file() and output.with_suffix(".json").is_file()
+
+
+def detect_chunks(detector: Detector, records, store, run: ChunkedRun, rank: int, prefetch: int, progress: bool) -> None:
+    """Detect this rank's chunks of ``records`` not written yet, each written as one partial file."""
+    chunks = run.indices(rank)
+    pending = run.pending(rank)
+    if len(pending) < len(chunks):
+        log.info("rank %d: %d of %d chunks already done", rank, len(chunks) - len(pending), len(chunks))
+    todo = [records[int(i)] for c in pending for i in chunks[c]]
+    items = ((r, r.path, store.get(r.image_id) if store is not None and r.image_id in store else None) for r in todo)
+    results = detector.detect_many(items, prefetch=prefetch)
+    skipped = SkipLog("images")
+    start = time.perf_counter()
+    with tqdm(total=len(todo), desc=f"detect rank {rank}", disable=not progress) as bar:
+        for c in pending:
+            dets, errors = [], {}
+            for _ in chunks[c]:
+                record, _, result, error = next(results)
+                if error is not None:  # unreadable image, proposer error: reported, no detections
+                    skipped.add(record.path, f"unusable: {error}")
+                    errors[record.image_id] = str(error)
+                else:
+                    dets.append(Detections.for_image(record.index, result.labels, result.scores, result.boxes))
+                bar.update(1)
+            d = Detections.concat(dets) if dets else Detections.empty()
+            run.write(rank, c, {"image_index": d.image_index, "labels": d.labels, "scores": d.scores,
+                                "boxes": d.boxes, "errors": np.asarray(json.dumps(errors, sort_keys=True))})
+    if todo:
+        elapsed = time.perf_counter() - start
+        log.info("rank %d: %d images in %.1f s (%.3f s/image); %s", rank, len(todo), elapsed, elapsed / len(todo),
+                 skipped.summary())
+
+
 @hydra.main(config_path="../conf", config_name="detect_dataset", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     ctx = setup(cfg.device)
@@ -89,52 +134,43 @@ def main(cfg: DictConfig) -> None:
     store = None
     store_path = cfg.proposals_store
     if store_path is None and detector.proposer is not None:
-        store_path = Path(cfg.paths.proposals_dir) / f"{cfg.data.name}_{cfg.split}_{detector.proposer.name}.npz"
+        store_path = proposal_store_path(cfg.paths.proposals_dir, cfg.data, cfg.split, detector.proposer.name)
     if store_path is not None and Path(store_path).is_file():
         store = ProposalStore.load(store_path)
         log.info("%s: cached proposals for %d images", store_path, len(store))
     elif detector.proposer is None:
         raise ValueError(f"no proposal store at {store_path} and the detector has no proposer")
 
-    output = Path(cfg.output or Path(cfg.paths.detections_dir) / f"{cfg.data.name}_{cfg.split}.txt")
+    output = Path(cfg.output or detections_path(cfg.paths.detections_dir, cfg.data, cfg.split))
     check_output_is_ours(output)
     precision = [getattr(m, "precision", "fp32") for m in detector.ensemble.members]
     key = fingerprint(cfg, store_path if store is not None else None, dataset.records, precision)
-    shard = output.with_name(f"{output.name}.{key}.rank{ctx.rank}of{ctx.world_size}")
-    records = dataset.records[ctx.rank::ctx.world_size]
-    skipped = SkipLog("images")
-    start, computed = time.perf_counter(), 0
-    with exclusive_lock(shard), SubmissionWriter(shard, resume=cfg.resume) as writer:
-        todo = [r for r in records if r.index not in writer.done]
-        if len(todo) < len(records):
-            log.info("rank %d: %d of %d images already done", ctx.rank, len(records) - len(todo), len(records))
-        items = ((r, r.path, store.get(r.image_id) if store is not None and r.image_id in store else None)
-                 for r in todo)
-        results = detector.detect_many(items, prefetch=cfg.prefetch)
-        for record, _, result, error in tqdm(results, total=len(todo), desc=f"detect rank {ctx.rank}",
-                                          disable=not (cfg.progress and ctx.is_main)):
-            if error is not None:  # unreadable image, proposer error: reported, no detections
-                skipped.add(record.path, f"unusable: {error}")
-                dets = Detections.empty()
-            else:
-                dets = Detections.for_image(record.index, result.labels, result.scores, result.boxes)
-            writer.add(record.index, dets)
-            computed += 1
-    if computed:
-        log.info("rank %d: %d images in %.1f s (%.3f s/image); %s", ctx.rank, computed,
-                 time.perf_counter() - start, (time.perf_counter() - start) / computed, skipped.summary())
+    if cfg.resume and _up_to_date(output, key):
+        if ctx.is_main:
+            print(f"{output} is up to date (same detector, images, proposals and settings): nothing to do")
+        cleanup()
+        return
+    run = ChunkedRun(output, key, len(dataset.records), cfg.chunk_size, ctx.world_size)
+    with run.lock(ctx.rank):
+        if not cfg.resume:
+            for c in range(len(run.indices(ctx.rank))):
+                run.file(ctx.rank, c).unlink(missing_ok=True)
+        detect_chunks(detector, dataset.records, store, run, ctx.rank, cfg.prefetch, cfg.progress and ctx.is_main)
     barrier()
     if ctx.is_main:
-        shards = [output.with_name(f"{output.name}.{key}.rank{r}of{ctx.world_size}") for r in range(ctx.world_size)]
-        dets = Detections.concat(read_ilsvrc_submission(p, num_classes=len(detector.classes)) for p in shards)
+        if not run.all_present():
+            sys.exit(f"{output}: other ranks have not finished their chunks; run the same command again to finish")
+        dets = Detections.concat(Detections(z["image_index"], z["labels"], z["scores"], z["boxes"])
+                                 for z in run.chunks(("image_index", "labels", "scores", "boxes")))
         dets = dets.select(dets.image_index.argsort(kind="stable"))
         with exclusive_lock(output):
+            write_ilsvrc_submission(output, dets)
+            write_coco_results(output.with_suffix(".json"), dets, dataset)
             atomic_write_json(run_record(output), {"fingerprint": key, "detector": str(cfg.detector),
                                                    "data": str(cfg.data.name), "split": str(cfg.split),
                                                    "images": len(dataset), "detections": len(dets)})
-            write_ilsvrc_submission(output, dets)
-            write_coco_results(output.with_suffix(".json"), dets, dataset)
-        print(f"{len(dets)} detections on {len(dataset)} images ({cfg.data.name} {cfg.split}): {output}")
+        run.remove()
+        print(f"{len(dets)} detections on {len(dataset)} images ({cfg.data.name} {split_name(cfg.data, cfg.split)}): {output}")
     cleanup()
 
 

@@ -17,6 +17,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import logging
 
+import detect  # noqa: F401  (first: sets OpenMP's passive waiting before torch loads; see detect/__init__.py)
+
 import hydra
 import torch
 from hydra.utils import instantiate
@@ -49,7 +51,7 @@ def _classes(path: str, ckpt: dict, split_classes: ClassList) -> ClassList:
     """The output classes of a model: those its checkpoint records, or for weights that name none
     (BVLC's) the split's classes in sorted wnid order, which must number the model's outputs."""
     if ckpt.get("classes"):
-        return ClassList(tuple(ckpt["classes"]["wnids"]), tuple(ckpt["classes"]["names"]))
+        return ClassList.from_dict(ckpt["classes"], str(path))
     n = int(ckpt["model_kwargs"]["num_classes"])
     if len(split_classes) != n:
         raise ValueError(f"{path}: the file names no classes; its {n} outputs are the ILSVRC 2012 synsets in sorted "

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from detect.data import read_dataset
 from detect.data.records import SkipLog
+from detect.data.splits import detections_path, output_stem, reader_target, split_name
 from detect.detections import read_detections
 from detect.evaluation import coco_ap50_pycocotools, evaluate, rules_for_dataset
 from detect.io import atomic_write_json
@@ -30,16 +31,19 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict:
     """Evaluate as configured; returns the JSON report (also written to ``out_dir``)."""
     dataset = read_dataset(cfg.data[cfg.split], check_images=cfg.check_images)
+    stem = output_stem(cfg.data, cfg.split)
+    detections_file = cfg.detections or detections_path(cfg.paths.detections_dir, cfg.data, cfg.split)
     skipped = SkipLog("detection lines")
-    detections = read_detections(cfg.detections, dataset, format=cfg.format, skipped=skipped)
+    detections = read_detections(detections_file, dataset, format=cfg.format, skipped=skipped)
     if not len(detections):
         why = f"every one was skipped: {skipped.summary()}" if len(skipped) else "the file is empty"
-        raise ValueError(f"{cfg.detections}: no detections to evaluate on {dataset.name} ({len(dataset)} images); {why}")
-    rules = rules_for_dataset(cfg.data.name, cfg.data[cfg.split].get("_target_")) if cfg.rules == "auto" else cfg.rules
+        raise ValueError(f"{detections_file}: no detections to evaluate on {dataset.name} ({len(dataset)} images); {why}")
+    rules = rules_for_dataset(cfg.data.name, reader_target(cfg.data, cfg.split)) if cfg.rules == "auto" else cfg.rules
     result = evaluate(dataset, detections, rules=rules, **OmegaConf.to_container(cfg.evaluate))
     print(result.table())
     report = result.to_json(curves=cfg.curves_in_json)
-    report.update(detections=str(cfg.detections), dataset=cfg.data.name, split=cfg.split,
+    report.update(detections=str(detections_file), dataset=cfg.data.name, split=cfg.split,
+                  split_name=split_name(cfg.data, cfg.split),
                   num_images=len(dataset), num_detections=len(detections), skipped_lines=len(skipped),
                   skipped_annotations=len(dataset.skipped), annotation_warnings=len(dataset.warnings))
     if rules == "coco":
@@ -49,12 +53,12 @@ def run(cfg: DictConfig) -> dict:
         print(skipped.summary())
     out_dir = Path(cfg.out_dir)
     # with the curves (hundreds of thousands of numbers) compact JSON: the indenting encoder is pure Python, 5x slower
-    atomic_write_json(out_dir / f"eval_{cfg.split}.json", report, indent=None if cfg.curves_in_json else 2)
+    atomic_write_json(out_dir / f"eval_{stem}.json", report, indent=None if cfg.curves_in_json else 2)
     if cfg.plot_best or cfg.plot_worst:
         from detect.plots import save_pr_curves
 
-        save_pr_curves(result, out_dir / f"pr_{cfg.split}.png", cfg.plot_best, cfg.plot_worst)
-    log.info("wrote %s", out_dir / f"eval_{cfg.split}.json")
+        save_pr_curves(result, out_dir / f"pr_{stem}.png", cfg.plot_best, cfg.plot_worst)
+    log.info("wrote %s", out_dir / f"eval_{stem}.json")
     return report
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 # `python tools/<tool>.py` puts tools/ first on sys.path, where tools/detect.py would hide the detect package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+import glob
 import json
 import logging
 from pathlib import Path
@@ -20,9 +21,11 @@ from omegaconf import DictConfig
 
 from detect.data import read_dataset
 from detect.data.records import SkipLog
+from detect.data.splits import output_stem, reader_target, split_name
 from detect.evaluation import rules_for_dataset
 from detect.io import atomic_write_json
-from proposals.recall import plot_recall_curves, store_recall
+from detect.plots import plot_recall_curves
+from proposals.recall import store_recall
 from proposals.store import ProposalStore, sidecar_path
 
 log = logging.getLogger("eval_proposals")
@@ -33,14 +36,14 @@ def main(cfg: DictConfig) -> dict:
     dataset = read_dataset(cfg.data[cfg.split], check_images=cfg.check_images)
     plus_one = cfg.plus_one
     if plus_one == "auto":  # the data format's own convention: COCO boxes are continuous, ILSVRC/VOC inclusive pixels
-        plus_one = rules_for_dataset(cfg.data.name, cfg.data[cfg.split].get("_target_")) != "coco"
+        plus_one = rules_for_dataset(cfg.data.name, reader_target(cfg.data, cfg.split)) != "coco"
     elif not isinstance(plus_one, bool):
         raise SystemExit(f"plus_one must be auto, true or false, got {plus_one!r}")
     log.info("IoU with %s widths (plus_one=%s)", "x2 - x1 + 1" if plus_one else "x2 - x1", plus_one)
-    paths = [Path(p) for p in cfg.stores] or sorted(
-        Path(cfg.paths.proposals_dir).glob(f"{cfg.data.name}_{cfg.split}_*.npz"))
+    stem = output_stem(cfg.data, cfg.split)
+    paths = [Path(p) for p in cfg.stores] or sorted(Path(cfg.paths.proposals_dir).glob(f"{glob.escape(stem)}_*.npz"))
     if not paths:
-        raise SystemExit(f"no proposal stores given and none found in {cfg.paths.proposals_dir}")
+        raise SystemExit(f"no proposal stores given and none named {stem}_*.npz in {cfg.paths.proposals_dir}")
     results, rows, skipped = {}, {}, SkipLog("images")
     for path in paths:
         store = ProposalStore.load(path)
@@ -56,10 +59,11 @@ def main(cfg: DictConfig) -> dict:
         f"{v['mabo']:6.3f} {'' if v['seconds_per_image'] is None else format(v['seconds_per_image'], '6.2f'):>6s}"
         for n, v in rows.items()]
     print("\n".join(lines))
-    out = Path(cfg.paths.eval_dir) / cfg.output_name
-    atomic_write_json(out.with_suffix(".json"), {"dataset": cfg.data.name, "split": cfg.split, "plus_one": bool(plus_one),
-                                                 "methods": rows})
-    plot_recall_curves(results, out.with_suffix(".png"), f"{cfg.data.name} {cfg.split}")
+    out = Path(cfg.paths.eval_dir) / (cfg.output_name or f"proposals_{stem}")
+    atomic_write_json(out.with_suffix(".json"), {"dataset": cfg.data.name, "split": cfg.split,
+                                                 "split_name": split_name(cfg.data, cfg.split),
+                                                 "plus_one": bool(plus_one), "methods": rows})
+    plot_recall_curves(results, out.with_suffix(".png"), f"{cfg.data.name} {split_name(cfg.data, cfg.split)} ({cfg.split})")
     log.info("wrote %s.json and .png; %s", out, skipped.summary())
     return rows
 

@@ -20,6 +20,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from detect.data.splits import HeldOutPart, proposal_store_path, split_name
 from proposals.spec import proposer_spec, spec_digest
 from proposals.store import propose_dataset
 
@@ -32,15 +33,19 @@ def main(cfg: DictConfig) -> None:
     if cfg.data.get("generate") is not None and rank == 0:
         instantiate(cfg.data.generate)
     dataset = instantiate(cfg.data[cfg.split])
+    if isinstance(dataset, HeldOutPart):  # a store holds the dataset's whole split: it serves train and monitor
+        log.info("split=%s is the %s part of %s: proposing for the whole split (%d images)", cfg.split,
+                 dataset.part, dataset.whole.name, len(dataset.whole))
+        dataset = dataset.whole
     proposer_cfg = OmegaConf.to_container(cfg.proposals, resolve=True)
     proposer = instantiate(proposer_cfg, _convert_="all")
-    output = cfg.output or Path(cfg.paths.proposals_dir) / f"{cfg.data.name}_{cfg.split}_{proposer.name}.npz"
+    output = cfg.output or proposal_store_path(cfg.paths.proposals_dir, cfg.data, cfg.split, proposer.name)
     summary = propose_dataset(
         [r.path for r in dataset.records], [r.image_id for r in dataset.records], proposer, output,
         functools.partial(instantiate, proposer_cfg, _convert_="all"),
         workers=cfg.workers, chunk_size=cfg.chunk_size, rank=rank, world_size=world_size,
         stop_after_chunks=cfg.stop_after_chunks, merge_timeout_s=cfg.merge_timeout_s, poll_s=cfg.poll_s,
-        meta={"dataset": cfg.data.name, "split": cfg.split, "proposals": proposer_cfg,
+        meta={"dataset": cfg.data.name, "split": split_name(cfg.data, cfg.split), "proposals": proposer_cfg,
               "proposer": spec_digest(proposer_spec(proposer))},  # the weights too, not only the checkpoint path
         progress=cfg.progress,
     )

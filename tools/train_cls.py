@@ -59,7 +59,7 @@ def main(cfg: DictConfig) -> dict:
             model=model, loss_fn=instantiate(cfg.loss), train_loader=train_loader, optimizer=optimizer,
             scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=Path(cfg.checkpoint),
             checkpoint_meta={"model_kwargs": dict(model.model_kwargs),
-                             "classes": {"wnids": list(classes.wnids), "names": list(classes.names)},
+                             "classes": classes.to_dict(),
                              "config": OmegaConf.to_container(cfg, resolve=True)},
             ema_decay=cfg.ema_decay, evaluate=lambda m: evaluate_classification(m, val_loader, ctx.device),
             amp=cfg.amp, channels_last=cfg.channels_last, resume=cfg.resume,

@@ -13,6 +13,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import logging
 
+import detect  # noqa: F401  (first: sets OpenMP's passive waiting before torch loads; see detect/__init__.py)
+
 import hydra
 import torch
 from hydra.utils import instantiate
@@ -23,6 +25,7 @@ from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
 from detect.engine import fit, init_identity, run_fingerprint, seed_everything
 from detect.models.googlenet import load_pretrained
+from detect.runtime import worker_threads
 from proposals.multibox.data import MultiBoxDataset, collate_multibox
 from proposals.multibox.training import evaluate_coverage, resolve_priors
 
@@ -39,7 +42,7 @@ def main(cfg: DictConfig) -> float:
     if cfg.data.get("generate") is not None and ctx.is_main:
         instantiate(cfg.data.generate)
     barrier()
-    train_set, val_set = instantiate(cfg.data.train), instantiate(cfg.data.val)
+    train_set, val_set = instantiate(cfg.data.train), instantiate(cfg.data[cfg.evaluation.split])
 
     backbone_kwargs = instantiate(cfg.model, aux_logits=False, init_weights=False).model_kwargs
     model = instantiate(cfg.multibox, backbone_kwargs=backbone_kwargs, _convert_="all")
@@ -54,11 +57,11 @@ def main(cfg: DictConfig) -> float:
     train_data = MultiBoxDataset(train_set, model.input_size, model.input_convention, train=True, **cfg.augment)
     sampler = DistributedSampler(train_data, seed=cfg.seed) if ctx.distributed else None
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.num_workers, collate_fn=collate_multibox,
+                        num_workers=cfg.num_workers, collate_fn=collate_multibox, worker_init_fn=worker_threads,
                         generator=torch.Generator().manual_seed(cfg.seed))
     val_loader = DataLoader(MultiBoxDataset(val_set, model.input_size, model.input_convention, train=False),
                             batch_size=cfg.evaluation.batch_size, num_workers=cfg.num_workers,
-                            collate_fn=collate_multibox)
+                            collate_fn=collate_multibox, worker_init_fn=worker_threads)
 
     def evaluate(m):
         return evaluate_coverage(m, val_loader, ctx.device, cfg.evaluation.top_k, cfg.evaluation.iou)

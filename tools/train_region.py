@@ -16,6 +16,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import logging
 from pathlib import Path
 
+import detect  # noqa: F401  (first: sets OpenMP's passive waiting before torch loads; see detect/__init__.py)
+
 import hydra
 import torch
 from hydra.utils import instantiate
@@ -25,14 +27,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from detect.classes import ClassList
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
-from detect.engine import fit, init_identity, run_fingerprint, seed_everything
+from detect.data.splits import proposal_store_path
+from detect.engine import (ClassificationLoss, evaluate_classification, fit, init_identity, run_fingerprint,
+                           seed_everything)
 from detect.io import load_checkpoint
 from detect.models.bvlc import weights_format
 from detect.models.convention import InputConvention
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
 from detect.pipeline import DetectorSettings, bundle_detector
 from detect.quantize import draw_calibration_crops, draw_calibration_images
-from detect.region import RegionDataset, RegionLoss, collate_regions, evaluate_regions
+from detect.region import RegionDataset, collate_regions
+from detect.runtime import worker_threads
 from proposals.spec import embed_networks, spec_from_target_config
 from proposals.store import ProposalStore
 
@@ -46,8 +51,7 @@ def store_path(cfg: DictConfig, split: str, given: str | None) -> Path:
     """The proposal store of ``split``: ``given``, or where tools/propose.py writes it."""
     if given:
         return Path(given)
-    name = instantiate(cfg.proposals, _convert_="all").name
-    return Path(cfg.paths.proposals_dir) / f"{cfg.data.name}_{split}_{name}.npz"
+    return proposal_store_path(cfg.paths.proposals_dir, cfg.data, split, instantiate(cfg.proposals, _convert_="all").name)
 
 
 def _open_store(path: Path) -> ProposalStore | None:
@@ -100,7 +104,7 @@ def train(cfg: DictConfig) -> None:
     regions = region_dataset(cfg, dataset.records, store, seed, train=True, convention=model.input_convention)
     sampler = DistributedSampler(regions, seed=seed) if ctx.distributed else None
     loader = DataLoader(regions, batch_size=cfg.images_per_batch, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.num_workers, collate_fn=collate_regions,
+                        num_workers=cfg.num_workers, collate_fn=collate_regions, worker_init_fn=worker_threads,
                         drop_last=len(regions) > cfg.images_per_batch, generator=torch.Generator().manual_seed(seed))
     evaluate = None
     if cfg.evaluation.images:
@@ -109,19 +113,19 @@ def train(cfg: DictConfig) -> None:
         val_loader = DataLoader(region_dataset(cfg, held_out, val_store, cfg.seed, train=False,
                                                convention=model.input_convention),
                                 batch_size=cfg.images_per_batch, num_workers=cfg.num_workers,
-                                collate_fn=collate_regions)
+                                collate_fn=collate_regions, worker_init_fn=worker_threads)
 
         def evaluate(m):
-            return evaluate_regions(m, val_loader, ctx.device)
+            return evaluate_classification(m, val_loader, ctx.device, background=0)
 
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.scheduler else None
     resolved = OmegaConf.to_container(cfg, resolve=True)
     skipped = SkipLog("training images")
-    fit(model=model, loss_fn=RegionLoss(cfg.aux_weight), train_loader=loader, optimizer=optimizer,
+    fit(model=model, loss_fn=ClassificationLoss(cfg.aux_weight, background=0), train_loader=loader, optimizer=optimizer,
         scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=cfg.checkpoint,
         checkpoint_meta={"model_kwargs": dict(model.model_kwargs), "member": int(cfg.member), "seed": seed,
-                         "classes": {"wnids": list(classes.wnids), "names": list(classes.names)}},
+                         "classes": classes.to_dict()},
         ema_decay=cfg.ema_decay, evaluate=evaluate, resume=cfg.resume, max_steps_per_epoch=cfg.max_steps_per_epoch,
         checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip, skipped=skipped,
         max_skipped_fraction=cfg.max_skipped_fraction,
@@ -172,9 +176,9 @@ def _specs(spec: dict | None) -> list[dict]:
 def bundle(cfg: DictConfig) -> None:
     paths = [Path(cfg.paths.region_dir) / f"member{k}" / "checkpoint.pt" for k in range(int(cfg.members))]
     members = [load_checkpoint(p) for p in paths]
-    classes = ClassList(tuple(members[0]["classes"]["wnids"]), tuple(members[0]["classes"]["names"]))
+    classes = ClassList.from_dict(members[0]["classes"], str(paths[0]))
     for p, m in zip(paths, members):
-        if tuple(m["classes"]["wnids"]) != classes.wnids:
+        if ClassList.from_dict(m["classes"], str(p)) != classes:
             raise ValueError(f"{p}: trained on other classes than {paths[0]}")
     settings = DetectorSettings.from_dict(
         {**OmegaConf.to_container(cfg.detector, resolve=True), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from detect.classes import ClassList, read_class_list
 from detect.distributed import DistributedContext
+from detect.runtime import worker_threads
 from detect.data.images import IMAGE_EXTENSIONS, SampleError, read_image
 from detect.data.records import SkippedItem
 
@@ -175,4 +176,4 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int
         generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       num_workers=num_workers, collate_fn=collate_skip, drop_last=train, generator=generator,
-                      pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+                      pin_memory=ctx.device.type == "cuda", persistent_workers=False, worker_init_fn=worker_threads)

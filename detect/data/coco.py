@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from detect.classes import ClassList
-from detect.data.folder import ImageFinder
+from detect.data.folder import ImageFinder, leaves_folder
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, warn_outside
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ def _check_image(im) -> tuple[int, str, int, int]:
             raise ValueError(f"missing {key}")
     if not isinstance(im["file_name"], str) or not im["file_name"]:
         raise ValueError(f"file_name {im['file_name']!r} is not a non-empty string")
+    if leaves_folder(im["file_name"]):
+        raise ValueError(f"file_name {im['file_name']!r} points outside the image folder")
     size = [as_int(im[k], k) for k in ("width", "height")]
     if min(size) <= 0:
         raise ValueError(f"size {size[0]}x{size[1]} is not positive")

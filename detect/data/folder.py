@@ -39,6 +39,13 @@ def _split_image_name(name: str) -> tuple[str, str]:
     return (stem, ext) if ext.lower() in IMAGE_EXTENSIONS else (name, "")
 
 
+def leaves_folder(name: str) -> bool:
+    """True when a dataset-relative name (an image list entry, a COCO ``file_name``) could point outside
+    the folder it is relative to: an absolute path, a drive, or a ``..`` part. Readers refuse those."""
+    n = name.replace("\\", "/")
+    return n.startswith("/") or (len(n) > 1 and n[1] == ":") or ".." in n.split("/")
+
+
 class ImageFinder:
     """Finds the image files of a dataset under ``folder`` by name, from one listing per sub-folder.
 
@@ -81,7 +88,10 @@ class ImageFinder:
         return (ext != wanted_ext, ext.lower() != wanted_ext.lower(), IMAGE_EXTENSIONS.index(ext.lower()), file_name)
 
     def find(self, name: str) -> Path | None:
-        """The image file for ``name``, or ``None`` when the folder has none with that stem."""
+        """The image file for ``name``, or ``None`` when the folder has none with that stem; a name that
+        leads out of the folder (:func:`leaves_folder`) is a ``ValueError``."""
+        if leaves_folder(name):
+            raise ValueError(f"{name!r}: image name points outside {self.folder}")
         sub, _, base = name.replace("\\", "/").rpartition("/")
         files, stems = self._listing(sub)
         if not files:
@@ -98,6 +108,8 @@ class ImageFinder:
     def default_path(self, name: str) -> Path:
         """The conventional path ``folder/<name><expected>`` (``folder/<name>`` when it has an extension),
         for an image that was not found."""
+        if leaves_folder(name):
+            raise ValueError(f"{name!r}: image name points outside {self.folder}")
         return Path(self._prefix + (name if _split_image_name(name)[1] else name + self.expected))
 
     def describe_missing(self, missing: list[str], total: int) -> str:

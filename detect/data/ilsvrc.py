@@ -35,7 +35,7 @@ import numpy as np
 
 from detect.classes import ClassList, ilsvrc_det_classes, read_class_list
 from detect.data.cache import ParsedAnnotation, parse_annotation_files
-from detect.data.folder import ImageFinder, size_from_image
+from detect.data.folder import ImageFinder, leaves_folder, size_from_image
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, warn_outside
 from detect.data.xmlfile import read_xml_root
 
@@ -70,6 +70,8 @@ def read_image_list(path: str | Path) -> list[tuple[str, int]]:
             index = int(parts[1]) if len(parts) == 2 else len(entries) + 1
         except ValueError:
             raise ValueError(f"{path}:{lineno}: index {parts[1]!r} is not an integer") from None
+        if leaves_folder(parts[0]):
+            raise ValueError(f"{path}:{lineno}: image name {parts[0]!r} points outside the dataset folder")
         entries.append((parts[0], index))
     return entries
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["SampleError", "ImageError", "read_image", "IMAGE_EXTENSIONS"]
+__all__ = ["SampleError", "ImageError", "read_image", "to_uint8", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
@@ -28,7 +28,9 @@ class ImageError(SampleError):
         super().__init__(f"{path}: {reason}")
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Pixel values of any numeric dtype as uint8: bool -> 0/255; integers above 255 read as 16-bit;
+    floats as 0..1 when their maximum is <= 1, else 0..max (NaN and infinities made finite first)."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
@@ -36,7 +38,7 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.integer):
         top = 65535.0 if arr.max(initial=0) > 255 else 255.0
         return (arr.astype(np.float32) * (255.0 / top)).round().clip(0, 255).astype(np.uint8)
-    arr = arr.astype(np.float32)
+    arr = np.nan_to_num(arr.astype(np.float32))
     top = 1.0 if arr.max(initial=0) <= 1.0 else float(arr.max())
     return (arr * (255.0 / top)).round().clip(0, 255).astype(np.uint8)
 
@@ -62,7 +64,7 @@ def read_image(path: str | Path) -> np.ndarray:
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(background, im).convert("RGB")
             elif im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = _to_uint8(np.asarray(im))
+                arr = to_uint8(np.asarray(im))
                 im = Image.fromarray(arr, mode="L").convert("RGB")
             elif im.mode != "RGB":
                 im = im.convert("RGB")

@@ -12,21 +12,22 @@ Layouts written:
 - ``make_classification_set``: ``root/{train,val}/<wnid>/<name>.JPEG`` and ``root/classes.tsv``.
 - ``make_detection_world``: the ILSVRC 2015+ layout, ``root/Data/DET/<split>/<name>.JPEG``,
   ``root/Annotations/DET/<split>/<name>.xml`` (0-based inclusive pixel boxes), ``root/ImageSets/DET/
-  <split>.txt`` (``<name> <index>``, index 1-based) and ``root/classes.tsv``.
+  <split>.txt`` (``<name> <index>``, index 1-based) and ``root/classes.tsv``; or the same world as a
+  PASCAL VOC folder (``layout="voc"``) or COCO files (``layout="coco"``), for trying the chain on
+  datasets of one's own (see :func:`make_detection_world`).
 
 Both are deterministic (same parameters -> the same bytes; each image draws from its own generator
 seeded by ``(seed, split, image number)``) and idempotent: ``root/manifest.json`` records the parameters
 and the list of files the generation writes (marked complete when it ends); when it matches, nothing is
 done; otherwise exactly the files it lists are removed and the set is rebuilt. The generator never
 removes or overwrites anything else: a folder holding files it did not write (a real dataset given by
-mistake as ``data.root``) is refused with :class:`ForeignDataError` before anything is touched.
+mistake as ``data.root``) is refused with :class:`ForeignDataError` before anything is touched (the
+ownership rules of every generator: :mod:`detect.data.generated`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from detect.classes import ClassList, write_class_list
+from detect.data.generated import ForeignDataError, finish_root, prepare_root
 from detect.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,6 @@ __all__ = [
 ]
 
 RENDERER_VERSION = 1  # bump when the pictures change, so that old manifests no longer match
-MANIFEST = "manifest.json"
 JPEG_QUALITY = 90
 
 COLOURS = {  # saturated class colours (RGB); the clutter is desaturated so it never matches a class
@@ -303,42 +304,19 @@ def _ilsvrc_xml(split: str, name: str, width: int, height: int, boxes: np.ndarra
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-class ForeignDataError(ValueError):
-    """The target folder holds files this generator did not write; nothing was removed or written."""
+LAYOUTS = ("ilsvrc", "voc", "coco")
+VOC_SPLITS = {"train": "trainval", "val": "test"}  # the world's splits as named in its VOC layout
 
 
-def _read_manifest(root: Path) -> dict | None:
-    """The manifest of an earlier generation as ``{"params", "files", "complete"}``, or None.
-
-    Manifests written before file lists were recorded hold only the parameters (and were written last,
-    so they mark a complete generation); their files follow from the parameters.
-    """
-    path = root / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    if "params" in data and isinstance(data.get("files"), list):
-        files = [f for f in data["files"] if isinstance(f, str)]
-        if len(files) != len(data["files"]) or not all(_inside(f) for f in files):
-            return None  # a list naming anything outside root is not one this generator wrote
-        return {"params": data["params"], "files": files, "complete": bool(data.get("complete"))}
-    if data.get("kind") in ("classification_set", "detection_world") and data.get("version") == 1:
-        try:
-            return {"params": data, "files": _planned_files(data), "complete": True}
-        except (KeyError, TypeError, ValueError):
-            return None
-    return None
-
-
-def _inside(rel: str) -> bool:
-    """A plain relative POSIX path that stays inside its root (no absolute path, no '..', no empty part)."""
-    parts = rel.split("/")
-    return bool(rel) and not rel.startswith("/") and "\\" not in rel and all(p not in ("", ".", "..") for p in parts)
+def _image_file(params: dict, split: str, i: int) -> str:
+    """The image file of the ``i``-th (0-based) image of ``split``, relative to the root."""
+    name = f"synthetic_{split}_{i + 1:06d}"
+    layout = params.get("layout", "ilsvrc")
+    if layout == "ilsvrc":
+        return f"Data/DET/{split}/{name}.JPEG"
+    extensions = params["extensions"]
+    ext = extensions[i % len(extensions)]
+    return f"JPEGImages/{name}{ext}" if layout == "voc" else f"images/{split}/{name}{ext}"
 
 
 def _planned_files(params: dict) -> list[str]:
@@ -347,99 +325,59 @@ def _planned_files(params: dict) -> list[str]:
         files = [f"{split}/{cls.wnid}/{cls.wnid}_{k + 1:05d}.JPEG"
                  for split, per_class in (("train", params["train_per_class"]), ("val", params["val_per_class"]))
                  for cls in scene_classes(params["num_classes"]) for k in range(per_class)]
-    else:
-        files = []
-        for split, count in (("train", params["num_train"]), ("val", params["num_val"])):
-            for i in range(count):
-                name = f"synthetic_{split}_{i + 1:06d}"
-                files += [f"Data/DET/{split}/{name}.JPEG", f"Annotations/DET/{split}/{name}.xml"]
-            files.append(f"ImageSets/DET/{split}.txt")
-    return files + ["classes.tsv"]
+        return files + ["classes.tsv"]
+    layout = params.get("layout", "ilsvrc")
+    files = []
+    for split, count in (("train", params["num_train"]), ("val", params["num_val"])):
+        for i in range(count):
+            name = f"synthetic_{split}_{i + 1:06d}"
+            files.append(_image_file(params, split, i))
+            if layout == "ilsvrc":
+                files.append(f"Annotations/DET/{split}/{name}.xml")
+            elif layout == "voc":
+                files.append(f"Annotations/{name}.xml")
+        files.append({"ilsvrc": f"ImageSets/DET/{split}.txt", "voc": f"ImageSets/Main/{VOC_SPLITS[split]}.txt",
+                      "coco": f"annotations/instances_{split}.json"}[layout])
+    return files + (["classes.tsv"] if layout == "ilsvrc" else [])
 
 
-def _guess_dataset(root: Path) -> str:
-    """What a folder the generator refuses probably is, as the data group to pass instead."""
-    if (root / "Data" / "DET").is_dir() or (root / "Annotations" / "DET").is_dir():
-        return "an ILSVRC DET folder (2015+ layout): pass data=ilsvrc"
-    if any(root.glob("ILSVRC201*_DET_*")):
-        return "an ILSVRC DET folder (2013/2014 layout): pass data=ilsvrc2014"
-    if (root / "JPEGImages").is_dir() and (root / "Annotations").is_dir():
-        return "a PASCAL VOC folder: pass data=voc"
-    if any(root.glob("annotations/*.json")) or any(root.glob("*.json")):
-        return "a COCO-style folder: pass data=coco with data.annotations=<file>"
-    if (root / "train").is_dir() or (root / "val").is_dir():
-        return "an ImageNet-style classification folder: pass data_cls=imagenet"
-    return "not data this generator wrote"
+def _voc_xml(file_name: str, width: int, height: int, boxes: np.ndarray, names: list[str]) -> str:
+    """A PASCAL VOC annotation: 1-based inclusive pixel boxes (``boxes`` are 0-based inclusive)."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = file_name
+    ET.SubElement(ET.SubElement(root, "source"), "database").text = "synthetic"
+    size = ET.SubElement(root, "size")
+    for key, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    ET.SubElement(root, "segmented").text = "0"
+    for box, name in zip(boxes, names):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = "0"
+        bb = ET.SubElement(obj, "bndbox")
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
+            ET.SubElement(bb, key).text = str(int(value) + 1)
+    ET.indent(root, space="\t")
+    return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _foreign_file(root: Path, owned: set[str]) -> str | None:
-    """The first file under ``root`` (relative, POSIX) that is neither ``owned`` nor the manifest."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel_dir = Path(dirpath).relative_to(root)
-        for name in dirnames:  # a linked folder leads outside root: never ours to clear
-            if os.path.islink(os.path.join(dirpath, name)):
-                return (rel_dir / name).as_posix()
-        for name in sorted(filenames):
-            rel = (rel_dir / name).as_posix()
-            if rel in owned or rel == MANIFEST or _is_leftover_temp(rel_dir, name, owned):
-                continue
-            return rel
-    return None
-
-
-def _is_leftover_temp(rel_dir: Path, name: str, owned: set[str]) -> bool:
-    """A temporary file of an interrupted atomic write (``.<target>.<random>.tmp``, see detect.io) of
-    a file this generator owns."""
-    if not (name.startswith(".") and name.endswith(".tmp")):
-        return False
-    target = name[1:].rsplit(".", 2)[0]
-    rel = (rel_dir / target).as_posix()
-    return rel in owned or rel == MANIFEST
+def _legacy_files(data: dict) -> list[str]:
+    """The files of a manifest written before file lists were recorded (parameters only, written last)."""
+    if data.get("kind") not in ("classification_set", "detection_world") or data.get("version") != 1:
+        raise ValueError("not a manifest of this generator")
+    return _planned_files(data)
 
 
 def _prepare_root(root: Path, params: dict, what: str) -> bool:
-    """Make ``root`` ready for a generation with ``params``; True when it is already complete.
-
-    The generator only ever removes files that its own manifest lists (the files of an earlier
-    generation, complete or interrupted); a folder holding anything else is refused with
-    :class:`ForeignDataError`, before anything is touched, naming the folder and what it looks like.
-    """
-    state = _read_manifest(root)
-    if state is not None and state["complete"] and state["params"] == params:
-        return True
-    owned = set(state["files"]) if state is not None else set()
-    if root.exists():
-        if not root.is_dir():
-            raise ForeignDataError(f"{root}: not a folder; the synthetic {what} needs a new or empty folder")
-        foreign = _foreign_file(root, owned)
-        if foreign is not None:
-            looks = (f"an earlier synthetic {what} with files added by hand; move them out" if state is not None
-                     else f"{_guess_dataset(root)} (the default data group is the synthetic world)")
-            raise ForeignDataError(
-                f"{root}: refusing to write the synthetic {what} here: the folder holds files this generator did "
-                f"not write (e.g. {foreign}), and nothing was removed. It looks like {looks}. Generated data needs "
-                f"a new or empty folder, or one this generator wrote ({MANIFEST} lists its files).")
-    for rel in sorted(owned):
-        path = root / rel
-        if path.is_file() or path.is_symlink():
-            path.unlink()
-        for temp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
-            temp.unlink()
-    if owned:
-        log.info("%s: removed %d files of an earlier generation", root, len(owned))
-    parents = sorted({(root / rel).parent for rel in owned} - {root}, key=lambda p: len(p.parts), reverse=True)
-    for folder in parents:  # prune the folders that the removal emptied, deepest first, never root
-        while folder != root and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-            folder = folder.parent
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / MANIFEST, {"params": params, "files": _planned_files(params), "complete": False})
-    return False
+    """:func:`detect.data.generated.prepare_root` for the files ``params`` writes; True when up to date."""
+    return prepare_root(root, params, _planned_files(params), f"synthetic {what}", _legacy_files)
 
 
 def _finish(root: Path, params: dict) -> None:
-    atomic_write_json(root / MANIFEST, {"params": params, "files": _planned_files(params), "complete": True})
+    finish_root(root, params, _planned_files(params))
 
 
 def _split_seed(seed: int, split: str) -> int:
@@ -478,38 +416,50 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
                          min_side: int = 192, max_side: int = 320, max_objects: int = 6,
                          empty_fraction: float = 0.1, seed: int = 0, min_object_size: float = 20.0,
                          max_object_fraction: float = 0.9, min_visible: float = 0.5,
-                         max_attempts: int = 20) -> ClassList:
-    """Write a detection set in the ILSVRC 2015+ layout (see the module docstring); returns its ClassList.
+                         max_attempts: int = 20, layout: str = "ilsvrc",
+                         extensions: tuple[str, ...] = (".jpg",)) -> ClassList:
+    """Write a detection set (see the module docstring); returns its ClassList.
 
     Each image is ``W x H`` with both sides uniform in [min_side, max_side]; ``round(empty_fraction * n)``
     images per split have no object, the others 1..max_objects objects. The first object of the k-th
     non-empty image is class ``k % num_classes`` (so every class appears once there are enough images),
     the rest are uniform. Object sizes, visibility and placement: :func:`render_detection_image`.
+    layout: ``ilsvrc`` (the 2015+ layout with ``classes.tsv``), ``voc`` (a VOC20xx folder: ``JPEGImages/``,
+    ``Annotations/`` with 1-based boxes and class names, ``ImageSets/Main/trainval.txt`` = train and
+    ``test.txt`` = val) or ``coco`` (``annotations/instances_{train,val}.json``, ``images/{train,val}/``,
+    category ids 1..C). The same seed draws the same pictures and boxes in every layout.
+    extensions: voc/coco image file extensions, used in turn image by image (e.g. ``[".jpg", ".JPG"]``
+    to exercise readers' extension handling); the files are JPEG whatever the name says.
     Does nothing when ``root/manifest.json`` records the same parameters.
     """
     root = Path(root)
     if not (0 < min_side <= max_side) or max_objects < 1 or not 0 <= empty_fraction <= 1:
         raise ValueError(f"bad parameters: min_side={min_side} max_side={max_side} max_objects={max_objects} "
                          f"empty_fraction={empty_fraction}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
     params = {"kind": "detection_world", "version": RENDERER_VERSION, "num_classes": int(num_classes),
               "num_train": int(num_train), "num_val": int(num_val), "min_side": int(min_side),
               "max_side": int(max_side), "max_objects": int(max_objects), "empty_fraction": float(empty_fraction),
               "seed": int(seed), "min_object_size": float(min_object_size),
               "max_object_fraction": float(max_object_fraction), "min_visible": float(min_visible),
               "max_attempts": int(max_attempts)}
+    if layout != "ilsvrc":  # (ILSVRC-layout manifests keep their earlier form)
+        extensions = [str(e) for e in extensions]
+        if not extensions or not all(e.startswith(".") and "/" not in e and len(e) > 1 for e in extensions):
+            raise ValueError(f"extensions={extensions!r}: expected file extensions such as ['.jpg', '.JPG']")
+        params.update(layout=layout, extensions=extensions)
     classes = scene_classes(num_classes)
     class_list = synthetic_class_list(num_classes)
     if _prepare_root(root, params, "detection world"):
         log.info("%s: detection world up to date", root)
         return class_list
     for split, count in (("train", num_train), ("val", num_val)):
-        image_dir = root / "Data" / "DET" / split
-        xml_dir = root / "Annotations" / "DET" / split
-        image_dir.mkdir(parents=True, exist_ok=True)
-        xml_dir.mkdir(parents=True, exist_ok=True)
         split_rng = np.random.default_rng([_split_seed(seed, split)])
         empty = set(split_rng.permutation(count)[: int(round(empty_fraction * count))].tolist())
         lines, non_empty, n_boxes = [], 0, 0
+        coco = {"images": [], "annotations": [],
+                "categories": [{"id": c.index + 1, "name": c.name} for c in classes]}
         for i in tqdm(range(count), desc=f"synthetic det {split}", leave=False):
             rng = np.random.default_rng([_split_seed(seed, split), 1000, i])
             width, height = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
@@ -521,13 +471,36 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
             image, boxes, labels = render_detection_image(
                 rng, width, height, classes, labels, min_object_size, max_object_fraction, min_visible, max_attempts)
             name = f"synthetic_{split}_{i + 1:06d}"
-            _write_jpeg(image_dir / f"{name}.JPEG", image)
-            (xml_dir / f"{name}.xml").write_text(
-                _ilsvrc_xml(split, name, width, height, boxes, [classes[l].wnid for l in labels]), encoding="utf-8")
-            lines.append(f"{name} {i + 1}")
+            image_file = root / _image_file(params, split, i)
+            image_file.parent.mkdir(parents=True, exist_ok=True)
+            _write_jpeg(image_file, image)
+            if layout == "ilsvrc":
+                (root / "Annotations" / "DET" / split).mkdir(parents=True, exist_ok=True)
+                (root / "Annotations" / "DET" / split / f"{name}.xml").write_text(
+                    _ilsvrc_xml(split, name, width, height, boxes, [classes[l].wnid for l in labels]), encoding="utf-8")
+                lines.append(f"{name} {i + 1}")
+            elif layout == "voc":
+                (root / "Annotations").mkdir(parents=True, exist_ok=True)
+                (root / "Annotations" / f"{name}.xml").write_text(
+                    _voc_xml(image_file.name, width, height, boxes, [classes[l].name for l in labels]), encoding="utf-8")
+                lines.append(name)
+            else:
+                coco["images"].append({"id": i + 1, "file_name": image_file.name, "width": width, "height": height})
+                for box, label in zip(boxes.tolist(), labels.tolist()):  # inclusive pixels -> continuous xywh
+                    w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
+                    coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1,
+                                                "category_id": int(label) + 1, "bbox": [box[0], box[1], w, h],
+                                                "area": w * h, "iscrowd": 0})
             n_boxes += len(boxes)
-        atomic_write_text(root / "ImageSets" / "DET" / f"{split}.txt", "\n".join(lines) + ("\n" if lines else ""))
+        text = "\n".join(lines) + ("\n" if lines else "")
+        if layout == "ilsvrc":
+            atomic_write_text(root / "ImageSets" / "DET" / f"{split}.txt", text)
+        elif layout == "voc":
+            atomic_write_text(root / "ImageSets" / "Main" / f"{VOC_SPLITS[split]}.txt", text)
+        else:
+            atomic_write_json(root / "annotations" / f"instances_{split}.json", coco, indent=None)
         log.info("%s: %s split, %d images, %d boxes, %d empty", root, split, count, n_boxes, len(empty))
-    write_class_list(class_list, root / "classes.tsv")
+    if layout == "ilsvrc":
+        write_class_list(class_list, root / "classes.tsv")
     _finish(root, params)
     return class_list

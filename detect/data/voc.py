@@ -9,23 +9,28 @@ then read from the image header and the image kept (counted in ``dataset.warning
 VOC devkit never uses the size, so the evaluation is unchanged. Images are found by name whatever
 their extension's case (``IMG_0001.JPG``, ``.jpeg``, ``.png``: :class:`detect.data.folder.ImageFinder`).
 Objects are dropped or kept by the rule in :mod:`detect.data.records`.
+
+A folder of one's own in this layout needs no class list: with ``classes_from`` the classes are the
+object names found in that split's annotations, sorted (:func:`discover_voc_classes`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 from pathlib import Path
 
 from detect.classes import ClassList, read_class_list
-from detect.data.cache import ParsedAnnotation, parse_annotation_files
-from detect.data.folder import ImageFinder, size_from_image
+from detect.data.cache import ParsedAnnotation, annotation_fingerprint, cache_path, parse_annotation_files
+from detect.data.folder import ImageFinder, leaves_folder, size_from_image
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, warn_outside
 from detect.data.xmlfile import read_xml_root
+from detect.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VOC_CLASSES", "voc_classes", "parse_voc_xml", "read_voc"]
+__all__ = ["VOC_CLASSES", "voc_classes", "discover_voc_classes", "parse_voc_xml", "read_voc"]
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -37,6 +42,62 @@ PARSER_VERSION = 2  # part of the annotation cache's fingerprint: bump when pars
 def voc_classes() -> ClassList:
     """The 20 VOC classes in the standard order (ids = names)."""
     return ClassList.from_names(VOC_CLASSES)
+
+
+DISCOVERY_VERSION = 1  # part of the class-name cache's fingerprint
+
+
+def _read_list(root: Path, split: str) -> tuple[Path, list[str]]:
+    """``(list path, image names)`` of ``ImageSets/Main/<split>.txt``; names leading outside are refused."""
+    list_path = root / "ImageSets" / "Main" / f"{split}.txt"
+    try:
+        names = [line.split()[0] for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as e:
+        raise FileNotFoundError(f"{list_path}: cannot read VOC image list ({e.strerror})") from None
+    outside = [n for n in names if leaves_folder(n)]
+    if outside:
+        raise ValueError(f"{list_path}: image name {outside[0]!r} points outside the dataset folder")
+    return list_path, names
+
+
+def discover_voc_classes(root: str | Path, split: str, cache_dir: str | Path | None = None) -> ClassList:
+    """The classes of a VOC-layout folder of one's own: the distinct ``<object><name>`` values of the
+    annotations that ``ImageSets/Main/<split>.txt`` lists, sorted (Python string order; for the real
+    VOC sets exactly :data:`VOC_CLASSES`). Ids = names. Unreadable files are left to the reader to
+    report. Cached in ``cache_dir`` (refreshed when an annotation file or the list changes).
+    Raises ``ValueError`` naming the list when no object name is found."""
+    root = Path(root)
+    list_path, names = _read_list(root, split)
+    xml_dir = root / "Annotations"
+    files = [os.path.join(xml_dir, name + ".xml") for name in names]
+    cache = fingerprint = None
+    if cache_dir is not None:
+        cache = cache_path(cache_dir, f"voc_{split}_classes", [str(xml_dir.resolve())]).with_suffix(".json")
+        fingerprint = annotation_fingerprint(files, names, ["voc class names", DISCOVERY_VERSION])
+        try:
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+            if stored.get("fingerprint") == fingerprint and stored.get("names"):
+                return ClassList.from_names(stored["names"])
+        except (OSError, ValueError, AttributeError):
+            pass
+    found = set()
+    for path in files:
+        try:
+            root_node = read_xml_root(path)
+        except (OSError, ValueError):
+            continue
+        found.update(n for n in ((obj.findtext("name") or "").strip() for obj in root_node.iterfind("object")) if n)
+    if not found:
+        raise ValueError(f"{list_path}: no object names in the annotations of the {len(names)} listed images; "
+                         "the classes cannot be taken from them (give data.classes=<class list file>)")
+    classes = sorted(found)
+    if cache is not None:
+        try:
+            atomic_write_json(cache, {"fingerprint": fingerprint, "names": classes})
+        except OSError as e:
+            log.warning("%s: cannot write the class-name cache (%s)", cache, e)
+    log.info("%s %s: %d classes found in the annotations", root, split, len(classes))
+    return ClassList.from_names(classes)
 
 
 def _number(text) -> float | None:
@@ -88,10 +149,13 @@ def _parse_voc_raw(path: str | Path, classes: ClassList) -> tuple:
 
 def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult: bool = True,
              check_images: bool = True, max_missing_images: float = 0.1,
-             cache_dir: str | Path | None = None, workers: int = 1) -> DetectionDataset:
+             cache_dir: str | Path | None = None, workers: int = 1, classes_from: str | None = None) -> DetectionDataset:
     """Read ``root`` (a ``VOCdevkit/VOC20xx`` folder) split ``split`` into a :class:`DetectionDataset`.
 
-    classes: ``None`` (the 20 VOC classes), a class list file, or a ClassList.
+    classes: ``None``, a class list file, or a ClassList. With ``None``: the classes found in the
+    annotations of split ``classes_from`` (:func:`discover_voc_classes`; give every split of a dataset
+    the same, its training split, so that their labels agree), or the 20 VOC classes when
+    ``classes_from`` is ``None`` too.
     use_difficult: keep ``difficult`` objects as ``ignore=True`` (VOC evaluation: neither counted nor
     penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list.
     check_images: look for every listed image in ``JPEGImages`` (any extension and case); missing ones
@@ -102,13 +166,15 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
     sizes read from the images are counted in ``dataset.warnings``.
     """
     root = Path(root)
-    class_list = classes if isinstance(classes, ClassList) else (
-        voc_classes() if classes is None else read_class_list(classes))
-    list_path = root / "ImageSets" / "Main" / f"{split}.txt"
-    try:
-        names = [line.split()[0] for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except OSError as e:
-        raise FileNotFoundError(f"{list_path}: cannot read VOC image list ({e.strerror})") from None
+    if isinstance(classes, ClassList):
+        class_list = classes
+    elif classes is not None:
+        class_list = read_class_list(classes)
+    elif classes_from is not None:
+        class_list = discover_voc_classes(root, classes_from, cache_dir)
+    else:
+        class_list = voc_classes()
+    list_path, names = _read_list(root, split)
     xml_dir = root / "Annotations"
     if names and not xml_dir.is_dir():
         raise FileNotFoundError(f"{xml_dir}: no annotation folder (is data.root the VOC20xx folder?)")

@@ -36,10 +36,12 @@ or 112). The convention is part of ``model_kwargs``, so every checkpoint and det
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import namedtuple
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +64,8 @@ __all__ = [
     "googlenet_torchvision",
     "load_model",
     "load_pretrained",
+    "model_from_entry",
+    "strip_module_prefix",
 ]
 
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux1", "aux2"])
@@ -373,9 +377,36 @@ def googlenet_torchvision(**overrides) -> GoogLeNet:
     return GoogLeNet(**kwargs)
 
 
-def build_model(model_kwargs: dict) -> GoogLeNet:
-    """GoogLeNet from the kwargs stored in a checkpoint (``GoogLeNet.model_kwargs``)."""
-    return GoogLeNet(**dict(model_kwargs))
+_GOOGLENET_ARGS = set(inspect.signature(GoogLeNet.__init__).parameters) - {"self"}
+
+
+def build_model(model_kwargs: Mapping, source: str = "model_kwargs") -> GoogLeNet:
+    """GoogLeNet from the kwargs stored in a checkpoint (``GoogLeNet.model_kwargs``); names that are not
+    GoogLeNet's arguments are a ``ValueError`` naming ``source`` (a file's contents choose no code)."""
+    if not isinstance(model_kwargs, Mapping):
+        raise ValueError(f"{source}: model_kwargs is not a mapping")
+    unknown = set(model_kwargs) - _GOOGLENET_ARGS
+    if unknown:
+        raise ValueError(f"{source}: unknown model_kwargs {sorted(unknown)}")
+    try:
+        return GoogLeNet(**dict(model_kwargs))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: model_kwargs refused ({e})") from e
+
+
+def model_from_entry(entry: Any, source: str, defaults: Mapping | None = None) -> GoogLeNet:
+    """The GoogLeNet a checkpoint-like entry (``model_kwargs`` + ``model_state``, a DDP / AveragedModel
+    ``module.`` prefix allowed) describes, in eval mode; ``defaults``: kwargs used where the entry has
+    none. Anything that does not fit is a ``ValueError`` naming ``source``."""
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("model_kwargs"), Mapping) \
+            or not isinstance(entry.get("model_state"), Mapping):
+        raise ValueError(f"{source}: not a GoogLeNet checkpoint (needs 'model_kwargs' and 'model_state')")
+    model = build_model({**dict(defaults or {}), **dict(entry["model_kwargs"]), "init_weights": False}, source)
+    try:
+        model.load_state_dict(strip_module_prefix(entry["model_state"]), strict=True)
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(f"{source}: weights do not fit the stored model_kwargs ({e})") from e
+    return model.eval()
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GoogLeNet, dict]:
@@ -392,14 +423,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         return model.to(map_location), {"model_kwargs": dict(model.model_kwargs), "classes": None,
                                         "load_report": report}
     ckpt = load_checkpoint(path, map_location=map_location)
-    if not isinstance(ckpt, dict) or "model_kwargs" not in ckpt or "model_state" not in ckpt:
-        raise ValueError(f"{path}: not a GoogLeNet checkpoint (needs 'model_kwargs' and 'model_state')")
-    model = GoogLeNet(**{**dict(ckpt["model_kwargs"]), "init_weights": False})
-    try:
-        model.load_state_dict(_strip_module_prefix(ckpt["model_state"]), strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the stored model_kwargs ({e})") from e
-    return model.eval(), ckpt
+    return model_from_entry(ckpt, str(path)), ckpt
 
 
 @dataclass
@@ -442,7 +466,7 @@ def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.
     state = obj["model_state"] if ours else obj
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict or a checkpoint with 'model_state', got {type(state).__name__}")
-    state = _strip_module_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    state = strip_module_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     own = model.state_dict()
     report = LoadReport(source="checkpoint" if ours else "state dict")
     to_load = {}
@@ -489,9 +513,9 @@ def checkpoint_convention(ckpt: dict) -> InputConvention:
     return InputConvention.from_dict(kwargs.get("input_convention"))
 
 
-def _strip_module_prefix(state: dict) -> dict:
+def strip_module_prefix(state: Mapping) -> dict:
     """Drop the ``module.`` prefix of DistributedDataParallel / AveragedModel keys (and AveragedModel's
     own ``n_averaged``)."""
     if any(k.startswith("module.") for k in state):
         return {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
-    return state
+    return dict(state)

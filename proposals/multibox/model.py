@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from detect.boxes import order_corners
 from detect.models.convention import InputConvention
 from detect.models.googlenet import GoogLeNet
 
-__all__ = ["MultiBoxNet", "preprocess", "decode_boxes"]
+__all__ = ["MultiBoxNet", "preprocess", "decode_boxes", "top_k_boxes"]
 
 
 class MultiBoxNet(nn.Module):
@@ -93,9 +94,12 @@ def decode_boxes(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Normalised xyxy ``Tensor[..., 4]`` -> pixels of a ``width x height`` image, coordinates put in
     order (x1 <= x2, y1 <= y2) and clipped to the image. Same shape, float32."""
     scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes.device)
-    b = boxes.float() * scale
-    lo = torch.minimum(b[..., :2], b[..., 2:])
-    hi = torch.maximum(b[..., :2], b[..., 2:])
-    b = torch.cat([lo, hi], dim=-1)
-    limit = scale
-    return torch.minimum(b.clamp(min=0), limit)
+    return torch.minimum(order_corners(boxes.float() * scale).clamp(min=0), scale)
+
+
+def top_k_boxes(boxes: torch.Tensor, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` most confident predictions per image, most confident first (ties in prediction order):
+    ``boxes Tensor[B, K, 4]``, ``logits Tensor[B, K]`` -> ``(Tensor[B, k, 4], Tensor[B, k])``."""
+    logits, order = logits.float().sort(dim=1, descending=True, stable=True)
+    order, logits = order[:, :k], logits[:, :k]
+    return torch.gather(boxes, 1, order[..., None].expand(-1, -1, 4)), logits

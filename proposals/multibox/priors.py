@@ -11,6 +11,8 @@ import logging
 
 import numpy as np
 
+from detect.boxes import order_corners
+
 log = logging.getLogger(__name__)
 
 __all__ = ["compute_priors", "normalised_boxes"]
@@ -98,9 +100,7 @@ def compute_priors(
             if shift <= tolerance:
                 log.debug("k-means converged after %d iterations", it + 1)
                 break
-    lo = np.minimum(centres[:, :2], centres[:, 2:])
-    hi = np.maximum(centres[:, :2], centres[:, 2:])
-    centres = np.concatenate([lo, hi], axis=1)
+    centres = order_corners(centres)
     area = (centres[:, 2] - centres[:, 0]) * (centres[:, 3] - centres[:, 1])
     order = np.lexsort((centres[:, 3], centres[:, 2], centres[:, 1], centres[:, 0], -area))
     return centres[order].astype(np.float32)

@@ -14,7 +14,7 @@ from detect.backends import make_scorer
 from detect.distributed import resolve_device
 from detect.io import load_checkpoint
 from proposals.base import Proposals, as_rgb_uint8
-from proposals.multibox.model import MultiBoxNet, decode_boxes, preprocess
+from proposals.multibox.model import MultiBoxNet, decode_boxes, preprocess, top_k_boxes
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,8 @@ class MultiBoxProposer:
             chunk = images[s : s + self.batch_size]
             flat = self.net(preprocess(chunk, self.model.input_size, self.model.input_convention))
             boxes, logits = flat[..., :4], flat[..., 4]
-            scores, order = torch.sigmoid(logits.float()).sort(dim=1, descending=True)
-            scores, order = scores[:, : self.top_k], order[:, : self.top_k]
-            boxes = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 4))
+            boxes, logits = top_k_boxes(boxes, logits, self.top_k)
+            scores = torch.sigmoid(logits)
             for image, b, sc in zip(chunk, boxes, scores):
                 height, width = image.shape[:2]
                 pixels = decode_boxes(b, width, height)

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detect.boxes import order_corners
 from detect.io import load_checkpoint
 from proposals.multibox.loss import multibox_loss
+from proposals.multibox.model import top_k_boxes
 from proposals.multibox.priors import compute_priors, normalised_boxes
 from proposals.recall import proposal_recall
 
@@ -56,11 +58,8 @@ def evaluate_coverage(model, loader, device, top_k: int, iou: float = 0.5) -> di
         if len(gt) == 0:
             continue
         boxes, logits = model(images.to(device))
-        order = logits.argsort(dim=1, descending=True)[:, :top_k]
-        top = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 4)).float()
-        lo = torch.minimum(top[..., :2], top[..., 2:])
-        hi = torch.maximum(top[..., :2], top[..., 2:])
-        proposals += list(torch.cat([lo, hi], -1).clamp(0, 1).cpu().numpy())
+        top, _ = top_k_boxes(boxes, logits, top_k)
+        proposals += list(order_corners(top.float()).clamp(0, 1).cpu().numpy())
         gts += [g.numpy() for g in gt]
     model.train(was_training)
     r = proposal_recall(gts, proposals, ks=(top_k,), iou_threshold=iou, plus_one=False)

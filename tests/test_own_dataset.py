@@ -1,0 +1,93 @@
+"""The one command on a dataset of one's own: tools/demo.py experiment=small on tiny VOC and COCO folders.
+
+Each test runs the whole chain as a user would (tiny sizes: 1 epoch of 2 steps per trainer, 1 member),
+then checks what the chain promises: classes from the annotations, ground-truth crops cut from the
+training split's two parts only, outputs named after the dataset's splits, evaluation with the data's
+own rules, drawn test images, and a second run that redoes nothing.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from detect.classes import read_class_list
+from detect.data.coco import read_coco
+from detect.data.synthetic import make_detection_world
+from detect.data.voc import read_voc
+from detect.engine import init_identity, run_fingerprint
+from detect.models.googlenet import GoogLeNet
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(num_classes=3, num_train=14, num_val=6, min_side=96, max_side=128, max_objects=3, min_object_size=24,
+            empty_fraction=0.0, seed=0, extensions=[".jpg", ".JPG"])
+TINY_RUN = [  # every trainer: one epoch of two steps on a width-0.125 network at 64 pixels
+    "members=1", "draw_images=2",
+    "stage_overrides=['device=cpu','num_workers=0','model.width=0.125']",
+    "tool_overrides.train_cls=['epochs=1','max_steps_per_epoch=2','batch_size=4','crop_size=64']",
+    "tool_overrides.train_multibox=['epochs=1','max_steps_per_epoch=2','batch_size=4','multibox.input_size=64',"
+    "'multibox.num_priors=10','multibox.grid=2','evaluation.batch_size=4']",
+    "tool_overrides.train_region=['epochs=1','max_steps_per_epoch=2','images_per_batch=2','regions_per_image=8',"
+    "'crop_size=64','context=4','evaluation.images=2']",
+]
+
+
+def _demo(repo_root, *args):
+    run = subprocess.run([sys.executable, str(repo_root / "tools" / "demo.py"), "experiment=small", *args, *TINY_RUN],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, f"demo failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    return run.stdout + run.stderr
+
+
+def _crop_images(work, part):
+    """Image ids the ground-truth crops of ``part`` (train/val folders) were cut from."""
+    return {p.name.split("_", 1)[1].rsplit("_", 1)[0] for p in (work / "data" / "gt_crops" / part).rglob("*.jpg")}
+
+
+def test_voc_folder_end_to_end(tmp_path, repo_root):
+    root, work = tmp_path / "voc", tmp_path / "work"
+    make_detection_world(root, layout="voc", **TINY)
+    out = _demo(repo_root, "data=voc", f"data.root={root}", f"work_dir={work}")
+
+    test = read_voc(root, "test", classes_from="trainval")
+    names = sorted({test.classes.names[int(label)] for r in test.records for label in r.labels})
+    assert list(read_class_list(work / "classes.tsv").names) == names  # sorted names found in the annotations
+    # pre-training crops: from the training split's two parts, never from the test split
+    train_ids = {r.image_id for r in read_voc(root, "trainval", classes_from="trainval").records}
+    train_crops, val_crops = _crop_images(work, "train"), _crop_images(work, "val")
+    assert train_crops and val_crops and not train_crops & val_crops and train_crops | val_crops <= train_ids
+    # outputs named after the dataset's splits (trainval's one store serves train and monitor)
+    assert sorted(p.name for p in (work / "proposals").glob("*.npz")) == [
+        "voc_test_ss2x+multibox200.npz", "voc_trainval_ss2x+multibox200.npz"]
+    assert (work / "detections" / "voc_test.txt").is_file()
+    report = json.loads((work / "eval" / "eval_voc_test.json").read_text())
+    assert report["rules"] == "voc" and report["num_images"] == 6 and report["split_name"] == "test"
+    assert f"mAP@0.5 on voc_test (6 images; small, 1 members), voc rules: {report['mean_ap']:.4f}" in out
+    assert len(list((work / "detect").glob("*.png"))) == 2  # drawn test images (.jpg and .JPG)
+
+    again = _demo(repo_root, "data=voc", f"data.root={root}", f"work_dir={work}")
+    assert again.count("done earlier, outputs verified: skipped") == 10 and "finished in" not in again
+
+
+def test_coco_files_end_to_end_from_init_weights(tmp_path, repo_root):
+    root, work = tmp_path / "coco", tmp_path / "work"
+    make_detection_world(root, layout="coco", **TINY)
+    torch.manual_seed(0)  # better weights of the user's: the chain starts from them instead of pre-training
+    weights = GoogLeNet(num_classes=7, width=0.125, batch_norm=True)
+    torch.save({"model_kwargs": weights.model_kwargs, "model_state": weights.state_dict()}, tmp_path / "init.pt")
+    out = _demo(repo_root, "data=coco", f"data.root={root}", "data.train_name=train", "data.val_name=val",
+                f"work_dir={work}", f"init={tmp_path / 'init.pt'}")
+
+    assert "[train_cls]" not in out and not (work / "cls").exists() and not (work / "data" / "gt_crops").exists()
+    classes = read_coco(root / "annotations" / "instances_train.json", root / "images" / "train").classes
+    assert read_class_list(work / "classes.tsv") == classes  # the categories of the training file
+    member = torch.load(work / "region" / "member0" / "checkpoint.pt", weights_only=True)
+    assert member["fingerprint"]["init"] == run_fingerprint(init=init_identity(tmp_path / "init.pt"))["init"]
+    assert sorted(p.name for p in (work / "proposals").glob("*.npz")) == [
+        "coco_train_ss2x+multibox200.npz", "coco_val_ss2x+multibox200.npz"]
+    report = json.loads((work / "eval" / "eval_coco_val.json").read_text())
+    assert report["rules"] == "coco" and report["num_images"] == 6
+    assert report["ap50_pycocotools"] == pytest.approx(report["mean_ap"], abs=1e-6)
+    assert (work / "detections" / "coco_val.json").is_file()
