@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from detect.distributed import setup
-from detect.engine import ClassificationLoss, fit
+from detect.engine import ClassificationLoss, TrainSettings, fit
 from detect.models.googlenet import GoogLeNet
 
 VARIANTS = {
@@ -38,8 +38,7 @@ def measure(variant: str, crop: int, batch: int, steps: int, warmup: int, device
         times.append(time.perf_counter())
         return loss(m, b, d)
 
-    fit(model, timed, loader, opt, None, 1, ctx, f"{tmp}/{variant}.pt", ema_decay=0.999,
-        resume=False)
+    fit(model, timed, loader, opt, None, TrainSettings(1, ema_decay=0.999, resume=False), ctx, f"{tmp}/{variant}.pt")
     span = times[-1] - times[warmup]  # start of step `warmup` to start of the last step
     return batch * steps / span
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,7 +37,7 @@ from detect.io import OutputConflict, atomic_torch_save, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit", "train_one_epoch", "Checkpoint", "ResumePoint", "run_fingerprint", "init_identity", "CheckpointMismatch", "ClassificationLoss", "evaluate_classification", "predict_proba", "collect_probabilities",
+__all__ = ["fit", "TrainSettings", "train_one_epoch", "Checkpoint", "ResumePoint", "run_fingerprint", "init_identity", "CheckpointMismatch", "ClassificationLoss", "evaluate_classification", "predict_proba", "collect_probabilities",
            "topk_accuracy", "resolve_device", "seed_everything", "unwrap"]
 
 LossFn = Callable[[nn.Module, Any, torch.device], "tuple[torch.Tensor, dict[str, float]]"]
@@ -223,84 +224,115 @@ class Checkpoint:
 
 
 # ------------------------------------------------------------------------------------------- fit
+@dataclass(frozen=True)
+class TrainSettings:
+    """The training loop's settings, one block for every trainer (conf/training.yaml), checked when built.
+
+    epochs; max_steps_per_epoch (None: the whole loader); checkpoint_every: steps between mid-epoch
+    checkpoints (None: once per epoch); ema_decay: Polyak averaging (None: off); amp, channels_last:
+    bf16 autocast (fp16 + GradScaler where bf16 is unsupported) and channels-last memory, on CUDA only;
+    grad_clip: gradient-norm clip (None: off); resume: continue from the checkpoint when it exists;
+    max_skipped_fraction: an epoch skipping more than this share of its samples stops (None: no limit).
+    """
+
+    epochs: int
+    max_steps_per_epoch: int | None = None
+    checkpoint_every: int | None = None
+    ema_decay: float | None = 0.999
+    amp: bool = True
+    channels_last: bool = True
+    grad_clip: float | None = None
+    resume: bool = True
+    max_skipped_fraction: float | None = 0.1
+
+    def __post_init__(self):
+        checks = [(self.epochs >= 0, "epochs >= 0"),
+                  (self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch >= 1"),
+                  (self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every >= 1"),
+                  (self.ema_decay is None or 0 < self.ema_decay < 1, "0 < ema_decay < 1"),
+                  (self.grad_clip is None or self.grad_clip > 0, "grad_clip > 0"),
+                  (self.max_skipped_fraction is None or 0 <= self.max_skipped_fraction <= 1,
+                   "0 <= max_skipped_fraction <= 1")]
+        for ok, rule in checks:
+            if not ok:
+                raise ValueError(f"training settings: need {rule} ({self})")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "TrainSettings":
+        """The settings of a trainer's config (its keys of conf/training.yaml)."""
+        return cls(**{f.name: cfg[f.name] for f in fields(cls)})
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
     train_loader: Iterable,
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
-    epochs: int,
+    settings: TrainSettings,
     ctx: DistributedContext,
     checkpoint_path: str | Path,
     checkpoint_meta: dict | None = None,
-    ema_decay: float | None = 0.999,
     evaluate: Callable[[nn.Module], dict] | None = None,
-    amp: bool = True,
-    channels_last: bool = True,
-    resume: bool = True,
-    max_steps_per_epoch: int | None = None,
-    checkpoint_every: int | None = None,
-    grad_clip: float | None = None,
     fingerprint: dict | None = None,
     skipped: SkipLog | None = None,
-    max_skipped_fraction: float | None = 0.1,
 ) -> nn.Module:
-    """Train ``model`` for ``epochs`` epochs; returns the Polyak-averaged model (the raw model when
-    ``ema_decay`` is None), in eval mode on ``ctx.device``.
+    """Train ``model`` as ``settings`` say; returns the Polyak-averaged model (the raw model when
+    ``settings.ema_decay`` is None), in eval mode on ``ctx.device``.
 
     loss_fn: ``(model, batch, device) -> (loss: Tensor[] float, metrics: {name: float})``; it moves the
         batch to ``device``. A batch that is ``None`` or empty (every sample unreadable) is skipped by
         every process; a batch's ``dropped`` attribute (samples its collate removed) is summed per epoch.
     checkpoint_path: a :class:`Checkpoint` written after every epoch and every ``checkpoint_every`` steps.
-    amp, channels_last: bf16 autocast (fp16 + GradScaler where bf16 is unsupported) and channels-last
-        memory, both on CUDA only.
     fingerprint: plain values naming what the run trains on and how (data, image list, init weights,
         settings); stored in the checkpoint, and a checkpoint written with another fingerprint is not
         resumed: ``CheckpointMismatch`` names the differing entries (never a silent mix of two runs).
     skipped: receives the samples the data pipeline skipped (from a batch's ``skipped`` entries, worker
         processes included). An epoch that takes no step, or skips more than ``max_skipped_fraction``
-        of its samples (None: no limit), stops the run with a ``RuntimeError`` naming the first reasons.
+        of its samples, stops the run with a ``RuntimeError`` naming the first reasons.
     """
     device = ctx.device
     on_cuda = device.type == "cuda"
     generator = train_loader.generator if isinstance(train_loader, DataLoader) else None
     model.to(device)
-    if channels_last and on_cuda:
+    if settings.channels_last and on_cuda:
         model.to(memory_format=torch.channels_last)
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp and on_cuda else None
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if settings.amp and on_cuda else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     averaged = None
-    if ema_decay is not None:
-        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True).eval()
+    if settings.ema_decay is not None:
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
+        averaged.eval()
     meta = dict(checkpoint_meta or {}, **({"fingerprint": fingerprint} if fingerprint is not None else {}))
     checkpoint = Checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, averaged, generator, meta, ctx)
-    start = checkpoint.restore(resume)
+    start = checkpoint.restore(settings.resume)
     result_model = averaged.module if averaged is not None else model
-    if start.epoch >= epochs:
+    if start.epoch >= settings.epochs:
         log.info("%s: training already finished (%d epochs)", checkpoint_path, start.epoch)
         return result_model.eval()
-    step_ctx = _StepContext(DistributedDataParallel(model, device_ids=[device] if on_cuda else None)
-                            if ctx.distributed else model, model, loss_fn, optimizer, scaler, amp_dtype, grad_clip,
-                            averaged, ctx, skipped)
+    train_model = DistributedDataParallel(model, device_ids=[device] if on_cuda else None) if ctx.distributed else model
+    step_ctx = _StepContext(train_model, model, loss_fn, optimizer, scaler, amp_dtype, settings.grad_clip, averaged, ctx,
+                            skipped)
     epoch_rng, step_rng = start.epoch_rng, start.step_rng
-    for epoch in range(start.epoch, epochs):
+    for epoch in range(start.epoch, settings.epochs):
         epoch_rng = epoch_rng or _rng_state(generator)
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         n_steps = _loader_len(train_loader)
-        if max_steps_per_epoch is not None:
-            n_steps = max_steps_per_epoch if n_steps is None else min(n_steps, max_steps_per_epoch)
+        if settings.max_steps_per_epoch is not None:
+            cap = settings.max_steps_per_epoch
+            n_steps = cap if n_steps is None else min(n_steps, cap)
         skip = start.step if epoch == start.epoch else 0
         restore = (lambda s=step_rng: _set_rng_state(s, generator)) if step_rng else None
         step_rng = None
 
         def save_every(step: int, epoch=epoch, epoch_rng=epoch_rng) -> None:
-            if checkpoint_every and step % checkpoint_every == 0 and (n_steps is None or step < n_steps):
+            if settings.checkpoint_every and step % settings.checkpoint_every == 0 and (n_steps is None or step < n_steps):
                 checkpoint.save(epoch, step, epoch_rng)
 
         t0 = time.perf_counter()
         sums = train_one_epoch(step_ctx, _iterate_from(train_loader, skip, restore), skip, n_steps,
-                               f"epoch {epoch + 1}/{epochs}", save_every)
+                               f"epoch {epoch + 1}/{settings.epochs}", save_every)
         elapsed = time.perf_counter() - t0
         if scheduler is not None:
             scheduler.step()
@@ -310,11 +342,12 @@ def fit(
             result_model.eval()
             summary.update({f"val_{k}": v for k, v in evaluate(result_model).items()})
         if ctx.is_main:
-            log.info("epoch %d/%d  %s", epoch + 1, epochs,
+            log.info("epoch %d/%d  %s", epoch + 1, settings.epochs,
                      "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
         if not math.isfinite(summary["loss"]):
             raise FloatingPointError(f"epoch {epoch + 1}: loss is {summary['loss']}")
-        _check_epoch(epoch, totals, skipped, max_skipped_fraction, nothing_left=n_steps is not None and skip >= n_steps)
+        _check_epoch(epoch, totals, skipped, settings.max_skipped_fraction,
+                     nothing_left=n_steps is not None and skip >= n_steps)
         epoch_rng = None
         checkpoint.save(epoch + 1, 0, {})
     return result_model.eval()

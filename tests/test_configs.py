@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-TOOLS = sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "common")
+TOOLS = sorted(p.stem for p in CONF.glob("*.yaml") if p.stem not in ("common", "training"))  # shared blocks
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 ILSVRC = ["data.root=/datasets/ILSVRC", "data_cls.root=/datasets/ILSVRC2012"]
 

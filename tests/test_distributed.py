@@ -18,7 +18,7 @@ STEP_SCRIPT = textwrap.dedent("""
     import sys, torch
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
     from detect import distributed
-    from detect.engine import ClassificationLoss, fit, seed_everything
+    from detect.engine import ClassificationLoss, TrainSettings, fit, seed_everything
     from detect.models.googlenet import GoogLeNet
     torch.set_num_threads(1)
     ctx = distributed.setup("cpu")
@@ -29,7 +29,7 @@ STEP_SCRIPT = textwrap.dedent("""
     sampler = DistributedSampler(data, ctx.world_size, ctx.rank, shuffle=False) if ctx.distributed else None
     loader = DataLoader(data, batch_size=4 // ctx.world_size, sampler=sampler)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    fit(model, ClassificationLoss(0.3), loader, opt, None, 1, ctx, sys.argv[1], ema_decay=None)
+    fit(model, ClassificationLoss(0.3), loader, opt, None, TrainSettings(1, ema_decay=None), ctx, sys.argv[1])
     distributed.cleanup()
 """)
 

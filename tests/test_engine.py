@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from detect.distributed import DistributedContext
-from detect.engine import evaluate_classification, fit, predict_proba, seed_everything
+from detect.engine import TrainSettings, evaluate_classification, fit, predict_proba, seed_everything
 from detect.io import load_checkpoint
 
 CPU = DistributedContext()
@@ -51,8 +51,8 @@ def _run(path, epochs=3, ema=0.9, loss_fn=ce_loss, every=None, resume=True, seed
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     loader = DataLoader(_data(), batch_size=8, shuffle=True)
-    out = fit(model, loss_fn, loader, opt, sched, epochs, CPU, path, {"model_kwargs": {"dim": 6}},
-              ema_decay=ema, resume=resume, checkpoint_every=every, max_steps_per_epoch=max_steps)
+    settings = TrainSettings(epochs, ema_decay=ema, resume=resume, checkpoint_every=every, max_steps_per_epoch=max_steps)
+    out = fit(model, loss_fn, loader, opt, sched, settings, CPU, path, {"model_kwargs": {"dim": 6}})
     return out, model
 
 
@@ -83,7 +83,7 @@ def test_polyak_average_is_ema_of_raw_weights(tmp_path):
         return r
 
     opt.step = step
-    averaged = fit(model, recording_loss, loader, opt, None, 2, CPU, tmp_path / "c.pt", ema_decay=decay)
+    averaged = fit(model, recording_loss, loader, opt, None, TrainSettings(2, ema_decay=decay), CPU, tmp_path / "c.pt")
     assert len(history) == 12
     ema = {k: v.clone().float() for k, v in history[0].items()}
     for h in history[1:]:
@@ -171,7 +171,8 @@ def test_empty_batches_are_skipped(tmp_path):
         return ce_loss(model, batch, device)
 
     model = Net()
-    fit(model, loss, batches, torch.optim.SGD(model.parameters(), lr=0.1), None, 1, CPU, tmp_path / "c.pt", ema_decay=None)
+    fit(model, loss, batches, torch.optim.SGD(model.parameters(), lr=0.1), None, TrainSettings(1, ema_decay=None), CPU,
+        tmp_path / "c.pt")
     assert seen == [4]
 
 
@@ -180,13 +181,13 @@ KILL_SCRIPT = textwrap.dedent("""
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
     from detect.distributed import DistributedContext
-    from detect.engine import fit
+    from detect.engine import TrainSettings, fit
     model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.Linear(512, 3))
     data = TensorDataset(torch.randn(4000, 64), torch.randint(0, 3, (4000,)))
     def loss(m, b, d):
         return nn.functional.cross_entropy(m(b[0]), b[1]), {}
-    fit(model, loss, DataLoader(data, batch_size=4), torch.optim.SGD(model.parameters(), lr=0.01), None, 100,
-        DistributedContext(), sys.argv[1], checkpoint_every=1)
+    fit(model, loss, DataLoader(data, batch_size=4), torch.optim.SGD(model.parameters(), lr=0.01), None,
+        TrainSettings(100, checkpoint_every=1), DistributedContext(), sys.argv[1])
 """)
 
 

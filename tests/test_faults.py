@@ -278,7 +278,7 @@ def test_spec_roundtrip_rebuilds_the_same_proposer(tmp_path):
 
 from detect.data.records import DetectionRecord, SkipLog  # noqa: E402
 from detect.distributed import DistributedContext  # noqa: E402
-from detect.engine import CheckpointMismatch, fit, run_fingerprint  # noqa: E402
+from detect.engine import CheckpointMismatch, TrainSettings, fit, run_fingerprint  # noqa: E402
 from detect.engine import ClassificationLoss  # noqa: E402
 from detect.region import RegionDataset, collate_regions  # noqa: E402
 from detect.models.convention import InputConvention  # noqa: E402
@@ -315,8 +315,10 @@ def _tiny_region_fit(tmp_path, records, ckpt, **kwargs):
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_regions, num_workers=kwargs.pop("workers", 0))
     torch.manual_seed(0)
     model = GoogLeNet(num_classes=3, width=0.125, aux_logits=False, lrn=False, dropout=0.0)
-    return fit(model, ClassificationLoss(background=0), loader, torch.optim.SGD(model.parameters(), lr=0.01), None, 1,
-               DistributedContext(), ckpt, ema_decay=None, **kwargs)
+    settings = TrainSettings(1, ema_decay=None, **{k: kwargs.pop(k) for k in ("resume", "max_skipped_fraction")
+                                                   if k in kwargs})
+    return fit(model, ClassificationLoss(background=0), loader, torch.optim.SGD(model.parameters(), lr=0.01), None,
+               settings, DistributedContext(), ckpt, **kwargs)
 
 
 def test_an_epoch_of_nothing_but_unreadable_images_stops_the_run(tmp_path):

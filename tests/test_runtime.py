@@ -1,5 +1,6 @@
 """The `threads` setting: resolution, application, and its registration for every tool."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,15 @@ def test_applied_before_torch_loads_without_loading_it():
     assert out.stdout.split() == ["1", "1"]
 
 
-@pytest.mark.parametrize("tool", sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "common"))
+TOOL_CONFIGS = sorted({m for path in (CONF.parent / "tools").glob("*.py")
+                       for m in re.findall(r'config_name="(\w+)"', path.read_text())})
+
+
+def test_every_tool_config_is_found():
+    assert "train_cls" in TOOL_CONFIGS and "eval_map" in TOOL_CONFIGS and "training" not in TOOL_CONFIGS
+
+
+@pytest.mark.parametrize("tool", TOOL_CONFIGS)
 def test_every_tool_registers_the_callback(tool):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(tool, return_hydra_config=True)

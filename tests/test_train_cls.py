@@ -18,7 +18,7 @@ from detect.data.classification import ClassificationDataset, collate_skip, read
 from detect.data.records import SkipLog, SkippedItem
 from detect.data.transforms import INTERPOLATIONS, TrainTransform, to_float_tensor
 from detect.distributed import DistributedContext
-from detect.engine import ClassificationLoss, fit
+from detect.engine import ClassificationLoss, TrainSettings, fit
 from detect.io import load_checkpoint
 from detect.models.convention import BVLC, RGB01
 from detect.models.googlenet import GoogLeNet, load_model
@@ -127,14 +127,15 @@ def test_unreadable_image_is_reported_counted_and_skipped(tmp_path, caplog):
     caplog.clear()
     skipped = SkipLog("images")
     with caplog.at_level("INFO", logger="detect.engine"):
-        fit(model, ClassificationLoss(), loader, torch.optim.SGD(model.parameters(), lr=0.01), None, 1,
-            DistributedContext(), tmp_path / "c.pt", ema_decay=None, skipped=skipped, max_skipped_fraction=0.5)
+        fit(model, ClassificationLoss(), loader, torch.optim.SGD(model.parameters(), lr=0.01), None,
+            TrainSettings(1, ema_decay=None, max_skipped_fraction=0.5), DistributedContext(), tmp_path / "c.pt",
+            skipped=skipped)
     assert "skipped_samples 1" in caplog.text
     assert [f for f, _ in skipped.entries] == [str(tmp_path / "train" / "n01" / "3_broken.png")]
     # a quarter of the samples skipped is more than the default share: the run stops and says why
     with pytest.raises(RuntimeError, match="1 of 4 samples skipped.*3_broken.png"):
-        fit(model, ClassificationLoss(), loader, torch.optim.SGD(model.parameters(), lr=0.01), None, 1,
-            DistributedContext(), tmp_path / "d.pt", ema_decay=None, skipped=SkipLog("images"))
+        fit(model, ClassificationLoss(), loader, torch.optim.SGD(model.parameters(), lr=0.01), None,
+            TrainSettings(1, ema_decay=None), DistributedContext(), tmp_path / "d.pt", skipped=SkipLog("images"))
 
 
 # ---------------------------------------------------------------------------------- config, tool

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from detect import distributed
 from detect.data.classification import ClassificationDataset, make_loader
 from detect.data.records import SkipLog
-from detect.engine import evaluate_classification, fit, init_identity, run_fingerprint, seed_everything
+from detect.engine import TrainSettings, evaluate_classification, fit, init_identity, run_fingerprint, seed_everything
 from detect.models.googlenet import load_pretrained
 
 log = logging.getLogger("train_cls")
@@ -57,14 +57,11 @@ def main(cfg: DictConfig) -> dict:
         scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)
         averaged = fit(
             model=model, loss_fn=instantiate(cfg.loss), train_loader=train_loader, optimizer=optimizer,
-            scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=Path(cfg.checkpoint),
+            scheduler=scheduler, settings=TrainSettings.from_config(cfg), ctx=ctx, checkpoint_path=Path(cfg.checkpoint),
             checkpoint_meta={"model_kwargs": dict(model.model_kwargs),
                              "classes": classes.to_dict(),
                              "config": OmegaConf.to_container(cfg, resolve=True)},
-            ema_decay=cfg.ema_decay, evaluate=lambda m: evaluate_classification(m, val_loader, ctx.device),
-            amp=cfg.amp, channels_last=cfg.channels_last, resume=cfg.resume,
-            max_steps_per_epoch=cfg.max_steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
-            grad_clip=cfg.grad_clip, skipped=skipped, max_skipped_fraction=cfg.max_skipped_fraction,
+            evaluate=lambda m: evaluate_classification(m, val_loader, ctx.device), skipped=skipped,
             fingerprint=run_fingerprint(
                 data=[str(cfg.data_cls.name), [(str(p), int(label)) for p, label in train_split.samples]],
                 classes=list(classes.wnids), model=dict(model.model_kwargs), init=init_identity(cfg.init),

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
-from detect.engine import fit, init_identity, run_fingerprint, seed_everything
+from detect.engine import TrainSettings, fit, init_identity, run_fingerprint, seed_everything
 from detect.models.googlenet import load_pretrained
 from detect.runtime import worker_threads
 from proposals.multibox.data import MultiBoxDataset, collate_multibox
@@ -72,12 +72,10 @@ def main(cfg: DictConfig) -> float:
     skipped = SkipLog("training images")
     averaged = fit(
         model=model, loss_fn=instantiate(cfg.loss), train_loader=loader, optimizer=optimizer,
-        scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=cfg.checkpoint,
+        scheduler=scheduler, settings=TrainSettings.from_config(cfg), ctx=ctx, checkpoint_path=cfg.checkpoint,
         checkpoint_meta={"model_kwargs": model_kwargs, "priors": torch.from_numpy(priors),
                          "classes": {"wnids": [], "names": []}},
-        ema_decay=cfg.ema_decay, evaluate=evaluate, resume=cfg.resume,
-        max_steps_per_epoch=cfg.max_steps_per_epoch, checkpoint_every=cfg.checkpoint_every,
-        grad_clip=cfg.grad_clip, skipped=skipped, max_skipped_fraction=cfg.max_skipped_fraction,
+        evaluate=evaluate, skipped=skipped,
         fingerprint=run_fingerprint(
             data=[str(cfg.data.name), [(r.image_id, str(r.path), r.boxes.tolist()) for r in train_set.records]],
             model=model_kwargs, init=init_identity(cfg.init), settings={k: resolved[k] for k in RUN_SETTINGS}),

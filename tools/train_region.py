@@ -28,8 +28,8 @@ from detect.classes import ClassList
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
 from detect.data.splits import proposal_store_path
-from detect.engine import (ClassificationLoss, evaluate_classification, fit, init_identity, run_fingerprint,
-                           seed_everything)
+from detect.engine import (ClassificationLoss, TrainSettings, evaluate_classification, fit, init_identity,
+                           run_fingerprint, seed_everything)
 from detect.io import load_checkpoint
 from detect.models.bvlc import weights_format
 from detect.models.convention import InputConvention
@@ -123,12 +123,10 @@ def train(cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     skipped = SkipLog("training images")
     fit(model=model, loss_fn=ClassificationLoss(cfg.aux_weight, background=0), train_loader=loader, optimizer=optimizer,
-        scheduler=scheduler, epochs=cfg.epochs, ctx=ctx, checkpoint_path=cfg.checkpoint,
+        scheduler=scheduler, settings=TrainSettings.from_config(cfg), ctx=ctx, checkpoint_path=cfg.checkpoint,
         checkpoint_meta={"model_kwargs": dict(model.model_kwargs), "member": int(cfg.member), "seed": seed,
                          "classes": classes.to_dict()},
-        ema_decay=cfg.ema_decay, evaluate=evaluate, resume=cfg.resume, max_steps_per_epoch=cfg.max_steps_per_epoch,
-        checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip, skipped=skipped,
-        max_skipped_fraction=cfg.max_skipped_fraction,
+        evaluate=evaluate, skipped=skipped,
         fingerprint=run_fingerprint(
             data=[str(cfg.data.name), [(r.image_id, str(r.path), r.boxes.tolist(), r.labels.tolist())
                                        for r in dataset.records]],
