@@ -15,6 +15,17 @@ the prepared crops too; its sidecar JSON records the input convention they follo
   exporter versions; an export whose key or content hash does not match, or that ONNX Runtime cannot
   load, is rebuilt, never silently used.
 - ``auto``: ONNX Runtime on a CPU device (when onnxruntime is importable), torch otherwise.
+
+Precision of the ONNX Runtime backend (``precision``):
+
+- ``fp32``: the export as it is.
+- ``int8``: the export quantized statically with activation ranges calibrated on ``calibration``
+  inputs (:mod:`detect.quantize`), cached beside the fp32 export; an error when it cannot be made
+  (no calibration inputs, the torch backend, a failed quantization).
+- ``auto``: int8 on CPUs with 8-bit dot-product instructions (AVX-512 VNNI or AMX), where it
+  was measured faster (benchmarks/int8.md: 1.5-1.9x fp32 crops/s on the demo detector, 0.01 points
+  of mAP), with a recipe measured faster, when calibration inputs exist; fp32 otherwise, and fp32
+  with a warning when the int8 model cannot be made.
 """
 from __future__ import annotations
 
@@ -23,7 +34,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,14 +42,16 @@ from torch import nn
 
 from detect.io import atomic_open, atomic_write_json, file_sha256
 from detect.models.convention import IMAGENET, InputConvention
+from detect.quantize import Int8Recipe, QuantizationError, cached_int8_export, cpu_has_int8_dot
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TorchScorer", "OnnxScorer", "session_options", "export_onnx", "cached_onnx_export", "make_scorer",
-           "make_scorers", "resolve_backend"]
+           "make_scorers", "resolve_backend", "resolve_precision", "PRECISIONS"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 _EXPORT_FORMAT = 2  # bump when the export procedure changes: every cached export is then rebuilt
+PRECISIONS = ("fp32", "int8", "auto")
 
 
 class TorchScorer:
@@ -87,14 +100,16 @@ def session_options(num_threads: int | None = None):
 
 class OnnxScorer:
     """ONNX Runtime (CPU provider) scorer for an exported model file (see :func:`session_options`);
-    ``input_convention``: how its crops are prepared (that of the exported model's weights)."""
+    ``input_convention``: how its crops are prepared (that of the exported model's weights);
+    ``precision`` ("fp32" | "int8") records which kind of model the file is."""
 
     def __init__(self, onnx_path: str | Path, num_threads: int | None = None,
-                 input_convention: InputConvention | None = None):
+                 input_convention: InputConvention | None = None, precision: str = "fp32"):
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
         self.input_convention = input_convention or IMAGENET
+        self.precision = precision
         self.session = ort.InferenceSession(str(self.path), session_options(num_threads),
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
@@ -179,18 +194,63 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "onnxruntime"
 
 
+def resolve_precision(precision: str, backend: str, has_calibration: bool,
+                      cpu_flags: set[str] | None = None, recipe: Int8Recipe | None = None) -> str:
+    """``fp32`` or ``int8`` for ``precision`` under the resolved ``backend`` (see the module docstring).
+
+    has_calibration: calibration inputs exist; cpu_flags: the CPU's feature flags (None: this CPU's);
+    recipe: the int8 recipe (None: the defaults). ``auto`` gives int8 only where it was measured faster
+    than fp32 (benchmarks/int8.md): a CPU with AVX-512 VNNI or AMX, and a recipe other than those
+    measured slower (LRNs left in float: 0.87x on the demo detector; signed int8 activations:
+    0.16-0.71x). ``int8`` without ONNX Runtime or without calibration inputs is a ``ValueError`` saying
+    what to do.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return "fp32"
+    if backend != "onnxruntime":
+        if precision == "int8":
+            raise ValueError("precision=int8 runs on ONNX Runtime: use backend=auto on a CPU or backend=onnxruntime")
+        return "fp32"
+    if precision == "int8":
+        if not has_calibration:
+            raise ValueError("precision=int8 needs calibration inputs (the detector file's calibration crops: "
+                             "bundle it again with tools/train_region.py step=bundle)")
+        return "int8"
+    if not cpu_has_int8_dot(cpu_flags):
+        log.info("precision=auto: no AVX-512 VNNI or AMX on this CPU, where int8 was measured faster: fp32")
+        return "fp32"
+    recipe = recipe or Int8Recipe()
+    if recipe.lrn == "float" or recipe.activations == "s8":
+        log.info("precision=auto: the int8 recipe %s was measured slower than fp32: fp32", recipe.label())
+        return "fp32"
+    if not has_calibration:
+        log.warning("precision=auto: no calibration inputs for an int8 model: fp32 (bundle the detector "
+                    "again to store calibration crops)")
+        return "fp32"
+    return "int8"
+
+
 def make_scorer(model: nn.Module, backend: str, device: str | torch.device, input_size: int,
                 cache_dir: str | Path | None = None, name: str = "model", amp: str = "auto",
-                num_threads: int | None = None) -> Scorer:
+                num_threads: int | None = None, precision: str = "fp32",
+                calibration: np.ndarray | None = None, int8_recipe: Int8Recipe | dict | None = None) -> Scorer:
     """One scorer for ``model`` (single tensor output; inputs ``[N, 3, input_size, input_size]``).
 
-    ``cache_dir`` holds the ONNX export ``<name>.onnx`` (required for ``onnxruntime``). With
-    ``backend=auto``, an export that cannot be made (read-only checkpoint folder, full disk, an
-    operator the exporter does not support) falls back to torch with a warning instead of failing; an
-    explicit ``onnxruntime`` raises.
+    ``cache_dir`` holds the ONNX export ``<name>.onnx`` and the int8 model ``<name>.int8.onnx``
+    (required for ``onnxruntime``). With ``backend=auto``, an export that cannot be made (read-only
+    checkpoint folder, full disk, an operator the exporter does not support) falls back to torch with a
+    warning instead of failing; an explicit ``onnxruntime`` raises.
+    precision: "fp32" | "int8" | "auto" (module docstring); calibration: ``ndarray[N, 3, input_size,
+    input_size] float32`` network inputs for the int8 model's activation ranges (None: none);
+    int8_recipe: :class:`detect.quantize.Int8Recipe` or its plain values (None: the defaults).
     """
     device = torch.device(device)
     chosen = resolve_backend(backend, device)
+    recipe = None if precision == "fp32" else \
+        int8_recipe if isinstance(int8_recipe, Int8Recipe) else Int8Recipe.from_dict(int8_recipe)
+    wanted = resolve_precision(precision, chosen, calibration is not None, recipe=recipe)
     if chosen == "torch":
         return TorchScorer(model, device, amp=amp)
     if cache_dir is None:
@@ -198,16 +258,32 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
     try:
         path = cached_onnx_export(model, cache_dir, name, input_size)
     except (OSError, RuntimeError) as e:  # the exporter's errors are RuntimeErrors
-        if backend != "auto":
+        if backend != "auto" or (wanted == "int8" and precision == "int8"):
             raise
         log.warning("no ONNX export of %s in %s (%s): running it in eager PyTorch", name, cache_dir, e)
         return TorchScorer(model, device, amp=amp)
-    return OnnxScorer(path, num_threads=num_threads, input_convention=getattr(model, "input_convention", None))
+    convention = getattr(model, "input_convention", None)
+    if wanted == "int8":
+        try:
+            key = json.loads((Path(cache_dir) / f"{name}.json").read_text())["key"]
+            int8_path = cached_int8_export(model, path, key, calibration, recipe)
+            return OnnxScorer(int8_path, num_threads=num_threads, input_convention=convention, precision="int8")
+        except (QuantizationError, OSError) as e:
+            if precision == "int8":
+                raise
+            log.warning("no int8 model of %s (%s): scoring in fp32", name, e)
+    return OnnxScorer(path, num_threads=num_threads, input_convention=convention)
 
 
 def make_scorers(members: list[nn.Module], backend: str, device: str | torch.device, crop_size: int,
-                 cache_dir: str | Path | None = None, amp: str = "auto",
-                 num_threads: int | None = None) -> list[Scorer]:
-    """One scorer per member (see :func:`make_scorer`; the exports are ``member<k>.onnx``)."""
-    return [make_scorer(m, backend, device, crop_size, cache_dir, f"member{k}", amp, num_threads)
-            for k, m in enumerate(members)]
+                 cache_dir: str | Path | None = None, amp: str = "auto", num_threads: int | None = None,
+                 precision: str = "fp32", calibration: np.ndarray | Sequence[np.ndarray] | None = None,
+                 int8_recipe: Int8Recipe | dict | None = None) -> list[Scorer]:
+    """One scorer per member (see :func:`make_scorer`; the exports are ``member<k>.onnx``).
+    calibration: one array for every member, or a list with one per member (their inputs differ)."""
+    per_member = list(calibration) if isinstance(calibration, (list, tuple)) else [calibration] * len(members)
+    if len(per_member) != len(members):
+        raise ValueError(f"{len(per_member)} calibration arrays for {len(members)} members")
+    return [make_scorer(m, backend, device, crop_size, cache_dir, f"member{k}", amp, num_threads, precision,
+                        per_member[k], int8_recipe) for k, m in enumerate(members)]
+

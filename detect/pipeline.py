@@ -33,6 +33,7 @@ from detect.data.images import read_image
 from detect.distributed import resolve_device
 from detect.io import atomic_torch_save, load_checkpoint
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, model_from_entry, strip_module_prefix
+from detect.quantize import Int8Recipe, crops_to_inputs
 from detect.region import Ensemble, normalize_image, warp_regions
 from proposals.spec import build_proposer, check_spec, spec_from_target_config
 
@@ -257,7 +258,7 @@ class Detector:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", proposer: Callable | None = None,
                         stored_proposer: bool = True, backend: str = "auto", amp: str = "auto",
                         onnx_cache: str | Path | None = None, members: Sequence[int] | None = None,
-                        **overrides) -> "Detector":
+                        precision: str = "fp32", **overrides) -> "Detector":
         """Load a :func:`bundle_detector` file.
 
         proposer: replaces the stored proposer; otherwise the stored one is rebuilt from its spec when
@@ -265,8 +266,10 @@ class Detector:
         passed in). backend: "auto" (ONNX Runtime on a CPU, eager torch on a GPU), "torch" or
         "onnxruntime" (:mod:`detect.backends`); amp: autocast on CUDA ("auto" = bf16 where supported,
         "none" = off); onnx_cache: folder of the cached ONNX exports (default ``<path>.onnx/``);
-        members: indices of the members to use (default all); overrides: :class:`DetectorSettings`
-        values replacing the stored ones (e.g. ``score_threshold=0.1``, ``cascade_threshold=0.2``).
+        members: indices of the members to use (default all); precision: "fp32" | "int8" | "auto" of
+        the ONNX Runtime scorers, members and a stored MultiBox proposer alike (:mod:`detect.backends`;
+        int8 models are calibrated on the file's ``calibration`` crops and images); overrides:
+        :class:`DetectorSettings` values replacing the stored ones (e.g. ``score_threshold=0.1``).
         """
         ckpt = load_checkpoint(path)
         contents = _read_detector(ckpt, str(path))
@@ -281,8 +284,11 @@ class Detector:
         device = resolve_device(device)
         cache = Path(onnx_cache) if onnx_cache is not None else Path(f"{path}.onnx")
         if proposer is None and stored_proposer and contents["proposer"] is not None:
-            proposer = build_proposer(contents["proposer"], str(path), onnx_cache=cache)
-        scorers = make_scorers(nets, backend, device, settings.crop_size, amp=amp, cache_dir=cache)
+            proposer = build_proposer(_with_precision(contents["proposer"], precision), str(path), onnx_cache=cache)
+        calibration = contents["calibration"]  # uint8 RGB crops, prepared for each member in its own convention
+        inputs = None if calibration is None else [crops_to_inputs(calibration["crops"], n.input_convention) for n in nets]
+        scorers = make_scorers(nets, backend, device, settings.crop_size, amp=amp, cache_dir=cache, precision=precision,
+                               calibration=inputs, int8_recipe=None if calibration is None else calibration["recipe"])
         return cls(proposer, Ensemble(scorers, settings.cascade_threshold), contents["classes"], settings, device=device)
 
 
@@ -292,6 +298,32 @@ def _member_network(entry: Any, k: int, source: str, settings: DetectorSettings)
     older = {"input_convention": {"channel_order": "RGB", "scale": 1.0, "mean": list(settings.mean),
                                   "std": list(settings.std)}}
     return model_from_entry(entry, f"{source}: member {k}", defaults=older)
+
+
+def _with_precision(spec: Mapping, precision: str) -> dict:
+    """``spec`` with every MultiBox proposer's ``precision`` parameter set (unions recursively)."""
+    out = dict(spec)
+    if out.get("kind") == "multibox":
+        out["params"] = {**dict(out.get("params") or {}), "precision": precision}
+    if isinstance(out.get("sources"), list):
+        out["sources"] = [_with_precision(s, precision) for s in out["sources"]]
+    return out
+
+
+def _read_calibration(entry: Any, crop_size: int, source: str) -> dict | None:
+    """The file's calibration entry, ``{"crops": ndarray[N, 3, S, S] uint8 RGB, "recipe": Int8Recipe}``, checked;
+    None when the file has none."""
+    if entry is None:
+        return None
+    crops = entry.get("crops") if isinstance(entry, Mapping) else None
+    if not isinstance(crops, torch.Tensor) or crops.dtype != torch.uint8 or crops.ndim != 4 or len(crops) == 0 \
+            or tuple(crops.shape[1:]) != (3, crop_size, crop_size):
+        raise ValueError(f"{source}: calibration crops must be a non-empty uint8 tensor [N, 3, {crop_size}, {crop_size}]")
+    try:
+        recipe = Int8Recipe.from_dict(entry.get("recipe"))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: calibration recipe refused ({e})") from None
+    return {"crops": crops.numpy(), "recipe": recipe}
 
 
 def _read_detector(ckpt: Any, source: str) -> dict:
@@ -321,8 +353,9 @@ def _read_detector(ckpt: Any, source: str) -> dict:
                 raise ValueError(f"{source}: this detector file (format v1) refers to a MultiBox checkpoint by path; "
                                  "rebuild it with tools/train_region.py step=bundle (the network is then embedded), "
                                  "or pass another proposer")
-    return {"members": members, "classes": classes,
-            "settings": DetectorSettings.from_dict(settings, source), "proposer": spec}
+    settings = DetectorSettings.from_dict(settings, source)
+    return {"members": members, "classes": classes, "settings": settings, "proposer": spec,
+            "calibration": _read_calibration(ckpt.get("calibration"), settings.crop_size, source)}
 
 
 def _names_checkpoint(spec: Mapping) -> bool:
@@ -330,13 +363,16 @@ def _names_checkpoint(spec: Mapping) -> bool:
 
 
 def bundle_detector(members: Sequence[dict], classes: ClassList, settings: DetectorSettings, path: str | Path,
-                    proposer: Mapping | None = None, provenance: Mapping | None = None) -> dict:
+                    proposer: Mapping | None = None, provenance: Mapping | None = None,
+                    calibration: Mapping | None = None) -> dict:
     """Write one detector file from member checkpoints (dicts with ``model_kwargs`` and ``model_state``).
 
     settings: :class:`DetectorSettings`; proposer: a proposer spec with its networks embedded
     (:func:`proposals.spec.proposer_spec` of a live proposer, or :func:`proposals.spec.embed_networks`
     of a config's), or None; provenance: plain facts about the training (data name, ...), kept for the
-    reader. Returns the saved dict.
+    reader; calibration: for int8 scoring, ``{"crops": ndarray[N, 3, S, S] uint8`` RGB (warped training
+    proposals, :func:`detect.quantize.draw_calibration_crops`), ``"recipe": plain Int8Recipe values}``
+    or None. Returns the saved dict.
     """
     if not members:
         raise ValueError("a detector needs at least one member checkpoint")
@@ -360,5 +396,9 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
            "classes": classes.to_dict(),
            "settings": settings.to_dict(), "proposer": None if proposer is None else dict(proposer),
            "provenance": dict(provenance or {})}
+    if calibration is not None:
+        crops = torch.as_tensor(np.asarray(calibration["crops"]))
+        obj["calibration"] = {"crops": crops, "recipe": dataclasses.asdict(Int8Recipe.from_dict(calibration.get("recipe")))}
+        _read_calibration(obj["calibration"], settings.crop_size, str(path))
     atomic_torch_save(obj, path)
     return obj

@@ -190,6 +190,14 @@ def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
     run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *common, "split=val", "max_per_image=2",
                     f"proposals_store={stores['val']}")  # other settings: not resumed from the old shards
     assert "6 detections on 3 images" in run.stdout and len(read_ilsvrc_submission(out)) == 6
+    # int8 scoring from the bundle's calibration crops; fp32 afterwards does not resume int8's shards
+    assert bundle["calibration"]["crops"].dtype == torch.uint8 and bundle["calibration"]["crops"].shape[1:] == (3, 64, 64)
+    other = [*common, "split=val", f"proposals_store={stores['val']}", f"output={tmp_path / 'q.txt'}"]
+    run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *other, "precision=int8")
+    assert (tmp_path / "work" / "detector.pt.onnx" / "member0.int8.onnx").is_file()
+    assert "21 detections on 3 images" in run.stdout
+    run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *other, "precision=fp32")
+    assert "already done" not in run.stdout + run.stderr and "21 detections on 3 images" in run.stdout
 
 
 @pytest.mark.parametrize("name", ["train_region", "detect", "detect_dataset"])

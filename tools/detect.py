@@ -91,7 +91,7 @@ def main(cfg: DictConfig) -> None:
     overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold") if cfg[k] is not None}
     proposer = instantiate(cfg.proposer, _convert_="all") if cfg.proposer is not None else None
     detector = Detector.from_checkpoint(cfg.detector, device=cfg.device, proposer=proposer, backend=cfg.backend,
-                                        amp=cfg.amp, **overrides)
+                                        amp=cfg.amp, precision=cfg.precision, **overrides)
     classes = detector.classes
     out_dir = Path(cfg.out_dir)
     skipped = SkipLog("images")

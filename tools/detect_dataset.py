@@ -46,15 +46,16 @@ from proposals.store import ProposalStore
 log = logging.getLogger("detect_dataset")
 
 
-def fingerprint(cfg: DictConfig, store_path: str | Path | None, records) -> str:
+def fingerprint(cfg: DictConfig, store_path: str | Path | None, records, precision: list[str]) -> str:
     """Short hash of what the detections depend on: the detector file, the settings, the image list
-    (indices, ids and paths) and the proposals, so that shards of an earlier run are resumed only when
-    they came from the same inputs (other inputs write other shards; nothing is mixed)."""
+    (indices, ids and paths), the proposals and the members' precision (fp32 / int8), so that shards of
+    an earlier run are resumed only when they came from the same inputs (other inputs write other
+    shards; nothing is mixed)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     images = hashlib.sha256(json.dumps([(r.index, r.image_id, str(r.path)) for r in records]).encode()).hexdigest()
     what = {"detector": file_sha256(cfg.detector), "data": str(cfg.data.name), "split": str(cfg.split),
             "images": images, "store": file_sha256(store_path) if store_path is not None else None,
-            "proposer": resolved.get("proposer"),
+            "proposer": resolved.get("proposer"), "precision": precision,
             **{k: resolved[k] for k in ("score_threshold", "max_per_image", "cascade_threshold", "use_members")}}
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -125,7 +126,7 @@ def main(cfg: DictConfig) -> None:
         overrides["members"] = list(cfg.use_members)
     proposer = instantiate(cfg.proposer, _convert_="all") if cfg.proposer is not None else None
     detector = Detector.from_checkpoint(cfg.detector, device=ctx.device, proposer=proposer, backend=cfg.backend,
-                                        amp=cfg.amp, **overrides)
+                                        amp=cfg.amp, precision=cfg.precision, **overrides)
     if detector.classes.wnids != dataset.classes.wnids:
         raise ValueError(f"{cfg.detector}: its {len(detector.classes)} classes differ from those of "
                          f"{cfg.data.name} ({len(dataset.classes)}); labels would not match")
@@ -142,7 +143,8 @@ def main(cfg: DictConfig) -> None:
 
     output = Path(cfg.output or detections_path(cfg.paths.detections_dir, cfg.data, cfg.split))
     check_output_is_ours(output)
-    key = fingerprint(cfg, store_path if store is not None else None, dataset.records)
+    precision = [getattr(m, "precision", "fp32") for m in detector.ensemble.members]
+    key = fingerprint(cfg, store_path if store is not None else None, dataset.records, precision)
     if cfg.resume and _up_to_date(output, key):
         if ctx.is_main:
             print(f"{output} is up to date (same detector, images, proposals and settings): nothing to do")

@@ -32,8 +32,10 @@ from detect.engine import (ClassificationLoss, TrainSettings, evaluate_classific
                            run_fingerprint, seed_everything)
 from detect.io import load_checkpoint
 from detect.models.bvlc import weights_format
+from detect.models.convention import InputConvention
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
 from detect.pipeline import DetectorSettings, bundle_detector
+from detect.quantize import draw_calibration_crops, draw_calibration_images
 from detect.region import RegionDataset, collate_regions
 from detect.runtime import worker_threads
 from proposals.spec import embed_networks, spec_from_target_config
@@ -138,6 +140,37 @@ def train(cfg: DictConfig) -> None:
     cleanup()
 
 
+def draw_calibration(cfg: DictConfig, settings: DetectorSettings, proposer: dict | None,
+                     convention: InputConvention) -> dict | None:
+    """Inputs for int8 models, drawn from the training split (cfg.calibration): warped proposal crops for
+    the members (uint8 RGB, warped in ``convention``, member 0's; returned, for the detector file) and
+    resized images added to every embedded MultiBox network of ``proposer``; None when
+    ``calibration.crops`` is 0."""
+    calib = cfg.calibration
+    if not calib.crops and not calib.multibox_images:
+        return None
+    records = instantiate(cfg.data[cfg.split]).records
+    recipe = OmegaConf.to_container(calib.recipe, resolve=True)
+    multibox = [s for s in _specs(proposer) if s["kind"] == "multibox"] if calib.multibox_images else []
+    for spec in multibox:
+        size = int(spec["network"]["model_kwargs"].get("input_size", 224))
+        images = draw_calibration_images(records, int(calib.multibox_images), size, seed=int(calib.seed))
+        spec["network"] = {**spec["network"], "calibration": torch.from_numpy(images), "int8_recipe": recipe}
+    if not calib.crops:
+        return None
+    store = _open_store(store_path(cfg, cfg.split, cfg.proposals_store))
+    crops = draw_calibration_crops(records, store.get if store is not None else {}.__getitem__, int(calib.crops),
+                                   settings.crop_size, settings.context, convention,
+                                   seed=int(calib.seed), min_size=settings.min_size)
+    log.info("calibration: %d crops, %d MultiBox images per network", len(crops), calib.multibox_images)
+    return {"crops": crops, "recipe": recipe}
+
+
+def _specs(spec: dict | None) -> list[dict]:
+    """``spec`` and its sources, recursively (the dicts themselves, to be updated in place)."""
+    return [] if spec is None else [spec] + [s for src in spec.get("sources", []) for s in _specs(src)]
+
+
 def bundle(cfg: DictConfig) -> None:
     paths = [Path(cfg.paths.region_dir) / f"member{k}" / "checkpoint.pt" for k in range(int(cfg.members))]
     members = [load_checkpoint(p) for p in paths]
@@ -151,7 +184,10 @@ def bundle(cfg: DictConfig) -> None:
     proposer = embed_networks(spec_from_target_config(OmegaConf.to_container(cfg.proposals, resolve=True), "conf: proposals"),
                               "conf: proposals")
     provenance = {"data": str(cfg.data.name), "members": [str(p) for p in paths]}
-    bundle_detector(members, classes, settings, cfg.paths.detector, proposer=proposer, provenance=provenance)
+    convention = InputConvention.from_dict(members[0]["model_kwargs"].get("input_convention"))
+    calibration = draw_calibration(cfg, settings, proposer, convention)
+    bundle_detector(members, classes, settings, cfg.paths.detector, proposer=proposer, provenance=provenance,
+                    calibration=calibration)
     print(f"detector with {len(members)} members ({len(classes)} classes): {cfg.paths.detector}")
 
 

@@ -77,26 +77,39 @@ class MultiBoxProposer:
     are regressed coordinates (bf16 would round them to ~0.4 % of the image side).
     onnx_cache: folder of the ONNX export (default ``<checkpoint>.onnx/`` for a path; for a loaded dict
     without it, ``backend=auto`` runs torch).
+    precision: "fp32" | "int8" | "auto" of the ONNX Runtime backend (:mod:`detect.backends`); the int8
+    model is calibrated on the checkpoint's ``calibration`` images (``uint8 [N, S, S, 3]`` RGB at the
+    input size, prepared in the network's input convention, with its ``int8_recipe``), which the detector bundle step adds to the network it embeds.
     """
 
     name = "multibox"
     kind = "multibox"  # proposals.spec: how detector files and proposal stores record it
 
     def __init__(self, checkpoint: str | Path | Mapping, top_k: int = 200, device: str = "auto", batch_size: int = 32,
-                 backend: str = "auto", amp: str = "none", onnx_cache: str | Path | None = None):
+                 backend: str = "auto", amp: str = "none", onnx_cache: str | Path | None = None,
+                 precision: str = "fp32"):
         self.device = resolve_device(device)
         self.model, ckpt = load_multibox(checkpoint)
         self._network = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
         self._params = {"top_k": int(top_k), "device": str(device), "batch_size": int(batch_size),
-                        "backend": str(backend), "amp": str(amp)}
+                        "backend": str(backend), "amp": str(amp), "precision": str(precision)}
         self.top_k = min(int(top_k), self.model.num_priors)
         self.batch_size = int(batch_size)
         if onnx_cache is None and isinstance(checkpoint, (str, Path)):
             onnx_cache = Path(f"{checkpoint}.onnx")
         if onnx_cache is None and backend == "auto":
             backend = "torch"
+        calibration = ckpt.get("calibration")
+        if calibration is not None:
+            calibration = torch.as_tensor(calibration)
+            if calibration.dtype != torch.uint8 or calibration.ndim != 4 or calibration.shape[-1] != 3:
+                source = checkpoint if isinstance(checkpoint, (str, Path)) else "the embedded MultiBox network"
+                raise ValueError(f"{source}: MultiBox calibration images must be uint8 [N, S, S, 3], "
+                                 f"got {calibration.dtype} {tuple(calibration.shape)}")
+            calibration = preprocess(list(calibration.numpy()), self.model.input_size, self.model.input_convention).numpy()
         self.net = make_scorer(_Flat(self.model), backend, self.device, self.model.input_size,
-                               cache_dir=onnx_cache, name="multibox", amp=amp)
+                               cache_dir=onnx_cache, name="multibox", amp=amp, precision=precision,
+                               calibration=calibration, int8_recipe=ckpt.get("int8_recipe"))
 
     def spec_params(self) -> dict:
         """Constructor arguments besides the network (plain values; see :mod:`proposals.spec`)."""

@@ -1,0 +1,447 @@
+"""Static int8 quantization of exported scorers with ONNX Runtime, calibrated on the data they score.
+
+An fp32 ONNX export (:func:`detect.backends.cached_onnx_export`) becomes an int8 model once:
+``quant_pre_process`` (shape inference, graph clean-up), then ``quantize_static`` with activation ranges
+calibrated on ``calibration`` inputs (the network's own float inputs: warped proposal crops of the
+training split for a region classifier, resized training images for MultiBox). How it is quantized is
+an :class:`Int8Recipe`; the defaults in conf/ are the variant measured best (benchmarks/int8.md). The
+int8 model is cached beside the fp32 export (``<name>.int8.onnx`` + ``<name>.int8.json``), keyed on the
+fp32 export's key (weights, architecture, exporter versions), the recipe, a hash of the calibration
+inputs and the ONNX Runtime version; it is written atomically and made again when any of them changes
+or the file does not match its recorded hash.
+
+The local response norms: in float they cost a large share of the int8 model's time (Sqrt and Div
+between dequantize/quantize pairs, benchmarks/int8.md). ``lrn="fold"`` measures each LRN's largest
+effect on the calibration inputs, ``1 - s`` for its factor ``s = (d / k)^-beta`` relative to the
+constant ``k^-beta`` it tends to for small activations; an LRN whose effect stays below
+``lrn_tolerance`` (default 1/512: every activation moves by less than half an 8-bit step of its range)
+is replaced by that constant in the int8 model (the others are quantized in their exact form). The
+decision and the measured effects are recorded in the ``.int8.json`` sidecar.
+
+Which CPUs gain: int8 convolutions are fast where the CPU has 8-bit dot-product instructions; measured
+on a Xeon with AVX-512 VNNI and AMX-INT8 (:func:`cpu_has_int8_dot` checks for those two); on AVX2-only
+CPUs ONNX Runtime's u8s8 kernels have no such instructions and int8 is not expected to beat fp32.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detect.io import atomic_write_json, file_sha256
+from detect.models.convention import InputConvention
+from detect.models.googlenet import LocalResponseNorm
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_export", "lrn_effects",
+           "fold_lrns", "cpu_flags", "cpu_has_int8_dot", "calibration_digest", "draw_calibration_crops",
+           "draw_calibration_images", "crops_to_inputs", "to_pixels", "INT8_DOT_FLAGS"]
+
+_INT8_FORMAT = 1  # bump when the quantization procedure changes: every cached int8 model is then rebuilt
+# /proc/cpuinfo flags of the 8-bit dot products where int8 was measured faster than fp32 (benchmarks/int8.md:
+# Xeon with AVX-512 VNNI and AMX). AVX-VNNI alone (256-bit, client CPUs) is left out: not measured.
+INT8_DOT_FLAGS = ("avx512_vnni", "amx_int8")
+
+
+class QuantizationError(RuntimeError):
+    """The int8 model cannot be made (unusable calibration data, the quantizer failed, ...); the text
+    names the model and the cause."""
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How an fp32 export is quantized (``quantize_static`` options).
+
+    format: "qdq" (QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses) | "qoperator"
+    (QLinearConv etc. written out); activations / weights: "u8" | "s8"; per_channel: one weight scale
+    per output channel; lrn: "int8" quantizes the local response norms' operators too, "float" leaves
+    them in float, "fold" replaces those whose largest effect on the calibration inputs is below
+    ``lrn_tolerance`` by their constant factor (module docstring) and quantizes the rest; head: "float"
+    keeps the output of the fully connected layers (Gemm: a classifier's logits, MultiBox's boxes and
+    confidences, which share one tensor and so one 8-bit scale) and everything computed from it in
+    float, "int8" quantizes it too; calibration:
+    "minmax" | "entropy" | "percentile" (``percentile``: the share of each activation histogram kept,
+    in percent); reduce_range: 7-bit weights (for CPUs without VNNI, where u8s8 sums can saturate).
+    """
+
+    format: str = "qdq"
+    activations: str = "u8"
+    weights: str = "s8"
+    per_channel: bool = True
+    lrn: str = "int8"
+    lrn_tolerance: float = 1.0 / 512
+    head: str = "float"
+    calibration: str = "minmax"
+    percentile: float = 99.999
+    reduce_range: bool = False
+
+    def __post_init__(self):
+        choices = {"format": ("qdq", "qoperator"), "activations": ("u8", "s8"), "weights": ("u8", "s8"),
+                   "lrn": ("int8", "float", "fold"), "head": ("float", "int8"),
+                   "calibration": ("minmax", "entropy", "percentile")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"int8 recipe: {name}={getattr(self, name)!r}, expected one of {allowed}")
+        if not 0.0 <= float(self.lrn_tolerance) < 1.0:
+            raise ValueError(f"int8 recipe: lrn_tolerance={self.lrn_tolerance} is not in [0, 1)")
+        if not 0.0 < float(self.percentile) <= 100.0:
+            raise ValueError(f"int8 recipe: percentile={self.percentile} is not in (0, 100]")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "Int8Recipe":
+        """A recipe from plain config values; an unknown key or a bad value is a ``ValueError``."""
+        if values is not None and not isinstance(values, Mapping):
+            raise ValueError(f"int8 recipe: expected a mapping of settings, got {type(values).__name__}")
+        values = dict(values or {})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"int8 recipe: unknown setting(s) {sorted(unknown)}")
+        return cls(**values)
+
+    def label(self) -> str:
+        """Short name, e.g. ``qdq-u8s8-pc-lrnint8-minmax``."""
+        calib = self.calibration + (f"{self.percentile:g}" if self.calibration == "percentile" else "")
+        lrn = self.lrn + (f"{self.lrn_tolerance:.3g}" if self.lrn == "fold" else "")
+        return (f"{self.format}-{self.activations}{self.weights}{'-pc' if self.per_channel else ''}"
+                f"{'-rr' if self.reduce_range else ''}-lrn{lrn}-head{self.head}-{calib}")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where it cannot be read, e.g. not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_int8_dot(flags: Iterable[str] | None = None) -> bool:
+    """True when the CPU has an 8-bit dot-product instruction set (:data:`INT8_DOT_FLAGS`)."""
+    flags = cpu_flags() if flags is None else set(flags)
+    return any(f in flags for f in INT8_DOT_FLAGS)
+
+
+def calibration_digest(calibration: np.ndarray) -> str:
+    """sha256 of the calibration inputs (dtype, shape and bytes)."""
+    calibration = np.ascontiguousarray(calibration)
+    h = hashlib.sha256(f"{calibration.dtype.str}{calibration.shape}".encode())
+    h.update(calibration.tobytes())
+    return h.hexdigest()
+
+
+def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndarray], count: int, crop_size: int,
+                           context: int, convention: InputConvention | Mapping | None = None, seed: int = 0,
+                           min_size: float = 2.0) -> np.ndarray:
+    """Warped proposal crops for calibrating int8 region classifiers: what the detector scores, as RGB pixels.
+
+    records: DetectionRecord list (the training split); proposals: ``image_id -> ndarray[N, 4]`` xyxy
+    (e.g. ``ProposalStore.get``; a missing entry (KeyError) falls back to the ground-truth boxes).
+    Images are visited in a seeded random order, ``ceil(count / len(records))`` proposals drawn
+    uniformly from each (clipped, smaller than ``min_size`` dropped) and warped exactly as
+    :meth:`detect.pipeline.Detector.score` warps them for a member of input ``convention`` (None =
+    ImageNet): :func:`detect.region.warp_regions` on the image prepared in it, then turned back into
+    pixels. Returns ``ndarray[count, 3, crop_size, crop_size] uint8`` RGB, whatever the convention:
+    :func:`crops_to_inputs` prepares them for each member in its own (to within half a grey level).
+    Beyond the image border a warp shows ``convention``'s mean colour, so a member of another
+    convention sees that colour there (ImageNet's and BVLC's means differ by under one grey level).
+    Unreadable images are logged and skipped; ``ValueError`` when no crop could be drawn.
+    """
+    from torchvision import ops
+
+    from detect.data.images import read_image
+    from detect.region import normalize_image, warp_regions
+
+    if count < 1 or not records:
+        raise ValueError(f"calibration crops: count={count} from {len(records)} images: nothing to draw")
+    convention = InputConvention.from_dict(convention)
+    rng = np.random.default_rng(seed)
+    per_image = -(-count // len(records))
+    crops, skipped = [], 0
+    for index in rng.permutation(len(records)):
+        if sum(len(c) for c in crops) >= count:
+            break
+        record = records[index]
+        try:
+            image = read_image(record.path)
+        except ValueError as e:  # ImageError names the file
+            log.warning("calibration crops: skipped %s", e)
+            skipped += 1
+            continue
+        try:
+            boxes = np.asarray(proposals(record.image_id), np.float32).reshape(-1, 4)
+        except KeyError:
+            boxes = np.zeros((0, 4), np.float32)
+        if len(boxes) == 0:
+            boxes = np.asarray(record.boxes, np.float32).reshape(-1, 4)
+        boxes = ops.clip_boxes_to_image(torch.from_numpy(boxes), image.shape[:2])
+        boxes = boxes[ops.remove_small_boxes(boxes, min_size)]
+        if len(boxes) == 0:
+            continue
+        pick = rng.choice(len(boxes), size=min(per_image, len(boxes)), replace=False)
+        warped = warp_regions(normalize_image(image, convention), boxes[torch.from_numpy(pick)], crop_size, context)
+        crops.append(to_pixels(warped, convention).numpy())
+    if not crops:
+        raise ValueError(f"calibration crops: none could be drawn from {len(records)} images ({skipped} unreadable)")
+    out = np.concatenate(crops)[:count]
+    if len(out) < count:
+        log.warning("calibration crops: %d of the %d asked for (%d images unreadable)", len(out), count, skipped)
+    return out
+
+
+def to_pixels(inputs: torch.Tensor, convention: InputConvention | Mapping | None = None) -> torch.Tensor:
+    """The inverse of ``convention.normalize``: ``Tensor[..., 3, H, W]`` float network inputs ->
+    ``Tensor[..., 3, H, W] uint8`` RGB pixels (rounded, clamped to 0..255)."""
+    c = InputConvention.from_dict(convention)
+    mean = torch.tensor(c.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(c.std, dtype=torch.float32).view(3, 1, 1)
+    x = (inputs.float() * std + mean) * (255.0 / c.scale)
+    if c.channel_order == "BGR":
+        x = x.flip(-3)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def draw_calibration_images(records: Sequence, count: int, size: int, seed: int = 0) -> np.ndarray:
+    """Training images for calibrating an int8 MultiBox network: ``count`` images in a seeded random
+    order, resized as :func:`proposals.multibox.model.preprocess` resizes them (bilinear to
+    ``size x size``). Returns ``ndarray[count, size, size, 3] uint8`` RGB; unreadable images are
+    logged and skipped; ``ValueError`` when none can be read."""
+    import cv2
+
+    from detect.data.images import read_image
+
+    if count < 1 or not records:
+        raise ValueError(f"calibration images: count={count} from {len(records)} images: nothing to draw")
+    out, skipped = [], 0
+    for index in np.random.default_rng(seed).permutation(len(records)):
+        if len(out) == count:
+            break
+        try:
+            image = read_image(records[index].path)
+        except ValueError as e:
+            log.warning("calibration images: skipped %s", e)
+            skipped += 1
+            continue
+        out.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
+    if not out:
+        raise ValueError(f"calibration images: none of {len(records)} images could be read")
+    if len(out) < count:
+        log.warning("calibration images: %d of the %d asked for (%d unreadable)", len(out), count, skipped)
+    return np.stack(out)
+
+
+def crops_to_inputs(crops: np.ndarray, convention: InputConvention | Mapping | None = None) -> np.ndarray:
+    """``ndarray[N, 3, S, S] uint8`` RGB pixels -> the inputs of a network of input ``convention`` (None =
+    ImageNet; :meth:`detect.models.convention.InputConvention.normalize`): ``ndarray[N, 3, S, S] float32``."""
+    return InputConvention.from_dict(convention).normalize(torch.from_numpy(np.ascontiguousarray(crops))).numpy()
+
+
+def _check_calibration(calibration: np.ndarray, what: str) -> np.ndarray:
+    calibration = np.asarray(calibration)
+    if calibration.ndim != 4 or len(calibration) == 0 or not np.issubdtype(calibration.dtype, np.floating):
+        raise QuantizationError(f"{what}: calibration inputs must be a non-empty float array [N, C, H, W], "
+                                f"got {calibration.dtype} {calibration.shape}")
+    if not np.isfinite(calibration).all():
+        raise QuantizationError(f"{what}: calibration inputs contain NaN or infinity")
+    return calibration
+
+
+@torch.inference_mode()
+def lrn_effects(model: nn.Module, calibration: np.ndarray, batch_size: int = 16) -> dict[str, float]:
+    """Largest effect of each :class:`LocalResponseNorm` of ``model`` on ``calibration`` inputs.
+
+    calibration: ``ndarray[N, 3, S, S] float32``. Returns ``{module name: max over every activation of
+    1 - (d / k)^-beta}``, with ``d = k + alpha * (mean of x^2 over the size-channel window)``: how far the
+    LRN's factor falls below the constant ``k^-beta`` (0 = the LRN is that constant here).
+    """
+    lrns = {name: m for name, m in model.named_modules() if isinstance(m, LocalResponseNorm)}
+    peak = dict.fromkeys(lrns, 0.0)
+
+    def hook(name):
+        def record(module, inputs, output):
+            x = inputs[0].float()
+            mean_sq = F.avg_pool3d((x * x)[:, None], (module.size, 1, 1), stride=1,
+                                   padding=(module.size // 2, 0, 0), count_include_pad=True)
+            peak[name] = max(peak[name], float(mean_sq.max()) * module.alpha)
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in lrns.items()]
+    try:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        for i in range(0, len(calibration), batch_size):
+            model(torch.from_numpy(np.ascontiguousarray(calibration[i:i + batch_size], np.float32)).to(device))
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: 1.0 - (1.0 + peak[name] / lrns[name].k) ** -lrns[name].beta for name in lrns}
+
+
+class _Scale(nn.Module):
+    """``x * factor``: a local response norm folded to its constant ``k^-beta``."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def fold_lrns(model: nn.Module, names: Iterable[str]) -> nn.Module:
+    """A copy of ``model`` whose :class:`LocalResponseNorm` modules ``names`` are replaced by their
+    constant factor ``k^-beta`` (an identity when k = 1)."""
+    model = copy.deepcopy(model)
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        lrn = getattr(parent, attr)
+        factor = lrn.k ** -lrn.beta
+        setattr(parent, attr, nn.Identity() if factor == 1.0 else _Scale(factor))
+    return model
+
+
+class _Reader:
+    """ONNX Runtime ``CalibrationDataReader`` over ``calibration`` in batches of ``batch_size``."""
+
+    def __init__(self, input_name: str, calibration: np.ndarray, batch_size: int):
+        self.batches = iter([{input_name: np.ascontiguousarray(calibration[i:i + batch_size], np.float32)}
+                             for i in range(0, len(calibration), batch_size)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def _float_nodes(model_path: Path, modules: Iterable[str], head: bool) -> list[str]:
+    """Names of the nodes to leave in float: those the exporter wrote for torch ``modules`` (``net.lrn1``
+    -> ``/net/lrn1/...``) and, with ``head``, every node computing from a Gemm's output."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    prefixes = tuple("/" + m.replace(".", "/") + "/" for m in modules)
+    names = [n.name for n in graph.node if prefixes and n.name.startswith(prefixes)]
+    if head:
+        tainted = {o for n in graph.node if n.op_type == "Gemm" for o in n.output}
+        for n in graph.node:  # exported graphs are topologically sorted
+            if n.op_type != "Gemm" and tainted.intersection(n.input):
+                tainted.update(n.output)
+                names.append(n.name)
+    return names
+
+
+def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray,
+                  recipe: Int8Recipe = Int8Recipe(), float_modules: Iterable[str] = (),
+                  batch_size: int = 8) -> None:
+    """Write the int8 model of the ONNX file ``fp32_path`` to ``out_path`` atomically.
+
+    calibration: ``ndarray[N, 3, S, S] float32`` network inputs (N >= 1) whose activation ranges set the
+    quantization scales (every input's activations are held until the ranges are computed: keep N in
+    the hundreds at most); float_modules: torch module names whose nodes stay in float; batch_size:
+    calibration inputs per forward pass. Raises :class:`QuantizationError` naming the model.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    calibration = _check_calibration(calibration, str(fp32_path))
+    qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[recipe.calibration]
+    extra = {"CalibPercentile": float(recipe.percentile)} if recipe.calibration == "percentile" else {}
+    if recipe.head == "float":
+        extra["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    try:
+        import onnxruntime as ort
+
+        pre = work / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre))
+        input_name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+        exclude = _float_nodes(pre, float_modules, head=recipe.head == "float")
+        quantized = work / "int8.onnx"
+        quantize_static(
+            str(pre), str(quantized), _Reader(input_name, calibration, batch_size),
+            quant_format=QuantFormat.QDQ if recipe.format == "qdq" else QuantFormat.QOperator,
+            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+            activation_type=qtype[recipe.activations], weight_type=qtype[recipe.weights],
+            nodes_to_exclude=exclude or None, calibrate_method=method, extra_options=extra,
+        )
+        os.replace(quantized, out_path)  # same folder: atomic
+    except Exception as e:  # the quantizer raises many kinds (ValueError, RuntimeError, ONNX errors)
+        raise QuantizationError(f"{fp32_path}: int8 quantization failed ({type(e).__name__}: {e})") from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, calibration: np.ndarray,
+                       recipe: Int8Recipe = Int8Recipe()) -> Path:
+    """Path of a valid int8 model of ``model``, whose fp32 export is ``<dir>/<name>.onnx`` with cache key
+    ``fp32_key`` (its weights hash): ``<dir>/<name>.int8.onnx``, quantized when missing or stale.
+
+    calibration: ``ndarray[N, 3, S, S] float32`` network inputs, prepared in ``model.input_convention``
+    (:func:`crops_to_inputs`). The sidecar ``<name>.int8.json`` records the key (fp32 key, recipe,
+    calibration digest, input convention, ONNX Runtime version), the int8 file's sha256 and the LRN
+    decisions; a mismatch of key or hash, or a file ONNX Runtime cannot load, means
+    it is quantized again. Raises :class:`QuantizationError` when quantization fails.
+    """
+    import onnxruntime as ort
+
+    from detect.backends import export_onnx
+
+    fp32_path = Path(fp32_path)
+    calibration = _check_calibration(calibration, str(fp32_path))
+    stem = fp32_path.name.removesuffix(".onnx")
+    int8_path, meta_path = fp32_path.with_name(f"{stem}.int8.onnx"), fp32_path.with_name(f"{stem}.int8.json")
+    convention = getattr(model, "input_convention", None)
+    header = {"format": _INT8_FORMAT, "fp32_key": fp32_key, "recipe": asdict(recipe),
+              "calibration": calibration_digest(calibration), "calibration_inputs": len(calibration),
+              "input_convention": InputConvention.from_dict(convention).to_dict(), "onnxruntime": ort.__version__}
+    key = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+    if int8_path.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("key") == key and meta.get("sha256") == file_sha256(int8_path):
+                ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])  # loads: intact
+                return int8_path
+            log.warning("%s: stale int8 model (weights, calibration, recipe or ONNX Runtime changed), "
+                        "quantizing again", int8_path)
+        except Exception as e:  # corrupt JSON, truncated model, ...
+            log.warning("%s: unusable int8 model (%s), quantizing again", int8_path, e)
+    log.info("quantizing %s to int8 (%s, %d calibration inputs)", fp32_path, recipe.label(), len(calibration))
+    lrns = [name for name, m in model.named_modules() if isinstance(m, LocalResponseNorm)]
+    effects, folded = {}, []
+    if recipe.lrn == "fold" and lrns:
+        effects = lrn_effects(model, calibration)
+        folded = [name for name in lrns if effects[name] <= recipe.lrn_tolerance]
+        log.info("%s: LRN effects on the calibration inputs %s; folded (<= %g): %s", fp32_path.name,
+                 {n: f"{e:.2g}" for n, e in effects.items()}, recipe.lrn_tolerance, folded or "none")
+    source = fp32_path
+    work = Path(tempfile.mkdtemp(prefix=f".{stem}.int8src.", dir=fp32_path.parent))
+    try:
+        if folded:
+            source = work / "folded.onnx"
+            export_onnx(fold_lrns(model, folded), source, int(calibration.shape[-1]))
+        quantize_onnx(source, int8_path, calibration, recipe, float_modules=lrns if recipe.lrn == "float" else ())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    atomic_write_json(meta_path, {"key": key, "sha256": file_sha256(int8_path), **header,
+                                  "lrn_effects": effects, "lrn_folded": folded})
+    return int8_path
