@@ -60,7 +60,13 @@ class UnionProposer:
         if len(caps) != len(sources):
             raise ValueError(f"{len(sources)} sources but {len(caps)} caps")
         self.sources, self.caps, self.dedup_iou = sources, caps, dedup_iou
-        self.name = name or "+".join(s.name if c is None else f"{s.name}{c}" for s, c in zip(sources, caps))
+        self.name = self.name_for([s.name for s in sources], caps, name)
+
+    @staticmethod
+    def name_for(source_names: Sequence[str], caps: Sequence[int | None] | None, name: str | None = None) -> str:
+        """The store-file name of a union: ``name``, else the sources' names joined, each with its cap."""
+        caps = [None] * len(source_names) if caps is None else list(caps)
+        return name or "+".join(n if c is None else f"{n}{c}" for n, c in zip(source_names, caps))
 
     kind = "union"  # proposals.spec: how detector files and proposal stores record it
 

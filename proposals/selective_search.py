@@ -114,9 +114,14 @@ class SelectiveSearch:
         self.num_threads = num_threads
         self.seed = int(seed)
         self.max_side = int(max_side)
-        if name is None:
-            name = f"ss{self.superpixel_scale:g}x" if mode == "rcnn_fast" else f"ss_{mode}"
-        self.name = name
+        self.name = self.name_for(mode, superpixel_scale, name)
+
+    @staticmethod
+    def name_for(mode: str, superpixel_scale: float, name: str | None = None) -> str:
+        """The store-file name of these settings: ``name``, else ``ss<scale>x`` (R-CNN fast mode) or ``ss_<mode>``."""
+        if name is not None:
+            return name
+        return f"ss{float(superpixel_scale):g}x" if mode == "rcnn_fast" else f"ss_{mode}"
 
     kind = "selective_search"  # proposals.spec: how detector files and proposal stores record it
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from proposals.base import Proposer
 
-__all__ = ["KINDS", "proposer_spec", "build_proposer", "spec_digest", "spec_from_target_config", "embed_networks",
+__all__ = ["KINDS", "proposer_spec", "build_proposer", "spec_digest", "spec_name", "spec_from_target_config", "embed_networks",
            "check_spec"]
 
 KINDS = ("selective_search", "multibox", "union")
@@ -155,6 +155,21 @@ def build_proposer(spec: Mapping, source: str = "spec", onnx_cache: str | Path |
         return cls(*args, **params)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: {kind} proposer refused ({e})") from e
+
+
+def spec_name(spec: Mapping) -> str:
+    """The ``name`` of the proposer ``spec`` describes (its proposal stores' file-name part), by the
+    class's own rule and without building it (no MultiBox network is loaded)."""
+    kind, params = spec["kind"], dict(spec.get("params") or {})
+    cls = _classes()[kind]
+    defaults = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    value = lambda key: params.get(key, defaults.get(key))  # noqa: E731
+    if kind == "union":
+        return cls.name_for([spec_name(s) for s in spec.get("sources", [])], value("caps"), value("name"))
+    if kind == "selective_search":
+        return cls.name_for(value("mode"), value("superpixel_scale"), value("name"))
+    return cls.name
 
 
 def spec_digest(spec: Mapping) -> str:

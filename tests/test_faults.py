@@ -129,7 +129,7 @@ from detect.classes import ClassList  # noqa: E402
 from detect.io import atomic_torch_save, load_checkpoint  # noqa: E402
 from detect.models.googlenet import GoogLeNet  # noqa: E402
 from detect.pipeline import Detector, DetectorSettings, bundle_detector  # noqa: E402
-from proposals.spec import build_proposer, embed_networks, spec_from_target_config  # noqa: E402
+from proposals.spec import build_proposer, embed_networks, spec_from_target_config, spec_name  # noqa: E402
 
 CLASSES = ClassList.from_names(["cat", "dog"])
 
@@ -272,6 +272,21 @@ def test_spec_roundtrip_rebuilds_the_same_proposer(tmp_path):
     reference = instantiate(config, _convert_="all")
     np.testing.assert_array_equal(proposer(image).boxes, reference(image).boxes)
     assert proposer.name == reference.name
+    assert spec_name(spec_from_target_config(config)) == reference.name  # the name, without loading MultiBox
+
+
+@pytest.mark.parametrize("config", [
+    {"_target_": "proposals.selective_search.SelectiveSearch"},
+    {"_target_": "proposals.selective_search.SelectiveSearch", "superpixel_scale": 1.0},
+    {"_target_": "proposals.selective_search.SelectiveSearch", "mode": "opencv_quality"},
+    {"_target_": "proposals.selective_search.SelectiveSearch", "name": "mine"},
+    {"_target_": "proposals.merge.UnionProposer", "sources": [
+        {"_target_": "proposals.selective_search.SelectiveSearch", "superpixel_scale": 2.5},
+        {"_target_": "proposals.selective_search.SelectiveSearch", "mode": "opencv_fast"}], "caps": [None, 7]},
+])
+def test_spec_name_is_the_built_proposers_name(config):
+    from hydra.utils import instantiate
+    assert spec_name(spec_from_target_config(config)) == instantiate(config, _convert_="all").name
 
 
 # --------------------------------------------------------------------------- error boundaries in training

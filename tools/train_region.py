@@ -38,7 +38,7 @@ from detect.pipeline import DetectorSettings, bundle_detector
 from detect.quantize import draw_calibration_crops, draw_calibration_images
 from detect.region import RegionDataset, collate_regions
 from detect.runtime import worker_threads
-from proposals.spec import embed_networks, spec_from_target_config
+from proposals.spec import embed_networks, spec_from_target_config, spec_name
 from proposals.store import ProposalStore
 
 log = logging.getLogger("train_region")
@@ -51,7 +51,8 @@ def store_path(cfg: DictConfig, split: str, given: str | None) -> Path:
     """The proposal store of ``split``: ``given``, or where tools/propose.py writes it."""
     if given:
         return Path(given)
-    return proposal_store_path(cfg.paths.proposals_dir, cfg.data, split, instantiate(cfg.proposals, _convert_="all").name)
+    spec = spec_from_target_config(OmegaConf.to_container(cfg.proposals, resolve=True), "conf: proposals")
+    return proposal_store_path(cfg.paths.proposals_dir, cfg.data, split, spec_name(spec))  # nothing built or loaded
 
 
 def _open_store(path: Path) -> ProposalStore | None:
