@@ -49,7 +49,7 @@ from detect.evaluation import evaluate
 from detect.io import load_checkpoint
 from detect.pipeline import Detector, _member_network, _read_detector, per_class_nms
 from detect.quantize import Int8Recipe, QuantizationError, cpu_has_int8_dot, crops_to_inputs, fold_lrns, lrn_effects
-from detect.region import Ensemble, normalize_image, warp_regions
+from detect.region import ensemble_probs, normalize_image, warp_regions
 from proposals.store import ProposalStore
 
 
@@ -229,8 +229,8 @@ def main() -> None:
             image = read_image(r.path)
             boxes, crops = image_crops(image, store.get(r.image_id), settings, convention)
             for label, scorer_list in members.items():
-                ensemble = Ensemble(scorer_list, settings.cascade_threshold)
-                p = torch.cat([ensemble(crops[i:i + args.batch]) for i in range(0, len(crops), args.batch)])
+                p = torch.cat([ensemble_probs(scorer_list, crops[i:i + args.batch], settings.cascade_threshold)
+                               for i in range(0, len(crops), args.batch)])
                 probs[label].append(p)
                 b, s, l = per_class_nms(boxes, p, settings.nms_iou, settings.score_threshold, settings.max_per_image)
                 dets[label].append(Detections.for_image(r.index, l.numpy(), s.numpy(), b.numpy()))
@@ -295,7 +295,7 @@ def main() -> None:
             for count in (1, 6):
                 for cascade in ((None, args.cascade_threshold) if count > 1 else (None,)):
                     chosen = [members[label][k % len(nets)] for k in range(count)]
-                    det = Detector(None, Ensemble(chosen, cascade), contents["classes"], settings, device="cpu")
+                    det = Detector(None, chosen, contents["classes"], settings, cascade_threshold=cascade)
                     name = f"{short[label]} members={count}" + (f" cascade {cascade}" if cascade else "")
                     setups[name] = lambda d=det: [d.detect(image, boxes) for image, boxes in items]
         image_rounds = max(2, args.rounds // 2)

@@ -19,7 +19,7 @@ import torch
 from detect.classes import ClassList
 from detect.models.googlenet import GoogLeNet
 from detect.pipeline import Detector
-from detect.region import Ensemble
+from detect.backends import TorchScorer
 
 
 def _proposals(rng: np.random.Generator, n: int, width: int, height: int) -> np.ndarray:
@@ -42,14 +42,14 @@ def main() -> None:
     torch.manual_seed(0)
     classes = ClassList.from_names([f"c{i}" for i in range(200)])
     member = GoogLeNet(num_classes=201, aux_logits=False).eval()
-    detector = Detector(None, Ensemble([member]), classes, crop_size=224, context=16, batch_size=args.batch_size,
-                        device=args.device, channels_last=args.channels_last)
+    scorer = TorchScorer(member, args.device, amp="none", channels_last=args.channels_last)
+    detector = Detector(None, [scorer], classes, crop_size=224, context=16, batch_size=args.batch_size)
     image = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
     boxes = _proposals(rng, args.batch_size * (args.batches + 1), 500, 375)
     crops = torch.randn(args.batch_size, 3, 224, 224, device=detector.device)
     if args.channels_last:
         crops = crops.contiguous(memory_format=torch.channels_last)
-    model = detector.ensemble.members[0]
+    model = scorer.model
     sync = torch.cuda.synchronize if detector.device.type == "cuda" else (lambda: None)
 
     def bare() -> float:

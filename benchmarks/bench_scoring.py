@@ -35,7 +35,7 @@ from detect.backends import (OnnxScorer, TorchScorer, cached_onnx_export, export
 from detect.classes import ClassList
 from detect.models.googlenet import GoogLeNet, LocalResponseNorm
 from detect.pipeline import Detector
-from detect.region import Ensemble, context_boxes, normalize_image, warp_regions
+from detect.region import context_boxes, normalize_image, warp_regions
 
 
 def _image_and_boxes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +105,7 @@ def main() -> None:
     crops = [warp_regions(tensor, torch.from_numpy(boxes[i:i + args.batch]), args.crop_size, 16)
              for i in range(0, args.crops, args.batch)]
     eager, ort = TorchScorer(model, "cpu"), OnnxScorer(onnx_path, num_threads=args.threads)  # eager: channels-last
-    detectors = {b: Detector(None, Ensemble(make_scorers([model], b, "cpu", args.crop_size, cache_dir=cache)),
+    detectors = {b: Detector(None, make_scorers([model], b, "cpu", args.crop_size, cache_dir=cache),
                              classes, crop_size=args.crop_size, batch_size=args.batch)
                  for b in ("torch", "auto")}
     runs = {
@@ -178,15 +178,15 @@ def main() -> None:
             backend, members, *rest = setting.split(":")
             members, cascade = int(members), bool(rest)
             if cascade and threshold is None:  # member 0's best foreground probability per region
-                first = Detector(None, Ensemble(make_scorers([model], "auto", "cpu", args.crop_size, cache_dir=cache)),
+                first = Detector(None, make_scorers([model], "auto", "cpu", args.crop_size, cache_dir=cache),
                                  classes, crop_size=args.crop_size, batch_size=args.batch)
                 best = first.score(image, boxes)[:, 1:].max(dim=1).values
                 threshold = float(torch.quantile(best.double(), 1.0 - args.cascade_pass))
                 passed = float((best >= threshold).float().mean())
                 print(f"  cascade threshold {threshold:.6g}: {passed:.3f} of the regions pass to members 1..")
             scorers = make_scorers([model] * members, backend, "cpu", args.crop_size, cache_dir=cache)
-            det = Detector(None, Ensemble(scorers, threshold if cascade else None), classes,
-                           crop_size=args.crop_size, batch_size=args.batch)
+            det = Detector(None, scorers, classes, crop_size=args.crop_size, batch_size=args.batch,
+                           cascade_threshold=threshold if cascade else None)
             start = time.perf_counter()
             for _ in range(args.image_runs):
                 det.detect(image, boxes)

@@ -49,7 +49,6 @@ from detect.classes import ClassList
 from detect.engine import ClassificationLoss
 from detect.models.googlenet import GoogLeNet
 from detect.pipeline import Detector
-from detect.region import Ensemble
 
 GOAL_CROPS_PER_S = 4000.0
 GOAL_SECONDS_PER_IMAGE = 1.0
@@ -193,7 +192,7 @@ def detection(s: dict, device: torch.device, deadline: float) -> dict:
 
     def detector(members: int, cascade: float | None) -> Detector:
         scorers = make_scorers([model] * members, "torch", device, s["crop"], amp=amp)
-        return Detector(None, Ensemble(scorers, cascade), classes, device=device, crop_size=s["crop"],
+        return Detector(None, scorers, classes, cascade_threshold=cascade, crop_size=s["crop"],
                         context=max(1, 16 * s["crop"] // 224), batch_size=s["det_batch"])
 
     best = detector(1, None).score(image, boxes)[:, 1:].max(dim=1).values.float().cpu()

@@ -1,16 +1,17 @@
 """Inference backends for region-scoring networks: eager PyTorch and ONNX Runtime.
 
 A *scorer* is a callable ``crops: Tensor[N, 3, S, S] float32 (prepared with the scorer's
-``input_convention``, that of the model's weights) -> Tensor[N, C] float32 logits`` (on the CPU for
-ONNX Runtime, on the scorer's device for torch). The ensemble and the detector only ever call
-scorers, so every backend serves the cascade and the shared crop batch alike. An ONNX export takes
+``input_convention``, that of the model's weights) -> Tensor[N, C] float32 logits`` with a ``device``
+(where it wants its crops: the CPU for ONNX Runtime). The scorer alone decides the device, autocast
+and memory format of its network; the ensemble (:func:`detect.region.ensemble_probs`) and the
+detector only ever call scorers, so every backend serves the cascade and the shared crop batch alike. An ONNX export takes
 the prepared crops too; its sidecar JSON records the input convention they follow.
 
-- ``torch``: the module in eval mode under ``torch.inference_mode``, channels-last (on the project's
-  2-core CPU 1.7x NCHW for the paper network, see benchmarks/README.md), on CUDA with bf16 (or fp16)
+- ``torch``: the module in eval mode under ``torch.inference_mode``, channels-last (faster than NCHW
+  for the paper network on the project's CPU: benchmarks/README.md), on CUDA with bf16 (or fp16)
   autocast; logits returned as float32.
 - ``onnxruntime``: the member exported to ONNX (dynamic batch) and run by ONNX Runtime's CPU provider,
-  about twice as fast as eager PyTorch on a CPU (see benchmarks/README.md). Exports are cached beside
+  faster than eager PyTorch on a CPU (figures: benchmarks/README.md). Exports are cached beside
   the detector checkpoint, keyed on a hash of the member's weights, architecture, crop size and the
   exporter versions; an export whose key or content hash does not match, or that ONNX Runtime cannot
   load, is rebuilt, never silently used.
@@ -23,8 +24,8 @@ Precision of the ONNX Runtime backend (``precision``):
   inputs (:mod:`detect.quantize`), cached beside the fp32 export; an error when it cannot be made
   (no calibration inputs, the torch backend, a failed quantization).
 - ``auto``: int8 on CPUs with 8-bit dot-product instructions (AVX-512 VNNI or AMX), where it
-  was measured faster (benchmarks/int8.md: 1.5-1.9x fp32 crops/s on the demo detector, 0.01 points
-  of mAP), with a recipe measured faster, when calibration inputs exist; fp32 otherwise, and fp32
+  was measured faster with no measurable loss of mAP (benchmarks/int8.md), with a recipe measured
+  faster, when calibration inputs exist; fp32 otherwise, and fp32
   with a warning when the int8 model cannot be made.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ from detect.quantize import Int8Recipe, QuantizationError, cached_int8_export, c
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TorchScorer", "OnnxScorer", "session_options", "export_onnx", "cached_onnx_export", "make_scorer",
+__all__ = ["TorchScorer", "OnnxScorer", "as_scorer", "session_options", "export_onnx", "cached_onnx_export", "make_scorer",
            "make_scorers", "resolve_backend", "resolve_precision", "PRECISIONS"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -84,6 +85,17 @@ class TorchScorer:
         return logits.float()
 
 
+def as_scorer(member: nn.Module | Scorer) -> Scorer:
+    """``member`` as a scorer: a scorer as it is; a module as a :class:`TorchScorer` on the device of its
+    parameters (its defaults: autocast on CUDA, channels-last)."""
+    if not isinstance(member, nn.Module):
+        if not callable(member) or not hasattr(member, "device"):
+            raise TypeError(f"{type(member).__name__} is neither a module nor a scorer (a callable with a device)")
+        return member
+    param = next(member.parameters(), None)
+    return TorchScorer(member, param.device if param is not None else "cpu")
+
+
 def session_options(num_threads: int | None = None):
     """ONNX Runtime session options of every scorer: all graph optimisations, ``num_threads`` intra-op
     threads (None: torch's intra-op thread count, which follows ``OMP_NUM_THREADS`` and
@@ -108,6 +120,7 @@ class OnnxScorer:
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
+        self.device = torch.device("cpu")
         self.input_convention = input_convention or IMAGENET
         self.precision = precision
         self.session = ort.InferenceSession(str(self.path), session_options(num_threads),
@@ -201,8 +214,7 @@ def resolve_precision(precision: str, backend: str, has_calibration: bool,
     has_calibration: calibration inputs exist; cpu_flags: the CPU's feature flags (None: this CPU's);
     recipe: the int8 recipe (None: the defaults). ``auto`` gives int8 only where it was measured faster
     than fp32 (benchmarks/int8.md): a CPU with AVX-512 VNNI or AMX, and a recipe other than those
-    measured slower (LRNs left in float: 0.87x on the demo detector; signed int8 activations:
-    0.16-0.71x). ``int8`` without ONNX Runtime or without calibration inputs is a ``ValueError`` saying
+    measured slower (LRNs left in float; signed int8 activations). ``int8`` without ONNX Runtime or without calibration inputs is a ``ValueError`` saying
     what to do.
     """
     if precision not in PRECISIONS:

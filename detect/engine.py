@@ -591,9 +591,7 @@ class ClassificationLoss:
     def __call__(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch[0].to(device, non_blocking=True)
         labels = batch[1].to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        out = model(images)
+        out = model(images)  # the model's memory format is fit's choice (TrainSettings.channels_last)
         logits = _logits(out)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         if not isinstance(out, torch.Tensor):

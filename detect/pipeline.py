@@ -27,14 +27,14 @@ import torch
 from torch import Tensor
 from torchvision import ops
 
-from detect.backends import make_scorers
+from detect.backends import as_scorer, make_scorers
 from detect.classes import ClassList
 from detect.data.images import read_image
 from detect.distributed import resolve_device
 from detect.io import atomic_torch_save, load_checkpoint
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, model_from_entry, strip_module_prefix
 from detect.quantize import Int8Recipe, crops_to_inputs
-from detect.region import Ensemble, normalize_image, warp_regions
+from detect.region import ensemble_probs, input_conventions, normalize_image, warp_regions
 from proposals.spec import build_proposer, check_spec, spec_from_target_config
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class DetectorSettings:
     nms_iou, score_threshold, max_per_image: :func:`per_class_nms`; batch_size: crops per forward;
     min_size: proposals narrower or shorter than this (pixels, after clipping) are dropped;
     cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is
-    at least this (:class:`detect.region.Ensemble`); mean, std: the RGB 0..1 normalisation of members
+    at least this (:func:`detect.region.ensemble_probs`); mean, std: the RGB 0..1 normalisation of members
     that record no input convention (files written before members recorded theirs); every other
     member's crops follow its own ``model_kwargs["input_convention"]``.
     """
@@ -158,23 +158,27 @@ class Detector:
     """The GoogLeNet detector of ILSVRC 2014, R-CNN style.
 
     proposer: callable ``ndarray[H, W, 3] uint8 -> Proposals`` (or None when proposals are always passed in)
-    ensemble: :class:`detect.region.Ensemble` (member outputs: background + ``len(classes)`` columns)
+    scorers: the ensemble's members, scorers of :mod:`detect.backends` (a module is run by a
+    ``TorchScorer`` on its parameters' device); their outputs: background + ``len(classes)`` columns.
+    They decide their device, autocast and memory format; crops are warped on member 0's device.
     classes: ClassList; settings: :class:`DetectorSettings` (keyword ``overrides`` replace single ones,
-    e.g. ``crop_size=64``); device: "auto", "cpu", "cuda", ...; channels_last: NHWC convolutions.
+    e.g. ``crop_size=64``).
     """
 
-    def __init__(self, proposer: Callable | None, ensemble: Ensemble, classes: ClassList,
-                 settings: DetectorSettings | None = None, device: str | torch.device = "cpu",
-                 channels_last: bool = False, **overrides):
+    def __init__(self, proposer: Callable | None, scorers: Sequence[Callable], classes: ClassList,
+                 settings: DetectorSettings | None = None, **overrides):
+        if not scorers:
+            raise ValueError("a detector needs at least one scorer")
+        if {"device", "channels_last", "amp"} & set(overrides):
+            raise TypeError("device, amp and channels_last are the scorers' choice: build them with "
+                            "detect.backends.make_scorers(..., device=...) or TorchScorer(model, device, ...)")
         self.proposer = proposer
         self.classes = classes
         settings = settings or DetectorSettings()
         self.settings = settings.replace(**overrides) if overrides else settings
-        self.device = resolve_device(device)
-        self.channels_last = channels_last
-        self.ensemble = ensemble.to(self.device).eval()
-        if channels_last:
-            self.ensemble.to(memory_format=torch.channels_last)
+        self.scorers = [as_scorer(s) for s in scorers]
+        self.device = self.scorers[0].device
+        self.conventions = input_conventions(self.scorers)
 
     def proposals(self, image: np.ndarray) -> np.ndarray:
         """The live proposer's boxes for ``image``: ndarray[N, 4] float32."""
@@ -190,16 +194,14 @@ class Detector:
         ``batch_size`` at a time (all of an image's crops at once would not fit in memory).
         """
         # one prepared image per input convention of the members (its zero padding is that convention's mean)
-        tensors = {c: normalize_image(image, c, self.device) for c in self.ensemble.conventions}
+        tensors = {c: normalize_image(image, c, self.device) for c in self.conventions}
         boxes = torch.as_tensor(np.asarray(boxes, np.float32) if not isinstance(boxes, Tensor) else boxes,
                                 dtype=torch.float32, device=self.device).reshape(-1, 4)
         out = []
         for i in range(0, len(boxes), self.settings.batch_size):
             crops = {c: warp_regions(t, boxes[i:i + self.settings.batch_size], self.settings.crop_size,
                                      self.settings.context) for c, t in tensors.items()}
-            if self.channels_last:
-                crops = {c: x.contiguous(memory_format=torch.channels_last) for c, x in crops.items()}
-            out.append(self.ensemble(crops))
+            out.append(ensemble_probs(self.scorers, crops, self.settings.cascade_threshold))
         if not out:
             return torch.zeros((0, len(self.classes) + 1), device=self.device)
         return torch.cat(out)
@@ -289,7 +291,7 @@ class Detector:
         inputs = None if calibration is None else [crops_to_inputs(calibration["crops"], n.input_convention) for n in nets]
         scorers = make_scorers(nets, backend, device, settings.crop_size, amp=amp, cache_dir=cache, precision=precision,
                                calibration=inputs, int8_recipe=None if calibration is None else calibration["recipe"])
-        return cls(proposer, Ensemble(scorers, settings.cascade_threshold), contents["classes"], settings, device=device)
+        return cls(proposer, scorers, contents["classes"], settings)
 
 
 def _member_network(entry: Any, k: int, source: str, settings: DetectorSettings) -> GoogLeNet:

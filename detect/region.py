@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 from torchvision import ops
 
@@ -38,7 +38,8 @@ __all__ = [
     "sample_regions",
     "RegionDataset",
     "collate_regions",
-    "Ensemble",
+    "input_conventions",
+    "ensemble_probs",
 ]
 
 
@@ -281,70 +282,54 @@ def collate_regions(items: list[tuple[Tensor, Tensor] | SkippedItem]) -> Classif
     return ClassificationBatch(torch.cat(crops), torch.cat(labels), len(skipped), skipped)
 
 
-class Ensemble(nn.Module):
-    """Average of the members' softmax probabilities per region, optionally as a cascade.
+def input_conventions(members: Sequence[Callable]) -> list[InputConvention]:
+    """The distinct input conventions of ``members`` (scorers or modules; ImageNet's for one that names
+    none), in first-member order: the crop batches an ensemble of them needs."""
+    return list(dict.fromkeys(getattr(m, "input_convention", IMAGENET) for m in members))
 
-    members: region classifiers mapping ``Tensor[B, 3, S, S]`` to logits ``Tensor[B, C + 1]`` in eval mode:
-    modules, or scorers of :mod:`detect.backends` (eager torch with AMP, ONNX Runtime); each carries
-    the ``input_convention`` of its weights (ImageNet when it has none). ``conventions`` lists the
-    distinct ones (first-member order); members of one convention share each crop batch.
-    cascade_threshold: None scores every region with every member; a float lets member 0 score all
-    regions and the others only those whose best foreground probability under member 0 is
+
+def _member_probs(member: Callable, x: Tensor) -> Tensor:
+    out = member(x)
+    logits = out[0] if isinstance(out, tuple) else out
+    return logits.float().softmax(dim=1)
+
+
+def ensemble_probs(members: Sequence[Callable], crops: Tensor | Mapping[InputConvention, Tensor],
+                   cascade_threshold: float | None = None) -> Tensor:
+    """Average of the members' softmax probabilities over the same B regions.
+
+    members: region classifiers ``Tensor[B, 3, S, S] -> logits Tensor[B, C + 1]`` (the scorers of
+    :mod:`detect.backends`, or modules in eval mode; a tuple output's first element is the logits), each
+    with the ``input_convention`` of its weights (ImageNet when it names none). crops:
+    ``{convention: Tensor[B, 3, S, S]}`` for every one of :func:`input_conventions` (a bare Tensor when
+    there is one). cascade_threshold: None scores every region with every member; a float lets member 0
+    score all regions and the others only those whose best foreground probability under member 0 is
     ``>= cascade_threshold`` (the rest keep member 0's probabilities).
+    returns Tensor[B, C + 1] float32, rows summing to 1.
     """
-
-    def __init__(self, members: Sequence[nn.Module | Callable[[Tensor], Tensor]],
-                 cascade_threshold: float | None = None):
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        # modules (training, tests) move with the ensemble; scorers (detect.backends) place themselves
-        modules = all(isinstance(m, nn.Module) for m in members)
-        self.members = nn.ModuleList(members) if modules else list(members)
-        self.cascade_threshold = cascade_threshold
-        self.member_conventions = [getattr(m, "input_convention", IMAGENET) for m in members]
-        self.conventions = list(dict.fromkeys(self.member_conventions))
-
-    @staticmethod
-    def _probs(member: nn.Module, x: Tensor) -> Tensor:
-        out = member(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        return logits.float().softmax(dim=1)
-
-    def forward(self, crops: Tensor | Mapping[InputConvention, Tensor]) -> Tensor:
-        """crops: the same B regions as ``{convention: Tensor[B, 3, S, S]}`` for every convention in
-        ``self.conventions`` (or a bare Tensor when there is one) -> probabilities Tensor[B, C + 1]
-        float32 (rows sum to 1)."""
-        if isinstance(crops, Tensor):
-            if len(self.conventions) > 1:
-                raise ValueError(f"the members expect {len(self.conventions)} input conventions: pass one crop "
-                                 "batch per convention ({convention: crops})")
-            crops = {self.conventions[0]: crops}
-        batches = [crops[c] for c in self.member_conventions]
-        probs = self._probs(self.members[0], batches[0])
-        if len(self.members) == 1:
-            return probs
-        if self.cascade_threshold is None:
-            total = probs.clone()
-            for member, batch in zip(self.members[1:], batches[1:]):
-                total += self._probs(member, batch)
-            return total / len(self.members)
-        passed = torch.where(probs[:, 1:].max(dim=1).values >= self.cascade_threshold)[0]
-        if len(passed) == 0:
-            return probs
-        total = probs[passed].clone()
-        for member, batch in zip(self.members[1:], batches[1:]):
-            total += self._probs(member, batch[passed])
-        probs = probs.clone()
-        probs[passed] = total / len(self.members)
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    conventions = input_conventions(members)
+    if isinstance(crops, Tensor):
+        if len(conventions) > 1:
+            raise ValueError(f"the members expect {len(conventions)} input conventions: pass one crop "
+                             "batch per convention ({convention: crops})")
+        crops = {conventions[0]: crops}
+    batches = [crops[getattr(m, "input_convention", IMAGENET)] for m in members]
+    probs = _member_probs(members[0], batches[0])
+    if len(members) == 1:
         return probs
-
-    @torch.inference_mode()
-    def score_regions(self, crops: Tensor | Mapping[InputConvention, Tensor], batch_size: int = 128) -> Tensor:
-        """Eval-mode probabilities of ``crops`` (as :meth:`forward`, N regions) in batches -> ``Tensor[N, C + 1]`` float32."""
-        self.eval()
-        crops = crops if isinstance(crops, Mapping) else {c: crops for c in self.conventions[:1]}
-        n = len(next(iter(crops.values())))
-        if n == 0:
-            return torch.zeros((0, 0))
-        return torch.cat([self({c: x[i:i + batch_size] for c, x in crops.items()}) for i in range(0, n, batch_size)])
+    if cascade_threshold is None:
+        total = probs.clone()
+        for member, batch in zip(members[1:], batches[1:]):
+            total += _member_probs(member, batch)
+        return total / len(members)
+    passed = torch.where(probs[:, 1:].max(dim=1).values >= cascade_threshold)[0]
+    if len(passed) == 0:
+        return probs
+    total = probs[passed].clone()
+    for member, batch in zip(members[1:], batches[1:]):
+        total += _member_probs(member, batch[passed])
+    probs = probs.clone()
+    probs[passed] = total / len(members)
+    return probs

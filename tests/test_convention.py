@@ -15,7 +15,7 @@ from detect.io import atomic_torch_save, load_checkpoint
 from detect.models.convention import BVLC, IMAGENET, IMAGENET_MEAN, IMAGENET_STD, RGB01, InputConvention, WithInputConvention
 from detect.models.googlenet import GoogLeNet, checkpoint_convention, load_model, load_pretrained
 from detect.pipeline import Detector, DetectorSettings, bundle_detector
-from detect.region import Ensemble, RegionDataset, normalize_image, warp_regions
+from detect.region import RegionDataset, ensemble_probs, normalize_image, warp_regions
 from detect.data.records import DetectionRecord
 from detect.data.transforms import TestTransform
 from proposals.multibox.model import preprocess
@@ -121,22 +121,22 @@ def test_ensemble_mixing_conventions_gives_each_member_its_own_crops(tmp_path):
     members = _members_with([IMAGENET, BVLC, IMAGENET])
     image = _image(48, 64)
     boxes = np.array([[0, 0, 30, 20], [10, 5, 64, 48], [-4, -4, 20, 30]], np.float32)
-    det = Detector(None, Ensemble(members), classes, crop_size=64, context=4, batch_size=2)
-    assert det.ensemble.conventions == [IMAGENET, BVLC]  # two warps per batch, not three
+    det = Detector(None, members, classes, crop_size=64, context=4, batch_size=2)
+    assert det.conventions == [IMAGENET, BVLC]  # two warps per batch, not three
     expected = _manual_probs(members, image, boxes, 64, 4)
     assert torch.allclose(det.score(image, boxes), expected, atol=1e-5)
     # the guard: the BVLC member fed ImageNet crops would score differently
     wrong = _manual_probs([members[0], _members_with([IMAGENET])[0], members[2]], image, boxes, 64, 4)
     assert not torch.allclose(det.score(image, boxes), wrong, atol=1e-3)
     with pytest.raises(ValueError, match="one crop batch per convention"):
-        det.ensemble(torch.zeros(1, 3, 64, 64))
+        ensemble_probs(det.scorers, torch.zeros(1, 3, 64, 64))
     # the detector file keeps each member's convention; both backends apply it
     ckpts = [{"model_kwargs": m.model_kwargs, "model_state": m.state_dict()} for m in members]
     path = tmp_path / "detector.pt"
     bundle_detector(ckpts, classes, DetectorSettings(crop_size=64, context=4, batch_size=2), path)
     for backend in ("torch", "onnxruntime"):
         loaded = Detector.from_checkpoint(path, backend=backend, stored_proposer=False)
-        assert loaded.ensemble.member_conventions == [IMAGENET, BVLC, IMAGENET]
+        assert [s.input_convention for s in loaded.scorers] == [IMAGENET, BVLC, IMAGENET]
         assert torch.allclose(loaded.score(image, boxes), expected, atol=1e-4), backend
     sidecar = json.loads((tmp_path / "detector.pt.onnx" / "member1.json").read_text())
     assert InputConvention.from_dict(sidecar["input_convention"]) == BVLC
@@ -153,7 +153,7 @@ def test_members_without_a_recorded_convention_use_the_files_mean_std(tmp_path):
                     tmp_path / "old.pt")
     assert "input_convention" not in load_checkpoint(tmp_path / "old.pt")["members"][0]["model_kwargs"]
     loaded = Detector.from_checkpoint(tmp_path / "old.pt", backend="torch", stored_proposer=False)
-    assert loaded.ensemble.member_conventions == [InputConvention(mean=(0.5,) * 3, std=(0.25,) * 3)]
+    assert [s.input_convention for s in loaded.scorers] == [InputConvention(mean=(0.5,) * 3, std=(0.25,) * 3)]
 
 
 def test_with_input_convention_prepares_plain_crops():

@@ -279,7 +279,7 @@ def test_detector_file_carries_calibration_and_loads_int8(trained, world, tmp_pa
     boxes = np.array([[0, 0, 40, 40], [10, 5, 60, 50], [20, 20, 64, 64]], np.float32)
     fp32 = Detector.from_checkpoint(path, precision="fp32")
     int8 = Detector.from_checkpoint(path, precision="int8")
-    assert [m.precision for m in int8.ensemble.members] == ["int8"]
+    assert [m.precision for m in int8.scorers] == ["int8"]
     meta = json.loads((tmp_path / "detector.pt.onnx" / "member0.int8.json").read_text())
     assert meta["calibration_inputs"] == 6 and meta["recipe"]["lrn"] == "fold"
     a, b = fp32.score(image, boxes), int8.score(image, boxes)
@@ -292,7 +292,7 @@ def test_detector_file_carries_calibration_and_loads_int8(trained, world, tmp_pa
     monkeypatch.setattr("detect.backends.cpu_has_int8_dot", lambda flags=None: True)
     with caplog.at_level(logging.WARNING):
         auto = Detector.from_checkpoint(bare, precision="auto")
-    assert [m.precision for m in auto.ensemble.members] == ["fp32"] and "no calibration inputs" in caplog.text
+    assert [m.precision for m in auto.scorers] == ["fp32"] and "no calibration inputs" in caplog.text
 
     raw["calibration"]["crops"] = raw["calibration"]["crops"][:, :, :16]  # not the crop size
     torch.save(raw, tmp_path / "bad.pt")
@@ -342,7 +342,7 @@ def test_int8_members_calibrate_in_their_own_convention(trained, world, tmp_path
     path = tmp_path / "detector.pt"
     bundle_detector(members, ClassList.from_names(["a", "b", "c"]), settings, path, calibration={"crops": crops})
     int8 = Detector.from_checkpoint(path, precision="int8")
-    assert [m.input_convention for m in int8.ensemble.members] == [IMAGENET, BVLC]
+    assert [m.input_convention for m in int8.scorers] == [IMAGENET, BVLC]
     for k, convention in enumerate((IMAGENET, BVLC)):
         meta = json.loads((tmp_path / "detector.pt.onnx" / f"member{k}.int8.json").read_text())
         assert meta["input_convention"] == convention.to_dict()
@@ -351,7 +351,7 @@ def test_int8_members_calibrate_in_their_own_convention(trained, world, tmp_path
     for k, (member, convention) in enumerate(zip((trained, bvlc), (IMAGENET, BVLC))):
         inputs = convention.normalize(pixels)
         with torch.inference_mode():
-            diffs.append((int8.ensemble.members[k](inputs).softmax(1) - member(inputs).softmax(1)).abs())
+            diffs.append((int8.scorers[k](inputs).softmax(1) - member(inputs).softmax(1)).abs())
     # measured: |dp| mean 0.0032 / 0.0034, max 0.035 / 0.053
     assert all(d.mean().item() < 0.01 and d.max().item() < 0.15 for d in diffs)
     # mutation guard: the BVLC member calibrated on ImageNet-prepared inputs (the convention ignored) is far off

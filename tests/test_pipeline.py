@@ -11,7 +11,6 @@ from detect.io import load_checkpoint
 from detect.models.convention import BVLC
 from detect.models.googlenet import GoogLeNet
 from detect.pipeline import DETECTOR_FORMAT, Detector, DetectorSettings, bundle_detector, per_class_nms
-from detect.region import Ensemble
 from proposals.base import Proposals
 
 TINY = dict(width=0.125, aux_logits=True, lrn=False, dropout=0.0)
@@ -66,8 +65,8 @@ def _members(n, num_classes, seed=0):
 def test_detector_detects_and_roundtrips_checkpoint(tmp_path):
     classes = ClassList.from_names(["cat", "dog", "car"])
     members = _members(2, len(classes))
-    det = Detector(_GridProposer(), Ensemble(members), classes, crop_size=64, context=4, nms_iou=0.3,
-                   score_threshold=0.0, max_per_image=5, batch_size=2, device="cpu")
+    det = Detector(_GridProposer(), members, classes, crop_size=64, context=4, nms_iou=0.3,
+                   score_threshold=0.0, max_per_image=5, batch_size=2)
     image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     res = det.detect(image)
     assert res.boxes.shape == (5, 4) and res.boxes.dtype == np.float32 and res.labels.dtype == np.int64
@@ -94,7 +93,7 @@ def test_detector_detects_and_roundtrips_checkpoint(tmp_path):
     np.testing.assert_allclose(res2.boxes, res.boxes, atol=1e-4)
     # cached proposals instead of the proposer; a single member; a cascade override
     one = Detector.from_checkpoint(path, stored_proposer=False, members=[0], cascade_threshold=0.9)
-    assert len(one.ensemble.members) == 1 and one.ensemble.cascade_threshold == 0.9
+    assert len(one.scorers) == 1 and one.settings.cascade_threshold == 0.9
     res3 = one.detect(image, proposals=np.array([[0, 0, 32, 24]], np.float32))
     assert len(res3) == 3 and np.all(res3.boxes == [0, 0, 32, 24])
     with pytest.raises(ValueError, match="no proposer"):
@@ -116,7 +115,7 @@ def test_detector_checkpoint_errors(tmp_path):
 
 def test_detector_no_proposals_gives_empty_result():
     classes = ClassList.from_names(["a", "b"])
-    det = Detector(None, Ensemble(_members(1, 2)), classes, crop_size=64, context=4)
+    det = Detector(None, _members(1, 2), classes, crop_size=64, context=4)
     res = det.detect(np.zeros((20, 20, 3), np.uint8), proposals=np.zeros((0, 4), np.float32))
     assert res.boxes.shape == (0, 4) and len(res.scores) == 0
 
@@ -172,7 +171,7 @@ def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
     assert bundle["settings"]["crop_size"] == 64 and bundle["proposer"]["params"]["mode"] == "opencv_fast"
     assert bundle["members"][0]["model_kwargs"]["input_convention"] == BVLC.to_dict()
     assert Detector.from_checkpoint(tmp_path / "work" / "detector.pt", backend="torch",
-                                    stored_proposer=False).ensemble.conventions == [BVLC]
+                                    stored_proposer=False).conventions == [BVLC]
     assert bundle["classes"]["names"] == list(read_ilsvrc_det(root, "val", classes=root / "classes.tsv").classes.names)
 
     run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *common, "split=val",

@@ -10,7 +10,7 @@ from torch import nn
 from detect.data.records import DetectionRecord, SkippedItem
 from detect.models.convention import InputConvention
 from detect.engine import ClassificationLoss, evaluate_classification
-from detect.region import (Ensemble, RegionDataset, add_ground_truth, assign_region_labels,
+from detect.region import (RegionDataset, ensemble_probs, add_ground_truth, assign_region_labels,
                            collate_regions, context_boxes, normalize_image, sample_regions, warp_regions)
 
 HALF = InputConvention(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # RGB 0..1 -> (x - 0.5) / 0.25
@@ -179,7 +179,8 @@ class _Fixed(nn.Module):
 def test_ensemble_averages_softmax():
     a, b = _Fixed([0.0, 1.0, 2.0]), _Fixed([3.0, -1.0, 0.0])
     x = torch.randn(5, 3, 4, 4)
-    probs = Ensemble([a, b]).score_regions(x, batch_size=2)
+    with torch.no_grad():
+        probs = ensemble_probs([a, b], x)
     expected = (a(x).softmax(1) + b(x).softmax(1)) / 2
     torch.testing.assert_close(probs, expected)
     torch.testing.assert_close(probs.sum(1), torch.ones(5))
@@ -189,7 +190,8 @@ def test_ensemble_cascade_keeps_member0_scores_for_unpassed():
     a, b = _Fixed([0.0, 1.0, 0.0]), _Fixed([0.0, 0.0, 5.0])
     x = torch.stack([torch.full((3, 2, 2), v) for v in (-4.0, 0.0, 4.0)])
     p0 = a(x).softmax(1)
-    probs = Ensemble([a, b], cascade_threshold=0.5).score_regions(x)
+    with torch.no_grad():
+        probs = ensemble_probs([a, b], x, cascade_threshold=0.5)
     passed = p0[:, 1:].max(1).values >= 0.5
     assert passed.tolist() == [False, False, True]
     torch.testing.assert_close(probs[~passed], p0[~passed])

@@ -143,7 +143,7 @@ def main(cfg: DictConfig) -> None:
 
     output = Path(cfg.output or detections_path(cfg.paths.detections_dir, cfg.data, cfg.split))
     check_output_is_ours(output)
-    precision = [getattr(m, "precision", "fp32") for m in detector.ensemble.members]
+    precision = [getattr(m, "precision", "fp32") for m in detector.scorers]
     key = fingerprint(cfg, store_path if store is not None else None, dataset.records, precision)
     if cfg.resume and _up_to_date(output, key):
         if ctx.is_main:
