@@ -9,6 +9,10 @@ modification and change times (nanoseconds) and inode. A fingerprint that differ
 added or removed, another list) means the annotations are parsed again and the cache overwritten; a
 cache that cannot be read is ignored (and rewritten). The cache holds parse results only; which
 images exist is looked up on every read.
+
+:func:`annotation_records` turns parsed annotations and found images into records by the rules both
+XML readers share (what a missing image, a missing or unreadable annotation, a dropped object or a
+missing size leads to).
 """
 from __future__ import annotations
 
@@ -22,11 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from detect.data.folder import ImageFinder, size_from_image
+from detect.data.records import DetectionRecord, SkipLog
 from detect.io import atomic_open
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ParsedAnnotation", "ParsedFolder", "annotation_fingerprint", "cache_path", "parse_annotation_files"]
+__all__ = ["ParsedAnnotation", "ParsedFolder", "annotation_fingerprint", "cache_path", "parse_annotation_files",
+           "annotation_records"]
 
 
 @dataclass
@@ -50,6 +57,11 @@ class ParsedAnnotation:
         width, height, boxes, labels, flags, problems = raw
         return cls(None, width, height, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
                    np.asarray(flags, bool), tuple(problems))
+
+    @classmethod
+    def empty(cls) -> "ParsedAnnotation":
+        """An annotation without size or objects (``boxes: float32[0, 4]``, ``labels: int64[0]``, ``flags: bool[0]``)."""
+        return cls(None, None, None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool))
 
 
 class ParsedFolder:
@@ -235,3 +247,36 @@ def parse_annotation_files(folder: str | Path, names: list[str], parse_raw, cach
     if cache is not None:
         parsed.save(cache, fingerprint)
     return parsed
+
+
+def annotation_records(entries: list[tuple[str, int]], images: list[Path | None], parsed, finder: ImageFinder,
+                       source, skipped: SkipLog, warnings: SkipLog, check_images: bool,
+                       missing_annotation: str = "skip", sizes_from_images: bool = True) -> list[DetectionRecord]:
+    """One :class:`DetectionRecord` (``image_id`` = name, ``index``) per listed ``(name, index)`` whose image
+    and annotation can be used. ``images``: each entry's image as found (``None``: not found: skipped as
+    "missing image" with ``check_images``, else recorded at ``finder.default_path``); ``parsed``: each
+    entry's :class:`ParsedAnnotation`. A missing annotation is skipped (``missing_annotation="empty"``:
+    kept without boxes), an unreadable one skipped, each dropped object counted: in ``skipped``, under
+    ``source(name)`` (the annotation file to name). A missing size is read from the image header
+    (``sizes_from_images``, counted in ``warnings``), else left 0 (unknown)."""
+    records = []
+    for (name, index), image_path, p in zip(entries, images, parsed):
+        if image_path is None:
+            image_path = finder.default_path(name)
+            if check_images:
+                skipped.add(image_path, "missing image")
+                continue
+        if p.error == "missing" and missing_annotation == "empty":
+            p = ParsedAnnotation.empty()
+        elif p.error is not None:
+            reason = "missing annotation" if p.error == "missing" else f"unreadable annotation: {p.error}"
+            skipped.add(source(name), reason)
+            continue
+        for problem in p.problems:
+            skipped.add(source(name), problem)
+        width, height = p.width, p.height
+        if width is None:  # no valid <size> (the devkit's .mat has no sizes at all: left 0)
+            width, height = (size_from_image(image_path, source(name), "no valid <size> in the annotation", warnings)
+                             if sizes_from_images else (0, 0))
+        records.append(DetectionRecord(name, image_path, width, height, p.boxes, p.labels, p.flags, index))
+    return records

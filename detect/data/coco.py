@@ -31,7 +31,7 @@ import numpy as np
 
 from detect.classes import ClassList
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, warn_outside
+from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, finish_dataset, reader_logs, warn_outside
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def _kind(value) -> str:
 
 
 def _check_category(c) -> tuple[int, str]:
+    """``(id, name)`` of a ``categories`` entry; ``ValueError`` saying what is wrong."""
     if not isinstance(c, dict):
         raise ValueError(f"entry is {_kind(c)}, not an object")
     if "id" not in c or "name" not in c:
@@ -83,7 +84,8 @@ def _check_category(c) -> tuple[int, str]:
     return as_int(c["id"], "id"), c["name"]
 
 
-def _check_image(im) -> tuple[int, str, int, int]:
+def _check_image(im) -> tuple[int, tuple[str, int, int]]:
+    """``(id, (file_name, width, height))`` of an ``images`` entry; ``ValueError`` saying what is wrong."""
     if not isinstance(im, dict):
         raise ValueError(f"entry is {_kind(im)}, not an object")
     for key in ("id", "file_name", "width", "height"):
@@ -96,10 +98,12 @@ def _check_image(im) -> tuple[int, str, int, int]:
     size = [as_int(im[k], k) for k in ("width", "height")]
     if min(size) <= 0:
         raise ValueError(f"size {size[0]}x{size[1]} is not positive")
-    return as_int(im["id"], "id"), im["file_name"], size[0], size[1]
+    return as_int(im["id"], "id"), (im["file_name"], size[0], size[1])
 
 
 def _check_annotation(ann, images: dict, label_of: dict) -> tuple[int, int, list[float], bool]:
+    """``(image id, label, [x, y, w, h], crowd)`` of an ``annotations`` entry naming a kept image and
+    category; ``ValueError`` saying what is wrong."""
     if not isinstance(ann, dict):
         raise ValueError(f"entry is {_kind(ann)}, not an object")
     for key in ("image_id", "category_id", "bbox"):
@@ -123,6 +127,7 @@ def _check_annotation(ann, images: dict, label_of: dict) -> tuple[int, int, list
 
 
 def _where(path: Path, key: str, k: int, entry) -> str:
+    """``file: key[k] (id ...)``, naming a bad entry in messages."""
     ident = entry.get("id") if isinstance(entry, dict) else None
     return f"{path}: {key}[{k}]" + (f" (id {ident!r})" if ident is not None else "")
 
@@ -140,6 +145,26 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path, check_images: 
     object, raises ``ValueError`` naming it.
     """
     annotation_file, image_dir = Path(annotation_file), Path(image_dir)
+    data = _load_instances(annotation_file)
+    skipped, warnings = reader_logs()
+    categories = _unique_entries(annotation_file, data["categories"], "categories", "category", _check_category,
+                                 skipped)
+    if not categories:
+        raise ValueError(f"{annotation_file}: no usable category; {skipped.summary()}")
+    ids = sorted(categories)
+    classes = ClassList(tuple(str(i) for i in ids), tuple(categories[i] for i in ids))
+    label_of = {cid: i for i, cid in enumerate(ids)}
+    images = _unique_entries(annotation_file, data["images"], "images", "image", _check_image, skipped)
+    per_image = _objects_per_image(annotation_file, data.get("annotations", []), images, label_of, skipped)
+    records = _coco_records(images, per_image, image_dir, check_images, max_missing_images, skipped)
+    warn_outside(records, warnings, lambda r: f"{annotation_file}: image {r.image_id}")
+    return finish_dataset(records, classes, annotation_file.stem, skipped, warnings, str(annotation_file),
+                          len(data["images"]), "images", logger=log)
+
+
+def _load_instances(annotation_file: Path) -> dict:
+    """The JSON object of a COCO instances file, its ``images``, ``categories`` (and ``annotations``) lists
+    checked; ``FileNotFoundError`` / ``ValueError`` naming the file."""
     try:
         data = json.loads(annotation_file.read_text(encoding="utf-8"))
     except OSError as e:
@@ -151,53 +176,51 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path, check_images: 
     for key in ("images", "categories", "annotations"):
         if not isinstance(data.get(key, []), list):
             raise ValueError(f"{annotation_file}: '{key}' is {_kind(data[key])}, not a list")
+    return data
 
-    skipped = SkipLog("annotations")
-    categories = {}
-    for k, c in enumerate(data["categories"]):
+
+def _unique_entries(path: Path, entries: list, key: str, what: str, check, skipped: SkipLog) -> dict:
+    """``{id: value}`` of the entries of list ``key`` that ``check`` (entry -> ``(id, value)``) accepts and
+    whose id is new; the others are counted in ``skipped`` as ``bad <what>``."""
+    kept = {}
+    for k, entry in enumerate(entries):
         try:
-            cid, name = _check_category(c)
-            if cid in categories:
-                raise ValueError(f"duplicate category id {cid}")
+            ident, value = check(entry)
+            if ident in kept:
+                raise ValueError(f"duplicate {what} id {ident}")
         except ValueError as e:
-            skipped.add(_where(annotation_file, "categories", k, c), f"bad category: {e}")
+            skipped.add(_where(path, key, k, entry), f"bad {what}: {e}")
             continue
-        categories[cid] = name
-    if not categories:
-        raise ValueError(f"{annotation_file}: no usable category; {skipped.summary()}")
-    ids = sorted(categories)
-    classes = ClassList(tuple(str(i) for i in ids), tuple(categories[i] for i in ids))
-    label_of = {cid: i for i, cid in enumerate(ids)}
+        kept[ident] = value
+    return kept
 
-    images = {}
-    for k, im in enumerate(data["images"]):
-        try:
-            image_id, file_name, width, height = _check_image(im)
-            if image_id in images:
-                raise ValueError(f"duplicate image id {image_id}")
-        except ValueError as e:
-            skipped.add(_where(annotation_file, "images", k, im), f"bad image: {e}")
-            continue
-        images[image_id] = (file_name, width, height)
 
+def _objects_per_image(path: Path, annotations: list, images: dict, label_of: dict,
+                       skipped: SkipLog) -> dict[int, list[tuple[int, list[float], bool]]]:
+    """``{image id: [(label, [x, y, w, h], crowd), ...]}`` of the valid ``annotations``; the others are
+    counted in ``skipped`` (unknown image, unknown class, degenerate box, or bad annotation)."""
     per_image = defaultdict(list)
-    for k, ann in enumerate(data.get("annotations", [])):
+    for k, ann in enumerate(annotations):
         try:
             image_id, label, xywh, crowd = _check_annotation(ann, images, label_of)
         except ValueError as e:
             text = str(e)
             kind = text.split(":")[0] if text.startswith(("unknown image", "unknown class", "degenerate box")) else "bad annotation"
-            skipped.add(_where(annotation_file, "annotations", k, ann), text if kind != "bad annotation" else f"{kind}: {text}")
+            skipped.add(_where(path, "annotations", k, ann), text if kind != "bad annotation" else f"{kind}: {text}")
             continue
         per_image[image_id].append((label, xywh, crowd))
+    return per_image
 
+
+def _coco_records(images: dict, per_image: dict, image_dir: Path, check_images: bool, max_missing_images: float,
+                  skipped: SkipLog) -> list[DetectionRecord]:
+    """One record per kept image, by image id (``index``: 1-based position among them), boxes xywh -> xyxy;
+    with ``check_images`` an image not found is skipped (too many stop the reader, see ``ImageFinder``)."""
     finder = ImageFinder(image_dir, ".jpg")
     order = sorted(images)
-    paths = [finder.find(images[i][0]) for i in order]
-    if check_images:
-        finder.check_missing([images[i][0] for i, p in zip(order, paths) if p is None], len(order), max_missing_images)
+    paths = finder.find_all([images[i][0] for i in order], check_images, max_missing_images)
     records = []
-    for index, (image_id, path) in enumerate(zip(order, paths), 1):  # index: position among the valid images
+    for index, (image_id, path) in enumerate(zip(order, paths), 1):
         file_name, width, height = images[image_id]
         if path is None:
             path = image_dir / file_name
@@ -209,11 +232,4 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path, check_images: 
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         records.append(DetectionRecord(str(image_id), path, width, height, boxes, [a[0] for a in anns],
                                        [a[2] for a in anns], index))
-    warnings = SkipLog("annotations", verb="kept with a warning")
-    warn_outside(records, warnings, lambda r: f"{annotation_file}: image {r.image_id}")
-    dataset = DetectionDataset(records, classes, name=annotation_file.stem, skipped=skipped, warnings=warnings)
-    if len(skipped) or len(warnings):
-        log.warning("%s: %s", annotation_file, dataset.summary())
-    if data["images"] and not records:
-        raise ValueError(f"{annotation_file}: none of the {len(data['images'])} images could be used; {skipped.summary()}")
-    return dataset
+    return records

@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from detect.classes import ClassList, write_class_list
 from detect.data.generated import finish_root, prepare_root
-from detect.data.images import ImageError, read_image
-from detect.data.records import DetectionDataset, SkipLog
+from detect.data.images import ImageError, read_image, write_jpeg
+from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 
 log = logging.getLogger(__name__)
 
@@ -125,39 +125,53 @@ def cut_gt_crops(root: str | Path, train: DetectionDataset, val: DetectionDatase
     for split, (dataset, plan) in plans.items():
         written = Counter()
         for i, jobs in tqdm(plan, desc=f"ground-truth crops {split}", leave=False, mininterval=2.0):
-            record = dataset.records[i]
-            try:
-                image = read_image(record.path)
-            except ImageError as e:
-                skipped.add(record.path, f"unreadable image: {e.reason}")
-                continue
-            height, width = image.shape[:2]
-            for k, rel in jobs:
-                x0, y0, x1, y1 = crop_box(record.boxes[k], width, height, context)
-                if x0 >= width or y0 >= height:
-                    skipped.add(record.path, f"box outside the image: box {k} {record.boxes[k].tolist()} in {width}x{height}")
-                    continue
-                crop = image[y0:y1, x0:x1]
-                scale = max_side / max(crop.shape[:2])
-                if scale < 1:
-                    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-                    crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
-                ok, data = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
-                                        [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-                if not ok:
-                    raise RuntimeError(f"{root / rel}: JPEG encoding failed")
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                (root / rel).write_bytes(data.tobytes())
-                written[int(record.labels[k])] += 1
-        if not written:
-            raise ValueError(f"{dataset.name}: no {split} crop could be written; {skipped.summary()}")
-        missing = [classes.names[c] for c in range(len(classes)) if not written[c]]
-        if missing:
-            log.warning("%s: no %s crop of %d classes: %s", root, split, len(missing), ", ".join(missing[:10]))
-        log.info("%s: %d %s crops of %d classes from %d images", root, sum(written.values()), split,
-                 len(written), len(plan))
+            written.update(_cut_record(root, dataset.records[i], jobs, context, max_side, jpeg_quality, skipped))
+        _report_split(root, dataset, split, written, len(plan), skipped)
     if len(skipped):
         log.warning("%s: %s", root, skipped.summary())
     write_class_list(classes, root / "classes.tsv")
     finish_root(root, params, files)
     return classes
+
+
+def _cut_record(root: Path, record: DetectionRecord, jobs: list[tuple[int, str]], context: float, max_side: int,
+                jpeg_quality: int, skipped: SkipLog) -> Counter:
+    """Write the crops ``jobs`` (box number, path relative to ``root``) of one record, reading its image once;
+    an unreadable image or a box outside it is counted in ``skipped``. Returns crops written per label."""
+    written = Counter()
+    try:
+        image = read_image(record.path)
+    except ImageError as e:
+        skipped.add(record.path, f"unreadable image: {e.reason}")
+        return written
+    height, width = image.shape[:2]
+    for k, rel in jobs:
+        x0, y0, x1, y1 = crop_box(record.boxes[k], width, height, context)
+        if x0 >= width or y0 >= height:
+            skipped.add(record.path, f"box outside the image: box {k} {record.boxes[k].tolist()} in {width}x{height}")
+            continue
+        write_jpeg(root / rel, _downscale(image[y0:y1, x0:x1], max_side), jpeg_quality)
+        written[int(record.labels[k])] += 1
+    return written
+
+
+def _downscale(crop: np.ndarray, max_side: int) -> np.ndarray:
+    """``crop`` (uint8[H, W, 3]) shrunk (area interpolation) so that its longer side is at most ``max_side``."""
+    scale = max_side / max(crop.shape[:2])
+    if scale >= 1:
+        return crop
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    return cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+
+
+def _report_split(root: Path, dataset: DetectionDataset, split: str, written: Counter, num_images: int,
+                  skipped: SkipLog) -> None:
+    """Log what one part's crops cover (``written``: crops per label); ``ValueError`` when none was written."""
+    classes = dataset.classes
+    if not written:
+        raise ValueError(f"{dataset.name}: no {split} crop could be written; {skipped.summary()}")
+    missing = [classes.names[c] for c in range(len(classes)) if not written[c]]
+    if missing:
+        log.warning("%s: no %s crop of %d classes: %s", root, split, len(missing), ", ".join(missing[:10]))
+    log.info("%s: %d %s crops of %d classes from %d images", root, sum(written.values()), split,
+             len(written), num_images)

@@ -105,6 +105,14 @@ class ImageFinder:
         best = min(candidates, key=lambda f: self._rank(f, ext or self.expected))
         return Path(self._prefix + (f"{sub}/{best}" if sub else best))
 
+    def find_all(self, names: list[str], check: bool, max_missing: float) -> list[Path | None]:
+        """:meth:`find` for every name (``None`` where not found); with ``check``, more than ``max_missing``
+        (a share) of them missing raises :meth:`check_missing`'s ``FileNotFoundError``."""
+        found = [self.find(name) for name in names]
+        if check:
+            self.check_missing([n for n, p in zip(names, found) if p is None], len(names), max_missing)
+        return found
+
     def default_path(self, name: str) -> Path:
         """The conventional path ``folder/<name><expected>`` (``folder/<name>`` when it has an extension),
         for an image that was not found."""

@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from detect.classes import ClassList, ilsvrc_det_classes, read_class_list
-from detect.data.cache import ParsedAnnotation, parse_annotation_files
-from detect.data.folder import ImageFinder, leaves_folder, size_from_image
-from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, warn_outside
+from detect.data.cache import ParsedAnnotation, annotation_records, parse_annotation_files
+from detect.data.folder import ImageFinder, leaves_folder
+from detect.data.records import DetectionDataset, DetectionRecord, finish_dataset, reader_logs, warn_outside
 from detect.data.xmlfile import read_xml_root
 
 log = logging.getLogger(__name__)
@@ -288,8 +288,7 @@ def read_devkit_ground_truth(path: str | Path, classes: ClassList) -> tuple[list
         lab = labels[i].reshape(-1)
         box = bboxes[i]
         if box.size == 0 and lab.size == 0:
-            parsed.append(ParsedAnnotation(None, None, None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
-                                           np.zeros(0, bool)))
+            parsed.append(ParsedAnnotation.empty())
             continue
         if box.shape != (4, lab.size):
             raise ValueError(f"{path}: image {int(ids[i])} (entry {i + 1}): gt_obj_bboxes is {box.shape}, "
@@ -337,77 +336,75 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     """
     root = Path(root)
     layout = _normalise_layout(layout)
-    missing_annotation = missing_annotation or ("empty" if split == "test" else "skip")
-    if missing_annotation not in ("skip", "empty"):
-        raise ValueError(f"missing_annotation must be 'skip' or 'empty', got {missing_annotation!r}")
+    missing_annotation = _missing_annotation_rule(missing_annotation, split)
     class_list = resolve_classes(classes, root)
     layout = _choose_layout(root, split, layout, need_annotations=ground_truth is None and missing_annotation == "skip")
     image_dir, xml_dir = _layout_dirs(root, split, layout)
-
     official = _default_list(root, split, layout, devkit)
     list_path = Path(image_list) if image_list is not None else official
     if ground_truth is not None:
-        if image_list is not None and official is not None and Path(image_list).resolve() != official.resolve():
-            raise ValueError(f"{ground_truth}: the devkit's ground truth covers the official list; it cannot be "
-                             f"combined with image_list={image_list} (give the XML folder instead)")
-        ids, parsed = read_devkit_ground_truth(ground_truth, class_list)
-        name_of = {index: name for name, index in read_image_list(list_path)} if list_path is not None else {}
-        entries = [(name_of.get(i, str(i)), i) for i in ids]
+        entries, parsed = _devkit_entries(ground_truth, image_list, official, list_path, class_list)
+        source = lambda name: str(ground_truth)  # noqa: E731 (the file to name in messages)
     else:
-        if list_path is None:
-            where = "ImageSets/DET" if layout == "2015" else "the devkit's data/det_lists (give devkit=)"
-            raise FileNotFoundError(f"{root}: no image list {split}.txt in {where}; give image_list=")
-        entries = read_image_list(list_path)
-        parsed = parse_annotation_files(xml_dir, [n for n, _ in entries], _parse_ilsvrc_raw, cache_dir,
-                                        f"ilsvrc_{layout}_{split}_{Path(list_path).stem}", PARSER_VERSION, class_list,
-                                        workers)
-
-    skipped = SkipLog("annotations")
-    warnings = SkipLog("annotations", verb="kept with a warning")
+        entries, parsed = _xml_entries(root, split, layout, xml_dir, list_path, class_list, cache_dir, workers)
+        source = lambda name: os.path.join(str(xml_dir), name + ".xml")  # noqa: E731
+    skipped, warnings = reader_logs()
     finder = ImageFinder(image_dir, ".JPEG")
-    images = [finder.find(name) for name, _ in entries]
-    if check_images:
-        finder.check_missing([name for (name, _), p in zip(entries, images) if p is None], len(entries),
-                             max_missing_images)
-    source = (lambda name: os.path.join(str(xml_dir), name + ".xml")) if ground_truth is None else (
-        lambda name: str(ground_truth))  # the file to name in messages (built only when one is needed)
-    records = []
-    for (name, index), image_path, p in zip(entries, images, parsed):
-        if image_path is None:
-            image_path = finder.default_path(name)
-            if check_images:
-                skipped.add(image_path, "missing image")
-                continue
-        if p.error == "missing":
-            if missing_annotation == "skip":
-                skipped.add(source(name), "missing annotation")
-                continue
-            p = ParsedAnnotation(None, None, None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool))
-        elif p.error is not None:
-            skipped.add(source(name), f"unreadable annotation: {p.error}")
-            continue
-        for problem in p.problems:
-            skipped.add(source(name), problem)
-        width, height = p.width, p.height
-        if width is None:  # no valid <size> in the XML (the devkit's .mat has no sizes at all: left 0)
-            width, height = (0, 0) if ground_truth is not None else size_from_image(
-                image_path, source(name), "no valid <size> in the annotation", warnings)
-        records.append(DetectionRecord(name, image_path, width, height, p.boxes, p.labels, p.flags, index))
+    images = finder.find_all([name for name, _ in entries], check_images, max_missing_images)
+    records = annotation_records(entries, images, parsed, finder, source, skipped, warnings, check_images,
+                                 missing_annotation, sizes_from_images=ground_truth is None)
     warn_outside(records, warnings, lambda r: source(r.image_id))
-
-    pairs = set()
-    if blacklist is not None:
-        pairs = read_blacklist(blacklist, class_list)
-        if list_path is not None and list_path != official:
-            pairs = _remap_blacklist(pairs, official, records)
-    dataset = DetectionDataset(records, class_list, name=f"ilsvrc_{split}", blacklist=pairs, skipped=skipped,
-                               warnings=warnings)
-    if len(skipped) or len(warnings):
-        log.warning("%s %s: %s", root, split, dataset.summary())
-    if entries and not records:
-        raise ValueError(f"{root} {split}: none of the {len(entries)} listed images could be used; {skipped.summary()}")
+    pairs = _blacklist_pairs(blacklist, class_list, list_path, official, records)
+    dataset = finish_dataset(records, class_list, f"ilsvrc_{split}", skipped, warnings, f"{root} {split}",
+                             len(entries), blacklist=pairs, logger=log)
     log.info("%s %s: %d images, %d boxes", root, split, len(records), sum(len(r.boxes) for r in records))
     return dataset
+
+
+def _missing_annotation_rule(missing_annotation: str | None, split: str) -> str:
+    """``missing_annotation`` checked (``"skip"`` or ``"empty"``); ``None``: ``"empty"`` for the test split
+    (no public ground truth), else ``"skip"``."""
+    missing_annotation = missing_annotation or ("empty" if split == "test" else "skip")
+    if missing_annotation not in ("skip", "empty"):
+        raise ValueError(f"missing_annotation must be 'skip' or 'empty', got {missing_annotation!r}")
+    return missing_annotation
+
+
+def _xml_entries(root: Path, split: str, layout: str, xml_dir: Path, list_path: Path | None, classes: ClassList,
+                 cache_dir, workers: int) -> tuple[list[tuple[str, int]], list[ParsedAnnotation]]:
+    """The list's ``(name, index)`` entries and their parsed XML (through the cache in ``cache_dir``);
+    ``FileNotFoundError`` when there is no list."""
+    if list_path is None:
+        where = "ImageSets/DET" if layout == "2015" else "the devkit's data/det_lists (give devkit=)"
+        raise FileNotFoundError(f"{root}: no image list {split}.txt in {where}; give image_list=")
+    entries = read_image_list(list_path)
+    parsed = parse_annotation_files(xml_dir, [n for n, _ in entries], _parse_ilsvrc_raw, cache_dir,
+                                    f"ilsvrc_{layout}_{split}_{Path(list_path).stem}", PARSER_VERSION, classes, workers)
+    return entries, parsed
+
+
+def _devkit_entries(ground_truth, image_list, official: Path | None, list_path: Path | None,
+                    classes: ClassList) -> tuple[list[tuple[str, int]], list[ParsedAnnotation]]:
+    """``(name, index)`` entries and annotations from the devkit's ground-truth ``.mat``; names come from
+    the list (the index itself where the list is absent or lacks it). Only the official list can be given."""
+    if image_list is not None and official is not None and Path(image_list).resolve() != official.resolve():
+        raise ValueError(f"{ground_truth}: the devkit's ground truth covers the official list; it cannot be "
+                         f"combined with image_list={image_list} (give the XML folder instead)")
+    ids, parsed = read_devkit_ground_truth(ground_truth, classes)
+    name_of = {index: name for name, index in read_image_list(list_path)} if list_path is not None else {}
+    return [(name_of.get(i, str(i)), i) for i in ids], parsed
+
+
+def _blacklist_pairs(blacklist, classes: ClassList, list_path: Path | None, official: Path | None,
+                     records: list[DetectionRecord]) -> set[tuple[int, int]]:
+    """The blacklist file's ``{(record index, label)}`` (empty without one), mapped to this list's indices
+    when the list is not the official one."""
+    if blacklist is None:
+        return set()
+    pairs = read_blacklist(blacklist, classes)
+    if list_path is not None and list_path != official:
+        pairs = _remap_blacklist(pairs, official, records)
+    return pairs
 
 
 def _remap_blacklist(pairs: set[tuple[int, int]], official: Path | None, records) -> set[tuple[int, int]]:

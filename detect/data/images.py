@@ -1,4 +1,4 @@
-"""Reading images of any common form into 8-bit RGB, with errors that name the file."""
+"""Reading images of any common form into 8-bit RGB, with errors that name the file; writing JPEGs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["SampleError", "ImageError", "read_image", "to_uint8", "IMAGE_EXTENSIONS"]
+__all__ = ["SampleError", "ImageError", "read_image", "to_uint8", "write_jpeg", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
@@ -78,3 +78,15 @@ def read_image(path: str | Path) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageError(path, f"empty image of shape {arr.shape}")
     return np.ascontiguousarray(arr)
+
+
+def write_jpeg(path: str | Path, image: np.ndarray, quality: int) -> None:
+    """Write ``image`` (uint8[H, W, 3] RGB) to ``path`` as a JPEG of ``quality`` (1..100), creating its
+    folder; ``RuntimeError`` naming the file when encoding fails."""
+    import cv2  # only where images are written (readers do not need OpenCV)
+
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError(f"{path}: JPEG encoding failed")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(data.tobytes())

@@ -22,7 +22,8 @@ from detect.classes import ClassList
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "SkippedItem", "warn_outside"]
+__all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "SkippedItem", "warn_outside", "reader_logs",
+           "finish_dataset"]
 
 
 @dataclass
@@ -153,3 +154,24 @@ class DetectionDataset:
 
     def __getitem__(self, i: int) -> DetectionRecord:
         return self.records[i]
+
+
+def reader_logs() -> tuple[SkipLog, SkipLog]:
+    """A reader's two logs: ``(skipped, warnings)``, of annotations skipped and kept with a warning."""
+    return SkipLog("annotations"), SkipLog("annotations", verb="kept with a warning")
+
+
+def finish_dataset(records: list[DetectionRecord], classes: ClassList, name: str, skipped: SkipLog,
+                   warnings: SkipLog, where: str, listed: int, listed_what: str = "listed images",
+                   blacklist: set[tuple[int, int]] | None = None, logger: logging.Logger = log) -> DetectionDataset:
+    """A reader's last step: the :class:`DetectionDataset` of ``records``, its summary logged (to ``logger``,
+    the reader's) as a warning when anything was skipped or repaired. ``where`` (the file, or folder and
+    split, read) starts the messages; ``listed`` entries (``listed_what``) of which none became a record
+    raise ``ValueError``."""
+    dataset = DetectionDataset(records, classes, name=name, blacklist=set() if blacklist is None else blacklist,
+                               skipped=skipped, warnings=warnings)
+    if len(skipped) or len(warnings):
+        logger.warning("%s: %s", where, dataset.summary())
+    if listed and not records:
+        raise ValueError(f"{where}: none of the {listed} {listed_what} could be used; {skipped.summary()}")
+    return dataset

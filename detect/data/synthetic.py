@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from detect.classes import ClassList, write_class_list
 from detect.data.generated import ForeignDataError, finish_root, prepare_root
+from detect.data.images import write_jpeg
 from detect.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -279,13 +280,6 @@ def render_classification_image(rng: np.random.Generator, size: int, cls: SceneC
 
 # ----------------------------------------------------------------------------------------------- writing
 
-def _write_jpeg(path: Path, image: np.ndarray) -> None:
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise RuntimeError(f"{path}: JPEG encoding failed")
-    path.write_bytes(data.tobytes())
-
-
 def ilsvrc_xml(split: str, name: str, width: int, height: int, boxes: np.ndarray, wnids: list[str]) -> str:
     """An annotation file in the ILSVRC (PASCAL VOC) layout: integer pixel boxes, one ``object`` per box."""
     root = ET.Element("annotation")
@@ -406,7 +400,8 @@ def make_classification_set(root: str | Path, num_classes: int = 8, train_per_cl
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(per_class):
                 rng = np.random.default_rng([_split_seed(seed, split), cls.index, k])
-                _write_jpeg(folder / f"{cls.wnid}_{k + 1:05d}.JPEG", render_classification_image(rng, image_size, cls))
+                write_jpeg(folder / f"{cls.wnid}_{k + 1:05d}.JPEG", render_classification_image(rng, image_size, cls),
+                           JPEG_QUALITY)
     write_class_list(class_list, root / "classes.tsv")
     _finish(root, params)
     log.info("%s: wrote %d classes x (%d train + %d val) images", root, num_classes, train_per_class, val_per_class)
@@ -434,74 +429,124 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
     Does nothing when ``root/manifest.json`` records the same parameters.
     """
     root = Path(root)
-    if not (0 < min_side <= max_side) or max_objects < 1 or not 0 <= empty_fraction <= 1:
-        raise ValueError(f"bad parameters: min_side={min_side} max_side={max_side} max_objects={max_objects} "
-                         f"empty_fraction={empty_fraction}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
-    params = {"kind": "detection_world", "version": RENDERER_VERSION, "num_classes": int(num_classes),
-              "num_train": int(num_train), "num_val": int(num_val), "min_side": int(min_side),
-              "max_side": int(max_side), "max_objects": int(max_objects), "empty_fraction": float(empty_fraction),
-              "seed": int(seed), "min_object_size": float(min_object_size),
-              "max_object_fraction": float(max_object_fraction), "min_visible": float(min_visible),
-              "max_attempts": int(max_attempts)}
-    if layout != "ilsvrc":  # (ILSVRC-layout manifests keep their earlier form)
-        extensions = [str(e) for e in extensions]
-        if not extensions or not all(e.startswith(".") and "/" not in e and len(e) > 1 for e in extensions):
-            raise ValueError(f"extensions={extensions!r}: expected file extensions such as ['.jpg', '.JPG']")
-        params.update(layout=layout, extensions=extensions)
+    draw = _WorldDraw(num_classes, min_side, max_side, max_objects, empty_fraction, seed, min_object_size,
+                      max_object_fraction, min_visible, max_attempts)
+    params = _world_params(draw, num_train, num_val, layout, extensions)
     classes = scene_classes(num_classes)
     class_list = synthetic_class_list(num_classes)
     if _prepare_root(root, params, "detection world"):
         log.info("%s: detection world up to date", root)
         return class_list
     for split, count in (("train", num_train), ("val", num_val)):
-        split_rng = np.random.default_rng([_split_seed(seed, split)])
-        empty = set(split_rng.permutation(count)[: int(round(empty_fraction * count))].tolist())
-        lines, non_empty, n_boxes = [], 0, 0
-        coco = {"images": [], "annotations": [],
-                "categories": [{"id": c.index + 1, "name": c.name} for c in classes]}
-        for i in tqdm(range(count), desc=f"synthetic det {split}", leave=False):
-            rng = np.random.default_rng([_split_seed(seed, split), 1000, i])
-            width, height = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
-            labels = []
-            if i not in empty:
-                n = int(rng.integers(1, max_objects + 1))
-                labels = [non_empty % num_classes] + rng.integers(0, num_classes, n - 1).tolist()
-                non_empty += 1
-            image, boxes, labels = render_detection_image(
-                rng, width, height, classes, labels, min_object_size, max_object_fraction, min_visible, max_attempts)
-            name = f"synthetic_{split}_{i + 1:06d}"
-            image_file = root / _image_file(params, split, i)
-            image_file.parent.mkdir(parents=True, exist_ok=True)
-            _write_jpeg(image_file, image)
-            if layout == "ilsvrc":
-                (root / "Annotations" / "DET" / split).mkdir(parents=True, exist_ok=True)
-                (root / "Annotations" / "DET" / split / f"{name}.xml").write_text(
-                    ilsvrc_xml(split, name, width, height, boxes, [classes[l].wnid for l in labels]), encoding="utf-8")
-                lines.append(f"{name} {i + 1}")
-            elif layout == "voc":
-                (root / "Annotations").mkdir(parents=True, exist_ok=True)
-                (root / "Annotations" / f"{name}.xml").write_text(
-                    _voc_xml(image_file.name, width, height, boxes, [classes[l].name for l in labels]), encoding="utf-8")
-                lines.append(name)
-            else:
-                coco["images"].append({"id": i + 1, "file_name": image_file.name, "width": width, "height": height})
-                for box, label in zip(boxes.tolist(), labels.tolist()):  # inclusive pixels -> continuous xywh
-                    w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
-                    coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1,
-                                                "category_id": int(label) + 1, "bbox": [box[0], box[1], w, h],
-                                                "area": w * h, "iscrowd": 0})
-            n_boxes += len(boxes)
-        text = "\n".join(lines) + ("\n" if lines else "")
-        if layout == "ilsvrc":
-            atomic_write_text(root / "ImageSets" / "DET" / f"{split}.txt", text)
-        elif layout == "voc":
-            atomic_write_text(root / "ImageSets" / "Main" / f"{VOC_SPLITS[split]}.txt", text)
-        else:
-            atomic_write_json(root / "annotations" / f"instances_{split}.json", coco, indent=None)
-        log.info("%s: %s split, %d images, %d boxes, %d empty", root, split, count, n_boxes, len(empty))
+        _write_world_split(root, params, draw, classes, split, count)
     if layout == "ilsvrc":
         write_class_list(class_list, root / "classes.tsv")
     _finish(root, params)
     return class_list
+
+
+@dataclass(frozen=True)
+class _WorldDraw:
+    """How :func:`make_detection_world` draws its images: its arguments as given."""
+
+    num_classes: int
+    min_side: int
+    max_side: int
+    max_objects: int
+    empty_fraction: float
+    seed: int
+    min_object_size: float
+    max_object_fraction: float
+    min_visible: float
+    max_attempts: int
+
+
+def _world_params(draw: _WorldDraw, num_train: int, num_val: int, layout: str, extensions) -> dict:
+    """The manifest parameters of a detection world (what it is rebuilt on); ``ValueError`` for bad ones."""
+    if not (0 < draw.min_side <= draw.max_side) or draw.max_objects < 1 or not 0 <= draw.empty_fraction <= 1:
+        raise ValueError(f"bad parameters: min_side={draw.min_side} max_side={draw.max_side} "
+                         f"max_objects={draw.max_objects} empty_fraction={draw.empty_fraction}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+    params = {"kind": "detection_world", "version": RENDERER_VERSION, "num_classes": int(draw.num_classes),
+              "num_train": int(num_train), "num_val": int(num_val), "min_side": int(draw.min_side),
+              "max_side": int(draw.max_side), "max_objects": int(draw.max_objects),
+              "empty_fraction": float(draw.empty_fraction), "seed": int(draw.seed),
+              "min_object_size": float(draw.min_object_size), "max_object_fraction": float(draw.max_object_fraction),
+              "min_visible": float(draw.min_visible), "max_attempts": int(draw.max_attempts)}
+    if layout != "ilsvrc":  # (ILSVRC-layout manifests keep their earlier form)
+        extensions = [str(e) for e in extensions]
+        if not extensions or not all(e.startswith(".") and "/" not in e and len(e) > 1 for e in extensions):
+            raise ValueError(f"extensions={extensions!r}: expected file extensions such as ['.jpg', '.JPG']")
+        params.update(layout=layout, extensions=extensions)
+    return params
+
+
+def _draw_world_image(draw: _WorldDraw, classes: list[SceneClass], split: str, i: int,
+                      non_empty: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image ``i`` (0-based) of ``split``: :func:`render_detection_image`'s (image uint8[H, W, 3], boxes
+    int64[N, 4] 0-based inclusive, labels int64[N]). ``non_empty``: how many non-empty images of the split
+    came before it (its first object's class is that modulo the class count); ``None``: no object."""
+    rng = np.random.default_rng([_split_seed(draw.seed, split), 1000, i])
+    width, height = (int(v) for v in rng.integers(draw.min_side, draw.max_side + 1, 2))
+    labels = []
+    if non_empty is not None:
+        n = int(rng.integers(1, draw.max_objects + 1))
+        labels = [non_empty % draw.num_classes] + rng.integers(0, draw.num_classes, n - 1).tolist()
+    return render_detection_image(rng, width, height, classes, labels, draw.min_object_size,
+                                  draw.max_object_fraction, draw.min_visible, draw.max_attempts)
+
+
+def _write_world_split(root: Path, params: dict, draw: _WorldDraw, classes: list[SceneClass], split: str,
+                       count: int) -> None:
+    """Write the ``count`` images of ``split``, their annotations and the split's list (or COCO file)."""
+    layout = params.get("layout", "ilsvrc")
+    split_rng = np.random.default_rng([_split_seed(draw.seed, split)])
+    empty = set(split_rng.permutation(count)[: int(round(draw.empty_fraction * count))].tolist())
+    lines, non_empty, n_boxes = [], 0, 0
+    coco = {"images": [], "annotations": [], "categories": [{"id": c.index + 1, "name": c.name} for c in classes]}
+    for i in tqdm(range(count), desc=f"synthetic det {split}", leave=False):
+        image, boxes, labels = _draw_world_image(draw, classes, split, i, None if i in empty else non_empty)
+        non_empty += i not in empty
+        image_file = root / _image_file(params, split, i)
+        write_jpeg(image_file, image, JPEG_QUALITY)
+        line = _write_world_annotation(root, layout, split, i, image_file.name, boxes, labels, classes,
+                                       image.shape[:2], coco)
+        if line is not None:
+            lines.append(line)
+        n_boxes += len(boxes)
+    text = "\n".join(lines) + ("\n" if lines else "")
+    if layout == "ilsvrc":
+        atomic_write_text(root / "ImageSets" / "DET" / f"{split}.txt", text)
+    elif layout == "voc":
+        atomic_write_text(root / "ImageSets" / "Main" / f"{VOC_SPLITS[split]}.txt", text)
+    else:
+        atomic_write_json(root / "annotations" / f"instances_{split}.json", coco, indent=None)
+    log.info("%s: %s split, %d images, %d boxes, %d empty", root, split, count, n_boxes, len(empty))
+
+
+def _write_world_annotation(root: Path, layout: str, split: str, i: int, image_name: str, boxes: np.ndarray,
+                            labels: np.ndarray, classes: list[SceneClass], shape: tuple[int, int],
+                            coco: dict) -> str | None:
+    """Write the annotation of image ``i`` of ``split`` (``boxes: int64[N, 4]`` 0-based inclusive, ``labels:
+    int64[N]``, ``shape``: (height, width)): an XML file (ilsvrc, voc; returns the image's list line) or
+    entries added to ``coco`` (returns ``None``)."""
+    height, width = shape
+    name = f"synthetic_{split}_{i + 1:06d}"
+    if layout == "ilsvrc":
+        (root / "Annotations" / "DET" / split).mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / "DET" / split / f"{name}.xml").write_text(
+            ilsvrc_xml(split, name, width, height, boxes, [classes[l].wnid for l in labels]), encoding="utf-8")
+        return f"{name} {i + 1}"
+    if layout == "voc":
+        (root / "Annotations").mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / f"{name}.xml").write_text(
+            _voc_xml(image_name, width, height, boxes, [classes[l].name for l in labels]), encoding="utf-8")
+        return name
+    coco["images"].append({"id": i + 1, "file_name": image_name, "width": width, "height": height})
+    for box, label in zip(boxes.tolist(), labels.tolist()):  # inclusive pixels -> continuous xywh
+        w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
+        coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1,
+                                    "category_id": int(label) + 1, "bbox": [box[0], box[1], w, h],
+                                    "area": w * h, "iscrowd": 0})
+    return None

@@ -15,6 +15,7 @@ object names found in that split's annotations, sorted (:func:`discover_voc_clas
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,9 +23,10 @@ import os
 from pathlib import Path
 
 from detect.classes import ClassList, read_class_list
-from detect.data.cache import ParsedAnnotation, annotation_fingerprint, cache_path, parse_annotation_files
-from detect.data.folder import ImageFinder, leaves_folder, size_from_image
-from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, warn_outside
+from detect.data.cache import (ParsedAnnotation, annotation_fingerprint, annotation_records, cache_path,
+                               parse_annotation_files)
+from detect.data.folder import ImageFinder, leaves_folder
+from detect.data.records import DetectionDataset, DetectionRecord, finish_dataset, reader_logs, warn_outside
 from detect.data.xmlfile import read_xml_root
 from detect.io import atomic_write_json
 
@@ -166,14 +168,7 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
     sizes read from the images are counted in ``dataset.warnings``.
     """
     root = Path(root)
-    if isinstance(classes, ClassList):
-        class_list = classes
-    elif classes is not None:
-        class_list = read_class_list(classes)
-    elif classes_from is not None:
-        class_list = discover_voc_classes(root, classes_from, cache_dir)
-    else:
-        class_list = voc_classes()
+    class_list = _class_list(root, classes, classes_from, cache_dir)
     list_path, names = _read_list(root, split)
     xml_dir = root / "Annotations"
     if names and not xml_dir.is_dir():
@@ -181,35 +176,31 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
     parsed = parse_annotation_files(xml_dir, names, _parse_voc_raw, cache_dir, f"voc_{split}", PARSER_VERSION,
                                     class_list, workers)
     finder = ImageFinder(root / "JPEGImages", ".jpg")
-    images = [finder.find(name) for name in names]
-    if check_images:
-        finder.check_missing([n for n, p in zip(names, images) if p is None], len(names), max_missing_images)
-    skipped = SkipLog("annotations")
-    warnings = SkipLog("annotations", verb="kept with a warning")
-    records = []
-    for i, (name, image_path, p) in enumerate(zip(names, images, parsed), 1):
-        xml_path = os.path.join(xml_dir, name + ".xml")
-        if image_path is None:
-            image_path = finder.default_path(name)
-            if check_images:
-                skipped.add(image_path, "missing image")
-                continue
-        if p.error is not None:
-            skipped.add(xml_path, "missing annotation" if p.error == "missing" else f"unreadable annotation: {p.error}")
-            continue
-        for problem in p.problems:
-            skipped.add(xml_path, problem)
-        width, height = p.width, p.height
-        if width is None:
-            width, height = size_from_image(image_path, xml_path, "no valid <size> in the annotation", warnings)
-        boxes, labels, difficult = p.boxes, p.labels, p.flags
-        if not use_difficult:
-            boxes, labels, difficult = boxes[~difficult], labels[~difficult], difficult[~difficult]
-        records.append(DetectionRecord(name, image_path, width, height, boxes, labels, difficult, i))
-    warn_outside(records, warnings, lambda r: os.path.join(xml_dir, r.image_id + ".xml"))
-    dataset = DetectionDataset(records, class_list, name=f"voc_{split}", skipped=skipped, warnings=warnings)
-    if len(skipped) or len(warnings):
-        log.warning("%s %s: %s", root, split, dataset.summary())
-    if names and not records:
-        raise ValueError(f"{root} {split}: none of the {len(names)} listed images could be used; {skipped.summary()}")
-    return dataset
+    images = finder.find_all(names, check_images, max_missing_images)
+    skipped, warnings = reader_logs()
+    source = lambda name: os.path.join(xml_dir, name + ".xml")  # noqa: E731 (the annotation file to name)
+    records = annotation_records([(name, i) for i, name in enumerate(names, 1)], images, parsed, finder, source,
+                                 skipped, warnings, check_images)
+    if not use_difficult:
+        records = [_without_difficult(r) for r in records]
+    warn_outside(records, warnings, lambda r: source(r.image_id))
+    return finish_dataset(records, class_list, f"voc_{split}", skipped, warnings, f"{root} {split}", len(names),
+                          logger=log)
+
+
+def _class_list(root: Path, classes, classes_from: str | None, cache_dir) -> ClassList:
+    """:func:`read_voc`'s classes: ``classes`` (a ClassList or a class list file), else those found in split
+    ``classes_from`` (:func:`discover_voc_classes`), else the 20 VOC classes."""
+    if isinstance(classes, ClassList):
+        return classes
+    if classes is not None:
+        return read_class_list(classes)
+    if classes_from is not None:
+        return discover_voc_classes(root, classes_from, cache_dir)
+    return voc_classes()
+
+
+def _without_difficult(record: DetectionRecord) -> DetectionRecord:
+    """``record`` without its ``difficult`` (``ignore``) objects."""
+    keep = ~record.ignore
+    return dataclasses.replace(record, boxes=record.boxes[keep], labels=record.labels[keep], ignore=record.ignore[keep])
