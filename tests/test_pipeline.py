@@ -120,6 +120,21 @@ def test_detector_no_proposals_gives_empty_result():
     assert res.boxes.shape == (0, 4) and len(res.scores) == 0
 
 
+def test_detector_takes_scorers_and_leaves_device_to_them():
+    from detect.backends import TorchScorer
+
+    classes = ClassList.from_names(["a", "b"])
+    det = Detector(None, _members(2, 2), classes, crop_size=64, context=4)
+    assert all(isinstance(s, TorchScorer) for s in det.scorers) and det.device == torch.device("cpu")
+    for wrong in ({"device": "cpu"}, {"channels_last": True}, {"amp": "bf16"}):
+        with pytest.raises(TypeError, match="scorers' choice"):
+            Detector(None, _members(1, 2), classes, **wrong)
+    with pytest.raises(ValueError, match="at least one scorer"):
+        Detector(None, [], classes)
+    with pytest.raises(TypeError, match="neither a module nor a scorer"):
+        Detector(None, [lambda crops: crops], classes)
+
+
 def _run_tool(repo_root, cwd, tool, *overrides):
     import subprocess
     import sys
