@@ -10,7 +10,10 @@ of the GoogLeNet detection paper (larger superpixels, about half the boxes).
 OpenCV facts this relies on (``selectivesearchsegmentation.cpp``): ``process()`` runs every added image
 through every graph segmentation and every strategy, ranks each region by ``rand() * level`` (C's
 ``rand``, so ``srand(seed)`` is called right before it for a reproducible order), sorts, drops repeated
-rectangles and returns ``(x, y, w, h)``. Its presets (``switchToSelectiveSearchFast/Quality``) convert
+rectangles and returns ``(x, y, w, h)``. The order is reproducible only while nothing else in the
+process draws from ``rand()`` during ``process()``: the threads that importing ``onnxruntime`` starts
+sometimes do, and then an image's boxes (the same set) come in another order (benchmarks/refactor.md).
+Its presets (``switchToSelectiveSearchFast/Quality``) convert
 the base image with ``COLOR_BGR2*``, so they get BGR; our own mode converts from RGB ourselves.
 """
 from __future__ import annotations
