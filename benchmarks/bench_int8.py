@@ -29,7 +29,6 @@ The runs of benchmarks/int8.md:
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import json
 import statistics
@@ -41,7 +40,8 @@ import numpy as np
 import torch
 from torchvision import ops
 
-from detect.backends import TorchScorer, make_scorers, session_options
+from bench_scoring import ort_kernel_times  # benchmarks/ is the script's folder
+from detect.backends import TorchScorer, make_scorers
 from detect.data.ilsvrc import read_ilsvrc_det
 from detect.data.images import read_image
 from detect.detections import Detections
@@ -122,21 +122,9 @@ def rate(count: float, seconds: list[float]) -> str:
 
 
 def profile(path: Path, crops: torch.Tensor, runs: int = 3) -> None:
-    import onnxruntime as ort
-
-    options = session_options()
-    options.enable_profiling = True
-    options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="ort_profile_")) / "run")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    x = crops.contiguous().numpy()
-    for _ in range(runs + 1):
-        session.run(None, {session.get_inputs()[0].name: x})
-    per_op, lrn = collections.Counter(), 0
-    for e in json.loads(Path(session.end_profiling()).read_text()):
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"]["op_name"]] += e["dur"]
-            lrn += e["dur"] if "/lrn" in e["name"] else 0
+    per_op, per_node = ort_kernel_times(path, crops, runs=runs)
     total = sum(per_op.values())
+    lrn = sum(us for name, us in per_node.items() if "/lrn" in name)
     print(f"\n{path.name}: ONNX Runtime kernel time by operator ({runs + 1} forwards of {len(crops)} crops), "
           f"{total / (runs + 1) / 1e3:.0f} ms per forward; nodes of the LRNs {100 * lrn / total:.1f} %")
     for op, us in per_op.most_common(10):

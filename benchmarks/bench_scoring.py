@@ -47,25 +47,32 @@ def _image_and_boxes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return image, boxes
 
 
-def _profile_ort(onnx_path, crops: torch.Tensor, threads: int, runs: int = 3) -> None:
-    """Share of ONNX Runtime's kernel time per operator type over ``runs`` forwards of ``crops``."""
+def ort_kernel_times(onnx_path, crops: torch.Tensor, threads: int | None = None, runs: int = 3):
+    """ONNX Runtime's kernel time in microseconds over ``runs`` + 1 forwards of ``crops`` (the scorers'
+    session options, with the profiler on): ``(per operator type, per node name)``, two Counters."""
     import collections
     import json
 
     import onnxruntime as ort
 
-    options = session_options(threads)  # the scorers' options, with the profiler on
+    options = session_options(threads)
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="ort_profile_")) / "run")
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     x = crops.contiguous().numpy()
     for _ in range(runs + 1):
         session.run(None, {session.get_inputs()[0].name: x})
-    events = json.loads(Path(session.end_profiling()).read_text())
-    per_op = collections.Counter()
-    for e in events:
+    per_op, per_node = collections.Counter(), collections.Counter()
+    for e in json.loads(Path(session.end_profiling()).read_text()):
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_op[e["args"]["op_name"]] += e["dur"]
+            per_node[e["name"]] += e["dur"]
+    return per_op, per_node
+
+
+def _profile_ort(onnx_path, crops: torch.Tensor, threads: int, runs: int = 3) -> None:
+    """Share of ONNX Runtime's kernel time per operator type over ``runs`` forwards of ``crops``."""
+    per_op, _ = ort_kernel_times(onnx_path, crops, threads, runs)
     total = sum(per_op.values())
     print(f"\nONNX Runtime kernel time by operator ({runs + 1} forwards of {len(crops)} crops, profiler on):")
     for op, us in per_op.most_common(12):
