@@ -19,8 +19,8 @@ eager bf16 and compiled), and <= 1 s per image for 6 members (no cascade).
 ``--dry-run`` runs every section at tiny sizes on the CPU (width 0.125, 32-px crops, gloo, torch.compile
 with the ``eager`` backend) to check the code paths without a GPU; its figures mean nothing.
 
-    bash benchmarks/gpu_check.sh gpu_check.json            # on a GPU machine
-    .venv/bin/python benchmarks/gpu_check.py --dry-run --out /tmp/dry.json
+    bash benchmarks/gpu_check.sh --out gpu_check.json      # on a GPU machine
+    bash benchmarks/gpu_check.sh --dry-run                  # every code path on the CPU
 """
 from __future__ import annotations
 

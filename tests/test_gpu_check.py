@@ -12,14 +12,39 @@ import pytest
 from benchmarks import gpu_check
 
 
-@pytest.mark.slow
-def test_dry_run_exercises_every_section_and_writes_the_report(tmp_path, repo_root):
-    out = tmp_path / "report.json"
+def _documented_commands(repo_root) -> list[str]:
+    """Every `bash benchmarks/gpu_check.sh ...` line the docs print (README, benchmarks/*.md, the script's
+    own docstring), without trailing comments."""
+    found = []
+    for doc in [repo_root / "README.md", *sorted((repo_root / "benchmarks").glob("*.md")),
+                repo_root / "benchmarks" / "gpu_check.py"]:
+        for line in doc.read_text().splitlines():
+            line = line.strip().strip("`")
+            if line.startswith("bash benchmarks/gpu_check.sh") and "[" not in line:
+                found.append(line.split("#")[0].strip())
+    return sorted(set(found))
+
+
+def _run_documented(command: str, cwd, repo_root) -> subprocess.CompletedProcess:
+    """Run a documented command as written (from the caller's folder ``cwd``, so relative report paths
+    land there), the script resolved in the repository."""
+    args = command.split()[1:]
+    args[0] = str(repo_root / args[0])
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(repo_root / "benchmarks" / "gpu_check.sh"), str(out), "--dry-run"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(["bash", *args], capture_output=True, text=True, env=env, timeout=600, cwd=cwd)
+
+
+def test_the_docs_print_a_dry_run_and_a_gpu_command(repo_root):
+    commands = _documented_commands(repo_root)
+    assert "bash benchmarks/gpu_check.sh --dry-run" in commands
+    assert any("--dry-run" not in c for c in commands)
+
+
+@pytest.mark.slow
+def test_dry_run_as_documented_exercises_every_section_and_writes_the_report(tmp_path, repo_root):
+    proc = _run_documented("bash benchmarks/gpu_check.sh --dry-run", tmp_path, repo_root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(out.read_text())
+    report = json.loads((tmp_path / "gpu_check.json").read_text())  # the default, beside the caller
     s = report["sections"]
     assert report["dry_run"] and not report["errors"] and report["goals"]["evaluated"] is False
     assert s["train_step"]["images_per_s"] > 0 and s["train_step"]["aux_heads"]
@@ -33,6 +58,32 @@ def test_dry_run_exercises_every_section_and_writes_the_report(tmp_path, repo_ro
         assert det[key]["s_per_image"] > 0
     assert 0 < det["cascade_pass"] < 1 and det["proposals"] == gpu_check.DRY["proposals"]
     assert s["memory"]["peak_rss_gib"] > 0
+
+
+def test_every_documented_gpu_command_parses_up_to_the_gpu_refusal(tmp_path, repo_root):
+    """The GPU commands cannot run here, but their flags must reach gpu_check.py intact: it then stops
+    with its own 'no GPU' message, not an argument error."""
+    if gpu_check.torch.cuda.is_available():
+        pytest.skip("a GPU is present: the documented command would run the whole check")
+    for command in (c for c in _documented_commands(repo_root) if "--dry-run" not in c):
+        proc = _run_documented(command, tmp_path, repo_root)
+        assert proc.returncode != 0 and "--dry-run" in proc.stderr and "usage:" not in proc.stderr, command
+
+
+@pytest.mark.parametrize("argv", [["--dry-run", "--out", "sub/r.json"], ["--out=sub/r.json", "--dry-run"],
+                                  ["sub/r.json", "--dry-run"], ["--dry-run", "sub/r.json"],
+                                  ["--sections", "ddp", "train_step", "--dry-run", "--out", "sub/r.json"]])
+def test_flags_in_any_order_reach_the_check(tmp_path, repo_root, argv):
+    fake = tmp_path / "fake_python"
+    fake.write_text('#!/bin/sh\nshift\necho "$@"\n')
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", str(repo_root / "benchmarks" / "gpu_check.sh"), *argv], capture_output=True,
+                          text=True, env={**os.environ, "PYTHON": str(fake)}, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.split()
+    assert args[args.index("--out") + 1] == str(tmp_path / "sub" / "r.json") and "--dry-run" in args
+    if "--sections" in argv:
+        assert args[args.index("--sections"):args.index("--sections") + 3] == ["--sections", "ddp", "train_step"]
 
 
 def test_goals_are_judged_from_the_best_bf16_batch_and_six_members():
