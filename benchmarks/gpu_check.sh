@@ -26,4 +26,4 @@ mkdir -p "$(dirname "$out")"
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi > "${out%.json}.nvidia-smi.txt" 2>&1 || true
 fi
-exec timeout --signal=INT --kill-after=10 470 env PYTHONPATH="$PWD" "$python" benchmarks/gpu_check.py --out "$out" ${pass[@]+"${pass[@]}"}
+exec timeout --signal=INT --kill-after=10 470 env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$python" benchmarks/gpu_check.py --out "$out" ${pass[@]+"${pass[@]}"}
