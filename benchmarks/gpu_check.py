@@ -140,7 +140,8 @@ def ddp(s: dict, device: torch.device) -> dict:
                "_ddp", "--backend", s["ddp"], "--device", device.type, "--width", str(s["width"]),
                "--crop", str(s["crop"]), "--batch", str(s["train_batch"]), "--out", str(out)]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}, timeout=300)
         if proc.returncode != 0 or not out.is_file():
             raise RuntimeError(f"torchrun failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}")
         result = json.loads(out.read_text())
