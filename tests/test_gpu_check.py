@@ -60,6 +60,7 @@ def test_dry_run_as_documented_exercises_every_section_and_writes_the_report(tmp
     assert s["memory"]["peak_rss_gib"] > 0
 
 
+@pytest.mark.slow  # runs a benchmark script
 def test_every_documented_gpu_command_parses_up_to_the_gpu_refusal(tmp_path, repo_root):
     """The GPU commands cannot run here, but their flags must reach gpu_check.py intact: it then stops
     with its own 'no GPU' message, not an argument error."""
@@ -102,6 +103,7 @@ def test_goals_are_judged_from_the_best_bf16_batch_and_six_members():
     assert missing["crops_per_s_bf16"]["met"] is False and missing["s_per_image_6_members"]["measured"] is None
 
 
+@pytest.mark.slow  # runs a benchmark script
 def test_a_failing_section_is_recorded_and_the_rest_still_run(tmp_path, monkeypatch):
     def broken(s, device):
         raise RuntimeError("no kernel image for this GPU")

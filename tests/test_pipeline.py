@@ -9,7 +9,8 @@ from torchvision import ops
 from detect.classes import ClassList
 from detect.io import load_checkpoint
 from detect.models.convention import BVLC
-from detect.models.googlenet import GoogLeNet
+from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet
+from detect.region import warp_regions
 from detect.pipeline import DETECTOR_FORMAT, Detector, DetectorSettings, bundle_detector, per_class_nms
 from proposals.base import Proposals
 
@@ -74,9 +75,15 @@ def test_detector_detects_and_roundtrips_checkpoint(tmp_path):
     assert res.boxes.min() >= 0 and res.boxes[:, 2].max() <= 64 and res.boxes[:, 3].max() <= 48  # clipped
     # the tiny 0.5-pixel-wide proposal is dropped before scoring
     assert not np.any(res.boxes[:, 2] - res.boxes[:, 0] < 2)
-    # scores are the ensemble's averaged probabilities for the crop
-    probs = det.score(image, res.boxes[:1])
-    assert float(probs[0, res.labels[0] + 1]) == pytest.approx(float(res.scores[0]), abs=1e-5)
+    # scores are the ensemble's averaged softmax for the warped crop, computed here step by step: ImageNet
+    # normalisation written out, R-CNN's warp (checked against a per-pixel loop in test_region), each
+    # member's logits, softmax, mean over members; column label + 1 (0 is background)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    prepared = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - mean) / std
+    crop = warp_regions(prepared, torch.from_numpy(res.boxes[:1]), 64, 4)
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(m(crop), dim=1) for m in members]).mean(0)
+    assert float(res.scores[0]) == pytest.approx(float(expected[0, res.labels[0] + 1]), abs=1e-5)
 
     ckpts = [{"model_kwargs": m.model_kwargs, "model_state": m.state_dict()} for m in members]
     settings = DetectorSettings(crop_size=64, context=4, nms_iou=0.3, score_threshold=0.0, max_per_image=5,

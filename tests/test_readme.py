@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +37,11 @@ def _commands():
 COMMANDS = _commands()
 
 
+def _parsed(value: str):
+    """An override's value as Hydra parses it (numbers, booleans, lists, null)."""
+    return OverridesParser.create().parse_override(f"k={value}").value()
+
+
 def test_readme_has_the_tool_commands():
     tools = {tool for tool, _ in COMMANDS}
     assert {"detect", "train_cls", "train_multibox", "propose", "train_region", "detect_dataset", "eval_map"} <= tools
@@ -45,5 +52,14 @@ def test_readme_command_composes(tool, args):
     assert (ROOT / "tools" / f"{tool}.py").is_file()
     overrides = [a for a in shlex.split(args) if "=" in a and not a.startswith("-")]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(tool, overrides=overrides)
-    assert cfg.work_dir
+        cfg = compose(tool, overrides=overrides, return_hydra_config=True)
+    choices = cfg.hydra.runtime.choices
+    for override in overrides:  # each override took effect: a group was chosen, or the key holds the value
+        key, value = override.lstrip("+~").split("=", 1)
+        if key in choices:
+            assert choices[key] == value, override
+        else:
+            got = OmegaConf.select(cfg, key, default="<missing>")
+            assert got != "<missing>", f"{override}: no key {key} in the composed {tool} config"
+            assert str(OmegaConf.to_container(got) if OmegaConf.is_config(got) else got) == str(
+                _parsed(value)), override

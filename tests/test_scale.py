@@ -23,6 +23,7 @@ def _compose(tool: str, overrides: list[str]):
         return compose(tool, overrides=overrides)
 
 
+@pytest.mark.slow  # runs a benchmark script
 def test_world_reads_as_ilsvrc_2014_with_val1_val2_and_blacklist(tmp_path):
     from hydra.utils import instantiate
 
@@ -61,6 +62,7 @@ def test_world_reads_as_ilsvrc_2014_with_val1_val2_and_blacklist(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "x"
 
 
+@pytest.mark.slow  # runs a benchmark script
 def test_stand_in_proposer_counts_sizes_and_store_dtype(tmp_path):
     from proposals.store_format import ProposalStore
 
@@ -89,6 +91,7 @@ def _load(path: Path, name: str):
     return module
 
 
+@pytest.mark.slow  # runs a benchmark script
 def test_measured_peak_memory_is_the_child_s_own(repo_root):
     """A child's peak memory is its own, even measured from this (large, torch-importing) process: a
     child allocating 200 MB reads about 200 MB more than one allocating nothing, and far less than us."""
