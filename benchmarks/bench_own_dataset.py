@@ -1,11 +1,15 @@
 """The "own dataset" command on a VOC folder the project writes: wall time per stage and VOC mAP.
 
-    .venv/bin/python benchmarks/bench_own_dataset.py --work /tmp/own_dataset [--format coco] [--members 2]
+    .venv/bin/python benchmarks/bench_own_dataset.py --work /tmp/own_dataset [--format voc|coco|roboflow|yolo]
 
 Writes the synthetic detection world (the demo's size: 8 classes, 300 training and 100 test images)
-as a PASCAL VOC folder (1-based boxes, class names, ImageSets/Main/trainval.txt and test.txt; every
-third image named ``.JPG``, the others ``.jpg``) or as COCO files, then runs, timed, exactly what a
-user runs:
+in one of four shapes users bring: a PASCAL VOC folder (1-based boxes, class names,
+ImageSets/Main/trainval.txt and test.txt; every third image named ``.JPG``, the others ``.jpg``); the
+official COCO layout (annotations/instances_<split>.json, images/<split>/); a Roboflow COCO export
+(train/, valid/, test/, each with ``_annotations.coco.json`` beside its images, ids from 0, the
+dataset's own supercategory as category 0 with no boxes; 15 % of the training images in valid/); or an
+ultralytics YOLO folder (images/<split>/, labels/<split>/*.txt with normalised cx cy w h, data.yaml
+with ``names``). Then it runs, timed, exactly what a user runs:
 
     python tools/demo.py experiment=small data=voc data.root=<folder> work_dir=<work>/run
 
@@ -40,10 +44,79 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+DATA_OVERRIDES = {
+    "voc": ["data=voc"],
+    "coco": ["data=coco", "data.train_name=train", "data.val_name=val"],
+    "roboflow": ["data=coco", "data.train_name=[train,valid]", "data.val_name=test"],
+    "yolo": ["data=yolo"],
+}
+
+
+def write_roboflow(coco_root: Path, out: Path, valid_share: float = 0.15) -> None:
+    """The official-layout COCO world ``coco_root`` re-laid as a Roboflow export at ``out``: train/ and
+    valid/ (every image whose rank modulo 1/valid_share is 0) from the training split, test/ from val;
+    ids renumbered from 0 as Roboflow does, category 0 the dataset's supercategory (no boxes)."""
+    import shutil
+
+    def split(src_split: str, parts: dict[str, callable]) -> None:
+        data = json.loads((coco_root / "annotations" / f"instances_{src_split}.json").read_text())
+        categories = [{"id": 0, "name": "shapes", "supercategory": "none"}] + [
+            {"id": c["id"], "name": c["name"], "supercategory": "shapes"} for c in data["categories"]]
+        for name, keep in parts.items():
+            folder = out / name
+            folder.mkdir(parents=True, exist_ok=True)
+            images = [im for k, im in enumerate(sorted(data["images"], key=lambda im: im["id"])) if keep(k)]
+            new_id = {im["id"]: k for k, im in enumerate(images)}
+            for im in images:
+                shutil.copyfile(coco_root / "images" / src_split / im["file_name"], folder / im["file_name"])
+            anns = [a for a in data["annotations"] if a["image_id"] in new_id]
+            doc = {"info": {"description": "written by bench_own_dataset.py"}, "categories": categories,
+                   "images": [{**im, "id": new_id[im["id"]]} for im in images],
+                   "annotations": [{**a, "id": k, "image_id": new_id[a["image_id"]]} for k, a in enumerate(anns)]}
+            (folder / "_annotations.coco.json").write_text(json.dumps(doc))
+
+    every = round(1 / valid_share)
+    split("train", {"train": lambda k: k % every != 0, "valid": lambda k: k % every == 0})
+    split("val", {"test": lambda k: True})
+
+
+def write_yolo(voc_root: Path, out: Path) -> None:
+    """The VOC world ``voc_root`` re-laid as an ultralytics YOLO folder at ``out``: images/{train,val},
+    labels/{train,val}/<stem>.txt (class cx cy w h, normalised), data.yaml with the sorted class names."""
+    import shutil
+
+    from detect.data.xmlfile import read_xml_root
+
+    def objects(xml: Path):
+        root = read_xml_root(xml)
+        size = root.find("size")
+        w, h = float(size.findtext("width")), float(size.findtext("height"))
+        for obj in root.iter("object"):
+            b = obj.find("bndbox")
+            x1, y1, x2, y2 = (float(b.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            yield obj.findtext("name"), w, h, x1 - 1, y1 - 1, x2, y2
+
+    lists = {"train": "trainval", "val": "test"}
+    names = sorted({o[0] for stem in (voc_root / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+                    for o in objects(voc_root / "Annotations" / f"{stem}.xml")})
+    index = {n: k for k, n in enumerate(names)}
+    for split, voc_list in lists.items():
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for stem in (voc_root / "ImageSets" / "Main" / f"{voc_list}.txt").read_text().split():
+            image = next((voc_root / "JPEGImages").glob(f"{stem}.*"))
+            shutil.copyfile(image, out / "images" / split / image.name)
+            lines = [f"{index[n]} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
+                     for n, w, h, x1, y1, x2, y2 in objects(voc_root / "Annotations" / f"{stem}.xml")]
+            (out / "labels" / split / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
+    yaml_names = "".join(f"  {k}: {n}\n" for k, n in enumerate(names))
+    (out / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\nnames:\n{yaml_names}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, help="folder for the dataset and the run")
-    p.add_argument("--format", choices=["voc", "coco"], default="voc")
+    p.add_argument("--format", choices=["voc", "coco", "roboflow", "yolo"], default="voc")
     p.add_argument("--members", type=int, default=2)
     p.add_argument("--num-train", type=int, default=300)
     p.add_argument("--num-val", type=int, default=100)
@@ -52,10 +125,16 @@ def main() -> None:
     work = Path(args.work).resolve()
     data_root = work / f"{args.format}_world"
     start = time.perf_counter()
-    make_detection_world(data_root, num_train=args.num_train, num_val=args.num_val, layout=args.format,
+    layout = {"roboflow": "coco", "yolo": "voc"}.get(args.format, args.format)
+    source = work / f"{layout}_source" if layout != args.format else data_root
+    make_detection_world(source, num_train=args.num_train, num_val=args.num_val, layout=layout,
                          extensions=[".jpg", ".jpg", ".JPG"])
+    if args.format == "roboflow":
+        write_roboflow(source, data_root)
+    elif args.format == "yolo":
+        write_yolo(source, data_root)
     print(f"dataset written in {time.perf_counter() - start:.1f} s: {data_root}", flush=True)
-    data = ["data=voc"] if args.format == "voc" else ["data=coco", "data.train_name=train", "data.val_name=val"]
+    data = DATA_OVERRIDES[args.format]
     cmd = [sys.executable, str(ROOT / "tools" / "demo.py"), "experiment=small", *data, f"data.root={data_root}",
            f"work_dir={work / 'run'}", f"members={args.members}", *args.extra]
     print("$ " + " ".join(cmd[1:]), flush=True)
@@ -70,8 +149,10 @@ def main() -> None:
     for stamp in sorted((run / "stages").glob("*.json"), key=lambda s: s.stat().st_mtime):
         info = json.loads(stamp.read_text())
         stages[info["name"]] = info["seconds"]
-    stem = "voc_test" if args.format == "voc" else "coco_val"
-    report = json.loads((run / "eval" / f"eval_{stem}.json").read_text())
+    reports = sorted((run / "eval").glob("eval_*.json"), key=lambda f: f.stat().st_mtime)
+    if not reports:
+        raise SystemExit(f"no evaluation report in {run / 'eval'}")
+    report = json.loads(reports[-1].read_text())
     per_image = {}
     for store in sorted((run / "proposals").glob("*.json")):
         side = json.loads(store.read_text())
