@@ -107,8 +107,6 @@ def read_npz(path: Path, names: Sequence[str] | None = None) -> dict[str, np.nda
 
 def run_fingerprint_of(*parts) -> str:
     """A short sha256 of JSON-able parts (what a run's result depends on)."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
