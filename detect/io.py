@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +19,7 @@ if TYPE_CHECKING:  # torch is imported inside the two functions that need it: re
     import torch
 
 __all__ = ["file_sha256", "state_digest", "exclusive_lock", "OutputLocked", "OwnedFolder", "OutputConflict",
-           "refuse_inputs", "atomic_open", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
+           "refuse_inputs", "atomic_open", "stale_temp_files", "remove_stale_temps", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
 
 
 def _read_umask() -> int:
@@ -34,6 +36,8 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+log = logging.getLogger(__name__)
+_TEMP_NAME = "[a-z0-9_]{8}"  # what tempfile.mkstemp puts between atomic_open's prefix and suffix
 
 
 @contextmanager
@@ -55,6 +59,34 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[Any]:
         except FileNotFoundError:
             pass
         raise
+
+
+def stale_temp_files(path: str | Path) -> list[Path]:
+    """The temporary files that :func:`atomic_open` left beside ``path`` when its process was killed
+    (``.<name>.<8 random characters>.tmp``, plain files only: a link or folder is never one of ours)."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_TEMP_NAME}\.tmp")
+    try:
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return []
+    return [path.parent / e.name for e in entries
+            if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+
+
+def remove_stale_temps(path: str | Path) -> int:
+    """Delete :func:`stale_temp_files` of ``path``; returns how many. Call it only while holding the lock
+    of ``path`` (:func:`exclusive_lock`), so that no writer of ours is filling one of them now."""
+    removed = 0
+    for tmp in stale_temp_files(path):
+        try:
+            tmp.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    if removed:
+        log.info("%s: removed %d temporary file(s) left by an interrupted write", path, removed)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -8,12 +8,26 @@ everything the result depends on (inputs, image list, model weights, settings), 
 again with the same inputs skips the chunks that exist, and one with other inputs writes another
 folder: old and new results are never mixed. A second process working on the same rank of the same
 output is stopped by a lock. Rank 0 merges once every rank's chunks exist and removes the folder.
+
+Ownership and clean-up: the folder holds an ``owner.json`` naming its output; a run removes the
+temporary files that killed writes of its own chunks left (:meth:`ChunkedRun.begin`), and after a
+successful merge the folders of earlier runs of the same output with other inputs
+(:meth:`ChunkedRun.remove_abandoned`), only when they hold nothing but such files and no process holds
+a lock of that output. Nothing else is ever deleted.
+
+Images enter a fingerprint through :func:`image_list_digest` (ids, paths and each file's size, times and
+inode, or its sha256), so an image replaced in place is a changed input. A run's final outputs are
+vouched for by a :class:`RunRecord` written after them, with their sha256.
 """
 from __future__ import annotations
 
+import glob
+import hashlib
 import io
 import json
-import shutil
+import logging
+import os
+import re
 import zipfile
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -21,9 +35,51 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from detect.io import atomic_open, exclusive_lock
+from detect.io import OutputLocked, atomic_open, atomic_write_json, exclusive_lock, file_sha256, remove_stale_temps
 
-__all__ = ["ChunkedRun", "write_npz", "read_npz", "run_fingerprint_of"]
+__all__ = ["ChunkedRun", "RunRecord", "write_npz", "read_npz", "run_fingerprint_of", "image_list_digest",
+           "IMAGE_FINGERPRINTS"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_FINGERPRINTS = ("stat", "sha256")  # how image_list_digest tells an image's content (conf: image_fingerprint)
+_CHUNK = re.compile(r"w\d+_r\d+_c\d{6}\.npz")
+_OWNER = "owner.json"
+_TEMP = re.compile(r"\.(w\d+_r\d+_c\d{6}\.npz|owner\.json)\.[a-z0-9_]{8}\.tmp")  # atomic_open's temporaries
+
+
+def image_list_digest(paths: Sequence[str | Path], keys: Sequence, content: str = "stat") -> str:
+    """Hex sha256 of an image list as a run's input: each image's key (id, index: JSON-able), its path
+    and its content, told by ``content``:
+
+    - ``"stat"``: the file's size, mtime_ns, ctime_ns and inode (cheap; an image rewritten in place or
+      replaced by a rename changes at least one of them, even ``cp -p`` changes the ctime);
+    - ``"sha256"``: the bytes themselves (reads every image: slow on a large split; immune to copies).
+
+    A missing or unreadable file counts as ``-1`` / ``"missing"`` (its error is the run's to report).
+    """
+    if content not in IMAGE_FINGERPRINTS:
+        raise ValueError(f"image_fingerprint={content!r}: expected one of {', '.join(IMAGE_FINGERPRINTS)}")
+    if len(paths) != len(keys):
+        raise ValueError(f"{len(paths)} image paths but {len(keys)} keys")
+    h = hashlib.sha256(json.dumps(["image-list-v1", content, list(keys), [str(p) for p in paths]],
+                                  default=str).encode("utf-8", "surrogatepass"))
+    if content == "stat":
+        stats = np.full((len(paths), 4), -1, np.int64)
+        for k, path in enumerate(paths):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            stats[k] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        h.update(stats.tobytes())
+    else:
+        for path in paths:
+            try:
+                h.update(file_sha256(path).encode())
+            except OSError:
+                h.update(b"missing")
+    return h.hexdigest()
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -51,8 +107,6 @@ def read_npz(path: Path, names: Sequence[str] | None = None) -> dict[str, np.nda
 
 def run_fingerprint_of(*parts) -> str:
     """A short sha256 of JSON-able parts (what a run's result depends on)."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -68,8 +122,10 @@ class ChunkedRun:
         if chunk_size < 1 or world_size < 1:
             raise ValueError(f"chunk_size and world_size must be >= 1 (got {chunk_size}, {world_size})")
         self.output = Path(output)
+        self.fingerprint = str(fingerprint)
         self.dir = self.output.parent / f".{self.output.stem}.parts-{fingerprint}"
         self.n, self.chunk_size, self.world_size = int(n), int(chunk_size), int(world_size)
+        self._claimed = False
 
     def indices(self, rank: int) -> list[np.ndarray]:
         """Item indices of each chunk of ``rank`` (every ``world_size``-th item)."""
@@ -88,8 +144,28 @@ class ChunkedRun:
         one fails at once (``OutputLocked``) instead of computing the same output beside it."""
         return exclusive_lock(self.output.with_name(f"{self.output.name}.rank{rank}"))
 
+    def begin(self, rank: int) -> None:
+        """Start (or resume) ``rank``'s part, holding :meth:`lock`: remove the temporary files that killed
+        writes of this rank's chunks left in the folder (no other process can be writing them now)."""
+        if self.dir.is_dir() and not self.dir.is_symlink():
+            mine = re.compile(rf"\.w{self.world_size}_r{rank}_c\d{{6}}\.npz\.[a-z0-9_]{{8}}\.tmp")
+            stale = [e.name for e in os.scandir(self.dir) if mine.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+            for name in stale:
+                (self.dir / name).unlink(missing_ok=True)
+            if stale:
+                log.info("%s: removed %d temporary file(s) of rank %d left by a killed run", self.dir, len(stale), rank)
+
+    def _claim(self) -> None:
+        """Write the folder's ``owner.json`` (what output and inputs it belongs to) once."""
+        if not self._claimed and not (self.dir / _OWNER).is_file():
+            atomic_write_json(self.dir / _OWNER, {"output": self.output.name, "fingerprint": self.fingerprint,
+                                                  "n": self.n, "chunk_size": self.chunk_size,
+                                                  "world_size": self.world_size})
+        self._claimed = True
+
     def write(self, rank: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
         """Write chunk ``chunk`` of ``rank`` (its item indices are stored with it, as ``indices``)."""
+        self._claim()
         write_npz(self.file(rank, chunk), {**arrays, "indices": self.indices(rank)[chunk]})
 
     def all_present(self) -> bool:
@@ -109,5 +185,115 @@ class ChunkedRun:
                 yield self.read(r, c, names)
 
     def remove(self) -> None:
-        """Delete the partial files (after a merge); the folder is this run's own."""
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Delete this run's partial files after a merge (:func:`_remove_parts_folder`)."""
+        _remove_parts_folder(self.dir, None)
+
+    def remove_abandoned(self, holding: int | None = None) -> list[Path]:
+        """After a successful merge: delete the parts folders that earlier runs of this output with other
+        inputs left (their ``owner.json`` names this output; nothing but chunk files inside), unless a
+        process holds a rank lock of this output (``holding``: the rank whose lock this process holds).
+        Returns the folders removed."""
+        pattern = re.compile(rf"\.{re.escape(self.output.stem)}\.parts-[0-9a-f]{{6,64}}")
+        folders = [self.output.parent / e.name for e in os.scandir(self.output.parent)
+                   if pattern.fullmatch(e.name) and e.is_dir(follow_symlinks=False) and e.name != self.dir.name]
+        if not folders or self._lock_in_use(holding):
+            return []
+        return [d for d in folders if _remove_parts_folder(d, self.output.name)]
+
+    def _lock_in_use(self, holding: int | None) -> bool:
+        """Whether another process holds a rank lock of this output (a run of other inputs may be writing)."""
+        name = re.compile(rf"\.{re.escape(self.output.name)}\.rank(\d+)\.lock")
+        for lock in glob.glob(str(self.output.parent / f".{glob.escape(self.output.name)}.rank*.lock")):
+            m = name.fullmatch(Path(lock).name)
+            if m is None or int(m[1]) == holding:
+                continue
+            try:
+                with self.lock(int(m[1])):
+                    pass
+            except OutputLocked:
+                log.info("%s: rank %s is being written by another process; old partial results kept", self.output,
+                         m[1])
+                return True
+        return False
+
+
+def _remove_parts_folder(folder: Path, owner: str | None) -> bool:
+    """Delete a parts folder's chunk files, their temporaries and ``owner.json``, then the folder when that
+    leaves it empty. ``owner``: the output name its ``owner.json`` must give (None: the caller's own
+    folder, just merged). A folder holding anything else (a file of the user's, a link, a sub-folder)
+    is left whole, with a warning. Returns whether the folder is gone."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    if owner is not None:
+        try:
+            if json.loads((folder / _OWNER).read_text()).get("output") != owner:
+                return False
+        except (OSError, ValueError, AttributeError):
+            log.info("%s: no owner record of this output; left in place", folder)
+            return False
+    entries = list(os.scandir(folder))
+    foreign = [e.name for e in entries if not (e.is_file(follow_symlinks=False)
+                                               and (_CHUNK.fullmatch(e.name) or _TEMP.fullmatch(e.name) or e.name == _OWNER))]
+    if foreign:
+        log.warning("%s: holds files that are not partial results (%s); left in place", folder, ", ".join(foreign[:3]))
+        return False
+    for e in entries:
+        if e.name != _OWNER:
+            (folder / e.name).unlink(missing_ok=True)
+    (folder / _OWNER).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # something appeared meanwhile: left
+        return False
+    return True
+
+
+class RunRecord:
+    """The JSON record beside a run's final outputs that says which run wrote them (``path``; the
+    outputs: ``outputs``), and so what a re-run may keep.
+
+    Writing is one unit: :meth:`begin` marks the record ``writing`` before any output is replaced,
+    the outputs are written (each atomically), :meth:`finish` writes it ``complete`` last, with the
+    fingerprint and every output's sha256. A run killed anywhere in between leaves a record that is not
+    complete, and :meth:`up_to_date` also re-reads the outputs' digests, so outputs changed or mixed
+    after the record was written are never taken for the recorded run's. The record's presence also
+    marks the outputs as the tool's own (the tool may replace them).
+    """
+
+    def __init__(self, path: str | Path, outputs: Sequence[str | Path]):
+        self.path = Path(path)
+        self.outputs = [Path(p) for p in outputs]
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def read(self) -> dict:
+        """The record (``{}`` when it is missing or unreadable)."""
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def begin(self, fingerprint: str) -> None:
+        """Mark the outputs as being replaced by the run ``fingerprint`` (never up to date until finished)."""
+        atomic_write_json(self.path, {"state": "writing", "fingerprint": fingerprint})
+
+    def finish(self, fingerprint: str, info: dict | None = None) -> None:
+        """Record the written outputs (their sha256) as the complete result of run ``fingerprint``."""
+        digests = {p.name: file_sha256(p) for p in self.outputs}
+        atomic_write_json(self.path, {**(info or {}), "state": "complete", "fingerprint": fingerprint,
+                                      "outputs": digests})
+
+    def up_to_date(self, fingerprint: str) -> bool:
+        """True when a complete run ``fingerprint`` wrote the outputs and they still hold what it wrote."""
+        record = self.read()
+        if record.get("state") != "complete" or record.get("fingerprint") != fingerprint:
+            return False
+        digests = record.get("outputs")
+        if not isinstance(digests, dict) or set(digests) != {p.name for p in self.outputs}:
+            return False
+        try:
+            return all(file_sha256(p) == digests[p.name] for p in self.outputs)
+        except OSError:
+            return False

@@ -3,10 +3,16 @@ proposal store (the file itself: :mod:`proposals.store_format`, whose names are 
 
 Writing: every rank takes every ``world_size``-th image and writes its results in chunks, each an
 atomic partial file in ``.<store>.parts-<fingerprint>/``; a restarted run skips the chunks that exist;
-rank 0 merges all chunks into the store when they are all there and removes the partial files. The
+rank 0 merges all chunks into the store when they are all there and removes the partial files (and
+the abandoned ones of earlier runs with other images or settings, :class:`detect.runs.ChunkedRun`). The
 merge streams: it reads each chunk's small arrays once to size the store, then copies the boxes image
 by image in store order (a few chunks in memory at a time), so a split of any size merges in bounded
 memory.
+
+The store's fingerprint (in its meta) covers the image ids, paths and contents
+(:func:`detect.runs.image_list_digest`: file stats, or sha256 with ``image_fingerprint="sha256"``), the
+settings and the chunk size: an image replaced in place makes the store stale. A split in which no
+image could be processed stops with the first reasons and writes no store.
 """
 from __future__ import annotations
 
@@ -26,8 +32,8 @@ from tqdm import tqdm
 
 from detect.data.images import read_image
 from detect.data.records import SkipLog
-from detect.io import OutputConflict, atomic_write_json
-from detect.runs import ChunkedRun, run_fingerprint_of
+from detect.io import OutputConflict, atomic_write_json, remove_stale_temps
+from detect.runs import ChunkedRun, image_list_digest, run_fingerprint_of
 from proposals.base import Proposals, Proposer
 from proposals.store_format import ProposalStore, StoreWriter, box_dtype_for, sidecar_path, store_meta, upgrade_store
 
@@ -105,8 +111,10 @@ def _chunk_arrays(indices: np.ndarray, results: list) -> dict[str, np.ndarray]:
     }
 
 
-def _fingerprint(image_ids: Sequence[str], paths: Sequence[str], meta: dict, chunk_size: int) -> str:
-    return run_fingerprint_of(list(image_ids), list(paths), meta, chunk_size)
+def _fingerprint(image_ids: Sequence[str], paths: Sequence[str], meta: dict, chunk_size: int, content: str) -> str:
+    """What a store depends on: the images (ids, paths, contents as ``content`` tells them), ``meta``
+    (method, settings, proposer weights) and the chunk size."""
+    return run_fingerprint_of(image_list_digest(paths, list(image_ids), content), meta, chunk_size)
 
 
 def _merge(chunks: ChunkedRun, out_path: Path, image_ids: Sequence[str], meta: dict, run_info: dict) -> SkipLog:
@@ -128,6 +136,7 @@ def _merge(chunks: ChunkedRun, out_path: Path, image_ids: Sequence[str], meta: d
             with_scores[expected] = z["has_scores"]
             failed.update({int(k): v for k, v in json.loads(str(z["errors"])).items()})
             seconds.extend(z["seconds"].tolist())
+    _check_some_processed(chunks, image_ids, failed)
     ok = np.ones(chunks.n, bool)
     ok[list(failed)] = False
     keep_scores = bool(ok.any()) and bool(with_scores[ok].all())
@@ -151,7 +160,19 @@ def _merge(chunks: ChunkedRun, out_path: Path, image_ids: Sequence[str], meta: d
                 mean_boxes_per_image=float(counts.mean()) if chunks.n else 0.0)
     atomic_write_json(sidecar_path(out_path), info)
     chunks.remove()
+    chunks.remove_abandoned(holding=0)
     return skipped
+
+
+def _check_some_processed(chunks: ChunkedRun, image_ids: Sequence[str], failed: dict[int, str]) -> None:
+    """Stop (``RuntimeError`` with the first reasons) when no image of the split gave proposals: such a
+    store would look complete and hold nothing. Its chunks are removed so that a re-run tries again."""
+    if chunks.n and len(failed) < chunks.n:
+        return
+    first = "; ".join(failed[i] for i in sorted(failed)[:3]) or "the image list is empty"
+    chunks.remove()
+    raise RuntimeError(f"{chunks.output}: no image could be processed ({len(failed)} of {chunks.n} failed; first: "
+                       f"{first}); no store written")
 
 
 def propose_dataset(
@@ -170,6 +191,7 @@ def propose_dataset(
     poll_s: float = 5.0,
     meta: dict | None = None,
     progress: bool = True,
+    image_fingerprint: str = "stat",
 ) -> ProposeSummary:
     """Compute proposals for every image and write one :class:`ProposalStore` at ``out_path``.
 
@@ -178,8 +200,11 @@ def propose_dataset(
     rank / world_size: this process computes images ``rank::world_size``; rank 0 merges once every
         rank's chunks exist, waiting up to ``merge_timeout_s`` for them (0: merge only if already there).
     stop_after_chunks: stop after computing this many chunks (a time-slice; also the tests' "kill").
+    image_fingerprint: how the images' contents enter the fingerprint, ``"stat"`` or ``"sha256"``
+        (:func:`detect.runs.image_list_digest`).
     Images that cannot be read or processed are logged, counted, stored with zero boxes and listed in
-    the store's ``meta["failed_images"]``. Returns a :class:`ProposeSummary`.
+    the store's ``meta["failed_images"]``; when none could be processed, ``RuntimeError`` and no store.
+    Returns a :class:`ProposeSummary`.
     """
     out_path = Path(out_path)
     image_paths = [str(p) for p in image_paths]
@@ -188,7 +213,7 @@ def propose_dataset(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     meta = dict(meta or {}, method=proposer.name)
-    fingerprint = _fingerprint(image_ids, image_paths, meta, chunk_size)
+    fingerprint = _fingerprint(image_ids, image_paths, meta, chunk_size, image_fingerprint)
     meta["fingerprint"] = fingerprint
     if out_path.exists():
         try:
@@ -198,7 +223,7 @@ def propose_dataset(
                                  "output path)") from None
         if done:
             with ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size).lock(rank):
-                upgraded = upgrade_store(out_path)  # an older compressed store: rewritten memory-mapped
+                upgraded = rank == 0 and upgrade_store(out_path)  # an older compressed store: rewritten memory-mapped
             log.info("%s is complete already (same images and settings)%s", out_path,
                      "; rewritten in the memory-mapped format" if upgraded else ": nothing to do")
             return ProposeSummary(out_path, True, 0, 0)
@@ -211,6 +236,10 @@ def propose_dataset(
 def _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers, chunk_size, rank, world_size,
              stop_after_chunks, merge_timeout_s, poll_s, meta, fingerprint, progress) -> ProposeSummary:
     chunks = ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size)
+    chunks.begin(rank)
+    if rank == 0:  # the one writer of the store and its sidecar (under its lock): temporaries of killed writes go
+        for path in (out_path, sidecar_path(out_path)):
+            remove_stale_temps(path)
     mine = chunks.indices(rank)
     pending = chunks.pending(rank)
     if stop_after_chunks is not None:
@@ -254,7 +283,7 @@ def _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers,
             log.info("%s: not all chunks are there yet; run again to finish and merge", out_path.name)
             return summary
         time.sleep(poll_s)
-    run_info = {"workers": workers, "world_size": world_size, "method": proposer.name}
+    run_info = {"workers": workers, "world_size": world_size, "method": proposer.name, "fingerprint": fingerprint}
     summary.skipped = _merge(chunks, out_path, image_ids, meta, run_info)
     summary.merged = True
     log.info("wrote %s (%d images); %s", out_path, len(image_ids), summary.skipped.summary())

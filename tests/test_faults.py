@@ -566,3 +566,230 @@ def test_detect_dataset_resumes_a_killed_run_chunk_by_chunk(tmp_path, repo_root)
     a, b = merged(run), merged(whole)
     assert a.image_index.tolist() == [1, 2, 3, 4, 5]
     np.testing.assert_array_equal(a.boxes, b.boxes) and np.testing.assert_array_equal(a.scores, b.scores)
+
+
+# ---- issue 21: atomic outputs, content fingerprints, temp cleanup
+
+def _detect_dataset_main(repo_root: Path, args: list[str]):
+    """The tool's module (fresh, so that a test may patch it) and ``main`` composed with ``args``, run in this
+    process (the tool without Hydra's process wrapper: a few seconds instead of a subprocess)."""
+    import functools
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+
+    spec = importlib.util.spec_from_file_location("detect_dataset_tool_i21", repo_root / "tools" / "detect_dataset.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
+        cfg = compose("detect_dataset", overrides=list(args))
+    return tool, functools.partial(tool.main.__wrapped__, cfg)
+
+
+@pytest.mark.parametrize("killed_in", ["coco_json", "run_record"])
+def test_detect_dataset_killed_while_writing_is_never_up_to_date(tmp_path, repo_root, monkeypatch, capsys, killed_in):
+    """A kill during the final write (the COCO JSON takes ~10 s for 1e6 detections) left the new
+    submission beside the previous run's record; the next run with the previous inputs said "up to
+    date" and kept the other run's detections."""
+    _, args, out = _detect_dataset_setup(tmp_path)
+    _detect_dataset_main(repo_root, args)[1]()
+    first = out.read_text()
+    tool, run_other = _detect_dataset_main(repo_root, [*args, "max_per_image=1"])  # other inputs, killed while writing
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    if killed_in == "coco_json":
+        monkeypatch.setattr(tool, "write_coco_results", killed)
+    else:
+        monkeypatch.setattr("detect.runs.RunRecord.finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_other()
+    assert out.read_text() != first  # (the premise: the submission already holds the other run's detections)
+    monkeypatch.undo()
+    capsys.readouterr()
+    _detect_dataset_main(repo_root, args)[1]()  # the first inputs again
+    assert "up to date" not in capsys.readouterr().out
+    assert out.read_text() == first and json.loads(out.with_suffix(".json").read_text())
+    _detect_dataset_main(repo_root, args)[1]()  # now complete: nothing to do
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_run_record_vouches_only_for_the_outputs_it_saw(tmp_path):
+    from detect.runs import RunRecord
+
+    outputs = [tmp_path / "a.txt", tmp_path / "a.json"]
+    record = RunRecord(tmp_path / "a.txt.run.json", outputs)
+    for p in outputs:
+        p.write_text("first")
+    record.finish("k1")
+    assert record.up_to_date("k1") and not record.up_to_date("k2")
+    outputs[1].write_text("edited")  # an output replaced after the record (by hand, or a half-finished run)
+    assert not record.up_to_date("k1")
+    outputs[1].write_text("first")
+    record.begin("k2")  # the outputs are being replaced: neither run's until finish
+    assert not record.up_to_date("k1") and not record.up_to_date("k2") and record.exists()
+    (tmp_path / "a.txt.run.json").write_text(json.dumps({"fingerprint": "k1"}))  # a record of earlier versions
+    assert not record.up_to_date("k1")
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> None:
+    """New bytes of the same length into the same file (same inode), its mtime put back."""
+    st = os.stat(path)
+    assert len(data) == st.st_size
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_images_replaced_in_place_are_a_changed_input_for_proposals(tmp_path):
+    """An image given new pixels at the same path: the proposal store was reused ("same images")."""
+    from PIL import Image
+
+    from proposals.base import Proposals
+    from proposals.store import ProposalStore, propose_dataset
+
+    class MeanBox:
+        name = "mean"
+
+        def __call__(self, image):
+            v = float(image.mean())
+            return Proposals(np.array([[0, 0, v, v]], np.float32), None)
+
+    paths = []
+    for i, value in enumerate((40, 80)):
+        paths.append(tmp_path / "img" / f"{i}.bmp")  # uncompressed: new pixels, same file size
+        paths[-1].parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(paths[-1])
+    out = tmp_path / "s.npz"
+    propose_dataset(paths, ["a", "b"], MeanBox(), out, progress=False)
+    assert ProposalStore.load(out).get("b")[0, 2] == 80
+    data = bytearray(paths[1].read_bytes())
+    data[-8 * 8 * 3:] = bytes([120]) * (8 * 8 * 3)
+    _rewrite_in_place(paths[1], bytes(data))  # size, mtime and inode as before: only the ctime tells
+    again = propose_dataset(paths, ["a", "b"], MeanBox(), out, progress=False)
+    assert again.chunks_computed == 1 and ProposalStore.load(out).get("b")[0, 2] == 120
+    for mode in ("stat", "sha256"):
+        assert propose_dataset(paths, ["a", "b"], MeanBox(), out, progress=False, image_fingerprint=mode).merged
+    assert propose_dataset(paths, ["a", "b"], MeanBox(), out, progress=False, image_fingerprint="sha256").chunks_computed == 0
+
+
+def test_image_list_digest_stat_and_content(tmp_path):
+    from detect.runs import image_list_digest
+
+    a = tmp_path / "a.jpg"
+    a.write_bytes(b"pixels")
+    stat, content = image_list_digest([a], ["a"]), image_list_digest([a], ["a"], "sha256")
+    a.unlink()
+    a.write_bytes(b"pixels")  # the same bytes in a new file: stat says changed, content says the same
+    assert image_list_digest([a], ["a"]) != stat and image_list_digest([a], ["a"], "sha256") == content
+    _rewrite_in_place(a, b"PIXELS")
+    assert image_list_digest([a], ["a"], "sha256") != content
+    assert image_list_digest([a], ["b"]) != image_list_digest([a], ["a"])  # the keys count
+    assert image_list_digest([tmp_path / "gone.jpg"], ["a"])  # a missing image: its error is the run's to report
+    with pytest.raises(ValueError, match="image_fingerprint"):
+        image_list_digest([a], ["a"], "md5")
+
+
+@pytest.mark.parametrize("rewrite", ["in_place", "same_mtime"])
+def test_detect_dataset_images_replaced_in_place_are_detected_again(tmp_path, repo_root, capsys, rewrite):
+    from PIL import Image
+
+    root, args, out = _detect_dataset_setup(tmp_path)
+    _detect_dataset_main(repo_root, args)[1]()
+    image = sorted((root / "Data/DET/val").rglob("*.JPEG"))[0]
+    st = os.stat(image)
+    Image.fromarray(255 - np.asarray(Image.open(image))).save(image, format="JPEG")  # new pixels, same path and file
+    if rewrite == "same_mtime":
+        os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    capsys.readouterr()
+    _detect_dataset_main(repo_root, args)[1]()
+    assert "up to date" not in capsys.readouterr().out
+
+
+def test_detect_dataset_where_no_image_could_be_processed_stops(tmp_path, repo_root):
+    """Every image unreadable: the tool wrote an empty submission and exited 0."""
+    root, args, out = _detect_dataset_setup(tmp_path)
+    for image in (root / "Data/DET/val").rglob("*.JPEG"):
+        image.write_bytes(b"not an image")
+    with pytest.raises(RuntimeError, match="no image could be processed.*not a recognised image format"):
+        _detect_dataset_main(repo_root, args)[1]()
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not list(out.parent.glob(".*.parts-*"))  # only failures were in there: a re-run tries again
+
+
+def test_propose_where_no_image_could_be_processed_stops(tmp_path):
+    from proposals.store import propose_dataset
+
+    class Never:
+        name = "never"
+
+        def __call__(self, image):
+            raise AssertionError("no image is readable")
+
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for p in paths:
+        p.write_bytes(b"junk")
+    with pytest.raises(RuntimeError, match="no image could be processed.*0.png"):
+        propose_dataset(paths, ["0", "1", "2"], Never(), tmp_path / "s.npz", progress=False)
+    assert not (tmp_path / "s.npz").exists() and not list(tmp_path.glob(".s.parts-*"))
+
+
+def test_stale_temporaries_of_our_outputs_are_removed_and_nothing_else(tmp_path):
+    from detect.io import remove_stale_temps
+
+    out = tmp_path / "out.txt"
+    ours = tmp_path / ".out.txt.k3_x9q0a.tmp"
+    ours.write_text("half")
+    kept = [tmp_path / n for n in (".out.txt.notes.tmp", "out.txt.abcdefgh.tmp", ".other.txt.abcdefgh.tmp",
+                                   ".out.txt.abcdefgh.tmp.bak", ".out.txt.ABCDEFGH.tmp")]
+    for p in kept:
+        p.write_text("the user's")
+    (tmp_path / ".out.txt.folder00.tmp").mkdir()  # a folder or a link of that name is not ours
+    (tmp_path / ".out.txt.linkxxxx.tmp").symlink_to(kept[0])
+    assert remove_stale_temps(out) == 1 and not ours.exists()
+    assert all(p.read_text() == "the user's" for p in kept)
+    assert (tmp_path / ".out.txt.folder00.tmp").is_dir() and (tmp_path / ".out.txt.linkxxxx.tmp").is_symlink()
+
+
+def test_abandoned_parts_folders_of_our_own_are_removed_after_a_merge(tmp_path):
+    from detect.io import exclusive_lock
+    from detect.runs import ChunkedRun
+
+    out = tmp_path / "dets.txt"
+    old = ChunkedRun(out, "aaaaaa", 4, 2)
+    old.write(0, 0, {"x": np.zeros(2)})  # a run with other inputs, never finished
+    (old.dir / ".w1_r0_c000001.npz.ab12cd34.tmp").write_text("killed")
+    user = ChunkedRun(out, "bbbbbb", 4, 2)
+    user.write(0, 0, {"x": np.zeros(2)})
+    (user.dir / "my_notes.txt").write_text("mine")  # something of the user's inside: never deleted
+    other = ChunkedRun(tmp_path / "dets.npz", "cccccc", 4, 2)  # another output of the same stem
+    other.write(0, 0, {"x": np.zeros(2)})
+    legacy = tmp_path / ".dets.parts-dddddd"  # no owner record (earlier versions): left
+    legacy.mkdir()
+    (legacy / "w1_r0_c000000.npz").write_bytes(b"x")
+    new = ChunkedRun(out, "eeeeee", 4, 2)
+    new.begin(0)
+    for c in range(2):
+        new.write(0, c, {"x": np.zeros(2)})
+    with exclusive_lock(out.with_name(f"{out.name}.rank1")):  # a process is writing rank 1 of this output
+        assert new.remove_abandoned() == []
+    assert old.dir.is_dir()
+    assert new.remove_abandoned() == [old.dir] and not old.dir.exists()
+    assert (user.dir / "my_notes.txt").read_text() == "mine" and other.dir.is_dir() and legacy.is_dir()
+    (new.dir / "sub").mkdir()
+    new.remove()  # this run's own folder, but something foreign appeared in it: left whole
+    assert (new.dir / "sub").is_dir()
+
+
+def test_a_run_removes_the_temporaries_its_killed_chunk_writes_left(tmp_path):
+    from detect.runs import ChunkedRun
+
+    run = ChunkedRun(tmp_path / "s.npz", "ffffff", 4, 1, world_size=2)
+    run.write(0, 0, {"x": np.zeros(1)})
+    stale = [run.dir / ".w2_r0_c000001.npz.a1b2c3d4.tmp", run.dir / ".w2_r1_c000000.npz.a1b2c3d4.tmp"]
+    for p in stale:
+        p.write_text("killed")
+    (run.dir / "notes.tmp").write_text("not ours")
+    run.begin(0)  # rank 0's part: only its own temporaries (rank 1 may be writing its own now)
+    assert not stale[0].exists() and stale[1].exists() and (run.dir / "notes.tmp").exists()

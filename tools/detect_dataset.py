@@ -8,9 +8,11 @@ world_size-th image and writes its detections in chunks of ``chunk_size`` images
 named after a hash of the detector file, the image list, the proposal store and the settings, so a
 re-run skips the chunks already written and changed inputs start afresh (never mixed); a second run on
 the same output is stopped by a lock. Rank 0 merges the chunks into ``<output>.txt`` and
-``<output>.json`` and records the run in ``<output>.txt.run.json``; a re-run with the same inputs then
-has nothing to do. An existing output without that record is not this tool's and is never
-overwritten. Cached proposals come from the proposal store when it holds the image, else from the
+``<output>.json`` and records the run in ``<output>.txt.run.json``, written last with the outputs'
+sha256 (:class:`detect.runs.RunRecord`): a re-run with the same inputs whose outputs still match has
+nothing to do, and a run killed while writing is never taken for finished. A run in which no image
+could be processed stops with the first reasons and writes nothing. An existing output without that
+record is not this tool's and is never overwritten. Cached proposals come from the proposal store when it holds the image, else from the
 detector's live proposer.
 """
 from __future__ import annotations
@@ -38,9 +40,9 @@ from detect.data.records import SkipLog
 from detect.data.splits import detections_path, proposal_store_path, split_name
 from detect.detections import Detections, write_coco_results, write_ilsvrc_submission
 from detect.distributed import barrier, cleanup, setup
-from detect.io import OutputConflict, atomic_write_json, exclusive_lock, file_sha256
+from detect.io import OutputConflict, exclusive_lock, file_sha256, remove_stale_temps
 from detect.pipeline import Detector
-from detect.runs import ChunkedRun
+from detect.runs import ChunkedRun, RunRecord, image_list_digest
 from proposals.store import ProposalStore
 
 log = logging.getLogger("detect_dataset")
@@ -48,11 +50,12 @@ log = logging.getLogger("detect_dataset")
 
 def fingerprint(cfg: DictConfig, store_path: str | Path | None, records, precision: list[str]) -> str:
     """Short hash of what the detections depend on: the detector file, the settings, the image list
-    (indices, ids and paths), the proposals and the members' precision (fp32 / int8), so that shards of
-    an earlier run are resumed only when they came from the same inputs (other inputs write other
-    shards; nothing is mixed)."""
+    (indices, ids, paths and each image's content as ``image_fingerprint`` tells it), the proposals and
+    the members' precision (fp32 / int8), so that shards of an earlier run are resumed only when they
+    came from the same inputs (other inputs write other shards; nothing is mixed)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    images = hashlib.sha256(json.dumps([(r.index, r.image_id, str(r.path)) for r in records]).encode()).hexdigest()
+    images = image_list_digest([r.path for r in records], [(r.index, r.image_id) for r in records],
+                               cfg.image_fingerprint)
     what = {"detector": file_sha256(cfg.detector), "data": str(cfg.data.name), "split": str(cfg.split),
             "images": images, "store": file_sha256(store_path) if store_path is not None else None,
             "proposer": resolved.get("proposer"), "precision": precision,
@@ -60,27 +63,53 @@ def fingerprint(cfg: DictConfig, store_path: str | Path | None, records, precisi
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def run_record(output: Path) -> Path:
-    """The sidecar that marks ``output`` (and its .json) as this tool's, with what produced them."""
-    return output.with_name(f"{output.name}.run.json")
+def run_record(output: Path) -> RunRecord:
+    """The sidecar ``<output>.run.json`` that marks ``output`` and its .json as this tool's, with the run
+    that produced them and their digests (written last: :class:`detect.runs.RunRecord`)."""
+    return RunRecord(output.with_name(f"{output.name}.run.json"), [output, output.with_suffix(".json")])
 
 
 def check_output_is_ours(output: Path) -> None:
     """Refuse to replace an existing output file that this tool did not write (no run record beside it)."""
-    ours = run_record(output).is_file() or any(output.parent.glob(f"{glob.escape(output.name)}.*.rank*of*"))
+    record = run_record(output)
+    ours = record.exists() or any(output.parent.glob(f"{glob.escape(output.name)}.*.rank*of*"))
     for path in (output, output.with_suffix(".json")):
         if path.exists() and not ours:  # (shards beside it: written by this tool before run records existed)
-            raise OutputConflict(f"{path}: exists and was not written by detect_dataset.py (no {run_record(output).name} "
+            raise OutputConflict(f"{path}: exists and was not written by detect_dataset.py (no {record.path.name} "
                                  "beside it); not overwritten: choose another output=")
 
 
-def _up_to_date(output: Path, key: str) -> bool:
-    """True when ``output`` (and its .json) were written by a run with fingerprint ``key``."""
-    try:
-        record = json.loads(run_record(output).read_text())
-    except (OSError, ValueError):
-        return False
-    return record.get("fingerprint") == key and output.is_file() and output.with_suffix(".json").is_file()
+def merged_detections(run: ChunkedRun, records) -> Detections:
+    """Every chunk's detections in image order; stops (``RuntimeError``) when no image gave any result,
+    naming the first failures (a run that processed nothing is never written as a result)."""
+    failed: dict[str, str] = {}
+    for z in run.chunks(("errors",)):
+        failed.update(json.loads(str(z["errors"])) if "errors" in z else {})
+    if len(failed) >= len(records):
+        first = "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:3])
+        raise RuntimeError(f"{run.output}: no image could be processed ({len(failed)} of {len(records)} failed; "
+                           f"first: {first or 'the image list is empty'}); nothing written. Fix the cause and run "
+                           f"again (the failed results in {run.dir} are removed)")
+    if failed:
+        log.warning("%d of %d images failed and have no detections (first: %s)", len(failed), len(records),
+                    next(iter(failed.items())))
+    dets = Detections.concat(Detections(z["image_index"], z["labels"], z["scores"], z["boxes"])
+                             for z in run.chunks(("image_index", "labels", "scores", "boxes")))
+    return dets.select(dets.image_index.argsort(kind="stable"))
+
+
+def write_outputs(output: Path, dets: Detections, dataset, key: str, info: dict) -> None:
+    """Replace ``output`` (ILSVRC submission) and its .json (COCO results) as one unit with the run
+    record: marked ``writing`` first, ``complete`` with the outputs' digests last; a kill in between is
+    never taken for a finished run. Temporary files of earlier killed writes are removed first."""
+    record = run_record(output)
+    with exclusive_lock(output):
+        for path in (output, output.with_suffix(".json"), record.path):
+            remove_stale_temps(path)
+        record.begin(key)
+        write_ilsvrc_submission(output, dets)
+        write_coco_results(output.with_suffix(".json"), dets, dataset)
+        record.finish(key, info)
 
 
 def detect_chunks(detector: Detector, records, store, run: ChunkedRun, rank: int, prefetch: int, progress: bool) -> None:
@@ -114,6 +143,24 @@ def detect_chunks(detector: Detector, records, store, run: ChunkedRun, rank: int
                  skipped.summary())
 
 
+def finish(run: ChunkedRun, output: Path, dataset, key: str, cfg: DictConfig) -> None:
+    """Rank 0: merge every rank's chunks into the outputs, then remove the partial results (this run's and
+    those abandoned by earlier runs of other inputs)."""
+    if not run.all_present():
+        sys.exit(f"{output}: other ranks have not finished their chunks; run the same command again to finish")
+    try:
+        dets = merged_detections(run, dataset.records)
+    except RuntimeError:
+        run.remove()  # only failures in there: a re-run tries every image again
+        raise
+    write_outputs(output, dets, dataset, key, {"detector": str(cfg.detector), "data": str(cfg.data.name),
+                                               "split": str(cfg.split), "images": len(dataset),
+                                               "detections": len(dets)})
+    run.remove()
+    run.remove_abandoned()
+    print(f"{len(dets)} detections on {len(dataset)} images ({cfg.data.name} {split_name(cfg.data, cfg.split)}): {output}")
+
+
 @hydra.main(config_path="../conf", config_name="detect_dataset", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     ctx = setup(cfg.device)
@@ -145,32 +192,21 @@ def main(cfg: DictConfig) -> None:
     check_output_is_ours(output)
     precision = [getattr(m, "precision", "fp32") for m in detector.scorers]
     key = fingerprint(cfg, store_path if store is not None else None, dataset.records, precision)
-    if cfg.resume and _up_to_date(output, key):
+    if cfg.resume and run_record(output).up_to_date(key):
         if ctx.is_main:
             print(f"{output} is up to date (same detector, images, proposals and settings): nothing to do")
         cleanup()
         return
     run = ChunkedRun(output, key, len(dataset.records), cfg.chunk_size, ctx.world_size)
     with run.lock(ctx.rank):
+        run.begin(ctx.rank)
         if not cfg.resume:
             for c in range(len(run.indices(ctx.rank))):
                 run.file(ctx.rank, c).unlink(missing_ok=True)
         detect_chunks(detector, dataset.records, store, run, ctx.rank, cfg.prefetch, cfg.progress and ctx.is_main)
     barrier()
     if ctx.is_main:
-        if not run.all_present():
-            sys.exit(f"{output}: other ranks have not finished their chunks; run the same command again to finish")
-        dets = Detections.concat(Detections(z["image_index"], z["labels"], z["scores"], z["boxes"])
-                                 for z in run.chunks(("image_index", "labels", "scores", "boxes")))
-        dets = dets.select(dets.image_index.argsort(kind="stable"))
-        with exclusive_lock(output):
-            write_ilsvrc_submission(output, dets)
-            write_coco_results(output.with_suffix(".json"), dets, dataset)
-            atomic_write_json(run_record(output), {"fingerprint": key, "detector": str(cfg.detector),
-                                                   "data": str(cfg.data.name), "split": str(cfg.split),
-                                                   "images": len(dataset), "detections": len(dets)})
-        run.remove()
-        print(f"{len(dets)} detections on {len(dataset)} images ({cfg.data.name} {split_name(cfg.data, cfg.split)}): {output}")
+        finish(run, output, dataset, key, cfg)
     cleanup()
 
 

@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> None:
         stop_after_chunks=cfg.stop_after_chunks, merge_timeout_s=cfg.merge_timeout_s, poll_s=cfg.poll_s,
         meta={"dataset": cfg.data.name, "split": split_name(cfg.data, cfg.split), "proposals": proposer_cfg,
               "proposer": spec_digest(proposer_spec(proposer))},  # the weights too, not only the checkpoint path
-        progress=cfg.progress,
+        progress=cfg.progress, image_fingerprint=cfg.image_fingerprint,
     )
     if summary.merged:
         log.info("proposals in %s; %s", summary.path, summary.skipped.summary())
