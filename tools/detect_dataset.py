@@ -34,6 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from detect.backends import describe_scoring
 from detect.data.records import SkipLog
 from detect.data.splits import detections_path, proposal_store_path, split_name
 from detect.detections import Detections, write_coco_results, write_ilsvrc_submission
@@ -168,7 +169,10 @@ def main(cfg: DictConfig) -> None:
             write_coco_results(output.with_suffix(".json"), dets, dataset)
             atomic_write_json(run_record(output), {"fingerprint": key, "detector": str(cfg.detector),
                                                    "data": str(cfg.data.name), "split": str(cfg.split),
-                                                   "images": len(dataset), "detections": len(dets)})
+                                                   "images": len(dataset), "detections": len(dets),
+                                                   "scoring": {**describe_scoring(detector.scorers),  # what scored them
+                                                               "requested": {"backend": str(cfg.backend),
+                                                                             "precision": str(cfg.precision)}}})
         run.remove()
         print(f"{len(dets)} detections on {len(dataset)} images ({cfg.data.name} {split_name(cfg.data, cfg.split)}): {output}")
     cleanup()
