@@ -305,3 +305,64 @@ def test_rules_come_from_the_data_config_never_from_its_name():
     for name in ("coco", "voc", "ilsvrc", "ilsvrc2014", "synthetic", "yolo"):
         declared = yaml.safe_load((CONF / "data" / f"{name}.yaml").read_text())["rules"]
         assert declared == {"coco": "coco", "voc": "voc", "yolo": "coco"}.get(name, "ilsvrc"), name
+
+
+# ---------------------------------------------------------------- the backend and precision that scored the detections
+
+
+def _load_eval_map(repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_map_tool", repo_root / "tools" / "eval_map.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_describe_scoring_names_backend_and_precision(tmp_path):
+    import torch
+
+    from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, describe_scoring
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 3)).eval()
+    path = cached_onnx_export(net, tmp_path, "m", 16)
+    fp32, int8 = OnnxScorer(path), OnnxScorer(path, precision="int8")
+    assert describe_scoring([int8, int8]) == {"backend": "onnxruntime", "precision": "int8",
+                                              "members": [{"backend": "onnxruntime", "precision": "int8",
+                                                           "device": "cpu"}] * 2}
+    assert describe_scoring([fp32, int8])["precision"] == "mixed"
+    mixed = describe_scoring([TorchScorer(net, "cpu"), fp32])
+    assert (mixed["backend"], mixed["precision"]) == ("mixed", "fp32")
+    assert describe_scoring([TorchScorer(net, "cpu", amp="bf16")])["precision"] == "bf16"
+
+
+def test_eval_map_reports_the_recorded_backend_and_precision(tmp_path, repo_root, capsys):
+    """The run record beside the detections says int8 was chosen by precision=auto: the report and the
+    printed summary say so; a record of other detections, or none, is reported as unknown."""
+    from detect.detections import write_ilsvrc_submission
+
+    make_yolo_world(tmp_path / "w")
+    cfg = _yolo_cfg(f"data.root={tmp_path / 'w'}", f"work_dir={tmp_path / 'work'}",
+                    f"detections={tmp_path / 'det' / 'yolo_val.txt'}", "plot_best=0", "plot_worst=0")
+    val = read_dataset(cfg.data.val)
+    dets = Detections.concat(Detections.for_image(r.index, r.labels, np.ones(len(r.labels)), r.boxes) for r in val)
+    (tmp_path / "det").mkdir()
+    write_ilsvrc_submission(tmp_path / "det" / "yolo_val.txt", dets)
+    record = tmp_path / "det" / "yolo_val.txt.run.json"
+    scoring = {"backend": "onnxruntime", "precision": "int8", "members": [],
+               "requested": {"backend": "auto", "precision": "auto"}}
+    record.write_text(json.dumps({"detections": len(dets), "scoring": scoring}))
+    tool = _load_eval_map(repo_root)
+    report = tool.run(cfg)
+    assert report["rules"] == "coco" and report["mean_ap"] == pytest.approx(1.0)
+    assert report["scoring"] == scoring and report["scoring_text"] == "onnxruntime int8, chosen by precision=auto"
+    assert "scored by: onnxruntime int8, chosen by precision=auto" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "work" / "eval" / "eval_yolo_val.json").read_text())
+    assert saved["scoring"]["precision"] == "int8"
+    record.write_text(json.dumps({"detections": len(dets) + 1, "scoring": scoring}))
+    assert tool.run(cfg)["scoring"] is None and "unknown" in capsys.readouterr().out
+    record.unlink()
+    report = tool.run(cfg)
+    assert report["scoring"] is None and report["scoring_text"].startswith("unknown (no run record")
