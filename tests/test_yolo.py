@@ -366,3 +366,45 @@ def test_eval_map_reports_the_recorded_backend_and_precision(tmp_path, repo_root
     record.unlink()
     report = tool.run(cfg)
     assert report["scoring"] is None and report["scoring_text"].startswith("unknown (no run record")
+
+
+# ---------------------------------------------------------------- YOLO labels: the one command
+
+
+TINY_RUN = [  # as tests/test_own_dataset.py: every trainer one epoch of two steps, width 0.125 at 64 pixels
+    "members=1", "draw_images=2",
+    "stage_overrides=['device=cpu','num_workers=0','model.width=0.125']",
+    "tool_overrides.train_cls=['epochs=1','max_steps_per_epoch=2','batch_size=4','crop_size=64']",
+    "tool_overrides.train_multibox=['epochs=1','max_steps_per_epoch=2','batch_size=4','multibox.input_size=64',"
+    "'multibox.num_priors=10','multibox.grid=2','evaluation.batch_size=4']",
+    "tool_overrides.train_region=['epochs=1','max_steps_per_epoch=2','images_per_batch=2','regions_per_image=8',"
+    "'crop_size=64','context=4','evaluation.images=2']",
+]
+
+
+@pytest.mark.slow
+def test_yolo_folder_end_to_end(tmp_path, repo_root):
+    """tools/demo.py experiment=small data=yolo on the tiny world as YOLO labels: classes from names,
+    outputs named after the yaml's splits, COCO (continuous) rules, and the backend and precision that
+    scored the detections in the run record, the report and the final line."""
+    root, work = tmp_path / "yolo", tmp_path / "work"
+    make_yolo_world(root)
+    run = subprocess.run([sys.executable, str(repo_root / "tools" / "demo.py"), "experiment=small", "data=yolo",
+                          f"data.root={root}", f"work_dir={work}", *TINY_RUN],
+                         capture_output=True, text=True, timeout=900)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, f"demo failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    from detect.classes import read_class_list
+
+    assert list(read_class_list(work / "classes.tsv").names) == list(read_yolo(root / "data.yaml", "val").classes.names)
+    assert sorted(p.name for p in (work / "proposals").glob("*.npz")) == [
+        "yolo_train_ss2x+multibox200.npz", "yolo_val_ss2x+multibox200.npz"]
+    record = json.loads((work / "detections" / "yolo_val.txt.run.json").read_text())
+    assert record["scoring"]["backend"] in ("onnxruntime", "torch") and record["scoring"]["requested"]["precision"] == "auto"
+    report = json.loads((work / "eval" / "eval_yolo_val.json").read_text())
+    assert report["rules"] == "coco" and report["num_images"] == 6 and report["split_name"] == "val"
+    assert report["scoring"] == record["scoring"]
+    assert report["ap50_pycocotools"] == pytest.approx(report["mean_ap"], abs=1e-6)
+    assert (f"mAP@0.5 on yolo_val (6 images; small, 1 members), coco rules: {report['mean_ap']:.4f} "
+            f"(scored by {report['scoring_text']})") in out
+    assert len(list((work / "detect").glob("*.png"))) == 2
