@@ -118,6 +118,15 @@ def test_image_lists_path_key_and_yaml_elsewhere(tmp_path):
     assert len(read_yolo(elsewhere, "train")) == 5
 
 
+def test_roboflow_layout(tmp_path):
+    """Roboflow's export: ``train: ../train/images`` beside ``train/images`` and ``train/labels``."""
+    _image(tmp_path / "train" / "images" / "a.jpg")
+    (tmp_path / "train" / "labels").mkdir()
+    (tmp_path / "train" / "labels" / "a.txt").write_text("1 0.5 0.5 0.5 0.5\n")
+    ds = read_yolo(_write_yaml(tmp_path, train="../train/images", nc=3), "train")
+    assert [r.labels.tolist() for r in ds.records] == [[1]] and ds.records[0].image_id == "train/images/a.jpg"
+
+
 def test_label_path_rule():
     assert yolo_label_path("/d/images/train/a.JPG", "/d") == Path("/d/labels/train/a.txt")
     assert yolo_label_path("/d/images/x/images/b.png", "/d") == Path("/d/images/x/labels/b.txt")  # the last one

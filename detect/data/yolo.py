@@ -5,7 +5,8 @@ The data yaml (``data.yaml``) is read as ultralytics reads it, and as data only 
 
 - ``path``: the dataset folder; relative to the yaml's folder; absent: the yaml's folder.
 - ``train``, ``val``, ``test``: each a folder of images (searched recursively), a ``.txt`` list of
-  image paths, or a list of those; relative to ``path``. In a list file, a relative entry
+  image paths, or a list of those; relative to ``path`` (``../train/images`` that does not exist is
+  read as ``train/images``, as ultralytics reads Roboflow's exports). In a list file, a relative entry
   (``./images/train/a.jpg``) is relative to the list file's folder.
 - ``names``: the class names, a list or an ``{index: name}`` dict covering 0..n-1 (``nc``, when
   given, must agree). ``kpt_shape`` (pose sets): that many keypoint values follow each box.
@@ -164,6 +165,19 @@ def _list_file(y: YoloData, key: str, path: Path) -> list[Path]:
     return out
 
 
+def _split_path(y: YoloData, split: str, entry: str) -> Path:
+    """A split entry resolved against ``path``; as ultralytics does, an entry ``../x`` that does not exist
+    (or lies outside the root) is also tried as ``x`` (Roboflow's exports write ``train: ../train/images``
+    beside ``train/``). Refused when what it names lies outside the root."""
+    if entry.startswith("../"):
+        path = _normal(y.base / entry)
+        if not (_inside(path, y.root) and path.exists()):
+            again = _normal(y.base / entry[3:])
+            if _inside(again, y.root) and again.exists():
+                return again
+    return _within(y.yaml_file, y.root, split, entry, y.base)
+
+
 def split_images(y: YoloData, split: str) -> tuple[list[Path], bool]:
     """The image paths of split ``split`` (``train``/``val``/``test``) and whether any came from a list
     file (then a path may name a missing image). ``ValueError`` naming the yaml and key when the split
@@ -178,7 +192,7 @@ def split_images(y: YoloData, split: str) -> tuple[list[Path], bool]:
     for entry in entries:
         if not isinstance(entry, str):
             raise ValueError(f"{y.yaml_file}: {split}: {entry!r} is not a path")
-        path = _within(y.yaml_file, y.root, split, entry, y.base)
+        path = _split_path(y, split, entry)
         if path.is_dir():
             images += list_images(path)
         elif path.is_file() and path.suffix.lower() == ".txt":
