@@ -48,7 +48,7 @@ from detect.quantize import Int8Recipe, QuantizationError, cached_int8_export, c
 log = logging.getLogger(__name__)
 
 __all__ = ["TorchScorer", "OnnxScorer", "as_scorer", "session_options", "export_onnx", "cached_onnx_export", "make_scorer",
-           "make_scorers", "resolve_backend", "resolve_precision", "PRECISIONS"]
+           "make_scorers", "resolve_backend", "resolve_precision", "describe_scoring", "PRECISIONS"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 _EXPORT_FORMAT = 2  # bump when the export procedure changes: every cached export is then rebuilt
@@ -299,3 +299,26 @@ def make_scorers(members: list[nn.Module], backend: str, device: str | torch.dev
     return [make_scorer(m, backend, device, crop_size, cache_dir, f"member{k}", amp, num_threads, precision,
                         per_member[k], int8_recipe) for k, m in enumerate(members)]
 
+
+
+def _scorer_kind(scorer) -> dict:
+    """``{"backend", "precision", "device"}`` of one scorer (see :func:`describe_scoring`)."""
+    if isinstance(scorer, TorchScorer):
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(scorer.amp_dtype, "fp32")
+        return {"backend": "torch", "precision": precision, "device": str(scorer.device)}
+    if isinstance(scorer, OnnxScorer):
+        return {"backend": "onnxruntime", "precision": scorer.precision, "device": "cpu"}
+    return {"backend": type(scorer).__name__, "precision": str(getattr(scorer, "precision", "unknown")),
+            "device": str(getattr(scorer, "device", "unknown"))}
+
+
+def describe_scoring(scorers: Sequence[Scorer]) -> dict:
+    """Which backend and precision scored the regions, for run records and reports:
+    ``{"backend": str, "precision": str, "members": [{"backend", "precision", "device"}, ...]}``;
+    ``backend``/``precision`` are the members' common value, ``"mixed"`` where they differ. A
+    :class:`TorchScorer` is ``torch`` with its autocast dtype (``bf16``, ``fp16``) or ``fp32``; an
+    :class:`OnnxScorer` ``onnxruntime`` with its model's precision (``fp32``, ``int8``)."""
+    members = [_scorer_kind(s) for s in scorers]
+    common = lambda key: members[0][key] if len({m[key] for m in members}) == 1 else "mixed"  # noqa: E731
+    return {"backend": common("backend") if members else "none", "precision": common("precision") if members else "none",
+            "members": members}

@@ -66,19 +66,18 @@ VOC07_RECALL_THRESHOLDS = np.arange(11) * 0.1         # VOC2007 devkit's 0:0.1:1
 COCO_AREA_ALL = (0.0, 1e5**2)                         # COCOeval's areaRng "all"
 
 
-def rules_for_dataset(name: str, reader: str | None = None) -> str:
-    """Default rules for a dataset: by its reader when given (the ``_target_`` of its config block:
-    ``...read_coco`` -> ``coco``, ``...read_voc`` -> ``voc``), else by name (``voc`` / ``coco`` in it),
-    else ``ilsvrc``."""
-    reader = (reader or "").rsplit(".", 1)[-1]
-    if reader in ("read_coco", "read_voc"):
-        return reader[len("read_"):]
-    name = name.lower()
-    if "voc" in name:
-        return "voc"
-    if "coco" in name:
-        return "coco"
-    return "ilsvrc"
+def rules_for_dataset(data) -> str:
+    """The evaluation rules a data config declares: its ``rules`` key (``ilsvrc | voc | voc07 | coco``),
+    set by the data format's box convention in ``conf/data/<name>.yaml`` (inclusive pixels and the
+    devkit's matching: ``ilsvrc``/``voc``; continuous boxes: ``coco``, as for COCO and YOLO labels).
+    Never guessed from a name. ``data``: the data config (a mapping). ``ValueError`` naming the config
+    when it declares none or an unknown one."""
+    rules = data.get("rules")
+    if rules not in RULES:
+        raise ValueError(f"data={data.get('name')} declares "
+                         f"rules={rules!r}: the data config must say which rules score it "
+                         f"(rules: {' | '.join(RULES)} in conf/data/<name>.yaml, or data.rules=... on the command line)")
+    return str(rules)
 
 
 # ---------------------------------------------------------------- boxes, thresholds, AP

@@ -138,8 +138,9 @@ def test_average_precision_methods():
 
 
 def test_rules_for_dataset_and_json():
-    assert rules_for_dataset("ilsvrc2014") == "ilsvrc" and rules_for_dataset("VOC2007") == "voc"
-    assert rules_for_dataset("coco128") == "coco"
+    assert rules_for_dataset({"name": "ilsvrc2014", "rules": "ilsvrc"}) == "ilsvrc"
+    with pytest.raises(ValueError, match="declares rules=None"):  # declared by the data config, never guessed from a name
+        rules_for_dataset({"name": "VOC2007"})
     ds = make_dataset([[(0, 0, 0, 99, 99)]])
     j = evaluate(ds, dets_of([(1, 0, 0.9, 0, 0, 99, 99)])).to_json()
     assert j["classes"][0]["ap"] == 1.0 and j["classes"][1]["ap"] is None and j["mean_ap"] == 1.0

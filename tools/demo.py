@@ -136,7 +136,11 @@ def main(cfg) -> None:
     report = Path(cfg.paths.eval_dir) / f"eval_{stem}.json"
     if cfg.stop_after is None and report.is_file():
         result = json.loads(report.read_text())
-        print(f"\nmAP@0.5 on {where}, {result.get('rules', 'its')} rules: {result['mean_ap']:.4f}")
+        scored = result.get("scoring_text") or "unknown (the report does not say)"
+        print(f"\nmAP@0.5 on {where}, {result.get('rules', 'its')} rules: {result['mean_ap']:.4f} (scored by {scored})")
+        if (result.get("scoring") or {}).get("precision") == "int8":
+            print("the regions were scored in int8; add \"tool_overrides.detect_dataset=['precision=fp32']\" to score "
+                  "them in fp32")
         print(f"report and PR curves: {report}, {report.with_name(f'pr_{stem}.png')}")
         print(f"detector: {cfg.paths.detector}")
         print(f"drawn detections: {Path(cfg.work_dir) / 'detect'}")

@@ -36,6 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from detect.backends import describe_scoring
 from detect.data.records import SkipLog
 from detect.data.splits import detections_path, proposal_store_path, split_name
 from detect.detections import Detections, write_coco_results, write_ilsvrc_submission
@@ -143,9 +144,10 @@ def detect_chunks(detector: Detector, records, store, run: ChunkedRun, rank: int
                  skipped.summary())
 
 
-def finish(run: ChunkedRun, output: Path, dataset, key: str, cfg: DictConfig) -> None:
+def finish(run: ChunkedRun, output: Path, dataset, key: str, cfg: DictConfig, scoring: dict) -> None:
     """Rank 0: merge every rank's chunks into the outputs, then remove the partial results (this run's and
-    those abandoned by earlier runs of other inputs)."""
+    those abandoned by earlier runs of other inputs). ``scoring``: the backend and precision that scored
+    them, kept in the run record."""
     if not run.all_present():
         sys.exit(f"{output}: other ranks have not finished their chunks; run the same command again to finish")
     try:
@@ -155,7 +157,7 @@ def finish(run: ChunkedRun, output: Path, dataset, key: str, cfg: DictConfig) ->
         raise
     write_outputs(output, dets, dataset, key, {"detector": str(cfg.detector), "data": str(cfg.data.name),
                                                "split": str(cfg.split), "images": len(dataset),
-                                               "detections": len(dets)})
+                                               "detections": len(dets), "scoring": scoring})
     run.remove()
     run.remove_abandoned()
     print(f"{len(dets)} detections on {len(dataset)} images ({cfg.data.name} {split_name(cfg.data, cfg.split)}): {output}")
@@ -206,7 +208,8 @@ def main(cfg: DictConfig) -> None:
         detect_chunks(detector, dataset.records, store, run, ctx.rank, cfg.prefetch, cfg.progress and ctx.is_main)
     barrier()
     if ctx.is_main:
-        finish(run, output, dataset, key, cfg)
+        finish(run, output, dataset, key, cfg, {**describe_scoring(detector.scorers),  # what scored them
+                                                "requested": {"backend": str(cfg.backend), "precision": str(cfg.precision)}})
     cleanup()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 # `python tools/<tool>.py` puts tools/ first on sys.path, where tools/detect.py would hide the detect package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+import json
 import logging
 from pathlib import Path
 
@@ -20,12 +21,41 @@ from omegaconf import DictConfig, OmegaConf
 
 from detect.data import read_dataset
 from detect.data.records import SkipLog
-from detect.data.splits import detections_path, output_stem, reader_target, split_name
+from detect.data.splits import detections_path, output_stem, split_name
 from detect.detections import read_detections
 from detect.evaluation import coco_ap50_pycocotools, evaluate, rules_for_dataset
-from detect.io import atomic_write_json
+from detect.io import atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
+
+
+def recorded_scoring(detections_file: Path, num_detections: int) -> tuple[dict | None, str]:
+    """``(scoring, text)``: the backend and precision that scored the detections, from the run record that
+    tools/detect_dataset.py writes beside its output (``<name>.txt.run.json``); ``None`` and the reason
+    when there is no record, it says nothing of them, or it counts other detections than were read."""
+    submission = detections_file.with_suffix(".txt")  # the record is beside the .txt (the .json is its twin)
+    record_path = submission.with_name(submission.name + ".run.json")
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, f"unknown (no run record of tools/detect_dataset.py at {record_path})"
+    scoring = record.get("scoring") if isinstance(record, dict) else None
+    if not isinstance(scoring, dict) or not {"backend", "precision"} <= scoring.keys():
+        return None, f"unknown ({record_path} does not record it)"
+    if record.get("state") != "complete":
+        return None, f"unknown ({record_path} is not a finished run's record)"
+    if record.get("detections") != num_detections:
+        return None, f"unknown ({record_path} records {record.get('detections')} detections, {num_detections} were read)"
+    recorded = (record.get("outputs") or {}).get(Path(detections_file).name)
+    try:
+        same = recorded is not None and file_sha256(detections_file) == recorded
+    except OSError:
+        same = False
+    if not same:
+        return None, f"unknown ({detections_file} is not the file that {record_path} vouches for)"
+    requested = scoring.get("requested") or {}
+    chosen = f", chosen by precision={requested['precision']}" if requested.get("precision") not in (None, scoring["precision"]) else ""
+    return scoring, f"{scoring['backend']} {scoring['precision']}{chosen}"
 
 
 def run(cfg: DictConfig) -> dict:
@@ -38,14 +68,17 @@ def run(cfg: DictConfig) -> dict:
     if not len(detections):
         why = f"every one was skipped: {skipped.summary()}" if len(skipped) else "the file is empty"
         raise ValueError(f"{detections_file}: no detections to evaluate on {dataset.name} ({len(dataset)} images); {why}")
-    rules = rules_for_dataset(cfg.data.name, reader_target(cfg.data, cfg.split)) if cfg.rules == "auto" else cfg.rules
+    rules = rules_for_dataset(cfg.data) if cfg.rules == "auto" else cfg.rules
     result = evaluate(dataset, detections, rules=rules, **OmegaConf.to_container(cfg.evaluate))
     print(result.table())
+    scoring, scoring_text = recorded_scoring(Path(detections_file), len(detections))
+    print(f"scored by: {scoring_text}")
     report = result.to_json(curves=cfg.curves_in_json)
     report.update(detections=str(detections_file), dataset=cfg.data.name, split=cfg.split,
                   split_name=split_name(cfg.data, cfg.split),
                   num_images=len(dataset), num_detections=len(detections), skipped_lines=len(skipped),
-                  skipped_annotations=len(dataset.skipped), annotation_warnings=len(dataset.warnings))
+                  skipped_annotations=len(dataset.skipped), annotation_warnings=len(dataset.warnings),
+                  scoring=scoring, scoring_text=scoring_text)
     if rules == "coco":
         report["ap50_pycocotools"] = coco_ap50_pycocotools(dataset, detections, cfg.evaluate.max_dets)
         print(f"AP50 pycocotools: {100 * report['ap50_pycocotools']:.2f}   ours: {100 * result.mean_ap:.2f}")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from detect.data import read_dataset
 from detect.data.records import SkipLog
-from detect.data.splits import output_stem, reader_target, split_name
+from detect.data.splits import output_stem, split_name
 from detect.evaluation import rules_for_dataset
 from detect.io import atomic_write_json
 from detect.plots import plot_recall_curves
@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> dict:
     dataset = read_dataset(cfg.data[cfg.split], check_images=cfg.check_images)
     plus_one = cfg.plus_one
     if plus_one == "auto":  # the data format's own convention: COCO boxes are continuous, ILSVRC/VOC inclusive pixels
-        plus_one = rules_for_dataset(cfg.data.name, reader_target(cfg.data, cfg.split)) != "coco"
+        plus_one = rules_for_dataset(cfg.data) != "coco"
     elif not isinstance(plus_one, bool):
         raise SystemExit(f"plus_one must be auto, true or false, got {plus_one!r}")
     log.info("IoU with %s widths (plus_one=%s)", "x2 - x1 + 1" if plus_one else "x2 - x1", plus_one)

@@ -1,0 +1,420 @@
+"""YOLO (ultralytics) labels: a data yaml, ``images/`` and ``labels/``, one ``.txt`` per image.
+
+The data yaml (``data.yaml``) is read as ultralytics reads it, and as data only (``yaml.safe_load``; a
+``download`` script in it is never run):
+
+- ``path``: the dataset folder; relative to the yaml's folder; absent: the yaml's folder.
+- ``train``, ``val``, ``test``: each a folder of images (searched recursively), a ``.txt`` list of
+  image paths, or a list of those; relative to ``path`` (``../train/images`` that does not exist is
+  read as ``train/images``, as ultralytics reads Roboflow's exports). In a list file, a relative entry
+  (``./images/train/a.jpg``) is relative to the list file's folder.
+- ``names``: the class names, a list or an ``{index: name}`` dict covering 0..n-1 (``nc``, when
+  given, must agree). ``kpt_shape`` (pose sets): that many keypoint values follow each box.
+
+Nothing the yaml names may lie outside the dataset root (``root``, by default the yaml's folder):
+a ``path``, split entry or list entry that does is refused, naming the file and the key.
+
+Labels. The label file of ``.../images/<sub>/<name>.<ext>`` is ``.../labels/<sub>/<name>.txt`` (the
+last ``images`` folder of the path inside the root replaced by ``labels``; an image path without one
+has its label beside it). Each line is ``class cx cy w h``, normalised to the image size (a
+segmentation line ``class x1 y1 x2 y2 ...`` gives the box around its points). Boxes become float xyxy
+pixels here, with the image size read from the image header (EXIF rotation applied, as
+:func:`detect.data.images.read_image` and ultralytics do); so the images are always read, even for an
+evaluation (``check_images`` is not a parameter here).
+
+Faults, as ultralytics treats a label it cannot use (the image is left out) and reported as the other
+readers report them (``dataset.skipped``, with the file): a label file that cannot be read, or with a
+line that cannot be a box (wrong number of values, not a number, not finite, a normalised value
+outside [0, 1], width or height <= 0, a class index that is not an integer of ``names``); an image
+whose header cannot be read; a listed image that is missing (more than ``max_missing_images`` missing
+stops the reader); a label file without an image (in a split read from a folder). An image **without a
+label file** is an image without objects (ultralytics' rule) and counted in ``dataset.warnings``; an
+empty label file is a background image and not counted. A box whose values lie in [0, 1] but reach past
+the border is kept as stored (the rule of :mod:`detect.data.records`). With ``classes`` given, an
+object of a class not in it is dropped and counted (``unknown class``), as the VOC reader does.
+
+Evaluation: the boxes are continuous (no ``+1`` pixel), so ``conf/data/yolo.yaml`` declares
+``rules: coco``. Parsed labels and image sizes are cached like the XML readers' (``cache_dir``),
+keyed on every label and image file's stat.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from detect.classes import ClassList, read_class_list
+from detect.data.cache import ParsedFolder, annotation_fingerprint, cache_path
+from detect.data.folder import ImageFinder, image_size, list_images
+from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, finish_dataset, reader_logs, warn_outside
+
+log = logging.getLogger(__name__)
+
+__all__ = ["YoloData", "read_yolo_yaml", "yolo_label_path", "parse_yolo_label", "read_yolo"]
+
+PARSER_VERSION = 1  # part of the cache's fingerprint: bump when parse_yolo_label or the size rule changes
+NO_LABEL = "no label file: read as an image without objects"
+
+
+@dataclass(frozen=True)
+class YoloData:
+    """A parsed data yaml. ``root``: the folder nothing may leave; ``base``: its ``path`` (what split
+    entries are relative to); ``keypoints``: values after the box on each line (0 without ``kpt_shape``)."""
+
+    yaml_file: Path
+    root: Path
+    base: Path
+    names: tuple[str, ...]
+    splits: dict
+    keypoints: int = 0
+
+
+def _normal(path: str | Path) -> Path:
+    """The absolute, lexically normalised path (``..`` folded; links are not followed)."""
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _within(yaml_file: Path, root: Path, key: str, value: str, relative_to: Path) -> Path:
+    """``value`` resolved against ``relative_to``; ``ValueError`` naming the file and key when outside ``root``."""
+    path = _normal(relative_to / os.path.expanduser(value)) if not os.path.isabs(value) else _normal(value)
+    if not _inside(path, root):
+        raise ValueError(f"{yaml_file}: {key} {value!r} leads outside the dataset folder {root} (refused; "
+                         "give data.root=<the dataset folder> if that folder is the dataset)")
+    return path
+
+
+def _names(yaml_file: Path, data: dict) -> tuple[str, ...]:
+    """The class names of the yaml (``names`` list or ``{index: name}`` dict); ``ValueError`` when unusable."""
+    names = data.get("names")
+    if isinstance(names, dict):
+        keys = sorted(names, key=str)
+        if not all(isinstance(k, int) and not isinstance(k, bool) for k in keys) or \
+                sorted(keys) != list(range(len(keys))):
+            raise ValueError(f"{yaml_file}: names: the keys of a names dict must be the indices 0..{len(keys) - 1}, "
+                             f"got {sorted(names, key=str)[:5]}")
+        names = [names[k] for k in range(len(keys))]
+    if not isinstance(names, list) or not names:
+        raise ValueError(f"{yaml_file}: names must be a non-empty list or an {{index: name}} dict of class names")
+    if any(isinstance(n, (dict, list, bool)) or n is None or str(n).strip() == "" for n in names):
+        raise ValueError(f"{yaml_file}: names: every class name must be a non-empty string")
+    names = tuple(str(n).strip() for n in names)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{yaml_file}: names: {twice[0]!r} appears more than once; class names must be unique")
+    nc = data.get("nc")
+    if nc is not None and nc != len(names):
+        raise ValueError(f"{yaml_file}: nc is {nc!r} but names has {len(names)} classes")
+    return names
+
+
+def _keypoints(yaml_file: Path, data: dict) -> int:
+    """Values per line after the box: the product of ``kpt_shape`` (0 without it)."""
+    shape = data.get("kpt_shape")
+    if shape is None:
+        return 0
+    if not (isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ValueError(f"{yaml_file}: kpt_shape {shape!r} is not a list of positive integers")
+    return int(np.prod(shape))
+
+
+def read_yolo_yaml(yaml_file: str | Path | None = None, root: str | Path | None = None) -> YoloData:
+    """Read a data yaml (``<root>/data.yaml`` when ``yaml_file`` is ``None``); ``root`` (default: the
+    yaml's folder) is the folder nothing named in it may leave. ``FileNotFoundError`` / ``ValueError``
+    naming the yaml (and the key) when it cannot be read or names something outside ``root``."""
+    if yaml_file is None and root is None:
+        raise ValueError("data=yolo: give data.root=<folder with data.yaml> or data.yaml_file=<the data yaml>")
+    yaml_file = Path(yaml_file) if yaml_file is not None else Path(root) / "data.yaml"
+    try:
+        data = yaml.safe_load(yaml_file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise FileNotFoundError(f"{yaml_file}: cannot read the data yaml ({e.strerror})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{yaml_file}: not a readable YAML file ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{yaml_file}: not a YOLO data yaml (a mapping with names, train, val)")
+    root = _normal(root if root is not None else yaml_file.parent)
+    base = root
+    if data.get("path") not in (None, ""):
+        if not isinstance(data["path"], str):
+            raise ValueError(f"{yaml_file}: path {data['path']!r} is not a string")
+        base = _within(yaml_file, root, "path", data["path"], _normal(yaml_file.parent))
+    splits = {k: data.get(k) for k in ("train", "val", "test")}
+    return YoloData(yaml_file, root, base, _names(yaml_file, data), splits, _keypoints(yaml_file, data))
+
+
+def _list_file(y: YoloData, key: str, path: Path) -> list[Path]:
+    """The image paths of a ``.txt`` list (relative entries: to the list's folder), each inside the root."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FileNotFoundError(f"{y.yaml_file}: {key}: cannot read the image list {path} ({e})") from None
+    out = []
+    for lineno, line in enumerate(lines, 1):
+        entry = line.strip()
+        if entry:
+            out.append(_within(path, y.root, f"line {lineno} ({key} list)", entry, path.parent))
+    return out
+
+
+def _split_path(y: YoloData, split: str, entry: str) -> Path:
+    """A split entry resolved against ``path``; as ultralytics does, an entry ``../x`` that does not exist
+    (or lies outside the root) is also tried as ``x`` (Roboflow's exports write ``train: ../train/images``
+    beside ``train/``). Refused when what it names lies outside the root."""
+    if entry.startswith("../"):
+        path = _normal(y.base / entry)
+        if not (_inside(path, y.root) and path.exists()):
+            again = _normal(y.base / entry[3:])
+            if _inside(again, y.root) and again.exists():
+                return again
+    return _within(y.yaml_file, y.root, split, entry, y.base)
+
+
+def split_images(y: YoloData, split: str) -> tuple[list[Path], bool]:
+    """The image paths of split ``split`` (``train``/``val``/``test``) and whether any came from a list
+    file (then a path may name a missing image). ``ValueError`` naming the yaml and key when the split
+    is absent or names something outside the root or neither a folder nor a ``.txt`` list."""
+    value = y.splits.get(split)
+    if value in (None, "", []):
+        given = [k for k, v in y.splits.items() if v not in (None, "", [])]
+        raise ValueError(f"{y.yaml_file}: no {split!r} entry (it has {given}); choose another data.train_split / "
+                         "data.test_split")
+    entries = value if isinstance(value, list) else [value]
+    images, listed = [], False
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ValueError(f"{y.yaml_file}: {split}: {entry!r} is not a path")
+        path = _split_path(y, split, entry)
+        if path.is_dir():
+            images += list_images(path)
+        elif path.is_file() and path.suffix.lower() == ".txt":
+            images += _list_file(y, split, path)
+            listed = True
+        else:
+            raise FileNotFoundError(f"{y.yaml_file}: {split}: {entry!r} ({path}) is neither a folder of images "
+                                    "nor a .txt list of images")
+    return images, listed
+
+
+def yolo_label_path(image: str | Path, root: str | Path) -> Path:
+    """The label file of ``image`` (inside ``root``): the last ``images`` folder of its path below
+    ``root`` replaced by ``labels``, the extension by ``.txt`` (beside the image when there is none)."""
+    rel = Path(os.path.relpath(image, root)).parts
+    last = max((k for k, p in enumerate(rel[:-1]) if p == "images"), default=None)
+    if last is not None:
+        rel = (*rel[:last], "labels", *rel[last + 1:])
+    return Path(root, *rel).with_suffix(".txt")
+
+
+def _number(token: str) -> float:
+    try:
+        value = float(token)
+    except ValueError:
+        raise ValueError(f"bad value: {token!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"bad value: {token!r} is not finite")
+    return value
+
+
+def _line_box(tokens: list[str], num_classes: int, keypoints: int) -> tuple[int, list[float]]:
+    """``(class index, normalised [x1, y1, x2, y2])`` of one label line; ``ValueError`` saying why not."""
+    n = len(tokens)
+    if not (n == 5 or (keypoints and n == 5 + keypoints) or (not keypoints and n >= 7 and n % 2 == 1)):
+        expected = f"5 or {5 + keypoints}" if keypoints else "5 (class cx cy w h), or an odd number >= 7 (a polygon)"
+        raise ValueError(f"bad line: {n} values, expected {expected}")
+    values = [_number(t) for t in tokens]
+    cls = values[0]
+    if cls != int(cls) or not 0 <= cls < num_classes:
+        raise ValueError(f"class index out of range: {tokens[0]} (names has {num_classes} classes: 0..{num_classes - 1})")
+    coords = values[1:5] if n == 5 or keypoints else values[1:]
+    if not all(0.0 <= v <= 1.0 for v in coords):
+        raise ValueError(f"out-of-range value: {[t for t, v in zip(tokens[1:], coords) if not 0 <= v <= 1][0]} "
+                         "(normalised coordinates lie in [0, 1])")
+    if n == 5 or keypoints:
+        cx, cy, w, h = coords
+        if not (w > 0 and h > 0):
+            raise ValueError(f"degenerate box: width {tokens[3]}, height {tokens[4]}")
+        return int(cls), [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+    xs, ys = coords[0::2], coords[1::2]
+    box = [min(xs), min(ys), max(xs), max(ys)]
+    if not (box[2] > box[0] and box[3] > box[1]):
+        raise ValueError("degenerate box: the polygon's points span no area")
+    return int(cls), box
+
+
+def parse_yolo_label(label: str | Path, image: str | Path, num_classes: int, keypoints: int = 0) -> tuple:
+    """One image and its label file as a raw tuple ``(width, height, boxes [[x1, y1, x2, y2], ...] float
+    pixels, labels [class index of names], flags [False, ...], problems)`` (see
+    :meth:`detect.data.cache.ParsedAnnotation.from_raw`); ``problems`` holds :data:`NO_LABEL` when the
+    label file does not exist. ``ValueError`` (``"<kind>: <detail>"``) when the image header or the
+    label file cannot be read, or a line cannot be a box (the first such line named, the others counted)."""
+    try:
+        width, height = image_size(image)
+    except ValueError as e:
+        raise ValueError(f"unreadable image: {e}") from None
+    try:
+        text = Path(label).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return width, height, [], [], [], [NO_LABEL]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"unreadable label: {e}") from None
+    boxes, labels, bad = [], [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        try:
+            cls, (x1, y1, x2, y2) = _line_box(tokens, num_classes, keypoints)
+        except ValueError as e:
+            kind, _, detail = str(e).partition(": ")
+            bad.append(f"{kind}: line {lineno}: {detail}")
+            continue
+        boxes.append([x1 * width, y1 * height, x2 * width, y2 * height])
+        labels.append(cls)
+    if bad:
+        more = f"; {len(bad) - 1} more bad line(s)" if len(bad) > 1 else ""
+        raise ValueError(f"{bad[0]}{more} (the image is left out)")
+    return width, height, boxes, labels, [False] * len(labels), []
+
+
+def _class_map(y: YoloData, classes) -> tuple[ClassList, np.ndarray]:
+    """The dataset's classes (``names``, or ``classes``: a ClassList or a class list file, by name or id)
+    and ``int64[len(names)]``: each yaml class's label in them (-1: not among them)."""
+    if classes is None:
+        return ClassList.from_names(y.names), np.arange(len(y.names), dtype=np.int64)
+    class_list = classes if isinstance(classes, ClassList) else read_class_list(classes)
+    known = set(y.names)
+    absent = [w for w, n in zip(class_list.wnids, class_list.names) if w not in known and n not in known]
+    if absent:
+        raise ValueError(f"data.classes: {absent[0]!r} is not among the names of {y.yaml_file} ({list(y.names)[:8]})")
+    remap = np.array([class_list.index(n) if n in class_list else -1 for n in y.names], dtype=np.int64)
+    return class_list, remap
+
+
+def _parse_split(y: YoloData, split: str, images: list[Path], labels: list[Path],
+                 cache_dir: str | Path | None) -> ParsedFolder:
+    """:func:`parse_yolo_label` of every (image, label) pair, through the cache in ``cache_dir``."""
+    ids = [str(p) for p in images]
+    cache = fingerprint = None
+    if cache_dir is not None:
+        cache = cache_path(cache_dir, f"yolo_{split}", [str(_normal(y.yaml_file)), str(y.root), split])
+        fingerprint = annotation_fingerprint([str(p) for p in labels] + ids, ids,
+                                             [PARSER_VERSION, len(y.names), y.keypoints])
+        parsed = ParsedFolder.load(cache, fingerprint, len(images))
+        if parsed is not None:
+            return parsed
+    from tqdm import tqdm  # only when parsing (a warm cache needs no progress bar)
+
+    items = []
+    for image, label in tqdm(list(zip(images, labels)), desc=f"reading {y.yaml_file} {split}", leave=False,
+                             mininterval=2.0):
+        try:
+            items.append(parse_yolo_label(label, image, len(y.names), y.keypoints))
+        except ValueError as e:
+            items.append(str(e))
+    parsed = ParsedFolder.from_raw(items)
+    if cache is not None:
+        parsed.save(cache, fingerprint)
+    return parsed
+
+
+def _find_listed(y: YoloData, images: list[Path], max_missing: float, skipped: SkipLog) -> list[tuple[int, Path]]:
+    """``(1-based list position, image file)`` of the listed images found (any extension case); missing
+    ones counted in ``skipped``, more than ``max_missing`` of them stop the reader (``ImageFinder``)."""
+    finder = ImageFinder(y.root, ".jpg")
+    found = finder.find_all([os.path.relpath(p, y.root) for p in images], True, max_missing)
+    out = []
+    for index, (listed, path) in enumerate(zip(images, found), 1):
+        if path is None:
+            skipped.add(listed, "missing image")
+        else:
+            out.append((index, path))
+    return out
+
+
+def _orphan_labels(y: YoloData, labels: list[Path], skipped: SkipLog) -> None:
+    """Count in ``skipped`` the ``.txt`` files of the ``labels/`` folders used that no image of the split has."""
+    wanted = {str(p) for p in labels}
+    folders = {p.parent for p in labels if "labels" in p.relative_to(y.root).parts[:-1]}
+    for folder in sorted(folders):
+        try:
+            names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".txt") and e.is_file())
+        except OSError:
+            continue
+        for name in names:
+            if str(folder / name) not in wanted:
+                skipped.add(folder / name, "missing image: a label file without an image")
+
+
+def _unique(images: list[Path], skipped: SkipLog) -> list[Path]:
+    """``images`` without repeats (a list naming an image twice, a folder listed twice); repeats counted."""
+    seen, out = set(), []
+    for p in images:
+        if p in seen:
+            skipped.add(p, "duplicate image: listed more than once in the split (kept once)")
+            continue
+        seen.add(p)
+        out.append(p)
+    return out
+
+
+def _records(y: YoloData, entries: list[tuple[int, Path]], labels: list[Path], parsed: ParsedFolder,
+             remap: np.ndarray, skipped: SkipLog, warnings: SkipLog) -> list[DetectionRecord]:
+    """One record per usable image (``image_id``: its path below the root); labels mapped by ``remap``."""
+    records = []
+    for (index, image), label, p in zip(entries, labels, parsed):
+        if p.error is not None:
+            skipped.add(image if p.error.startswith("unreadable image") else label, p.error)
+            continue
+        for problem in p.problems:
+            warnings.add(label, problem)
+        mapped = remap[p.labels]
+        for k in np.flatnonzero(mapped < 0).tolist():
+            skipped.add(label, f"unknown class: object {k + 1} ({y.names[p.labels[k]]!r}) is not in data.classes")
+        keep = mapped >= 0
+        records.append(DetectionRecord(Path(os.path.relpath(image, y.root)).as_posix(), image, p.width, p.height,
+                                       p.boxes[keep], mapped[keep], p.flags[keep], index))
+    return records
+
+
+def read_yolo(yaml_file: str | Path | None = None, split: str = "val", root: str | Path | None = None,
+              classes=None, max_missing_images: float = 0.1, cache_dir: str | Path | None = None) -> DetectionDataset:
+    """Read split ``split`` (``train``/``val``/``test``) of a YOLO data yaml (module docstring).
+
+    yaml_file: the data yaml (``None``: ``<root>/data.yaml``); root: the dataset folder nothing named in
+    the yaml may leave (``None``: the yaml's folder). classes: ``None`` (the yaml's ``names``, in
+    order), or a ClassList or class list file restricting or reordering them (by name). Records:
+    ``image_id`` = the image path below ``root``, ``index`` = 1-based position in the split (folders:
+    sorted paths), ``boxes: float32[N, 4]`` xyxy pixels, ``ignore`` all False. Skipped and repaired
+    items are counted in ``dataset.skipped`` / ``dataset.warnings``. ``ValueError`` naming the yaml when
+    no image of the split has a label file (the labels are elsewhere), or none can be used.
+    """
+    y = read_yolo_yaml(yaml_file, root)
+    class_list, remap = _class_map(y, classes)
+    skipped, warnings = reader_logs()
+    images, listed = split_images(y, split)
+    images = _unique(images, skipped)
+    entries = _find_listed(y, images, max_missing_images, skipped) if listed else list(enumerate(images, 1))
+    labels = [yolo_label_path(p, y.root) for _, p in entries]
+    if not listed:
+        _orphan_labels(y, labels, skipped)
+    parsed = _parse_split(y, split, [p for _, p in entries], labels, cache_dir)
+    unlabelled = sum(NO_LABEL in p.problems for p in parsed)
+    if entries and unlabelled == len(entries):
+        raise ValueError(f"{y.yaml_file}: {split}: none of the {len(entries)} images has a label file (looked for "
+                         f"e.g. {labels[0]}: the images/ folder of a path becomes labels/, the extension .txt)")
+    if unlabelled:
+        log.warning("%s %s: %d of %d images have no label file: read as images without objects", y.yaml_file,
+                    split, unlabelled, len(entries))
+    records = _records(y, entries, labels, parsed, remap, skipped, warnings)
+    warn_outside(records, warnings, lambda r: yolo_label_path(r.path, y.root))
+    return finish_dataset(records, class_list, f"yolo_{split}", skipped, warnings, f"{y.yaml_file} {split}",
+                          len(images), "images", logger=log)
