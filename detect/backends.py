@@ -52,7 +52,8 @@ from detect.quantize import Int8Recipe, QuantizationError, cached_int8_model, cp
 log = logging.getLogger(__name__)
 
 __all__ = ["TorchScorer", "OnnxScorer", "as_scorer", "session_options", "export_onnx", "cached_onnx_export", "make_scorer",
-           "make_scorers", "resolve_backend", "resolve_precision", "PRECISIONS", "EXPORT_KEY", "export_key", "with_metadata"]
+           "make_scorers", "resolve_backend", "resolve_precision", "PRECISIONS", "EXPORT_KEY", "export_key",
+           "with_metadata"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 _EXPORT_FORMAT = 2  # bump when the export procedure changes: every cached export is then rebuilt

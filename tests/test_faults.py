@@ -579,15 +579,20 @@ def _detector_dict(**extra) -> dict:
             "settings": {"crop_size": 64, "context": 4, "score_threshold": 0.0}, "proposer": None, **extra}
 
 
-def _multibox_spec(tmp_path: Path) -> dict:
-    ckpt = load_checkpoint(_multibox_checkpoint(tmp_path / "mb.pt"))
-    return {"kind": "multibox", "params": {"top_k": 3, "device": "cpu", "backend": "torch"},
-            "network": {"model_kwargs": ckpt["model_kwargs"], "model_state": ckpt["model_state"]}}
-
-
 def _poison(state: dict, name: str, value: float) -> None:
     state[name] = state[name].clone()
     state[name].view(-1)[0] = value
+
+
+def _multibox_spec(tmp_path: Path, poison: str | None = None, params: dict | None = None,
+                   model_kwargs: dict | None = None) -> dict:
+    """An embedded MultiBox proposer spec; ``poison``: a weight given a NaN; the rest: entries replaced."""
+    ckpt = load_checkpoint(_multibox_checkpoint(tmp_path / "mb.pt"))
+    if poison is not None:
+        _poison(ckpt["model_state"], poison, float("nan"))
+    return {"kind": "multibox", "params": {"top_k": 3, "device": "cpu", "backend": "torch", **(params or {})},
+            "network": {"model_kwargs": {**ckpt["model_kwargs"], **(model_kwargs or {})},
+                        "model_state": ckpt["model_state"]}}
 
 
 SS = {"kind": "selective_search", "params": {"mode": "opencv_fast"}}
@@ -608,11 +613,9 @@ SS = {"kind": "selective_search", "params": {"mode": "opencv_fast"}}
     (lambda o, t: o.update(proposer={**SS, "params": {"superpixel_scale": float("nan")}}), "superpixel_scale=nan"),
     (lambda o, t: o.update(proposer={**SS, "params": {"ks": [50, float("inf")]}}), "ks=inf"),
     (lambda o, t: o.update(proposer={**SS, "params": {"resize_width": 10 ** 7}}), "resize_width"),
-    (lambda o, t: o.update(proposer=(lambda s: (_poison(s["network"]["model_state"], "head.weight", float("nan")), s)[1])(
-        _multibox_spec(t))), "MultiBox network: weights 'head.weight'"),
-    (lambda o, t: o.update(proposer=(lambda s: (s["network"]["model_kwargs"].update(num_priors=10 ** 9), s)[1])(
-        _multibox_spec(t))), "num_priors=1000000000"),
-    (lambda o, t: o.update(proposer=(lambda s: (s["params"].update(top_k=10 ** 9), s)[1])(_multibox_spec(t))), "top_k"),
+    (lambda o, t: o.update(proposer=_multibox_spec(t, poison="head.weight")), "MultiBox network: weights 'head.weight'"),
+    (lambda o, t: o.update(proposer=_multibox_spec(t, model_kwargs={"num_priors": 10 ** 9})), "num_priors=1000000000"),
+    (lambda o, t: o.update(proposer=_multibox_spec(t, params={"top_k": 10 ** 9})), "top_k=1000000000"),
 ])
 def test_detector_file_with_impossible_numbers_names_the_file_and_the_field(tmp_path, mutate, field):
     """NaN/inf weights gave 0 detections and exit 0; a missing settings block took the defaults; a huge width,
