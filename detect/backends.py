@@ -13,8 +13,11 @@ the prepared crops too; its sidecar JSON records the input convention they follo
 - ``onnxruntime``: the member exported to ONNX (dynamic batch) and run by ONNX Runtime's CPU provider,
   faster than eager PyTorch on a CPU (figures: benchmarks/README.md). Exports are cached beside
   the detector checkpoint, keyed on a hash of the member's weights, architecture, crop size and the
-  exporter versions; an export whose key or content hash does not match, or that ONNX Runtime cannot
-  load, is rebuilt, never silently used.
+  exporter versions. The key is written inside the export itself (ONNX metadata ``EXPORT_KEY``) as
+  well as in its sidecar JSON, and the scorer compares it with the key of the weights in memory when
+  it loads the file: an export made from other weights (another detector's cache copied here, a
+  sidecar edited to match a replaced file), one whose sidecar key or content hash does not match, or
+  one ONNX Runtime cannot load, is rebuilt, never silently used.
 - ``auto``: ONNX Runtime on a CPU device (when onnxruntime is importable), torch otherwise.
 
 Precision of the ONNX Runtime backend (``precision``):
@@ -31,11 +34,12 @@ Precision of the ONNX Runtime backend (``precision``):
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,16 +47,18 @@ from torch import nn
 
 from detect.io import atomic_open, atomic_write_json, file_sha256
 from detect.models.convention import IMAGENET, InputConvention
-from detect.quantize import Int8Recipe, QuantizationError, cached_int8_export, cpu_has_int8_dot
+from detect.quantize import Int8Recipe, QuantizationError, cached_int8_model, cpu_has_int8_dot
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TorchScorer", "OnnxScorer", "as_scorer", "session_options", "export_onnx", "cached_onnx_export", "make_scorer",
-           "make_scorers", "resolve_backend", "resolve_precision", "describe_scoring", "PRECISIONS"]
+           "make_scorers", "resolve_backend", "resolve_precision", "describe_scoring", "PRECISIONS", "EXPORT_KEY", "export_key",
+           "with_metadata"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 _EXPORT_FORMAT = 2  # bump when the export procedure changes: every cached export is then rebuilt
 PRECISIONS = ("fp32", "int8", "auto")
+EXPORT_KEY = "googlenet_detect.export_key"  # ONNX metadata entry: the cache key of what an export was made from
 
 
 class TorchScorer:
@@ -113,10 +119,13 @@ def session_options(num_threads: int | None = None):
 class OnnxScorer:
     """ONNX Runtime (CPU provider) scorer for an exported model file (see :func:`session_options`);
     ``input_convention``: how its crops are prepared (that of the exported model's weights);
-    ``precision`` ("fp32" | "int8") records which kind of model the file is."""
+    ``precision`` ("fp32" | "int8") records which kind of model the file is; ``expected_key``: None, or
+    the cache key of the weights the file must have been made from (its ``EXPORT_KEY`` metadata),
+    else a ``ValueError`` naming the file."""
 
     def __init__(self, onnx_path: str | Path, num_threads: int | None = None,
-                 input_convention: InputConvention | None = None, precision: str = "fp32"):
+                 input_convention: InputConvention | None = None, precision: str = "fp32",
+                 expected_key: str | None = None):
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
@@ -125,6 +134,9 @@ class OnnxScorer:
         self.precision = precision
         self.session = ort.InferenceSession(str(self.path), session_options(num_threads),
                                             providers=["CPUExecutionProvider"])
+        if expected_key is not None and export_key(self.session) != expected_key:
+            raise ValueError(f"{self.path}: made from other weights than those loaded (its {EXPORT_KEY} "
+                             f"{export_key(self.session)!r} is not {expected_key!r})")
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
@@ -133,17 +145,41 @@ class OnnxScorer:
         return torch.from_numpy(logits)
 
 
-def export_onnx(model: nn.Module, path: str | Path, crop_size: int, opset: int = 17) -> None:
-    """Export ``model`` (eval mode, logits output) to ONNX with a dynamic batch axis, atomically."""
+def export_key(session) -> str | None:
+    """The ``EXPORT_KEY`` metadata of an ONNX Runtime ``session``'s model (None when it has none)."""
+    return session.get_modelmeta().custom_metadata_map.get(EXPORT_KEY)
+
+
+def with_metadata(model_bytes: bytes, metadata: Mapping[str, str]) -> bytes:
+    """A serialized ONNX model with the ``metadata`` entries (``metadata_props``) set, replacing any of
+    the same names."""
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *metadata.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    return proto.SerializeToString()
+
+
+def export_onnx(model: nn.Module, path: str | Path, crop_size: int, opset: int = 17,
+                metadata: Mapping[str, str] | None = None) -> None:
+    """Export ``model`` (eval mode, logits output) to ONNX with a dynamic batch axis, atomically;
+    ``metadata``: entries written into the model's ``metadata_props`` (e.g. ``{EXPORT_KEY: key}``)."""
     model = model.eval().to("cpu")
     example = torch.zeros(2, 3, crop_size, crop_size)
-    path = Path(path)
-    with atomic_open(path, "wb") as f, warnings.catch_warnings():
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example,), f, input_names=["crops"], output_names=["logits"],
+            model, (example,), buffer, input_names=["crops"], output_names=["logits"],
             dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
         )
+    data = with_metadata(buffer.getvalue(), metadata) if metadata else buffer.getvalue()
+    with atomic_open(Path(path), "wb") as f:
+        f.write(data)
 
 
 def _weights_key(model: nn.Module, crop_size: int, extra: dict) -> str:
@@ -165,9 +201,17 @@ def cached_onnx_export(model: nn.Module, cache_dir: str | Path, name: str, crop_
                        extra_key: dict | None = None) -> Path:
     """Path of a valid ONNX export of ``model`` in ``cache_dir``, exporting it when missing or stale.
 
-    The sidecar ``<name>.json`` records the key (weights hash) and the ONNX file's sha256; a mismatch of
-    either, or a file ONNX Runtime cannot load, means the export is rebuilt.
+    The key (a hash of the weights, structure, crop size and exporter versions) is written inside the
+    export (metadata ``EXPORT_KEY``); the sidecar ``<name>.json`` records it with the ONNX file's
+    sha256. A mismatch of any of them with the weights in memory, or a file ONNX Runtime cannot load,
+    means the export is rebuilt.
     """
+    return _cached_export(model, cache_dir, name, crop_size, extra_key)[0]
+
+
+def _cached_export(model: nn.Module, cache_dir: str | Path, name: str, crop_size: int,
+                   extra_key: dict | None = None) -> tuple[Path, str]:
+    """:func:`cached_onnx_export`, and the key of ``model`` that the export carries."""
     cache_dir = Path(cache_dir)
     onnx_path, meta_path = cache_dir / f"{name}.onnx", cache_dir / f"{name}.json"
     key = _weights_key(model, crop_size, extra_key or {})
@@ -175,18 +219,18 @@ def cached_onnx_export(model: nn.Module, cache_dir: str | Path, name: str, crop_
         try:
             meta = json.loads(meta_path.read_text())
             if meta.get("key") == key and meta.get("sha256") == file_sha256(onnx_path):
-                OnnxScorer(onnx_path, num_threads=1)  # loads: the graph is intact
-                return onnx_path
+                OnnxScorer(onnx_path, num_threads=1, expected_key=key)  # loads, and was made from these weights
+                return onnx_path, key
             log.warning("%s: stale ONNX export (weights or exporter changed), rebuilding", onnx_path)
-        except Exception as e:  # corrupt JSON, truncated model, ...
+        except Exception as e:  # corrupt JSON, truncated model, made from other weights, ...
             log.warning("%s: unusable ONNX export (%s), rebuilding", onnx_path, e)
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to ONNX (crop size %d)", name, crop_size)
-    export_onnx(model, onnx_path, crop_size)
+    export_onnx(model, onnx_path, crop_size, metadata={EXPORT_KEY: key})
     convention = getattr(model, "input_convention", IMAGENET)
     atomic_write_json(meta_path, {"key": key, "sha256": file_sha256(onnx_path), "crop_size": crop_size,
                                   "input_convention": convention.to_dict()})
-    return onnx_path
+    return onnx_path, key
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -268,7 +312,7 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
     if cache_dir is None:
         raise ValueError("backend onnxruntime needs a cache_dir for its exports")
     try:
-        path = cached_onnx_export(model, cache_dir, name, input_size)
+        path, key = _cached_export(model, cache_dir, name, input_size)
     except (OSError, RuntimeError) as e:  # the exporter's errors are RuntimeErrors
         if backend != "auto" or (wanted == "int8" and precision == "int8"):
             raise
@@ -277,14 +321,14 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
     convention = getattr(model, "input_convention", None)
     if wanted == "int8":
         try:
-            key = json.loads((Path(cache_dir) / f"{name}.json").read_text())["key"]
-            int8_path = cached_int8_export(model, path, key, calibration, recipe)
-            return OnnxScorer(int8_path, num_threads=num_threads, input_convention=convention, precision="int8")
+            int8_path, int8_key = cached_int8_model(model, path, key, calibration, recipe)
+            return OnnxScorer(int8_path, num_threads=num_threads, input_convention=convention, precision="int8",
+                              expected_key=int8_key)
         except (QuantizationError, OSError) as e:
             if precision == "int8":
                 raise
             log.warning("no int8 model of %s (%s): scoring in fp32", name, e)
-    return OnnxScorer(path, num_threads=num_threads, input_convention=convention)
+    return OnnxScorer(path, num_threads=num_threads, input_convention=convention, expected_key=key)
 
 
 def make_scorers(members: list[nn.Module], backend: str, device: str | torch.device, crop_size: int,

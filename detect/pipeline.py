@@ -29,9 +29,10 @@ from torchvision import ops
 
 from detect.backends import as_scorer, make_scorers
 from detect.classes import ClassList
-from detect.data.images import read_image
+from detect.data.images import ImageError, read_image
 from detect.distributed import resolve_device
 from detect.io import atomic_torch_save, load_checkpoint
+from detect.limits import LIMITS
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, model_from_entry, strip_module_prefix
 from detect.quantize import Int8Recipe, crops_to_inputs
 from detect.region import ensemble_probs, input_conventions, normalize_image, warp_regions
@@ -56,7 +57,11 @@ class DetectorSettings:
     cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is
     at least this (:func:`detect.region.ensemble_probs`); mean, std: the RGB 0..1 normalisation of members
     that record no input convention (files written before members recorded theirs); every other
-    member's crops follow its own ``model_kwargs["input_convention"]``.
+    member's crops follow its own ``model_kwargs["input_convention"]``; max_pixels: None, or an image
+    of more pixels has its regions warped from a copy downscaled to about this many (area
+    interpolation; the boxes stay in the original's pixels), so that the float image prepared per
+    input convention (12 bytes a pixel) stays bounded (conf/detect.yaml). Sizes and counts are
+    bounded above by :data:`detect.limits.LIMITS` (a file asking for more is refused).
     """
 
     crop_size: int = 224
@@ -69,6 +74,7 @@ class DetectorSettings:
     cascade_threshold: float | None = None
     mean: tuple[float, float, float] = tuple(IMAGENET_MEAN)
     std: tuple[float, float, float] = tuple(IMAGENET_STD)
+    max_pixels: int | None = None
 
     def __post_init__(self):
         def number(name, value, integer=False):
@@ -81,8 +87,9 @@ class DetectorSettings:
             number(name, getattr(self, name), integer=True)
         for name in ("nms_iou", "score_threshold", "min_size"):
             number(name, getattr(self, name))
-        if self.cascade_threshold is not None:
-            number("cascade_threshold", self.cascade_threshold)
+        for name in ("cascade_threshold", "max_pixels"):
+            if getattr(self, name) is not None:
+                number(name, getattr(self, name), integer=name == "max_pixels")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or len(value) != 3:
@@ -91,6 +98,9 @@ class DetectorSettings:
                 number(name, v)
             object.__setattr__(self, name, tuple(float(v) for v in value))
         checks = [(self.crop_size >= 8, "crop_size must be >= 8"),
+                  *[(getattr(self, n) is None or getattr(self, n) <= LIMITS[n], f"{n} must be <= {LIMITS[n]:,}")
+                    for n in ("crop_size", "batch_size", "max_per_image", "max_pixels")],
+                  (self.max_pixels is None or self.max_pixels >= 1, "max_pixels must be >= 1"),
                   (0 <= self.context and 2 * self.context < self.crop_size, "context must be >= 0 and < crop_size / 2"),
                   (0 < self.nms_iou <= 1, "nms_iou must be in (0, 1]"),
                   (0 <= self.score_threshold <= 1, "score_threshold must be in [0, 1]"),
@@ -191,12 +201,14 @@ class Detector:
         """Ensemble probabilities of the warped ``boxes: [N, 4]`` of ``image: ndarray[H, W, 3] uint8``.
 
         returns Tensor[N, C + 1] float32 on the detector's device. Crops are warped and scored
-        ``batch_size`` at a time (all of an image's crops at once would not fit in memory).
+        ``batch_size`` at a time (all of an image's crops at once would not fit in memory); an image of
+        more than ``settings.max_pixels`` pixels is warped from a downscaled copy (:meth:`_bounded`).
         """
-        # one prepared image per input convention of the members (its zero padding is that convention's mean)
-        tensors = {c: normalize_image(image, c, self.device) for c in self.conventions}
         boxes = torch.as_tensor(np.asarray(boxes, np.float32) if not isinstance(boxes, Tensor) else boxes,
                                 dtype=torch.float32, device=self.device).reshape(-1, 4)
+        image, boxes = self._bounded(image, boxes)
+        # one prepared image per input convention of the members (its zero padding is that convention's mean)
+        tensors = {c: normalize_image(image, c, self.device) for c in self.conventions}
         out = []
         for i in range(0, len(boxes), self.settings.batch_size):
             crops = {c: warp_regions(t, boxes[i:i + self.settings.batch_size], self.settings.crop_size,
@@ -205,6 +217,24 @@ class Detector:
         if not out:
             return torch.zeros((0, len(self.classes) + 1), device=self.device)
         return torch.cat(out)
+
+    def _bounded(self, image: np.ndarray, boxes: Tensor) -> tuple[np.ndarray, Tensor]:
+        """``(image, boxes)`` as they are when the image has at most ``settings.max_pixels`` pixels (or no
+        limit is set); else a copy downscaled to about that many (OpenCV area interpolation) and the boxes
+        ``Tensor[N, 4]`` scaled to it, logged as a warning."""
+        height, width = image.shape[:2]
+        limit = self.settings.max_pixels
+        if limit is None or height * width <= limit:
+            return image, boxes
+        import cv2
+
+        factor = math.sqrt(limit / (height * width))
+        size = (max(1, int(width * factor)), max(1, int(height * factor)))
+        log.warning("image of %dx%d pixels (%.0f M) is above max_pixels=%d: its regions are warped from a copy "
+                    "downscaled to %dx%d", width, height, height * width / 1e6, limit, *size)
+        small = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+        scale = torch.tensor([size[0] / width, size[1] / height] * 2, dtype=boxes.dtype, device=boxes.device)
+        return small, boxes * scale
 
     def detect(self, image: np.ndarray, proposals: np.ndarray | None = None) -> DetectionResult:
         """Detections of ``image: ndarray[H, W, 3] uint8`` RGB, from ``proposals: ndarray[N, 4]`` xyxy
@@ -227,7 +257,10 @@ class Detector:
     def detect_many(self, items: Iterable[tuple[Any, Any, np.ndarray | None]], prefetch: int = 2
                     ) -> Iterator[tuple[Any, np.ndarray | None, DetectionResult | None, Exception | None]]:
         """Detect over ``items`` = ``(key, image path, cached proposals or None)``, yielding
-        ``(key, image, result, None)``, or ``(key, None, None, error)`` for an image that cannot be used.
+        ``(key, image, result, None)``, or ``(key, None, None, error)`` for an image that cannot be used:
+        a ``ValueError`` naming the file (unreadable, refused by the proposer) or an :class:`ImageError`
+        naming it for a ``MemoryError`` / ``RuntimeError`` (an allocation torch or ONNX Runtime could
+        not make) met reading, proposing or detecting it; the next images still run.
 
         Reading the next images and computing their proposals (OpenCV and ONNX Runtime release the GIL)
         runs in a background thread, ``prefetch`` images ahead, while the current image's crops are
@@ -242,17 +275,24 @@ class Detector:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending: deque = deque()
             for key, path, cached in itertools.islice(items, prefetch + 1):
-                pending.append((key, pool.submit(prepare, path, cached)))
+                pending.append((key, path, pool.submit(prepare, path, cached)))
             while pending:
-                key, future = pending.popleft()
+                key, path, future = pending.popleft()
                 nxt = next(items, None)
                 if nxt is not None:
-                    pending.append((nxt[0], pool.submit(prepare, nxt[1], nxt[2])))
+                    pending.append((nxt[0], nxt[1], pool.submit(prepare, nxt[1], nxt[2])))
+                error = None
                 try:
                     image, boxes = future.result()
                     result = self.detect(image, boxes)
                 except ValueError as e:  # ImageError names the file; proposer refusals
-                    yield key, None, None, e
+                    error = e
+                except (MemoryError, RuntimeError) as e:  # this image only: the others still run
+                    error = ImageError(path, f"detection failed ({type(e).__name__}: {e})")
+                    log.warning("%s", error)  # (the failure's traceback, holding its tensors, is let go here)
+                if error is not None:
+                    image = boxes = future = None
+                    yield key, None, None, error
                     continue
                 yield key, image, result, None
 
@@ -339,13 +379,20 @@ def _read_detector(ckpt: Any, source: str) -> dict:
     members = ckpt.get("members")
     if not isinstance(members, list) or not members:
         raise ValueError(f"{source}: a detector file needs a non-empty list of members")
+    if len(members) > LIMITS["members"]:
+        raise ValueError(f"{source}: {len(members)} members; a detector file may hold at most {LIMITS['members']} "
+                         "(bounds of a loaded file: detect/limits.py)")
     classes = ClassList.from_dict(ckpt.get("classes"), source)
     if not len(classes):
         raise ValueError(f"{source}: the detector's class list is empty")
+    block = "settings" if fmt == DETECTOR_FORMAT else "config"
+    if not isinstance(ckpt.get(block), Mapping):  # defaults would silently replace the settings it was built with
+        raise ValueError(f"{source}: the detector file has no {block!r} block (crop size, context, thresholds); "
+                         "bundle it again with tools/train_region.py step=bundle")
     if fmt == DETECTOR_FORMAT:
-        settings, spec = ckpt.get("settings", {}), ckpt.get("proposer")
+        settings, spec = ckpt["settings"], ckpt.get("proposer")
     else:
-        config = dict(ckpt.get("config") or {})
+        config = dict(ckpt["config"])
         target = config.pop("proposer", None)
         settings = {k: v for k, v in config.items() if k in DetectorSettings.__dataclass_fields__}
         spec = None

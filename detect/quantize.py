@@ -7,8 +7,11 @@ training split for a region classifier, resized training images for MultiBox). H
 an :class:`Int8Recipe`; the defaults in conf/ are the variant measured best (benchmarks/int8.md). The
 int8 model is cached beside the fp32 export (``<name>.int8.onnx`` + ``<name>.int8.json``), keyed on the
 fp32 export's key (weights, architecture, exporter versions), the recipe, a hash of the calibration
-inputs and the ONNX Runtime version; it is written atomically and made again when any of them changes
-or the file does not match its recorded hash.
+inputs and the ONNX Runtime version. The key is written inside the int8 model (ONNX metadata
+:data:`detect.backends.EXPORT_KEY`) as well as in the sidecar, and compared with the key of the
+weights in memory when the model is loaded; the model is written atomically and made again when any
+of them changes, when its key is not the one expected (an int8 model of other weights), or when the
+file does not match its recorded hash.
 
 The local response norms: in float they cost a large share of the int8 model's time (Sqrt and Div
 between dequantize/quantize pairs, benchmarks/int8.md). ``lrn="fold"`` measures each LRN's largest
@@ -46,7 +49,7 @@ from detect.models.googlenet import LocalResponseNorm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_export", "lrn_effects",
+__all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_export", "cached_int8_model", "lrn_effects",
            "fold_lrns", "cpu_flags", "cpu_has_int8_dot", "calibration_digest", "draw_calibration_crops",
            "draw_calibration_images", "crops_to_inputs", "to_pixels", "INT8_DOT_FLAGS"]
 
@@ -348,13 +351,15 @@ def _float_nodes(model_path: Path, modules: Iterable[str], head: bool) -> list[s
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray,
                   recipe: Int8Recipe = Int8Recipe(), float_modules: Iterable[str] = (),
-                  batch_size: int = 8) -> None:
+                  batch_size: int = 8, metadata: Mapping[str, str] | None = None) -> None:
     """Write the int8 model of the ONNX file ``fp32_path`` to ``out_path`` atomically.
 
     calibration: ``ndarray[N, 3, S, S] float32`` network inputs (N >= 1) whose activation ranges set the
     quantization scales (every input's activations are held until the ranges are computed: keep N in
     the hundreds at most); float_modules: torch module names whose nodes stay in float; batch_size:
-    calibration inputs per forward pass. Raises :class:`QuantizationError` naming the model.
+    calibration inputs per forward pass; metadata: entries written into the int8 model's
+    ``metadata_props`` (replacing those of the fp32 model of the same names). Raises
+    :class:`QuantizationError` naming the model.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -384,6 +389,10 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.n
             activation_type=qtype[recipe.activations], weight_type=qtype[recipe.weights],
             nodes_to_exclude=exclude or None, calibrate_method=method, extra_options=extra,
         )
+        if metadata:
+            from detect.backends import with_metadata
+
+            quantized.write_bytes(with_metadata(quantized.read_bytes(), metadata))
         os.replace(quantized, out_path)  # same folder: atomic
     except Exception as e:  # the quantizer raises many kinds (ValueError, RuntimeError, ONNX errors)
         raise QuantizationError(f"{fp32_path}: int8 quantization failed ({type(e).__name__}: {e})") from e
@@ -397,14 +406,22 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
     ``fp32_key`` (its weights hash): ``<dir>/<name>.int8.onnx``, quantized when missing or stale.
 
     calibration: ``ndarray[N, 3, S, S] float32`` network inputs, prepared in ``model.input_convention``
-    (:func:`crops_to_inputs`). The sidecar ``<name>.int8.json`` records the key (fp32 key, recipe,
-    calibration digest, input convention, ONNX Runtime version), the int8 file's sha256 and the LRN
-    decisions; a mismatch of key or hash, or a file ONNX Runtime cannot load, means
-    it is quantized again. Raises :class:`QuantizationError` when quantization fails.
+    (:func:`crops_to_inputs`). The key (fp32 key, recipe, calibration digest, input convention, ONNX
+    Runtime version) is written inside the int8 model (metadata :data:`detect.backends.EXPORT_KEY`);
+    the sidecar ``<name>.int8.json`` records it, the int8 file's sha256 and the LRN decisions. A
+    mismatch of either key or of the hash, or a file ONNX Runtime cannot load, means it is quantized
+    again. Raises :class:`QuantizationError` when quantization fails.
     """
+    return cached_int8_model(model, fp32_path, fp32_key, calibration, recipe)[0]
+
+
+def cached_int8_model(model: nn.Module, fp32_path: str | Path, fp32_key: str, calibration: np.ndarray,
+                      recipe: Int8Recipe = Int8Recipe()) -> tuple[Path, str]:
+    """:func:`cached_int8_export`, and the key the int8 model carries (for
+    ``OnnxScorer(..., expected_key=key)``)."""
     import onnxruntime as ort
 
-    from detect.backends import export_onnx
+    from detect.backends import EXPORT_KEY, export_key, export_onnx
 
     fp32_path = Path(fp32_path)
     calibration = _check_calibration(calibration, str(fp32_path))
@@ -419,8 +436,11 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
         try:
             meta = json.loads(meta_path.read_text())
             if meta.get("key") == key and meta.get("sha256") == file_sha256(int8_path):
-                ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])  # loads: intact
-                return int8_path
+                session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])  # loads: intact
+                if export_key(session) != key:
+                    raise ValueError(f"made from other weights or calibration ({EXPORT_KEY} "
+                                     f"{export_key(session)!r} is not {key!r})")
+                return int8_path, key
             log.warning("%s: stale int8 model (weights, calibration, recipe or ONNX Runtime changed), "
                         "quantizing again", int8_path)
         except Exception as e:  # corrupt JSON, truncated model, ...
@@ -439,9 +459,10 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
         if folded:
             source = work / "folded.onnx"
             export_onnx(fold_lrns(model, folded), source, int(calibration.shape[-1]))
-        quantize_onnx(source, int8_path, calibration, recipe, float_modules=lrns if recipe.lrn == "float" else ())
+        quantize_onnx(source, int8_path, calibration, recipe, float_modules=lrns if recipe.lrn == "float" else (),
+                      metadata={EXPORT_KEY: key})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     atomic_write_json(meta_path, {"key": key, "sha256": file_sha256(int8_path), **header,
                                   "lrn_effects": effects, "lrn_folded": folded})
-    return int8_path
+    return int8_path, key

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,6 +33,11 @@ _TARGETS = {  # the Hydra ``_target_`` names of conf/proposals/*.yaml -> kinds
 }
 _NOT_PARAMS = {"multibox": {"checkpoint", "onnx_cache"}, "union": {"sources"}, "selective_search": set()}
 _NETWORK_KEYS = ("model_kwargs", "model_state")
+# parameters bounded above by detect.limits.LIMITS (name -> (lowest value, whether it is excluded)): a file
+# asking for more is refused before the proposer is built
+_BOUNDED = {"superpixel_scale": (0.0, True), "resize_width": (0.0, True), "max_side": (0.0, True),
+            "sigma": (0.0, False), "ks": (0.0, True), "top_k": (0.0, True), "batch_size": (0.0, True)}
+_NETWORK_BOUNDED = ("num_priors", "input_size", "grid")
 
 
 def _classes() -> dict[str, type]:
@@ -126,6 +132,36 @@ def _check_spec(spec: Any, source: str) -> None:
         raise ValueError(f"{source}: {kind} proposer has no parameter(s) {sorted(unknown)}; refused")
     for k, v in params.items():
         _check_plain(v, f"{source}: {kind} proposer parameter {k!r}")
+        _check_numbers(k, v, f"{source}: {kind} proposer parameter")
+
+
+def _check_numbers(name: str, value: Any, source: str) -> None:
+    """NaN and infinity are refused in every parameter (lists included); those in ``_BOUNDED`` must lie
+    within their bounds (:data:`detect.limits.LIMITS`)."""
+    from detect.limits import check_bound
+
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{source} {name}={v!r} is not a finite number")
+        if name in _BOUNDED and v is not None:
+            check_bound(v, name, source, *_BOUNDED[name])
+
+
+def _check_network(network: Mapping, source: str) -> None:
+    """Bounds of an embedded MultiBox network's sizes (and its backbone's width) and finite weights,
+    checked before anything is built."""
+    from detect.limits import check_bound, check_finite_state
+
+    kwargs, state = network["model_kwargs"], network["model_state"]
+    if not isinstance(kwargs, Mapping) or not isinstance(state, Mapping):
+        raise ValueError(f"{source}: the MultiBox network's model_kwargs and model_state must be mappings")
+    for name in _NETWORK_BOUNDED:
+        check_bound(kwargs.get(name), name, f"{source}: MultiBox model_kwargs")
+    backbone = kwargs.get("backbone_kwargs")
+    if isinstance(backbone, Mapping):
+        for name in ("width", "num_classes"):
+            check_bound(backbone.get(name), name, f"{source}: MultiBox backbone_kwargs")
+    check_finite_state(state, f"{source}: MultiBox network")
 
 
 def build_proposer(spec: Mapping, source: str = "spec", onnx_cache: str | Path | None = None) -> Proposer:
@@ -149,6 +185,7 @@ def build_proposer(spec: Mapping, source: str = "spec", onnx_cache: str | Path |
         if not isinstance(network, Mapping) or any(k not in network for k in _NETWORK_KEYS):
             raise ValueError(f"{source}: the MultiBox proposer's network (model_kwargs, model_state) is not "
                              "embedded; rebuild the detector with tools/train_region.py step=bundle")
+        _check_network(network, source)
         args = [network]
         params["onnx_cache"] = None if onnx_cache is None else Path(onnx_cache)
     try:

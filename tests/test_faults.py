@@ -793,3 +793,211 @@ def test_a_run_removes_the_temporaries_its_killed_chunk_writes_left(tmp_path):
     (run.dir / "notes.tmp").write_text("not ours")
     run.begin(0)  # rank 0's part: only its own temporaries (rank 1 may be writing its own now)
     assert not stale[0].exists() and stale[1].exists() and (run.dir / "notes.tmp").exists()
+
+
+# ---- issue 21: detector files, export caches, large images
+
+from detect.data.images import ImageError  # noqa: E402
+
+
+def _detector_dict(**extra) -> dict:
+    return {"format": "googlenet-detector-v2", "members": [_member()],
+            "classes": {"wnids": list(CLASSES.wnids), "names": list(CLASSES.names)},
+            "settings": {"crop_size": 64, "context": 4, "score_threshold": 0.0}, "proposer": None, **extra}
+
+
+def _poison(state: dict, name: str, value: float) -> None:
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] = value
+
+
+def _multibox_spec(tmp_path: Path, poison: str | None = None, params: dict | None = None,
+                   model_kwargs: dict | None = None) -> dict:
+    """An embedded MultiBox proposer spec; ``poison``: a weight given a NaN; the rest: entries replaced."""
+    ckpt = load_checkpoint(_multibox_checkpoint(tmp_path / "mb.pt"))
+    if poison is not None:
+        _poison(ckpt["model_state"], poison, float("nan"))
+    return {"kind": "multibox", "params": {"top_k": 3, "device": "cpu", "backend": "torch", **(params or {})},
+            "network": {"model_kwargs": {**ckpt["model_kwargs"], **(model_kwargs or {})},
+                        "model_state": ckpt["model_state"]}}
+
+
+SS = {"kind": "selective_search", "params": {"mode": "opencv_fast"}}
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda o, t: _poison(o["members"][0]["model_state"], "fc.weight", float("nan")), "'fc.weight' hold NaN"),
+    (lambda o, t: _poison(o["members"][0]["model_state"], "conv1.conv.weight", float("inf")), "'conv1.conv.weight'"),
+    (lambda o, t: o.pop("settings"), "no 'settings' block"),
+    (lambda o, t: o.update(format="googlenet-detector-v1"), "no 'config' block"),
+    (lambda o, t: o["members"][0]["model_kwargs"].update(width=1e6), "width=1000000.0"),
+    (lambda o, t: o["members"][0]["model_kwargs"].update(width=float("nan")), "width=nan"),
+    (lambda o, t: o["members"][0]["model_kwargs"].update(num_classes=10 ** 9), "num_classes=1000000000"),
+    (lambda o, t: o["settings"].update(crop_size=100_000, context=4), "crop_size must be <= 1,024"),
+    (lambda o, t: o["settings"].update(batch_size=10 ** 9), "batch_size must be <="),
+    (lambda o, t: o.update(members=o["members"] * 33), "33 members"),
+    (lambda o, t: o.update(proposer={**SS, "params": {"superpixel_scale": 1e9}}), "superpixel_scale=1000000000.0"),
+    (lambda o, t: o.update(proposer={**SS, "params": {"superpixel_scale": float("nan")}}), "superpixel_scale=nan"),
+    (lambda o, t: o.update(proposer={**SS, "params": {"ks": [50, float("inf")]}}), "ks=inf"),
+    (lambda o, t: o.update(proposer={**SS, "params": {"resize_width": 10 ** 7}}), "resize_width"),
+    (lambda o, t: o.update(proposer=_multibox_spec(t, poison="head.weight")), "MultiBox network: weights 'head.weight'"),
+    (lambda o, t: o.update(proposer=_multibox_spec(t, model_kwargs={"num_priors": 10 ** 9})), "num_priors=1000000000"),
+    (lambda o, t: o.update(proposer=_multibox_spec(t, params={"top_k": 10 ** 9})), "top_k=1000000000"),
+])
+def test_detector_file_with_impossible_numbers_names_the_file_and_the_field(tmp_path, mutate, field):
+    """NaN/inf weights gave 0 detections and exit 0; a missing settings block took the defaults; a huge width,
+    class count, crop, member count or superpixel scale failed with a torch allocation error naming nothing.
+    Each is now refused on load, before anything is allocated, naming the file and the field."""
+    obj = _detector_dict()
+    mutate(obj, tmp_path)
+    torch.save(obj, tmp_path / "bad.pt")
+    with pytest.raises(ValueError) as err:
+        Detector.from_checkpoint(tmp_path / "bad.pt", backend="torch")
+    assert "bad.pt" in str(err.value) and field in str(err.value), str(err.value)
+
+
+def test_detector_settings_bounds_hold_for_overrides_too():
+    with pytest.raises(ValueError, match="max_pixels must be >= 1"):
+        DetectorSettings(max_pixels=0)
+    with pytest.raises(ValueError, match="crop_size must be <="):
+        DetectorSettings().replace(crop_size=4096)
+    assert DetectorSettings(max_pixels=10 ** 6).replace(max_pixels=None).max_pixels is None
+
+
+def test_a_forged_export_cache_beside_a_detector_is_not_used(tmp_path):
+    """The cache was trusted on its sidecar: another detector's ONNX (or int8) model copied beside this one,
+    with the sidecar's sha256 edited to match, was used instead of the detector's own weights. The key of the
+    weights is now inside the export and checked against the weights in memory: the forgery is rebuilt."""
+    import onnx
+
+    from detect.backends import EXPORT_KEY
+    from detect.io import file_sha256
+
+    crops = np.random.default_rng(0).integers(0, 255, (8, 3, 64, 64), dtype=np.uint8)
+    paths = []
+    for name, seed in (("a", 0), ("b", 5)):
+        torch.manual_seed(seed)
+        net = GoogLeNet(num_classes=len(CLASSES) + 1, width=0.125, lrn=False, dropout=0.0).eval()
+        paths.append(tmp_path / f"{name}.pt")
+        bundle_detector([{"model_kwargs": net.model_kwargs, "model_state": net.state_dict()}], CLASSES,
+                        DetectorSettings(crop_size=64, context=4, score_threshold=0.0), paths[-1],
+                        calibration={"crops": crops, "recipe": {}})
+    image = np.random.default_rng(1).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    boxes = np.array([[0, 0, 40, 40], [10, 20, 80, 60], [5, 5, 89, 69]], np.float32)
+
+    def scores(path, precision):
+        return Detector.from_checkpoint(path, backend="onnxruntime", precision=precision).score(image, boxes)
+
+    own = {p: scores(paths[0], p) for p in ("int8", "fp32")}  # (int8 first: both caches made once)
+    other = {p: scores(paths[1], p) for p in ("int8", "fp32")}
+    for precision, stem in (("fp32", "member0"), ("int8", "member0.int8")):
+        assert (own[precision] - other[precision]).abs().max() > 1e-3  # the forgery would show
+        forged, meta_path = Path(f"{paths[0]}.onnx") / f"{stem}.onnx", Path(f"{paths[0]}.onnx") / f"{stem}.json"
+        source = Path(f"{paths[1]}.onnx") / f"{stem}.onnx"
+        shutil.copyfile(source, forged)  # self-consistent: the sidecar keeps a's key, gets the new file's hash
+        meta = json.loads(meta_path.read_text())
+        meta_path.write_text(json.dumps({**meta, "sha256": file_sha256(forged)}))
+        torch.testing.assert_close(scores(paths[0], precision), own[precision])
+        assert forged.read_bytes() != source.read_bytes()
+        stored = {p.key: p.value for p in onnx.load(str(forged)).metadata_props}
+        assert stored[EXPORT_KEY] == json.loads(meta_path.read_text())["key"] == meta["key"]
+
+
+def _tiny_detector(tmp_path: Path, **settings) -> Detector:
+    path = tmp_path / "tiny.pt"
+    bundle_detector([_member()], CLASSES, DetectorSettings(crop_size=64, context=4, score_threshold=0.0, **settings),
+                    path, proposer={"kind": "selective_search", "params": {"mode": "opencv_fast", "max_boxes": 5,
+                                                                           "resize_width": 100}})
+    return Detector.from_checkpoint(path, backend="torch")
+
+
+def test_an_image_above_max_pixels_is_scored_from_a_downscaled_copy(tmp_path, monkeypatch, caplog):
+    """A large image (400 MP is within the decoder's limit) was converted to float whole, 12 bytes a pixel per
+    input convention, and the allocation crashed detect.py. Above max_pixels its regions are warped from a
+    downscaled copy; the boxes stay in the original's pixels."""
+    import cv2
+
+    import detect.pipeline as pipeline
+
+    image = np.random.default_rng(2).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)  # 3 MP
+    boxes = np.array([[0, 0, 900, 700], [400, 300, 1999, 1499], [100, 800, 1200, 1400]], np.float32)
+    detector = _tiny_detector(tmp_path, max_pixels=750_000)
+    seen = []
+    normalize = pipeline.normalize_image
+    monkeypatch.setattr(pipeline, "normalize_image", lambda im, *a: seen.append(im.shape) or normalize(im, *a))
+    with caplog.at_level("WARNING", logger="detect.pipeline"):
+        probs = detector.score(image, boxes)
+        result = detector.detect(image, boxes)
+    assert seen and all(h * w <= 750_000 for h, w, _ in seen) and "above max_pixels" in caplog.text
+    # the same as scoring a copy downscaled by hand, with the boxes scaled by hand
+    small = cv2.resize(image, (1000, 750), interpolation=cv2.INTER_AREA)
+    unlimited = Detector(None, detector.scorers, CLASSES, detector.settings.replace(max_pixels=None))
+    torch.testing.assert_close(probs, unlimited.score(small, boxes / 2), rtol=0, atol=0)
+    assert len(result) and all(any(np.array_equal(b, p) for p in boxes) for b in result.boxes)  # original pixels
+    seen.clear()
+    unlimited.score(image[:300, :400], boxes[:1] / 5)  # below the limit: the image as it is
+    assert seen == [(300, 400, 3)]
+
+
+def test_a_failure_on_one_image_is_that_images_error(tmp_path, monkeypatch):
+    """A MemoryError/RuntimeError while detecting one image lost every other image's output; now it is that
+    image's error, naming the file, and the others are detected."""
+    from detect.data import images as images_module
+    from detect.plots import write_png
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, size in (("a", 60), ("big", 90), ("c", 70)):
+        write_png(folder / f"{name}.png", np.full((size, size, 3), 120, np.uint8))
+    detector = _tiny_detector(tmp_path)
+    detect = Detector.detect
+
+    def failing(self, image, proposals=None):
+        if image.shape[0] == 90:
+            raise MemoryError("cannot allocate 4.8 GB")
+        return detect(self, image, proposals)
+
+    monkeypatch.setattr(Detector, "detect", failing)
+    files = sorted(folder.glob("*.png"))
+    out = {key.stem: (result, error) for key, _, result, error in detector.detect_many((f, f, None) for f in files)}
+    assert out["a"][0] is not None and out["c"][0] is not None and out["a"][1] is None
+    assert isinstance(out["big"][1], ImageError) and "big.png" in str(out["big"][1]) \
+        and "MemoryError" in str(out["big"][1])
+    # an image the decoder cannot hold in memory is an ImageError naming it too
+    monkeypatch.setattr(images_module.Image, "open", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(ImageError, match="a.png.*memory"):
+        images_module.read_image(folder / "a.png")
+
+
+def test_detect_tool_reports_a_failed_image_and_writes_the_others(tmp_path, repo_root, monkeypatch, capsys):
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+
+    from detect.plots import write_png
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, size in (("a", 60), ("big", 90), ("c", 70)):
+        write_png(folder / f"{name}.png", np.full((size, size, 3), 120, np.uint8))
+    _tiny_detector(tmp_path)
+    detect = Detector.detect
+
+    def failing(self, image, proposals=None):
+        if image.shape[0] == 90:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return detect(self, image, proposals)
+
+    monkeypatch.setattr(Detector, "detect", failing)
+    spec = importlib.util.spec_from_file_location("detect_tool", repo_root / "tools" / "detect.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "out"
+    with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
+        cfg = compose(config_name="detect", overrides=[f"detector={tmp_path / 'tiny.pt'}", "backend=torch",
+                                                        f"work_dir={tmp_path / 'work'}", f"out_dir={out}",
+                                                        f"images=[{folder}]"])
+    tool.main.__wrapped__(cfg)
+    printed = capsys.readouterr().out
+    assert "2 of 3 images processed" in printed and "big.png" in printed and "RuntimeError" in printed
+    assert (out / "a.json").is_file() and (out / "c.json").is_file() and not (out / "big.json").exists()

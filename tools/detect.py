@@ -83,12 +83,30 @@ def claim_outputs(files: list[Path], input_dirs: list[str], out_dir: Path, draw:
     return targets
 
 
+def write_outputs(path: Path, image: np.ndarray, result, target: tuple, classes, show_threshold: float,
+                  draw: bool) -> None:
+    """Print the table of ``path``'s detections at or above ``show_threshold``; write them as JSON to
+    ``target[0]`` and, when ``draw``, drawn on the image as a PNG to ``target[1]``."""
+    keep = result.scores >= show_threshold
+    json_path, png_path = target
+    print(_table(str(path), type(result)(result.boxes[keep], result.scores[keep], result.labels[keep]), classes))
+    atomic_write_json(json_path, {
+        "image": str(path), "width": int(image.shape[1]), "height": int(image.shape[0]),
+        "detections": [{"class": classes.names[l], "wnid": classes.wnids[l], "label": int(l), "score": float(s),
+                        "box": [float(v) for v in b]}
+                       for b, s, l in zip(result.boxes[keep], result.scores[keep], result.labels[keep])]})
+    if draw:
+        write_png(png_path, draw_detections(image, result.boxes[keep], result.scores[keep], result.labels[keep],
+                                            classes.names))
+
+
 @hydra.main(config_path="../conf", config_name="detect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     args = list(cfg.images) + IMAGE_ARGS
     if not args:
         raise SystemExit("no images given: python tools/detect.py image.jpg [folder ...] [overrides]")
-    overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold") if cfg[k] is not None}
+    overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold", "max_pixels")
+                 if cfg[k] is not None}
     proposer = instantiate(cfg.proposer, _convert_="all") if cfg.proposer is not None else None
     detector = Detector.from_checkpoint(cfg.detector, device=cfg.device, proposer=proposer, backend=cfg.backend,
                                         amp=cfg.amp, precision=cfg.precision, **overrides)
@@ -106,20 +124,14 @@ def main(cfg: DictConfig) -> None:
     targets = claim_outputs(files, [a for a in args if Path(a).is_dir()], out_dir, cfg.draw, cfg.coco_results)
     records, all_dets = [], []
     for path, image, result, error in detector.detect_many(((f, f, None) for f in files), prefetch=cfg.prefetch):
-        if error is not None:  # ImageError (names the file), a proposer refusing the image, ...
+        if error is not None:  # ImageError (names the file), a proposer refusing it, a failed allocation, ...
             skipped.add(path, f"unusable: {error}")
             continue
-        keep = result.scores >= cfg.show_threshold
-        json_path, png_path = targets[path]
-        print(_table(str(path), type(result)(result.boxes[keep], result.scores[keep], result.labels[keep]), classes))
-        atomic_write_json(json_path, {
-            "image": str(path), "width": int(image.shape[1]), "height": int(image.shape[0]),
-            "detections": [{"class": classes.names[l], "wnid": classes.wnids[l], "label": int(l), "score": float(s),
-                            "box": [float(v) for v in b]}
-                           for b, s, l in zip(result.boxes[keep], result.scores[keep], result.labels[keep])]})
-        if cfg.draw:
-            write_png(png_path, draw_detections(image, result.boxes[keep], result.scores[keep],
-                                                               result.labels[keep], classes.names))
+        try:
+            write_outputs(path, image, result, targets[path], classes, cfg.show_threshold, cfg.draw)
+        except (MemoryError, RuntimeError) as e:  # e.g. drawing a huge image: this image only
+            skipped.add(path, f"outputs not written in full ({type(e).__name__}: {e})")
+            continue
         index = len(records) + 1
         records.append(DetectionRecord(str(path), path, image.shape[1], image.shape[0], np.zeros((0, 4)),
                                        np.zeros(0), np.zeros(0), index))

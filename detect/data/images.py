@@ -47,7 +47,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as ``ndarray[H, W, 3] uint8`` RGB, EXIF orientation applied.
 
     Grey, grey+alpha, RGBA (composited on white), palette, CMYK, 16-bit and float images are all
-    converted. Raises :class:`ImageError` for a missing, unreadable, truncated or empty image.
+    converted. Raises :class:`ImageError` for a missing, unreadable, truncated or empty image, one above
+    ``Image.MAX_IMAGE_PIXELS``, or one the memory cannot hold.
     """
     path = Path(path)
     if not path.is_file():
@@ -75,6 +76,8 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(path, f"corrupt or truncated image ({e})") from None
     except Image.DecompressionBombError as e:
         raise ImageError(path, f"image too large ({e})") from None
+    except MemoryError:
+        raise ImageError(path, "image too large to decode in the memory available") from None
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageError(path, f"empty image of shape {arr.shape}")
     return np.ascontiguousarray(arr)

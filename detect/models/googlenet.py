@@ -397,11 +397,18 @@ def build_model(model_kwargs: Mapping, source: str = "model_kwargs") -> GoogLeNe
 def model_from_entry(entry: Any, source: str, defaults: Mapping | None = None) -> GoogLeNet:
     """The GoogLeNet a checkpoint-like entry (``model_kwargs`` + ``model_state``, a DDP / AveragedModel
     ``module.`` prefix allowed) describes, in eval mode; ``defaults``: kwargs used where the entry has
-    none. Anything that does not fit is a ``ValueError`` naming ``source``."""
+    none. Anything that does not fit is a ``ValueError`` naming ``source``: a width or class count beyond
+    :data:`detect.limits.LIMITS` (checked before anything is allocated), weights holding NaN or infinity."""
+    from detect.limits import check_bound, check_finite_state
+
     if not isinstance(entry, Mapping) or not isinstance(entry.get("model_kwargs"), Mapping) \
             or not isinstance(entry.get("model_state"), Mapping):
         raise ValueError(f"{source}: not a GoogLeNet checkpoint (needs 'model_kwargs' and 'model_state')")
-    model = build_model({**dict(defaults or {}), **dict(entry["model_kwargs"]), "init_weights": False}, source)
+    kwargs = {**dict(defaults or {}), **dict(entry["model_kwargs"]), "init_weights": False}
+    for name in ("width", "num_classes"):
+        check_bound(kwargs.get(name), name, f"{source}: model_kwargs")
+    check_finite_state(entry["model_state"], source)
+    model = build_model(kwargs, source)
     try:
         model.load_state_dict(strip_module_prefix(entry["model_state"]), strict=True)
     except (TypeError, RuntimeError) as e:
