@@ -566,3 +566,46 @@ def test_detect_dataset_resumes_a_killed_run_chunk_by_chunk(tmp_path, repo_root)
     a, b = merged(run), merged(whole)
     assert a.image_index.tolist() == [1, 2, 3, 4, 5]
     np.testing.assert_array_equal(a.boxes, b.boxes) and np.testing.assert_array_equal(a.scores, b.scores)
+
+
+# ---- issue 21: proposal store validation, explicit inputs, non-finite loss
+
+def _diverging_fit(path: Path, bad_step: int, kind: str, steps: int = 8, every: int = 2):
+    """A linear model trained ``steps`` steps in one epoch, checkpointed every ``every`` steps; at
+    ``bad_step`` the loss is NaN (kind="loss") or finite with NaN gradients (kind="grad")."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    data = torch.utils.data.TensorDataset(torch.randn(4 * steps, 4), torch.randint(0, 3, (4 * steps,)))
+    calls = []
+
+    def loss_fn(m, batch, device):
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(m(batch[0]), batch[1])
+        if len(calls) == bad_step and kind == "loss":
+            loss = loss * float("nan")
+        if len(calls) == bad_step and kind == "grad":  # sqrt'(0) = inf: a finite loss, NaN gradients
+            loss = loss + 0.0 * (m.weight * 0.0).sqrt().sum()
+        return loss, {}
+
+    settings = TrainSettings(1, checkpoint_every=every, ema_decay=0.9, amp=False)
+    return fit(model, loss_fn, torch.utils.data.DataLoader(data, batch_size=4), torch.optim.SGD(model.parameters(), lr=0.1),
+               None, settings, DistributedContext(), path)
+
+
+def _finite(state: dict) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, kind):
+    """A NaN at step 5 once ran on to the step-6 checkpoint, which then held NaN weights; a NaN gradient
+    at a checkpoint step (step 4: the loss is still finite) wrote NaN weights at once."""
+    path = tmp_path / "c.pt"
+    bad = 5 if kind == "loss" else 4
+    message = "epoch 1/1 step 5: the loss is nan" if kind == "loss" else "not written at epoch 1 step 4: non-finite"
+    with pytest.raises(FloatingPointError, match=message) as error:
+        _diverging_fit(path, bad, kind)
+    assert "keeps" in str(error.value) and "epoch 1 step" in str(error.value)
+    ck = load_checkpoint(path)
+    assert (ck["epoch"], ck["step"]) == (0, 4 if kind == "loss" else 2)
+    assert _finite(ck["model_state"]) and _finite(ck["raw_state"]) and _finite(ck["averaged_state"])
