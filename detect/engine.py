@@ -3,7 +3,9 @@
 ``fit`` wraps the model in DDP when the context is distributed, uses AMP and channels-last on CUDA only,
 keeps a Polyak (exponential moving) average of the weights and buffers with
 ``torch.optim.swa_utils.AveragedModel``, steps the LR scheduler once per epoch, and writes a
-checkpoint atomically after every epoch and every ``checkpoint_every`` steps. A run killed at any
+checkpoint atomically after every epoch and every ``checkpoint_every`` steps. A step whose loss is not
+finite stops the run at once, and weights that are not finite are never written: a diverged run leaves
+its last good checkpoint in place (and says which it is). A run killed at any
 point resumes from its last checkpoint: the epoch's data order is rebuilt from the RNG state saved at
 the start of the epoch, the steps already done are skipped without loading their data, and the RNG
 state of the moment of the checkpoint is restored before the next step. With ``num_workers=0`` this
@@ -37,7 +39,7 @@ from detect.io import OutputConflict, atomic_torch_save, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit", "TrainSettings", "train_one_epoch", "Checkpoint", "ResumePoint", "run_fingerprint", "init_identity", "CheckpointMismatch", "ClassificationLoss", "evaluate_classification", "predict_proba", "collect_probabilities",
+__all__ = ["fit", "TrainSettings", "train_one_epoch", "Checkpoint", "ResumePoint", "run_fingerprint", "init_identity", "CheckpointMismatch", "NonFiniteLoss", "ClassificationLoss", "evaluate_classification", "predict_proba", "collect_probabilities",
            "topk_accuracy", "resolve_device", "seed_everything", "unwrap"]
 
 LossFn = Callable[[nn.Module, Any, torch.device], "tuple[torch.Tensor, dict[str, float]]"]
@@ -178,6 +180,7 @@ class Checkpoint:
                  meta: dict, ctx: DistributedContext):
         self.path, self.model, self.optimizer, self.scheduler = Path(path), model, optimizer, scheduler
         self.scaler, self.averaged, self.generator, self.meta, self.ctx = scaler, averaged, generator, meta, ctx
+        self.last_saved: tuple[int, int] | None = None  # (epoch, step) of this run's latest write
 
     def restore(self, resume: bool) -> ResumePoint:
         """Load the file when ``resume`` and it exists. A file there that no trainer wrote is refused
@@ -207,8 +210,13 @@ class Checkpoint:
         return ResumePoint(state["epoch"], 0)
 
     def save(self, epoch: int, step: int, epoch_rng: dict) -> None:
+        """Write the state after ``step`` steps of epoch ``epoch`` (0-based; step 0: the epoch is done).
+        Weights that are not finite are never written (``FloatingPointError``): the file keeps the last
+        good checkpoint (a diverged step in another process reaches these weights through DDP)."""
         if self.ctx.is_main:
             result = self.averaged.module if self.averaged is not None else self.model
+            _check_finite_weights({"weights": self.model, "averaged weights": result}, self.path, epoch, step,
+                                  self.describe_last())
             atomic_torch_save({
                 **self.meta,
                 "model_state": result.state_dict(),
@@ -220,7 +228,34 @@ class Checkpoint:
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "rng": _rng_state(self.generator), "epoch_rng": epoch_rng,
             }, self.path)
+        self.last_saved = (epoch, step)
         barrier()
+
+    def describe_last(self) -> str:
+        """Which state the file at ``path`` holds, for error messages."""
+        if self.last_saved is None:
+            return f"{self.path}: no checkpoint written by this run" + (" (an earlier one is kept)" if self.path.exists() else "")
+        return f"{self.path} keeps the last good state ({_where(*self.last_saved)})"
+
+
+def _where(epoch: int, step: int) -> str:
+    """A checkpoint's position in words (``epoch`` counts finished epochs when ``step`` is 0)."""
+    return f"the end of epoch {epoch}" if step == 0 else f"epoch {epoch + 1} step {step}"
+
+
+def _check_finite_weights(models: dict[str, nn.Module], path: Path, epoch: int, step: int, kept: str) -> None:
+    """Raise ``FloatingPointError`` naming the first tensors of ``models`` ({what: module}) with a NaN or
+    infinite value, before anything is written (one device sync for all tensors)."""
+    named = [(what, name, t) for what, m in models.items() for name, t in m.state_dict().items()
+             if t.is_floating_point()]
+    if not named:
+        return
+    finite = torch.stack([torch.isfinite(t).all() for _, _, t in named]).cpu()
+    if bool(finite.all()):
+        return
+    bad = [f"{what}: {name}" for (what, name, _), ok in zip(named, finite.tolist()) if not ok]
+    raise FloatingPointError(f"{path}: not written at {_where(epoch, step)}: non-finite values in "
+                             f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} (training diverged); {kept}")
 
 
 # ------------------------------------------------------------------------------------------- fit
@@ -284,6 +319,8 @@ def fit(
         batch to ``device``. A batch that is ``None`` or empty (every sample unreadable) is skipped by
         every process; a batch's ``dropped`` attribute (samples its collate removed) is summed per epoch.
     checkpoint_path: a :class:`Checkpoint` written after every epoch and every ``checkpoint_every`` steps.
+        A non-finite loss stops the run (``FloatingPointError`` naming the epoch, the step and the
+        checkpoint kept); non-finite weights are never written.
     fingerprint: plain values naming what the run trains on and how (data, image list, init weights,
         settings); stored in the checkpoint, and a checkpoint written with another fingerprint is not
         resumed: ``CheckpointMismatch`` names the differing entries (never a silent mix of two runs).
@@ -331,8 +368,11 @@ def fit(
                 checkpoint.save(epoch, step, epoch_rng)
 
         t0 = time.perf_counter()
-        sums = train_one_epoch(step_ctx, _iterate_from(train_loader, skip, restore), skip, n_steps,
-                               f"epoch {epoch + 1}/{settings.epochs}", save_every)
+        try:
+            sums = train_one_epoch(step_ctx, _iterate_from(train_loader, skip, restore), skip, n_steps,
+                                   f"epoch {epoch + 1}/{settings.epochs}", save_every)
+        except NonFiniteLoss as e:  # a diverged step: stopped before anything was saved after it
+            raise FloatingPointError(f"{e}; {checkpoint.describe_last()}") from None
         elapsed = time.perf_counter() - t0
         if scheduler is not None:
             scheduler.step()
@@ -371,7 +411,9 @@ class _StepContext(NamedTuple):
 def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_steps: int | None, desc: str,
                     after_step: Callable[[int], None]) -> dict[str, float]:
     """One pass over ``batches`` (steps ``start_step + 1 ..``, at most ``n_steps`` in all); returns this
-    process's sums: loss and metrics weighted by batch size, ``samples``, ``steps``, ``dropped``."""
+    process's sums: loss and metrics weighted by batch size, ``samples``, ``steps``, ``dropped``.
+    A step whose loss is NaN or infinite raises ``FloatingPointError`` naming it, before ``after_step``
+    (the checkpoint) runs; the loss is read back every step anyway (the sums), so this adds no sync."""
     device = sc.ctx.device
     sc.train_model.train()
     sums = {"loss": 0.0, "samples": 0.0, "steps": 0.0, "dropped": 0.0}
@@ -394,6 +436,10 @@ def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_step
         else:
             loss, metrics = _train_step(sc.train_model, sc.loss_fn, batch, device, sc.optimizer, sc.scaler,
                                         sc.amp_dtype, sc.grad_clip)
+            if not math.isfinite(loss):  # before the average and any checkpoint take these weights
+                bar.close()
+                raise NonFiniteLoss(f"{desc} step {step}: the loss is {loss} (training diverged); stopped "
+                                         "before any checkpoint was written after it")
             if sc.averaged is not None:
                 sc.averaged.update_parameters(sc.model)
             sums["loss"] += loss * size
@@ -435,6 +481,10 @@ def init_identity(path: str | Path | None) -> str | None:
     from detect.io import file_sha256
 
     return None if not path else file_sha256(path)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A training step's loss was NaN or infinite (the run stops; nothing is saved after it)."""
 
 
 class CheckpointMismatch(ValueError):

@@ -1,24 +1,40 @@
 """The proposal store file: proposals of a whole dataset split, looked up by image id, memory-mapped.
 
-File format (version 2): a ``.npz`` whose members are stored uncompressed, so that the arrays can be
+File format (version 3): a ``.npz`` whose members are stored uncompressed, so that the arrays can be
 memory-mapped where they lie in the file (and ``numpy.load(path, allow_pickle=False)`` still reads it):
 
-- ``format_version`` int64 scalar (2);
-- ``image_ids`` str[I] and ``id_order`` int64[I] (the ids' sorted order: lookups are a binary search
-  that reads a few entries, never the whole list);
-- ``offsets`` int64[I + 1] (image ``i`` owns rows ``offsets[i]:offsets[i + 1]``);
-- ``boxes`` uint16[M, 4] (rounded pixels; float32 when a coordinate falls outside 0..65535), xyxy;
-- ``scores`` float16[M] (optional) and ``meta`` (a JSON string).
+- ``format_version`` int64 scalar (3);
+- ``image_ids`` str[I] and ``id_order`` int64[I] (the ids' sorted order: lookups are a binary search);
+- ``meta`` (a JSON string) and ``offsets`` int64[I + 1] (image ``i`` owns rows ``offsets[i]:offsets[i + 1]``);
+- ``boxes`` uint16[M, 4] (rounded pixels; float32 when a coordinate falls outside 0..65535), xyxy, finite;
+- ``scores`` float16[M] (optional);
+- ``digests`` uint32[I, 2]: the CRC-32 of each image's box bytes and of its score bytes;
+- ``index_crc32`` uint32 scalar: the CRC-32 of the data bytes of format_version, image_ids, id_order,
+  meta, offsets and digests.
+
+Integrity: opening checks every member's dtype and shape, that the offsets rise from 0 to M, that
+``id_order`` sorts the ids strictly (so no id repeats), and the index against ``index_crc32``: a pass
+over the index arrays only (O(I): 0.1-0.2 s for the 97 MB index of ILSVRC's 456,567 training ids, was
+3 ms), never over the boxes. Each lookup checks the rows it reads against that image's digest (2000
+boxes and scores: 69 us a lookup, was 49 us), so every byte served has been verified, and no open
+reads the 9 GB of an ILSVRC-scale store (a full pass, :meth:`ProposalStore.verify`: 1.3 GB/s). A
+damaged file is refused with a ``ValueError`` naming it, the image and the problem. Per-image digests
+rather than per-chunk ones or a verified-once marker (size, mtime, inode): a lookup checks exactly the
+bytes it reads (no extra I/O, 8 bytes per image), nothing is kept beside the file, and damage after
+a first check is still caught. Version 2 files (no digests) are still read with a warning, and
+:func:`upgrade_store` adds the digests. :func:`check_coverage` counts and logs the images of a split
+that a store lacks (their lookups fall back), and refuses a store that holds none of them.
 
 Members are written in that order with fixed zip timestamps, so equal content gives equal bytes, and
 the writer streams image by image (:class:`StoreWriter`): neither writing nor reading ever holds the
-whole split in memory. Opening reads the zip directory and maps the arrays; a lookup touches the pages
-of one image. Run-dependent figures (seconds per image, worker counts) go to a JSON sidecar
+whole split in memory. Opening reads the zip directory, maps the arrays and reads the index; a lookup
+touches the pages of one image. Run-dependent figures (seconds per image, worker counts) go to a JSON sidecar
 (``<store>.json``, :func:`sidecar_path`).
 
 Version 1 files (the same members, deflate-compressed, no ``id_order``) are still read, whole into
-memory, with a warning; :func:`upgrade_store` rewrites one as version 2 without holding it in memory,
-and ``tools/propose.py`` does so when it finds one complete (nothing is recomputed).
+memory, with a warning; :func:`upgrade_store` rewrites a version 1 or 2 file as version 3 without
+holding it in memory, and ``tools/propose.py`` does so when it finds one complete (nothing is
+recomputed).
 
 This module needs numpy only (no torch), so that a process that only looks up proposals stays small.
 """
@@ -31,6 +47,7 @@ import logging
 import struct
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
@@ -39,9 +56,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = ["ProposalStore", "StoreWriter", "FORMAT_VERSION", "box_dtype_for", "sidecar_path", "store_meta",
-           "upgrade_store", "is_memory_mapped_store"]
+           "upgrade_store", "is_memory_mapped_store", "check_coverage"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+_MAPPED_VERSIONS = (2, 3)  # memory-mapped formats read (2: without checksums)
+_INDEX = ("format_version", "image_ids", "id_order", "meta", "offsets", "digests")  # covered by index_crc32
 _UINT16_MAX = 65535
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header: signature ... name length, extra length
@@ -65,6 +84,41 @@ def _ids_array(image_ids: Sequence[str]) -> np.ndarray:
     return np.asarray(ids, dtype=str) if ids else np.zeros(0, "<U1")
 
 
+def _as_boxes(boxes, where: str) -> np.ndarray:
+    """``boxes`` as ``ndarray[N, 4]``; ValueError naming ``where`` for any other shape (never reshaped)."""
+    boxes = np.asarray(boxes)
+    if boxes.size == 0:
+        return boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{where}: boxes of shape {boxes.shape}, expected (N, 4)")
+    return boxes
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _index_crc(arrays: Sequence[np.ndarray]) -> int:
+    """CRC-32 of the data bytes of ``arrays``, in order (memory-mapped arrays are read, never copied whole)."""
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8), crc)
+    return crc
+
+
+def _strictly_sorted(ids: np.ndarray, order: np.ndarray, block: int = 1 << 16) -> bool:
+    """Whether ``ids[order]`` rises strictly (no repeated id), read ``block`` entries at a time."""
+    previous = None
+    for lo in range(0, len(order), block):
+        chunk = ids[np.asarray(order[lo:lo + block])]
+        if (chunk[1:] <= chunk[:-1]).any() or (previous is not None and chunk[0] <= previous):
+            return False
+        previous = chunk[-1]
+    return True
+
+
 # --------------------------------------------------------------------------------------------- writing
 
 
@@ -76,7 +130,8 @@ class StoreWriter:
     with_scores: whether :meth:`add` receives scores; meta: JSON-able dict. The file is written to a
     temporary name beside ``path`` and renamed over it only by :meth:`commit` (a context manager
     commits on success and removes the temporary file on an error). Scores are spooled to an unnamed
-    temporary file beside the store while the boxes stream, then copied in.
+    temporary file beside the store while the boxes stream, then copied in. Each image's digests are
+    computed from the bytes as they are written (the ``digests`` member, I x 8 bytes, is held).
     """
 
     def __init__(self, path: str | Path, image_ids: Sequence[str], counts: Sequence[int] | np.ndarray,
@@ -100,14 +155,12 @@ class StoreWriter:
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.with_scores = with_scores
         self._next = 0
-        small = []  # every member but boxes and scores, in file order (made before anything is written)
-        for name, array in (("format_version", np.asarray(FORMAT_VERSION, np.int64)), ("image_ids", self.ids),
-                            ("id_order", order.astype(np.int64)),
-                            ("meta", np.asarray(json.dumps(dict(meta or {}), sort_keys=True))),
-                            ("offsets", self.offsets)):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, array, allow_pickle=False)
-            small.append((name, buf.getvalue()))
+        self._digests = np.zeros((len(self.ids), 2), np.uint32)  # CRC-32 of each image's box and score bytes
+        # every member before the boxes, in file order (made before anything is written)
+        self._index = {"format_version": np.asarray(FORMAT_VERSION, np.int64), "image_ids": self.ids,
+                       "id_order": order.astype(np.int64),
+                       "meta": np.asarray(json.dumps(dict(meta or {}), sort_keys=True)), "offsets": self.offsets}
+        small = [(name, _npy(array)) for name, array in self._index.items()]
         self._context = atomic_open(self.path, "wb")
         self._file = self._context.__enter__()
         self._scores = self._boxes = None
@@ -146,18 +199,25 @@ class StoreWriter:
         i = self._next
         if i >= len(self.ids):
             raise ValueError(f"{self.path}: more images added than the {len(self.ids)} announced")
-        boxes = np.asarray(boxes).reshape(-1, 4)
+        where = f"{self.path}: image {str(self.ids[i])!r}"
+        boxes = _as_boxes(boxes, where)
         if len(boxes) != self.counts[i]:
-            raise ValueError(f"{self.path}: image {self.ids[i]!r} has {len(boxes)} boxes, {self.counts[i]} announced")
+            raise ValueError(f"{where} has {len(boxes)} boxes, {self.counts[i]} announced")
+        if boxes.dtype.kind == "f" and not np.isfinite(boxes).all():
+            raise ValueError(f"{where} has NaN or infinite box coordinates (the proposer's output is broken)")
         if self.box_dtype == np.uint16 and boxes.dtype != np.uint16:
             boxes = np.round(boxes)
-            if len(boxes) and not (np.nanmin(boxes) >= 0 and np.nanmax(boxes) <= _UINT16_MAX):
-                raise ValueError(f"{self.path}: image {self.ids[i]!r} has coordinates outside 0..65535 for uint16 boxes")
-        self._boxes.write(np.ascontiguousarray(boxes, dtype=self.box_dtype).tobytes())
+            if len(boxes) and not (boxes.min() >= 0 and boxes.max() <= _UINT16_MAX):
+                raise ValueError(f"{where} has coordinates outside 0..65535 for uint16 boxes")
+        data = np.ascontiguousarray(boxes, dtype=self.box_dtype).tobytes()
+        self._boxes.write(data)
+        self._digests[i, 0] = zlib.crc32(data)
         if self.with_scores:
             if scores is None or len(np.asarray(scores).reshape(-1)) != len(boxes):
-                raise ValueError(f"{self.path}: image {self.ids[i]!r} needs {len(boxes)} scores")
-            self._scores.write(np.asarray(scores, dtype=np.float16).reshape(-1).tobytes())
+                raise ValueError(f"{where} needs {len(boxes)} scores")
+            data = np.asarray(scores, dtype=np.float16).reshape(-1).tobytes()
+            self._scores.write(data)
+            self._digests[i, 1] = zlib.crc32(data)
         self._next += 1
 
     def commit(self) -> None:
@@ -174,6 +234,9 @@ class StoreWriter:
                     w.write(block)
                 w.close()
                 self._scores.close()
+            self._write_member("digests", _npy(self._digests))
+            crc = _index_crc([*self._index.values(), self._digests])
+            self._write_member("index_crc32", _npy(np.asarray(crc, np.uint32)))
             self._zip.close()
         except BaseException as e:
             self.abort(e)
@@ -244,19 +307,42 @@ def _open_mapped(path: Path) -> dict[str, np.ndarray] | None:
                                                     for i in infos.values()):
                 return None
             arrays = {}
-            for name in ("format_version", "meta", "image_ids", "id_order", "offsets", "boxes", "scores"):
+            for name in ("format_version", "meta", "image_ids", "id_order", "offsets", "boxes", "scores", "digests",
+                         "index_crc32"):
                 if name in infos:
                     try:
                         arrays[name] = _member_array(path, f, infos[name])
                     except (ValueError, OSError, struct.error) as e:
                         raise ValueError(f"{path}: not a readable proposal file ({e})") from None
-    version = int(np.asarray(arrays["format_version"]))
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: proposal store format {version} is not known to this version "
-                         f"(which reads {FORMAT_VERSION}); update the code or re-run tools/propose.py")
-    if "id_order" not in arrays:
-        raise ValueError(f"{path}: not a proposal store (missing ['id_order'])")
+    version = arrays["format_version"]
+    if version.shape != () or version.dtype != np.int64 or int(version) not in _MAPPED_VERSIONS:
+        raise ValueError(f"{path}: proposal store format {version!r} is not known to this version (which reads "
+                         f"{', '.join(map(str, _MAPPED_VERSIONS))}); update the code or re-run tools/propose.py")
+    needed = {"id_order"} | ({"digests", "index_crc32"} if int(version) >= 3 else set())
+    if needed - set(arrays):
+        raise ValueError(f"{path}: not a proposal store of format {int(version)} (missing {sorted(needed - set(arrays))})")
     return arrays
+
+
+def _check_mapped(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The dtypes and shapes the writer gives, and the index against its checksum (format 3); the rest of
+    the structure (offsets, order) is checked by :class:`ProposalStore`."""
+    n = arrays["image_ids"].shape[0] if arrays["image_ids"].ndim == 1 else -1
+    expect = {"boxes": ((np.uint16, np.float32), None), "scores": ((np.float16,), 1), "id_order": ((np.int64,), (n,)),
+              "offsets": ((np.int64,), (n + 1,)), "digests": ((np.uint32,), (n, 2)), "index_crc32": ((np.uint32,), ())}
+    for name, (dtypes, shape) in expect.items():
+        a = arrays.get(name)
+        if a is None:
+            continue
+        if a.dtype not in [np.dtype(d) for d in dtypes] or (shape == 1 and a.ndim != 1) \
+                or (isinstance(shape, tuple) and a.shape != shape):
+            raise ValueError(f"{path}: {name} is {a.dtype}{list(a.shape)}, not what the store writer writes")
+    if int(arrays["format_version"]) < 3:
+        log.warning("%s: a proposal store without checksums (format 2): damage to it cannot be detected; run "
+                    "tools/propose.py again with the same settings to add them (nothing is recomputed)", path)
+    elif _index_crc([arrays[k] for k in _INDEX]) != int(arrays["index_crc32"]):
+        raise ValueError(f"{path}: the image index (ids, order, offsets, digests) does not match the checksum "
+                         "written with it: the file is damaged; delete it and run tools/propose.py again")
 
 
 def _read_whole(path: Path) -> dict[str, np.ndarray]:
@@ -291,7 +377,7 @@ def store_meta(path: str | Path) -> dict:
 
 
 def is_memory_mapped_store(path: str | Path) -> bool:
-    """True for a version-2 store file, False for a version-1 (compressed) one; ValueError otherwise."""
+    """True for a version-2 or 3 store file, False for a version-1 (compressed) one; ValueError otherwise."""
     return _open_mapped(Path(path)) is not None
 
 
@@ -299,45 +385,57 @@ class ProposalStore:
     """Proposals of a whole dataset split, looked up by image id.
 
     image_ids: list[str] (I); offsets: ndarray[I + 1] int64; boxes: ndarray[M, 4] (any float/uint16 dtype);
-    scores: ndarray[M] or None; meta: JSON-able dict (method name, settings, failed images).
-    A store opened by :meth:`load` keeps its arrays memory-mapped (``boxes``, ``scores``, ``offsets``
-    are then read-only ``np.memmap``), so its resident memory grows only with the images looked up.
+    scores: ndarray[M] or None; meta: JSON-able dict (method name, settings, failed images); digests:
+    uint32[I, 2] CRC-32s of each image's box and score bytes (a loaded format-3 file), checked at every
+    lookup. A store opened by :meth:`load` keeps its arrays memory-mapped (``boxes``, ``scores``,
+    ``offsets`` are then read-only ``np.memmap``), so its resident memory grows only with the images
+    looked up. Lookups of a damaged image raise ``ValueError`` naming the file and the image.
     """
 
     def __init__(self, image_ids: Sequence[str], offsets: np.ndarray, boxes: np.ndarray,
                  scores: np.ndarray | None = None, meta: dict | None = None, *, id_order: np.ndarray | None = None,
-                 source: Path | None = None):
+                 source: Path | None = None, digests: np.ndarray | None = None):
         self._ids = image_ids if isinstance(image_ids, np.ndarray) and image_ids.dtype.kind == "U" \
             else _ids_array(image_ids)
         self._ids = self._ids.reshape(-1)
         self.offsets = offsets if isinstance(offsets, np.memmap) else np.asarray(offsets, dtype=np.int64)
-        self.boxes = np.asarray(boxes).reshape(-1, 4) if not isinstance(boxes, np.memmap) else boxes
+        self.boxes = boxes if isinstance(boxes, np.memmap) else _as_boxes(boxes, "proposal store")
         self.scores = None if scores is None else (scores if isinstance(scores, np.memmap) else np.asarray(scores).reshape(-1))
         self.meta = dict(meta or {})
         self._source = source
+        self._digests = digests
         self._id_list: list[str] | None = None
+        self._order = self._checked_order(id_order)
+        self._width = self._ids.dtype.itemsize // 4  # characters of the fixed-width id array
+
+    def _checked_order(self, id_order: np.ndarray | None) -> np.ndarray:
+        """The structure every lookup relies on (O(I), the boxes are never read); ``id_order`` checked, or
+        made when None."""
         n = len(self._ids)
+        if self.boxes.ndim != 2 or self.boxes.shape[1] != 4 or self.boxes.dtype.kind not in "fu":
+            raise ValueError(f"proposal store: boxes are {self.boxes.dtype}{list(self.boxes.shape)}, not [M, 4] numbers")
         if self.offsets.dtype != np.int64 or self.offsets.shape != (n + 1,) or self.offsets[0] != 0 \
                 or self.offsets[-1] != len(self.boxes) or (np.diff(self.offsets) < 0).any():
             raise ValueError("proposal store: offsets do not match image ids and boxes")
-        if self.scores is not None and len(self.scores) != len(self.boxes):
-            raise ValueError("proposal store: scores and boxes differ in length")
+        if self.scores is not None and (self.scores.shape != (len(self.boxes),) or self.scores.dtype.kind != "f"):
+            raise ValueError(f"proposal store: scores are {self.scores.dtype}{list(self.scores.shape)}, "
+                             f"not [{len(self.boxes)}] floats")
         if id_order is None:
             id_order = np.argsort(self._ids, kind="stable")
-            if n > 1 and (self._ids[id_order][1:] == self._ids[id_order][:-1]).any():
-                raise ValueError("proposal store: repeated image ids")
         elif id_order.shape != (n,) or id_order.dtype != np.int64 or (n and (id_order.min() < 0 or id_order.max() >= n)):
             raise ValueError("proposal store: id_order is not an order of the image ids")
-        self._order = id_order
-        self._width = self._ids.dtype.itemsize // 4  # characters of the fixed-width id array
+        if not _strictly_sorted(self._ids, id_order):
+            raise ValueError("proposal store: repeated image ids, or id_order does not sort them")
+        return id_order
 
     @classmethod
     def from_lists(cls, image_ids: Sequence[str], boxes: Sequence[np.ndarray],
                    scores: Sequence[np.ndarray] | None = None, meta: dict | None = None) -> "ProposalStore":
         """Build from per-image ``float32[N_i, 4]`` boxes (and ``float32[N_i]`` scores)."""
-        counts = [len(np.asarray(b).reshape(-1, 4)) for b in boxes]
+        boxes = [_as_boxes(b, f"proposals of image {i!r}").astype(np.float32) for i, b in zip(image_ids, boxes)]
+        counts = [len(b) for b in boxes]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        cat = np.concatenate([np.asarray(b, np.float32).reshape(-1, 4) for b in boxes]) if boxes else np.zeros((0, 4), np.float32)
+        cat = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
         sc = None
         if scores is not None:
             sc = np.concatenate([np.asarray(s, np.float32).reshape(-1) for s in scores]) if scores else np.zeros(0, np.float32)
@@ -371,19 +469,40 @@ class ProposalStore:
     def __contains__(self, image_id: str) -> bool:
         return self._position(image_id) is not None
 
-    def _rows(self, image_id: str) -> slice:
+    def _rows(self, image_id: str) -> tuple[int, slice]:
         i = self._position(image_id)
         if i is None:
             raise KeyError(f"no proposals stored for image {image_id!r}")
-        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+        return i, slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    def _verified(self, i: int, column: int, rows: np.ndarray, what: str) -> np.ndarray:
+        """``rows`` (image ``i``'s stored boxes or scores) after the check against its digest."""
+        if self._digests is not None and zlib.crc32(rows) != int(self._digests[i, column]):
+            raise ValueError(f"{self._source}: image {str(self._ids[i])!r}: its {what} do not match the checksum "
+                             "written with the store: the file is damaged; delete it and run tools/propose.py again")
+        return rows
 
     def get(self, image_id: str) -> np.ndarray:
-        """Boxes of one image: ``ndarray[N, 4] float32`` xyxy pixels, in the method's rank order."""
-        return np.array(self.boxes[self._rows(image_id)], dtype=np.float32)
+        """Boxes of one image: ``ndarray[N, 4] float32`` xyxy pixels, in the method's rank order; ValueError
+        naming the file and the image when they are damaged or not finite."""
+        i, rows = self._rows(image_id)
+        boxes = np.array(self._verified(i, 0, self.boxes[rows], "boxes"), dtype=np.float32)
+        if not np.isfinite(boxes).all():
+            raise ValueError(f"{self._source or 'proposal store'}: image {image_id!r}: NaN or infinite box coordinates")
+        return boxes
 
     def get_scores(self, image_id: str) -> np.ndarray | None:
         """Scores of one image, ``ndarray[N] float32``, or None when the method has none."""
-        return None if self.scores is None else np.array(self.scores[self._rows(image_id)], dtype=np.float32)
+        if self.scores is None:
+            return None
+        i, rows = self._rows(image_id)
+        return np.array(self._verified(i, 1, self.scores[rows], "scores"), dtype=np.float32)
+
+    def missing(self, image_ids: Sequence[str]) -> list[str]:
+        """Those of ``image_ids`` that the store has no entry for (a set of every stored id, built for
+        this call: 0.5 s for 456k ids)."""
+        stored = set(self._ids.tolist())
+        return [i for i in map(str, image_ids) if i not in stored]
 
     def boxes_per_image(self) -> np.ndarray:
         """``ndarray[I] int64``: number of boxes of each image."""
@@ -402,8 +521,14 @@ class ProposalStore:
             scores = None if self.scores is None else np.asarray(self.scores[lo:hi])
             for k in range(i, j):
                 a, b = int(offsets[k]) - lo, int(offsets[k + 1]) - lo
-                yield boxes[a:b], None if scores is None else scores[a:b]
+                yield (self._verified(k, 0, boxes[a:b], "boxes"),
+                       None if scores is None else self._verified(k, 1, scores[a:b], "scores"))
             i = j
+
+    def verify(self) -> int:
+        """Read every image once against its digest (a full pass: the whole file); returns the images
+        checked. ValueError naming the file and the first damaged image."""
+        return sum(1 for _ in self.iter_images())
 
     # ----------------------------------------------------------------------------- files
 
@@ -421,8 +546,9 @@ class ProposalStore:
 
     @classmethod
     def load(cls, path: str | Path) -> "ProposalStore":
-        """Open a store (memory-mapped; a version-1 file is read whole, with a warning);
-        ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or malformed."""
+        """Open a store (memory-mapped; a version-1 file is read whole, with a warning), checking its
+        structure and its index checksum (module docstring); ``FileNotFoundError`` / ``ValueError``
+        naming the file when it is missing, malformed or damaged."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: proposal file not found")
@@ -438,14 +564,18 @@ class ProposalStore:
                         "re-run tools/propose.py with the same settings to rewrite it memory-mapped (nothing is "
                         "recomputed)", path, size / 2**20)
         try:
-            meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
             ids = arrays["image_ids"]
             if ids.dtype.kind != "U" or ids.ndim != 1:
                 raise ValueError("image_ids is not a list of strings")
+            if not legacy:
+                _check_mapped(path, arrays)
+            meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+            if not isinstance(meta, dict):
+                raise ValueError("the store's meta is not a JSON object")
             return cls(ids, arrays["offsets"], arrays["boxes"], arrays.get("scores"), meta,
-                       id_order=None if legacy else arrays["id_order"], source=path)
+                       id_order=None if legacy else arrays["id_order"], source=path, digests=arrays.get("digests"))
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise ValueError(e if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
     def __getstate__(self) -> dict:
         """A store opened from a file pickles as its path (worker processes map the file again)."""
@@ -460,13 +590,37 @@ class ProposalStore:
             self.__dict__.update(state, _id_list=None)
 
 
+def check_coverage(store: ProposalStore, image_ids: Sequence[str], what: str, fallback: str) -> list[str]:
+    """The ids of ``image_ids`` (the images of ``what``, e.g. "ilsvrc val") that ``store`` lacks, which
+    will use ``fallback`` instead: their count and first ids are logged as a warning, and a store that
+    holds none of them (another split or dataset) is a ``ValueError`` naming it."""
+    missing = store.missing(image_ids)
+    name = store._source or "the proposal store"
+    if missing and len(missing) == len(image_ids):
+        raise ValueError(f"{name}: holds none of the {len(image_ids)} images of {what} (first: "
+                         f"{', '.join(missing[:3])}); a store of another split or dataset?")
+    if missing:
+        log.warning("%s: %d of %d images of %s are not in the store and use %s (first: %s)", name, len(missing),
+                    len(image_ids), what, fallback, ", ".join(missing[:3]))
+    return missing
+
+
 def upgrade_store(path: str | Path) -> bool:
-    """Rewrite a version-1 (compressed) store at ``path`` as version 2, streaming its members (the
-    arrays are never all in memory); the bytes equal those of a fresh version-2 write of the same
-    content. Returns False (and does nothing) when the file is version 2 already."""
+    """Rewrite a version-1 (compressed) or version-2 (no checksums) store at ``path`` as version 3,
+    streaming its members (the arrays are never all in memory); the bytes equal those of a fresh write
+    of the same content. Returns False (and does nothing) when the file is version 3 already."""
     path = Path(path)
-    if _open_mapped(path) is not None:
-        return False
+    mapped = _open_mapped(path)
+    if mapped is not None:
+        if int(mapped["format_version"]) == FORMAT_VERSION:
+            return False
+        store = ProposalStore.load(path)
+        with StoreWriter(path, store._ids, store.boxes_per_image(), store.boxes.dtype, store.scores is not None,
+                         store.meta) as w:
+            for boxes, scores in store.iter_images():
+                w.add(boxes, scores)
+        log.info("%s: checksums added (format version %d)", path, FORMAT_VERSION)
+        return True
     with zipfile.ZipFile(path) as zf:
         names = {i.filename[:-4] for i in zf.infolist() if i.filename.endswith(".npy")}
         small = {}

@@ -1001,3 +1001,196 @@ def test_detect_tool_reports_a_failed_image_and_writes_the_others(tmp_path, repo
     printed = capsys.readouterr().out
     assert "2 of 3 images processed" in printed and "big.png" in printed and "RuntimeError" in printed
     assert (out / "a.json").is_file() and (out / "c.json").is_file() and not (out / "big.json").exists()
+
+
+# ---- issue 21: proposal store validation, explicit inputs, non-finite loss
+
+def _diverging_fit(path: Path, bad_step: int, kind: str, steps: int = 8, every: int = 2):
+    """A linear model trained ``steps`` steps in one epoch, checkpointed every ``every`` steps; at
+    ``bad_step`` the loss is NaN (kind="loss") or finite with NaN gradients (kind="grad")."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    data = torch.utils.data.TensorDataset(torch.randn(4 * steps, 4), torch.randint(0, 3, (4 * steps,)))
+    calls = []
+
+    def loss_fn(m, batch, device):
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(m(batch[0]), batch[1])
+        if len(calls) == bad_step and kind == "loss":
+            loss = loss * float("nan")
+        if len(calls) == bad_step and kind == "grad":  # sqrt'(0) = inf: a finite loss, NaN gradients
+            loss = loss + 0.0 * (m.weight * 0.0).sqrt().sum()
+        return loss, {}
+
+    settings = TrainSettings(1, checkpoint_every=every, ema_decay=0.9, amp=False)
+    return fit(model, loss_fn, torch.utils.data.DataLoader(data, batch_size=4), torch.optim.SGD(model.parameters(), lr=0.1),
+               None, settings, DistributedContext(), path)
+
+
+def _finite(state: dict) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, kind):
+    """A NaN at step 5 once ran on to the step-6 checkpoint, which then held NaN weights; a NaN gradient
+    at a checkpoint step (step 4: the loss is still finite) wrote NaN weights at once."""
+    path = tmp_path / "c.pt"
+    bad = 5 if kind == "loss" else 4
+    message = "epoch 1/1 step 5: the loss is nan" if kind == "loss" else "not written at epoch 1 step 4: non-finite"
+    with pytest.raises(FloatingPointError, match=message) as error:
+        _diverging_fit(path, bad, kind)
+    assert "keeps" in str(error.value) and "epoch 1 step" in str(error.value)
+    ck = load_checkpoint(path)
+    assert (ck["epoch"], ck["step"]) == (0, 4 if kind == "loss" else 2)
+    assert _finite(ck["model_state"]) and _finite(ck["raw_state"]) and _finite(ck["averaged_state"])
+
+
+def _v3_store(path: Path, ids, boxes, id_order=None, scores=None):
+    """A store file laid out as the writer lays it out (format 3, digests and index checksum consistent),
+    from arrays as given: the structural checks, not the checksums, must catch what is wrong in them."""
+    import zipfile
+    import zlib
+
+    from proposals.store_format import _INDEX, _index_crc, _npy
+
+    boxes = np.asarray(boxes)
+    offsets = np.arange(len(ids) + 1, dtype=np.int64) * (len(boxes) // max(len(ids), 1))
+    digests = np.array([[zlib.crc32(np.ascontiguousarray(boxes[a:b]).tobytes()),
+                         0 if scores is None else zlib.crc32(scores[a:b].tobytes())]
+                        for a, b in zip(offsets[:-1], offsets[1:])], np.uint32).reshape(-1, 2)
+    ids = np.asarray(ids, dtype=str)
+    arrays = {"format_version": np.asarray(3, np.int64), "image_ids": ids,
+              "id_order": np.argsort(ids, kind="stable").astype(np.int64) if id_order is None else np.asarray(id_order, np.int64),
+              "meta": np.asarray("{}"), "offsets": offsets, "boxes": boxes}
+    if scores is not None:
+        arrays["scores"] = scores
+    arrays["digests"] = digests
+    arrays["index_crc32"] = np.asarray(_index_crc([arrays[k] for k in _INDEX]), np.uint32)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            zf.writestr(f"{name}.npy", _npy(array))
+    return path
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("five_columns", r"boxes are uint16\[6, 5\]"),
+    ("unsorted_order", "id_order does not sort them"),
+    ("duplicate_ids", "repeated image ids"),
+    ("scores_2d", r"scores is float16\[3, 2\]"),
+])
+def test_a_malformed_proposal_store_is_refused_on_open(tmp_path, damage, message):
+    """Each of these was opened and served (boxes of 5 columns as rows of 4, lookups that missed images)."""
+    from proposals.store_format import ProposalStore
+
+    ids, boxes, order, scores = ["a", "b", "c"], np.ones((6, 4), np.uint16), None, None
+    if damage == "five_columns":
+        boxes = np.ones((6, 5), np.uint16)
+    elif damage == "unsorted_order":
+        order = [2, 0, 1]
+    elif damage == "duplicate_ids":
+        ids = ["a", "b", "a"]
+        order = [0, 2, 1]
+    elif damage == "scores_2d":
+        scores = np.ones((3, 2), np.float16)
+    path = _v3_store(tmp_path / "bad.npz", ids, boxes, order, scores)
+    with pytest.raises(ValueError, match=f"bad.npz.*{message}"):
+        ProposalStore.load(path)
+
+
+def test_nan_boxes_are_never_written_nor_served(tmp_path):
+    from proposals.store_format import ProposalStore
+
+    boxes = [np.array([[1, 2, 3, 4]], np.float32), np.array([[1, np.nan, 3, 4]], np.float32)]
+    with pytest.raises(ValueError, match=r"s.npz: image 'b' has NaN or infinite"):
+        ProposalStore.from_lists(["a", "b"], boxes).save(tmp_path / "s.npz")
+    assert not (tmp_path / "s.npz").exists()
+    path = _v3_store(tmp_path / "nan.npz", ["a", "b"], np.concatenate(boxes))  # written by another writer
+    store = ProposalStore.load(path)
+    assert store.get("a").tolist() == [[1, 2, 3, 4]]
+    with pytest.raises(ValueError, match="nan.npz: image 'b': NaN or infinite"):
+        store.get("b")
+    with pytest.raises(ValueError, match=r"shape \(1, 5\)"):
+        ProposalStore.from_lists(["a"], [np.ones((1, 5))])
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_a_proposal_store_are_detected(tmp_path, caplog):
+    """One flipped bit in the boxes, the scores or the ids was served as it was (or made lookups miss)."""
+    import shutil
+
+    from proposals.store_format import ProposalStore, upgrade_store
+
+    rng = np.random.default_rng(0)
+    ids = [f"img{i}" for i in range(20)]
+    boxes = [rng.uniform(0, 400, (50, 4)).astype(np.float32) for _ in ids]
+    good = tmp_path / "good.npz"
+    ProposalStore.from_lists(ids, boxes, [rng.uniform(0, 1, 50) for _ in ids]).save(good)
+    store = ProposalStore.load(good)
+    assert store.verify() == 20
+    box_at, score_at = store.boxes.offset, store.scores.offset
+    del store
+    for what, offset, image in (("boxes", box_at + 7 * 50 * 4 * 2 + 5, "img7"), ("scores", score_at + 50 * 2 * 12, "img12")):
+        bad = tmp_path / f"{what}.npz"
+        shutil.copy(good, bad)
+        _flip(bad, offset)
+        store = ProposalStore.load(bad)  # the index is intact: opened
+        assert np.array_equal(store.get("img3"), ProposalStore.load(good).get("img3"))  # others still served
+        with pytest.raises(ValueError, match=f"{what}.npz: image '{image}': its {what} do not match the checksum"):
+            store.get(image) if what == "boxes" else store.get_scores(image)
+        with pytest.raises(ValueError, match=f"image '{image}'"):
+            store.verify()
+    ids_bad = tmp_path / "ids.npz"
+    shutil.copy(good, ids_bad)
+    _flip(ids_bad, good.read_bytes().index("img13".encode("utf-32-le")))
+    with pytest.raises(ValueError, match="ids.npz: the image index .* does not match the checksum"):
+        ProposalStore.load(ids_bad)
+    # a store without checksums (format 2) is read with a warning, and upgraded in place
+    old = _stored_v2(tmp_path / "v2.npz", ids, boxes)
+    with caplog.at_level("WARNING"):
+        ProposalStore.load(old)
+    assert "without checksums" in caplog.text
+    assert upgrade_store(old) and ProposalStore.load(old).verify() == 20 and not upgrade_store(old)
+
+
+def _stored_v2(path: Path, ids, boxes) -> Path:
+    import zipfile
+
+    from proposals.store_format import _npy
+
+    ids = np.asarray(ids, dtype=str)
+    arrays = {"format_version": np.asarray(2, np.int64), "image_ids": ids, "id_order": np.argsort(ids).astype(np.int64),
+              "meta": np.asarray("{}"), "offsets": np.concatenate([[0], np.cumsum([len(b) for b in boxes])]).astype(np.int64),
+              "boxes": np.round(np.concatenate(boxes)).astype(np.uint16)}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            zf.writestr(f"{name}.npy", _npy(array))
+    return path
+
+
+def test_images_missing_from_a_store_are_counted_and_a_store_of_nothing_is_refused(tmp_path, caplog):
+    from proposals.store_format import ProposalStore, check_coverage
+
+    ProposalStore.from_lists(["a", "b", "c"], [np.ones((1, 4))] * 3).save(tmp_path / "s.npz")
+    store = ProposalStore.load(tmp_path / "s.npz")
+    with caplog.at_level("WARNING"):
+        assert check_coverage(store, ["a", "x", "b", "y"], "voc val", "live proposals") == ["x", "y"]
+    assert "2 of 4 images of voc val are not in the store and use live proposals (first: x, y)" in caplog.text
+    assert check_coverage(store, ["c", "a"], "voc val", "live proposals") == []
+    with pytest.raises(ValueError, match="s.npz: holds none of the 2 images of voc test"):
+        check_coverage(store, ["p", "q"], "voc test", "live proposals")
+
+
+def test_an_explicit_proposal_store_that_is_missing_stops_train_region(tmp_path, repo_root):
+    """proposals_store=<missing> once warned, trained on ground truth only and exited 0."""
+    missing = tmp_path / "nowhere" / "train.npz"
+    args = [f"work_dir={tmp_path / 'work'}", "device=cpu", "epochs=1", "max_steps_per_epoch=1", "init=null"]
+    for key in ("proposals_store", "evaluation.proposals_store"):
+        run = _tool(repo_root, "train_region.py", *args, f"{key}={missing}", cwd=tmp_path)
+        assert run.returncode != 0 and f"{key}={missing}: no such proposal store" in run.stderr, run.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["logs"]  # stopped before making data or training

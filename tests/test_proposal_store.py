@@ -262,7 +262,7 @@ def test_malformed_version_2_files_are_refused_naming_the_file(tmp_path, damage)
     elif damage == "order_out_of_range":
         arrays["id_order"] = np.array([0, 1, 7], np.int64)
     elif damage == "future_version":
-        arrays["format_version"] = np.asarray(3, np.int64)
+        arrays["format_version"] = np.asarray(99, np.int64)
     elif damage == "ids_not_strings":
         arrays["image_ids"] = np.arange(3)
     elif damage == "missing_boxes":

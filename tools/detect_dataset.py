@@ -45,6 +45,7 @@ from detect.io import OutputConflict, exclusive_lock, file_sha256, remove_stale_
 from detect.pipeline import Detector
 from detect.runs import ChunkedRun, RunRecord, image_list_digest
 from proposals.store import ProposalStore
+from proposals.store_format import check_coverage
 
 log = logging.getLogger("detect_dataset")
 
@@ -184,9 +185,14 @@ def main(cfg: DictConfig) -> None:
     store_path = cfg.proposals_store
     if store_path is None and detector.proposer is not None:
         store_path = proposal_store_path(cfg.paths.proposals_dir, cfg.data, cfg.split, detector.proposer.name)
+    if cfg.proposals_store and not Path(cfg.proposals_store).is_file():
+        raise FileNotFoundError(f"proposals_store={cfg.proposals_store}: no such proposal store (a store given "
+                                "explicitly must exist; leave it unset to use the default or the live proposer)")
     if store_path is not None and Path(store_path).is_file():
         store = ProposalStore.load(store_path)
         log.info("%s: cached proposals for %d images", store_path, len(store))
+        check_coverage(store, [r.image_id for r in dataset.records], f"{cfg.data.name} {cfg.split}",
+                       "live proposals" if detector.proposer is not None else "nothing (no proposer: skipped)")
     elif detector.proposer is None:
         raise ValueError(f"no proposal store at {store_path} and the detector has no proposer")
 

@@ -40,6 +40,7 @@ from detect.region import RegionDataset, collate_regions
 from detect.runtime import worker_threads
 from proposals.spec import embed_networks, spec_from_target_config, spec_name
 from proposals.store import ProposalStore
+from proposals.store_format import check_coverage
 
 log = logging.getLogger("train_region")
 # what a resumed checkpoint must have been trained with (epochs and logging may change between runs)
@@ -55,13 +56,27 @@ def store_path(cfg: DictConfig, split: str, given: str | None) -> Path:
     return proposal_store_path(cfg.paths.proposals_dir, cfg.data, split, spec_name(spec))  # nothing built or loaded
 
 
-def _open_store(path: Path) -> ProposalStore | None:
-    """The proposal store at ``path``, or None (training then uses ground-truth regions only)."""
+def check_given_stores(cfg: DictConfig, keys: tuple[str, ...]) -> None:
+    """A store named explicitly (``keys`` of cfg, e.g. ``evaluation.proposals_store``) must exist:
+    ``FileNotFoundError`` naming the key and the path (only the default store may be absent)."""
+    for key in keys:
+        given = OmegaConf.select(cfg, key)
+        if given and not Path(given).is_file():
+            raise FileNotFoundError(f"{key}={given}: no such proposal store (a store given explicitly must exist; "
+                                    f"make it with tools/propose.py, or leave {key} unset)")
+
+
+def _open_store(path: Path, records, what: str) -> ProposalStore | None:
+    """The proposal store at ``path`` checked against the ``records`` it is for (images it lacks are
+    counted and logged; one that holds none of them is refused), or None when the default store is
+    absent (conf/train_region.yaml: training then uses ground-truth regions only, with a warning)."""
     if path.is_file():
         store = ProposalStore.load(path)
-        log.info("%s: proposals for %d images", path, len(store))
+        missing = check_coverage(store, [r.image_id for r in records], what, "ground-truth regions only")
+        log.info("%s: proposals for %d of the %d images of %s", path, len(records) - len(missing), len(records), what)
         return store
-    log.warning("%s: no proposal store; training on ground-truth regions only", path)
+    log.warning("%s: no proposal store (proposals_store unset and none at the default path); %s uses "
+                "ground-truth regions only", path, what)
     return None
 
 
@@ -89,6 +104,8 @@ def region_dataset(cfg: DictConfig, records, store: ProposalStore | None, seed: 
 
 
 def train(cfg: DictConfig) -> None:
+    check_given_stores(cfg, ("proposals_store", "evaluation.proposals_store") if cfg.evaluation.images
+                       else ("proposals_store",))
     ctx = setup(cfg.device)
     seed = int(cfg.seed) + int(cfg.member_seed_stride) * int(cfg.member)
     seed_everything(seed, ctx.rank)
@@ -101,7 +118,7 @@ def train(cfg: DictConfig) -> None:
     model = build_member(cfg, len(classes) + 1)
     if cfg.init:
         load_pretrained(model, cfg.init)  # also takes the input convention of those weights
-    store = _open_store(store_path(cfg, cfg.split, cfg.proposals_store))
+    store = _open_store(store_path(cfg, cfg.split, cfg.proposals_store), dataset.records, f"{cfg.data.name} {cfg.split}")
     regions = region_dataset(cfg, dataset.records, store, seed, train=True, convention=model.input_convention)
     sampler = DistributedSampler(regions, seed=seed) if ctx.distributed else None
     loader = DataLoader(regions, batch_size=cfg.images_per_batch, shuffle=sampler is None, sampler=sampler,
@@ -110,7 +127,8 @@ def train(cfg: DictConfig) -> None:
     evaluate = None
     if cfg.evaluation.images:
         held_out = instantiate(cfg.data[cfg.evaluation.split]).records[:cfg.evaluation.images]
-        val_store = _open_store(store_path(cfg, cfg.evaluation.split, cfg.evaluation.proposals_store))
+        val_store = _open_store(store_path(cfg, cfg.evaluation.split, cfg.evaluation.proposals_store), held_out,
+                                f"{cfg.data.name} {cfg.evaluation.split} (evaluation)")
         val_loader = DataLoader(region_dataset(cfg, held_out, val_store, cfg.seed, train=False,
                                                convention=model.input_convention),
                                 batch_size=cfg.images_per_batch, num_workers=cfg.num_workers,
@@ -137,7 +155,8 @@ def train(cfg: DictConfig) -> None:
     if ctx.is_main:
         if len(skipped):
             print(skipped.summary(), flush=True)
-        print(f"region classifier member {cfg.member} ({len(classes)} classes + background): {cfg.checkpoint}")
+        gt_only = " (no proposal store: trained on ground-truth regions only)" if store is None else ""
+        print(f"region classifier member {cfg.member} ({len(classes)} classes + background){gt_only}: {cfg.checkpoint}")
     cleanup()
 
 
@@ -159,7 +178,8 @@ def draw_calibration(cfg: DictConfig, settings: DetectorSettings, proposer: dict
         spec["network"] = {**spec["network"], "calibration": torch.from_numpy(images), "int8_recipe": recipe}
     if not calib.crops:
         return None
-    store = _open_store(store_path(cfg, cfg.split, cfg.proposals_store))
+    check_given_stores(cfg, ("proposals_store",))
+    store = _open_store(store_path(cfg, cfg.split, cfg.proposals_store), records, f"{cfg.data.name} {cfg.split}")
     crops = draw_calibration_crops(records, store.get if store is not None else {}.__getitem__, int(calib.crops),
                                    settings.crop_size, settings.context, convention,
                                    seed=int(calib.seed), min_size=settings.min_size)
