@@ -90,7 +90,7 @@ def as_bbox(value) -> list[float]:
     """A COCO ``[x, y, w, h]``: a list of 4 finite numbers; ``ValueError`` otherwise."""
     if not isinstance(value, list) or len(value) != 4:
         raise ValueError(f"bbox {value!r} is {_kind(value)}, not a list of 4 numbers")
-    return [check_pixels(as_number(v, "bbox value"), "bbox value") for v in value]
+    return [as_number(v, "bbox value") for v in value]
 
 
 def _kind(value) -> str:
@@ -142,7 +142,7 @@ def _check_annotation(ann, images: dict, label_of: dict) -> tuple[int, int, list
     category_id = as_int(ann["category_id"], "category_id")
     if category_id not in label_of:
         raise ValueError(f"unknown class: category_id {category_id}")
-    x, y, w, h = as_bbox(ann["bbox"])
+    x, y, w, h = (check_pixels(v, "bbox value") for v in as_bbox(ann["bbox"]))
     if not (w > 0 and h > 0):
         raise ValueError(f"degenerate box: bbox {ann['bbox']} has width or height <= 0")
     crowd = ann.get("iscrowd", 0)
