@@ -194,6 +194,31 @@ def test_evaluation_split_keeps_the_training_classes(roboflow):
     assert len(alone.classes) < len(val.classes)  # the test file alone has fewer categories with boxes
 
 
+def test_training_classes_cached_for_the_evaluation_split(roboflow, tmp_path, monkeypatch):
+    import detect.data.coco as coco
+
+    root, _ = roboflow
+    first = read_coco(root=root, split="test", classes_from="train", cache_dir=tmp_path / "cache")
+    reads = []
+    real = coco._read_part
+    monkeypatch.setattr(coco, "_read_part", lambda name, *a: reads.append(name) or real(name, *a))
+    again = read_coco(root=root, split="test", classes_from="train", cache_dir=tmp_path / "cache")
+    assert again.classes == first.classes and reads == ["test"]  # the training JSON is not read again
+    data = json.loads((root / "train" / "_annotations.coco.json").read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != int(first.classes.wnids[0])]
+    (root / "train" / "_annotations.coco.json").write_text(json.dumps(data))
+    changed = read_coco(root=root, split="test", classes_from="train", cache_dir=tmp_path / "cache")
+    assert changed.classes.wnids == first.classes.wnids[1:] and reads[1:] == ["test", "train"]
+
+
+def test_evaluation_without_the_training_split_uses_its_own_classes(roboflow, caplog):
+    root, _ = roboflow
+    with caplog.at_level(logging.WARNING, logger="detect.data.coco"):
+        val = read_coco(root=root, split="test", classes_from="nowhere")
+    assert val.classes == read_coco(root=root, split="test").classes
+    assert "the training split's classes cannot be read" in caplog.text and "'nowhere'" in caplog.text
+
+
 # ---------------------------------------------------------------- (c) pycocotools cross-check, annotation id 0
 
 

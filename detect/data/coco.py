@@ -52,9 +52,11 @@ from pathlib import Path
 import numpy as np
 
 from detect.classes import ClassList, read_class_list
+from detect.data.cache import annotation_fingerprint, cache_path
 from detect.data.folder import ImageFinder, leaves_folder
 from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, check_id, check_pixels, finish_dataset,
                                  reader_logs, warn_outside)
+from detect.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +256,8 @@ def _read_part(name: str, file: Path, image_dir: Path | None, skipped: SkipLog, 
 
 def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path | None = None,
               check_images: bool = True, max_missing_images: float = 0.1, *, root: str | Path | None = None,
-              split=None, classes=None, classes_from=None, classes_from_files=None) -> DetectionDataset:
+              split=None, classes=None, classes_from=None, classes_from_files=None,
+              cache_dir: str | Path | None = None) -> DetectionDataset:
     """Read COCO split(s) into one dataset; images are ``image_dir / file_name``, ordered by image id.
 
     Which files: ``root`` and ``split`` (a name or a list of names) through :func:`find_coco_split`;
@@ -262,7 +265,8 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
     would be found. Several splits are read as one (ids ``<split>/<image id>``; their categories
     must agree). Classes (module docstring): ``classes`` (None, a class list file or a ClassList);
     ``classes_from`` (split name(s) in ``root``) or ``classes_from_files`` (their annotation files)
-    name the training files that define them; neither: the files read here, which are then the training
+    name the training files that define them (absent: a warning, and the files read here define them);
+    neither: the files read here, which are then the training
     files (a listed class without a box in them is refused). A class list is matched against the
     files read here, so an evaluation with one reads no training file.
     Every valid image is kept (those without annotations have no boxes); record ``image_id`` =
@@ -276,10 +280,15 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
     skipped, warnings = reader_logs()
     parts = [_read_part(name, f, d, skipped, warnings) for name, f, d in sources]
     is_training = classes_from is None and classes_from_files is None
-    training = parts
-    if not is_training and classes is None:
-        training = _training_parts(root, classes_from, classes_from_files, parts)
-    class_list = _class_list(classes, training, require_boxes=is_training)
+    if is_training or classes is not None:
+        class_list = _class_list(classes, parts, require_boxes=is_training)
+    else:
+        try:
+            class_list = _training_classes(root, classes_from, classes_from_files, parts, cache_dir)
+        except FileNotFoundError as e:  # an evaluation-only folder (e.g. COCO's val annotations alone)
+            log.warning("the training split's classes cannot be read (%s); the classes are those of %s itself",
+                        e, ", ".join(str(p.file) for p in parts))
+            class_list = _class_list(None, parts)
     records = []
     for part in parts:
         per_image = _labelled(part, class_list, skipped)
@@ -294,19 +303,39 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
                           sum(p.listed for p in parts), "images", logger=log)
 
 
-def _training_parts(root, classes_from, classes_from_files, parts: list[_Part]) -> list[_Part]:
-    """The parts of the training files (those already read reused), checked into logs nobody sees:
-    their faults are reported when the training split itself is read."""
+CLASSES_VERSION = 1  # part of the training-classes cache's fingerprint: bump when _class_list changes
+
+
+def _training_classes(root, classes_from, classes_from_files, parts: list[_Part], cache_dir) -> ClassList:
+    """The classes the training files define (their faults are reported when the training split itself
+    is read); files already read are reused. Cached in ``cache_dir`` (refreshed when a file changes),
+    so that an evaluation reads no training JSON twice."""
     if classes_from_files is not None and isinstance(classes_from_files, (str, Path)):
         classes_from_files = [classes_from_files]
     names = _names(classes_from, "classes_from") or [Path(str(f)).stem for f in classes_from_files]
-    files = _per_split(classes_from_files, len(names), "classes_from_files")
+    files = [Path(str(f)) if f is not None else find_coco_split(root, name)[0]
+             for name, f in zip(names, _per_split(classes_from_files, len(names), "classes_from_files"))]
+    cache = fingerprint = None
+    if cache_dir is not None:
+        paths = [str(f.resolve()) for f in files]
+        cache = cache_path(cache_dir, "coco_classes", paths).with_suffix(".json")
+        fingerprint = annotation_fingerprint(paths, names, ["coco classes", CLASSES_VERSION])
+        try:
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+            if stored.get("fingerprint") == fingerprint:
+                return ClassList.from_dict(stored.get("classes"), str(cache))
+        except (OSError, ValueError, AttributeError):
+            pass
     read = {p.file.resolve(): p for p in parts}
-    out = []
-    for name, f in zip(names, files):
-        f = Path(str(f)) if f is not None else find_coco_split(root, name)[0]
-        out.append(read.get(f.resolve()) or _read_part(name, f, None, SkipLog(log_limit=-1), SkipLog(log_limit=-1)))
-    return out
+    quiet = SkipLog(log_limit=-1)  # the training split's faults are reported when it is read itself
+    classes = _class_list(None, [read.get(f.resolve()) or _read_part(n, f, None, quiet, quiet)
+                                 for n, f in zip(names, files)])
+    if cache is not None:
+        try:
+            atomic_write_json(cache, {"fingerprint": fingerprint, "classes": classes.to_dict()})
+        except OSError as e:
+            log.warning("%s: cannot write the class cache (%s)", cache, e)
+    return classes
 
 
 def _agreeing_categories(parts: list[_Part]) -> dict:
