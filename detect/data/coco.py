@@ -266,9 +266,9 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
     must agree). Classes (module docstring): ``classes`` (None, a class list file or a ClassList);
     ``classes_from`` (split name(s) in ``root``) or ``classes_from_files`` (their annotation files)
     name the training files that define them (absent: a warning, and the files read here define them);
-    neither: the files read here, which are then the training
-    files (a listed class without a box in them is refused). A class list is matched against the
-    files read here, so an evaluation with one reads no training file.
+    neither: the files read here, which are then the training files (a listed class without a box in
+    them is refused). A class list is matched against the files read here, so an evaluation with one
+    reads no training file. ``cache_dir``: where the training files' classes are cached (None: none).
     Every valid image is kept (those without annotations have no boxes); record ``image_id`` =
     str(COCO id), ``index`` = 1-based position. Bad entries are reported, counted in
     ``dataset.skipped`` and left out. ``check_images``: look for every image (by file name, or its
