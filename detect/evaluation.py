@@ -464,8 +464,12 @@ def coco_ap50_pycocotools(dataset, detections, max_dets: int = 100) -> float:
     """AP at IoU 0.5 (area all, ``max_dets`` per image) by pycocotools' COCOeval, for comparison.
 
     The ground truth is built in memory from ``dataset`` (image id = record index, category id =
-    label + 1, ``ignore`` -> ``iscrowd``, area = box area); detections of unknown images are dropped;
-    the blacklist is not applied (COCO has none).
+    label + 1, ``ignore`` -> ``iscrowd``, area = box area, annotation ids numbered from 1); detections
+    of unknown images are dropped; the blacklist is not applied (COCO has none). So this can differ
+    from pycocotools run on the user's own file: where that file has an annotation with ``id`` 0,
+    COCOeval takes the matched id 0 for "unmatched" (``dtm``/``gtm`` 0) and scores a detection matching
+    it as a false positive; here it is a true positive, as in :func:`evaluate` (the COCO reader warns
+    about such files, naming them).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval

@@ -1194,3 +1194,97 @@ def test_an_explicit_proposal_store_that_is_missing_stops_train_region(tmp_path,
         run = _tool(repo_root, "train_region.py", *args, f"{key}={missing}", cwd=tmp_path)
         assert run.returncode != 0 and f"{key}={missing}: no such proposal store" in run.stderr, run.stderr[-2000:]
     assert [p.name for p in (tmp_path / "work").iterdir()] == ["logs"]  # stopped before making data or training
+
+
+# ---- issue 21: integer bounds in annotations
+
+
+def _jpeg_file(path: Path, width: int = 40, height: int = 30) -> None:
+    import cv2
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(cv2.imencode(".jpg", np.full((height, width, 3), 90, np.uint8))[1].tobytes())
+
+
+HUGE = {  # image name -> (width text, xmin text, xmax text): one number out of bounds per file
+    "ok": ("40", "5", "20"),
+    "size_1e30": ("1e30", "5", "20"),          # a size no image has (overflowed int64 and crashed the read)
+    "xmin_1e30": ("40", "1e30", "1e30"),        # finite, but no pixel position
+    "xmax_1e39": ("40", "5", "1e39"),           # infinite once in float32
+    "xmax_400_digits": ("40", "5", "9" * 400),  # an integer no float holds
+}
+
+
+def _bound_xml(width: str, xmin: str, xmax: str) -> str:
+    return (f"<annotation><size><width>{width}</width><height>30</height></size><object><name>cat</name>"
+            f"<bndbox><xmin>{xmin}</xmin><ymin>6</ymin><xmax>{xmax}</xmax><ymax>25</ymax></bndbox></object>"
+            "</annotation>")
+
+
+def _check_bounded(ds) -> None:
+    """Every image kept (sizes out of range read from the image), each out-of-range box skipped and
+    counted under the file that holds it."""
+    import numpy as np
+
+    assert len(ds) == len(HUGE) and all((r.width, r.height) == (40, 30) for r in ds)
+    assert all(np.isfinite(r.boxes).all() for r in ds)
+    assert sorted(Path(f).stem for f, _ in ds.skipped.entries) == ["xmax_1e39", "xmax_400_digits", "xmin_1e30"]
+    out = sorted(Path(f).stem for f, reason in ds.skipped.entries if reason.startswith("coordinate out of range"))
+    assert {"xmax_1e39", "xmin_1e30"} <= set(out)  # (VOC reads 400 digits as inf: "missing box", not finite)
+    assert [Path(f).stem for f, reason in ds.warnings.entries if "size" in reason] == ["size_1e30"]
+    assert sum(len(r.boxes) for r in ds) == 2 and len(ds.skipped) == 3
+
+
+def test_voc_numbers_out_of_range_reported_per_file(tmp_path):
+    from detect.classes import ClassList
+    from detect.data.voc import read_voc
+
+    root = tmp_path / "voc"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(HUGE) + "\n")
+    for name, (width, xmin, xmax) in HUGE.items():
+        _jpeg_file(root / "JPEGImages" / f"{name}.jpg")
+        (root / "Annotations" / f"{name}.xml").write_text(_bound_xml(width, xmin, xmax))
+    _check_bounded(read_voc(root, "test", classes=ClassList.from_names(["cat"]), cache_dir=tmp_path / "cache"))
+
+
+def test_ilsvrc_numbers_out_of_range_reported_per_file(tmp_path):
+    from detect.classes import ClassList
+    from detect.data.ilsvrc import read_ilsvrc_det
+
+    root = tmp_path / "ilsvrc"
+    (root / "Annotations" / "DET" / "val").mkdir(parents=True)
+    (root / "ImageSets" / "DET").mkdir(parents=True)
+    (root / "ImageSets" / "DET" / "val.txt").write_text("".join(f"{n} {k}\n" for k, n in enumerate(HUGE, 1)))
+    for name, (width, xmin, xmax) in HUGE.items():
+        _jpeg_file(root / "Data" / "DET" / "val" / f"{name}.JPEG")
+        (root / "Annotations" / "DET" / "val" / f"{name}.xml").write_text(_bound_xml(width, xmin, xmax))
+    _check_bounded(read_ilsvrc_det(root, "val", classes=ClassList(("cat",), ("cat",))))
+    # an image list index or a blacklist index beyond int64: file:line and the reason
+    (root / "ImageSets" / "DET" / "val.txt").write_text(f"ok {2**63}\n")
+    with pytest.raises(ValueError, match=r"val\.txt:1: index 9223372036854775808 is out of range"):
+        read_ilsvrc_det(root, "val", classes=ClassList(("cat",), ("cat",)))
+
+
+def test_coco_ids_and_sizes_out_of_range_reported_per_entry(tmp_path):
+    from detect.data.coco import read_coco
+    from detect.detections import Detections, coco_image_ids, write_coco_results
+
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30},
+                   {"id": 2**63, "file_name": "b.jpg", "width": 40, "height": 30},  # crashed the evaluation
+                   {"id": 3, "file_name": "c.jpg", "width": 1e30, "height": 30}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2**64, "name": "dog"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]},
+                        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [1, 2, 1e30, 4]},
+                        {"id": 3, "image_id": 2**63, "category_id": 1, "bbox": [1, 2, 3, 4]}]}))
+    ds = read_coco(ann, tmp_path, check_images=False)
+    assert [r.image_id for r in ds] == ["1"] and ds.classes.names == ("cat",)
+    reasons = [reason for _, reason in ds.skipped.entries]
+    assert sum("out of range" in r for r in reasons) == 5 and len(reasons) == 5
+    assert all(str(ann) in f for f, _ in ds.skipped.entries)
+    assert coco_image_ids(ds).tolist() == [1]
+    write_coco_results(tmp_path / "det.json", Detections.for_image(1, [0], [0.5], [[1, 2, 4, 6]]), ds)

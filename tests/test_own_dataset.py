@@ -91,3 +91,46 @@ def test_coco_files_end_to_end_from_init_weights(tmp_path, repo_root):
     assert report["rules"] == "coco" and report["num_images"] == 6
     assert report["ap50_pycocotools"] == pytest.approx(report["mean_ap"], abs=1e-6)
     assert (work / "detections" / "coco_val.json").is_file()
+
+
+# ---- issue 22: a Roboflow COCO export with the README's command, two training splits merged
+
+
+def _as_roboflow(coco_root, root):
+    """The synthetic COCO world re-laid as a Roboflow export: ``<split>/_annotations.coco.json`` beside the
+    images, ids from 0 in every split, a supercategory with id 0 and no boxes; the world's training
+    split becomes ``train`` and ``valid``, its val split ``test``."""
+    import shutil
+
+    train = json.loads((coco_root / "annotations" / "instances_train.json").read_text())
+    val = json.loads((coco_root / "annotations" / "instances_val.json").read_text())
+    parts = {"train": (train, train["images"][:10], "train"), "valid": (train, train["images"][10:], "train"),
+             "test": (val, val["images"], "val")}
+    for split, (data, images, source) in parts.items():
+        (root / split).mkdir(parents=True)
+        new_id = {im["id"]: k for k, im in enumerate(images)}
+        out = {"categories": [{"id": 0, "name": "shapes", "supercategory": "none"}] + data["categories"],
+               "images": [dict(im, id=new_id[im["id"]]) for im in images], "annotations": []}
+        for a in data["annotations"]:
+            if a["image_id"] in new_id:
+                out["annotations"].append(dict(a, id=len(out["annotations"]), image_id=new_id[a["image_id"]]))
+        for im in images:
+            shutil.copy(coco_root / "images" / source / im["file_name"], root / split / im["file_name"])
+        (root / split / "_annotations.coco.json").write_text(json.dumps(out))
+
+
+def test_roboflow_export_end_to_end_two_training_splits(tmp_path, repo_root):
+    world, root, work = tmp_path / "world", tmp_path / "export", tmp_path / "work"
+    make_detection_world(world, layout="coco", **TINY)
+    _as_roboflow(world, root)
+    out = _demo(repo_root, "data=coco", f"data.root={root}", "data.train_name=[train,valid]", "data.val_name=test",
+                f"work_dir={work}")
+    classes = read_class_list(work / "classes.tsv")
+    assert "0" not in classes.wnids and "'shapes' (id 0)" in out  # the boxless supercategory is no class
+    assert sorted(p.name for p in (work / "proposals").glob("*.npz")) == [
+        "coco_test_ss2x+multibox200.npz", "coco_train+valid_ss2x+multibox200.npz"]
+    report = json.loads((work / "eval" / "eval_coco_test.json").read_text())
+    assert report["rules"] == "coco" and report["num_images"] == 6 and report["split_name"] == "test"
+    assert report["annotation_id_0_in"] == [str(root / "test" / "_annotations.coco.json")]
+    crops = _crop_images(work, "train") | _crop_images(work, "val")
+    assert {c.split("_")[0] for c in crops} == {"train", "valid"}  # crops from both training splits (ids <split>/<id>)

@@ -100,6 +100,25 @@ def write_outputs(path: Path, image: np.ndarray, result, target: tuple, classes,
                                             classes.names))
 
 
+def coco_ids(files: list[Path], annotation_file: str | None) -> dict[Path, int] | None:
+    """``{image path: COCO image id}`` for coco_results.json: the ids of ``annotation_file``'s images
+    by file name (every image must be there, else ``SystemExit`` naming those that are not); ``None``
+    without a file (ids then number the processed images in order, from 1). Says which in the log."""
+    if annotation_file is None:
+        log.info("coco_results.json: image_id = position of the image among those processed, from 1 "
+                 "(coco_annotations=<COCO json> uses a dataset's ids)")
+        return None
+    from detect.data.coco import coco_image_ids_by_name
+
+    by_name = coco_image_ids_by_name(annotation_file)
+    missing = [str(p) for p in files if p.name not in by_name]
+    if missing:
+        raise SystemExit(f"coco_annotations={annotation_file}: {len(missing)} of {len(files)} images have no "
+                         f"(single) entry of that file name in its images list, so no COCO id: {missing[:5]}")
+    log.info("coco_results.json: image_id = the id of the image's file name in %s", annotation_file)
+    return {p: by_name[p.name] for p in files}
+
+
 @hydra.main(config_path="../conf", config_name="detect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     args = list(cfg.images) + IMAGE_ARGS
@@ -122,6 +141,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.max_images is not None:
         files = files[: cfg.max_images]
     targets = claim_outputs(files, [a for a in args if Path(a).is_dir()], out_dir, cfg.draw, cfg.coco_results)
+    ids = coco_ids(files, cfg.coco_annotations) if cfg.coco_results else None
     records, all_dets = [], []
     for path, image, result, error in detector.detect_many(((f, f, None) for f in files), prefetch=cfg.prefetch):
         if error is not None:  # ImageError (names the file), a proposer refusing it, a failed allocation, ...
@@ -133,7 +153,7 @@ def main(cfg: DictConfig) -> None:
             skipped.add(path, f"outputs not written in full ({type(e).__name__}: {e})")
             continue
         index = len(records) + 1
-        records.append(DetectionRecord(str(path), path, image.shape[1], image.shape[0], np.zeros((0, 4)),
+        records.append(DetectionRecord(str(ids[path]) if ids else str(path), path, image.shape[1], image.shape[0], np.zeros((0, 4)),
                                        np.zeros(0), np.zeros(0), index))
         all_dets.append(Detections.for_image(index, result.labels, result.scores, result.boxes))
     if cfg.coco_results and records:

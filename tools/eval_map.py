@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from detect.data import read_dataset
 from detect.data.records import SkipLog
-from detect.data.splits import detections_path, output_stem, split_name
+from detect.data.splits import detections_path, evaluation_paths, split_name
 from detect.detections import read_detections
 from detect.evaluation import coco_ap50_pycocotools, evaluate, rules_for_dataset
 from detect.io import atomic_write_json, file_sha256
@@ -61,14 +61,15 @@ def recorded_scoring(detections_file: Path, num_detections: int) -> tuple[dict |
 def run(cfg: DictConfig) -> dict:
     """Evaluate as configured; returns the JSON report (also written to ``out_dir``)."""
     dataset = read_dataset(cfg.data[cfg.split], check_images=cfg.check_images)
-    stem = output_stem(cfg.data, cfg.split)
     detections_file = cfg.detections or detections_path(cfg.paths.detections_dir, cfg.data, cfg.split)
     skipped = SkipLog("detection lines")
     detections = read_detections(detections_file, dataset, format=cfg.format, skipped=skipped)
     if not len(detections):
         why = f"every one was skipped: {skipped.summary()}" if len(skipped) else "the file is empty"
         raise ValueError(f"{detections_file}: no detections to evaluate on {dataset.name} ({len(dataset)} images); {why}")
-    rules = rules_for_dataset(cfg.data) if cfg.rules == "auto" else cfg.rules
+    own_rules = rules_for_dataset(cfg.data)
+    rules = own_rules if cfg.rules == "auto" else cfg.rules
+    report_path, plot_path = evaluation_paths(cfg.out_dir, cfg.data, cfg.split, rules, own_rules)
     result = evaluate(dataset, detections, rules=rules, **OmegaConf.to_container(cfg.evaluate))
     print(result.table())
     scoring, scoring_text = recorded_scoring(Path(detections_file), len(detections))
@@ -80,19 +81,31 @@ def run(cfg: DictConfig) -> dict:
                   skipped_annotations=len(dataset.skipped), annotation_warnings=len(dataset.warnings),
                   scoring=scoring, scoring_text=scoring_text)
     if rules == "coco":
-        report["ap50_pycocotools"] = coco_ap50_pycocotools(dataset, detections, cfg.evaluate.max_dets)
+        report.update(pycocotools_cross_check(dataset, detections, cfg.evaluate.max_dets))
         print(f"AP50 pycocotools: {100 * report['ap50_pycocotools']:.2f}   ours: {100 * result.mean_ap:.2f}")
+        for file in report["annotation_id_0_in"]:
+            print(f"note: {file} has annotation id 0; the pycocotools figure above numbers the annotations from 1. "
+                  "pycocotools run on that file itself counts a detection matching the box with id 0 as a false "
+                  "positive (its matching takes id 0 for 'unmatched') and reports less.")
     if len(skipped):
         print(skipped.summary())
-    out_dir = Path(cfg.out_dir)
     # with the curves (hundreds of thousands of numbers) compact JSON: the indenting encoder is pure Python, much slower
-    atomic_write_json(out_dir / f"eval_{stem}.json", report, indent=None if cfg.curves_in_json else 2)
+    atomic_write_json(report_path, report, indent=None if cfg.curves_in_json else 2)
     if cfg.plot_best or cfg.plot_worst:
         from detect.plots import save_pr_curves
 
-        save_pr_curves(result, out_dir / f"pr_{stem}.png", cfg.plot_best, cfg.plot_worst)
-    log.info("wrote %s", out_dir / f"eval_{stem}.json")
+        save_pr_curves(result, plot_path, cfg.plot_best, cfg.plot_worst)
+    log.info("wrote %s", report_path)
     return report
+
+
+def pycocotools_cross_check(dataset, detections, max_dets: int) -> dict:
+    """pycocotools' AP50 for the report, with how its ground truth was made and the files of ``dataset``
+    whose annotation id 0 pycocotools itself would score differently (the reader's warnings name them)."""
+    return {"ap50_pycocotools": coco_ap50_pycocotools(dataset, detections, max_dets),
+            "ap50_pycocotools_ground_truth": "rebuilt from the dataset read, annotation ids numbered from 1",
+            "annotation_id_0_in": sorted({f for f, reason in dataset.warnings.entries
+                                          if reason.startswith("annotation id 0")})}
 
 
 @hydra.main(config_path="../conf", config_name="eval_map", version_base="1.3")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from detect.data.folder import ImageFinder, size_from_image
-from detect.data.records import DetectionRecord, SkipLog
+from detect.data.records import MAX_PIXELS, DetectionRecord, SkipLog
 from detect.io import atomic_open
 
 log = logging.getLogger(__name__)
@@ -201,10 +201,19 @@ def _parse_files(parse_raw, files: list[str], classes, progress: str | None = No
         files = tqdm(files, desc=progress, leave=False, mininterval=2.0)
     for path in files:
         try:
-            items.append(parse_raw(path, classes))
-        except ValueError as e:
+            items.append(_within_bounds(parse_raw(path, classes), path))
+        except (ValueError, OverflowError) as e:  # OverflowError: a number no parser bounded (never a crash)
             items.append("missing" if not os.path.isfile(path) else str(e))
     return ParsedFolder.from_raw(items)
+
+
+def _within_bounds(raw: tuple, path: str) -> tuple:
+    """``raw`` when its size fits the int64 columns, else ``ValueError`` naming the file (the parsers
+    bound sizes and coordinates themselves; this keeps one file from failing a whole folder's columns)."""
+    for value in raw[:2]:
+        if value is not None and not 0 <= value <= MAX_PIXELS:
+            raise ValueError(f"{path}: image size {value} out of range (at most {MAX_PIXELS} pixels)")
+    return raw
 
 
 def _parse_in_workers(parse_raw, files: list[str], classes, workers: int) -> ParsedFolder:

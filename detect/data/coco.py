@@ -1,7 +1,24 @@
 """COCO instances JSON -> :class:`DetectionDataset`, every field checked.
 
-Classes are the file's ``categories`` sorted by id: ``wnids[i] = str(category id)`` and ``names[i]`` the
-category name, so label ``i`` maps back to a COCO ``category_id`` with ``int(classes.wnids[i])``.
+Layouts (:func:`find_coco_split`), found from the dataset folder ``root`` and a split name alone:
+- a Roboflow export: ``<root>/<split>/_annotations.coco.json``, the images beside it (splits ``train``,
+  ``valid``, ``test``);
+- the official layout: ``<root>/annotations/instances_<split>.json``, the images in ``<root>/images/<split>/``
+  or ``<root>/<split>/`` (as COCO 2017 ships ``train2017/``).
+A root with neither is an error listing what was looked for; ``annotation_file`` / ``image_dir`` name
+the files of a split directly. Several splits (``split=["train", "valid"]``) are read as one dataset:
+their categories must agree, and their record ids become ``<split>/<image id>`` (unique across them).
+
+Classes: ``wnids[i] = str(category id)`` and ``names[i]`` the category name, so label ``i`` maps back
+to a COCO ``category_id`` with ``int(classes.wnids[i])``. Without a class list they are the categories
+that have at least one (non-crowd) box in the training files, sorted by id; a category without one
+(Roboflow's supercategory, id 0) is left out and the log says so (files with no box at all: every
+category). A class list (``classes``, a file or
+a :class:`ClassList`) fixes order and subset: each id is a category **name**, or, naming no category,
+an integer category id (so the ``classes.tsv`` that prepare_data writes, ids = category ids, works
+too); a listed class without a box in the training split is refused when that split is read. Every
+split of a dataset takes its classes from the training files (``classes_from``) so that the labels
+agree; a category id there must carry the same name in each file.
 Boxes ``[x, y, w, h]`` become ``(x, y, x + w, y + h)``; ``iscrowd`` boxes are kept with ``ignore=True``.
 
 Validation: each entry of ``images``, ``categories`` and ``annotations`` is checked for the type and
@@ -10,7 +27,8 @@ and the reason, counted in ``dataset.skipped`` and left out; the rest is kept. N
 wrongly typed field:
 - category: an object with an integer ``id`` (not a bool, not a string, unique) and a string ``name``;
 - image: an object with an integer ``id`` (unique), a non-empty string ``file_name``, and ``width`` /
-  ``height`` finite positive integers (``640.0`` is accepted as 640);
+  ``height`` finite positive integers (``640.0`` is accepted as 640) up to ``MAX_PIXELS``;
+- ids fit an int64 (:data:`detect.data.records.MAX_ID`); box values lie within ``MAX_PIXELS``;
 - annotation: an object whose ``image_id`` / ``category_id`` are integers naming a kept image /
   category, ``bbox`` a list of 4 finite numbers (a string such as ``"1234"`` is refused) with
   width and height > 0, and ``iscrowd`` (when present) 0 or 1 as an integer or JSON boolean (the
@@ -18,24 +36,33 @@ wrongly typed field:
 Boxes outside the image follow the one rule of :mod:`detect.data.records`: kept exactly as stored (as
 COCOeval scores them), counted in ``dataset.warnings``. Images are found by ``file_name``, or by its
 stem whatever the extension's case (:class:`detect.data.folder.ImageFinder`).
+A file with an annotation ``id`` 0 gets a warning naming it: pycocotools' COCOeval takes a matched id
+of 0 for "unmatched" (``gtm``/``dtm`` 0), so it scores a detection matching that box as a false
+positive; our evaluation and its pycocotools cross-check (which numbers annotations from 1) do not.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from detect.classes import ClassList
+from detect.classes import ClassList, read_class_list
+from detect.data.cache import annotation_fingerprint, cache_path
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, finish_dataset, reader_logs, warn_outside
+from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, check_id, check_pixels, finish_dataset,
+                                 reader_logs, warn_outside)
+from detect.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_coco", "coco_category_ids", "as_int", "as_number"]
+__all__ = ["read_coco", "find_coco_split", "coco_image_ids_by_name", "coco_category_ids", "as_int", "as_number"]
+
+ROBOFLOW_FILE = "_annotations.coco.json"  # a Roboflow COCO export: <root>/<split>/_annotations.coco.json
 
 
 def coco_category_ids(classes: ClassList) -> list[int]:
@@ -49,7 +76,7 @@ def as_int(value, field: str) -> int:
         raise ValueError(f"{field} {value!r} is {_kind(value)}, not an integer")
     if isinstance(value, float) and not (math.isfinite(value) and value == int(value)):
         raise ValueError(f"{field} {value!r} is not an integer")
-    return int(value)
+    return check_id(int(value), field)
 
 
 def as_number(value, field: str) -> float:
@@ -96,6 +123,8 @@ def _check_image(im) -> tuple[int, tuple[str, int, int]]:
     if leaves_folder(im["file_name"]):
         raise ValueError(f"file_name {im['file_name']!r} points outside the image folder")
     size = [as_int(im[k], k) for k in ("width", "height")]
+    for key, value in zip(("width", "height"), size):
+        check_pixels(value, key)
     if min(size) <= 0:
         raise ValueError(f"size {size[0]}x{size[1]} is not positive")
     return as_int(im["id"], "id"), (im["file_name"], size[0], size[1])
@@ -115,7 +144,7 @@ def _check_annotation(ann, images: dict, label_of: dict) -> tuple[int, int, list
     category_id = as_int(ann["category_id"], "category_id")
     if category_id not in label_of:
         raise ValueError(f"unknown class: category_id {category_id}")
-    x, y, w, h = as_bbox(ann["bbox"])
+    x, y, w, h = (check_pixels(v, "bbox value") for v in as_bbox(ann["bbox"]))
     if not (w > 0 and h > 0):
         raise ValueError(f"degenerate box: bbox {ann['bbox']} has width or height <= 0")
     crowd = ann.get("iscrowd", 0)
@@ -132,34 +161,262 @@ def _where(path: Path, key: str, k: int, entry) -> str:
     return f"{path}: {key}[{k}]" + (f" (id {ident!r})" if ident is not None else "")
 
 
-def read_coco(annotation_file: str | Path, image_dir: str | Path, check_images: bool = True,
-              max_missing_images: float = 0.1) -> DetectionDataset:
-    """Read a COCO instances file; images are ``image_dir / file_name``, ordered by image id.
+def find_coco_split(root: str | Path, split: str) -> tuple[Path, Path]:
+    """``(annotation file, image folder)`` of ``split`` in the dataset folder ``root``: a Roboflow export
+    (``<split>/_annotations.coco.json``, images beside it) or the official layout
+    (``annotations/instances_<split>.json``, images in ``images/<split>/`` or ``<split>/``; the first
+    when neither exists: an evaluation needs no images). ``FileNotFoundError`` listing what was looked
+    for (and what ``root`` holds) when neither is there; ``ValueError`` when both are."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={root}: no such folder")
+    roboflow = root / split / ROBOFLOW_FILE
+    official = root / "annotations" / f"instances_{split}.json"
+    image_dirs = [root / "images" / split, root / split]
+    if roboflow.is_file() and official.is_file():
+        raise ValueError(f"{root}: split {split!r} is there in two layouts, {roboflow} and {official}; name the one "
+                         "to read with the block's annotation_file and image_dir")
+    if roboflow.is_file():
+        return roboflow, roboflow.parent
+    if official.is_file():
+        return official, next((d for d in image_dirs if d.is_dir()), image_dirs[0])
+    held = sorted(e.name + ("/" if e.is_dir() else "") for e in root.iterdir())
+    raise FileNotFoundError(
+        f"{root}: no COCO annotations for split {split!r}: looked for {roboflow} (a Roboflow export, images beside "
+        f"it) and {official} (the official layout, images in {image_dirs[0]}/ or {image_dirs[1]}/); the folder holds "
+        f"{held[:20]}{' ...' if len(held) > 20 else ''}. Name the split (data.train_name / data.val_name) or the "
+        "files (the block's annotation_file and image_dir, conf/data/coco.yaml)")
 
+
+def _names(value, what: str) -> list[str]:
+    """A split name or a list of them as a list of strings (``None``: empty)."""
+    if value is None:
+        return []
+    names = [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"{what}={names}: give one or more distinct names")
+    return names
+
+
+def _per_split(value, n: int, key: str) -> list:
+    """``annotation_file`` / ``image_dir`` of each of ``n`` splits: ``None`` (found from root), one path
+    (one split) or a list of ``n``."""
+    if value is None:
+        return [None] * n
+    values = [value] if isinstance(value, (str, Path)) else list(value)
+    if len(values) != n:
+        raise ValueError(f"{key}={values}: {len(values)} path(s) for {n} split(s); give one per split, or null")
+    return values
+
+
+def _sources(root, split, annotation_file, image_dir) -> list[tuple[str, Path, Path]]:
+    """``[(split name, annotation file, image folder)]`` to read: the files given, else found in ``root``."""
+    names = _names(split, "split")
+    if not names:
+        if annotation_file is None or image_dir is None:
+            raise ValueError("read_coco: give root and split, or annotation_file and image_dir")
+        return [(Path(str(annotation_file)).stem, Path(str(annotation_file)), Path(str(image_dir)))]
+    sources = []
+    for name, f, d in zip(names, _per_split(annotation_file, len(names), "annotation_file"),
+                          _per_split(image_dir, len(names), "image_dir")):
+        if f is None or d is None:
+            if root is None:
+                raise ValueError(f"split {name!r}: no root to find its files in; give root, or annotation_file and image_dir")
+            found_file, found_dir = find_coco_split(root, name)
+            f, d = f or found_file, d or found_dir
+        sources.append((name, Path(str(f)), Path(str(d))))
+    return sources
+
+
+@dataclass
+class _Part:
+    """One annotation file, checked: ``categories {id: name}``, ``images {id: (file_name, w, h)}``,
+    ``objects {image id: [(category id, [x, y, w, h], crowd)]}``."""
+
+    name: str
+    file: Path
+    image_dir: Path | None
+    categories: dict
+    images: dict
+    objects: dict
+    listed: int
+
+
+def _read_part(name: str, file: Path, image_dir: Path | None, skipped: SkipLog, warnings: SkipLog) -> _Part:
+    """Load and check one file (bad entries counted in ``skipped``, annotation id 0 in ``warnings``)."""
+    data = _load_instances(file)
+    categories = _unique_entries(file, data["categories"], "categories", "category", _check_category, skipped)
+    if not categories:
+        raise ValueError(f"{file}: no usable category; {skipped.summary()}")
+    images = _unique_entries(file, data["images"], "images", "image", _check_image, skipped)
+    objects = _objects_per_image(file, data.get("annotations", []), images, {c: c for c in categories}, skipped,
+                                 warnings)
+    return _Part(name, file, image_dir, categories, images, objects, len(data["images"]))
+
+
+def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path | None = None,
+              check_images: bool = True, max_missing_images: float = 0.1, *, root: str | Path | None = None,
+              split=None, classes=None, classes_from=None, classes_from_files=None,
+              cache_dir: str | Path | None = None) -> DetectionDataset:
+    """Read COCO split(s) into one dataset; images are ``image_dir / file_name``, ordered by image id.
+
+    Which files: ``root`` and ``split`` (a name or a list of names) through :func:`find_coco_split`;
+    ``annotation_file`` / ``image_dir`` (one per split, or one path for a single split) replace what
+    would be found. Several splits are read as one (ids ``<split>/<image id>``; their categories
+    must agree). Classes (module docstring): ``classes`` (None, a class list file or a ClassList);
+    ``classes_from`` (split name(s) in ``root``) or ``classes_from_files`` (their annotation files)
+    name the training files that define them (absent: a warning, and the files read here define them);
+    neither: the files read here, which are then the training files (a listed class without a box in
+    them is refused). A class list is matched against the files read here, so an evaluation with one
+    reads no training file. ``cache_dir``: where the training files' classes are cached (None: none).
     Every valid image is kept (those without annotations have no boxes); record ``image_id`` =
     str(COCO id), ``index`` = 1-based position. Bad entries are reported, counted in
-    ``dataset.skipped`` and left out (see the module docstring). ``check_images``: look for every
-    image (by file name, or its stem in any extension case); missing ones are skipped, more than
-    ``max_missing_images`` (a share) missing stops with an error naming the pattern; ``False``
-    (evaluation) reads the annotations alone. A file that is not JSON, or not a COCO instances
-    object, raises ``ValueError`` naming it.
+    ``dataset.skipped`` and left out. ``check_images``: look for every image (by file name, or its
+    stem in any extension case); missing ones are skipped, more than ``max_missing_images`` (a share)
+    missing stops with an error naming the pattern; ``False`` (evaluation) reads the annotations
+    alone. A file that is not JSON, or not a COCO instances object, raises ``ValueError`` naming it.
     """
-    annotation_file, image_dir = Path(annotation_file), Path(image_dir)
-    data = _load_instances(annotation_file)
+    sources = _sources(root, split, annotation_file, image_dir)
     skipped, warnings = reader_logs()
-    categories = _unique_entries(annotation_file, data["categories"], "categories", "category", _check_category,
-                                 skipped)
-    if not categories:
-        raise ValueError(f"{annotation_file}: no usable category; {skipped.summary()}")
-    ids = sorted(categories)
-    classes = ClassList(tuple(str(i) for i in ids), tuple(categories[i] for i in ids))
-    label_of = {cid: i for i, cid in enumerate(ids)}
+    parts = [_read_part(name, f, d, skipped, warnings) for name, f, d in sources]
+    is_training = classes_from is None and classes_from_files is None
+    if is_training or classes is not None:
+        class_list = _class_list(classes, parts, require_boxes=is_training)
+    else:
+        try:
+            class_list = _training_classes(root, classes_from, classes_from_files, parts, cache_dir)
+        except FileNotFoundError as e:  # an evaluation-only folder (e.g. COCO's val annotations alone)
+            log.warning("the training split's classes cannot be read (%s); the classes are those of %s itself",
+                        e, ", ".join(str(p.file) for p in parts))
+            class_list = _class_list(None, parts)
+    records = []
+    for part in parts:
+        per_image = _labelled(part, class_list, skipped)
+        prefix = f"{part.name}/" if len(parts) > 1 else ""
+        records += _coco_records(part.images, per_image, part.image_dir, check_images, max_missing_images, skipped,
+                                 prefix)
+    for index, record in enumerate(records, 1):
+        record.index = index
+    files = ", ".join(str(p.file) for p in parts)
+    warn_outside(records, warnings, lambda r: f"{files}: image {r.image_id}")
+    return finish_dataset(records, class_list, "+".join(p.name for p in parts), skipped, warnings, files,
+                          sum(p.listed for p in parts), "images", logger=log)
+
+
+CLASSES_VERSION = 1  # part of the training-classes cache's fingerprint: bump when _class_list changes
+
+
+def _training_classes(root, classes_from, classes_from_files, parts: list[_Part], cache_dir) -> ClassList:
+    """The classes the training files define (their faults are reported when the training split itself
+    is read); files already read are reused. Cached in ``cache_dir`` (refreshed when a file changes),
+    so that an evaluation reads no training JSON twice."""
+    if classes_from_files is not None and isinstance(classes_from_files, (str, Path)):
+        classes_from_files = [classes_from_files]
+    names = _names(classes_from, "classes_from") or [Path(str(f)).stem for f in classes_from_files]
+    files = [Path(str(f)) if f is not None else find_coco_split(root, name)[0]
+             for name, f in zip(names, _per_split(classes_from_files, len(names), "classes_from_files"))]
+    cache = fingerprint = None
+    if cache_dir is not None:
+        paths = [str(f.resolve()) for f in files]
+        cache = cache_path(cache_dir, "coco_classes", paths).with_suffix(".json")
+        fingerprint = annotation_fingerprint(paths, names, ["coco classes", CLASSES_VERSION])
+        try:
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+            if stored.get("fingerprint") == fingerprint:
+                return ClassList.from_dict(stored.get("classes"), str(cache))
+        except (OSError, ValueError, AttributeError):
+            pass
+    read = {p.file.resolve(): p for p in parts}
+    quiet = SkipLog(log_limit=-1)  # the training split's faults are reported when it is read itself
+    classes = _class_list(None, [read.get(f.resolve()) or _read_part(n, f, None, quiet, quiet)
+                                 for n, f in zip(names, files)])
+    if cache is not None:
+        try:
+            atomic_write_json(cache, {"fingerprint": fingerprint, "classes": classes.to_dict()})
+        except OSError as e:
+            log.warning("%s: cannot write the class cache (%s)", cache, e)
+    return classes
+
+
+def _agreeing_categories(parts: list[_Part]) -> dict:
+    """The ``{id: name}`` categories shared by ``parts``; ``ValueError`` naming two files that differ."""
+    first = parts[0]
+    for part in parts[1:]:
+        if part.categories != first.categories:
+            diff = sorted(set(part.categories.items()) ^ set(first.categories.items()))[:5]
+            raise ValueError(f"{first.file} and {part.file}: the categories differ ({diff} ...); splits read "
+                             "together must share one category list")
+    return first.categories
+
+
+def _category_of(wnid: str, categories: dict, files: str) -> int:
+    """The category id a class-list id names: a category name, else an integer category id."""
+    by_name = {}
+    for cid, name in sorted(categories.items()):
+        by_name.setdefault(name, cid)
+    if wnid in by_name:
+        return by_name[wnid]
+    if wnid.lstrip("-").isdigit() and int(wnid) in categories:
+        return int(wnid)
+    raise ValueError(f"class list: {wnid!r} names no category of {files} (by name or id; categories: "
+                     f"{[categories[c] for c in sorted(categories)][:20]})")
+
+
+def _class_list(classes, training: list[_Part], require_boxes: bool = True) -> ClassList:
+    """The classes (module docstring): those listed in ``classes`` (each with a box in ``training`` when
+    ``require_boxes``), or the categories with a box in ``training``."""
+    categories = _agreeing_categories(training)
+    files = ", ".join(str(p.file) for p in training)
+    counts = Counter(c for p in training for objs in p.objects.values() for c, _, crowd in objs if not crowd)
+    if classes is None and not counts:
+        log.warning("%s: no boxes at all; the classes are every category", files)
+        ids = sorted(categories)
+    elif classes is None:
+        empty = [c for c in sorted(categories) if not counts[c]]
+        if empty:
+            log.warning("%s: %d categories without a training box are not classes: %s", files, len(empty),
+                        ", ".join(f"{categories[c]!r} (id {c})" for c in empty))
+        ids = [c for c in sorted(categories) if counts[c]]
+    else:
+        listed = classes if isinstance(classes, ClassList) else read_class_list(classes)
+        ids = [_category_of(w, categories, files) for w in listed.wnids]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"class list {listed.wnids}: two entries name the same category of {files}")
+        for c in ids:
+            if require_boxes and not counts[c]:
+                raise ValueError(f"class list: {categories[c]!r} (category id {c}) has no box in {files}; "
+                                 "nothing to learn it from: leave it out of the class list")
+    return ClassList(tuple(str(i) for i in ids), tuple(categories[i] for i in ids))
+
+
+def _labelled(part: _Part, classes: ClassList, skipped: SkipLog) -> dict[int, list]:
+    """``part.objects`` with labels of ``classes`` for category ids; objects of other categories are
+    counted in ``skipped``. ``ValueError`` when a class id carries another name in this file."""
+    label_of = {int(w): i for i, w in enumerate(classes.wnids)}
+    for cid, i in label_of.items():
+        if part.categories.get(cid, classes.names[i]) != classes.names[i]:
+            raise ValueError(f"{part.file}: category id {cid} is {part.categories[cid]!r} here but "
+                             f"{classes.names[i]!r} in the training files; the labels would not agree")
+    out = {}
+    for image_id, objs in part.objects.items():
+        for c, xywh, crowd in objs:
+            if c not in label_of:
+                skipped.add(f"{part.file}: image {image_id}",
+                            f"not a class: category_id {c} ({part.categories[c]!r}) is not in the class list")
+                continue
+            out.setdefault(image_id, []).append((label_of[c], xywh, crowd))
+    return out
+
+
+def coco_image_ids_by_name(annotation_file: str | Path) -> dict[str, int]:
+    """``{file name: image id}`` of a COCO file's valid ``images`` (the name without its folders; a name
+    two entries share maps to neither). Bad entries are logged and left out."""
+    annotation_file = Path(annotation_file)
+    data = _load_instances(annotation_file)
+    skipped = SkipLog("images")
     images = _unique_entries(annotation_file, data["images"], "images", "image", _check_image, skipped)
-    per_image = _objects_per_image(annotation_file, data.get("annotations", []), images, label_of, skipped)
-    records = _coco_records(images, per_image, image_dir, check_images, max_missing_images, skipped)
-    warn_outside(records, warnings, lambda r: f"{annotation_file}: image {r.image_id}")
-    return finish_dataset(records, classes, annotation_file.stem, skipped, warnings, str(annotation_file),
-                          len(data["images"]), "images", logger=log)
+    names = Counter(Path(v[0]).name for v in images.values())
+    return {Path(v[0]).name: i for i, v in images.items() if names[Path(v[0]).name] == 1}
 
 
 def _load_instances(annotation_file: Path) -> dict:
@@ -195,11 +452,16 @@ def _unique_entries(path: Path, entries: list, key: str, what: str, check, skipp
     return kept
 
 
-def _objects_per_image(path: Path, annotations: list, images: dict, label_of: dict,
-                       skipped: SkipLog) -> dict[int, list[tuple[int, list[float], bool]]]:
+def _objects_per_image(path: Path, annotations: list, images: dict, label_of: dict, skipped: SkipLog,
+                       warnings: SkipLog) -> dict[int, list[tuple[int, list[float], bool]]]:
     """``{image id: [(label, [x, y, w, h], crowd), ...]}`` of the valid ``annotations``; the others are
-    counted in ``skipped`` (unknown image, unknown class, degenerate box, or bad annotation)."""
+    counted in ``skipped`` (unknown image, unknown class, degenerate box, or bad annotation). A file
+    with annotation id 0 gets one warning (pycocotools scores that box's match as a false positive)."""
     per_image = defaultdict(list)
+    if any(isinstance(a, dict) and type(a.get("id")) is int and a["id"] == 0 for a in annotations):
+        warnings.add(path, "annotation id 0: pycocotools' COCOeval takes a matched id of 0 for 'unmatched', so "
+                           "scored by pycocotools on this file a detection matching that box is a false positive "
+                           "(our evaluation and its pycocotools cross-check number annotations from 1)")
     for k, ann in enumerate(annotations):
         try:
             image_id, label, xywh, crowd = _check_annotation(ann, images, label_of)
@@ -213,9 +475,10 @@ def _objects_per_image(path: Path, annotations: list, images: dict, label_of: di
 
 
 def _coco_records(images: dict, per_image: dict, image_dir: Path, check_images: bool, max_missing_images: float,
-                  skipped: SkipLog) -> list[DetectionRecord]:
-    """One record per kept image, by image id (``index``: 1-based position among them), boxes xywh -> xyxy;
-    with ``check_images`` an image not found is skipped (too many stop the reader, see ``ImageFinder``)."""
+                  skipped: SkipLog, prefix: str = "") -> list[DetectionRecord]:
+    """One record per kept image, by image id (``image_id`` = ``prefix`` + id; ``index``: 1-based position
+    among them), boxes xywh -> xyxy; with ``check_images`` an image not found is skipped (too many stop
+    the reader, see ``ImageFinder``)."""
     finder = ImageFinder(image_dir, ".jpg")
     order = sorted(images)
     paths = finder.find_all([images[i][0] for i in order], check_images, max_missing_images)
@@ -230,6 +493,6 @@ def _coco_records(images: dict, per_image: dict, image_dir: Path, check_images: 
         anns = per_image.get(image_id, [])
         xywh = np.array([a[1] for a in anns], np.float64).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        records.append(DetectionRecord(str(image_id), path, width, height, boxes, [a[0] for a in anns],
+        records.append(DetectionRecord(f"{prefix}{image_id}", path, width, height, boxes, [a[0] for a in anns],
                                        [a[2] for a in anns], index))
     return records

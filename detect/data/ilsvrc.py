@@ -36,7 +36,8 @@ import numpy as np
 from detect.classes import ClassList, ilsvrc_det_classes, read_class_list
 from detect.data.cache import ParsedAnnotation, annotation_records, parse_annotation_files
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import DetectionDataset, DetectionRecord, finish_dataset, reader_logs, warn_outside
+from detect.data.records import (MAX_PIXELS, DetectionDataset, DetectionRecord, check_id, finish_dataset,
+                                 reader_logs, warn_outside)
 from detect.data.xmlfile import read_xml_root
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ LAYOUT_2014_DIRS = {  # split -> (image folder, annotation folder) of the 2013/2
     "train": ("ILSVRC2014_DET_train", "ILSVRC2014_DET_bbox_train"),
     "test": ("ILSVRC2013_DET_test", "ILSVRC2013_DET_bbox_test"),
 }
-PARSER_VERSION = 2  # part of the annotation cache's fingerprint: bump when parse_ilsvrc_xml changes
+PARSER_VERSION = 3  # part of the annotation cache's fingerprint: bump when parse_ilsvrc_xml changes
 
 
 def read_image_list(path: str | Path) -> list[tuple[str, int]]:
@@ -67,9 +68,10 @@ def read_image_list(path: str | Path) -> list[tuple[str, int]]:
         if len(parts) > 2:
             raise ValueError(f"{path}:{lineno}: expected '<name> <index>', got {line!r}")
         try:
-            index = int(parts[1]) if len(parts) == 2 else len(entries) + 1
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: index {parts[1]!r} is not an integer") from None
+            index = check_id(int(parts[1]), "index") if len(parts) == 2 else len(entries) + 1
+        except ValueError as e:
+            why = str(e) if "out of range" in str(e) else f"index {parts[1]!r} is not an integer"
+            raise ValueError(f"{path}:{lineno}: {why}") from None
         if leaves_folder(parts[0]):
             raise ValueError(f"{path}:{lineno}: image name {parts[0]!r} points outside the dataset folder")
         entries.append((parts[0], index))
@@ -91,9 +93,10 @@ def read_blacklist(path: str | Path, classes: ClassList) -> set[tuple[int, int]]
         if len(parts) != 2:
             raise ValueError(f"{path}:{lineno}: expected '<image index> <wnid>', got {line!r}")
         try:
-            out.add((int(parts[0]), classes.index(parts[1])))
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: image index {parts[0]!r} is not an integer") from None
+            out.add((check_id(int(parts[0]), "image index"), classes.index(parts[1])))
+        except ValueError as e:
+            why = str(e) if "out of range" in str(e) else f"image index {parts[0]!r} is not an integer"
+            raise ValueError(f"{path}:{lineno}: {why}") from None
         except KeyError:
             raise ValueError(f"{path}:{lineno}: unknown class {parts[1]!r}") from None
     return out
@@ -120,8 +123,9 @@ def parse_ilsvrc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
 
     ``width``/``height``: ``None`` when the file has no usable size; ``boxes: float32[N, 4]`` (xmin,
     ymin, xmax, ymax as stored), ``labels: int64[N]``; ``problems``: one line per dropped object
-    (unknown class, missing or non-numeric coordinate, inverted box). Raises ``ValueError`` naming the
-    file when it is not readable XML.
+    (unknown class, missing or non-numeric coordinate, a coordinate beyond ``MAX_PIXELS``, inverted
+    box); a size beyond ``MAX_PIXELS`` is no usable size. Raises ``ValueError`` naming the file when it
+    is not readable XML.
     """
     return ParsedAnnotation.from_raw(_parse_ilsvrc_raw(path, classes))
 
@@ -156,13 +160,16 @@ def _parse_ilsvrc_raw(path: str | Path, classes: ClassList) -> tuple:
         if None in coords:
             problems.append(f"missing box: object {k} ({name})")
             continue
+        if max(abs(c) for c in coords) > MAX_PIXELS:
+            problems.append(f"coordinate out of range: object {k} ({name}) {coords} (beyond {MAX_PIXELS} pixels)")
+            continue
         if coords[2] < coords[0] or coords[3] < coords[1]:
             problems.append(f"inverted box: object {k} ({name}) {coords}")
             continue
         boxes.append(coords)
         labels.append(label)
     width, height = _int_value(size.get("width")), _int_value(size.get("height"))
-    if not width or not height or width <= 0 or height <= 0:
+    if not width or not height or width <= 0 or height <= 0 or max(width, height) > MAX_PIXELS:
         width = height = None
     return width, height, boxes, labels, [False] * len(labels), problems
 

@@ -23,7 +23,27 @@ from detect.classes import ClassList
 log = logging.getLogger(__name__)
 
 __all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "SkippedItem", "warn_outside", "reader_logs",
-           "finish_dataset"]
+           "finish_dataset", "MAX_ID", "MAX_PIXELS", "check_id", "check_pixels"]
+
+# Bounds on the integers read from annotation files: limits of the formats the values are held in, not
+# settings. Beyond them a value is no id or pixel position (it would overflow numpy's int64 or lose
+# its meaning in float32), so the entry is reported and skipped, never a crash of the whole read.
+MAX_ID = 2**63 - 1       # ids (COCO image, category and annotation ids, list indices) are held as int64
+MAX_PIXELS = 2**31 - 1   # image sides and box coordinates, in pixels (int32; far past any real image)
+
+
+def check_id(value: int, field: str) -> int:
+    """``value`` (an int) when it fits an int64 id, else ``ValueError`` saying so (``field`` names it)."""
+    if not -MAX_ID - 1 <= value <= MAX_ID:
+        raise ValueError(f"{field} {value} is out of range (ids are 64-bit integers: |{field}| < 2**63)")
+    return value
+
+
+def check_pixels(value: float, field: str) -> float:
+    """``value`` (a finite number) when ``|value| <= MAX_PIXELS``, else ``ValueError`` saying so."""
+    if not abs(value) <= MAX_PIXELS:
+        raise ValueError(f"{field} {value:g} is out of range (pixel values are at most {MAX_PIXELS})")
+    return value
 
 
 @dataclass

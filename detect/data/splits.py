@@ -13,7 +13,9 @@ Output names. Files derived from a block (proposal stores, detections, evaluatio
 after the dataset's own split, never after the block: ``split_names`` in the data config maps each
 block to it (VOC: ``train``/``monitor`` -> ``trainval``, ``val`` -> ``test``), and
 :func:`output_stem` gives ``<data.name>_<split name>`` (``voc_test``). Both held-out parts of a
-training split share its name: a proposal store holds the whole split and serves both.
+training split share its name: a proposal store holds the whole split and serves both. An evaluation
+under other rules than the data's own adds them (``eval_coco_val2017_voc.json``, :func:`evaluation_paths`),
+so that scoring one file under two sets of rules keeps both reports.
 
 The holdout. Image ``i`` goes to the monitoring part when ``h(seed, image_id) < fraction``, ``h``
 a sha256 of the seed and the image id mapped to [0, 1): the choice of an image depends on nothing
@@ -27,14 +29,14 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from detect.data.records import DetectionDataset
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BLOCKS", "HeldOutPart", "holdout_key", "holdout_part", "split_name", "output_stem",
-           "proposal_store_path", "detections_path", "reader_target"]
+           "proposal_store_path", "detections_path", "evaluation_paths"]
 
 BLOCKS = ("train", "monitor", "val")  # the reader blocks every data config has
 PARTS = ("train", "monitor")
@@ -100,22 +102,15 @@ def _reader_blocks(data: Mapping) -> list[str]:
 
 def split_name(data: Mapping, block: str) -> str:
     """The dataset's own name of the split that ``block`` of the data config ``data`` reads
-    (``data.split_names[block]``; the block name itself where the config has no such mapping)."""
+    (``data.split_names[block]``, a list of names joined by ``+``; the block name itself where the
+    config has no such mapping)."""
     if block not in _reader_blocks(data):
         raise ValueError(f"split={block}: data={data.get('name')} has no such reader block "
                          f"(blocks: {_reader_blocks(data)})")
-    names = data.get("split_names") or {}
-    return str(names.get(block, block))
-
-
-def reader_target(data: Mapping, block: str) -> str:
-    """The ``_target_`` of the reader behind ``block`` (through a held-out part to its ``source``), by
-    which the evaluation rules of the data are chosen (``detect.evaluation.rules_for_dataset``)."""
-    split_name(data, block)  # a block that exists
-    spec = data[block]
-    while isinstance(spec.get("source"), Mapping) and "_target_" in spec["source"]:
-        spec = spec["source"]
-    return str(spec["_target_"])
+    name = (data.get("split_names") or {}).get(block, block)
+    if isinstance(name, Sequence) and not isinstance(name, str):  # several splits read as one: train+valid
+        return "+".join(str(n) for n in name)
+    return str(name)
 
 
 def output_stem(data: Mapping, block: str) -> str:
@@ -132,3 +127,10 @@ def detections_path(detections_dir: str | Path, data: Mapping, block: str) -> Pa
     """Where tools/detect_dataset.py writes the detections of ``block`` (ILSVRC submission; ``.json`` beside it)."""
     return Path(detections_dir) / f"{output_stem(data, block)}.txt"
 
+
+
+def evaluation_paths(eval_dir: str | Path, data: Mapping, block: str, rules: str, own_rules: str) -> tuple[Path, Path]:
+    """``(report .json, PR curves .png)`` that tools/eval_map.py writes for ``block`` scored by ``rules``:
+    ``eval_<stem>.json`` / ``pr_<stem>.png`` under the data's ``own_rules``, else ``eval_<stem>_<rules>...``."""
+    stem = output_stem(data, block) + ("" if rules == own_rules else f"_{rules}")
+    return Path(eval_dir) / f"eval_{stem}.json", Path(eval_dir) / f"pr_{stem}.png"

@@ -26,7 +26,8 @@ from detect.classes import ClassList, read_class_list
 from detect.data.cache import (ParsedAnnotation, annotation_fingerprint, annotation_records, cache_path,
                                parse_annotation_files)
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import DetectionDataset, DetectionRecord, finish_dataset, reader_logs, warn_outside
+from detect.data.records import (MAX_PIXELS, DetectionDataset, DetectionRecord, finish_dataset, reader_logs,
+                                 warn_outside)
 from detect.data.xmlfile import read_xml_root
 from detect.io import atomic_write_json
 
@@ -38,7 +39,7 @@ VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
-PARSER_VERSION = 2  # part of the annotation cache's fingerprint: bump when parse_voc_xml changes
+PARSER_VERSION = 3  # part of the annotation cache's fingerprint: bump when parse_voc_xml changes
 
 
 def voc_classes() -> ClassList:
@@ -113,7 +114,8 @@ def _number(text) -> float | None:
 def parse_voc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
     """Parse one VOC annotation into a :class:`ParsedAnnotation`: ``boxes: float32[N, 4]`` 0-based xyxy
     (VOC values minus 1), ``labels: int64[N]``, ``flags: bool[N]`` (difficult), ``problems`` one line
-    per dropped object; ``width``/``height`` ``None`` when ``<size>`` is missing, 0 or not a number.
+    per dropped object (a coordinate beyond ``MAX_PIXELS`` drops it too); ``width``/``height`` ``None``
+    when ``<size>`` is missing, 0, not a number or beyond ``MAX_PIXELS``.
     Raises ``ValueError`` naming the file when it is not readable XML."""
     return ParsedAnnotation.from_raw(_parse_voc_raw(path, classes))
 
@@ -122,8 +124,8 @@ def _parse_voc_raw(path: str | Path, classes: ClassList) -> tuple:
     """:func:`parse_voc_xml` as plain lists (width, height, boxes, labels, difficult, problems)."""
     root = read_xml_root(path)
     width, height = _number(root.findtext("size/width")), _number(root.findtext("size/height"))
-    if not width or not height or width < 1 or height < 1:
-        width = height = None
+    if not width or not height or width < 1 or height < 1 or max(width, height) > MAX_PIXELS:
+        width = height = None  # read from the image instead (counted)
     else:
         width, height = int(width), int(height)
     lookup = classes._lookup()
@@ -138,6 +140,9 @@ def _parse_voc_raw(path: str | Path, classes: ClassList) -> tuple:
         coords = [_number(values.get(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
         if None in coords:
             problems.append(f"missing box: object {k} ({name})")
+            continue
+        if max(abs(c) for c in coords) > MAX_PIXELS:
+            problems.append(f"coordinate out of range: object {k} ({name}) {coords} (beyond {MAX_PIXELS} pixels)")
             continue
         x1, y1, x2, y2 = (c - 1 for c in coords)
         if x2 < x1 or y2 < y1:
