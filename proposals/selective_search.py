@@ -265,7 +265,10 @@ class SelectiveSearch:
         strategies: tuple = ("color_fill_texture_size", "fill_texture_size")
         if self.mode == "opencv_quality":
             grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-            images += [grey, np.ascontiguousarray(hsv[:, :, 0]), cv2.merge([bgr[:, :, 2], bgr[:, :, 1], grey])]
+            # OpenCV adds the hue plane, then splits the base image into the same Mat array, which
+            # overwrites that plane with the blue channel in place: its quality preset segments blue
+            blue = np.ascontiguousarray(bgr[:, :, 0])
+            images += [grey, blue, cv2.merge([bgr[:, :, 2], bgr[:, :, 1], grey])]
             steps, strategies = 5, strategies + ("fill", "size")
         k = int(round(150 * self.superpixel_scale))
         segmenters = []
