@@ -11,13 +11,15 @@ running on another thread meanwhile (``--onnxruntime``) or a thread calling ``ra
     .venv/bin/python benchmarks/ss_order_check.py work/demo/data/synthetic_det/Data/DET/train --onnxruntime
     .venv/bin/python benchmarks/ss_order_check.py work/demo/data/synthetic_det/Data/DET/train --onnxruntime --ranking opencv
 
-``--compare`` also runs ``ranking="opencv"`` once per image, prints whether each image's box set is the
-same and the seconds per image of both rankings (one OpenCV thread); with ``--coco ANNOTATIONS`` the
-images are that COCO file's first ``--images`` (the folder holds them) and it prints both rankings'
-proposal recall, where order counts through the first k boxes:
+``--compare`` (run it without the disturbing threads) also runs OpenCV's ``process()`` once per image,
+ranks our hierarchies with C's ``rand()`` draw for draw as OpenCV does and prints on how many images the
+order is exactly ``process()``'s (so the box set is too), and the seconds per image of both (one OpenCV
+thread); with ``--coco ANNOTATIONS`` the images are that file's first ``--images`` (the folder holds
+them) and it prints the proposal recall of both generators' orders over ``--seeds`` seeds (order counts
+through the first k boxes):
 
     .venv/bin/python benchmarks/ss_order_check.py ../shared/data/coco128/images/train2017 --images 32 \
-        --resize-width 500 --repeats 1 --onnxruntime --compare \
+        --resize-width 500 --repeats 0 --compare --seeds 5 \
         --coco ../shared/data/coco128/annotations/instances_train2017.json
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from detect.data.images import read_image  # noqa: E402
-from proposals.selective_search import RANKINGS, SelectiveSearch  # noqa: E402
+from proposals.selective_search import RANKINGS, SelectiveSearch, _rank  # noqa: E402
 
 
 def onnxruntime_session_thread(stop: threading.Event) -> threading.Thread:
@@ -75,47 +77,66 @@ def rand_thread(stop: threading.Event) -> threading.Thread:
     return thread
 
 
-def compare(images, names, ss: SelectiveSearch, records=None) -> None:
-    """Box sets and seconds per image of ``ss`` against the same settings with ``ranking="opencv"``.
+def c_rand_rank(rects: np.ndarray, levels: np.ndarray, seed: int) -> np.ndarray:
+    """OpenCV's ranking of our hierarchies, draw for draw: ``srand(seed)``, ``level * rand() / RAND_MAX`` per
+    region in OpenCV's order, sorted, repeats at their best rank. Equals ``process()``'s order when nothing
+    else draws from ``rand()`` meanwhile (glibc's RAND_MAX)."""
+    libc = ctypes.CDLL(None)
+    libc.srand(seed)
+    u = np.array([libc.rand() for _ in range(len(levels))], np.float64) / 2147483647
+    rects = rects[np.argsort(u * levels, kind="stable")]
+    _, first = np.unique(rects, axis=0, return_index=True)
+    return rects[np.sort(first)].astype(np.float32)
 
-    The sets compared are the ranked distinct rectangles on the resized image, before mapping back:
-    after mapping back, boxes that round to the same pixels are one box, and which of them stays
-    (the first) depends on the order.
-    """
+
+def compare(images, names, ss: SelectiveSearch, records=None, seeds: int = 1) -> None:
+    """Our hierarchies against OpenCV's ``process()`` (``ranking="opencv"``), image by image: the same
+    order when ranked with C's ``rand()`` as OpenCV ranks (so the same box set), and the seconds per image
+    of both. With ``records``: proposal recall of both generators' orders over seeds 0..``seeds``-1."""
     other = SelectiveSearch(**dict(ss.spec_params(), ranking="opencv"))
-    seconds = {ss.ranking: 0.0, "opencv": 0.0}
-    boxes: dict = {ss.ranking: [], "opencv": []}
+    seconds = {"seeded": 0.0, "opencv": 0.0}
+    found: dict = {}
     differ = []
     for name, im in zip(names, images):
-        got = {}
-        for s in (ss, other):
-            start = time.perf_counter()
-            small, _ = s._resize(im)
-            got[s.ranking] = s._seeded_rects(small) if s.ranking == "seeded" else s._opencv_rects(small)
-            seconds[s.ranking] += time.perf_counter() - start
-            boxes[s.ranking].append(s(im).boxes)
-        a, b = ({tuple(x) for x in got[k].tolist()} for k in (ss.ranking, "opencv"))
-        if a != b or len(a) != len(got[ss.ranking]):
-            differ.append(f"{name}: {len(a - b)} boxes only {ss.ranking}, {len(b - a)} only opencv")
-    print(f"box sets: {len(images) - len(differ)} of {len(images)} images the same as ranking=opencv; "
-          + "; ".join(f"{k} {v / len(images):.3f} s/image" for k, v in seconds.items()))
-    for line in differ:
-        print(f"  {line}")
+        small, back = ss._resize(im)
+        start = time.perf_counter()
+        rects, levels = ss._hierarchies(small)
+        ss._finish(_rank(rects, levels, ss.seed), back, im.shape[1], im.shape[0])
+        seconds["seeded"] += time.perf_counter() - start
+        start = time.perf_counter()
+        theirs = other._opencv_rects(small)
+        other._finish(theirs, back, im.shape[1], im.shape[0])
+        seconds["opencv"] += time.perf_counter() - start
+        if not np.array_equal(c_rand_rank(rects, levels, ss.seed), theirs):
+            differ.append(name)
+        for seed in range(seeds):
+            for gen, ranked in (("numpy", _rank(rects, levels, seed).astype(np.float32)),
+                                ("C rand", c_rand_rank(rects, levels, seed))):
+                found.setdefault((gen, seed), []).append(ss._finish(ranked, back, im.shape[1], im.shape[0]).boxes)
+    print(f"our hierarchies ranked with C's rand() give process()'s exact order on {len(images) - len(differ)} of "
+          f"{len(images)} images; " + "; ".join(f"{k} {v / len(images):.3f} s/image" for k, v in seconds.items()))
+    for name in differ:
+        print(f"  {name}: another order")
     if records is not None:
-        print_recall(records, boxes)
+        print_recall(records, found)
 
 
-def print_recall(records, boxes: dict) -> None:
-    """Proposal recall (COCO boxes, crowd ignored, IoU >= 0.5 and ILSVRC's rule) of each ranking's boxes."""
+def print_recall(records, found: dict) -> None:
+    """Proposal recall (COCO boxes, crowd ignored, IoU >= 0.5) per generator: mean and spread over seeds."""
     from proposals.recall import proposal_recall
 
     ks = [100, 300, 500, 1000]
-    print(f"{'ranking':8s} {'boxes/img':>9s} {'cov@0.5':>8s} {'covILSVRC':>9s} {'MABO':>6s} "
-          + " ".join(f"{'R@' + str(k):>6s}" for k in ks))
-    for name, found in boxes.items():
-        r = proposal_recall([q.boxes for q in records], found, [~q.ignore for q in records], ks=ks, plus_one=False)
-        print(f"{name:8s} {r.boxes_per_image:9.1f} {r.coverage_050:8.4f} {r.coverage_ilsvrc:9.4f} {r.mabo:6.4f} "
-              + " ".join(f"{v:6.4f}" for v in r.recall_at_k))
+    rows: dict = {}
+    for (gen, seed), boxes in found.items():
+        r = proposal_recall([q.boxes for q in records], boxes, [~q.ignore for q in records], ks=ks, plus_one=False)
+        rows.setdefault(gen, []).append([r.boxes_per_image, r.coverage_050, r.mabo] + r.recall_at_k)
+    print(f"{'ranking':8s} {'seeds':>5s} {'boxes/img':>9s} {'cov@0.5':>7s} {'MABO':>6s} "
+          + " ".join(f"{'R@' + str(k):>13s}" for k in ks))
+    for gen, values in rows.items():
+        v = np.array(values)
+        mean, sd = v.mean(0), v.std(0)
+        print(f"{gen:8s} {len(v):5d} {mean[0]:9.1f} {mean[1]:7.4f} {mean[2]:6.4f} "
+              + " ".join(f"{m:.4f}+-{d:.4f}" for m, d in zip(mean[3:], sd[3:])))
 
 
 def main() -> None:
@@ -130,6 +151,7 @@ def main() -> None:
     p.add_argument("--rand-thread", action="store_true", help="keep a thread calling C's rand() during the calls")
     p.add_argument("--compare", action="store_true", help="also compare box sets and time with ranking=opencv")
     p.add_argument("--coco", type=Path, help="with --compare: a COCO instances file of the folder's images (recall)")
+    p.add_argument("--seeds", type=int, default=1, help="with --coco: recall over seeds 0..N-1 of both generators")
     args = p.parse_args()
     stop = threading.Event()
     if args.onnxruntime:
@@ -164,7 +186,7 @@ def main() -> None:
     for name, what in changed:
         print(f"  {name}: {what}")
     if args.compare:
-        compare(images, [q.name for q in paths], ss, records)
+        compare(images, [q.name for q in paths], ss, records, args.seeds)
     stop.set()
 
 

@@ -281,6 +281,10 @@ class SelectiveSearch:
 
     def _seeded_rects(self, image: np.ndarray) -> np.ndarray:
         """Ranked distinct boxes ``float32[K, 4]`` (xyxy, pixels of ``image``) by our grouping and ranking."""
+        return _rank(*self._hierarchies(image), self.seed).astype(np.float32)
+
+    def _hierarchies(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every region of every hierarchy, in OpenCV's order: boxes ``int64[M, 4]`` (xyxy), levels ``int64[M]``."""
         images, segmenters, names = self._plan(image)
         shared: dict = {}
         strategies = [_make_strategy(s, shared) for s in names]
@@ -291,7 +295,7 @@ class SelectiveSearch:
                 r, lv = _group(im, regions, strategy, image_id)
                 rects.append(r)
                 levels.append(lv)
-        return _rank(np.concatenate(rects), np.concatenate(levels), self.seed).astype(np.float32)
+        return np.concatenate(rects), np.concatenate(levels)
 
     def _segmenter(self, image: np.ndarray):
         """OpenCV's own selective search object for ``ranking="opencv"``."""
@@ -337,6 +341,11 @@ class SelectiveSearch:
             rects = self._seeded_rects(small) if self.ranking == "seeded" else self._opencv_rects(small)
         except cv2.error as e:
             raise ValueError(f"selective search failed on an image of shape {image.shape}: {e.err or e}") from None
+        return self._finish(rects, back, w, h)
+
+    def _finish(self, rects: np.ndarray, back: np.ndarray, w: int, h: int) -> Proposals:
+        """Ranked rects ``float32[K, 4]`` (xyxy, resized pixels) -> the boxes returned: mapped back by
+        ``back``, clipped to ``w`` x ``h``, small ones and repeats dropped, at most ``max_boxes``."""
         boxes = clip_boxes(rects * back, w, h).astype(np.float32)
         boxes = boxes[remove_small_boxes(boxes, self.min_box_size)]
         boxes = boxes[unique_boxes(boxes)]
