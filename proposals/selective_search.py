@@ -15,17 +15,22 @@ neighbouring pair, the new region's level = 1 + the larger level of the two, its
 hierarchy per (colour space, ``k``, strategy). The ranking rule is OpenCV's (Uijlings et al.'s with
 the hierarchy counted from the initial segments, as OpenCV notes): every region of every hierarchy
 gets ``level * u`` with ``u`` uniform in [0, 1) from ``numpy.random.default_rng(seed)``, all regions
-are sorted by it (stably) and a repeated rectangle keeps its best rank. So the box set is OpenCV's
-``process()`` set (checked on coco128: benchmarks/proposals.md) and the order depends only on the
-image and ``seed``. Ties between equal similarities, whose order OpenCV leaves to ``std::sort``,
-go to the pair formed first.
+are sorted by it (stably) and a repeated rectangle keeps its best rank. The order then depends only
+on the image and ``seed``, and the box set is OpenCV's ``process()`` set: ranked with C's ``rand()``
+draw for draw instead, our hierarchies give ``process()``'s exact order (32 of 32 coco128 images,
+benchmarks/proposals.md). Ties between equal similarities, whose order OpenCV leaves to
+``std::sort``, go to the pair formed first. The order counts wherever boxes are taken from the front:
+``max_boxes``, a union's cap on this source, recall at k, and which of several boxes that round to
+the same pixels after mapping back stays (the first).
 
 ``ranking="opencv"`` calls OpenCV's ``process()`` after ``srand(seed)``; OpenCV ranks with C's
 ``rand()``, which other threads of the process (those that importing ``onnxruntime`` starts) also
 draw from, so its order changes from run to run on a few images (benchmarks/ss_order_check.py). It is
 kept for comparison only.
 OpenCV's presets (``switchToSelectiveSearchFast/Quality``) convert the base image with ``COLOR_BGR2*``,
-so they get BGR; our own mode converts from RGB ourselves.
+so they get BGR; our own mode converts from RGB ourselves. The seeded path builds the presets' images,
+segmentations and strategies step by step as OpenCV does, including what its quality preset really
+segments (the blue channel where it meant hue, see ``_plan``).
 """
 from __future__ import annotations
 
