@@ -9,7 +9,8 @@ running on another thread meanwhile (``--onnxruntime``) or a thread calling ``ra
 (``--rand-thread``, the same disturbance made certain), and prints the images whose order changed:
 
     .venv/bin/python benchmarks/ss_order_check.py work/demo/data/synthetic_det/Data/DET/train --onnxruntime
-    .venv/bin/python benchmarks/ss_order_check.py work/demo/data/synthetic_det/Data/DET/train --onnxruntime --ranking opencv
+    .venv/bin/python benchmarks/ss_order_check.py work/demo/data/synthetic_det/Data/DET/train --onnxruntime \
+        --ranking opencv
 
 ``--compare`` (run it without the disturbing threads) also runs OpenCV's ``process()`` once per image,
 ranks our hierarchies with C's ``rand()`` draw for draw as OpenCV does and prints on how many images the
