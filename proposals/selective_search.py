@@ -1,4 +1,4 @@
-"""Selective search (Uijlings et al.) on OpenCV-contrib's C++ implementation, with R-CNN's "fast mode".
+"""Selective search (Uijlings et al.) on OpenCV-contrib's parts, with R-CNN's "fast mode".
 
 R-CNN's fast mode (``selective_search_boxes.m``): colour spaces HSV and Lab; Felzenszwalb graph
 segmentations with ``k`` in {50, 100}, ``min_size = k``, ``sigma = 0.8``; the strategies
@@ -7,31 +7,50 @@ mapped back; boxes narrower or shorter than 20 px dropped; duplicates removed.
 ``superpixel_scale`` multiplies ``k`` and the minimum segment size: 1.0 is R-CNN, 2.0 is the setting
 of the GoogLeNet detection paper (larger superpixels, about half the boxes).
 
-OpenCV facts this relies on (``selectivesearchsegmentation.cpp``): ``process()`` runs every added image
-through every graph segmentation and every strategy, ranks each region by ``rand() * level`` (C's
-``rand``, so ``srand(seed)`` is called right before it for a reproducible order), sorts, drops repeated
-rectangles and returns ``(x, y, w, h)``. The order is reproducible only while nothing else in the
-process draws from ``rand()`` during ``process()``: the threads that importing ``onnxruntime`` starts
-sometimes do, and then an image's boxes (the same set) come in another order (benchmarks/refactor.md).
-Its presets (``switchToSelectiveSearchFast/Quality``) convert
-the base image with ``COLOR_BGR2*``, so they get BGR; our own mode converts from RGB ourselves.
+How the boxes are made (``ranking="seeded"``, the default): OpenCV's graph segmentation gives the
+initial regions and OpenCV's strategy objects (``setImage`` / ``get`` / ``merge``) give every
+similarity, so the values are OpenCV's own; the greedy grouping loop of OpenCV's
+``SelectiveSearchSegmentationImpl::hierarchicalGrouping`` runs here (merge the most similar
+neighbouring pair, the new region's level = 1 + the larger level of the two, its box the union), one
+hierarchy per (colour space, ``k``, strategy). The ranking rule is OpenCV's (Uijlings et al.'s with
+the hierarchy counted from the initial segments, as OpenCV notes): every region of every hierarchy
+gets ``level * u`` with ``u`` uniform in [0, 1) from ``numpy.random.default_rng(seed)``, all regions
+are sorted by it (stably) and a repeated rectangle keeps its best rank. The order then depends only
+on the image and ``seed``, and the box set is OpenCV's ``process()`` set: ranked with C's ``rand()``
+draw for draw instead, our hierarchies give ``process()``'s exact order (32 of 32 coco128 images,
+benchmarks/proposals.md). Ties between equal similarities, whose order OpenCV leaves to
+``std::sort``, go to the pair formed first. The order counts wherever boxes are taken from the front:
+``max_boxes``, a union's cap on this source, recall at k, and which of several boxes that round to
+the same pixels after mapping back stays (the first).
+
+``ranking="opencv"`` calls OpenCV's ``process()`` after ``srand(seed)``; OpenCV ranks with C's
+``rand()``, which other threads of the process (those that importing ``onnxruntime`` starts) also
+draw from, so its order changes from run to run on a few images (benchmarks/ss_order_check.py). It is
+kept for comparison only.
+OpenCV's presets (``switchToSelectiveSearchFast/Quality``) convert the base image with ``COLOR_BGR2*``,
+so they get BGR; our own mode converts from RGB ourselves. The seeded path builds the presets' images,
+segmentations and strategies step by step as OpenCV does, including what its quality preset really
+segments (the blue channel where it meant hue, see ``_plan``).
 """
 from __future__ import annotations
 
 import ctypes
+import heapq
 import logging
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from detect.boxes import clip_boxes, remove_small_boxes, unique_boxes, xywh_to_xyxy
 from proposals.base import Proposals, as_rgb_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SelectiveSearch", "MODES", "COLOR_SPACES", "STRATEGIES"]
+__all__ = ["SelectiveSearch", "MODES", "RANKINGS", "COLOR_SPACES", "STRATEGIES"]
 
 MODES = ("rcnn_fast", "opencv_fast", "opencv_quality")
+RANKINGS = ("seeded", "opencv")  # see the module docstring
 COLOR_SPACES = {  # name -> conversion from RGB (None: keep RGB)
     "hsv": cv2.COLOR_RGB2HSV,
     "lab": cv2.COLOR_RGB2Lab,
@@ -50,15 +69,95 @@ STRATEGIES = ("color_texture_size_fill", "texture_size_fill", "color_size_fill",
 _libc = ctypes.CDLL(None)
 
 
-def _make_strategy(name: str):
-    """``"color_texture_size_fill"`` -> OpenCV's equal-weight multiple strategy of those parts (fresh objects)."""
+def _make_strategy(name: str, shared: dict | None = None):
+    """``"color_texture_size_fill"`` -> OpenCV's equal-weight multiple strategy of those parts.
+
+    shared: part name -> object, reused across the strategies of one call (as OpenCV's presets share
+    theirs); None makes fresh parts. Sharing is exact because ``setImage`` with the same ``image_id``
+    restores a part's unmerged state before each hierarchy.
+    """
     parts = name.split("_")
     if not parts or any(p not in _STRATEGY_PARTS for p in parts) or len(parts) > 4:
         raise ValueError(f"unknown strategy {name!r}: join up to four of {sorted(_STRATEGY_PARTS)} with '_'")
-    made = [_STRATEGY_PARTS[p]() for p in parts]
+    shared = {} if shared is None else shared
+    made = [shared.setdefault(p, _STRATEGY_PARTS[p]()) for p in parts]
     if len(made) == 1:
         return made[0]
     return _seg.createSelectiveSearchSegmentationStrategyMultiple(*made)
+
+
+def _initial_regions(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A graph segmentation ``int32[H, W]`` (labels 0..n-1) -> what OpenCV's grouping starts from.
+
+    Returns ``sizes int32[n, 1]`` (pixels per region), ``rects int64[n, 4]`` (xyxy, x2/y2 exclusive)
+    and ``pairs int64[E, 2]`` (i < j): the neighbouring regions as OpenCV counts them (a pixel at
+    row, column >= 1 touches its left, upper and upper-left neighbours).
+    """
+    n = int(regions.max()) + 1
+    sizes = np.bincount(regions.ravel(), minlength=n).astype(np.int32).reshape(n, 1)
+    slices = ndimage.find_objects(regions + 1, max_label=n)
+    rects = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in slices], np.int64).reshape(n, 4)
+    here = regions[1:, 1:].ravel().astype(np.int64)
+    keys = []
+    for other in (regions[1:, :-1], regions[:-1, 1:], regions[:-1, :-1]):
+        other = other.ravel().astype(np.int64)
+        differ = here != other
+        a, b = here[differ], other[differ]
+        keys.append(np.minimum(a, b) * n + np.maximum(a, b))
+    keys = np.unique(np.concatenate(keys))
+    return sizes, rects, np.stack([keys // n, keys % n], axis=1)
+
+
+def _group(image: np.ndarray, regions: np.ndarray, strategy, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """One hierarchy: OpenCV's greedy grouping of ``regions`` under ``strategy`` (see the module docstring).
+
+    Returns every region's box ``int64[M, 4]`` (xyxy, exclusive) and level ``int64[M]`` (1 = initial).
+    The strategy reads ``sizes`` in place, so the merged sizes are written into the same array.
+    """
+    sizes, rects, pairs = _initial_regions(regions)
+    strategy.setImage(image, regions, sizes, image_id)
+    n = len(rects)
+    ids, levels, boxes = list(range(n)), [1] * n, rects.tolist()
+    alive, neighbours = [True] * n, [set() for _ in range(n)]
+    heap = []
+    for i, j in pairs.tolist():
+        neighbours[i].add(j)
+        neighbours[j].add(i)
+        heap.append((-strategy.get(i, j), len(heap), i, j))
+    heapq.heapify(heap)
+    formed = len(heap)  # ties between equal similarities go to the pair formed first
+    while heap:
+        _, _, a, b = heapq.heappop(heap)
+        if not (alive[a] and alive[b]):
+            continue
+        ia, ib = ids[a], ids[b]
+        strategy.merge(ia, ib)
+        sizes[ia, 0] += sizes[ib, 0]
+        sizes[ib, 0] = sizes[ia, 0]
+        new, ba, bb = len(ids), boxes[a], boxes[b]
+        ids.append(min(ia, ib))
+        levels.append(max(levels[a], levels[b]) + 1)
+        boxes.append([min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3])])
+        alive[a] = alive[b] = False
+        alive.append(True)
+        around = sorted((neighbours[a] | neighbours[b]) - {a, b})
+        neighbours.append(set(around))
+        for m in around:
+            neighbours[m] -= {a, b}
+            neighbours[m].add(new)
+            heapq.heappush(heap, (-strategy.get(ids[new], ids[m]), formed, new, m))
+            formed += 1
+    return np.array(boxes, np.int64).reshape(-1, 4), np.array(levels, np.int64)
+
+
+def _rank(rects: np.ndarray, levels: np.ndarray, seed: int) -> np.ndarray:
+    """Selective search's ranking: ``rects int64[M, 4]``, ``levels int64[M]`` -> distinct rects ``int64[K, 4]``
+    sorted by ``level * u`` (``u`` uniform in [0, 1) from a generator seeded with ``seed``), each
+    rectangle at its best rank."""
+    u = np.random.default_rng(seed).random(len(levels))
+    rects = rects[np.argsort(levels * u, kind="stable")]
+    _, first = np.unique(rects, axis=0, return_index=True)
+    return rects[np.sort(first)]
 
 
 class SelectiveSearch:
@@ -76,8 +175,12 @@ class SelectiveSearch:
         upscaled small image is never narrower than ``min_box_size``).
     max_boxes: keep at most this many (in rank order), None for all.
     num_threads: ``cv2.setNumThreads`` before each call (None leaves OpenCV's setting alone).
-    seed: ``srand(seed)`` before OpenCV ranks its regions, so that equal inputs give equal order.
-    Boxes come in OpenCV's rank order, exact duplicates (after mapping back and rounding) removed.
+    seed: seeds the ranking's generator (``srand(seed)`` with ``ranking="opencv"``): equal inputs give
+        equal order.
+    ranking: ``"seeded"`` (our grouping loop and a numpy generator: reproducible in any process) or
+        ``"opencv"`` (OpenCV's ``process()`` and C's ``rand()``: its order can change when other
+        threads draw from ``rand()``); both give the same box set (module docstring).
+    Boxes come in rank order, exact duplicates (after mapping back and rounding) removed.
     """
 
     def __init__(
@@ -95,9 +198,12 @@ class SelectiveSearch:
         seed: int = 0,
         max_side: int = 2000,
         name: str | None = None,
+        ranking: str = "seeded",
     ):
         if mode not in MODES:
             raise ValueError(f"unknown selective search mode {mode!r}; expected one of {MODES}")
+        if ranking not in RANKINGS:
+            raise ValueError(f"unknown selective search ranking {ranking!r}; expected one of {RANKINGS}")
         if superpixel_scale <= 0:
             raise ValueError(f"superpixel_scale must be > 0, got {superpixel_scale}")
         for c in color_spaces:
@@ -117,6 +223,7 @@ class SelectiveSearch:
         self.num_threads = num_threads
         self.seed = int(seed)
         self.max_side = int(max_side)
+        self.ranking = ranking
         self.name = self.name_for(mode, superpixel_scale, name)
 
     @staticmethod
@@ -133,7 +240,8 @@ class SelectiveSearch:
         return {"mode": self.mode, "superpixel_scale": self.superpixel_scale, "resize_width": self.resize_width,
                 "min_box_size": self.min_box_size, "color_spaces": list(self.color_spaces), "ks": list(self.ks),
                 "sigma": self.sigma, "strategies": list(self.strategies), "max_boxes": self.max_boxes,
-                "num_threads": self.num_threads, "seed": self.seed, "max_side": self.max_side, "name": self.name}
+                "num_threads": self.num_threads, "seed": self.seed, "max_side": self.max_side, "name": self.name,
+                "ranking": self.ranking}
 
     def _resize(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Resized image and the per-axis factors ``float32[4]`` that map its xyxy boxes back."""
@@ -147,7 +255,55 @@ class SelectiveSearch:
         back = np.array([w / new_w, h / new_h] * 2, np.float32)  # exact per axis, despite the rounding
         return cv2.resize(image, (new_w, new_h), interpolation=interp), back
 
+    def _plan(self, image: np.ndarray) -> tuple[list, list, tuple]:
+        """What one call segments and groups: ``(images, graph segmenters, strategy names)``; one hierarchy
+        per image x segmenter x strategy, in that loop order (OpenCV's ``process()`` order)."""
+        if self.mode == "rcnn_fast":
+            images = [image if COLOR_SPACES[c] is None else cv2.cvtColor(image, COLOR_SPACES[c])
+                      for c in self.color_spaces]
+            ks = [k * self.superpixel_scale for k in self.ks]
+            return images, [_seg.createGraphSegmentation(self.sigma, k, int(round(k))) for k in ks], self.strategies
+        # OpenCV's presets, step by step (switchToSelectiveSearchFast / Quality on a BGR base image)
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        hsv, lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV), cv2.cvtColor(bgr, cv2.COLOR_BGR2Lab)
+        images, steps = [hsv, lab], 3
+        strategies: tuple = ("color_fill_texture_size", "fill_texture_size")
+        if self.mode == "opencv_quality":
+            grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+            # OpenCV adds the hue plane, then splits the base image into the same Mat array, which
+            # overwrites that plane with the blue channel in place: its quality preset segments blue
+            blue = np.ascontiguousarray(bgr[:, :, 0])
+            images += [grey, blue, cv2.merge([bgr[:, :, 2], bgr[:, :, 1], grey])]
+            steps, strategies = 5, strategies + ("fill", "size")
+        k = int(round(150 * self.superpixel_scale))
+        segmenters = []
+        for i in range(1, steps + 1):
+            gs = _seg.createGraphSegmentation()  # OpenCV's default minimum segment size, as its presets
+            gs.setK(float(k * i))
+            gs.setSigma(self.sigma)
+            segmenters.append(gs)
+        return images, segmenters, strategies
+
+    def _seeded_rects(self, image: np.ndarray) -> np.ndarray:
+        """Ranked distinct boxes ``float32[K, 4]`` (xyxy, pixels of ``image``) by our grouping and ranking."""
+        return _rank(*self._hierarchies(image), self.seed).astype(np.float32)
+
+    def _hierarchies(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every region of every hierarchy, in OpenCV's order: boxes ``int64[M, 4]`` (xyxy), levels ``int64[M]``."""
+        images, segmenters, names = self._plan(image)
+        shared: dict = {}
+        strategies = [_make_strategy(s, shared) for s in names]
+        rects, levels = [], []
+        for image_id, (im, gs) in enumerate((im, gs) for im in images for gs in segmenters):
+            regions = gs.processImage(im)
+            for strategy in strategies:
+                r, lv = _group(im, regions, strategy, image_id)
+                rects.append(r)
+                levels.append(lv)
+        return np.concatenate(rects), np.concatenate(levels)
+
     def _segmenter(self, image: np.ndarray):
+        """OpenCV's own selective search object for ``ranking="opencv"``."""
         ss = _seg.createSelectiveSearchSegmentation()
         if self.mode == "rcnn_fast":
             for c in self.color_spaces:
@@ -167,6 +323,12 @@ class SelectiveSearch:
                 ss.switchToSelectiveSearchQuality(k, k, self.sigma)
         return ss
 
+    def _opencv_rects(self, image: np.ndarray) -> np.ndarray:
+        """Ranked distinct boxes ``float32[K, 4]`` (xyxy) from OpenCV's ``process()`` after ``srand(seed)``."""
+        ss = self._segmenter(image)
+        _libc.srand(self.seed)
+        return xywh_to_xyxy(np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4))
+
     def __call__(self, image: np.ndarray) -> Proposals:
         """``image: ndarray[H, W, 3] uint8`` RGB (grey, RGBA, 16-bit arrays are converted) -> Proposals.
 
@@ -181,18 +343,21 @@ class SelectiveSearch:
         if self.num_threads is not None:
             cv2.setNumThreads(int(self.num_threads))
         try:
-            ss = self._segmenter(small)
-            _libc.srand(self.seed)
-            rects = ss.process()
+            rects = self._seeded_rects(small) if self.ranking == "seeded" else self._opencv_rects(small)
         except cv2.error as e:
             raise ValueError(f"selective search failed on an image of shape {image.shape}: {e.err or e}") from None
-        rects = np.asarray(rects, dtype=np.float32).reshape(-1, 4)
-        boxes = clip_boxes(xywh_to_xyxy(rects) * back, w, h).astype(np.float32)
+        return self._finish(rects, back, w, h)
+
+    def _finish(self, rects: np.ndarray, back: np.ndarray, w: int, h: int) -> Proposals:
+        """Ranked rects ``float32[K, 4]`` (xyxy, resized pixels) -> the boxes returned: mapped back by
+        ``back``, clipped to ``w`` x ``h``, small ones and repeats dropped, at most ``max_boxes``."""
+        boxes = clip_boxes(rects * back, w, h).astype(np.float32)
         boxes = boxes[remove_small_boxes(boxes, self.min_box_size)]
         boxes = boxes[unique_boxes(boxes)]
         if self.max_boxes is not None:
             boxes = boxes[: self.max_boxes]
         return Proposals(boxes)
+
 
     def __repr__(self) -> str:
         return (f"SelectiveSearch(mode={self.mode!r}, superpixel_scale={self.superpixel_scale}, "

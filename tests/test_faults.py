@@ -1288,3 +1288,33 @@ def test_coco_ids_and_sizes_out_of_range_reported_per_entry(tmp_path):
     assert all(str(ann) in f for f, _ in ds.skipped.entries)
     assert coco_image_ids(ds).tolist() == [1]
     write_coco_results(tmp_path / "det.json", Detections.for_image(1, [0], [0.5], [[1, 2, 4, 6]]), ds)
+
+
+# ---- issue 21: reproducible selective search order
+
+def test_selective_search_order_unchanged_beside_onnxruntime_threads(shared_data):
+    """OpenCV's ranking drew C's rand(), which onnxruntime's threads share: 3 of 180 calls came in another
+    order once onnxruntime was imported. Here a session runs on one thread and another calls rand() in a
+    loop (the same disturbance, made certain) while selective search runs again: same boxes, same order."""
+    import threading
+
+    import numpy as np
+
+    from benchmarks.ss_order_check import onnxruntime_session_thread, rand_thread
+    from detect.data.images import read_image
+    from proposals.selective_search import SelectiveSearch
+
+    files = sorted((shared_data / "coco128" / "images" / "train2017").glob("*.jpg"))[:2]
+    images = [read_image(f) for f in files]
+    ss = SelectiveSearch(resize_width=200)
+    first = [ss(im).boxes for im in images]
+    stop = threading.Event()
+    threads = [onnxruntime_session_thread(stop), rand_thread(stop)]
+    try:
+        second = [ss(im).boxes for im in images]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    for f, a, b in zip(files, first, second):
+        assert len(a) > 100 and np.array_equal(a, b), f"{f.name}: the box order changed"

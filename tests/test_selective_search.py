@@ -1,4 +1,5 @@
-"""Selective search: box contract, determinism, superpixel scale, malformed inputs; union de-duplication."""
+"""Selective search: box contract, determinism, superpixel scale, malformed inputs, our ranking against
+OpenCV's box set; union de-duplication."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ from PIL import Image
 from detect.data.images import read_image
 from proposals.base import Proposals, as_rgb_uint8
 from proposals.merge import UnionProposer, union_boxes
-from proposals.selective_search import SelectiveSearch
+from proposals.selective_search import SelectiveSearch, _rank
 
 
 def _scene(h=90, w=120, seed=0):
@@ -36,7 +37,7 @@ def test_box_contract_and_determinism(mode):
     a, b = ss(img), ss(img)
     assert len(a) > 3
     _check_contract(a, 90, 120, 10)
-    assert np.array_equal(a.boxes, b.boxes)  # same order too: OpenCV's rand() is seeded per call
+    assert np.array_equal(a.boxes, b.boxes)  # same order too: the ranking's generator is seeded per call
     # the red block (10..60, 10..50) is found by some box
     assert (np.abs(a.boxes - [10, 10, 60, 50]).max(axis=1) <= 4).any()
 
@@ -157,3 +158,61 @@ def test_union_boxes_against_plain_loop():
         if ok:
             kept.append(i)
     assert got.tolist() == kept
+
+
+# ---- issue 21: our ranking gives OpenCV's box set in a reproducible order
+
+def _rect_sets(ss: SelectiveSearch, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    small, _ = ss._resize(image)
+    return ss._seeded_rects(small), ss._opencv_rects(small)
+
+
+@pytest.mark.parametrize("mode", ["rcnn_fast", "opencv_fast", "opencv_quality"])
+def test_seeded_ranking_gives_opencv_box_set(mode):
+    ss = SelectiveSearch(mode=mode, resize_width=100, min_box_size=10)
+    ours, theirs = _rect_sets(ss, _scene())
+    assert len(ours) > 10 and len(np.unique(ours, axis=0)) == len(ours)
+    assert {tuple(b) for b in ours.tolist()} == {tuple(b) for b in theirs.tolist()}
+
+
+def test_seeded_ranking_gives_opencv_box_set_on_real_images(shared_data):
+    files = sorted((shared_data / "coco128" / "images" / "train2017").glob("*.jpg"))[:2]
+    for f in files:
+        ours, theirs = _rect_sets(SelectiveSearch(resize_width=200), read_image(f))
+        assert len(ours) > 100
+        assert {tuple(b) for b in ours.tolist()} == {tuple(b) for b in theirs.tolist()}, f.name
+
+
+def test_seed_changes_the_order_not_the_set():
+    img = _scene()
+    a, b, c = (SelectiveSearch(resize_width=100, min_box_size=10, seed=s)(img).boxes for s in (0, 0, 1))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert {tuple(x) for x in a.tolist()} == {tuple(x) for x in c.tolist()}
+
+
+def test_rank_rule_level_times_uniform_and_best_rank_of_a_repeat():
+    rects = np.array([[0, 0, 5, 5], [1, 1, 6, 6], [0, 0, 5, 5], [2, 2, 9, 9]], np.int64)
+    levels = np.array([3, 2, 1, 4], np.int64)
+    u = np.random.default_rng(7).random(4)
+    value = levels * u
+    best = {0: min(value[0], value[2]), 1: value[1], 3: value[3]}  # rect 2 repeats rect 0
+    want = rects[sorted(best, key=best.get)]
+    assert np.array_equal(_rank(rects, levels, 7), want)
+    # an initial region (level 1) precedes the top of a deep hierarchy in most seeds
+    firsts = [_rank(np.array([[0, 0, 9, 9], [0, 0, 1, 1]]), np.array([50, 1]), s)[0].tolist() for s in range(20)]
+    assert firsts.count([0, 0, 1, 1]) >= 15
+
+
+def test_ranking_setting_is_in_the_spec_and_changes_store_fingerprints():
+    """Stores made before the seeded ranking (spec without ``ranking``) are computed again, not reused."""
+    from proposals.spec import build_proposer, proposer_spec, spec_digest, spec_name
+
+    spec = proposer_spec(SelectiveSearch())
+    assert spec["params"]["ranking"] == "seeded"
+    before = {"kind": spec["kind"], "params": {k: v for k, v in spec["params"].items() if k != "ranking"}}
+    assert build_proposer(before).ranking == "seeded"  # an old detector file's proposer ranks the new way
+    assert spec_digest(before) != spec_digest(spec)  # so propose.py's store fingerprint differs
+    assert spec_digest(proposer_spec(SelectiveSearch(ranking="opencv"))) != spec_digest(spec)
+    assert spec_name(before) == spec_name(spec) == "ss2x"  # the store file name stays
+    with pytest.raises(ValueError, match="ranking"):
+        SelectiveSearch(ranking="random")
