@@ -222,12 +222,19 @@ def propose_dataset(
             raise OutputConflict(f"{out_path}: exists and is not a proposal store; not overwritten (choose another "
                                  "output path)") from None
         if done:
+            try:  # the fingerprint says "same inputs"; the digests say whether the bytes are still ours
+                ProposalStore.load(out_path).verify()
+            except ValueError as e:
+                log.warning("%s: made from the same images and settings but damaged (%s): computing it again", out_path, e)
+                done = False
+        if done:
             with ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size).lock(rank):
                 upgraded = rank == 0 and upgrade_store(out_path)  # an older compressed store: rewritten memory-mapped
             log.info("%s is complete already (same images and settings)%s", out_path,
                      "; rewritten in the memory-mapped format" if upgraded else ": nothing to do")
             return ProposeSummary(out_path, True, 0, 0)
-        log.info("%s was made from other images or settings: computing it again", out_path)
+        else:
+            log.info("%s was made from other images or settings, or is damaged: computing it again", out_path)
     with ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size).lock(rank):
         return _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers, chunk_size, rank,
                         world_size, stop_after_chunks, merge_timeout_s, poll_s, meta, fingerprint, progress)
