@@ -232,3 +232,19 @@ class OwnedFolder:
                 f.write(name + "\n")
             self.owned.add(name)
         return path
+
+
+def stat_signatures(paths) -> bytes:
+    """Each file's ``(size, mtime_ns, ctime_ns, inode)`` as int64 bytes, ``-1`` for a missing one: the
+    cheap content signature of a file list (a file rewritten in place or replaced by a rename changes at
+    least one of them; ``cp -p`` keeps the mtime but not the ctime)."""
+    import numpy as np
+
+    stats = np.full((len(paths), 4), -1, dtype=np.int64)
+    for k, path in enumerate(paths):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        stats[k] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return stats.tobytes()

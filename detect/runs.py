@@ -35,7 +35,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from detect.io import OutputLocked, atomic_open, atomic_write_json, exclusive_lock, file_sha256, remove_stale_temps
+from detect.io import (OutputLocked, atomic_open, atomic_write_json, exclusive_lock, file_sha256, remove_stale_temps,
+                       stat_signatures)
 
 __all__ = ["ChunkedRun", "RunRecord", "write_npz", "read_npz", "run_fingerprint_of", "image_list_digest",
            "IMAGE_FINGERPRINTS"]
@@ -65,14 +66,7 @@ def image_list_digest(paths: Sequence[str | Path], keys: Sequence, content: str 
     h = hashlib.sha256(json.dumps(["image-list-v1", content, list(keys), [str(p) for p in paths]],
                                   default=str).encode("utf-8", "surrogatepass"))
     if content == "stat":
-        stats = np.full((len(paths), 4), -1, np.int64)
-        for k, path in enumerate(paths):
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            stats[k] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        h.update(stats.tobytes())
+        h.update(stat_signatures(paths))
     else:
         for path in paths:
             try:

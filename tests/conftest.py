@@ -39,3 +39,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# The own-data one-command tests (test_own_dataset.py, test_yolo.py): every trainer one epoch of two steps
+# on a width-0.125 network at 64 pixels, so that the whole chain runs in about a minute.
+TINY_RUN = [
+    "members=1", "draw_images=2",
+    "stage_overrides=['device=cpu','num_workers=0','model.width=0.125']",
+    "tool_overrides.train_cls=['epochs=1','max_steps_per_epoch=2','batch_size=4','crop_size=64']",
+    "tool_overrides.train_multibox=['epochs=1','max_steps_per_epoch=2','batch_size=4','multibox.input_size=64',"
+    "'multibox.num_priors=10','multibox.grid=2','evaluation.batch_size=4']",
+    "tool_overrides.train_region=['epochs=1','max_steps_per_epoch=2','images_per_batch=2','regions_per_image=8',"
+    "'crop_size=64','context=4','evaluation.images=2']",
+]

@@ -17,21 +17,13 @@ from detect.data.coco import read_coco
 from detect.data.synthetic import make_detection_world
 from detect.data.voc import read_voc
 from detect.engine import init_identity, run_fingerprint
+from conftest import TINY_RUN
 from detect.models.googlenet import GoogLeNet
 
 pytestmark = pytest.mark.slow
 
 TINY = dict(num_classes=3, num_train=14, num_val=6, min_side=96, max_side=128, max_objects=3, min_object_size=24,
             empty_fraction=0.0, seed=0, extensions=[".jpg", ".JPG"])
-TINY_RUN = [  # every trainer: one epoch of two steps on a width-0.125 network at 64 pixels
-    "members=1", "draw_images=2",
-    "stage_overrides=['device=cpu','num_workers=0','model.width=0.125']",
-    "tool_overrides.train_cls=['epochs=1','max_steps_per_epoch=2','batch_size=4','crop_size=64']",
-    "tool_overrides.train_multibox=['epochs=1','max_steps_per_epoch=2','batch_size=4','multibox.input_size=64',"
-    "'multibox.num_priors=10','multibox.grid=2','evaluation.batch_size=4']",
-    "tool_overrides.train_region=['epochs=1','max_steps_per_epoch=2','images_per_batch=2','regions_per_image=8',"
-    "'crop_size=64','context=4','evaluation.images=2']",
-]
 
 
 def _demo(repo_root, *args):

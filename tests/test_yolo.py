@@ -15,6 +15,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
+from conftest import TINY_RUN
 from detect.classes import ClassList
 from detect.data import read_dataset
 from detect.data.coco import read_coco
@@ -389,15 +390,6 @@ def test_eval_map_reports_the_recorded_backend_and_precision(tmp_path, repo_root
 # ---------------------------------------------------------------- YOLO labels: the one command
 
 
-TINY_RUN = [  # as tests/test_own_dataset.py: every trainer one epoch of two steps, width 0.125 at 64 pixels
-    "members=1", "draw_images=2",
-    "stage_overrides=['device=cpu','num_workers=0','model.width=0.125']",
-    "tool_overrides.train_cls=['epochs=1','max_steps_per_epoch=2','batch_size=4','crop_size=64']",
-    "tool_overrides.train_multibox=['epochs=1','max_steps_per_epoch=2','batch_size=4','multibox.input_size=64',"
-    "'multibox.num_priors=10','multibox.grid=2','evaluation.batch_size=4']",
-    "tool_overrides.train_region=['epochs=1','max_steps_per_epoch=2','images_per_batch=2','regions_per_image=8',"
-    "'crop_size=64','context=4','evaluation.images=2']",
-]
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ import numpy as np
 
 from detect.data.folder import ImageFinder, size_from_image
 from detect.data.records import MAX_PIXELS, DetectionRecord, SkipLog
-from detect.io import atomic_open
+from detect.io import atomic_open, stat_signatures
 
 log = logging.getLogger(__name__)
 
@@ -170,16 +170,9 @@ class ParsedFolder:
 def annotation_fingerprint(files: list[str], names: list[str], extra: list) -> str:
     """sha256 over ``extra``, the names and each file's (size, mtime_ns, ctime_ns, inode) (-1 when
     missing); the inode catches a file replaced by an atomic rename within the clock's resolution."""
-    stats = np.full((len(files), 4), -1, dtype=np.int64)
-    for k, f in enumerate(files):
-        try:
-            st = os.stat(f)
-        except OSError:
-            continue
-        stats[k] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     h = hashlib.sha256(json.dumps(extra, separators=(",", ":")).encode())
     h.update("\n".join(names).encode("utf-8", "surrogatepass"))
-    h.update(stats.tobytes())
+    h.update(stat_signatures(files))
     return h.hexdigest()
 
 
