@@ -14,6 +14,8 @@ epoch is drawn afresh (the order of the samples is still the same).
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import random
@@ -35,7 +37,7 @@ from tqdm import tqdm
 
 from detect.data.records import SkipLog
 from detect.distributed import DistributedContext, all_reduce_sum, barrier, resolve_device
-from detect.io import OutputConflict, atomic_torch_save, load_checkpoint
+from detect.io import OutputConflict, atomic_torch_save, exclusive_lock, load_checkpoint, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +300,27 @@ class TrainSettings:
         return cls(**{f.name: cfg[f.name] for f in fields(cls)})
 
 
+def _owning_the_checkpoint(train: Callable) -> Callable:
+    """Run ``train`` (:func:`fit`) holding the checkpoint's lock on the main process: a second trainer of
+    the same checkpoint stops at once (``OutputLocked``) instead of interleaving its saves, and the
+    temporary files that a killed save left beside the checkpoint are removed first (no writer of ours
+    can be filling one while the lock is held)."""
+    signature = inspect.signature(train)
+
+    @functools.wraps(train)
+    def locked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        path, ctx = Path(bound.arguments["checkpoint_path"]), bound.arguments["ctx"]
+        if not ctx.is_main:
+            return train(*args, **kwargs)
+        with exclusive_lock(path):
+            remove_stale_temps(path)
+            return train(*args, **kwargs)
+
+    return locked
+
+
+@_owning_the_checkpoint
 def fit(
     model: nn.Module,
     loss_fn: LossFn,

@@ -1351,3 +1351,22 @@ def test_a_damaged_store_of_the_same_inputs_is_computed_again_not_called_complet
     assert again.chunks_computed >= 1
     np.testing.assert_array_equal(ProposalStore.load(out).get("b"), good)
     assert ProposalStore.load(out).verify() == 3
+
+
+def test_a_trainer_owns_its_checkpoint_while_it_runs_and_clears_its_killed_saves(tmp_path):
+    """A save killed half-way left `.c.pt.<random>.tmp` beside the checkpoint for ever, and a second trainer
+    of the same checkpoint interleaved its saves with the first one's."""
+    from detect.io import OutputLocked, exclusive_lock
+
+    path = tmp_path / "c.pt"
+    stale = tmp_path / ".c.pt.k1ll3d00.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    foreign = tmp_path / ".c.pt.notes.txt"  # not a temporary file of ours
+    foreign.write_text("user's")
+    _diverging_fit(path, bad_step=99, kind="loss", steps=4)
+    assert path.is_file() and not stale.exists() and foreign.read_text() == "user's"
+    with exclusive_lock(path):  # another trainer holds it: this one stops before touching anything
+        before = path.read_bytes()
+        with pytest.raises(OutputLocked):
+            _diverging_fit(path, bad_step=99, kind="loss", steps=4)
+        assert path.read_bytes() == before
