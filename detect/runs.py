@@ -38,7 +38,7 @@ import numpy as np
 from detect.io import (OutputLocked, atomic_open, atomic_write_json, exclusive_lock, file_sha256, remove_stale_temps,
                        stat_signatures)
 
-__all__ = ["ChunkedRun", "RunRecord", "write_npz", "read_npz", "run_fingerprint_of", "image_list_digest",
+__all__ = ["ChunkedRun", "RunRecord", "detections_record", "write_npz", "read_npz", "run_fingerprint_of", "image_list_digest",
            "IMAGE_FINGERPRINTS"]
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,22 @@ class RunRecord:
         digests = record.get("outputs")
         if not isinstance(digests, dict) or set(digests) != {p.name for p in self.outputs}:
             return False
+        return all(self.vouches_for(p, record) for p in self.outputs)
+
+    def vouches_for(self, output: str | Path, record: dict | None = None) -> bool:
+        """True when the record (``record``: as :meth:`read` gives it) is complete and ``output`` still
+        holds the bytes it recorded for it."""
+        record = self.read() if record is None else record
+        recorded = record.get("outputs") if record.get("state") == "complete" else None
+        digest = recorded.get(Path(output).name) if isinstance(recorded, dict) else None
         try:
-            return all(file_sha256(p) == digests[p.name] for p in self.outputs)
+            return digest is not None and file_sha256(output) == digest
         except OSError:
             return False
+
+
+def detections_record(output: str | Path) -> RunRecord:
+    """The run record of tools/detect_dataset.py's ``output`` (an ILSVRC submission ``.txt``, with its COCO
+    results twin ``.json``): ``<output>.run.json`` beside it."""
+    output = Path(output)
+    return RunRecord(output.with_name(f"{output.name}.run.json"), [output, output.with_suffix(".json")])

@@ -43,7 +43,7 @@ from detect.detections import Detections, write_coco_results, write_ilsvrc_submi
 from detect.distributed import barrier, cleanup, setup
 from detect.io import OutputConflict, exclusive_lock, file_sha256, remove_stale_temps
 from detect.pipeline import Detector
-from detect.runs import ChunkedRun, RunRecord, image_list_digest
+from detect.runs import ChunkedRun, detections_record, image_list_digest
 from proposals.store import ProposalStore
 from proposals.store_format import check_coverage
 
@@ -65,15 +65,9 @@ def fingerprint(cfg: DictConfig, store_path: str | Path | None, records, precisi
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def run_record(output: Path) -> RunRecord:
-    """The sidecar ``<output>.run.json`` that marks ``output`` and its .json as this tool's, with the run
-    that produced them and their digests (written last: :class:`detect.runs.RunRecord`)."""
-    return RunRecord(output.with_name(f"{output.name}.run.json"), [output, output.with_suffix(".json")])
-
-
 def check_output_is_ours(output: Path) -> None:
     """Refuse to replace an existing output file that this tool did not write (no run record beside it)."""
-    record = run_record(output)
+    record = detections_record(output)
     ours = record.exists() or any(output.parent.glob(f"{glob.escape(output.name)}.*.rank*of*"))
     for path in (output, output.with_suffix(".json")):
         if path.exists() and not ours:  # (shards beside it: written by this tool before run records existed)
@@ -104,7 +98,7 @@ def write_outputs(output: Path, dets: Detections, dataset, key: str, info: dict)
     """Replace ``output`` (ILSVRC submission) and its .json (COCO results) as one unit with the run
     record: marked ``writing`` first, ``complete`` with the outputs' digests last; a kill in between is
     never taken for a finished run. Temporary files of earlier killed writes are removed first."""
-    record = run_record(output)
+    record = detections_record(output)
     with exclusive_lock(output):
         for path in (output, output.with_suffix(".json"), record.path):
             remove_stale_temps(path)
@@ -200,7 +194,7 @@ def main(cfg: DictConfig) -> None:
     check_output_is_ours(output)
     precision = [getattr(m, "precision", "fp32") for m in detector.scorers]
     key = fingerprint(cfg, store_path if store is not None else None, dataset.records, precision)
-    if cfg.resume and run_record(output).up_to_date(key):
+    if cfg.resume and detections_record(output).up_to_date(key):
         if ctx.is_main:
             print(f"{output} is up to date (same detector, images, proposals and settings): nothing to do")
         cleanup()

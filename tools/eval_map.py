@@ -12,7 +12,6 @@ from pathlib import Path
 # `python tools/<tool>.py` puts tools/ first on sys.path, where tools/detect.py would hide the detect package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import json
 import logging
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from detect.data.records import SkipLog
 from detect.data.splits import detections_path, evaluation_paths, split_name
 from detect.detections import read_detections
 from detect.evaluation import coco_ap50_pycocotools, evaluate, rules_for_dataset
-from detect.io import atomic_write_json, file_sha256
+from detect.io import atomic_write_json
+from detect.runs import detections_record
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +33,18 @@ def recorded_scoring(detections_file: Path, num_detections: int) -> tuple[dict |
     """``(scoring, text)``: the backend and precision that scored the detections, from the run record that
     tools/detect_dataset.py writes beside its output (``<name>.txt.run.json``); ``None`` and the reason
     when there is no record, it says nothing of them, or it counts other detections than were read."""
-    submission = detections_file.with_suffix(".txt")  # the record is beside the .txt (the .json is its twin)
-    record_path = submission.with_name(submission.name + ".run.json")
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    record_file = detections_record(detections_file.with_suffix(".txt"))  # beside the .txt (the .json is its twin)
+    record, record_path = record_file.read(), record_file.path
+    if not record:
         return None, f"unknown (no run record of tools/detect_dataset.py at {record_path})"
-    scoring = record.get("scoring") if isinstance(record, dict) else None
+    scoring = record.get("scoring")
     if not isinstance(scoring, dict) or not {"backend", "precision"} <= scoring.keys():
         return None, f"unknown ({record_path} does not record it)"
     if record.get("state") != "complete":
         return None, f"unknown ({record_path} is not a finished run's record)"
     if record.get("detections") != num_detections:
         return None, f"unknown ({record_path} records {record.get('detections')} detections, {num_detections} were read)"
-    recorded = (record.get("outputs") or {}).get(Path(detections_file).name)
-    try:
-        same = recorded is not None and file_sha256(detections_file) == recorded
-    except OSError:
-        same = False
-    if not same:
+    if not record_file.vouches_for(detections_file, record):
         return None, f"unknown ({detections_file} is not the file that {record_path} vouches for)"
     requested = scoring.get("requested") or {}
     chosen = f", chosen by precision={requested['precision']}" if requested.get("precision") not in (None, scoring["precision"]) else ""
