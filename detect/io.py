@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:  # torch is imported inside the two functions that need it: readers and evaluation run without it
     import torch
 
-__all__ = ["file_sha256", "state_digest", "exclusive_lock", "OutputLocked", "OwnedFolder", "OutputConflict",
+__all__ = ["digest", "file_sha256", "state_digest", "exclusive_lock", "OutputLocked", "OwnedFolder", "OutputConflict",
            "refuse_inputs", "atomic_open", "stale_temp_files", "remove_stale_temps", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
 
 
@@ -122,6 +122,46 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle refused by weights_only, ...
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+
+
+def digest(value: Any, length: int | None = None) -> str:
+    """Hex sha256 of plain data: the one recipe for keys and fingerprints of what an output was made from.
+
+    value: None, bool, int, float, str, lists/tuples and dicts of them (keys sorted), numpy arrays and
+    torch tensors (dtype, shape and bytes), ``bytes``; anything else by its ``str`` (a ``Path``).
+    length: keep only the first ``length`` hex digits (None: all 64).
+    """
+    h = hashlib.sha256()
+    arrays: list = []
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, (bytes, bytearray, memoryview)) or hasattr(v, "__array__") or hasattr(v, "numpy"):
+            arrays.append(v)
+            return f"<data {len(arrays) - 1}>"
+        return v
+
+    h.update(json.dumps(plain(value), sort_keys=True, default=str).encode())
+    for v in arrays:
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            h.update(bytes(v))
+            continue
+        if hasattr(v, "detach"):  # a torch tensor: bytes as uint8, whatever its dtype (bf16 included)
+            import torch
+
+            v = v.detach().cpu().contiguous()
+            h.update(f"{v.dtype}|{tuple(v.shape)}|".encode())
+            h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+            continue
+        import numpy as np
+
+        v = np.ascontiguousarray(v)
+        h.update(f"{v.dtype.str}|{v.shape}|".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()[:length]
 
 
 def file_sha256(path: str | Path) -> str:

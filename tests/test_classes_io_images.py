@@ -5,7 +5,7 @@ from PIL import Image
 
 from detect.classes import ClassList, ilsvrc_det_classes, read_class_list, write_class_list
 from detect.data.images import ImageError, read_image
-from detect.io import atomic_open, atomic_torch_save, atomic_write_json, load_checkpoint
+from detect.io import atomic_open, atomic_torch_save, atomic_write_json, digest, load_checkpoint
 
 
 def test_ilsvrc_classes_official_order():
@@ -92,3 +92,18 @@ def test_read_image_errors_name_the_file(tmp_path):
     (tmp_path / "cut.jpg").write_bytes((tmp_path / "ok.jpg").read_bytes()[:200])
     with pytest.raises(ImageError, match="cut.jpg"):
         read_image(tmp_path / "cut.jpg")
+
+
+def test_digest_covers_values_order_free_keys_and_array_contents():
+    """One recipe for every fingerprint: dict key order does not matter; a changed value, dtype, shape
+    or byte of an array or tensor does; ``length`` truncates."""
+    assert digest({"a": 1, "b": [1, 2]}) == digest({"b": [1, 2], "a": 1})
+    assert digest({"a": 1}) != digest({"a": 2}) != digest({"a": "1"})
+    base = np.arange(6, dtype=np.float32)
+    assert digest(base) == digest(base.copy())
+    for other in (base.astype(np.float64), base.reshape(2, 3), base + np.float32(1e-6) * (np.arange(6) == 5)):
+        assert digest(other) != digest(base)
+    t = torch.arange(4, dtype=torch.bfloat16)
+    assert digest(t) == digest(t.clone()) and digest(t) != digest(t.float())
+    assert digest({"w": t, "x": [base]}) != digest({"w": t, "x": [base[::-1].copy()]})
+    assert digest(b"abc") != digest(b"abd") and len(digest("x", 12)) == 12
