@@ -36,14 +36,13 @@ from detect.limits import LIMITS
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, model_from_entry, strip_module_prefix
 from detect.quantize import Int8Recipe, crops_to_inputs
 from detect.region import ensemble_probs, input_conventions, normalize_image, warp_regions
-from proposals.spec import build_proposer, check_spec, spec_from_target_config
+from proposals.spec import build_proposer, check_spec, set_params
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DetectionResult", "Detector", "DetectorSettings", "per_class_nms", "bundle_detector", "DETECTOR_FORMAT"]
 
 DETECTOR_FORMAT = "googlenet-detector-v2"
-_OLD_FORMATS = ("googlenet-detector-v1",)  # settings in "config", proposer as a _target_ dict
 
 
 @dataclass(frozen=True)
@@ -343,13 +342,8 @@ def _member_network(entry: Any, k: int, source: str, settings: DetectorSettings)
 
 
 def _with_precision(spec: Mapping, precision: str) -> dict:
-    """``spec`` with every MultiBox proposer's ``precision`` parameter set (unions recursively)."""
-    out = dict(spec)
-    if out.get("kind") == "multibox":
-        out["params"] = {**dict(out.get("params") or {}), "precision": precision}
-    if isinstance(out.get("sources"), list):
-        out["sources"] = [_with_precision(s, precision) for s in out["sources"]]
-    return out
+    """``spec`` (checked) with ``precision`` set on every proposer in it that takes one."""
+    return set_params(spec, precision=precision)
 
 
 def _read_calibration(entry: Any, crop_size: int, source: str) -> dict | None:
@@ -369,13 +363,12 @@ def _read_calibration(entry: Any, crop_size: int, source: str) -> dict | None:
 
 
 def _read_detector(ckpt: Any, source: str) -> dict:
-    """``{"members", "classes", "settings", "proposer" (spec or None)}`` of a loaded detector file, checked;
-    files of format v1 are read too (their proposer config must name one of the project's proposers
-    and may not point at a MultiBox checkpoint file)."""
+    """``{"members", "classes", "settings", "proposer" (spec or None), "calibration"}`` of a loaded
+    detector file, checked (the proposer: :func:`proposals.spec.check_spec`)."""
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if fmt != DETECTOR_FORMAT and fmt not in _OLD_FORMATS:
-        raise ValueError(f"{source}: not a detector file (format {DETECTOR_FORMAT!r}); "
-                         "build one with tools/train_region.py step=bundle")
+    if fmt != DETECTOR_FORMAT:  # googlenet-detector-v1 files (proposer as a Hydra _target_) are no longer read
+        raise ValueError(f"{source}: not a detector file of format {DETECTOR_FORMAT!r} (format {fmt!r}); "
+                         "build the detector (again) with tools/train_region.py step=bundle")
     members = ckpt.get("members")
     if not isinstance(members, list) or not members:
         raise ValueError(f"{source}: a detector file needs a non-empty list of members")
@@ -385,30 +378,14 @@ def _read_detector(ckpt: Any, source: str) -> dict:
     classes = ClassList.from_dict(ckpt.get("classes"), source)
     if not len(classes):
         raise ValueError(f"{source}: the detector's class list is empty")
-    block = "settings" if fmt == DETECTOR_FORMAT else "config"
-    if not isinstance(ckpt.get(block), Mapping):  # defaults would silently replace the settings it was built with
-        raise ValueError(f"{source}: the detector file has no {block!r} block (crop size, context, thresholds); "
+    if not isinstance(ckpt.get("settings"), Mapping):  # defaults would silently replace the settings it was built with
+        raise ValueError(f"{source}: the detector file has no 'settings' block (crop size, context, thresholds); "
                          "bundle it again with tools/train_region.py step=bundle")
-    if fmt == DETECTOR_FORMAT:
-        settings, spec = ckpt["settings"], ckpt.get("proposer")
-    else:
-        config = dict(ckpt["config"])
-        target = config.pop("proposer", None)
-        settings = {k: v for k, v in config.items() if k in DetectorSettings.__dataclass_fields__}
-        spec = None
-        if target:
-            spec = spec_from_target_config(target, source)
-            if _names_checkpoint(spec):
-                raise ValueError(f"{source}: this detector file (format v1) refers to a MultiBox checkpoint by path; "
-                                 "rebuild it with tools/train_region.py step=bundle (the network is then embedded), "
-                                 "or pass another proposer")
-    settings = DetectorSettings.from_dict(settings, source)
+    settings, spec = DetectorSettings.from_dict(ckpt["settings"], source), ckpt.get("proposer")
+    if spec is not None:
+        check_spec(spec, source)
     return {"members": members, "classes": classes, "settings": settings, "proposer": spec,
             "calibration": _read_calibration(ckpt.get("calibration"), settings.crop_size, source)}
-
-
-def _names_checkpoint(spec: Mapping) -> bool:
-    return spec.get("checkpoint") is not None or any(_names_checkpoint(s) for s in spec.get("sources", []))
 
 
 def bundle_detector(members: Sequence[dict], classes: ClassList, settings: DetectorSettings, path: str | Path,
@@ -417,8 +394,8 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
     """Write one detector file from member checkpoints (dicts with ``model_kwargs`` and ``model_state``).
 
     settings: :class:`DetectorSettings`; proposer: a proposer spec with its networks embedded
-    (:func:`proposals.spec.proposer_spec` of a live proposer, or :func:`proposals.spec.embed_networks`
-    of a config's), or None; provenance: plain facts about the training (data name, ...), kept for the
+    (:func:`proposals.spec.proposer_spec` of a live proposer, or :func:`proposals.spec.spec_from_config`
+    of a config's with ``embed=True``), or None; provenance: plain facts about the training (data name, ...), kept for the
     reader; calibration: for int8 scoring, ``{"crops": ndarray[N, 3, S, S] uint8`` RGB (warped training
     proposals, :func:`detect.quantize.draw_calibration_crops`), ``"recipe": plain Int8Recipe values}``
     or None. Returns the saved dict.
@@ -426,10 +403,7 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
     if not members:
         raise ValueError("a detector needs at least one member checkpoint")
     if proposer is not None:
-        check_spec(proposer, "the detector's proposer")
-        if _names_checkpoint(proposer):
-            raise ValueError("the detector's proposer refers to a MultiBox checkpoint by path: embed it "
-                             "(proposals.spec.embed_networks)")
+        check_spec(proposer, "the detector's proposer")  # networks embedded, never a path
     entries = []
     for k, ckpt in enumerate(members):
         if "model_kwargs" not in ckpt or "model_state" not in ckpt:

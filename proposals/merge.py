@@ -60,15 +60,16 @@ class UnionProposer:
         if len(caps) != len(sources):
             raise ValueError(f"{len(sources)} sources but {len(caps)} caps")
         self.sources, self.caps, self.dedup_iou = sources, caps, dedup_iou
-        self.name = self.name_for([s.name for s in sources], caps, name)
+        self.name = self.name_for({"caps": caps, "name": name}, [s.name for s in sources])
+
+    spec_input, spec_args = "sources", ("sources",)  # proposals.spec: a union's spec holds its sources' specs
 
     @staticmethod
-    def name_for(source_names: Sequence[str], caps: Sequence[int | None] | None, name: str | None = None) -> str:
-        """The store-file name of a union: ``name``, else the sources' names joined, each with its cap."""
-        caps = [None] * len(source_names) if caps is None else list(caps)
-        return name or "+".join(n if c is None else f"{n}{c}" for n, c in zip(source_names, caps))
-
-    kind = "union"  # proposals.spec: how detector files and proposal stores record it
+    def name_for(params: dict, source_names: Sequence[str]) -> str:
+        """The store-file name of a union (``params``: caps, name): ``name``, else the sources' names
+        joined, each with its cap."""
+        caps = [None] * len(source_names) if params["caps"] is None else list(params["caps"])
+        return params["name"] or "+".join(n if c is None else f"{n}{c}" for n, c in zip(source_names, caps))
 
     def spec_params(self) -> dict:
         """Constructor arguments besides the sources (plain values; see :mod:`proposals.spec`)."""

@@ -224,16 +224,15 @@ class SelectiveSearch:
         self.seed = int(seed)
         self.max_side = int(max_side)
         self.ranking = ranking
-        self.name = self.name_for(mode, superpixel_scale, name)
+        self.name = self.name_for({"mode": mode, "superpixel_scale": superpixel_scale, "name": name}, [])
 
     @staticmethod
-    def name_for(mode: str, superpixel_scale: float, name: str | None = None) -> str:
-        """The store-file name of these settings: ``name``, else ``ss<scale>x`` (R-CNN fast mode) or ``ss_<mode>``."""
-        if name is not None:
-            return name
-        return f"ss{float(superpixel_scale):g}x" if mode == "rcnn_fast" else f"ss_{mode}"
-
-    kind = "selective_search"  # proposals.spec: how detector files and proposal stores record it
+    def name_for(params: dict, source_names=()) -> str:
+        """The store-file name of these settings (``params``: mode, superpixel_scale, name): ``name``,
+        else ``ss<scale>x`` (R-CNN fast mode) or ``ss_<mode>``."""
+        if params["name"] is not None:
+            return params["name"]
+        return f"ss{float(params['superpixel_scale']):g}x" if params["mode"] == "rcnn_fast" else f"ss_{params['mode']}"
 
     def spec_params(self) -> dict:
         """Constructor arguments that rebuild this proposer (plain values; see :mod:`proposals.spec`)."""

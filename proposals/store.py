@@ -35,7 +35,7 @@ from detect.data.records import SkipLog
 from detect.io import OutputConflict, atomic_write_json, remove_stale_temps
 from detect.runs import ChunkedRun, image_list_digest, run_fingerprint_of
 from proposals.base import Proposals, Proposer
-from proposals.store_format import ProposalStore, StoreWriter, box_dtype_for, sidecar_path, store_meta, upgrade_store
+from proposals.store_format import ProposalStore, StoreWriter, box_dtype_for, sidecar_path, store_meta
 
 log = logging.getLogger(__name__)
 
@@ -224,14 +224,12 @@ def propose_dataset(
         if done:
             try:  # the fingerprint says "same inputs"; the digests say whether the bytes are still ours
                 ProposalStore.load(out_path).verify()
-            except ValueError as e:
-                log.warning("%s: made from the same images and settings but damaged (%s): computing it again", out_path, e)
+            except ValueError as e:  # damaged, or of an earlier format
+                log.warning("%s: made from the same images and settings but unusable (%s): computing it again",
+                            out_path, e)
                 done = False
         if done:
-            with ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size).lock(rank):
-                upgraded = rank == 0 and upgrade_store(out_path)  # an older compressed store: rewritten memory-mapped
-            log.info("%s is complete already (same images and settings)%s", out_path,
-                     "; rewritten in the memory-mapped format" if upgraded else ": nothing to do")
+            log.info("%s is complete already (same images and settings): nothing to do", out_path)
             return ProposeSummary(out_path, True, 0, 0)
         else:
             log.info("%s was made from other images or settings, or is damaged: computing it again", out_path)

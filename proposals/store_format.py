@@ -21,8 +21,8 @@ reads the 9 GB of an ILSVRC-scale store (a full pass, :meth:`ProposalStore.verif
 damaged file is refused with a ``ValueError`` naming it, the image and the problem. Per-image digests
 rather than per-chunk ones or a verified-once marker (size, mtime, inode): a lookup checks exactly the
 bytes it reads (no extra I/O, 8 bytes per image), nothing is kept beside the file, and damage after
-a first check is still caught. Version 2 files (no digests) are still read with a warning, and
-:func:`upgrade_store` adds the digests. :func:`check_coverage` counts and logs the images of a split
+a first check is still caught. Files of earlier formats (1: compressed; 2: no digests) are refused with
+a ``ValueError`` that says to run ``tools/propose.py`` again. :func:`check_coverage` counts and logs the images of a split
 that a store lacks (their lookups fall back), and refuses a store that holds none of them.
 
 Members are written in that order with fixed zip timestamps, so equal content gives equal bytes, and
@@ -30,11 +30,6 @@ the writer streams image by image (:class:`StoreWriter`): neither writing nor re
 whole split in memory. Opening reads the zip directory, maps the arrays and reads the index; a lookup
 touches the pages of one image. Run-dependent figures (seconds per image, worker counts) go to a JSON sidecar
 (``<store>.json``, :func:`sidecar_path`).
-
-Version 1 files (the same members, deflate-compressed, no ``id_order``) are still read, whole into
-memory, with a warning; :func:`upgrade_store` rewrites a version 1 or 2 file as version 3 without
-holding it in memory, and ``tools/propose.py`` does so when it finds one complete (nothing is
-recomputed).
 
 This module needs numpy only (no torch), so that a process that only looks up proposals stays small.
 """
@@ -56,16 +51,16 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = ["ProposalStore", "StoreWriter", "FORMAT_VERSION", "box_dtype_for", "sidecar_path", "store_meta",
-           "upgrade_store", "is_memory_mapped_store", "check_coverage"]
+           "check_coverage"]
 
 FORMAT_VERSION = 3
-_MAPPED_VERSIONS = (2, 3)  # memory-mapped formats read (2: without checksums)
 _INDEX = ("format_version", "image_ids", "id_order", "meta", "offsets", "digests")  # covered by index_crc32
 _UINT16_MAX = 65535
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header: signature ... name length, extra length
 _REQUIRED = ("image_ids", "offsets", "boxes")
 _COPY_BLOCK = 16 << 20
+_RECOMPUTE = "delete it and run tools/propose.py again to write it in the current format"
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -291,8 +286,8 @@ def _member_array(path: Path, f: BinaryIO, info: zipfile.ZipInfo) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
-def _open_mapped(path: Path) -> dict[str, np.ndarray] | None:
-    """The arrays of a version-2 store, memory-mapped; None when the file is a version-1 (compressed) store."""
+def _open_mapped(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a store, memory-mapped; ``ValueError`` naming the file when it is not one of format 3."""
     with open(path, "rb") as f:
         try:
             zf = zipfile.ZipFile(f)
@@ -305,7 +300,8 @@ def _open_mapped(path: Path) -> dict[str, np.ndarray] | None:
                 raise ValueError(f"{path}: not a proposal store (missing {sorted(missing)})")
             if "format_version" not in infos or any(i.compress_type != zipfile.ZIP_STORED or i.flag_bits & 1
                                                     for i in infos.values()):
-                return None
+                raise ValueError(f"{path}: a proposal store of format 1 (compressed), no longer read: "
+                                 f"{_RECOMPUTE}")
             arrays = {}
             for name in ("format_version", "meta", "image_ids", "id_order", "offsets", "boxes", "scores", "digests",
                          "index_crc32"):
@@ -315,12 +311,13 @@ def _open_mapped(path: Path) -> dict[str, np.ndarray] | None:
                     except (ValueError, OSError, struct.error) as e:
                         raise ValueError(f"{path}: not a readable proposal file ({e})") from None
     version = arrays["format_version"]
-    if version.shape != () or version.dtype != np.int64 or int(version) not in _MAPPED_VERSIONS:
-        raise ValueError(f"{path}: proposal store format {version!r} is not known to this version (which reads "
-                         f"{', '.join(map(str, _MAPPED_VERSIONS))}); update the code or re-run tools/propose.py")
-    needed = {"id_order"} | ({"digests", "index_crc32"} if int(version) >= 3 else set())
-    if needed - set(arrays):
-        raise ValueError(f"{path}: not a proposal store of format {int(version)} (missing {sorted(needed - set(arrays))})")
+    if version.shape != () or version.dtype != np.int64 or int(version) != FORMAT_VERSION:
+        found = int(version) if version.shape == () and version.dtype.kind in "iu" else f"{version.dtype}{list(version.shape)}"
+        raise ValueError(f"{path}: a proposal store of format {found}; this version reads format "
+                         f"{FORMAT_VERSION} only (format 2, without checksums, is no longer read): {_RECOMPUTE}")
+    missing = {"id_order", "digests", "index_crc32"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path}: not a proposal store of format {FORMAT_VERSION} (missing {sorted(missing)})")
     return arrays
 
 
@@ -337,24 +334,13 @@ def _check_mapped(path: Path, arrays: dict[str, np.ndarray]) -> None:
         if a.dtype not in [np.dtype(d) for d in dtypes] or (shape == 1 and a.ndim != 1) \
                 or (isinstance(shape, tuple) and a.shape != shape):
             raise ValueError(f"{path}: {name} is {a.dtype}{list(a.shape)}, not what the store writer writes")
-    if int(arrays["format_version"]) < 3:
-        log.warning("%s: a proposal store without checksums (format 2): damage to it cannot be detected; run "
-                    "tools/propose.py again with the same settings to add them (nothing is recomputed)", path)
-    elif _index_crc([arrays[k] for k in _INDEX]) != int(arrays["index_crc32"]):
+    if _index_crc([arrays[k] for k in _INDEX]) != int(arrays["index_crc32"]):
         raise ValueError(f"{path}: the image index (ids, order, offsets, digests) does not match the checksum "
                          "written with it: the file is damaged; delete it and run tools/propose.py again")
 
 
-def _read_whole(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:  # truncated zip, not an npz, object arrays refused
-        raise ValueError(f"{path}: not a readable proposal file ({type(e).__name__}: {e})") from e
-
-
 def store_meta(path: str | Path) -> dict:
-    """The ``meta`` dict of a store file of either version, without reading its arrays;
+    """The ``meta`` dict of a store file, without reading its arrays;
     ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or not a store."""
     path = Path(path)
     if not path.is_file():
@@ -374,11 +360,6 @@ def store_meta(path: str | Path) -> dict:
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: the store's meta is not a JSON object")
     return meta
-
-
-def is_memory_mapped_store(path: str | Path) -> bool:
-    """True for a version-2 or 3 store file, False for a version-1 (compressed) one; ValueError otherwise."""
-    return _open_mapped(Path(path)) is not None
 
 
 class ProposalStore:
@@ -533,7 +514,7 @@ class ProposalStore:
     # ----------------------------------------------------------------------------- files
 
     def save(self, path: str | Path) -> None:
-        """Write atomically (format version 2): boxes rounded to uint16 (float32 if a coordinate falls
+        """Write atomically (format version 3): boxes rounded to uint16 (float32 if a coordinate falls
         outside 0..65535), scores as float16."""
         b = self.boxes
         if b.dtype == np.uint16 or len(b) == 0:
@@ -546,34 +527,23 @@ class ProposalStore:
 
     @classmethod
     def load(cls, path: str | Path) -> "ProposalStore":
-        """Open a store (memory-mapped; a version-1 file is read whole, with a warning), checking its
-        structure and its index checksum (module docstring); ``FileNotFoundError`` / ``ValueError``
-        naming the file when it is missing, malformed or damaged."""
+        """Open a store (memory-mapped), checking its format, structure and index checksum (module
+        docstring); ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing, of an
+        earlier format, malformed or damaged."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: proposal file not found")
         arrays = _open_mapped(path)
-        legacy = arrays is None
-        if legacy:
-            arrays = _read_whole(path)
-            missing = set(_REQUIRED) - set(arrays)
-            if missing:
-                raise ValueError(f"{path}: not a proposal store (missing {sorted(missing)})")
-            size = sum(a.nbytes for a in arrays.values())
-            log.warning("%s: a proposal store in the older compressed format, read whole into memory (%.0f MB); "
-                        "re-run tools/propose.py with the same settings to rewrite it memory-mapped (nothing is "
-                        "recomputed)", path, size / 2**20)
         try:
             ids = arrays["image_ids"]
             if ids.dtype.kind != "U" or ids.ndim != 1:
                 raise ValueError("image_ids is not a list of strings")
-            if not legacy:
-                _check_mapped(path, arrays)
+            _check_mapped(path, arrays)
             meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
             if not isinstance(meta, dict):
                 raise ValueError("the store's meta is not a JSON object")
             return cls(ids, arrays["offsets"], arrays["boxes"], arrays.get("scores"), meta,
-                       id_order=None if legacy else arrays["id_order"], source=path, digests=arrays.get("digests"))
+                       id_order=arrays["id_order"], source=path, digests=arrays["digests"])
         except (ValueError, TypeError) as e:
             raise ValueError(e if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
@@ -603,55 +573,3 @@ def check_coverage(store: ProposalStore, image_ids: Sequence[str], what: str, fa
         log.warning("%s: %d of %d images of %s are not in the store and use %s (first: %s)", name, len(missing),
                     len(image_ids), what, fallback, ", ".join(missing[:3]))
     return missing
-
-
-def upgrade_store(path: str | Path) -> bool:
-    """Rewrite a version-1 (compressed) or version-2 (no checksums) store at ``path`` as version 3,
-    streaming its members (the arrays are never all in memory); the bytes equal those of a fresh write
-    of the same content. Returns False (and does nothing) when the file is version 3 already."""
-    path = Path(path)
-    mapped = _open_mapped(path)
-    if mapped is not None:
-        if int(mapped["format_version"]) == FORMAT_VERSION:
-            return False
-        store = ProposalStore.load(path)
-        with StoreWriter(path, store._ids, store.boxes_per_image(), store.boxes.dtype, store.scores is not None,
-                         store.meta) as w:
-            for boxes, scores in store.iter_images():
-                w.add(boxes, scores)
-        log.info("%s: checksums added (format version %d)", path, FORMAT_VERSION)
-        return True
-    with zipfile.ZipFile(path) as zf:
-        names = {i.filename[:-4] for i in zf.infolist() if i.filename.endswith(".npy")}
-        small = {}
-        for name in ("image_ids", "offsets", "meta"):
-            if name in names:
-                with zf.open(f"{name}.npy") as f:
-                    small[name] = np.lib.format.read_array(f, allow_pickle=False)
-        offsets = np.asarray(small["offsets"], np.int64)
-        meta = json.loads(str(small["meta"])) if "meta" in small else {}
-
-        def rows(name: str):
-            f = zf.open(f"{name}.npy")
-            version = np.lib.format.read_magic(f)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = reader(f, max_header_size=10000)
-            if dtype.hasobject or fortran:
-                raise ValueError(f"{path}: {name}: object or Fortran-ordered array refused")
-            width = int(np.prod(shape[1:], dtype=np.int64))
-            return f, dtype, width
-
-        bf, bdtype, _ = rows("boxes")
-        sf, sdtype, _ = rows("scores") if "scores" in names else (None, None, None)
-        dtype = np.dtype(np.uint16) if bdtype == np.uint16 else np.dtype(np.float32)
-        counts = np.diff(offsets)
-        with StoreWriter(path, small["image_ids"], counts, dtype, sf is not None, meta) as w:
-            for n in counts.tolist():
-                boxes = np.frombuffer(bf.read(n * 4 * bdtype.itemsize), bdtype).reshape(-1, 4)
-                scores = None if sf is None else np.frombuffer(sf.read(n * sdtype.itemsize), sdtype)
-                w.add(boxes.astype(dtype, copy=False), scores)
-        bf.close()
-        if sf is not None:
-            sf.close()
-    log.info("%s: rewritten as a memory-mapped store (format version %d)", path, FORMAT_VERSION)
-    return True

@@ -129,7 +129,7 @@ from detect.classes import ClassList  # noqa: E402
 from detect.io import atomic_torch_save, load_checkpoint  # noqa: E402
 from detect.models.googlenet import GoogLeNet  # noqa: E402
 from detect.pipeline import Detector, DetectorSettings, bundle_detector  # noqa: E402
-from proposals.spec import build_proposer, embed_networks, spec_from_target_config, spec_name  # noqa: E402
+from proposals.spec import build_proposer, spec_from_config, spec_name  # noqa: E402
 
 CLASSES = ClassList.from_names(["cat", "dog"])
 
@@ -161,7 +161,7 @@ UNION = {"_target_": "proposals.merge.UnionProposer", "caps": [None, 3], "source
 def _paper_like_detector(tmp_path: Path) -> Path:
     mb = _multibox_checkpoint(tmp_path / "train" / "multibox.pt")
     config = json.loads(json.dumps(UNION).replace("PLACEHOLDER", str(mb)))
-    spec = embed_networks(spec_from_target_config(config))
+    spec = spec_from_config(config, embed=True)
     path = tmp_path / "train" / "detector.pt"
     bundle_detector([_member()], CLASSES, DetectorSettings(crop_size=64, context=4, score_threshold=0.0), path,
                     proposer=spec)
@@ -208,23 +208,27 @@ def test_hostile_detector_proposer_is_refused(tmp_path, proposer, message):
     assert "evil.pt" in str(err.value)
 
 
-def test_v1_detector_with_a_code_target_does_not_run_it(tmp_path):
-    """Format v1 stored a Hydra _target_; a file naming pathlib.Path.write_text once wrote any file."""
+def test_v1_detector_is_refused_saying_what_to_do_and_runs_nothing(tmp_path):
+    """Format v1 stored a Hydra _target_ (a file naming pathlib.Path.write_text once wrote any file); it is
+    no longer read: refused, naming the file and the bundle step, whatever its proposer."""
     victim = tmp_path / "written.txt"
-    config = {"crop_size": 64, "context": 4, "proposer": {"_target_": "pathlib.Path.write_text",
-                                                          "self": str(victim), "data": "owned"}}
-    path = _write_detector(tmp_path / "v1.pt", None, fmt="googlenet-detector-v1", config=config)
-    with pytest.raises(ValueError, match="not one of the project's proposers"):
-        Detector.from_checkpoint(path, backend="torch")
+    for proposer in ({"_target_": "pathlib.Path.write_text", "self": str(victim), "data": "owned"},
+                     {"_target_": "proposals.selective_search.SelectiveSearch", "mode": "opencv_fast"}):
+        config = {"crop_size": 64, "context": 4, "proposer": proposer}
+        path = _write_detector(tmp_path / "v1.pt", None, fmt="googlenet-detector-v1", config=config)
+        with pytest.raises(ValueError, match="v1.pt: not a detector file of format 'googlenet-detector-v2' "
+                                             r"\(format 'googlenet-detector-v1'\).*step=bundle"):
+            Detector.from_checkpoint(path, backend="torch")
     assert not victim.exists()
-    # a v1 file with one of our proposers and no file references still loads
-    config["proposer"] = {"_target_": "proposals.selective_search.SelectiveSearch", "mode": "opencv_fast"}
-    path = _write_detector(tmp_path / "v1ok.pt", None, fmt="googlenet-detector-v1", config=config)
-    assert Detector.from_checkpoint(path, backend="torch").proposer.mode == "opencv_fast"
-    config["proposer"] = dict(UNION)
-    path = _write_detector(tmp_path / "v1mb.pt", None, fmt="googlenet-detector-v1", config=config)
-    with pytest.raises(ValueError, match="by path"):
-        Detector.from_checkpoint(path, backend="torch")
+
+
+def test_config_specs_name_only_the_projects_proposers(tmp_path):
+    """A conf/proposals config becomes a spec of a registered class, or is refused naming the source."""
+    for target in ("pathlib.Path.write_text", "proposals.store.ProposalStore", "proposals.nowhere.Thing"):
+        with pytest.raises(ValueError, match=f"conf: proposals: proposer '{target}' is not one of the project's"):
+            spec_from_config({"_target_": target}, "conf: proposals")
+    with pytest.raises(ValueError, match="not embedded"):  # a MultiBox spec without its network builds nothing
+        build_proposer(spec_from_config(json.loads(json.dumps(UNION).replace("PLACEHOLDER", "x.pt"))), "conf")
 
 
 def test_pickled_code_in_a_detector_file_is_refused(tmp_path):
@@ -265,14 +269,14 @@ def test_malformed_detector_file_names_the_file(tmp_path, mutate, message):
 def test_spec_roundtrip_rebuilds_the_same_proposer(tmp_path):
     mb = _multibox_checkpoint(tmp_path / "mb.pt")
     config = json.loads(json.dumps(UNION).replace("PLACEHOLDER", str(mb)))
-    spec = embed_networks(spec_from_target_config(config))
+    spec = spec_from_config(config, embed=True)
     proposer = build_proposer(spec, "test")
     image = np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)
     from hydra.utils import instantiate
     reference = instantiate(config, _convert_="all")
     np.testing.assert_array_equal(proposer(image).boxes, reference(image).boxes)
     assert proposer.name == reference.name
-    assert spec_name(spec_from_target_config(config)) == reference.name  # the name, without loading MultiBox
+    assert spec_name(spec_from_config(config)) == reference.name  # the name, without loading MultiBox
 
 
 @pytest.mark.parametrize("config", [
@@ -286,7 +290,7 @@ def test_spec_roundtrip_rebuilds_the_same_proposer(tmp_path):
 ])
 def test_spec_name_is_the_built_proposers_name(config):
     from hydra.utils import instantiate
-    assert spec_name(spec_from_target_config(config)) == instantiate(config, _convert_="all").name
+    assert spec_name(spec_from_config(config)) == instantiate(config, _convert_="all").name
 
 
 # --------------------------------------------------------------------------- error boundaries in training
@@ -829,7 +833,7 @@ SS = {"kind": "selective_search", "params": {"mode": "opencv_fast"}}
     (lambda o, t: _poison(o["members"][0]["model_state"], "fc.weight", float("nan")), "'fc.weight' hold NaN"),
     (lambda o, t: _poison(o["members"][0]["model_state"], "conv1.conv.weight", float("inf")), "'conv1.conv.weight'"),
     (lambda o, t: o.pop("settings"), "no 'settings' block"),
-    (lambda o, t: o.update(format="googlenet-detector-v1"), "no 'config' block"),
+    (lambda o, t: o.update(format="googlenet-detector-v1"), "(format 'googlenet-detector-v1'); build the detector"),
     (lambda o, t: o["members"][0]["model_kwargs"].update(width=1e6), "width=1000000.0"),
     (lambda o, t: o["members"][0]["model_kwargs"].update(width=float("nan")), "width=nan"),
     (lambda o, t: o["members"][0]["model_kwargs"].update(num_classes=10 ** 9), "num_classes=1000000000"),
@@ -1120,11 +1124,11 @@ def _flip(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_flipped_bytes_in_a_proposal_store_are_detected(tmp_path, caplog):
+def test_flipped_bytes_in_a_proposal_store_are_detected(tmp_path):
     """One flipped bit in the boxes, the scores or the ids was served as it was (or made lookups miss)."""
     import shutil
 
-    from proposals.store_format import ProposalStore, upgrade_store
+    from proposals.store_format import ProposalStore
 
     rng = np.random.default_rng(0)
     ids = [f"img{i}" for i in range(20)]
@@ -1150,27 +1154,6 @@ def test_flipped_bytes_in_a_proposal_store_are_detected(tmp_path, caplog):
     _flip(ids_bad, good.read_bytes().index("img13".encode("utf-32-le")))
     with pytest.raises(ValueError, match="ids.npz: the image index .* does not match the checksum"):
         ProposalStore.load(ids_bad)
-    # a store without checksums (format 2) is read with a warning, and upgraded in place
-    old = _stored_v2(tmp_path / "v2.npz", ids, boxes)
-    with caplog.at_level("WARNING"):
-        ProposalStore.load(old)
-    assert "without checksums" in caplog.text
-    assert upgrade_store(old) and ProposalStore.load(old).verify() == 20 and not upgrade_store(old)
-
-
-def _stored_v2(path: Path, ids, boxes) -> Path:
-    import zipfile
-
-    from proposals.store_format import _npy
-
-    ids = np.asarray(ids, dtype=str)
-    arrays = {"format_version": np.asarray(2, np.int64), "image_ids": ids, "id_order": np.argsort(ids).astype(np.int64),
-              "meta": np.asarray("{}"), "offsets": np.concatenate([[0], np.cumsum([len(b) for b in boxes])]).astype(np.int64),
-              "boxes": np.round(np.concatenate(boxes)).astype(np.uint16)}
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, array in arrays.items():
-            zf.writestr(f"{name}.npy", _npy(array))
-    return path
 
 
 def test_images_missing_from_a_store_are_counted_and_a_store_of_nothing_is_refused(tmp_path, caplog):

@@ -205,14 +205,15 @@ def test_rank_rule_level_times_uniform_and_best_rank_of_a_repeat():
 
 def test_ranking_setting_is_in_the_spec_and_changes_store_fingerprints():
     """Stores made before the seeded ranking (spec without ``ranking``) are computed again, not reused."""
-    from proposals.spec import build_proposer, proposer_spec, spec_digest, spec_name
+    from detect.io import digest
+    from proposals.spec import build_proposer, proposer_spec, spec_name
 
     spec = proposer_spec(SelectiveSearch())
     assert spec["params"]["ranking"] == "seeded"
     before = {"kind": spec["kind"], "params": {k: v for k, v in spec["params"].items() if k != "ranking"}}
     assert build_proposer(before).ranking == "seeded"  # an old detector file's proposer ranks the new way
-    assert spec_digest(before) != spec_digest(spec)  # so propose.py's store fingerprint differs
-    assert spec_digest(proposer_spec(SelectiveSearch(ranking="opencv"))) != spec_digest(spec)
+    assert digest(before) != digest(spec)  # so propose.py's store fingerprint differs
+    assert digest(proposer_spec(SelectiveSearch(ranking="opencv"))) != digest(spec)
     assert spec_name(before) == spec_name(spec) == "ss2x"  # the store file name stays
     with pytest.raises(ValueError, match="ranking"):
         SelectiveSearch(ranking="random")

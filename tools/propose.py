@@ -21,7 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from detect.data.splits import HeldOutPart, proposal_store_path, split_name
-from proposals.spec import proposer_spec, spec_digest
+from detect.io import digest
+from proposals.spec import proposer_spec
 from proposals.store import propose_dataset
 
 log = logging.getLogger("propose")
@@ -46,7 +47,7 @@ def main(cfg: DictConfig) -> None:
         workers=cfg.workers, chunk_size=cfg.chunk_size, rank=rank, world_size=world_size,
         stop_after_chunks=cfg.stop_after_chunks, merge_timeout_s=cfg.merge_timeout_s, poll_s=cfg.poll_s,
         meta={"dataset": cfg.data.name, "split": split_name(cfg.data, cfg.split), "proposals": proposer_cfg,
-              "proposer": spec_digest(proposer_spec(proposer))},  # the weights too, not only the checkpoint path
+              "proposer": digest(proposer_spec(proposer))},  # the weights too, not only the checkpoint path
         progress=cfg.progress, image_fingerprint=cfg.image_fingerprint,
     )
     if summary.merged:

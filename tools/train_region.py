@@ -38,7 +38,7 @@ from detect.pipeline import DetectorSettings, bundle_detector
 from detect.quantize import draw_calibration_crops, draw_calibration_images
 from detect.region import RegionDataset, collate_regions
 from detect.runtime import worker_threads
-from proposals.spec import embed_networks, spec_from_target_config, spec_name
+from proposals.spec import spec_from_config, spec_name, spec_nodes
 from proposals.store import ProposalStore
 from proposals.store_format import check_coverage
 
@@ -52,7 +52,7 @@ def store_path(cfg: DictConfig, split: str, given: str | None) -> Path:
     """The proposal store of ``split``: ``given``, or where tools/propose.py writes it."""
     if given:
         return Path(given)
-    spec = spec_from_target_config(OmegaConf.to_container(cfg.proposals, resolve=True), "conf: proposals")
+    spec = spec_from_config(OmegaConf.to_container(cfg.proposals, resolve=True), "conf: proposals")
     return proposal_store_path(cfg.paths.proposals_dir, cfg.data, split, spec_name(spec))  # nothing built or loaded
 
 
@@ -164,15 +164,15 @@ def draw_calibration(cfg: DictConfig, settings: DetectorSettings, proposer: dict
                      convention: InputConvention) -> dict | None:
     """Inputs for int8 models, drawn from the training split (cfg.calibration): warped proposal crops for
     the members (uint8 RGB, warped in ``convention``, member 0's; returned, for the detector file) and
-    resized images added to every embedded MultiBox network of ``proposer``; None when
+    resized images added to every network embedded in ``proposer`` (MultiBox); None when
     ``calibration.crops`` is 0."""
     calib = cfg.calibration
     if not calib.crops and not calib.multibox_images:
         return None
     records = instantiate(cfg.data[cfg.split]).records
     recipe = OmegaConf.to_container(calib.recipe, resolve=True)
-    multibox = [s for s in _specs(proposer) if s["kind"] == "multibox"] if calib.multibox_images else []
-    for spec in multibox:
+    networks = [s for s in spec_nodes(proposer) if "network" in s] if calib.multibox_images and proposer else []
+    for spec in networks:
         size = int(spec["network"]["model_kwargs"].get("input_size", 224))
         images = draw_calibration_images(records, int(calib.multibox_images), size, seed=int(calib.seed))
         spec["network"] = {**spec["network"], "calibration": torch.from_numpy(images), "int8_recipe": recipe}
@@ -187,11 +187,6 @@ def draw_calibration(cfg: DictConfig, settings: DetectorSettings, proposer: dict
     return {"crops": crops, "recipe": recipe}
 
 
-def _specs(spec: dict | None) -> list[dict]:
-    """``spec`` and its sources, recursively (the dicts themselves, to be updated in place)."""
-    return [] if spec is None else [spec] + [s for src in spec.get("sources", []) for s in _specs(src)]
-
-
 def bundle(cfg: DictConfig) -> None:
     paths = [Path(cfg.paths.region_dir) / f"member{k}" / "checkpoint.pt" for k in range(int(cfg.members))]
     members = [load_checkpoint(p) for p in paths]
@@ -202,8 +197,7 @@ def bundle(cfg: DictConfig) -> None:
     settings = DetectorSettings.from_dict(
         {**OmegaConf.to_container(cfg.detector, resolve=True), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "conf: detector")
-    proposer = embed_networks(spec_from_target_config(OmegaConf.to_container(cfg.proposals, resolve=True), "conf: proposals"),
-                              "conf: proposals")
+    proposer = spec_from_config(OmegaConf.to_container(cfg.proposals, resolve=True), "conf: proposals", embed=True)
     provenance = {"data": str(cfg.data.name), "members": [str(p) for p in paths]}
     convention = InputConvention.from_dict(members[0]["model_kwargs"].get("input_convention"))
     calibration = draw_calibration(cfg, settings, proposer, convention)

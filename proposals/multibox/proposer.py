@@ -83,14 +83,15 @@ class MultiBoxProposer:
     """
 
     name = "multibox"
-    kind = "multibox"  # proposals.spec: how detector files and proposal stores record it
+    # proposals.spec: a MultiBox spec embeds the network (the checkpoint's inference part), never a path
+    spec_input, spec_args = "network", ("checkpoint", "onnx_cache")
 
     def __init__(self, checkpoint: str | Path | Mapping, top_k: int = 200, device: str = "auto", batch_size: int = 32,
                  backend: str = "auto", amp: str = "none", onnx_cache: str | Path | None = None,
                  precision: str = "fp32"):
         self.device = resolve_device(device)
         self.model, ckpt = load_multibox(checkpoint)
-        self._network = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
+        self._network = self.load_network(ckpt)
         self._params = {"top_k": int(top_k), "device": str(device), "batch_size": int(batch_size),
                         "backend": str(backend), "amp": str(amp), "precision": str(precision)}
         self.top_k = min(int(top_k), self.model.num_priors)
@@ -119,6 +120,29 @@ class MultiBoxProposer:
         """The inference part of the checkpoint (``model_kwargs``, ``model_state`` with the priors, and
         whatever else it records about the model), training state left out: what a detector file embeds."""
         return dict(self._network)
+
+    @staticmethod
+    def load_network(checkpoint: str | Path | Mapping) -> dict:
+        """The inference part of a checkpoint (a path or a loaded dict), training state left out."""
+        ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_multibox(checkpoint)[1]
+        return {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
+
+    @staticmethod
+    def check_network(network: Mapping, source: str) -> None:
+        """An embedded network's entries, the bounds of its sizes (and its backbone's width) and finite
+        weights, checked before anything is built; ``ValueError`` naming ``source``."""
+        from detect.limits import check_bound, check_finite_state
+
+        kwargs, state = network.get("model_kwargs"), network.get("model_state")
+        if not isinstance(kwargs, Mapping) or not isinstance(state, Mapping):
+            raise ValueError(f"{source}: the MultiBox network's model_kwargs and model_state must be mappings")
+        for name in ("num_priors", "input_size", "grid"):
+            check_bound(kwargs.get(name), name, f"{source}: MultiBox model_kwargs")
+        backbone = kwargs.get("backbone_kwargs")
+        if isinstance(backbone, Mapping):
+            for name in ("width", "num_classes"):
+                check_bound(backbone.get(name), name, f"{source}: MultiBox backbone_kwargs")
+        check_finite_state(state, f"{source}: MultiBox network")
 
     def __call__(self, image: np.ndarray) -> Proposals:
         return self.propose_batch([image])[0]
