@@ -127,21 +127,11 @@ def test_worker_pool_matches_in_process(tmp_path):
 # ------------------------------------------------------------------ the file format (version 3: memory-mapped)
 
 
-def _legacy_store(path, image_ids, boxes, scores=None, meta=None):
-    """A store as the format-1 writer wrote it: the same members, deflate-compressed, no id_order."""
-    import io
-    import zipfile
-
-    counts = [len(b) for b in boxes]
-    arrays = {"image_ids": np.asarray(image_ids, dtype=str), "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-              "boxes": np.round(np.concatenate(boxes)).astype(np.uint16), "meta": np.asarray(json.dumps(meta or {}, sort_keys=True))}
-    if scores is not None:
-        arrays["scores"] = np.concatenate(scores).astype(np.float16)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, arrays[name], allow_pickle=False)
-            zf.writestr(f"{name}.npy", buf.getvalue())
+def _legacy_store(path, image_ids, boxes, meta=None):
+    """A store as the format-1 writer wrote it: the same members, deflate-compressed, no format_version."""
+    np.savez_compressed(path, image_ids=np.asarray(image_ids, dtype=str), boxes=np.concatenate(boxes).astype(np.uint16),
+                        offsets=np.concatenate([[0], np.cumsum([len(b) for b in boxes])]).astype(np.int64),
+                        meta=np.asarray(json.dumps(meta or {}, sort_keys=True)))
 
 
 def _random_store(n, seed=0, max_boxes=30):
@@ -193,8 +183,8 @@ def test_three_ranks_with_uneven_chunks_merge_to_the_same_bytes(tmp_path):
 
 
 def test_stores_of_earlier_formats_are_refused_saying_what_to_do(tmp_path):
-    ids, boxes, scores = _random_store(5, seed=3)
-    _legacy_store(tmp_path / "v1.npz", ids, boxes, scores, {"method": "m"})
+    ids, boxes, _ = _random_store(5, seed=3)
+    _legacy_store(tmp_path / "v1.npz", ids, boxes)
     arrays = _store_arrays(ids[:3], [np.ones((2, 4))] * 3)
     arrays["format_version"] = np.asarray(2, np.int64)
     for name in ("digests", "index_crc32"):
@@ -212,9 +202,8 @@ def test_propose_dataset_computes_a_version_1_store_again(tmp_path):
     propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=2, progress=False)
     reference = out.read_bytes()
     store = ProposalStore.load(out)
-    boxes, scores, meta = [store.get(i) for i in ids], [store.get_scores(i) for i in ids], store.meta
+    _legacy_store(tmp_path / "old.npz", ids, [store.get(i) for i in ids], store.meta)
     del store  # (its file is replaced below; writers always replace, never truncate a mapped file)
-    _legacy_store(tmp_path / "old.npz", ids, boxes, scores, meta)
     (tmp_path / "old.npz").replace(out)
     again = propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=2, progress=False)
     assert again.merged and again.chunks_computed == 3 and out.read_bytes() == reference
