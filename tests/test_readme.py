@@ -35,6 +35,7 @@ def _commands():
 
 
 COMMANDS = _commands()
+CONFIG_NAMES = {"detect_images": "detect"}  # tools whose config is not named after them
 
 
 def _parsed(value: str):
@@ -44,7 +45,7 @@ def _parsed(value: str):
 
 def test_readme_has_the_tool_commands():
     tools = {tool for tool, _ in COMMANDS}
-    assert {"detect", "train_cls", "train_multibox", "propose", "train_region", "detect_dataset", "eval_map"} <= tools
+    assert {"detect_images", "train_cls", "train_multibox", "propose", "train_region", "detect_dataset", "eval_map"} <= tools
 
 
 @pytest.mark.parametrize("tool, args", COMMANDS, ids=[f"{t}:{a.strip()[:40]}" for t, a in COMMANDS])
@@ -52,7 +53,7 @@ def test_readme_command_composes(tool, args):
     assert (ROOT / "tools" / f"{tool}.py").is_file()
     overrides = [a for a in shlex.split(args) if "=" in a and not a.startswith("-")]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(tool, overrides=overrides, return_hydra_config=True)
+        cfg = compose(CONFIG_NAMES.get(tool, tool), overrides=overrides, return_hydra_config=True)
     choices = cfg.hydra.runtime.choices
     for override in overrides:  # each override took effect: a group was chosen, or the key holds the value
         key, value = override.lstrip("+~").split("=", 1)
