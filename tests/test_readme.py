@@ -35,7 +35,11 @@ def _commands():
 
 
 COMMANDS = _commands()
-CONFIG_NAMES = {"detect_images": "detect"}  # tools whose config is not named after them
+
+
+def _config_name(tool: str) -> str:
+    """The config a tool composes (``@hydra.main(config_name=...)``; tools/detect_images.py: detect)."""
+    return re.search(r'config_name="(\w+)"', (ROOT / "tools" / f"{tool}.py").read_text()).group(1)
 
 
 def _parsed(value: str):
@@ -53,7 +57,7 @@ def test_readme_command_composes(tool, args):
     assert (ROOT / "tools" / f"{tool}.py").is_file()
     overrides = [a for a in shlex.split(args) if "=" in a and not a.startswith("-")]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(CONFIG_NAMES.get(tool, tool), overrides=overrides, return_hydra_config=True)
+        cfg = compose(_config_name(tool), overrides=overrides, return_hydra_config=True)
     choices = cfg.hydra.runtime.choices
     for override in overrides:  # each override took effect: a group was chosen, or the key holds the value
         key, value = override.lstrip("+~").split("=", 1)
