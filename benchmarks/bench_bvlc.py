@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from detect.io import atomic_torch_save
-from detect.models.googlenet import GoogLeNet, load_pretrained
+from detect.models.googlenet import GoogLeNet
+from detect.models.weights import load_pretrained
 from tests.caffe_reference import (bvlc_input, caffe_schema, input_mean, phase_test_layers, read_prototxt,
                                    reference_forward, write_caffemodel, write_onnx)
 
@@ -41,7 +42,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("detect.models.bvlc").setLevel(logging.ERROR)  # the random files' sha1 warnings
+    logging.getLogger("detect.models.weights").setLevel(logging.ERROR)  # the random files' sha1 warnings
 
     d = Path(args.data)
     schema = caffe_schema(d / "caffe.proto")

@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from detect.distributed import setup
-from detect.engine import ClassificationLoss, TrainSettings, fit
+from detect.engine import TrainSettings, fit
+from detect.classify import ClassificationLoss
 from detect.models.googlenet import GoogLeNet
 
 VARIANTS = {

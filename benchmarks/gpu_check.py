@@ -46,7 +46,7 @@ from torch import nn
 
 from detect.backends import TorchScorer, make_scorers
 from detect.classes import ClassList
-from detect.engine import ClassificationLoss
+from detect.classify import ClassificationLoss
 from detect.models.googlenet import GoogLeNet
 from detect.pipeline import Detector
 

@@ -1,4 +1,4 @@
-"""The one train loop (:func:`fit`) and the classification eval loop, shared by every trainer.
+"""The one train loop (:func:`fit`), shared by every trainer (classification losses and accuracy: :mod:`detect.classify`).
 
 ``fit`` wraps the model in DDP when the context is distributed, uses AMP and channels-last on CUDA only,
 keeps a Polyak (exponential moving) average of the weights and buffers with
@@ -14,14 +14,12 @@ epoch is drawn afresh (the order of the samples is still the same).
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
@@ -29,20 +27,20 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detect.data.records import SkipLog
-from detect.distributed import DistributedContext, all_reduce_sum, barrier, resolve_device
-from detect.io import OutputConflict, atomic_torch_save, exclusive_lock, load_checkpoint, remove_stale_temps
+from detect.distributed import DistributedContext, all_reduce_sum, barrier
+from detect.io import (OutputConflict, atomic_torch_save, digest, exclusive_lock, file_sha256, load_checkpoint,
+                       remove_stale_temps)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit", "TrainSettings", "train_one_epoch", "Checkpoint", "ResumePoint", "run_fingerprint", "init_identity", "CheckpointMismatch", "NonFiniteLoss", "ClassificationLoss", "evaluate_classification", "predict_proba", "collect_probabilities",
-           "topk_accuracy", "resolve_device", "seed_everything", "unwrap"]
+__all__ = ["fit", "TrainSettings", "train_one_epoch", "Checkpoint", "ResumePoint", "run_fingerprint", "init_identity",
+           "CheckpointMismatch", "NonFiniteLoss", "seed_everything"]
 
 LossFn = Callable[[nn.Module, Any, torch.device], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -53,13 +51,6 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP / AveragedModel wrappers."""
-    while isinstance(model, (DistributedDataParallel, AveragedModel)):
-        model = model.module
-    return model
 
 
 # ----------------------------------------------------------------------------------------- RNG state
@@ -111,23 +102,18 @@ class _SkipBatches:
 
 
 def _iterate_from(loader: Iterable, skip: int, on_resume: Callable[[], None] | None) -> Iterator:
-    """Iterate ``loader`` from batch ``skip`` on; for a map-style DataLoader the skipped batches are
-    never loaded."""
-    if skip == 0:
-        it = iter(loader)
-        if on_resume is not None:
-            on_resume()
-        return it
-    if isinstance(loader, DataLoader) and loader.batch_sampler is not None:
-        resumed = DataLoader(
+    """Iterate ``loader`` from batch ``skip`` on, calling ``on_resume`` before the first batch kept; for a
+    map-style DataLoader the skipped batches are never loaded."""
+    if skip and isinstance(loader, DataLoader) and loader.batch_sampler is not None:
+        return iter(DataLoader(
             loader.dataset, batch_sampler=_SkipBatches(loader.batch_sampler, skip, on_resume),
             num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
             timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
             multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
             prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
-        )
-        return iter(resumed)
-    log.info("loader is not a map-style DataLoader: loading and dropping %d batches to resume", skip)
+        ))
+    if skip:
+        log.info("loader is not a map-style DataLoader: loading and dropping %d batches to resume", skip)
     it = iter(loader)
     for _ in range(skip):
         next(it, None)
@@ -148,13 +134,6 @@ def _batch_size(batch: Any) -> int:
             return _batch_size(first) if isinstance(first, (torch.Tensor, dict)) else len(first)
         return len(batch)
     return 0
-
-
-def _loader_len(loader: Iterable) -> int | None:
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 # ------------------------------------------------------------------------------------ checkpoint
@@ -300,27 +279,20 @@ class TrainSettings:
         return cls(**{f.name: cfg[f.name] for f in fields(cls)})
 
 
-def _owning_the_checkpoint(train: Callable) -> Callable:
-    """Run ``train`` (:func:`fit`) holding the checkpoint's lock on the main process: a second trainer of
-    the same checkpoint stops at once (``OutputLocked``) instead of interleaving its saves, and the
+@contextmanager
+def _owning_the_checkpoint(path: Path, ctx: DistributedContext) -> Iterator[None]:
+    """Hold the checkpoint's lock on the main process while :func:`fit` runs: a second trainer of the
+    same checkpoint stops at once (``OutputLocked``) instead of interleaving its saves, and the
     temporary files that a killed save left beside the checkpoint are removed first (no writer of ours
     can be filling one while the lock is held)."""
-    signature = inspect.signature(train)
-
-    @functools.wraps(train)
-    def locked(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        path, ctx = Path(bound.arguments["checkpoint_path"]), bound.arguments["ctx"]
-        if not ctx.is_main:
-            return train(*args, **kwargs)
-        with exclusive_lock(path):
-            remove_stale_temps(path)
-            return train(*args, **kwargs)
-
-    return locked
+    if not ctx.is_main:
+        yield
+        return
+    with exclusive_lock(path):
+        remove_stale_temps(path)
+        yield
 
 
-@_owning_the_checkpoint
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -345,15 +317,65 @@ def fit(
         A non-finite loss stops the run (``FloatingPointError`` naming the epoch, the step and the
         checkpoint kept); non-finite weights are never written.
     fingerprint: plain values naming what the run trains on and how (data, image list, init weights,
-        settings); stored in the checkpoint, and a checkpoint written with another fingerprint is not
-        resumed: ``CheckpointMismatch`` names the differing entries (never a silent mix of two runs).
+        settings); stored in the checkpoint, and a checkpoint written with another fingerprint (or with
+        none) is not resumed: ``CheckpointMismatch`` names the differing entries (never a silent mix of two runs).
     skipped: receives the samples the data pipeline skipped (from a batch's ``skipped`` entries, worker
         processes included). An epoch that takes no step, or skips more than ``max_skipped_fraction``
         of its samples, stops the run with a ``RuntimeError`` naming the first reasons.
     """
     device = ctx.device
-    on_cuda = device.type == "cuda"
     generator = train_loader.generator if isinstance(train_loader, DataLoader) else None
+    amp_dtype, scaler, averaged = _prepare(model, settings, device)
+    meta = dict(checkpoint_meta or {}, **({"fingerprint": fingerprint} if fingerprint is not None else {}))
+    checkpoint = Checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, averaged, generator, meta, ctx)
+    result_model = averaged.module if averaged is not None else model
+    with _owning_the_checkpoint(checkpoint.path, ctx):
+        start = checkpoint.restore(settings.resume)
+        if start.epoch >= settings.epochs:
+            log.info("%s: training already finished (%d epochs)", checkpoint_path, start.epoch)
+            return result_model.eval()
+        on_cuda = device.type == "cuda"
+        train_model = DistributedDataParallel(model, device_ids=[device] if on_cuda else None) if ctx.distributed else model
+        step_ctx = _StepContext(train_model, model, loss_fn, optimizer, scaler, amp_dtype, settings.grad_clip, averaged,
+                                ctx, skipped)
+        epoch_rng, step_rng = start.epoch_rng, start.step_rng
+        for epoch in range(start.epoch, settings.epochs):
+            epoch_rng = epoch_rng or _rng_state(generator)
+            if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+                train_loader.sampler.set_epoch(epoch)
+            n_steps = _steps_in_epoch(train_loader, settings.max_steps_per_epoch)
+            skip = start.step if epoch == start.epoch else 0
+            restore = (lambda s=step_rng: _set_rng_state(s, generator)) if step_rng else None
+            step_rng = None
+
+            def save_every(step: int, epoch=epoch, epoch_rng=epoch_rng) -> None:
+                if settings.checkpoint_every and step % settings.checkpoint_every == 0 and (n_steps is None or step < n_steps):
+                    checkpoint.save(epoch, step, epoch_rng)
+
+            t0 = time.perf_counter()
+            try:
+                sums = train_one_epoch(step_ctx, _iterate_from(train_loader, skip, restore), skip, n_steps,
+                                       f"epoch {epoch + 1}/{settings.epochs}", save_every)
+            except NonFiniteLoss as e:  # a diverged step: stopped before anything was saved after it
+                raise FloatingPointError(f"{e}; {checkpoint.describe_last()}") from None
+            elapsed = time.perf_counter() - t0
+            if scheduler is not None:
+                scheduler.step()
+            totals = all_reduce_sum(sums, device) if ctx.distributed else sums
+            _end_epoch(epoch, settings, totals, elapsed, optimizer, evaluate, result_model, ctx)
+            _check_epoch(epoch, totals, skipped, settings.max_skipped_fraction,
+                         nothing_left=n_steps is not None and skip >= n_steps)
+            epoch_rng = None
+            checkpoint.save(epoch + 1, 0, {})
+    return result_model.eval()
+
+
+def _prepare(model: nn.Module, settings: TrainSettings,
+             device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler, AveragedModel | None]:
+    """Move ``model`` to ``device`` (channels-last on CUDA when asked); returns the autocast dtype (bf16,
+    fp16 where bf16 is unsupported; None off CUDA or without amp), the GradScaler (enabled for fp16 only)
+    and the Polyak average (None without ``ema_decay``)."""
+    on_cuda = device.type == "cuda"
     model.to(device)
     if settings.channels_last and on_cuda:
         model.to(memory_format=torch.channels_last)
@@ -363,57 +385,31 @@ def fit(
     if settings.ema_decay is not None:
         averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
         averaged.eval()
-    meta = dict(checkpoint_meta or {}, **({"fingerprint": fingerprint} if fingerprint is not None else {}))
-    checkpoint = Checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, averaged, generator, meta, ctx)
-    start = checkpoint.restore(settings.resume)
-    result_model = averaged.module if averaged is not None else model
-    if start.epoch >= settings.epochs:
-        log.info("%s: training already finished (%d epochs)", checkpoint_path, start.epoch)
-        return result_model.eval()
-    train_model = DistributedDataParallel(model, device_ids=[device] if on_cuda else None) if ctx.distributed else model
-    step_ctx = _StepContext(train_model, model, loss_fn, optimizer, scaler, amp_dtype, settings.grad_clip, averaged, ctx,
-                            skipped)
-    epoch_rng, step_rng = start.epoch_rng, start.step_rng
-    for epoch in range(start.epoch, settings.epochs):
-        epoch_rng = epoch_rng or _rng_state(generator)
-        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        n_steps = _loader_len(train_loader)
-        if settings.max_steps_per_epoch is not None:
-            cap = settings.max_steps_per_epoch
-            n_steps = cap if n_steps is None else min(n_steps, cap)
-        skip = start.step if epoch == start.epoch else 0
-        restore = (lambda s=step_rng: _set_rng_state(s, generator)) if step_rng else None
-        step_rng = None
+    return amp_dtype, scaler, averaged
 
-        def save_every(step: int, epoch=epoch, epoch_rng=epoch_rng) -> None:
-            if settings.checkpoint_every and step % settings.checkpoint_every == 0 and (n_steps is None or step < n_steps):
-                checkpoint.save(epoch, step, epoch_rng)
 
-        t0 = time.perf_counter()
-        try:
-            sums = train_one_epoch(step_ctx, _iterate_from(train_loader, skip, restore), skip, n_steps,
-                                   f"epoch {epoch + 1}/{settings.epochs}", save_every)
-        except NonFiniteLoss as e:  # a diverged step: stopped before anything was saved after it
-            raise FloatingPointError(f"{e}; {checkpoint.describe_last()}") from None
-        elapsed = time.perf_counter() - t0
-        if scheduler is not None:
-            scheduler.step()
-        totals = all_reduce_sum(sums, device) if ctx.distributed else sums
-        summary = _epoch_summary(totals, elapsed, optimizer)
-        if evaluate is not None:
-            result_model.eval()
-            summary.update({f"val_{k}": v for k, v in evaluate(result_model).items()})
-        if ctx.is_main:
-            log.info("epoch %d/%d  %s", epoch + 1, settings.epochs,
-                     "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
-        if not math.isfinite(summary["loss"]):
-            raise FloatingPointError(f"epoch {epoch + 1}: loss is {summary['loss']}")
-        _check_epoch(epoch, totals, skipped, settings.max_skipped_fraction,
-                     nothing_left=n_steps is not None and skip >= n_steps)
-        epoch_rng = None
-        checkpoint.save(epoch + 1, 0, {})
-    return result_model.eval()
+def _steps_in_epoch(loader: Iterable, cap: int | None) -> int | None:
+    """Steps an epoch takes: the loader's length (None when it has none), at most ``cap``."""
+    try:
+        n_steps = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        n_steps = None
+    return n_steps if cap is None else cap if n_steps is None else min(n_steps, cap)
+
+
+def _end_epoch(epoch: int, settings: TrainSettings, totals: dict, elapsed: float, optimizer: torch.optim.Optimizer,
+               evaluate: Callable[[nn.Module], dict] | None, result_model: nn.Module, ctx: DistributedContext) -> None:
+    """Evaluate ``result_model`` (when ``evaluate``), log the epoch's summary (main process) and stop on a
+    mean loss that is not finite."""
+    summary = _epoch_summary(totals, elapsed, optimizer)
+    if evaluate is not None:
+        result_model.eval()
+        summary.update({f"val_{k}": v for k, v in evaluate(result_model).items()})
+    if ctx.is_main:
+        log.info("epoch %d/%d  %s", epoch + 1, settings.epochs,
+                 "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    if not math.isfinite(summary["loss"]):
+        raise FloatingPointError(f"epoch {epoch + 1}: loss is {summary['loss']}")
 
 
 class _StepContext(NamedTuple):
@@ -490,19 +486,13 @@ def _epoch_summary(totals: dict, elapsed: float, optimizer: torch.optim.Optimize
 
 
 def run_fingerprint(**parts: Any) -> dict[str, str]:
-    """``{name: short sha256}`` of each part (plain values, lists, dicts; paths as strings): what a
+    """``{name: short digest}`` of each part (plain values, lists, dicts; paths as strings): what a
     training run depends on, compared part by part when a checkpoint is resumed (:func:`fit`)."""
-    import hashlib
-    import json
-
-    return {name: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-            for name, value in parts.items()}
+    return {name: digest(value, 16) for name, value in parts.items()}
 
 
 def init_identity(path: str | Path | None) -> str | None:
     """What an ``init=`` weights file is, for fingerprints: its sha256 (None when there is none)."""
-    from detect.io import file_sha256
-
     return None if not path else file_sha256(path)
 
 
@@ -515,18 +505,20 @@ class CheckpointMismatch(ValueError):
 
 
 def check_fingerprint(state: dict, fingerprint: dict | None, path: str | Path) -> None:
-    """Refuse to resume ``state`` (a loaded checkpoint) when it records another ``fingerprint``."""
+    """Refuse to resume ``state`` (a loaded checkpoint) when it records another ``fingerprint``, or none
+    (a checkpoint written before checkpoints recorded what produced them)."""
     stored = state.get("fingerprint")
-    if fingerprint is None:
+    if fingerprint is None or stored == fingerprint:
         return
     if stored is None:
-        log.warning("%s: written before checkpoints recorded what produced them; resuming it as it is", path)
-        return
-    if stored != fingerprint:
-        keys = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
         raise CheckpointMismatch(
-            f"{path}: written by a run with other inputs or settings (differs in: {', '.join(keys)}); not resumed. "
-            "Restore those settings to continue it, or write to another checkpoint (or resume=false to start over)")
+            f"{path}: written before checkpoints recorded what produced them (no fingerprint), so this run cannot "
+            "tell whether it trained on the same inputs and settings; not resumed. Start over (resume=false) "
+            "or write to another checkpoint")
+    keys = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+    raise CheckpointMismatch(
+        f"{path}: written by a run with other inputs or settings (differs in: {', '.join(keys)}); not resumed. "
+        "Restore those settings to continue it, or write to another checkpoint (or resume=false to start over)")
 
 
 def _check_epoch(epoch: int, totals: dict, skipped: SkipLog | None, max_fraction: float | None,
@@ -557,123 +549,3 @@ def _train_step(model, loss_fn, batch, device, optimizer, scaler, amp_dtype, gra
     scaler.step(optimizer)
     scaler.update()
     return float(loss.detach()), metrics
-
-
-# ------------------------------------------------------------------------------------------ eval
-@torch.no_grad()
-def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.device | str,
-                            background: int | None = None) -> dict[str, float]:
-    """Top-1 / top-5 accuracy of ``model`` over ``loader``, summed over all processes.
-
-    loader yields ``(images, labels)`` with images ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]``
-    (K crops per image: their softmax is averaged) and labels ``Tensor[B] int64`` (more fields may
-    follow; negative labels are not counted); ``None`` or empty batches (every sample unreadable) are
-    skipped. Returns ``{"top1", "top5", "n"}`` (accuracies in 0..1; top-5 is top-k with k = min(5,
-    classes)); with ``background`` (a region classifier's background label) also ``fg_acc`` and
-    ``bg_acc``, the top-1 accuracy on the object and on the background samples.
-    """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    sums = {"c1": 0.0, "c5": 0.0, "n": 0.0, "fg_hit": 0.0, "fg": 0.0, "bg_hit": 0.0, "bg": 0.0}
-    for batch in loader:
-        if batch is None or len(batch[1]) == 0:
-            continue
-        keep = batch[1] >= 0
-        probs = predict_proba(model, batch[0][keep].to(device, non_blocking=True))
-        labels = batch[1][keep].to(device)
-        topk = probs.topk(min(5, probs.shape[1]), dim=1).indices
-        hit = topk == labels[:, None]
-        sums["c1"] += float(hit[:, 0].sum())
-        sums["c5"] += float(hit.any(dim=1).sum())
-        sums["n"] += len(labels)
-        if background is not None:
-            bg = labels == background
-            sums["bg_hit"] += float(hit[bg, 0].sum())
-            sums["bg"] += float(bg.sum())
-            sums["fg_hit"] += float(hit[~bg, 0].sum())
-            sums["fg"] += float((~bg).sum())
-    model.train(was_training)
-    t = all_reduce_sum(sums, device)
-    out = {"top1": t["c1"] / t["n"] if t["n"] else 0.0, "top5": t["c5"] / t["n"] if t["n"] else 0.0, "n": int(t["n"])}
-    if background is not None:
-        out.update(fg_acc=t["fg_hit"] / max(t["fg"], 1.0), bg_acc=t["bg_hit"] / max(t["bg"], 1.0))
-    return out
-
-
-def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Softmax of ``model`` averaged over crops.
-
-    images: ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]`` float; returns ``Tensor[B, C]`` float32.
-    """
-    if images.ndim != 5:
-        return _logits(model(images)).float().softmax(dim=1)
-    b, k = images.shape[:2]
-    probs = _logits(model(images.flatten(0, 1))).float().softmax(dim=1)
-    return probs.view(b, k, -1).mean(dim=1)
-
-
-@torch.no_grad()
-def collect_probabilities(models: list[nn.Module], loader: Iterable, device: torch.device | str,
-                          progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Crop-averaged softmax of every model on every image (one process).
-
-    loader yields ``(images, labels, ...)`` as in :func:`evaluate_classification`. Returns
-    ``(probs Tensor[M, N, C] float32, labels Tensor[N] int64, crops per image)``; an ensemble's
-    prediction is ``probs.mean(0)`` (the average of softmax outputs, never of logits).
-    """
-    device = torch.device(device)
-    for m in models:
-        m.eval().to(device)
-    probs, labels, crops = [], [], 0
-    for batch in tqdm(loader, desc="classify", disable=not progress, leave=False):
-        if batch is None or len(batch[1]) == 0:
-            continue
-        images = batch[0].to(device, non_blocking=True)
-        crops = images.shape[1] if images.ndim == 5 else 1
-        probs.append(torch.stack([predict_proba(m, images).cpu() for m in models]))
-        labels.append(batch[1].cpu())
-    if not probs:
-        raise ValueError("no readable images to classify")
-    return torch.cat(probs, dim=1), torch.cat(labels), crops
-
-
-def topk_accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    """Share of rows of ``probs Tensor[N, C]`` whose ``labels Tensor[N]`` is among the ``k`` highest."""
-    k = min(k, probs.shape[1])
-    return float((probs.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean())
-
-
-def _logits(output: Any) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else output[0]
-
-
-class ClassificationLoss:
-    """Cross-entropy of the main head plus ``aux_weight`` x that of each auxiliary head (the paper: 0.3),
-    for image classification and for region classifiers alike (``background=0``: the region column).
-
-    ``__call__(model, batch, device)`` with batch ``(images Tensor[B, 3, H, W], labels Tensor[B] int64, ...)``
-    returns ``(loss, {"top1"})`` (training-batch accuracy of the main head), and with ``background`` also
-    ``fg_acc`` (accuracy on the other labels) and ``fg_share`` (their share of the batch).
-    """
-
-    def __init__(self, aux_weight: float = 0.3, label_smoothing: float = 0.0, background: int | None = None):
-        self.aux_weight, self.label_smoothing = float(aux_weight), float(label_smoothing)
-        self.background = background
-
-    def __call__(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-        images = batch[0].to(device, non_blocking=True)
-        labels = batch[1].to(device, non_blocking=True)
-        out = model(images)  # the model's memory format is fit's choice (TrainSettings.channels_last)
-        logits = _logits(out)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        if not isinstance(out, torch.Tensor):
-            for aux in out[1:]:
-                if aux is not None:
-                    loss = loss + self.aux_weight * F.cross_entropy(aux, labels, label_smoothing=self.label_smoothing)
-        hit = logits.detach().argmax(1) == labels
-        metrics = {"top1": float(hit.float().mean())}
-        if self.background is not None:
-            fg = labels != self.background
-            metrics.update(fg_share=float(fg.float().mean()), fg_acc=float(hit[fg].float().mean()) if fg.any() else 0.0)
-        return loss, metrics

@@ -33,7 +33,8 @@ from detect.data.images import ImageError, read_image
 from detect.distributed import resolve_device
 from detect.io import atomic_torch_save, load_checkpoint
 from detect.limits import LIMITS
-from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, model_from_entry, strip_module_prefix
+from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet
+from detect.models.weights import model_from_entry, strip_module_prefix
 from detect.quantize import Int8Recipe, crops_to_inputs
 from detect.region import ensemble_probs, input_conventions, normalize_image, warp_regions
 from proposals.spec import build_proposer, check_spec, set_params

@@ -272,8 +272,8 @@ def collate_regions(items: list[tuple[Tensor, Tensor] | SkippedItem]) -> Classif
     """Concatenate the regions of several images into one batch (crops as ``images``, labels ``0`` =
     background, ``c + 1`` = class ``c``); unusable images (:class:`SkippedItem`) are dropped and handed
     on in ``skipped``; a batch of nothing but those has no crops (the engine skips it and counts them).
-    Train with :class:`detect.engine.ClassificationLoss` ``(background=0)`` and evaluate with
-    :func:`detect.engine.evaluate_classification` ``(background=0)``, as any classifier."""
+    Train with :class:`detect.classify.ClassificationLoss` ``(background=0)`` and evaluate with
+    :func:`detect.classify.evaluate_classification` ``(background=0)``, as any classifier."""
     kept = [item for item in items if not isinstance(item, SkippedItem)]
     skipped = tuple(item for item in items if isinstance(item, SkippedItem))
     if not kept:

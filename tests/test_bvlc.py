@@ -17,9 +17,10 @@ from hydra import compose, initialize_config_dir
 from caffe_reference import (bvlc_input, caffe_schema, input_mean, phase_test_layers, read_prototxt,
                              reference_forward, write_caffemodel, write_onnx)
 from detect.io import atomic_torch_save
-from detect.models import bvlc
+from detect.models import bvlc, weights
 from detect.models.convention import BVLC, IMAGENET, InputConvention
-from detect.models.googlenet import GoogLeNet, load_model, load_pretrained
+from detect.models.googlenet import GoogLeNet
+from detect.models.weights import load_model, load_pretrained
 from proposals.multibox import MultiBoxNet
 
 TOL = 1e-5  # relative: max |ours - reference| / max |reference|
@@ -67,7 +68,7 @@ def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("encoding", ["layer", "layers"])
 def test_caffemodel_matches_caffe_reference(world, encoding, caplog):
     model = GoogLeNet(init_weights=False)
-    with caplog.at_level(logging.INFO, logger="detect.models.bvlc"):
+    with caplog.at_level(logging.INFO, logger="detect.models.weights"):
         report = load_pretrained(model, world["files"][encoding])
     assert bvlc.weights_format(world["files"][encoding]) == "caffemodel"
     assert report.source.startswith("caffemodel") and ("V1" in report.source) == (encoding == "layers")
@@ -203,8 +204,8 @@ def test_other_class_counts_and_the_multibox_backbone(world):
 
 def test_sha1_of_the_released_file_is_recognised(world, monkeypatch, caplog):
     path = world["files"]["layer"]
-    monkeypatch.setattr(bvlc, "BVLC_SHA1", hashlib.sha1(path.read_bytes()).hexdigest())
-    with caplog.at_level(logging.INFO, logger="detect.models.bvlc"):
+    monkeypatch.setattr(weights, "BVLC_SHA1", hashlib.sha1(path.read_bytes()).hexdigest())
+    with caplog.at_level(logging.INFO, logger="detect.models.weights"):
         report = load_pretrained(GoogLeNet(init_weights=False), path)
     assert report.sha1_matches is True
     assert any("BVLC's released bvlc_googlenet.caffemodel" in r.message and r.levelno == logging.INFO

@@ -1,7 +1,7 @@
 """A user's own COCO data (issue 22): layouts found from data.root alone (a Roboflow export re-laid from
 real COCO128 images, the official layout), several training splits, class lists, categories without
 boxes, the pycocotools cross-check and annotation id 0, eval outputs named after the rules, and the
-image ids of tools/detect.py's coco_results."""
+image ids of tools/detect_images.py's coco_results."""
 from __future__ import annotations
 
 import contextlib
@@ -293,11 +293,11 @@ def test_eval_under_other_rules_keeps_the_default_report(roboflow, tmp_path, rep
     assert json.loads((tmp_path / "eval" / "eval_coco_test_voc.json").read_text())["rules"] == "voc"
 
 
-# ---------------------------------------------------------------- (e) tools/detect.py coco_results image ids
+# ---------------------------------------------------------------- (e) tools/detect_images.py coco_results image ids
 
 
 def _detect_tool(repo_root):
-    spec = importlib.util.spec_from_file_location("detect_tool", repo_root / "tools" / "detect.py")
+    spec = importlib.util.spec_from_file_location("detect_tool", repo_root / "tools" / "detect_images.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
@@ -332,7 +332,7 @@ def test_detect_tool_writes_the_dataset_ids(roboflow, tmp_path, repo_root):
     _tiny_detector(detector, ClassList.from_names(["a", "b"]),
                    {"kind": "selective_search", "params": {"mode": "opencv_fast", "resize_width": 100, "max_boxes": 10}})
     images = [root / "valid" / im["file_name"] for im in written["valid"]["images"]][::-1]
-    run = subprocess.run([sys.executable, str(repo_root / "tools" / "detect.py"), *map(str, images),
+    run = subprocess.run([sys.executable, str(repo_root / "tools" / "detect_images.py"), *map(str, images),
                           f"detector={detector}", "device=cpu", f"out_dir={tmp_path / 'out'}", "draw=false", "show_threshold=0.0",
                           "coco_results=true", f"coco_annotations={root / 'valid' / '_annotations.coco.json'}",
                           f"work_dir={tmp_path / 'work'}"], capture_output=True, text=True, timeout=300)

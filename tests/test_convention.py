@@ -13,7 +13,8 @@ from PIL import Image
 from detect.classes import ClassList
 from detect.io import atomic_torch_save, load_checkpoint
 from detect.models.convention import BVLC, IMAGENET, IMAGENET_MEAN, IMAGENET_STD, RGB01, InputConvention, WithInputConvention
-from detect.models.googlenet import GoogLeNet, checkpoint_convention, load_model, load_pretrained
+from detect.models.googlenet import GoogLeNet
+from detect.models.weights import checkpoint_convention, load_model, load_pretrained
 from detect.pipeline import Detector, DetectorSettings, bundle_detector
 from detect.region import RegionDataset, ensemble_probs, normalize_image, warp_regions
 from detect.data.records import DetectionRecord

@@ -1,4 +1,4 @@
-"""tools/detect.py end to end on a real photo with a tiny random detector built here."""
+"""tools/detect_images.py end to end on a real photo with a tiny random detector built here."""
 from __future__ import annotations
 
 import json
@@ -35,6 +35,15 @@ def test_draw_detections_changes_only_box_pixels(tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), drawn)
 
 
+def test_former_name_runs_the_tool(tmp_path, repo_root):
+    """`python tools/detect.py` (a folder run by its __main__.py: a file of that name would hide the `detect`
+    package from the tools) runs tools/detect_images.py with the same arguments."""
+    run = subprocess.run([sys.executable, str(repo_root / "tools" / "detect.py"), f"work_dir={tmp_path}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 1 and "no images given: python tools/detect_images.py" in run.stderr, run.stderr
+    assert (repo_root / "tools" / "detect.py").is_dir()
+
+
 @pytest.mark.slow
 def test_detect_tool_on_real_photo_with_bad_inputs(tmp_path, shared_data, repo_root):
     photo = shared_data / "coco128" / "images" / "train2017" / "000000000009.jpg"
@@ -47,7 +56,7 @@ def test_detect_tool_on_real_photo_with_bad_inputs(tmp_path, shared_data, repo_r
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     out = tmp_path / "out"
-    cmd = [sys.executable, str(repo_root / "tools" / "detect.py"), str(photo), str(tmp_path / "missing.jpg"),
+    cmd = [sys.executable, str(repo_root / "tools" / "detect_images.py"), str(photo), str(tmp_path / "missing.jpg"),
            str(corrupt), f"detector={detector}", "device=cpu", f"out_dir={out}", "show_threshold=0.0",
            "coco_results=true", f"work_dir={tmp_path / 'work'}"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -66,7 +75,7 @@ def test_detect_tool_on_real_photo_with_bad_inputs(tmp_path, shared_data, repo_r
     coco = json.loads((out / "coco_results.json").read_text())
     assert len(coco) == 10 and all(c["image_id"] == 1 and 1 <= c["category_id"] <= 3 for c in coco)
 
-    # nothing usable -> exit code 1 with the reason
-    run = subprocess.run(cmd[:2] + [str(corrupt)] + cmd[5:], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=120)
+    # nothing usable -> exit code 1 with the reason (run by the former name, tools/detect.py)
+    run = subprocess.run([sys.executable, str(repo_root / "tools" / "detect.py"), str(corrupt)] + cmd[5:],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert run.returncode == 1 and "0 of 1 images processed" in run.stdout and "corrupt.jpg" in run.stdout

@@ -18,7 +18,8 @@ STEP_SCRIPT = textwrap.dedent("""
     import sys, torch
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
     from detect import distributed
-    from detect.engine import ClassificationLoss, TrainSettings, fit, seed_everything
+    from detect.engine import TrainSettings, fit, seed_everything
+    from detect.classify import ClassificationLoss
     from detect.models.googlenet import GoogLeNet
     torch.set_num_threads(1)
     ctx = distributed.setup("cpu")

@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from detect.distributed import DistributedContext
-from detect.engine import TrainSettings, evaluate_classification, fit, predict_proba, seed_everything
+from detect.engine import TrainSettings, fit, seed_everything
+from detect.classify import evaluate_classification, predict_proba
 from detect.io import load_checkpoint
 
 CPU = DistributedContext()

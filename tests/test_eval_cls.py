@@ -13,7 +13,7 @@ from torch import nn
 
 from detect.data.synthetic import make_classification_set
 from detect.data.transforms import TestTransform, crops_144, five_crops
-from detect.engine import collect_probabilities, topk_accuracy
+from detect.classify import collect_probabilities, topk_accuracy
 from detect.io import atomic_torch_save
 from detect.models.convention import RGB01
 from detect.models.googlenet import GoogLeNet

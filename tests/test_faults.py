@@ -298,7 +298,7 @@ def test_spec_name_is_the_built_proposers_name(config):
 from detect.data.records import DetectionRecord, SkipLog  # noqa: E402
 from detect.distributed import DistributedContext  # noqa: E402
 from detect.engine import CheckpointMismatch, TrainSettings, fit, run_fingerprint  # noqa: E402
-from detect.engine import ClassificationLoss  # noqa: E402
+from detect.classify import ClassificationLoss  # noqa: E402
 from detect.region import RegionDataset, collate_regions  # noqa: E402
 from detect.models.convention import InputConvention  # noqa: E402
 
@@ -367,6 +367,22 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
     _tiny_region_fit(tmp_path, records, ckpt, fingerprint=run_fingerprint(data=["a", 1], settings={"lr": 0.01}))
 
 
+def test_a_checkpoint_without_fingerprint_is_refused(tmp_path):
+    """Checkpoints written before they recorded a fingerprint are not resumed: the error names the file
+    and the ways on (resume=false, or another checkpoint); resume=false starts over and writes one."""
+    records = _region_records(tmp_path)
+    ckpt = tmp_path / "c.pt"
+    _tiny_region_fit(tmp_path, records, ckpt)  # no fingerprint given: none recorded, as in earlier versions
+    assert "fingerprint" not in torch.load(ckpt, weights_only=True)
+    before = ckpt.read_bytes()
+    fingerprint = run_fingerprint(data=["a", 1])
+    with pytest.raises(CheckpointMismatch, match=r"c\.pt: written before checkpoints recorded.*resume=false"):
+        _tiny_region_fit(tmp_path, records, ckpt, fingerprint=fingerprint)
+    assert ckpt.read_bytes() == before
+    _tiny_region_fit(tmp_path, records, ckpt, fingerprint=fingerprint, resume=False)
+    assert torch.load(ckpt, weights_only=True)["fingerprint"] == fingerprint
+
+
 # --------------------------------------------------------------------------- outputs never overwrite inputs
 
 def _tool(repo_root: Path, tool: str, *args, cwd: Path) -> subprocess.CompletedProcess:
@@ -388,23 +404,23 @@ def test_detect_tool_never_writes_over_inputs_or_foreign_files(tmp_path, repo_ro
     common = [f"detector={detector}", "backend=torch", f"work_dir={tmp_path / 'work'}"]
     # out_dir = the input folder (the reported case) and a folder inside it
     for out in (imgs, imgs / "out"):
-        run = _tool(repo_root, "detect.py", imgs, f"out_dir={out}", *common, cwd=tmp_path)
+        run = _tool(repo_root, "detect_images.py", imgs, f"out_dir={out}", *common, cwd=tmp_path)
         assert run.returncode != 0 and "input folder" in run.stderr, run.stdout + run.stderr
     # an image given by file name, out_dir its own folder: the drawn PNG would replace it
-    run = _tool(repo_root, "detect.py", imgs / "rgba.png", f"out_dir={imgs}", *common, cwd=tmp_path)
+    run = _tool(repo_root, "detect_images.py", imgs / "rgba.png", f"out_dir={imgs}", *common, cwd=tmp_path)
     assert run.returncode != 0 and "overwrite an input" in run.stderr, run.stdout + run.stderr
     assert (imgs / "rgba.png").read_bytes() == before
     # a file of the user's in out_dir with the name an output would take: kept, and the run refuses
     out = tmp_path / "out"
     out.mkdir()
     (out / "rgba.json").write_text("my notes")
-    run = _tool(repo_root, "detect.py", imgs, f"out_dir={out}", *common, cwd=tmp_path)
+    run = _tool(repo_root, "detect_images.py", imgs, f"out_dir={out}", *common, cwd=tmp_path)
     assert run.returncode != 0 and "not written by detect" in run.stderr
     assert (out / "rgba.json").read_text() == "my notes" and not (out / "rgba.png").exists()
     # its own earlier outputs are replaced on a re-run
     (out / "rgba.json").unlink()
     for _ in range(2):
-        run = _tool(repo_root, "detect.py", imgs, f"out_dir={out}", *common, cwd=tmp_path)
+        run = _tool(repo_root, "detect_images.py", imgs, f"out_dir={out}", *common, cwd=tmp_path)
         assert run.returncode == 0, run.stdout + run.stderr
     assert json.loads((out / "rgba.json").read_text())["width"] == 50
 
@@ -993,7 +1009,7 @@ def test_detect_tool_reports_a_failed_image_and_writes_the_others(tmp_path, repo
         return detect(self, image, proposals)
 
     monkeypatch.setattr(Detector, "detect", failing)
-    spec = importlib.util.spec_from_file_location("detect_tool", repo_root / "tools" / "detect.py")
+    spec = importlib.util.spec_from_file_location("detect_tool", repo_root / "tools" / "detect_images.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "out"

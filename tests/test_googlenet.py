@@ -15,14 +15,13 @@ from detect.io import atomic_torch_save
 from detect.models.googlenet import (
     INCEPTION_TABLE,
     GoogLeNet,
+    GoogLeNetConfig,
     LocalResponseNorm,
     GoogLeNetOutputs,
     _trunc_normal_,
-    build_model,
     googlenet_torchvision,
-    load_model,
-    load_pretrained,
 )
+from detect.models.weights import load_model, load_pretrained
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 
@@ -285,9 +284,28 @@ def test_load_pretrained_wrong_architecture(tmp_path):
         load_pretrained(GoogLeNet(width=0.25), bad)
 
 
+@pytest.mark.parametrize("bad, message", [
+    ([("width", 1)], "ck.pt: model_kwargs is not a mapping"),
+    ({"__class__": "os.system"}, r"ck.pt: unknown model_kwargs \['__class__'\]"),
+    ({"init_weights": False}, "ck.pt: unknown model_kwargs"),
+    ({"width": 0.0}, "ck.pt: .*width=0.0 is outside"),
+    ({"num_classes": 2.5}, "ck.pt: .*num_classes is an integer"),
+    ({"num_classes": True}, "ck.pt: .*num_classes=True"),
+    ({"lrn": "yes"}, "ck.pt: .*lrn, transform_input are true or false"),
+    ({"dropout": 1.5}, "ck.pt: .*dropout"),
+    ({"aux_pool": "max"}, "ck.pt: .*aux_pool"),
+    ({"pool4_size": 9}, "ck.pt: .*pool4_size"),
+    ({"input_convention": {"channel_order": "GBR"}}, "ck.pt: .*channel_order"),
+])
+def test_config_from_kwargs_refuses(bad, message):
+    with pytest.raises(ValueError, match=message):
+        GoogLeNetConfig.from_kwargs(bad, "ck.pt")
+
+
 def test_build_and_load_model_round_trip(tmp_path):
     model = googlenet_torchvision(num_classes=6, width=0.25)
-    assert isinstance(build_model(model.model_kwargs), GoogLeNet)
+    config = GoogLeNetConfig.from_kwargs(model.model_kwargs, "ck.pt")
+    assert config == model.config and GoogLeNet(config).model_kwargs == model.model_kwargs
     path = tmp_path / "cls" / "checkpoint.pt"
     atomic_torch_save({"model_kwargs": model.model_kwargs, "model_state": model.state_dict(),
                        "classes": {"wnids": list("abcdef"), "names": list("abcdef")}, "epoch": 1}, path)

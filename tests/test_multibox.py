@@ -477,7 +477,8 @@ def test_train_multibox_tool_smoke(tmp_path, repo_root):
 
 def test_backbone_initialised_from_a_classification_checkpoint(tmp_path):
     from detect.io import atomic_torch_save
-    from detect.models.googlenet import GoogLeNet, load_pretrained
+    from detect.models.googlenet import GoogLeNet
+    from detect.models.weights import load_pretrained
     from proposals.multibox.model import MultiBoxNet
 
     torch.manual_seed(1)

@@ -37,6 +37,11 @@ def _commands():
 COMMANDS = _commands()
 
 
+def _config_name(tool: str) -> str:
+    """The config a tool composes (``@hydra.main(config_name=...)``; tools/detect_images.py: detect)."""
+    return re.search(r'config_name="(\w+)"', (ROOT / "tools" / f"{tool}.py").read_text()).group(1)
+
+
 def _parsed(value: str):
     """An override's value as Hydra parses it (numbers, booleans, lists, null)."""
     return OverridesParser.create().parse_override(f"k={value}").value()
@@ -44,7 +49,7 @@ def _parsed(value: str):
 
 def test_readme_has_the_tool_commands():
     tools = {tool for tool, _ in COMMANDS}
-    assert {"detect", "train_cls", "train_multibox", "propose", "train_region", "detect_dataset", "eval_map"} <= tools
+    assert {"detect_images", "train_cls", "train_multibox", "propose", "train_region", "detect_dataset", "eval_map"} <= tools
 
 
 @pytest.mark.parametrize("tool, args", COMMANDS, ids=[f"{t}:{a.strip()[:40]}" for t, a in COMMANDS])
@@ -52,7 +57,7 @@ def test_readme_command_composes(tool, args):
     assert (ROOT / "tools" / f"{tool}.py").is_file()
     overrides = [a for a in shlex.split(args) if "=" in a and not a.startswith("-")]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(tool, overrides=overrides, return_hydra_config=True)
+        cfg = compose(_config_name(tool), overrides=overrides, return_hydra_config=True)
     choices = cfg.hydra.runtime.choices
     for override in overrides:  # each override took effect: a group was chosen, or the key holds the value
         key, value = override.lstrip("+~").split("=", 1)

@@ -9,7 +9,7 @@ from torch import nn
 
 from detect.data.records import DetectionRecord, SkippedItem
 from detect.models.convention import InputConvention
-from detect.engine import ClassificationLoss, evaluate_classification
+from detect.classify import ClassificationLoss, evaluate_classification
 from detect.region import (RegionDataset, ensemble_probs, add_ground_truth, assign_region_labels,
                            collate_regions, context_boxes, normalize_image, sample_regions, warp_regions)
 

@@ -54,7 +54,7 @@ def test_applied_before_torch_loads_without_loading_it():
     assert out.stdout.split() == ["1", "1"]
 
 
-TOOL_CONFIGS = sorted({m for path in (CONF.parent / "tools").glob("*.py")
+TOOL_CONFIGS = sorted({m for path in (CONF.parent / "tools").glob("*.py") if path.is_file()
                        for m in re.findall(r'config_name="(\w+)"', path.read_text())})
 
 

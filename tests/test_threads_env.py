@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-TOOLS = sorted((Path(__file__).resolve().parents[1] / "tools").glob("*.py"))
+TOOLS = sorted(p for p in (Path(__file__).resolve().parents[1] / "tools").glob("*.py") if p.is_file())
 
 
 def _first_import(path: Path, packages: tuple[str, ...]) -> int | None:

@@ -18,10 +18,12 @@ from detect.data.classification import ClassificationDataset, collate_skip, read
 from detect.data.records import SkipLog, SkippedItem
 from detect.data.transforms import INTERPOLATIONS, TrainTransform, to_float_tensor
 from detect.distributed import DistributedContext
-from detect.engine import ClassificationLoss, TrainSettings, fit
+from detect.engine import TrainSettings, fit
+from detect.classify import ClassificationLoss
 from detect.io import load_checkpoint
 from detect.models.convention import BVLC, RGB01
-from detect.models.googlenet import GoogLeNet, load_model
+from detect.models.googlenet import GoogLeNet
+from detect.models.weights import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=googlenet_small", "model.width=0.125", "crop_size=64", "batch_size=4", "eval_batch_size=8",

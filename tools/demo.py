@@ -3,14 +3,10 @@
     python tools/demo.py [experiment=demo_quick]                                   # built-in synthetic data
     python tools/demo.py experiment=small data=voc data.root=/datasets/MyVOC       # your own dataset
 """
-import sys
-from pathlib import Path
-
-# `python tools/<tool>.py` puts tools/ first on sys.path, where tools/detect.py would hide the detect package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import hashlib
 import json
+import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -47,7 +43,7 @@ def final_stages(common: list[str], members: int, draw: list[str]) -> list[Stage
         Stage("bundle", "train_region", [*common, "step=bundle", f"members={members}"]),
         Stage("detect_val", "detect_dataset", [*common, "split=val"]),
         Stage("eval_map", "eval_map", [*common, "split=val"]),
-        Stage("draw", "detect", [*draw, *common]),
+        Stage("draw", "detect_images", [*draw, *common]),
     ]
 
 

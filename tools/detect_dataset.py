@@ -17,16 +17,11 @@ detector's live proposer.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python tools/<tool>.py` puts tools/ first on sys.path, where tools/detect.py would hide the detect package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import glob
 import hashlib
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 

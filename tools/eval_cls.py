@@ -9,12 +9,6 @@ ILSVRC 2012 synsets in sorted wnid order (Caffe's ``synsets.txt``), which the sp
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python tools/<tool>.py` puts tools/ first on sys.path, where tools/detect.py would hide the detect package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import logging
 
 import detect  # noqa: F401  (first: sets OpenMP's passive waiting before torch loads; see detect/__init__.py)
@@ -28,10 +22,10 @@ from detect.classes import ClassList
 from detect.data.classification import ClassificationDataset, ClassificationSplit, make_loader
 from detect.data.transforms import TestTransform
 from detect.distributed import DistributedContext, resolve_device
-from detect.engine import collect_probabilities, topk_accuracy
+from detect.classify import collect_probabilities, topk_accuracy
 from detect.io import atomic_write_json
 from detect.models.convention import RGB01, WithInputConvention
-from detect.models.googlenet import load_model
+from detect.models.weights import load_model
 
 log = logging.getLogger("eval_cls")
 

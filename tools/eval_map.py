@@ -6,12 +6,6 @@ Reads the ground truth only (no pixels; ``check_images=false``), so a ground-tru
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python tools/<tool>.py` puts tools/ first on sys.path, where tools/detect.py would hide the detect package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import logging
 from pathlib import Path
 

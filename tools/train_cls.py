@@ -5,12 +5,6 @@
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python tools/<tool>.py` puts tools/ first on sys.path, where tools/detect.py would hide the detect package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import logging
 from pathlib import Path
 
@@ -21,8 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from detect import distributed
 from detect.data.classification import ClassificationDataset, make_loader
 from detect.data.records import SkipLog
-from detect.engine import TrainSettings, evaluate_classification, fit, init_identity, run_fingerprint, seed_everything
-from detect.models.googlenet import load_pretrained
+from detect.engine import TrainSettings, fit, init_identity, run_fingerprint, seed_everything
+from detect.classify import evaluate_classification
+from detect.models.weights import load_pretrained
 
 log = logging.getLogger("train_cls")
 # what a resumed checkpoint must have been trained with (epochs and logging may change between runs)
@@ -58,13 +53,13 @@ def main(cfg: DictConfig) -> dict:
         averaged = fit(
             model=model, loss_fn=instantiate(cfg.loss), train_loader=train_loader, optimizer=optimizer,
             scheduler=scheduler, settings=TrainSettings.from_config(cfg), ctx=ctx, checkpoint_path=Path(cfg.checkpoint),
-            checkpoint_meta={"model_kwargs": dict(model.model_kwargs),
+            checkpoint_meta={"model_kwargs": model.model_kwargs,
                              "classes": classes.to_dict(),
                              "config": OmegaConf.to_container(cfg, resolve=True)},
             evaluate=lambda m: evaluate_classification(m, val_loader, ctx.device), skipped=skipped,
             fingerprint=run_fingerprint(
                 data=[str(cfg.data_cls.name), [(str(p), int(label)) for p, label in train_split.samples]],
-                classes=list(classes.wnids), model=dict(model.model_kwargs), init=init_identity(cfg.init),
+                classes=list(classes.wnids), model=model.model_kwargs, init=init_identity(cfg.init),
                 settings={k: resolved[k] for k in RUN_SETTINGS}),
         )
         if ctx.is_main and len(skipped):

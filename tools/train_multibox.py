@@ -5,12 +5,6 @@
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python tools/<tool>.py` puts tools/ first on sys.path, where tools/detect.py would hide the detect package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import logging
 
 import detect  # noqa: F401  (first: sets OpenMP's passive waiting before torch loads; see detect/__init__.py)
@@ -24,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
 from detect.engine import TrainSettings, fit, init_identity, run_fingerprint, seed_everything
-from detect.models.googlenet import load_pretrained
+from detect.models.weights import load_pretrained
 from detect.runtime import worker_threads
 from proposals.multibox.data import MultiBoxDataset, collate_multibox
 from proposals.multibox.training import evaluate_coverage, resolve_priors
@@ -52,7 +46,7 @@ def main(cfg: DictConfig) -> float:
     if cfg.init:
         load_pretrained(model.backbone, cfg.init)  # also takes the input convention of those weights
     model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.multibox, resolve=True).items() if k != "_target_"}
-    model_kwargs["backbone_kwargs"] = dict(model.backbone.model_kwargs, aux_logits=False)
+    model_kwargs["backbone_kwargs"] = model.backbone.model_kwargs  # aux_logits off, init's input convention
 
     train_data = MultiBoxDataset(train_set, model.input_size, model.input_convention, train=True, **cfg.augment)
     sampler = DistributedSampler(train_data, seed=cfg.seed) if ctx.distributed else None

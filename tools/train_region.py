@@ -7,12 +7,6 @@
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python tools/<tool>.py` puts tools/ first on sys.path, where tools/detect.py would hide the detect package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import logging
 from pathlib import Path
 
@@ -28,12 +22,13 @@ from detect.classes import ClassList
 from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
 from detect.data.splits import proposal_store_path
-from detect.engine import (ClassificationLoss, TrainSettings, evaluate_classification, fit, init_identity,
-                           run_fingerprint, seed_everything)
+from detect.engine import TrainSettings, fit, init_identity, run_fingerprint, seed_everything
+from detect.classify import ClassificationLoss, evaluate_classification
 from detect.io import load_checkpoint
 from detect.models.bvlc import weights_format
 from detect.models.convention import InputConvention
-from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, build_model, load_pretrained
+from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, GoogLeNetConfig
+from detect.models.weights import load_pretrained
 from detect.pipeline import DetectorSettings, bundle_detector
 from detect.quantize import draw_calibration_crops, draw_calibration_images
 from detect.region import RegionDataset, collate_regions
@@ -87,7 +82,7 @@ def build_member(cfg: DictConfig, num_outputs: int) -> torch.nn.Module:
         ckpt = load_checkpoint(cfg.init)
         if isinstance(ckpt, dict) and "model_kwargs" in ckpt:
             log.info("%s: member built with the checkpoint's model_kwargs (cfg.model not used)", cfg.init)
-            return build_model({**dict(ckpt["model_kwargs"]), "num_classes": num_outputs})
+            return GoogLeNet(GoogLeNetConfig.from_kwargs(ckpt["model_kwargs"], str(cfg.init)), num_classes=num_outputs)
     return instantiate(cfg.model, num_classes=num_outputs)
 
 
@@ -143,14 +138,14 @@ def train(cfg: DictConfig) -> None:
     skipped = SkipLog("training images")
     fit(model=model, loss_fn=ClassificationLoss(cfg.aux_weight, background=0), train_loader=loader, optimizer=optimizer,
         scheduler=scheduler, settings=TrainSettings.from_config(cfg), ctx=ctx, checkpoint_path=cfg.checkpoint,
-        checkpoint_meta={"model_kwargs": dict(model.model_kwargs), "member": int(cfg.member), "seed": seed,
+        checkpoint_meta={"model_kwargs": model.model_kwargs, "member": int(cfg.member), "seed": seed,
                          "classes": classes.to_dict()},
         evaluate=evaluate, skipped=skipped,
         fingerprint=run_fingerprint(
             data=[str(cfg.data.name), [(r.image_id, str(r.path), r.boxes.tolist(), r.labels.tolist())
                                        for r in dataset.records]],
             proposals=None if store is None else [store.meta.get("fingerprint"), len(store)],
-            classes=list(classes.wnids), model=dict(model.model_kwargs), init=init_identity(cfg.init),
+            classes=list(classes.wnids), model=model.model_kwargs, init=init_identity(cfg.init),
             settings={**{k: resolved[k] for k in RUN_SETTINGS}, "seed": seed}))
     if ctx.is_main:
         if len(skipped):

@@ -35,33 +35,22 @@ File formats (detected by content, :func:`weights_format`):
   (or a ``MatMul``) stores the fully connected weight as ``(in, out)`` and is transposed. The
   convolution geometry of the ``Conv`` nodes is checked.
 
-Policy: every layer of the main network must be in the file and fit (else ``ValueError`` naming the
-file and the layer); the auxiliary heads are optional (the ONNX file has none: they stay
-initialised and are reported); a classifier for another number of classes (e.g. 201 region
-outputs) is left initialised and reported, as ``load_pretrained`` does for our checkpoints. The
-file's sha1 is compared with BVLC's for ``.caffemodel`` files: a mismatch is logged as a warning
-(the layers still load: e.g. a copy fine-tuned in Caffe), and reported in ``LoadReport.sha1_matches``.
+Loading them into a model (the policy: which layers must be there and fit, the sha1 check):
+:func:`detect.models.weights.load_bvlc`.
 """
 from __future__ import annotations
 
-import hashlib
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from detect.models import protowire as pw
-from detect.models.convention import BVLC
-from detect.models.googlenet import INCEPTION_TABLE, GoogLeNet, LoadReport
-
-log = logging.getLogger(__name__)
+from detect.models.googlenet import INCEPTION_TABLE
 
 __all__ = ["BVLC_SHA1", "CAFFE_TO_MODULE", "WeightsLayer", "weights_format", "read_caffemodel", "read_onnx",
-           "load_bvlc", "model_from_weights"]
+           "read_weights"]
 
 BVLC_SHA1 = "405fc5acd08a3bb12de8ee5e23a96bec22f08204"  # models/bvlc_googlenet/readme.md
 
@@ -284,185 +273,11 @@ def read_onnx(path: str | Path) -> list[WeightsLayer]:
     return list(layers.values())
 
 
-# ------------------------------------------------------------------------------------------ load
-def _check_architecture(model: nn.Module, path: Path) -> None:
-    kwargs = getattr(model, "model_kwargs", None)
-    if not isinstance(model, GoogLeNet) or kwargs is None:
-        raise ValueError(f"{path}: BVLC GoogLeNet weights load into a GoogLeNet, not a {type(model).__name__}")
-    need = {"batch_norm": False, "five_by_five": True, "lrn": True, "width": 1.0, "pool4_size": 3,
-            "aux_pool": "paper", "transform_input": False}
-    wrong = {k: kwargs.get(k) for k, v in need.items() if kwargs.get(k) != v}
-    if wrong:
-        raise ValueError(f"{path}: BVLC GoogLeNet is the paper network (model=googlenet: "
-                         f"{', '.join(f'{k}={v}' for k, v in need.items())}); this model has "
-                         f"{', '.join(f'{k}={v}' for k, v in wrong.items())}")
-
-
-def _fit(path: Path, layer: WeightsLayer, shape: tuple[int, ...]) -> np.ndarray:
-    """The weight blob of ``layer`` in our layout ``shape``: leading singleton axes of V1 blobs dropped,
-    a transposed fully connected weight transposed back. Never reshaped by element count."""
-    w = layer.blobs[0]
-    while w.ndim > len(shape) and w.shape[0] == 1:
-        w = w.reshape(w.shape[1:])
-    if layer.params.get("transpose"):
-        if w.ndim != 2:
-            raise ValueError(f"{path}: layer {layer.name!r}: transposed weight of shape {w.shape}")
-        w = w.T
-    if w.ndim != len(shape) or (w.shape != shape and w.shape[1:] != shape[1:]):
-        raise ValueError(f"{path}: layer {layer.name!r} does not fit: weight {tuple(layer.blobs[0].shape)} "
-                         f"{'(stored transposed) ' if layer.params.get('transpose') else ''}against the model's {shape}")
-    return np.ascontiguousarray(w)
-
-
-def _check_geometry(path: Path, layer: WeightsLayer, module: nn.Module) -> None:
-    p = layer.params
-    if isinstance(module, nn.Conv2d):
-        if layer.type != "Convolution":
-            raise ValueError(f"{path}: layer {layer.name!r} is {layer.type}, expected Convolution")
-        if not p:
-            return  # an ONNX weight no node uses: nothing to check beyond its shape
-        want = {"stride": tuple(module.stride), "pad": tuple(module.padding), "dilation": tuple(module.dilation),
-                "group": module.groups, "bias_term": True}
-    elif isinstance(module, nn.Linear):
-        if layer.type != "InnerProduct":
-            raise ValueError(f"{path}: layer {layer.name!r} is {layer.type}, expected InnerProduct")
-        want = {"bias_term": True}
-    elif isinstance(module, nn.MaxPool2d):
-        want = {"method": "MAX", "kernel": (module.kernel_size,) * 2, "stride": (module.stride,) * 2,
-                "pad": (module.padding,) * 2, "global": False, "ceil": module.ceil_mode}
-    elif hasattr(module, "alpha"):  # LocalResponseNorm
-        want = {"local_size": module.size, "region": 0, "alpha": module.alpha, "beta": module.beta, "k": module.k}
-    else:  # FIXED_POOLS
-        method, k, s, pad = FIXED_POOLS[layer.name]
-        want = {"method": method, "kernel": (k, k), "stride": (s, s), "pad": (pad, pad), "global": False, "ceil": True}
-    for key, value in want.items():
-        got = p.get(key, value)
-        if isinstance(value, float):  # LRN constants are float32 in the file
-            same = abs(got - value) <= 1e-6 * abs(value)
-        else:
-            same = tuple(np.atleast_1d(got)) == tuple(np.atleast_1d(value))
-        if not same:
-            raise ValueError(f"{path}: layer {layer.name!r} has {key}={got}, model=googlenet has {key}={value}: "
-                             "not the network this model implements")
-
-
-def load_bvlc(model: GoogLeNet, path: str | Path, kind: str | None = None) -> LoadReport:
-    """Load BVLC GoogLeNet weights (``.caffemodel`` or ONNX-zoo ``.onnx``) into ``model`` (a
-    ``model=googlenet`` GoogLeNet of any ``num_classes``, with or without aux heads) and set its
-    input convention to :data:`detect.models.convention.BVLC`. See the module docstring for the
-    policy; returns the :class:`LoadReport` (``loaded_layers``, ``skipped_layers`` by reason, sha1)."""
-    path = Path(path)
-    _check_architecture(model, path)
-    return _load(model, path, *_read(path, kind or weights_format(path)))
-
-
-def _read(path: Path, kind: str) -> tuple[list[WeightsLayer], str]:
-    """(layers, source description) of a weights file of format ``kind``."""
+def read_weights(path: str | Path, kind: str) -> tuple[list[WeightsLayer], str]:
+    """(layers, source description) of a weights file of format ``kind`` (``weights_format``)."""
     if kind == "caffemodel":
         layers, encoding = read_caffemodel(path)
         return layers, f"caffemodel ({'V1 layers' if encoding == 'layers' else 'layer'} encoding)"
     if kind == "onnx":
         return read_onnx(path), "onnx"
     raise ValueError(f"{path}: not a .caffemodel or ONNX file")
-
-
-def _load(model: GoogLeNet, path: Path, layers: list[WeightsLayer], source: str) -> LoadReport:
-    report = LoadReport(source=source, sha1=_sha1(path))
-    by_name: dict[str, WeightsLayer] = {}
-    for layer in layers:
-        if layer.name in by_name and (layer.blobs or by_name[layer.name].blobs):
-            raise ValueError(f"{path}: layer name {layer.name!r} occurs twice")
-        by_name.setdefault(layer.name, layer)
-    modules = dict(model.named_modules())
-    own = model.state_dict()
-    to_load: dict[str, torch.Tensor] = {}
-    for name, target in CAFFE_TO_MODULE.items():
-        module, layer = modules.get(target), by_name.get(name)
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):  # aux head not built, classifier replaced (MultiBox)
-            if layer is not None and layer.blobs:
-                report.skipped_layers[name] = f"no {target} in this model"
-            continue
-        if layer is None or not layer.blobs:
-            if name.startswith(("loss1/", "loss2/")):
-                report.missing += [f"{target}.weight", f"{target}.bias"]
-                report.skipped_layers[name] = "not in the file: left initialised"
-                continue
-            raise ValueError(f"{path}: layer {name!r} (-> {target}) is missing from the file: not BVLC GoogLeNet")
-        _check_geometry(path, layer, module)
-        if len(layer.blobs) != 2:
-            raise ValueError(f"{path}: layer {name!r} has {len(layer.blobs)} blobs, expected a weight and a bias")
-        weight = _fit(path, layer, tuple(module.weight.shape))
-        bias = layer.blobs[1].reshape(-1)
-        if weight.shape != tuple(module.weight.shape) or bias.shape != tuple(module.bias.shape):
-            if name not in CLASSIFIERS or weight.shape[0] != bias.shape[0]:
-                raise ValueError(f"{path}: layer {name!r} does not fit: weight {weight.shape}, bias {bias.shape} "
-                                 f"against the model's {tuple(module.weight.shape)}, {tuple(module.bias.shape)}")
-            report.mismatched += [f"{target}.weight", f"{target}.bias"]
-            report.skipped_layers[name] = (f"classifier of {weight.shape[0]} outputs, the model has "
-                                           f"{module.weight.shape[0]}: left initialised")
-            continue
-        to_load[f"{target}.weight"] = torch.from_numpy(weight)
-        to_load[f"{target}.bias"] = torch.from_numpy(np.ascontiguousarray(bias))
-        report.loaded_layers.append(name)
-    if source.startswith("caffemodel"):
-        for name, target in {**LRN_LAYERS, **POOL_LAYERS}.items():
-            if target not in modules or (name.startswith("loss") and name not in by_name):
-                continue  # aux heads not built, or not in the file (a deploy-only file: they stay initialised)
-            if name not in by_name:
-                raise ValueError(f"{path}: layer {name!r} is missing from the file: not BVLC GoogLeNet")
-            _check_geometry(path, by_name[name], modules[target])
-    for name, layer in by_name.items():
-        if layer.blobs and name not in CAFFE_TO_MODULE:
-            report.skipped_layers[name] = "not a layer of model=googlenet"
-    report.loaded = sorted(to_load)
-    report.unexpected = [n for n in report.skipped_layers if n not in CAFFE_TO_MODULE]
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in to_load.items()}, strict=False)
-    model.set_input_convention(BVLC)
-    _log_report(path, report, len(own))
-    return report
-
-
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _log_report(path: Path, report: LoadReport, total: int) -> None:
-    if report.source.startswith("caffemodel"):
-        report.sha1_matches = report.sha1 == BVLC_SHA1
-        if report.sha1_matches:
-            log.info("%s: sha1 %s: BVLC's released bvlc_googlenet.caffemodel", path, report.sha1)
-        else:
-            log.warning("%s: sha1 %s differs from BVLC's released bvlc_googlenet.caffemodel (%s): another snapshot, "
-                        "a copy fine-tuned or altered, or a damaged download; its layers fit and were loaded",
-                        path, report.sha1, BVLC_SHA1)
-    else:
-        log.info("%s: sha1 %s", path, report.sha1)
-    log.info("%s (%s): loaded %d layers (%d of the model's %d tensors); input convention now %s", path,
-             report.source, len(report.loaded_layers), len(report.loaded), total, BVLC.describe())
-    by_reason: dict[str, list[str]] = {}
-    for name, reason in report.skipped_layers.items():
-        by_reason.setdefault(reason, []).append(name)
-    for reason, names in by_reason.items():
-        level = logging.WARNING if reason.startswith("not in the file") else logging.INFO
-        log.log(level, "%s: not loaded (%s): %s", path, reason, ", ".join(names))
-
-
-def model_from_weights(path: str | Path, kind: str | None = None) -> tuple[GoogLeNet, LoadReport]:
-    """A ``model=googlenet`` GoogLeNet built to the file's size (its classifier's outputs; aux heads
-    when the file has them) with every tensor loaded from BVLC weights; eval mode."""
-    path = Path(path)
-    layers, source = _read(path, kind or weights_format(path))
-    by_name = {layer.name: layer for layer in layers if layer.blobs}
-    if "loss3/classifier" not in by_name:
-        raise ValueError(f"{path}: no layer 'loss3/classifier': not BVLC GoogLeNet")
-    num_classes = int(by_name["loss3/classifier"].blobs[-1].size)  # the bias: one value per output
-    aux = all(f"loss{k}/{n}" in by_name for k in (1, 2) for n in ("conv", "fc", "classifier"))
-    model = GoogLeNet(num_classes=num_classes, aux_logits=aux, init_weights=False)
-    report = _load(model, path, layers, source)
-    if report.missing or report.mismatched:
-        raise ValueError(f"{path}: not every tensor loaded ({report.missing + report.mismatched})")
-    return model.eval(), report

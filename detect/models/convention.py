@@ -16,7 +16,7 @@ the convention its crops were normalised with, so crops are warped once per conv
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch

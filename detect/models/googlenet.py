@@ -32,41 +32,24 @@ rows: e.g. 4c has 512*128 + 512*128 + 128*256*9 + 512*24 + 24*64*25 + 512*64 = 5
 Inputs: float ``Tensor[B, 3, H, W]`` prepared by the model's ``input_convention``
 (:mod:`detect.models.convention`: ImageNet mean/std on RGB 0..1 for our own and torchvision's
 weights, BGR 0..255 minus the mean for BVLC's), any H, W >= 96 (small CPU configs warp crops to 96
-or 112). The convention is part of ``model_kwargs``, so every checkpoint and detector file records it.
+or 112). The convention is part of :class:`GoogLeNetConfig`, so every checkpoint and detector file records
+it (in ``model_kwargs``, the config as plain values). Loading weights: :mod:`detect.models.weights`.
 """
 from __future__ import annotations
 
-import inspect
-import logging
 from collections import namedtuple
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detect.io import load_checkpoint
+from detect.limits import check_bound
 from detect.models.convention import IMAGENET_MEAN, IMAGENET_STD, InputConvention
 
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "InputConvention",
-    "GoogLeNet",
-    "GoogLeNetOutputs",
-    "LoadReport",
-    "build_model",
-    "checkpoint_convention",
-    "googlenet_torchvision",
-    "load_model",
-    "load_pretrained",
-    "model_from_entry",
-    "strip_module_prefix",
-]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputConvention", "GoogLeNet", "GoogLeNetConfig", "GoogLeNetOutputs",
+           "googlenet_torchvision"]
 
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux1", "aux2"])
 
@@ -82,6 +65,77 @@ INCEPTION_TABLE = {
     "5a": (256, 160, 320, 32, 128, 128),
     "5b": (384, 192, 384, 48, 128, 128),
 }
+
+
+@dataclass(frozen=True)
+class GoogLeNetConfig:
+    """The architecture of a GoogLeNet, checked when built (``ValueError`` naming the field).
+
+    num_classes: size of the classifier (1000 for ImageNet, 201 for a region classifier).
+    aux_logits: build the two auxiliary heads (used in training mode only).
+    batch_norm: BatchNorm after every conv (conv -> bn -> relu, eps 0.001, conv without bias).
+    width: multiplies every channel count (rounded, at least 8).
+    five_by_five: real 5x5 convs in the "5x5" branch (False: 3x3, as torchvision's port).
+    lrn: local response normalisation after maxpool1 and conv3 (size 5, alpha 1e-4, beta 0.75).
+    dropout, aux_dropout: dropout before the classifier / in the auxiliary heads.
+    transform_input: convert ImageNet-normalised input to the (x - 0.5) / 0.5 scale of
+        torchvision's ported weights (exactly as torchvision does).
+    aux_pool: "paper" (5x5/3 average pool) or "adaptive" (torchvision's adaptive 4x4).
+    pool4_size: kernel of maxpool4 (3 as in the paper; 2 in torchvision's port).
+    input_convention: the input the weights expect (``InputConvention`` or its ``to_dict()``;
+        None = ImageNet mean/std on RGB 0..1). Loading weights sets it (``load_pretrained``); it
+        does not change the forward pass: callers prepare inputs with ``input_convention.normalize``.
+
+    Checkpoints and detector files store it as ``model_kwargs`` (:meth:`to_kwargs`, plain values);
+    :meth:`from_kwargs` reads them back, refusing anything else.
+    """
+
+    num_classes: int = 1000
+    aux_logits: bool = True
+    batch_norm: bool = False
+    width: float = 1.0
+    five_by_five: bool = True
+    lrn: bool = True
+    dropout: float = 0.4
+    aux_dropout: float = 0.7
+    transform_input: bool = False
+    aux_pool: str = "paper"
+    pool4_size: int = 3
+    input_convention: InputConvention | None = None
+
+    def __post_init__(self):
+        for name in ("num_classes", "width"):  # bounded before anything is allocated (detect/limits.py)
+            check_bound(getattr(self, name), name, "GoogLeNet")
+        flags = ("aux_logits", "batch_norm", "five_by_five", "lrn", "transform_input")
+        checks = [(isinstance(self.num_classes, int), "num_classes is an integer"),
+                  (all(isinstance(getattr(self, f), bool) for f in flags), f"{', '.join(flags)} are true or false"),
+                  (all(isinstance(p, (int, float)) and 0 <= p <= 1 for p in (self.dropout, self.aux_dropout)),
+                   "0 <= dropout, aux_dropout <= 1"),
+                  (self.aux_pool in ("paper", "adaptive"), "aux_pool is 'paper' or 'adaptive'"),
+                  (self.pool4_size in (1, 2, 3) and not isinstance(self.pool4_size, bool), "pool4_size in 1, 2, 3")]
+        for ok, rule in checks:
+            if not ok:
+                raise ValueError(f"GoogLeNet: need {rule} ({self})")
+        object.__setattr__(self, "input_convention", InputConvention.from_dict(self.input_convention))
+
+    def to_kwargs(self) -> dict:
+        """Plain values (``model_kwargs`` of checkpoints and detector files, ``weights_only`` loadable)."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**kwargs, "input_convention": self.input_convention.to_dict()}
+
+    @classmethod
+    def from_kwargs(cls, kwargs: object, source: str) -> "GoogLeNetConfig":
+        """The config a file's ``model_kwargs`` describe: ``ValueError`` naming ``source`` when it is not a
+        mapping, names anything but a field (a file's contents choose no code) or a value out of range."""
+        if not isinstance(kwargs, Mapping):
+            raise ValueError(f"{source}: model_kwargs is not a mapping")
+        unknown = set(kwargs) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{source}: unknown model_kwargs {sorted(map(str, unknown))}")
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: model_kwargs refused ({e})") from e
 
 
 class ConvReLU(nn.Module):
@@ -200,56 +254,33 @@ class InceptionAux(nn.Module):
 class GoogLeNet(nn.Module):
     """Inception v1 (Table 1), with options for torchvision's port and small CPU configs.
 
-    Args:
-        num_classes: size of the classifier (1000 for ImageNet, 201 for a region classifier).
-        aux_logits: build the two auxiliary heads (used in training mode only).
-        batch_norm: BatchNorm after every conv (conv -> bn -> relu, eps 0.001, conv without bias).
-        width: multiplies every channel count (rounded, at least 8).
-        five_by_five: real 5x5 convs in the "5x5" branch (False: 3x3, as torchvision's port).
-        lrn: local response normalisation after maxpool1 and conv3 (size 5, alpha 1e-4, beta 0.75).
-        dropout, aux_dropout: dropout before the classifier / in the auxiliary heads.
-        transform_input: convert ImageNet-normalised input to the (x - 0.5) / 0.5 scale of
-            torchvision's ported weights (exactly as torchvision does).
-        init_weights: truncated-normal init (see ``_init_weights``); False leaves PyTorch's defaults.
-        aux_pool: "paper" (5x5/3 average pool) or "adaptive" (torchvision's adaptive 4x4).
-        pool4_size: kernel of maxpool4 (3 as in the paper; 2 in torchvision's port).
-        input_convention: the input the weights expect (``InputConvention`` or its ``to_dict()``;
-            None = ImageNet mean/std on RGB 0..1). Loading weights sets it (``load_pretrained``);
-            it does not change the forward pass: callers prepare inputs with
-            ``model.input_convention.normalize``.
+    ``GoogLeNet(config)`` or ``GoogLeNet(**fields)`` (what conf/model/*.yaml instantiate), or both: the
+    fields override the config's (:class:`GoogLeNetConfig`). init_weights: truncated-normal init (see
+    ``_init_weights``); False leaves PyTorch's defaults (weights to be loaded).
 
     ``forward(x: Tensor[B, 3, H, W] float) -> Tensor[B, num_classes]`` in eval mode (or without aux
     heads), ``GoogLeNetOutputs(logits, aux1, aux2)`` in training mode with aux heads.
     """
 
-    def __init__(self, num_classes: int = 1000, aux_logits: bool = True, batch_norm: bool = False,
-                 width: float = 1.0, five_by_five: bool = True, lrn: bool = True, dropout: float = 0.4,
-                 aux_dropout: float = 0.7, transform_input: bool = False, init_weights: bool = True,
-                 aux_pool: str = "paper", pool4_size: int = 3,
-                 input_convention: InputConvention | dict | None = None):
+    def __init__(self, config: GoogLeNetConfig | None = None, init_weights: bool = True, **fields):
         super().__init__()
-        self.input_convention = InputConvention.from_dict(input_convention)
-        self.model_kwargs = dict(
-            num_classes=num_classes, aux_logits=aux_logits, batch_norm=batch_norm, width=width,
-            five_by_five=five_by_five, lrn=lrn, dropout=dropout, aux_dropout=aux_dropout,
-            transform_input=transform_input, aux_pool=aux_pool, pool4_size=pool4_size,
-            input_convention=self.input_convention.to_dict(),
-        )  # what build_model needs to rebuild this network; stored in checkpoints
-        self.aux_logits = aux_logits
-        self.transform_input = transform_input
+        self.config = c = replace(config or GoogLeNetConfig(), **fields)
+        self.aux_logits = c.aux_logits
+        self.transform_input = c.transform_input
+        width, batch_norm = c.width, c.batch_norm
 
-        def ch(c: int) -> int:
-            return max(8, int(round(c * width)))
+        def ch(n: int) -> int:
+            return max(8, int(round(n * width)))
 
         def conv(cin: int, cout: int, k: int, **kw) -> ConvReLU:
             return ConvReLU(cin, cout, k, batch_norm=batch_norm, **kw)
 
         def inception(cin: int, name: str) -> Inception:
-            return Inception(cin, *(ch(c) for c in INCEPTION_TABLE[name]), batch_norm=batch_norm,
-                             five_by_five=five_by_five)
+            return Inception(cin, *(ch(k) for k in INCEPTION_TABLE[name]), batch_norm=batch_norm,
+                             five_by_five=c.five_by_five)
 
         def local_response_norm() -> nn.Module:
-            return LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if lrn else nn.Identity()
+            return LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if c.lrn else nn.Identity()
 
         self.conv1 = conv(3, ch(64), 7, stride=2, padding=3)
         self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
@@ -268,31 +299,40 @@ class GoogLeNet(nn.Module):
         self.inception4c = inception(self.inception4b.out_channels, "4c")
         self.inception4d = inception(self.inception4c.out_channels, "4d")
         self.inception4e = inception(self.inception4d.out_channels, "4e")
-        self.maxpool4 = nn.MaxPool2d(pool4_size, stride=2, ceil_mode=True)
+        self.maxpool4 = nn.MaxPool2d(c.pool4_size, stride=2, ceil_mode=True)
 
         self.inception5a = inception(self.inception4e.out_channels, "5a")
         self.inception5b = inception(self.inception5a.out_channels, "5b")
         self.feature_dim = self.inception5b.out_channels
 
-        if aux_logits:
-            aux = dict(conv_channels=ch(128), hidden=ch(1024), dropout=aux_dropout, batch_norm=batch_norm,
-                       pool=aux_pool)
-            self.aux1 = InceptionAux(self.inception4a.out_channels, num_classes, **aux)
-            self.aux2 = InceptionAux(self.inception4d.out_channels, num_classes, **aux)
+        if c.aux_logits:
+            aux = dict(conv_channels=ch(128), hidden=ch(1024), dropout=c.aux_dropout, batch_norm=batch_norm,
+                       pool=c.aux_pool)
+            self.aux1 = InceptionAux(self.inception4a.out_channels, c.num_classes, **aux)
+            self.aux2 = InceptionAux(self.inception4d.out_channels, c.num_classes, **aux)
         else:
             self.aux1 = self.aux2 = None
 
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(self.feature_dim, num_classes)
+        self.dropout = nn.Dropout(c.dropout)
+        self.fc = nn.Linear(self.feature_dim, c.num_classes)
 
         if init_weights:
             self._init_weights()
 
+    @property
+    def input_convention(self) -> InputConvention:
+        """The input the weights expect (``config.input_convention``)."""
+        return self.config.input_convention
+
+    @property
+    def model_kwargs(self) -> dict:
+        """The config as plain values, as checkpoints and detector files store it (``config.to_kwargs()``)."""
+        return self.config.to_kwargs()
+
     def set_input_convention(self, convention: InputConvention | dict | None) -> None:
-        """Record the input the (newly loaded) weights expect, in ``input_convention`` and ``model_kwargs``."""
-        self.input_convention = InputConvention.from_dict(convention)
-        self.model_kwargs["input_convention"] = self.input_convention.to_dict()
+        """Record the input the (newly loaded) weights expect, in ``config``."""
+        self.config = replace(self.config, input_convention=InputConvention.from_dict(convention))
 
     @torch.no_grad()
     def _init_weights(self) -> None:
@@ -372,157 +412,6 @@ def googlenet_torchvision(**overrides) -> GoogLeNet:
     BatchNorm, 3x3 convs in the "5x5" branch, no LRN, adaptive aux pool, 2x2 maxpool4, dropout 0.2.
     ``overrides`` are GoogLeNet kwargs (e.g. ``num_classes=201, transform_input=True``).
     """
-    kwargs = dict(batch_norm=True, five_by_five=False, lrn=False, aux_pool="adaptive", pool4_size=2, dropout=0.2)
-    kwargs.update(overrides)
-    return GoogLeNet(**kwargs)
-
-
-_GOOGLENET_ARGS = set(inspect.signature(GoogLeNet.__init__).parameters) - {"self"}
-
-
-def build_model(model_kwargs: Mapping, source: str = "model_kwargs") -> GoogLeNet:
-    """GoogLeNet from the kwargs stored in a checkpoint (``GoogLeNet.model_kwargs``); names that are not
-    GoogLeNet's arguments are a ``ValueError`` naming ``source`` (a file's contents choose no code)."""
-    if not isinstance(model_kwargs, Mapping):
-        raise ValueError(f"{source}: model_kwargs is not a mapping")
-    unknown = set(model_kwargs) - _GOOGLENET_ARGS
-    if unknown:
-        raise ValueError(f"{source}: unknown model_kwargs {sorted(unknown)}")
-    try:
-        return GoogLeNet(**dict(model_kwargs))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: model_kwargs refused ({e})") from e
-
-
-def model_from_entry(entry: Any, source: str, defaults: Mapping | None = None) -> GoogLeNet:
-    """The GoogLeNet a checkpoint-like entry (``model_kwargs`` + ``model_state``, a DDP / AveragedModel
-    ``module.`` prefix allowed) describes, in eval mode; ``defaults``: kwargs used where the entry has
-    none. Anything that does not fit is a ``ValueError`` naming ``source``: a width or class count beyond
-    :data:`detect.limits.LIMITS` (checked before anything is allocated), weights holding NaN or infinity."""
-    from detect.limits import check_bound, check_finite_state
-
-    if not isinstance(entry, Mapping) or not isinstance(entry.get("model_kwargs"), Mapping) \
-            or not isinstance(entry.get("model_state"), Mapping):
-        raise ValueError(f"{source}: not a GoogLeNet checkpoint (needs 'model_kwargs' and 'model_state')")
-    kwargs = {**dict(defaults or {}), **dict(entry["model_kwargs"]), "init_weights": False}
-    for name in ("width", "num_classes"):
-        check_bound(kwargs.get(name), name, f"{source}: model_kwargs")
-    check_finite_state(entry["model_state"], source)
-    model = build_model(kwargs, source)
-    try:
-        model.load_state_dict(strip_module_prefix(entry["model_state"]), strict=True)
-    except (TypeError, RuntimeError) as e:
-        raise ValueError(f"{source}: weights do not fit the stored model_kwargs ({e})") from e
-    return model.eval()
-
-
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GoogLeNet, dict]:
-    """Rebuild a GoogLeNet from our checkpoint (``model_kwargs`` + ``model_state``), or build it from
-    BVLC GoogLeNet weights (a ``.caffemodel`` or an ONNX-zoo ``.onnx``, detected by content; see
-    :mod:`detect.models.bvlc`). Returns (model in eval mode, checkpoint); for BVLC weights the
-    "checkpoint" is ``{"model_kwargs", "classes": None, "load_report"}`` (the file names no classes:
-    its outputs are the ILSVRC 2012 synsets in sorted wnid order, Caffe's ``synsets.txt``)."""
-    from detect.models.bvlc import model_from_weights, weights_format
-
-    kind = weights_format(path)
-    if kind != "torch":
-        model, report = model_from_weights(path, kind)
-        return model.to(map_location), {"model_kwargs": dict(model.model_kwargs), "classes": None,
-                                        "load_report": report}
-    ckpt = load_checkpoint(path, map_location=map_location)
-    return model_from_entry(ckpt, str(path)), ckpt
-
-
-@dataclass
-class LoadReport:
-    """What ``load_pretrained`` did: tensor names (ours) loaded, left initialised for a shape mismatch,
-    missing from the file, and present in the file but unknown to the model; ``source``: the file's
-    format; for BVLC weights also the file's layers loaded and those not loaded with the reason, its
-    sha1, and whether that is the sha1 BVLC published (None: no published sha1 to compare with)."""
-
-    loaded: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    source: str = "checkpoint"
-    loaded_layers: list[str] = field(default_factory=list)
-    skipped_layers: dict[str, str] = field(default_factory=dict)
-    sha1: str | None = None
-    sha1_matches: bool | None = None
-
-
-def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.5) -> LoadReport:
-    """Load pretrained weights into ``model`` and adopt the input convention they expect.
-
-    ``path``, detected by content: our checkpoint (a dict with ``model_state``; its convention from
-    its ``model_kwargs``, ImageNet when it records none), a raw state dict (torchvision's
-    ``googlenet-1378be20.pth``: ImageNet), or BVLC GoogLeNet's ``.caffemodel`` / ONNX-zoo ``.onnx``
-    (:func:`detect.models.bvlc.load_bvlc`: every layer must fit ``model=googlenet``; BVLC's BGR
-    0..255 convention). For torch files every tensor whose name and shape match is loaded; layers
-    whose shape differs (fc, aux fc2 for another num_classes) keep their initialisation and are
-    logged. Raises ValueError naming the file when fewer than ``min_fraction`` of the model's
-    tensors match (the wrong architecture).
-    """
-    from detect.models.bvlc import load_bvlc, weights_format
-
-    kind = weights_format(path)
-    if kind != "torch":
-        return load_bvlc(model, path, kind)
-    obj = load_checkpoint(path)
-    ours = isinstance(obj, dict) and "model_state" in obj
-    state = obj["model_state"] if ours else obj
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict or a checkpoint with 'model_state', got {type(state).__name__}")
-    state = strip_module_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
-    own = model.state_dict()
-    report = LoadReport(source="checkpoint" if ours else "state dict")
-    to_load = {}
-    for name, tensor in own.items():
-        if name not in state:
-            report.missing.append(name)
-        elif state[name].shape != tensor.shape:
-            report.mismatched.append(name)
-        else:
-            to_load[name] = state[name]
-            report.loaded.append(name)
-    report.unexpected = [k for k in state if k not in own]
-    if len(report.loaded) < min_fraction * len(own):
-        raise ValueError(
-            f"{path}: only {len(report.loaded)} of the model's {len(own)} tensors match by name and shape "
-            f"(missing {len(report.missing)}, mismatched {len(report.mismatched)}): a different architecture?"
-        )
-    model.load_state_dict(to_load, strict=False)
-    if hasattr(model, "set_input_convention"):
-        convention = checkpoint_convention(obj if ours else {})
-        if convention != model.input_convention:
-            log.info("%s: input convention %s (the model was set to %s)", path, convention.describe(),
-                     model.input_convention.describe())
-        model.set_input_convention(convention)
-    if report.mismatched:
-        log.info("%s: left initialised (shape differs): %s", path, ", ".join(report.mismatched))
-    if report.missing:
-        log.warning("%s: %d tensors not in the file, left initialised: %s", path, len(report.missing),
-                    ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else ""))
-    if report.unexpected:
-        log.info("%s: %d tensors of the file unused: %s", path, len(report.unexpected),
-                 ", ".join(report.unexpected[:10]) + (" ..." if len(report.unexpected) > 10 else ""))
-    log.info("%s: loaded %d of %d tensors", path, len(report.loaded), len(own))
-    return report
-
-
-def checkpoint_convention(ckpt: dict) -> InputConvention:
-    """The input convention our checkpoint records: ``model_kwargs["input_convention"]`` (for MultiBox,
-    that of ``model_kwargs["backbone_kwargs"]``); ImageNet for a checkpoint that records none."""
-    kwargs = ckpt.get("model_kwargs") if isinstance(ckpt, dict) else None
-    kwargs = kwargs if isinstance(kwargs, dict) else {}
-    if "input_convention" not in kwargs and isinstance(kwargs.get("backbone_kwargs"), dict):
-        kwargs = kwargs["backbone_kwargs"]
-    return InputConvention.from_dict(kwargs.get("input_convention"))
-
-
-def strip_module_prefix(state: Mapping) -> dict:
-    """Drop the ``module.`` prefix of DistributedDataParallel / AveragedModel keys (and AveragedModel's
-    own ``n_averaged``)."""
-    if any(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
-    return dict(state)
+    config = GoogLeNetConfig(batch_norm=True, five_by_five=False, lrn=False, aux_pool="adaptive", pool4_size=2,
+                             dropout=0.2)
+    return GoogLeNet(config, **overrides)

@@ -14,7 +14,7 @@ from torch import nn
 
 from detect.boxes import order_corners
 from detect.models.convention import InputConvention
-from detect.models.googlenet import GoogLeNet
+from detect.models.googlenet import GoogLeNet, GoogLeNetConfig
 
 __all__ = ["MultiBoxNet", "preprocess", "decode_boxes", "top_k_boxes"]
 
@@ -23,7 +23,7 @@ class MultiBoxNet(nn.Module):
     """GoogLeNet (aux heads off) -> 5b map average-pooled to ``grid x grid`` -> dropout -> linear
     ``F * grid^2 -> 5K``.
 
-    backbone_kwargs: kwargs of ``detect.models.googlenet.GoogLeNet`` (``aux_logits`` is forced off)
+    backbone_kwargs: the backbone's ``GoogLeNetConfig`` as plain values (``model_kwargs``; ``aux_logits`` is forced off)
     num_priors: K
     input_size: side of the square network input in pixels
     dropout: dropout before the linear layer
@@ -43,7 +43,7 @@ class MultiBoxNet(nn.Module):
         self.grid = int(grid)
         if self.grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}")
-        self.backbone = GoogLeNet(**{**dict(backbone_kwargs), "aux_logits": False})
+        self.backbone = GoogLeNet(GoogLeNetConfig.from_kwargs(backbone_kwargs, "MultiBox backbone_kwargs"), aux_logits=False)
         # the classifier is never used (embed() stops before it); dropping it keeps DDP free of unused parameters
         self.backbone.fc = nn.Identity()
         self.dropout = nn.Dropout(dropout)

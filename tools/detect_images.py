@@ -1,6 +1,6 @@
 """Run the detector on images and folders; print a table, write JSON and a drawn PNG per image.
 
-    python tools/detect.py photo.jpg holiday/ [Hydra overrides, e.g. detector=work/detector.pt device=cpu]
+    python tools/detect_images.py photo.jpg holiday/ [Hydra overrides, e.g. detector=work/detector.pt device=cpu]
 
 Hydra's command line accepts only `key=value` overrides, so the image arguments (anything without
 `=` that is not a Hydra flag) are taken out of sys.argv before Hydra parses it; they are added to
@@ -10,16 +10,12 @@ rest still run; the exit code is 1 only when no image could be processed.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
-# Python puts tools/ first on sys.path, where this very file would hide the `detect` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import logging  # noqa: E402
-
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
+import hydra
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -123,7 +119,7 @@ def coco_ids(files: list[Path], annotation_file: str | None) -> dict[Path, int] 
 def main(cfg: DictConfig) -> None:
     args = list(cfg.images) + IMAGE_ARGS
     if not args:
-        raise SystemExit("no images given: python tools/detect.py image.jpg [folder ...] [overrides]")
+        raise SystemExit("no images given: python tools/detect_images.py image.jpg [folder ...] [overrides]")
     overrides = {k: cfg[k] for k in ("score_threshold", "max_per_image", "cascade_threshold", "max_pixels")
                  if cfg[k] is not None}
     proposer = instantiate(cfg.proposer, _convert_="all") if cfg.proposer is not None else None
