@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # torch is imported inside the two functions that need it: re
     import torch
 
 __all__ = ["digest", "file_sha256", "state_digest", "exclusive_lock", "OutputLocked", "OutputConflict",
-           "refuse_inputs", "atomic_open", "stale_temp_files", "remove_stale_temps", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
+           "refuse_inputs", "atomic_open", "temp_target", "stale_temp_files", "remove_stale_temps", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
 
 
 def _read_umask() -> int:
@@ -37,7 +37,7 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()
 log = logging.getLogger(__name__)
-_TEMP_NAME = "[a-z0-9_]{8}"  # what tempfile.mkstemp puts between atomic_open's prefix and suffix
+_TEMP = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")  # atomic_open's temporary: mkstemp's 8 characters between
 
 
 @contextmanager
@@ -61,24 +61,32 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[Any]:
         raise
 
 
-def stale_temp_files(path: str | Path) -> list[Path]:
-    """The temporary files that :func:`atomic_open` left beside ``path`` when its process was killed
-    (``.<name>.<8 random characters>.tmp``, plain files only: a link or folder is never one of ours)."""
+def temp_target(name: str) -> str | None:
+    """The name of the file that :func:`atomic_open`'s temporary ``name`` (``.<target>.<8 random
+    characters>.tmp``) was to replace; None when ``name`` is no such temporary."""
+    match = _TEMP.fullmatch(name)
+    return match[1] if match else None
+
+
+def stale_temp_files(path: str | Path, targets: str | None = None) -> list[Path]:
+    """The temporary files that :func:`atomic_open` left beside ``path`` when its process was killed (plain
+    files only: a link or folder is never one of ours). ``targets``: a regular expression of the target
+    names in ``path``'s folder instead of ``path``'s own name (e.g. every chunk file of one rank)."""
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_TEMP_NAME}\.tmp")
+    pattern = re.compile(targets or re.escape(path.name))
     try:
         entries = list(os.scandir(path.parent))
     except FileNotFoundError:
         return []
-    return [path.parent / e.name for e in entries
-            if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+    return [path.parent / e.name for e in entries if pattern.fullmatch(temp_target(e.name) or "")
+            and e.is_file(follow_symlinks=False)]
 
 
-def remove_stale_temps(path: str | Path) -> int:
-    """Delete :func:`stale_temp_files` of ``path``; returns how many. Call it only while holding the lock
-    of ``path`` (:func:`exclusive_lock`), so that no writer of ours is filling one of them now."""
+def remove_stale_temps(path: str | Path, targets: str | None = None) -> int:
+    """Delete :func:`stale_temp_files` of ``path`` (``targets``: see there); returns how many. Call it only
+    while holding the lock of ``path`` (:func:`exclusive_lock`), so that no writer of ours is filling one now."""
     removed = 0
-    for tmp in stale_temp_files(path):
+    for tmp in stale_temp_files(path, targets):
         try:
             tmp.unlink()
             removed += 1

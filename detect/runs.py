@@ -34,7 +34,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from detect.io import OutputLocked, atomic_open, digest, exclusive_lock, file_sha256, stat_signatures
+from detect.io import (OutputLocked, atomic_open, digest, exclusive_lock, file_sha256, remove_stale_temps,
+                       stat_signatures, temp_target)
 from detect.records import OutputRecord
 
 __all__ = ["ChunkedRun", "detections_record", "write_npz", "read_npz", "run_fingerprint_of", "image_list_digest",
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 IMAGE_FINGERPRINTS = ("stat", "sha256")  # how image_list_digest tells an image's content (conf: image_fingerprint)
 _CHUNK = re.compile(r"w\d+_r\d+_c\d{6}\.npz")
 _OWNER = "owner.json"
-_TEMP = re.compile(r"\.(w\d+_r\d+_c\d{6}\.npz|owner\.json)\.[a-z0-9_]{8}\.tmp")  # atomic_open's temporaries
 
 
 def image_list_digest(paths: Sequence[str | Path], keys: Sequence, content: str = "stat") -> str:
@@ -139,12 +139,7 @@ class ChunkedRun:
         """Start (or resume) ``rank``'s part, holding :meth:`lock`: remove the temporary files that killed
         writes of this rank's chunks left in the folder (no other process can be writing them now)."""
         if self.dir.is_dir() and not self.dir.is_symlink():
-            mine = re.compile(rf"\.w{self.world_size}_r{rank}_c\d{{6}}\.npz\.[a-z0-9_]{{8}}\.tmp")
-            stale = [e.name for e in os.scandir(self.dir) if mine.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
-            for name in stale:
-                (self.dir / name).unlink(missing_ok=True)
-            if stale:
-                log.info("%s: removed %d temporary file(s) of rank %d left by a killed run", self.dir, len(stale), rank)
+            remove_stale_temps(self.file(rank, 0), rf"w{self.world_size}_r{rank}_c\d{{6}}\.npz")
 
     def _claim(self) -> None:
         """Write the folder's ``owner.json`` (what output and inputs it belongs to) once."""
@@ -221,8 +216,9 @@ def _remove_parts_folder(folder: Path, owner: str | None) -> bool:
             log.info("%s: no owner record of this output; left in place", folder)
             return False
     entries = list(os.scandir(folder))
+    ours = lambda name: _CHUNK.fullmatch(name) or name == _OWNER  # noqa: E731
     foreign = [e.name for e in entries if not (e.is_file(follow_symlinks=False)
-                                               and (_CHUNK.fullmatch(e.name) or _TEMP.fullmatch(e.name) or e.name == _OWNER))]
+                                               and (ours(e.name) or ours(temp_target(e.name) or "")))]
     if foreign:
         log.warning("%s: holds files that are not partial results (%s); left in place", folder, ", ".join(foreign[:3]))
         return False

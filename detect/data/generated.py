@@ -20,6 +20,7 @@ import logging
 import os
 from pathlib import Path
 
+from detect.io import remove_stale_temps, temp_target
 from detect.records import OutputRecord
 
 log = logging.getLogger(__name__)
@@ -48,18 +49,9 @@ def guess_dataset(root: Path) -> str:
     return "not data this generator wrote"
 
 
-def _is_leftover_temp(rel_dir: Path, name: str, owned: set[str]) -> bool:
-    """A temporary file of an interrupted atomic write (``.<target>.<random>.tmp``, see detect.io) of
-    a file the generator owns."""
-    if not (name.startswith(".") and name.endswith(".tmp")):
-        return False
-    target = name[1:].rsplit(".", 2)[0]
-    rel = (rel_dir / target).as_posix()
-    return rel in owned or rel == MANIFEST
-
-
 def _foreign_file(root: Path, owned: set[str]) -> str | None:
-    """The first file under ``root`` (relative, POSIX) that is neither ``owned`` nor the manifest."""
+    """The first file under ``root`` (relative, POSIX) that is neither ``owned`` nor the manifest (nor the
+    temporary of an interrupted write of one)."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         rel_dir = Path(dirpath).relative_to(root)
@@ -67,10 +59,9 @@ def _foreign_file(root: Path, owned: set[str]) -> str | None:
             if os.path.islink(os.path.join(dirpath, name)):
                 return (rel_dir / name).as_posix()
         for name in sorted(filenames):
-            rel = (rel_dir / name).as_posix()
-            if rel in owned or rel == MANIFEST or _is_leftover_temp(rel_dir, name, owned):
-                continue
-            return rel
+            target = (rel_dir / (temp_target(name) or name)).as_posix()  # a killed write's temporary: its target's
+            if target not in owned and target != MANIFEST:
+                return (rel_dir / name).as_posix()
     return None
 
 
@@ -103,12 +94,11 @@ def prepare_root(root: str | Path, params: dict, files: list[str], what: str) ->
                 f"{root}: refusing to write the {what} here: the folder holds files this generator did "
                 f"not write (e.g. {foreign}), and nothing was removed. It looks like {looks}. Generated data needs "
                 f"a new or empty folder, or one this generator wrote ({MANIFEST} lists its files).")
-    for rel in sorted(owned):
+    for rel in sorted(owned) + [MANIFEST]:
         path = root / rel
-        if path.is_file() or path.is_symlink():
+        if rel != MANIFEST and (path.is_file() or path.is_symlink()):
             path.unlink()
-        for temp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
-            temp.unlink()
+        remove_stale_temps(path)
     if owned:
         log.info("%s: removed %d files of an earlier generation", root, len(owned))
     parents = sorted({(root / rel).parent for rel in owned} - {root}, key=lambda p: len(p.parts), reverse=True)
