@@ -1,24 +1,17 @@
 """Records of outputs: what they were made from, which files are the tool's own, whether writing finished.
 
-An :class:`OutputRecord` is one JSON file, written atomically, beside (or above) a tool's outputs:
+An :class:`OutputRecord` is one JSON file, written atomically beside (or above) a tool's outputs:
+``{"params": <what they were made from>, "files": [<paths relative to the root>], "complete": <bool>,
+"sha256": {<path>: <hex>}, ...<entries for readers>}``. A tool calls ``begin`` before it replaces any
+output (the record claims the files and is not complete), writes the outputs atomically, and calls
+``finish`` last. So a killed run is never taken for finished; ``up_to_date`` holds only for a complete
+record of the same params whose files still hold the recorded bytes (changed inputs or outputs: computed
+again); a tool replaces or deletes only the files its record lists, never a path outside the root.
 
-    {"params": <what the outputs were made from>, "files": [<paths relative to the root>],
-     "complete": <bool>, "sha256": {<path>: <hex>}, ...<what readers may want to know>}
-
-A tool calls :meth:`~OutputRecord.begin` before it replaces any output (the record now names the files it
-is about to write, and is not complete), writes the outputs (each atomically), and calls
-:meth:`~OutputRecord.finish` last (complete, with each file's sha256 when verified). Hence:
-
-- a run killed anywhere in between leaves a record that is not complete, never taken for finished;
-- :meth:`~OutputRecord.up_to_date` holds only for a complete record of the same ``params`` whose files
-  still hold the bytes it recorded: changed inputs, or outputs changed after the record, mean computing again;
-- the files a record lists are the tool's own to replace or delete (:meth:`~OutputRecord.owned`), never
-  any other file and never a path outside its root (such a record is not one a tool of ours wrote).
-
-Users: the detections' run record (:func:`detect.runs.detections_record`), a parts folder's
-``owner.json`` (:class:`detect.runs.ChunkedRun`), the demo's stage stamps (:mod:`detect.stages`) and a
-generated data root's ``manifest.json`` (:mod:`detect.data.generated`, not verified: thousands of images).
-:class:`OwnedFolder` is the same ownership for single files that a tool writes into a folder of the user's.
+Used for the detections' run record (:func:`detect.runs.detections_record`), a parts folder's
+``owner.json`` (:class:`detect.runs.ChunkedRun`), the demo's stage stamps (:mod:`detect.stages`) and the
+generators' ``manifest.json`` (:mod:`detect.data.generated`; not hashed: thousands of images).
+:class:`OwnedFolder` is the same ownership for single files a tool writes into a folder of the user's.
 """
 from __future__ import annotations
 

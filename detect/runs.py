@@ -9,16 +9,11 @@ again with the same inputs skips the chunks that exist, and one with other input
 folder: old and new results are never mixed. A second process working on the same rank of the same
 output is stopped by a lock. Rank 0 merges once every rank's chunks exist and removes the folder.
 
-Ownership and clean-up: the folder's ``owner.json`` (a :class:`detect.records.OutputRecord`) names its
-output; a run removes the
-temporary files that killed writes of its own chunks left (:meth:`ChunkedRun.begin`), and after a
-successful merge the folders of earlier runs of the same output with other inputs
-(:meth:`ChunkedRun.remove_abandoned`), only when they hold nothing but such files and no process holds
-a lock of that output. Nothing else is ever deleted.
-
-Images enter a fingerprint through :func:`image_list_digest` (ids, paths and each file's size, times and
-inode, or its sha256), so an image replaced in place is a changed input. A run's final outputs are
-vouched for by an :class:`detect.records.OutputRecord` (:func:`detections_record`).
+Ownership and clean-up: the folder's ``owner.json`` (:mod:`detect.records`) names its output. A run
+removes the temporaries of its own killed chunk writes (:meth:`ChunkedRun.begin`) and, after a merge,
+the folders of earlier runs of the same output with other inputs (:meth:`ChunkedRun.remove_abandoned`)
+when they hold nothing else and no process holds a lock of that output. Nothing else is deleted.
+Images enter a fingerprint through :func:`image_list_digest`.
 """
 from __future__ import annotations
 
@@ -116,7 +111,6 @@ class ChunkedRun:
         self.fingerprint = str(fingerprint)
         self.dir = self.output.parent / f".{self.output.stem}.parts-{fingerprint}"
         self.n, self.chunk_size, self.world_size = int(n), int(chunk_size), int(world_size)
-        self._claimed = False
 
     def indices(self, rank: int) -> list[np.ndarray]:
         """Item indices of each chunk of ``rank`` (every ``world_size``-th item)."""
@@ -141,17 +135,13 @@ class ChunkedRun:
         if self.dir.is_dir() and not self.dir.is_symlink():
             remove_stale_temps(self.file(rank, 0), rf"w{self.world_size}_r{rank}_c\d{{6}}\.npz")
 
-    def _claim(self) -> None:
-        """Write the folder's ``owner.json`` (what output and inputs it belongs to) once."""
-        if not self._claimed and not (self.dir / _OWNER).is_file():
+    def write(self, rank: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write chunk ``chunk`` of ``rank`` (its item indices are stored with it, as ``indices``), the
+        folder's ``owner.json`` (what output and inputs it belongs to) first."""
+        if not (self.dir / _OWNER).is_file():
             OutputRecord(self.dir / _OWNER).begin({"output": self.output.name, "fingerprint": self.fingerprint,
                                                    "n": self.n, "chunk_size": self.chunk_size,
                                                    "world_size": self.world_size})
-        self._claimed = True
-
-    def write(self, rank: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write chunk ``chunk`` of ``rank`` (its item indices are stored with it, as ``indices``)."""
-        self._claim()
         write_npz(self.file(rank, chunk), {**arrays, "indices": self.indices(rank)[chunk]})
 
     def all_present(self) -> bool:
