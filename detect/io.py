@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:  # torch is imported inside the two functions that need it: readers and evaluation run without it
     import torch
 
-__all__ = ["digest", "file_sha256", "state_digest", "exclusive_lock", "OutputLocked", "OwnedFolder", "OutputConflict",
-           "refuse_inputs", "atomic_open", "stale_temp_files", "remove_stale_temps", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
+__all__ = ["digest", "file_sha256", "state_digest", "exclusive_lock", "OutputLocked", "OutputConflict",
+           "refuse_inputs", "atomic_open", "temp_target", "stale_temp_files", "remove_stale_temps", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
 
 
 def _read_umask() -> int:
@@ -37,7 +37,7 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()
 log = logging.getLogger(__name__)
-_TEMP_NAME = "[a-z0-9_]{8}"  # what tempfile.mkstemp puts between atomic_open's prefix and suffix
+_TEMP = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")  # atomic_open's temporary: mkstemp's 8 characters between
 
 
 @contextmanager
@@ -61,24 +61,32 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[Any]:
         raise
 
 
-def stale_temp_files(path: str | Path) -> list[Path]:
-    """The temporary files that :func:`atomic_open` left beside ``path`` when its process was killed
-    (``.<name>.<8 random characters>.tmp``, plain files only: a link or folder is never one of ours)."""
+def temp_target(name: str) -> str | None:
+    """The name of the file that :func:`atomic_open`'s temporary ``name`` (``.<target>.<8 random
+    characters>.tmp``) was to replace; None when ``name`` is no such temporary."""
+    match = _TEMP.fullmatch(name)
+    return match[1] if match else None
+
+
+def stale_temp_files(path: str | Path, targets: str | None = None) -> list[Path]:
+    """The temporary files that :func:`atomic_open` left beside ``path`` when its process was killed (plain
+    files only: a link or folder is never one of ours). ``targets``: a regular expression of the target
+    names in ``path``'s folder instead of ``path``'s own name (e.g. every chunk file of one rank)."""
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_TEMP_NAME}\.tmp")
+    pattern = re.compile(targets or re.escape(path.name))
     try:
         entries = list(os.scandir(path.parent))
     except FileNotFoundError:
         return []
-    return [path.parent / e.name for e in entries
-            if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+    return [path.parent / e.name for e in entries if pattern.fullmatch(temp_target(e.name) or "")
+            and e.is_file(follow_symlinks=False)]
 
 
-def remove_stale_temps(path: str | Path) -> int:
-    """Delete :func:`stale_temp_files` of ``path``; returns how many. Call it only while holding the lock
-    of ``path`` (:func:`exclusive_lock`), so that no writer of ours is filling one of them now."""
+def remove_stale_temps(path: str | Path, targets: str | None = None) -> int:
+    """Delete :func:`stale_temp_files` of ``path`` (``targets``: see there); returns how many. Call it only
+    while holding the lock of ``path`` (:func:`exclusive_lock`), so that no writer of ours is filling one now."""
     removed = 0
-    for tmp in stale_temp_files(path):
+    for tmp in stale_temp_files(path, targets):
         try:
             tmp.unlink()
             removed += 1
@@ -175,14 +183,7 @@ def file_sha256(path: str | Path) -> str:
 
 def state_digest(state) -> str:
     """Hex sha256 of a state dict (``{name: Tensor}``): names, dtypes, shapes and values, in name order."""
-    import torch
-
-    h = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return digest(dict(sorted(state.items())))
 
 
 class OutputLocked(RuntimeError):
@@ -242,36 +243,6 @@ def refuse_inputs(outputs: list[str | Path], inputs: list[str | Path], hint: str
     for out in map(Path, outputs):
         if out.exists() and any(_same_file(out, inp) for inp in existing):
             raise OutputConflict(f"{out}: this output would overwrite an input file; {hint or 'write elsewhere'}")
-
-
-class OwnedFolder:
-    """A folder that a tool writes into, and the record of what it wrote there (``.<tool>-outputs``,
-    one file name per line, appended). :meth:`claim` lets the tool write a name only when no such file
-    exists yet or the tool wrote it before: a file of the user's (or of another tool) is never
-    overwritten (:class:`OutputConflict`)."""
-
-    def __init__(self, folder: str | Path, tool: str):
-        self.folder = Path(folder)
-        self.record = self.folder / f".{tool}-outputs"
-        self.tool = tool
-        self.owned: set[str] = set()
-        if self.record.is_file():
-            self.owned = {ln for ln in self.record.read_text(encoding="utf-8").splitlines() if ln}
-
-    def claim(self, name: str) -> Path:
-        """The path of ``name`` in the folder, now recorded as this tool's; refused when it is someone else's file."""
-        if "/" in name or name in ("", ".", "..") or name.startswith("."):
-            raise OutputConflict(f"{name!r}: not a plain file name for {self.folder}")
-        path = self.folder / name
-        if name not in self.owned:
-            if path.exists() or path.is_symlink():
-                raise OutputConflict(f"{path}: exists and was not written by {self.tool}; not overwritten "
-                                     "(choose another out_dir or move the file)")
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with open(self.record, "a", encoding="utf-8") as f:
-                f.write(name + "\n")
-            self.owned.add(name)
-        return path
 
 
 def stat_signatures(paths) -> bytes:

@@ -9,22 +9,16 @@ again with the same inputs skips the chunks that exist, and one with other input
 folder: old and new results are never mixed. A second process working on the same rank of the same
 output is stopped by a lock. Rank 0 merges once every rank's chunks exist and removes the folder.
 
-Ownership and clean-up: the folder holds an ``owner.json`` naming its output; a run removes the
-temporary files that killed writes of its own chunks left (:meth:`ChunkedRun.begin`), and after a
-successful merge the folders of earlier runs of the same output with other inputs
-(:meth:`ChunkedRun.remove_abandoned`), only when they hold nothing but such files and no process holds
-a lock of that output. Nothing else is ever deleted.
-
-Images enter a fingerprint through :func:`image_list_digest` (ids, paths and each file's size, times and
-inode, or its sha256), so an image replaced in place is a changed input. A run's final outputs are
-vouched for by a :class:`RunRecord` written after them, with their sha256.
+Ownership and clean-up: the folder's ``owner.json`` (:mod:`detect.records`) names its output. A run
+removes the temporaries of its own killed chunk writes (:meth:`ChunkedRun.begin`) and, after a merge,
+the folders of earlier runs of the same output with other inputs (:meth:`ChunkedRun.remove_abandoned`)
+when they hold nothing else and no process holds a lock of that output. Nothing else is deleted.
+Images enter a fingerprint through :func:`image_list_digest`.
 """
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
-import json
 import logging
 import os
 import re
@@ -35,10 +29,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from detect.io import (OutputLocked, atomic_open, atomic_write_json, exclusive_lock, file_sha256, remove_stale_temps,
-                       stat_signatures)
+from detect.io import (OutputLocked, atomic_open, digest, exclusive_lock, file_sha256, remove_stale_temps,
+                       stat_signatures, temp_target)
+from detect.records import OutputRecord
 
-__all__ = ["ChunkedRun", "RunRecord", "detections_record", "write_npz", "read_npz", "run_fingerprint_of", "image_list_digest",
+__all__ = ["ChunkedRun", "detections_record", "write_npz", "read_npz", "run_fingerprint_of", "image_list_digest",
            "IMAGE_FINGERPRINTS"]
 
 log = logging.getLogger(__name__)
@@ -46,7 +41,6 @@ log = logging.getLogger(__name__)
 IMAGE_FINGERPRINTS = ("stat", "sha256")  # how image_list_digest tells an image's content (conf: image_fingerprint)
 _CHUNK = re.compile(r"w\d+_r\d+_c\d{6}\.npz")
 _OWNER = "owner.json"
-_TEMP = re.compile(r"\.(w\d+_r\d+_c\d{6}\.npz|owner\.json)\.[a-z0-9_]{8}\.tmp")  # atomic_open's temporaries
 
 
 def image_list_digest(paths: Sequence[str | Path], keys: Sequence, content: str = "stat") -> str:
@@ -63,17 +57,15 @@ def image_list_digest(paths: Sequence[str | Path], keys: Sequence, content: str 
         raise ValueError(f"image_fingerprint={content!r}: expected one of {', '.join(IMAGE_FINGERPRINTS)}")
     if len(paths) != len(keys):
         raise ValueError(f"{len(paths)} image paths but {len(keys)} keys")
-    h = hashlib.sha256(json.dumps(["image-list-v1", content, list(keys), [str(p) for p in paths]],
-                                  default=str).encode("utf-8", "surrogatepass"))
-    if content == "stat":
-        h.update(stat_signatures(paths))
-    else:
-        for path in paths:
-            try:
-                h.update(file_sha256(path).encode())
-            except OSError:
-                h.update(b"missing")
-    return h.hexdigest()
+    return digest(["image-list-v2", content, list(keys), [str(p) for p in paths],
+                   stat_signatures(paths) if content == "stat" else [_content_sha256(p) for p in paths]])
+
+
+def _content_sha256(path) -> str:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return "missing"
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -100,8 +92,8 @@ def read_npz(path: Path, names: Sequence[str] | None = None) -> dict[str, np.nda
 
 
 def run_fingerprint_of(*parts) -> str:
-    """A short sha256 of JSON-able parts (what a run's result depends on)."""
-    return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """A short :func:`detect.io.digest` of the parts (what a run's result depends on)."""
+    return digest(list(parts), 12)
 
 
 class ChunkedRun:
@@ -119,7 +111,6 @@ class ChunkedRun:
         self.fingerprint = str(fingerprint)
         self.dir = self.output.parent / f".{self.output.stem}.parts-{fingerprint}"
         self.n, self.chunk_size, self.world_size = int(n), int(chunk_size), int(world_size)
-        self._claimed = False
 
     def indices(self, rank: int) -> list[np.ndarray]:
         """Item indices of each chunk of ``rank`` (every ``world_size``-th item)."""
@@ -142,24 +133,15 @@ class ChunkedRun:
         """Start (or resume) ``rank``'s part, holding :meth:`lock`: remove the temporary files that killed
         writes of this rank's chunks left in the folder (no other process can be writing them now)."""
         if self.dir.is_dir() and not self.dir.is_symlink():
-            mine = re.compile(rf"\.w{self.world_size}_r{rank}_c\d{{6}}\.npz\.[a-z0-9_]{{8}}\.tmp")
-            stale = [e.name for e in os.scandir(self.dir) if mine.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
-            for name in stale:
-                (self.dir / name).unlink(missing_ok=True)
-            if stale:
-                log.info("%s: removed %d temporary file(s) of rank %d left by a killed run", self.dir, len(stale), rank)
-
-    def _claim(self) -> None:
-        """Write the folder's ``owner.json`` (what output and inputs it belongs to) once."""
-        if not self._claimed and not (self.dir / _OWNER).is_file():
-            atomic_write_json(self.dir / _OWNER, {"output": self.output.name, "fingerprint": self.fingerprint,
-                                                  "n": self.n, "chunk_size": self.chunk_size,
-                                                  "world_size": self.world_size})
-        self._claimed = True
+            remove_stale_temps(self.file(rank, 0), rf"w{self.world_size}_r{rank}_c\d{{6}}\.npz")
 
     def write(self, rank: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write chunk ``chunk`` of ``rank`` (its item indices are stored with it, as ``indices``)."""
-        self._claim()
+        """Write chunk ``chunk`` of ``rank`` (its item indices are stored with it, as ``indices``), the
+        folder's ``owner.json`` (what output and inputs it belongs to) first."""
+        if not (self.dir / _OWNER).is_file():
+            OutputRecord(self.dir / _OWNER).begin({"output": self.output.name, "fingerprint": self.fingerprint,
+                                                   "n": self.n, "chunk_size": self.chunk_size,
+                                                   "world_size": self.world_size})
         write_npz(self.file(rank, chunk), {**arrays, "indices": self.indices(rank)[chunk]})
 
     def all_present(self) -> bool:
@@ -219,15 +201,14 @@ def _remove_parts_folder(folder: Path, owner: str | None) -> bool:
     if not folder.is_dir() or folder.is_symlink():
         return False
     if owner is not None:
-        try:
-            if json.loads((folder / _OWNER).read_text()).get("output") != owner:
-                return False
-        except (OSError, ValueError, AttributeError):
+        params = OutputRecord(folder / _OWNER).read().get("params")
+        if not isinstance(params, dict) or params.get("output") != owner:
             log.info("%s: no owner record of this output; left in place", folder)
             return False
     entries = list(os.scandir(folder))
+    ours = lambda name: _CHUNK.fullmatch(name) or name == _OWNER  # noqa: E731
     foreign = [e.name for e in entries if not (e.is_file(follow_symlinks=False)
-                                               and (_CHUNK.fullmatch(e.name) or _TEMP.fullmatch(e.name) or e.name == _OWNER))]
+                                               and (ours(e.name) or ours(temp_target(e.name) or "")))]
     if foreign:
         log.warning("%s: holds files that are not partial results (%s); left in place", folder, ", ".join(foreign[:3]))
         return False
@@ -242,67 +223,8 @@ def _remove_parts_folder(folder: Path, owner: str | None) -> bool:
     return True
 
 
-class RunRecord:
-    """The JSON record beside a run's final outputs that says which run wrote them (``path``; the
-    outputs: ``outputs``), and so what a re-run may keep.
-
-    Writing is one unit: :meth:`begin` marks the record ``writing`` before any output is replaced,
-    the outputs are written (each atomically), :meth:`finish` writes it ``complete`` last, with the
-    fingerprint and every output's sha256. A run killed anywhere in between leaves a record that is not
-    complete, and :meth:`up_to_date` also re-reads the outputs' digests, so outputs changed or mixed
-    after the record was written are never taken for the recorded run's. The record's presence also
-    marks the outputs as the tool's own (the tool may replace them).
-    """
-
-    def __init__(self, path: str | Path, outputs: Sequence[str | Path]):
-        self.path = Path(path)
-        self.outputs = [Path(p) for p in outputs]
-
-    def exists(self) -> bool:
-        return self.path.is_file()
-
-    def read(self) -> dict:
-        """The record (``{}`` when it is missing or unreadable)."""
-        try:
-            record = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return record if isinstance(record, dict) else {}
-
-    def begin(self, fingerprint: str) -> None:
-        """Mark the outputs as being replaced by the run ``fingerprint`` (never up to date until finished)."""
-        atomic_write_json(self.path, {"state": "writing", "fingerprint": fingerprint})
-
-    def finish(self, fingerprint: str, info: dict | None = None) -> None:
-        """Record the written outputs (their sha256) as the complete result of run ``fingerprint``."""
-        digests = {p.name: file_sha256(p) for p in self.outputs}
-        atomic_write_json(self.path, {**(info or {}), "state": "complete", "fingerprint": fingerprint,
-                                      "outputs": digests})
-
-    def up_to_date(self, fingerprint: str) -> bool:
-        """True when a complete run ``fingerprint`` wrote the outputs and they still hold what it wrote."""
-        record = self.read()
-        if record.get("state") != "complete" or record.get("fingerprint") != fingerprint:
-            return False
-        digests = record.get("outputs")
-        if not isinstance(digests, dict) or set(digests) != {p.name for p in self.outputs}:
-            return False
-        return all(self.vouches_for(p, record) for p in self.outputs)
-
-    def vouches_for(self, output: str | Path, record: dict | None = None) -> bool:
-        """True when the record (``record``: as :meth:`read` gives it) is complete and ``output`` still
-        holds the bytes it recorded for it."""
-        record = self.read() if record is None else record
-        recorded = record.get("outputs") if record.get("state") == "complete" else None
-        digest = recorded.get(Path(output).name) if isinstance(recorded, dict) else None
-        try:
-            return digest is not None and file_sha256(output) == digest
-        except OSError:
-            return False
-
-
-def detections_record(output: str | Path) -> RunRecord:
+def detections_record(output: str | Path) -> OutputRecord:
     """The run record of tools/detect_dataset.py's ``output`` (an ILSVRC submission ``.txt``, with its COCO
     results twin ``.json``): ``<output>.run.json`` beside it."""
     output = Path(output)
-    return RunRecord(output.with_name(f"{output.name}.run.json"), [output, output.with_suffix(".json")])
+    return OutputRecord(output.with_name(f"{output.name}.run.json"), [output.name, output.with_suffix(".json").name])

@@ -1,16 +1,13 @@
 """Running a chain of tools as stages that a re-run can skip only when their outputs are intact.
 
-Each stage is one command (``python tools/<tool>.py <overrides>``). After a stage succeeds, a stamp file
-records the files it created or changed under the work folder (path, size, sha256) and the digest of
-the stamp before it. A re-run skips a stage only when its stamp exists, was made with the same command
-and after the same upstream stamps, and every recorded output still has its recorded hash; otherwise
-the stage runs again (the tools themselves resume from their own checkpoints), and so does every stage
-after it. An interrupted stage leaves no stamp.
+Each stage is one command (``python tools/<tool>.py <overrides>``). After a stage succeeds, its stamp (a
+:class:`detect.records.OutputRecord` with the command and the digest of the stamp before it as params)
+records the files it created or changed under the work folder, with their sha256. A re-run skips a stage
+only when its stamp is up to date; otherwise the stage runs again (the tools themselves resume from their
+own checkpoints), and so does every stage after it. An interrupted stage leaves no stamp.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import subprocess
@@ -19,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detect.io import atomic_write_json, file_sha256
+from detect.io import digest, file_sha256
+from detect.records import OutputRecord
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +60,9 @@ def _snapshot(root: Path, exclude: tuple[Path, ...]) -> dict[str, tuple[int, int
 
 
 def tree_digest(folder: str | Path, pattern: str = "*.yaml") -> str:
-    """sha256 over the relative paths and contents of the files matching ``pattern`` under ``folder``."""
-    h = hashlib.sha256()
+    """:func:`detect.io.digest` of the relative paths and contents of the files matching ``pattern`` under ``folder``."""
     folder = Path(folder)
-    for p in sorted(folder.rglob(pattern)):
-        h.update(str(p.relative_to(folder)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def _stamp_valid(stamp_path: Path, command: list[str], upstream: str, root: Path) -> bool:
-    try:
-        stamp = json.loads(stamp_path.read_text())
-    except (OSError, ValueError):
-        return False
-    if stamp.get("command") != command[1:] or stamp.get("upstream") != upstream:
-        return False
-    for rel, (size, digest) in stamp.get("outputs", {}).items():
-        p = root / rel
-        if not p.is_file() or p.stat().st_size != size or file_sha256(p) != digest:
-            log.warning("stage %s: output %s changed or missing; running the stage again", stamp["name"], p)
-            return False
-    return True
+    return digest({p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob(pattern))})
 
 
 def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path, python: str | None = None,
@@ -104,11 +83,12 @@ def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path,
     timings: dict[str, float] = {}
     for stage in stages:
         command = stage.command(python, Path(tools_dir))
-        stamp_path = stamps / f"{stage.name}.json"
-        if _stamp_valid(stamp_path, command, upstream, root):
+        stamp = OutputRecord(stamps / f"{stage.name}.json", root=root)
+        params = {"command": command[1:], "upstream": upstream}
+        if stamp.up_to_date(params):
             log.info("[%s] done earlier, outputs verified: skipped", stage.name)
         else:
-            stamp_path.unlink(missing_ok=True)
+            stamp.path.unlink(missing_ok=True)
             log.info("[%s] $ %s", stage.name, " ".join(command[1:]))
             before = _snapshot(root, exclude)
             start = time.perf_counter()
@@ -117,12 +97,10 @@ def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path,
             if result.returncode != 0:
                 raise StageError(f"stage {stage.name} failed with exit code {result.returncode}: {' '.join(command[1:])}")
             after = _snapshot(root, exclude)
-            changed = {rel for rel, meta in after.items() if before.get(rel) != meta}
-            outputs = {rel: (after[rel][0], file_sha256(root / rel)) for rel in sorted(changed)}
-            atomic_write_json(stamp_path, {"name": stage.name, "command": command[1:], "upstream": upstream,
-                                           "seconds": timings[stage.name], "outputs": outputs})
+            changed = sorted(rel for rel, meta in after.items() if before.get(rel) != meta)
+            stamp.finish(params, {"name": stage.name, "seconds": timings[stage.name]}, changed)
             log.info("[%s] finished in %.1f s", stage.name, timings[stage.name])
-        upstream = file_sha256(stamp_path)
+        upstream = file_sha256(stamp.path)
         if stop_after == stage.name:
             break
     return timings

@@ -107,13 +107,17 @@ def test_generator_resumes_an_interrupted_generation_of_its_own(tmp_path, monkey
     assert _snapshot(tmp_path) == _snapshot(fresh)
 
 
-def test_generator_reads_manifests_of_earlier_versions(tmp_path):
-    """Worlds generated before manifests listed their files (params only) are still recognised."""
+def test_generator_refuses_a_manifest_without_its_files_and_removes_nothing(tmp_path):
+    """Worlds generated before manifests listed their files (params only): not known to be the generator's,
+    so nothing is removed; the error says what the folder is and what to do."""
     make_detection_world(tmp_path, **TINY_WORLD)
     params = json.loads((tmp_path / "manifest.json").read_text())["params"]
     (tmp_path / "manifest.json").write_text(json.dumps(params))
-    make_detection_world(tmp_path, **dict(TINY_WORLD, num_train=1))  # owned files cleared and rebuilt
-    assert not (tmp_path / "Data/DET/train/synthetic_train_000002.JPEG").exists()
+    before = _snapshot(tmp_path)
+    for again in (TINY_WORLD, dict(TINY_WORLD, num_train=1)):
+        with pytest.raises(ForeignDataError, match="does not list the files it wrote.*delete the folder yourself"):
+            make_detection_world(tmp_path, **again)
+    assert _snapshot(tmp_path) == before
 
 
 # --------------------------------------------------------------------------- hostile detector files
@@ -622,7 +626,7 @@ def test_detect_dataset_killed_while_writing_is_never_up_to_date(tmp_path, repo_
     if killed_in == "coco_json":
         monkeypatch.setattr(tool, "write_coco_results", killed)
     else:
-        monkeypatch.setattr("detect.runs.RunRecord.finish", killed)
+        monkeypatch.setattr("detect.records.OutputRecord.finish", killed)
     with pytest.raises(KeyboardInterrupt):
         run_other()
     assert out.read_text() != first  # (the premise: the submission already holds the other run's detections)
@@ -636,10 +640,10 @@ def test_detect_dataset_killed_while_writing_is_never_up_to_date(tmp_path, repo_
 
 
 def test_run_record_vouches_only_for_the_outputs_it_saw(tmp_path):
-    from detect.runs import RunRecord
+    from detect.records import OutputRecord
 
     outputs = [tmp_path / "a.txt", tmp_path / "a.json"]
-    record = RunRecord(tmp_path / "a.txt.run.json", outputs)
+    record = OutputRecord(tmp_path / "a.txt.run.json", [p.name for p in outputs])
     for p in outputs:
         p.write_text("first")
     record.finish("k1")
@@ -648,9 +652,15 @@ def test_run_record_vouches_only_for_the_outputs_it_saw(tmp_path):
     assert not record.up_to_date("k1")
     outputs[1].write_text("first")
     record.begin("k2")  # the outputs are being replaced: neither run's until finish
-    assert not record.up_to_date("k1") and not record.up_to_date("k2") and record.exists()
+    assert not record.up_to_date("k1") and not record.up_to_date("k2") and record.path.is_file()
+    assert record.owned() == {"a.txt", "a.json"}
     (tmp_path / "a.txt.run.json").write_text(json.dumps({"fingerprint": "k1"}))  # a record of earlier versions
     assert not record.up_to_date("k1")
+    (tmp_path / "a.txt.run.json").write_text(json.dumps({"params": "k1", "files": ["a.txt", "a.json"],
+                                                         "complete": True}))  # complete, but no digests
+    assert not record.up_to_date("k1")
+    with pytest.raises(ValueError, match="inside"):
+        record.begin("k3", ["../elsewhere.txt"])  # a record never claims a file outside its folder
 
 
 def _rewrite_in_place(path: Path, data: bytes) -> None:

@@ -46,7 +46,7 @@ def test_skips_verified_stages_and_reruns_changed_ones(setup):
     assert run() == ["first", "second"]                   # an upstream re-run re-runs what follows
     assert run(inputs_digest="other config") == ["first", "second"]
     stamp = json.loads((work / "stages" / "first.json").read_text())
-    assert list(stamp["outputs"]) == ["first.txt"]
+    assert stamp["files"] == ["first.txt"] and stamp["complete"] and list(stamp["sha256"]) == ["first.txt"]
 
 
 def test_failed_stage_raises_and_resumes_after_the_last_good_one(setup):

@@ -365,7 +365,8 @@ def test_eval_map_reports_the_recorded_backend_and_precision(tmp_path, repo_root
                "requested": {"backend": "auto", "precision": "auto"}}
     from detect.io import file_sha256
 
-    vouched = {"state": "complete", "outputs": {"yolo_val.txt": file_sha256(tmp_path / "det" / "yolo_val.txt")}}
+    vouched = {"params": "k", "files": ["yolo_val.txt", "yolo_val.json"], "complete": True,
+               "sha256": {"yolo_val.txt": file_sha256(tmp_path / "det" / "yolo_val.txt")}}
     record.write_text(json.dumps({**vouched, "detections": len(dets), "scoring": scoring}))
     tool = _load_eval_map(repo_root)
     report = tool.run(cfg)
@@ -377,10 +378,10 @@ def test_eval_map_reports_the_recorded_backend_and_precision(tmp_path, repo_root
     record.write_text(json.dumps({**vouched, "detections": len(dets) + 1, "scoring": scoring}))
     assert tool.run(cfg)["scoring"] is None and "unknown" in capsys.readouterr().out
     # a record of the same count that vouches for other bytes, or of an unfinished run: unknown
-    record.write_text(json.dumps({**vouched, "outputs": {"yolo_val.txt": "0" * 64}, "detections": len(dets),
+    record.write_text(json.dumps({**vouched, "sha256": {"yolo_val.txt": "0" * 64}, "detections": len(dets),
                                   "scoring": scoring}))
     assert tool.run(cfg)["scoring"] is None and "not the file" in capsys.readouterr().out
-    record.write_text(json.dumps({**vouched, "state": "writing", "detections": len(dets), "scoring": scoring}))
+    record.write_text(json.dumps({**vouched, "complete": False, "detections": len(dets), "scoring": scoring}))
     assert tool.run(cfg)["scoring"] is None and "not a finished run" in capsys.readouterr().out
     record.unlink()
     report = tool.run(cfg)

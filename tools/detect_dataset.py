@@ -8,17 +8,15 @@ world_size-th image and writes its detections in chunks of ``chunk_size`` images
 named after a hash of the detector file, the image list, the proposal store and the settings, so a
 re-run skips the chunks already written and changed inputs start afresh (never mixed); a second run on
 the same output is stopped by a lock. Rank 0 merges the chunks into ``<output>.txt`` and
-``<output>.json`` and records the run in ``<output>.txt.run.json``, written last with the outputs'
-sha256 (:class:`detect.runs.RunRecord`): a re-run with the same inputs whose outputs still match has
-nothing to do, and a run killed while writing is never taken for finished. A run in which no image
-could be processed stops with the first reasons and writes nothing. An existing output without that
-record is not this tool's and is never overwritten. Cached proposals come from the proposal store when it holds the image, else from the
-detector's live proposer.
+``<output>.json`` and records the run in ``<output>.txt.run.json`` (:mod:`detect.records`): a re-run
+with the same inputs whose outputs still match has nothing to do, and a run killed while writing is
+never taken for finished. A run in which no image could be processed stops with the first reasons and
+writes nothing. An existing output without that record is not this tool's and is never overwritten.
+Cached proposals come from the proposal store when it holds the image, else from the detector's live
+proposer.
 """
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import logging
 import sys
@@ -36,7 +34,7 @@ from detect.data.records import SkipLog
 from detect.data.splits import detections_path, proposal_store_path, split_name
 from detect.detections import Detections, write_coco_results, write_ilsvrc_submission
 from detect.distributed import barrier, cleanup, setup
-from detect.io import OutputConflict, exclusive_lock, file_sha256, remove_stale_temps
+from detect.io import OutputConflict, digest, exclusive_lock, file_sha256, remove_stale_temps
 from detect.pipeline import Detector
 from detect.runs import ChunkedRun, detections_record, image_list_digest
 from proposals.store import ProposalStore
@@ -46,7 +44,7 @@ log = logging.getLogger("detect_dataset")
 
 
 def fingerprint(cfg: DictConfig, store_path: str | Path | None, records, precision: list[str]) -> str:
-    """Short hash of what the detections depend on: the detector file, the settings, the image list
+    """Short digest of what the detections depend on: the detector file, the settings, the image list
     (indices, ids, paths and each image's content as ``image_fingerprint`` tells it), the proposals and
     the members' precision (fp32 / int8), so that shards of an earlier run are resumed only when they
     came from the same inputs (other inputs write other shards; nothing is mixed)."""
@@ -57,15 +55,14 @@ def fingerprint(cfg: DictConfig, store_path: str | Path | None, records, precisi
             "images": images, "store": file_sha256(store_path) if store_path is not None else None,
             "proposer": resolved.get("proposer"), "precision": precision,
             **{k: resolved[k] for k in ("score_threshold", "max_per_image", "cascade_threshold", "use_members")}}
-    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return digest(what, 10)
 
 
 def check_output_is_ours(output: Path) -> None:
     """Refuse to replace an existing output file that this tool did not write (no run record beside it)."""
     record = detections_record(output)
-    ours = record.exists() or any(output.parent.glob(f"{glob.escape(output.name)}.*.rank*of*"))
     for path in (output, output.with_suffix(".json")):
-        if path.exists() and not ours:  # (shards beside it: written by this tool before run records existed)
+        if path.exists() and not record.path.is_file():
             raise OutputConflict(f"{path}: exists and was not written by detect_dataset.py (no {record.path.name} "
                                  "beside it); not overwritten: choose another output=")
 
@@ -91,7 +88,7 @@ def merged_detections(run: ChunkedRun, records) -> Detections:
 
 def write_outputs(output: Path, dets: Detections, dataset, key: str, info: dict) -> None:
     """Replace ``output`` (ILSVRC submission) and its .json (COCO results) as one unit with the run
-    record: marked ``writing`` first, ``complete`` with the outputs' digests last; a kill in between is
+    record: not complete first, complete with the outputs' digests last; a kill in between is
     never taken for a finished run. Temporary files of earlier killed writes are removed first."""
     record = detections_record(output)
     with exclusive_lock(output):

@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 from detect.data.folder import list_images
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
 from detect.detections import Detections, write_coco_results
-from detect.io import OutputConflict, OwnedFolder, atomic_write_json, refuse_inputs
+from detect.io import OutputConflict, atomic_write_json, refuse_inputs
+from detect.records import OwnedFolder
 from detect.pipeline import Detector
 from detect.plots import draw_detections, write_png
 

@@ -34,11 +34,11 @@ def recorded_scoring(detections_file: Path, num_detections: int) -> tuple[dict |
     scoring = record.get("scoring")
     if not isinstance(scoring, dict) or not {"backend", "precision"} <= scoring.keys():
         return None, f"unknown ({record_path} does not record it)"
-    if record.get("state") != "complete":
+    if not record.get("complete"):
         return None, f"unknown ({record_path} is not a finished run's record)"
     if record.get("detections") != num_detections:
         return None, f"unknown ({record_path} records {record.get('detections')} detections, {num_detections} were read)"
-    if not record_file.vouches_for(detections_file, record):
+    if not record_file.vouches_for(detections_file.name, record):
         return None, f"unknown ({detections_file} is not the file that {record_path} vouches for)"
     requested = scoring.get("requested") or {}
     chosen = f", chosen by precision={requested['precision']}" if requested.get("precision") not in (None, scoring["precision"]) else ""

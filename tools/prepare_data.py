@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from detect.classes import read_class_list, write_class_list
 from detect.data.splits import split_name
-from detect.io import OwnedFolder
+from detect.records import OwnedFolder
 
 log = logging.getLogger("prepare_data")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate

@@ -16,7 +16,6 @@ missing size leads to).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -28,7 +27,7 @@ import numpy as np
 
 from detect.data.folder import ImageFinder, size_from_image
 from detect.data.records import MAX_PIXELS, DetectionRecord, SkipLog
-from detect.io import atomic_open, stat_signatures
+from detect.io import atomic_open, digest, stat_signatures
 
 log = logging.getLogger(__name__)
 
@@ -168,18 +167,14 @@ class ParsedFolder:
 
 
 def annotation_fingerprint(files: list[str], names: list[str], extra: list) -> str:
-    """sha256 over ``extra``, the names and each file's (size, mtime_ns, ctime_ns, inode) (-1 when
-    missing); the inode catches a file replaced by an atomic rename within the clock's resolution."""
-    h = hashlib.sha256(json.dumps(extra, separators=(",", ":")).encode())
-    h.update("\n".join(names).encode("utf-8", "surrogatepass"))
-    h.update(stat_signatures(files))
-    return h.hexdigest()
+    """:func:`detect.io.digest` of ``extra``, the names and each file's (size, mtime_ns, ctime_ns, inode)
+    (-1 when missing); the inode catches a file replaced by an atomic rename within the clock's resolution."""
+    return digest([extra, list(names), stat_signatures(files)])
 
 
 def cache_path(cache_dir: str | Path, tag: str, identity: list) -> Path:
     """``<cache_dir>/<tag>_<16 hex digits of identity>.npz``; ``identity``: JSON-able (folder, list, classes)."""
-    key = hashlib.sha256(json.dumps(identity, separators=(",", ":")).encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"{tag}_{key}.npz"
+    return Path(cache_dir) / f"{tag}_{digest(identity, 16)}.npz"
 
 
 MIN_FILES_PER_WORKER = 2000  # below this many files per worker process, parsing in this process is faster

@@ -19,8 +19,6 @@ holding anything else is refused.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from collections import Counter
@@ -34,6 +32,7 @@ from detect.classes import ClassList, write_class_list
 from detect.data.generated import finish_root, prepare_root
 from detect.data.images import ImageError, read_image, write_jpeg
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
+from detect.io import digest, stat_signatures
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +76,10 @@ def _plan(dataset: DetectionDataset, split: str, min_size: float) -> list[tuple[
 
 
 def _digest(dataset: DetectionDataset) -> str:
-    """What the crops of ``dataset`` depend on: every record's id, image file (path, size, mtime) and boxes."""
-    h = hashlib.sha256()
-    for r in dataset.records:
-        try:
-            st = Path(r.path).stat()
-            stat = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            stat = None
-        h.update(json.dumps([r.image_id, str(r.path), stat, r.boxes.tolist(), r.labels.tolist(),
-                             r.ignore.tolist()]).encode())
-    return h.hexdigest()
+    """What the crops of ``dataset`` depend on: every record's id, boxes and image file (path, size, times, inode)."""
+    records = dataset.records
+    return digest([[[r.image_id, str(r.path), r.boxes, r.labels, r.ignore] for r in records],
+                   stat_signatures([r.path for r in records])])
 
 
 def cut_gt_crops(root: str | Path, train: DetectionDataset, val: DetectionDataset, context: float = 0.1,

@@ -1,7 +1,8 @@
 """Ownership of generated data folders: a generator only ever removes files its own manifest lists.
 
 Every generator of the project (the synthetic world, ground-truth crops) writes into a folder that it
-owns through ``root/manifest.json``: ``{"params", "files", "complete"}``. A generation
+owns through ``root/manifest.json``, a :class:`detect.records.OutputRecord` (``{"params", "files",
+"complete"}``; the files are not hashed: thousands of images). A generation
 
 1. calls :func:`prepare_root` with its parameters and the list of files it will write. When the
    manifest records the same parameters and is complete, nothing is to be done (True). Otherwise the
@@ -10,64 +11,27 @@ owns through ``root/manifest.json``: ``{"params", "files", "complete"}``. A gene
 2. calls :func:`finish_root` at the end, which marks the manifest complete.
 
 A folder holding anything the manifest does not list (a real dataset given by mistake as a data root,
-files added by hand) is refused with :class:`ForeignDataError` before anything is touched, naming the
-folder, one such file and what the folder looks like.
+files added by hand, a manifest this generator cannot read) is refused with :class:`ForeignDataError`
+before anything is touched, naming the folder, one such file and what the folder looks like.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
-from detect.io import atomic_write_json
+from detect.io import remove_stale_temps, temp_target
+from detect.records import OutputRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MANIFEST", "ForeignDataError", "prepare_root", "finish_root", "read_manifest", "is_inside",
-           "guess_dataset"]
+__all__ = ["MANIFEST", "ForeignDataError", "prepare_root", "finish_root", "guess_dataset"]
 
 MANIFEST = "manifest.json"
 
 
 class ForeignDataError(ValueError):
     """The target folder holds files this generator did not write; nothing was removed or written."""
-
-
-def is_inside(rel: str) -> bool:
-    """A plain relative POSIX path that stays inside its root (no absolute path, no '..', no empty part)."""
-    parts = rel.split("/")
-    return bool(rel) and not rel.startswith("/") and "\\" not in rel and all(p not in ("", ".", "..") for p in parts)
-
-
-def read_manifest(root: Path, legacy_files: Callable[[dict], list[str]] | None = None) -> dict | None:
-    """The manifest of an earlier generation as ``{"params", "files", "complete"}``, or None.
-
-    ``legacy_files(data)``: for manifests of an older form that hold only the parameters, the files
-    those parameters write (raise KeyError/TypeError/ValueError when ``data`` is no such manifest).
-    A manifest naming any path outside ``root`` is not one a generator wrote: None.
-    """
-    path = root / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    if "params" in data and isinstance(data.get("files"), list):
-        files = [f for f in data["files"] if isinstance(f, str)]
-        if len(files) != len(data["files"]) or not all(is_inside(f) for f in files):
-            return None
-        return {"params": data["params"], "files": files, "complete": bool(data.get("complete"))}
-    if legacy_files is not None:
-        try:
-            return {"params": data, "files": legacy_files(data), "complete": True}
-        except (KeyError, TypeError, ValueError):
-            return None
-    return None
 
 
 def guess_dataset(root: Path) -> str:
@@ -85,18 +49,9 @@ def guess_dataset(root: Path) -> str:
     return "not data this generator wrote"
 
 
-def _is_leftover_temp(rel_dir: Path, name: str, owned: set[str]) -> bool:
-    """A temporary file of an interrupted atomic write (``.<target>.<random>.tmp``, see detect.io) of
-    a file the generator owns."""
-    if not (name.startswith(".") and name.endswith(".tmp")):
-        return False
-    target = name[1:].rsplit(".", 2)[0]
-    rel = (rel_dir / target).as_posix()
-    return rel in owned or rel == MANIFEST
-
-
 def _foreign_file(root: Path, owned: set[str]) -> str | None:
-    """The first file under ``root`` (relative, POSIX) that is neither ``owned`` nor the manifest."""
+    """The first file under ``root`` (relative, POSIX) that is neither ``owned`` nor the manifest (nor the
+    temporary of an interrupted write of one)."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         rel_dir = Path(dirpath).relative_to(root)
@@ -104,15 +59,13 @@ def _foreign_file(root: Path, owned: set[str]) -> str | None:
             if os.path.islink(os.path.join(dirpath, name)):
                 return (rel_dir / name).as_posix()
         for name in sorted(filenames):
-            rel = (rel_dir / name).as_posix()
-            if rel in owned or rel == MANIFEST or _is_leftover_temp(rel_dir, name, owned):
-                continue
-            return rel
+            target = (rel_dir / (temp_target(name) or name)).as_posix()  # a killed write's temporary: its target's
+            if target not in owned and target != MANIFEST:
+                return (rel_dir / name).as_posix()
     return None
 
 
-def prepare_root(root: str | Path, params: dict, files: list[str], what: str,
-                 legacy_files: Callable[[dict], list[str]] | None = None) -> bool:
+def prepare_root(root: str | Path, params: dict, files: list[str], what: str) -> bool:
     """Make ``root`` ready for a generation with ``params`` that writes ``files`` (relative POSIX
     paths); True when a complete generation with the same ``params`` is there already.
 
@@ -121,30 +74,31 @@ def prepare_root(root: str | Path, params: dict, files: list[str], what: str,
     refused with :class:`ForeignDataError` before anything is touched.
     """
     root = Path(root)
-    bad = [f for f in files if not is_inside(f)]
-    if bad:
-        raise ValueError(f"{root}: generated file names must stay inside the folder, got {bad[0]!r}")
-    state = read_manifest(root, legacy_files)
-    if state is not None and state["complete"] and state["params"] == params:
+    manifest = OutputRecord(root / MANIFEST, files)  # (ValueError for a file name outside root)
+    if manifest.up_to_date(params, verify=False):
         return True
-    owned = set(state["files"]) if state is not None else set()
+    owned = manifest.owned()
     if root.exists():
         if not root.is_dir():
             raise ForeignDataError(f"{root}: not a folder; the {what} needs a new or empty folder")
         foreign = _foreign_file(root, owned)
         if foreign is not None:
-            looks = (f"an earlier {what} with files added by hand; move them out" if state is not None
-                     else f"{guess_dataset(root)} (this folder is where the {what} is written)")
+            if manifest.read():
+                looks = f"an earlier {what} with files added by hand; move them out"
+            elif manifest.path.is_file():  # e.g. written before manifests listed their files
+                looks = (f"a {what} whose {MANIFEST} does not list the files it wrote (an older version's): "
+                         "delete the folder yourself to generate it again")
+            else:
+                looks = f"{guess_dataset(root)} (this folder is where the {what} is written)"
             raise ForeignDataError(
                 f"{root}: refusing to write the {what} here: the folder holds files this generator did "
                 f"not write (e.g. {foreign}), and nothing was removed. It looks like {looks}. Generated data needs "
                 f"a new or empty folder, or one this generator wrote ({MANIFEST} lists its files).")
-    for rel in sorted(owned):
+    for rel in sorted(owned) + [MANIFEST]:
         path = root / rel
-        if path.is_file() or path.is_symlink():
+        if rel != MANIFEST and (path.is_file() or path.is_symlink()):
             path.unlink()
-        for temp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
-            temp.unlink()
+        remove_stale_temps(path)
     if owned:
         log.info("%s: removed %d files of an earlier generation", root, len(owned))
     parents = sorted({(root / rel).parent for rel in owned} - {root}, key=lambda p: len(p.parts), reverse=True)
@@ -153,10 +107,10 @@ def prepare_root(root: str | Path, params: dict, files: list[str], what: str,
             folder.rmdir()
             folder = folder.parent
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / MANIFEST, {"params": params, "files": list(files), "complete": False})
+    manifest.begin(params)
     return False
 
 
 def finish_root(root: str | Path, params: dict, files: list[str]) -> None:
     """Mark the generation of ``files`` with ``params`` in ``root`` complete."""
-    atomic_write_json(Path(root) / MANIFEST, {"params": params, "files": list(files), "complete": True})
+    OutputRecord(Path(root) / MANIFEST, files).finish(params, verify=False)

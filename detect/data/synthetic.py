@@ -359,16 +359,9 @@ def _voc_xml(file_name: str, width: int, height: int, boxes: np.ndarray, names: 
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _legacy_files(data: dict) -> list[str]:
-    """The files of a manifest written before file lists were recorded (parameters only, written last)."""
-    if data.get("kind") not in ("classification_set", "detection_world") or data.get("version") != 1:
-        raise ValueError("not a manifest of this generator")
-    return _planned_files(data)
-
-
 def _prepare_root(root: Path, params: dict, what: str) -> bool:
     """:func:`detect.data.generated.prepare_root` for the files ``params`` writes; True when up to date."""
-    return prepare_root(root, params, _planned_files(params), f"synthetic {what}", _legacy_files)
+    return prepare_root(root, params, _planned_files(params), f"synthetic {what}")
 
 
 def _finish(root: Path, params: dict) -> None:
