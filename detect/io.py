@@ -139,37 +139,27 @@ def digest(value: Any, length: int | None = None) -> str:
     torch tensors (dtype, shape and bytes), ``bytes``; anything else by its ``str`` (a ``Path``).
     length: keep only the first ``length`` hex digits (None: all 64).
     """
-    h = hashlib.sha256()
-    arrays: list = []
-
     def plain(v: Any) -> Any:
         if isinstance(v, dict):
             return {str(k): plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
-        if isinstance(v, (bytes, bytearray, memoryview)) or hasattr(v, "__array__") or hasattr(v, "numpy"):
-            arrays.append(v)
-            return f"<data {len(arrays) - 1}>"
-        return v
-
-    h.update(json.dumps(plain(value), sort_keys=True, default=str).encode())
-    for v in arrays:
         if isinstance(v, (bytes, bytearray, memoryview)):
-            h.update(bytes(v))
-            continue
-        if hasattr(v, "detach"):  # a torch tensor: bytes as uint8, whatever its dtype (bf16 included)
+            return f"<bytes {hashlib.sha256(v).hexdigest()}>"
+        if hasattr(v, "detach"):  # a torch tensor: its bytes as uint8, whatever its dtype (bf16 included)
             import torch
 
             v = v.detach().cpu().contiguous()
-            h.update(f"{v.dtype}|{tuple(v.shape)}|".encode())
-            h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
-            continue
-        import numpy as np
+            data = v.reshape(-1).view(torch.uint8).numpy()
+            return f"<tensor {v.dtype} {tuple(v.shape)} {hashlib.sha256(data).hexdigest()}>"
+        if hasattr(v, "__array__"):
+            import numpy as np
 
-        v = np.ascontiguousarray(v)
-        h.update(f"{v.dtype.str}|{v.shape}|".encode())
-        h.update(v.tobytes())
-    return h.hexdigest()[:length]
+            v = np.ascontiguousarray(v)
+            return f"<array {v.dtype.str} {v.shape} {hashlib.sha256(v.reshape(-1).view(np.uint8)).hexdigest()}>"
+        return v
+
+    return hashlib.sha256(json.dumps(plain(value), sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def file_sha256(path: str | Path) -> str:

@@ -107,3 +107,9 @@ def test_digest_covers_values_order_free_keys_and_array_contents():
     assert digest(t) == digest(t.clone()) and digest(t) != digest(t.float())
     assert digest({"w": t, "x": [base]}) != digest({"w": t, "x": [base[::-1].copy()]})
     assert digest(b"abc") != digest(b"abd") and len(digest("x", 12)) == 12
+
+
+def test_digest_of_dicts_holding_arrays_does_not_depend_on_key_order():
+    a, b = np.arange(3), torch.ones(2)
+    assert digest({"x": a, "y": b}) == digest({"y": b, "x": a})
+    assert digest({"x": a, "y": b}) != digest({"x": b, "y": a})
