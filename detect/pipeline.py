@@ -57,11 +57,10 @@ class DetectorSettings:
     cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is
     at least this (:func:`detect.scoring.ensemble_probs`); mean, std: the RGB 0..1 normalisation of members
     that record no input convention (files written before members recorded theirs); every other
-    member's crops follow its own ``model_kwargs["input_convention"]``; max_pixels: None, or an image
-    of more pixels has its regions warped from a copy downscaled to about this many (area
-    interpolation; the boxes stay in the original's pixels), so that the float image prepared per
-    input convention (12 bytes a pixel) stays bounded (conf/detect.yaml). Sizes and counts are
-    bounded above by :data:`detect.limits.LIMITS` (a file asking for more is refused).
+    member's crops follow its own ``model_kwargs["input_convention"]``; max_pixels: None, or the pixels
+    above which an image's regions are warped from a downscaled copy (:class:`detect.scoring.RegionWarp`;
+    conf/detect.yaml). Sizes and counts are bounded above by :data:`detect.limits.LIMITS` (a file asking
+    for more is refused).
     """
 
     crop_size: int = 224

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -139,7 +139,6 @@ def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndar
     and BVLC's means differ by under one grey level). Unreadable images are logged and skipped;
     ``ValueError`` when no crop could be drawn.
     """
-    from detect.data.images import read_image
     from detect.scoring import RegionWarp, usable_boxes
 
     if count < 1 or not records:
@@ -147,17 +146,8 @@ def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndar
     convention, warp = InputConvention.from_dict(convention), RegionWarp(crop_size, context)
     rng = np.random.default_rng(seed)
     per_image = -(-count // len(records))
-    crops, skipped = [], 0
-    for index in rng.permutation(len(records)):
-        if sum(len(c) for c in crops) >= count:
-            break
-        record = records[index]
-        try:
-            image = read_image(record.path)
-        except ValueError as e:  # ImageError names the file
-            log.warning("calibration crops: skipped %s", e)
-            skipped += 1
-            continue
+    crops, skipped = [], []
+    for record, image in _readable(records, rng.permutation(len(records)), "calibration crops", skipped):
         try:
             boxes = np.asarray(proposals(record.image_id), np.float32).reshape(-1, 4)
         except KeyError:
@@ -167,12 +157,30 @@ def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndar
             continue
         pick = rng.choice(len(boxes), size=min(per_image, len(boxes)), replace=False)
         crops.append(to_pixels(warp.crops(image, boxes[torch.from_numpy(pick)], convention), convention).numpy())
+        if sum(len(c) for c in crops) >= count:
+            break
     if not crops:
-        raise ValueError(f"calibration crops: none could be drawn from {len(records)} images ({skipped} unreadable)")
+        raise ValueError(f"calibration crops: none could be drawn from {len(records)} images "
+                         f"({len(skipped)} unreadable)")
     out = np.concatenate(crops)[:count]
     if len(out) < count:
-        log.warning("calibration crops: %d of the %d asked for (%d images unreadable)", len(out), count, skipped)
+        log.warning("calibration crops: %d of the %d asked for (%d images unreadable)", len(out), count, len(skipped))
     return out
+
+
+def _readable(records: Sequence, order: Iterable[int], what: str, skipped: list) -> Iterator[tuple]:
+    """``(record, image ndarray[H, W, 3] uint8 RGB)`` of ``records`` in ``order``; an unreadable image is
+    logged as skipped for ``what`` and appended to ``skipped``."""
+    from detect.data.images import read_image
+
+    for index in order:
+        try:
+            image = read_image(records[index].path)
+        except ValueError as e:  # ImageError names the file
+            log.warning("%s: skipped %s", what, e)
+            skipped.append(records[index])
+            continue
+        yield records[index], image
 
 
 def to_pixels(inputs: torch.Tensor, convention: InputConvention | Mapping | None = None) -> torch.Tensor:
@@ -194,25 +202,18 @@ def draw_calibration_images(records: Sequence, count: int, size: int, seed: int 
     logged and skipped; ``ValueError`` when none can be read."""
     import cv2
 
-    from detect.data.images import read_image
-
     if count < 1 or not records:
         raise ValueError(f"calibration images: count={count} from {len(records)} images: nothing to draw")
-    out, skipped = [], 0
-    for index in np.random.default_rng(seed).permutation(len(records)):
+    out, skipped = [], []
+    for _, image in _readable(records, np.random.default_rng(seed).permutation(len(records)), "calibration images",
+                              skipped):
+        out.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
         if len(out) == count:
             break
-        try:
-            image = read_image(records[index].path)
-        except ValueError as e:
-            log.warning("calibration images: skipped %s", e)
-            skipped += 1
-            continue
-        out.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
     if not out:
         raise ValueError(f"calibration images: none of {len(records)} images could be read")
     if len(out) < count:
-        log.warning("calibration images: %d of the %d asked for (%d unreadable)", len(out), count, skipped)
+        log.warning("calibration images: %d of the %d asked for (%d unreadable)", len(out), count, len(skipped))
     return np.stack(out)
 
 

@@ -1,17 +1,14 @@
 """Region scoring: an image and its boxes in, the ensemble's class probabilities out.
 
-A region scorer (:class:`RegionScorer`) has ``score(image ndarray[H, W, 3] uint8 RGB, boxes Tensor[N, 4]
-xyxy) -> Tensor[N, C + 1]`` probabilities (background at column 0) and a ``device``. The detector, int8
-calibration and the benchmarks go through one. :class:`WarpScorer` is R-CNN's: each region warped to a
-fixed-size crop (:class:`RegionWarp`) and classified by an ensemble of members
+A region scorer (:class:`RegionScorer`) has ``score(image, boxes) -> probs`` and a ``device``; the
+detector, int8 calibration and the benchmarks go through one. :class:`WarpScorer` is R-CNN's: each
+region warped to a fixed-size crop (:class:`RegionWarp`) and classified by an ensemble
 (:func:`ensemble_probs`). An RoI-pooling scorer (features of the whole image once, pooled per box)
 would be a second class with the same ``score``.
 
-Crops are prepared with the input convention of the weights that score them
-(``detect.models.convention``): the image is normalised first and warped after, so the zeros that
-pad a region reaching beyond the image are that convention's mean colour. Members of an ensemble
-may expect different conventions; the crops are then warped once per distinct convention (not per
-member) and each member reads the batch of its own.
+Crops are prepared with the input convention of the weights that score them: the image is normalised
+first and warped after (:mod:`detect.region`), once per distinct convention of the members (not per
+member), and each member reads the batch of its own.
 """
 from __future__ import annotations
 
@@ -105,10 +102,8 @@ class RegionWarp:
 class WarpScorer:
     """R-CNN's region scorer: warped crops (:class:`RegionWarp`) classified by an ensemble.
 
-    members: scorers of :mod:`detect.backends` (``Tensor[B, 3, S, S] -> logits Tensor[B, C + 1]``, each
-    with a ``device`` and the ``input_convention`` of its weights); they decide their device, autocast
-    and memory format; crops are warped on member 0's device. cascade_threshold: see
-    :func:`ensemble_probs`.
+    members: scorers of :mod:`detect.backends` (they decide their device, autocast and memory format;
+    crops are warped on member 0's device); cascade_threshold: see :func:`ensemble_probs`.
     """
 
     def __init__(self, members: Sequence[Callable], warp: RegionWarp, cascade_threshold: float | None = None):
