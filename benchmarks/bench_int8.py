@@ -212,8 +212,7 @@ def main() -> None:
             image = read_image(r.path)
             boxes = usable_boxes(store.get(r.image_id), image.shape, settings.min_size)
             for label, scorer in region_scorers.items():
-                p = scorer.score(image, boxes)
-                probs[label].append(p)
+                probs[label].append(p := scorer.score(image, boxes))
                 b, s, l = per_class_nms(boxes, p, settings.nms_iou, settings.score_threshold, settings.max_per_image)
                 dets[label].append(Detections.for_image(r.index, l.numpy(), s.numpy(), b.numpy()))
         print(f"\nsynthetic val, {len(records)} images, stored proposals ({sum(len(p) for p in probs['fp32'])} crops, "

@@ -6,10 +6,7 @@ calibrated on ``calibration`` inputs (the network's own float inputs: warped pro
 training split for a region classifier, resized training images for MultiBox). The quantization is the
 variant measured best (benchmarks/int8.md): QDQ, uint8 activations, int8 per-channel weights, MinMax
 ranges, the fully connected layers' outputs left in float; its one setting is an :class:`Int8Recipe`.
-The int8 model is cached beside the fp32 export (``<name>.int8.onnx`` + ``<name>.int8.json``,
-:func:`detect.export.cached_onnx`), keyed on the fp32 export's key (weights, architecture, exporter
-versions), the recipe, a digest of the calibration inputs and the ONNX Runtime version, and made again
-when any of them changes.
+The int8 model is cached beside the fp32 export (:func:`cached_int8_export`).
 
 The local response norms: in float they cost a large share of the int8 model's time (Sqrt and Div
 between dequantize/quantize pairs, benchmarks/int8.md). Each LRN's largest effect on the calibration
@@ -51,8 +48,7 @@ __all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_expo
            "to_pixels", "INT8_DOT_FLAGS"]
 
 _INT8_FORMAT = 2  # bump when the quantization procedure changes: every cached int8 model is then rebuilt
-# /proc/cpuinfo flags of the 8-bit dot products where int8 was measured faster than fp32 (benchmarks/int8.md:
-# Xeon with AVX-512 VNNI and AMX). AVX-VNNI alone (256-bit, client CPUs) is left out: not measured.
+# /proc/cpuinfo flags where int8 was measured faster (module docstring); AVX-VNNI alone (client CPUs): not measured
 INT8_DOT_FLAGS = ("avx512_vnni", "amx_int8")
 # Settings of recipes stored before the others were removed (detector files, MultiBox checkpoints), with the
 # value now always used; a stored recipe may name them at that value (``percentile`` at any: it was read only
