@@ -2,7 +2,7 @@
 
 On a detector file with calibration crops (tools/train_region.py step=bundle, e.g. the demo's), for
 the fp32 ONNX Runtime export and each int8 variant (``--variants``: the file's recipe with some settings
-changed, ``format=qoperator,lrn=float``; ``file`` = the file's recipe unchanged):
+changed, ``lrn_tolerance=0``; ``file`` = the file's recipe unchanged):
 
   accuracy  mAP@0.5 (ILSVRC rules) on the detector's val split with its stored proposals, and, on the same
             crops, the agreement with fp32 (top-1 class, |probability| differences); then the same
@@ -19,11 +19,12 @@ changed, ``format=qoperator,lrn=float``; ``file`` = the file's recipe unchanged)
   paper     speed only: the paper's GoogLeNet (width 1, 201 outputs, 224 crops, random weights) in fp32,
             the int8 variants (calibrated on real val crops at 224) and torch fp32 / bf16, alternating.
 
-The runs of benchmarks/int8.md:
+The runs of benchmarks/int8.md (its variants ``lrn=int8`` are ``lrn_tolerance=0`` now; ``lrn=float`` and
+``format=qoperator`` were removed from the recipe after them):
 
     .venv/bin/python benchmarks/bench_int8.py --detector work/demo/detector.pt \\
-        --variants file lrn=int8 lrn=float format=qoperator --bf16 --sections accuracy multibox --cache work/int8/cache
-    .venv/bin/python benchmarks/bench_int8.py --detector work/demo/detector.pt --variants file format=qoperator \\
+        --variants file lrn_tolerance=0 --bf16 --sections accuracy multibox --cache work/int8/cache
+    .venv/bin/python benchmarks/bench_int8.py --detector work/demo/detector.pt --variants file \\
         --fp32-folded --sections speed --rounds 9 --speed-crops 2048 --cache work/int8/cache
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ from detect.evaluation import evaluate
 from detect.io import load_checkpoint
 from detect.pipeline import Detector, _member_network, _read_detector, per_class_nms
 from detect.quantize import Int8Recipe, QuantizationError, cpu_has_int8_dot, crops_to_inputs, fold_lrns, lrn_effects
-from detect.region import ensemble_probs, normalize_image, warp_regions
+from detect.scoring import RegionWarp, WarpScorer, usable_boxes
 from proposals.store import ProposalStore
 
 
@@ -58,25 +59,17 @@ FOLDED = "fp32 ORT, LRNs folded (not exact)"
 
 
 def parse_variant(text: str, base: Int8Recipe) -> tuple[str, Int8Recipe]:
-    """``file`` or ``key=value,...`` over ``base`` -> (label, recipe)."""
+    """``file`` or ``key=value,...`` over ``base`` (every setting a number) -> (label, recipe)."""
     if text == "file":
         return f"int8 {base.label()} (file)", base
-    values = {}
-    for item in text.split(","):
-        key, value = item.split("=")
-        field = {f.name: f for f in dataclasses.fields(Int8Recipe)}[key]
-        values[key] = {"bool": lambda v: v.lower() in ("1", "true"), "float": float}.get(field.type, str)(value)
-    recipe = dataclasses.replace(base, **values)
+    recipe = dataclasses.replace(base, **{k: float(v) for k, v in (item.split("=") for item in text.split(","))})
     return f"int8 {recipe.label()}", recipe
 
 
-def image_crops(image: np.ndarray, boxes: np.ndarray, settings, convention=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The detector's boxes (clipped, small ones dropped) and their crops warped in ``convention`` (a
-    member's input convention), as Detector.detect does."""
-    b = ops.clip_boxes_to_image(torch.from_numpy(np.asarray(boxes, np.float32)), image.shape[:2])
-    b = b[ops.remove_small_boxes(b, settings.min_size)]
-    crops = warp_regions(normalize_image(image, convention), b, settings.crop_size, settings.context)
-    return b, crops
+def image_crops(image: np.ndarray, boxes: np.ndarray, settings, convention=None) -> torch.Tensor:
+    """The crops of the boxes the detector scores, warped in ``convention`` (a member's input convention)."""
+    warp = RegionWarp(settings.crop_size, settings.context, settings.batch_size, settings.max_pixels)
+    return warp.crops(image, usable_boxes(boxes, image.shape, settings.min_size), convention)
 
 
 def scores_in_batches(scorer, crops: torch.Tensor, batch: int) -> torch.Tensor:
@@ -212,14 +205,14 @@ def main() -> None:
     if "accuracy" in args.sections:
         dets = {k: [] for k in members}
         probs = {k: [] for k in members}
+        warp = RegionWarp(settings.crop_size, settings.context, args.batch, settings.max_pixels)
+        region_scorers = {label: WarpScorer(m, warp, settings.cascade_threshold) for label, m in members.items()}
         start = time.perf_counter()
         for r in records:
             image = read_image(r.path)
-            boxes, crops = image_crops(image, store.get(r.image_id), settings, convention)
-            for label, scorer_list in members.items():
-                p = torch.cat([ensemble_probs(scorer_list, crops[i:i + args.batch], settings.cascade_threshold)
-                               for i in range(0, len(crops), args.batch)])
-                probs[label].append(p)
+            boxes = usable_boxes(store.get(r.image_id), image.shape, settings.min_size)
+            for label, scorer in region_scorers.items():
+                probs[label].append(p := scorer.score(image, boxes))
                 b, s, l = per_class_nms(boxes, p, settings.nms_iou, settings.score_threshold, settings.max_per_image)
                 dets[label].append(Detections.for_image(r.index, l.numpy(), s.numpy(), b.numpy()))
         print(f"\nsynthetic val, {len(records)} images, stored proposals ({sum(len(p) for p in probs['fp32'])} crops, "
@@ -244,7 +237,7 @@ def main() -> None:
             image = read_image(path)
             boxes = propose(image).boxes
             boxes = boxes[rng.choice(len(boxes), size=min(args.coco_crops, len(boxes)), replace=False)]
-            real.append(image_crops(image, boxes, settings, convention)[1])
+            real.append(image_crops(image, boxes, settings, convention))
         real = torch.cat(real)
         print(f"\nreal photos: {len(real)} crops of selective search proposals on {len(photos)} coco128 images, "
               "per member, against fp32 ORT:")
@@ -258,7 +251,7 @@ def main() -> None:
     if {"speed", "profile"} & set(args.sections):
         crops = []
         for r in records:
-            crops.append(image_crops(read_image(r.path), store.get(r.image_id), settings, convention)[1])
+            crops.append(image_crops(read_image(r.path), store.get(r.image_id), settings, convention))
             if sum(len(c) for c in crops) >= args.speed_crops:
                 break
         crops = torch.cat(crops)[:args.speed_crops]
@@ -317,7 +310,7 @@ def paper_section(records, store, settings, variants: dict, cache: Path, args) -
     paper = dataclasses.replace(settings, crop_size=224, context=16)
     crops = []
     for r in records:
-        crops.append(image_crops(read_image(r.path), store.get(r.image_id), paper)[1])
+        crops.append(image_crops(read_image(r.path), store.get(r.image_id), paper))
         if sum(len(c) for c in crops) >= 64 + args.batch:
             break
     crops = torch.cat(crops)

@@ -3,7 +3,8 @@
 Measures, for the paper's GoogLeNet (width 1.0, 200 classes + background, 224x224 crops):
   - bare torch eager forward (inference mode, channels-last: the issue's reference) on ready-made crops,
   - bare ONNX Runtime forward on the same crops,
-  - the pipeline's region scoring (Detector.score: normalise, warp with grid_sample, ensemble softmax)
+  - the pipeline's region scoring (Detector.score = detect.scoring.WarpScorer: normalise, warp with
+    grid_sample, ensemble softmax)
     with backend=torch and with backend=auto (ONNX Runtime on a CPU),
 all at the same batch size, the models timed in turns (round-robin) so that load drift hits them alike;
 then seconds per image of the detector (warp + score + NMS) at --proposals boxes, per --settings entry
@@ -30,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from detect.backends import (OnnxScorer, TorchScorer, cached_onnx_export, export_onnx, make_scorers,
-                             session_options)
+from detect.backends import OnnxScorer, TorchScorer, make_scorers, session_options
 from detect.classes import ClassList
+from detect.export import cached_onnx_export, export_onnx
 from detect.models.googlenet import GoogLeNet, LocalResponseNorm
 from detect.pipeline import Detector
 from detect.region import context_boxes, normalize_image, warp_regions
@@ -105,7 +106,7 @@ def main() -> None:
     classes = ClassList.from_names([f"c{i}" for i in range(200)])
     model = GoogLeNet(num_classes=201, aux_logits=False, width=args.width).eval()
     cache = tempfile.mkdtemp(prefix="bench_scoring_")
-    onnx_path = cached_onnx_export(model, cache, "member0", args.crop_size)
+    onnx_path, _ = cached_onnx_export(model, cache, "member0", args.crop_size)
 
     image, boxes = _image_and_boxes(args.crops)
     tensor = normalize_image(image)  # ImageNet convention

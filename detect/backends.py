@@ -3,21 +3,15 @@
 A *scorer* is a callable ``crops: Tensor[N, 3, S, S] float32 (prepared with the scorer's
 ``input_convention``, that of the model's weights) -> Tensor[N, C] float32 logits`` with a ``device``
 (where it wants its crops: the CPU for ONNX Runtime). The scorer alone decides the device, autocast
-and memory format of its network; the ensemble (:func:`detect.region.ensemble_probs`) and the
-detector only ever call scorers, so every backend serves the cascade and the shared crop batch alike. An ONNX export takes
-the prepared crops too; its sidecar JSON records the input convention they follow.
+and memory format of its network; the region scorer (:mod:`detect.scoring`) only ever calls scorers,
+so every backend serves the cascade and the shared crop batch alike.
 
 - ``torch``: the module in eval mode under ``torch.inference_mode``, channels-last (faster than NCHW
   for the paper network on the project's CPU: benchmarks/README.md), on CUDA with bf16 (or fp16)
   autocast; logits returned as float32.
-- ``onnxruntime``: the member exported to ONNX (dynamic batch) and run by ONNX Runtime's CPU provider,
-  faster than eager PyTorch on a CPU (figures: benchmarks/README.md). Exports are cached beside
-  the detector checkpoint, keyed on a hash of the member's weights, architecture, crop size and the
-  exporter versions. The key is written inside the export itself (ONNX metadata ``EXPORT_KEY``) as
-  well as in its sidecar JSON, and the scorer compares it with the key of the weights in memory when
-  it loads the file: an export made from other weights (another detector's cache copied here, a
-  sidecar edited to match a replaced file), one whose sidecar key or content hash does not match, or
-  one ONNX Runtime cannot load, is rebuilt, never silently used.
+- ``onnxruntime``: the member exported to ONNX (dynamic batch; cached beside the detector checkpoint and
+  checked against the weights in memory, :mod:`detect.export`) and run by ONNX Runtime's CPU provider,
+  faster than eager PyTorch on a CPU (figures: benchmarks/README.md).
 - ``auto``: ONNX Runtime on a CPU device (when onnxruntime is importable), torch otherwise.
 
 Precision of the ONNX Runtime backend (``precision``):
@@ -27,38 +21,30 @@ Precision of the ONNX Runtime backend (``precision``):
   inputs (:mod:`detect.quantize`), cached beside the fp32 export; an error when it cannot be made
   (no calibration inputs, the torch backend, a failed quantization).
 - ``auto``: int8 on CPUs with 8-bit dot-product instructions (AVX-512 VNNI or AMX), where it
-  was measured faster with no measurable loss of mAP (benchmarks/int8.md), with a recipe measured
-  faster, when calibration inputs exist; fp32 otherwise, and fp32
-  with a warning when the int8 model cannot be made.
+  was measured faster with no measurable loss of mAP (benchmarks/int8.md), when calibration inputs
+  exist; fp32 otherwise, and fp32 with a warning when the int8 model cannot be made.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
-import warnings
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from detect.io import atomic_open, atomic_write_json, file_sha256
+from detect.export import cached_onnx_export, check_export_key
 from detect.models.convention import IMAGENET, InputConvention
-from detect.quantize import Int8Recipe, QuantizationError, cached_int8_model, cpu_has_int8_dot
+from detect.quantize import Int8Recipe, QuantizationError, cached_int8_export, cpu_has_int8_dot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TorchScorer", "OnnxScorer", "as_scorer", "session_options", "export_onnx", "cached_onnx_export", "make_scorer",
-           "make_scorers", "resolve_backend", "resolve_precision", "describe_scoring", "PRECISIONS", "EXPORT_KEY", "export_key",
-           "with_metadata"]
+__all__ = ["TorchScorer", "OnnxScorer", "as_scorer", "session_options", "make_scorer", "make_scorers", "resolve_backend",
+           "resolve_precision", "describe_scoring", "PRECISIONS"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
-_EXPORT_FORMAT = 2  # bump when the export procedure changes: every cached export is then rebuilt
 PRECISIONS = ("fp32", "int8", "auto")
-EXPORT_KEY = "googlenet_detect.export_key"  # ONNX metadata entry: the cache key of what an export was made from
 
 
 class TorchScorer:
@@ -120,8 +106,7 @@ class OnnxScorer:
     """ONNX Runtime (CPU provider) scorer for an exported model file (see :func:`session_options`);
     ``input_convention``: how its crops are prepared (that of the exported model's weights);
     ``precision`` ("fp32" | "int8") records which kind of model the file is; ``expected_key``: None, or
-    the cache key of the weights the file must have been made from (its ``EXPORT_KEY`` metadata),
-    else a ``ValueError`` naming the file."""
+    the cache key of what the file must have been made from (:func:`detect.export.check_export_key`)."""
 
     def __init__(self, onnx_path: str | Path, num_threads: int | None = None,
                  input_convention: InputConvention | None = None, precision: str = "fp32",
@@ -134,103 +119,14 @@ class OnnxScorer:
         self.precision = precision
         self.session = ort.InferenceSession(str(self.path), session_options(num_threads),
                                             providers=["CPUExecutionProvider"])
-        if expected_key is not None and export_key(self.session) != expected_key:
-            raise ValueError(f"{self.path}: made from other weights than those loaded (its {EXPORT_KEY} "
-                             f"{export_key(self.session)!r} is not {expected_key!r})")
+        if expected_key is not None:
+            check_export_key(self.session, expected_key, self.path)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
         x = crops.detach().to("cpu", torch.float32).contiguous().numpy()
         (logits,) = self.session.run(None, {self.input_name: x})
         return torch.from_numpy(logits)
-
-
-def export_key(session) -> str | None:
-    """The ``EXPORT_KEY`` metadata of an ONNX Runtime ``session``'s model (None when it has none)."""
-    return session.get_modelmeta().custom_metadata_map.get(EXPORT_KEY)
-
-
-def with_metadata(model_bytes: bytes, metadata: Mapping[str, str]) -> bytes:
-    """A serialized ONNX model with the ``metadata`` entries (``metadata_props``) set, replacing any of
-    the same names."""
-    import onnx
-
-    proto = onnx.load_from_string(model_bytes)
-    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in metadata]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *metadata.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    return proto.SerializeToString()
-
-
-def export_onnx(model: nn.Module, path: str | Path, crop_size: int, opset: int = 17,
-                metadata: Mapping[str, str] | None = None) -> None:
-    """Export ``model`` (eval mode, logits output) to ONNX with a dynamic batch axis, atomically;
-    ``metadata``: entries written into the model's ``metadata_props`` (e.g. ``{EXPORT_KEY: key}``)."""
-    model = model.eval().to("cpu")
-    example = torch.zeros(2, 3, crop_size, crop_size)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (example,), buffer, input_names=["crops"], output_names=["logits"],
-            dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
-        )
-    data = with_metadata(buffer.getvalue(), metadata) if metadata else buffer.getvalue()
-    with atomic_open(Path(path), "wb") as f:
-        f.write(data)
-
-
-def _weights_key(model: nn.Module, crop_size: int, extra: dict) -> str:
-    """Hash of everything an export depends on: weights, module structure, crop size, versions."""
-    h = hashlib.sha256()
-    import onnx
-
-    header = {"format": _EXPORT_FORMAT, "torch": torch.__version__, "onnx": onnx.__version__,
-              "crop_size": crop_size, "structure": repr(model), **extra}
-    h.update(json.dumps(header, sort_keys=True, default=str).encode())
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-
-def cached_onnx_export(model: nn.Module, cache_dir: str | Path, name: str, crop_size: int,
-                       extra_key: dict | None = None) -> Path:
-    """Path of a valid ONNX export of ``model`` in ``cache_dir``, exporting it when missing or stale.
-
-    The key (a hash of the weights, structure, crop size and exporter versions) is written inside the
-    export (metadata ``EXPORT_KEY``); the sidecar ``<name>.json`` records it with the ONNX file's
-    sha256. A mismatch of any of them with the weights in memory, or a file ONNX Runtime cannot load,
-    means the export is rebuilt.
-    """
-    return _cached_export(model, cache_dir, name, crop_size, extra_key)[0]
-
-
-def _cached_export(model: nn.Module, cache_dir: str | Path, name: str, crop_size: int,
-                   extra_key: dict | None = None) -> tuple[Path, str]:
-    """:func:`cached_onnx_export`, and the key of ``model`` that the export carries."""
-    cache_dir = Path(cache_dir)
-    onnx_path, meta_path = cache_dir / f"{name}.onnx", cache_dir / f"{name}.json"
-    key = _weights_key(model, crop_size, extra_key or {})
-    if onnx_path.is_file() and meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("key") == key and meta.get("sha256") == file_sha256(onnx_path):
-                OnnxScorer(onnx_path, num_threads=1, expected_key=key)  # loads, and was made from these weights
-                return onnx_path, key
-            log.warning("%s: stale ONNX export (weights or exporter changed), rebuilding", onnx_path)
-        except Exception as e:  # corrupt JSON, truncated model, made from other weights, ...
-            log.warning("%s: unusable ONNX export (%s), rebuilding", onnx_path, e)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    log.info("exporting %s to ONNX (crop size %d)", name, crop_size)
-    export_onnx(model, onnx_path, crop_size, metadata={EXPORT_KEY: key})
-    convention = getattr(model, "input_convention", IMAGENET)
-    atomic_write_json(meta_path, {"key": key, "sha256": file_sha256(onnx_path), "crop_size": crop_size,
-                                  "input_convention": convention.to_dict()})
-    return onnx_path, key
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -251,15 +147,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "onnxruntime"
 
 
-def resolve_precision(precision: str, backend: str, has_calibration: bool,
-                      cpu_flags: set[str] | None = None, recipe: Int8Recipe | None = None) -> str:
+def resolve_precision(precision: str, backend: str, has_calibration: bool, cpu_flags: set[str] | None = None) -> str:
     """``fp32`` or ``int8`` for ``precision`` under the resolved ``backend`` (see the module docstring).
 
-    has_calibration: calibration inputs exist; cpu_flags: the CPU's feature flags (None: this CPU's);
-    recipe: the int8 recipe (None: the defaults). ``auto`` gives int8 only where it was measured faster
-    than fp32 (benchmarks/int8.md): a CPU with AVX-512 VNNI or AMX, and a recipe other than those
-    measured slower (LRNs left in float; signed int8 activations). ``int8`` without ONNX Runtime or without calibration inputs is a ``ValueError`` saying
-    what to do.
+    has_calibration: calibration inputs exist; cpu_flags: the CPU's feature flags (None: this CPU's).
+    ``auto`` gives int8 only where it was measured faster than fp32 (benchmarks/int8.md): a CPU with
+    AVX-512 VNNI or AMX. ``int8`` without ONNX Runtime or without calibration inputs is a ``ValueError``
+    saying what to do.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -276,10 +170,6 @@ def resolve_precision(precision: str, backend: str, has_calibration: bool,
         return "int8"
     if not cpu_has_int8_dot(cpu_flags):
         log.info("precision=auto: no AVX-512 VNNI or AMX on this CPU, where int8 was measured faster: fp32")
-        return "fp32"
-    recipe = recipe or Int8Recipe()
-    if recipe.lrn == "float" or recipe.activations == "s8":
-        log.info("precision=auto: the int8 recipe %s was measured slower than fp32: fp32", recipe.label())
         return "fp32"
     if not has_calibration:
         log.warning("precision=auto: no calibration inputs for an int8 model: fp32 (bundle the detector "
@@ -304,24 +194,23 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
     """
     device = torch.device(device)
     chosen = resolve_backend(backend, device)
-    recipe = None if precision == "fp32" else \
-        int8_recipe if isinstance(int8_recipe, Int8Recipe) else Int8Recipe.from_dict(int8_recipe)
-    wanted = resolve_precision(precision, chosen, calibration is not None, recipe=recipe)
+    wanted = resolve_precision(precision, chosen, calibration is not None)
     if chosen == "torch":
         return TorchScorer(model, device, amp=amp)
     if cache_dir is None:
         raise ValueError("backend onnxruntime needs a cache_dir for its exports")
     try:
-        path, key = _cached_export(model, cache_dir, name, input_size)
+        path, key = cached_onnx_export(model, cache_dir, name, input_size)
     except (OSError, RuntimeError) as e:  # the exporter's errors are RuntimeErrors
-        if backend != "auto" or (wanted == "int8" and precision == "int8"):
+        if backend != "auto" or precision == "int8":
             raise
         log.warning("no ONNX export of %s in %s (%s): running it in eager PyTorch", name, cache_dir, e)
         return TorchScorer(model, device, amp=amp)
     convention = getattr(model, "input_convention", None)
     if wanted == "int8":
         try:
-            int8_path, int8_key = cached_int8_model(model, path, key, calibration, recipe)
+            recipe = int8_recipe if isinstance(int8_recipe, Int8Recipe) else Int8Recipe.from_dict(int8_recipe)
+            int8_path, int8_key = cached_int8_export(model, path, key, calibration, recipe)
             return OnnxScorer(int8_path, num_threads=num_threads, input_convention=convention, precision="int8",
                               expected_key=int8_key)
         except (QuantizationError, OSError) as e:

@@ -36,7 +36,7 @@ from detect.limits import LIMITS
 from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet
 from detect.models.weights import model_from_entry, strip_module_prefix
 from detect.quantize import Int8Recipe, crops_to_inputs
-from detect.region import ensemble_probs, input_conventions, normalize_image, warp_regions
+from detect.scoring import RegionWarp, WarpScorer, usable_boxes
 from proposals.spec import build_proposer, check_spec, set_params
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,12 @@ class DetectorSettings:
     nms_iou, score_threshold, max_per_image: :func:`per_class_nms`; batch_size: crops per forward;
     min_size: proposals narrower or shorter than this (pixels, after clipping) are dropped;
     cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is
-    at least this (:func:`detect.region.ensemble_probs`); mean, std: the RGB 0..1 normalisation of members
+    at least this (:func:`detect.scoring.ensemble_probs`); mean, std: the RGB 0..1 normalisation of members
     that record no input convention (files written before members recorded theirs); every other
-    member's crops follow its own ``model_kwargs["input_convention"]``; max_pixels: None, or an image
-    of more pixels has its regions warped from a copy downscaled to about this many (area
-    interpolation; the boxes stay in the original's pixels), so that the float image prepared per
-    input convention (12 bytes a pixel) stays bounded (conf/detect.yaml). Sizes and counts are
-    bounded above by :data:`detect.limits.LIMITS` (a file asking for more is refused).
+    member's crops follow its own ``model_kwargs["input_convention"]``; max_pixels: None, or the pixels
+    above which an image's regions are warped from a downscaled copy (:class:`detect.scoring.RegionWarp`;
+    conf/detect.yaml). Sizes and counts are bounded above by :data:`detect.limits.LIMITS` (a file asking
+    for more is refused).
     """
 
     crop_size: int = 224
@@ -170,7 +169,8 @@ class Detector:
     proposer: callable ``ndarray[H, W, 3] uint8 -> Proposals`` (or None when proposals are always passed in)
     scorers: the ensemble's members, scorers of :mod:`detect.backends` (a module is run by a
     ``TorchScorer`` on its parameters' device); their outputs: background + ``len(classes)`` columns.
-    They decide their device, autocast and memory format; crops are warped on member 0's device.
+    They make up the region scorer ``scorer`` (:class:`detect.scoring.WarpScorer`, with the settings'
+    warp, batch size, max_pixels and cascade).
     classes: ClassList; settings: :class:`DetectorSettings` (keyword ``overrides`` replace single ones,
     e.g. ``crop_size=64``).
     """
@@ -186,9 +186,10 @@ class Detector:
         self.classes = classes
         settings = settings or DetectorSettings()
         self.settings = settings.replace(**overrides) if overrides else settings
-        self.scorers = [as_scorer(s) for s in scorers]
-        self.device = self.scorers[0].device
-        self.conventions = input_conventions(self.scorers)
+        s = self.settings
+        self.scorer = WarpScorer([as_scorer(m) for m in scorers],
+                                 RegionWarp(s.crop_size, s.context, s.batch_size, s.max_pixels), s.cascade_threshold)
+        self.scorers, self.device = self.scorer.members, self.scorer.device
 
     def proposals(self, image: np.ndarray) -> np.ndarray:
         """The live proposer's boxes for ``image``: ndarray[N, 4] float32."""
@@ -196,54 +197,18 @@ class Detector:
             raise ValueError("this detector has no proposer: pass the proposals in")
         return np.asarray(self.proposer(image).boxes, dtype=np.float32).reshape(-1, 4)
 
-    @torch.inference_mode()
     def score(self, image: np.ndarray, boxes: np.ndarray | Tensor) -> Tensor:
-        """Ensemble probabilities of the warped ``boxes: [N, 4]`` of ``image: ndarray[H, W, 3] uint8``.
-
-        returns Tensor[N, C + 1] float32 on the detector's device. Crops are warped and scored
-        ``batch_size`` at a time (all of an image's crops at once would not fit in memory); an image of
-        more than ``settings.max_pixels`` pixels is warped from a downscaled copy (:meth:`_bounded`).
-        """
-        boxes = torch.as_tensor(np.asarray(boxes, np.float32) if not isinstance(boxes, Tensor) else boxes,
-                                dtype=torch.float32, device=self.device).reshape(-1, 4)
-        image, boxes = self._bounded(image, boxes)
-        # one prepared image per input convention of the members (its zero padding is that convention's mean)
-        tensors = {c: normalize_image(image, c, self.device) for c in self.conventions}
-        out = []
-        for i in range(0, len(boxes), self.settings.batch_size):
-            crops = {c: warp_regions(t, boxes[i:i + self.settings.batch_size], self.settings.crop_size,
-                                     self.settings.context) for c, t in tensors.items()}
-            out.append(ensemble_probs(self.scorers, crops, self.settings.cascade_threshold))
-        if not out:
+        """Ensemble probabilities of the warped ``boxes: [N, 4]`` of ``image: ndarray[H, W, 3] uint8``:
+        ``Tensor[N, C + 1]`` float32 on the detector's device (:meth:`detect.scoring.WarpScorer.score`)."""
+        if len(boxes) == 0:
             return torch.zeros((0, len(self.classes) + 1), device=self.device)
-        return torch.cat(out)
-
-    def _bounded(self, image: np.ndarray, boxes: Tensor) -> tuple[np.ndarray, Tensor]:
-        """``(image, boxes)`` as they are when the image has at most ``settings.max_pixels`` pixels (or no
-        limit is set); else a copy downscaled to about that many (OpenCV area interpolation) and the boxes
-        ``Tensor[N, 4]`` scaled to it, logged as a warning."""
-        height, width = image.shape[:2]
-        limit = self.settings.max_pixels
-        if limit is None or height * width <= limit:
-            return image, boxes
-        import cv2
-
-        factor = math.sqrt(limit / (height * width))
-        size = (max(1, int(width * factor)), max(1, int(height * factor)))
-        log.warning("image of %dx%d pixels (%.0f M) is above max_pixels=%d: its regions are warped from a copy "
-                    "downscaled to %dx%d", width, height, height * width / 1e6, limit, *size)
-        small = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
-        scale = torch.tensor([size[0] / width, size[1] / height] * 2, dtype=boxes.dtype, device=boxes.device)
-        return small, boxes * scale
+        return self.scorer.score(image, boxes)
 
     def detect(self, image: np.ndarray, proposals: np.ndarray | None = None) -> DetectionResult:
         """Detections of ``image: ndarray[H, W, 3] uint8`` RGB, from ``proposals: ndarray[N, 4]`` xyxy
         (e.g. a ProposalStore entry) or, when None, from the live proposer."""
-        height, width = image.shape[:2]
-        boxes = self.proposals(image) if proposals is None else np.asarray(proposals, np.float32).reshape(-1, 4)
-        boxes = torch.from_numpy(np.ascontiguousarray(boxes)).to(self.device)
-        boxes = ops.clip_boxes_to_image(boxes, (height, width))
-        boxes = boxes[ops.remove_small_boxes(boxes, self.settings.min_size)] if len(boxes) else boxes
+        boxes = self.proposals(image) if proposals is None else proposals
+        boxes = usable_boxes(boxes, image.shape, self.settings.min_size, self.device)
         probs = self.score(image, boxes)
         if probs.shape[1] != len(self.classes) + 1:
             raise ValueError(f"the ensemble gives {probs.shape[1]} columns for {len(self.classes)} classes + background")

@@ -1,25 +1,20 @@
 """Static int8 quantization of exported scorers with ONNX Runtime, calibrated on the data they score.
 
-An fp32 ONNX export (:func:`detect.backends.cached_onnx_export`) becomes an int8 model once:
+An fp32 ONNX export (:func:`detect.export.cached_onnx_export`) becomes an int8 model once:
 ``quant_pre_process`` (shape inference, graph clean-up), then ``quantize_static`` with activation ranges
 calibrated on ``calibration`` inputs (the network's own float inputs: warped proposal crops of the
-training split for a region classifier, resized training images for MultiBox). How it is quantized is
-an :class:`Int8Recipe`; the defaults in conf/ are the variant measured best (benchmarks/int8.md). The
-int8 model is cached beside the fp32 export (``<name>.int8.onnx`` + ``<name>.int8.json``), keyed on the
-fp32 export's key (weights, architecture, exporter versions), the recipe, a hash of the calibration
-inputs and the ONNX Runtime version. The key is written inside the int8 model (ONNX metadata
-:data:`detect.backends.EXPORT_KEY`) as well as in the sidecar, and compared with the key of the
-weights in memory when the model is loaded; the model is written atomically and made again when any
-of them changes, when its key is not the one expected (an int8 model of other weights), or when the
-file does not match its recorded hash.
+training split for a region classifier, resized training images for MultiBox). The quantization is the
+variant measured best (benchmarks/int8.md): QDQ, uint8 activations, int8 per-channel weights, MinMax
+ranges, the fully connected layers' outputs left in float; its one setting is an :class:`Int8Recipe`.
+The int8 model is cached beside the fp32 export (:func:`cached_int8_export`).
 
 The local response norms: in float they cost a large share of the int8 model's time (Sqrt and Div
-between dequantize/quantize pairs, benchmarks/int8.md). ``lrn="fold"`` measures each LRN's largest
-effect on the calibration inputs, ``1 - s`` for its factor ``s = (d / k)^-beta`` relative to the
-constant ``k^-beta`` it tends to for small activations; an LRN whose effect stays below
-``lrn_tolerance`` (default 1/512: every activation moves by less than half an 8-bit step of its range)
-is replaced by that constant in the int8 model (the others are quantized in their exact form). The
-decision and the measured effects are recorded in the ``.int8.json`` sidecar.
+between dequantize/quantize pairs, benchmarks/int8.md). Each LRN's largest effect on the calibration
+inputs is measured, ``1 - s`` for its factor ``s = (d / k)^-beta`` relative to the constant ``k^-beta``
+it tends to for small activations; an LRN whose effect stays below ``lrn_tolerance`` (default 1/512:
+every activation moves by less than half an 8-bit step of its range) is replaced by that constant in the
+int8 model (the others are quantized in their exact form). The decision and the measured effects are
+recorded in the ``.int8.json`` sidecar.
 
 Which CPUs gain: int8 convolutions are fast where the CPU has 8-bit dot-product instructions; measured
 on a Xeon with AVX-512 VNNI and AMX-INT8 (:func:`cpu_has_int8_dot` checks for those two); on AVX2-only
@@ -28,35 +23,38 @@ CPUs ONNX Runtime's u8s8 kernels have no such instructions and int8 is not expec
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detect.io import atomic_write_json, file_sha256
+from detect.export import EXPORT_KEY, cached_onnx, export_onnx, with_metadata
+from detect.io import digest
 from detect.models.convention import InputConvention
 from detect.models.googlenet import LocalResponseNorm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_export", "cached_int8_model", "lrn_effects",
-           "fold_lrns", "cpu_flags", "cpu_has_int8_dot", "calibration_digest", "draw_calibration_crops",
-           "draw_calibration_images", "crops_to_inputs", "to_pixels", "INT8_DOT_FLAGS"]
+__all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_export", "lrn_effects", "fold_lrns",
+           "cpu_flags", "cpu_has_int8_dot", "draw_calibration_crops", "draw_calibration_images", "crops_to_inputs",
+           "to_pixels", "INT8_DOT_FLAGS"]
 
-_INT8_FORMAT = 1  # bump when the quantization procedure changes: every cached int8 model is then rebuilt
-# /proc/cpuinfo flags of the 8-bit dot products where int8 was measured faster than fp32 (benchmarks/int8.md:
-# Xeon with AVX-512 VNNI and AMX). AVX-VNNI alone (256-bit, client CPUs) is left out: not measured.
+_INT8_FORMAT = 2  # bump when the quantization procedure changes: every cached int8 model is then rebuilt
+# /proc/cpuinfo flags where int8 was measured faster (module docstring); AVX-VNNI alone (client CPUs): not measured
 INT8_DOT_FLAGS = ("avx512_vnni", "amx_int8")
+# Settings of recipes stored before the others were removed (detector files, MultiBox checkpoints), with the
+# value now always used; a stored recipe may name them at that value (``percentile`` at any: it was read only
+# by percentile calibration). lrn "int8" (no LRN folded) is lrn_tolerance 0.
+_FIXED = {"format": "qdq", "activations": "u8", "weights": "s8", "per_channel": True, "head": "float",
+          "calibration": "minmax", "reduce_range": False, "lrn": "fold"}
 
 
 class QuantizationError(RuntimeError):
@@ -66,60 +64,40 @@ class QuantizationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Int8Recipe:
-    """How an fp32 export is quantized (``quantize_static`` options).
+    """How an fp32 export is quantized besides the fixed choices of the module docstring.
 
-    format: "qdq" (QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses) | "qoperator"
-    (QLinearConv etc. written out); activations / weights: "u8" | "s8"; per_channel: one weight scale
-    per output channel; lrn: "int8" quantizes the local response norms' operators too, "float" leaves
-    them in float, "fold" replaces those whose largest effect on the calibration inputs is below
-    ``lrn_tolerance`` by their constant factor (module docstring) and quantizes the rest; head: "float"
-    keeps the output of the fully connected layers (Gemm: a classifier's logits, MultiBox's boxes and
-    confidences, which share one tensor and so one 8-bit scale) and everything computed from it in
-    float, "int8" quantizes it too; calibration:
-    "minmax" | "entropy" | "percentile" (``percentile``: the share of each activation histogram kept,
-    in percent); reduce_range: 7-bit weights (for CPUs without VNNI, where u8s8 sums can saturate).
+    lrn_tolerance: a local response norm whose largest effect on the calibration inputs is at most this
+    is folded to its constant factor (module docstring); 0 folds none (every LRN quantized as is).
     """
 
-    format: str = "qdq"
-    activations: str = "u8"
-    weights: str = "s8"
-    per_channel: bool = True
-    lrn: str = "int8"
     lrn_tolerance: float = 1.0 / 512
-    head: str = "float"
-    calibration: str = "minmax"
-    percentile: float = 99.999
-    reduce_range: bool = False
 
     def __post_init__(self):
-        choices = {"format": ("qdq", "qoperator"), "activations": ("u8", "s8"), "weights": ("u8", "s8"),
-                   "lrn": ("int8", "float", "fold"), "head": ("float", "int8"),
-                   "calibration": ("minmax", "entropy", "percentile")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"int8 recipe: {name}={getattr(self, name)!r}, expected one of {allowed}")
         if not 0.0 <= float(self.lrn_tolerance) < 1.0:
             raise ValueError(f"int8 recipe: lrn_tolerance={self.lrn_tolerance} is not in [0, 1)")
-        if not 0.0 < float(self.percentile) <= 100.0:
-            raise ValueError(f"int8 recipe: percentile={self.percentile} is not in (0, 100]")
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> "Int8Recipe":
-        """A recipe from plain config values; an unknown key or a bad value is a ``ValueError``."""
+    def from_dict(cls, values: Mapping | None) -> "Int8Recipe":
+        """A recipe from plain values (a stored one may name the removed settings at their fixed value,
+        see ``_FIXED``); an unknown key or a bad value is a ``ValueError``."""
         if values is not None and not isinstance(values, Mapping):
             raise ValueError(f"int8 recipe: expected a mapping of settings, got {type(values).__name__}")
         values = dict(values or {})
-        unknown = set(values) - {f.name for f in fields(cls)}
+        if values.get("lrn") == "int8":
+            values.update(lrn="fold", lrn_tolerance=0.0)
+        values.pop("percentile", None)
+        for name, fixed in _FIXED.items():
+            if name in values and values.pop(name) != fixed:
+                raise ValueError(f"int8 recipe: {name} other than {fixed!r} is no longer made (the variant measured "
+                                 "best is the only one: benchmarks/int8.md); bundle the detector again")
+        unknown = set(values) - {"lrn_tolerance"}
         if unknown:
             raise ValueError(f"int8 recipe: unknown setting(s) {sorted(unknown)}")
         return cls(**values)
 
     def label(self) -> str:
-        """Short name, e.g. ``qdq-u8s8-pc-lrnint8-minmax``."""
-        calib = self.calibration + (f"{self.percentile:g}" if self.calibration == "percentile" else "")
-        lrn = self.lrn + (f"{self.lrn_tolerance:.3g}" if self.lrn == "fold" else "")
-        return (f"{self.format}-{self.activations}{self.weights}{'-pc' if self.per_channel else ''}"
-                f"{'-rr' if self.reduce_range else ''}-lrn{lrn}-head{self.head}-{calib}")
+        """Short name, e.g. ``qdq-u8s8-pc-lrnfold0.00195-headfloat-minmax``."""
+        return f"qdq-u8s8-pc-lrnfold{self.lrn_tolerance:.3g}-headfloat-minmax"
 
 
 def cpu_flags() -> set[str]:
@@ -140,14 +118,6 @@ def cpu_has_int8_dot(flags: Iterable[str] | None = None) -> bool:
     return any(f in flags for f in INT8_DOT_FLAGS)
 
 
-def calibration_digest(calibration: np.ndarray) -> str:
-    """sha256 of the calibration inputs (dtype, shape and bytes)."""
-    calibration = np.ascontiguousarray(calibration)
-    h = hashlib.sha256(f"{calibration.dtype.str}{calibration.shape}".encode())
-    h.update(calibration.tobytes())
-    return h.hexdigest()
-
-
 def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndarray], count: int, crop_size: int,
                            context: int, convention: InputConvention | Mapping | None = None, seed: int = 0,
                            min_size: float = 2.0) -> np.ndarray:
@@ -156,55 +126,57 @@ def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndar
     records: DetectionRecord list (the training split); proposals: ``image_id -> ndarray[N, 4]`` xyxy
     (e.g. ``ProposalStore.get``; a missing entry (KeyError) falls back to the ground-truth boxes).
     Images are visited in a seeded random order, ``ceil(count / len(records))`` proposals drawn
-    uniformly from each (clipped, smaller than ``min_size`` dropped) and warped exactly as
-    :meth:`detect.pipeline.Detector.score` warps them for a member of input ``convention`` (None =
-    ImageNet): :func:`detect.region.warp_regions` on the image prepared in it, then turned back into
-    pixels. Returns ``ndarray[count, 3, crop_size, crop_size] uint8`` RGB, whatever the convention:
-    :func:`crops_to_inputs` prepares them for each member in its own (to within half a grey level).
-    Beyond the image border a warp shows ``convention``'s mean colour, so a member of another
-    convention sees that colour there (ImageNet's and BVLC's means differ by under one grey level).
-    Unreadable images are logged and skipped; ``ValueError`` when no crop could be drawn.
+    uniformly from each among :func:`detect.scoring.usable_boxes` and warped by
+    :class:`detect.scoring.RegionWarp` as the detector's scorer warps them for a member of input
+    ``convention`` (None = ImageNet), then turned back into pixels. Returns ``ndarray[count, 3,
+    crop_size, crop_size] uint8`` RGB, whatever the convention: :func:`crops_to_inputs` prepares them
+    for each member in its own (to within half a grey level). Beyond the image border a warp shows
+    ``convention``'s mean colour, so a member of another convention sees that colour there (ImageNet's
+    and BVLC's means differ by under one grey level). Unreadable images are logged and skipped;
+    ``ValueError`` when no crop could be drawn.
     """
-    from torchvision import ops
-
-    from detect.data.images import read_image
-    from detect.region import normalize_image, warp_regions
+    from detect.scoring import RegionWarp, usable_boxes
 
     if count < 1 or not records:
         raise ValueError(f"calibration crops: count={count} from {len(records)} images: nothing to draw")
-    convention = InputConvention.from_dict(convention)
+    convention, warp = InputConvention.from_dict(convention), RegionWarp(crop_size, context)
     rng = np.random.default_rng(seed)
     per_image = -(-count // len(records))
-    crops, skipped = [], 0
-    for index in rng.permutation(len(records)):
-        if sum(len(c) for c in crops) >= count:
-            break
-        record = records[index]
-        try:
-            image = read_image(record.path)
-        except ValueError as e:  # ImageError names the file
-            log.warning("calibration crops: skipped %s", e)
-            skipped += 1
-            continue
+    crops, skipped = [], []
+    for record, image in _readable(records, rng.permutation(len(records)), "calibration crops", skipped):
         try:
             boxes = np.asarray(proposals(record.image_id), np.float32).reshape(-1, 4)
         except KeyError:
             boxes = np.zeros((0, 4), np.float32)
-        if len(boxes) == 0:
-            boxes = np.asarray(record.boxes, np.float32).reshape(-1, 4)
-        boxes = ops.clip_boxes_to_image(torch.from_numpy(boxes), image.shape[:2])
-        boxes = boxes[ops.remove_small_boxes(boxes, min_size)]
+        boxes = usable_boxes(boxes if len(boxes) else record.boxes, image.shape, min_size)
         if len(boxes) == 0:
             continue
         pick = rng.choice(len(boxes), size=min(per_image, len(boxes)), replace=False)
-        warped = warp_regions(normalize_image(image, convention), boxes[torch.from_numpy(pick)], crop_size, context)
-        crops.append(to_pixels(warped, convention).numpy())
+        crops.append(to_pixels(warp.crops(image, boxes[torch.from_numpy(pick)], convention), convention).numpy())
+        if sum(len(c) for c in crops) >= count:
+            break
     if not crops:
-        raise ValueError(f"calibration crops: none could be drawn from {len(records)} images ({skipped} unreadable)")
+        raise ValueError(f"calibration crops: none could be drawn from {len(records)} images "
+                         f"({len(skipped)} unreadable)")
     out = np.concatenate(crops)[:count]
     if len(out) < count:
-        log.warning("calibration crops: %d of the %d asked for (%d images unreadable)", len(out), count, skipped)
+        log.warning("calibration crops: %d of the %d asked for (%d images unreadable)", len(out), count, len(skipped))
     return out
+
+
+def _readable(records: Sequence, order: Iterable[int], what: str, skipped: list) -> Iterator[tuple]:
+    """``(record, image ndarray[H, W, 3] uint8 RGB)`` of ``records`` in ``order``; an unreadable image is
+    logged as skipped for ``what`` and appended to ``skipped``."""
+    from detect.data.images import read_image
+
+    for index in order:
+        try:
+            image = read_image(records[index].path)
+        except ValueError as e:  # ImageError names the file
+            log.warning("%s: skipped %s", what, e)
+            skipped.append(records[index])
+            continue
+        yield records[index], image
 
 
 def to_pixels(inputs: torch.Tensor, convention: InputConvention | Mapping | None = None) -> torch.Tensor:
@@ -226,25 +198,18 @@ def draw_calibration_images(records: Sequence, count: int, size: int, seed: int 
     logged and skipped; ``ValueError`` when none can be read."""
     import cv2
 
-    from detect.data.images import read_image
-
     if count < 1 or not records:
         raise ValueError(f"calibration images: count={count} from {len(records)} images: nothing to draw")
-    out, skipped = [], 0
-    for index in np.random.default_rng(seed).permutation(len(records)):
+    out, skipped = [], []
+    for _, image in _readable(records, np.random.default_rng(seed).permutation(len(records)), "calibration images",
+                              skipped):
+        out.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
         if len(out) == count:
             break
-        try:
-            image = read_image(records[index].path)
-        except ValueError as e:
-            log.warning("calibration images: skipped %s", e)
-            skipped += 1
-            continue
-        out.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
     if not out:
         raise ValueError(f"calibration images: none of {len(records)} images could be read")
     if len(out) < count:
-        log.warning("calibration images: %d of the %d asked for (%d unreadable)", len(out), count, skipped)
+        log.warning("calibration images: %d of the %d asked for (%d unreadable)", len(out), count, len(skipped))
     return np.stack(out)
 
 
@@ -332,46 +297,35 @@ class _Reader:
         return next(self.batches, None)
 
 
-def _float_nodes(model_path: Path, modules: Iterable[str], head: bool) -> list[str]:
-    """Names of the nodes to leave in float: those the exporter wrote for torch ``modules`` (``net.lrn1``
-    -> ``/net/lrn1/...``) and, with ``head``, every node computing from a Gemm's output."""
+def _head_nodes(model_path: Path) -> list[str]:
+    """Names of the nodes to leave in float: every node computing from a Gemm's output (a classifier's
+    logits, MultiBox's boxes and confidences, which share one tensor and so would share one 8-bit scale)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    prefixes = tuple("/" + m.replace(".", "/") + "/" for m in modules)
-    names = [n.name for n in graph.node if prefixes and n.name.startswith(prefixes)]
-    if head:
-        tainted = {o for n in graph.node if n.op_type == "Gemm" for o in n.output}
-        for n in graph.node:  # exported graphs are topologically sorted
-            if n.op_type != "Gemm" and tainted.intersection(n.input):
-                tainted.update(n.output)
-                names.append(n.name)
+    names, tainted = [], {o for n in graph.node if n.op_type == "Gemm" for o in n.output}
+    for n in graph.node:  # exported graphs are topologically sorted
+        if n.op_type != "Gemm" and tainted.intersection(n.input):
+            tainted.update(n.output)
+            names.append(n.name)
     return names
 
 
-def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray,
-                  recipe: Int8Recipe = Int8Recipe(), float_modules: Iterable[str] = (),
-                  batch_size: int = 8, metadata: Mapping[str, str] | None = None) -> None:
-    """Write the int8 model of the ONNX file ``fp32_path`` to ``out_path`` atomically.
+def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, batch_size: int = 8,
+                  metadata: Mapping[str, str] | None = None) -> None:
+    """Write the int8 model of the ONNX file ``fp32_path`` to ``out_path`` atomically (module docstring).
 
     calibration: ``ndarray[N, 3, S, S] float32`` network inputs (N >= 1) whose activation ranges set the
     quantization scales (every input's activations are held until the ranges are computed: keep N in
-    the hundreds at most); float_modules: torch module names whose nodes stay in float; batch_size:
-    calibration inputs per forward pass; metadata: entries written into the int8 model's
-    ``metadata_props`` (replacing those of the fp32 model of the same names). Raises
-    :class:`QuantizationError` naming the model.
+    the hundreds at most); batch_size: calibration inputs per forward pass; metadata: entries written
+    into the int8 model's ``metadata_props`` (replacing those of the fp32 model of the same names).
+    Raises :class:`QuantizationError` naming the model.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     calibration = _check_calibration(calibration, str(fp32_path))
-    qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[recipe.calibration]
-    extra = {"CalibPercentile": float(recipe.percentile)} if recipe.calibration == "percentile" else {}
-    if recipe.head == "float":
-        extra["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
     try:
@@ -380,18 +334,14 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         pre = work / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre))
         input_name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-        exclude = _float_nodes(pre, float_modules, head=recipe.head == "float")
         quantized = work / "int8.onnx"
         quantize_static(
-            str(pre), str(quantized), _Reader(input_name, calibration, batch_size),
-            quant_format=QuantFormat.QDQ if recipe.format == "qdq" else QuantFormat.QOperator,
-            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
-            activation_type=qtype[recipe.activations], weight_type=qtype[recipe.weights],
-            nodes_to_exclude=exclude or None, calibrate_method=method, extra_options=extra,
+            str(pre), str(quantized), _Reader(input_name, calibration, batch_size), quant_format=QuantFormat.QDQ,
+            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=_head_nodes(pre) or None, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
         )
         if metadata:
-            from detect.backends import with_metadata
-
             quantized.write_bytes(with_metadata(quantized.read_bytes(), metadata))
         os.replace(quantized, out_path)  # same folder: atomic
     except Exception as e:  # the quantizer raises many kinds (ValueError, RuntimeError, ONNX errors)
@@ -401,68 +351,42 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.n
 
 
 def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, calibration: np.ndarray,
-                       recipe: Int8Recipe = Int8Recipe()) -> Path:
-    """Path of a valid int8 model of ``model``, whose fp32 export is ``<dir>/<name>.onnx`` with cache key
-    ``fp32_key`` (its weights hash): ``<dir>/<name>.int8.onnx``, quantized when missing or stale.
+                       recipe: Int8Recipe = Int8Recipe()) -> tuple[Path, str]:
+    """``(<dir>/<name>.int8.onnx, its key)``: a valid int8 model of ``model``, whose fp32 export is
+    ``<dir>/<name>.onnx`` with cache key ``fp32_key``, quantized when missing or stale
+    (:func:`detect.export.cached_onnx`; the key is for ``OnnxScorer(..., expected_key=key)``).
 
     calibration: ``ndarray[N, 3, S, S] float32`` network inputs, prepared in ``model.input_convention``
-    (:func:`crops_to_inputs`). The key (fp32 key, recipe, calibration digest, input convention, ONNX
-    Runtime version) is written inside the int8 model (metadata :data:`detect.backends.EXPORT_KEY`);
-    the sidecar ``<name>.int8.json`` records it, the int8 file's sha256 and the LRN decisions. A
-    mismatch of either key or of the hash, or a file ONNX Runtime cannot load, means it is quantized
-    again. Raises :class:`QuantizationError` when quantization fails.
+    (:func:`crops_to_inputs`). The key covers the fp32 key, the recipe, the calibration inputs' digest,
+    the input convention and the ONNX Runtime version; the sidecar also records the LRN decisions.
+    Raises :class:`QuantizationError` when quantization fails.
     """
-    return cached_int8_model(model, fp32_path, fp32_key, calibration, recipe)[0]
-
-
-def cached_int8_model(model: nn.Module, fp32_path: str | Path, fp32_key: str, calibration: np.ndarray,
-                      recipe: Int8Recipe = Int8Recipe()) -> tuple[Path, str]:
-    """:func:`cached_int8_export`, and the key the int8 model carries (for
-    ``OnnxScorer(..., expected_key=key)``)."""
     import onnxruntime as ort
-
-    from detect.backends import EXPORT_KEY, export_key, export_onnx
 
     fp32_path = Path(fp32_path)
     calibration = _check_calibration(calibration, str(fp32_path))
     stem = fp32_path.name.removesuffix(".onnx")
-    int8_path, meta_path = fp32_path.with_name(f"{stem}.int8.onnx"), fp32_path.with_name(f"{stem}.int8.json")
-    convention = getattr(model, "input_convention", None)
+    int8_path = fp32_path.with_name(f"{stem}.int8.onnx")
     header = {"format": _INT8_FORMAT, "fp32_key": fp32_key, "recipe": asdict(recipe),
-              "calibration": calibration_digest(calibration), "calibration_inputs": len(calibration),
-              "input_convention": InputConvention.from_dict(convention).to_dict(), "onnxruntime": ort.__version__}
-    key = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
-    if int8_path.is_file() and meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("key") == key and meta.get("sha256") == file_sha256(int8_path):
-                session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])  # loads: intact
-                if export_key(session) != key:
-                    raise ValueError(f"made from other weights or calibration ({EXPORT_KEY} "
-                                     f"{export_key(session)!r} is not {key!r})")
-                return int8_path, key
-            log.warning("%s: stale int8 model (weights, calibration, recipe or ONNX Runtime changed), "
-                        "quantizing again", int8_path)
-        except Exception as e:  # corrupt JSON, truncated model, ...
-            log.warning("%s: unusable int8 model (%s), quantizing again", int8_path, e)
-    log.info("quantizing %s to int8 (%s, %d calibration inputs)", fp32_path, recipe.label(), len(calibration))
-    lrns = [name for name, m in model.named_modules() if isinstance(m, LocalResponseNorm)]
-    effects, folded = {}, []
-    if recipe.lrn == "fold" and lrns:
-        effects = lrn_effects(model, calibration)
+              "calibration": digest(calibration), "calibration_inputs": len(calibration),
+              "input_convention": InputConvention.from_dict(getattr(model, "input_convention", None)).to_dict(),
+              "onnxruntime": ort.__version__}
+    key = digest(header)
+
+    def make() -> dict:
+        log.info("quantizing %s to int8 (%s, %d calibration inputs)", fp32_path, recipe.label(), len(calibration))
+        lrns = [name for name, m in model.named_modules() if isinstance(m, LocalResponseNorm)]
+        effects = lrn_effects(model, calibration) if lrns else {}
         folded = [name for name in lrns if effects[name] <= recipe.lrn_tolerance]
-        log.info("%s: LRN effects on the calibration inputs %s; folded (<= %g): %s", fp32_path.name,
-                 {n: f"{e:.2g}" for n, e in effects.items()}, recipe.lrn_tolerance, folded or "none")
-    source = fp32_path
-    work = Path(tempfile.mkdtemp(prefix=f".{stem}.int8src.", dir=fp32_path.parent))
-    try:
-        if folded:
-            source = work / "folded.onnx"
-            export_onnx(fold_lrns(model, folded), source, int(calibration.shape[-1]))
-        quantize_onnx(source, int8_path, calibration, recipe, float_modules=lrns if recipe.lrn == "float" else (),
-                      metadata={EXPORT_KEY: key})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    atomic_write_json(meta_path, {"key": key, "sha256": file_sha256(int8_path), **header,
-                                  "lrn_effects": effects, "lrn_folded": folded})
-    return int8_path, key
+        if lrns:
+            log.info("%s: LRN effects on the calibration inputs %s; folded (<= %g): %s", fp32_path.name,
+                     {n: f"{e:.2g}" for n, e in effects.items()}, recipe.lrn_tolerance, folded or "none")
+        with tempfile.TemporaryDirectory(prefix=f".{stem}.int8src.", dir=fp32_path.parent) as work:
+            source = fp32_path
+            if folded:
+                source = Path(work) / "folded.onnx"
+                export_onnx(fold_lrns(model, folded), source, int(calibration.shape[-1]))
+            quantize_onnx(source, int8_path, calibration, metadata={EXPORT_KEY: key})
+        return {**header, "lrn_effects": effects, "lrn_folded": folded}
+
+    return cached_onnx(int8_path, key, make, "int8 model", "weights, calibration, recipe or ONNX Runtime"), key

@@ -1,18 +1,14 @@
 """Region classification as in R-CNN: warp each proposal into a fixed-size crop, label it against the
-ground truth, sample R-CNN mini-batches, and average the softmax of an ensemble of classifiers.
+ground truth and sample R-CNN mini-batches (scoring them at detection time: :mod:`detect.scoring`).
 
-Scores and labels put background at column / label 0 and class ``c`` at ``c + 1``.
-
-Crops are prepared with the input convention of the weights that score them
-(``detect.models.convention``): the image is normalised first and warped after, so the zeros that
-pad a region reaching beyond the image are that convention's mean colour. Members of an ensemble
-may expect different conventions; the crops are then warped once per distinct convention (not per
-member) and each member reads the batch of its own.
+Labels put background at label 0 and class ``c`` at ``c + 1``. Crops are prepared with the input
+convention of the weights that read them (``detect.models.convention``): the image is normalised first
+and warped after, so the zeros that pad a region reaching beyond the image are that convention's mean
+colour.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,7 +21,7 @@ from detect.boxes import flip_boxes
 from detect.data.classification import ClassificationBatch
 from detect.data.images import SampleError, read_image
 from detect.data.records import DetectionRecord, SkippedItem
-from detect.models.convention import IMAGENET, InputConvention
+from detect.models.convention import InputConvention
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +34,6 @@ __all__ = [
     "sample_regions",
     "RegionDataset",
     "collate_regions",
-    "input_conventions",
-    "ensemble_probs",
 ]
 
 
@@ -280,56 +274,3 @@ def collate_regions(items: list[tuple[Tensor, Tensor] | SkippedItem]) -> Classif
         return ClassificationBatch(torch.zeros(0, 3, 1, 1), torch.zeros(0, dtype=torch.long), len(skipped), skipped)
     crops, labels = zip(*kept)
     return ClassificationBatch(torch.cat(crops), torch.cat(labels), len(skipped), skipped)
-
-
-def input_conventions(members: Sequence[Callable]) -> list[InputConvention]:
-    """The distinct input conventions of ``members`` (scorers or modules; ImageNet's for one that names
-    none), in first-member order: the crop batches an ensemble of them needs."""
-    return list(dict.fromkeys(getattr(m, "input_convention", IMAGENET) for m in members))
-
-
-def _member_probs(member: Callable, x: Tensor) -> Tensor:
-    out = member(x)
-    logits = out[0] if isinstance(out, tuple) else out
-    return logits.float().softmax(dim=1)
-
-
-def ensemble_probs(members: Sequence[Callable], crops: Tensor | Mapping[InputConvention, Tensor],
-                   cascade_threshold: float | None = None) -> Tensor:
-    """Average of the members' softmax probabilities over the same B regions.
-
-    members: region classifiers ``Tensor[B, 3, S, S] -> logits Tensor[B, C + 1]`` (the scorers of
-    :mod:`detect.backends`, or modules in eval mode; a tuple output's first element is the logits), each
-    with the ``input_convention`` of its weights (ImageNet when it names none). crops:
-    ``{convention: Tensor[B, 3, S, S]}`` for every one of :func:`input_conventions` (a bare Tensor when
-    there is one). cascade_threshold: None scores every region with every member; a float lets member 0
-    score all regions and the others only those whose best foreground probability under member 0 is
-    ``>= cascade_threshold`` (the rest keep member 0's probabilities).
-    returns Tensor[B, C + 1] float32, rows summing to 1.
-    """
-    if not members:
-        raise ValueError("an ensemble needs at least one member")
-    conventions = input_conventions(members)
-    if isinstance(crops, Tensor):
-        if len(conventions) > 1:
-            raise ValueError(f"the members expect {len(conventions)} input conventions: pass one crop "
-                             "batch per convention ({convention: crops})")
-        crops = {conventions[0]: crops}
-    batches = [crops[getattr(m, "input_convention", IMAGENET)] for m in members]
-    probs = _member_probs(members[0], batches[0])
-    if len(members) == 1:
-        return probs
-    if cascade_threshold is None:
-        total = probs.clone()
-        for member, batch in zip(members[1:], batches[1:]):
-            total += _member_probs(member, batch)
-        return total / len(members)
-    passed = torch.where(probs[:, 1:].max(dim=1).values >= cascade_threshold)[0]
-    if len(passed) == 0:
-        return probs
-    total = probs[passed].clone()
-    for member, batch in zip(members[1:], batches[1:]):
-        total += _member_probs(member, batch[passed])
-    probs = probs.clone()
-    probs[passed] = total / len(members)
-    return probs

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, export_onnx, make_scorers, resolve_backend
+from detect.backends import OnnxScorer, TorchScorer, make_scorers, resolve_backend
+from detect.export import cached_onnx_export, export_onnx
 from detect.models.googlenet import GoogLeNet, LocalResponseNorm
 
 CROP = 96
@@ -26,7 +27,7 @@ def test_onnxruntime_matches_torch(tmp_path, batch_norm):
     model = _member(batch_norm)
     crops = torch.randn(5, 3, CROP, CROP)
     ref = TorchScorer(model, "cpu")(crops).softmax(1)
-    path = cached_onnx_export(model, tmp_path, "m", CROP)
+    path, _ = cached_onnx_export(model, tmp_path, "m", CROP)
     out = OnnxScorer(path)(crops).softmax(1)
     assert out.shape == (5, 11)
     assert (out - ref).abs().max().item() <= 1e-4
@@ -49,10 +50,10 @@ def test_lrn_export_matches_torch_where_normalisation_matters(tmp_path):
 
 def test_export_cache_reused_then_rebuilt_when_weights_change(tmp_path):
     model = _member(False)
-    path = cached_onnx_export(model, tmp_path, "m", CROP)
+    path, key = cached_onnx_export(model, tmp_path, "m", CROP)
     stamp = path.stat().st_mtime_ns
-    assert cached_onnx_export(model, tmp_path, "m", CROP).stat().st_mtime_ns == stamp  # cache hit
-    key = json.loads((tmp_path / "m.json").read_text())["key"]
+    assert cached_onnx_export(model, tmp_path, "m", CROP)[0].stat().st_mtime_ns == stamp  # cache hit
+    assert json.loads((tmp_path / "m.json").read_text())["key"] == key
     with torch.no_grad():
         model.fc.weight.add_(1.0)
     cached_onnx_export(model, tmp_path, "m", CROP)
@@ -64,9 +65,9 @@ def test_export_cache_reused_then_rebuilt_when_weights_change(tmp_path):
 
 def test_corrupt_export_is_rebuilt(tmp_path):
     model = _member(False)
-    path = cached_onnx_export(model, tmp_path, "m", CROP)
+    path, _ = cached_onnx_export(model, tmp_path, "m", CROP)
     path.write_bytes(path.read_bytes()[:1000])
-    rebuilt = cached_onnx_export(model, tmp_path, "m", CROP)
+    rebuilt, _ = cached_onnx_export(model, tmp_path, "m", CROP)
     crops = torch.randn(2, 3, CROP, CROP)
     assert (OnnxScorer(rebuilt)(crops) - TorchScorer(model)(crops)).abs().max().item() < 1e-3
 

@@ -16,7 +16,8 @@ from detect.models.convention import BVLC, IMAGENET, IMAGENET_MEAN, IMAGENET_STD
 from detect.models.googlenet import GoogLeNet
 from detect.models.weights import checkpoint_convention, load_model, load_pretrained
 from detect.pipeline import Detector, DetectorSettings, bundle_detector
-from detect.region import RegionDataset, ensemble_probs, normalize_image, warp_regions
+from detect.region import RegionDataset, normalize_image, warp_regions
+from detect.scoring import ensemble_probs
 from detect.data.records import DetectionRecord
 from detect.data.transforms import TestTransform
 from proposals.multibox.model import preprocess
@@ -123,7 +124,7 @@ def test_ensemble_mixing_conventions_gives_each_member_its_own_crops(tmp_path):
     image = _image(48, 64)
     boxes = np.array([[0, 0, 30, 20], [10, 5, 64, 48], [-4, -4, 20, 30]], np.float32)
     det = Detector(None, members, classes, crop_size=64, context=4, batch_size=2)
-    assert det.conventions == [IMAGENET, BVLC]  # two warps per batch, not three
+    assert det.scorer.conventions == [IMAGENET, BVLC]  # two warps per batch, not three
     expected = _manual_probs(members, image, boxes, 64, 4)
     assert torch.allclose(det.score(image, boxes), expected, atol=1e-5)
     # the guard: the BVLC member fed ImageNet crops would score differently

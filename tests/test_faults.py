@@ -900,7 +900,7 @@ def test_a_forged_export_cache_beside_a_detector_is_not_used(tmp_path):
     weights is now inside the export and checked against the weights in memory: the forgery is rebuilt."""
     import onnx
 
-    from detect.backends import EXPORT_KEY
+    from detect.export import EXPORT_KEY
     from detect.io import file_sha256
 
     crops = np.random.default_rng(0).integers(0, 255, (8, 3, 64, 64), dtype=np.uint8)
@@ -947,15 +947,15 @@ def test_an_image_above_max_pixels_is_scored_from_a_downscaled_copy(tmp_path, mo
     downscaled copy; the boxes stay in the original's pixels."""
     import cv2
 
-    import detect.pipeline as pipeline
+    import detect.scoring as scoring
 
     image = np.random.default_rng(2).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)  # 3 MP
     boxes = np.array([[0, 0, 900, 700], [400, 300, 1999, 1499], [100, 800, 1200, 1400]], np.float32)
     detector = _tiny_detector(tmp_path, max_pixels=750_000)
     seen = []
-    normalize = pipeline.normalize_image
-    monkeypatch.setattr(pipeline, "normalize_image", lambda im, *a: seen.append(im.shape) or normalize(im, *a))
-    with caplog.at_level("WARNING", logger="detect.pipeline"):
+    normalize = scoring.normalize_image
+    monkeypatch.setattr(scoring, "normalize_image", lambda im, *a: seen.append(im.shape) or normalize(im, *a))
+    with caplog.at_level("WARNING", logger="detect.scoring"):
         probs = detector.score(image, boxes)
         result = detector.detect(image, boxes)
     assert seen and all(h * w <= 750_000 for h, w, _ in seen) and "above max_pixels" in caplog.text

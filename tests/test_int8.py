@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, make_scorer, resolve_precision
+from detect.backends import OnnxScorer, TorchScorer, make_scorer, resolve_precision
 from detect.data.images import read_image
+from detect.export import cached_onnx_export
 from detect.models.convention import BVLC, IMAGENET
 from detect.models.googlenet import GoogLeNet, LocalResponseNorm
 from detect.quantize import (Int8Recipe, QuantizationError, cached_int8_export, cpu_has_int8_dot, fold_lrns,
@@ -66,9 +67,9 @@ def _calibration(n: int = 32, seed: int = 500) -> np.ndarray:
 
 
 def _int8(model, tmp_path, calibration=None, recipe=Int8Recipe()):
-    fp32 = cached_onnx_export(model, tmp_path, "m", CROP)
-    key = json.loads((tmp_path / "m.json").read_text())["key"]
-    return cached_int8_export(model, fp32, key, _calibration() if calibration is None else calibration, recipe)
+    fp32, key = cached_onnx_export(model, tmp_path, "m", CROP)
+    assert key == json.loads((tmp_path / "m.json").read_text())["key"]
+    return cached_int8_export(model, fp32, key, _calibration() if calibration is None else calibration, recipe)[0]
 
 
 def _quantized_after_gemm(path) -> int:
@@ -86,7 +87,7 @@ def _quantized_after_gemm(path) -> int:
 
 def test_int8_scores_near_fp32_on_a_trained_network(trained, tmp_path):
     x, _ = _images(128, seed=20_000)
-    fp32 = OnnxScorer(cached_onnx_export(trained, tmp_path, "m", CROP))(x).softmax(1)
+    fp32 = OnnxScorer(cached_onnx_export(trained, tmp_path, "m", CROP)[0])(x).softmax(1)
     int8_scorer = OnnxScorer(_int8(trained, tmp_path), precision="int8")
     out = int8_scorer(x).softmax(1)
     assert out.shape == fp32.shape and out.dtype == torch.float32
@@ -95,9 +96,8 @@ def test_int8_scores_near_fp32_on_a_trained_network(trained, tmp_path):
     assert (out.argmax(1) == fp32.argmax(1)).float().mean() >= 0.97
     assert diff.max().item() < 0.15 and diff.mean().item() < 0.01
     assert diff.max().item() > 1e-6  # it is a different (quantized) model, not the fp32 one
-    # the logits (the Gemm's output) stay in float: no QuantizeLinear after the classifier, unless head="int8"
+    # the logits (the Gemm's output) stay in float: no QuantizeLinear after the classifier
     assert _quantized_after_gemm(int8_scorer.path) == 0
-    assert _quantized_after_gemm(_int8(trained, tmp_path / "head", recipe=Int8Recipe(head="int8"))) > 0
     # mutation guard: calibrating on inputs 50x too small saturates every activation; the tolerance sees it
     bad = OnnxScorer(_int8(trained, tmp_path / "bad", calibration=_calibration() * 0.02))(x).softmax(1)
     assert (bad - fp32).abs().mean().item() > 2 * diff.mean().item()
@@ -113,8 +113,8 @@ def test_int8_model_is_cached_and_made_again_on_change(trained, tmp_path):
 
     _int8(model, tmp_path, calibration=_calibration(seed=501))  # other calibration inputs
     assert json.loads((tmp_path / "m.int8.json").read_text())["calibration"] != meta["calibration"]
-    _int8(model, tmp_path, recipe=Int8Recipe(per_channel=False))  # other recipe
-    assert json.loads((tmp_path / "m.int8.json").read_text())["recipe"]["per_channel"] is False
+    _int8(model, tmp_path, recipe=Int8Recipe(lrn_tolerance=0.0))  # other recipe
+    assert json.loads((tmp_path / "m.int8.json").read_text())["recipe"]["lrn_tolerance"] == 0.0
 
     x, _ = _images(16, seed=3)
     before = OnnxScorer(_int8(model, tmp_path))(x)
@@ -138,11 +138,6 @@ def test_precision_choice():
     assert resolve_precision("auto", "onnxruntime", False, vnni) == "fp32"  # nothing to calibrate on
     assert resolve_precision("auto", "torch", True, vnni) == "fp32"
     assert resolve_precision("int8", "onnxruntime", True, set()) == "int8"  # asked for: made anywhere
-    # recipes measured slower than fp32 (LRNs in float, signed activations): auto keeps fp32, int8 obeys
-    for slow in (Int8Recipe(lrn="float"), Int8Recipe(activations="s8")):
-        assert resolve_precision("auto", "onnxruntime", True, vnni, recipe=slow) == "fp32"
-        assert resolve_precision("int8", "onnxruntime", True, vnni, recipe=slow) == "int8"
-    assert resolve_precision("auto", "onnxruntime", True, vnni, recipe=Int8Recipe(lrn="int8")) == "int8"
     with pytest.raises(ValueError, match="needs calibration"):
         resolve_precision("int8", "onnxruntime", False)
     with pytest.raises(ValueError, match="runs on ONNX Runtime"):
@@ -151,10 +146,22 @@ def test_precision_choice():
         resolve_precision("fp16", "onnxruntime", True)
     assert cpu_has_int8_dot({"amx_int8"}) and cpu_has_int8_dot({"avx512_vnni"}) and not cpu_has_int8_dot({"avx2"})
     assert not cpu_has_int8_dot({"avx_vnni"})  # not measured
-    with pytest.raises(ValueError, match="lrn"):
-        Int8Recipe(lrn="fast")
+    with pytest.raises(ValueError, match="lrn_tolerance"):
+        Int8Recipe(lrn_tolerance=1.0)
     with pytest.raises(ValueError, match="unknown setting"):
         Int8Recipe.from_dict({"formats": "qdq"})
+
+
+def test_stored_recipes_of_the_removed_settings():
+    """Recipes stored before the trim name every setting: read at the values now always used, refused at others."""
+    stored = {"format": "qdq", "activations": "u8", "weights": "s8", "per_channel": True, "lrn": "fold",
+              "lrn_tolerance": 0.001953125, "head": "float", "calibration": "minmax", "percentile": 99.999,
+              "reduce_range": False}
+    assert Int8Recipe.from_dict(stored) == Int8Recipe()
+    assert Int8Recipe.from_dict({**stored, "lrn": "int8"}) == Int8Recipe(lrn_tolerance=0.0)  # none folded
+    for removed in ({"lrn": "float"}, {"format": "qoperator"}, {"activations": "s8"}, {"per_channel": False}):
+        with pytest.raises(ValueError, match=f"{next(iter(removed))} other than"):
+            Int8Recipe.from_dict({**stored, **removed})
 
 
 def test_make_scorer_int8_error_and_fallback(trained, tmp_path, caplog, monkeypatch):
@@ -196,11 +203,11 @@ def test_lrn_effects_match_the_layer():
 
 
 def test_fold_recipe_records_its_decision(trained, tmp_path):
-    _int8(trained, tmp_path, recipe=Int8Recipe(lrn="fold"))
+    _int8(trained, tmp_path)
     meta = json.loads((tmp_path / "m.int8.json").read_text())
     assert set(meta["lrn_effects"]) == {"lrn1", "lrn2"}
     assert meta["lrn_folded"] == [n for n, e in meta["lrn_effects"].items() if e <= 1 / 512]
-    _int8(trained, tmp_path, recipe=Int8Recipe(lrn="fold", lrn_tolerance=0.0))
+    _int8(trained, tmp_path, recipe=Int8Recipe(lrn_tolerance=0.0))
     assert json.loads((tmp_path / "m.int8.json").read_text())["lrn_folded"] == []
 
 
@@ -271,9 +278,9 @@ def test_detector_file_carries_calibration_and_loads_int8(trained, world, tmp_pa
     member = [{"model_kwargs": trained.model_kwargs, "model_state": trained.state_dict()}]
     classes = ClassList.from_names(["a", "b", "c"])
     path = tmp_path / "detector.pt"
-    bundle_detector(member, classes, settings, path, calibration={"crops": crops, "recipe": {"lrn": "fold"}})
+    bundle_detector(member, classes, settings, path, calibration={"crops": crops, "recipe": {"lrn_tolerance": 0.01}})
     raw = load_checkpoint(path)
-    assert raw["calibration"]["crops"].dtype == torch.uint8 and raw["calibration"]["recipe"]["lrn"] == "fold"
+    assert raw["calibration"]["crops"].dtype == torch.uint8 and raw["calibration"]["recipe"] == {"lrn_tolerance": 0.01}
 
     image = read_image(records[0].path)
     boxes = np.array([[0, 0, 40, 40], [10, 5, 60, 50], [20, 20, 64, 64]], np.float32)
@@ -281,7 +288,7 @@ def test_detector_file_carries_calibration_and_loads_int8(trained, world, tmp_pa
     int8 = Detector.from_checkpoint(path, precision="int8")
     assert [m.precision for m in int8.scorers] == ["int8"]
     meta = json.loads((tmp_path / "detector.pt.onnx" / "member0.int8.json").read_text())
-    assert meta["calibration_inputs"] == 6 and meta["recipe"]["lrn"] == "fold"
+    assert meta["calibration_inputs"] == 6 and meta["recipe"] == {"lrn_tolerance": 0.01}
     a, b = fp32.score(image, boxes), int8.score(image, boxes)
     assert (a - b).abs().max().item() < 0.15 and not torch.equal(a, b)
 
@@ -325,7 +332,8 @@ def test_int8_members_calibrate_in_their_own_convention(trained, world, tmp_path
     RGB crops prepared in its member's convention, and each scores near its fp32 model."""
     from detect.classes import ClassList
     from detect.pipeline import Detector, DetectorSettings, bundle_detector
-    from detect.quantize import calibration_digest, crops_to_inputs, draw_calibration_crops
+    from detect.io import digest
+    from detect.quantize import crops_to_inputs, draw_calibration_crops
 
     records, proposals = world
     bvlc = _as_bvlc(trained)
@@ -346,7 +354,7 @@ def test_int8_members_calibrate_in_their_own_convention(trained, world, tmp_path
     for k, convention in enumerate((IMAGENET, BVLC)):
         meta = json.loads((tmp_path / "detector.pt.onnx" / f"member{k}.int8.json").read_text())
         assert meta["input_convention"] == convention.to_dict()
-        assert meta["calibration"] == calibration_digest(crops_to_inputs(crops, convention))
+        assert meta["calibration"] == digest(crops_to_inputs(crops, convention))
     diffs = []
     for k, (member, convention) in enumerate(zip((trained, bvlc), (IMAGENET, BVLC))):
         inputs = convention.normalize(pixels)
@@ -357,7 +365,7 @@ def test_int8_members_calibrate_in_their_own_convention(trained, world, tmp_path
     # mutation guard: the BVLC member calibrated on ImageNet-prepared inputs (the convention ignored) is far off
     fp32_key = json.loads((tmp_path / "detector.pt.onnx" / "member1.json").read_text())["key"]
     wrong = OnnxScorer(cached_int8_export(bvlc, tmp_path / "detector.pt.onnx" / "member1.onnx", fp32_key,
-                                          crops_to_inputs(crops, IMAGENET)))
+                                          crops_to_inputs(crops, IMAGENET))[0])
     inputs = BVLC.normalize(pixels)
     with torch.inference_mode():
         bad = (wrong(inputs).softmax(1) - bvlc(inputs).softmax(1)).abs().mean().item()  # measured 0.30

@@ -193,7 +193,7 @@ def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
     assert bundle["settings"]["crop_size"] == 64 and bundle["proposer"]["params"]["mode"] == "opencv_fast"
     assert bundle["members"][0]["model_kwargs"]["input_convention"] == BVLC.to_dict()
     assert Detector.from_checkpoint(tmp_path / "work" / "detector.pt", backend="torch",
-                                    stored_proposer=False).conventions == [BVLC]
+                                    stored_proposer=False).scorer.conventions == [BVLC]
     assert bundle["classes"]["names"] == list(read_ilsvrc_det(root, "val", classes=root / "classes.tsv").classes.names)
 
     run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *common, "split=val",

@@ -10,7 +10,8 @@ from torch import nn
 from detect.data.records import DetectionRecord, SkippedItem
 from detect.models.convention import InputConvention
 from detect.classify import ClassificationLoss, evaluate_classification
-from detect.region import (RegionDataset, ensemble_probs, add_ground_truth, assign_region_labels,
+from detect.scoring import ensemble_probs
+from detect.region import (RegionDataset, add_ground_truth, assign_region_labels,
                            collate_regions, context_boxes, normalize_image, sample_regions, warp_regions)
 
 HALF = InputConvention(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # RGB 0..1 -> (x - 0.5) / 0.25

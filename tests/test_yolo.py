@@ -332,12 +332,13 @@ def _load_eval_map(repo_root):
 def test_describe_scoring_names_backend_and_precision(tmp_path):
     import torch
 
-    from detect.backends import OnnxScorer, TorchScorer, cached_onnx_export, describe_scoring
+    from detect.backends import OnnxScorer, TorchScorer, describe_scoring
+    from detect.export import cached_onnx_export
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Linear(4, 3)).eval()
-    path = cached_onnx_export(net, tmp_path, "m", 16)
+    path, _ = cached_onnx_export(net, tmp_path, "m", 16)
     fp32, int8 = OnnxScorer(path), OnnxScorer(path, precision="int8")
     assert describe_scoring([int8, int8]) == {"backend": "onnxruntime", "precision": "int8",
                                               "members": [{"backend": "onnxruntime", "precision": "int8",

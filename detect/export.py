@@ -1,0 +1,126 @@
+"""ONNX export of the scoring networks, and the one cache of the ONNX models made from them.
+
+An export takes the network's prepared crops (``Tensor[N, 3, S, S]`` float32, dynamic batch) and gives
+its single output. Exports and their int8 models (:mod:`detect.quantize`) are cached beside the
+detector checkpoint by :func:`cached_onnx`: each file carries the key of what it was made from inside
+itself (ONNX metadata :data:`EXPORT_KEY`) as well as in its sidecar JSON (with the file's sha256), and
+the key is compared with that of the weights in memory when the file is loaded. A file made from other
+inputs (another detector's cache copied here, a sidecar edited to match a replaced file), one whose
+sidecar key or content hash does not match, or one ONNX Runtime cannot load, is made again, never
+silently used.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from detect.io import atomic_open, atomic_write_json, digest, file_sha256
+from detect.models.convention import IMAGENET
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EXPORT_KEY", "check_export_key", "with_metadata", "export_onnx", "weights_key", "cached_onnx",
+           "cached_onnx_export"]
+
+_EXPORT_FORMAT = 3  # bump when the export procedure changes: every cached export is then rebuilt
+EXPORT_KEY = "googlenet_detect.export_key"  # ONNX metadata entry: the cache key of what an export was made from
+
+
+def check_export_key(session, key: str, source: str | Path) -> None:
+    """``ValueError`` naming ``source`` unless the model of the ONNX Runtime ``session`` carries ``key``
+    (its :data:`EXPORT_KEY` metadata)."""
+    found = session.get_modelmeta().custom_metadata_map.get(EXPORT_KEY)
+    if found != key:
+        raise ValueError(f"{source}: made from other weights or inputs than those loaded (its {EXPORT_KEY} "
+                         f"{found!r} is not {key!r})")
+
+
+def with_metadata(model_bytes: bytes, metadata: Mapping[str, str]) -> bytes:
+    """A serialized ONNX model with the ``metadata`` entries (``metadata_props``) set, replacing any of
+    the same names."""
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *metadata.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    return proto.SerializeToString()
+
+
+def export_onnx(model: nn.Module, path: str | Path, crop_size: int, opset: int = 17,
+                metadata: Mapping[str, str] | None = None) -> None:
+    """Export ``model`` (eval mode, logits output) to ONNX with a dynamic batch axis, atomically;
+    ``metadata``: entries written into the model's ``metadata_props`` (e.g. ``{EXPORT_KEY: key}``)."""
+    model = model.eval().to("cpu")
+    example = torch.zeros(2, 3, crop_size, crop_size)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), buffer, input_names=["crops"], output_names=["logits"],
+            dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
+        )
+    data = with_metadata(buffer.getvalue(), metadata) if metadata else buffer.getvalue()
+    with atomic_open(Path(path), "wb") as f:
+        f.write(data)
+
+
+def weights_key(model: nn.Module, crop_size: int) -> str:
+    """The cache key of an export of ``model``: a :func:`detect.io.digest` of the export format, the
+    torch and onnx versions, the crop size, the module structure and the weights."""
+    import onnx
+
+    return digest({"format": _EXPORT_FORMAT, "torch": torch.__version__, "onnx": onnx.__version__,
+                   "crop_size": crop_size, "structure": repr(model), "weights": model.state_dict()})
+
+
+def cached_onnx(path: str | Path, key: str, make: Callable[[], Mapping], what: str, inputs: str) -> Path:
+    """``path``: an ONNX model made from the inputs of cache ``key``, made by ``make()`` when missing or unusable.
+
+    make: writes the model to ``path`` atomically, with ``{EXPORT_KEY: key}`` in its metadata, and
+    returns plain facts for the sidecar. The sidecar ``<stem>.json`` records ``key``, the file's sha256
+    and those facts. The file is reused only when the sidecar's key and hash match and ONNX Runtime
+    loads it carrying ``key``; else it is made again, with a warning naming the file, ``what`` it is
+    (``"ONNX export"``) and the ``inputs`` of the key (``"weights or exporter"``).
+    """
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    if path.is_file() and sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text())
+            if meta.get("key") == key and meta.get("sha256") == file_sha256(path):
+                import onnxruntime as ort
+
+                check_export_key(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), key, path)
+                return path
+            log.warning("%s: stale %s (%s changed), making it again", path, what, inputs)
+        except Exception as e:  # corrupt JSON, truncated model, made from other weights, ...
+            log.warning("%s: unusable %s (%s), making it again", path, what, e)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    facts = make()
+    atomic_write_json(sidecar, {"key": key, "sha256": file_sha256(path), **facts})
+    return path
+
+
+def cached_onnx_export(model: nn.Module, cache_dir: str | Path, name: str, crop_size: int) -> tuple[Path, str]:
+    """``(cache_dir/<name>.onnx, its key)``: a valid export of ``model`` (:func:`cached_onnx`, keyed on
+    :func:`weights_key`), exported when missing or stale; the sidecar also records the crop size and
+    the input convention the export's crops follow."""
+    key = weights_key(model, crop_size)
+    path = Path(cache_dir) / f"{name}.onnx"
+
+    def make() -> dict:
+        log.info("exporting %s to ONNX (crop size %d)", name, crop_size)
+        export_onnx(model, path, crop_size, metadata={EXPORT_KEY: key})
+        return {"crop_size": crop_size, "input_convention": getattr(model, "input_convention", IMAGENET).to_dict()}
+
+    return cached_onnx(path, key, make, "ONNX export", "weights or exporter"), key
