@@ -152,114 +152,69 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "
 # ---------------------------------------------------------------- matching
 
 
-def _same_key_pairs(det_key: np.ndarray, gt_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (detection, ground truth) index pairs with equal keys, ``int64[P]`` each, by detection then gt."""
-    gt_order = np.argsort(gt_key, kind="stable")
-    sorted_keys = gt_key[gt_order]
-    start = np.searchsorted(sorted_keys, det_key, side="left")
-    counts = np.searchsorted(sorted_keys, det_key, side="right") - start
-    total = int(counts.sum())
-    det_idx = np.repeat(np.arange(len(det_key), dtype=np.int64), counts)
-    offsets = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    return det_idx, gt_order[np.repeat(start, counts) + offsets]
+def _rank(*keys: np.ndarray) -> np.ndarray:
+    """Position of each element in ``np.lexsort(keys)`` order (the last key primary), ``int64[M]``."""
+    order = np.lexsort(keys)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
 
 
-def _greedy(pair_det: np.ndarray, pair_gt: np.ndarray, num_det: int, num_gt: int, reusable: np.ndarray) -> np.ndarray:
-    """Walk candidate pairs in priority order: each detection takes its first ground truth that is free
-    (or reusable). Pairs must be grouped by detection in processing order. Returns gt index or -1, ``[M]``."""
-    out = [-1] * num_det
-    taken = bytearray(num_gt)
-    reuse = reusable.tolist()
-    for d, g in zip(pair_det.tolist(), pair_gt.tolist()):
-        if out[d] >= 0:
-            continue
-        if reuse[g]:
-            out[d] = g
-        elif not taken[g]:
-            taken[g] = 1
-            out[d] = g
-    return np.asarray(out, dtype=np.int64)
+def _candidates(det: dict, gt: dict, plus_one: bool, crowd: bool = False):
+    """Every (detection, ground truth) pair of one image and class: ``d, g: int64[P]`` by detection, then
+    gt, and their ``iou: float64[P]`` (``crowd``: ``ignore`` boxes by intersection over detection area)."""
+    gt_order = np.argsort(gt["key"], kind="stable")
+    sorted_keys = gt["key"][gt_order]
+    start = np.searchsorted(sorted_keys, det["key"], side="left")
+    counts = np.searchsorted(sorted_keys, det["key"], side="right") - start
+    d = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    g = gt_order[np.repeat(start - np.cumsum(counts) + counts, counts) + np.arange(len(d), dtype=np.int64)]
+    return d, g, pair_iou(det["boxes"][d], gt["boxes"][g], plus_one, gt["ignore"][g] if crowd else None)
 
 
-def _status_from_match(det_gt: np.ndarray, gt_ignore: np.ndarray) -> np.ndarray:
-    """1 true positive, 0 false positive, -1 ignored (took an ignored ground truth); ``int8[M]``."""
+def _greedy(det: dict, gt: dict, d: np.ndarray, g: np.ndarray, prefer: tuple, reusable: np.ndarray):
+    """Each detection in descending confidence (ties by position) takes the first ground truth of its
+    candidate pairs ``d, g`` (ordered by the lexsort keys ``prefer``) that is free or ``reusable``.
+    Returns the gt each detection took (-1: none) ``int64[M]`` and its status ``int8[M]``: 1 true
+    positive, 0 false positive, -1 ignored (took an ``ignore`` ground truth)."""
+    m = len(det["score"])
+    o = np.lexsort((*prefer, _rank(np.arange(m), -det["score"])[d]))
+    out, taken, reuse = [-1] * m, bytearray(len(reusable)), reusable.tolist()
+    for i, j in zip(d[o].tolist(), g[o].tolist()):
+        if out[i] < 0 and (reuse[j] or not taken[j]):
+            out[i], taken[j] = j, 1
+    det_gt = np.asarray(out, dtype=np.int64)
     status = (det_gt >= 0).astype(np.int8)
-    status[(det_gt >= 0) & gt_ignore[np.maximum(det_gt, 0)]] = -1
-    return status
+    status[(det_gt >= 0) & gt["ignore"][np.maximum(det_gt, 0)]] = -1
+    return det_gt, status
 
 
 def _match_ilsvrc(det, gt, iou_threshold, pixel_tolerance):
-    m = len(det["score"])
-    rank = np.empty(m, dtype=np.int64)
-    rank[np.lexsort((np.arange(m), -det["score"], det["image"]))] = np.arange(m)
-    d, g = _same_key_pairs(det["key"], gt["key"])
-    iou = pair_iou(det["boxes"][d], gt["boxes"][g], plus_one=True)
+    d, g, iou = _candidates(det, gt, plus_one=True)
     ok = (iou > 0) & (iou >= ilsvrc_thresholds(gt["boxes"], iou_threshold, pixel_tolerance)[g])
-    d, g, iou = d[ok], g[ok], iou[ok]
-    o = np.lexsort((g, -iou, rank[d]))
-    det_gt = _greedy(d[o], g[o], m, len(gt["key"]), np.zeros(len(gt["key"]), bool))
-    return _status_from_match(det_gt, gt["ignore"])
+    return _greedy(det, gt, d[ok], g[ok], (g[ok], -iou[ok]), np.zeros(len(gt["key"]), bool))[1]
 
 
 def _match_voc(det, gt, iou_threshold):
-    m = len(det["score"])
-    d, g = _same_key_pairs(det["key"], gt["key"])
-    iou = pair_iou(det["boxes"][d], gt["boxes"][g], plus_one=True)
-    ok = iou > 0
-    d, g, iou = d[ok], g[ok], iou[ok]
-    o = np.lexsort((g, -iou, d))
-    d, g, iou = d[o], g[o], iou[o]
-    first = np.ones(len(d), bool)
-    first[1:] = d[1:] != d[:-1]
-    best_gt = np.full(m, -1, dtype=np.int64)
-    best_iou = np.zeros(m)
-    best_gt[d[first]] = g[first]
-    best_iou[d[first]] = iou[first]
-    hit = best_iou >= iou_threshold
-    status = np.zeros(m, dtype=np.int8)
-    ignored = hit & gt["ignore"][np.maximum(best_gt, 0)]
-    status[ignored] = -1
-    claim = np.flatnonzero(hit & ~ignored)
-    rank = np.empty(m, dtype=np.int64)
-    rank[np.lexsort((np.arange(m), -det["score"]))] = np.arange(m)
-    claim = claim[np.lexsort((rank[claim], best_gt[claim]))]
-    winner = np.ones(len(claim), bool)
-    winner[1:] = best_gt[claim][1:] != best_gt[claim][:-1]
-    status[claim[winner]] = 1
-    return status
+    d, g, iou = _candidates(det, gt, plus_one=True)
+    o = np.lexsort((g, -iou, d))  # each detection's best ground truth (ties: the first in its record) ...
+    first = np.ones(len(o), bool)
+    first[1:] = d[o][1:] != d[o][:-1]
+    best = o[first & (iou[o] > 0) & (iou[o] >= iou_threshold)]  # ... is its only candidate
+    return _greedy(det, gt, d[best], g[best], (), gt["ignore"])[1]
 
 
 def _match_coco(det, gt, iou_threshold):
-    m = len(det["score"])
-    rank = np.empty(m, dtype=np.int64)
-    rank[np.lexsort((np.arange(m), -det["score"], det["key"]))] = np.arange(m)
-    d, g = _same_key_pairs(det["key"], gt["key"])
-    crowd = gt["ignore"][g]
-    iou = pair_iou(det["boxes"][d], gt["boxes"][g], plus_one=False, crowd=crowd)
+    d, g, iou = _candidates(det, gt, plus_one=False, crowd=True)
     ok = iou >= min(iou_threshold, 1 - 1e-10)
-    d, g, iou, crowd = d[ok], g[ok], iou[ok], crowd[ok]
-    o = np.lexsort((-g, -iou, crowd, rank[d]))
-    det_gt = _greedy(d[o], g[o], m, len(gt["key"]), gt["ignore"])
-    status = _status_from_match(det_gt, gt["ignore"])
+    d, g, iou = d[ok], g[ok], iou[ok]
+    det_gt, status = _greedy(det, gt, d, g, (-g, -iou, gt["ignore"][g]), gt["ignore"])
     # COCOeval ignores unmatched detections whose area w * h lies outside the area range [0, 1e10]
     # ("all"): a box with exactly one negative side has a negative area, so it is ignored, not a miss
     b = det["boxes"]
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     status[(det_gt < 0) & ((area < COCO_AREA_ALL[0]) | (area > COCO_AREA_ALL[1]))] = -1
     return status
-
-
-def _rank_in_group(key: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """Rank of each detection within its key group by (-score, position), ``int64[M]``."""
-    m = len(key)
-    order = np.lexsort((np.arange(m), -score, key))
-    k = key[order]
-    start = np.ones(m, bool)
-    start[1:] = k[1:] != k[:-1]
-    group_start = np.maximum.accumulate(np.where(start, np.arange(m), 0))
-    rank = np.empty(m, dtype=np.int64)
-    rank[order] = np.arange(m) - group_start
-    return rank
 
 
 # ---------------------------------------------------------------- result
@@ -298,16 +253,12 @@ class EvalResult:
 
     def to_json(self, curves: bool = True) -> dict:
         """Everything as plain JSON types (NaN AP as ``null``)."""
-        out = {
-            "rules": self.rules,
-            "options": self.options,
-            "mean_ap": None if np.isnan(self.mean_ap) else self.mean_ap,
-            "median_ap": None if np.isnan(self.median_ap) else self.median_ap,
-            "num_unknown_detections": self.num_unknown_detections,
-            "classes": [],
-        }
+        number = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
+        out = {"rules": self.rules, "options": self.options, "mean_ap": number(self.mean_ap),
+               "median_ap": number(self.median_ap), "num_unknown_detections": self.num_unknown_detections,
+               "classes": []}
         for c, name in enumerate(self.class_names):
-            row = {"label": c, "name": name, "ap": None if np.isnan(self.ap[c]) else float(self.ap[c]),
+            row = {"label": c, "name": name, "ap": number(self.ap[c]),
                    "num_gt": int(self.num_gt[c]), "num_det": int(self.num_det[c])}
             if curves:
                 row["precision"] = self.precision[c].tolist()
@@ -369,8 +320,9 @@ def evaluate(
     gt["key"] = gt["image"] * num_classes + gt["labels"]
     det["key"] = det["image"] * num_classes + det["labels"]
 
-    if rules == "coco":  # at most max_dets per image and class
-        keep = _rank_in_group(det["key"], det["score"]) < max_dets
+    if rules == "coco":  # at most max_dets per image and class: rank by (key, -score, position) less the key's start
+        key = det["key"]
+        keep = _rank(np.arange(len(key)), -det["score"], key) - np.searchsorted(np.sort(key), key) < max_dets
         det = {k: v[keep] for k, v in det.items()}
 
     if rules == "ilsvrc":
