@@ -349,6 +349,7 @@ def evaluate(
         num_unknown_detections=num_unknown, options=options,
     )
 
+
 def _place_detections(dataset, detections, unknown_images: str) -> tuple[dict[str, np.ndarray], int]:
     """The detections whose image is in ``dataset``, as arrays (``image``: position in ``dataset.records``;
     ``index``, ``labels``, ``score`` float64, ``boxes`` float64 [N, 4]), and the count of those on images
@@ -411,7 +412,6 @@ def _class_curves(det: dict, status: np.ndarray, num_gt: np.ndarray, method: str
     return ap, precision, recall
 
 
-
 def coco_ap50_pycocotools(dataset, detections, max_dets: int = 100) -> float:
     """AP at IoU 0.5 (area all, ``max_dets`` per image) by pycocotools' COCOeval, for comparison.
 
@@ -426,21 +426,17 @@ def coco_ap50_pycocotools(dataset, detections, max_dets: int = 100) -> float:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images, anns = [], []
-    for r in dataset.records:
-        images.append({"id": int(r.index), "width": int(r.width), "height": int(r.height)})
-        for b, c, ig in zip(r.boxes.astype(np.float64).tolist(), r.labels.tolist(), r.ignore.tolist()):
-            w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": int(r.index), "category_id": c + 1,
-                         "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": int(ig)})
+    gt = _ground_truth(dataset, len(dataset.classes))
+    det, _ = _place_detections(dataset, detections, unknown_images="ignore")
+    xywh = lambda b: np.hstack([b[:, :2], b[:, 2:] - b[:, :2]]).tolist()  # noqa: E731
+    images = [{"id": int(r.index), "width": int(r.width), "height": int(r.height)} for r in dataset.records]
+    anns = [{"id": k + 1, "image_id": i, "category_id": c + 1, "bbox": b, "area": b[2] * b[3], "iscrowd": int(ig)}
+            for k, (i, c, b, ig) in enumerate(zip(gt["index"].tolist(), gt["labels"].tolist(), xywh(gt["boxes"]),
+                                                  gt["ignore"].tolist()))]
     cats = [{"id": c + 1, "name": n} for c, n in enumerate(dataset.classes.names)]
-    known = {im["id"] for im in images}
-    results = [
-        {"image_id": i, "category_id": c + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s}
-        for i, c, s, b in zip(detections.image_index.tolist(), detections.labels.tolist(),
-                              detections.scores.tolist(), detections.boxes.astype(np.float64).tolist())
-        if i in known
-    ]
+    results = [{"image_id": i, "category_id": c + 1, "bbox": b, "score": s}
+               for i, c, s, b in zip(det["index"].tolist(), det["labels"].tolist(), det["score"].tolist(),
+                                     xywh(det["boxes"]))]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = {"images": images, "annotations": anns, "categories": cats}

@@ -48,12 +48,10 @@ def resolve_threads(setting: Any, cores: int | None = None, env: Mapping[str, st
         except ValueError:
             processes = 1
         return max(1, (usable_cores() if cores is None else int(cores)) // processes - 1)
-    if isinstance(setting, bool) or not isinstance(setting, (int, str)):
-        raise ValueError(f"threads={setting!r}: expected auto or a positive integer")
     try:
-        n = int(setting)
+        n = int(setting) if isinstance(setting, (int, str)) and not isinstance(setting, bool) else 0
     except ValueError:
-        raise ValueError(f"threads={setting!r}: expected auto or a positive integer") from None
+        n = 0
     if n < 1:
         raise ValueError(f"threads={setting!r}: expected auto or a positive integer")
     return n
