@@ -67,10 +67,8 @@ class Detections:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         n = len(self.image_index)
         if not (len(self.labels) == len(self.scores) == len(self.boxes) == n):
-            raise ValueError(
-                f"Detections: lengths differ (image_index {n}, labels {len(self.labels)}, "
-                f"scores {len(self.scores)}, boxes {len(self.boxes)})"
-            )
+            raise ValueError(f"Detections: lengths differ (image_index {n}, labels {len(self.labels)}, "
+                             f"scores {len(self.scores)}, boxes {len(self.boxes)})")
 
     def __len__(self) -> int:
         return len(self.image_index)

@@ -133,12 +133,8 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "
         mpre = np.maximum.accumulate(mpre[::-1])[::-1]
         i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
         return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
-    if method == "11point":
-        ap = 0.0
-        for t in VOC07_RECALL_THRESHOLDS:
-            p = precision[recall >= t]
-            ap += (p.max() if len(p) else 0.0) / 11.0
-        return float(ap)
+    if method == "11point":  # summed in the devkit's order
+        return float(sum(precision[recall >= t].max(initial=0.0) / 11.0 for t in VOC07_RECALL_THRESHOLDS))
     if method == "101point":
         env = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
         idx = np.searchsorted(recall, COCO_RECALL_THRESHOLDS, side="left")
@@ -304,12 +300,10 @@ def evaluate(
     ``101point`` (pycocotools) or ``area``; ``classes_without_gt``: ``skip | zero``;
     ``unknown_images``: ``error | ignore``.
     """
-    if rules not in RULES:
-        raise ValueError(f"unknown rules {rules!r} ({' | '.join(RULES)})")
-    if classes_without_gt not in ("skip", "zero"):
-        raise ValueError(f"classes_without_gt must be skip or zero, got {classes_without_gt!r}")
-    if unknown_images not in ("error", "ignore"):
-        raise ValueError(f"unknown_images must be error or ignore, got {unknown_images!r}")
+    for name, value, allowed in (("rules", rules, RULES), ("classes_without_gt", classes_without_gt, ("skip", "zero")),
+                                 ("unknown_images", unknown_images, ("error", "ignore"))):
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r} ({' | '.join(allowed)})")
     num_classes = len(dataset.classes)
     gt = _ground_truth(dataset, num_classes)
     det, num_unknown = _place_detections(dataset, detections, unknown_images)
@@ -335,7 +329,6 @@ def evaluate(
     method = {"ilsvrc": "area", "voc": "area", "voc07": "11point", "coco": interpolation}[rules]
     num_gt = np.bincount(gt["labels"][~gt["ignore"]], minlength=num_classes).astype(np.int64)
     num_det = np.bincount(det["labels"], minlength=num_classes).astype(np.int64)
-    # ranked lists per class: (-score, image index, position); VOC: (-score, position)
     ap, precision, recall = _class_curves(det, status, num_gt, method, classes_without_gt,
                                           tie_by_image=rules not in ("voc", "voc07"))
     counted = ap[~np.isnan(ap)]
@@ -385,8 +378,7 @@ def _class_curves(det: dict, status: np.ndarray, num_gt: np.ndarray, method: str
                   tie_by_image: bool) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """AP ``float64[C]`` (NaN for a class without ground truth unless ``classes_without_gt="zero"``) and
     the precision and recall arrays of each class, from the matching ``status`` of each detection
-    (1 true positive, 0 false positive, -1 not counted). Each class's detections are ranked by score,
-    ties by image index (``tie_by_image``, ILSVRC and COCO) and then by position in the input."""
+    (1 true positive, 0 false positive, -1 not counted), ranked as the module text says."""
     m, num_classes = len(status), len(num_gt)
     tie = det["index"] if tie_by_image else np.zeros(m, dtype=np.int64)
     order = np.lexsort((np.arange(m), tie, -det["score"], det["labels"]))
