@@ -92,15 +92,11 @@ def pair_iou(a: np.ndarray, b: np.ndarray, plus_one: bool = False, crowd: np.nda
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     one = 1.0 if plus_one else 0.0
-    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + one
-    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + one
+    iw, ih = (np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]) + one).T
     overlap = (iw > 0) & (ih > 0)
     inter = np.where(overlap, iw * ih, 0.0)
-    area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)
-    area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
-    union = area_a + area_b - inter
-    if crowd is not None:
-        union = np.where(crowd, area_a, union)
+    area_a, area_b = ((x[:, 2] - x[:, 0] + one) * (x[:, 3] - x[:, 1] + one) for x in (a, b))
+    union = area_a + area_b - inter if crowd is None else np.where(crowd, area_a, area_a + area_b - inter)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(overlap & (union > 0), inter / union, 0.0)
 
@@ -112,9 +108,7 @@ def ilsvrc_thresholds(boxes: np.ndarray, iou_threshold: float = 0.5, pixel_toler
     ``plus_one=False``: ``w = x2 - x1``, for continuous coordinates). The one definition, used by the
     evaluator and by proposal coverage (:mod:`proposals.recall`)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    extra = 1.0 if plus_one else 0.0
-    w = boxes[:, 2] - boxes[:, 0] + extra
-    h = boxes[:, 3] - boxes[:, 1] + extra
+    w, h = (boxes[:, 2:] - boxes[:, :2] + (1.0 if plus_one else 0.0)).T
     return np.minimum(iou_threshold, (w * h) / ((w + pixel_tolerance) * (h + pixel_tolerance)))
 
 
