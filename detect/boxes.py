@@ -47,10 +47,8 @@ def clip_boxes(boxes, width: int, height: int):
 
 
 def flip_boxes(boxes, width: float):
-    """Boxes of a horizontally mirrored image of ``width`` pixels: ``x1, x2 -> width - x2, width - x1``.
-
-    ``[N, 4]`` array or tensor -> a new one of the same type.
-    """
+    """Boxes of a horizontally mirrored image of ``width`` pixels: ``x1, x2 -> width - x2, width - x1``;
+    ``[N, 4]`` array or tensor -> a new one of the same type."""
     flipped = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, copy=True)
     flipped[:, 0] = width - boxes[:, 2]
     flipped[:, 2] = width - boxes[:, 0]

@@ -77,7 +77,6 @@ def _parse_tsv(text: str, source: str) -> ClassList:
     ``wnid<TAB>name`` rows, or one name per line."""
     wnids, names = [], []
     for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.rstrip("\r\n")
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split("\t")

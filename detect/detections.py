@@ -128,12 +128,10 @@ def _parse_line(line: str, num_classes: int | None) -> tuple[int, int, float, li
     return index, det_id - 1, values[0], values[1:]
 
 
-_NUMBER_BYTES = np.zeros(256, bool)  # what the fast path allows: digits, signs, point, exponent, inf/nan, spaces
-_NUMBER_BYTES[list(b"0123456789+-.eEinfatyINFATY \t\r\n")] = True
-_SPACE_BYTES = np.zeros(256, bool)
-_SPACE_BYTES[list(b" \t\r\n")] = True
-_NOT_INT_BYTES = np.ones(256, bool)
-_NOT_INT_BYTES[list(b"0123456789+-")] = False
+# byte tables: what the fast path allows (digits, signs, point, exponent, inf/nan, spaces), spaces, integer signs
+_NUMBER_BYTES = np.isin(np.arange(256), list(b"0123456789+-.eEinfatyINFATY \t\r\n"))
+_SPACE_BYTES = np.isin(np.arange(256), list(b" \t\r\n"))
+_NOT_INT_BYTES = ~np.isin(np.arange(256), list(b"0123456789+-"))
 
 
 def _tokenise_fast(text: str, bad: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -212,9 +210,7 @@ def read_ilsvrc_submission(
     skipped = skipped if skipped is not None else SkipLog("detection lines")
     text = _read_text(path, errors="replace")
     bad: dict[int, str | None] = {}  # line number -> reason (None: ask _parse_line)
-    fast = _tokenise_fast(text, bad)
-    if fast is None:
-        bad.clear()
+    fast = _tokenise_fast(text, bad)  # fills ``bad`` only when it returns numbers
     lineno, values, integer = fast if fast is not None else _tokenise_slow(text, num_classes, bad)
     ids = values[:, :2]
     ok = integer & np.isfinite(values).all(axis=1) & (ids[:, 0] >= 1) & (ids[:, 1] >= 1)

@@ -275,24 +275,15 @@ def _ground_truth(dataset, num_classes: int) -> dict:
             "ignore": cat([r.ignore for r in recs], (0,), bool)}
 
 
-def evaluate(
-    dataset,
-    detections,
-    rules: str = "ilsvrc",
-    iou_threshold: float = 0.5,
-    pixel_tolerance: float = 10.0,
-    max_dets: int = 100,
-    interpolation: str = "101point",
-    classes_without_gt: str = "skip",
-    unknown_images: str = "error",
-) -> EvalResult:
+def evaluate(dataset, detections, rules: str = "ilsvrc", iou_threshold: float = 0.5, pixel_tolerance: float = 10.0,
+             max_dets: int = 100, interpolation: str = "101point", classes_without_gt: str = "skip",
+             unknown_images: str = "error") -> EvalResult:
     """AP per class and mAP of ``detections`` (a ``detect.detections.Detections``) on ``dataset``
     (a ``DetectionDataset``) under ``rules`` (``ilsvrc | voc | voc07 | coco``; see the module text).
 
     ``iou_threshold``: the 0.5 of every rule set; ``pixel_tolerance``: ILSVRC's small-object term (10);
-    ``max_dets``: COCO's detections per image and class (100); ``interpolation``: COCO AP's
-    ``101point`` (pycocotools) or ``area``; ``classes_without_gt``: ``skip | zero``;
-    ``unknown_images``: ``error | ignore``.
+    ``max_dets``: COCO's detections per image and class (100); ``interpolation``: COCO AP's ``101point``
+    (pycocotools) or ``area``; ``classes_without_gt``: ``skip | zero``; ``unknown_images``: ``error | ignore``.
     """
     for name, value, allowed in (("rules", rules, RULES), ("classes_without_gt", classes_without_gt, ("skip", "zero")),
                                  ("unknown_images", unknown_images, ("error", "ignore"))):
@@ -304,7 +295,8 @@ def evaluate(
     if len(detections.labels) and (detections.labels.min() < 0 or detections.labels.max() >= num_classes):
         raise ValueError(f"detection labels outside 0..{num_classes - 1}")
     if dataset.blacklist:  # blacklisted (image index, label) pairs: drop detections, do not count ground truth
-        gt, det = _drop_blacklisted(gt, det, dataset.blacklist, num_classes)
+        black = np.array([i * num_classes + c for i, c in dataset.blacklist], dtype=np.int64)
+        gt, det = ({k: v[~np.isin(x["index"] * num_classes + x["labels"], black)] for k, v in x.items()} for x in (gt, det))
     gt["key"] = gt["image"] * num_classes + gt["labels"]
     det["key"] = det["image"] * num_classes + det["labels"]
 
@@ -328,13 +320,9 @@ def evaluate(
     counted = ap[~np.isnan(ap)]
     options = {"iou_threshold": iou_threshold, "pixel_tolerance": pixel_tolerance, "max_dets": max_dets,
                "ap_method": method, "classes_without_gt": classes_without_gt, "unknown_images": unknown_images}
-    return EvalResult(
-        rules=rules, class_names=list(dataset.classes.names), ap=ap, num_gt=num_gt, num_det=num_det,
-        precision=precision, recall=recall,
-        mean_ap=float(counted.mean()) if len(counted) else float("nan"),
-        median_ap=float(np.median(counted)) if len(counted) else float("nan"),
-        num_unknown_detections=num_unknown, options=options,
-    )
+    mean, median = (float(f(counted)) if len(counted) else float("nan") for f in (np.mean, np.median))
+    return EvalResult(rules, list(dataset.classes.names), ap, num_gt, num_det, precision, recall, mean, median,
+                      num_unknown_detections=num_unknown, options=options)
 
 
 def _place_detections(dataset, detections, unknown_images: str) -> tuple[dict[str, np.ndarray], int]:
@@ -354,18 +342,9 @@ def _place_detections(dataset, detections, unknown_images: str) -> tuple[dict[st
         bad = np.unique(detections.image_index[~known])[:5].tolist()
         raise ValueError(f"{num_unknown} detections refer to images not in dataset {dataset.name!r} "
                          f"(image indices {bad}...); pass unknown_images='ignore' to drop them")
-    det = {"image": pos[known],
-           "index": detections.image_index[known], "labels": detections.labels[known],
-           "score": detections.scores[known].astype(np.float64), "boxes": detections.boxes[known].astype(np.float64)}
-    return det, num_unknown
-
-
-def _drop_blacklisted(gt: dict, det: dict, blacklist, num_classes: int) -> tuple[dict, dict]:
-    """``gt`` and ``det`` without the entries of the blacklisted (image index, label) pairs."""
-    black = np.array([i * num_classes + c for i, c in blacklist], dtype=np.int64)
-    keep_gt = ~np.isin(gt["index"] * num_classes + gt["labels"], black)
-    keep_det = ~np.isin(det["index"] * num_classes + det["labels"], black)
-    return {k: v[keep_gt] for k, v in gt.items()}, {k: v[keep_det] for k, v in det.items()}
+    return {"image": pos[known], "index": detections.image_index[known], "labels": detections.labels[known],
+            "score": detections.scores[known].astype(np.float64),
+            "boxes": detections.boxes[known].astype(np.float64)}, num_unknown
 
 
 def _class_curves(det: dict, status: np.ndarray, num_gt: np.ndarray, method: str, classes_without_gt: str,

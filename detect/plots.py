@@ -89,8 +89,8 @@ def save_pr_curves(result, path: str | Path, best: int = 4, worst: int = 4, dpi:
         curves = []
         for c in classes:
             rec, prec = result.recall[c], result.precision[c]
-            curves.append((f"{result.class_names[c]} ({100 * result.ap[c]:.1f})",
-                           np.concatenate([[0.0], rec]), np.concatenate([[prec[0] if len(prec) else 0.0], prec])))
+            curves.append((f"{result.class_names[c]} ({100 * result.ap[c]:.1f})", np.r_[0.0, rec],
+                           np.r_[prec[0] if len(prec) else 0.0, prec]))
         box = (k * width // 2, 0, (k + 1) * width // 2, height)
         _panel(draw, image, box, f"{title} {len(classes)} classes ({result.rules} rules, AP %)", curves, fonts, scale)
     path = Path(path)

@@ -64,8 +64,7 @@ def apply_threads(setting: Any) -> int:
     environment variable is set instead, which it reads when it loads (``OMP_NUM_THREADS`` for torch's
     OpenMP runtime and MKL, ``OPENCV_FOR_THREADS_NUM`` for OpenCV)."""
     n = resolve_threads(setting)
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    os.environ["OPENCV_FOR_THREADS_NUM"] = str(n)
+    os.environ.update(OMP_NUM_THREADS=str(n), OPENCV_FOR_THREADS_NUM=str(n))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
     if "cv2" in sys.modules:
