@@ -10,25 +10,8 @@ import numpy as np
 import torch
 from torchvision import ops
 
-__all__ = [
-    "box_area",
-    "box_iou",
-    "clip_boxes",
-    "flip_boxes",
-    "order_corners",
-    "remove_small_boxes",
-    "unique_boxes",
-    "xywh_to_xyxy",
-    "xyxy_to_xywh",
-]
-
-
-def box_area(boxes):
-    """Area of boxes. ``boxes: Tensor[N, 4] | ndarray[N, 4]`` xyxy -> ``[N]`` (no +1 rule)."""
-    if isinstance(boxes, torch.Tensor):
-        return ops.box_area(boxes)
-    boxes = np.asarray(boxes)
-    return (boxes[:, 2] - boxes[:, 0]).clip(min=0) * (boxes[:, 3] - boxes[:, 1]).clip(min=0)
+__all__ = ["box_iou", "clip_boxes", "flip_boxes", "order_corners", "remove_small_boxes", "unique_boxes",
+           "xywh_to_xyxy", "xyxy_to_xywh"]
 
 
 def order_corners(boxes):
@@ -41,16 +24,14 @@ def order_corners(boxes):
 
 
 def box_iou(a, b):
-    """Pairwise IoU. ``a: [N, 4]``, ``b: [M, 4]`` xyxy (both tensors or both arrays) -> ``[N, M]``."""
+    """Pairwise IoU. ``a: [N, 4]``, ``b: [M, 4]`` xyxy (both tensors or both arrays) -> ``[N, M]``
+    (no +1 rule; an inverted box has area 0)."""
     if isinstance(a, torch.Tensor):
         return ops.box_iou(a, b)
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clip(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    inter = (np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2])).clip(min=0).prod(-1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clip(min=0).prod(-1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / union, 0.0)
 
@@ -66,10 +47,8 @@ def clip_boxes(boxes, width: int, height: int):
 
 
 def flip_boxes(boxes, width: float):
-    """Boxes of a horizontally mirrored image of ``width`` pixels: ``x1, x2 -> width - x2, width - x1``.
-
-    ``[N, 4]`` array or tensor -> a new one of the same type.
-    """
+    """Boxes of a horizontally mirrored image of ``width`` pixels: ``x1, x2 -> width - x2, width - x1``;
+    ``[N, 4]`` array or tensor -> a new one of the same type."""
     flipped = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, copy=True)
     flipped[:, 0] = width - boxes[:, 2]
     flipped[:, 2] = width - boxes[:, 0]
@@ -78,12 +57,10 @@ def flip_boxes(boxes, width: float):
 
 def remove_small_boxes(boxes, min_size: float):
     """Indices of boxes whose width and height are both ``>= min_size``. ``[N, 4]`` -> ``[K]`` int64."""
-    if isinstance(boxes, torch.Tensor):
-        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        return torch.where((w >= min_size) & (h >= min_size))[0]
-    boxes = np.asarray(boxes)
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return np.flatnonzero((w >= min_size) & (h >= min_size))
+    tensor = isinstance(boxes, torch.Tensor)
+    boxes = boxes if tensor else np.asarray(boxes)
+    keep = (boxes[:, 2] - boxes[:, 0] >= min_size) & (boxes[:, 3] - boxes[:, 1] >= min_size)
+    return torch.where(keep)[0] if tensor else np.flatnonzero(keep)
 
 
 def unique_boxes(boxes: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -101,17 +78,18 @@ def unique_boxes(boxes: np.ndarray, scale: float = 1.0) -> np.ndarray:
 
 def xywh_to_xyxy(boxes):
     """``(x, y, w, h) -> (x1, y1, x2, y2)``. ``[N, 4]`` array or tensor."""
-    if isinstance(boxes, torch.Tensor):
-        return ops.box_convert(boxes, "xywh", "xyxy")
-    boxes = np.array(boxes, dtype=np.float64 if np.asarray(boxes).dtype == np.float64 else np.float32)
-    boxes[:, 2:] += boxes[:, :2]
-    return boxes
+    return _convert(boxes, "xywh", "xyxy")
 
 
 def xyxy_to_xywh(boxes):
     """``(x1, y1, x2, y2) -> (x, y, w, h)``. ``[N, 4]`` array or tensor."""
+    return _convert(boxes, "xyxy", "xywh")
+
+
+def _convert(boxes, source: str, target: str):
+    """The second corner moved by the first (``+`` to xyxy, ``-`` to xywh); float64 stays, else float32."""
     if isinstance(boxes, torch.Tensor):
-        return ops.box_convert(boxes, "xyxy", "xywh")
+        return ops.box_convert(boxes, source, target)
     boxes = np.array(boxes, dtype=np.float64 if np.asarray(boxes).dtype == np.float64 else np.float32)
-    boxes[:, 2:] -= boxes[:, :2]
+    boxes[:, 2:] += boxes[:, :2] if target == "xyxy" else -boxes[:, :2]
     return boxes

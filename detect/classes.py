@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from detect.io import atomic_write_text
+
 __all__ = ["ClassList", "ilsvrc_det_classes", "read_class_list", "write_class_list"]
 
 
@@ -75,7 +77,6 @@ def _parse_tsv(text: str, source: str) -> ClassList:
     ``wnid<TAB>name`` rows, or one name per line."""
     wnids, names = [], []
     for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.rstrip("\r\n")
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split("\t")
@@ -88,14 +89,9 @@ def _parse_tsv(text: str, source: str) -> ClassList:
                 raise ValueError(f"{source}:{lineno}: first column must be an index, got {parts[0]!r}") from e
             if index != len(wnids) + 1:
                 raise ValueError(f"{source}:{lineno}: index {index}, expected {len(wnids) + 1}")
-            wnids.append(parts[1].strip())
-            names.append(parts[2].strip())
-        elif len(parts) == 2:
-            wnids.append(parts[0].strip())
-            names.append(parts[1].strip())
-        else:
-            wnids.append(parts[0].strip())
-            names.append(parts[0].strip())
+            parts = parts[1:3]
+        wnids.append(parts[0].strip())  # a name alone is its own wnid
+        names.append(parts[-1].strip())
     if not wnids:
         raise ValueError(f"{source}: no classes")
     return ClassList(tuple(wnids), tuple(names))
@@ -113,12 +109,8 @@ def read_class_list(path: str | Path) -> ClassList:
 
 def write_class_list(classes: ClassList, path: str | Path) -> None:
     """Write ``index wnid name`` rows (the format of the ILSVRC list), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     rows = ["index\twnid\tname"] + [f"{i + 1}\t{w}\t{n}" for i, (w, n) in enumerate(zip(classes.wnids, classes.names))]
-    tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(rows) + "\n")
 
 
 def ilsvrc_det_classes() -> ClassList:

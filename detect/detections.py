@@ -6,15 +6,15 @@ list (``DetectionRecord.index``, the first column of an ILSVRC submission); labe
 
 Files:
 - ILSVRC submission: text lines ``<image_index> <DET_ID> <confidence> <xmin> <ymin> <xmax> <ymax>``.
-  A detections file is the user's output, not corrupt input: every line that parses is scored as the
-  official code scores it (a box inverted by a pixel or more is a false positive, a box outside the
-  image is matched as it is; see ``detect.evaluation``). Lines that cannot be parsed, or name an image or class that does not exist,
-  are reported with file and line number, counted in a ``SkipLog`` and skipped.
 - COCO results: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``. Images map through
   the dataset's records: ``image_id`` is ``int(record.image_id)`` when every record id is an integer
   (COCO datasets), else ``record.index``. Categories map through the ClassList: ``int(wnid)`` when
-  every wnid is an integer (COCO datasets: wnids are the category ids), else ``label + 1``. Read as
-  pycocotools reads it: every entry with the right field types is kept, degenerate boxes included.
+  every wnid is an integer (COCO datasets: wnids are the category ids), else ``label + 1``.
+
+A detections file is the user's output, not corrupt input: whatever parses is kept as written and
+scored as the official code scores it (inverted, zero-area and off-image boxes included; see
+``detect.evaluation``). What cannot be parsed, or names an image or class that does not exist, is
+reported with file and line (or entry) number, counted in a ``SkipLog`` and skipped.
 """
 from __future__ import annotations
 
@@ -67,13 +67,14 @@ class Detections:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         n = len(self.image_index)
         if not (len(self.labels) == len(self.scores) == len(self.boxes) == n):
-            raise ValueError(
-                f"Detections: lengths differ (image_index {n}, labels {len(self.labels)}, "
-                f"scores {len(self.scores)}, boxes {len(self.boxes)})"
-            )
+            raise ValueError(f"Detections: lengths differ (image_index {n}, labels {len(self.labels)}, "
+                             f"scores {len(self.scores)}, boxes {len(self.boxes)})")
 
     def __len__(self) -> int:
         return len(self.image_index)
+
+    def _columns(self) -> tuple:
+        return self.image_index, self.labels, self.scores, self.boxes
 
     @classmethod
     def empty(cls) -> "Detections":
@@ -88,65 +89,49 @@ class Detections:
     @classmethod
     def concat(cls, items) -> "Detections":
         """Concatenate an iterable of ``Detections`` (in order)."""
-        items = list(items)
-        if not items:
-            return cls.empty()
-        return cls(
-            np.concatenate([d.image_index for d in items]),
-            np.concatenate([d.labels for d in items]),
-            np.concatenate([d.scores for d in items]),
-            np.concatenate([d.boxes for d in items]),
-        )
+        columns = list(zip(*(d._columns() for d in items)))
+        return cls(*(np.concatenate(c) for c in columns)) if columns else cls.empty()
 
     def select(self, which) -> "Detections":
         """Rows chosen by a boolean mask ``[M]`` or an index array ``[K]`` (order kept)."""
-        return Detections(self.image_index[which], self.labels[which], self.scores[which], self.boxes[which])
+        return Detections(*(c[which] for c in self._columns()))
 
 
 # ---------------------------------------------------------------- ILSVRC submission
 
 
-def _format_lines(dets: Detections) -> str:
-    """Submission lines; floats with 9 significant digits so float32 values read back exactly."""
-    rows = [
-        f"{i} {c + 1} {s:.9g} {b[0]:.9g} {b[1]:.9g} {b[2]:.9g} {b[3]:.9g}\n"
-        for i, c, s, b in zip(dets.image_index.tolist(), dets.labels.tolist(), dets.scores.tolist(), dets.boxes.tolist())
-    ]
-    return "".join(rows)
-
-
 def write_ilsvrc_submission(path: str | Path, dets: Detections) -> None:
-    """Write ``dets`` as an ILSVRC submission file, atomically."""
+    """Write ``dets`` as an ILSVRC submission file, atomically; floats with 9 significant digits, so
+    float32 values read back exactly."""
     with atomic_open(path, "w", encoding="ascii") as f:
-        f.write(_format_lines(dets))
+        f.write("".join(f"{i} {c + 1} {s:.9g} {b[0]:.9g} {b[1]:.9g} {b[2]:.9g} {b[3]:.9g}\n"
+                        for i, c, s, b in zip(*(col.tolist() for col in dets._columns()))))
 
 
 def _parse_line(line: str, num_classes: int | None) -> tuple[int, int, float, list[float]]:
-    """One submission line -> (image_index, label, score, box); ``ValueError`` says what is wrong.
-    Inverted and zero-area boxes are valid lines (the official code scores them as false positives)."""
+    """One submission line -> (image_index, label, score, box); ``ValueError`` says what is wrong (the
+    reason logged for the line). Inverted and zero-area boxes are valid lines."""
     parts = line.split()
     if len(parts) != 7:
-        raise ValueError(f"expected 7 fields, got {len(parts)}")
+        raise ValueError(f"malformed line: expected 7 fields, got {len(parts)}")
     try:
         index, det_id = int(parts[0]), int(parts[1])
         values = [float(p) for p in parts[2:]]
     except ValueError:
-        raise ValueError("non-numeric field (or a non-integer image index / DET_ID)") from None
+        raise ValueError("malformed line: non-numeric field (or a non-integer image index / DET_ID)") from None
     if index < 1:
-        raise ValueError(f"image index {index} < 1")
+        raise ValueError(f"malformed line: image index {index} < 1")
     if det_id < 1 or (num_classes is not None and det_id > num_classes):
         raise ValueError(f"unknown class: DET_ID {det_id} outside 1..{num_classes if num_classes is not None else 'N'}")
     if not all(math.isfinite(v) for v in values):
-        raise ValueError("non-finite confidence or coordinate")
+        raise ValueError("malformed line: non-finite confidence or coordinate")
     return index, det_id - 1, values[0], values[1:]
 
 
-_NUMBER_BYTES = np.zeros(256, bool)  # what the fast path allows: digits, signs, point, exponent, inf/nan, spaces
-_NUMBER_BYTES[list(b"0123456789+-.eEinfatyINFATY \t\r\n")] = True
-_SPACE_BYTES = np.zeros(256, bool)
-_SPACE_BYTES[list(b" \t\r\n")] = True
-_NOT_INT_BYTES = np.ones(256, bool)
-_NOT_INT_BYTES[list(b"0123456789+-")] = False
+# byte tables: what the fast path allows (digits, signs, point, exponent, inf/nan, spaces), spaces, integer signs
+_NUMBER_BYTES = np.isin(np.arange(256), list(b"0123456789+-.eEinfatyINFATY \t\r\n"))
+_SPACE_BYTES = np.isin(np.arange(256), list(b" \t\r\n"))
+_NOT_INT_BYTES = ~np.isin(np.arange(256), list(b"0123456789+-"))
 
 
 def _tokenise_fast(text: str, bad: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -186,7 +171,7 @@ def _tokenise_fast(text: str, bad: dict) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def _tokenise_slow(text: str, num_classes: int | None, bad: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Line by line with ``int()``/``float()``: (line numbers, numbers ``float64[K, 7]``, all True);
-    lines that fail go into ``bad``."""
+    lines that fail go into ``bad`` with the reason."""
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.split():
@@ -194,10 +179,17 @@ def _tokenise_slow(text: str, num_classes: int | None, bad: dict) -> tuple[np.nd
         try:
             i, c, sc, box = _parse_line(line, num_classes)
             out.append((n, i, c + 1, sc, *box))
-        except ValueError:
-            bad[n] = None
+        except ValueError as e:
+            bad[n] = str(e)
     arr = np.array(out, dtype=np.float64).reshape(-1, 8)
     return arr[:, 0].astype(np.int64), arr[:, 1:], np.ones(len(arr), bool)
+
+
+def _read_text(path: Path, errors: str = "strict") -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors=errors)
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read detections ({e.strerror})") from e
 
 
 def read_ilsvrc_submission(
@@ -207,32 +199,25 @@ def read_ilsvrc_submission(
     """Read an ILSVRC submission file as ``eval_detection.m`` reads it.
 
     Every line of 7 numeric fields (integer image index >= 1 and DET_ID, finite numbers) is kept as
-    written: a box with ``xmax < xmin``, ``ymax < ymin`` or zero area is the user's output and is scored
-    as the official code scores it (see ``detect.evaluation``: inverted by a pixel or more, it overlaps
-    nothing, a false positive); such boxes are counted in a log line. Lines that cannot be parsed, whose DET_ID is outside ``1..num_classes``, or whose image
-    index is not in ``known_images`` (an iterable of indices; ``None``: any) are logged as
-    ``file:line``, counted in ``skipped`` and left out; blank lines are ignored. ``FileNotFoundError``
-    names a missing file. Numbers follow Python's ``int()``/``float()`` syntax. Vectorised: a file of
-    plain numbers is read in a few numpy passes; any other is read line by line, with the same result.
+    written (inverted or zero-area boxes too: see the module text). Lines that cannot be parsed, whose
+    DET_ID is outside ``1..num_classes``, or whose image index is not in ``known_images`` (an iterable
+    of indices; ``None``: any) are logged as ``file:line``, counted in ``skipped`` and left out; blank
+    lines are ignored. ``FileNotFoundError`` names a missing file. Numbers follow Python's
+    ``int()``/``float()`` syntax. Vectorised: a file of plain numbers is read in a few numpy passes;
+    any other is read line by line, with the same result.
     """
     path = Path(path)
     skipped = skipped if skipped is not None else SkipLog("detection lines")
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise FileNotFoundError(f"{path}: cannot read detections ({e.strerror})") from e
+    text = _read_text(path, errors="replace")
     bad: dict[int, str | None] = {}  # line number -> reason (None: ask _parse_line)
-    fast = _tokenise_fast(text, bad)
-    if fast is None:
-        bad.clear()
+    fast = _tokenise_fast(text, bad)  # fills ``bad`` only when it returns numbers
     lineno, values, integer = fast if fast is not None else _tokenise_slow(text, num_classes, bad)
     ids = values[:, :2]
     ok = integer & np.isfinite(values).all(axis=1) & (ids[:, 0] >= 1) & (ids[:, 1] >= 1)
     if num_classes is not None:
         ok &= ids[:, 1] <= num_classes
     ints = np.where(ok[:, None], ids, 0).astype(np.int64)
-    for n in lineno[~ok].tolist():
-        bad[n] = None
+    bad.update(dict.fromkeys(lineno[~ok].tolist()))
     if known_images is not None:
         known = np.isin(ints[:, 0], np.fromiter(known_images, dtype=np.int64))
         for n, i in zip(lineno[ok & ~known].tolist(), ints[ok & ~known, 0].tolist()):
@@ -240,23 +225,16 @@ def read_ilsvrc_submission(
         ok &= known
     lines = text.splitlines() if bad else []
     for n in sorted(bad):
-        reason = bad[n]
-        if reason is None:
-            try:
-                _parse_line(lines[n - 1], num_classes)
-                reason = "malformed line"
-            except ValueError as e:
-                reason = str(e) if str(e).startswith("unknown class") else f"malformed line: {e}"
+        try:
+            reason = bad[n] or (_parse_line(lines[n - 1], num_classes) and "malformed line")
+        except ValueError as e:
+            reason = str(e)
         skipped.add(f"{path}:{n}", reason)
-    dets = Detections(ints[ok, 0], ints[ok, 1] - 1, values[ok, 2], values[ok, 3:].astype(np.float32))
-    _log_degenerate(path, dets)
-    if len(skipped):
-        log.warning("%s: %s", path, skipped.summary())
-    return dets
+    return _kept(path, Detections(ints[ok, 0], ints[ok, 1] - 1, values[ok, 2], values[ok, 3:]), skipped)
 
 
-def _log_degenerate(path: Path, dets: Detections) -> None:
-    """Count (in the log) kept detections whose box is inverted or has zero width or height."""
+def _kept(path: Path, dets: Detections, skipped: SkipLog) -> Detections:
+    """``dets``, after logging the count of boxes inverted or of zero width or height, and of ``skipped``."""
     b = dets.boxes
     inverted = int(((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])).sum())
     flat = int(((b[:, 2] == b[:, 0]) | (b[:, 3] == b[:, 1])).sum())
@@ -264,34 +242,30 @@ def _log_degenerate(path: Path, dets: Detections) -> None:
         log.warning("%s: %d detections with xmax < xmin or ymax < ymin and %d with zero width or height: kept "
                     "and scored as the official code scores them (under COCO rules they match nothing; under the "
                     "ILSVRC/VOC +1 rule a box inverted by a pixel or more matches nothing)", path, inverted, flat)
-
+    if len(skipped):
+        log.warning("%s: %s", path, skipped.summary())
+    return dets
 
 
 # ---------------------------------------------------------------- COCO results
 
 
-def _all_int(values) -> bool:
+def _integer_ids(values, otherwise) -> np.ndarray:
+    """``int64`` ids: ``int(v)`` of each of ``values`` when every one is an integer, else ``otherwise``."""
     try:
-        [int(v) for v in values]
+        return np.array([int(v) for v in values], dtype=np.int64)
     except (TypeError, ValueError):
-        return False
-    return True
+        return np.asarray(otherwise, dtype=np.int64)
 
 
 def coco_image_ids(dataset: DetectionDataset) -> np.ndarray:
     """COCO ``image_id`` of each record, ``int64[N]``: ``int(image_id)`` for COCO data, else ``index``."""
-    ids = [r.image_id for r in dataset.records]
-    if ids and _all_int(ids):
-        return np.array([int(i) for i in ids], dtype=np.int64)
-    return np.array([r.index for r in dataset.records], dtype=np.int64)
+    return _integer_ids([r.image_id for r in dataset.records], [r.index for r in dataset.records])
 
 
 def coco_category_ids(dataset: DetectionDataset) -> np.ndarray:
     """COCO ``category_id`` of each label, ``int64[C]``: ``int(wnid)`` for COCO data, else ``label + 1``."""
-    wnids = dataset.classes.wnids
-    if _all_int(wnids):
-        return np.array([int(w) for w in wnids], dtype=np.int64)
-    return np.arange(1, len(wnids) + 1, dtype=np.int64)
+    return _integer_ids(dataset.classes.wnids, np.arange(1, len(dataset.classes) + 1))
 
 
 def write_coco_results(path: str | Path, dets: Detections, dataset: DetectionDataset) -> None:
@@ -299,7 +273,7 @@ def write_coco_results(path: str | Path, dets: Detections, dataset: DetectionDat
     index_to_id = dict(zip((r.index for r in dataset.records), coco_image_ids(dataset).tolist()))
     cats = coco_category_ids(dataset).tolist()
     out = []
-    for i, c, s, b in zip(dets.image_index.tolist(), dets.labels.tolist(), dets.scores.tolist(), dets.boxes.tolist()):
+    for i, c, s, b in zip(*(col.tolist() for col in dets._columns())):
         if i not in index_to_id:
             raise ValueError(f"{path}: image index {i} is not in dataset {dataset.name!r}")
         out.append({"image_id": index_to_id[i], "category_id": cats[c], "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s})
@@ -311,26 +285,23 @@ def read_coco_results(path: str | Path, dataset: DetectionDataset, skipped: Skip
 
     Each entry must be an object with an integer ``image_id`` and ``category_id`` (an integral float such
     as ``3.0`` is the same id to pycocotools; a string, a bool or a list is not), a finite number
-    ``score`` and a ``bbox`` list of 4 finite numbers. A box with negative or zero width or height is
-    kept as written (pycocotools scores it as written). Entries that fail those checks, or name an
-    image or category not in ``dataset``, are logged as ``file: entry k``, counted in ``skipped`` and
-    left out.
+    ``score`` and a ``bbox`` list of 4 finite numbers (a negative or zero width or height included).
+    Entries that fail those checks, or name an image or category not in ``dataset``, are logged as
+    ``file: entry k``, counted in ``skipped`` and left out.
     """
     from detect.data.coco import as_bbox, as_int, as_number
 
     path = Path(path)
     skipped = skipped if skipped is not None else SkipLog("detection entries")
     try:
-        entries = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise FileNotFoundError(f"{path}: cannot read detections ({e.strerror})") from e
+        entries = json.loads(_read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of results, got {type(entries).__name__}")
     id_to_index = dict(zip(coco_image_ids(dataset).tolist(), (r.index for r in dataset.records)))
     cat_to_label = {c: i for i, c in enumerate(coco_category_ids(dataset).tolist())}
-    index, labels, scores, boxes = [], [], [], []
+    rows = []  # (image index, label, score, x1, y1, x2, y2)
     for k, e in enumerate(entries):
         try:
             if not isinstance(e, dict):
@@ -338,10 +309,8 @@ def read_coco_results(path: str | Path, dataset: DetectionDataset, skipped: Skip
             missing = [key for key in ("image_id", "category_id", "bbox", "score") if key not in e]
             if missing:
                 raise ValueError(f"missing {', '.join(missing)}")
-            image = as_int(e["image_id"], "image_id")
-            cat = as_int(e["category_id"], "category_id")
-            score = as_number(e["score"], "score")
-            x, y, w, h = as_bbox(e["bbox"])
+            image, cat = as_int(e["image_id"], "image_id"), as_int(e["category_id"], "category_id")
+            score, (x, y, w, h) = as_number(e["score"], "score"), as_bbox(e["bbox"])
         except ValueError as err:
             skipped.add(f"{path}: entry {k}", f"malformed entry: {err}")
             continue
@@ -350,15 +319,9 @@ def read_coco_results(path: str | Path, dataset: DetectionDataset, skipped: Skip
         elif cat not in cat_to_label:
             skipped.add(f"{path}: entry {k}", f"unknown class: category_id {cat}")
         else:
-            index.append(id_to_index[image])
-            labels.append(cat_to_label[cat])
-            scores.append(score)
-            boxes.append([x, y, x + w, y + h])
-    dets = Detections(index, labels, scores, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
-    _log_degenerate(path, dets)
-    if len(skipped):
-        log.warning("%s: %s", path, skipped.summary())
-    return dets
+            rows.append((id_to_index[image], cat_to_label[cat], score, x, y, x + w, y + h))
+    rows = np.array(rows, dtype=np.float64).reshape(-1, 7)
+    return _kept(path, Detections(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3:]), skipped)
 
 
 # ---------------------------------------------------------------- by extension

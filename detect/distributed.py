@@ -42,8 +42,6 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> 
 
     Raises ``ValueError`` when CUDA is asked for but absent.
     """
-    if isinstance(device, torch.device):
-        device = str(device)
     device = str(device).lower()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -92,15 +92,11 @@ def pair_iou(a: np.ndarray, b: np.ndarray, plus_one: bool = False, crowd: np.nda
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     one = 1.0 if plus_one else 0.0
-    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + one
-    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + one
+    iw, ih = (np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]) + one).T
     overlap = (iw > 0) & (ih > 0)
     inter = np.where(overlap, iw * ih, 0.0)
-    area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)
-    area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
-    union = area_a + area_b - inter
-    if crowd is not None:
-        union = np.where(crowd, area_a, union)
+    area_a, area_b = ((x[:, 2] - x[:, 0] + one) * (x[:, 3] - x[:, 1] + one) for x in (a, b))
+    union = area_a + area_b - inter if crowd is None else np.where(crowd, area_a, area_a + area_b - inter)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(overlap & (union > 0), inter / union, 0.0)
 
@@ -112,9 +108,7 @@ def ilsvrc_thresholds(boxes: np.ndarray, iou_threshold: float = 0.5, pixel_toler
     ``plus_one=False``: ``w = x2 - x1``, for continuous coordinates). The one definition, used by the
     evaluator and by proposal coverage (:mod:`proposals.recall`)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    extra = 1.0 if plus_one else 0.0
-    w = boxes[:, 2] - boxes[:, 0] + extra
-    h = boxes[:, 3] - boxes[:, 1] + extra
+    w, h = (boxes[:, 2:] - boxes[:, :2] + (1.0 if plus_one else 0.0)).T
     return np.minimum(iou_threshold, (w * h) / ((w + pixel_tolerance) * (h + pixel_tolerance)))
 
 
@@ -133,12 +127,8 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "
         mpre = np.maximum.accumulate(mpre[::-1])[::-1]
         i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
         return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
-    if method == "11point":
-        ap = 0.0
-        for t in VOC07_RECALL_THRESHOLDS:
-            p = precision[recall >= t]
-            ap += (p.max() if len(p) else 0.0) / 11.0
-        return float(ap)
+    if method == "11point":  # summed in the devkit's order
+        return float(sum(precision[recall >= t].max(initial=0.0) / 11.0 for t in VOC07_RECALL_THRESHOLDS))
     if method == "101point":
         env = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
         idx = np.searchsorted(recall, COCO_RECALL_THRESHOLDS, side="left")
@@ -152,114 +142,69 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "
 # ---------------------------------------------------------------- matching
 
 
-def _same_key_pairs(det_key: np.ndarray, gt_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (detection, ground truth) index pairs with equal keys, ``int64[P]`` each, by detection then gt."""
-    gt_order = np.argsort(gt_key, kind="stable")
-    sorted_keys = gt_key[gt_order]
-    start = np.searchsorted(sorted_keys, det_key, side="left")
-    counts = np.searchsorted(sorted_keys, det_key, side="right") - start
-    total = int(counts.sum())
-    det_idx = np.repeat(np.arange(len(det_key), dtype=np.int64), counts)
-    offsets = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    return det_idx, gt_order[np.repeat(start, counts) + offsets]
+def _rank(*keys: np.ndarray) -> np.ndarray:
+    """Position of each element in ``np.lexsort(keys)`` order (the last key primary), ``int64[M]``."""
+    order = np.lexsort(keys)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
 
 
-def _greedy(pair_det: np.ndarray, pair_gt: np.ndarray, num_det: int, num_gt: int, reusable: np.ndarray) -> np.ndarray:
-    """Walk candidate pairs in priority order: each detection takes its first ground truth that is free
-    (or reusable). Pairs must be grouped by detection in processing order. Returns gt index or -1, ``[M]``."""
-    out = [-1] * num_det
-    taken = bytearray(num_gt)
-    reuse = reusable.tolist()
-    for d, g in zip(pair_det.tolist(), pair_gt.tolist()):
-        if out[d] >= 0:
-            continue
-        if reuse[g]:
-            out[d] = g
-        elif not taken[g]:
-            taken[g] = 1
-            out[d] = g
-    return np.asarray(out, dtype=np.int64)
+def _candidates(det: dict, gt: dict, plus_one: bool, crowd: bool = False):
+    """Every (detection, ground truth) pair of one image and class: ``d, g: int64[P]`` by detection, then
+    gt, and their ``iou: float64[P]`` (``crowd``: ``ignore`` boxes by intersection over detection area)."""
+    gt_order = np.argsort(gt["key"], kind="stable")
+    sorted_keys = gt["key"][gt_order]
+    start = np.searchsorted(sorted_keys, det["key"], side="left")
+    counts = np.searchsorted(sorted_keys, det["key"], side="right") - start
+    d = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    g = gt_order[np.repeat(start - np.cumsum(counts) + counts, counts) + np.arange(len(d), dtype=np.int64)]
+    return d, g, pair_iou(det["boxes"][d], gt["boxes"][g], plus_one, gt["ignore"][g] if crowd else None)
 
 
-def _status_from_match(det_gt: np.ndarray, gt_ignore: np.ndarray) -> np.ndarray:
-    """1 true positive, 0 false positive, -1 ignored (took an ignored ground truth); ``int8[M]``."""
+def _greedy(det: dict, gt: dict, d: np.ndarray, g: np.ndarray, prefer: tuple, reusable: np.ndarray):
+    """Each detection in descending confidence (ties by position) takes the first ground truth of its
+    candidate pairs ``d, g`` (ordered by the lexsort keys ``prefer``) that is free or ``reusable``.
+    Returns the gt each detection took (-1: none) ``int64[M]`` and its status ``int8[M]``: 1 true
+    positive, 0 false positive, -1 ignored (took an ``ignore`` ground truth)."""
+    m = len(det["score"])
+    o = np.lexsort((*prefer, _rank(np.arange(m), -det["score"])[d]))
+    out, taken, reuse = [-1] * m, bytearray(len(reusable)), reusable.tolist()
+    for i, j in zip(d[o].tolist(), g[o].tolist()):
+        if out[i] < 0 and (reuse[j] or not taken[j]):
+            out[i], taken[j] = j, 1
+    det_gt = np.asarray(out, dtype=np.int64)
     status = (det_gt >= 0).astype(np.int8)
-    status[(det_gt >= 0) & gt_ignore[np.maximum(det_gt, 0)]] = -1
-    return status
+    status[(det_gt >= 0) & gt["ignore"][np.maximum(det_gt, 0)]] = -1
+    return det_gt, status
 
 
 def _match_ilsvrc(det, gt, iou_threshold, pixel_tolerance):
-    m = len(det["score"])
-    rank = np.empty(m, dtype=np.int64)
-    rank[np.lexsort((np.arange(m), -det["score"], det["image"]))] = np.arange(m)
-    d, g = _same_key_pairs(det["key"], gt["key"])
-    iou = pair_iou(det["boxes"][d], gt["boxes"][g], plus_one=True)
+    d, g, iou = _candidates(det, gt, plus_one=True)
     ok = (iou > 0) & (iou >= ilsvrc_thresholds(gt["boxes"], iou_threshold, pixel_tolerance)[g])
-    d, g, iou = d[ok], g[ok], iou[ok]
-    o = np.lexsort((g, -iou, rank[d]))
-    det_gt = _greedy(d[o], g[o], m, len(gt["key"]), np.zeros(len(gt["key"]), bool))
-    return _status_from_match(det_gt, gt["ignore"])
+    return _greedy(det, gt, d[ok], g[ok], (g[ok], -iou[ok]), np.zeros(len(gt["key"]), bool))[1]
 
 
 def _match_voc(det, gt, iou_threshold):
-    m = len(det["score"])
-    d, g = _same_key_pairs(det["key"], gt["key"])
-    iou = pair_iou(det["boxes"][d], gt["boxes"][g], plus_one=True)
-    ok = iou > 0
-    d, g, iou = d[ok], g[ok], iou[ok]
-    o = np.lexsort((g, -iou, d))
-    d, g, iou = d[o], g[o], iou[o]
-    first = np.ones(len(d), bool)
-    first[1:] = d[1:] != d[:-1]
-    best_gt = np.full(m, -1, dtype=np.int64)
-    best_iou = np.zeros(m)
-    best_gt[d[first]] = g[first]
-    best_iou[d[first]] = iou[first]
-    hit = best_iou >= iou_threshold
-    status = np.zeros(m, dtype=np.int8)
-    ignored = hit & gt["ignore"][np.maximum(best_gt, 0)]
-    status[ignored] = -1
-    claim = np.flatnonzero(hit & ~ignored)
-    rank = np.empty(m, dtype=np.int64)
-    rank[np.lexsort((np.arange(m), -det["score"]))] = np.arange(m)
-    claim = claim[np.lexsort((rank[claim], best_gt[claim]))]
-    winner = np.ones(len(claim), bool)
-    winner[1:] = best_gt[claim][1:] != best_gt[claim][:-1]
-    status[claim[winner]] = 1
-    return status
+    d, g, iou = _candidates(det, gt, plus_one=True)
+    o = np.lexsort((g, -iou, d))  # each detection's best ground truth (ties: the first in its record) ...
+    first = np.ones(len(o), bool)
+    first[1:] = d[o][1:] != d[o][:-1]
+    best = o[first & (iou[o] > 0) & (iou[o] >= iou_threshold)]  # ... is its only candidate
+    return _greedy(det, gt, d[best], g[best], (), gt["ignore"])[1]
 
 
 def _match_coco(det, gt, iou_threshold):
-    m = len(det["score"])
-    rank = np.empty(m, dtype=np.int64)
-    rank[np.lexsort((np.arange(m), -det["score"], det["key"]))] = np.arange(m)
-    d, g = _same_key_pairs(det["key"], gt["key"])
-    crowd = gt["ignore"][g]
-    iou = pair_iou(det["boxes"][d], gt["boxes"][g], plus_one=False, crowd=crowd)
+    d, g, iou = _candidates(det, gt, plus_one=False, crowd=True)
     ok = iou >= min(iou_threshold, 1 - 1e-10)
-    d, g, iou, crowd = d[ok], g[ok], iou[ok], crowd[ok]
-    o = np.lexsort((-g, -iou, crowd, rank[d]))
-    det_gt = _greedy(d[o], g[o], m, len(gt["key"]), gt["ignore"])
-    status = _status_from_match(det_gt, gt["ignore"])
+    d, g, iou = d[ok], g[ok], iou[ok]
+    det_gt, status = _greedy(det, gt, d, g, (-g, -iou, gt["ignore"][g]), gt["ignore"])
     # COCOeval ignores unmatched detections whose area w * h lies outside the area range [0, 1e10]
     # ("all"): a box with exactly one negative side has a negative area, so it is ignored, not a miss
     b = det["boxes"]
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     status[(det_gt < 0) & ((area < COCO_AREA_ALL[0]) | (area > COCO_AREA_ALL[1]))] = -1
     return status
-
-
-def _rank_in_group(key: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """Rank of each detection within its key group by (-score, position), ``int64[M]``."""
-    m = len(key)
-    order = np.lexsort((np.arange(m), -score, key))
-    k = key[order]
-    start = np.ones(m, bool)
-    start[1:] = k[1:] != k[:-1]
-    group_start = np.maximum.accumulate(np.where(start, np.arange(m), 0))
-    rank = np.empty(m, dtype=np.int64)
-    rank[order] = np.arange(m) - group_start
-    return rank
 
 
 # ---------------------------------------------------------------- result
@@ -298,16 +243,12 @@ class EvalResult:
 
     def to_json(self, curves: bool = True) -> dict:
         """Everything as plain JSON types (NaN AP as ``null``)."""
-        out = {
-            "rules": self.rules,
-            "options": self.options,
-            "mean_ap": None if np.isnan(self.mean_ap) else self.mean_ap,
-            "median_ap": None if np.isnan(self.median_ap) else self.median_ap,
-            "num_unknown_detections": self.num_unknown_detections,
-            "classes": [],
-        }
+        number = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
+        out = {"rules": self.rules, "options": self.options, "mean_ap": number(self.mean_ap),
+               "median_ap": number(self.median_ap), "num_unknown_detections": self.num_unknown_detections,
+               "classes": []}
         for c, name in enumerate(self.class_names):
-            row = {"label": c, "name": name, "ap": None if np.isnan(self.ap[c]) else float(self.ap[c]),
+            row = {"label": c, "name": name, "ap": number(self.ap[c]),
                    "num_gt": int(self.num_gt[c]), "num_det": int(self.num_det[c])}
             if curves:
                 row["precision"] = self.precision[c].tolist()
@@ -334,43 +275,34 @@ def _ground_truth(dataset, num_classes: int) -> dict:
             "ignore": cat([r.ignore for r in recs], (0,), bool)}
 
 
-def evaluate(
-    dataset,
-    detections,
-    rules: str = "ilsvrc",
-    iou_threshold: float = 0.5,
-    pixel_tolerance: float = 10.0,
-    max_dets: int = 100,
-    interpolation: str = "101point",
-    classes_without_gt: str = "skip",
-    unknown_images: str = "error",
-) -> EvalResult:
+def evaluate(dataset, detections, rules: str = "ilsvrc", iou_threshold: float = 0.5, pixel_tolerance: float = 10.0,
+             max_dets: int = 100, interpolation: str = "101point", classes_without_gt: str = "skip",
+             unknown_images: str = "error") -> EvalResult:
     """AP per class and mAP of ``detections`` (a ``detect.detections.Detections``) on ``dataset``
     (a ``DetectionDataset``) under ``rules`` (``ilsvrc | voc | voc07 | coco``; see the module text).
 
     ``iou_threshold``: the 0.5 of every rule set; ``pixel_tolerance``: ILSVRC's small-object term (10);
-    ``max_dets``: COCO's detections per image and class (100); ``interpolation``: COCO AP's
-    ``101point`` (pycocotools) or ``area``; ``classes_without_gt``: ``skip | zero``;
-    ``unknown_images``: ``error | ignore``.
+    ``max_dets``: COCO's detections per image and class (100); ``interpolation``: COCO AP's ``101point``
+    (pycocotools) or ``area``; ``classes_without_gt``: ``skip | zero``; ``unknown_images``: ``error | ignore``.
     """
-    if rules not in RULES:
-        raise ValueError(f"unknown rules {rules!r} ({' | '.join(RULES)})")
-    if classes_without_gt not in ("skip", "zero"):
-        raise ValueError(f"classes_without_gt must be skip or zero, got {classes_without_gt!r}")
-    if unknown_images not in ("error", "ignore"):
-        raise ValueError(f"unknown_images must be error or ignore, got {unknown_images!r}")
+    for name, value, allowed in (("rules", rules, RULES), ("classes_without_gt", classes_without_gt, ("skip", "zero")),
+                                 ("unknown_images", unknown_images, ("error", "ignore"))):
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r} ({' | '.join(allowed)})")
     num_classes = len(dataset.classes)
     gt = _ground_truth(dataset, num_classes)
     det, num_unknown = _place_detections(dataset, detections, unknown_images)
     if len(detections.labels) and (detections.labels.min() < 0 or detections.labels.max() >= num_classes):
         raise ValueError(f"detection labels outside 0..{num_classes - 1}")
     if dataset.blacklist:  # blacklisted (image index, label) pairs: drop detections, do not count ground truth
-        gt, det = _drop_blacklisted(gt, det, dataset.blacklist, num_classes)
+        black = np.array([i * num_classes + c for i, c in dataset.blacklist], dtype=np.int64)
+        gt, det = ({k: v[~np.isin(x["index"] * num_classes + x["labels"], black)] for k, v in x.items()} for x in (gt, det))
     gt["key"] = gt["image"] * num_classes + gt["labels"]
     det["key"] = det["image"] * num_classes + det["labels"]
 
-    if rules == "coco":  # at most max_dets per image and class
-        keep = _rank_in_group(det["key"], det["score"]) < max_dets
+    if rules == "coco":  # at most max_dets per image and class: rank by (key, -score, position) less the key's start
+        key = det["key"]
+        keep = _rank(np.arange(len(key)), -det["score"], key) - np.searchsorted(np.sort(key), key) < max_dets
         det = {k: v[keep] for k, v in det.items()}
 
     if rules == "ilsvrc":
@@ -383,19 +315,15 @@ def evaluate(
     method = {"ilsvrc": "area", "voc": "area", "voc07": "11point", "coco": interpolation}[rules]
     num_gt = np.bincount(gt["labels"][~gt["ignore"]], minlength=num_classes).astype(np.int64)
     num_det = np.bincount(det["labels"], minlength=num_classes).astype(np.int64)
-    # ranked lists per class: (-score, image index, position); VOC: (-score, position)
     ap, precision, recall = _class_curves(det, status, num_gt, method, classes_without_gt,
                                           tie_by_image=rules not in ("voc", "voc07"))
     counted = ap[~np.isnan(ap)]
     options = {"iou_threshold": iou_threshold, "pixel_tolerance": pixel_tolerance, "max_dets": max_dets,
                "ap_method": method, "classes_without_gt": classes_without_gt, "unknown_images": unknown_images}
-    return EvalResult(
-        rules=rules, class_names=list(dataset.classes.names), ap=ap, num_gt=num_gt, num_det=num_det,
-        precision=precision, recall=recall,
-        mean_ap=float(counted.mean()) if len(counted) else float("nan"),
-        median_ap=float(np.median(counted)) if len(counted) else float("nan"),
-        num_unknown_detections=num_unknown, options=options,
-    )
+    mean, median = (float(f(counted)) if len(counted) else float("nan") for f in (np.mean, np.median))
+    return EvalResult(rules, list(dataset.classes.names), ap, num_gt, num_det, precision, recall, mean, median,
+                      num_unknown_detections=num_unknown, options=options)
+
 
 def _place_detections(dataset, detections, unknown_images: str) -> tuple[dict[str, np.ndarray], int]:
     """The detections whose image is in ``dataset``, as arrays (``image``: position in ``dataset.records``;
@@ -414,26 +342,16 @@ def _place_detections(dataset, detections, unknown_images: str) -> tuple[dict[st
         bad = np.unique(detections.image_index[~known])[:5].tolist()
         raise ValueError(f"{num_unknown} detections refer to images not in dataset {dataset.name!r} "
                          f"(image indices {bad}...); pass unknown_images='ignore' to drop them")
-    det = {"image": pos[known],
-           "index": detections.image_index[known], "labels": detections.labels[known],
-           "score": detections.scores[known].astype(np.float64), "boxes": detections.boxes[known].astype(np.float64)}
-    return det, num_unknown
-
-
-def _drop_blacklisted(gt: dict, det: dict, blacklist, num_classes: int) -> tuple[dict, dict]:
-    """``gt`` and ``det`` without the entries of the blacklisted (image index, label) pairs."""
-    black = np.array([i * num_classes + c for i, c in blacklist], dtype=np.int64)
-    keep_gt = ~np.isin(gt["index"] * num_classes + gt["labels"], black)
-    keep_det = ~np.isin(det["index"] * num_classes + det["labels"], black)
-    return {k: v[keep_gt] for k, v in gt.items()}, {k: v[keep_det] for k, v in det.items()}
+    return {"image": pos[known], "index": detections.image_index[known], "labels": detections.labels[known],
+            "score": detections.scores[known].astype(np.float64),
+            "boxes": detections.boxes[known].astype(np.float64)}, num_unknown
 
 
 def _class_curves(det: dict, status: np.ndarray, num_gt: np.ndarray, method: str, classes_without_gt: str,
                   tie_by_image: bool) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """AP ``float64[C]`` (NaN for a class without ground truth unless ``classes_without_gt="zero"``) and
     the precision and recall arrays of each class, from the matching ``status`` of each detection
-    (1 true positive, 0 false positive, -1 not counted). Each class's detections are ranked by score,
-    ties by image index (``tie_by_image``, ILSVRC and COCO) and then by position in the input."""
+    (1 true positive, 0 false positive, -1 not counted), ranked as the module text says."""
     m, num_classes = len(status), len(num_gt)
     tie = det["index"] if tie_by_image else np.zeros(m, dtype=np.int64)
     order = np.lexsort((np.arange(m), tie, -det["score"], det["labels"]))
@@ -459,7 +377,6 @@ def _class_curves(det: dict, status: np.ndarray, num_gt: np.ndarray, method: str
     return ap, precision, recall
 
 
-
 def coco_ap50_pycocotools(dataset, detections, max_dets: int = 100) -> float:
     """AP at IoU 0.5 (area all, ``max_dets`` per image) by pycocotools' COCOeval, for comparison.
 
@@ -474,21 +391,17 @@ def coco_ap50_pycocotools(dataset, detections, max_dets: int = 100) -> float:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images, anns = [], []
-    for r in dataset.records:
-        images.append({"id": int(r.index), "width": int(r.width), "height": int(r.height)})
-        for b, c, ig in zip(r.boxes.astype(np.float64).tolist(), r.labels.tolist(), r.ignore.tolist()):
-            w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": int(r.index), "category_id": c + 1,
-                         "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": int(ig)})
+    gt = _ground_truth(dataset, len(dataset.classes))
+    det, _ = _place_detections(dataset, detections, unknown_images="ignore")
+    xywh = lambda b: np.hstack([b[:, :2], b[:, 2:] - b[:, :2]]).tolist()  # noqa: E731
+    images = [{"id": int(r.index), "width": int(r.width), "height": int(r.height)} for r in dataset.records]
+    anns = [{"id": k + 1, "image_id": i, "category_id": c + 1, "bbox": b, "area": b[2] * b[3], "iscrowd": int(ig)}
+            for k, (i, c, b, ig) in enumerate(zip(gt["index"].tolist(), gt["labels"].tolist(), xywh(gt["boxes"]),
+                                                  gt["ignore"].tolist()))]
     cats = [{"id": c + 1, "name": n} for c, n in enumerate(dataset.classes.names)]
-    known = {im["id"] for im in images}
-    results = [
-        {"image_id": i, "category_id": c + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s}
-        for i, c, s, b in zip(detections.image_index.tolist(), detections.labels.tolist(),
-                              detections.scores.tolist(), detections.boxes.astype(np.float64).tolist())
-        if i in known
-    ]
+    results = [{"image_id": i, "category_id": c + 1, "bbox": b, "score": s}
+               for i, c, s, b in zip(det["index"].tolist(), det["labels"].tolist(), det["score"].tolist(),
+                                     xywh(det["boxes"]))]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = {"images": images, "annotations": anns, "categories": cats}

@@ -38,6 +38,8 @@ def _font(size: int):
 
 def _panel(draw, image, box, title: str, curves: list, fonts, scale: float) -> None:
     """One axes in ``box = (x0, y0, x1, y1)`` pixels: grid, ticks, labels, curves, legend."""
+    from PIL import Image, ImageDraw
+
     small, normal = fonts
     x0, y0, x1, y1 = box
     left, right, top, bottom = x0 + int(52 * scale), x1 - int(12 * scale), y0 + int(28 * scale), y1 - int(42 * scale)
@@ -51,8 +53,6 @@ def _panel(draw, image, box, title: str, curves: list, fonts, scale: float) -> N
     draw.rectangle([left, top, right, bottom], outline="black")
     draw.text(((left + right) / 2, y0 + 6 * scale), title, fill="black", font=normal, anchor="mt")
     draw.text(((left + right) / 2, bottom + 22 * scale), "recall", fill="black", font=normal, anchor="mt")
-    from PIL import Image, ImageDraw
-
     label = Image.new("RGB", (int(80 * scale), int(18 * scale)), "white")
     ImageDraw.Draw(label).text((label.width / 2, label.height / 2), "precision", fill="black", font=normal, anchor="mm")
     label = label.rotate(90, expand=True)
@@ -89,8 +89,8 @@ def save_pr_curves(result, path: str | Path, best: int = 4, worst: int = 4, dpi:
         curves = []
         for c in classes:
             rec, prec = result.recall[c], result.precision[c]
-            curves.append((f"{result.class_names[c]} ({100 * result.ap[c]:.1f})",
-                           np.concatenate([[0.0], rec]), np.concatenate([[prec[0] if len(prec) else 0.0], prec])))
+            curves.append((f"{result.class_names[c]} ({100 * result.ap[c]:.1f})", np.r_[0.0, rec],
+                           np.r_[prec[0] if len(prec) else 0.0, prec]))
         box = (k * width // 2, 0, (k + 1) * width // 2, height)
         _panel(draw, image, box, f"{title} {len(classes)} classes ({result.rules} rules, AP %)", curves, fonts, scale)
     path = Path(path)
@@ -109,7 +109,6 @@ def plot_recall_curves(results: dict, path, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in results.items():

@@ -48,12 +48,10 @@ def resolve_threads(setting: Any, cores: int | None = None, env: Mapping[str, st
         except ValueError:
             processes = 1
         return max(1, (usable_cores() if cores is None else int(cores)) // processes - 1)
-    if isinstance(setting, bool) or not isinstance(setting, (int, str)):
-        raise ValueError(f"threads={setting!r}: expected auto or a positive integer")
     try:
-        n = int(setting)
+        n = int(setting) if isinstance(setting, (int, str)) and not isinstance(setting, bool) else 0
     except ValueError:
-        raise ValueError(f"threads={setting!r}: expected auto or a positive integer") from None
+        n = 0
     if n < 1:
         raise ValueError(f"threads={setting!r}: expected auto or a positive integer")
     return n
@@ -66,8 +64,7 @@ def apply_threads(setting: Any) -> int:
     environment variable is set instead, which it reads when it loads (``OMP_NUM_THREADS`` for torch's
     OpenMP runtime and MKL, ``OPENCV_FOR_THREADS_NUM`` for OpenCV)."""
     n = resolve_threads(setting)
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    os.environ["OPENCV_FOR_THREADS_NUM"] = str(n)
+    os.environ.update(OMP_NUM_THREADS=str(n), OPENCV_FOR_THREADS_NUM=str(n))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
     if "cv2" in sys.modules:
