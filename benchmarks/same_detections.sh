@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Are this tree's detections byte-identical to those of an earlier commit, on the same detector?
+#
+#   bash benchmarks/same_detections.sh BASE_COMMIT [WORK_FOLDER]
+#
+# Trains the quick demo's detector (tools/demo.py experiment=demo_quick, about 3 minutes on 2 cores) with
+# BASE_COMMIT's code in a git worktree, then runs that one detector with BASE_COMMIT's code and with this
+# tree's code: tools/detect_dataset.py over the 40 val images from the stored proposals with torch fp32,
+# ONNX Runtime fp32 and ONNX Runtime int8, and `tools/detect.py` with live proposals (selective search +
+# MultiBox) on 6 images. Each side works on its own copy of the detector file (its own ONNX cache).
+# Prints one line per output file and IDENTICAL, or the files that differ (exit status 1).
+# WORK_FOLDER (default: a new temporary folder) is created; nothing outside it is written.
+set -euo pipefail
+BASE=${1:?usage: same_detections.sh BASE_COMMIT [WORK_FOLDER]}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=$(realpath -m "${2:-$(mktemp -d -t same_detections.XXXXXX)}")
+PY=${PYTHON:-$HERE/.venv/bin/python}
+mkdir -p "$WORK"
+if [ ! -d "$WORK/base" ]; then git -C "$HERE" worktree add --detach "$WORK/base" "$BASE" >/dev/null; fi
+TRAIN=$WORK/train
+echo "training the quick demo's detector with $BASE's code in $TRAIN (log: $WORK/train.log)"
+(cd "$WORK/base" && PYTHONPATH="$WORK/base" "$PY" tools/demo.py experiment=demo_quick work_dir="$TRAIN" > "$WORK/train.log" 2>&1)
+STORE=$(ls "$TRAIN"/proposals/synthetic_val_*.npz | head -1)
+
+detections() {  # detections TREE OUT: the four runs with TREE's code into OUT, then the sha256 of each file
+    local tree=$1 out=$2
+    rm -rf "$out" && mkdir -p "$out" && cp "$TRAIN/detector.pt" "$out/detector.pt"
+    local common=(experiment=demo_quick "work_dir=$TRAIN" "detector=$out/detector.pt")
+    for run in "torch fp32" "onnxruntime fp32" "onnxruntime int8"; do
+        set -- $run
+        (cd "$tree" && PYTHONPATH="$tree" "$PY" tools/detect_dataset.py "${common[@]}" "proposals_store=$STORE" \
+            "output=$out/val_$1_$2.txt" "backend=$1" "precision=$2" progress=false resume=false) > "$out/log_$1_$2.txt" 2>&1
+    done
+    (cd "$tree" && PYTHONPATH="$tree" "$PY" tools/detect.py "$TRAIN/data/synthetic_det/Data/DET/val" max_images=6 \
+        "${common[@]}" "out_dir=$out/live" coco_results=true draw=false precision=fp32) > "$out/log_live.txt" 2>&1
+    (cd "$out" && sha256sum val_*.txt val_*_fp32.json val_*_int8.json live/*.json | sort -k2)
+}
+
+detections "$WORK/base" "$WORK/before" > "$WORK/before.sha256"
+detections "$HERE" "$WORK/after" > "$WORK/after.sha256"
+cat "$WORK/after.sha256"
+if diff "$WORK/before.sha256" "$WORK/after.sha256" > "$WORK/diff.txt"; then
+    echo "IDENTICAL: $(wc -l < "$WORK/after.sha256") detection files byte-identical to $BASE's on the same detector"
+else
+    echo "DIFFERENT (before < > after):"; cat "$WORK/diff.txt"; exit 1
+fi
