@@ -52,22 +52,15 @@ from pathlib import Path
 import numpy as np
 
 from detect.classes import ClassList, read_class_list
-from detect.data.cache import annotation_fingerprint, cache_path
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, check_id, check_pixels, finish_dataset,
-                                 reader_logs, warn_outside)
-from detect.io import atomic_write_json
+from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, cached_class_list, check_id, check_pixels,
+                                 finish_dataset, reader_logs)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_coco", "find_coco_split", "coco_image_ids_by_name", "coco_category_ids", "as_int", "as_number"]
+__all__ = ["read_coco", "find_coco_split", "coco_image_ids_by_name", "as_int", "as_number", "as_bbox"]
 
 ROBOFLOW_FILE = "_annotations.coco.json"  # a Roboflow COCO export: <root>/<split>/_annotations.coco.json
-
-
-def coco_category_ids(classes: ClassList) -> list[int]:
-    """The COCO ``category_id`` of each label of a class list made by :func:`read_coco`."""
-    return [int(w) for w in classes.wnids]
 
 
 def as_int(value, field: str) -> int:
@@ -298,12 +291,11 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
     for index, record in enumerate(records, 1):
         record.index = index
     files = ", ".join(str(p.file) for p in parts)
-    warn_outside(records, warnings, lambda r: f"{files}: image {r.image_id}")
     return finish_dataset(records, class_list, "+".join(p.name for p in parts), skipped, warnings, files,
-                          sum(p.listed for p in parts), "images", logger=log)
+                          sum(p.listed for p in parts), lambda r: f"{files}: image {r.image_id}", "images", logger=log)
 
 
-CLASSES_VERSION = 1  # part of the training-classes cache's fingerprint: bump when _class_list changes
+CLASSES_VERSION = 2  # part of the training-classes cache's fingerprint: bump when _class_list changes
 
 
 def _training_classes(root, classes_from, classes_from_files, parts: list[_Part], cache_dir) -> ClassList:
@@ -315,27 +307,12 @@ def _training_classes(root, classes_from, classes_from_files, parts: list[_Part]
     names = _names(classes_from, "classes_from") or [Path(str(f)).stem for f in classes_from_files]
     files = [Path(str(f)) if f is not None else find_coco_split(root, name)[0]
              for name, f in zip(names, _per_split(classes_from_files, len(names), "classes_from_files"))]
-    cache = fingerprint = None
-    if cache_dir is not None:
-        paths = [str(f.resolve()) for f in files]
-        cache = cache_path(cache_dir, "coco_classes", paths).with_suffix(".json")
-        fingerprint = annotation_fingerprint(paths, names, ["coco classes", CLASSES_VERSION])
-        try:
-            stored = json.loads(cache.read_text(encoding="utf-8"))
-            if stored.get("fingerprint") == fingerprint:
-                return ClassList.from_dict(stored.get("classes"), str(cache))
-        except (OSError, ValueError, AttributeError):
-            pass
     read = {p.file.resolve(): p for p in parts}
     quiet = SkipLog(log_limit=-1)  # the training split's faults are reported when it is read itself
-    classes = _class_list(None, [read.get(f.resolve()) or _read_part(n, f, None, quiet, quiet)
-                                 for n, f in zip(names, files)])
-    if cache is not None:
-        try:
-            atomic_write_json(cache, {"fingerprint": fingerprint, "classes": classes.to_dict()})
-        except OSError as e:
-            log.warning("%s: cannot write the class cache (%s)", cache, e)
-    return classes
+    paths = [str(f.resolve()) for f in files]
+    return cached_class_list(cache_dir, "coco_classes", paths, paths, names, ["coco classes", CLASSES_VERSION],
+                             lambda: _class_list(None, [read.get(f.resolve()) or _read_part(n, f, None, quiet, quiet)
+                                                        for n, f in zip(names, files)]))
 
 
 def _agreeing_categories(parts: list[_Part]) -> dict:

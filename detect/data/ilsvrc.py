@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,9 @@ import numpy as np
 from detect.classes import ClassList, ilsvrc_det_classes, read_class_list
 from detect.data.cache import ParsedAnnotation, annotation_records, parse_annotation_files
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import (MAX_PIXELS, DetectionDataset, DetectionRecord, check_id, finish_dataset,
-                                 reader_logs, warn_outside)
-from detect.data.xmlfile import read_xml_root
+from detect.data.records import (DetectionDataset, DetectionRecord, check_id, as_class_list, finish_dataset,
+                                 reader_logs, text_lines)
+from detect.data.xmlfile import parse_annotation_xml
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +54,22 @@ LAYOUT_2014_DIRS = {  # split -> (image folder, annotation folder) of the 2013/2
 PARSER_VERSION = 3  # part of the annotation cache's fingerprint: bump when parse_ilsvrc_xml changes
 
 
+def _index(token: str, field: str, where: str) -> int:
+    """An integer list index (fitting an int64); ``ValueError`` naming ``where`` (file:line) otherwise."""
+    try:
+        return check_id(int(token), field)
+    except ValueError as e:
+        why = str(e) if "out of range" in str(e) else f"{field} {token!r} is not an integer"
+        raise ValueError(f"{where}: {why}") from None
+
+
 def read_image_list(path: str | Path) -> list[tuple[str, int]]:
     """Read ``<name> <index>`` lines (``<name>`` alone: index = line number); ``ValueError`` naming the line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise FileNotFoundError(f"{path}: cannot read image list ({e.strerror})") from e
     entries = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
-            continue
+    for lineno, parts in text_lines(path, "image list", comments=True):
         if len(parts) > 2:
-            raise ValueError(f"{path}:{lineno}: expected '<name> <index>', got {line!r}")
-        try:
-            index = check_id(int(parts[1]), "index") if len(parts) == 2 else len(entries) + 1
-        except ValueError as e:
-            why = str(e) if "out of range" in str(e) else f"index {parts[1]!r} is not an integer"
-            raise ValueError(f"{path}:{lineno}: {why}") from None
+            raise ValueError(f"{path}:{lineno}: expected '<name> <index>', got {' '.join(parts)!r}")
+        index = _index(parts[1], "index", f"{path}:{lineno}") if len(parts) == 2 else len(entries) + 1
         if leaves_folder(parts[0]):
             raise ValueError(f"{path}:{lineno}: image name {parts[0]!r} points outside the dataset folder")
         entries.append((parts[0], index))
@@ -80,25 +78,14 @@ def read_image_list(path: str | Path) -> list[tuple[str, int]]:
 
 def read_blacklist(path: str | Path, classes: ClassList) -> set[tuple[int, int]]:
     """Read ``<val index> <wnid>`` lines into ``{(val index, 0-based label)}``; unknown wnids raise."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise FileNotFoundError(f"{path}: cannot read blacklist ({e.strerror})") from e
     out = set()
-    for lineno, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
+    for lineno, parts in text_lines(path, "blacklist"):
         if len(parts) != 2:
-            raise ValueError(f"{path}:{lineno}: expected '<image index> <wnid>', got {line!r}")
-        try:
-            out.add((check_id(int(parts[0]), "image index"), classes.index(parts[1])))
-        except ValueError as e:
-            why = str(e) if "out of range" in str(e) else f"image index {parts[0]!r} is not an integer"
-            raise ValueError(f"{path}:{lineno}: {why}") from None
-        except KeyError:
-            raise ValueError(f"{path}:{lineno}: unknown class {parts[1]!r}") from None
+            raise ValueError(f"{path}:{lineno}: expected '<image index> <wnid>', got {' '.join(parts)!r}")
+        index = _index(parts[0], "image index", f"{path}:{lineno}")
+        if parts[1] not in classes:
+            raise ValueError(f"{path}:{lineno}: unknown class {parts[1]!r}")
+        out.add((index, classes.index(parts[1])))
     return out
 
 
@@ -115,74 +102,20 @@ def _int_value(text) -> int | None:
     return int(round(value)) if math.isfinite(value) else None
 
 
-_BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
-
-
 def parse_ilsvrc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
-    """Parse one ILSVRC annotation file into a :class:`ParsedAnnotation`.
-
-    ``width``/``height``: ``None`` when the file has no usable size; ``boxes: float32[N, 4]`` (xmin,
-    ymin, xmax, ymax as stored), ``labels: int64[N]``; ``problems``: one line per dropped object
-    (unknown class, missing or non-numeric coordinate, a coordinate beyond ``MAX_PIXELS``, inverted
-    box); a size beyond ``MAX_PIXELS`` is no usable size. Raises ``ValueError`` naming the file when it
-    is not readable XML.
-    """
+    """Parse one ILSVRC annotation file (root ``<annotation>``; :func:`detect.data.xmlfile.parse_annotation_xml`,
+    values rounded to int, as stored) into a :class:`ParsedAnnotation`; ``ValueError`` naming the file
+    when it is not readable XML."""
     return ParsedAnnotation.from_raw(_parse_ilsvrc_raw(path, classes))
 
 
-def _parse_ilsvrc_raw(path: str | Path, classes: ClassList) -> tuple:
-    """:func:`parse_ilsvrc_xml` as plain lists (width, height, boxes, labels, flags, problems)."""
-    root = read_xml_root(path)
-    if root.tag != "annotation":
-        raise ValueError(f"{path}: root element is <{root.tag}>, expected <annotation>")
-    lookup = classes._lookup()
-    size: dict = {}
-    boxes, labels, problems = [], [], []
-    k = 0
-    for node in root:  # direct children: one pass, no path queries (20,121 files per evaluation)
-        if node.tag == "size":
-            size = {c.tag: c.text for c in node}
-            continue
-        if node.tag != "object":
-            continue
-        k += 1
-        name, values = "", {}
-        for c in node:
-            if c.tag == "name":
-                name = (c.text or "").strip()
-            elif c.tag == "bndbox":
-                values = {b.tag: b.text for b in c}
-        label = lookup.get(name)
-        if label is None:
-            problems.append(f"unknown class: object {k} ({name!r})")
-            continue
-        coords = [_int_value(values.get(t)) for t in _BOX_TAGS]
-        if None in coords:
-            problems.append(f"missing box: object {k} ({name})")
-            continue
-        if max(abs(c) for c in coords) > MAX_PIXELS:
-            problems.append(f"coordinate out of range: object {k} ({name}) {coords} (beyond {MAX_PIXELS} pixels)")
-            continue
-        if coords[2] < coords[0] or coords[3] < coords[1]:
-            problems.append(f"inverted box: object {k} ({name}) {coords}")
-            continue
-        boxes.append(coords)
-        labels.append(label)
-    width, height = _int_value(size.get("width")), _int_value(size.get("height"))
-    if not width or not height or width <= 0 or height <= 0 or max(width, height) > MAX_PIXELS:
-        width = height = None
-    return width, height, boxes, labels, [False] * len(labels), problems
+_parse_ilsvrc_raw = partial(parse_annotation_xml, number=_int_value, root_tag="annotation")
 
 
 def resolve_classes(classes, root: Path | None = None) -> ClassList:
     """``None`` -> ``root/classes.tsv`` when present, else the 200 ILSVRC classes; a path -> read it."""
-    if isinstance(classes, ClassList):
-        return classes
-    if classes is None:
-        if root is not None and (Path(root) / "classes.tsv").is_file():
-            return read_class_list(Path(root) / "classes.tsv")
-        return ilsvrc_det_classes()
-    return read_class_list(classes)
+    tsv = Path(root) / "classes.tsv" if root is not None else None
+    return as_class_list(classes, lambda: read_class_list(tsv) if tsv and tsv.is_file() else ilsvrc_det_classes())
 
 
 # ---------------------------------------------------------------- layouts and lists
@@ -344,26 +277,25 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     root = Path(root)
     layout = _normalise_layout(layout)
     missing_annotation = _missing_annotation_rule(missing_annotation, split)
-    class_list = resolve_classes(classes, root)
+    classes = resolve_classes(classes, root)
     layout = _choose_layout(root, split, layout, need_annotations=ground_truth is None and missing_annotation == "skip")
     image_dir, xml_dir = _layout_dirs(root, split, layout)
     official = _default_list(root, split, layout, devkit)
     list_path = Path(image_list) if image_list is not None else official
     if ground_truth is not None:
-        entries, parsed = _devkit_entries(ground_truth, image_list, official, list_path, class_list)
+        entries, parsed = _devkit_entries(ground_truth, image_list, official, list_path, classes)
         source = lambda name: str(ground_truth)  # noqa: E731 (the file to name in messages)
     else:
-        entries, parsed = _xml_entries(root, split, layout, xml_dir, list_path, class_list, cache_dir, workers)
+        entries, parsed = _xml_entries(root, split, layout, xml_dir, list_path, classes, cache_dir, workers)
         source = lambda name: os.path.join(str(xml_dir), name + ".xml")  # noqa: E731
     skipped, warnings = reader_logs()
     finder = ImageFinder(image_dir, ".JPEG")
     images = finder.find_all([name for name, _ in entries], check_images, max_missing_images)
     records = annotation_records(entries, images, parsed, finder, source, skipped, warnings, check_images,
                                  missing_annotation, sizes_from_images=ground_truth is None)
-    warn_outside(records, warnings, lambda r: source(r.image_id))
-    pairs = _blacklist_pairs(blacklist, class_list, list_path, official, records)
-    dataset = finish_dataset(records, class_list, f"ilsvrc_{split}", skipped, warnings, f"{root} {split}",
-                             len(entries), blacklist=pairs, logger=log)
+    pairs = _blacklist_pairs(blacklist, classes, list_path, official, records)
+    dataset = finish_dataset(records, classes, f"ilsvrc_{split}", skipped, warnings, f"{root} {split}",
+                             len(entries), lambda r: source(r.image_id), blacklist=pairs, logger=log)
     log.info("%s %s: %d images, %d boxes", root, split, len(records), sum(len(r.boxes) for r in records))
     return dataset
 

@@ -51,7 +51,7 @@ import yaml
 from detect.classes import ClassList, read_class_list
 from detect.data.cache import ParsedFolder, annotation_fingerprint, cache_path
 from detect.data.folder import ImageFinder, image_size, list_images
-from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, finish_dataset, reader_logs, warn_outside
+from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, finish_dataset, reader_logs
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +415,5 @@ def read_yolo(yaml_file: str | Path | None = None, split: str = "val", root: str
         log.warning("%s %s: %d of %d images have no label file: read as images without objects", y.yaml_file,
                     split, unlabelled, len(entries))
     records = _records(y, entries, labels, parsed, remap, skipped, warnings)
-    warn_outside(records, warnings, lambda r: yolo_label_path(r.path, y.root))
     return finish_dataset(records, class_list, f"yolo_{split}", skipped, warnings, f"{y.yaml_file} {split}",
-                          len(images), "images", logger=log)
+                          len(images), lambda r: yolo_label_path(r.path, y.root), "images", logger=log)
