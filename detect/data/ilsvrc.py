@@ -265,13 +265,10 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     classes: ``None`` (``root/classes.tsv`` or the ILSVRC 200), a path, or a ClassList.
     missing_annotation: a listed image without XML: ``"skip"`` (the default, except for
     ``split="test"``) drops it and counts it; ``"empty"`` keeps it without boxes (the test default).
-    check_images: look for every listed image; missing ones are skipped and counted, and more than
-    ``max_missing_images`` (a share) of them missing stops with an error naming the pattern. ``False``
-    (evaluation: no pixels needed) reads the ground truth alone. A size missing from the XML is read
-    from the image header (counted in ``dataset.warnings``), else left 0 (unknown).
-    ground_truth: the devkit's cached ground-truth ``.mat`` in place of the XML folder (official list only).
-    cache_dir: where parsed XML is cached (None: no cache). workers: processes parsing XML on a cold cache.
-    Malformed XML skips the image; bad objects are dropped; both are counted in ``dataset.skipped``.
+    check_images, max_missing_images, cache_dir, workers: as every reader (:mod:`detect.data.records`).
+    A size missing from the XML is read from the image header (counted in ``dataset.warnings``), else
+    left 0 (unknown). ground_truth: the devkit's cached ground-truth ``.mat`` in place of the XML
+    folder (official list only). Malformed XML skips the image; bad objects are dropped; both are counted in ``dataset.skipped``.
     A split where nothing is left raises ``ValueError`` with the summary.
     """
     root = Path(root)
@@ -336,26 +333,16 @@ def _devkit_entries(ground_truth, image_list, official: Path | None, list_path: 
 
 def _blacklist_pairs(blacklist, classes: ClassList, list_path: Path | None, official: Path | None,
                      records: list[DetectionRecord]) -> set[tuple[int, int]]:
-    """The blacklist file's ``{(record index, label)}`` (empty without one), mapped to this list's indices
-    when the list is not the official one."""
+    """The blacklist file's ``{(record index, label)}`` (empty without one). Its entries use official val
+    indices: with another list they are mapped to this list's indices through the image names."""
     if blacklist is None:
         return set()
     pairs = read_blacklist(blacklist, classes)
-    if list_path is not None and list_path != official:
-        pairs = _remap_blacklist(pairs, official, records)
-    return pairs
-
-
-def _remap_blacklist(pairs: set[tuple[int, int]], official: Path | None, records) -> set[tuple[int, int]]:
-    """Blacklist entries use official val indices; map them to this list's indices through image names."""
+    if list_path is None or list_path == official:
+        return pairs
     if official is None:
         log.warning("no official list to map the blacklist through; using its indices as they are")
         return pairs
     name_of = {index: name for name, index in read_image_list(official)}
     index_of = {r.image_id: r.index for r in records}
-    out = set()
-    for val_index, label in pairs:
-        name = name_of.get(val_index)
-        if name in index_of:
-            out.add((index_of[name], label))
-    return out
+    return {(index_of[name_of[i]], label) for i, label in pairs if name_of.get(i) in index_of}

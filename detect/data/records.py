@@ -7,6 +7,12 @@ that reaches past the image border, or lies wholly outside the image, is **kept 
 because the official evaluators (``eval_detection.m``, ``VOCevaldet.m``, ``COCOeval``) score ground
 truth as stored; it is counted in ``dataset.warnings`` ("box outside the image"). Code that needs boxes
 inside the image (training targets, crops) clips them itself.
+
+Parameters the readers share: ``check_images``: look for every listed image (by name, any extension
+case: :class:`detect.data.folder.ImageFinder`); a missing one is skipped and counted, more than
+``max_missing_images`` (a share) missing stops with an error naming the pattern; ``False`` (an
+evaluation: no pixels needed) reads the annotations alone. ``cache_dir``: where parsed annotations
+are cached (``None``: no cache); ``workers``: processes parsing them on a cold cache.
 """
 from __future__ import annotations
 

@@ -115,13 +115,11 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
     the same, its training split, so that their labels agree), or the 20 VOC classes when
     ``classes_from`` is ``None`` too.
     use_difficult: keep ``difficult`` objects as ``ignore=True`` (VOC evaluation: neither counted nor
-    penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list.
-    check_images: look for every listed image in ``JPEGImages`` (any extension and case); missing ones
-    are skipped and counted, more than ``max_missing_images`` (a share) missing stops with an error
-    naming the pattern. ``False`` (evaluation) reads the annotations alone.
-    cache_dir: where parsed XML is cached (None: no cache). workers: processes parsing XML on a cold cache.
-    Unreadable annotations skip the image; bad objects are dropped; both counted in ``dataset.skipped``;
-    sizes read from the images are counted in ``dataset.warnings``.
+    penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list. Images
+    are looked for in ``JPEGImages``; ``check_images``, ``max_missing_images``, ``cache_dir``,
+    ``workers``: as every reader (:mod:`detect.data.records`). Unreadable annotations skip the image;
+    bad objects are dropped; both counted in ``dataset.skipped``; sizes read from the images are
+    counted in ``dataset.warnings``.
     """
     root = Path(root)
     class_list = as_class_list(classes, lambda: voc_classes() if classes_from is None else
