@@ -43,8 +43,7 @@ from detect.data.xmlfile import parse_annotation_xml
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_image_list", "read_blacklist", "parse_ilsvrc_xml", "read_devkit_ground_truth",
-           "resolve_classes", "read_ilsvrc_det"]
+__all__ = ["read_image_list", "read_blacklist", "parse_ilsvrc_xml", "read_devkit_ground_truth", "read_ilsvrc_det"]
 
 LAYOUT_2014_DIRS = {  # split -> (image folder, annotation folder) of the 2013/2014 tarballs
     "val": ("ILSVRC2013_DET_val", "ILSVRC2013_DET_bbox_val"),
@@ -110,12 +109,6 @@ def parse_ilsvrc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
 
 
 _parse_ilsvrc_raw = partial(parse_annotation_xml, number=_int_value, root_tag="annotation")
-
-
-def resolve_classes(classes, root: Path | None = None) -> ClassList:
-    """``None`` -> ``root/classes.tsv`` when present, else the 200 ILSVRC classes; a path -> read it."""
-    tsv = Path(root) / "classes.tsv" if root is not None else None
-    return as_class_list(classes, lambda: read_class_list(tsv) if tsv and tsv.is_file() else ilsvrc_det_classes())
 
 
 # ---------------------------------------------------------------- layouts and lists
@@ -274,7 +267,8 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     root = Path(root)
     layout = _normalise_layout(layout)
     missing_annotation = _missing_annotation_rule(missing_annotation, split)
-    classes = resolve_classes(classes, root)
+    tsv = root / "classes.tsv"
+    classes = as_class_list(classes, lambda: read_class_list(tsv) if tsv.is_file() else ilsvrc_det_classes())
     layout = _choose_layout(root, split, layout, need_annotations=ground_truth is None and missing_annotation == "skip")
     image_dir, xml_dir = _layout_dirs(root, split, layout)
     official = _default_list(root, split, layout, devkit)

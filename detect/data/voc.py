@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from detect.classes import ClassList
-from detect.data.cache import ParsedAnnotation, annotation_records, parse_annotation_files
+from detect.data.cache import annotation_records, parse_annotation_files
 from detect.data.folder import ImageFinder, leaves_folder
 from detect.data.records import (DetectionDataset, DetectionRecord, as_class_list, cached_class_list, finish_dataset,
                                  reader_logs, text_lines)
@@ -31,20 +31,13 @@ from detect.data.xmlfile import parse_annotation_xml, read_xml_root
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VOC_CLASSES", "voc_classes", "discover_voc_classes", "parse_voc_xml", "read_voc"]
+__all__ = ["VOC_CLASSES", "discover_voc_classes", "read_voc"]
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
-PARSER_VERSION = 4  # part of the annotation cache's fingerprint: bump when parse_voc_xml changes
-
-
-def voc_classes() -> ClassList:
-    """The 20 VOC classes in the standard order (ids = names)."""
-    return ClassList.from_names(VOC_CLASSES)
-
-
+PARSER_VERSION = 4  # part of the annotation cache's fingerprint: bump when _parse_voc_raw changes
 DISCOVERY_VERSION = 2  # part of the class-name cache's fingerprint
 
 
@@ -87,13 +80,6 @@ def discover_voc_classes(root: str | Path, split: str, cache_dir: str | Path | N
                              ["voc class names", DISCOVERY_VERSION], find)
 
 
-def parse_voc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
-    """Parse one VOC annotation (:func:`detect.data.xmlfile.parse_annotation_xml`) into a
-    :class:`ParsedAnnotation`: boxes 0-based (VOC values minus 1), ``flags`` the ``difficult`` objects.
-    Raises ``ValueError`` naming the file when it is not readable XML."""
-    return ParsedAnnotation.from_raw(_parse_voc_raw(path, classes))
-
-
 def _number(text) -> float | None:
     try:
         value = float(text)
@@ -102,6 +88,8 @@ def _number(text) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# one annotation file (detect.data.xmlfile.parse_annotation_xml): boxes 0-based (VOC values minus 1),
+# flags the difficult objects
 _parse_voc_raw = partial(parse_annotation_xml, number=_number, offset=1, difficult=True)
 
 
@@ -122,7 +110,7 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
     counted in ``dataset.warnings``.
     """
     root = Path(root)
-    class_list = as_class_list(classes, lambda: voc_classes() if classes_from is None else
+    class_list = as_class_list(classes, lambda: ClassList.from_names(VOC_CLASSES) if classes_from is None else
                                discover_voc_classes(root, classes_from, cache_dir))
     list_path, names = _read_list(root, split)
     xml_dir = root / "Annotations"
