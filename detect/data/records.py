@@ -188,9 +188,6 @@ class SkipLog:
             log.warning("%s: more %s %s (%s); not logged one by one, counted in the summary",
                         file, self.what, self.verb, kind)
 
-    def extend(self, other: "SkipLog") -> None:
-        self.entries.extend(other.entries)
-
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -215,8 +212,8 @@ class DetectionDataset:
     classes: ClassList
     name: str = ""
     blacklist: set[tuple[int, int]] = field(default_factory=set)
-    skipped: SkipLog = field(default_factory=lambda: SkipLog("annotations"))
-    warnings: SkipLog = field(default_factory=lambda: SkipLog("annotations", verb="kept with a warning"))
+    skipped: SkipLog = field(default_factory=lambda: reader_logs()[0])
+    warnings: SkipLog = field(default_factory=lambda: reader_logs()[1])
 
     def __len__(self) -> int:
         return len(self.records)
