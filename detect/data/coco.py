@@ -13,12 +13,12 @@ Classes: ``wnids[i] = str(category id)`` and ``names[i]`` the category name, so 
 to a COCO ``category_id`` with ``int(classes.wnids[i])``. Without a class list they are the categories
 that have at least one (non-crowd) box in the training files, sorted by id; a category without one
 (Roboflow's supercategory, id 0) is left out and the log says so (files with no box at all: every
-category). A class list (``classes``, a file or
-a :class:`ClassList`) fixes order and subset: each id is a category **name**, or, naming no category,
-an integer category id (so the ``classes.tsv`` that prepare_data writes, ids = category ids, works
-too); a listed class without a box in the training split is refused when that split is read. Every
-split of a dataset takes its classes from the training files (``classes_from``) so that the labels
-agree; a category id there must carry the same name in each file.
+category). A class list (``classes``, a file or a :class:`ClassList`) fixes order and subset: each id
+is a category **name**, or, naming no category, an integer category id (so the ``classes.tsv`` that
+prepare_data writes, ids = category ids, works too); a listed class without a box in the training
+split is refused when that split is read. Every split of a dataset takes its classes from the
+training files (``classes_from``) so that the labels agree; a category id there must carry the same
+name in each file.
 Boxes ``[x, y, w, h]`` become ``(x, y, x + w, y + h)``; ``iscrowd`` boxes are kept with ``ignore=True``.
 
 Validation: each entry of ``images``, ``categories`` and ``annotations`` is checked for the type and
@@ -33,9 +33,8 @@ wrongly typed field:
   category, ``bbox`` a list of 4 finite numbers (a string such as ``"1234"`` is refused) with
   width and height > 0, and ``iscrowd`` (when present) 0 or 1 as an integer or JSON boolean (the
   string ``"0"`` is refused; a missing one is 0, as in pycocotools).
-Boxes outside the image follow the one rule of :mod:`detect.data.records`: kept exactly as stored (as
-COCOeval scores them), counted in ``dataset.warnings``. Images are found by ``file_name``, or by its
-stem whatever the extension's case (:class:`detect.data.folder.ImageFinder`).
+Boxes outside the image are kept as stored (as COCOeval scores them; :mod:`detect.data.records`).
+Images are found by ``file_name``, or by its stem in any extension case.
 A file with an annotation ``id`` 0 gets a warning naming it: pycocotools' COCOeval takes a matched id
 of 0 for "unmatched" (``gtm``/``dtm`` 0), so it scores a detection matching that box as a false
 positive; our evaluation and its pycocotools cross-check (which numbers annotations from 1) do not.
@@ -226,8 +225,7 @@ class _Part:
 
 
 def _read_part(name: str, file: Path, image_dir: Path | None, skipped: SkipLog, warnings: SkipLog) -> _Part:
-    """Load and check one file (bad entries counted in ``skipped``; annotation id 0 gets a warning, as
-    pycocotools scores that box's match as a false positive)."""
+    """Load and check one file (bad entries counted in ``skipped``, annotation id 0 in ``warnings``)."""
     data = _load_instances(file)
     categories = _unique_entries(file, data["categories"], "categories", "category", _check_category, skipped)
     if not categories:
