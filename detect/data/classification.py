@@ -21,11 +21,12 @@ from typing import Callable, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from detect.classes import ClassList, read_class_list
+from detect.classes import ClassList
 from detect.distributed import DistributedContext
 from detect.runtime import worker_threads
-from detect.data.images import IMAGE_EXTENSIONS, SampleError, read_image
-from detect.data.records import SkippedItem
+from detect.data.folder import is_image_name
+from detect.data.images import SampleError, read_image
+from detect.data.records import SkippedItem, as_class_list, text_lines
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,16 @@ class ClassificationSplit:
 
 
 def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    return p.is_file() and is_image_name(p.name)
 
 
-def _resolve_classes(classes: ClassList | str | Path | None, fallback: list[str], root: Path) -> ClassList:
-    if isinstance(classes, ClassList):
-        return classes
-    if classes is not None:
-        return read_class_list(classes)
-    if not fallback:
+def _folder_classes(folders: list[Path], root: Path, labels_file) -> ClassList:
+    """The classes without a class list: the sorted class folder names (a flat folder has none)."""
+    if labels_file is not None:
+        raise ValueError(f"{labels_file}: a flat image folder needs a class list (classes=...)")
+    if not folders:
         raise ValueError(f"{root}: no class folders and no class list given")
-    return ClassList.from_names(sorted(fallback))
+    return ClassList.from_names(sorted(p.name for p in folders))
 
 
 def _parse_label(token: str, classes: ClassList, where: str, one_based: bool) -> int:
@@ -81,23 +81,15 @@ def read_split(image_dir: str | Path, classes: ClassList | str | Path | None = N
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: image folder not found")
     samples: list[tuple[Path, int]] = []
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if labels_file is None else []
+    cl = as_class_list(classes, lambda: _folder_classes(folders, root, labels_file))
     if labels_file is None:
-        folders = sorted(p for p in root.iterdir() if p.is_dir())
-        cl = _resolve_classes(classes, [p.name for p in folders], root)
         for folder in folders:
             if folder.name not in cl:
                 raise ValueError(f"{folder}: folder is not a class of the class list ({len(cl)} classes)")
-            label = cl.index(folder.name)
-            samples += [(p, label) for p in sorted(folder.iterdir()) if _is_image(p)]
+            samples += [(p, cl.index(folder.name)) for p in sorted(folder.iterdir()) if _is_image(p)]
     else:
-        labels_file = Path(labels_file)
-        if not labels_file.is_file():
-            raise FileNotFoundError(f"{labels_file}: labels file not found")
-        if classes is None:
-            raise ValueError(f"{labels_file}: a flat image folder needs a class list (classes=...)")
-        cl = _resolve_classes(classes, [], root)
-        lines = [(n, ln.split()) for n, ln in enumerate(labels_file.read_text(encoding="utf-8").splitlines(), 1)
-                 if ln.strip() and not ln.startswith("#")]
+        lines = text_lines(labels_file, "labels file", comments=True)
         if lines and all(len(parts) == 1 for _, parts in lines):  # ILSVRC2012 ground truth: 1-based ids
             images = sorted(p for p in root.iterdir() if _is_image(p))
             if len(images) != len(lines):

@@ -13,12 +13,12 @@ Classes: ``wnids[i] = str(category id)`` and ``names[i]`` the category name, so 
 to a COCO ``category_id`` with ``int(classes.wnids[i])``. Without a class list they are the categories
 that have at least one (non-crowd) box in the training files, sorted by id; a category without one
 (Roboflow's supercategory, id 0) is left out and the log says so (files with no box at all: every
-category). A class list (``classes``, a file or
-a :class:`ClassList`) fixes order and subset: each id is a category **name**, or, naming no category,
-an integer category id (so the ``classes.tsv`` that prepare_data writes, ids = category ids, works
-too); a listed class without a box in the training split is refused when that split is read. Every
-split of a dataset takes its classes from the training files (``classes_from``) so that the labels
-agree; a category id there must carry the same name in each file.
+category). A class list (``classes``, a file or a :class:`ClassList`) fixes order and subset: each id
+is a category **name**, or, naming no category, an integer category id (so the ``classes.tsv`` that
+prepare_data writes, ids = category ids, works too); a listed class without a box in the training
+split is refused when that split is read. Every split of a dataset takes its classes from the
+training files (``classes_from``) so that the labels agree; a category id there must carry the same
+name in each file.
 Boxes ``[x, y, w, h]`` become ``(x, y, x + w, y + h)``; ``iscrowd`` boxes are kept with ``ignore=True``.
 
 Validation: each entry of ``images``, ``categories`` and ``annotations`` is checked for the type and
@@ -33,9 +33,8 @@ wrongly typed field:
   category, ``bbox`` a list of 4 finite numbers (a string such as ``"1234"`` is refused) with
   width and height > 0, and ``iscrowd`` (when present) 0 or 1 as an integer or JSON boolean (the
   string ``"0"`` is refused; a missing one is 0, as in pycocotools).
-Boxes outside the image follow the one rule of :mod:`detect.data.records`: kept exactly as stored (as
-COCOeval scores them), counted in ``dataset.warnings``. Images are found by ``file_name``, or by its
-stem whatever the extension's case (:class:`detect.data.folder.ImageFinder`).
+Boxes outside the image are kept as stored (as COCOeval scores them; :mod:`detect.data.records`).
+Images are found by ``file_name``, or by its stem in any extension case.
 A file with an annotation ``id`` 0 gets a warning naming it: pycocotools' COCOeval takes a matched id
 of 0 for "unmatched" (``gtm``/``dtm`` 0), so it scores a detection matching that box as a false
 positive; our evaluation and its pycocotools cross-check (which numbers annotations from 1) do not.
@@ -52,22 +51,15 @@ from pathlib import Path
 import numpy as np
 
 from detect.classes import ClassList, read_class_list
-from detect.data.cache import annotation_fingerprint, cache_path
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, check_id, check_pixels, finish_dataset,
-                                 reader_logs, warn_outside)
-from detect.io import atomic_write_json
+from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, cached_class_list, check_id, check_pixels,
+                                 finish_dataset, reader_logs)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_coco", "find_coco_split", "coco_image_ids_by_name", "coco_category_ids", "as_int", "as_number"]
+__all__ = ["read_coco", "find_coco_split", "coco_image_ids_by_name", "as_int", "as_number", "as_bbox"]
 
 ROBOFLOW_FILE = "_annotations.coco.json"  # a Roboflow COCO export: <root>/<split>/_annotations.coco.json
-
-
-def coco_category_ids(classes: ClassList) -> list[int]:
-    """The COCO ``category_id`` of each label of a class list made by :func:`read_coco`."""
-    return [int(w) for w in classes.wnids]
 
 
 def as_int(value, field: str) -> int:
@@ -100,49 +92,43 @@ def _kind(value) -> str:
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
 
+def _fields(entry, *keys: str) -> dict:
+    """``entry`` when it is an object holding ``keys``; ``ValueError`` saying what is wrong."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"entry is {_kind(entry)}, not an object")
+    for key in keys:
+        if key not in entry:
+            raise ValueError(f"missing {key}")
+    return entry
+
+
 def _check_category(c) -> tuple[int, str]:
     """``(id, name)`` of a ``categories`` entry; ``ValueError`` saying what is wrong."""
-    if not isinstance(c, dict):
-        raise ValueError(f"entry is {_kind(c)}, not an object")
-    if "id" not in c or "name" not in c:
-        raise ValueError(f"missing {'id' if 'id' not in c else 'name'}")
-    if not isinstance(c["name"], str):
+    if not isinstance(_fields(c, "id", "name")["name"], str):
         raise ValueError(f"name {c['name']!r} is {_kind(c['name'])}, not a string")
     return as_int(c["id"], "id"), c["name"]
 
 
 def _check_image(im) -> tuple[int, tuple[str, int, int]]:
     """``(id, (file_name, width, height))`` of an ``images`` entry; ``ValueError`` saying what is wrong."""
-    if not isinstance(im, dict):
-        raise ValueError(f"entry is {_kind(im)}, not an object")
-    for key in ("id", "file_name", "width", "height"):
-        if key not in im:
-            raise ValueError(f"missing {key}")
-    if not isinstance(im["file_name"], str) or not im["file_name"]:
+    if not isinstance(_fields(im, "id", "file_name", "width", "height")["file_name"], str) or not im["file_name"]:
         raise ValueError(f"file_name {im['file_name']!r} is not a non-empty string")
     if leaves_folder(im["file_name"]):
         raise ValueError(f"file_name {im['file_name']!r} points outside the image folder")
-    size = [as_int(im[k], k) for k in ("width", "height")]
-    for key, value in zip(("width", "height"), size):
-        check_pixels(value, key)
+    size = [check_pixels(as_int(im[k], k), k) for k in ("width", "height")]
     if min(size) <= 0:
         raise ValueError(f"size {size[0]}x{size[1]} is not positive")
     return as_int(im["id"], "id"), (im["file_name"], size[0], size[1])
 
 
-def _check_annotation(ann, images: dict, label_of: dict) -> tuple[int, int, list[float], bool]:
-    """``(image id, label, [x, y, w, h], crowd)`` of an ``annotations`` entry naming a kept image and
-    category; ``ValueError`` saying what is wrong."""
-    if not isinstance(ann, dict):
-        raise ValueError(f"entry is {_kind(ann)}, not an object")
-    for key in ("image_id", "category_id", "bbox"):
-        if key not in ann:
-            raise ValueError(f"missing {key}")
-    image_id = as_int(ann["image_id"], "image_id")
+def _check_annotation(ann, images: dict, categories: dict) -> tuple[int, tuple[int, list[float], bool]]:
+    """``(image id, (category id, [x, y, w, h], crowd))`` of an ``annotations`` entry naming a kept image
+    and category; ``ValueError`` saying what is wrong."""
+    image_id = as_int(_fields(ann, "image_id", "category_id", "bbox")["image_id"], "image_id")
     if image_id not in images:
         raise ValueError(f"unknown image: image_id {image_id}")
     category_id = as_int(ann["category_id"], "category_id")
-    if category_id not in label_of:
+    if category_id not in categories:
         raise ValueError(f"unknown class: category_id {category_id}")
     x, y, w, h = (check_pixels(v, "bbox value") for v in as_bbox(ann["bbox"]))
     if not (w > 0 and h > 0):
@@ -152,7 +138,7 @@ def _check_annotation(ann, images: dict, label_of: dict) -> tuple[int, int, list
         crowd = int(crowd)
     if type(crowd) is not int or crowd not in (0, 1):
         raise ValueError(f"iscrowd {crowd!r} is {_kind(crowd)}, not 0 or 1")
-    return image_id, label_of[category_id], [x, y, w, h], bool(crowd)
+    return image_id, (category_id, [x, y, w, h], bool(crowd))
 
 
 def _where(path: Path, key: str, k: int, entry) -> str:
@@ -190,10 +176,8 @@ def find_coco_split(root: str | Path, split: str) -> tuple[Path, Path]:
 
 def _names(value, what: str) -> list[str]:
     """A split name or a list of them as a list of strings (``None``: empty)."""
-    if value is None:
-        return []
-    names = [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
-    if len(set(names)) != len(names) or not names:
+    names = [] if value is None else [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
+    if value is not None and (len(set(names)) != len(names) or not names):
         raise ValueError(f"{what}={names}: give one or more distinct names")
     return names
 
@@ -201,9 +185,7 @@ def _names(value, what: str) -> list[str]:
 def _per_split(value, n: int, key: str) -> list:
     """``annotation_file`` / ``image_dir`` of each of ``n`` splits: ``None`` (found from root), one path
     (one split) or a list of ``n``."""
-    if value is None:
-        return [None] * n
-    values = [value] if isinstance(value, (str, Path)) else list(value)
+    values = [None] * n if value is None else [value] if isinstance(value, (str, Path)) else list(value)
     if len(values) != n:
         raise ValueError(f"{key}={values}: {len(values)} path(s) for {n} split(s); give one per split, or null")
     return values
@@ -249,8 +231,15 @@ def _read_part(name: str, file: Path, image_dir: Path | None, skipped: SkipLog, 
     if not categories:
         raise ValueError(f"{file}: no usable category; {skipped.summary()}")
     images = _unique_entries(file, data["images"], "images", "image", _check_image, skipped)
-    objects = _objects_per_image(file, data.get("annotations", []), images, {c: c for c in categories}, skipped,
-                                 warnings)
+    annotations = data.get("annotations", [])
+    if any(isinstance(a, dict) and type(a.get("id")) is int and a["id"] == 0 for a in annotations):
+        warnings.add(file, "annotation id 0: pycocotools' COCOeval takes a matched id of 0 for 'unmatched', so "
+                           "scored by pycocotools on this file a detection matching that box is a false positive "
+                           "(our evaluation and its pycocotools cross-check number annotations from 1)")
+    objects = defaultdict(list)
+    for image_id, obj in _check_entries(file, annotations, "annotations", "annotation",
+                                        lambda a: _check_annotation(a, images, categories), skipped):
+        objects[image_id].append(obj)
     return _Part(name, file, image_dir, categories, images, objects, len(data["images"]))
 
 
@@ -258,23 +247,18 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
               check_images: bool = True, max_missing_images: float = 0.1, *, root: str | Path | None = None,
               split=None, classes=None, classes_from=None, classes_from_files=None,
               cache_dir: str | Path | None = None) -> DetectionDataset:
-    """Read COCO split(s) into one dataset; images are ``image_dir / file_name``, ordered by image id.
+    """Read COCO split(s) into one dataset (module docstring: layouts, classes, checks).
 
-    Which files: ``root`` and ``split`` (a name or a list of names) through :func:`find_coco_split`;
-    ``annotation_file`` / ``image_dir`` (one per split, or one path for a single split) replace what
-    would be found. Several splits are read as one (ids ``<split>/<image id>``; their categories
-    must agree). Classes (module docstring): ``classes`` (None, a class list file or a ClassList);
-    ``classes_from`` (split name(s) in ``root``) or ``classes_from_files`` (their annotation files)
-    name the training files that define them (absent: a warning, and the files read here define them);
-    neither: the files read here, which are then the training files (a listed class without a box in
-    them is refused). A class list is matched against the files read here, so an evaluation with one
+    Files: ``root`` and ``split`` (a name or a list) through :func:`find_coco_split`; ``annotation_file``
+    / ``image_dir`` (one per split, or one path for a single split) replace what would be found.
+    Classes: ``classes`` (None, a class list file or a ClassList); ``classes_from`` (split name(s) in
+    ``root``) or ``classes_from_files`` (their files) name the training files that define them
+    (unreadable: a warning, and the files read here define them); neither: the files read here are the
+    training files. A class list is matched against the files read here, so an evaluation with one
     reads no training file. ``cache_dir``: where the training files' classes are cached (None: none).
-    Every valid image is kept (those without annotations have no boxes); record ``image_id`` =
-    str(COCO id), ``index`` = 1-based position. Bad entries are reported, counted in
-    ``dataset.skipped`` and left out. ``check_images``: look for every image (by file name, or its
-    stem in any extension case); missing ones are skipped, more than ``max_missing_images`` (a share)
-    missing stops with an error naming the pattern; ``False`` (evaluation) reads the annotations
-    alone. A file that is not JSON, or not a COCO instances object, raises ``ValueError`` naming it.
+    ``check_images`` / ``max_missing_images``: as every reader (:mod:`detect.data.records`). Records:
+    every valid image, by image id (``image_id`` = str(COCO id), ``index`` = 1-based position).
+    ``ValueError`` naming the file when it is not JSON, or not a COCO instances object.
     """
     sources = _sources(root, split, annotation_file, image_dir)
     skipped, warnings = reader_logs()
@@ -291,19 +275,17 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
             class_list = _class_list(None, parts)
     records = []
     for part in parts:
-        per_image = _labelled(part, class_list, skipped)
-        prefix = f"{part.name}/" if len(parts) > 1 else ""
-        records += _coco_records(part.images, per_image, part.image_dir, check_images, max_missing_images, skipped,
-                                 prefix)
+        label_of = _labels(part, class_list)
+        records += _coco_records(part, label_of, check_images, max_missing_images, skipped,
+                                 f"{part.name}/" if len(parts) > 1 else "")
     for index, record in enumerate(records, 1):
         record.index = index
     files = ", ".join(str(p.file) for p in parts)
-    warn_outside(records, warnings, lambda r: f"{files}: image {r.image_id}")
     return finish_dataset(records, class_list, "+".join(p.name for p in parts), skipped, warnings, files,
-                          sum(p.listed for p in parts), "images", logger=log)
+                          sum(p.listed for p in parts), lambda r: f"{files}: image {r.image_id}", "images", logger=log)
 
 
-CLASSES_VERSION = 1  # part of the training-classes cache's fingerprint: bump when _class_list changes
+CLASSES_VERSION = 2  # part of the training-classes cache's fingerprint: bump when _class_list changes
 
 
 def _training_classes(root, classes_from, classes_from_files, parts: list[_Part], cache_dir) -> ClassList:
@@ -315,27 +297,12 @@ def _training_classes(root, classes_from, classes_from_files, parts: list[_Part]
     names = _names(classes_from, "classes_from") or [Path(str(f)).stem for f in classes_from_files]
     files = [Path(str(f)) if f is not None else find_coco_split(root, name)[0]
              for name, f in zip(names, _per_split(classes_from_files, len(names), "classes_from_files"))]
-    cache = fingerprint = None
-    if cache_dir is not None:
-        paths = [str(f.resolve()) for f in files]
-        cache = cache_path(cache_dir, "coco_classes", paths).with_suffix(".json")
-        fingerprint = annotation_fingerprint(paths, names, ["coco classes", CLASSES_VERSION])
-        try:
-            stored = json.loads(cache.read_text(encoding="utf-8"))
-            if stored.get("fingerprint") == fingerprint:
-                return ClassList.from_dict(stored.get("classes"), str(cache))
-        except (OSError, ValueError, AttributeError):
-            pass
     read = {p.file.resolve(): p for p in parts}
     quiet = SkipLog(log_limit=-1)  # the training split's faults are reported when it is read itself
-    classes = _class_list(None, [read.get(f.resolve()) or _read_part(n, f, None, quiet, quiet)
-                                 for n, f in zip(names, files)])
-    if cache is not None:
-        try:
-            atomic_write_json(cache, {"fingerprint": fingerprint, "classes": classes.to_dict()})
-        except OSError as e:
-            log.warning("%s: cannot write the class cache (%s)", cache, e)
-    return classes
+    paths = [str(f.resolve()) for f in files]
+    return cached_class_list(cache_dir, "coco_classes", paths, paths, names, ["coco classes", CLASSES_VERSION],
+                             lambda: _class_list(None, [read.get(f.resolve()) or _read_part(n, f, None, quiet, quiet)
+                                                        for n, f in zip(names, files)]))
 
 
 def _agreeing_categories(parts: list[_Part]) -> dict:
@@ -389,23 +356,15 @@ def _class_list(classes, training: list[_Part], require_boxes: bool = True) -> C
     return ClassList(tuple(str(i) for i in ids), tuple(categories[i] for i in ids))
 
 
-def _labelled(part: _Part, classes: ClassList, skipped: SkipLog) -> dict[int, list]:
-    """``part.objects`` with labels of ``classes`` for category ids; objects of other categories are
-    counted in ``skipped``. ``ValueError`` when a class id carries another name in this file."""
+def _labels(part: _Part, classes: ClassList) -> dict[int, int]:
+    """``{category id: label}`` of ``classes``; ``ValueError`` when a class id carries another name in
+    ``part``'s file."""
     label_of = {int(w): i for i, w in enumerate(classes.wnids)}
     for cid, i in label_of.items():
         if part.categories.get(cid, classes.names[i]) != classes.names[i]:
             raise ValueError(f"{part.file}: category id {cid} is {part.categories[cid]!r} here but "
                              f"{classes.names[i]!r} in the training files; the labels would not agree")
-    out = {}
-    for image_id, objs in part.objects.items():
-        for c, xywh, crowd in objs:
-            if c not in label_of:
-                skipped.add(f"{part.file}: image {image_id}",
-                            f"not a class: category_id {c} ({part.categories[c]!r}) is not in the class list")
-                continue
-            out.setdefault(image_id, []).append((label_of[c], xywh, crowd))
-    return out
+    return label_of
 
 
 def coco_image_ids_by_name(annotation_file: str | Path) -> dict[str, int]:
@@ -436,63 +395,60 @@ def _load_instances(annotation_file: Path) -> dict:
     return data
 
 
-def _unique_entries(path: Path, entries: list, key: str, what: str, check, skipped: SkipLog) -> dict:
-    """``{id: value}`` of the entries of list ``key`` that ``check`` (entry -> ``(id, value)``) accepts and
-    whose id is new; the others are counted in ``skipped`` as ``bad <what>``."""
-    kept = {}
+def _check_entries(path: Path, entries: list, key: str, what: str, check, skipped: SkipLog) -> list:
+    """``check(entry)`` of each entry of list ``key`` it accepts; an entry it refuses (``ValueError``) is
+    counted in ``skipped`` under ``file: key[k] (id ...)``, as ``bad <what>: <reason>`` unless the
+    reason is one of its own kinds (unknown image, unknown class, degenerate box)."""
+    out = []
     for k, entry in enumerate(entries):
         try:
-            ident, value = check(entry)
-            if ident in kept:
-                raise ValueError(f"duplicate {what} id {ident}")
+            out.append(check(entry))
         except ValueError as e:
-            skipped.add(_where(path, key, k, entry), f"bad {what}: {e}")
-            continue
+            text = str(e) if str(e).startswith(("unknown image", "unknown class", "degenerate box")) else f"bad {what}: {e}"
+            skipped.add(_where(path, key, k, entry), text)
+    return out
+
+
+def _unique_entries(path: Path, entries: list, key: str, what: str, check, skipped: SkipLog) -> dict:
+    """``{id: value}`` of the entries that ``check`` (entry -> ``(id, value)``) accepts and whose id is new."""
+    kept = {}
+
+    def new(entry):
+        ident, value = check(entry)
+        if ident in kept:
+            raise ValueError(f"duplicate {what} id {ident}")
         kept[ident] = value
+
+    _check_entries(path, entries, key, what, new, skipped)
     return kept
 
 
-def _objects_per_image(path: Path, annotations: list, images: dict, label_of: dict, skipped: SkipLog,
-                       warnings: SkipLog) -> dict[int, list[tuple[int, list[float], bool]]]:
-    """``{image id: [(label, [x, y, w, h], crowd), ...]}`` of the valid ``annotations``; the others are
-    counted in ``skipped`` (unknown image, unknown class, degenerate box, or bad annotation). A file
-    with annotation id 0 gets one warning (pycocotools scores that box's match as a false positive)."""
-    per_image = defaultdict(list)
-    if any(isinstance(a, dict) and type(a.get("id")) is int and a["id"] == 0 for a in annotations):
-        warnings.add(path, "annotation id 0: pycocotools' COCOeval takes a matched id of 0 for 'unmatched', so "
-                           "scored by pycocotools on this file a detection matching that box is a false positive "
-                           "(our evaluation and its pycocotools cross-check number annotations from 1)")
-    for k, ann in enumerate(annotations):
-        try:
-            image_id, label, xywh, crowd = _check_annotation(ann, images, label_of)
-        except ValueError as e:
-            text = str(e)
-            kind = text.split(":")[0] if text.startswith(("unknown image", "unknown class", "degenerate box")) else "bad annotation"
-            skipped.add(_where(path, "annotations", k, ann), text if kind != "bad annotation" else f"{kind}: {text}")
-            continue
-        per_image[image_id].append((label, xywh, crowd))
-    return per_image
-
-
-def _coco_records(images: dict, per_image: dict, image_dir: Path, check_images: bool, max_missing_images: float,
-                  skipped: SkipLog, prefix: str = "") -> list[DetectionRecord]:
-    """One record per kept image, by image id (``image_id`` = ``prefix`` + id; ``index``: 1-based position
-    among them), boxes xywh -> xyxy; with ``check_images`` an image not found is skipped (too many stop
-    the reader, see ``ImageFinder``)."""
-    finder = ImageFinder(image_dir, ".jpg")
-    order = sorted(images)
-    paths = finder.find_all([images[i][0] for i in order], check_images, max_missing_images)
+def _coco_records(part: _Part, label_of: dict, check_images: bool, max_missing_images: float, skipped: SkipLog,
+                  prefix: str = "") -> list[DetectionRecord]:
+    """One record per kept image of ``part``, by image id (``image_id`` = ``prefix`` + id), boxes xywh ->
+    xyxy, labels ``label_of[category id]``: an object of another category is counted in ``skipped``
+    (not a class); with ``check_images`` an image not found is skipped (too many stop the reader, see
+    ``ImageFinder``)."""
+    finder = ImageFinder(part.image_dir, ".jpg")
+    order = sorted(part.images)
+    paths = finder.find_all([part.images[i][0] for i in order], check_images, max_missing_images)
     records = []
-    for index, (image_id, path) in enumerate(zip(order, paths), 1):
-        file_name, width, height = images[image_id]
+    for image_id, path in zip(order, paths):
+        anns = []
+        for c, xywh, crowd in part.objects.get(image_id, []):
+            if c in label_of:
+                anns.append((label_of[c], xywh, crowd))
+            else:
+                skipped.add(f"{part.file}: image {image_id}",
+                            f"not a class: category_id {c} ({part.categories[c]!r}) is not in the class list")
+        file_name, width, height = part.images[image_id]
         if path is None:
-            path = image_dir / file_name
+            path = part.image_dir / file_name
             if check_images:
                 skipped.add(path, "missing image")
                 continue
-        anns = per_image.get(image_id, [])
         xywh = np.array([a[1] for a in anns], np.float64).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         records.append(DetectionRecord(f"{prefix}{image_id}", path, width, height, boxes, [a[0] for a in anns],
-                                       [a[2] for a in anns], index))
+                                       [a[2] for a in anns]))
     return records

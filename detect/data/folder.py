@@ -14,7 +14,6 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from detect.classes import ClassList
@@ -199,8 +198,7 @@ def read_image_folder(paths, classes: ClassList | None = None) -> DetectionDatas
         except ValueError as e:
             skipped.add(f, f"unreadable image: {e}")
             continue
-        records.append(DetectionRecord(str(f), f, width, height, np.zeros((0, 4), np.float32),
-                                       np.zeros(0, np.int64), np.zeros(0, bool), len(records) + 1))
+        records.append(DetectionRecord(str(f), f, width, height, [], [], [], len(records) + 1))
     if len(skipped):
         log.warning("%s", skipped.summary())
     return DetectionDataset(records, classes or ClassList((), ()), name="folder", skipped=skipped)

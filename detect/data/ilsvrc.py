@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +37,13 @@ import numpy as np
 from detect.classes import ClassList, ilsvrc_det_classes, read_class_list
 from detect.data.cache import ParsedAnnotation, annotation_records, parse_annotation_files
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import (MAX_PIXELS, DetectionDataset, DetectionRecord, check_id, finish_dataset,
-                                 reader_logs, warn_outside)
-from detect.data.xmlfile import read_xml_root
+from detect.data.records import (DetectionDataset, DetectionRecord, check_id, as_class_list, finish_dataset,
+                                 reader_logs, text_lines)
+from detect.data.xmlfile import parse_annotation_xml
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_image_list", "read_blacklist", "parse_ilsvrc_xml", "read_devkit_ground_truth",
-           "resolve_classes", "read_ilsvrc_det"]
+__all__ = ["read_image_list", "read_blacklist", "parse_ilsvrc_xml", "read_devkit_ground_truth", "read_ilsvrc_det"]
 
 LAYOUT_2014_DIRS = {  # split -> (image folder, annotation folder) of the 2013/2014 tarballs
     "val": ("ILSVRC2013_DET_val", "ILSVRC2013_DET_bbox_val"),
@@ -53,25 +53,22 @@ LAYOUT_2014_DIRS = {  # split -> (image folder, annotation folder) of the 2013/2
 PARSER_VERSION = 3  # part of the annotation cache's fingerprint: bump when parse_ilsvrc_xml changes
 
 
+def _index(token: str, field: str, where: str) -> int:
+    """An integer list index (fitting an int64); ``ValueError`` naming ``where`` (file:line) otherwise."""
+    try:
+        return check_id(int(token), field)
+    except ValueError as e:
+        why = str(e) if "out of range" in str(e) else f"{field} {token!r} is not an integer"
+        raise ValueError(f"{where}: {why}") from None
+
+
 def read_image_list(path: str | Path) -> list[tuple[str, int]]:
     """Read ``<name> <index>`` lines (``<name>`` alone: index = line number); ``ValueError`` naming the line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise FileNotFoundError(f"{path}: cannot read image list ({e.strerror})") from e
     entries = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
-            continue
+    for lineno, parts in text_lines(path, "image list", comments=True):
         if len(parts) > 2:
-            raise ValueError(f"{path}:{lineno}: expected '<name> <index>', got {line!r}")
-        try:
-            index = check_id(int(parts[1]), "index") if len(parts) == 2 else len(entries) + 1
-        except ValueError as e:
-            why = str(e) if "out of range" in str(e) else f"index {parts[1]!r} is not an integer"
-            raise ValueError(f"{path}:{lineno}: {why}") from None
+            raise ValueError(f"{path}:{lineno}: expected '<name> <index>', got {' '.join(parts)!r}")
+        index = _index(parts[1], "index", f"{path}:{lineno}") if len(parts) == 2 else len(entries) + 1
         if leaves_folder(parts[0]):
             raise ValueError(f"{path}:{lineno}: image name {parts[0]!r} points outside the dataset folder")
         entries.append((parts[0], index))
@@ -80,25 +77,14 @@ def read_image_list(path: str | Path) -> list[tuple[str, int]]:
 
 def read_blacklist(path: str | Path, classes: ClassList) -> set[tuple[int, int]]:
     """Read ``<val index> <wnid>`` lines into ``{(val index, 0-based label)}``; unknown wnids raise."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise FileNotFoundError(f"{path}: cannot read blacklist ({e.strerror})") from e
     out = set()
-    for lineno, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
+    for lineno, parts in text_lines(path, "blacklist"):
         if len(parts) != 2:
-            raise ValueError(f"{path}:{lineno}: expected '<image index> <wnid>', got {line!r}")
-        try:
-            out.add((check_id(int(parts[0]), "image index"), classes.index(parts[1])))
-        except ValueError as e:
-            why = str(e) if "out of range" in str(e) else f"image index {parts[0]!r} is not an integer"
-            raise ValueError(f"{path}:{lineno}: {why}") from None
-        except KeyError:
-            raise ValueError(f"{path}:{lineno}: unknown class {parts[1]!r}") from None
+            raise ValueError(f"{path}:{lineno}: expected '<image index> <wnid>', got {' '.join(parts)!r}")
+        index = _index(parts[0], "image index", f"{path}:{lineno}")
+        if parts[1] not in classes:
+            raise ValueError(f"{path}:{lineno}: unknown class {parts[1]!r}")
+        out.add((index, classes.index(parts[1])))
     return out
 
 
@@ -115,74 +101,14 @@ def _int_value(text) -> int | None:
     return int(round(value)) if math.isfinite(value) else None
 
 
-_BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
-
-
 def parse_ilsvrc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
-    """Parse one ILSVRC annotation file into a :class:`ParsedAnnotation`.
-
-    ``width``/``height``: ``None`` when the file has no usable size; ``boxes: float32[N, 4]`` (xmin,
-    ymin, xmax, ymax as stored), ``labels: int64[N]``; ``problems``: one line per dropped object
-    (unknown class, missing or non-numeric coordinate, a coordinate beyond ``MAX_PIXELS``, inverted
-    box); a size beyond ``MAX_PIXELS`` is no usable size. Raises ``ValueError`` naming the file when it
-    is not readable XML.
-    """
+    """Parse one ILSVRC annotation file (root ``<annotation>``; :func:`detect.data.xmlfile.parse_annotation_xml`,
+    values rounded to int, as stored) into a :class:`ParsedAnnotation`; ``ValueError`` naming the file
+    when it is not readable XML."""
     return ParsedAnnotation.from_raw(_parse_ilsvrc_raw(path, classes))
 
 
-def _parse_ilsvrc_raw(path: str | Path, classes: ClassList) -> tuple:
-    """:func:`parse_ilsvrc_xml` as plain lists (width, height, boxes, labels, flags, problems)."""
-    root = read_xml_root(path)
-    if root.tag != "annotation":
-        raise ValueError(f"{path}: root element is <{root.tag}>, expected <annotation>")
-    lookup = classes._lookup()
-    size: dict = {}
-    boxes, labels, problems = [], [], []
-    k = 0
-    for node in root:  # direct children: one pass, no path queries (20,121 files per evaluation)
-        if node.tag == "size":
-            size = {c.tag: c.text for c in node}
-            continue
-        if node.tag != "object":
-            continue
-        k += 1
-        name, values = "", {}
-        for c in node:
-            if c.tag == "name":
-                name = (c.text or "").strip()
-            elif c.tag == "bndbox":
-                values = {b.tag: b.text for b in c}
-        label = lookup.get(name)
-        if label is None:
-            problems.append(f"unknown class: object {k} ({name!r})")
-            continue
-        coords = [_int_value(values.get(t)) for t in _BOX_TAGS]
-        if None in coords:
-            problems.append(f"missing box: object {k} ({name})")
-            continue
-        if max(abs(c) for c in coords) > MAX_PIXELS:
-            problems.append(f"coordinate out of range: object {k} ({name}) {coords} (beyond {MAX_PIXELS} pixels)")
-            continue
-        if coords[2] < coords[0] or coords[3] < coords[1]:
-            problems.append(f"inverted box: object {k} ({name}) {coords}")
-            continue
-        boxes.append(coords)
-        labels.append(label)
-    width, height = _int_value(size.get("width")), _int_value(size.get("height"))
-    if not width or not height or width <= 0 or height <= 0 or max(width, height) > MAX_PIXELS:
-        width = height = None
-    return width, height, boxes, labels, [False] * len(labels), problems
-
-
-def resolve_classes(classes, root: Path | None = None) -> ClassList:
-    """``None`` -> ``root/classes.tsv`` when present, else the 200 ILSVRC classes; a path -> read it."""
-    if isinstance(classes, ClassList):
-        return classes
-    if classes is None:
-        if root is not None and (Path(root) / "classes.tsv").is_file():
-            return read_class_list(Path(root) / "classes.tsv")
-        return ilsvrc_det_classes()
-    return read_class_list(classes)
+_parse_ilsvrc_raw = partial(parse_annotation_xml, number=_int_value, root_tag="annotation")
 
 
 # ---------------------------------------------------------------- layouts and lists
@@ -332,38 +258,35 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     classes: ``None`` (``root/classes.tsv`` or the ILSVRC 200), a path, or a ClassList.
     missing_annotation: a listed image without XML: ``"skip"`` (the default, except for
     ``split="test"``) drops it and counts it; ``"empty"`` keeps it without boxes (the test default).
-    check_images: look for every listed image; missing ones are skipped and counted, and more than
-    ``max_missing_images`` (a share) of them missing stops with an error naming the pattern. ``False``
-    (evaluation: no pixels needed) reads the ground truth alone. A size missing from the XML is read
-    from the image header (counted in ``dataset.warnings``), else left 0 (unknown).
-    ground_truth: the devkit's cached ground-truth ``.mat`` in place of the XML folder (official list only).
-    cache_dir: where parsed XML is cached (None: no cache). workers: processes parsing XML on a cold cache.
-    Malformed XML skips the image; bad objects are dropped; both are counted in ``dataset.skipped``.
+    check_images, max_missing_images, cache_dir, workers: as every reader (:mod:`detect.data.records`).
+    A size missing from the XML is read from the image header (counted in ``dataset.warnings``), else
+    left 0 (unknown). ground_truth: the devkit's cached ground-truth ``.mat`` in place of the XML
+    folder (official list only). Malformed XML skips the image; bad objects are dropped; both are counted in ``dataset.skipped``.
     A split where nothing is left raises ``ValueError`` with the summary.
     """
     root = Path(root)
     layout = _normalise_layout(layout)
     missing_annotation = _missing_annotation_rule(missing_annotation, split)
-    class_list = resolve_classes(classes, root)
+    tsv = root / "classes.tsv"
+    classes = as_class_list(classes, lambda: read_class_list(tsv) if tsv.is_file() else ilsvrc_det_classes())
     layout = _choose_layout(root, split, layout, need_annotations=ground_truth is None and missing_annotation == "skip")
     image_dir, xml_dir = _layout_dirs(root, split, layout)
     official = _default_list(root, split, layout, devkit)
     list_path = Path(image_list) if image_list is not None else official
     if ground_truth is not None:
-        entries, parsed = _devkit_entries(ground_truth, image_list, official, list_path, class_list)
+        entries, parsed = _devkit_entries(ground_truth, image_list, official, list_path, classes)
         source = lambda name: str(ground_truth)  # noqa: E731 (the file to name in messages)
     else:
-        entries, parsed = _xml_entries(root, split, layout, xml_dir, list_path, class_list, cache_dir, workers)
+        entries, parsed = _xml_entries(root, split, layout, xml_dir, list_path, classes, cache_dir, workers)
         source = lambda name: os.path.join(str(xml_dir), name + ".xml")  # noqa: E731
     skipped, warnings = reader_logs()
     finder = ImageFinder(image_dir, ".JPEG")
     images = finder.find_all([name for name, _ in entries], check_images, max_missing_images)
     records = annotation_records(entries, images, parsed, finder, source, skipped, warnings, check_images,
                                  missing_annotation, sizes_from_images=ground_truth is None)
-    warn_outside(records, warnings, lambda r: source(r.image_id))
-    pairs = _blacklist_pairs(blacklist, class_list, list_path, official, records)
-    dataset = finish_dataset(records, class_list, f"ilsvrc_{split}", skipped, warnings, f"{root} {split}",
-                             len(entries), blacklist=pairs, logger=log)
+    pairs = _blacklist_pairs(blacklist, classes, list_path, official, records)
+    dataset = finish_dataset(records, classes, f"ilsvrc_{split}", skipped, warnings, f"{root} {split}",
+                             len(entries), lambda r: source(r.image_id), blacklist=pairs, logger=log)
     log.info("%s %s: %d images, %d boxes", root, split, len(records), sum(len(r.boxes) for r in records))
     return dataset
 
@@ -404,26 +327,16 @@ def _devkit_entries(ground_truth, image_list, official: Path | None, list_path: 
 
 def _blacklist_pairs(blacklist, classes: ClassList, list_path: Path | None, official: Path | None,
                      records: list[DetectionRecord]) -> set[tuple[int, int]]:
-    """The blacklist file's ``{(record index, label)}`` (empty without one), mapped to this list's indices
-    when the list is not the official one."""
+    """The blacklist file's ``{(record index, label)}`` (empty without one). Its entries use official val
+    indices: with another list they are mapped to this list's indices through the image names."""
     if blacklist is None:
         return set()
     pairs = read_blacklist(blacklist, classes)
-    if list_path is not None and list_path != official:
-        pairs = _remap_blacklist(pairs, official, records)
-    return pairs
-
-
-def _remap_blacklist(pairs: set[tuple[int, int]], official: Path | None, records) -> set[tuple[int, int]]:
-    """Blacklist entries use official val indices; map them to this list's indices through image names."""
+    if list_path is None or list_path == official:
+        return pairs
     if official is None:
         log.warning("no official list to map the blacklist through; using its indices as they are")
         return pairs
     name_of = {index: name for name, index in read_image_list(official)}
     index_of = {r.image_id: r.index for r in records}
-    out = set()
-    for val_index, label in pairs:
-        name = name_of.get(val_index)
-        if name in index_of:
-            out.add((index_of[name], label))
-    return out
+    return {(index_of[name_of[i]], label) for i, label in pairs if name_of.get(i) in index_of}

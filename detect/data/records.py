@@ -7,23 +7,31 @@ that reaches past the image border, or lies wholly outside the image, is **kept 
 because the official evaluators (``eval_detection.m``, ``VOCevaldet.m``, ``COCOeval``) score ground
 truth as stored; it is counted in ``dataset.warnings`` ("box outside the image"). Code that needs boxes
 inside the image (training targets, crops) clips them itself.
+
+Parameters the readers share: ``check_images``: look for every listed image (by name, any extension
+case: :class:`detect.data.folder.ImageFinder`); a missing one is skipped and counted, more than
+``max_missing_images`` (a share) missing stops with an error naming the pattern; ``False`` (an
+evaluation: no pixels needed) reads the annotations alone. ``cache_dir``: where parsed annotations
+are cached (``None``: no cache); ``workers``: processes parsing them on a cold cache.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from detect.classes import ClassList
+from detect.classes import ClassList, read_class_list
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "SkippedItem", "warn_outside", "reader_logs",
-           "finish_dataset", "MAX_ID", "MAX_PIXELS", "check_id", "check_pixels"]
+           "finish_dataset", "MAX_ID", "MAX_PIXELS", "check_id", "check_pixels", "as_class_list", "cached_class_list",
+           "text_lines"]
 
 # Bounds on the integers read from annotation files: limits of the formats the values are held in, not
 # settings. Beyond them a value is no id or pixel position (it would overflow numpy's int64 or lose
@@ -44,6 +52,54 @@ def check_pixels(value: float, field: str) -> float:
     if not abs(value) <= MAX_PIXELS:
         raise ValueError(f"{field} {value:g} is out of range (pixel values are at most {MAX_PIXELS})")
     return value
+
+
+def as_class_list(classes: ClassList | str | Path | None, default: Callable[[], ClassList]) -> ClassList:
+    """A reader's ``classes`` argument as a ClassList: itself, the class list file it names, or (``None``)
+    ``default()``."""
+    if classes is None:
+        return default()
+    return classes if isinstance(classes, ClassList) else read_class_list(classes)
+
+
+def cached_class_list(cache_dir, tag: str, identity: list, files: list[str], names: list[str], extra: list,
+                      make: Callable[[], ClassList]) -> ClassList:
+    """``make()``, kept as JSON in ``cache_dir`` (``None``: not kept) under ``tag`` and ``identity`` (see
+    :func:`detect.data.cache.cache_path`), and made again when the fingerprint of ``extra``, ``names``
+    and each of ``files``' stat differs (an annotation file edited, added or removed)."""
+    if cache_dir is None:
+        return make()
+    from detect.data.cache import annotation_fingerprint, cache_path  # cache imports this module
+    from detect.io import atomic_write_json
+
+    cache = cache_path(cache_dir, tag, identity).with_suffix(".json")
+    fingerprint = annotation_fingerprint(files, names, extra)
+    try:
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+        if stored.get("fingerprint") == fingerprint:
+            return ClassList.from_dict(stored.get("classes"), str(cache))
+    except (OSError, ValueError, AttributeError):
+        pass
+    classes = make()
+    try:
+        atomic_write_json(cache, {"fingerprint": fingerprint, "classes": classes.to_dict()})
+    except OSError as e:
+        log.warning("%s: cannot write the class cache (%s)", cache, e)
+    return classes
+
+
+def text_lines(path: str | Path, what: str, comments: bool = False) -> list[tuple[int, list[str]]]:
+    """``(line number, whitespace-separated tokens)`` of each non-blank line of a text file (and, with
+    ``comments``, not starting with ``#``); ``FileNotFoundError`` (unreadable) or ``ValueError`` (not
+    UTF-8) naming the file and ``what`` it is."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read {what} ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: cannot read {what} (not UTF-8 text: {e})") from None
+    lines = [(n, line.split()) for n, line in enumerate(text.splitlines(), 1)]
+    return [(n, t) for n, t in lines if t and not (comments and t[0].startswith("#"))]
 
 
 @dataclass
@@ -132,9 +188,6 @@ class SkipLog:
             log.warning("%s: more %s %s (%s); not logged one by one, counted in the summary",
                         file, self.what, self.verb, kind)
 
-    def extend(self, other: "SkipLog") -> None:
-        self.entries.extend(other.entries)
-
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -159,8 +212,8 @@ class DetectionDataset:
     classes: ClassList
     name: str = ""
     blacklist: set[tuple[int, int]] = field(default_factory=set)
-    skipped: SkipLog = field(default_factory=lambda: SkipLog("annotations"))
-    warnings: SkipLog = field(default_factory=lambda: SkipLog("annotations", verb="kept with a warning"))
+    skipped: SkipLog = field(default_factory=lambda: reader_logs()[0])
+    warnings: SkipLog = field(default_factory=lambda: reader_logs()[1])
 
     def __len__(self) -> int:
         return len(self.records)
@@ -182,12 +235,14 @@ def reader_logs() -> tuple[SkipLog, SkipLog]:
 
 
 def finish_dataset(records: list[DetectionRecord], classes: ClassList, name: str, skipped: SkipLog,
-                   warnings: SkipLog, where: str, listed: int, listed_what: str = "listed images",
+                   warnings: SkipLog, where: str, listed: int, source, listed_what: str = "listed images",
                    blacklist: set[tuple[int, int]] | None = None, logger: logging.Logger = log) -> DetectionDataset:
-    """A reader's last step: the :class:`DetectionDataset` of ``records``, its summary logged (to ``logger``,
-    the reader's) as a warning when anything was skipped or repaired. ``where`` (the file, or folder and
-    split, read) starts the messages; ``listed`` entries (``listed_what``) of which none became a record
-    raise ``ValueError``."""
+    """A reader's last step: :func:`warn_outside` (``source(record)`` names its annotation file), then the
+    :class:`DetectionDataset` of ``records``, its summary logged (to ``logger``, the reader's) as a
+    warning when anything was skipped or repaired. ``where`` (the file, or folder and split, read)
+    starts the messages; ``listed`` entries (``listed_what``) of which none became a record raise
+    ``ValueError``."""
+    warn_outside(records, warnings, source)
     dataset = DetectionDataset(records, classes, name=name, blacklist=set() if blacklist is None else blacklist,
                                skipped=skipped, warnings=warnings)
     if len(skipped) or len(warnings):

@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 from detect.models.convention import InputConvention
 
 __all__ = ["TrainTransform", "TestTransform", "to_float_tensor", "resize_shorter", "five_crops", "crops_144",
-           "INTERPOLATIONS", "num_test_crops"]
+           "INTERPOLATIONS"]
 
 INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic")
 
@@ -44,15 +44,18 @@ def to_float_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return image.float()
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``Tensor[C, H, W]`` float to ``size = (h, w)``; ``area`` is true area averaging."""
+def _check_mode(mode: str) -> str:
     if mode not in INTERPOLATIONS:
         raise ValueError(f"unknown interpolation {mode!r}, expected one of {INTERPOLATIONS}")
+    return mode
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``Tensor[C, H, W]`` float to ``size = (h, w)``; ``area`` is true area averaging."""
+    _check_mode(mode)
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    if mode in ("bilinear", "bicubic"):
-        kwargs["antialias"] = True
+    kwargs = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
     out = F.interpolate(x[None], size=size, mode=mode, **kwargs)[0]
     return out.clamp_(0.0, 1.0) if mode == "bicubic" else out
 
@@ -81,13 +84,10 @@ class TrainTransform:
                  ratio: Sequence[float] = (3 / 4, 4 / 3), interpolations: Sequence[str] = INTERPOLATIONS,
                  brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.0,
                  flip_prob: float = 0.5, convention: InputConvention | dict | None = None):
-        for mode in interpolations:
-            if mode not in INTERPOLATIONS:
-                raise ValueError(f"unknown interpolation {mode!r}, expected one of {INTERPOLATIONS}")
         self.crop_size = int(crop_size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
-        self.interpolations = tuple(interpolations)
+        self.interpolations = tuple(_check_mode(m) for m in interpolations)
         self.jitter = v2.ColorJitter(brightness, contrast, saturation, hue) if any((brightness, contrast, saturation, hue)) else None
         self.flip_prob = float(flip_prob)
         self.convention = InputConvention.from_dict(convention)
@@ -154,11 +154,6 @@ def crops_144(x: torch.Tensor, size: int, scales: Sequence[int]) -> list[torch.T
     return crops + [c.flip(-1) for c in crops]
 
 
-def num_test_crops(crops: int, scales: Sequence[float] = (256, 288, 320, 352)) -> int:
-    """Crops per image of each scheme: 1, 10, or 144 (= 4 scales x 3 squares x 6 x 2)."""
-    return {1: 1, 10: 10}.get(crops, len(scales) * 36)
-
-
 class TestTransform:
     """Test-time crops; ``__call__(image)`` -> ``Tensor[3, S, S]`` (``crops=1``) or ``Tensor[K, 3, S, S]``
     (``crops=10``: K = 10; ``crops=144``: K = 144), float32, prepared with ``convention``.
@@ -183,12 +178,9 @@ class TestTransform:
 
     def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = to_float_tensor(image)
-        s = self.crop_size
+        if self.crops == 144:
+            return self.convention.normalize(torch.stack(crops_144(x, self.crop_size, self.scales)))
+        five = five_crops(resize_shorter(x, self.resize), self.crop_size)
         if self.crops == 1:
-            return self.convention.normalize(five_crops(resize_shorter(x, self.resize), s)[4].contiguous())
-        if self.crops == 10:
-            five = five_crops(resize_shorter(x, self.resize), s)
-            crops = five + [c.flip(-1) for c in five]
-        else:
-            crops = crops_144(x, s, self.scales)
-        return self.convention.normalize(torch.stack(crops))
+            return self.convention.normalize(five[4].contiguous())
+        return self.convention.normalize(torch.stack(five + [c.flip(-1) for c in five]))

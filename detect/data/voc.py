@@ -16,47 +16,35 @@ object names found in that split's annotations, sorted (:func:`discover_voc_clas
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
+from functools import partial
 from pathlib import Path
 
-from detect.classes import ClassList, read_class_list
-from detect.data.cache import (ParsedAnnotation, annotation_fingerprint, annotation_records, cache_path,
-                               parse_annotation_files)
+from detect.classes import ClassList
+from detect.data.cache import annotation_records, parse_annotation_files
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import (MAX_PIXELS, DetectionDataset, DetectionRecord, finish_dataset, reader_logs,
-                                 warn_outside)
-from detect.data.xmlfile import read_xml_root
-from detect.io import atomic_write_json
+from detect.data.records import (DetectionDataset, DetectionRecord, as_class_list, cached_class_list, finish_dataset,
+                                 reader_logs, text_lines)
+from detect.data.xmlfile import parse_annotation_xml, read_xml_root
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VOC_CLASSES", "voc_classes", "discover_voc_classes", "parse_voc_xml", "read_voc"]
+__all__ = ["VOC_CLASSES", "discover_voc_classes", "read_voc"]
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
-PARSER_VERSION = 3  # part of the annotation cache's fingerprint: bump when parse_voc_xml changes
-
-
-def voc_classes() -> ClassList:
-    """The 20 VOC classes in the standard order (ids = names)."""
-    return ClassList.from_names(VOC_CLASSES)
-
-
-DISCOVERY_VERSION = 1  # part of the class-name cache's fingerprint
+PARSER_VERSION = 4  # part of the annotation cache's fingerprint: bump when _parse_voc_raw changes
+DISCOVERY_VERSION = 2  # part of the class-name cache's fingerprint
 
 
 def _read_list(root: Path, split: str) -> tuple[Path, list[str]]:
     """``(list path, image names)`` of ``ImageSets/Main/<split>.txt``; names leading outside are refused."""
     list_path = root / "ImageSets" / "Main" / f"{split}.txt"
-    try:
-        names = [line.split()[0] for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except OSError as e:
-        raise FileNotFoundError(f"{list_path}: cannot read VOC image list ({e.strerror})") from None
+    names = [parts[0] for _, parts in text_lines(list_path, "VOC image list")]
     outside = [n for n in names if leaves_folder(n)]
     if outside:
         raise ValueError(f"{list_path}: image name {outside[0]!r} points outside the dataset folder")
@@ -73,34 +61,23 @@ def discover_voc_classes(root: str | Path, split: str, cache_dir: str | Path | N
     list_path, names = _read_list(root, split)
     xml_dir = root / "Annotations"
     files = [os.path.join(xml_dir, name + ".xml") for name in names]
-    cache = fingerprint = None
-    if cache_dir is not None:
-        cache = cache_path(cache_dir, f"voc_{split}_classes", [str(xml_dir.resolve())]).with_suffix(".json")
-        fingerprint = annotation_fingerprint(files, names, ["voc class names", DISCOVERY_VERSION])
-        try:
-            stored = json.loads(cache.read_text(encoding="utf-8"))
-            if stored.get("fingerprint") == fingerprint and stored.get("names"):
-                return ClassList.from_names(stored["names"])
-        except (OSError, ValueError, AttributeError):
-            pass
-    found = set()
-    for path in files:
-        try:
-            root_node = read_xml_root(path)
-        except (OSError, ValueError):
-            continue
-        found.update(n for n in ((obj.findtext("name") or "").strip() for obj in root_node.iterfind("object")) if n)
-    if not found:
-        raise ValueError(f"{list_path}: no object names in the annotations of the {len(names)} listed images; "
-                         "the classes cannot be taken from them (give data.classes=<class list file>)")
-    classes = sorted(found)
-    if cache is not None:
-        try:
-            atomic_write_json(cache, {"fingerprint": fingerprint, "names": classes})
-        except OSError as e:
-            log.warning("%s: cannot write the class-name cache (%s)", cache, e)
-    log.info("%s %s: %d classes found in the annotations", root, split, len(classes))
-    return ClassList.from_names(classes)
+
+    def find() -> ClassList:
+        found = set()
+        for path in files:
+            try:
+                root_node = read_xml_root(path)
+            except (OSError, ValueError):
+                continue
+            found.update(n for n in ((obj.findtext("name") or "").strip() for obj in root_node.iterfind("object")) if n)
+        if not found:
+            raise ValueError(f"{list_path}: no object names in the annotations of the {len(names)} listed images; "
+                             "the classes cannot be taken from them (give data.classes=<class list file>)")
+        log.info("%s %s: %d classes found in the annotations", root, split, len(found))
+        return ClassList.from_names(sorted(found))
+
+    return cached_class_list(cache_dir, f"voc_{split}_classes", [str(xml_dir.resolve())], files, names,
+                             ["voc class names", DISCOVERY_VERSION], find)
 
 
 def _number(text) -> float | None:
@@ -111,47 +88,9 @@ def _number(text) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def parse_voc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
-    """Parse one VOC annotation into a :class:`ParsedAnnotation`: ``boxes: float32[N, 4]`` 0-based xyxy
-    (VOC values minus 1), ``labels: int64[N]``, ``flags: bool[N]`` (difficult), ``problems`` one line
-    per dropped object (a coordinate beyond ``MAX_PIXELS`` drops it too); ``width``/``height`` ``None``
-    when ``<size>`` is missing, 0, not a number or beyond ``MAX_PIXELS``.
-    Raises ``ValueError`` naming the file when it is not readable XML."""
-    return ParsedAnnotation.from_raw(_parse_voc_raw(path, classes))
-
-
-def _parse_voc_raw(path: str | Path, classes: ClassList) -> tuple:
-    """:func:`parse_voc_xml` as plain lists (width, height, boxes, labels, difficult, problems)."""
-    root = read_xml_root(path)
-    width, height = _number(root.findtext("size/width")), _number(root.findtext("size/height"))
-    if not width or not height or width < 1 or height < 1 or max(width, height) > MAX_PIXELS:
-        width = height = None  # read from the image instead (counted)
-    else:
-        width, height = int(width), int(height)
-    lookup = classes._lookup()
-    boxes, labels, difficult, problems = [], [], [], []
-    for k, obj in enumerate(root.iterfind("object"), 1):
-        name = (obj.findtext("name") or "").strip()
-        if name not in lookup:
-            problems.append(f"unknown class: object {k} ({name!r})")
-            continue
-        bb = obj.find("bndbox")
-        values = {} if bb is None else {c.tag: c.text for c in bb}
-        coords = [_number(values.get(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
-        if None in coords:
-            problems.append(f"missing box: object {k} ({name})")
-            continue
-        if max(abs(c) for c in coords) > MAX_PIXELS:
-            problems.append(f"coordinate out of range: object {k} ({name}) {coords} (beyond {MAX_PIXELS} pixels)")
-            continue
-        x1, y1, x2, y2 = (c - 1 for c in coords)
-        if x2 < x1 or y2 < y1:
-            problems.append(f"inverted box: object {k} ({name}) {coords}")
-            continue
-        boxes.append([x1, y1, x2, y2])
-        labels.append(lookup[name])
-        difficult.append((_number(obj.findtext("difficult")) or 0) > 0)
-    return width, height, boxes, labels, difficult, problems
+# one annotation file (detect.data.xmlfile.parse_annotation_xml): boxes 0-based (VOC values minus 1),
+# flags the difficult objects
+_parse_voc_raw = partial(parse_annotation_xml, number=_number, offset=1, difficult=True)
 
 
 def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult: bool = True,
@@ -164,16 +103,15 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
     the same, its training split, so that their labels agree), or the 20 VOC classes when
     ``classes_from`` is ``None`` too.
     use_difficult: keep ``difficult`` objects as ``ignore=True`` (VOC evaluation: neither counted nor
-    penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list.
-    check_images: look for every listed image in ``JPEGImages`` (any extension and case); missing ones
-    are skipped and counted, more than ``max_missing_images`` (a share) missing stops with an error
-    naming the pattern. ``False`` (evaluation) reads the annotations alone.
-    cache_dir: where parsed XML is cached (None: no cache). workers: processes parsing XML on a cold cache.
-    Unreadable annotations skip the image; bad objects are dropped; both counted in ``dataset.skipped``;
-    sizes read from the images are counted in ``dataset.warnings``.
+    penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list. Images
+    are looked for in ``JPEGImages``; ``check_images``, ``max_missing_images``, ``cache_dir``,
+    ``workers``: as every reader (:mod:`detect.data.records`). Unreadable annotations skip the image;
+    bad objects are dropped; both counted in ``dataset.skipped``; sizes read from the images are
+    counted in ``dataset.warnings``.
     """
     root = Path(root)
-    class_list = _class_list(root, classes, classes_from, cache_dir)
+    class_list = as_class_list(classes, lambda: ClassList.from_names(VOC_CLASSES) if classes_from is None else
+                               discover_voc_classes(root, classes_from, cache_dir))
     list_path, names = _read_list(root, split)
     xml_dir = root / "Annotations"
     if names and not xml_dir.is_dir():
@@ -188,21 +126,8 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
                                  skipped, warnings, check_images)
     if not use_difficult:
         records = [_without_difficult(r) for r in records]
-    warn_outside(records, warnings, lambda r: source(r.image_id))
     return finish_dataset(records, class_list, f"voc_{split}", skipped, warnings, f"{root} {split}", len(names),
-                          logger=log)
-
-
-def _class_list(root: Path, classes, classes_from: str | None, cache_dir) -> ClassList:
-    """:func:`read_voc`'s classes: ``classes`` (a ClassList or a class list file), else those found in split
-    ``classes_from`` (:func:`discover_voc_classes`), else the 20 VOC classes."""
-    if isinstance(classes, ClassList):
-        return classes
-    if classes is not None:
-        return read_class_list(classes)
-    if classes_from is not None:
-        return discover_voc_classes(root, classes_from, cache_dir)
-    return voc_classes()
+                          lambda r: source(r.image_id), logger=log)
 
 
 def _without_difficult(record: DetectionRecord) -> DetectionRecord:

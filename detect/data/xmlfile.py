@@ -1,4 +1,4 @@
-"""Reading annotation XML safely, with errors that name the file.
+"""Reading annotation XML safely, with errors that name the file; the ILSVRC / VOC annotation parse.
 
 Annotation files (ILSVRC, VOC) never carry a document type declaration, and every XML attack that
 matters here (entity expansion "billion laughs", external entities, external DTDs) needs one: entities
@@ -19,7 +19,11 @@ from pathlib import Path
 
 from defusedxml.common import DefusedXmlException, DTDForbidden
 
-__all__ = ["read_xml_root", "parse_xml_bytes"]
+from detect.data.records import MAX_PIXELS
+
+__all__ = ["read_xml_root", "parse_xml_bytes", "parse_annotation_xml"]
+
+_BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 
 
 class _RefusingTreeBuilder(ET.TreeBuilder):
@@ -59,3 +63,58 @@ def read_xml_root(path: str | Path) -> ET.Element:
         raise ValueError(f"{path}: cannot read annotation ({e.strerror})") from None
     except DefusedXmlException as e:
         raise ValueError(f"{path}: refused XML ({type(e).__name__}: {e})") from None
+
+
+def parse_annotation_xml(path: str | Path, classes, number, offset: int = 0, difficult: bool = False,
+                         root_tag: str | None = None) -> tuple:
+    """One ILSVRC / VOC annotation file as a raw tuple ``(width, height, boxes [[x1, y1, x2, y2], ...],
+    labels, flags, problems)`` (:meth:`detect.data.cache.ParsedAnnotation.from_raw`).
+
+    Read: the root's ``<size>`` and ``<object>`` children (each ``<name>``, a class of ``classes``, and
+    ``<bndbox>`` ``xmin ymin xmax ymax``); ``number(text)`` is a number or ``None`` (missing, not
+    finite). Boxes are the stored values minus ``offset``; ``flags``: ``<difficult>`` > 0 with
+    ``difficult``, else False. An object is dropped with one line in ``problems`` when its class is
+    unknown, a coordinate is missing or not a number, beyond ``MAX_PIXELS`` or the box inverted.
+    ``width``/``height``: ``None`` when the size is missing, below 1, not a number or beyond
+    ``MAX_PIXELS``. ``ValueError`` naming the file when it is not readable XML or its root is not
+    ``root_tag`` (when given).
+    """
+    root = read_xml_root(path)
+    if root_tag is not None and root.tag != root_tag:
+        raise ValueError(f"{path}: root element is <{root.tag}>, expected <{root_tag}>")
+    lookup = classes._lookup()
+    size: dict = {}
+    boxes, labels, flags, problems = [], [], [], []
+    k = 0
+    for node in root:  # direct children: one pass, no path queries (20,121 files per evaluation)
+        if node.tag == "size":
+            size = {c.tag: c.text for c in node}
+        if node.tag != "object":
+            continue
+        k += 1
+        name, values, hard = "", {}, None
+        for c in node:
+            if c.tag == "name":
+                name = (c.text or "").strip()
+            elif c.tag == "bndbox":
+                values = {b.tag: b.text for b in c}
+            elif c.tag == "difficult":
+                hard = c.text
+        label = lookup.get(name)
+        coords = [number(values.get(t)) for t in _BOX_TAGS]
+        if label is None:
+            problems.append(f"unknown class: object {k} ({name!r})")
+        elif None in coords:
+            problems.append(f"missing box: object {k} ({name})")
+        elif max(abs(c) for c in coords) > MAX_PIXELS:
+            problems.append(f"coordinate out of range: object {k} ({name}) {coords} (beyond {MAX_PIXELS} pixels)")
+        elif coords[2] < coords[0] or coords[3] < coords[1]:
+            problems.append(f"inverted box: object {k} ({name}) {coords}")
+        else:
+            boxes.append([c - offset for c in coords])
+            labels.append(label)
+            flags.append(difficult and (number(hard) or 0) > 0)
+    width, height = number(size.get("width")), number(size.get("height"))
+    if not (width and height and width >= 1 and height >= 1 and max(width, height) <= MAX_PIXELS):
+        return None, None, boxes, labels, flags, problems
+    return int(width), int(height), boxes, labels, flags, problems

@@ -48,10 +48,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from detect.classes import ClassList, read_class_list
+from detect.classes import ClassList
 from detect.data.cache import ParsedFolder, annotation_fingerprint, cache_path
 from detect.data.folder import ImageFinder, image_size, list_images
-from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, finish_dataset, reader_logs, warn_outside
+from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, as_class_list, finish_dataset, reader_logs
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,9 @@ def _names(yaml_file: Path, data: dict) -> tuple[str, ...]:
     names = data.get("names")
     if isinstance(names, dict):
         keys = sorted(names, key=str)
-        if not all(isinstance(k, int) and not isinstance(k, bool) for k in keys) or \
-                sorted(keys) != list(range(len(keys))):
+        if not all(type(k) is int for k in keys) or sorted(keys) != list(range(len(keys))):
             raise ValueError(f"{yaml_file}: names: the keys of a names dict must be the indices 0..{len(keys) - 1}, "
-                             f"got {sorted(names, key=str)[:5]}")
+                             f"got {keys[:5]}")
         names = [names[k] for k in range(len(keys))]
     if not isinstance(names, list) or not names:
         raise ValueError(f"{yaml_file}: names must be a non-empty list or an {{index: name}} dict of class names")
@@ -288,9 +287,7 @@ def parse_yolo_label(label: str | Path, image: str | Path, num_classes: int, key
 def _class_map(y: YoloData, classes) -> tuple[ClassList, np.ndarray]:
     """The dataset's classes (``names``, or ``classes``: a ClassList or a class list file, by name or id)
     and ``int64[len(names)]``: each yaml class's label in them (-1: not among them)."""
-    if classes is None:
-        return ClassList.from_names(y.names), np.arange(len(y.names), dtype=np.int64)
-    class_list = classes if isinstance(classes, ClassList) else read_class_list(classes)
+    class_list = as_class_list(classes, lambda: ClassList.from_names(y.names))
     known = set(y.names)
     absent = [w for w, n in zip(class_list.wnids, class_list.names) if w not in known and n not in known]
     if absent:
@@ -356,14 +353,12 @@ def _orphan_labels(y: YoloData, labels: list[Path], skipped: SkipLog) -> None:
 
 def _unique(images: list[Path], skipped: SkipLog) -> list[Path]:
     """``images`` without repeats (a list naming an image twice, a folder listed twice); repeats counted."""
-    seen, out = set(), []
+    seen = set()
     for p in images:
         if p in seen:
             skipped.add(p, "duplicate image: listed more than once in the split (kept once)")
-            continue
         seen.add(p)
-        out.append(p)
-    return out
+    return list(dict.fromkeys(images))
 
 
 def _records(y: YoloData, entries: list[tuple[int, Path]], labels: list[Path], parsed: ParsedFolder,
@@ -389,13 +384,11 @@ def read_yolo(yaml_file: str | Path | None = None, split: str = "val", root: str
               classes=None, max_missing_images: float = 0.1, cache_dir: str | Path | None = None) -> DetectionDataset:
     """Read split ``split`` (``train``/``val``/``test``) of a YOLO data yaml (module docstring).
 
-    yaml_file: the data yaml (``None``: ``<root>/data.yaml``); root: the dataset folder nothing named in
-    the yaml may leave (``None``: the yaml's folder). classes: ``None`` (the yaml's ``names``, in
-    order), or a ClassList or class list file restricting or reordering them (by name). Records:
-    ``image_id`` = the image path below ``root``, ``index`` = 1-based position in the split (folders:
-    sorted paths), ``boxes: float32[N, 4]`` xyxy pixels, ``ignore`` all False. Skipped and repaired
-    items are counted in ``dataset.skipped`` / ``dataset.warnings``. ``ValueError`` naming the yaml when
-    no image of the split has a label file (the labels are elsewhere), or none can be used.
+    yaml_file, root: as :func:`read_yolo_yaml`. classes: ``None`` (the yaml's ``names``, in order), or a
+    ClassList or class list file restricting or reordering them (by name). Records: ``image_id`` = the
+    image path below ``root``, ``index`` = 1-based position in the split (folders: sorted paths),
+    ``ignore`` all False. ``ValueError`` naming the yaml when no image of the split has a label file
+    (the labels are elsewhere), or none can be used.
     """
     y = read_yolo_yaml(yaml_file, root)
     class_list, remap = _class_map(y, classes)
@@ -415,6 +408,5 @@ def read_yolo(yaml_file: str | Path | None = None, split: str = "val", root: str
         log.warning("%s %s: %d of %d images have no label file: read as images without objects", y.yaml_file,
                     split, unlabelled, len(entries))
     records = _records(y, entries, labels, parsed, remap, skipped, warnings)
-    warn_outside(records, warnings, lambda r: yolo_label_path(r.path, y.root))
     return finish_dataset(records, class_list, f"yolo_{split}", skipped, warnings, f"{y.yaml_file} {split}",
-                          len(images), "images", logger=log)
+                          len(images), lambda r: yolo_label_path(r.path, y.root), "images", logger=log)
