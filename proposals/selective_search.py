@@ -315,7 +315,7 @@ class SelectiveSearch:
         image = as_rgb_uint8(image)
         h, w = image.shape[:2]
         if min(h, w) < self.min_box_size:
-            return Proposals.empty()
+            return Proposals(np.zeros((0, 4), np.float32))
         small, back = self._resize(image)
         if self.num_threads is not None:
             cv2.setNumThreads(int(self.num_threads))
