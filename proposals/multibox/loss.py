@@ -45,8 +45,7 @@ def _assign(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def match(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.Tensor, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal bipartite matching for one image: the least-cost assignment of
-    ``cost_ij = alpha/2 ||l_i - g_j||^2 - log c_i + log(1 - c_i)``.
+    """Optimal bipartite matching for one image: the least-cost assignment of ``cost`` (module docstring).
 
     pred_boxes: Tensor[K, 4], pred_logits: Tensor[K], gt_boxes: Tensor[G, 4] (normalised xyxy) ->
     ``(pred_index int64[M], gt_index int64[M])`` with ``M = min(K, G)``.
