@@ -32,10 +32,6 @@ class Proposals:
     def __len__(self) -> int:
         return len(self.boxes)
 
-    @classmethod
-    def empty(cls, with_scores: bool = False) -> "Proposals":
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32) if with_scores else None)
-
 
 @runtime_checkable
 class Proposer(Protocol):

@@ -16,7 +16,7 @@ import numpy as np
 from detect.boxes import box_iou
 from detect.evaluation import ilsvrc_thresholds
 
-__all__ = ["ProposalRecall", "best_proposal_overlaps", "ilsvrc_thresholds", "proposal_recall", "store_recall"]
+__all__ = ["ProposalRecall", "best_proposal_overlaps", "proposal_recall", "store_recall"]
 
 
 def _widen(boxes: np.ndarray, plus_one: bool) -> np.ndarray:
@@ -58,14 +58,9 @@ class ProposalRecall:
         return asdict(self)
 
 
-def proposal_recall(
-    gts: Sequence[np.ndarray],
-    proposals: Sequence[np.ndarray],
-    keep: Sequence[np.ndarray] | None = None,
-    ks: Sequence[int] = (1, 10, 100, 1000),
-    iou_threshold: float = 0.5,
-    plus_one: bool = True,
-) -> ProposalRecall:
+def proposal_recall(gts: Sequence[np.ndarray], proposals: Sequence[np.ndarray], keep: Sequence[np.ndarray] | None = None,
+                    ks: Sequence[int] = (1, 10, 100, 1000), iou_threshold: float = 0.5,
+                    plus_one: bool = True) -> ProposalRecall:
     """Coverage of ground truth by proposals over a dataset.
 
     gts[i]: ``[G_i, 4]`` ground truth of image i; proposals[i]: ``[N_i, 4]`` in rank order;

@@ -7,30 +7,27 @@ mapped back; boxes narrower or shorter than 20 px dropped; duplicates removed.
 ``superpixel_scale`` multiplies ``k`` and the minimum segment size: 1.0 is R-CNN, 2.0 is the setting
 of the GoogLeNet detection paper (larger superpixels, about half the boxes).
 
-How the boxes are made (``ranking="seeded"``, the default): OpenCV's graph segmentation gives the
-initial regions and OpenCV's strategy objects (``setImage`` / ``get`` / ``merge``) give every
-similarity, so the values are OpenCV's own; the greedy grouping loop of OpenCV's
-``SelectiveSearchSegmentationImpl::hierarchicalGrouping`` runs here (merge the most similar
-neighbouring pair, the new region's level = 1 + the larger level of the two, its box the union), one
-hierarchy per (colour space, ``k``, strategy). The ranking rule is OpenCV's (Uijlings et al.'s with
-the hierarchy counted from the initial segments, as OpenCV notes): every region of every hierarchy
-gets ``level * u`` with ``u`` uniform in [0, 1) from ``numpy.random.default_rng(seed)``, all regions
-are sorted by it (stably) and a repeated rectangle keeps its best rank. The order then depends only
-on the image and ``seed``, and the box set is OpenCV's ``process()`` set: ranked with C's ``rand()``
-draw for draw instead, our hierarchies give ``process()``'s exact order (32 of 32 coco128 images,
-benchmarks/proposals.md). Ties between equal similarities, whose order OpenCV leaves to
-``std::sort``, go to the pair formed first. The order counts wherever boxes are taken from the front:
-``max_boxes``, a union's cap on this source, recall at k, and which of several boxes that round to
-the same pixels after mapping back stays (the first).
+``ranking="seeded"`` (the default): OpenCV's graph segmentation gives the initial regions and its
+strategy objects (``setImage`` / ``get`` / ``merge``) every similarity, so the values are OpenCV's own;
+the greedy grouping loop of OpenCV's ``SelectiveSearchSegmentationImpl::hierarchicalGrouping`` runs
+here (merge the most similar neighbouring pair; the new region's level is 1 + the larger level of the
+two, its box the union), one hierarchy per (colour space, ``k``, strategy). Ranking is OpenCV's rule
+(Uijlings et al.'s, the hierarchy counted from the initial segments): every region gets ``level * u``,
+``u`` uniform in [0, 1) from ``numpy.random.default_rng(seed)``, all regions are sorted by it (stably)
+and a repeated rectangle keeps its best rank. The order depends only on the image and ``seed``, and the
+box set is that of OpenCV's ``process()`` (ranked with C's ``rand()`` draw for draw instead, ours gives
+``process()``'s exact order: 32 of 32 coco128 images, benchmarks/proposals.md). Ties between equal
+similarities, which OpenCV leaves to ``std::sort``, go to the pair formed first. The order counts
+wherever boxes are taken from the front: ``max_boxes``, a union's cap, recall at k, and which of
+several boxes that round to the same pixels after mapping back stays (the first).
 
-``ranking="opencv"`` calls OpenCV's ``process()`` after ``srand(seed)``; OpenCV ranks with C's
-``rand()``, which other threads of the process (those that importing ``onnxruntime`` starts) also
-draw from, so its order changes from run to run on a few images (benchmarks/ss_order_check.py). It is
-kept for comparison only.
-OpenCV's presets (``switchToSelectiveSearchFast/Quality``) convert the base image with ``COLOR_BGR2*``,
-so they get BGR; our own mode converts from RGB ourselves. The seeded path builds the presets' images,
-segmentations and strategies step by step as OpenCV does, including what its quality preset really
-segments (the blue channel where it meant hue, see ``_plan``).
+``ranking="opencv"``, kept for comparison only, calls ``process()`` after ``srand(seed)``; C's
+``rand()`` is also drawn from by other threads (those that importing ``onnxruntime`` starts), so its
+order changes from run to run on a few images (benchmarks/ss_order_check.py). OpenCV's presets
+(``switchToSelectiveSearchFast/Quality``) convert the base image with ``COLOR_BGR2*``, so they get BGR;
+our own mode converts from RGB. The seeded path builds the presets' images, segmentations and
+strategies step by step as OpenCV does, including what its quality preset really segments (the blue
+channel where it meant hue, see ``_plan``).
 """
 from __future__ import annotations
 
@@ -47,7 +44,7 @@ from proposals.base import Proposals, as_rgb_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SelectiveSearch", "MODES", "RANKINGS", "COLOR_SPACES", "STRATEGIES"]
+__all__ = ["SelectiveSearch", "MODES", "RANKINGS", "COLOR_SPACES"]
 
 MODES = ("rcnn_fast", "opencv_fast", "opencv_quality")
 RANKINGS = ("seeded", "opencv")  # see the module docstring
@@ -64,7 +61,6 @@ _STRATEGY_PARTS = {
     "size": _seg.createSelectiveSearchSegmentationStrategySize,
     "fill": _seg.createSelectiveSearchSegmentationStrategyFill,
 }
-STRATEGIES = ("color_texture_size_fill", "texture_size_fill", "color_size_fill", "size_fill", "fill", "size")
 
 _libc = ctypes.CDLL(None)
 
@@ -175,31 +171,16 @@ class SelectiveSearch:
         upscaled small image is never narrower than ``min_box_size``).
     max_boxes: keep at most this many (in rank order), None for all.
     num_threads: ``cv2.setNumThreads`` before each call (None leaves OpenCV's setting alone).
-    seed: seeds the ranking's generator (``srand(seed)`` with ``ranking="opencv"``): equal inputs give
-        equal order.
-    ranking: ``"seeded"`` (our grouping loop and a numpy generator: reproducible in any process) or
-        ``"opencv"`` (OpenCV's ``process()`` and C's ``rand()``: its order can change when other
-        threads draw from ``rand()``); both give the same box set (module docstring).
+    seed: seeds the ranking's generator (``srand(seed)`` with ``ranking="opencv"``).
+    ranking: ``"seeded"`` (reproducible in any process) or ``"opencv"`` (module docstring).
     Boxes come in rank order, exact duplicates (after mapping back and rounding) removed.
     """
 
-    def __init__(
-        self,
-        mode: str = "rcnn_fast",
-        superpixel_scale: float = 2.0,
-        resize_width: int | None = 500,
-        min_box_size: float = 20,
-        color_spaces=("hsv", "lab"),
-        ks=(50, 100),
-        sigma: float = 0.8,
-        strategies=("color_texture_size_fill", "texture_size_fill"),
-        max_boxes: int | None = None,
-        num_threads: int | None = None,
-        seed: int = 0,
-        max_side: int = 2000,
-        name: str | None = None,
-        ranking: str = "seeded",
-    ):
+    def __init__(self, mode: str = "rcnn_fast", superpixel_scale: float = 2.0, resize_width: int | None = 500,
+                 min_box_size: float = 20, color_spaces=("hsv", "lab"), ks=(50, 100), sigma: float = 0.8,
+                 strategies=("color_texture_size_fill", "texture_size_fill"), max_boxes: int | None = None,
+                 num_threads: int | None = None, seed: int = 0, max_side: int = 2000, name: str | None = None,
+                 ranking: str = "seeded"):
         if mode not in MODES:
             raise ValueError(f"unknown selective search mode {mode!r}; expected one of {MODES}")
         if ranking not in RANKINGS:
@@ -305,21 +286,18 @@ class SelectiveSearch:
         """OpenCV's own selective search object for ``ranking="opencv"``."""
         ss = _seg.createSelectiveSearchSegmentation()
         if self.mode == "rcnn_fast":
-            for c in self.color_spaces:
-                code = COLOR_SPACES[c]
-                ss.addImage(image if code is None else cv2.cvtColor(image, code))
-            for k in self.ks:
-                k = k * self.superpixel_scale
-                ss.addGraphSegmentation(_seg.createGraphSegmentation(self.sigma, k, int(round(k))))
-            for s in self.strategies:
+            images, segmenters, strategies = self._plan(image)
+            for im in images:
+                ss.addImage(im)
+            for gs in segmenters:
+                ss.addGraphSegmentation(gs)
+            for s in strategies:
                 ss.addStrategy(_make_strategy(s))
-        else:
-            ss.setBaseImage(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))  # OpenCV's presets expect BGR
-            k = int(round(150 * self.superpixel_scale))
-            if self.mode == "opencv_fast":
-                ss.switchToSelectiveSearchFast(k, k, self.sigma)
-            else:
-                ss.switchToSelectiveSearchQuality(k, k, self.sigma)
+            return ss
+        ss.setBaseImage(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))  # OpenCV's presets expect BGR
+        k = int(round(150 * self.superpixel_scale))
+        preset = ss.switchToSelectiveSearchFast if self.mode == "opencv_fast" else ss.switchToSelectiveSearchQuality
+        preset(k, k, self.sigma)
         return ss
 
     def _opencv_rects(self, image: np.ndarray) -> np.ndarray:
@@ -337,7 +315,7 @@ class SelectiveSearch:
         image = as_rgb_uint8(image)
         h, w = image.shape[:2]
         if min(h, w) < self.min_box_size:
-            return Proposals.empty()
+            return Proposals(np.zeros((0, 4), np.float32))
         small, back = self._resize(image)
         if self.num_threads is not None:
             cv2.setNumThreads(int(self.num_threads))
@@ -356,7 +334,6 @@ class SelectiveSearch:
         if self.max_boxes is not None:
             boxes = boxes[: self.max_boxes]
         return Proposals(boxes)
-
 
     def __repr__(self) -> str:
         return (f"SelectiveSearch(mode={self.mode!r}, superpixel_scale={self.superpixel_scale}, "

@@ -87,7 +87,6 @@ class ProposeSummary:
     path: Path
     merged: bool
     chunks_computed: int
-    chunks_total: int
     skipped: SkipLog = field(default_factory=lambda: SkipLog("images"))
 
 
@@ -109,12 +108,6 @@ def _chunk_arrays(indices: np.ndarray, results: list) -> dict[str, np.ndarray]:
         "errors": np.asarray(json.dumps(errors, sort_keys=True)),  # image index -> reason
         "seconds": np.asarray([s for _, _, s in results], np.float64),
     }
-
-
-def _fingerprint(image_ids: Sequence[str], paths: Sequence[str], meta: dict, chunk_size: int, content: str) -> str:
-    """What a store depends on: the images (ids, paths, contents as ``content`` tells them), ``meta``
-    (method, settings, proposer weights) and the chunk size."""
-    return run_fingerprint_of(image_list_digest(paths, list(image_ids), content), meta, chunk_size)
 
 
 def _merge(chunks: ChunkedRun, out_path: Path, image_ids: Sequence[str], meta: dict, run_info: dict) -> SkipLog:
@@ -175,24 +168,11 @@ def _check_some_processed(chunks: ChunkedRun, image_ids: Sequence[str], failed: 
                        f"{first}); no store written")
 
 
-def propose_dataset(
-    image_paths: Sequence[str | Path],
-    image_ids: Sequence[str],
-    proposer: Proposer,
-    out_path: str | Path,
-    make_proposer: Callable[[], Proposer] | None = None,
-    *,
-    workers: int | str = 1,
-    chunk_size: int = 64,
-    rank: int = 0,
-    world_size: int = 1,
-    stop_after_chunks: int | None = None,
-    merge_timeout_s: float = 0.0,
-    poll_s: float = 5.0,
-    meta: dict | None = None,
-    progress: bool = True,
-    image_fingerprint: str = "stat",
-) -> ProposeSummary:
+def propose_dataset(image_paths: Sequence[str | Path], image_ids: Sequence[str], proposer: Proposer,
+                    out_path: str | Path, make_proposer: Callable[[], Proposer] | None = None, *,
+                    workers: int | str = 1, chunk_size: int = 64, rank: int = 0, world_size: int = 1,
+                    stop_after_chunks: int | None = None, merge_timeout_s: float = 0.0, poll_s: float = 5.0,
+                    meta: dict | None = None, progress: bool = True, image_fingerprint: str = "stat") -> ProposeSummary:
     """Compute proposals for every image and write one :class:`ProposalStore` at ``out_path``.
 
     proposer: used in-process when ``workers <= 1``; with more workers each worker process calls the
@@ -213,7 +193,9 @@ def propose_dataset(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     meta = dict(meta or {}, method=proposer.name)
-    fingerprint = _fingerprint(image_ids, image_paths, meta, chunk_size, image_fingerprint)
+    # what the store depends on (module docstring); meta holds the method, settings and proposer weights
+    images = image_list_digest(image_paths, list(image_ids), image_fingerprint)
+    fingerprint = run_fingerprint_of(images, meta, chunk_size)
     meta["fingerprint"] = fingerprint
     if out_path.exists():
         try:
@@ -230,17 +212,17 @@ def propose_dataset(
                 done = False
         if done:
             log.info("%s is complete already (same images and settings): nothing to do", out_path)
-            return ProposeSummary(out_path, True, 0, 0)
-        else:
-            log.info("%s was made from other images or settings, or is damaged: computing it again", out_path)
-    with ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size).lock(rank):
-        return _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers, chunk_size, rank,
-                        world_size, stop_after_chunks, merge_timeout_s, poll_s, meta, fingerprint, progress)
-
-
-def _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers, chunk_size, rank, world_size,
-             stop_after_chunks, merge_timeout_s, poll_s, meta, fingerprint, progress) -> ProposeSummary:
+            return ProposeSummary(out_path, True, 0)
+        log.info("%s was made from other images or settings, or is damaged: computing it again", out_path)
     chunks = ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size)
+    with chunks.lock(rank):
+        return _propose(chunks, rank, image_paths, image_ids, proposer, make_proposer, workers, stop_after_chunks,
+                        merge_timeout_s, poll_s, meta, progress)
+
+
+def _propose(chunks: ChunkedRun, rank, image_paths, image_ids, proposer, make_proposer, workers, stop_after_chunks,
+             merge_timeout_s, poll_s, meta, progress) -> ProposeSummary:
+    out_path, world_size = chunks.output, chunks.world_size
     chunks.begin(rank)
     if rank == 0:  # the one writer of the store and its sidecar (under its lock): temporaries of killed writes go
         for path in (out_path, sidecar_path(out_path)):
@@ -279,7 +261,7 @@ def _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers,
         if pool is not None:
             pool.terminate()
             pool.join()
-    summary = ProposeSummary(out_path, False, len(pending), len(mine), skipped)
+    summary = ProposeSummary(out_path, False, len(pending), skipped)
     if rank != 0 or not all(chunks.file(rank, c).is_file() for c in range(len(mine))):
         return summary  # merging is rank 0's job, once its own chunks are all done
     deadline = time.monotonic() + merge_timeout_s
@@ -288,7 +270,8 @@ def _propose(image_paths, image_ids, proposer, out_path, make_proposer, workers,
             log.info("%s: not all chunks are there yet; run again to finish and merge", out_path.name)
             return summary
         time.sleep(poll_s)
-    run_info = {"workers": workers, "world_size": world_size, "method": proposer.name, "fingerprint": fingerprint}
+    run_info = {"workers": workers, "world_size": world_size, "method": proposer.name,
+                "fingerprint": chunks.fingerprint}
     summary.skipped = _merge(chunks, out_path, image_ids, meta, run_info)
     summary.merged = True
     log.info("wrote %s (%d images); %s", out_path, len(image_ids), summary.skipped.summary())

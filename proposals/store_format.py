@@ -1,7 +1,8 @@
 """The proposal store file: proposals of a whole dataset split, looked up by image id, memory-mapped.
 
-File format (version 3): a ``.npz`` whose members are stored uncompressed, so that the arrays can be
-memory-mapped where they lie in the file (and ``numpy.load(path, allow_pickle=False)`` still reads it):
+File format (version 3): a ``.npz`` of uncompressed members (memory-mapped where they lie in the file;
+``numpy.load(path, allow_pickle=False)`` still reads it), written in this order with fixed zip timestamps,
+so that equal content gives equal bytes:
 
 - ``format_version`` int64 scalar (3);
 - ``image_ids`` str[I] and ``id_order`` int64[I] (the ids' sorted order: lookups are a binary search);
@@ -13,25 +14,20 @@ memory-mapped where they lie in the file (and ``numpy.load(path, allow_pickle=Fa
   meta, offsets and digests.
 
 Integrity: opening checks every member's dtype and shape, that the offsets rise from 0 to M, that
-``id_order`` sorts the ids strictly (so no id repeats), and the index against ``index_crc32``: a pass
-over the index arrays only (O(I): 0.1-0.2 s for the 97 MB index of ILSVRC's 456,567 training ids, was
-3 ms), never over the boxes. Each lookup checks the rows it reads against that image's digest (2000
-boxes and scores: 69 us a lookup, was 49 us), so every byte served has been verified, and no open
-reads the 9 GB of an ILSVRC-scale store (a full pass, :meth:`ProposalStore.verify`: 1.3 GB/s). A
-damaged file is refused with a ``ValueError`` naming it, the image and the problem. Per-image digests
-rather than per-chunk ones or a verified-once marker (size, mtime, inode): a lookup checks exactly the
-bytes it reads (no extra I/O, 8 bytes per image), nothing is kept beside the file, and damage after
-a first check is still caught. Files of earlier formats (1: compressed; 2: no digests) are refused with
-a ``ValueError`` that says to run ``tools/propose.py`` again. :func:`check_coverage` counts and logs the images of a split
-that a store lacks (their lookups fall back), and refuses a store that holds none of them.
+``id_order`` sorts the ids strictly (no id repeats), and the index against ``index_crc32``: a pass over
+the index only (O(I): 0.1-0.2 s for the 97 MB index of ILSVRC's 456,567 training ids, was 3 ms), never
+over the boxes. Each lookup checks the rows it reads against that image's digest (2000 boxes and scores:
+69 us a lookup, was 49 us), so every byte served has been verified and no open reads the 9 GB of an
+ILSVRC-scale store (a full pass, :meth:`ProposalStore.verify`: 1.3 GB/s). Per-image digests rather than
+per-chunk ones or a verified-once marker (size, mtime, inode): a lookup checks exactly the bytes it reads,
+nothing is kept beside the file, and damage after a first check is still caught. A damaged file is
+refused with a ``ValueError`` naming it, the image and the problem; a file of an earlier format (1:
+compressed; 2: no digests) with one that says to run ``tools/propose.py`` again.
 
-Members are written in that order with fixed zip timestamps, so equal content gives equal bytes, and
-the writer streams image by image (:class:`StoreWriter`): neither writing nor reading ever holds the
-whole split in memory. Opening reads the zip directory, maps the arrays and reads the index; a lookup
-touches the pages of one image. Run-dependent figures (seconds per image, worker counts) go to a JSON sidecar
-(``<store>.json``, :func:`sidecar_path`).
-
-This module needs numpy only (no torch), so that a process that only looks up proposals stays small.
+The writer streams image by image (:class:`StoreWriter`) and a lookup touches the pages of one image:
+neither writing nor reading holds the whole split in memory. Run-dependent figures (seconds per image,
+worker counts) go to a JSON sidecar (:func:`sidecar_path`). This module needs numpy only (no torch), so
+that a process that only looks up proposals stays small.
 """
 from __future__ import annotations
 
@@ -121,12 +117,11 @@ class StoreWriter:
     """Write a store file image by image, in image order, holding one image at a time.
 
     image_ids: the I ids in store order; counts: boxes of each image (int[I]); box_dtype: uint16 (boxes
-    are rounded; the caller guarantees every coordinate fits, see :func:`box_dtype_for`) or float32;
-    with_scores: whether :meth:`add` receives scores; meta: JSON-able dict. The file is written to a
-    temporary name beside ``path`` and renamed over it only by :meth:`commit` (a context manager
-    commits on success and removes the temporary file on an error). Scores are spooled to an unnamed
-    temporary file beside the store while the boxes stream, then copied in. Each image's digests are
-    computed from the bytes as they are written (the ``digests`` member, I x 8 bytes, is held).
+    are rounded, see :func:`box_dtype_for`) or float32; with_scores: whether :meth:`add` receives scores;
+    meta: JSON-able dict. The file is written to a temporary name beside ``path`` and renamed over it by
+    :meth:`commit` only (as a context manager: commit on success, :meth:`abort` on an error). Scores are
+    spooled to an unnamed temporary file while the boxes stream, then copied in; each image's digests
+    are computed from the bytes as they are written.
     """
 
     def __init__(self, path: str | Path, image_ids: Sequence[str], counts: Sequence[int] | np.ndarray,
@@ -216,8 +211,8 @@ class StoreWriter:
         self._next += 1
 
     def commit(self) -> None:
-        """Finish the file (every image must have been added) and rename it over ``path``; on any error
-        the temporary file is removed and ``path`` is left as it was."""
+        """Finish the file (every image must have been added) and rename it over ``path``; on an error,
+        :meth:`abort`."""
         try:
             if self._next != len(self.ids):
                 raise ValueError(f"{self.path}: {self._next} of {len(self.ids)} images added")
@@ -322,11 +317,11 @@ def _open_mapped(path: Path) -> dict[str, np.ndarray]:
 
 
 def _check_mapped(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """The dtypes and shapes the writer gives, and the index against its checksum (format 3); the rest of
-    the structure (offsets, order) is checked by :class:`ProposalStore`."""
+    """The dtypes and shapes the writer gives, and the index against its checksum; the offsets and the
+    order are checked by :class:`ProposalStore`."""
     n = arrays["image_ids"].shape[0] if arrays["image_ids"].ndim == 1 else -1
-    expect = {"boxes": ((np.uint16, np.float32), None), "scores": ((np.float16,), 1), "id_order": ((np.int64,), (n,)),
-              "offsets": ((np.int64,), (n + 1,)), "digests": ((np.uint32,), (n, 2)), "index_crc32": ((np.uint32,), ())}
+    expect = {"boxes": ((np.uint16, np.float32), None), "scores": ((np.float16,), 1), "digests": ((np.uint32,), (n, 2)),
+              "index_crc32": ((np.uint32,), ())}
     for name, (dtypes, shape) in expect.items():
         a = arrays.get(name)
         if a is None:
@@ -366,11 +361,10 @@ class ProposalStore:
     """Proposals of a whole dataset split, looked up by image id.
 
     image_ids: list[str] (I); offsets: ndarray[I + 1] int64; boxes: ndarray[M, 4] (any float/uint16 dtype);
-    scores: ndarray[M] or None; meta: JSON-able dict (method name, settings, failed images); digests:
-    uint32[I, 2] CRC-32s of each image's box and score bytes (a loaded format-3 file), checked at every
-    lookup. A store opened by :meth:`load` keeps its arrays memory-mapped (``boxes``, ``scores``,
-    ``offsets`` are then read-only ``np.memmap``), so its resident memory grows only with the images
-    looked up. Lookups of a damaged image raise ``ValueError`` naming the file and the image.
+    scores: ndarray[M] or None; meta: JSON-able dict (method name, settings, failed images); id_order,
+    source, digests: what :meth:`load` reads from a file (digests are checked at every lookup, module
+    docstring). A loaded store keeps ``boxes``, ``scores`` and ``offsets`` as read-only ``np.memmap``, so
+    its resident memory grows only with the images looked up.
     """
 
     def __init__(self, image_ids: Sequence[str], offsets: np.ndarray, boxes: np.ndarray,
@@ -507,15 +501,13 @@ class ProposalStore:
             i = j
 
     def verify(self) -> int:
-        """Read every image once against its digest (a full pass: the whole file); returns the images
-        checked. ValueError naming the file and the first damaged image."""
+        """Read every image once against its digest (the whole file); returns the images checked."""
         return sum(1 for _ in self.iter_images())
 
     # ----------------------------------------------------------------------------- files
 
     def save(self, path: str | Path) -> None:
-        """Write atomically (format version 3): boxes rounded to uint16 (float32 if a coordinate falls
-        outside 0..65535), scores as float16."""
+        """Write atomically in the current format (module docstring)."""
         b = self.boxes
         if b.dtype == np.uint16 or len(b) == 0:
             dtype = np.dtype(np.uint16)
@@ -527,9 +519,8 @@ class ProposalStore:
 
     @classmethod
     def load(cls, path: str | Path) -> "ProposalStore":
-        """Open a store (memory-mapped), checking its format, structure and index checksum (module
-        docstring); ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing, of an
-        earlier format, malformed or damaged."""
+        """Open a store (memory-mapped), checking it as the module docstring says; ``FileNotFoundError`` /
+        ``ValueError`` naming the file when it is missing, of an earlier format, malformed or damaged."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: proposal file not found")

@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
-from proposals.recall import best_proposal_overlaps, ilsvrc_thresholds, proposal_recall
+from detect.evaluation import ilsvrc_thresholds
+from proposals.recall import best_proposal_overlaps, proposal_recall
 from proposals.selective_search import SelectiveSearch
 from proposals.store import ProposalStore
 

@@ -52,17 +52,9 @@ class MultiBoxDataset(Dataset):
     side (1.0 = no crop); crop_probability: share of images cropped; min_visible: see :func:`crop_boxes`.
     """
 
-    def __init__(
-        self,
-        dataset: DetectionDataset,
-        input_size: int,
-        convention: InputConvention | None = None,
-        train: bool = True,
-        flip: float = 0.5,
-        min_crop: float = 0.8,
-        crop_probability: float = 0.5,
-        min_visible: float = 0.5,
-    ):
+    def __init__(self, dataset: DetectionDataset, input_size: int, convention: InputConvention | None = None,
+                 train: bool = True, flip: float = 0.5, min_crop: float = 0.8, crop_probability: float = 0.5,
+                 min_visible: float = 0.5):
         if not (input_size >= 8 and 0 <= flip <= 1 and 0 < min_crop <= 1 and 0 <= crop_probability <= 1
                 and 0 <= min_visible <= 1):
             raise ValueError(f"MultiBox data settings: need input_size >= 8 and flip, crop_probability, min_visible in "

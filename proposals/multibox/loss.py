@@ -26,18 +26,12 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["match", "match_priors", "multibox_loss", "assignment_cost"]
+__all__ = ["match", "match_priors", "multibox_loss"]
 
 
-def assignment_cost(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Cost of assigning prediction i to ground truth j.
-
-    pred_boxes: Tensor[K, 4], pred_logits: Tensor[K], gt_boxes: Tensor[G, 4] (normalised xyxy)
-    -> Tensor[K, G]: ``alpha/2 ||l_i - g_j||^2 - log c_i + log(1 - c_i)``.
-    """
-    sq = ((pred_boxes[:, None, :] - gt_boxes[None, :, :]) ** 2).sum(-1)
-    conf = -F.logsigmoid(pred_logits) + F.logsigmoid(-pred_logits)
-    return 0.5 * alpha * sq + conf[:, None]
+def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Tensor[K, 4], Tensor[G, 4] -> Tensor[K, G] float32``: squared L2 distance of every pair."""
+    return ((a.float()[:, None, :] - b.float()[None, :, :]) ** 2).sum(-1)
 
 
 def _assign(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -51,12 +45,15 @@ def _assign(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def match(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.Tensor, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal bipartite matching for one image.
+    """Optimal bipartite matching for one image: the least-cost assignment of ``cost`` (module docstring).
 
-    Returns ``(pred_index int64[M], gt_index int64[M])`` with ``M = min(K, G)``.
+    pred_boxes: Tensor[K, 4], pred_logits: Tensor[K], gt_boxes: Tensor[G, 4] (normalised xyxy) ->
+    ``(pred_index int64[M], gt_index int64[M])`` with ``M = min(K, G)``.
     """
     with torch.no_grad():
-        return _assign(assignment_cost(pred_boxes.float(), pred_logits.float(), gt_boxes.float(), alpha))
+        logits = pred_logits.float()
+        return _assign(0.5 * alpha * _squared_distances(pred_boxes, gt_boxes)
+                       + (-F.logsigmoid(logits) + F.logsigmoid(-logits))[:, None])
 
 
 def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +63,7 @@ def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor) -> tuple[np.ndarr
     gt_index int64[M])`` with ``M = min(K, G)``.
     """
     with torch.no_grad():
-        return _assign(((priors.float()[:, None, :] - gt_boxes.float()[None, :, :]) ** 2).sum(-1))
+        return _assign(_squared_distances(priors, gt_boxes))
 
 
 def multibox_loss(

@@ -60,9 +60,8 @@ def _kmeans_pp(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
     return np.stack(centres)
 
 
-def compute_priors(
-    boxes_normalised: np.ndarray, k: int = 200, seed: int = 0, iterations: int = 50, tolerance: float = 1e-6
-) -> np.ndarray:
+def compute_priors(boxes_normalised: np.ndarray, k: int = 200, seed: int = 0, iterations: int = 50,
+                   tolerance: float = 1e-6) -> np.ndarray:
     """K prior boxes by k-means over normalised ground-truth boxes.
 
     boxes_normalised: ndarray[N, 4], xyxy in [0, 1] (see :func:`normalised_boxes`).

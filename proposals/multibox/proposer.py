@@ -1,7 +1,6 @@
 """Inference: a trained MultiBox checkpoint as a proposer (image -> top-k boxes with confidences)."""
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Mapping
@@ -21,13 +20,14 @@ log = logging.getLogger(__name__)
 __all__ = ["MultiBoxProposer", "load_multibox"]
 
 
-def load_multibox(path, map_location="cpu", source: str | None = None) -> tuple[MultiBoxNet, dict]:
-    """Rebuild a MultiBoxNet from a checkpoint file, or from an already loaded checkpoint dict
+def load_multibox(path) -> tuple[MultiBoxNet, dict]:
+    """Rebuild a MultiBoxNet (on the CPU) from a checkpoint file, or from an already loaded checkpoint dict
     (``model_kwargs`` + ``model_state``, the averaged weights; e.g. the network a detector file embeds).
-    Returns ``(model in eval mode, checkpoint dict)``; ``ValueError`` names the file (``source``) when a
-    key is missing or the weights do not fit."""
-    ckpt = load_checkpoint(path, map_location=map_location) if isinstance(path, (str, Path)) else path
-    source = source or (str(path) if isinstance(path, (str, Path)) else "MultiBox network")
+    Returns ``(model in eval mode, checkpoint dict)``; ``ValueError`` names the file when a key is
+    missing or the weights do not fit."""
+    is_file = isinstance(path, (str, Path))
+    ckpt = load_checkpoint(path) if is_file else path
+    source = str(path) if is_file else "MultiBox network"
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"{source}: not a MultiBox checkpoint")
     for key in ("model_kwargs", "model_state"):
@@ -44,7 +44,7 @@ def load_multibox(path, map_location="cpu", source: str | None = None) -> tuple[
     return model.eval(), dict(ckpt)
 
 
-_MODEL_ARGS = set(inspect.signature(MultiBoxNet.__init__).parameters) - {"self"}
+_MODEL_ARGS = {"backbone_kwargs", "num_priors", "input_size", "dropout", "grid"}  # MultiBoxNet's arguments
 TRAINING_STATE = ("optimizer", "scheduler", "raw_state", "averaged_state", "scaler", "rng", "epoch_rng")
 
 
@@ -68,18 +68,18 @@ class MultiBoxProposer:
     """``image ndarray[H, W, 3] uint8 RGB -> Proposals(boxes float32[top_k, 4] pixels, clipped, by
     decreasing confidence; scores float32[top_k] sigmoid)``.
 
-    checkpoint: path written by tools/train_multibox.py, or that checkpoint already loaded (a dict with
-    ``model_kwargs`` and ``model_state``, as a detector file embeds it); top_k: boxes kept per image (at most K);
-    device: "auto" | "cpu" | "cuda[:N]"; batch_size: images per forward pass in :meth:`propose_batch`;
-    backend: "auto" (ONNX Runtime on a CPU, torch on a GPU) | "torch" | "onnxruntime", as for region
-    scoring (:mod:`detect.backends`); the ONNX export is cached in ``<checkpoint>.onnx/``, keyed on the
-    weights; amp: mixed precision of the torch backend on CUDA, "none" by default because the boxes
-    are regressed coordinates (bf16 would round them to ~0.4 % of the image side).
-    onnx_cache: folder of the ONNX export (default ``<checkpoint>.onnx/`` for a path; for a loaded dict
-    without it, ``backend=auto`` runs torch).
-    precision: "fp32" | "int8" | "auto" of the ONNX Runtime backend (:mod:`detect.backends`); the int8
-    model is calibrated on the checkpoint's ``calibration`` images (``uint8 [N, S, S, 3]`` RGB at the
-    input size, prepared in the network's input convention, with its ``int8_recipe``), which the detector bundle step adds to the network it embeds.
+    checkpoint: path written by tools/train_multibox.py, or that checkpoint already loaded (as
+    :func:`load_multibox` takes it); top_k: boxes kept per image (at most K); device: "auto" | "cpu" |
+    "cuda[:N]"; batch_size: images per forward pass in :meth:`propose_batch`.
+    backend, precision: as for region scoring (:mod:`detect.backends`): "auto" (ONNX Runtime on a CPU,
+    torch on a GPU) | "torch" | "onnxruntime", and "fp32" | "int8" | "auto" of ONNX Runtime; the int8
+    model is calibrated on the checkpoint's ``calibration`` images (``uint8 [N, S, S, 3]`` RGB at the input
+    size, prepared in the network's input convention) with its ``int8_recipe``, which the detector bundle
+    step adds to the network it embeds.
+    amp: mixed precision of the torch backend on CUDA, "none" by default because the boxes are
+    regressed coordinates (bf16 would round them to ~0.4 % of the image side).
+    onnx_cache: folder of the ONNX export, keyed on the weights (default ``<checkpoint>.onnx/`` for a
+    path; for a loaded dict without it, ``backend=auto`` runs torch).
     """
 
     name = "multibox"
