@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:  # torch is imported inside the two functions that need it: readers and evaluation run without it
     import torch
 
-__all__ = ["digest", "file_sha256", "state_digest", "exclusive_lock", "OutputLocked", "OutputConflict",
-           "refuse_inputs", "atomic_open", "temp_target", "stale_temp_files", "remove_stale_temps", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
+__all__ = ["digest", "file_sha256", "stat_signatures", "exclusive_lock", "OutputLocked", "OutputConflict",
+           "refuse_inputs", "atomic_open", "temp_target", "remove_stale_temps", "atomic_write_text",
+           "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
 
 
 def _read_umask() -> int:
@@ -68,30 +69,26 @@ def temp_target(name: str) -> str | None:
     return match[1] if match else None
 
 
-def stale_temp_files(path: str | Path, targets: str | None = None) -> list[Path]:
-    """The temporary files that :func:`atomic_open` left beside ``path`` when its process was killed (plain
-    files only: a link or folder is never one of ours). ``targets``: a regular expression of the target
-    names in ``path``'s folder instead of ``path``'s own name (e.g. every chunk file of one rank)."""
+def remove_stale_temps(path: str | Path, targets: str | None = None) -> int:
+    """Delete the temporary files that :func:`atomic_open` left beside ``path`` when its process was killed
+    (plain files only: a link or folder is never one of ours); returns how many. ``targets``: a regular
+    expression of the target names in ``path``'s folder instead of ``path``'s own name (e.g. every chunk
+    file of one rank). Call it only while holding the lock of ``path`` (:func:`exclusive_lock`), so that
+    no writer of ours is filling one now."""
     path = Path(path)
     pattern = re.compile(targets or re.escape(path.name))
     try:
         entries = list(os.scandir(path.parent))
     except FileNotFoundError:
-        return []
-    return [path.parent / e.name for e in entries if pattern.fullmatch(temp_target(e.name) or "")
-            and e.is_file(follow_symlinks=False)]
-
-
-def remove_stale_temps(path: str | Path, targets: str | None = None) -> int:
-    """Delete :func:`stale_temp_files` of ``path`` (``targets``: see there); returns how many. Call it only
-    while holding the lock of ``path`` (:func:`exclusive_lock`), so that no writer of ours is filling one now."""
+        return 0
     removed = 0
-    for tmp in stale_temp_files(path, targets):
-        try:
-            tmp.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
+    for e in entries:
+        if pattern.fullmatch(temp_target(e.name) or "") and e.is_file(follow_symlinks=False):
+            try:
+                os.unlink(path.parent / e.name)
+                removed += 1
+            except FileNotFoundError:
+                pass
     if removed:
         log.info("%s: removed %d temporary file(s) left by an interrupted write", path, removed)
     return removed
@@ -169,11 +166,6 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def state_digest(state) -> str:
-    """Hex sha256 of a state dict (``{name: Tensor}``): names, dtypes, shapes and values, in name order."""
-    return digest(dict(sorted(state.items())))
 
 
 class OutputLocked(RuntimeError):
