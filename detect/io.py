@@ -230,7 +230,8 @@ def refuse_inputs(outputs: list[str | Path], inputs: list[str | Path], hint: str
 def stat_signatures(paths) -> bytes:
     """Each file's ``(size, mtime_ns, ctime_ns, inode)`` as int64 bytes, ``-1`` for a missing one: the
     cheap content signature of a file list (a file rewritten in place or replaced by a rename changes at
-    least one of them; ``cp -p`` keeps the mtime but not the ctime)."""
+    least one of them, the inode even within the clock's resolution; ``cp -p`` keeps the mtime but not
+    the ctime)."""
     import numpy as np
 
     stats = np.full((len(paths), 4), -1, dtype=np.int64)

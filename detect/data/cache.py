@@ -153,8 +153,7 @@ class ParsedFolder:
 
 
 def annotation_fingerprint(files: list[str], names: list[str], extra: list) -> str:
-    """:func:`detect.io.digest` of ``extra``, the names and each file's (size, mtime_ns, ctime_ns, inode)
-    (-1 when missing); the inode catches a file replaced by an atomic rename within the clock's resolution."""
+    """:func:`detect.io.digest` of ``extra``, the names and :func:`detect.io.stat_signatures` of ``files``."""
     return digest([extra, list(names), stat_signatures(files)])
 
 

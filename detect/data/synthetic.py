@@ -17,12 +17,11 @@ Layouts written:
   datasets of one's own (see :func:`make_detection_world`).
 
 Both are deterministic (same parameters -> the same bytes; each image draws from its own generator
-seeded by ``(seed, split, image number)``) and idempotent: ``root/manifest.json`` records the parameters
-and the list of files the generation writes (marked complete when it ends); when it matches, nothing is
-done; otherwise exactly the files it lists are removed and the set is rebuilt. The generator never
-removes or overwrites anything else: a folder holding files it did not write (a real dataset given by
-mistake as ``data.root``) is refused with :class:`ForeignDataError` before anything is touched (the
-ownership rules of every generator: :mod:`detect.data.generated`).
+seeded by ``(seed, split, image number)``) and idempotent under the ownership rules of every generator
+(:mod:`detect.data.generated`): ``root/manifest.json`` records the parameters and the files written;
+when it matches, nothing is done; otherwise exactly the files it lists are removed and the set is
+rebuilt. A folder holding files it did not write (a real dataset given by mistake as ``data.root``) is
+refused with :class:`ForeignDataError` before anything is touched.
 """
 from __future__ import annotations
 
