@@ -26,14 +26,11 @@ __all__ = ["digest", "file_sha256", "stat_signatures", "exclusive_lock", "Output
 def _read_umask() -> int:
     """The process umask, read without changing it where /proc tells it (else set and restored at once)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        return int(re.search(r"^Umask:\s*([0-7]+)", Path("/proc/self/status").read_text(), re.M)[1], 8)
+    except (OSError, TypeError):  # no /proc, or no Umask line (TypeError: no match)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 _UMASK = _read_umask()

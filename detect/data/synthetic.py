@@ -224,7 +224,7 @@ def render_detection_image(rng: np.random.Generator, width: int, height: int, cl
     top = max(min_object_size, max_object_fraction * min(width, height))
     sizes = np.exp(rng.uniform(math.log(min_object_size), math.log(top), len(labels)))
     order = np.argsort(-sizes, kind="stable")
-    placed = []  # (label, full in-image mask, full area, visible mask, pixels window)
+    placed = []  # [label, full in-image mask, full area, visible mask]
     for k in order:
         mask, pixels = render_object(rng, classes[labels[k]], float(sizes[k]))
         h, w = mask.shape
@@ -237,22 +237,15 @@ def render_detection_image(rng: np.random.Generator, width: int, height: int, cl
                 continue
             full = np.zeros((height, width), bool)
             full[win[0]] = mask[win[1]]
-            if full.sum() < min_visible * area:
-                continue
-            if any((vis & ~full).sum() < min_visible * a for _, _, a, vis in placed):
+            if full.sum() < min_visible * area or any((vis & ~full).sum() < min_visible * a for _, _, a, vis in placed):
                 continue
             for item in placed:
                 item[3] &= ~full
             placed.append([int(labels[k]), full, area, full.copy()])
-            region = image[win[0]]
-            region[mask[win[1]]] = pixels[win[1]][mask[win[1]]]
+            image[win[0]][mask[win[1]]] = pixels[win[1]][mask[win[1]]]
             break
-    boxes, out_labels = [], []
-    for label, full, _, _ in placed:
-        ys, xs = np.nonzero(full)
-        boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
-        out_labels.append(label)
-    return image, np.array(boxes, np.int64).reshape(-1, 4), np.array(out_labels, np.int64)
+    boxes = [[xs.min(), ys.min(), xs.max(), ys.max()] for ys, xs in (np.nonzero(p[1]) for p in placed)]
+    return image, np.array(boxes, np.int64).reshape(-1, 4), np.array([p[0] for p in placed], np.int64)
 
 
 def render_classification_image(rng: np.random.Generator, size: int, cls: SceneClass) -> np.ndarray:
@@ -265,8 +258,7 @@ def render_classification_image(rng: np.random.Generator, size: int, cls: SceneC
     y0 = int(round((size - h) / 2 + rng.uniform(-0.12, 0.12) * size))
     win = _paste_window(x0, y0, h, w, size, size)
     if win is not None:
-        region = image[win[0]]
-        region[mask[win[1]]] = pixels[win[1]][mask[win[1]]]
+        image[win[0]][mask[win[1]]] = pixels[win[1]][mask[win[1]]]
     return image
 
 
