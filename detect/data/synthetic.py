@@ -290,31 +290,21 @@ def ilsvrc_xml(folder: str, file_name: str, width: int, height: int, boxes: np.n
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-LAYOUTS = ("ilsvrc", "voc", "coco")
+LAYOUTS = {  # per layout: (image file, annotation file (COCO: None, one file per split), the split's list file)
+    "ilsvrc": ("Data/DET/{split}/{name}.JPEG", "Annotations/DET/{split}/{name}.xml", "ImageSets/DET/{split}.txt"),
+    "voc": ("JPEGImages/{name}{ext}", "Annotations/{name}.xml", "ImageSets/Main/{voc_split}.txt"),
+    "coco": ("images/{split}/{name}{ext}", None, "annotations/instances_{split}.json"),
+}
 VOC_SPLITS = {"train": "trainval", "val": "test"}  # the world's splits as named in its VOC layout
 
 
-def _image_file(params: dict, split: str, i: int) -> str:
-    """The image file of the ``i``-th (0-based) image of ``split``, relative to the root."""
-    name = f"synthetic_{split}_{i + 1:06d}"
-    layout = params.get("layout", "ilsvrc")
-    if layout == "ilsvrc":
-        return f"Data/DET/{split}/{name}.JPEG"
-    extensions = params["extensions"]
-    ext = extensions[i % len(extensions)]
-    return f"JPEGImages/{name}{ext}" if layout == "voc" else f"images/{split}/{name}{ext}"
-
-
-def _annotation_file(layout: str, split: str, i: int) -> str | None:
-    """The annotation file of the ``i``-th image of ``split`` (None in the COCO layout: one file per split)."""
-    name = f"synthetic_{split}_{i + 1:06d}"
-    return {"ilsvrc": f"Annotations/DET/{split}/{name}.xml", "voc": f"Annotations/{name}.xml"}.get(layout)
-
-
-def _list_file(layout: str, split: str) -> str:
-    """The image list (or COCO annotation file) of ``split``."""
-    return {"ilsvrc": f"ImageSets/DET/{split}.txt", "voc": f"ImageSets/Main/{VOC_SPLITS[split]}.txt",
-            "coco": f"annotations/instances_{split}.json"}[layout]
+def _world_files(params: dict, split: str, i: int) -> tuple[str, str | None, str]:
+    """:data:`LAYOUTS`' files of the ``i``-th (0-based) image of ``split``, relative to the root (the
+    image's extension: ``params["extensions"]`` in turn, voc and coco layouts)."""
+    extensions = params.get("extensions", [""])
+    fields = {"split": split, "name": f"synthetic_{split}_{i + 1:06d}", "ext": extensions[i % len(extensions)],
+              "voc_split": VOC_SPLITS[split]}
+    return tuple(None if path is None else path.format(**fields) for path in LAYOUTS[params.get("layout", "ilsvrc")])
 
 
 def _planned_files(params: dict) -> list[str]:
@@ -328,8 +318,8 @@ def _planned_files(params: dict) -> list[str]:
     files = []
     for split in ("train", "val"):
         for i in range(params[f"num_{split}"]):
-            files += [f for f in (_image_file(params, split, i), _annotation_file(layout, split, i)) if f]
-        files.append(_list_file(layout, split))
+            files += [f for f in _world_files(params, split, i)[:2] if f]
+        files.append(_world_files(params, split, 0)[2])
     return files + (["classes.tsv"] if layout == "ilsvrc" else [])
 
 
@@ -401,7 +391,7 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
         raise ValueError(f"bad parameters: min_side={min_side} max_side={max_side} "
                          f"max_objects={max_objects} empty_fraction={empty_fraction}")
     if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+        raise ValueError(f"layout={layout!r}: expected one of {tuple(LAYOUTS)}")
     params = {"kind": "detection_world", "version": RENDERER_VERSION, "num_classes": int(num_classes),
               "num_train": int(num_train), "num_val": int(num_val), "min_side": int(min_side),
               "max_side": int(max_side), "max_objects": int(max_objects),
@@ -447,25 +437,27 @@ def _write_world_split(root: Path, params: dict, split: str) -> None:
     for i in tqdm(range(count), desc=f"synthetic det {split}", leave=False):
         image, boxes, labels = _draw_world_image(params, classes, split, i, None if i in empty else non_empty)
         non_empty += i not in empty
-        image_file = root / _image_file(params, split, i)
+        image_rel, annotation_rel, _ = _world_files(params, split, i)
+        image_file = root / image_rel
         write_jpeg(image_file, image, JPEG_QUALITY)
         height, width = image.shape[:2]
         name = f"synthetic_{split}_{i + 1:06d}"
         if layout == "coco":
             _add_coco_image(coco, i + 1, image_file.name, width, height, boxes, labels)
         elif layout == "voc":
-            _write_xml(root / _annotation_file(layout, split, i), ilsvrc_xml(
+            _write_xml(root / annotation_rel, ilsvrc_xml(
                 "JPEGImages", image_file.name, width, height, boxes, [classes[k].name for k in labels], voc=True))
             lines.append(name)
         else:
-            _write_xml(root / _annotation_file(layout, split, i),
+            _write_xml(root / annotation_rel,
                        ilsvrc_xml(split, name, width, height, boxes, [classes[k].wnid for k in labels]))
             lines.append(f"{name} {i + 1}")
         n_boxes += len(boxes)
+    list_file = root / _world_files(params, split, 0)[2]
     if layout == "coco":
-        atomic_write_json(root / _list_file(layout, split), coco, indent=None)
+        atomic_write_json(list_file, coco, indent=None)
     else:
-        atomic_write_text(root / _list_file(layout, split), "\n".join(lines) + ("\n" if lines else ""))
+        atomic_write_text(list_file, "\n".join(lines) + ("\n" if lines else ""))
     log.info("%s: %s split, %d images, %d boxes, %d empty", root, split, count, n_boxes, len(empty))
 
 
