@@ -18,21 +18,19 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:  # torch is imported inside the two functions that need it: readers and evaluation run without it
     import torch
 
-__all__ = ["digest", "file_sha256", "state_digest", "exclusive_lock", "OutputLocked", "OutputConflict",
-           "refuse_inputs", "atomic_open", "temp_target", "stale_temp_files", "remove_stale_temps", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
+__all__ = ["digest", "file_sha256", "stat_signatures", "exclusive_lock", "OutputLocked", "OutputConflict",
+           "refuse_inputs", "atomic_open", "temp_target", "remove_stale_temps", "atomic_write_text",
+           "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
 
 
 def _read_umask() -> int:
     """The process umask, read without changing it where /proc tells it (else set and restored at once)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        return int(re.search(r"^Umask:\s*([0-7]+)", Path("/proc/self/status").read_text(), re.M)[1], 8)
+    except (OSError, TypeError):  # no /proc, or no Umask line (TypeError: no match)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 _UMASK = _read_umask()
@@ -68,30 +66,26 @@ def temp_target(name: str) -> str | None:
     return match[1] if match else None
 
 
-def stale_temp_files(path: str | Path, targets: str | None = None) -> list[Path]:
-    """The temporary files that :func:`atomic_open` left beside ``path`` when its process was killed (plain
-    files only: a link or folder is never one of ours). ``targets``: a regular expression of the target
-    names in ``path``'s folder instead of ``path``'s own name (e.g. every chunk file of one rank)."""
+def remove_stale_temps(path: str | Path, targets: str | None = None) -> int:
+    """Delete the temporary files that :func:`atomic_open` left beside ``path`` when its process was killed
+    (plain files only: a link or folder is never one of ours); returns how many. ``targets``: a regular
+    expression of the target names in ``path``'s folder instead of ``path``'s own name (e.g. every chunk
+    file of one rank). Call it only while holding the lock of ``path`` (:func:`exclusive_lock`), so that
+    no writer of ours is filling one now."""
     path = Path(path)
     pattern = re.compile(targets or re.escape(path.name))
     try:
         entries = list(os.scandir(path.parent))
     except FileNotFoundError:
-        return []
-    return [path.parent / e.name for e in entries if pattern.fullmatch(temp_target(e.name) or "")
-            and e.is_file(follow_symlinks=False)]
-
-
-def remove_stale_temps(path: str | Path, targets: str | None = None) -> int:
-    """Delete :func:`stale_temp_files` of ``path`` (``targets``: see there); returns how many. Call it only
-    while holding the lock of ``path`` (:func:`exclusive_lock`), so that no writer of ours is filling one now."""
+        return 0
     removed = 0
-    for tmp in stale_temp_files(path, targets):
-        try:
-            tmp.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
+    for e in entries:
+        if pattern.fullmatch(temp_target(e.name) or "") and e.is_file(follow_symlinks=False):
+            try:
+                os.unlink(path.parent / e.name)
+                removed += 1
+            except FileNotFoundError:
+                pass
     if removed:
         log.info("%s: removed %d temporary file(s) left by an interrupted write", path, removed)
     return removed
@@ -171,11 +165,6 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def state_digest(state) -> str:
-    """Hex sha256 of a state dict (``{name: Tensor}``): names, dtypes, shapes and values, in name order."""
-    return digest(dict(sorted(state.items())))
-
-
 class OutputLocked(RuntimeError):
     """Another process is writing the same output."""
 
@@ -238,7 +227,8 @@ def refuse_inputs(outputs: list[str | Path], inputs: list[str | Path], hint: str
 def stat_signatures(paths) -> bytes:
     """Each file's ``(size, mtime_ns, ctime_ns, inode)`` as int64 bytes, ``-1`` for a missing one: the
     cheap content signature of a file list (a file rewritten in place or replaced by a rename changes at
-    least one of them; ``cp -p`` keeps the mtime but not the ctime)."""
+    least one of them, the inode even within the clock's resolution; ``cp -p`` keeps the mtime but not
+    the ctime)."""
     import numpy as np
 
     stats = np.full((len(paths), 4), -1, dtype=np.int64)

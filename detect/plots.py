@@ -20,7 +20,7 @@ from detect.io import atomic_open
 
 log = logging.getLogger(__name__)
 
-__all__ = ["save_pr_curves", "plot_recall_curves", "class_colour", "draw_detections", "write_png"]
+__all__ = ["save_pr_curves", "plot_recall_curves", "draw_detections", "write_png"]
 
 COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # the "tab10" palette
@@ -36,54 +36,50 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _panel(draw, image, box, title: str, curves: list, fonts, scale: float) -> None:
+def _panel(draw, image, box, title: str, curves: list, fonts) -> None:
     """One axes in ``box = (x0, y0, x1, y1)`` pixels: grid, ticks, labels, curves, legend."""
     from PIL import Image, ImageDraw
 
     small, normal = fonts
     x0, y0, x1, y1 = box
-    left, right, top, bottom = x0 + int(52 * scale), x1 - int(12 * scale), y0 + int(28 * scale), y1 - int(42 * scale)
+    left, right, top, bottom = x0 + 52, x1 - 12, y0 + 28, y1 - 42
     to_x = lambda r: left + r * (right - left)  # noqa: E731
     to_y = lambda p: bottom - p / 1.02 * (bottom - top)  # noqa: E731
     for t in TICKS:
         draw.line([(to_x(t), top), (to_x(t), bottom)], fill=(225, 225, 225))
         draw.line([(left, to_y(t)), (right, to_y(t))], fill=(225, 225, 225))
-        draw.text((to_x(t), bottom + 4 * scale), f"{t:.1f}", fill="black", font=small, anchor="mt")
-        draw.text((left - 5 * scale, to_y(t)), f"{t:.1f}", fill="black", font=small, anchor="rm")
+        draw.text((to_x(t), bottom + 4), f"{t:.1f}", fill="black", font=small, anchor="mt")
+        draw.text((left - 5, to_y(t)), f"{t:.1f}", fill="black", font=small, anchor="rm")
     draw.rectangle([left, top, right, bottom], outline="black")
-    draw.text(((left + right) / 2, y0 + 6 * scale), title, fill="black", font=normal, anchor="mt")
-    draw.text(((left + right) / 2, bottom + 22 * scale), "recall", fill="black", font=normal, anchor="mt")
-    label = Image.new("RGB", (int(80 * scale), int(18 * scale)), "white")
+    draw.text(((left + right) / 2, y0 + 6), title, fill="black", font=normal, anchor="mt")
+    draw.text(((left + right) / 2, bottom + 22), "recall", fill="black", font=normal, anchor="mt")
+    label = Image.new("RGB", (80, 18), "white")
     ImageDraw.Draw(label).text((label.width / 2, label.height / 2), "precision", fill="black", font=normal, anchor="mm")
     label = label.rotate(90, expand=True)
-    image.paste(label, (int(x0 + 2 * scale), int((top + bottom - label.height) / 2)))
-    width = max(1, int(round(1.6 * scale)))
+    image.paste(label, (x0 + 2, (top + bottom - label.height) // 2))
     for k, (name, rec, prec) in enumerate(curves):
         points = [(to_x(r), to_y(p)) for r, p in zip(rec.tolist(), prec.tolist())]
         if len(points) > 1:
-            draw.line(points, fill=COLORS[k % len(COLORS)], width=width, joint="curve")
-    line_h = int(15 * scale)
+            draw.line(points, fill=COLORS[k % len(COLORS)], width=2, joint="curve")
+    line_h = 15
     for k, (name, _, _) in enumerate(curves):  # legend, lower left
-        y = bottom - (len(curves) - k) * line_h - 4 * scale
-        draw.line([(left + 8 * scale, y + line_h / 2), (left + 28 * scale, y + line_h / 2)],
-                  fill=COLORS[k % len(COLORS)], width=width + 1)
-        draw.text((left + 33 * scale, y + line_h / 2), name, fill="black", font=small, anchor="lm")
+        y = bottom - (len(curves) - k) * line_h - 4
+        draw.line([(left + 8, y + line_h / 2), (left + 28, y + line_h / 2)], fill=COLORS[k % len(COLORS)], width=3)
+        draw.text((left + 33, y + line_h / 2), name, fill="black", font=small, anchor="lm")
 
 
-def save_pr_curves(result, path: str | Path, best: int = 4, worst: int = 4, dpi: int = 100) -> Path:
-    """Write a PNG with two panels: the PR curves of the ``best`` and the ``worst`` classes by AP.
+def save_pr_curves(result, path: str | Path, best: int = 4, worst: int = 4) -> Path:
+    """Write a 1000 x 450 PNG with two panels: the PR curves of the ``best`` and the ``worst`` classes by AP.
 
     ``result``: a ``detect.evaluation.EvalResult`` (classes without ground truth are left out); each
-    curve starts at recall 0 with its first precision. ``dpi``: 100 gives a 1000 x 450 image.
-    Returns the path written (atomically).
+    curve starts at recall 0 with its first precision. Returns the path written (atomically).
     """
     from PIL import Image, ImageDraw
 
-    scale = dpi / 100.0
-    width, height = int(1000 * scale), int(450 * scale)
+    width, height = 1000, 450
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    fonts = (_font(int(11 * scale)), _font(int(13 * scale)))
+    fonts = (_font(11), _font(13))
     ranked = [c for c in result.ranked_classes() if not np.isnan(result.ap[c])]
     for k, (title, classes) in enumerate((("best", ranked[:best]), ("worst", ranked[::-1][:worst]))):
         curves = []
@@ -92,7 +88,7 @@ def save_pr_curves(result, path: str | Path, best: int = 4, worst: int = 4, dpi:
             curves.append((f"{result.class_names[c]} ({100 * result.ap[c]:.1f})", np.r_[0.0, rec],
                            np.r_[prec[0] if len(prec) else 0.0, prec]))
         box = (k * width // 2, 0, (k + 1) * width // 2, height)
-        _panel(draw, image, box, f"{title} {len(classes)} classes ({result.rules} rules, AP %)", curves, fonts, scale)
+        _panel(draw, image, box, f"{title} {len(classes)} classes ({result.rules} rules, AP %)", curves, fonts)
     path = Path(path)
     with atomic_open(path, "wb") as f:
         image.save(f, format="PNG")
@@ -128,28 +124,24 @@ def plot_recall_curves(results: dict, path, title: str = "") -> None:
 
 
 # ------------------------------------------------------------------- detections on an image
-def class_colour(label: int) -> tuple[int, int, int]:
-    """A bright RGB colour per class label, spread around the hue circle (golden-ratio steps)."""
-    r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.85, 0.95)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
 def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                    class_names: Sequence[str], thickness: int | None = None) -> np.ndarray:
+                    class_names: Sequence[str]) -> np.ndarray:
     """A copy of ``image: ndarray[H, W, 3] uint8`` RGB with each box and ``"<class> <score>"`` drawn.
 
     boxes: ndarray[K, 4] xyxy pixels; scores: ndarray[K]; labels: ndarray[K] int (0-based into class_names).
-    Boxes are drawn lowest score first, so the best ones end up on top.
+    Boxes are drawn lowest score first, so the best ones end up on top, each in a bright colour of its
+    class, spread around the hue circle (golden-ratio steps).
     """
     import cv2
 
     out = np.ascontiguousarray(image, dtype=np.uint8).copy()
     height, width = out.shape[:2]
-    thickness = thickness or max(1, round(min(height, width) / 300))
+    thickness = max(1, round(min(height, width) / 300))
     scale = max(0.35, min(height, width) / 900)
     for k in np.argsort(np.asarray(scores), kind="stable"):
         x1, y1, x2, y2 = (int(round(float(v))) for v in boxes[k])
-        colour = class_colour(int(labels[k]))
+        hue = (int(labels[k]) * 0.618033988749895) % 1.0
+        colour = tuple(int(c * 255) for c in colorsys.hsv_to_rgb(hue, 0.85, 0.95))
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
         text = f"{class_names[int(labels[k])]} {float(scores[k]):.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)

@@ -33,7 +33,7 @@ from detect.io import (OutputLocked, atomic_open, digest, exclusive_lock, file_s
                        stat_signatures, temp_target)
 from detect.records import OutputRecord
 
-__all__ = ["ChunkedRun", "detections_record", "write_npz", "read_npz", "run_fingerprint_of", "image_list_digest",
+__all__ = ["ChunkedRun", "detections_record", "write_npz", "run_fingerprint_of", "image_list_digest",
            "IMAGE_FINGERPRINTS"]
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,9 @@ _OWNER = "owner.json"
 
 def image_list_digest(paths: Sequence[str | Path], keys: Sequence, content: str = "stat") -> str:
     """Hex sha256 of an image list as a run's input: each image's key (id, index: JSON-able), its path
-    and its content, told by ``content``:
-
-    - ``"stat"``: the file's size, mtime_ns, ctime_ns and inode (cheap; an image rewritten in place or
-      replaced by a rename changes at least one of them, even ``cp -p`` changes the ctime);
-    - ``"sha256"``: the bytes themselves (reads every image: slow on a large split; immune to copies).
-
-    A missing or unreadable file counts as ``-1`` / ``"missing"`` (its error is the run's to report).
-    """
+    and its content, told by ``content``: ``"stat"`` (cheap: :func:`detect.io.stat_signatures`) or
+    ``"sha256"`` (the bytes themselves: reads every image, slow on a large split; immune to copies).
+    A missing or unreadable file counts as ``-1`` / ``"missing"`` (its error is the run's to report)."""
     if content not in IMAGE_FINGERPRINTS:
         raise ValueError(f"image_fingerprint={content!r}: expected one of {', '.join(IMAGE_FINGERPRINTS)}")
     if len(paths) != len(keys):
@@ -78,17 +73,6 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, buf.getvalue())
-
-
-def read_npz(path: Path, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """The members ``names`` (default all) of an ``.npz``; ``FileNotFoundError`` / ``ValueError`` naming it."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in (z.files if names is None else [n for n in names if n in z.files])}
-    except Exception as e:  # truncated zip, not an npz, object arrays refused
-        raise ValueError(f"{path}: not a readable partial-result file ({type(e).__name__}: {e})") from e
 
 
 def run_fingerprint_of(*parts) -> str:
@@ -148,11 +132,19 @@ class ChunkedRun:
         return all(self.file(r, c).is_file() for r in range(self.world_size) for c in range(len(self.indices(r))))
 
     def read(self, rank: int, chunk: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Chunk ``chunk`` of ``rank``; a file holding other items than expected is a ``ValueError``."""
-        z = read_npz(self.file(rank, chunk), None if names is None else [*names, "indices"])
-        if not np.array_equal(z.get("indices"), self.indices(rank)[chunk]):
-            raise ValueError(f"{self.file(rank, chunk)}: holds other items than expected; delete {self.dir}")
-        return z
+        """The members ``names`` (default all) of chunk ``chunk`` of ``rank``; ``FileNotFoundError`` /
+        ``ValueError`` naming the file when it is missing, unreadable or holds other items than expected."""
+        path = self.file(rank, chunk)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: file not found")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files if names is None or k in names or k == "indices"}
+        except Exception as e:  # truncated zip, not an npz, object arrays refused
+            raise ValueError(f"{path}: not a readable partial-result file ({type(e).__name__}: {e})") from e
+        if not np.array_equal(arrays.get("indices"), self.indices(rank)[chunk]):
+            raise ValueError(f"{path}: holds other items than expected; delete {self.dir}")
+        return arrays
 
     def chunks(self, names: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Every chunk of every rank, rank by rank."""

@@ -25,7 +25,7 @@ __all__ = ["Stage", "run_stages", "StageError", "tree_digest"]
 
 
 class StageError(RuntimeError):
-    pass
+    """A stage's command failed."""
 
 
 @dataclass
@@ -35,10 +35,6 @@ class Stage:
     name: str
     tool: str
     args: list[str] = field(default_factory=list)
-
-    def command(self, python: str, tools_dir: Path) -> list[str]:
-        return [python, str(tools_dir / f"{self.tool}.py"), *self.args]
-
 
 
 def _snapshot(root: Path, exclude: tuple[Path, ...]) -> dict[str, tuple[int, int]]:
@@ -59,14 +55,14 @@ def _snapshot(root: Path, exclude: tuple[Path, ...]) -> dict[str, tuple[int, int
     return out
 
 
-def tree_digest(folder: str | Path, pattern: str = "*.yaml") -> str:
-    """:func:`detect.io.digest` of the relative paths and contents of the files matching ``pattern`` under ``folder``."""
+def tree_digest(folder: str | Path) -> str:
+    """:func:`detect.io.digest` of the relative paths and contents of the ``*.yaml`` files under ``folder``."""
     folder = Path(folder)
-    return digest({p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob(pattern))})
+    return digest({p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.yaml"))})
 
 
-def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path, python: str | None = None,
-               env: dict | None = None, stop_after: str | None = None, inputs_digest: str = "") -> dict[str, float]:
+def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path, stop_after: str | None = None,
+               inputs_digest: str = "") -> dict[str, float]:
     """Run ``stages`` in order, skipping those whose stamp is still valid. Returns seconds per stage run.
 
     ``inputs_digest`` (e.g. :func:`tree_digest` of the config folder) is chained into every stamp, so a
@@ -78,11 +74,10 @@ def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path,
     stamps = root / "stages"
     stamps.mkdir(parents=True, exist_ok=True)
     exclude = (stamps, root / "logs")
-    python = python or sys.executable
     upstream = inputs_digest
     timings: dict[str, float] = {}
     for stage in stages:
-        command = stage.command(python, Path(tools_dir))
+        command = [sys.executable, str(Path(tools_dir) / f"{stage.tool}.py"), *stage.args]
         stamp = OutputRecord(stamps / f"{stage.name}.json", root=root)
         params = {"command": command[1:], "upstream": upstream}
         if stamp.up_to_date(params):
@@ -92,10 +87,11 @@ def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path,
             log.info("[%s] $ %s", stage.name, " ".join(command[1:]))
             before = _snapshot(root, exclude)
             start = time.perf_counter()
-            result = subprocess.run(command, env={**os.environ, **(env or {})})
+            result = subprocess.run(command)
             timings[stage.name] = time.perf_counter() - start
             if result.returncode != 0:
-                raise StageError(f"stage {stage.name} failed with exit code {result.returncode}: {' '.join(command[1:])}")
+                raise StageError(f"stage {stage.name} failed with exit code {result.returncode}: "
+                                 f"{' '.join(command[1:])}")
             after = _snapshot(root, exclude)
             changed = sorted(rel for rel, meta in after.items() if before.get(rel) != meta)
             stamp.finish(params, {"name": stage.name, "seconds": timings[stage.name]}, changed)

@@ -1,6 +1,5 @@
 """The demo's stage runner: finished stages are skipped only while their outputs are intact."""
 import json
-import sys
 
 import pytest
 
@@ -29,7 +28,7 @@ def setup(tmp_path):
 
     def run(**kw):
         log.write_text("")
-        run_stages(stages, work, tools, python=sys.executable, **kw)
+        run_stages(stages, work, tools, **kw)
         return log.read_text().split()
 
     return work, run

@@ -16,7 +16,6 @@ missing size leads to).
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -27,7 +26,8 @@ import numpy as np
 
 from detect.data.folder import ImageFinder, size_from_image
 from detect.data.records import MAX_PIXELS, DetectionRecord, SkipLog
-from detect.io import atomic_open, digest, stat_signatures
+from detect.io import digest, stat_signatures
+from detect.runs import write_npz
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,7 @@ class ParsedAnnotation:
     @classmethod
     def from_raw(cls, raw) -> "ParsedAnnotation":
         """From a parser's raw tuple ``(width, height, boxes [[x1, y1, x2, y2], ...], labels, flags, problems)``."""
-        width, height, boxes, labels, flags, problems = raw
-        return cls(None, width, height, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
-                   np.asarray(flags, bool), tuple(problems))
+        return ParsedFolder.from_raw([raw])[0]
 
     @classmethod
     def empty(cls) -> "ParsedAnnotation":
@@ -79,16 +77,6 @@ class ParsedFolder:
         ends = np.cumsum(counts).tolist()
         self._starts, self._ends = [0] + ends[:-1], ends
         self._width, self._height = width.tolist(), height.tolist()
-
-    @classmethod
-    def concat(cls, parts: list["ParsedFolder"]) -> "ParsedFolder":
-        """The parts' files one after the other."""
-        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).tolist()
-        cat = lambda key: np.concatenate([getattr(p, key) for p in parts])  # noqa: E731
-        errors = {k + off: v for p, off in zip(parts, offsets) for k, v in p.errors.items()}
-        problems = {k + off: v for p, off in zip(parts, offsets) for k, v in p.problems.items()}
-        return cls(cat("width"), cat("height"), cat("counts"), cat("boxes").reshape(-1, 4), cat("labels"), cat("flags"),
-                   errors, problems)
 
     @classmethod
     def from_raw(cls, items: list) -> "ParsedFolder":
@@ -129,12 +117,10 @@ class ParsedFolder:
     def save(self, path: Path, fingerprint: str) -> None:
         """Write atomically as ``.npz`` (no pickles); an unwritable cache folder is logged, not raised."""
         meta = {"fingerprint": fingerprint, "errors": self.errors, "problems": {k: list(v) for k, v in self.problems.items()}}
-        buffer = io.BytesIO()
-        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), width=self.width, height=self.height,
-                 counts=self.counts, boxes=self.boxes, labels=self.labels, flags=self.flags)
         try:
-            with atomic_open(path, "wb") as f:
-                f.write(buffer.getbuffer())
+            write_npz(path, {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), "width": self.width,
+                             "height": self.height, "counts": self.counts, "boxes": self.boxes, "labels": self.labels,
+                             "flags": self.flags})
         except OSError as e:
             log.warning("%s: cannot write the annotation cache (%s); the next run parses again", path, e)
 
@@ -167,8 +153,7 @@ class ParsedFolder:
 
 
 def annotation_fingerprint(files: list[str], names: list[str], extra: list) -> str:
-    """:func:`detect.io.digest` of ``extra``, the names and each file's (size, mtime_ns, ctime_ns, inode)
-    (-1 when missing); the inode catches a file replaced by an atomic rename within the clock's resolution."""
+    """:func:`detect.io.digest` of ``extra``, the names and :func:`detect.io.stat_signatures` of ``files``."""
     return digest([extra, list(names), stat_signatures(files)])
 
 
@@ -180,8 +165,8 @@ def cache_path(cache_dir: str | Path, tag: str, identity: list) -> Path:
 MIN_FILES_PER_WORKER = 2000  # below this many files per worker process, parsing in this process is faster
 
 
-def _parse_files(parse_raw, files: list[str], classes, progress: str | None = None) -> ParsedFolder:
-    """Parse ``files`` one by one (in this process or in a worker) into columns."""
+def _parse_files(parse_raw, files: list[str], classes, progress: str | None = None) -> list:
+    """Parse ``files`` one by one (in this process or in a worker): raw tuples or error strings."""
     items = []
     if progress:
         from tqdm import tqdm  # only when parsing (a warm cache needs no progress bar)
@@ -192,7 +177,7 @@ def _parse_files(parse_raw, files: list[str], classes, progress: str | None = No
             items.append(_within_bounds(parse_raw(path, classes), path))
         except (ValueError, OverflowError) as e:  # OverflowError: a number no parser bounded (never a crash)
             items.append("missing" if not os.path.isfile(path) else str(e))
-    return ParsedFolder.from_raw(items)
+    return items
 
 
 def _within_bounds(raw: tuple, path: str) -> tuple:
@@ -204,7 +189,7 @@ def _within_bounds(raw: tuple, path: str) -> tuple:
     return raw
 
 
-def _parse_in_workers(parse_raw, files: list[str], classes, workers: int) -> ParsedFolder:
+def _parse_in_workers(parse_raw, files: list[str], classes, workers: int) -> list:
     """Parse in ``workers`` processes (forked where the platform allows: nothing to import again)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -214,8 +199,8 @@ def _parse_in_workers(parse_raw, files: list[str], classes, workers: int) -> Par
     bounds = np.linspace(0, len(files), workers * 4 + 1).astype(int).tolist()  # 4 chunks per worker: even finish
     chunks = [files[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        parts = list(pool.map(_parse_files, [parse_raw] * len(chunks), chunks, [classes] * len(chunks)))
-    return ParsedFolder.concat(parts)
+        parts = pool.map(_parse_files, [parse_raw] * len(chunks), chunks, [classes] * len(chunks))
+        return [item for part in parts for item in part]
 
 
 def parse_annotation_files(folder: str | Path, names: list[str], parse_raw, cache_dir: str | Path | None, tag: str,
@@ -238,9 +223,9 @@ def parse_annotation_files(folder: str | Path, names: list[str], parse_raw, cach
     workers = max(1, min(int(workers), len(files) // MIN_FILES_PER_WORKER))
     if workers > 1:
         log.info("parsing %d annotation files in %s with %d processes", len(files), folder, workers)
-        parsed = _parse_in_workers(parse_raw, files, classes, workers)
+        parsed = ParsedFolder.from_raw(_parse_in_workers(parse_raw, files, classes, workers))
     else:
-        parsed = _parse_files(parse_raw, files, classes, progress=f"reading {folder}")
+        parsed = ParsedFolder.from_raw(_parse_files(parse_raw, files, classes, progress=f"reading {folder}"))
     if cache is not None:
         parsed.save(cache, fingerprint)
     return parsed

@@ -76,7 +76,7 @@ def _plan(dataset: DetectionDataset, split: str, min_size: float) -> list[tuple[
 
 
 def _digest(dataset: DetectionDataset) -> str:
-    """What the crops of ``dataset`` depend on: every record's id, boxes and image file (path, size, times, inode)."""
+    """What the crops of ``dataset`` depend on: every record's id, boxes and image file (path, stat signature)."""
     records = dataset.records
     return digest([[[r.image_id, str(r.path), r.boxes, r.labels, r.ignore] for r in records],
                    stat_signatures([r.path for r in records])])
@@ -84,11 +84,8 @@ def _digest(dataset: DetectionDataset) -> str:
 
 def cut_gt_crops(root: str | Path, train: DetectionDataset, val: DetectionDataset, context: float = 0.1,
                  min_size: float = 16.0, max_side: int = 256, jpeg_quality: int = 90) -> ClassList:
-    """Write the ground-truth crops of ``train`` and ``val`` under ``root`` (see the module docstring).
-
-    context: share of the box's width/height added on each side; min_size: shorter box sides below
-    this (pixels) are left out; max_side: longer side of a written crop at most this (pixels);
-    jpeg_quality: JPEG quality of the crops. Returns the class list (``train.classes``).
+    """Write the ground-truth crops of ``train`` and ``val`` under ``root``: ``context``, ``min_size`` and
+    ``max_side`` as in the module docstring, JPEG quality ``jpeg_quality``. Returns ``train.classes``.
     Raises ``ValueError`` when the two parts have other classes, when a part has no usable box, or
     :class:`detect.data.generated.ForeignDataError` when ``root`` holds files it did not write.
     """

@@ -67,12 +67,8 @@ def _foreign_file(root: Path, owned: set[str]) -> str | None:
 
 def prepare_root(root: str | Path, params: dict, files: list[str], what: str) -> bool:
     """Make ``root`` ready for a generation with ``params`` that writes ``files`` (relative POSIX
-    paths); True when a complete generation with the same ``params`` is there already.
-
-    what: names the data in messages (e.g. "synthetic detection world").
-    Only files that the existing manifest lists are ever removed; a folder holding anything else is
-    refused with :class:`ForeignDataError` before anything is touched.
-    """
+    paths), by the rules in the module docstring; True when a complete generation with the same
+    ``params`` is there already. what: names the data in messages (e.g. "synthetic detection world")."""
     root = Path(root)
     manifest = OutputRecord(root / MANIFEST, files)  # (ValueError for a file name outside root)
     if manifest.up_to_date(params, verify=False):

@@ -17,12 +17,11 @@ Layouts written:
   datasets of one's own (see :func:`make_detection_world`).
 
 Both are deterministic (same parameters -> the same bytes; each image draws from its own generator
-seeded by ``(seed, split, image number)``) and idempotent: ``root/manifest.json`` records the parameters
-and the list of files the generation writes (marked complete when it ends); when it matches, nothing is
-done; otherwise exactly the files it lists are removed and the set is rebuilt. The generator never
-removes or overwrites anything else: a folder holding files it did not write (a real dataset given by
-mistake as ``data.root``) is refused with :class:`ForeignDataError` before anything is touched (the
-ownership rules of every generator: :mod:`detect.data.generated`).
+seeded by ``(seed, split, image number)``) and idempotent under the ownership rules of every generator
+(:mod:`detect.data.generated`): ``root/manifest.json`` records the parameters and the files written;
+when it matches, nothing is done; otherwise exactly the files it lists are removed and the set is
+rebuilt. A folder holding files it did not write (a real dataset given by mistake as ``data.root``) is
+refused with :class:`ForeignDataError` before anything is touched.
 """
 from __future__ import annotations
 
@@ -43,11 +42,9 @@ from detect.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "SceneClass", "scene_classes", "synthetic_class_list", "render_background", "render_object",
-    "render_detection_image", "render_classification_image", "make_classification_set",
-    "make_detection_world", "ForeignDataError",
-]
+__all__ = ["SceneClass", "scene_classes", "render_background", "render_object", "render_detection_image",
+           "render_classification_image", "ilsvrc_xml", "make_classification_set", "make_detection_world",
+           "ForeignDataError"]
 
 RENDERER_VERSION = 1  # bump when the pictures change, so that old manifests no longer match
 JPEG_QUALITY = 90
@@ -121,11 +118,6 @@ def scene_classes(num_classes: int) -> list[SceneClass]:
         s, q = i % s_n, i // s_n
         out.append(SceneClass(i, shapes[s], colours[(s + q) % c_n], TEXTURES[(s + q // c_n) % t_n]))
     return out
-
-
-def synthetic_class_list(num_classes: int) -> ClassList:
-    classes = scene_classes(num_classes)
-    return ClassList(tuple(c.wnid for c in classes), tuple(c.name for c in classes))
 
 
 # ----------------------------------------------------------------------------------------------- drawing
@@ -232,7 +224,7 @@ def render_detection_image(rng: np.random.Generator, width: int, height: int, cl
     top = max(min_object_size, max_object_fraction * min(width, height))
     sizes = np.exp(rng.uniform(math.log(min_object_size), math.log(top), len(labels)))
     order = np.argsort(-sizes, kind="stable")
-    placed = []  # (label, full in-image mask, full area, visible mask, pixels window)
+    placed = []  # [label, full in-image mask, full area, visible mask]
     for k in order:
         mask, pixels = render_object(rng, classes[labels[k]], float(sizes[k]))
         h, w = mask.shape
@@ -245,73 +237,74 @@ def render_detection_image(rng: np.random.Generator, width: int, height: int, cl
                 continue
             full = np.zeros((height, width), bool)
             full[win[0]] = mask[win[1]]
-            if full.sum() < min_visible * area:
-                continue
-            if any((vis & ~full).sum() < min_visible * a for _, _, a, vis in placed):
+            if full.sum() < min_visible * area or any((vis & ~full).sum() < min_visible * a for _, _, a, vis in placed):
                 continue
             for item in placed:
                 item[3] &= ~full
             placed.append([int(labels[k]), full, area, full.copy()])
-            region = image[win[0]]
-            region[mask[win[1]]] = pixels[win[1]][mask[win[1]]]
+            image[win[0]][mask[win[1]]] = pixels[win[1]][mask[win[1]]]
             break
-    boxes, out_labels = [], []
-    for label, full, _, _ in placed:
-        ys, xs = np.nonzero(full)
-        boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
-        out_labels.append(label)
-    return image, np.array(boxes, np.int64).reshape(-1, 4), np.array(out_labels, np.int64)
+    boxes = [[xs.min(), ys.min(), xs.max(), ys.max()] for ys, xs in (np.nonzero(p[1]) for p in placed)]
+    return image, np.array(boxes, np.int64).reshape(-1, 4), np.array([p[0] for p in placed], np.int64)
 
 
-def render_classification_image(rng: np.random.Generator, size: int, cls: SceneClass,
-                                min_fraction: float = 0.4, max_fraction: float = 0.8) -> np.ndarray:
-    """One object of ``cls`` near the centre of a cluttered ``size`` x ``size`` image (uint8[S, S, 3] RGB)."""
+def render_classification_image(rng: np.random.Generator, size: int, cls: SceneClass) -> np.ndarray:
+    """One object of ``cls`` (longer side 40-80 % of ``size``) near the centre of a cluttered ``size`` x ``size``
+    image (uint8[S, S, 3] RGB)."""
     image = render_background(rng, size, size)
-    mask, pixels = render_object(rng, cls, rng.uniform(min_fraction, max_fraction) * size)
+    mask, pixels = render_object(rng, cls, rng.uniform(0.4, 0.8) * size)
     h, w = mask.shape
     x0 = int(round((size - w) / 2 + rng.uniform(-0.12, 0.12) * size))
     y0 = int(round((size - h) / 2 + rng.uniform(-0.12, 0.12) * size))
     win = _paste_window(x0, y0, h, w, size, size)
     if win is not None:
-        region = image[win[0]]
-        region[mask[win[1]]] = pixels[win[1]][mask[win[1]]]
+        image[win[0]][mask[win[1]]] = pixels[win[1]][mask[win[1]]]
     return image
 
 
 # ----------------------------------------------------------------------------------------------- writing
 
-def ilsvrc_xml(split: str, name: str, width: int, height: int, boxes: np.ndarray, wnids: list[str]) -> str:
-    """An annotation file in the ILSVRC (PASCAL VOC) layout: integer pixel boxes, one ``object`` per box."""
+def ilsvrc_xml(folder: str, file_name: str, width: int, height: int, boxes: np.ndarray, names: list[str],
+               voc: bool = False) -> str:
+    """An annotation file in the ILSVRC (PASCAL VOC) layout, one ``object`` per box (``boxes``: 0-based
+    inclusive integer pixels). ``voc``: a PASCAL VOC file instead: 1-based boxes, with the ``depth``,
+    ``segmented``, ``pose``, ``truncated`` and ``difficult`` entries of VOC's own files."""
     root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = split
-    ET.SubElement(root, "filename").text = name
+    ET.SubElement(root, "folder").text = folder
+    ET.SubElement(root, "filename").text = file_name
     ET.SubElement(ET.SubElement(root, "source"), "database").text = "synthetic"
     size = ET.SubElement(root, "size")
-    ET.SubElement(size, "width").text = str(width)
-    ET.SubElement(size, "height").text = str(height)
-    for box, wnid in zip(boxes, wnids):
+    for key, value in {"width": width, "height": height, **({"depth": 3} if voc else {})}.items():
+        ET.SubElement(size, key).text = str(value)
+    if voc:
+        ET.SubElement(root, "segmented").text = "0"
+    for box, name in zip(boxes, names):
         obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = wnid
+        ET.SubElement(obj, "name").text = name
+        for key in ("pose", "truncated", "difficult") if voc else ():
+            ET.SubElement(obj, key).text = "Unspecified" if key == "pose" else "0"
         bb = ET.SubElement(obj, "bndbox")
         for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
-            ET.SubElement(bb, key).text = str(int(value))
+            ET.SubElement(bb, key).text = str(int(value) + voc)
     ET.indent(root, space="\t")
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-LAYOUTS = ("ilsvrc", "voc", "coco")
+LAYOUTS = {  # per layout: (image file, annotation file (COCO: None, one file per split), the split's list file)
+    "ilsvrc": ("Data/DET/{split}/{name}.JPEG", "Annotations/DET/{split}/{name}.xml", "ImageSets/DET/{split}.txt"),
+    "voc": ("JPEGImages/{name}{ext}", "Annotations/{name}.xml", "ImageSets/Main/{voc_split}.txt"),
+    "coco": ("images/{split}/{name}{ext}", None, "annotations/instances_{split}.json"),
+}
 VOC_SPLITS = {"train": "trainval", "val": "test"}  # the world's splits as named in its VOC layout
 
 
-def _image_file(params: dict, split: str, i: int) -> str:
-    """The image file of the ``i``-th (0-based) image of ``split``, relative to the root."""
-    name = f"synthetic_{split}_{i + 1:06d}"
-    layout = params.get("layout", "ilsvrc")
-    if layout == "ilsvrc":
-        return f"Data/DET/{split}/{name}.JPEG"
-    extensions = params["extensions"]
-    ext = extensions[i % len(extensions)]
-    return f"JPEGImages/{name}{ext}" if layout == "voc" else f"images/{split}/{name}{ext}"
+def _world_files(params: dict, split: str, i: int) -> tuple[str, str | None, str]:
+    """:data:`LAYOUTS`' files of the ``i``-th (0-based) image of ``split``, relative to the root (the
+    image's extension: ``params["extensions"]`` in turn, voc and coco layouts)."""
+    extensions = params.get("extensions", [""])
+    fields = {"split": split, "name": f"synthetic_{split}_{i + 1:06d}", "ext": extensions[i % len(extensions)],
+              "voc_split": VOC_SPLITS[split]}
+    return tuple(None if path is None else path.format(**fields) for path in LAYOUTS[params.get("layout", "ilsvrc")])
 
 
 def _planned_files(params: dict) -> list[str]:
@@ -323,49 +316,29 @@ def _planned_files(params: dict) -> list[str]:
         return files + ["classes.tsv"]
     layout = params.get("layout", "ilsvrc")
     files = []
-    for split, count in (("train", params["num_train"]), ("val", params["num_val"])):
-        for i in range(count):
-            name = f"synthetic_{split}_{i + 1:06d}"
-            files.append(_image_file(params, split, i))
-            if layout == "ilsvrc":
-                files.append(f"Annotations/DET/{split}/{name}.xml")
-            elif layout == "voc":
-                files.append(f"Annotations/{name}.xml")
-        files.append({"ilsvrc": f"ImageSets/DET/{split}.txt", "voc": f"ImageSets/Main/{VOC_SPLITS[split]}.txt",
-                      "coco": f"annotations/instances_{split}.json"}[layout])
+    for split in ("train", "val"):
+        for i in range(params[f"num_{split}"]):
+            files += [f for f in _world_files(params, split, i)[:2] if f]
+        files.append(_world_files(params, split, 0)[2])
     return files + (["classes.tsv"] if layout == "ilsvrc" else [])
 
 
-def _voc_xml(file_name: str, width: int, height: int, boxes: np.ndarray, names: list[str]) -> str:
-    """A PASCAL VOC annotation: 1-based inclusive pixel boxes (``boxes`` are 0-based inclusive)."""
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "JPEGImages"
-    ET.SubElement(root, "filename").text = file_name
-    ET.SubElement(ET.SubElement(root, "source"), "database").text = "synthetic"
-    size = ET.SubElement(root, "size")
-    for key, value in (("width", width), ("height", height), ("depth", 3)):
-        ET.SubElement(size, key).text = str(value)
-    ET.SubElement(root, "segmented").text = "0"
-    for box, name in zip(boxes, names):
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = name
-        ET.SubElement(obj, "pose").text = "Unspecified"
-        ET.SubElement(obj, "truncated").text = "0"
-        ET.SubElement(obj, "difficult").text = "0"
-        bb = ET.SubElement(obj, "bndbox")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
-            ET.SubElement(bb, key).text = str(int(value) + 1)
-    ET.indent(root, space="\t")
-    return ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _prepare_root(root: Path, params: dict, what: str) -> bool:
-    """:func:`detect.data.generated.prepare_root` for the files ``params`` writes; True when up to date."""
-    return prepare_root(root, params, _planned_files(params), f"synthetic {what}")
-
-
-def _finish(root: Path, params: dict) -> None:
-    finish_root(root, params, _planned_files(params))
+def _generate(root: str | Path, params: dict, what: str, write) -> ClassList:
+    """Run ``write(root)``, then write ``classes.tsv`` when the layout has one, under the ownership rules of
+    :mod:`detect.data.generated`; nothing is written when the manifest records ``params`` (complete).
+    Returns the world's :class:`ClassList`."""
+    root = Path(root)
+    classes = scene_classes(params["num_classes"])
+    class_list = ClassList(tuple(c.wnid for c in classes), tuple(c.name for c in classes))
+    files = _planned_files(params)
+    if prepare_root(root, params, files, f"synthetic {what}"):
+        log.info("%s: %s up to date", root, what)
+        return class_list
+    write(root)
+    if "classes.tsv" in files:
+        write_class_list(class_list, root / "classes.tsv")
+    finish_root(root, params, files)
+    return class_list
 
 
 def _split_seed(seed: int, split: str) -> int:
@@ -374,31 +347,25 @@ def _split_seed(seed: int, split: str) -> int:
 
 def make_classification_set(root: str | Path, num_classes: int = 8, train_per_class: int = 100,
                             val_per_class: int = 20, image_size: int = 128, seed: int = 0) -> ClassList:
-    """Write ``root/{train,val}/<wnid>/<wnid>_<k>.JPEG`` (one object per image) and ``root/classes.tsv``.
-
-    Returns the :class:`ClassList`. Does nothing when ``root/manifest.json`` records the same parameters.
-    """
-    root = Path(root)
+    """Write ``root/{train,val}/<wnid>/<wnid>_<k>.JPEG`` (one object per image) and ``root/classes.tsv``;
+    returns the :class:`ClassList`."""
     params = {"kind": "classification_set", "version": RENDERER_VERSION, "num_classes": int(num_classes),
               "train_per_class": int(train_per_class), "val_per_class": int(val_per_class),
               "image_size": int(image_size), "seed": int(seed)}
-    classes = scene_classes(num_classes)
-    class_list = synthetic_class_list(num_classes)
-    if _prepare_root(root, params, "classification set"):
-        log.info("%s: classification set up to date", root)
-        return class_list
-    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        for cls in tqdm(classes, desc=f"synthetic cls {split}", leave=False):
-            folder = root / split / cls.wnid
-            folder.mkdir(parents=True, exist_ok=True)
-            for k in range(per_class):
-                rng = np.random.default_rng([_split_seed(seed, split), cls.index, k])
-                write_jpeg(folder / f"{cls.wnid}_{k + 1:05d}.JPEG", render_classification_image(rng, image_size, cls),
-                           JPEG_QUALITY)
-    write_class_list(class_list, root / "classes.tsv")
-    _finish(root, params)
-    log.info("%s: wrote %d classes x (%d train + %d val) images", root, num_classes, train_per_class, val_per_class)
-    return class_list
+
+    def write(root: Path) -> None:
+        for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+            for cls in tqdm(scene_classes(num_classes), desc=f"synthetic cls {split}", leave=False):
+                folder = root / split / cls.wnid
+                folder.mkdir(parents=True, exist_ok=True)
+                for k in range(per_class):
+                    rng = np.random.default_rng([_split_seed(seed, split), cls.index, k])
+                    write_jpeg(folder / f"{cls.wnid}_{k + 1:05d}.JPEG",
+                               render_classification_image(rng, image_size, cls), JPEG_QUALITY)
+        log.info("%s: wrote %d classes x (%d train + %d val) images", root, num_classes, train_per_class,
+                 val_per_class)
+
+    return _generate(root, params, "classification set", write)
 
 
 def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int = 300, num_val: int = 100,
@@ -419,127 +386,92 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
     category ids 1..C). The same seed draws the same pictures and boxes in every layout.
     extensions: voc/coco image file extensions, used in turn image by image (e.g. ``[".jpg", ".JPG"]``
     to exercise readers' extension handling); the files are JPEG whatever the name says.
-    Does nothing when ``root/manifest.json`` records the same parameters.
     """
-    root = Path(root)
-    draw = _WorldDraw(num_classes, min_side, max_side, max_objects, empty_fraction, seed, min_object_size,
-                      max_object_fraction, min_visible, max_attempts)
-    params = _world_params(draw, num_train, num_val, layout, extensions)
-    classes = scene_classes(num_classes)
-    class_list = synthetic_class_list(num_classes)
-    if _prepare_root(root, params, "detection world"):
-        log.info("%s: detection world up to date", root)
-        return class_list
-    for split, count in (("train", num_train), ("val", num_val)):
-        _write_world_split(root, params, draw, classes, split, count)
-    if layout == "ilsvrc":
-        write_class_list(class_list, root / "classes.tsv")
-    _finish(root, params)
-    return class_list
-
-
-@dataclass(frozen=True)
-class _WorldDraw:
-    """How :func:`make_detection_world` draws its images: its arguments as given."""
-
-    num_classes: int
-    min_side: int
-    max_side: int
-    max_objects: int
-    empty_fraction: float
-    seed: int
-    min_object_size: float
-    max_object_fraction: float
-    min_visible: float
-    max_attempts: int
-
-
-def _world_params(draw: _WorldDraw, num_train: int, num_val: int, layout: str, extensions) -> dict:
-    """The manifest parameters of a detection world (what it is rebuilt on); ``ValueError`` for bad ones."""
-    if not (0 < draw.min_side <= draw.max_side) or draw.max_objects < 1 or not 0 <= draw.empty_fraction <= 1:
-        raise ValueError(f"bad parameters: min_side={draw.min_side} max_side={draw.max_side} "
-                         f"max_objects={draw.max_objects} empty_fraction={draw.empty_fraction}")
+    if not (0 < min_side <= max_side) or max_objects < 1 or not 0 <= empty_fraction <= 1:
+        raise ValueError(f"bad parameters: min_side={min_side} max_side={max_side} "
+                         f"max_objects={max_objects} empty_fraction={empty_fraction}")
     if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
-    params = {"kind": "detection_world", "version": RENDERER_VERSION, "num_classes": int(draw.num_classes),
-              "num_train": int(num_train), "num_val": int(num_val), "min_side": int(draw.min_side),
-              "max_side": int(draw.max_side), "max_objects": int(draw.max_objects),
-              "empty_fraction": float(draw.empty_fraction), "seed": int(draw.seed),
-              "min_object_size": float(draw.min_object_size), "max_object_fraction": float(draw.max_object_fraction),
-              "min_visible": float(draw.min_visible), "max_attempts": int(draw.max_attempts)}
+        raise ValueError(f"layout={layout!r}: expected one of {tuple(LAYOUTS)}")
+    params = {"kind": "detection_world", "version": RENDERER_VERSION, "num_classes": int(num_classes),
+              "num_train": int(num_train), "num_val": int(num_val), "min_side": int(min_side),
+              "max_side": int(max_side), "max_objects": int(max_objects),
+              "empty_fraction": float(empty_fraction), "seed": int(seed),
+              "min_object_size": float(min_object_size), "max_object_fraction": float(max_object_fraction),
+              "min_visible": float(min_visible), "max_attempts": int(max_attempts)}
     if layout != "ilsvrc":  # (ILSVRC-layout manifests keep their earlier form)
         extensions = [str(e) for e in extensions]
         if not extensions or not all(e.startswith(".") and "/" not in e and len(e) > 1 for e in extensions):
             raise ValueError(f"extensions={extensions!r}: expected file extensions such as ['.jpg', '.JPG']")
         params.update(layout=layout, extensions=extensions)
-    return params
+
+    def write(root: Path) -> None:
+        for split in ("train", "val"):
+            _write_world_split(root, params, split)
+
+    return _generate(root, params, "detection world", write)
 
 
-def _draw_world_image(draw: _WorldDraw, classes: list[SceneClass], split: str, i: int,
+def _draw_world_image(params: dict, classes: list[SceneClass], split: str, i: int,
                       non_empty: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image ``i`` (0-based) of ``split``: :func:`render_detection_image`'s (image uint8[H, W, 3], boxes
     int64[N, 4] 0-based inclusive, labels int64[N]). ``non_empty``: how many non-empty images of the split
     came before it (its first object's class is that modulo the class count); ``None``: no object."""
-    rng = np.random.default_rng([_split_seed(draw.seed, split), 1000, i])
-    width, height = (int(v) for v in rng.integers(draw.min_side, draw.max_side + 1, 2))
+    rng = np.random.default_rng([_split_seed(params["seed"], split), 1000, i])
+    width, height = (int(v) for v in rng.integers(params["min_side"], params["max_side"] + 1, 2))
     labels = []
     if non_empty is not None:
-        n = int(rng.integers(1, draw.max_objects + 1))
-        labels = [non_empty % draw.num_classes] + rng.integers(0, draw.num_classes, n - 1).tolist()
-    return render_detection_image(rng, width, height, classes, labels, draw.min_object_size,
-                                  draw.max_object_fraction, draw.min_visible, draw.max_attempts)
+        n = int(rng.integers(1, params["max_objects"] + 1))
+        labels = [non_empty % params["num_classes"]] + rng.integers(0, params["num_classes"], n - 1).tolist()
+    return render_detection_image(rng, width, height, classes, labels, params["min_object_size"],
+                                  params["max_object_fraction"], params["min_visible"], params["max_attempts"])
 
 
-def _write_world_split(root: Path, params: dict, draw: _WorldDraw, classes: list[SceneClass], split: str,
-                       count: int) -> None:
-    """Write the ``count`` images of ``split``, their annotations and the split's list (or COCO file)."""
-    layout = params.get("layout", "ilsvrc")
-    split_rng = np.random.default_rng([_split_seed(draw.seed, split)])
-    empty = set(split_rng.permutation(count)[: int(round(draw.empty_fraction * count))].tolist())
+def _write_world_split(root: Path, params: dict, split: str) -> None:
+    """Write the images of ``split``, their annotations and the split's list (or COCO file)."""
+    layout, count = params.get("layout", "ilsvrc"), params[f"num_{split}"]
+    classes = scene_classes(params["num_classes"])
+    split_rng = np.random.default_rng([_split_seed(params["seed"], split)])
+    empty = set(split_rng.permutation(count)[: int(round(params["empty_fraction"] * count))].tolist())
     lines, non_empty, n_boxes = [], 0, 0
     coco = {"images": [], "annotations": [], "categories": [{"id": c.index + 1, "name": c.name} for c in classes]}
     for i in tqdm(range(count), desc=f"synthetic det {split}", leave=False):
-        image, boxes, labels = _draw_world_image(draw, classes, split, i, None if i in empty else non_empty)
+        image, boxes, labels = _draw_world_image(params, classes, split, i, None if i in empty else non_empty)
         non_empty += i not in empty
-        image_file = root / _image_file(params, split, i)
+        image_rel, annotation_rel, _ = _world_files(params, split, i)
+        image_file = root / image_rel
         write_jpeg(image_file, image, JPEG_QUALITY)
-        line = _write_world_annotation(root, layout, split, i, image_file.name, boxes, labels, classes,
-                                       image.shape[:2], coco)
-        if line is not None:
-            lines.append(line)
+        height, width = image.shape[:2]
+        name = f"synthetic_{split}_{i + 1:06d}"
+        if layout == "coco":
+            _add_coco_image(coco, i + 1, image_file.name, width, height, boxes, labels)
+        elif layout == "voc":
+            _write_xml(root / annotation_rel, ilsvrc_xml(
+                "JPEGImages", image_file.name, width, height, boxes, [classes[k].name for k in labels], voc=True))
+            lines.append(name)
+        else:
+            _write_xml(root / annotation_rel,
+                       ilsvrc_xml(split, name, width, height, boxes, [classes[k].wnid for k in labels]))
+            lines.append(f"{name} {i + 1}")
         n_boxes += len(boxes)
-    text = "\n".join(lines) + ("\n" if lines else "")
-    if layout == "ilsvrc":
-        atomic_write_text(root / "ImageSets" / "DET" / f"{split}.txt", text)
-    elif layout == "voc":
-        atomic_write_text(root / "ImageSets" / "Main" / f"{VOC_SPLITS[split]}.txt", text)
+    list_file = root / _world_files(params, split, 0)[2]
+    if layout == "coco":
+        atomic_write_json(list_file, coco, indent=None)
     else:
-        atomic_write_json(root / "annotations" / f"instances_{split}.json", coco, indent=None)
+        atomic_write_text(list_file, "\n".join(lines) + ("\n" if lines else ""))
     log.info("%s: %s split, %d images, %d boxes, %d empty", root, split, count, n_boxes, len(empty))
 
 
-def _write_world_annotation(root: Path, layout: str, split: str, i: int, image_name: str, boxes: np.ndarray,
-                            labels: np.ndarray, classes: list[SceneClass], shape: tuple[int, int],
-                            coco: dict) -> str | None:
-    """Write the annotation of image ``i`` of ``split`` (``boxes: int64[N, 4]`` 0-based inclusive, ``labels:
-    int64[N]``, ``shape``: (height, width)): an XML file (ilsvrc, voc; returns the image's list line) or
-    entries added to ``coco`` (returns ``None``)."""
-    height, width = shape
-    name = f"synthetic_{split}_{i + 1:06d}"
-    if layout == "ilsvrc":
-        (root / "Annotations" / "DET" / split).mkdir(parents=True, exist_ok=True)
-        (root / "Annotations" / "DET" / split / f"{name}.xml").write_text(
-            ilsvrc_xml(split, name, width, height, boxes, [classes[l].wnid for l in labels]), encoding="utf-8")
-        return f"{name} {i + 1}"
-    if layout == "voc":
-        (root / "Annotations").mkdir(parents=True, exist_ok=True)
-        (root / "Annotations" / f"{name}.xml").write_text(
-            _voc_xml(image_name, width, height, boxes, [classes[l].name for l in labels]), encoding="utf-8")
-        return name
-    coco["images"].append({"id": i + 1, "file_name": image_name, "width": width, "height": height})
+def _write_xml(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _add_coco_image(coco: dict, image_id: int, file_name: str, width: int, height: int, boxes: np.ndarray,
+                    labels: np.ndarray) -> None:
+    """Add an image and its objects (``boxes: int64[N, 4]`` 0-based inclusive, ``labels: int64[N]``) to ``coco``."""
+    coco["images"].append({"id": image_id, "file_name": file_name, "width": width, "height": height})
     for box, label in zip(boxes.tolist(), labels.tolist()):  # inclusive pixels -> continuous xywh
         w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
-        coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1,
+        coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
                                     "category_id": int(label) + 1, "bbox": [box[0], box[1], w, h],
                                     "area": w * h, "iscrowd": 0})
-    return None
