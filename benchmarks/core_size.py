@@ -66,7 +66,7 @@ def main() -> None:
         before = sum(len(t.splitlines()) for t in then.values())
         line += f"; {args.base}: {before:,} lines in {len(then)} files ({100 * (total - before) / before:+.1f} %)"
     print(line)
-    print(f"longest functions (detect/, proposals/, tools/, benchmarks/), decorators and docstrings included:")
+    print("longest functions (detect/, proposals/, tools/, benchmarks/), decorators and docstrings included:")
     for length, where in _functions(_sources(None, (*LIBRARY, "tools", "benchmarks")))[:args.longest]:
         print(f"  {length:4d}  {where}")
 
