@@ -50,11 +50,10 @@ __all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_expo
 _INT8_FORMAT = 2  # bump when the quantization procedure changes: every cached int8 model is then rebuilt
 # /proc/cpuinfo flags where int8 was measured faster (module docstring); AVX-VNNI alone (client CPUs): not measured
 INT8_DOT_FLAGS = ("avx512_vnni", "amx_int8")
-# Settings of recipes stored before the others were removed (detector files, MultiBox checkpoints), with the
-# value now always used; a stored recipe may name them at that value (``percentile`` at any: it was read only
-# by percentile calibration). lrn "int8" (no LRN folded) is lrn_tolerance 0.
+# Settings of recipes stored before the others were removed (detector files, MultiBox checkpoints, such as the
+# demo's), at the values they were stored with; a stored recipe may name them at those values only
 _FIXED = {"format": "qdq", "activations": "u8", "weights": "s8", "per_channel": True, "head": "float",
-          "calibration": "minmax", "reduce_range": False, "lrn": "fold"}
+          "calibration": "minmax", "reduce_range": False, "lrn": "fold", "percentile": 99.999}
 
 
 class QuantizationError(RuntimeError):
@@ -83,9 +82,6 @@ class Int8Recipe:
         if values is not None and not isinstance(values, Mapping):
             raise ValueError(f"int8 recipe: expected a mapping of settings, got {type(values).__name__}")
         values = dict(values or {})
-        if values.get("lrn") == "int8":
-            values.update(lrn="fold", lrn_tolerance=0.0)
-        values.pop("percentile", None)
         for name, fixed in _FIXED.items():
             if name in values and values.pop(name) != fixed:
                 raise ValueError(f"int8 recipe: {name} other than {fixed!r} is no longer made (the variant measured "
