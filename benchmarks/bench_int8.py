@@ -180,7 +180,7 @@ class Bench:
             return make_scorers(nets, "onnxruntime", "cpu", size, self.cache / "fp32", precision="fp32")
         if label == BF16:
             return [TorchScorer(n, "cpu", amp="bf16") for n in nets]
-        if label == FOLDED:  # fp32 with the LRNs the file's recipe would fold folded: how much of int8's gain is the fold
+        if label == FOLDED:  # the LRNs the file's recipe would fold folded in fp32: how much of int8's gain is the fold
             tol = self.contents["calibration"]["recipe"].lrn_tolerance
             folded = [fold_lrns(n, [k for k, e in lrn_effects(n, self.inputs).items() if e <= tol]) for n in nets]
             return make_scorers(folded, "onnxruntime", "cpu", size, self.cache / "fp32_folded", precision="fp32")
@@ -251,7 +251,8 @@ def accuracy_section(bench: Bench) -> None:
             b, s, l = per_class_nms(boxes, p, settings.nms_iou, settings.score_threshold, settings.max_per_image)
             dets[label].append(Detections.for_image(r.index, l.numpy(), s.numpy(), b.numpy()))
     print(f"\nsynthetic val, {len(records)} images, stored proposals ({sum(len(p) for p in probs['fp32'])} crops, "
-          f"{time.perf_counter() - start:.0f} s), ensemble of {len(bench.nets)} (cascade {settings.cascade_threshold}):")
+          f"{time.perf_counter() - start:.0f} s), ensemble of {len(bench.nets)} "
+          f"(cascade {settings.cascade_threshold}):")
     subset = dataclasses.replace(bench.dataset, records=records)
     ref = torch.cat(probs["fp32"])
     fp32_map = evaluate(subset, Detections.concat(dets["fp32"]), rules="ilsvrc").mean_ap

@@ -21,7 +21,8 @@ CLASSES = Path(__file__).resolve().parents[1] / "detect" / "data" / "ilsvrc_det_
 def _read_ground_truth(root: Path, label_of: dict) -> tuple[list, list, list, list, np.ndarray]:
     """The val list's image ids and, per image, the labels, boxes and overlap thresholds of its objects
     (``min(0.5, wh / ((w + 10)(h + 10)))``, +1 widths), and the positives per class."""
-    names, ids = zip(*(line.split() for line in (root / "ImageSets/DET/val.txt").read_text().splitlines() if line.strip()))
+    lines = (root / "ImageSets/DET/val.txt").read_text().splitlines()
+    names, ids = zip(*(line.split() for line in lines if line.strip()))
     num_pos = np.zeros(201)
     gt_labels, gt_boxes, gt_thr = [], [], []
     for name in names:
