@@ -35,6 +35,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,7 @@ def profile(path: Path, crops: torch.Tensor, runs: int = 3) -> None:
         print(f"  {op:24s} {100 * us / total:5.1f} %")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--detector", default="work/demo/detector.pt")
     ap.add_argument("--data-root", default="work/demo/data/synthetic_det", help="ILSVRC-layout root of the val split")
@@ -146,10 +147,51 @@ def main() -> None:
                     "folded (the file's lrn_tolerance), as a reference for the fold's own share of the gain")
     ap.add_argument("--bf16", action="store_true", help="torch bf16 autocast in the accuracy and s/image sections too "
                     "(the bare crops/s section always times it)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    ckpt = load_checkpoint(args.detector)
-    contents = _read_detector(ckpt, args.detector)
+
+@dataclass
+class Bench:
+    """What every section reads: the detector file's contents, its members (``nets``, one input
+    ``convention``), calibration ``inputs``, the int8 ``variants`` ({label: recipe}) and the scorers of
+    each label (``members``: fp32, the variants, bf16 and folded fp32 when asked), the val ``records``."""
+
+    args: argparse.Namespace
+    contents: dict
+    nets: list
+    convention: object
+    inputs: np.ndarray
+    cache: Path
+    variants: dict
+    speed_label: str
+    members: dict = field(default_factory=dict)
+    dataset: object = None
+    store: object = None
+    records: list = field(default_factory=list)
+
+    @property
+    def settings(self):
+        return self.contents["settings"]
+
+    def scorers(self, label: str) -> list:
+        """The members' scorers of ``label``: fp32 ORT, torch bf16, fp32 ORT with LRNs folded or an int8 variant."""
+        nets, size = self.nets, self.settings.crop_size
+        if label == "fp32":
+            return make_scorers(nets, "onnxruntime", "cpu", size, self.cache / "fp32", precision="fp32")
+        if label == BF16:
+            return [TorchScorer(n, "cpu", amp="bf16") for n in nets]
+        if label == FOLDED:  # the LRNs the file's recipe would fold folded in fp32: how much of int8's gain is the fold
+            tol = self.contents["calibration"]["recipe"].lrn_tolerance
+            folded = [fold_lrns(n, [k for k, e in lrn_effects(n, self.inputs).items() if e <= tol]) for n in nets]
+            return make_scorers(folded, "onnxruntime", "cpu", size, self.cache / "fp32_folded", precision="fp32")
+        folder = self.cache / label.split()[1].replace(".", "_")
+        return make_scorers(nets, "onnxruntime", "cpu", size, folder, precision="int8", calibration=self.inputs,
+                            int8_recipe=self.variants[label])
+
+
+def load_bench(args: argparse.Namespace) -> Bench:
+    """The detector file, its members and calibration inputs, the variants asked for and the val split."""
+    contents = _read_detector(load_checkpoint(args.detector), args.detector)
     settings, calib = contents["settings"], contents["calibration"]
     if calib is None:
         raise SystemExit(f"{args.detector}: no calibration crops; bundle it again (tools/train_region.py step=bundle)")
@@ -157,149 +199,167 @@ def main() -> None:
     if len({n.input_convention for n in nets}) > 1:
         raise SystemExit(f"{args.detector}: members of several input conventions; this benchmark scores one")
     convention = nets[0].input_convention
-    inputs = crops_to_inputs(calib["crops"], convention)
-    cache = Path(args.cache or tempfile.mkdtemp(prefix="bench_int8_"))
     variants = dict(parse_variant(v, calib["recipe"]) for v in args.variants)
-    speed_label = parse_variant(args.speed_variant, calib["recipe"])[0]
-    variants.setdefault(speed_label, parse_variant(args.speed_variant, calib["recipe"])[1])
+    speed_label, speed_recipe = parse_variant(args.speed_variant, calib["recipe"])
+    variants.setdefault(speed_label, speed_recipe)
+    bench = Bench(args, contents, nets, convention, crops_to_inputs(calib["crops"], convention),
+                  Path(args.cache or tempfile.mkdtemp(prefix="bench_int8_")), variants, speed_label)
+    bench.dataset = read_ilsvrc_det(args.data_root, "val", classes=Path(args.data_root) / "classes.tsv")
+    bench.store = ProposalStore.load(args.val_store)
+    bench.records = bench.dataset.records[:args.val_images or None]
+    return bench
 
-    def scorers(label: str) -> list:
-        if label == "fp32":
-            return make_scorers(nets, "onnxruntime", "cpu", settings.crop_size, cache / "fp32", precision="fp32")
-        if label == BF16:
-            return [TorchScorer(n, "cpu", amp="bf16") for n in nets]
-        if label == FOLDED:  # fp32 with the LRNs the file's recipe would fold folded: how much of int8's gain is the fold
-            tol = calib["recipe"].lrn_tolerance
-            folded = [fold_lrns(n, [k for k, e in lrn_effects(n, inputs).items() if e <= tol]) for n in nets]
-            return make_scorers(folded, "onnxruntime", "cpu", settings.crop_size, cache / "fp32_folded", precision="fp32")
-        folder = cache / label.split()[1].replace(".", "_")
-        return make_scorers(nets, "onnxruntime", "cpu", settings.crop_size, folder, precision="int8",
-                            calibration=inputs, int8_recipe=variants[label])
 
-    print(f"{args.detector}: {len(nets)} members, crop {settings.crop_size}, {len(calib['crops'])} calibration crops; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; int8 dot products: {cpu_has_int8_dot()}")
+def make_members(bench: Bench) -> None:
+    """``bench.members``: the scorers of fp32, every variant that quantizes (the others dropped), bf16 and folded."""
+    args, variants = bench.args, bench.variants
+    print(f"{args.detector}: {len(bench.nets)} members, crop {bench.settings.crop_size}, "
+          f"{len(bench.inputs)} calibration crops; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"int8 dot products: {cpu_has_int8_dot()}")
     start = time.perf_counter()
-    members = {"fp32": scorers("fp32")}
+    bench.members["fp32"] = bench.scorers("fp32")
     for label in list(variants):
         try:
-            members[label] = scorers(label)
+            bench.members[label] = bench.scorers(label)
         except QuantizationError as e:
             print(f"  {label}: quantization failed ({e})")
             del variants[label]
-    if args.bf16:
-        members[BF16] = scorers(BF16)
-    if args.fp32_folded:
-        members[FOLDED] = scorers(FOLDED)
-    print(f"exports and int8 models ready in {time.perf_counter() - start:.0f} s ({cache})")
+    for wanted, label in ((args.bf16, BF16), (args.fp32_folded, FOLDED)):
+        if wanted:
+            bench.members[label] = bench.scorers(label)
+    print(f"exports and int8 models ready in {time.perf_counter() - start:.0f} s ({bench.cache})")
     for label in variants:
-        meta = json.loads((members[label][0].path.with_suffix(".json")).read_text())
+        meta = json.loads((bench.members[label][0].path.with_suffix(".json")).read_text())
         print(f"  {label}: LRN effects {({k: round(v, 5) for k, v in meta['lrn_effects'].items()})}, "
               f"folded {meta['lrn_folded']}")
-    if speed_label not in variants:
-        raise SystemExit(f"the speed variant {speed_label} could not be made")
+    if bench.speed_label not in variants:
+        raise SystemExit(f"the speed variant {bench.speed_label} could not be made")
 
-    dataset = read_ilsvrc_det(args.data_root, "val", classes=Path(args.data_root) / "classes.tsv")
-    store = ProposalStore.load(args.val_store)
-    records = dataset.records[:args.val_images or None]
 
+def accuracy_section(bench: Bench) -> None:
+    """mAP@0.5 of every label on the val split with stored proposals, and its agreement with fp32."""
+    settings, members, records = bench.settings, bench.members, bench.records
+    dets, probs = {k: [] for k in members}, {k: [] for k in members}
+    warp = RegionWarp(settings.crop_size, settings.context, bench.args.batch, settings.max_pixels)
+    region_scorers = {label: WarpScorer(m, warp, settings.cascade_threshold) for label, m in members.items()}
+    start = time.perf_counter()
+    for r in records:
+        image = read_image(r.path)
+        boxes = usable_boxes(bench.store.get(r.image_id), image.shape, settings.min_size)
+        for label, scorer in region_scorers.items():
+            probs[label].append(p := scorer.score(image, boxes))
+            b, s, l = per_class_nms(boxes, p, settings.nms_iou, settings.score_threshold, settings.max_per_image)
+            dets[label].append(Detections.for_image(r.index, l.numpy(), s.numpy(), b.numpy()))
+    print(f"\nsynthetic val, {len(records)} images, stored proposals ({sum(len(p) for p in probs['fp32'])} crops, "
+          f"{time.perf_counter() - start:.0f} s), ensemble of {len(bench.nets)} "
+          f"(cascade {settings.cascade_threshold}):")
+    subset = dataclasses.replace(bench.dataset, records=records)
+    ref = torch.cat(probs["fp32"])
+    fp32_map = evaluate(subset, Detections.concat(dets["fp32"]), rules="ilsvrc").mean_ap
+    for label in members:
+        m = evaluate(subset, Detections.concat(dets[label]), rules="ilsvrc").mean_ap
+        print(f"  {label:52s} mAP@0.5 {m:.4f} ({100 * (m - fp32_map):+.2f} points)  "
+              + ("" if label == "fp32" else agreement(ref, torch.cat(probs[label]))))
+
+
+def real_photos_section(bench: Bench) -> None:
+    """Per member, the agreement of every label with fp32 on crops of selective search proposals of real photos."""
+    from proposals.selective_search import SelectiveSearch
+
+    args = bench.args
+    photos = sorted(Path(args.coco).glob("*.jpg"))[:args.coco_images]
+    if not photos:
+        raise SystemExit(f"{args.coco}: no .jpg photos for the real-crop agreement")
+    propose = SelectiveSearch(mode="opencv_fast", superpixel_scale=1.0)
+    rng = np.random.default_rng(0)
+    real = []
+    for path in photos:
+        image = read_image(path)
+        boxes = propose(image).boxes
+        boxes = boxes[rng.choice(len(boxes), size=min(args.coco_crops, len(boxes)), replace=False)]
+        real.append(image_crops(image, boxes, bench.settings, bench.convention))
+    real = torch.cat(real)
+    print(f"\nreal photos: {len(real)} crops of selective search proposals on {len(photos)} coco128 images, "
+          "per member, against fp32 ORT:")
+    for k in range(len(bench.nets)):
+        ref = scores_in_batches(bench.members["fp32"][k], real, args.batch).softmax(1)
+        for label in bench.members:
+            if label != "fp32":
+                out = scores_in_batches(bench.members[label][k], real, args.batch).softmax(1)
+                print(f"  member {k} {label:52s} {agreement(ref, out)}")
+
+
+def val_batches(bench: Bench) -> list[torch.Tensor]:
+    """About ``--speed-crops`` val crops in batches of ``--batch``."""
+    crops = []
+    for r in bench.records:
+        crops.append(image_crops(read_image(r.path), bench.store.get(r.image_id), bench.settings, bench.convention))
+        if sum(len(c) for c in crops) >= bench.args.speed_crops:
+            break
+    crops = torch.cat(crops)[:bench.args.speed_crops]
+    return [crops[i:i + bench.args.batch] for i in range(0, len(crops), bench.args.batch)]
+
+
+def crops_speed_section(bench: Bench, batches: list[torch.Tensor]) -> None:
+    """Crops/s of member 0's bare scorers, every label and eager torch fp32 / bf16, alternating."""
+    args, net = bench.args, bench.nets[0]
+    runs = {label: (lambda s=scorer_list[0]: [s(b) for b in batches]) for label, scorer_list in bench.members.items()}
+    runs["torch fp32 eager (channels-last)"] = lambda s=TorchScorer(net, "cpu", amp="none"): [s(b) for b in batches]
+    if not args.bf16:
+        runs[BF16] = lambda s=TorchScorer(net, "cpu", amp="bf16"): [s(b) for b in batches]
+    times = alternate(runs, args.rounds)
+    count = sum(len(b) for b in batches)
+    print(f"\nbare scoring, member 0, {count} val crops per round in batches of {args.batch}; "
+          f"median (min-max) of {args.rounds} alternating rounds:")
+    print(f"  {'':52s} {'crops/s':>22s}  vs fp32 ORT, per round")
+    for label, t in times.items():
+        print(f"  {label:52s} {rate(count, t)}  {ratio_to(times, 'fp32', label)}")
+
+
+def image_speed_section(bench: Bench) -> None:
+    """Seconds per image of the detector, 1 and 6 members, cascade off and on, fp32 against int8 (and bf16)."""
+    args, members, nets, speed_label = bench.args, bench.members, bench.nets, bench.speed_label
+    items = [(read_image(r.path), bench.store.get(r.image_id)) for r in bench.records[:args.image_runs]]
+    setups, short = {}, {"fp32": "fp32", speed_label: "int8", BF16: "bf16"}
+    for label in [x for x in ("fp32", speed_label, BF16) if x in members]:
+        for count in (1, 6):
+            for cascade in ((None, args.cascade_threshold) if count > 1 else (None,)):
+                chosen = [members[label][k % len(nets)] for k in range(count)]
+                det = Detector(None, chosen, bench.contents["classes"], bench.settings, cascade_threshold=cascade)
+                name = f"{short[label]} members={count}" + (f" cascade {cascade}" if cascade else "")
+                setups[name] = lambda d=det: [d.detect(image, boxes) for image, boxes in items]
+    image_rounds = max(2, args.rounds // 2)
+    times = alternate(setups, image_rounds)
+    n = sum(len(b) for _, b in items) / len(items)
+    print(f"\nseconds per image (warp + score + NMS), {len(items)} val images of {n:.0f} stored proposals each "
+          f"(members beyond the file's {len(nets)} repeat them); median (min-max) of {image_rounds} alternating "
+          f"rounds; int8 = {speed_label}, bf16 = {BF16}:")
+    for name, t in times.items():
+        per = [x / len(items) for x in t]
+        ref = "fp32 " + name.split(" ", 1)[1]
+        print(f"  {name:32s} {statistics.median(per):7.3f} ({min(per):.3f}-{max(per):.3f}) s/image  "
+              f"{ratio_to(times, ref, name)} fp32")
+
+
+def main() -> None:
+    args = parse_args()
+    bench = load_bench(args)
+    make_members(bench)
     if "accuracy" in args.sections:
-        dets = {k: [] for k in members}
-        probs = {k: [] for k in members}
-        warp = RegionWarp(settings.crop_size, settings.context, args.batch, settings.max_pixels)
-        region_scorers = {label: WarpScorer(m, warp, settings.cascade_threshold) for label, m in members.items()}
-        start = time.perf_counter()
-        for r in records:
-            image = read_image(r.path)
-            boxes = usable_boxes(store.get(r.image_id), image.shape, settings.min_size)
-            for label, scorer in region_scorers.items():
-                probs[label].append(p := scorer.score(image, boxes))
-                b, s, l = per_class_nms(boxes, p, settings.nms_iou, settings.score_threshold, settings.max_per_image)
-                dets[label].append(Detections.for_image(r.index, l.numpy(), s.numpy(), b.numpy()))
-        print(f"\nsynthetic val, {len(records)} images, stored proposals ({sum(len(p) for p in probs['fp32'])} crops, "
-              f"{time.perf_counter() - start:.0f} s), ensemble of {len(nets)} (cascade {settings.cascade_threshold}):")
-        subset = dataclasses.replace(dataset, records=records)
-        ref = torch.cat(probs["fp32"])
-        fp32_map = evaluate(subset, Detections.concat(dets["fp32"]), rules="ilsvrc").mean_ap
-        for label in members:
-            m = evaluate(subset, Detections.concat(dets[label]), rules="ilsvrc").mean_ap
-            print(f"  {label:52s} mAP@0.5 {m:.4f} ({100 * (m - fp32_map):+.2f} points)  "
-                  + ("" if label == "fp32" else agreement(ref, torch.cat(probs[label]))))
-
-        from proposals.selective_search import SelectiveSearch
-
-        photos = sorted(Path(args.coco).glob("*.jpg"))[:args.coco_images]
-        if not photos:
-            raise SystemExit(f"{args.coco}: no .jpg photos for the real-crop agreement")
-        propose = SelectiveSearch(mode="opencv_fast", superpixel_scale=1.0)
-        rng = np.random.default_rng(0)
-        real = []
-        for path in photos:
-            image = read_image(path)
-            boxes = propose(image).boxes
-            boxes = boxes[rng.choice(len(boxes), size=min(args.coco_crops, len(boxes)), replace=False)]
-            real.append(image_crops(image, boxes, settings, convention))
-        real = torch.cat(real)
-        print(f"\nreal photos: {len(real)} crops of selective search proposals on {len(photos)} coco128 images, "
-              "per member, against fp32 ORT:")
-        for k in range(len(nets)):
-            ref = scores_in_batches(members["fp32"][k], real, args.batch).softmax(1)
-            for label in members:
-                if label != "fp32":
-                    out = scores_in_batches(members[label][k], real, args.batch).softmax(1)
-                    print(f"  member {k} {label:52s} {agreement(ref, out)}")
-
+        accuracy_section(bench)
+        real_photos_section(bench)
     if {"speed", "profile"} & set(args.sections):
-        crops = []
-        for r in records:
-            crops.append(image_crops(read_image(r.path), store.get(r.image_id), settings, convention))
-            if sum(len(c) for c in crops) >= args.speed_crops:
-                break
-        crops = torch.cat(crops)[:args.speed_crops]
-        batches = [crops[i:i + args.batch] for i in range(0, len(crops), args.batch)]
-
+        batches = val_batches(bench)
     if "speed" in args.sections:
-        net = nets[0]
-        runs = {label: (lambda s=scorer_list[0]: [s(b) for b in batches]) for label, scorer_list in members.items()}
-        runs["torch fp32 eager (channels-last)"] = lambda s=TorchScorer(net, "cpu", amp="none"): [s(b) for b in batches]
-        if not args.bf16:
-            runs[BF16] = lambda s=TorchScorer(net, "cpu", amp="bf16"): [s(b) for b in batches]
-        times = alternate(runs, args.rounds)
-        print(f"\nbare scoring, member 0, {len(crops)} val crops per round in batches of {args.batch}; "
-              f"median (min-max) of {args.rounds} alternating rounds:")
-        print(f"  {'':52s} {'crops/s':>22s}  vs fp32 ORT, per round")
-        for label, t in times.items():
-            print(f"  {label:52s} {rate(len(crops), t)}  {ratio_to(times, 'fp32', label)}")
-
-        items = [(read_image(r.path), store.get(r.image_id)) for r in records[:args.image_runs]]
-        setups, short = {}, {"fp32": "fp32", speed_label: "int8", BF16: "bf16"}
-        for label in [x for x in ("fp32", speed_label, BF16) if x in members]:
-            for count in (1, 6):
-                for cascade in ((None, args.cascade_threshold) if count > 1 else (None,)):
-                    chosen = [members[label][k % len(nets)] for k in range(count)]
-                    det = Detector(None, chosen, contents["classes"], settings, cascade_threshold=cascade)
-                    name = f"{short[label]} members={count}" + (f" cascade {cascade}" if cascade else "")
-                    setups[name] = lambda d=det: [d.detect(image, boxes) for image, boxes in items]
-        image_rounds = max(2, args.rounds // 2)
-        times = alternate(setups, image_rounds)
-        n = sum(len(b) for _, b in items) / len(items)
-        print(f"\nseconds per image (warp + score + NMS), {len(items)} val images of {n:.0f} stored proposals each "
-              f"(members beyond the file's {len(nets)} repeat them); median (min-max) of {image_rounds} alternating "
-              f"rounds; int8 = {speed_label}, bf16 = {BF16}:")
-        for name, t in times.items():
-            per = [x / len(items) for x in t]
-            ref = "fp32 " + name.split(" ", 1)[1]
-            print(f"  {name:32s} {statistics.median(per):7.3f} ({min(per):.3f}-{max(per):.3f}) s/image  "
-                  f"{ratio_to(times, ref, name)} fp32")
-
+        crops_speed_section(bench, batches)
+        image_speed_section(bench)
     if "profile" in args.sections:
-        profile(members["fp32"][0].path, batches[0])
-        profile(members[speed_label][0].path, batches[0])
-
+        profile(bench.members["fp32"][0].path, batches[0])
+        profile(bench.members[bench.speed_label][0].path, batches[0])
     if "multibox" in args.sections:
-        multibox_section(contents, records, variants[speed_label], cache, args)
-
+        multibox_section(bench.contents, bench.records, bench.variants[bench.speed_label], bench.cache, args)
     if "paper" in args.sections:
-        paper_section(records, store, settings, variants, cache, args)
+        paper_section(bench.records, bench.store, bench.settings, bench.variants, bench.cache, args)
 
 
 def paper_section(records, store, settings, variants: dict, cache: Path, args) -> None:

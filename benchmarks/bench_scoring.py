@@ -80,7 +80,7 @@ def _profile_ort(onnx_path, crops: torch.Tensor, threads: int, runs: int = 3) ->
         print(f"  {op:24s} {100 * us / total:5.1f} %")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--crops", type=int, default=256, help="crops per timed round (a multiple of --batch)")
     ap.add_argument("--batch", type=int, default=64, help="crops per forward pass")
@@ -100,18 +100,14 @@ def main() -> None:
                          "(the export before LocalResponseNorm.onnx_form)")
     ap.add_argument("--ort-profile", action="store_true",
                     help="print ONNX Runtime's kernel time per operator type over 4 forwards of one batch (its profiler)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    classes = ClassList.from_names([f"c{i}" for i in range(200)])
-    model = GoogLeNet(num_classes=201, aux_logits=False, width=args.width).eval()
-    cache = tempfile.mkdtemp(prefix="bench_scoring_")
-    onnx_path, _ = cached_onnx_export(model, cache, "member0", args.crop_size)
+    return ap.parse_args()
 
-    image, boxes = _image_and_boxes(args.crops)
-    tensor = normalize_image(image)  # ImageNet convention
-    crops = [warp_regions(tensor, torch.from_numpy(boxes[i:i + args.batch]), args.crop_size, 16)
-             for i in range(0, args.crops, args.batch)]
+
+def scoring_section(args, model: GoogLeNet, classes: ClassList, cache: str, image: np.ndarray, boxes: np.ndarray,
+                    crops: list[torch.Tensor]) -> Path:
+    """Crops/s of the bare forwards (eager, ONNX Runtime, ``--lrn-traced``) and of the detector's scoring;
+    returns the ONNX export's path."""
+    onnx_path, _ = cached_onnx_export(model, cache, "member0", args.crop_size)
     eager, ort = TorchScorer(model, "cpu"), OnnxScorer(onnx_path, num_threads=args.threads)  # eager: channels-last
     detectors = {b: Detector(None, make_scorers([model], b, "cpu", args.crop_size, cache_dir=cache),
                              classes, crop_size=args.crop_size, batch_size=args.batch)
@@ -148,11 +144,11 @@ def main() -> None:
     for k, v in rate.items():
         print(f"{k:40s} {v:9.1f} {v / rate['bare torch eager forward']:9.2f} "
               f"{v / rate['bare ONNX Runtime forward']:12.2f}")
+    return onnx_path
 
-    if args.ort_profile:
-        _profile_ort(onnx_path, crops[0], args.threads)
 
-    # the warp alone: grid_sample (what warp_regions does) against the roi_align formulation it replaced
+def warp_section(args, tensor: torch.Tensor, boxes: np.ndarray) -> None:
+    """The warp alone: grid_sample (what warp_regions does) against the roi_align formulation it replaced."""
     padded = torch.nn.functional.pad(tensor, (1, 1, 1, 1))[None]
     batches = [torch.from_numpy(boxes[i:i + args.batch]) for i in range(0, args.crops, args.batch)]
 
@@ -177,29 +173,50 @@ def main() -> None:
     for k, v in wtimes.items():
         print(f"{k:40s} {statistics.median(v) * 1e3:9.1f}")
 
+
+def image_section(args, model: GoogLeNet, classes: ClassList, cache: str) -> None:
+    """Seconds per image (warp + score + per-class NMS) of each ``--settings`` backend:members[:cascade]."""
+    image, boxes = _image_and_boxes(args.proposals, seed=1)
+    print(f"\nseconds per image, {args.proposals} proposals (warp + score + per-class NMS), "
+          f"{args.image_runs} image(s) each")
+    threshold = None
+    for setting in args.settings:
+        backend, members, *rest = setting.split(":")
+        members, cascade = int(members), bool(rest)
+        if cascade and threshold is None:  # member 0's best foreground probability per region
+            first = Detector(None, make_scorers([model], "auto", "cpu", args.crop_size, cache_dir=cache),
+                             classes, crop_size=args.crop_size, batch_size=args.batch)
+            best = first.score(image, boxes)[:, 1:].max(dim=1).values
+            threshold = float(torch.quantile(best.double(), 1.0 - args.cascade_pass))
+            passed = float((best >= threshold).float().mean())
+            print(f"  cascade threshold {threshold:.6g}: {passed:.3f} of the regions pass to members 1..")
+        scorers = make_scorers([model] * members, backend, "cpu", args.crop_size, cache_dir=cache)
+        det = Detector(None, scorers, classes, crop_size=args.crop_size, batch_size=args.batch,
+                       cascade_threshold=threshold if cascade else None)
+        start = time.perf_counter()
+        for _ in range(args.image_runs):
+            det.detect(image, boxes)
+        label = f"backend={backend} members={members}" + (" cascade" if cascade else "")
+        print(f"  {label:36s} {(time.perf_counter() - start) / args.image_runs:8.1f} s/image", flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    classes = ClassList.from_names([f"c{i}" for i in range(200)])
+    model = GoogLeNet(num_classes=201, aux_logits=False, width=args.width).eval()
+    cache = tempfile.mkdtemp(prefix="bench_scoring_")
+    image, boxes = _image_and_boxes(args.crops)
+    tensor = normalize_image(image)  # ImageNet convention
+    crops = [warp_regions(tensor, torch.from_numpy(boxes[i:i + args.batch]), args.crop_size, 16)
+             for i in range(0, args.crops, args.batch)]
+    onnx_path = scoring_section(args, model, classes, cache, image, boxes, crops)
+    if args.ort_profile:
+        _profile_ort(onnx_path, crops[0], args.threads)
+    warp_section(args, tensor, boxes)
     if args.image_runs:
-        image, boxes = _image_and_boxes(args.proposals, seed=1)
-        print(f"\nseconds per image, {args.proposals} proposals (warp + score + per-class NMS), "
-              f"{args.image_runs} image(s) each")
-        threshold = None
-        for setting in args.settings:
-            backend, members, *rest = setting.split(":")
-            members, cascade = int(members), bool(rest)
-            if cascade and threshold is None:  # member 0's best foreground probability per region
-                first = Detector(None, make_scorers([model], "auto", "cpu", args.crop_size, cache_dir=cache),
-                                 classes, crop_size=args.crop_size, batch_size=args.batch)
-                best = first.score(image, boxes)[:, 1:].max(dim=1).values
-                threshold = float(torch.quantile(best.double(), 1.0 - args.cascade_pass))
-                passed = float((best >= threshold).float().mean())
-                print(f"  cascade threshold {threshold:.6g}: {passed:.3f} of the regions pass to members 1..")
-            scorers = make_scorers([model] * members, backend, "cpu", args.crop_size, cache_dir=cache)
-            det = Detector(None, scorers, classes, crop_size=args.crop_size, batch_size=args.batch,
-                           cascade_threshold=threshold if cascade else None)
-            start = time.perf_counter()
-            for _ in range(args.image_runs):
-                det.detect(image, boxes)
-            label = f"backend={backend} members={members}" + (" cascade" if cascade else "")
-            print(f"  {label:36s} {(time.perf_counter() - start) / args.image_runs:8.1f} s/image", flush=True)
+        image_section(args, model, classes, cache)
 
 
 if __name__ == "__main__":

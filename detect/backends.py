@@ -148,13 +148,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def resolve_precision(precision: str, backend: str, has_calibration: bool, cpu_flags: set[str] | None = None) -> str:
-    """``fp32`` or ``int8`` for ``precision`` under the resolved ``backend`` (see the module docstring).
-
-    has_calibration: calibration inputs exist; cpu_flags: the CPU's feature flags (None: this CPU's).
-    ``auto`` gives int8 only where it was measured faster than fp32 (benchmarks/int8.md): a CPU with
-    AVX-512 VNNI or AMX. ``int8`` without ONNX Runtime or without calibration inputs is a ``ValueError``
-    saying what to do.
-    """
+    """``fp32`` or ``int8`` for ``precision`` under the resolved ``backend``, by the rules of the module
+    docstring (a ``ValueError`` saying what to do where ``int8`` cannot be made); has_calibration:
+    calibration inputs exist; cpu_flags: the CPU's feature flags (None: this CPU's)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -187,10 +183,9 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
     ``cache_dir`` holds the ONNX export ``<name>.onnx`` and the int8 model ``<name>.int8.onnx``
     (required for ``onnxruntime``). With ``backend=auto``, an export that cannot be made (read-only
     checkpoint folder, full disk, an operator the exporter does not support) falls back to torch with a
-    warning instead of failing; an explicit ``onnxruntime`` raises.
-    precision: "fp32" | "int8" | "auto" (module docstring); calibration: ``ndarray[N, 3, input_size,
-    input_size] float32`` network inputs for the int8 model's activation ranges (None: none);
-    int8_recipe: :class:`detect.quantize.Int8Recipe` or its plain values (None: the defaults).
+    warning instead of failing; an explicit ``onnxruntime`` raises. precision: module docstring;
+    calibration: ``ndarray[N, 3, input_size, input_size] float32`` network inputs for the int8 model's
+    activation ranges (None: none); int8_recipe: an :class:`Int8Recipe` or its plain values (None: the defaults).
     """
     device = torch.device(device)
     chosen = resolve_backend(backend, device)
@@ -233,7 +228,6 @@ def make_scorers(members: list[nn.Module], backend: str, device: str | torch.dev
                         per_member[k], int8_recipe) for k, m in enumerate(members)]
 
 
-
 def _scorer_kind(scorer) -> dict:
     """``{"backend", "precision", "device"}`` of one scorer (see :func:`describe_scoring`)."""
     if isinstance(scorer, TorchScorer):
@@ -249,8 +243,7 @@ def describe_scoring(scorers: Sequence[Scorer]) -> dict:
     """Which backend and precision scored the regions, for run records and reports:
     ``{"backend": str, "precision": str, "members": [{"backend", "precision", "device"}, ...]}``;
     ``backend``/``precision`` are the members' common value, ``"mixed"`` where they differ. A
-    :class:`TorchScorer` is ``torch`` with its autocast dtype (``bf16``, ``fp16``) or ``fp32``; an
-    :class:`OnnxScorer` ``onnxruntime`` with its model's precision (``fp32``, ``int8``)."""
+    :class:`TorchScorer`'s precision is its autocast dtype (``bf16``, ``fp16``) or ``fp32``."""
     members = [_scorer_kind(s) for s in scorers]
     common = lambda key: members[0][key] if len({m[key] for m in members}) == 1 else "mixed"  # noqa: E731
     return {"backend": common("backend") if members else "none", "precision": common("precision") if members else "none",

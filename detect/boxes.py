@@ -11,7 +11,7 @@ import torch
 from torchvision import ops
 
 __all__ = ["box_iou", "clip_boxes", "flip_boxes", "order_corners", "remove_small_boxes", "unique_boxes",
-           "xywh_to_xyxy", "xyxy_to_xywh"]
+           "xywh_to_xyxy"]
 
 
 def order_corners(boxes):
@@ -77,19 +77,10 @@ def unique_boxes(boxes: np.ndarray, scale: float = 1.0) -> np.ndarray:
 
 
 def xywh_to_xyxy(boxes):
-    """``(x, y, w, h) -> (x1, y1, x2, y2)``. ``[N, 4]`` array or tensor."""
-    return _convert(boxes, "xywh", "xyxy")
-
-
-def xyxy_to_xywh(boxes):
-    """``(x1, y1, x2, y2) -> (x, y, w, h)``. ``[N, 4]`` array or tensor."""
-    return _convert(boxes, "xyxy", "xywh")
-
-
-def _convert(boxes, source: str, target: str):
-    """The second corner moved by the first (``+`` to xyxy, ``-`` to xywh); float64 stays, else float32."""
+    """``(x, y, w, h) -> (x1, y1, x2, y2)``. ``[N, 4]`` array or tensor; an array stays float64 when it is,
+    else becomes float32."""
     if isinstance(boxes, torch.Tensor):
-        return ops.box_convert(boxes, source, target)
+        return ops.box_convert(boxes, "xywh", "xyxy")
     boxes = np.array(boxes, dtype=np.float64 if np.asarray(boxes).dtype == np.float64 else np.float32)
-    boxes[:, 2:] += boxes[:, :2] if target == "xyxy" else -boxes[:, :2]
+    boxes[:, 2:] += boxes[:, :2]
     return boxes

@@ -40,7 +40,6 @@ __all__ = [
     "read_detections",
     "read_ilsvrc_submission",
     "write_coco_results",
-    "write_detections",
     "write_ilsvrc_submission",
 ]
 
@@ -346,12 +345,3 @@ def read_detections(path: str | Path, dataset: DetectionDataset, format: str | N
     if _format_of(path, format) == "coco":
         return read_coco_results(path, dataset, skipped)
     return read_ilsvrc_submission(path, len(dataset.classes), skipped, known_images=[r.index for r in dataset.records])
-
-
-def write_detections(path: str | Path, dets: Detections, dataset: DetectionDataset, format: str | None = None) -> None:
-    """Write detections, atomically, in the format named or implied by the extension."""
-    path = Path(path)
-    if _format_of(path, format) == "coco":
-        write_coco_results(path, dets, dataset)
-    else:
-        write_ilsvrc_submission(path, dets)

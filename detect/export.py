@@ -84,14 +84,11 @@ def weights_key(model: nn.Module, crop_size: int) -> str:
 
 
 def cached_onnx(path: str | Path, key: str, make: Callable[[], Mapping], what: str, inputs: str) -> Path:
-    """``path``: an ONNX model made from the inputs of cache ``key``, made by ``make()`` when missing or unusable.
-
-    make: writes the model to ``path`` atomically, with ``{EXPORT_KEY: key}`` in its metadata, and
-    returns plain facts for the sidecar. The sidecar ``<stem>.json`` records ``key``, the file's sha256
-    and those facts. The file is reused only when the sidecar's key and hash match and ONNX Runtime
-    loads it carrying ``key``; else it is made again, with a warning naming the file, ``what`` it is
-    (``"ONNX export"``) and the ``inputs`` of the key (``"weights or exporter"``).
-    """
+    """``path``: an ONNX model made from the inputs of cache ``key``, reused or made again by the rules of
+    the module docstring. make: writes the model to ``path`` atomically, with ``{EXPORT_KEY: key}`` in its
+    metadata, and returns plain facts for the sidecar ``<stem>.json`` (beside ``key`` and the sha256);
+    the warning on a remake names the file, ``what`` it is (``"ONNX export"``) and the ``inputs`` of the
+    key (``"weights or exporter"``)."""
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if path.is_file() and sidecar.is_file():

@@ -291,7 +291,8 @@ class Detector:
         device = resolve_device(device)
         cache = Path(onnx_cache) if onnx_cache is not None else Path(f"{path}.onnx")
         if proposer is None and stored_proposer and contents["proposer"] is not None:
-            proposer = build_proposer(_with_precision(contents["proposer"], precision), str(path), onnx_cache=cache)
+            spec = set_params(contents["proposer"], precision=precision)
+            proposer = build_proposer(spec, str(path), onnx_cache=cache)
         calibration = contents["calibration"]  # uint8 RGB crops, prepared for each member in its own convention
         inputs = None if calibration is None else [crops_to_inputs(calibration["crops"], n.input_convention) for n in nets]
         scorers = make_scorers(nets, backend, device, settings.crop_size, amp=amp, cache_dir=cache, precision=precision,
@@ -305,11 +306,6 @@ def _member_network(entry: Any, k: int, source: str, settings: DetectorSettings)
     older = {"input_convention": {"channel_order": "RGB", "scale": 1.0, "mean": list(settings.mean),
                                   "std": list(settings.std)}}
     return model_from_entry(entry, f"{source}: member {k}", defaults=older)
-
-
-def _with_precision(spec: Mapping, precision: str) -> dict:
-    """``spec`` (checked) with ``precision`` set on every proposer in it that takes one."""
-    return set_params(spec, precision=precision)
 
 
 def _read_calibration(entry: Any, crop_size: int, source: str) -> dict | None:

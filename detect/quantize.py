@@ -29,13 +29,14 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detect.data.images import read_image
 from detect.export import EXPORT_KEY, cached_onnx, export_onnx, with_metadata
 from detect.io import digest
 from detect.models.convention import InputConvention
@@ -50,11 +51,10 @@ __all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_expo
 _INT8_FORMAT = 2  # bump when the quantization procedure changes: every cached int8 model is then rebuilt
 # /proc/cpuinfo flags where int8 was measured faster (module docstring); AVX-VNNI alone (client CPUs): not measured
 INT8_DOT_FLAGS = ("avx512_vnni", "amx_int8")
-# Settings of recipes stored before the others were removed (detector files, MultiBox checkpoints), with the
-# value now always used; a stored recipe may name them at that value (``percentile`` at any: it was read only
-# by percentile calibration). lrn "int8" (no LRN folded) is lrn_tolerance 0.
+# Settings of recipes stored before the others were removed (detector files, MultiBox checkpoints, such as the
+# demo's), at the values they were stored with; a stored recipe may name them at those values only
 _FIXED = {"format": "qdq", "activations": "u8", "weights": "s8", "per_channel": True, "head": "float",
-          "calibration": "minmax", "reduce_range": False, "lrn": "fold"}
+          "calibration": "minmax", "reduce_range": False, "lrn": "fold", "percentile": 99.999}
 
 
 class QuantizationError(RuntimeError):
@@ -83,9 +83,6 @@ class Int8Recipe:
         if values is not None and not isinstance(values, Mapping):
             raise ValueError(f"int8 recipe: expected a mapping of settings, got {type(values).__name__}")
         values = dict(values or {})
-        if values.get("lrn") == "int8":
-            values.update(lrn="fold", lrn_tolerance=0.0)
-        values.pop("percentile", None)
         for name, fixed in _FIXED.items():
             if name in values and values.pop(name) != fixed:
                 raise ValueError(f"int8 recipe: {name} other than {fixed!r} is no longer made (the variant measured "
@@ -125,58 +122,62 @@ def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndar
 
     records: DetectionRecord list (the training split); proposals: ``image_id -> ndarray[N, 4]`` xyxy
     (e.g. ``ProposalStore.get``; a missing entry (KeyError) falls back to the ground-truth boxes).
-    Images are visited in a seeded random order, ``ceil(count / len(records))`` proposals drawn
-    uniformly from each among :func:`detect.scoring.usable_boxes` and warped by
+    Images are visited in a seeded random order (:func:`_draw`), ``ceil(count / len(records))`` proposals
+    drawn uniformly from each among :func:`detect.scoring.usable_boxes` and warped by
     :class:`detect.scoring.RegionWarp` as the detector's scorer warps them for a member of input
     ``convention`` (None = ImageNet), then turned back into pixels. Returns ``ndarray[count, 3,
     crop_size, crop_size] uint8`` RGB, whatever the convention: :func:`crops_to_inputs` prepares them
     for each member in its own (to within half a grey level). Beyond the image border a warp shows
     ``convention``'s mean colour, so a member of another convention sees that colour there (ImageNet's
-    and BVLC's means differ by under one grey level). Unreadable images are logged and skipped;
-    ``ValueError`` when no crop could be drawn.
+    and BVLC's means differ by under one grey level).
     """
     from detect.scoring import RegionWarp, usable_boxes
 
-    if count < 1 or not records:
-        raise ValueError(f"calibration crops: count={count} from {len(records)} images: nothing to draw")
     convention, warp = InputConvention.from_dict(convention), RegionWarp(crop_size, context)
-    rng = np.random.default_rng(seed)
-    per_image = -(-count // len(records))
-    crops, skipped = [], []
-    for record, image in _readable(records, rng.permutation(len(records)), "calibration crops", skipped):
+    per_image = -(-count // max(len(records), 1))
+
+    def take(record, image: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
         try:
             boxes = np.asarray(proposals(record.image_id), np.float32).reshape(-1, 4)
         except KeyError:
             boxes = np.zeros((0, 4), np.float32)
         boxes = usable_boxes(boxes if len(boxes) else record.boxes, image.shape, min_size)
         if len(boxes) == 0:
-            continue
+            return None
         pick = rng.choice(len(boxes), size=min(per_image, len(boxes)), replace=False)
-        crops.append(to_pixels(warp.crops(image, boxes[torch.from_numpy(pick)], convention), convention).numpy())
-        if sum(len(c) for c in crops) >= count:
-            break
-    if not crops:
-        raise ValueError(f"calibration crops: none could be drawn from {len(records)} images "
-                         f"({len(skipped)} unreadable)")
-    out = np.concatenate(crops)[:count]
-    if len(out) < count:
-        log.warning("calibration crops: %d of the %d asked for (%d images unreadable)", len(out), count, len(skipped))
-    return out
+        return to_pixels(warp.crops(image, boxes[torch.from_numpy(pick)], convention), convention).numpy()
+
+    return _draw(records, count, seed, "calibration crops", take)
 
 
-def _readable(records: Sequence, order: Iterable[int], what: str, skipped: list) -> Iterator[tuple]:
-    """``(record, image ndarray[H, W, 3] uint8 RGB)`` of ``records`` in ``order``; an unreadable image is
-    logged as skipped for ``what`` and appended to ``skipped``."""
-    from detect.data.images import read_image
-
-    for index in order:
+def _draw(records: Sequence, count: int, seed: int, what: str,
+          take: Callable[[object, np.ndarray, np.random.Generator], np.ndarray | None]) -> np.ndarray:
+    """The first ``count`` rows of ``take(record, image, rng)`` (``ndarray[k, ...]`` or None) over
+    ``records`` read in the order of ``default_rng(seed).permutation`` (``rng``, that generator, draws
+    on after it). Unreadable images are logged and skipped, fewer rows than ``count`` logged as a
+    warning; ``ValueError`` when there is nothing to draw from or no row could be drawn."""
+    if count < 1 or not records:
+        raise ValueError(f"{what}: count={count} from {len(records)} images: nothing to draw")
+    rng = np.random.default_rng(seed)
+    out, skipped = [], []
+    for index in rng.permutation(len(records)):
         try:
             image = read_image(records[index].path)
         except ValueError as e:  # ImageError names the file
             log.warning("%s: skipped %s", what, e)
             skipped.append(records[index])
             continue
-        yield records[index], image
+        rows = take(records[index], image, rng)
+        if rows is not None:
+            out.append(rows)
+        if sum(len(r) for r in out) >= count:
+            break
+    if not out:
+        raise ValueError(f"{what}: none could be drawn from {len(records)} images ({len(skipped)} unreadable)")
+    out = np.concatenate(out)[:count]
+    if len(out) < count:
+        log.warning("%s: %d of the %d asked for (%d images unreadable)", what, len(out), count, len(skipped))
+    return out
 
 
 def to_pixels(inputs: torch.Tensor, convention: InputConvention | Mapping | None = None) -> torch.Tensor:
@@ -193,24 +194,14 @@ def to_pixels(inputs: torch.Tensor, convention: InputConvention | Mapping | None
 
 def draw_calibration_images(records: Sequence, count: int, size: int, seed: int = 0) -> np.ndarray:
     """Training images for calibrating an int8 MultiBox network: ``count`` images in a seeded random
-    order, resized as :func:`proposals.multibox.model.preprocess` resizes them (bilinear to
-    ``size x size``). Returns ``ndarray[count, size, size, 3] uint8`` RGB; unreadable images are
-    logged and skipped; ``ValueError`` when none can be read."""
+    order (:func:`_draw`), resized as :func:`proposals.multibox.model.preprocess` resizes them (bilinear
+    to ``size x size``). Returns ``ndarray[count, size, size, 3] uint8`` RGB."""
     import cv2
 
-    if count < 1 or not records:
-        raise ValueError(f"calibration images: count={count} from {len(records)} images: nothing to draw")
-    out, skipped = [], []
-    for _, image in _readable(records, np.random.default_rng(seed).permutation(len(records)), "calibration images",
-                              skipped):
-        out.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
-        if len(out) == count:
-            break
-    if not out:
-        raise ValueError(f"calibration images: none of {len(records)} images could be read")
-    if len(out) < count:
-        log.warning("calibration images: %d of the %d asked for (%d unreadable)", len(out), count, len(skipped))
-    return np.stack(out)
+    def take(record, image: np.ndarray, rng) -> np.ndarray:
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)[None]
+
+    return _draw(records, count, seed, "calibration images", take)
 
 
 def crops_to_inputs(crops: np.ndarray, convention: InputConvention | Mapping | None = None) -> np.ndarray:

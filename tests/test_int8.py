@@ -158,8 +158,8 @@ def test_stored_recipes_of_the_removed_settings():
               "lrn_tolerance": 0.001953125, "head": "float", "calibration": "minmax", "percentile": 99.999,
               "reduce_range": False}
     assert Int8Recipe.from_dict(stored) == Int8Recipe()
-    assert Int8Recipe.from_dict({**stored, "lrn": "int8"}) == Int8Recipe(lrn_tolerance=0.0)  # none folded
-    for removed in ({"lrn": "float"}, {"format": "qoperator"}, {"activations": "s8"}, {"per_channel": False}):
+    for removed in ({"lrn": "float"}, {"lrn": "int8"}, {"percentile": 99.9}, {"format": "qoperator"},
+                    {"activations": "s8"}, {"per_channel": False}):
         with pytest.raises(ValueError, match=f"{next(iter(removed))} other than"):
             Int8Recipe.from_dict({**stored, **removed})
 
