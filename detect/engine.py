@@ -123,17 +123,8 @@ def _iterate_from(loader: Iterable, skip: int, on_resume: Callable[[], None] | N
 
 
 def _batch_size(batch: Any) -> int:
-    """Number of samples in a batch (first tensor / sequence found)."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.ndim else 1
-    if isinstance(batch, dict):
-        batch = list(batch.values())
-    if isinstance(batch, (list, tuple)) and batch:
-        first = batch[0]
-        if isinstance(first, (torch.Tensor, list, tuple, dict)):
-            return _batch_size(first) if isinstance(first, (torch.Tensor, dict)) else len(first)
-        return len(batch)
-    return 0
+    """Samples in a batch: ``B`` of its first entry ``Tensor[B, ...]`` (every collate here; a bare tensor: its own)."""
+    return len(batch[0] if isinstance(batch, (list, tuple)) else batch)
 
 
 # ------------------------------------------------------------------------------------ checkpoint
@@ -399,9 +390,13 @@ def _steps_in_epoch(loader: Iterable, cap: int | None) -> int | None:
 
 def _end_epoch(epoch: int, settings: TrainSettings, totals: dict, elapsed: float, optimizer: torch.optim.Optimizer,
                evaluate: Callable[[nn.Module], dict] | None, result_model: nn.Module, ctx: DistributedContext) -> None:
-    """Evaluate ``result_model`` (when ``evaluate``), log the epoch's summary (main process) and stop on a
-    mean loss that is not finite."""
-    summary = _epoch_summary(totals, elapsed, optimizer)
+    """Log the epoch's summary (main process: mean loss and metrics per sample, throughput, learning rate,
+    skipped samples, and ``evaluate(result_model)``) and stop on a mean loss that is not finite."""
+    n = max(totals["samples"], 1.0)
+    summary = {"loss": totals["loss"] / n, **{k[2:]: v / n for k, v in totals.items() if k.startswith("m_")},
+               "images_per_s": totals["samples"] / max(elapsed, 1e-9), "lr": optimizer.param_groups[0]["lr"]}
+    if totals["dropped"]:
+        summary["skipped_samples"] = int(totals["dropped"])
     if evaluate is not None:
         result_model.eval()
         summary.update({f"val_{k}": v for k, v in evaluate(result_model).items()})
@@ -453,8 +448,7 @@ def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_step
         if empty:
             log.warning("%s step %d: empty batch (unreadable samples) skipped", desc, step)
         else:
-            loss, metrics = _train_step(sc.train_model, sc.loss_fn, batch, device, sc.optimizer, sc.scaler,
-                                        sc.amp_dtype, sc.grad_clip)
+            loss, metrics = _train_step(sc, batch)
             if not math.isfinite(loss):  # before the average and any checkpoint take these weights
                 bar.close()
                 raise NonFiniteLoss(f"{desc} step {step}: the loss is {loss} (training diverged); stopped "
@@ -471,18 +465,6 @@ def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_step
         after_step(step)
     bar.close()
     return sums
-
-
-def _epoch_summary(totals: dict, elapsed: float, optimizer: torch.optim.Optimizer) -> dict:
-    """Mean loss and metrics per sample, throughput, learning rate, skipped samples."""
-    n = max(totals["samples"], 1.0)
-    summary = {"loss": totals["loss"] / n}
-    summary.update({k[2:]: v / n for k, v in totals.items() if k.startswith("m_")})
-    summary["images_per_s"] = totals["samples"] / max(elapsed, 1e-9)
-    summary["lr"] = optimizer.param_groups[0]["lr"]
-    if totals["dropped"]:
-        summary["skipped_samples"] = int(totals["dropped"])
-    return summary
 
 
 def run_fingerprint(**parts: Any) -> dict[str, str]:
@@ -537,15 +519,14 @@ def _check_epoch(epoch: int, totals: dict, skipped: SkipLog | None, max_fraction
                            f"allowed share {max_fraction:g} (max_skipped_fraction){reasons}")
 
 
-def _train_step(model, loss_fn, batch, device, optimizer, scaler, amp_dtype, grad_clip) -> tuple[float, dict]:
-    autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    with autocast:
-        loss, metrics = loss_fn(model, batch, device)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip is not None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
+def _train_step(sc: _StepContext, batch: Any) -> tuple[float, dict]:
+    with torch.autocast("cuda", dtype=sc.amp_dtype) if sc.amp_dtype is not None else nullcontext():
+        loss, metrics = sc.loss_fn(sc.train_model, batch, sc.ctx.device)
+    sc.optimizer.zero_grad(set_to_none=True)
+    sc.scaler.scale(loss).backward()
+    if sc.grad_clip is not None:
+        sc.scaler.unscale_(sc.optimizer)
+        torch.nn.utils.clip_grad_norm_(sc.train_model.parameters(), sc.grad_clip)
+    sc.scaler.step(sc.optimizer)
+    sc.scaler.update()
     return float(loss.detach()), metrics

@@ -138,12 +138,11 @@ def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.
         model.set_input_convention(convention)
     if report.mismatched:
         log.info("%s: left initialised (shape differs): %s", path, ", ".join(report.mismatched))
-    if report.missing:
-        log.warning("%s: %d tensors not in the file, left initialised: %s", path, len(report.missing),
-                    ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else ""))
-    if report.unexpected:
-        log.info("%s: %d tensors of the file unused: %s", path, len(report.unexpected),
-                 ", ".join(report.unexpected[:10]) + (" ..." if len(report.unexpected) > 10 else ""))
+    for level, names, what in ((logging.WARNING, report.missing, "not in the file, left initialised"),
+                               (logging.INFO, report.unexpected, "of the file unused")):
+        if names:
+            log.log(level, "%s: %d tensors %s: %s%s", path, len(names), what, ", ".join(names[:10]),
+                    " ..." if len(names) > 10 else "")
     log.info("%s: loaded %d of %d tensors", path, len(report.loaded), len(own))
     return report
 
@@ -238,7 +237,8 @@ def load_bvlc(model: GoogLeNet, path: str | Path, kind: str | None = None) -> Lo
 
 
 def _load(model: GoogLeNet, path: Path, layers: list[WeightsLayer], source: str) -> LoadReport:
-    report = LoadReport(source=source, sha1=_sha1(path))
+    with open(path, "rb") as f:
+        report = LoadReport(source=source, sha1=hashlib.file_digest(f, "sha1").hexdigest())
     by_name: dict[str, WeightsLayer] = {}
     for layer in layers:
         if layer.name in by_name and (layer.blobs or by_name[layer.name].blobs):
@@ -291,14 +291,6 @@ def _load(model: GoogLeNet, path: Path, layers: list[WeightsLayer], source: str)
     model.set_input_convention(BVLC)
     _log_report(path, report, len(own))
     return report
-
-
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _log_report(path: Path, report: LoadReport, total: int) -> None:
