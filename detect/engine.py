@@ -182,9 +182,8 @@ class Checkpoint:
         return ResumePoint(state["epoch"], 0)
 
     def save(self, epoch: int, step: int, epoch_rng: dict) -> None:
-        """Write the state after ``step`` steps of epoch ``epoch`` (0-based; step 0: the epoch is done).
-        Weights that are not finite are never written (``FloatingPointError``): the file keeps the last
-        good checkpoint (a diverged step in another process reaches these weights through DDP)."""
+        """Write the state after ``step`` steps of epoch ``epoch`` (0-based; step 0: the epoch is done), unless
+        a weight is not finite (``FloatingPointError``; a diverged step of another process arrives through DDP)."""
         if self.ctx.is_main:
             result = self.averaged.module if self.averaged is not None else self.model
             _check_finite_weights({"weights": self.model, "averaged weights": result}, self.path, epoch, step,
@@ -206,7 +205,8 @@ class Checkpoint:
     def describe_last(self) -> str:
         """Which state the file at ``path`` holds, for error messages."""
         if self.last_saved is None:
-            return f"{self.path}: no checkpoint written by this run" + (" (an earlier one is kept)" if self.path.exists() else "")
+            kept = " (an earlier one is kept)" if self.path.exists() else ""
+            return f"{self.path}: no checkpoint written by this run{kept}"
         return f"{self.path} keeps the last good state ({_where(*self.last_saved)})"
 
 
@@ -272,10 +272,9 @@ class TrainSettings:
 
 @contextmanager
 def _owning_the_checkpoint(path: Path, ctx: DistributedContext) -> Iterator[None]:
-    """Hold the checkpoint's lock on the main process while :func:`fit` runs: a second trainer of the
-    same checkpoint stops at once (``OutputLocked``) instead of interleaving its saves, and the
-    temporary files that a killed save left beside the checkpoint are removed first (no writer of ours
-    can be filling one while the lock is held)."""
+    """Hold the checkpoint's lock on the main process while :func:`fit` runs (a second trainer of it stops at
+    once: ``OutputLocked``), and remove the temporary files a killed save left (no writer of ours fills one
+    while the lock is held)."""
     if not ctx.is_main:
         yield
         return
@@ -304,12 +303,10 @@ def fit(
     loss_fn: ``(model, batch, device) -> (loss: Tensor[] float, metrics: {name: float})``; it moves the
         batch to ``device``. A batch that is ``None`` or empty (every sample unreadable) is skipped by
         every process; a batch's ``dropped`` attribute (samples its collate removed) is summed per epoch.
-    checkpoint_path: a :class:`Checkpoint` written after every epoch and every ``checkpoint_every`` steps.
-        A non-finite loss stops the run (``FloatingPointError`` naming the epoch, the step and the
-        checkpoint kept); non-finite weights are never written.
-    fingerprint: plain values naming what the run trains on and how (data, image list, init weights,
-        settings); stored in the checkpoint, and a checkpoint written with another fingerprint (or with
-        none) is not resumed: ``CheckpointMismatch`` names the differing entries (never a silent mix of two runs).
+    checkpoint_path: the :class:`Checkpoint` (when written, and what stops the run: the module docstring);
+        checkpoint_meta: entries stored with it (``model_kwargs``, ``classes`` ...).
+    fingerprint: :func:`run_fingerprint` of what the run trains on and how; a checkpoint written with another
+        (or none) is not resumed (:func:`check_fingerprint`, never a silent mix of two runs).
     skipped: receives the samples the data pipeline skipped (from a batch's ``skipped`` entries, worker
         processes included). An epoch that takes no step, or skips more than ``max_skipped_fraction``
         of its samples, stops the run with a ``RuntimeError`` naming the first reasons.
@@ -487,8 +484,8 @@ class CheckpointMismatch(ValueError):
 
 
 def check_fingerprint(state: dict, fingerprint: dict | None, path: str | Path) -> None:
-    """Refuse to resume ``state`` (a loaded checkpoint) when it records another ``fingerprint``, or none
-    (a checkpoint written before checkpoints recorded what produced them)."""
+    """Refuse to resume ``state`` (a loaded checkpoint) when it records another ``fingerprint`` or none:
+    ``CheckpointMismatch`` naming the differing entries."""
     stored = state.get("fingerprint")
     if fingerprint is None or stored == fingerprint:
         return

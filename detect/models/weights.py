@@ -36,7 +36,7 @@ from detect.models.googlenet import GoogLeNet, GoogLeNetConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadReport", "checkpoint_convention", "load_bvlc", "load_model", "load_pretrained", "model_from_entry",
+__all__ = ["LoadReport", "load_bvlc", "load_model", "load_pretrained", "model_from_entry",
            "model_from_weights", "strip_module_prefix"]
 
 
@@ -131,7 +131,8 @@ def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.
         )
     model.load_state_dict(to_load, strict=False)
     if hasattr(model, "set_input_convention"):
-        convention = checkpoint_convention(obj if ours else {})
+        kwargs = obj.get("model_kwargs") if ours else None
+        convention = InputConvention.from_dict(kwargs.get("input_convention") if isinstance(kwargs, dict) else None)
         if convention != model.input_convention:
             log.info("%s: input convention %s (the model was set to %s)", path, convention.describe(),
                      model.input_convention.describe())
@@ -145,16 +146,6 @@ def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.
                     " ..." if len(names) > 10 else "")
     log.info("%s: loaded %d of %d tensors", path, len(report.loaded), len(own))
     return report
-
-
-def checkpoint_convention(ckpt: dict) -> InputConvention:
-    """The input convention our checkpoint records: ``model_kwargs["input_convention"]`` (for MultiBox,
-    that of ``model_kwargs["backbone_kwargs"]``); ImageNet for a checkpoint that records none."""
-    kwargs = ckpt.get("model_kwargs") if isinstance(ckpt, dict) else None
-    kwargs = kwargs if isinstance(kwargs, dict) else {}
-    if "input_convention" not in kwargs and isinstance(kwargs.get("backbone_kwargs"), dict):
-        kwargs = kwargs["backbone_kwargs"]
-    return InputConvention.from_dict(kwargs.get("input_convention"))
 
 
 def strip_module_prefix(state: Mapping) -> dict:
