@@ -91,7 +91,7 @@ class LoadReport:
     sha1_matches: bool | None = None
 
 
-def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.5) -> LoadReport:
+def load_pretrained(model: GoogLeNet, path: str | Path, min_fraction: float = 0.5) -> LoadReport:
     """Load pretrained weights into ``model`` and adopt the input convention they expect.
 
     ``path``, detected by content: our checkpoint (a dict with ``model_state``; its convention from
@@ -130,13 +130,12 @@ def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.
             f"(missing {len(report.missing)}, mismatched {len(report.mismatched)}): a different architecture?"
         )
     model.load_state_dict(to_load, strict=False)
-    if hasattr(model, "set_input_convention"):
-        kwargs = obj.get("model_kwargs") if ours else None
-        convention = InputConvention.from_dict(kwargs.get("input_convention") if isinstance(kwargs, dict) else None)
-        if convention != model.input_convention:
-            log.info("%s: input convention %s (the model was set to %s)", path, convention.describe(),
-                     model.input_convention.describe())
-        model.set_input_convention(convention)
+    kwargs = obj.get("model_kwargs") if ours else None
+    convention = InputConvention.from_dict(kwargs.get("input_convention") if isinstance(kwargs, dict) else None)
+    if convention != model.input_convention:
+        log.info("%s: input convention %s (the model was set to %s)", path, convention.describe(),
+                 model.input_convention.describe())
+    model.set_input_convention(convention)
     if report.mismatched:
         log.info("%s: left initialised (shape differs): %s", path, ", ".join(report.mismatched))
     for level, names, what in ((logging.WARNING, report.missing, "not in the file, left initialised"),
