@@ -48,10 +48,9 @@ def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.de
         sums["n"] += len(labels)
         if background is not None:
             bg = labels == background
-            sums["bg_hit"] += float(hit[bg, 0].sum())
-            sums["bg"] += float(bg.sum())
-            sums["fg_hit"] += float(hit[~bg, 0].sum())
-            sums["fg"] += float((~bg).sum())
+            for key, mask in (("bg", bg), ("fg", ~bg)):
+                sums[f"{key}_hit"] += float(hit[mask, 0].sum())
+                sums[key] += float(mask.sum())
     model.train(was_training)
     t = all_reduce_sum(sums, device)
     out = {"top1": t["c1"] / t["n"] if t["n"] else 0.0, "top5": t["c5"] / t["n"] if t["n"] else 0.0, "n": int(t["n"])}

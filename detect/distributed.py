@@ -9,17 +9,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "DistributedContext", "setup", "cleanup", "resolve_device", "is_distributed",
-    "all_reduce_sum", "barrier", "broadcast_object",
-]
+__all__ = ["DistributedContext", "setup", "cleanup", "resolve_device", "is_distributed", "all_reduce_sum", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -57,12 +53,10 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def setup(device: str | torch.device = "auto", backend: str | None = None) -> DistributedContext:
-    """Join the ``torchrun`` process group when its environment is present, else run as one process.
-
-    device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (``cuda`` picks the GPU of ``LOCAL_RANK``).
-    backend: ``None`` chooses ``nccl`` for CUDA and ``gloo`` for CPU.
-    """
+def setup(device: str | torch.device = "auto") -> DistributedContext:
+    """Join the ``torchrun`` process group when its environment is present (``nccl`` for CUDA, ``gloo`` for
+    CPU), else run as one process. device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (``cuda``: the GPU of
+    ``LOCAL_RANK``)."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env and int(env["WORLD_SIZE"]) > 1:
         rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
@@ -70,7 +64,7 @@ def setup(device: str | torch.device = "auto", backend: str | None = None) -> Di
         dev = resolve_device(device, local_rank)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
         if not is_distributed():
             kwargs = {"device_id": dev} if dev.type == "cuda" else {}
             dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
@@ -98,12 +92,3 @@ def all_reduce_sum(values: dict[str, float], device: torch.device | str = "cpu")
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return {k: float(v) for k, v in zip(keys, t.tolist())}
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Send a picklable object from rank ``src`` to every process; returns it everywhere."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -123,17 +123,8 @@ def _iterate_from(loader: Iterable, skip: int, on_resume: Callable[[], None] | N
 
 
 def _batch_size(batch: Any) -> int:
-    """Number of samples in a batch (first tensor / sequence found)."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.ndim else 1
-    if isinstance(batch, dict):
-        batch = list(batch.values())
-    if isinstance(batch, (list, tuple)) and batch:
-        first = batch[0]
-        if isinstance(first, (torch.Tensor, list, tuple, dict)):
-            return _batch_size(first) if isinstance(first, (torch.Tensor, dict)) else len(first)
-        return len(batch)
-    return 0
+    """Samples in a batch: ``B`` of its first entry ``Tensor[B, ...]`` (every collate here; a bare tensor: its own)."""
+    return len(batch[0] if isinstance(batch, (list, tuple)) else batch)
 
 
 # ------------------------------------------------------------------------------------ checkpoint
@@ -191,9 +182,8 @@ class Checkpoint:
         return ResumePoint(state["epoch"], 0)
 
     def save(self, epoch: int, step: int, epoch_rng: dict) -> None:
-        """Write the state after ``step`` steps of epoch ``epoch`` (0-based; step 0: the epoch is done).
-        Weights that are not finite are never written (``FloatingPointError``): the file keeps the last
-        good checkpoint (a diverged step in another process reaches these weights through DDP)."""
+        """Write the state after ``step`` steps of epoch ``epoch`` (0-based; step 0: the epoch is done), unless
+        a weight is not finite (``FloatingPointError``; a diverged step of another process arrives through DDP)."""
         if self.ctx.is_main:
             result = self.averaged.module if self.averaged is not None else self.model
             _check_finite_weights({"weights": self.model, "averaged weights": result}, self.path, epoch, step,
@@ -215,7 +205,8 @@ class Checkpoint:
     def describe_last(self) -> str:
         """Which state the file at ``path`` holds, for error messages."""
         if self.last_saved is None:
-            return f"{self.path}: no checkpoint written by this run" + (" (an earlier one is kept)" if self.path.exists() else "")
+            kept = " (an earlier one is kept)" if self.path.exists() else ""
+            return f"{self.path}: no checkpoint written by this run{kept}"
         return f"{self.path} keeps the last good state ({_where(*self.last_saved)})"
 
 
@@ -281,10 +272,9 @@ class TrainSettings:
 
 @contextmanager
 def _owning_the_checkpoint(path: Path, ctx: DistributedContext) -> Iterator[None]:
-    """Hold the checkpoint's lock on the main process while :func:`fit` runs: a second trainer of the
-    same checkpoint stops at once (``OutputLocked``) instead of interleaving its saves, and the
-    temporary files that a killed save left beside the checkpoint are removed first (no writer of ours
-    can be filling one while the lock is held)."""
+    """Hold the checkpoint's lock on the main process while :func:`fit` runs (a second trainer of it stops at
+    once: ``OutputLocked``), and remove the temporary files a killed save left (no writer of ours fills one
+    while the lock is held)."""
     if not ctx.is_main:
         yield
         return
@@ -313,12 +303,10 @@ def fit(
     loss_fn: ``(model, batch, device) -> (loss: Tensor[] float, metrics: {name: float})``; it moves the
         batch to ``device``. A batch that is ``None`` or empty (every sample unreadable) is skipped by
         every process; a batch's ``dropped`` attribute (samples its collate removed) is summed per epoch.
-    checkpoint_path: a :class:`Checkpoint` written after every epoch and every ``checkpoint_every`` steps.
-        A non-finite loss stops the run (``FloatingPointError`` naming the epoch, the step and the
-        checkpoint kept); non-finite weights are never written.
-    fingerprint: plain values naming what the run trains on and how (data, image list, init weights,
-        settings); stored in the checkpoint, and a checkpoint written with another fingerprint (or with
-        none) is not resumed: ``CheckpointMismatch`` names the differing entries (never a silent mix of two runs).
+    checkpoint_path: the :class:`Checkpoint` (when written, and what stops the run: the module docstring);
+        checkpoint_meta: entries stored with it (``model_kwargs``, ``classes`` ...).
+    fingerprint: :func:`run_fingerprint` of what the run trains on and how; a checkpoint written with another
+        (or none) is not resumed (:func:`check_fingerprint`, never a silent mix of two runs).
     skipped: receives the samples the data pipeline skipped (from a batch's ``skipped`` entries, worker
         processes included). An epoch that takes no step, or skips more than ``max_skipped_fraction``
         of its samples, stops the run with a ``RuntimeError`` naming the first reasons.
@@ -399,9 +387,13 @@ def _steps_in_epoch(loader: Iterable, cap: int | None) -> int | None:
 
 def _end_epoch(epoch: int, settings: TrainSettings, totals: dict, elapsed: float, optimizer: torch.optim.Optimizer,
                evaluate: Callable[[nn.Module], dict] | None, result_model: nn.Module, ctx: DistributedContext) -> None:
-    """Evaluate ``result_model`` (when ``evaluate``), log the epoch's summary (main process) and stop on a
-    mean loss that is not finite."""
-    summary = _epoch_summary(totals, elapsed, optimizer)
+    """Log the epoch's summary (main process: mean loss and metrics per sample, throughput, learning rate,
+    skipped samples, and ``evaluate(result_model)``) and stop on a mean loss that is not finite."""
+    n = max(totals["samples"], 1.0)
+    summary = {"loss": totals["loss"] / n, **{k[2:]: v / n for k, v in totals.items() if k.startswith("m_")},
+               "images_per_s": totals["samples"] / max(elapsed, 1e-9), "lr": optimizer.param_groups[0]["lr"]}
+    if totals["dropped"]:
+        summary["skipped_samples"] = int(totals["dropped"])
     if evaluate is not None:
         result_model.eval()
         summary.update({f"val_{k}": v for k, v in evaluate(result_model).items()})
@@ -453,8 +445,7 @@ def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_step
         if empty:
             log.warning("%s step %d: empty batch (unreadable samples) skipped", desc, step)
         else:
-            loss, metrics = _train_step(sc.train_model, sc.loss_fn, batch, device, sc.optimizer, sc.scaler,
-                                        sc.amp_dtype, sc.grad_clip)
+            loss, metrics = _train_step(sc, batch)
             if not math.isfinite(loss):  # before the average and any checkpoint take these weights
                 bar.close()
                 raise NonFiniteLoss(f"{desc} step {step}: the loss is {loss} (training diverged); stopped "
@@ -471,18 +462,6 @@ def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_step
         after_step(step)
     bar.close()
     return sums
-
-
-def _epoch_summary(totals: dict, elapsed: float, optimizer: torch.optim.Optimizer) -> dict:
-    """Mean loss and metrics per sample, throughput, learning rate, skipped samples."""
-    n = max(totals["samples"], 1.0)
-    summary = {"loss": totals["loss"] / n}
-    summary.update({k[2:]: v / n for k, v in totals.items() if k.startswith("m_")})
-    summary["images_per_s"] = totals["samples"] / max(elapsed, 1e-9)
-    summary["lr"] = optimizer.param_groups[0]["lr"]
-    if totals["dropped"]:
-        summary["skipped_samples"] = int(totals["dropped"])
-    return summary
 
 
 def run_fingerprint(**parts: Any) -> dict[str, str]:
@@ -505,8 +484,8 @@ class CheckpointMismatch(ValueError):
 
 
 def check_fingerprint(state: dict, fingerprint: dict | None, path: str | Path) -> None:
-    """Refuse to resume ``state`` (a loaded checkpoint) when it records another ``fingerprint``, or none
-    (a checkpoint written before checkpoints recorded what produced them)."""
+    """Refuse to resume ``state`` (a loaded checkpoint) when it records another ``fingerprint`` or none:
+    ``CheckpointMismatch`` naming the differing entries."""
     stored = state.get("fingerprint")
     if fingerprint is None or stored == fingerprint:
         return
@@ -537,15 +516,14 @@ def _check_epoch(epoch: int, totals: dict, skipped: SkipLog | None, max_fraction
                            f"allowed share {max_fraction:g} (max_skipped_fraction){reasons}")
 
 
-def _train_step(model, loss_fn, batch, device, optimizer, scaler, amp_dtype, grad_clip) -> tuple[float, dict]:
-    autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    with autocast:
-        loss, metrics = loss_fn(model, batch, device)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip is not None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
+def _train_step(sc: _StepContext, batch: Any) -> tuple[float, dict]:
+    with torch.autocast("cuda", dtype=sc.amp_dtype) if sc.amp_dtype is not None else nullcontext():
+        loss, metrics = sc.loss_fn(sc.train_model, batch, sc.ctx.device)
+    sc.optimizer.zero_grad(set_to_none=True)
+    sc.scaler.scale(loss).backward()
+    if sc.grad_clip is not None:
+        sc.scaler.unscale_(sc.optimizer)
+        torch.nn.utils.clip_grad_norm_(sc.train_model.parameters(), sc.grad_clip)
+    sc.scaler.step(sc.optimizer)
+    sc.scaler.update()
     return float(loss.detach()), metrics

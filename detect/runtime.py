@@ -24,6 +24,8 @@ import os
 import sys
 from typing import Any, Mapping
 
+from hydra.experimental.callback import Callback
+
 log = logging.getLogger(__name__)
 
 __all__ = ["usable_cores", "resolve_threads", "apply_threads", "worker_threads", "ThreadsCallback"]
@@ -81,13 +83,7 @@ def worker_threads(worker_id: int = 0) -> None:
     cv2.setNumThreads(1)
 
 
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - Hydra is a dependency; this keeps the module importable alone
-    _HydraCallback = object
-
-
-class ThreadsCallback(_HydraCallback):
+class ThreadsCallback(Callback):
     """Hydra callback: applies the tool config's ``threads`` setting before the tool runs."""
 
     def on_job_start(self, config=None, **kwargs) -> None:

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from detect.distributed import all_reduce_sum, broadcast_object, resolve_device, setup
+from detect.distributed import all_reduce_sum, resolve_device, setup
 from detect.io import load_checkpoint
 
 # One SGD step of the paper network (no batch norm, dropout 0) on a fixed global batch of 4 images:
@@ -45,7 +45,6 @@ def test_single_process_context(monkeypatch):
     ctx = setup("cpu")
     assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.device.type, ctx.distributed) == (0, 1, True, "cpu", False)
     assert all_reduce_sum({"a": 2, "b": 3.5}) == {"a": 2.0, "b": 3.5}
-    assert broadcast_object({"x": 1}) == {"x": 1}
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):

@@ -153,11 +153,9 @@ def _lrn_params(buf) -> dict:
 
 def _pool_params(buf) -> dict:
     f = pw.message_fields(buf)
-    kernel = (int(pw.last(f, 5, 0)), int(pw.last(f, 6, 0))) if 5 in f else (int(pw.last(f, 2, 0)),) * 2
-    stride = (int(pw.last(f, 7, 1)), int(pw.last(f, 8, 1))) if 7 in f else (int(pw.last(f, 3, 1)),) * 2
-    pad = (int(pw.last(f, 9, 0)), int(pw.last(f, 10, 0))) if 9 in f else (int(pw.last(f, 4, 0)),) * 2
-    return {"method": {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}.get(int(pw.last(f, 1, 0)), "?"), "kernel": kernel,
-            "stride": stride, "pad": pad, "global": bool(pw.last(f, 12, 0)), "ceil": int(pw.last(f, 13, 0)) == 0}
+    return {"method": {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}.get(int(pw.last(f, 1, 0)), "?"),
+            "kernel": _pair(f, 2, 5, 6, 0), "stride": _pair(f, 3, 7, 8, 1), "pad": _pair(f, 4, 9, 10, 0),
+            "global": bool(pw.last(f, 12, 0)), "ceil": int(pw.last(f, 13, 0)) == 0}
 
 
 def _blob(buf, where: str) -> np.ndarray:

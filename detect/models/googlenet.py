@@ -233,9 +233,7 @@ class InceptionAux(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, conv_channels: int = 128, hidden: int = 1024,
                  dropout: float = 0.7, batch_norm: bool = False, pool: str = "paper"):
         super().__init__()
-        if pool not in ("paper", "adaptive"):
-            raise ValueError(f"aux pool must be 'paper' or 'adaptive', got {pool!r}")
-        self.pool = pool
+        self.pool = pool  # checked by GoogLeNetConfig
         self.conv = ConvReLU(in_channels, conv_channels, 1, batch_norm=batch_norm)
         self.fc1 = nn.Linear(conv_channels * 16, hidden)
         self.dropout = nn.Dropout(dropout)
@@ -359,10 +357,9 @@ class GoogLeNet(nn.Module):
         """ImageNet-normalised input -> the (x - 0.5) / 0.5 scale of torchvision's ported weights."""
         if not self.transform_input:
             return x
-        x0 = x[:, 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
-        x1 = x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
-        x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
-        return torch.cat([x0, x1, x2], 1)
+        scale = torch.tensor([s / 0.5 for s in IMAGENET_STD], dtype=x.dtype, device=x.device).view(3, 1, 1)
+        shift = torch.tensor([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return x * scale + shift
 
     def _trunk(self, x: Tensor, with_aux: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """[B, 3, H, W] -> (5b map [B, feature_dim, H/32, W/32], aux1 logits or None, aux2 logits or None)."""

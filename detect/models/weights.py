@@ -36,7 +36,7 @@ from detect.models.googlenet import GoogLeNet, GoogLeNetConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadReport", "checkpoint_convention", "load_bvlc", "load_model", "load_pretrained", "model_from_entry",
+__all__ = ["LoadReport", "load_bvlc", "load_model", "load_pretrained", "model_from_entry",
            "model_from_weights", "strip_module_prefix"]
 
 
@@ -91,7 +91,7 @@ class LoadReport:
     sha1_matches: bool | None = None
 
 
-def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.5) -> LoadReport:
+def load_pretrained(model: GoogLeNet, path: str | Path, min_fraction: float = 0.5) -> LoadReport:
     """Load pretrained weights into ``model`` and adopt the input convention they expect.
 
     ``path``, detected by content: our checkpoint (a dict with ``model_state``; its convention from
@@ -130,32 +130,21 @@ def load_pretrained(model: nn.Module, path: str | Path, min_fraction: float = 0.
             f"(missing {len(report.missing)}, mismatched {len(report.mismatched)}): a different architecture?"
         )
     model.load_state_dict(to_load, strict=False)
-    if hasattr(model, "set_input_convention"):
-        convention = checkpoint_convention(obj if ours else {})
-        if convention != model.input_convention:
-            log.info("%s: input convention %s (the model was set to %s)", path, convention.describe(),
-                     model.input_convention.describe())
-        model.set_input_convention(convention)
+    kwargs = obj.get("model_kwargs") if ours else None
+    convention = InputConvention.from_dict(kwargs.get("input_convention") if isinstance(kwargs, dict) else None)
+    if convention != model.input_convention:
+        log.info("%s: input convention %s (the model was set to %s)", path, convention.describe(),
+                 model.input_convention.describe())
+    model.set_input_convention(convention)
     if report.mismatched:
         log.info("%s: left initialised (shape differs): %s", path, ", ".join(report.mismatched))
-    if report.missing:
-        log.warning("%s: %d tensors not in the file, left initialised: %s", path, len(report.missing),
-                    ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else ""))
-    if report.unexpected:
-        log.info("%s: %d tensors of the file unused: %s", path, len(report.unexpected),
-                 ", ".join(report.unexpected[:10]) + (" ..." if len(report.unexpected) > 10 else ""))
+    for level, names, what in ((logging.WARNING, report.missing, "not in the file, left initialised"),
+                               (logging.INFO, report.unexpected, "of the file unused")):
+        if names:
+            log.log(level, "%s: %d tensors %s: %s%s", path, len(names), what, ", ".join(names[:10]),
+                    " ..." if len(names) > 10 else "")
     log.info("%s: loaded %d of %d tensors", path, len(report.loaded), len(own))
     return report
-
-
-def checkpoint_convention(ckpt: dict) -> InputConvention:
-    """The input convention our checkpoint records: ``model_kwargs["input_convention"]`` (for MultiBox,
-    that of ``model_kwargs["backbone_kwargs"]``); ImageNet for a checkpoint that records none."""
-    kwargs = ckpt.get("model_kwargs") if isinstance(ckpt, dict) else None
-    kwargs = kwargs if isinstance(kwargs, dict) else {}
-    if "input_convention" not in kwargs and isinstance(kwargs.get("backbone_kwargs"), dict):
-        kwargs = kwargs["backbone_kwargs"]
-    return InputConvention.from_dict(kwargs.get("input_convention"))
 
 
 def strip_module_prefix(state: Mapping) -> dict:
@@ -238,7 +227,8 @@ def load_bvlc(model: GoogLeNet, path: str | Path, kind: str | None = None) -> Lo
 
 
 def _load(model: GoogLeNet, path: Path, layers: list[WeightsLayer], source: str) -> LoadReport:
-    report = LoadReport(source=source, sha1=_sha1(path))
+    with open(path, "rb") as f:
+        report = LoadReport(source=source, sha1=hashlib.file_digest(f, "sha1").hexdigest())
     by_name: dict[str, WeightsLayer] = {}
     for layer in layers:
         if layer.name in by_name and (layer.blobs or by_name[layer.name].blobs):
@@ -291,14 +281,6 @@ def _load(model: GoogLeNet, path: Path, layers: list[WeightsLayer], source: str)
     model.set_input_convention(BVLC)
     _log_report(path, report, len(own))
     return report
-
-
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _log_report(path: Path, report: LoadReport, total: int) -> None:
