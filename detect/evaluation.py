@@ -28,7 +28,8 @@ positive.
 Ties in confidence are broken by image index, then by position in the ``Detections`` (for ``voc``: by
 position only, the order of a VOC results file); ties in IoU by the ground truth's order in its
 record (``coco``: the later one, as COCOeval does). Ground truth flagged ``ignore`` under ``ilsvrc``
-rules is handled as under ``voc`` (a detection taking it is neither true nor false positive).
+rules: a detection taking it is neither true nor false positive (as under ``voc``), but, like any ground
+truth under these rules, it is taken once (under ``voc`` every detection whose best box it is, is ignored).
 
 Classes without ground truth (after the blacklist): ``classes_without_gt="skip"`` (default) leaves them
 out of the mean (AP NaN, as COCOeval does); ``"zero"`` counts them as AP 0 so the mean is over all
