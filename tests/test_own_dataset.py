@@ -126,3 +126,18 @@ def test_roboflow_export_end_to_end_two_training_splits(tmp_path, repo_root):
     assert report["annotation_id_0_in"] == [str(root / "test" / "_annotations.coco.json")]
     crops = _crop_images(work, "train") | _crop_images(work, "val")
     assert {c.split("_")[0] for c in crops} == {"train", "valid"}  # crops from both training splits (ids <split>/<id>)
+
+
+def test_small_boxes_in_large_photos_raise_the_segmented_size(tmp_path, repo_root):
+    """Photos of 1200-1400 px with objects of 30-60 px: selective search (experiment=small's bounded 500)
+    would see them at 11-25 px; the one command segments at up to 1000 px instead and says so; with
+    segment_size.auto=false, or proposals set on the command line, it keeps 500."""
+    root = tmp_path / "voc"
+    make_detection_world(root, num_classes=2, num_train=6, num_val=2, min_side=1200, max_side=1400, max_objects=3,
+                         min_object_size=30, max_object_fraction=0.05, empty_fraction=0.0, seed=0, layout="voc")
+    args = ["data=voc", f"data.root={root}", "stop_after=prepare"]
+    out = _demo(repo_root, *args, f"work_dir={tmp_path / 'a'}")
+    assert "selective search segments images at a longer side of up to 1000 px instead of 500" in out
+    for extra in (["segment_size.auto=false"], ["proposals.sources.0.min_box_size=20"]):
+        out = _demo(repo_root, *args, *extra, f"work_dir={tmp_path / 'b'}")
+        assert "selective search segments" not in out

@@ -9,7 +9,7 @@ from PIL import Image
 from detect.data.images import read_image
 from proposals.base import Proposals, as_rgb_uint8
 from proposals.merge import UnionProposer, union_boxes
-from proposals.selective_search import SelectiveSearch, _rank
+from proposals.selective_search import SelectiveSearch, _rank, segmentation_side
 
 
 def _scene(h=90, w=120, seed=0):
@@ -217,3 +217,16 @@ def test_ranking_setting_is_in_the_spec_and_changes_store_fingerprints():
     assert spec_name(before) == spec_name(spec) == "ss2x"  # the store file name stays
     with pytest.raises(ValueError, match="ranking"):
         SelectiveSearch(ranking="random")
+
+
+def test_segmentation_side_follows_the_small_boxes():
+    """The segmented side keeps 32 px for 90 % of the boxes, within [base, limit], in steps of 50."""
+    # 4000-pixel photos: boxes of 400 px need 320, of 100 px need 1280 (over the limit), of 10 px their own size
+    assert segmentation_side([400] * 10, [4000] * 10, 500, 1500) == 500            # large boxes: the base stays
+    assert segmentation_side([100] * 10, [4000] * 10, 500, 1000) == 1000           # small ones: up to the limit
+    assert segmentation_side([100] * 10, [4000] * 10, 500, 2000) == 1300           # 1280 rounded up to 50
+    assert segmentation_side([200] * 10, [4000] * 10, 500, 2000) == 650            # 640 rounded up
+    assert segmentation_side([10] * 10, [300] * 10, 500, 2000) == 500              # tiny boxes of small images
+    assert segmentation_side([400] * 8 + [100] * 2, [4000] * 10, 500, 2000, share=0.9) > 500  # the 10 % count
+    assert segmentation_side([400] * 95 + [100] * 5, [4000] * 100, 500, 2000, share=0.9) == 500
+    assert segmentation_side([], [], 500, 1000) == 500

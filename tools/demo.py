@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from detect.data.splits import BLOCKS, output_stem
 from detect.io import digest
 from detect.stages import Stage, StageError, run_stages, tree_digest
+from proposals.selective_search import segmentation_side
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("data", "data_cls", "model", "proposals")  # the groups every tool's config lists
@@ -85,6 +86,28 @@ def data_digest(blocks: dict) -> str:
                                                   for r in d.records]] for name, d in blocks.items()})
 
 
+def segment_override(cfg, records, overrides: list[str]) -> list[str]:
+    """``[proposals.sources.0.max_side=N]`` when the proposals start with a bounded selective search (no fixed
+    width) and the training boxes are small enough to need more than its ``max_side`` (conf/demo.yaml,
+    ``segment_size``); nothing when ``segment_size.auto`` is false or the command line sets proposals itself."""
+    sources = cfg.proposals.get("sources") or []
+    ss = sources[0] if sources else None
+    if (not cfg.segment_size.auto or any(o.startswith("proposals") for o in overrides) or ss is None
+            or not str(ss.get("_target_", "")).endswith("SelectiveSearch") or ss.get("resize_width") is not None):
+        return []
+    boxes = [(b[2] - b[0], b[3] - b[1], max(r.width, r.height)) for r in records for b in r.boxes.tolist()]
+    short = [min(w, h) for w, h, _ in boxes]
+    side = segmentation_side(short, [s for _, _, s in boxes], int(ss.max_side), int(cfg.segment_size.limit),
+                             cfg.segment_size.min_object_side, cfg.segment_size.share)
+    if side == int(ss.max_side):
+        return []
+    print(f"selective search segments images at a longer side of up to {side} px instead of {ss.max_side}: "
+          f"{cfg.segment_size.share:.0%} of the {len(short)} training boxes keep a shorter side of "
+          f"{cfg.segment_size.min_object_side} px there (conf/demo.yaml segment_size, limit "
+          f"{cfg.segment_size.limit}); segmentation time grows with the pixels")
+    return [f"proposals.sources.0.max_side={side}"]
+
+
 def drawn_images(records, count: int) -> list[str]:
     """``count`` image paths spread evenly over the test split."""
     if count <= 0 or not records:
@@ -109,6 +132,7 @@ def main(cfg) -> None:
         where = f"the synthetic val set ({experiment}, {cfg.members} members)"
     else:
         blocks = {b: instantiate(cfg.data[b]) for b in BLOCKS}
+        common += segment_override(cfg, blocks["train"].records, list(hydra_cfg.overrides.task))
         inputs = digest([inputs, data_digest(blocks)])
         stems = {}
         for b in BLOCKS:  # one store per dataset split: train and monitor usually share one
