@@ -9,7 +9,9 @@
 # ONNX Runtime fp32 and ONNX Runtime int8, and `tools/detect.py` with live proposals (selective search +
 # MultiBox) on 6 images. Each side works on its own copy of the detector file (its own ONNX cache).
 # Prints one line per output file and IDENTICAL, or the files that differ (exit status 1).
-# WORK_FOLDER (default: a new temporary folder) is created; nothing outside it is written.
+# WORK_FOLDER (default: a new temporary folder) is created; nothing outside it is written. Called again with
+# the same WORK_FOLDER (from another tree, say a branch's worktree), it reuses the detector and the base's
+# files made there and writes this tree's files in after_<tree folder name>.
 set -euo pipefail
 BASE=${1:?usage: same_detections.sh BASE_COMMIT [WORK_FOLDER]}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,8 +20,10 @@ PY=${PYTHON:-$HERE/.venv/bin/python}
 mkdir -p "$WORK"
 if [ ! -d "$WORK/base" ]; then git -C "$HERE" worktree add --detach "$WORK/base" "$BASE" >/dev/null; fi
 TRAIN=$WORK/train
-echo "training the quick demo's detector with $BASE's code in $TRAIN (log: $WORK/train.log)"
-(cd "$WORK/base" && PYTHONPATH="$WORK/base" "$PY" tools/demo.py experiment=demo_quick work_dir="$TRAIN" > "$WORK/train.log" 2>&1)
+if [ ! -f "$TRAIN/detector.pt" ]; then
+    echo "training the quick demo's detector with $BASE's code in $TRAIN (log: $WORK/train.log)"
+    (cd "$WORK/base" && PYTHONPATH="$WORK/base" "$PY" tools/demo.py experiment=demo_quick work_dir="$TRAIN" > "$WORK/train.log" 2>&1)
+fi
 STORE=$(ls "$TRAIN"/proposals/synthetic_val_*.npz | head -1)
 
 detections() {  # detections TREE OUT: the four runs with TREE's code into OUT, then the sha256 of each file
@@ -36,11 +40,12 @@ detections() {  # detections TREE OUT: the four runs with TREE's code into OUT, 
     (cd "$out" && sha256sum val_*.txt val_*_fp32.json val_*_int8.json live/*.json | sort -k2)
 }
 
-detections "$WORK/base" "$WORK/before" > "$WORK/before.sha256"
-detections "$HERE" "$WORK/after" > "$WORK/after.sha256"
-cat "$WORK/after.sha256"
-if diff "$WORK/before.sha256" "$WORK/after.sha256" > "$WORK/diff.txt"; then
-    echo "IDENTICAL: $(wc -l < "$WORK/after.sha256") detection files byte-identical to $BASE's on the same detector"
+if [ ! -s "$WORK/before.sha256" ]; then detections "$WORK/base" "$WORK/before" > "$WORK/before.sha256"; fi
+AFTER=$WORK/after_$(basename "$HERE")
+detections "$HERE" "$AFTER" > "$AFTER.sha256"
+cat "$AFTER.sha256"
+if diff "$WORK/before.sha256" "$AFTER.sha256" > "$AFTER.diff"; then
+    echo "IDENTICAL: $(wc -l < "$AFTER.sha256") detection files byte-identical to $BASE's on the same detector"
 else
-    echo "DIFFERENT (before < > after):"; cat "$WORK/diff.txt"; exit 1
+    echo "DIFFERENT (before < > after):"; cat "$AFTER.diff"; exit 1
 fi

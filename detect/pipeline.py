@@ -219,9 +219,10 @@ class Detector:
 
     __call__ = detect
 
-    def detect_many(self, items: Iterable[tuple[Any, Any, np.ndarray | None]], prefetch: int = 2
-                    ) -> Iterator[tuple[Any, np.ndarray | None, DetectionResult | None, Exception | None]]:
-        """Detect over ``items`` = ``(key, image path, cached proposals or None)``, yielding
+    def detect_many(self, items: Iterable[tuple[Any, Any, np.ndarray | None, tuple[int, int] | None]],
+                    prefetch: int = 2) -> Iterator[tuple[Any, np.ndarray | None, DetectionResult | None, Exception | None]]:
+        """Detect over ``items`` = ``(key, image path, cached proposals or None, (width, height) of its
+        annotation or None)`` (``read_image``'s ``size``: the frame the boxes are in), yielding
         ``(key, image, result, None)``, or ``(key, None, None, error)`` for an image that cannot be used:
         a ``ValueError`` naming the file (unreadable, refused by the proposer) or an :class:`ImageError`
         naming it for a ``MemoryError`` / ``RuntimeError`` (an allocation torch or ONNX Runtime could
@@ -231,21 +232,21 @@ class Detector:
         runs in a background thread, ``prefetch`` images ahead, while the current image's crops are
         scored, so the scoring device does not wait for selective search.
         """
-        def prepare(path, cached):
-            image = read_image(path)
+        def prepare(path, cached, size):
+            image = read_image(path, size)
             boxes = self.proposals(image) if cached is None else np.asarray(cached, np.float32).reshape(-1, 4)
             return image, boxes
 
         items = iter(items)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending: deque = deque()
-            for key, path, cached in itertools.islice(items, prefetch + 1):
-                pending.append((key, path, pool.submit(prepare, path, cached)))
+            for key, path, cached, size in itertools.islice(items, prefetch + 1):
+                pending.append((key, path, pool.submit(prepare, path, cached, size)))
             while pending:
                 key, path, future = pending.popleft()
                 nxt = next(items, None)
                 if nxt is not None:
-                    pending.append((nxt[0], nxt[1], pool.submit(prepare, nxt[1], nxt[2])))
+                    pending.append((nxt[0], nxt[1], pool.submit(prepare, *nxt[1:])))
                 error = None
                 try:
                     image, boxes = future.result()

@@ -162,7 +162,7 @@ def _draw(records: Sequence, count: int, seed: int, what: str,
     out, skipped = [], []
     for index in rng.permutation(len(records)):
         try:
-            image = read_image(records[index].path)
+            image = read_image(records[index].path, (records[index].width, records[index].height))
         except ValueError as e:  # ImageError names the file
             log.warning("%s: skipped %s", what, e)
             skipped.append(records[index])

@@ -239,7 +239,7 @@ class RegionDataset(Dataset):
             return SkippedItem(str(record.path), str(e))
 
     def _regions(self, record: DetectionRecord, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
-        image = read_image(record.path)
+        image = read_image(record.path, (record.width, record.height))
         height, width = image.shape[:2]
         boxes, labels = add_ground_truth(
             torch.from_numpy(self._boxes(record)), torch.from_numpy(record.boxes),

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from detect.data.images import read_image
 from detect.data.records import SkipLog
-from detect.io import OutputConflict, atomic_write_json, remove_stale_temps
+from detect.io import OutputConflict, atomic_write_json, digest, remove_stale_temps
 from detect.runs import ChunkedRun, image_list_digest, run_fingerprint_of
 from proposals.base import Proposals, Proposer
 from proposals.store_format import ProposalStore, StoreWriter, box_dtype_for, sidecar_path, store_meta
@@ -66,18 +66,19 @@ def _init_worker(make_proposer: Callable[[], Proposer]) -> None:
     _worker["proposer"] = make_proposer()
 
 
-def _propose_file(proposer: Proposer, path: str) -> tuple[Proposals | None, str | None, float]:
+def _propose_file(proposer: Proposer, path: str, size: tuple[int, int] | None
+                  ) -> tuple[Proposals | None, str | None, float]:
     start = time.perf_counter()
     try:
-        result = proposer(read_image(path))
+        result = proposer(read_image(path, size))
         error = None
     except ValueError as e:  # ImageError included; the message names the problem
         result, error = None, str(e) if str(path) in str(e) else f"{path}: {e}"
     return result, error, time.perf_counter() - start
 
 
-def _propose_in_worker(path: str):
-    return _propose_file(_worker["proposer"], path)
+def _propose_in_worker(item: tuple[str, tuple[int, int] | None]):
+    return _propose_file(_worker["proposer"], *item)
 
 
 @dataclass
@@ -172,7 +173,8 @@ def propose_dataset(image_paths: Sequence[str | Path], image_ids: Sequence[str],
                     out_path: str | Path, make_proposer: Callable[[], Proposer] | None = None, *,
                     workers: int | str = 1, chunk_size: int = 64, rank: int = 0, world_size: int = 1,
                     stop_after_chunks: int | None = None, merge_timeout_s: float = 0.0, poll_s: float = 5.0,
-                    meta: dict | None = None, progress: bool = True, image_fingerprint: str = "stat") -> ProposeSummary:
+                    meta: dict | None = None, progress: bool = True, image_fingerprint: str = "stat",
+                    image_sizes: Sequence[tuple[int, int]] | None = None) -> ProposeSummary:
     """Compute proposals for every image and write one :class:`ProposalStore` at ``out_path``.
 
     proposer: used in-process when ``workers <= 1``; with more workers each worker process calls the
@@ -182,6 +184,8 @@ def propose_dataset(image_paths: Sequence[str | Path], image_ids: Sequence[str],
     stop_after_chunks: stop after computing this many chunks (a time-slice; also the tests' "kill").
     image_fingerprint: how the images' contents enter the fingerprint, ``"stat"`` or ``"sha256"``
         (:func:`detect.runs.image_list_digest`).
+    image_sizes: ``(width, height)`` of each image as its annotation gives it (``read_image``'s ``size``:
+        the frame its boxes were drawn in); None: EXIF-oriented images.
     Images that cannot be read or processed are logged, counted, stored with zero boxes and listed in
     the store's ``meta["failed_images"]``; when none could be processed, ``RuntimeError`` and no store.
     Returns a :class:`ProposeSummary`.
@@ -190,9 +194,14 @@ def propose_dataset(image_paths: Sequence[str | Path], image_ids: Sequence[str],
     image_paths = [str(p) for p in image_paths]
     if len(image_paths) != len(image_ids):
         raise ValueError(f"{len(image_paths)} image paths but {len(image_ids)} image ids")
+    sizes = [None] * len(image_paths) if image_sizes is None else [tuple(map(int, s)) for s in image_sizes]
+    if len(sizes) != len(image_paths):
+        raise ValueError(f"{len(image_paths)} image paths but {len(sizes)} image sizes")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     meta = dict(meta or {}, method=proposer.name)
+    if image_sizes is not None:  # the frame each image is read in (read_image's size)
+        meta["image_sizes"] = digest(sizes)
     # what the store depends on (module docstring); meta holds the method, settings and proposer weights
     images = image_list_digest(image_paths, list(image_ids), image_fingerprint)
     fingerprint = run_fingerprint_of(images, meta, chunk_size)
@@ -216,11 +225,11 @@ def propose_dataset(image_paths: Sequence[str | Path], image_ids: Sequence[str],
         log.info("%s was made from other images or settings, or is damaged: computing it again", out_path)
     chunks = ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size)
     with chunks.lock(rank):
-        return _propose(chunks, rank, image_paths, image_ids, proposer, make_proposer, workers, stop_after_chunks,
-                        merge_timeout_s, poll_s, meta, progress)
+        return _propose(chunks, rank, list(zip(image_paths, sizes)), image_ids, proposer, make_proposer, workers,
+                        stop_after_chunks, merge_timeout_s, poll_s, meta, progress)
 
 
-def _propose(chunks: ChunkedRun, rank, image_paths, image_ids, proposer, make_proposer, workers, stop_after_chunks,
+def _propose(chunks: ChunkedRun, rank, images, image_ids, proposer, make_proposer, workers, stop_after_chunks,
              merge_timeout_s, poll_s, meta, progress) -> ProposeSummary:
     out_path, world_size = chunks.output, chunks.world_size
     chunks.begin(rank)
@@ -244,15 +253,15 @@ def _propose(chunks: ChunkedRun, rank, image_paths, image_ids, proposer, make_pr
             if make_proposer is None:
                 raise ValueError("make_proposer is needed for workers > 1")
             pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(make_proposer,))
-            results_iter = pool.imap(_propose_in_worker, [image_paths[i] for i in todo])
+            results_iter = pool.imap(_propose_in_worker, [images[i] for i in todo])
         else:
-            results_iter = (_propose_file(proposer, image_paths[i]) for i in todo)
+            results_iter = (_propose_file(proposer, *images[i]) for i in todo)
         for c in pending:
             results = []
             for i in mine[c]:
                 result = next(results_iter)
                 if result[1] is not None:
-                    skipped.add(image_paths[i], result[1])
+                    skipped.add(images[i][0], result[1])
                 results.append(result)
                 bar.update(1)
             chunks.write(rank, c, _chunk_arrays(mine[c], results))

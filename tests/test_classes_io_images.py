@@ -113,3 +113,22 @@ def test_digest_of_dicts_holding_arrays_does_not_depend_on_key_order():
     a, b = np.arange(3), torch.ones(2)
     assert digest({"x": a, "y": b}) == digest({"y": b, "x": a})
     assert digest({"x": a, "y": b}) != digest({"x": b, "y": a})
+
+
+def test_read_image_returns_the_frame_the_annotation_was_drawn_in(tmp_path):
+    """A 40x20 photo whose EXIF turns it by 90 degrees (orientation 6) is shown 20x40; annotated at 20x40
+    (the tool applied EXIF) it comes oriented, at 40x20 (labelImg, MATLAB) as stored; at any other size its
+    boxes cannot fit it, and the error names the file and both sizes."""
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :10] = 255  # a white left edge in the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "turned.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    assert read_image(path).shape == (40, 20, 3)
+    assert read_image(path, (20, 40)).shape == (40, 20, 3)
+    assert read_image(path, (0, 0)).shape == (40, 20, 3)
+    raw = read_image(path, (40, 20))
+    assert raw.shape == (20, 40, 3) and raw[:, :8].min() > 200 and raw[:, 12:].max() < 60
+    with pytest.raises(ImageError, match=r"turned.jpg: the image is 20x40 pixels but its annotation says 30x30"):
+        read_image(path, (30, 30))

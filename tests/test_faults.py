@@ -565,7 +565,7 @@ def test_detect_dataset_resumes_a_killed_run_chunk_by_chunk(tmp_path, repo_root)
         def detect_many(self, items, prefetch=2):
             from detect.pipeline import DetectionResult
 
-            for record, _, _ in items:
+            for record, _, _, _ in items:
                 if self.die_after is not None and len(self.seen) == self.die_after:
                     raise KeyboardInterrupt
                 self.seen.append(record.index)
@@ -989,7 +989,7 @@ def test_a_failure_on_one_image_is_that_images_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Detector, "detect", failing)
     files = sorted(folder.glob("*.png"))
-    out = {key.stem: (result, error) for key, _, result, error in detector.detect_many((f, f, None) for f in files)}
+    out = {key.stem: (result, error) for key, _, result, error in detector.detect_many((f, f, None, None) for f in files)}
     assert out["a"][0] is not None and out["c"][0] is not None and out["a"][1] is None
     assert isinstance(out["big"][1], ImageError) and "big.png" in str(out["big"][1]) \
         and "MemoryError" in str(out["big"][1])

@@ -355,3 +355,21 @@ def test_writer_leaves_nothing_behind_when_images_are_missing_or_meta_is_not_jso
     with pytest.raises(ValueError, match="repeated image ids"):
         StoreWriter(tmp_path / "s.npz", ["a", "a"], [1, 1])
     assert (tmp_path / "s.npz").read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+
+
+def test_images_are_proposed_in_their_annotations_frame(tmp_path):
+    """A photo whose EXIF turns it by 90 degrees, annotated on its stored 60x48 pixels: given the
+    annotation's size the proposer sees those pixels (boxes in the annotation's frame), without it the
+    upright 48x60 photo; the sizes enter the fingerprint, so changing them recomputes the store."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "turned.jpg"
+    Image.fromarray(np.full((48, 60, 3), 90, np.uint8)).save(path, exif=exif)
+    stored = propose_dataset([path], ["t"], BoxesFromSize(), tmp_path / "a.npz", image_sizes=[(60, 48)],
+                             progress=False)
+    upright = propose_dataset([path], ["t"], BoxesFromSize(), tmp_path / "b.npz", progress=False)
+    assert ProposalStore.load(stored.path).get("t")[0].tolist() == [0, 0, 60, 48]
+    assert ProposalStore.load(upright.path).get("t")[0].tolist() == [0, 0, 48, 60]
+    again = propose_dataset([path], ["t"], BoxesFromSize(), tmp_path / "a.npz", image_sizes=[(48, 60)],
+                            progress=False)
+    assert again.chunks_computed == 1 and ProposalStore.load(again.path).get("t")[0].tolist() == [0, 0, 48, 60]

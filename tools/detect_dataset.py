@@ -107,7 +107,8 @@ def detect_chunks(detector: Detector, records, store, run: ChunkedRun, rank: int
     if len(pending) < len(chunks):
         log.info("rank %d: %d of %d chunks already done", rank, len(chunks) - len(pending), len(chunks))
     todo = [records[int(i)] for c in pending for i in chunks[c]]
-    items = ((r, r.path, store.get(r.image_id) if store is not None and r.image_id in store else None) for r in todo)
+    items = ((r, r.path, store.get(r.image_id) if store is not None and r.image_id in store else None,
+              (r.width, r.height)) for r in todo)
     results = detector.detect_many(items, prefetch=prefetch)
     skipped = SkipLog("images")
     start = time.perf_counter()

@@ -140,7 +140,7 @@ def main(cfg: DictConfig) -> None:
     targets = claim_outputs(files, [a for a in args if Path(a).is_dir()], out_dir, cfg.draw, cfg.coco_results)
     ids = coco_ids(files, cfg.coco_annotations) if cfg.coco_results else None
     records, all_dets = [], []
-    for path, image, result, error in detector.detect_many(((f, f, None) for f in files), prefetch=cfg.prefetch):
+    for path, image, result, error in detector.detect_many(((f, f, None, None) for f in files), prefetch=cfg.prefetch):
         if error is not None:  # ImageError (names the file), a proposer refusing it, a failed allocation, ...
             skipped.add(path, f"unusable: {error}")
             continue

@@ -42,6 +42,7 @@ def main(cfg: DictConfig) -> None:
         meta={"dataset": cfg.data.name, "split": split_name(cfg.data, cfg.split), "proposals": proposer_cfg,
               "proposer": digest(proposer_spec(proposer))},  # the weights too, not only the checkpoint path
         progress=cfg.progress, image_fingerprint=cfg.image_fingerprint,
+        image_sizes=[(r.width, r.height) for r in dataset.records],  # each image in its annotation's frame
     )
     if summary.merged:
         log.info("proposals in %s; %s", summary.path, summary.skipped.summary())

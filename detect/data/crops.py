@@ -129,7 +129,7 @@ def _cut_record(root: Path, record: DetectionRecord, jobs: list[tuple[int, str]]
     an unreadable image or a box outside it is counted in ``skipped``. Returns crops written per label."""
     written = Counter()
     try:
-        image = read_image(record.path)
+        image = read_image(record.path, (record.width, record.height))
     except ImageError as e:
         skipped.add(record.path, f"unreadable image: {e.reason}")
         return written

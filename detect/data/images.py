@@ -43,9 +43,14 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     return (arr * (255.0 / top)).round().clip(0, 255).astype(np.uint8)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an image file as ``ndarray[H, W, 3] uint8`` RGB, EXIF orientation applied.
 
+    size: ``(width, height)`` its annotation gives (0 or None: unknown). The image is returned in the frame
+    the boxes were drawn in: EXIF-oriented when that matches ``size``; the stored pixels, unrotated, when
+    only they match (a photo whose EXIF turns it by 90 degrees, annotated by a tool that ignores EXIF, as
+    labelImg and MATLAB's imread do); an :class:`ImageError` naming both sizes when neither does (an image
+    resized or replaced after it was annotated: its boxes would not fit it).
     Grey, grey+alpha, RGBA (composited on white), palette, CMYK, 16-bit and float images are all
     converted. Raises :class:`ImageError` for a missing, unreadable, truncated or empty image, one above
     ``Image.MAX_IMAGE_PIXELS``, or one the memory cannot hold.
@@ -53,13 +58,19 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, "file not found")
+    mismatch = None
     try:
         with Image.open(path) as im:
             im.load()
+            stored = im
             try:
-                im = ImageOps.exif_transpose(im)
+                im = ImageOps.exif_transpose(im)  # a new image (the stored one stays) when EXIF turns it
             except Exception:  # broken EXIF must not lose the image
                 pass
+            if size and all(size) and tuple(size) != im.size:
+                if tuple(size) != stored.size:
+                    mismatch = f"{im.size[0]}x{im.size[1]}"
+                im = stored  # annotated on the stored pixels: EXIF orientation not applied
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -78,6 +89,9 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(path, f"image too large ({e})") from None
     except MemoryError:
         raise ImageError(path, "image too large to decode in the memory available") from None
+    if mismatch:
+        raise ImageError(path, f"the image is {mismatch} pixels but its annotation says {size[0]}x{size[1]}: its "
+                               f"boxes do not fit it (resized or replaced after it was annotated?)")
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageError(path, f"empty image of shape {arr.shape}")
     return np.ascontiguousarray(arr)

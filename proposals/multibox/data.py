@@ -75,7 +75,7 @@ class MultiBoxDataset(Dataset):
     def __getitem__(self, i: int):
         record = self.records[i]
         try:
-            image = read_image(record.path)
+            image = read_image(record.path, (record.width, record.height))
         except SampleError as e:  # reported by the trainer through the batch (worker processes included)
             log.warning("skipped %s", e)
             return SkippedItem(str(record.path), f"unreadable image: {e}")
