@@ -1,6 +1,6 @@
 """The "own dataset" command on a VOC folder the project writes: wall time per stage and VOC mAP.
 
-    .venv/bin/python benchmarks/bench_own_dataset.py --work /tmp/own_dataset [--format voc|coco|roboflow|yolo]
+    .venv/bin/python benchmarks/bench_own_dataset.py --work /tmp/own_dataset [--format voc|coco|roboflow|yolo] [--photo]
 
 Writes the synthetic detection world (the demo's size: 8 classes, 300 training and 100 test images)
 in one of four shapes users bring: a PASCAL VOC folder (1-based boxes, class names,
@@ -15,7 +15,9 @@ with ``names``). Then it runs, timed, exactly what a user runs:
 
 and prints the seconds of every stage (from the stage stamps), the proposal and detection cost per
 image, the cost per ensemble member and the mAP with the data's own rules (VOC for VOC, COCO AP50 for
-COCO). A summary JSON is written to ``<work>/summary.json``.
+COCO). A summary JSON is written to ``<work>/summary.json``. ``--photo`` draws the world at the size of
+phone photos (sides 1000-1500 pixels, objects from 30 pixels to 0.3 of the shorter side) instead of the
+demo's 192-320 pixels: the case where selective search's segmented size decides what can be found.
 """
 from __future__ import annotations
 
@@ -120,15 +122,17 @@ def main() -> None:
     p.add_argument("--members", type=int, default=2)
     p.add_argument("--num-train", type=int, default=300)
     p.add_argument("--num-val", type=int, default=100)
+    p.add_argument("--photo", action="store_true", help="photo-sized images with small objects")
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for tools/demo.py")
     args = p.parse_args()
+    size = dict(min_side=1000, max_side=1500, min_object_size=30.0, max_object_fraction=0.3) if args.photo else {}
     work = Path(args.work).resolve()
     data_root = work / f"{args.format}_world"
     start = time.perf_counter()
     layout = {"roboflow": "coco", "yolo": "voc"}.get(args.format, args.format)
     source = work / f"{layout}_source" if layout != args.format else data_root
     make_detection_world(source, num_train=args.num_train, num_val=args.num_val, layout=layout,
-                         extensions=[".jpg", ".jpg", ".JPG"])
+                         extensions=[".jpg", ".jpg", ".JPG"], **size)
     if args.format == "roboflow":
         write_roboflow(source, data_root)
     elif args.format == "yolo":
