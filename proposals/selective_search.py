@@ -204,8 +204,8 @@ class SelectiveSearch:
         self.num_threads = num_threads
         self.seed = int(seed)
         self.max_side = int(max_side)
-        self.ranking = ranking
         self.name = self.name_for({"mode": mode, "superpixel_scale": superpixel_scale, "name": name}, [])
+        self.ranking = ranking  # every attribute is a constructor argument (spec_params)
 
     @staticmethod
     def name_for(params: dict, source_names=()) -> str:
@@ -216,12 +216,9 @@ class SelectiveSearch:
         return f"ss{float(params['superpixel_scale']):g}x" if params["mode"] == "rcnn_fast" else f"ss_{params['mode']}"
 
     def spec_params(self) -> dict:
-        """Constructor arguments that rebuild this proposer (plain values; see :mod:`proposals.spec`)."""
-        return {"mode": self.mode, "superpixel_scale": self.superpixel_scale, "resize_width": self.resize_width,
-                "min_box_size": self.min_box_size, "color_spaces": list(self.color_spaces), "ks": list(self.ks),
-                "sigma": self.sigma, "strategies": list(self.strategies), "max_boxes": self.max_boxes,
-                "num_threads": self.num_threads, "seed": self.seed, "max_side": self.max_side, "name": self.name,
-                "ranking": self.ranking}
+        """Constructor arguments that rebuild this proposer (plain values, tuples as lists; see
+        :mod:`proposals.spec`): its attributes."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
 
     def _resize(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Resized image and the per-axis factors ``float32[4]`` that map its xyxy boxes back."""
@@ -282,8 +279,9 @@ class SelectiveSearch:
                 levels.append(lv)
         return np.concatenate(rects), np.concatenate(levels)
 
-    def _segmenter(self, image: np.ndarray):
-        """OpenCV's own selective search object for ``ranking="opencv"``."""
+    def _opencv_rects(self, image: np.ndarray) -> np.ndarray:
+        """Ranked distinct boxes ``float32[K, 4]`` (xyxy) from OpenCV's own selective search object:
+        ``process()`` after ``srand(seed)``."""
         ss = _seg.createSelectiveSearchSegmentation()
         if self.mode == "rcnn_fast":
             images, segmenters, strategies = self._plan(image)
@@ -293,16 +291,11 @@ class SelectiveSearch:
                 ss.addGraphSegmentation(gs)
             for s in strategies:
                 ss.addStrategy(_make_strategy(s))
-            return ss
-        ss.setBaseImage(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))  # OpenCV's presets expect BGR
-        k = int(round(150 * self.superpixel_scale))
-        preset = ss.switchToSelectiveSearchFast if self.mode == "opencv_fast" else ss.switchToSelectiveSearchQuality
-        preset(k, k, self.sigma)
-        return ss
-
-    def _opencv_rects(self, image: np.ndarray) -> np.ndarray:
-        """Ranked distinct boxes ``float32[K, 4]`` (xyxy) from OpenCV's ``process()`` after ``srand(seed)``."""
-        ss = self._segmenter(image)
+        else:
+            ss.setBaseImage(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))  # OpenCV's presets expect BGR
+            k = int(round(150 * self.superpixel_scale))
+            preset = ss.switchToSelectiveSearchFast if self.mode == "opencv_fast" else ss.switchToSelectiveSearchQuality
+            preset(k, k, self.sigma)
         _libc.srand(self.seed)
         return xywh_to_xyxy(np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4))
 

@@ -34,6 +34,7 @@ from detect.data.images import read_image
 from detect.data.records import SkipLog
 from detect.io import OutputConflict, atomic_write_json, digest, remove_stale_temps
 from detect.runs import ChunkedRun, image_list_digest, run_fingerprint_of
+from detect.runtime import usable_cores
 from proposals.base import Proposals, Proposer
 from proposals.store_format import ProposalStore, StoreWriter, box_dtype_for, sidecar_path, store_meta
 
@@ -49,11 +50,7 @@ def resolve_workers(workers: int | str) -> int:
     """``"auto"`` -> the CPU cores this process may use, shared among the ranks that torchrun started on
     this machine (``LOCAL_WORLD_SIZE``), at least 1; an int is returned as it is (0 or 1: in-process)."""
     if workers == "auto":
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cores = os.cpu_count() or 1
-        return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        return max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     return int(workers)
 
 
@@ -122,8 +119,9 @@ def _merge(chunks: ChunkedRun, out_path: Path, image_ids: Sequence[str], meta: d
     for r in range(chunks.world_size):
         for c, expected in enumerate(chunks.indices(r)):
             z = chunks.read(r, c, ("offsets", "has_scores", "errors", "seconds", "box_range"))
-            if "box_range" not in z:  # a chunk written before chunks recorded it
-                z["box_range"] = chunks.read(r, c, ("boxes",))["boxes"]
+            if "box_range" not in z:
+                raise ValueError(f"{chunks.file(r, c)}: a partial result of an earlier version (no box_range); "
+                                 f"delete {chunks.dir} and run again")
             if z["box_range"].size and np.isfinite(z["box_range"]).any():
                 low, high = min(low, float(np.nanmin(z["box_range"]))), max(high, float(np.nanmax(z["box_range"])))
             counts[expected] = np.diff(z["offsets"])
@@ -188,7 +186,8 @@ def propose_dataset(image_paths: Sequence[str | Path], image_ids: Sequence[str],
         the frame its boxes were drawn in); None: EXIF-oriented images.
     Images that cannot be read or processed are logged, counted, stored with zero boxes and listed in
     the store's ``meta["failed_images"]``; when none could be processed, ``RuntimeError`` and no store.
-    Returns a :class:`ProposeSummary`.
+    An ``out_path`` that is not a store of the current format (a file of the user's, a store of an earlier
+    format) is never overwritten: :class:`detect.io.OutputConflict`. Returns a :class:`ProposeSummary`.
     """
     out_path = Path(out_path)
     image_paths = [str(p) for p in image_paths]
@@ -209,19 +208,18 @@ def propose_dataset(image_paths: Sequence[str | Path], image_ids: Sequence[str],
     if out_path.exists():
         try:
             done = store_meta(out_path).get("fingerprint") == fingerprint
-        except (ValueError, FileNotFoundError):
-            raise OutputConflict(f"{out_path}: exists and is not a proposal store; not overwritten (choose another "
-                                 "output path)") from None
+        except (ValueError, FileNotFoundError) as e:  # a file of the user's, or a store of an earlier format
+            raise OutputConflict(f"{out_path}: exists and is not a proposal store of the current format "
+                                 f"({str(e).removeprefix(f'{out_path}: ')}); not overwritten (delete it, or choose "
+                                 "another output path)") from None
         if done:
             try:  # the fingerprint says "same inputs"; the digests say whether the bytes are still ours
                 ProposalStore.load(out_path).verify()
-            except ValueError as e:  # damaged, or of an earlier format
+                log.info("%s is complete already (same images and settings): nothing to do", out_path)
+                return ProposeSummary(out_path, True, 0)
+            except ValueError as e:  # damaged
                 log.warning("%s: made from the same images and settings but unusable (%s): computing it again",
                             out_path, e)
-                done = False
-        if done:
-            log.info("%s is complete already (same images and settings): nothing to do", out_path)
-            return ProposeSummary(out_path, True, 0)
         log.info("%s was made from other images or settings, or is damaged: computing it again", out_path)
     chunks = ChunkedRun(out_path, fingerprint, len(image_ids), chunk_size, world_size)
     with chunks.lock(rank):

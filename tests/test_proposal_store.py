@@ -195,8 +195,11 @@ def test_stores_of_earlier_formats_are_refused_saying_what_to_do(tmp_path):
             ProposalStore.load(tmp_path / name)
 
 
-def test_propose_dataset_computes_a_version_1_store_again(tmp_path):
-    """A store of the same images and settings in an earlier format is made again, not a crash."""
+def test_propose_dataset_never_overwrites_a_store_of_an_earlier_format(tmp_path):
+    """A store of the same images and settings in format 1 at the output path is refused with what to do,
+    and kept; once deleted, the run writes it in the current format."""
+    from detect.io import OutputConflict
+
     paths, ids = _images(tmp_path, 5)
     out = tmp_path / "s.npz"
     propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=2, progress=False)
@@ -205,8 +208,39 @@ def test_propose_dataset_computes_a_version_1_store_again(tmp_path):
     _legacy_store(tmp_path / "old.npz", ids, [store.get(i) for i in ids], store.meta)
     del store  # (its file is replaced below; writers always replace, never truncate a mapped file)
     (tmp_path / "old.npz").replace(out)
+    old = out.read_bytes()
+    with pytest.raises(OutputConflict, match="s.npz: exists and is not a proposal store of the current format "
+                                             r"\(a proposal store of format 1.*delete it and run tools/propose.py again"):
+        propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=2, progress=False)
+    assert out.read_bytes() == old
+    arrays = _store_arrays(ids, [np.ones((2, 4))] * 5)  # format 2: no checksums
+    arrays["format_version"] = np.asarray(2, np.int64)
+    _stored_zip(out, {k: v for k, v in arrays.items() if k not in ("digests", "index_crc32")})
+    with pytest.raises(OutputConflict, match="of format 2.*delete it and run tools/propose.py again"):
+        propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=2, progress=False)
+    out.unlink()
     again = propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=2, progress=False)
     assert again.merged and again.chunks_computed == 3 and out.read_bytes() == reference
+
+
+def test_a_partial_result_of_an_earlier_version_is_refused_saying_what_to_do(tmp_path):
+    """A chunk without ``box_range`` (written before chunks recorded it) stops the merge, naming the file
+    and the folder to delete."""
+    import zipfile
+
+    paths, ids = _images(tmp_path, 4)
+    out = tmp_path / "s.npz"
+    propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=2, stop_after_chunks=1, progress=False)
+    (chunk,) = tmp_path.glob(".s.parts-*/w1_r0_c000000.npz")
+    with zipfile.ZipFile(chunk) as z:
+        members = {n: z.read(n) for n in z.namelist() if n != "box_range.npy"}
+    with zipfile.ZipFile(chunk, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(ValueError, match=f"{chunk.name}: a partial result of an earlier version.*delete "
+                                         f".*{chunk.parent.name} and run again"):
+        propose_dataset(paths, ids, BoxesFromSize(), out, chunk_size=2, progress=False)
+    assert not out.exists()
 
 
 def _store_arrays(ids, boxes):
