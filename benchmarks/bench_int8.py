@@ -192,10 +192,10 @@ class Bench:
 def load_bench(args: argparse.Namespace) -> Bench:
     """The detector file, its members and calibration inputs, the variants asked for and the val split."""
     contents = _read_detector(load_checkpoint(args.detector), args.detector)
-    settings, calib = contents["settings"], contents["calibration"]
+    calib = contents["calibration"]
     if calib is None:
         raise SystemExit(f"{args.detector}: no calibration crops; bundle it again (tools/train_region.py step=bundle)")
-    nets = [_member_network(e, k, args.detector, settings) for k, e in enumerate(contents["members"])]
+    nets = [_member_network(e, k, args.detector) for k, e in enumerate(contents["members"])]
     if len({n.input_convention for n in nets}) > 1:
         raise SystemExit(f"{args.detector}: members of several input conventions; this benchmark scores one")
     convention = nets[0].input_convention

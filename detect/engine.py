@@ -20,8 +20,8 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -58,15 +58,13 @@ def _rng_state(generator: torch.Generator | None = None) -> dict:
     """Every RNG a step may draw from, as tensors and plain values (loadable with ``weights_only``)."""
     version, mt, gauss = random.getstate()
     np_state = np.random.get_state()
-    state = {
+    return {
         "python": [version, list(mt), gauss],
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        **({"loader": generator.get_state()} if generator is not None else {}),
     }
-    if generator is not None:
-        state["loader"] = generator.get_state()
-    return state
 
 
 def _set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
@@ -168,12 +166,9 @@ class Checkpoint:
         check_fingerprint(state, self.meta.get("fingerprint"), self.path)
         self.model.load_state_dict(state["raw_state"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if self.averaged is not None and state.get("averaged_state") is not None:
-            self.averaged.load_state_dict(state["averaged_state"])
+        for part, key in ((self.scheduler, "scheduler"), (self.scaler, "scaler"), (self.averaged, "averaged_state")):
+            if part is not None and state.get(key):  # (saved as None when the run had none)
+                part.load_state_dict(state[key])
         log.info("resuming %s at epoch %d step %d", self.path, state["epoch"], state["step"])
         if state["step"] > 0:  # mid-epoch: the epoch's data order from its start, then the step's RNG
             _set_rng_state(state["epoch_rng"], self.generator)
@@ -283,20 +278,10 @@ def _owning_the_checkpoint(path: Path, ctx: DistributedContext) -> Iterator[None
         yield
 
 
-def fit(
-    model: nn.Module,
-    loss_fn: LossFn,
-    train_loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any | None,
-    settings: TrainSettings,
-    ctx: DistributedContext,
-    checkpoint_path: str | Path,
-    checkpoint_meta: dict | None = None,
-    evaluate: Callable[[nn.Module], dict] | None = None,
-    fingerprint: dict | None = None,
-    skipped: SkipLog | None = None,
-) -> nn.Module:
+def fit(model: nn.Module, loss_fn: LossFn, train_loader: Iterable, optimizer: torch.optim.Optimizer,
+        scheduler: Any | None, settings: TrainSettings, ctx: DistributedContext, checkpoint_path: str | Path,
+        checkpoint_meta: dict | None = None, evaluate: Callable[[nn.Module], dict] | None = None,
+        fingerprint: dict | None = None, skipped: SkipLog | None = None) -> nn.Module:
     """Train ``model`` as ``settings`` say; returns the Polyak-averaged model (the raw model when
     ``settings.ema_decay`` is None), in eval mode on ``ctx.device``.
 
@@ -322,19 +307,17 @@ def fit(
         if start.epoch >= settings.epochs:
             log.info("%s: training already finished (%d epochs)", checkpoint_path, start.epoch)
             return result_model.eval()
-        on_cuda = device.type == "cuda"
-        train_model = DistributedDataParallel(model, device_ids=[device] if on_cuda else None) if ctx.distributed else model
+        cuda = [device] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=cuda) if ctx.distributed else model
         step_ctx = _StepContext(train_model, model, loss_fn, optimizer, scaler, amp_dtype, settings.grad_clip, averaged,
                                 ctx, skipped)
-        epoch_rng, step_rng = start.epoch_rng, start.step_rng
         for epoch in range(start.epoch, settings.epochs):
-            epoch_rng = epoch_rng or _rng_state(generator)
+            resumed = start if epoch == start.epoch else ResumePoint()  # steps done, RNG states to restore
+            epoch_rng = resumed.epoch_rng or _rng_state(generator)
             if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
                 train_loader.sampler.set_epoch(epoch)
-            n_steps = _steps_in_epoch(train_loader, settings.max_steps_per_epoch)
-            skip = start.step if epoch == start.epoch else 0
-            restore = (lambda s=step_rng: _set_rng_state(s, generator)) if step_rng else None
-            step_rng = None
+            n_steps, skip = _steps_in_epoch(train_loader, settings.max_steps_per_epoch), resumed.step
+            restore = (lambda s=resumed.step_rng: _set_rng_state(s, generator)) if resumed.step_rng else None
 
             def save_every(step: int, epoch=epoch, epoch_rng=epoch_rng) -> None:
                 if settings.checkpoint_every and step % settings.checkpoint_every == 0 and (n_steps is None or step < n_steps):
@@ -353,7 +336,6 @@ def fit(
             _end_epoch(epoch, settings, totals, elapsed, optimizer, evaluate, result_model, ctx)
             _check_epoch(epoch, totals, skipped, settings.max_skipped_fraction,
                          nothing_left=n_steps is not None and skip >= n_steps)
-            epoch_rng = None
             checkpoint.save(epoch + 1, 0, {})
     return result_model.eval()
 
@@ -369,10 +351,8 @@ def _prepare(model: nn.Module, settings: TrainSettings,
         model.to(memory_format=torch.channels_last)
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if settings.amp and on_cuda else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    averaged = None
-    if settings.ema_decay is not None:
-        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
-        averaged.eval()
+    averaged = None if settings.ema_decay is None else \
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True).eval()
     return amp_dtype, scaler, averaged
 
 
@@ -428,39 +408,37 @@ def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_step
     device = sc.ctx.device
     sc.train_model.train()
     sums = {"loss": 0.0, "samples": 0.0, "steps": 0.0, "dropped": 0.0}
-    bar = tqdm(total=n_steps, initial=start_step, desc=desc, disable=not sc.ctx.is_main, leave=False,
-               dynamic_ncols=True)
     step = start_step
-    for batch in batches:
-        if n_steps is not None and step >= n_steps:
-            break
-        size = _batch_size(batch) if batch is not None else 0
-        sums["dropped"] += float(getattr(batch, "dropped", 0) or 0)
-        if sc.skipped is not None:
-            sc.skipped.entries.extend(tuple(entry) for entry in getattr(batch, "skipped", ()))
-        empty = float(size == 0)
-        if sc.ctx.distributed:  # every process skips together, or DDP would wait forever
-            empty = all_reduce_sum({"empty": empty}, device)["empty"]
-        step += 1
-        if empty:
-            log.warning("%s step %d: empty batch (unreadable samples) skipped", desc, step)
-        else:
-            loss, metrics = _train_step(sc, batch)
-            if not math.isfinite(loss):  # before the average and any checkpoint take these weights
-                bar.close()
-                raise NonFiniteLoss(f"{desc} step {step}: the loss is {loss} (training diverged); stopped "
-                                         "before any checkpoint was written after it")
-            if sc.averaged is not None:
-                sc.averaged.update_parameters(sc.model)
-            sums["loss"] += loss * size
-            sums["samples"] += size
-            sums["steps"] += 1
-            for k, v in metrics.items():
-                sums[f"m_{k}"] = sums.get(f"m_{k}", 0.0) + float(v) * size
-            bar.set_postfix(loss=f"{loss:.4f}")
-        bar.update(1)
-        after_step(step)
-    bar.close()
+    with tqdm(total=n_steps, initial=start_step, desc=desc, disable=not sc.ctx.is_main, leave=False,
+              dynamic_ncols=True) as bar:
+        for batch in batches:
+            if n_steps is not None and step >= n_steps:
+                break
+            size = _batch_size(batch) if batch is not None else 0
+            sums["dropped"] += float(getattr(batch, "dropped", 0) or 0)
+            if sc.skipped is not None:
+                sc.skipped.entries.extend(tuple(entry) for entry in getattr(batch, "skipped", ()))
+            empty = float(size == 0)
+            if sc.ctx.distributed:  # every process skips together, or DDP would wait forever
+                empty = all_reduce_sum({"empty": empty}, device)["empty"]
+            step += 1
+            if empty:
+                log.warning("%s step %d: empty batch (unreadable samples) skipped", desc, step)
+            else:
+                loss, metrics = _train_step(sc, batch)
+                if not math.isfinite(loss):  # before the average and any checkpoint take these weights
+                    raise NonFiniteLoss(f"{desc} step {step}: the loss is {loss} (training diverged); stopped "
+                                        "before any checkpoint was written after it")
+                if sc.averaged is not None:
+                    sc.averaged.update_parameters(sc.model)
+                sums["loss"] += loss * size
+                sums["samples"] += size
+                sums["steps"] += 1
+                for k, v in metrics.items():
+                    sums[f"m_{k}"] = sums.get(f"m_{k}", 0.0) + float(v) * size
+                bar.set_postfix(loss=f"{loss:.4f}")
+            bar.update(1)
+            after_step(step)
     return sums
 
 

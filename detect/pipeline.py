@@ -33,7 +33,8 @@ from detect.data.images import ImageError, read_image
 from detect.distributed import resolve_device
 from detect.io import atomic_torch_save, load_checkpoint
 from detect.limits import LIMITS
-from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet
+from detect.models.convention import IMAGENET
+from detect.models.googlenet import GoogLeNet
 from detect.models.weights import model_from_entry, strip_module_prefix
 from detect.quantize import Int8Recipe, crops_to_inputs
 from detect.scoring import RegionWarp, WarpScorer, usable_boxes
@@ -48,19 +49,17 @@ DETECTOR_FORMAT = "googlenet-detector-v2"
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    """Everything the detector does besides its networks and proposer; saved and loaded as one
-    (``to_dict`` / ``from_dict``), overridden with ``dataclasses.replace``; checked when built.
+    """Everything the detector does besides its networks and proposer; saved as one
+    (``dataclasses.asdict``), loaded with ``from_dict``, overridden with ``replace``; checked when built.
 
     crop_size, context: the warp (:func:`detect.region.warp_regions`), as the members were trained;
     nms_iou, score_threshold, max_per_image: :func:`per_class_nms`; batch_size: crops per forward;
     min_size: proposals narrower or shorter than this (pixels, after clipping) are dropped;
     cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is
-    at least this (:func:`detect.scoring.ensemble_probs`); mean, std: the RGB 0..1 normalisation of members
-    that record no input convention (files written before members recorded theirs); every other
-    member's crops follow its own ``model_kwargs["input_convention"]``; max_pixels: None, or the pixels
+    at least this (:func:`detect.scoring.ensemble_probs`); max_pixels: None, or the pixels
     above which an image's regions are warped from a downscaled copy (:class:`detect.scoring.RegionWarp`;
     conf/detect.yaml). Sizes and counts are bounded above by :data:`detect.limits.LIMITS` (a file asking
-    for more is refused).
+    for more is refused). Each member's crops follow its own ``model_kwargs["input_convention"]``.
     """
 
     crop_size: int = 224
@@ -71,8 +70,6 @@ class DetectorSettings:
     batch_size: int = 128
     min_size: float = 2.0
     cascade_threshold: float | None = None
-    mean: tuple[float, float, float] = tuple(IMAGENET_MEAN)
-    std: tuple[float, float, float] = tuple(IMAGENET_STD)
     max_pixels: int | None = None
 
     def __post_init__(self):
@@ -89,13 +86,6 @@ class DetectorSettings:
         for name in ("cascade_threshold", "max_pixels"):
             if getattr(self, name) is not None:
                 number(name, getattr(self, name), integer=name == "max_pixels")
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or len(value) != 3:
-                raise ValueError(f"detector setting {name}={value!r}: expected 3 numbers (R, G, B)")
-            for v in value:
-                number(name, v)
-            object.__setattr__(self, name, tuple(float(v) for v in value))
         checks = [(self.crop_size >= 8, "crop_size must be >= 8"),
                   *[(getattr(self, n) is None or getattr(self, n) <= LIMITS[n], f"{n} must be <= {LIMITS[n]:,}")
                     for n in ("crop_size", "batch_size", "max_per_image", "max_pixels")],
@@ -105,28 +95,23 @@ class DetectorSettings:
                   (0 <= self.score_threshold <= 1, "score_threshold must be in [0, 1]"),
                   (self.max_per_image >= 1 and self.batch_size >= 1, "max_per_image and batch_size must be >= 1"),
                   (self.min_size >= 0, "min_size must be >= 0"),
-                  (self.cascade_threshold is None or 0 <= self.cascade_threshold <= 1, "cascade_threshold must be in [0, 1]"),
-                  (all(v > 0 for v in self.std), "std must be > 0")]
+                  (self.cascade_threshold is None or 0 <= self.cascade_threshold <= 1, "cascade_threshold must be in [0, 1]")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"detector settings: {message} ({self})")
 
-    def to_dict(self) -> dict:
-        """Plain values only (what a detector file stores)."""
-        d = dataclasses.asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
     @classmethod
     def from_dict(cls, values: Mapping, source: str = "settings") -> "DetectorSettings":
-        """Settings from plain values; unknown names or bad values are a ``ValueError`` naming ``source``."""
+        """Settings from plain values; unknown names or bad values are a ``ValueError`` naming ``source``.
+        ``mean`` / ``std`` (the normalisation files stored before each member recorded its own) are ignored."""
         if not isinstance(values, Mapping):
             raise ValueError(f"{source}: detector settings are not a mapping")
+        values = {k: v for k, v in values.items() if k not in ("mean", "std")}
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{source}: unknown detector settings {sorted(unknown)}")
         try:
-            return cls(**dict(values))
+            return cls(**values)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: {e}") from None
 
@@ -288,7 +273,7 @@ class Detector:
             if bad or not members:
                 raise ValueError(f"{path}: members={list(members)}: the detector has members 0..{len(entries) - 1}")
             entries = [entries[int(i)] for i in members]
-        nets = [_member_network(entry, k, str(path), settings) for k, entry in enumerate(entries)]
+        nets = [_member_network(entry, k, str(path)) for k, entry in enumerate(entries)]
         device = resolve_device(device)
         cache = Path(onnx_cache) if onnx_cache is not None else Path(f"{path}.onnx")
         if proposer is None and stored_proposer and contents["proposer"] is not None:
@@ -301,12 +286,14 @@ class Detector:
         return cls(proposer, scorers, contents["classes"], settings)
 
 
-def _member_network(entry: Any, k: int, source: str, settings: DetectorSettings) -> GoogLeNet:
-    """Member ``k`` of a detector file as a GoogLeNet in eval mode; anything else is a ValueError. A member
-    that records no input convention takes ``settings.mean``/``std`` on RGB 0..1 (older files)."""
-    older = {"input_convention": {"channel_order": "RGB", "scale": 1.0, "mean": list(settings.mean),
-                                  "std": list(settings.std)}}
-    return model_from_entry(entry, f"{source}: member {k}", defaults=older)
+def _member_network(entry: Any, k: int, source: str) -> GoogLeNet:
+    """Member ``k`` of a detector file as a GoogLeNet in eval mode; anything else (a member that records no
+    input convention: a file written before members recorded theirs) is a ValueError naming ``source``."""
+    kwargs = entry.get("model_kwargs") if isinstance(entry, Mapping) else None
+    if isinstance(kwargs, Mapping) and "input_convention" not in kwargs:
+        raise ValueError(f"{source}: member {k} records no input convention (a detector file written before "
+                         "members recorded theirs); build the detector again with tools/train_region.py step=bundle")
+    return model_from_entry(entry, f"{source}: member {k}")
 
 
 def _read_calibration(entry: Any, crop_size: int, source: str) -> dict | None:
@@ -371,7 +358,8 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
     for k, ckpt in enumerate(members):
         if "model_kwargs" not in ckpt or "model_state" not in ckpt:
             raise ValueError(f"member {k}: checkpoint lacks model_kwargs / model_state")
-        kwargs = {**dict(ckpt["model_kwargs"]), "aux_logits": False}  # aux heads are for training only
+        kwargs = {"input_convention": IMAGENET.to_dict(),  # that of checkpoints from before conventions were recorded
+                  **dict(ckpt["model_kwargs"]), "aux_logits": False}  # aux heads are for training only
         if kwargs.get("num_classes") != len(classes) + 1:
             raise ValueError(f"member {k}: {kwargs.get('num_classes')} outputs, expected {len(classes) + 1} "
                              f"({len(classes)} classes + background)")
@@ -380,7 +368,7 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
         entries.append({"model_kwargs": kwargs, "model_state": state})
     obj = {"format": DETECTOR_FORMAT, "members": entries,
            "classes": classes.to_dict(),
-           "settings": settings.to_dict(), "proposer": None if proposer is None else dict(proposer),
+           "settings": dataclasses.asdict(settings), "proposer": None if proposer is None else dict(proposer),
            "provenance": dict(provenance or {})}
     if calibration is not None:
         crops = torch.as_tensor(np.asarray(calibration["crops"]))

@@ -33,8 +33,7 @@ from detect.io import (OutputLocked, atomic_open, digest, exclusive_lock, file_s
                        stat_signatures, temp_target)
 from detect.records import OutputRecord
 
-__all__ = ["ChunkedRun", "detections_record", "write_npz", "run_fingerprint_of", "image_list_digest",
-           "IMAGE_FINGERPRINTS"]
+__all__ = ["ChunkedRun", "detections_record", "write_npz", "image_list_digest", "IMAGE_FINGERPRINTS"]
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +72,6 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, buf.getvalue())
-
-
-def run_fingerprint_of(*parts) -> str:
-    """A short :func:`detect.io.digest` of the parts (what a run's result depends on)."""
-    return digest(list(parts), 12)
 
 
 class ChunkedRun:

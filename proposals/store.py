@@ -33,7 +33,7 @@ from tqdm import tqdm
 from detect.data.images import read_image
 from detect.data.records import SkipLog
 from detect.io import OutputConflict, atomic_write_json, digest, remove_stale_temps
-from detect.runs import ChunkedRun, image_list_digest, run_fingerprint_of
+from detect.runs import ChunkedRun, image_list_digest
 from detect.runtime import usable_cores
 from proposals.base import Proposals, Proposer
 from proposals.store_format import ProposalStore, StoreWriter, box_dtype_for, sidecar_path, store_meta
@@ -203,7 +203,7 @@ def propose_dataset(image_paths: Sequence[str | Path], image_ids: Sequence[str],
         meta["image_sizes"] = digest(sizes)
     # what the store depends on (module docstring); meta holds the method, settings and proposer weights
     images = image_list_digest(image_paths, list(image_ids), image_fingerprint)
-    fingerprint = run_fingerprint_of(images, meta, chunk_size)
+    fingerprint = digest([images, meta, chunk_size], 12)
     meta["fingerprint"] = fingerprint
     if out_path.exists():
         try:

@@ -145,16 +145,27 @@ def test_ensemble_mixing_conventions_gives_each_member_its_own_crops(tmp_path):
     assert torch.allclose(cascade.score(image, boxes), expected, atol=1e-5)  # everything passes: all members
 
 
-def test_members_without_a_recorded_convention_use_the_files_mean_std(tmp_path):
+def test_detector_files_without_member_conventions_are_refused(tmp_path):
     classes = ClassList.from_names(["a", "b", "c"])
-    member = _members_with([IMAGENET])[0]
+    member = _members_with([BVLC])[0]
     kwargs = {k: v for k, v in member.model_kwargs.items() if k != "input_convention"}
-    settings = DetectorSettings(crop_size=64, context=4, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    settings = DetectorSettings(crop_size=64, context=4)
+    # a member checkpoint from before conventions were recorded is bundled with ImageNet's (what it meant)
     bundle_detector([{"model_kwargs": kwargs, "model_state": member.state_dict()}], classes, settings,
-                    tmp_path / "old.pt")
-    assert "input_convention" not in load_checkpoint(tmp_path / "old.pt")["members"][0]["model_kwargs"]
-    loaded = Detector.from_checkpoint(tmp_path / "old.pt", backend="torch", stored_proposer=False)
-    assert [s.input_convention for s in loaded.scorers] == [InputConvention(mean=(0.5,) * 3, std=(0.25,) * 3)]
+                    tmp_path / "new.pt")
+    assert load_checkpoint(tmp_path / "new.pt")["members"][0]["model_kwargs"]["input_convention"] == IMAGENET.to_dict()
+    # a detector file written before members recorded conventions (its settings held mean / std) is refused
+    old = load_checkpoint(tmp_path / "new.pt")
+    old["members"][0]["model_kwargs"].pop("input_convention")
+    old["settings"].update(mean=[0.5] * 3, std=[0.25] * 3)
+    atomic_torch_save(old, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"old.pt: member 0 records no input convention.*step=bundle"):
+        Detector.from_checkpoint(tmp_path / "old.pt", backend="torch", stored_proposer=False)
+    # stored mean / std settings are ignored: each member's own convention prepares its crops
+    old["members"][0]["model_kwargs"]["input_convention"] = BVLC.to_dict()
+    atomic_torch_save(old, tmp_path / "mixed.pt")
+    loaded = Detector.from_checkpoint(tmp_path / "mixed.pt", backend="torch", stored_proposer=False)
+    assert [s.input_convention for s in loaded.scorers] == [BVLC] and loaded.settings == settings
 
 
 def test_with_input_convention_prepares_plain_crops():

@@ -27,7 +27,7 @@ from detect.classify import ClassificationLoss, evaluate_classification
 from detect.io import load_checkpoint
 from detect.models.bvlc import weights_format
 from detect.models.convention import InputConvention
-from detect.models.googlenet import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, GoogLeNetConfig
+from detect.models.googlenet import GoogLeNet, GoogLeNetConfig
 from detect.models.weights import load_pretrained
 from detect.pipeline import DetectorSettings, bundle_detector
 from detect.quantize import draw_calibration_crops, draw_calibration_images
@@ -189,9 +189,7 @@ def bundle(cfg: DictConfig) -> None:
     for p, m in zip(paths, members):
         if ClassList.from_dict(m["classes"], str(p)) != classes:
             raise ValueError(f"{p}: trained on other classes than {paths[0]}")
-    settings = DetectorSettings.from_dict(
-        {**OmegaConf.to_container(cfg.detector, resolve=True), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "conf: detector")
+    settings = DetectorSettings.from_dict(OmegaConf.to_container(cfg.detector, resolve=True), "conf: detector")
     proposer = spec_from_config(OmegaConf.to_container(cfg.proposals, resolve=True), "conf: proposals", embed=True)
     provenance = {"data": str(cfg.data.name), "members": [str(p) for p in paths]}
     convention = InputConvention.from_dict(members[0]["model_kwargs"].get("input_convention"))
