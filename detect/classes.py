@@ -7,6 +7,7 @@ label ``i`` is ``i + 1``. Region classifiers put background at index 0 and class
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -33,21 +34,17 @@ class ClassList:
 
     def index(self, key: str) -> int:
         """0-based label of a class given its id (wnid) or its name; ``KeyError`` when unknown."""
-        lookup = self._lookup()
-        if key not in lookup:
+        if key not in self._lookup:
             raise KeyError(f"unknown class {key!r}")
-        return lookup[key]
+        return self._lookup[key]
 
     def __contains__(self, key: str) -> bool:
-        return key in self._lookup()
+        return key in self._lookup
 
+    @cached_property
     def _lookup(self) -> dict[str, int]:
-        cache = self.__dict__.get("_cache")
-        if cache is None:
-            cache = {n: i for i, n in enumerate(self.names)}
-            cache.update({w: i for i, w in enumerate(self.wnids)})
-            object.__setattr__(self, "_cache", cache)
-        return cache
+        """``{name or wnid: label}``, wnids winning over names (computed once per list)."""
+        return {**{n: i for i, n in enumerate(self.names)}, **{w: i for i, w in enumerate(self.wnids)}}
 
     @classmethod
     def from_names(cls, names) -> "ClassList":

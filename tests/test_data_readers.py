@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detect.classes import ClassList, ilsvrc_det_classes
-from detect.data import load_detection_dataset, read_coco, read_ilsvrc_det, read_image_folder, read_voc
+from detect.data import read_coco, read_dataset, read_ilsvrc_det, read_image_folder, read_voc
 from detect.data.ilsvrc import parse_ilsvrc_xml, read_blacklist, read_image_list
 
 REAL = {  # name: (val index, val2 index, number of objects) from the shared val.txt / val2.txt / XMLs
@@ -252,7 +252,7 @@ def test_image_folder_and_dispatch(tmp_path):
     cv2.imwrite(str(tmp_path / "b" / "c" / "y.png"), np.zeros((5, 6, 3), np.uint8))
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    ds = load_detection_dataset("folder", paths=[tmp_path])
+    ds = read_dataset({"_target_": "detect.data.read_image_folder", "paths": [str(tmp_path)]})
     assert [r.path.relative_to(tmp_path).as_posix() for r in ds] == ["a.JPEG", "b/c/y.png", "b/z.jpg"]
     assert [(r.width, r.height) for r in ds] == [(10, 12), (6, 5), (30, 20)]
     assert [r.index for r in ds] == [1, 2, 3] and all(len(r.boxes) == 0 for r in ds)
@@ -260,8 +260,6 @@ def test_image_folder_and_dispatch(tmp_path):
     assert len(read_image_folder(tmp_path / "a.JPEG")) == 1
     with pytest.raises(FileNotFoundError, match="nope"):
         read_image_folder([tmp_path / "nope"])
-    with pytest.raises(ValueError, match="unknown dataset format"):
-        load_detection_dataset("kitti")
 
 
 def _compose(overrides):

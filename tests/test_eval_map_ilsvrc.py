@@ -152,7 +152,7 @@ def write_devkit_mat(path: Path, names, gt, list_offset: int = 100) -> None:
                             "num_pos_per_class": num_pos[None]})
 
 
-def test_devkit_ground_truth_mat_in_place_of_xml(tmp_path, repo_root, world):
+def test_devkit_ground_truth_mat_in_place_of_xml(tmp_path, repo_root, world, caplog):
     names, gt, blacklist, det = world
     xml_root, mat_root = tmp_path / "xml", tmp_path / "mat"
     write_ground_truth_only(xml_root, "2015", names, gt)
@@ -166,14 +166,23 @@ def test_devkit_ground_truth_mat_in_place_of_xml(tmp_path, repo_root, world):
     from_mat = tool.run(_compose(repo_root, ["data=ilsvrc", f"data.root={mat_root}", f"data.ground_truth={mat}"] + common))
     assert from_mat["classes"] == from_xml["classes"] and from_mat["mean_ap"] == from_xml["mean_ap"]
     a = read_ilsvrc_det(xml_root, "val", check_images=False)
-    b = read_ilsvrc_det(mat_root, "val", check_images=False, ground_truth=mat)
+    with caplog.at_level("WARNING", logger="detect.data.ilsvrc"):
+        b = read_ilsvrc_det(mat_root, "val", check_images=False, ground_truth=mat)
+    assert "gt_obj_thr" not in caplog.text  # the stored thresholds follow the devkit's rule
     assert [r.image_id for r in a] == [r.image_id for r in b] and [r.index for r in a] == [r.index for r in b]
     for ra, rb in zip(a, b):
         np.testing.assert_array_equal(ra.boxes, rb.boxes)
         np.testing.assert_array_equal(ra.labels, rb.labels)
-    # a .mat that is not the devkit's cache: one line naming the file and what is missing
     import scipy.io
 
+    stored = {k: v for k, v in scipy.io.loadmat(mat).items() if not k.startswith("__")}
+    first = next(i for i, t in enumerate(stored["gt_obj_thr"][0]) if t.size)
+    stored["gt_obj_thr"][0, first] = stored["gt_obj_thr"][0, first] + 0.01  # thresholds no longer the rule's
+    scipy.io.savemat(tmp_path / "thr.mat", stored)
+    with caplog.at_level("WARNING", logger="detect.data.ilsvrc"):
+        read_ilsvrc_det(mat_root, "val", check_images=False, ground_truth=tmp_path / "thr.mat")
+    assert f"{stored['gt_obj_thr'][0, first].size} stored gt_obj_thr values differ" in caplog.text
+    # a .mat that is not the devkit's cache: one line naming the file and what is missing
     scipy.io.savemat(tmp_path / "other.mat", {"rec": np.zeros((1, 3))})
     with pytest.raises(ValueError, match=r"other.mat: not the devkit's ground-truth cache: needs gt_img_ids, "
                                          r"gt_obj_labels, gt_obj_bboxes \(has rec\)"):

@@ -40,6 +40,7 @@ from detect.data.folder import ImageFinder, leaves_folder
 from detect.data.records import (DetectionDataset, DetectionRecord, check_id, as_class_list, finish_dataset,
                                  reader_logs, text_lines)
 from detect.data.xmlfile import parse_annotation_xml
+from detect.evaluation import ilsvrc_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,6 @@ _parse_ilsvrc_raw = partial(parse_annotation_xml, number=_int_value, root_tag="a
 # ---------------------------------------------------------------- layouts and lists
 
 
-def _normalise_layout(layout) -> str:
-    text = str(layout).strip().lower() if layout is not None else "auto"
-    if text not in ("auto", "2015", "2014"):
-        raise ValueError(f"layout must be auto, 2015 or 2014 (int or string), got {layout!r}")
-    return text
-
-
 def _layout_dirs(root: Path, split: str, layout: str) -> tuple[Path, Path]:
     """(image folder, annotation folder) of ``split`` in ``layout``."""
     if layout == "2015":
@@ -140,9 +134,13 @@ def _present(root: Path, split: str) -> list[str]:
     return found
 
 
-def _choose_layout(root: Path, split: str, layout: str, need_annotations: bool) -> str:
-    """The layout to read, or ``FileNotFoundError`` naming the real cause (no folder, no annotations,
+def _choose_layout(root: Path, split: str, layout, need_annotations: bool) -> str:
+    """The layout to read (``"2015"`` or ``"2014"``) given ``layout`` (auto, 2015 or 2014, int or string;
+    ``ValueError`` otherwise), or ``FileNotFoundError`` naming the real cause (no folder, no annotations,
     wrong layout) in one line."""
+    given, layout = layout, str(layout).strip().lower() if layout is not None else "auto"
+    if layout not in ("auto", "2015", "2014"):
+        raise ValueError(f"layout must be auto, 2015 or 2014 (int or string), got {given!r}")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found (data.root)")
     present = _present(root, split)
@@ -231,10 +229,8 @@ def read_devkit_ground_truth(path: str | Path, classes: ClassList) -> tuple[list
                              "or non-finite boxes")
         boxes = box.T.astype(np.float32)
         if thr is not None and thr[i].size:
-            w = boxes[:, 2] - boxes[:, 0] + 1.0
-            h = boxes[:, 3] - boxes[:, 1] + 1.0
-            expected = np.minimum(0.5, w * h / ((w + 10.0) * (h + 10.0)))
-            mismatch += int(np.sum(np.abs(thr[i].reshape(-1) - expected) > 1e-6)) if thr[i].size == len(w) else len(w)
+            expected = ilsvrc_thresholds(boxes)
+            mismatch += int(np.sum(np.abs(thr[i].reshape(-1) - expected) > 1e-6)) if thr[i].size == len(boxes) else len(boxes)
         parsed.append(ParsedAnnotation(None, None, None, boxes, (lab - 1).astype(np.int64), np.zeros(lab.size, bool)))
     if mismatch:
         log.warning("%s: %d stored gt_obj_thr values differ from min(0.5, wh / ((w + 10)(h + 10))); the evaluator "
@@ -265,8 +261,9 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     A split where nothing is left raises ``ValueError`` with the summary.
     """
     root = Path(root)
-    layout = _normalise_layout(layout)
-    missing_annotation = _missing_annotation_rule(missing_annotation, split)
+    missing_annotation = missing_annotation or ("empty" if split == "test" else "skip")
+    if missing_annotation not in ("skip", "empty"):
+        raise ValueError(f"missing_annotation must be 'skip' or 'empty', got {missing_annotation!r}")
     tsv = root / "classes.tsv"
     classes = as_class_list(classes, lambda: read_class_list(tsv) if tsv.is_file() else ilsvrc_det_classes())
     layout = _choose_layout(root, split, layout, need_annotations=ground_truth is None and missing_annotation == "skip")
@@ -289,15 +286,6 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
                              len(entries), lambda r: source(r.image_id), blacklist=pairs, logger=log)
     log.info("%s %s: %d images, %d boxes", root, split, len(records), sum(len(r.boxes) for r in records))
     return dataset
-
-
-def _missing_annotation_rule(missing_annotation: str | None, split: str) -> str:
-    """``missing_annotation`` checked (``"skip"`` or ``"empty"``); ``None``: ``"empty"`` for the test split
-    (no public ground truth), else ``"skip"``."""
-    missing_annotation = missing_annotation or ("empty" if split == "test" else "skip")
-    if missing_annotation not in ("skip", "empty"):
-        raise ValueError(f"missing_annotation must be 'skip' or 'empty', got {missing_annotation!r}")
-    return missing_annotation
 
 
 def _xml_entries(root: Path, split: str, layout: str, xml_dir: Path, list_path: Path | None, classes: ClassList,

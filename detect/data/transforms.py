@@ -167,11 +167,11 @@ class TestTransform:
     __test__ = False  # not a pytest class
 
     def __init__(self, crop_size: int = 224, crops: int = 1, resize: float = 256, scales: Sequence[float] = (256, 288, 320, 352),
-                 reference_size: int = 224, convention: InputConvention | dict | None = None):
+                 convention: InputConvention | dict | None = None):
         if crops not in (1, 10, 144):
             raise ValueError(f"crops must be 1, 10 or 144, got {crops}")
         self.crop_size, self.crops = int(crop_size), int(crops)
-        factor = self.crop_size / reference_size
+        factor = self.crop_size / 224
         self.resize = max(self.crop_size, round(resize * factor))
         self.scales = tuple(max(self.crop_size, round(s * factor)) for s in scales)
         self.convention = InputConvention.from_dict(convention)

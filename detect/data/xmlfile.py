@@ -82,7 +82,7 @@ def parse_annotation_xml(path: str | Path, classes, number, offset: int = 0, dif
     root = read_xml_root(path)
     if root_tag is not None and root.tag != root_tag:
         raise ValueError(f"{path}: root element is <{root.tag}>, expected <{root_tag}>")
-    lookup = classes._lookup()
+    lookup = classes._lookup
     size: dict = {}
     boxes, labels, flags, problems = [], [], [], []
     k = 0
