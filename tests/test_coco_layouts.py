@@ -123,6 +123,22 @@ def test_a_root_in_no_layout_lists_what_was_looked_for(roboflow, tmp_path):
         read_coco(root=root, split="train")
 
 
+def test_files_named_without_root_need_the_training_files_named_too(tmp_path):
+    """No root to find a ``classes_from`` split in: a ValueError saying what to give (was a TypeError)."""
+    file = tmp_path / "val.json"
+    file.write_text(json.dumps({"categories": [{"id": 1, "name": "cat"}], "images": [
+        {"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}], "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}]}))
+    with pytest.raises(ValueError, match="classes_from 'train': no root to find its files in; give root, or "
+                                         "classes_from_files"):
+        read_coco(annotation_file=file, image_dir=tmp_path, classes_from="train", check_images=False)
+    with pytest.raises(ValueError, match="split 'val': no root to find its files in; give root, or annotation_file"):
+        read_coco(split="val", annotation_file=file, check_images=False)
+    val = read_coco(annotation_file=file, image_dir=tmp_path, classes_from="train", classes_from_files=file,
+                    check_images=False)
+    assert val.classes.names == ("cat",) and len(val) == 1
+
+
 def test_per_split_files_named_directly(roboflow, tmp_path):
     root, written = roboflow
     moved = tmp_path / "elsewhere.json"

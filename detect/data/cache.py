@@ -1,14 +1,15 @@
-"""A cache of parsed annotation files (one XML per image: ILSVRC, VOC), so that re-reading a validation
-set of 20,121 files costs one ``stat`` per file instead of a parse.
+"""A cache of parsed annotation files (one XML per image: ILSVRC, VOC; a YOLO label and its image's
+size), so that re-reading a validation set of 20,121 files costs one ``stat`` per file instead of a
+parse (:func:`parse_files`); and of class lists found in annotations (:func:`cached_class_list`).
 
 The cache is one ``.npz`` per annotation folder and reader (its name from the folder's absolute path,
-the list and the class list), written atomically into a folder the caller chooses: the data configs
-pass ``${work_dir}/cache``, never the dataset folder. It holds a fingerprint of everything the parse
-depends on: the parser version, the class list, the listed names and each annotation file's size,
-modification and change times (nanoseconds) and inode. A fingerprint that differs (a file edited,
-added or removed, another list) means the annotations are parsed again and the cache overwritten; a
-cache that cannot be read is ignored (and rewritten). The cache holds parse results only; which
-images exist is looked up on every read.
+the list and the class list: :func:`cache_key`), written atomically into a folder the caller chooses:
+the data configs pass ``${work_dir}/cache``, never the dataset folder. It holds a fingerprint of
+everything the parse depends on: the parser version, the class list, the listed names and each
+annotation file's size, modification and change times (nanoseconds) and inode. A fingerprint that
+differs (a file edited, added or removed, another list) means the annotations are parsed again and
+the cache overwritten; a cache that cannot be read is ignored (and rewritten). The cache holds parse
+results only; which images exist is looked up on every read.
 
 :func:`annotation_records` turns parsed annotations and found images into records by the rules both
 XML readers share (what a missing image, a missing or unreadable annotation, a dropped object or a
@@ -20,19 +21,22 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from detect.classes import ClassList
 from detect.data.folder import ImageFinder, size_from_image
 from detect.data.records import MAX_PIXELS, DetectionRecord, SkipLog
-from detect.io import digest, stat_signatures
+from detect.io import atomic_write_json, digest, stat_signatures
 from detect.runs import write_npz
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ParsedAnnotation", "ParsedFolder", "annotation_fingerprint", "cache_path", "parse_annotation_files",
-           "annotation_records"]
+__all__ = ["ParsedAnnotation", "ParsedFolder", "cache_key", "cached_class_list", "parse_files",
+           "parse_annotation_files", "annotation_records"]
 
 
 @dataclass
@@ -61,6 +65,10 @@ class ParsedAnnotation:
         return cls(None, None, None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool))
 
 
+COLUMNS = {"width": np.int64, "height": np.int64, "counts": np.int64, "boxes": np.float32, "labels": np.int64,
+           "flags": bool}  # ParsedFolder's arrays and their dtypes
+
+
 class ParsedFolder:
     """The parse results of ``n`` files, column by column (one array per field for all files, so that
     20,121 files cost a few numpy calls, not 60,000); ``folder[i]`` is file ``i``'s
@@ -72,7 +80,7 @@ class ParsedFolder:
 
     def __init__(self, width, height, counts, boxes, labels, flags, errors: dict, problems: dict):
         self.width, self.height, self.counts = width, height, counts
-        self.boxes, self.labels, self.flags = boxes, labels, flags
+        self.boxes, self.labels, self.flags = boxes.reshape(-1, 4), labels, flags
         self.errors, self.problems = errors, problems
         ends = np.cumsum(counts).tolist()
         self._starts, self._ends = [0] + ends[:-1], ends
@@ -83,11 +91,9 @@ class ParsedFolder:
         """The parts' files one after the other (worker processes hand back columns: a fraction of the
         cost of pickling per-file tuples at ILSVRC's 456k files)."""
         offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).tolist()
-        cat = lambda key: np.concatenate([getattr(p, key) for p in parts])  # noqa: E731
         errors = {k + off: v for p, off in zip(parts, offsets) for k, v in p.errors.items()}
         problems = {k + off: v for p, off in zip(parts, offsets) for k, v in p.problems.items()}
-        return cls(cat("width"), cat("height"), cat("counts"), cat("boxes").reshape(-1, 4), cat("labels"), cat("flags"),
-                   errors, problems)
+        return cls(*(np.concatenate([getattr(p, key) for p in parts]) for key in COLUMNS), errors, problems)
 
     @classmethod
     def from_raw(cls, items: list) -> "ParsedFolder":
@@ -95,10 +101,8 @@ class ParsedFolder:
         width, height, counts, boxes, labels, flags = [], [], [], [], [], []
         errors, problems = {}, {}
         for i, item in enumerate(items):
-            if isinstance(item, str):
-                errors[i] = item
-                width.append(-1), height.append(-1), counts.append(0)
-                continue
+            if isinstance(item, str):  # an error: a file without size or objects
+                errors[i], item = item, (None, None, [], [], [], ())
             w, h, b, lab, fl, prob = item
             width.append(-1 if w is None else w)
             height.append(-1 if h is None else h)
@@ -108,9 +112,8 @@ class ParsedFolder:
             flags += fl
             if prob:
                 problems[i] = tuple(prob)
-        return cls(np.array(width, np.int64), np.array(height, np.int64), np.array(counts, np.int64),
-                   np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64), np.array(flags, bool),
-                   errors, problems)
+        columns = (width, height, counts, boxes, labels, flags)
+        return cls(*(np.array(c, dtype) for c, dtype in zip(columns, COLUMNS.values())), errors, problems)
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -129,9 +132,8 @@ class ParsedFolder:
         """Write atomically as ``.npz`` (no pickles); an unwritable cache folder is logged, not raised."""
         meta = {"fingerprint": fingerprint, "errors": self.errors, "problems": {k: list(v) for k, v in self.problems.items()}}
         try:
-            write_npz(path, {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), "width": self.width,
-                             "height": self.height, "counts": self.counts, "boxes": self.boxes, "labels": self.labels,
-                             "flags": self.flags})
+            write_npz(path, {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                             **{key: getattr(self, key) for key in COLUMNS}})
         except OSError as e:
             log.warning("%s: cannot write the annotation cache (%s); the next run parses again", path, e)
 
@@ -146,7 +148,7 @@ class ParsedFolder:
                 if meta.get("fingerprint") != fingerprint:
                     log.info("%s: annotations changed since the cache was written; parsing again", path)
                     return None
-                arrays = [z[k] for k in ("width", "height", "counts", "boxes", "labels", "flags")]
+                arrays = [z[key] for key in COLUMNS]
             errors = {int(k): str(v) for k, v in meta["errors"].items()}
             problems = {int(k): tuple(map(str, v)) for k, v in meta["problems"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
@@ -159,92 +161,122 @@ class ParsedFolder:
             log.warning("%s: inconsistent annotation cache; parsing again", path)
             return None
         log.info("%s: %d parsed annotations from the cache", path, num)
-        return cls(width.astype(np.int64), height.astype(np.int64), counts.astype(np.int64),
-                   boxes.astype(np.float32), labels.astype(np.int64), flags.astype(bool), errors, problems)
+        return cls(*(a.astype(dtype) for a, dtype in zip(arrays, COLUMNS.values())), errors, problems)
 
 
-def annotation_fingerprint(files: list[str], names: list[str], extra: list) -> str:
-    """:func:`detect.io.digest` of ``extra``, the names and :func:`detect.io.stat_signatures` of ``files``."""
-    return digest([extra, list(names), stat_signatures(files)])
+def cache_key(cache_dir: str | Path | None, tag: str, identity: list, files: list[str], names: list[str],
+              extra: list) -> tuple[Path, str] | None:
+    """``(cache file, fingerprint)``, ``None`` without ``cache_dir``. The file: ``<cache_dir>/<tag>_<16 hex
+    digits of identity>.npz`` (``identity``: JSON-able: folder, list, classes); the fingerprint:
+    :func:`detect.io.digest` of ``extra``, ``names`` and :func:`detect.io.stat_signatures` of ``files``."""
+    if cache_dir is None:
+        return None
+    return Path(cache_dir) / f"{tag}_{digest(identity, 16)}.npz", digest([extra, list(names), stat_signatures(files)])
 
 
-def cache_path(cache_dir: str | Path, tag: str, identity: list) -> Path:
-    """``<cache_dir>/<tag>_<16 hex digits of identity>.npz``; ``identity``: JSON-able (folder, list, classes)."""
-    return Path(cache_dir) / f"{tag}_{digest(identity, 16)}.npz"
+def cached_class_list(cache_dir, tag: str, identity: list, files: list[str], names: list[str], extra: list,
+                      make: Callable[[], ClassList]) -> ClassList:
+    """``make()``, kept as JSON in ``cache_dir`` (``None``: not kept) under ``tag`` and ``identity`` (see
+    :func:`cache_key`), and made again when the fingerprint of ``extra``, ``names`` and each of
+    ``files``' stat differs (an annotation file edited, added or removed)."""
+    key = cache_key(cache_dir, tag, identity, files, names, extra)
+    if key is None:
+        return make()
+    cache, fingerprint = key[0].with_suffix(".json"), key[1]
+    try:
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+        if stored.get("fingerprint") == fingerprint:
+            return ClassList.from_dict(stored.get("classes"), str(cache))
+    except (OSError, ValueError, AttributeError):
+        pass
+    classes = make()
+    try:
+        atomic_write_json(cache, {"fingerprint": fingerprint, "classes": classes.to_dict()})
+    except OSError as e:
+        log.warning("%s: cannot write the class cache (%s)", cache, e)
+    return classes
 
 
 MIN_FILES_PER_WORKER = 2000  # below this many files per worker process, parsing in this process is faster
 
 
-def _parse_files(parse_raw, files: list[str], classes, progress: str | None = None) -> list:
-    """Parse ``files`` one by one (in this process or in a worker): raw tuples or error strings."""
-    items = []
+def parse_files(parse: Callable, items: list, key: tuple[Path, str] | None, what: str,
+                workers: int = 1) -> ParsedFolder:
+    """``parse(item)`` (a raw tuple, see :meth:`ParsedAnnotation.from_raw`) of every item, through the
+    cache ``key`` (:func:`cache_key`; ``None``: no cache). An item ``parse`` refuses (``ValueError``, or
+    ``OverflowError``: a number no parser bounded, never a crash) gets ``error``, the exception's text.
+    ``what``: the folder or split named in the progress bar. ``workers``: processes that parse when the
+    cache is cold (used when each gets at least ``MIN_FILES_PER_WORKER`` items; ``parse`` must then be
+    picklable); the result is the same for any number."""
+    if key is not None:
+        parsed = ParsedFolder.load(*key, len(items))
+        if parsed is not None:
+            return parsed
+    workers = max(1, min(int(workers), len(items) // MIN_FILES_PER_WORKER))
+    if workers > 1:
+        log.info("parsing %d annotation files in %s with %d processes", len(items), what, workers)
+        parsed = _parse_in_workers(parse, items, workers)
+    else:
+        parsed = _parse_each(parse, items, progress=f"reading {what}")
+    if key is not None:
+        parsed.save(*key)
+    return parsed
+
+
+def _parse_each(parse: Callable, items: list, progress: str | None = None) -> ParsedFolder:
+    """Parse ``items`` one by one, in this process or in a worker (which hands back the columns)."""
+    out = []
     if progress:
         from tqdm import tqdm  # only when parsing (a warm cache needs no progress bar)
 
-        files = tqdm(files, desc=progress, leave=False, mininterval=2.0)
-    for path in files:
+        items = tqdm(items, desc=progress, leave=False, mininterval=2.0)
+    for item in items:
         try:
-            items.append(_within_bounds(parse_raw(path, classes), path))
-        except (ValueError, OverflowError) as e:  # OverflowError: a number no parser bounded (never a crash)
-            items.append("missing" if not os.path.isfile(path) else str(e))
-    return items
+            out.append(parse(item))
+        except (ValueError, OverflowError) as e:
+            out.append(str(e))
+    return ParsedFolder.from_raw(out)
 
 
-def _within_bounds(raw: tuple, path: str) -> tuple:
-    """``raw`` when its size fits the int64 columns, else ``ValueError`` naming the file (the parsers
-    bound sizes and coordinates themselves; this keeps one file from failing a whole folder's columns)."""
+def _parse_in_workers(parse: Callable, items: list, workers: int) -> ParsedFolder:
+    """Parse in ``workers`` processes (forked where the platform allows: nothing to import again)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    bounds = np.linspace(0, len(items), workers * 4 + 1).astype(int).tolist()  # 4 chunks per worker: even finish
+    chunks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return ParsedFolder.concat(list(pool.map(_parse_each, [parse] * len(chunks), chunks)))
+
+
+def _parse_xml(parse_raw, classes, path: str) -> tuple:
+    """``parse_raw(path, classes)``; ``ValueError`` ``"missing"`` when it fails and the file does not
+    exist, or naming the file when a size does not fit the int64 columns (the parsers bound sizes and
+    coordinates themselves; this keeps one file from failing a whole folder's columns)."""
+    try:
+        raw = parse_raw(path, classes)
+    except (ValueError, OverflowError):
+        if not os.path.isfile(path):
+            raise ValueError("missing") from None
+        raise
     for value in raw[:2]:
         if value is not None and not 0 <= value <= MAX_PIXELS:
             raise ValueError(f"{path}: image size {value} out of range (at most {MAX_PIXELS} pixels)")
     return raw
 
 
-def _parse_in_workers(parse_raw, files: list[str], classes, workers: int) -> ParsedFolder:
-    """Parse in ``workers`` processes (forked where the platform allows: nothing to import again)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    bounds = np.linspace(0, len(files), workers * 4 + 1).astype(int).tolist()  # 4 chunks per worker: even finish
-    chunks = [files[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return ParsedFolder.concat(list(pool.map(_parse_columns, [parse_raw] * len(chunks), chunks,
-                                                 [classes] * len(chunks))))
-
-
-def _parse_columns(parse_raw, files: list[str], classes) -> ParsedFolder:
-    """:func:`_parse_files` in a worker process, handed back as columns."""
-    return ParsedFolder.from_raw(_parse_files(parse_raw, files, classes))
-
-
 def parse_annotation_files(folder: str | Path, names: list[str], parse_raw, cache_dir: str | Path | None, tag: str,
                            version: int, classes, workers: int = 1) -> ParsedFolder:
     """``parse_raw(folder/<name>.xml, classes)`` (a raw tuple, see :meth:`ParsedAnnotation.from_raw`) for
-    every name, through the cache in ``cache_dir`` when given. A file that cannot be parsed gets
-    ``error`` (its ``ValueError`` text, or ``"missing"``). ``version`` (the parser's) and ``classes``
-    are part of the fingerprint. ``workers``: processes that parse when the cache is cold (used when
-    each gets at least ``MIN_FILES_PER_WORKER`` files); the result is the same for any number."""
+    every name, through :func:`parse_files` (cache in ``cache_dir`` when given, ``workers``). A file that
+    cannot be parsed gets ``error`` (its ``ValueError`` text, or ``"missing"``). ``version`` (the
+    parser's) and ``classes`` are part of the fingerprint."""
     folder = str(folder)
     files = [os.path.join(folder, name + ".xml") for name in names]
-    cache = fingerprint = None
-    if cache_dir is not None:
-        wnids = list(classes.wnids)
-        cache = cache_path(cache_dir, tag, [str(Path(folder).resolve()), wnids])
-        fingerprint = annotation_fingerprint(files, names, [version, wnids])
-        parsed = ParsedFolder.load(cache, fingerprint, len(names))
-        if parsed is not None:
-            return parsed
-    workers = max(1, min(int(workers), len(files) // MIN_FILES_PER_WORKER))
-    if workers > 1:
-        log.info("parsing %d annotation files in %s with %d processes", len(files), folder, workers)
-        parsed = _parse_in_workers(parse_raw, files, classes, workers)
-    else:
-        parsed = ParsedFolder.from_raw(_parse_files(parse_raw, files, classes, progress=f"reading {folder}"))
-    if cache is not None:
-        parsed.save(cache, fingerprint)
-    return parsed
+    wnids = list(classes.wnids)
+    key = cache_key(cache_dir, tag, [str(Path(folder).resolve()), wnids], files, names, [version, wnids])
+    return parse_files(partial(_parse_xml, parse_raw, classes), files, key, folder, workers)
 
 
 def annotation_records(entries: list[tuple[str, int]], images: list[Path | None], parsed, finder: ImageFinder,

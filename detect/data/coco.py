@@ -51,9 +51,10 @@ from pathlib import Path
 import numpy as np
 
 from detect.classes import ClassList, read_class_list
+from detect.data.cache import cached_class_list
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, cached_class_list, check_id, check_pixels,
-                                 finish_dataset, reader_logs)
+from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, check_id, check_pixels, finish_dataset,
+                                 reader_logs)
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +135,9 @@ def _check_annotation(ann, images: dict, categories: dict) -> tuple[int, tuple[i
     if not (w > 0 and h > 0):
         raise ValueError(f"degenerate box: bbox {ann['bbox']} has width or height <= 0")
     crowd = ann.get("iscrowd", 0)
-    if isinstance(crowd, bool):
-        crowd = int(crowd)
-    if type(crowd) is not int or crowd not in (0, 1):
+    if type(crowd) not in (int, bool) or crowd not in (0, 1):
         raise ValueError(f"iscrowd {crowd!r} is {_kind(crowd)}, not 0 or 1")
     return image_id, (category_id, [x, y, w, h], bool(crowd))
-
-
-def _where(path: Path, key: str, k: int, entry) -> str:
-    """``file: key[k] (id ...)``, naming a bad entry in messages."""
-    ident = entry.get("id") if isinstance(entry, dict) else None
-    return f"{path}: {key}[{k}]" + (f" (id {ident!r})" if ident is not None else "")
 
 
 def find_coco_split(root: str | Path, split: str) -> tuple[Path, Path]:
@@ -202,12 +195,18 @@ def _sources(root, split, annotation_file, image_dir) -> list[tuple[str, Path, P
     for name, f, d in zip(names, _per_split(annotation_file, len(names), "annotation_file"),
                           _per_split(image_dir, len(names), "image_dir")):
         if f is None or d is None:
-            if root is None:
-                raise ValueError(f"split {name!r}: no root to find its files in; give root, or annotation_file and image_dir")
-            found_file, found_dir = find_coco_split(root, name)
+            found_file, found_dir = _find_split(root, name, "split", "annotation_file and image_dir")
             f, d = f or found_file, d or found_dir
         sources.append((name, Path(str(f)), Path(str(d))))
     return sources
+
+
+def _find_split(root, name: str, key: str, files: str) -> tuple[Path, Path]:
+    """:func:`find_coco_split` of split ``name`` (given as ``key``); ``ValueError`` saying to give ``root``
+    or ``files`` (the keys naming the split's files) when ``root`` is ``None``."""
+    if root is None:
+        raise ValueError(f"{key} {name!r}: no root to find its files in; give root, or {files}")
+    return find_coco_split(root, name)
 
 
 @dataclass
@@ -295,7 +294,7 @@ def _training_classes(root, classes_from, classes_from_files, parts: list[_Part]
     if classes_from_files is not None and isinstance(classes_from_files, (str, Path)):
         classes_from_files = [classes_from_files]
     names = _names(classes_from, "classes_from") or [Path(str(f)).stem for f in classes_from_files]
-    files = [Path(str(f)) if f is not None else find_coco_split(root, name)[0]
+    files = [Path(str(f)) if f is not None else _find_split(root, name, "classes_from", "classes_from_files")[0]
              for name, f in zip(names, _per_split(classes_from_files, len(names), "classes_from_files"))]
     read = {p.file.resolve(): p for p in parts}
     quiet = SkipLog(log_limit=-1)  # the training split's faults are reported when it is read itself
@@ -318,9 +317,7 @@ def _agreeing_categories(parts: list[_Part]) -> dict:
 
 def _category_of(wnid: str, categories: dict, files: str) -> int:
     """The category id a class-list id names: a category name, else an integer category id."""
-    by_name = {}
-    for cid, name in sorted(categories.items()):
-        by_name.setdefault(name, cid)
+    by_name = {name: cid for cid, name in sorted(categories.items(), reverse=True)}  # a name's smallest id
     if wnid in by_name:
         return by_name[wnid]
     if wnid.lstrip("-").isdigit() and int(wnid) in categories:
@@ -405,7 +402,8 @@ def _check_entries(path: Path, entries: list, key: str, what: str, check, skippe
             out.append(check(entry))
         except ValueError as e:
             text = str(e) if str(e).startswith(("unknown image", "unknown class", "degenerate box")) else f"bad {what}: {e}"
-            skipped.add(_where(path, key, k, entry), text)
+            ident = entry.get("id") if isinstance(entry, dict) else None
+            skipped.add(f"{path}: {key}[{k}]" + (f" (id {ident!r})" if ident is not None else ""), text)
     return out
 
 

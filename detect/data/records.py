@@ -16,7 +16,6 @@ are cached (``None``: no cache); ``workers``: processes parsing them on a cold c
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,8 +29,7 @@ from detect.classes import ClassList, read_class_list
 log = logging.getLogger(__name__)
 
 __all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "SkippedItem", "warn_outside", "reader_logs",
-           "finish_dataset", "MAX_ID", "MAX_PIXELS", "check_id", "check_pixels", "as_class_list", "cached_class_list",
-           "text_lines"]
+           "finish_dataset", "MAX_ID", "MAX_PIXELS", "check_id", "check_pixels", "as_class_list", "text_lines"]
 
 # Bounds on the integers read from annotation files: limits of the formats the values are held in, not
 # settings. Beyond them a value is no id or pixel position (it would overflow numpy's int64 or lose
@@ -60,32 +58,6 @@ def as_class_list(classes: ClassList | str | Path | None, default: Callable[[], 
     if classes is None:
         return default()
     return classes if isinstance(classes, ClassList) else read_class_list(classes)
-
-
-def cached_class_list(cache_dir, tag: str, identity: list, files: list[str], names: list[str], extra: list,
-                      make: Callable[[], ClassList]) -> ClassList:
-    """``make()``, kept as JSON in ``cache_dir`` (``None``: not kept) under ``tag`` and ``identity`` (see
-    :func:`detect.data.cache.cache_path`), and made again when the fingerprint of ``extra``, ``names``
-    and each of ``files``' stat differs (an annotation file edited, added or removed)."""
-    if cache_dir is None:
-        return make()
-    from detect.data.cache import annotation_fingerprint, cache_path  # cache imports this module
-    from detect.io import atomic_write_json
-
-    cache = cache_path(cache_dir, tag, identity).with_suffix(".json")
-    fingerprint = annotation_fingerprint(files, names, extra)
-    try:
-        stored = json.loads(cache.read_text(encoding="utf-8"))
-        if stored.get("fingerprint") == fingerprint:
-            return ClassList.from_dict(stored.get("classes"), str(cache))
-    except (OSError, ValueError, AttributeError):
-        pass
-    classes = make()
-    try:
-        atomic_write_json(cache, {"fingerprint": fingerprint, "classes": classes.to_dict()})
-    except OSError as e:
-        log.warning("%s: cannot write the class cache (%s)", cache, e)
-    return classes
 
 
 def text_lines(path: str | Path, what: str, comments: bool = False) -> list[tuple[int, list[str]]]:

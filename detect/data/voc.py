@@ -23,10 +23,10 @@ from functools import partial
 from pathlib import Path
 
 from detect.classes import ClassList
-from detect.data.cache import annotation_records, parse_annotation_files
+from detect.data.cache import annotation_records, cached_class_list, parse_annotation_files
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import (DetectionDataset, DetectionRecord, as_class_list, cached_class_list, finish_dataset,
-                                 reader_logs, text_lines)
+from detect.data.records import (DetectionDataset, DetectionRecord, as_class_list, finish_dataset, reader_logs,
+                                 text_lines)
 from detect.data.xmlfile import parse_annotation_xml, read_xml_root
 
 log = logging.getLogger(__name__)

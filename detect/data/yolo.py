@@ -49,7 +49,7 @@ import numpy as np
 import yaml
 
 from detect.classes import ClassList
-from detect.data.cache import ParsedFolder, annotation_fingerprint, cache_path
+from detect.data.cache import ParsedFolder, cache_key, parse_files
 from detect.data.folder import ImageFinder, image_size, list_images
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, as_class_list, finish_dataset, reader_logs
 
@@ -300,27 +300,10 @@ def _parse_split(y: YoloData, split: str, images: list[Path], labels: list[Path]
                  cache_dir: str | Path | None) -> ParsedFolder:
     """:func:`parse_yolo_label` of every (image, label) pair, through the cache in ``cache_dir``."""
     ids = [str(p) for p in images]
-    cache = fingerprint = None
-    if cache_dir is not None:
-        cache = cache_path(cache_dir, f"yolo_{split}", [str(_normal(y.yaml_file)), str(y.root), split])
-        fingerprint = annotation_fingerprint([str(p) for p in labels] + ids, ids,
-                                             [PARSER_VERSION, len(y.names), y.keypoints])
-        parsed = ParsedFolder.load(cache, fingerprint, len(images))
-        if parsed is not None:
-            return parsed
-    from tqdm import tqdm  # only when parsing (a warm cache needs no progress bar)
-
-    items = []
-    for image, label in tqdm(list(zip(images, labels)), desc=f"reading {y.yaml_file} {split}", leave=False,
-                             mininterval=2.0):
-        try:
-            items.append(parse_yolo_label(label, image, len(y.names), y.keypoints))
-        except ValueError as e:
-            items.append(str(e))
-    parsed = ParsedFolder.from_raw(items)
-    if cache is not None:
-        parsed.save(cache, fingerprint)
-    return parsed
+    key = cache_key(cache_dir, f"yolo_{split}", [str(_normal(y.yaml_file)), str(y.root), split],
+                    [str(p) for p in labels] + ids, ids, [PARSER_VERSION, len(y.names), y.keypoints])
+    return parse_files(lambda pair: parse_yolo_label(*pair, len(y.names), y.keypoints), list(zip(labels, images)),
+                       key, f"{y.yaml_file} {split}")
 
 
 def _find_listed(y: YoloData, images: list[Path], max_missing: float, skipped: SkipLog) -> list[tuple[int, Path]]:
