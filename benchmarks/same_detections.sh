@@ -16,8 +16,13 @@ set -euo pipefail
 BASE=${1:?usage: same_detections.sh BASE_COMMIT [WORK_FOLDER]}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(realpath -m "${2:-$(mktemp -d -t same_detections.XXXXXX)}")
+# the tree's own venv, or (in a git worktree, which has none) the main checkout's
 PY=${PYTHON:-$HERE/.venv/bin/python}
+[ -x "$PY" ] || PY=$(dirname "$(realpath "$(git -C "$HERE" rev-parse --git-common-dir)")")/.venv/bin/python
+[ -x "$PY" ] || { echo "no Python with the project installed: set PYTHON=<venv>/bin/python" >&2; exit 2; }
 mkdir -p "$WORK"
+exec 9> "$WORK/.lock"
+flock 9  # one call at a time trains the detector and writes the base's files; the others wait for them
 if [ ! -d "$WORK/base" ]; then git -C "$HERE" worktree add --detach "$WORK/base" "$BASE" >/dev/null; fi
 TRAIN=$WORK/train
 if [ ! -f "$TRAIN/detector.pt" ]; then
@@ -40,7 +45,10 @@ detections() {  # detections TREE OUT: the four runs with TREE's code into OUT, 
     (cd "$out" && sha256sum val_*.txt val_*_fp32.json val_*_int8.json live/*.json | sort -k2)
 }
 
-if [ ! -s "$WORK/before.sha256" ]; then detections "$WORK/base" "$WORK/before" > "$WORK/before.sha256"; fi
+if [ ! -s "$WORK/before.sha256" ]; then
+    detections "$WORK/base" "$WORK/before" > "$WORK/before.sha256.tmp" && mv "$WORK/before.sha256.tmp" "$WORK/before.sha256"
+fi
+flock -u 9
 AFTER=$WORK/after_$(basename "$HERE")
 detections "$HERE" "$AFTER" > "$AFTER.sha256"
 cat "$AFTER.sha256"

@@ -188,6 +188,23 @@ def test_polygon_and_keypoint_lines_give_boxes(tmp_path):
         parse_yolo_label(label, image, 3)
 
 
+def test_an_edge_past_the_image_by_rounding_is_the_edge(tmp_path):
+    """cx - w/2 of values written with 6 decimals can fall 1e-6 below 0 (26 "box outside the image"
+    warnings on the demo's world written as YOLO): such an edge is the image's; a box that really reaches
+    past the image (0.15 of its width) stays as written and is reported."""
+    image = _image(tmp_path / "images" / "im.jpg", 100, 50)
+    label = tmp_path / "labels" / "im.txt"
+    label.parent.mkdir()
+    label.write_text("0 0.050000 0.500000 0.100001 0.200000\n1 0.950000 0.5 0.100003 0.2\n")
+    boxes = parse_yolo_label(label, image, 3)[2]
+    assert boxes[0][0] == 0.0 and boxes[1][2] == 100.0 and np.allclose(boxes, [[0, 20, 10, 30], [90, 20, 100, 30]])
+    label.write_text("0 0.95 0.5 0.4 0.2\n")
+    assert np.allclose(parse_yolo_label(label, image, 3)[2], [[75, 20, 115, 30]])
+    ds = read_yolo(_write_yaml(tmp_path, train="images"), "train")
+    assert [reason for _, reason in ds.warnings.entries] == ["box outside the image: [75.0, 20.0, 115.0, 30.0] in "
+                                                             "100x50 (kept as stored)"]
+
+
 def test_unreadable_missing_duplicate_and_orphan_files_are_counted(tmp_path):
     for k in range(4):
         _image(tmp_path / "images" / "train" / f"im{k}.jpg")

@@ -29,8 +29,9 @@ outside [0, 1], width or height <= 0, a class index that is not an integer of ``
 whose header cannot be read; a listed image that is missing (more than ``max_missing_images`` missing
 stops the reader); a label file without an image (in a split read from a folder). An image **without a
 label file** is an image without objects (ultralytics' rule) and counted in ``dataset.warnings``; an
-empty label file is a background image and not counted. A box whose values lie in [0, 1] but reach past
-the border is kept as stored (the rule of :mod:`detect.data.records`). With ``classes`` given, an
+empty label file is a background image and not counted. An edge that ``cx +- w/2`` puts past the border by
+at most 1e-3 (the rounding of values written with a few decimals) is the border; a box that reaches
+further is kept as stored (the rule of :mod:`detect.data.records`). With ``classes`` given, an
 object of a class not in it is dropped and counted (``unknown class``), as the VOC reader does.
 
 Evaluation: the boxes are continuous (no ``+1`` pixel), so ``conf/data/yolo.yaml`` declares
@@ -223,6 +224,9 @@ def _number(token: str) -> float:
     return value
 
 
+ROUNDING = 1e-3  # how far cx +- w/2 of values written with 3 or more decimals can pass the image's edge
+
+
 def _line_box(tokens: list[str], num_classes: int, keypoints: int) -> tuple[int, list[float]]:
     """``(class index, normalised [x1, y1, x2, y2])`` of one label line; ``ValueError`` saying why not."""
     n = len(tokens)
@@ -241,7 +245,10 @@ def _line_box(tokens: list[str], num_classes: int, keypoints: int) -> tuple[int,
         cx, cy, w, h = coords
         if not (w > 0 and h > 0):
             raise ValueError(f"degenerate box: width {tokens[3]}, height {tokens[4]}")
-        return int(cls), [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        # an edge past the image by the rounding of normalised values (up to 1e-3) is the image's edge;
+        # further out the box stays as written (reported as outside the image)
+        return int(cls), [min(max(v, 0.0), 1.0) if -ROUNDING <= v <= 1.0 + ROUNDING else v for v in box]
     xs, ys = coords[0::2], coords[1::2]
     box = [min(xs), min(ys), max(xs), max(ys)]
     if not (box[2] > box[0] and box[3] > box[1]):
