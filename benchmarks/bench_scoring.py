@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from detect.backends import OnnxScorer, TorchScorer, make_scorers, session_options
+from detect.backends import OnnxScorer, TorchScorer, make_scorers
 from detect.classes import ClassList
-from detect.export import cached_onnx_export, export_onnx
+from detect.export import cached_onnx_export, export_onnx, session_options
 from detect.models.googlenet import GoogLeNet, LocalResponseNorm
 from detect.pipeline import Detector
 from detect.region import context_boxes, normalize_image, warp_regions
@@ -107,7 +107,7 @@ def scoring_section(args, model: GoogLeNet, classes: ClassList, cache: str, imag
                     crops: list[torch.Tensor]) -> Path:
     """Crops/s of the bare forwards (eager, ONNX Runtime, ``--lrn-traced``) and of the detector's scoring;
     returns the ONNX export's path."""
-    onnx_path, _ = cached_onnx_export(model, cache, "member0", args.crop_size)
+    onnx_path = cached_onnx_export(model, cache, "member0", args.crop_size)[0]
     eager, ort = TorchScorer(model, "cpu"), OnnxScorer(onnx_path, num_threads=args.threads)  # eager: channels-last
     detectors = {b: Detector(None, make_scorers([model], b, "cpu", args.crop_size, cache_dir=cache),
                              classes, crop_size=args.crop_size, batch_size=args.batch)

@@ -34,14 +34,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from detect.export import cached_onnx_export, check_export_key
+from detect.export import cached_onnx_export, session_options
 from detect.models.convention import IMAGENET, InputConvention
 from detect.quantize import Int8Recipe, QuantizationError, cached_int8_export, cpu_has_int8_dot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TorchScorer", "OnnxScorer", "as_scorer", "session_options", "make_scorer", "make_scorers", "resolve_backend",
-           "resolve_precision", "describe_scoring", "PRECISIONS"]
+__all__ = ["TorchScorer", "OnnxScorer", "as_scorer", "make_scorer", "make_scorers", "resolve_backend", "resolve_precision",
+           "describe_scoring", "PRECISIONS"]
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 PRECISIONS = ("fp32", "int8", "auto")
@@ -88,39 +88,23 @@ def as_scorer(member: nn.Module | Scorer) -> Scorer:
     return TorchScorer(member, param.device if param is not None else "cpu")
 
 
-def session_options(num_threads: int | None = None):
-    """ONNX Runtime session options of every scorer: all graph optimisations, ``num_threads`` intra-op
-    threads (None: torch's intra-op thread count, which follows ``OMP_NUM_THREADS`` and
-    ``torch.set_num_threads``), one inter-op thread."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = num_threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return options
-
-
 class OnnxScorer:
-    """ONNX Runtime (CPU provider) scorer for an exported model file (see :func:`session_options`);
-    ``input_convention``: how its crops are prepared (that of the exported model's weights);
-    ``precision`` ("fp32" | "int8") records which kind of model the file is; ``expected_key``: None, or
-    the cache key of what the file must have been made from (:func:`detect.export.check_export_key`)."""
+    """ONNX Runtime (CPU provider) scorer for an exported model file; ``session``: a ready session of it
+    (the cache's, :func:`detect.export.cached_onnx`), or None to load the file with
+    :func:`detect.export.session_options` of ``num_threads``; ``input_convention``: how its crops are
+    prepared (that of the exported model's weights); ``precision`` ("fp32" | "int8") records which kind
+    of model the file is."""
 
     def __init__(self, onnx_path: str | Path, num_threads: int | None = None,
-                 input_convention: InputConvention | None = None, precision: str = "fp32",
-                 expected_key: str | None = None):
+                 input_convention: InputConvention | None = None, precision: str = "fp32", session=None):
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
         self.device = torch.device("cpu")
         self.input_convention = input_convention or IMAGENET
         self.precision = precision
-        self.session = ort.InferenceSession(str(self.path), session_options(num_threads),
-                                            providers=["CPUExecutionProvider"])
-        if expected_key is not None:
-            check_export_key(self.session, expected_key, self.path)
+        self.session = session if session is not None else ort.InferenceSession(
+            str(self.path), session_options(num_threads), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
@@ -195,7 +179,7 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
     if cache_dir is None:
         raise ValueError("backend onnxruntime needs a cache_dir for its exports")
     try:
-        path, key = cached_onnx_export(model, cache_dir, name, input_size)
+        path, key, session = cached_onnx_export(model, cache_dir, name, input_size, num_threads)
     except (OSError, RuntimeError) as e:  # the exporter's errors are RuntimeErrors
         if backend != "auto" or precision == "int8":
             raise
@@ -205,14 +189,13 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
     if wanted == "int8":
         try:
             recipe = int8_recipe if isinstance(int8_recipe, Int8Recipe) else Int8Recipe.from_dict(int8_recipe)
-            int8_path, int8_key = cached_int8_export(model, path, key, calibration, recipe)
-            return OnnxScorer(int8_path, num_threads=num_threads, input_convention=convention, precision="int8",
-                              expected_key=int8_key)
+            int8_path, _, int8_session = cached_int8_export(model, path, key, calibration, recipe, num_threads)
+            return OnnxScorer(int8_path, input_convention=convention, precision="int8", session=int8_session)
         except (QuantizationError, OSError) as e:
             if precision == "int8":
                 raise
             log.warning("no int8 model of %s (%s): scoring in fp32", name, e)
-    return OnnxScorer(path, num_threads=num_threads, input_convention=convention, expected_key=key)
+    return OnnxScorer(path, input_convention=convention, session=session)
 
 
 def make_scorers(members: list[nn.Module], backend: str, device: str | torch.device, crop_size: int,

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,9 +42,12 @@ from detect.io import digest
 from detect.models.convention import InputConvention
 from detect.models.googlenet import LocalResponseNorm
 
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Int8Recipe", "QuantizationError", "quantize_onnx", "cached_int8_export", "lrn_effects", "fold_lrns",
+__all__ = ["Int8Recipe", "QuantizationError", "cached_int8_export", "lrn_effects", "fold_lrns",
            "cpu_flags", "cpu_has_int8_dot", "draw_calibration_crops", "draw_calibration_images", "crops_to_inputs",
            "to_pixels", "INT8_DOT_FLAGS"]
 
@@ -302,22 +305,19 @@ def _head_nodes(model_path: Path) -> list[str]:
     return names
 
 
-def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, batch_size: int = 8,
-                  metadata: Mapping[str, str] | None = None) -> None:
+def _quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, batch_size: int = 8,
+                   metadata: Mapping[str, str] | None = None) -> None:
     """Write the int8 model of the ONNX file ``fp32_path`` to ``out_path`` atomically (module docstring).
 
-    calibration: ``ndarray[N, 3, S, S] float32`` network inputs (N >= 1) whose activation ranges set the
-    quantization scales (every input's activations are held until the ranges are computed: keep N in
-    the hundreds at most); batch_size: calibration inputs per forward pass; metadata: entries written
-    into the int8 model's ``metadata_props`` (replacing those of the fp32 model of the same names).
-    Raises :class:`QuantizationError` naming the model.
+    calibration: ``ndarray[N, 3, S, S] float32`` network inputs (checked by the caller) whose activation
+    ranges set the quantization scales (every input's activations are held until the ranges are computed:
+    keep N in the hundreds at most); batch_size: calibration inputs per forward pass; metadata: entries
+    written into the int8 model's ``metadata_props`` (replacing those of the fp32 model of the same names).
+    ``out_path``'s folder exists. Raises :class:`QuantizationError` naming the model.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    fp32_path, out_path = Path(fp32_path), Path(out_path)
-    calibration = _check_calibration(calibration, str(fp32_path))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
     try:
         import onnxruntime as ort
@@ -342,10 +342,11 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.n
 
 
 def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, calibration: np.ndarray,
-                       recipe: Int8Recipe = Int8Recipe()) -> tuple[Path, str]:
-    """``(<dir>/<name>.int8.onnx, its key)``: a valid int8 model of ``model``, whose fp32 export is
-    ``<dir>/<name>.onnx`` with cache key ``fp32_key``, quantized when missing or stale
-    (:func:`detect.export.cached_onnx`; the key is for ``OnnxScorer(..., expected_key=key)``).
+                       recipe: Int8Recipe = Int8Recipe(),
+                       num_threads: int | None = None) -> tuple[Path, str, InferenceSession]:
+    """``(<dir>/<name>.int8.onnx, its key, its ONNX Runtime session of num_threads)``: a valid int8 model of
+    ``model``, whose fp32 export is ``<dir>/<name>.onnx`` with cache key ``fp32_key``, quantized when
+    missing or stale (:func:`detect.export.cached_onnx`).
 
     calibration: ``ndarray[N, 3, S, S] float32`` network inputs, prepared in ``model.input_convention``
     (:func:`crops_to_inputs`). The key covers the fp32 key, the recipe, the calibration inputs' digest,
@@ -377,7 +378,9 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
             if folded:
                 source = Path(work) / "folded.onnx"
                 export_onnx(fold_lrns(model, folded), source, int(calibration.shape[-1]))
-            quantize_onnx(source, int8_path, calibration, metadata={EXPORT_KEY: key})
+            _quantize_onnx(source, int8_path, calibration, metadata={EXPORT_KEY: key})
         return {**header, "lrn_effects": effects, "lrn_folded": folded}
 
-    return cached_onnx(int8_path, key, make, "int8 model", "weights, calibration, recipe or ONNX Runtime"), key
+    int8_path, session = cached_onnx(int8_path, key, make, "int8 model",
+                                     "weights, calibration, recipe or ONNX Runtime", num_threads)
+    return int8_path, key, session

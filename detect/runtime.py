@@ -5,7 +5,7 @@ core for its helpers (data-loading workers, the detector's prefetch thread):
 ``usable cores // LOCAL_WORLD_SIZE - 1`` (torchrun's count of processes on this machine; 1 without
 torchrun), at least 1. On a 2-core machine that is 1 thread, which measured no slower than 2 for
 training and faster for detection (figures: benchmarks/threads.md). An integer sets the count directly.
-It is applied to torch's intra-op pool and to OpenCV's (ONNX Runtime sessions follow torch's count, see ``detect.backends.session_options``).
+It is applied to torch's intra-op pool and to OpenCV's (ONNX Runtime sessions follow torch's count, see ``detect.export.session_options``).
 Helper processes take 1 thread each: DataLoader workers (:func:`worker_threads`, torch does the same
 for its own pool) and proposal workers (``proposals.store``), since they already run one per core.
 

@@ -27,8 +27,8 @@ def test_onnxruntime_matches_torch(tmp_path, batch_norm):
     model = _member(batch_norm)
     crops = torch.randn(5, 3, CROP, CROP)
     ref = TorchScorer(model, "cpu")(crops).softmax(1)
-    path, _ = cached_onnx_export(model, tmp_path, "m", CROP)
-    out = OnnxScorer(path)(crops).softmax(1)
+    path, _, session = cached_onnx_export(model, tmp_path, "m", CROP)
+    out = OnnxScorer(path, session=session)(crops).softmax(1)
     assert out.shape == (5, 11)
     assert (out - ref).abs().max().item() <= 1e-4
     # dynamic batch: another batch size runs on the same export
@@ -50,9 +50,11 @@ def test_lrn_export_matches_torch_where_normalisation_matters(tmp_path):
 
 def test_export_cache_reused_then_rebuilt_when_weights_change(tmp_path):
     model = _member(False)
-    path, key = cached_onnx_export(model, tmp_path, "m", CROP)
+    path, key, _ = cached_onnx_export(model, tmp_path, "m", CROP)
     stamp = path.stat().st_mtime_ns
-    assert cached_onnx_export(model, tmp_path, "m", CROP)[0].stat().st_mtime_ns == stamp  # cache hit
+    _, _, hit = cached_onnx_export(model, tmp_path, "m", CROP, num_threads=3)
+    assert path.stat().st_mtime_ns == stamp  # cache hit, its session of the threads asked for
+    assert hit.get_session_options().intra_op_num_threads == 3  # (conftest: torch has 2 at most)
     assert json.loads((tmp_path / "m.json").read_text())["key"] == key
     with torch.no_grad():
         model.fc.weight.add_(1.0)
@@ -65,9 +67,9 @@ def test_export_cache_reused_then_rebuilt_when_weights_change(tmp_path):
 
 def test_corrupt_export_is_rebuilt(tmp_path):
     model = _member(False)
-    path, _ = cached_onnx_export(model, tmp_path, "m", CROP)
+    path, _, _ = cached_onnx_export(model, tmp_path, "m", CROP)
     path.write_bytes(path.read_bytes()[:1000])
-    rebuilt, _ = cached_onnx_export(model, tmp_path, "m", CROP)
+    rebuilt, _, _ = cached_onnx_export(model, tmp_path, "m", CROP)
     crops = torch.randn(2, 3, CROP, CROP)
     assert (OnnxScorer(rebuilt)(crops) - TorchScorer(model)(crops)).abs().max().item() < 1e-3
 

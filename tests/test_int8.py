@@ -67,7 +67,7 @@ def _calibration(n: int = 32, seed: int = 500) -> np.ndarray:
 
 
 def _int8(model, tmp_path, calibration=None, recipe=Int8Recipe()):
-    fp32, key = cached_onnx_export(model, tmp_path, "m", CROP)
+    fp32, key, _ = cached_onnx_export(model, tmp_path, "m", CROP)
     assert key == json.loads((tmp_path / "m.json").read_text())["key"]
     return cached_int8_export(model, fp32, key, _calibration() if calibration is None else calibration, recipe)[0]
 

@@ -355,7 +355,7 @@ def test_describe_scoring_names_backend_and_precision(tmp_path):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Linear(4, 3)).eval()
-    path, _ = cached_onnx_export(net, tmp_path, "m", 16)
+    path = cached_onnx_export(net, tmp_path, "m", 16)[0]
     fp32, int8 = OnnxScorer(path), OnnxScorer(path, precision="int8")
     assert describe_scoring([int8, int8]) == {"backend": "onnxruntime", "precision": "int8",
                                               "members": [{"backend": "onnxruntime", "precision": "int8",

@@ -36,10 +36,11 @@ File formats (detected by content, :func:`weights_format`):
   convolution geometry of the ``Conv`` nodes is checked.
 
 Loading them into a model (the policy: which layers must be there and fit, the sha1 check):
-:func:`detect.models.weights.load_bvlc`.
+:mod:`detect.models.weights` (``load_pretrained``, ``load_model``).
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,13 +171,12 @@ def _blob(buf, where: str) -> np.ndarray:
     return data.astype(np.float32, copy=False).reshape(shape)
 
 
-def read_caffemodel(path: str | Path) -> tuple[list[WeightsLayer], str]:
-    """The layers of a ``.caffemodel`` (Caffe ``NetParameter``), in file order, and the encoding:
-    ``"layer"`` (field 100, current Caffe) or ``"layers"`` (field 2, V1). Raises ``ValueError``
-    naming the file for malformed content or a file with neither encoding."""
-    path = Path(path)
+def read_caffemodel(path: str | Path, data: bytes) -> tuple[list[WeightsLayer], str]:
+    """The layers of a ``.caffemodel`` (Caffe ``NetParameter``) of content ``data``, in file order, and the
+    encoding: ``"layer"`` (field 100, current Caffe) or ``"layers"`` (field 2, V1). Raises ``ValueError``
+    naming the file ``path`` for malformed content or a file with neither encoding."""
     try:
-        net = pw.message_fields(path.read_bytes())
+        net = pw.message_fields(data)
         encodings = [(100, "layer", {"name": 1, "type": 2, "blobs": 7, "conv": 106, "ip": 117, "lrn": 118, "pool": 121}),
                      (2, "layers", {"name": 4, "type": 5, "blobs": 6, "conv": 10, "ip": 17, "lrn": 18, "pool": 19})]
         used = [(n, enc, fields) for n, enc, fields in encodings if n in net]
@@ -213,17 +213,16 @@ def read_caffemodel(path: str | Path) -> tuple[list[WeightsLayer], str]:
 _ONNX_NAME = re.compile(r"^(?P<layer>.+)_(?P<kind>[wb])(?:_\d+)?$")
 
 
-def read_onnx(path: str | Path) -> list[WeightsLayer]:
-    """The weighted layers of an ONNX-zoo GoogLeNet: initializers ``<layer>_w[_N]``/``<layer>_b[_N]``
-    grouped by Caffe layer name, with the geometry of the node that uses them (``Conv``: stride, pad,
-    group, dilation; ``Gemm``/``MatMul``: whether the weight is stored transposed). Raises
-    ``ValueError`` naming the file for unreadable files, external data or non-float weights."""
+def read_onnx(path: str | Path, data: bytes) -> list[WeightsLayer]:
+    """The weighted layers of an ONNX-zoo GoogLeNet of content ``data``: initializers ``<layer>_w[_N]``/
+    ``<layer>_b[_N]`` grouped by Caffe layer name, with the geometry of the node that uses them (``Conv``:
+    stride, pad, group, dilation; ``Gemm``/``MatMul``: whether the weight is stored transposed). Raises
+    ``ValueError`` naming the file ``path`` for unreadable content, external data or non-float weights."""
     import onnx
     from onnx import numpy_helper
 
-    path = Path(path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load_from_string(data)  # external data is never loaded (and refused below)
     except Exception as e:  # DecodeError and friends
         raise ValueError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from e
     graph = model.graph
@@ -271,11 +270,14 @@ def read_onnx(path: str | Path) -> list[WeightsLayer]:
     return list(layers.values())
 
 
-def read_weights(path: str | Path, kind: str) -> tuple[list[WeightsLayer], str]:
-    """(layers, source description) of a weights file of format ``kind`` (``weights_format``)."""
-    if kind == "caffemodel":
-        layers, encoding = read_caffemodel(path)
-        return layers, f"caffemodel ({'V1 layers' if encoding == 'layers' else 'layer'} encoding)"
+def read_weights(path: str | Path, kind: str) -> tuple[list[WeightsLayer], str, str]:
+    """(layers, source description, sha1) of a weights file of format ``kind`` (``weights_format``),
+    read once."""
+    if kind not in ("caffemodel", "onnx"):
+        raise ValueError(f"{path}: not a .caffemodel or ONNX file")
+    data = Path(path).read_bytes()
+    sha1 = hashlib.sha1(data).hexdigest()
     if kind == "onnx":
-        return read_onnx(path), "onnx"
-    raise ValueError(f"{path}: not a .caffemodel or ONNX file")
+        return read_onnx(path, data), "onnx", sha1
+    layers, encoding = read_caffemodel(path, data)
+    return layers, f"caffemodel ({'V1 layers' if encoding == 'layers' else 'layer'} encoding)", sha1

@@ -273,10 +273,6 @@ class GoogLeNet(nn.Module):
         def conv(cin: int, cout: int, k: int, **kw) -> ConvReLU:
             return ConvReLU(cin, cout, k, batch_norm=batch_norm, **kw)
 
-        def inception(cin: int, name: str) -> Inception:
-            return Inception(cin, *(ch(k) for k in INCEPTION_TABLE[name]), batch_norm=batch_norm,
-                             five_by_five=c.five_by_five)
-
         def local_response_norm() -> nn.Module:
             return LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if c.lrn else nn.Identity()
 
@@ -288,20 +284,14 @@ class GoogLeNet(nn.Module):
         self.lrn2 = local_response_norm()
         self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
 
-        self.inception3a = inception(ch(192), "3a")
-        self.inception3b = inception(self.inception3a.out_channels, "3b")
-        self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-
-        self.inception4a = inception(self.inception3b.out_channels, "4a")
-        self.inception4b = inception(self.inception4a.out_channels, "4b")
-        self.inception4c = inception(self.inception4b.out_channels, "4c")
-        self.inception4d = inception(self.inception4c.out_channels, "4d")
-        self.inception4e = inception(self.inception4d.out_channels, "4e")
-        self.maxpool4 = nn.MaxPool2d(c.pool4_size, stride=2, ceil_mode=True)
-
-        self.inception5a = inception(self.inception4e.out_channels, "5a")
-        self.inception5b = inception(self.inception5a.out_channels, "5b")
-        self.feature_dim = self.inception5b.out_channels
+        cin, pools = ch(192), {"3b": ("maxpool3", 3), "4e": ("maxpool4", c.pool4_size)}  # Table 1's 3x3/2 pools
+        for name, widths in INCEPTION_TABLE.items():  # registered in Table 1's order (state dict keys, init draws)
+            module = Inception(cin, *map(ch, widths), batch_norm=batch_norm, five_by_five=c.five_by_five)
+            setattr(self, f"inception{name}", module)
+            cin = module.out_channels
+            if name in pools:
+                setattr(self, pools[name][0], nn.MaxPool2d(pools[name][1], stride=2, ceil_mode=True))
+        self.feature_dim = cin
 
         if c.aux_logits:
             aux = dict(conv_channels=ch(128), hidden=ch(1024), dropout=c.aux_dropout, batch_norm=batch_norm,

@@ -16,7 +16,6 @@ copy fine-tuned in Caffe), and reported in ``LoadReport.sha1_matches``.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,8 +35,7 @@ from detect.models.googlenet import GoogLeNet, GoogLeNetConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadReport", "load_bvlc", "load_model", "load_pretrained", "model_from_entry",
-           "model_from_weights", "strip_module_prefix"]
+__all__ = ["LoadReport", "load_model", "load_pretrained", "model_from_entry", "strip_module_prefix"]
 
 
 def model_from_entry(entry: Any, source: str, defaults: Mapping | None = None) -> GoogLeNet:
@@ -60,15 +58,25 @@ def model_from_entry(entry: Any, source: str, defaults: Mapping | None = None) -
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GoogLeNet, dict]:
     """Rebuild a GoogLeNet from our checkpoint (``model_kwargs`` + ``model_state``), or build it from
-    BVLC GoogLeNet weights (a ``.caffemodel`` or an ONNX-zoo ``.onnx``, detected by content; see
-    :func:`model_from_weights`). Returns (model in eval mode, checkpoint); for BVLC weights the
+    BVLC GoogLeNet weights (a ``.caffemodel`` or an ONNX-zoo ``.onnx``, detected by content): a
+    ``model=googlenet`` GoogLeNet of the file's size (its classifier's outputs; aux heads when the file
+    has them) with every tensor loaded. Returns (model in eval mode, checkpoint); for BVLC weights the
     "checkpoint" is ``{"model_kwargs", "classes": None, "load_report"}`` (the file names no classes:
     its outputs are the ILSVRC 2012 synsets in sorted wnid order, Caffe's ``synsets.txt``)."""
     kind = weights_format(path)
     if kind != "torch":
-        model, report = model_from_weights(path, kind)
-        return model.to(map_location), {"model_kwargs": model.model_kwargs, "classes": None,
-                                        "load_report": report}
+        layers, source, sha1 = read_weights(path, kind)
+        by_name = {layer.name: layer for layer in layers if layer.blobs}
+        if "loss3/classifier" not in by_name:
+            raise ValueError(f"{path}: no layer 'loss3/classifier': not BVLC GoogLeNet")
+        num_classes = int(by_name["loss3/classifier"].blobs[-1].size)  # the bias: one value per output
+        aux = all(f"loss{k}/{n}" in by_name for k in (1, 2) for n in ("conv", "fc", "classifier"))
+        model = GoogLeNet(num_classes=num_classes, aux_logits=aux, init_weights=False)
+        report = _load(model, Path(path), layers, source, sha1)
+        if report.missing or report.mismatched:
+            raise ValueError(f"{path}: not every tensor loaded ({report.missing + report.mismatched})")
+        return model.eval().to(map_location), {"model_kwargs": model.model_kwargs, "classes": None,
+                                               "load_report": report}
     ckpt = load_checkpoint(path, map_location=map_location)
     return model_from_entry(ckpt, str(path)), ckpt
 
@@ -97,15 +105,17 @@ def load_pretrained(model: GoogLeNet, path: str | Path, min_fraction: float = 0.
     ``path``, detected by content: our checkpoint (a dict with ``model_state``; its convention from
     its ``model_kwargs``, ImageNet when it records none), a raw state dict (torchvision's
     ``googlenet-1378be20.pth``: ImageNet), or BVLC GoogLeNet's ``.caffemodel`` / ONNX-zoo ``.onnx``
-    (:func:`load_bvlc`: every layer must fit ``model=googlenet``; BVLC's BGR
-    0..255 convention). For torch files every tensor whose name and shape match is loaded; layers
+    (into a ``model=googlenet`` GoogLeNet of any ``num_classes``, aux heads or not, by the policy of the
+    module docstring; BVLC's BGR 0..255 convention; the report has ``loaded_layers``, ``skipped_layers``
+    by reason and the sha1). For torch files every tensor whose name and shape match is loaded; layers
     whose shape differs (fc, aux fc2 for another num_classes) keep their initialisation and are
     logged. Raises ValueError naming the file when fewer than ``min_fraction`` of the model's
     tensors match (the wrong architecture).
     """
     kind = weights_format(path)
     if kind != "torch":
-        return load_bvlc(model, path, kind)
+        _check_architecture(model, Path(path))
+        return _load(model, Path(path), *read_weights(path, kind))
     obj = load_checkpoint(path)
     ours = isinstance(obj, dict) and "model_state" in obj
     state = obj["model_state"] if ours else obj
@@ -216,19 +226,8 @@ def _check_geometry(path: Path, layer: WeightsLayer, module: nn.Module) -> None:
                              "not the network this model implements")
 
 
-def load_bvlc(model: GoogLeNet, path: str | Path, kind: str | None = None) -> LoadReport:
-    """Load BVLC GoogLeNet weights (``.caffemodel`` or ONNX-zoo ``.onnx``) into ``model`` (a
-    ``model=googlenet`` GoogLeNet of any ``num_classes``, with or without aux heads) and set its
-    input convention to :data:`detect.models.convention.BVLC`. See the module docstring for the
-    policy; returns the :class:`LoadReport` (``loaded_layers``, ``skipped_layers`` by reason, sha1)."""
-    path = Path(path)
-    _check_architecture(model, path)
-    return _load(model, path, *read_weights(path, kind or weights_format(path)))
-
-
-def _load(model: GoogLeNet, path: Path, layers: list[WeightsLayer], source: str) -> LoadReport:
-    with open(path, "rb") as f:
-        report = LoadReport(source=source, sha1=hashlib.file_digest(f, "sha1").hexdigest())
+def _load(model: GoogLeNet, path: Path, layers: list[WeightsLayer], source: str, sha1: str) -> LoadReport:
+    report = LoadReport(source=source, sha1=sha1)
     by_name: dict[str, WeightsLayer] = {}
     for layer in layers:
         if layer.name in by_name and (layer.blobs or by_name[layer.name].blobs):
@@ -302,20 +301,3 @@ def _log_report(path: Path, report: LoadReport, total: int) -> None:
     for reason, names in by_reason.items():
         level = logging.WARNING if reason.startswith("not in the file") else logging.INFO
         log.log(level, "%s: not loaded (%s): %s", path, reason, ", ".join(names))
-
-
-def model_from_weights(path: str | Path, kind: str | None = None) -> tuple[GoogLeNet, LoadReport]:
-    """A ``model=googlenet`` GoogLeNet built to the file's size (its classifier's outputs; aux heads
-    when the file has them) with every tensor loaded from BVLC weights; eval mode."""
-    path = Path(path)
-    layers, source = read_weights(path, kind or weights_format(path))
-    by_name = {layer.name: layer for layer in layers if layer.blobs}
-    if "loss3/classifier" not in by_name:
-        raise ValueError(f"{path}: no layer 'loss3/classifier': not BVLC GoogLeNet")
-    num_classes = int(by_name["loss3/classifier"].blobs[-1].size)  # the bias: one value per output
-    aux = all(f"loss{k}/{n}" in by_name for k in (1, 2) for n in ("conv", "fc", "classifier"))
-    model = GoogLeNet(num_classes=num_classes, aux_logits=aux, init_weights=False)
-    report = _load(model, path, layers, source)
-    if report.missing or report.mismatched:
-        raise ValueError(f"{path}: not every tensor loaded ({report.missing + report.mismatched})")
-    return model.eval(), report
