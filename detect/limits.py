@@ -9,10 +9,12 @@ These are limits on files, not settings of a run: the settings themselves live i
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["LIMITS", "check_bound", "check_finite_state"]
+__all__ = ["LIMITS", "check_bound", "check_finite_state", "dataclass_from_file"]
 
 LIMITS: dict[str, float] = {
     "members": 32,               # ensemble members of a detector (the paper: 7)
@@ -56,3 +58,19 @@ def check_finite_state(state: Any, source: str) -> None:
     for name, tensor in state.items():
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{source}: weights {name!r} hold NaN or infinity")
+
+
+def dataclass_from_file(cls: type, values: Any, source: str, what: str, ignore: tuple[str, ...] = ()) -> Any:
+    """``cls(**values)`` for a mapping read from ``source``: a ``ValueError`` naming ``source`` and ``what``
+    when it is not a mapping, names anything but a field of ``cls`` (a file's contents choose no code) or
+    holds a value ``cls`` refuses. The keys in ``ignore`` are dropped first."""
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{source}: {what} is not a mapping")
+    values = {k: v for k, v in values.items() if k not in ignore}
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{source}: unknown {what} {sorted(map(str, unknown))}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {what} refused ({e})") from None

@@ -32,7 +32,7 @@ from detect.classes import ClassList
 from detect.data.images import ImageError, read_image
 from detect.distributed import resolve_device
 from detect.io import atomic_torch_save, load_checkpoint
-from detect.limits import LIMITS
+from detect.limits import LIMITS, dataclass_from_file
 from detect.models.convention import IMAGENET
 from detect.models.googlenet import GoogLeNet
 from detect.models.weights import model_from_entry, strip_module_prefix
@@ -104,16 +104,7 @@ class DetectorSettings:
     def from_dict(cls, values: Mapping, source: str = "settings") -> "DetectorSettings":
         """Settings from plain values; unknown names or bad values are a ``ValueError`` naming ``source``.
         ``mean`` / ``std`` (the normalisation files stored before each member recorded its own) are ignored."""
-        if not isinstance(values, Mapping):
-            raise ValueError(f"{source}: detector settings are not a mapping")
-        values = {k: v for k, v in values.items() if k not in ("mean", "std")}
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{source}: unknown detector settings {sorted(unknown)}")
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{source}: {e}") from None
+        return dataclass_from_file(cls, values, source, "detector settings", ignore=("mean", "std"))
 
     def replace(self, **changes) -> "DetectorSettings":
         """A copy with ``changes`` (unknown names are a ``ValueError``)."""

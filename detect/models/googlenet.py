@@ -38,14 +38,13 @@ it (in ``model_kwargs``, the config as plain values). Loading weights: :mod:`det
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detect.limits import check_bound
+from detect.limits import check_bound, dataclass_from_file
 from detect.models.convention import IMAGENET_MEAN, IMAGENET_STD, InputConvention
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputConvention", "GoogLeNet", "GoogLeNetConfig", "GoogLeNetOutputs",
@@ -127,15 +126,7 @@ class GoogLeNetConfig:
     def from_kwargs(cls, kwargs: object, source: str) -> "GoogLeNetConfig":
         """The config a file's ``model_kwargs`` describe: ``ValueError`` naming ``source`` when it is not a
         mapping, names anything but a field (a file's contents choose no code) or a value out of range."""
-        if not isinstance(kwargs, Mapping):
-            raise ValueError(f"{source}: model_kwargs is not a mapping")
-        unknown = set(kwargs) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"{source}: unknown model_kwargs {sorted(map(str, unknown))}")
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{source}: model_kwargs refused ({e})") from e
+        return dataclass_from_file(cls, kwargs, source, "model_kwargs")
 
 
 class ConvReLU(nn.Module):
