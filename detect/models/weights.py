@@ -38,15 +38,14 @@ log = logging.getLogger(__name__)
 __all__ = ["LoadReport", "load_model", "load_pretrained", "model_from_entry", "strip_module_prefix"]
 
 
-def model_from_entry(entry: Any, source: str, defaults: Mapping | None = None) -> GoogLeNet:
+def model_from_entry(entry: Any, source: str) -> GoogLeNet:
     """The GoogLeNet a checkpoint-like entry (``model_kwargs`` + ``model_state``, a DDP / AveragedModel
-    ``module.`` prefix allowed) describes, in eval mode; ``defaults``: kwargs used where the entry has
-    none. Anything that does not fit is a ``ValueError`` naming ``source``: a width or class count beyond
+    ``module.`` prefix allowed) describes, in eval mode. Anything that does not fit is a ``ValueError`` naming ``source``: a width or class count beyond
     :data:`detect.limits.LIMITS` (checked before anything is allocated), weights holding NaN or infinity."""
     if not isinstance(entry, Mapping) or not isinstance(entry.get("model_kwargs"), Mapping) \
             or not isinstance(entry.get("model_state"), Mapping):
         raise ValueError(f"{source}: not a GoogLeNet checkpoint (needs 'model_kwargs' and 'model_state')")
-    config = GoogLeNetConfig.from_kwargs({**dict(defaults or {}), **dict(entry["model_kwargs"])}, source)
+    config = GoogLeNetConfig.from_kwargs(entry["model_kwargs"], source)
     check_finite_state(entry["model_state"], source)
     model = GoogLeNet(config, init_weights=False)
     try:
