@@ -53,3 +53,24 @@ def test_no_names_is_an_error_naming_the_list(tmp_path):
     _voc(tmp_path, {"trainval": {"a": [], "b": []}})
     with pytest.raises(ValueError, match=r"trainval.txt: no object names.*data.classes"):
         discover_voc_classes(tmp_path, "trainval")
+
+
+def test_split_folders_with_the_xml_beside_each_image(tmp_path):
+    """A Roboflow "Pascal VOC" export (train/, valid/, test/, each image with its XML beside it) reads as
+    the same dataset as the VOC layout; a split found in neither layout names both and the folders seen."""
+    voc, flat = tmp_path / "voc", tmp_path / "flat"
+    _voc(voc, {"trainval": {"a": ["zebra", "Apple"], "b": ["mango"]}, "test": {"t": ["mango", "zebra"]}})
+    for split, folder in (("trainval", "train"), ("test", "test")):
+        (flat / folder).mkdir(parents=True)
+        for name in (voc / "ImageSets" / "Main" / f"{split}.txt").read_text().split():
+            for src in (voc / "Annotations" / f"{name}.xml", voc / "JPEGImages" / f"{name}.JPG"):
+                (flat / folder / src.name).write_bytes(src.read_bytes())
+    for (split, folder) in (("trainval", "train"), ("test", "test")):
+        a = read_voc(voc, split, classes_from="trainval", check_images=False)
+        b = read_voc(flat, folder, classes_from="train", check_images=False)
+        assert a.classes == b.classes and [r.image_id for r in a.records] == [r.image_id for r in b.records]
+        assert all((x.boxes == y.boxes).all() and (x.labels == y.labels).all() for x, y in zip(a.records, b.records))
+        assert [r.path.parent for r in b.records] == [flat / folder] * len(b.records)
+    with pytest.raises(FileNotFoundError, match=r"split 'trainval' not found: neither .*trainval.txt .* nor a folder "
+                                                r".*folders with annotation XML here: test, train"):
+        read_voc(flat, "trainval", classes_from="trainval")

@@ -1,4 +1,6 @@
-"""PASCAL VOC annotations: ``VOCdevkit/VOC20xx/{Annotations,JPEGImages,ImageSets/Main/<split>.txt}``.
+"""PASCAL VOC annotations: ``VOCdevkit/VOC20xx/{Annotations,JPEGImages,ImageSets/Main/<split>.txt}``, or
+split folders holding each image's XML beside it (a Roboflow "Pascal VOC" export: ``train/``, ``valid/``,
+``test/``).
 
 VOC XML coordinates are 1-based inclusive; they become 0-based (minus 1) here, the ILSVRC convention
 the evaluator expects (its ``+1`` width rule then matches the VOC devkit). ``difficult`` objects are
@@ -41,14 +43,30 @@ PARSER_VERSION = 4  # part of the annotation cache's fingerprint: bump when _par
 DISCOVERY_VERSION = 2  # part of the class-name cache's fingerprint
 
 
-def _read_list(root: Path, split: str) -> tuple[Path, list[str]]:
-    """``(list path, image names)`` of ``ImageSets/Main/<split>.txt``; names leading outside are refused."""
+def _read_split(root: Path, split: str) -> tuple[Path, list[str], Path, Path]:
+    """``(what lists the split, image names, annotation folder, image folder)`` of split ``split``: the
+    VOC layout's ``ImageSets/Main/<split>.txt`` naming files of ``Annotations/`` and ``JPEGImages/``, or,
+    where there is no such list, a folder ``<split>/`` holding each image's XML beside it (a Roboflow
+    "Pascal VOC" export: ``train/``, ``valid/``, ``test/``; labelImg's default). Names in a list that
+    lead outside the dataset are refused; a split found in neither layout is a ``FileNotFoundError``
+    saying what was looked for and which folders hold annotation files."""
     list_path = root / "ImageSets" / "Main" / f"{split}.txt"
+    folder = root / split
+    if not list_path.exists() and not leaves_folder(split) and folder.is_dir():
+        names = sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == ".xml" and p.is_file())
+        if names:
+            return folder, names, folder, folder
+    if not list_path.exists():
+        here = sorted(d.name for d in root.iterdir() if d.is_dir() and any(d.glob("*.xml"))) if root.is_dir() else []
+        hint = (f"; folders with annotation XML here: {', '.join(here)} (name them with data.train_split=... "
+                "data.test_split=...)" if here else "")
+        raise FileNotFoundError(f"{root}: split {split!r} not found: neither {list_path} (the VOC layout) nor a "
+                                f"folder {folder} with each image's annotation XML beside it{hint}")
     names = [parts[0] for _, parts in text_lines(list_path, "VOC image list")]
     outside = [n for n in names if leaves_folder(n)]
     if outside:
         raise ValueError(f"{list_path}: image name {outside[0]!r} points outside the dataset folder")
-    return list_path, names
+    return list_path, names, root / "Annotations", root / "JPEGImages"
 
 
 def discover_voc_classes(root: str | Path, split: str, cache_dir: str | Path | None = None) -> ClassList:
@@ -58,8 +76,7 @@ def discover_voc_classes(root: str | Path, split: str, cache_dir: str | Path | N
     report. Cached in ``cache_dir`` (refreshed when an annotation file or the list changes).
     Raises ``ValueError`` naming the list when no object name is found."""
     root = Path(root)
-    list_path, names = _read_list(root, split)
-    xml_dir = root / "Annotations"
+    list_path, names, xml_dir, _ = _read_split(root, split)
     files = [os.path.join(xml_dir, name + ".xml") for name in names]
 
     def find() -> ClassList:
@@ -104,7 +121,7 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
     ``classes_from`` is ``None`` too.
     use_difficult: keep ``difficult`` objects as ``ignore=True`` (VOC evaluation: neither counted nor
     penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list. Images
-    are looked for in ``JPEGImages``; ``check_images``, ``max_missing_images``, ``cache_dir``,
+    are looked for in ``JPEGImages`` (beside the XML in a split folder); ``check_images``, ``max_missing_images``, ``cache_dir``,
     ``workers``: as every reader (:mod:`detect.data.records`). Unreadable annotations skip the image;
     bad objects are dropped; both counted in ``dataset.skipped``; sizes read from the images are
     counted in ``dataset.warnings``.
@@ -112,13 +129,12 @@ def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult:
     root = Path(root)
     class_list = as_class_list(classes, lambda: ClassList.from_names(VOC_CLASSES) if classes_from is None else
                                discover_voc_classes(root, classes_from, cache_dir))
-    list_path, names = _read_list(root, split)
-    xml_dir = root / "Annotations"
+    list_path, names, xml_dir, image_dir = _read_split(root, split)
     if names and not xml_dir.is_dir():
         raise FileNotFoundError(f"{xml_dir}: no annotation folder (is data.root the VOC20xx folder?)")
     parsed = parse_annotation_files(xml_dir, names, _parse_voc_raw, cache_dir, f"voc_{split}", PARSER_VERSION,
                                     class_list, workers)
-    finder = ImageFinder(root / "JPEGImages", ".jpg")
+    finder = ImageFinder(image_dir, ".jpg")
     images = finder.find_all(names, check_images, max_missing_images)
     skipped, warnings = reader_logs()
     source = lambda name: os.path.join(xml_dir, name + ".xml")  # noqa: E731 (the annotation file to name)
