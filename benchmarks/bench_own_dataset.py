@@ -1,13 +1,14 @@
 """The "own dataset" command on a VOC folder the project writes: wall time per stage and VOC mAP.
 
-    .venv/bin/python benchmarks/bench_own_dataset.py --work /tmp/own_dataset [--format voc|coco|roboflow|yolo] [--photo]
+    .venv/bin/python benchmarks/bench_own_dataset.py --work /tmp/own_dataset [--format voc|coco|roboflow|roboflow_voc|yolo] [--photo]
 
 Writes the synthetic detection world (the demo's size: 8 classes, 300 training and 100 test images)
 in one of four shapes users bring: a PASCAL VOC folder (1-based boxes, class names,
 ImageSets/Main/trainval.txt and test.txt; every third image named ``.JPG``, the others ``.jpg``); the
 official COCO layout (annotations/instances_<split>.json, images/<split>/); a Roboflow COCO export
 (train/, valid/, test/, each with ``_annotations.coco.json`` beside its images, ids from 0, the
-dataset's own supercategory as category 0 with no boxes; 15 % of the training images in valid/); or an
+dataset's own supercategory as category 0 with no boxes; 15 % of the training images in valid/); a
+Roboflow "Pascal VOC" export (the same three folders, each image with its VOC XML beside it); or an
 ultralytics YOLO folder (images/<split>/, labels/<split>/*.txt with normalised cx cy w h, data.yaml
 with ``names``). Then it runs, timed, exactly what a user runs:
 
@@ -50,6 +51,7 @@ DATA_OVERRIDES = {
     "voc": ["data=voc"],
     "coco": ["data=coco", "data.train_name=train", "data.val_name=val"],
     "roboflow": ["data=coco", "data.train_name=[train,valid]", "data.val_name=test"],
+    "roboflow_voc": ["data=voc", "data.train_split=train", "data.test_split=test"],
     "yolo": ["data=yolo"],
 }
 
@@ -80,6 +82,22 @@ def write_roboflow(coco_root: Path, out: Path, valid_share: float = 0.15) -> Non
     every = round(1 / valid_share)
     split("train", {"train": lambda k: k % every != 0, "valid": lambda k: k % every == 0})
     split("val", {"test": lambda k: True})
+
+
+def write_roboflow_voc(voc_root: Path, out: Path, valid_share: float = 0.15) -> None:
+    """The VOC world ``voc_root`` re-laid as a Roboflow "Pascal VOC" export at ``out``: train/ and valid/
+    (every image whose rank modulo 1/valid_share is 0) from trainval, test/ from test, each image with its
+    XML beside it."""
+    import shutil
+
+    every = round(1 / valid_share)
+    for voc_list, parts in (("trainval", lambda k: "valid" if k % every == 0 else "train"), ("test", lambda k: "test")):
+        for k, stem in enumerate((voc_root / "ImageSets" / "Main" / f"{voc_list}.txt").read_text().split()):
+            folder = out / parts(k)
+            folder.mkdir(parents=True, exist_ok=True)
+            image = next((voc_root / "JPEGImages").glob(f"{stem}.*"))
+            shutil.copyfile(image, folder / image.name)
+            shutil.copyfile(voc_root / "Annotations" / f"{stem}.xml", folder / f"{stem}.xml")
 
 
 def write_yolo(voc_root: Path, out: Path) -> None:
@@ -118,7 +136,7 @@ def write_yolo(voc_root: Path, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, help="folder for the dataset and the run")
-    p.add_argument("--format", choices=["voc", "coco", "roboflow", "yolo"], default="voc")
+    p.add_argument("--format", choices=list(DATA_OVERRIDES), default="voc")
     p.add_argument("--members", type=int, default=2)
     p.add_argument("--num-train", type=int, default=300)
     p.add_argument("--num-val", type=int, default=100)
@@ -129,7 +147,7 @@ def main() -> None:
     work = Path(args.work).resolve()
     data_root = work / f"{args.format}_world"
     start = time.perf_counter()
-    layout = {"roboflow": "coco", "yolo": "voc"}.get(args.format, args.format)
+    layout = {"roboflow": "coco", "yolo": "voc", "roboflow_voc": "voc"}.get(args.format, args.format)
     source = work / f"{layout}_source" if layout != args.format else data_root
     make_detection_world(source, num_train=args.num_train, num_val=args.num_val, layout=layout,
                          extensions=[".jpg", ".jpg", ".JPG"], **size)
@@ -137,6 +155,8 @@ def main() -> None:
         write_roboflow(source, data_root)
     elif args.format == "yolo":
         write_yolo(source, data_root)
+    elif args.format == "roboflow_voc":
+        write_roboflow_voc(source, data_root)
     print(f"dataset written in {time.perf_counter() - start:.1f} s: {data_root}", flush=True)
     data = DATA_OVERRIDES[args.format]
     cmd = [sys.executable, str(ROOT / "tools" / "demo.py"), "experiment=small", *data, f"data.root={data_root}",
