@@ -51,7 +51,7 @@ DATA_OVERRIDES = {
     "voc": ["data=voc"],
     "coco": ["data=coco", "data.train_name=train", "data.val_name=val"],
     "roboflow": ["data=coco", "data.train_name=[train,valid]", "data.val_name=test"],
-    "roboflow_voc": ["data=voc", "data.train_split=train", "data.test_split=test"],
+    "roboflow_voc": ["data=voc", "data.train_split=[train,valid]", "data.test_split=test"],
     "yolo": ["data=yolo"],
 }
 

@@ -71,6 +71,10 @@ def test_split_folders_with_the_xml_beside_each_image(tmp_path):
         assert a.classes == b.classes and [r.image_id for r in a.records] == [r.image_id for r in b.records]
         assert all((x.boxes == y.boxes).all() and (x.labels == y.labels).all() for x, y in zip(a.records, b.records))
         assert [r.path.parent for r in b.records] == [flat / folder] * len(b.records)
+    both = read_voc(flat, ["train", "test"], classes_from=["train", "test"], check_images=False)
+    assert [r.image_id for r in both.records] == ["train/a", "train/b", "test/t"] and both.name == "voc_train+test"
+    assert [r.index for r in both.records] == [1, 2, 3] and both.classes == a.classes
+    assert (both.records[2].boxes == b.records[0].boxes).all()
     with pytest.raises(FileNotFoundError, match=r"split 'trainval' not found: neither .*trainval.txt .* nor a folder "
                                                 r".*folders with annotation XML here: test, train"):
         read_voc(flat, "trainval", classes_from="trainval")

@@ -69,15 +69,21 @@ def _read_split(root: Path, split: str) -> tuple[Path, list[str], Path, Path]:
     return list_path, names, root / "Annotations", root / "JPEGImages"
 
 
-def discover_voc_classes(root: str | Path, split: str, cache_dir: str | Path | None = None) -> ClassList:
+def _splits(split) -> list[str]:
+    """A split name, or a list of them read as one dataset (Roboflow's ``train`` + ``valid``)."""
+    return [str(split)] if isinstance(split, (str, Path)) else [str(s) for s in split]
+
+
+def discover_voc_classes(root: str | Path, split, cache_dir: str | Path | None = None) -> ClassList:
     """The classes of a VOC-layout folder of one's own: the distinct ``<object><name>`` values of the
-    annotations that ``ImageSets/Main/<split>.txt`` lists, sorted (Python string order; for the real
-    VOC sets exactly :data:`VOC_CLASSES`). Ids = names. Unreadable files are left to the reader to
-    report. Cached in ``cache_dir`` (refreshed when an annotation file or the list changes).
+    annotations of split ``split`` (a name or a list; :func:`_read_split`), sorted (Python string order;
+    for the real VOC sets exactly :data:`VOC_CLASSES`). Ids = names. Unreadable files are left to the
+    reader to report. Cached in ``cache_dir`` (refreshed when an annotation file or the list changes).
     Raises ``ValueError`` naming the list when no object name is found."""
     root = Path(root)
-    list_path, names, xml_dir, _ = _read_split(root, split)
-    files = [os.path.join(xml_dir, name + ".xml") for name in names]
+    found_in = [_read_split(root, s) for s in _splits(split)]
+    files = [os.path.join(xml_dir, name + ".xml") for _, names, xml_dir, _ in found_in for name in names]
+    where = ", ".join(str(listing) for listing, *_ in found_in)
 
     def find() -> ClassList:
         found = set()
@@ -88,13 +94,15 @@ def discover_voc_classes(root: str | Path, split: str, cache_dir: str | Path | N
                 continue
             found.update(n for n in ((obj.findtext("name") or "").strip() for obj in root_node.iterfind("object")) if n)
         if not found:
-            raise ValueError(f"{list_path}: no object names in the annotations of the {len(names)} listed images; "
+            raise ValueError(f"{where}: no object names in the annotations of the {len(files)} listed images; "
                              "the classes cannot be taken from them (give data.classes=<class list file>)")
-        log.info("%s %s: %d classes found in the annotations", root, split, len(found))
+        log.info("%s %s: %d classes found in the annotations", root, "+".join(_splits(split)), len(found))
         return ClassList.from_names(sorted(found))
 
-    return cached_class_list(cache_dir, f"voc_{split}_classes", [str(xml_dir.resolve())], files, names,
-                             ["voc class names", DISCOVERY_VERSION], find)
+    return cached_class_list(cache_dir, f"voc_{'+'.join(_splits(split))}_classes",
+                             [str(xml_dir.resolve()) for _, _, xml_dir, _ in found_in], files,
+                             [n for _, names, _, _ in found_in for n in names], ["voc class names", DISCOVERY_VERSION],
+                             find)
 
 
 def _number(text) -> float | None:
@@ -110,40 +118,55 @@ def _number(text) -> float | None:
 _parse_voc_raw = partial(parse_annotation_xml, number=_number, offset=1, difficult=True)
 
 
-def read_voc(root: str | Path, split: str = "test", classes=None, use_difficult: bool = True,
+def read_voc(root: str | Path, split="test", classes=None, use_difficult: bool = True,
              check_images: bool = True, max_missing_images: float = 0.1,
-             cache_dir: str | Path | None = None, workers: int = 1, classes_from: str | None = None) -> DetectionDataset:
-    """Read ``root`` (a ``VOCdevkit/VOC20xx`` folder) split ``split`` into a :class:`DetectionDataset`.
+             cache_dir: str | Path | None = None, workers: int = 1, classes_from=None) -> DetectionDataset:
+    """Read ``root`` (a ``VOCdevkit/VOC20xx`` folder, or one of split folders) split ``split`` into a
+    :class:`DetectionDataset`. ``split``: a name, or a list of names read as one dataset (a Roboflow
+    export's ``[train, valid]``: image ids become ``<split>/<name>``, unique across them).
 
     classes: ``None``, a class list file, or a ClassList. With ``None``: the classes found in the
-    annotations of split ``classes_from`` (:func:`discover_voc_classes`; give every split of a dataset
+    annotations of split(s) ``classes_from`` (:func:`discover_voc_classes`; give every split of a dataset
     the same, its training split, so that their labels agree), or the 20 VOC classes when
     ``classes_from`` is ``None`` too.
     use_difficult: keep ``difficult`` objects as ``ignore=True`` (VOC evaluation: neither counted nor
-    penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list. Images
-    are looked for in ``JPEGImages`` (beside the XML in a split folder); ``check_images``, ``max_missing_images``, ``cache_dir``,
-    ``workers``: as every reader (:mod:`detect.data.records`). Unreadable annotations skip the image;
-    bad objects are dropped; both counted in ``dataset.skipped``; sizes read from the images are
-    counted in ``dataset.warnings``.
+    penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list(s). Images
+    are looked for in ``JPEGImages`` (beside the XML in a split folder); ``check_images``,
+    ``max_missing_images``, ``cache_dir``, ``workers``: as every reader (:mod:`detect.data.records`).
+    Unreadable annotations skip the image; bad objects are dropped; both counted in ``dataset.skipped``;
+    sizes read from the images are counted in ``dataset.warnings``.
     """
     root = Path(root)
     class_list = as_class_list(classes, lambda: ClassList.from_names(VOC_CLASSES) if classes_from is None else
                                discover_voc_classes(root, classes_from, cache_dir))
-    list_path, names, xml_dir, image_dir = _read_split(root, split)
-    if names and not xml_dir.is_dir():
-        raise FileNotFoundError(f"{xml_dir}: no annotation folder (is data.root the VOC20xx folder?)")
-    parsed = parse_annotation_files(xml_dir, names, _parse_voc_raw, cache_dir, f"voc_{split}", PARSER_VERSION,
-                                    class_list, workers)
-    finder = ImageFinder(image_dir, ".jpg")
-    images = finder.find_all(names, check_images, max_missing_images)
+    splits = _splits(split)
     skipped, warnings = reader_logs()
-    source = lambda name: os.path.join(xml_dir, name + ".xml")  # noqa: E731 (the annotation file to name)
-    records = annotation_records([(name, i) for i, name in enumerate(names, 1)], images, parsed, finder, source,
-                                 skipped, warnings, check_images)
+    records, xml_of, listed = [], {}, 0
+    for name_of_split in splits:
+        _, names, xml_dir, image_dir = _read_split(root, name_of_split)
+        if names and not xml_dir.is_dir():
+            raise FileNotFoundError(f"{xml_dir}: no annotation folder (is data.root the VOC20xx folder?)")
+        parsed = parse_annotation_files(xml_dir, names, _parse_voc_raw, cache_dir, f"voc_{name_of_split}",
+                                        PARSER_VERSION, class_list, workers)
+        finder = ImageFinder(image_dir, ".jpg")
+        images = finder.find_all(names, check_images, max_missing_images)
+        source = partial(_xml_file, xml_dir)  # the annotation file to name
+        part = annotation_records([(name, listed + i) for i, name in enumerate(names, 1)], images, parsed, finder,
+                                  source, skipped, warnings, check_images)
+        if len(splits) > 1:
+            part = [dataclasses.replace(r, image_id=f"{name_of_split}/{r.image_id}") for r in part]
+        xml_of.update((r.image_id, source(names[r.index - listed - 1])) for r in part)
+        records += part
+        listed += len(names)
     if not use_difficult:
         records = [_without_difficult(r) for r in records]
-    return finish_dataset(records, class_list, f"voc_{split}", skipped, warnings, f"{root} {split}", len(names),
-                          lambda r: source(r.image_id), logger=log)
+    joined = "+".join(splits)
+    return finish_dataset(records, class_list, f"voc_{joined}", skipped, warnings, f"{root} {joined}", listed,
+                          lambda r: xml_of[r.image_id], logger=log)
+
+
+def _xml_file(xml_dir: Path, name: str) -> str:
+    return os.path.join(xml_dir, name + ".xml")
 
 
 def _without_difficult(record: DetectionRecord) -> DetectionRecord:
