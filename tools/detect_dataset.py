@@ -45,11 +45,12 @@ log = logging.getLogger("detect_dataset")
 
 def fingerprint(cfg: DictConfig, store_path: str | Path | None, records, precision: list[str]) -> str:
     """Short digest of what the detections depend on: the detector file, the settings, the image list
-    (indices, ids, paths and each image's content as ``image_fingerprint`` tells it), the proposals and
+    (indices, ids, annotated sizes (the frame each image is read in), paths and each image's content as
+    ``image_fingerprint`` tells it), the proposals and
     the members' precision (fp32 / int8), so that shards of an earlier run are resumed only when they
     came from the same inputs (other inputs write other shards; nothing is mixed)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    images = image_list_digest([r.path for r in records], [(r.index, r.image_id) for r in records],
+    images = image_list_digest([r.path for r in records], [(r.index, r.image_id, r.width, r.height) for r in records],
                                cfg.image_fingerprint)
     what = {"detector": file_sha256(cfg.detector), "data": str(cfg.data.name), "split": str(cfg.split),
             "images": images, "store": file_sha256(store_path) if store_path is not None else None,
