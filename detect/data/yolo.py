@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["YoloData", "read_yolo_yaml", "yolo_label_path", "parse_yolo_label", "read_yolo"]
 
-PARSER_VERSION = 1  # part of the cache's fingerprint: bump when parse_yolo_label or the size rule changes
+PARSER_VERSION = 2  # part of the cache's fingerprint: bump when parse_yolo_label or the size rule changes
 NO_LABEL = "no label file: read as an image without objects"
 
 
