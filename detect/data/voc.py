@@ -153,10 +153,12 @@ def read_voc(root: str | Path, split="test", classes=None, use_difficult: bool =
         source = partial(_xml_file, xml_dir)  # the annotation file to name
         part = annotation_records([(name, listed + i) for i, name in enumerate(names, 1)], images, parsed, finder,
                                   source, skipped, warnings, check_images)
-        if len(splits) > 1:
-            part = [dataclasses.replace(r, image_id=f"{name_of_split}/{r.image_id}") for r in part]
-        xml_of.update((r.image_id, source(names[r.index - listed - 1])) for r in part)
-        records += part
+        for r in part:
+            xml = source(r.image_id)
+            if len(splits) > 1:
+                r = dataclasses.replace(r, image_id=f"{name_of_split}/{r.image_id}")
+            xml_of[r.image_id] = xml
+            records.append(r)
         listed += len(names)
     if not use_difficult:
         records = [_without_difficult(r) for r in records]
