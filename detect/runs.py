@@ -33,7 +33,7 @@ from detect.io import (OutputLocked, atomic_open, digest, exclusive_lock, file_s
                        stat_signatures, temp_target)
 from detect.records import OutputRecord
 
-__all__ = ["ChunkedRun", "detections_record", "write_npz", "image_list_digest", "IMAGE_FINGERPRINTS"]
+__all__ = ["ChunkedRun", "detections_record", "write_npz", "image_list_digest", "records_digest", "IMAGE_FINGERPRINTS"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,15 @@ def image_list_digest(paths: Sequence[str | Path], keys: Sequence, content: str 
         raise ValueError(f"{len(paths)} image paths but {len(keys)} keys")
     return digest(["image-list-v2", content, list(keys), [str(p) for p in paths],
                    stat_signatures(paths) if content == "stat" else [_content_sha256(p) for p in paths]])
+
+
+def records_digest(records: Sequence, content: str = "stat") -> str:
+    """Hex sha256 of annotated images as a run's input: each record's id, path, annotated size (the frame
+    its image is read in), boxes, labels and ignore flags, and its image's content (:func:`image_list_digest`)."""
+    records = list(records)
+    return digest([[[r.image_id, str(r.path), int(r.width), int(r.height), r.boxes, r.labels, r.ignore]
+                    for r in records],
+                   image_list_digest([r.path for r in records], [r.image_id for r in records], content)])
 
 
 def _content_sha256(path) -> str:

@@ -1,4 +1,6 @@
 """Ground-truth crops: what is cut, from where, idempotence, and the ownership rules of generated data."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,19 @@ def test_refuses_a_dataset_folder_and_reports_what_cannot_be_cut(world, tmp_path
     assert _files(tmp_path) == ["JPEGImages/a.jpg"]
     with pytest.raises(ValueError, match="no ground-truth box"):
         cut_gt_crops(tmp_path / "new", train, val, min_size=10_000)
+
+
+def test_a_corrected_annotation_size_cuts_the_crops_again(world, tmp_path, monkeypatch):
+    """The frame an image is read in follows its annotated size (EXIF turned or not), so crops cut in the
+    other frame must not be kept when an annotation's size changes."""
+    train, val = world
+    cut_gt_crops(tmp_path, train, val)
+    reads = []
+    monkeypatch.setattr(crops_module, "read_image", lambda path, size=None: reads.append(size) or read_image(path))
+    cut_gt_crops(tmp_path, train, val)
+    assert reads == []  # up to date
+    i = next(i for i, r in enumerate(train.records) if i and r.width != r.height and len(r.boxes))
+    turned = dataclasses.replace(train.records[i], width=train.records[i].height, height=train.records[i].width)
+    changed = dataclasses.replace(train, records=[*train.records[:i], turned, *train.records[i + 1:]])
+    cut_gt_crops(tmp_path, changed, val)
+    assert (turned.width, turned.height) in reads

@@ -371,6 +371,27 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
     _tiny_region_fit(tmp_path, records, ckpt, fingerprint=run_fingerprint(data=["a", 1], settings={"lr": 0.01}))
 
 
+def test_the_training_data_digest_follows_sizes_boxes_flags_and_image_files(tmp_path):
+    """What train_region/train_multibox fingerprint as their data: a corrected size (the frame images are
+    read in), a box, an ignore flag or a replaced image file each change it; nothing else does."""
+    import dataclasses
+
+    from detect.runs import records_digest
+
+    records = _region_records(tmp_path)
+    base = records_digest(records)
+    assert records_digest(list(records)) == base
+
+    def changed(**what):
+        return records_digest([dataclasses.replace(records[0], **what), *records[1:]])
+
+    assert changed(width=40, height=48) != base
+    assert changed(boxes=np.array([[5, 5, 30, 31]], np.float32)) != base
+    assert changed(ignore=np.array([True])) != base
+    records[1].path.write_bytes(records[1].path.read_bytes() + b"\0")  # the file replaced, same name
+    assert records_digest(records) != base
+
+
 def test_a_checkpoint_without_fingerprint_is_refused(tmp_path):
     """Checkpoints written before they recorded a fingerprint are not resumed: the error names the file
     and the ways on (resume=false, or another checkpoint); resume=false starts over and writes one."""

@@ -19,6 +19,7 @@ from detect.distributed import barrier, cleanup, setup
 from detect.data.records import SkipLog
 from detect.engine import TrainSettings, fit, init_identity, run_fingerprint, seed_everything
 from detect.models.weights import load_pretrained
+from detect.runs import records_digest
 from detect.runtime import worker_threads
 from proposals.multibox.data import MultiBoxDataset, collate_multibox
 from proposals.multibox.training import evaluate_coverage, resolve_priors
@@ -71,7 +72,7 @@ def main(cfg: DictConfig) -> float:
                          "classes": {"wnids": [], "names": []}},
         evaluate=evaluate, skipped=skipped,
         fingerprint=run_fingerprint(
-            data=[str(cfg.data.name), [(r.image_id, str(r.path), r.boxes.tolist()) for r in train_set.records]],
+            data=[str(cfg.data.name), records_digest(train_set.records)],
             model=model_kwargs, init=init_identity(cfg.init), settings={k: resolved[k] for k in RUN_SETTINGS}),
     )
     result = evaluate(averaged)

@@ -32,6 +32,7 @@ from detect.models.weights import load_pretrained
 from detect.pipeline import DetectorSettings, bundle_detector
 from detect.quantize import draw_calibration_crops, draw_calibration_images
 from detect.region import RegionDataset, collate_regions
+from detect.runs import records_digest
 from detect.runtime import worker_threads
 from proposals.spec import spec_from_config, spec_name, spec_nodes
 from proposals.store import ProposalStore
@@ -142,8 +143,7 @@ def train(cfg: DictConfig) -> None:
                          "classes": classes.to_dict()},
         evaluate=evaluate, skipped=skipped,
         fingerprint=run_fingerprint(
-            data=[str(cfg.data.name), [(r.image_id, str(r.path), r.boxes.tolist(), r.labels.tolist())
-                                       for r in dataset.records]],
+            data=[str(cfg.data.name), records_digest(dataset.records)],
             proposals=None if store is None else [store.meta.get("fingerprint"), len(store)],
             classes=list(classes.wnids), model=model.model_kwargs, init=init_identity(cfg.init),
             settings={**{k: resolved[k] for k in RUN_SETTINGS}, "seed": seed}))

@@ -32,7 +32,7 @@ from detect.classes import ClassList, write_class_list
 from detect.data.generated import finish_root, prepare_root
 from detect.data.images import ImageError, read_image, write_jpeg
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog
-from detect.io import digest, stat_signatures
+from detect.runs import records_digest
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,6 @@ def _plan(dataset: DetectionDataset, split: str, min_size: float) -> list[tuple[
     return plan
 
 
-def _digest(dataset: DetectionDataset) -> str:
-    """What the crops of ``dataset`` depend on: every record's id, boxes and image file (path, stat signature)."""
-    records = dataset.records
-    return digest([[[r.image_id, str(r.path), r.boxes, r.labels, r.ignore] for r in records],
-                   stat_signatures([r.path for r in records])])
-
-
 def cut_gt_crops(root: str | Path, train: DetectionDataset, val: DetectionDataset, context: float = 0.1,
                  min_size: float = 16.0, max_side: int = 256, jpeg_quality: int = 90) -> ClassList:
     """Write the ground-truth crops of ``train`` and ``val`` under ``root``: ``context``, ``min_size`` and
@@ -106,7 +99,7 @@ def cut_gt_crops(root: str | Path, train: DetectionDataset, val: DetectionDatase
     params = {"kind": "gt_crops", "version": CROPS_VERSION, "context": float(context), "min_size": float(min_size),
               "max_side": int(max_side), "jpeg_quality": int(jpeg_quality),
               "classes": [list(classes.wnids), list(classes.names)],
-              "train": _digest(train), "val": _digest(val)}
+              "train": records_digest(train.records), "val": records_digest(val.records)}
     if prepare_root(root, params, files, "ground-truth crops"):
         log.info("%s: ground-truth crops up to date", root)
         return classes
