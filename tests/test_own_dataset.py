@@ -62,6 +62,17 @@ def test_voc_folder_end_to_end(tmp_path, repo_root):
     again = _demo(repo_root, "data=voc", f"data.root={root}", f"work_dir={work}")
     assert again.count("done earlier, outputs verified: skipped") == 10 and "finished in" not in again
 
+    # a test image replaced in place (same name and size, new pixels): detected and scored again, not
+    # reported from the outputs made with the old image
+    from PIL import Image, ImageOps
+    image = test.records[0].path
+    with Image.open(image) as im:
+        ImageOps.invert(im.convert("RGB")).save(image)
+    stamp = (work / "eval" / "eval_voc_test.json").stat().st_mtime_ns
+    third = _demo(repo_root, "data=voc", f"data.root={root}", f"work_dir={work}")
+    assert "[detect_val] done earlier" not in third and "[eval_map] done earlier" not in third
+    assert (work / "eval" / "eval_voc_test.json").stat().st_mtime_ns != stamp
+
 
 def test_coco_files_end_to_end_from_init_weights(tmp_path, repo_root):
     root, work = tmp_path / "coco", tmp_path / "work"

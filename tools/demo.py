@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from detect.data.splits import BLOCKS, output_stem
 from detect.io import digest
+from detect.runs import records_digest
 from detect.stages import Stage, StageError, run_stages, tree_digest
 from proposals.selective_search import segmentation_side
 
@@ -80,10 +81,11 @@ def dataset_stages(common: list[str], members: int, draw: list[str], init: str |
 
 
 def data_digest(blocks: dict) -> str:
-    """:func:`detect.io.digest` of every block's records (ids, image paths, boxes, labels, ignore flags) and
-    classes: a changed dataset runs the stages again (the tools then decide what of their work still holds)."""
-    return digest({name: [list(d.classes.wnids), [[r.image_id, str(r.path), r.boxes, r.labels, r.ignore]
-                                                  for r in d.records]] for name, d in blocks.items()})
+    """:func:`detect.io.digest` of every block's classes and records (:func:`detect.runs.records_digest`: ids,
+    image paths, annotated sizes, boxes, labels, ignore flags, the image files' stat signatures): a changed
+    dataset, or an image replaced in place, runs the stages again (the tools then decide what of their work
+    still holds)."""
+    return digest({name: [list(d.classes.wnids), records_digest(d.records)] for name, d in blocks.items()})
 
 
 def segment_override(cfg, records, overrides: list[str]) -> list[str]:
