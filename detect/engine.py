@@ -140,8 +140,8 @@ class Checkpoint:
     """The whole training state in one file: :meth:`save` writes it atomically (rank 0), :meth:`restore`
     puts it back for an exact resume.
 
-    The file holds ``meta`` (model_kwargs, classes, ``fingerprint`` ...), ``model_state`` (the averaged
-    weights: the model to use), ``epoch``, ``step`` and the training state (``raw_state``, ``optimizer``,
+    The file holds ``meta`` (model_kwargs, classes, ``fingerprint``, ``epochs`` planned ...), ``model_state``
+    (the averaged weights: the model to use), ``epoch``, ``step`` and the training state (``raw_state``, ``optimizer``,
     ``scheduler``, ``averaged_state``, ``scaler``, ``rng``, ``epoch_rng``).
     """
 
@@ -300,6 +300,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_loader: Iterable, optimizer: to
     generator = train_loader.generator if isinstance(train_loader, DataLoader) else None
     amp_dtype, scaler, averaged = _prepare(model, settings, device)
     meta = dict(checkpoint_meta or {}, **({"fingerprint": fingerprint} if fingerprint is not None else {}))
+    meta["epochs"] = settings.epochs  # planned: a consumer of the file tells a finished run (detect.io.check_finished)
     checkpoint = Checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, averaged, generator, meta, ctx)
     result_model = averaged.module if averaged is not None else model
     with _owning_the_checkpoint(checkpoint.path, ctx):

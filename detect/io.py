@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch is imported inside the two functions that need it: re
 
 __all__ = ["digest", "file_sha256", "stat_signatures", "exclusive_lock", "OutputLocked", "OutputConflict",
            "refuse_inputs", "atomic_open", "temp_target", "remove_stale_temps", "atomic_write_text",
-           "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
+           "atomic_write_json", "atomic_torch_save", "load_checkpoint", "check_finished", "UnfinishedTraining"]
 
 
 def _read_umask() -> int:
@@ -124,6 +124,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle refused by weights_only, ...
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+
+
+class UnfinishedTraining(ValueError):
+    """A trainer's checkpoint was given as a trained model, but the run that wrote it stopped early."""
+
+
+def check_finished(state: Any, path: str | Path, epochs: int | None = None) -> None:
+    """Refuse to use ``state`` (a loaded checkpoint) as a trained model when it is a trainer's checkpoint
+    (it holds ``raw_state``) whose run stopped before its last epoch (killed, interrupted, a step that
+    diverged): :class:`UnfinishedTraining` naming where it stopped. ``epochs``: the planned count, for
+    checkpoints that do not record theirs. Weights of other origins pass unchecked."""
+    if not isinstance(state, dict) or "raw_state" not in state:
+        return
+    planned = state.get("epochs", epochs)
+    epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+    if step or (planned is not None and epoch < int(planned)):
+        where = f"epoch {epoch + 1} step {step}" if step else f"the end of epoch {epoch}"
+        of = f" of {planned}" if planned is not None else ""
+        raise UnfinishedTraining(
+            f"{path}: a training checkpoint saved at {where}{of}: its run did not finish, so it is not a trained "
+            "model. Run the same trainer command again to finish it (it resumes there)")
 
 
 def digest(value: Any, length: int | None = None) -> str:

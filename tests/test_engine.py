@@ -150,6 +150,33 @@ def test_resume_mid_epoch_reproduces_uninterrupted_run(tmp_path):
     _same(raw.state_dict(), ref_raw.state_dict(), atol=1e-6)
 
 
+def test_a_checkpoint_of_an_unfinished_run_is_not_a_trained_model(tmp_path):
+    """What a killed run leaves (mid-epoch, or after an epoch of several) is refused where a trained model
+    is expected; the same file once its run has been finished passes."""
+    from detect.io import UnfinishedTraining, check_finished
+
+    steps = []
+
+    def dying_loss(model, batch, device):
+        steps.append(1)
+        if len(steps) == 8:  # killed in epoch 2 step 2; the end-of-epoch-1 checkpoint is on disk
+            raise Killed
+        return ce_loss(model, batch, device)
+
+    path = tmp_path / "run.pt"
+    with pytest.raises(Killed):
+        _run(path, epochs=3, loss_fn=dying_loss)
+    ck = load_checkpoint(path)
+    assert (ck["epoch"], ck["step"], ck["epochs"]) == (1, 0, 3)
+    with pytest.raises(UnfinishedTraining, match=r"run\.pt: a training checkpoint saved at the end of epoch 1 of 3"):
+        check_finished(ck, path)
+    with pytest.raises(UnfinishedTraining, match="epoch 2 step 4"):
+        check_finished({**ck, "epoch": 1, "step": 4}, path)
+    _run(path, epochs=3)  # resumed to the end
+    check_finished(load_checkpoint(path), path)
+    check_finished({"model_state": {}}, path)  # weights from elsewhere: not a trainer's checkpoint
+
+
 def test_max_steps_and_resume_false(tmp_path):
     n = []
 

@@ -392,6 +392,35 @@ def test_the_training_data_digest_follows_sizes_boxes_flags_and_image_files(tmp_
     assert records_digest(records) != base
 
 
+def test_an_interrupted_training_is_not_loaded_as_pretrained_weights(tmp_path):
+    """A classifier killed mid-run (its checkpoint on disk) given as init= / loaded as a model: refused,
+    never used half-trained."""
+    from detect.io import UnfinishedTraining
+    from detect.models.weights import load_model, load_pretrained
+
+    records, calls = _region_records(tmp_path), []
+
+    def dying(model, batch, device):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return ClassificationLoss(background=0)(model, batch, device)
+
+    ds = RegionDataset(records, {}.__getitem__, InputConvention(mean=(0.5,) * 3, std=(0.25,) * 3), regions_per_image=4,
+                       crop_size=64, context=4)
+    model = GoogLeNet(num_classes=3, width=0.125, aux_logits=False, lrn=False, dropout=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, dying, torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=collate_regions),
+            torch.optim.SGD(model.parameters(), lr=0.01), None, TrainSettings(1, ema_decay=None, checkpoint_every=1),
+            DistributedContext(), tmp_path / "c.pt", {"model_kwargs": model.model_kwargs})
+    assert (tmp_path / "c.pt").is_file()
+    fresh = GoogLeNet(num_classes=3, width=0.125, aux_logits=False, lrn=False, dropout=0.0)
+    with pytest.raises(UnfinishedTraining, match=r"c\.pt: a training checkpoint saved at epoch 1 step 1 of 1"):
+        load_pretrained(fresh, tmp_path / "c.pt")
+    with pytest.raises(UnfinishedTraining, match="did not finish"):
+        load_model(tmp_path / "c.pt")
+
+
 def test_a_checkpoint_without_fingerprint_is_refused(tmp_path):
     """Checkpoints written before they recorded a fingerprint are not resumed: the error names the file
     and the ways on (resume=false, or another checkpoint); resume=false starts over and writes one."""

@@ -441,6 +441,12 @@ def test_proposer_rejects_bad_checkpoint(tmp_path):
         MultiBoxProposer(str(tmp_path / "bad.pt"), device="cpu")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         MultiBoxProposer(str(tmp_path / "missing.pt"), device="cpu")
+    # the checkpoint of a training run that stopped after epoch 3 of 12 (as a killed train_multibox leaves it)
+    _save_checkpoint(tmp_path / "mb.pt")
+    ckpt = torch.load(tmp_path / "mb.pt", weights_only=True)
+    atomic_torch_save({**ckpt, "raw_state": ckpt["model_state"], "epoch": 3, "step": 0, "epochs": 12}, tmp_path / "mb.pt")
+    with pytest.raises(ValueError, match=r"mb\.pt: a training checkpoint saved at the end of epoch 3 of 12"):
+        MultiBoxProposer(str(tmp_path / "mb.pt"), device="cpu")
 
 
 # ---------------------------------------------------------------- training tool

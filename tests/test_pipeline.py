@@ -1,6 +1,8 @@
 """Per-class NMS against a plain loop, the detector on a tiny network, and the detector checkpoint."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -142,13 +144,13 @@ def test_detector_takes_scorers_and_leaves_device_to_them():
         Detector(None, [lambda crops: crops], classes)
 
 
-def _run_tool(repo_root, cwd, tool, *overrides):
+def _run_tool(repo_root, cwd, tool, *overrides, fails=False):
     import subprocess
     import sys
 
     run = subprocess.run([sys.executable, str(repo_root / "tools" / tool), *overrides], capture_output=True,
                          text=True, cwd=cwd, timeout=300)
-    assert run.returncode == 0, f"{tool} failed:\n{run.stdout}\n{run.stderr[-4000:]}"
+    assert (run.returncode != 0) == fails, f"{tool} exit code {run.returncode}:\n{run.stdout}\n{run.stderr[-4000:]}"
     return run
 
 
@@ -195,6 +197,19 @@ def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
     assert Detector.from_checkpoint(tmp_path / "work" / "detector.pt", backend="torch",
                                     stored_proposer=False).scorer.conventions == [BVLC]
     assert bundle["classes"]["names"] == list(read_ilsvrc_det(root, "val", classes=root / "classes.tsv").classes.names)
+    # a second member killed before its run finished, or trained on other inputs: no detector is bundled
+    second = tmp_path / "work" / "region" / "member1" / "checkpoint.pt"
+    second.parent.mkdir()
+    before = (tmp_path / "work" / "detector.pt").read_bytes()
+    for doctored, message in (({"epoch": 0, "step": 1}, "member1/checkpoint.pt: a training checkpoint saved at epoch 1 "
+                                                        "step 1 of 1: its run did not finish"),
+                              ({"fingerprint": {**member["fingerprint"], "data": "other"}},
+                               "member1/checkpoint.pt: trained on other inputs than .*member0.* \\(differs in: data\\)")):
+        torch.save({**member, **doctored}, second)
+        run = _run_tool(repo_root, tmp_path, "train_region.py", *common, "step=bundle", "members=2", "crop_size=64",
+                        "context=4", "proposals=opencv_fast", fails=True)
+        assert re.search(message, run.stderr), run.stderr[-2000:]
+        assert (tmp_path / "work" / "detector.pt").read_bytes() == before
 
     run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *common, "split=val",
                     f"proposals_store={stores['val']}")

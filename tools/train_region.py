@@ -24,7 +24,7 @@ from detect.data.records import SkipLog
 from detect.data.splits import proposal_store_path
 from detect.engine import TrainSettings, fit, init_identity, run_fingerprint, seed_everything
 from detect.classify import ClassificationLoss, evaluate_classification
-from detect.io import load_checkpoint
+from detect.io import check_finished, load_checkpoint
 from detect.models.bvlc import weights_format
 from detect.models.convention import InputConvention
 from detect.models.googlenet import GoogLeNet, GoogLeNetConfig
@@ -186,9 +186,15 @@ def bundle(cfg: DictConfig) -> None:
     paths = [Path(cfg.paths.region_dir) / f"member{k}" / "checkpoint.pt" for k in range(int(cfg.members))]
     members = [load_checkpoint(p) for p in paths]
     classes = ClassList.from_dict(members[0]["classes"], str(paths[0]))
+    shared = {k: v for k, v in (members[0].get("fingerprint") or {}).items() if k != "settings"}
     for p, m in zip(paths, members):
+        check_finished(m, p, int(cfg.epochs))
         if ClassList.from_dict(m["classes"], str(p)) != classes:
             raise ValueError(f"{p}: trained on other classes than {paths[0]}")
+        differ = sorted(k for k in shared if (m.get("fingerprint") or {}).get(k) != shared[k])
+        if differ:  # members differ by their seed only
+            raise ValueError(f"{p}: trained on other inputs than {paths[0]} (differs in: {', '.join(differ)}); "
+                             "train every member with the same data, proposals and model")
     settings = DetectorSettings.from_dict(OmegaConf.to_container(cfg.detector, resolve=True), "conf: detector")
     proposer = spec_from_config(OmegaConf.to_container(cfg.proposals, resolve=True), "conf: proposals", embed=True)
     provenance = {"data": str(cfg.data.name), "members": [str(p) for p in paths]}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detect.io import load_checkpoint
+from detect.io import check_finished, load_checkpoint
 from detect.limits import check_finite_state
 from detect.models.bvlc import (BVLC_SHA1, CAFFE_TO_MODULE, CLASSIFIERS, FIXED_POOLS, LRN_LAYERS, POOL_LAYERS,
                                 WeightsLayer, read_weights, weights_format)
@@ -77,6 +77,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         return model.eval().to(map_location), {"model_kwargs": model.model_kwargs, "classes": None,
                                                "load_report": report}
     ckpt = load_checkpoint(path, map_location=map_location)
+    check_finished(ckpt, path)
     return model_from_entry(ckpt, str(path)), ckpt
 
 
@@ -116,6 +117,7 @@ def load_pretrained(model: GoogLeNet, path: str | Path, min_fraction: float = 0.
         _check_architecture(model, Path(path))
         return _load(model, Path(path), *read_weights(path, kind))
     obj = load_checkpoint(path)
+    check_finished(obj, path)
     ours = isinstance(obj, dict) and "model_state" in obj
     state = obj["model_state"] if ours else obj
     if not isinstance(state, dict):

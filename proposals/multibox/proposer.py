@@ -11,7 +11,7 @@ from torch import nn
 
 from detect.backends import make_scorer
 from detect.distributed import resolve_device
-from detect.io import load_checkpoint
+from detect.io import check_finished, load_checkpoint
 from proposals.base import Proposals, as_rgb_uint8
 from proposals.multibox.model import MultiBoxNet, decode_boxes, preprocess, top_k_boxes
 
@@ -28,6 +28,7 @@ def load_multibox(path) -> tuple[MultiBoxNet, dict]:
     is_file = isinstance(path, (str, Path))
     ckpt = load_checkpoint(path) if is_file else path
     source = str(path) if is_file else "MultiBox network"
+    check_finished(ckpt, source)
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"{source}: not a MultiBox checkpoint")
     for key in ("model_kwargs", "model_state"):
