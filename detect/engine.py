@@ -152,9 +152,10 @@ class Checkpoint:
         self.scaler, self.averaged, self.generator, self.meta, self.ctx = scaler, averaged, generator, meta, ctx
         self.last_saved: tuple[int, int] | None = None  # (epoch, step) of this run's latest write
 
-    def restore(self, resume: bool) -> ResumePoint:
+    def restore(self, resume: bool, restart_on_change: bool = False) -> ResumePoint:
         """Load the file when ``resume`` and it exists. A file there that no trainer wrote is refused
-        (never overwritten); one written with another ``meta["fingerprint"]`` is not resumed."""
+        (never overwritten); one written with another ``meta["fingerprint"]`` is not resumed: the run
+        stops, or, with ``restart_on_change``, starts from the beginning (its first save replaces it)."""
         if not self.path.exists():
             return ResumePoint()
         state = load_checkpoint(self.path, map_location=self.ctx.device)
@@ -163,7 +164,13 @@ class Checkpoint:
                                  "project's trainers (weights to start from go in init=); not overwritten")
         if not resume:
             return ResumePoint()
-        check_fingerprint(state, self.meta.get("fingerprint"), self.path)
+        try:
+            check_fingerprint(state, self.meta.get("fingerprint"), self.path)
+        except CheckpointMismatch as e:
+            if not restart_on_change:
+                raise
+            log.warning("%s; training from the start (restart_on_change=true)", str(e).split("; not resumed")[0])
+            return ResumePoint()
         self.model.load_state_dict(state["raw_state"])
         self.optimizer.load_state_dict(state["optimizer"])
         for part, key in ((self.scheduler, "scheduler"), (self.scaler, "scaler"), (self.averaged, "averaged_state")):
@@ -234,6 +241,8 @@ class TrainSettings:
     checkpoints (None: once per epoch); ema_decay: Polyak averaging (None: off); amp, channels_last:
     bf16 autocast (fp16 + GradScaler where bf16 is unsupported) and channels-last memory, on CUDA only;
     grad_clip: gradient-norm clip (None: off); resume: continue from the checkpoint when it exists;
+    restart_on_change: when that checkpoint was written with another fingerprint, train from the start
+    (overwriting it) instead of stopping with :class:`CheckpointMismatch`;
     max_skipped_fraction: an epoch skipping more than this share of its samples stops (None: no limit).
     """
 
@@ -245,6 +254,7 @@ class TrainSettings:
     channels_last: bool = True
     grad_clip: float | None = None
     resume: bool = True
+    restart_on_change: bool = False
     max_skipped_fraction: float | None = 0.1
 
     def __post_init__(self):
@@ -304,7 +314,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_loader: Iterable, optimizer: to
     checkpoint = Checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, averaged, generator, meta, ctx)
     result_model = averaged.module if averaged is not None else model
     with _owning_the_checkpoint(checkpoint.path, ctx):
-        start = checkpoint.restore(settings.resume)
+        start = checkpoint.restore(settings.resume, settings.restart_on_change)
         if start.epoch >= settings.epochs:
             log.info("%s: training already finished (%d epochs)", checkpoint_path, start.epoch)
             return result_model.eval()

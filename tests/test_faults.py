@@ -338,8 +338,8 @@ def _tiny_region_fit(tmp_path, records, ckpt, **kwargs):
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_regions, num_workers=kwargs.pop("workers", 0))
     torch.manual_seed(0)
     model = GoogLeNet(num_classes=3, width=0.125, aux_logits=False, lrn=False, dropout=0.0)
-    settings = TrainSettings(1, ema_decay=None, **{k: kwargs.pop(k) for k in ("resume", "max_skipped_fraction")
-                                                   if k in kwargs})
+    settings = TrainSettings(1, ema_decay=None, **{k: kwargs.pop(k) for k in ("resume", "max_skipped_fraction",
+                                                                              "restart_on_change") if k in kwargs})
     return fit(model, ClassificationLoss(background=0), loader, torch.optim.SGD(model.parameters(), lr=0.01), None,
                settings, DistributedContext(), ckpt, **kwargs)
 
@@ -369,6 +369,10 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
     assert ckpt.read_bytes() == before  # left as it was
     # the same run resumes (already finished: nothing to do)
     _tiny_region_fit(tmp_path, records, ckpt, fingerprint=run_fingerprint(data=["a", 1], settings={"lr": 0.01}))
+    # restart_on_change (the demo's trainers): the other run trains from the start and replaces it
+    _tiny_region_fit(tmp_path, records, ckpt, fingerprint=run_fingerprint(data=["b", 1], settings={"lr": 0.01}),
+                     restart_on_change=True)
+    assert load_checkpoint(ckpt)["fingerprint"] == run_fingerprint(data=["b", 1], settings={"lr": 0.01})
 
 
 def test_the_training_data_digest_follows_sizes_boxes_flags_and_image_files(tmp_path):

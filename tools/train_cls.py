@@ -18,6 +18,7 @@ from detect.data.records import SkipLog
 from detect.engine import TrainSettings, fit, init_identity, run_fingerprint, seed_everything
 from detect.classify import evaluate_classification
 from detect.models.weights import load_pretrained
+from detect.runs import image_list_digest
 
 log = logging.getLogger("train_cls")
 # what a resumed checkpoint must have been trained with (epochs and logging may change between runs)
@@ -58,7 +59,8 @@ def main(cfg: DictConfig) -> dict:
                              "config": OmegaConf.to_container(cfg, resolve=True)},
             evaluate=lambda m: evaluate_classification(m, val_loader, ctx.device), skipped=skipped,
             fingerprint=run_fingerprint(
-                data=[str(cfg.data_cls.name), [(str(p), int(label)) for p, label in train_split.samples]],
+                data=[str(cfg.data_cls.name), image_list_digest([p for p, _ in train_split.samples],
+                                                                [int(label) for _, label in train_split.samples])],
                 classes=list(classes.wnids), model=model.model_kwargs, init=init_identity(cfg.init),
                 settings={k: resolved[k] for k in RUN_SETTINGS}),
         )
