@@ -802,6 +802,32 @@ def test_detect_dataset_where_no_image_could_be_processed_stops(tmp_path, repo_r
     assert not list(out.parent.glob(".*.parts-*"))  # only failures were in there: a re-run tries again
 
 
+def test_images_that_fail_in_detection_are_counted_up_to_the_evaluation_report(tmp_path, repo_root, capsys):
+    """One unreadable test image of four: the detections and the mAP are written (its objects are misses,
+    as the official rules score a missing image), and the count reaches the run record, the evaluation's
+    printout and its report, where the demo's last line reads it."""
+    import importlib.util
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    root, args, out = _detect_dataset_setup(tmp_path)
+    sorted((root / "Data/DET/val").rglob("*.JPEG"))[1].write_bytes(b"not an image")
+    _detect_dataset_main(repo_root, args)[1]()
+    assert "on 4 images; 1 failed and have none" in capsys.readouterr().out
+    spec = importlib.util.spec_from_file_location("eval_map_tool_faults", repo_root / "tools" / "eval_map.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
+        cfg = compose("eval_map", overrides=[a for a in args if a.split("=")[0] in ("work_dir", "data.root", "~data.generate",
+                                                                                    "split")])
+    report = tool.run(cfg)
+    assert report["failed_images"] == 1 and report["num_images"] == 4
+    assert "note: 1 of the 4 images failed in detection" in capsys.readouterr().out
+    saved = json.loads(next((tmp_path / "work" / "eval").glob("eval_*.json")).read_text())
+    assert saved["failed_images"] == 1
+
+
 def test_propose_where_no_image_could_be_processed_stops(tmp_path):
     from proposals.store import propose_dataset
 

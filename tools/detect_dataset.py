@@ -68,9 +68,10 @@ def check_output_is_ours(output: Path) -> None:
                                  "beside it); not overwritten: choose another output=")
 
 
-def merged_detections(run: ChunkedRun, records) -> Detections:
-    """Every chunk's detections in image order; stops (``RuntimeError``) when no image gave any result,
-    naming the first failures (a run that processed nothing is never written as a result)."""
+def merged_detections(run: ChunkedRun, records) -> tuple[Detections, dict[str, str]]:
+    """Every chunk's detections in image order, and the images that failed (``{id: reason}``); stops
+    (``RuntimeError``) when no image gave any result, naming the first failures (a run that processed
+    nothing is never written as a result)."""
     failed: dict[str, str] = {}
     for z in run.chunks(("errors",)):
         failed.update(json.loads(str(z["errors"])) if "errors" in z else {})
@@ -84,7 +85,7 @@ def merged_detections(run: ChunkedRun, records) -> Detections:
                     next(iter(failed.items())))
     dets = Detections.concat(Detections(z["image_index"], z["labels"], z["scores"], z["boxes"])
                              for z in run.chunks(("image_index", "labels", "scores", "boxes")))
-    return dets.select(dets.image_index.argsort(kind="stable"))
+    return dets.select(dets.image_index.argsort(kind="stable")), failed
 
 
 def write_outputs(output: Path, dets: Detections, dataset, key: str, info: dict) -> None:
@@ -140,16 +141,18 @@ def finish(run: ChunkedRun, output: Path, dataset, key: str, cfg: DictConfig, sc
     if not run.all_present():
         sys.exit(f"{output}: other ranks have not finished their chunks; run the same command again to finish")
     try:
-        dets = merged_detections(run, dataset.records)
+        dets, failed = merged_detections(run, dataset.records)
     except RuntimeError:
         run.remove()  # only failures in there: a re-run tries every image again
         raise
     write_outputs(output, dets, dataset, key, {"detector": str(cfg.detector), "data": str(cfg.data.name),
                                                "split": str(cfg.split), "images": len(dataset),
-                                               "detections": len(dets), "scoring": scoring})
+                                               "detections": len(dets), "scoring": scoring,
+                                               "failed_images": len(failed), "failed_first": dict(list(failed.items())[:5])})
     run.remove()
     run.remove_abandoned()
-    print(f"{len(dets)} detections on {len(dataset)} images ({cfg.data.name} {split_name(cfg.data, cfg.split)}): {output}")
+    lost = f"; {len(failed)} failed and have none" if failed else ""
+    print(f"{len(dets)} detections on {len(dataset)} images{lost} ({cfg.data.name} {split_name(cfg.data, cfg.split)}): {output}")
 
 
 @hydra.main(config_path="../conf", config_name="detect_dataset", version_base="1.3")

@@ -23,26 +23,27 @@ from detect.runs import detections_record
 log = logging.getLogger(__name__)
 
 
-def recorded_scoring(detections_file: Path, num_detections: int) -> tuple[dict | None, str]:
-    """``(scoring, text)``: the backend and precision that scored the detections, from the run record that
-    tools/detect_dataset.py writes beside its output (``<name>.txt.run.json``); ``None`` and the reason
-    when there is no record, it says nothing of them, or it counts other detections than were read."""
+def recorded_scoring(detections_file: Path, num_detections: int) -> tuple[dict | None, str, int | None]:
+    """``(scoring, text, failed)``: the backend and precision that scored the detections and the number of
+    images that failed in detection (no detections: misses), from the run record that tools/detect_dataset.py
+    writes beside its output (``<name>.txt.run.json``); ``None``, the reason and ``None`` when there is no
+    record, it says nothing of them, or it counts other detections than were read."""
     record_file = detections_record(detections_file.with_suffix(".txt"))  # beside the .txt (the .json is its twin)
     record, record_path = record_file.read(), record_file.path
     if not record:
-        return None, f"unknown (no run record of tools/detect_dataset.py at {record_path})"
+        return None, f"unknown (no run record of tools/detect_dataset.py at {record_path})", None
     scoring = record.get("scoring")
     if not isinstance(scoring, dict) or not {"backend", "precision"} <= scoring.keys():
-        return None, f"unknown ({record_path} does not record it)"
+        return None, f"unknown ({record_path} does not record it)", None
     if not record.get("complete"):
-        return None, f"unknown ({record_path} is not a finished run's record)"
+        return None, f"unknown ({record_path} is not a finished run's record)", None
     if record.get("detections") != num_detections:
-        return None, f"unknown ({record_path} records {record.get('detections')} detections, {num_detections} were read)"
+        return None, f"unknown ({record_path} records {record.get('detections')} detections, {num_detections} were read)", None
     if not record_file.vouches_for(detections_file.name, record):
-        return None, f"unknown ({detections_file} is not the file that {record_path} vouches for)"
+        return None, f"unknown ({detections_file} is not the file that {record_path} vouches for)", None
     requested = scoring.get("requested") or {}
     chosen = f", chosen by precision={requested['precision']}" if requested.get("precision") not in (None, scoring["precision"]) else ""
-    return scoring, f"{scoring['backend']} {scoring['precision']}{chosen}"
+    return scoring, f"{scoring['backend']} {scoring['precision']}{chosen}", record.get("failed_images")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -59,14 +60,17 @@ def run(cfg: DictConfig) -> dict:
     report_path, plot_path = evaluation_paths(cfg.out_dir, cfg.data, cfg.split, rules, own_rules)
     result = evaluate(dataset, detections, rules=rules, **OmegaConf.to_container(cfg.evaluate))
     print(result.table())
-    scoring, scoring_text = recorded_scoring(Path(detections_file), len(detections))
+    scoring, scoring_text, failed = recorded_scoring(Path(detections_file), len(detections))
     print(f"scored by: {scoring_text}")
+    if failed:
+        print(f"note: {failed} of the {len(dataset)} images failed in detection (see the detection log) and have no "
+              "detections: their objects count as misses")
     report = result.to_json(curves=cfg.curves_in_json)
     report.update(detections=str(detections_file), dataset=cfg.data.name, split=cfg.split,
                   split_name=split_name(cfg.data, cfg.split),
                   num_images=len(dataset), num_detections=len(detections), skipped_lines=len(skipped),
                   skipped_annotations=len(dataset.skipped), annotation_warnings=len(dataset.warnings),
-                  scoring=scoring, scoring_text=scoring_text)
+                  scoring=scoring, scoring_text=scoring_text, failed_images=failed)
     if rules == "coco":
         report.update(pycocotools_cross_check(dataset, detections, cfg.evaluate.max_dets))
         print(f"AP50 pycocotools: {100 * report['ap50_pycocotools']:.2f}   ours: {100 * result.mean_ap:.2f}")
