@@ -1,7 +1,6 @@
 """The union of several proposal sources (selective search plus the top MultiBox boxes), de-duplicated."""
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import numpy as np
@@ -11,8 +10,6 @@ from torchvision import ops
 from detect.boxes import unique_boxes
 from proposals.base import Proposals, Proposer
 
-log = logging.getLogger(__name__)
-
 __all__ = ["UnionProposer", "union_boxes"]
 
 
@@ -21,8 +18,6 @@ def _cap(p: Proposals, cap: int | None) -> Proposals:
     if p.scores is not None:
         order = np.argsort(-p.scores, kind="stable")
         p = Proposals(p.boxes[order], p.scores[order])
-    if cap is None:
-        return p
     return Proposals(p.boxes[:cap], None if p.scores is None else p.scores[:cap])
 
 
@@ -80,7 +75,5 @@ class UnionProposer:
         parts = [_cap(src(image), cap) for src, cap in zip(self.sources, self.caps)]
         keep = union_boxes([p.boxes for p in parts], self.dedup_iou)
         boxes = np.concatenate([p.boxes for p in parts])[keep]
-        scores = None
-        if all(p.scores is not None for p in parts):
-            scores = np.concatenate([p.scores for p in parts])[keep]
-        return Proposals(boxes, scores)
+        with_scores = all(p.scores is not None for p in parts)
+        return Proposals(boxes, np.concatenate([p.scores for p in parts])[keep] if with_scores else None)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import ctypes
 import heapq
-import logging
 
 import cv2
 import numpy as np
@@ -41,8 +40,6 @@ from scipy import ndimage
 
 from detect.boxes import clip_boxes, remove_small_boxes, unique_boxes, xywh_to_xyxy
 from proposals.base import Proposals, as_rgb_uint8
-
-log = logging.getLogger(__name__)
 
 __all__ = ["SelectiveSearch", "MODES", "RANKINGS", "COLOR_SPACES"]
 
@@ -55,12 +52,8 @@ COLOR_SPACES = {  # name -> conversion from RGB (None: keep RGB)
     "gray": cv2.COLOR_RGB2GRAY,
 }
 _seg = cv2.ximgproc.segmentation
-_STRATEGY_PARTS = {
-    "color": _seg.createSelectiveSearchSegmentationStrategyColor,
-    "texture": _seg.createSelectiveSearchSegmentationStrategyTexture,
-    "size": _seg.createSelectiveSearchSegmentationStrategySize,
-    "fill": _seg.createSelectiveSearchSegmentationStrategyFill,
-}
+_STRATEGY_PARTS = {p: getattr(_seg, f"createSelectiveSearchSegmentationStrategy{p.capitalize()}")
+                   for p in ("color", "texture", "size", "fill")}
 
 _libc = ctypes.CDLL(None)
 
@@ -147,9 +140,8 @@ def _group(image: np.ndarray, regions: np.ndarray, strategy, image_id: int) -> t
 
 
 def _rank(rects: np.ndarray, levels: np.ndarray, seed: int) -> np.ndarray:
-    """Selective search's ranking: ``rects int64[M, 4]``, ``levels int64[M]`` -> distinct rects ``int64[K, 4]``
-    sorted by ``level * u`` (``u`` uniform in [0, 1) from a generator seeded with ``seed``), each
-    rectangle at its best rank."""
+    """Selective search's ranking (module docstring): ``rects int64[M, 4]``, ``levels int64[M]`` -> distinct
+    rects ``int64[K, 4]`` sorted by ``level * u`` (``u`` from ``default_rng(seed)``), each at its best rank."""
     u = np.random.default_rng(seed).random(len(levels))
     rects = rects[np.argsort(levels * u, kind="stable")]
     _, first = np.unique(rects, axis=0, return_index=True)
@@ -252,21 +244,13 @@ class SelectiveSearch:
             blue = np.ascontiguousarray(bgr[:, :, 0])
             images += [grey, blue, cv2.merge([bgr[:, :, 2], bgr[:, :, 1], grey])]
             steps, strategies = 5, strategies + ("fill", "size")
-        k = int(round(150 * self.superpixel_scale))
-        segmenters = []
-        for i in range(1, steps + 1):
-            gs = _seg.createGraphSegmentation()  # OpenCV's default minimum segment size, as its presets
-            gs.setK(float(k * i))
-            gs.setSigma(self.sigma)
-            segmenters.append(gs)
+        k = int(round(150 * self.superpixel_scale))  # k, 2k, ...; OpenCV's default minimum segment size, as its presets
+        segmenters = [_seg.createGraphSegmentation(self.sigma, float(k * i)) for i in range(1, steps + 1)]
         return images, segmenters, strategies
 
     def _seeded_rects(self, image: np.ndarray) -> np.ndarray:
-        """Ranked distinct boxes ``float32[K, 4]`` (xyxy, pixels of ``image``) by our grouping and ranking."""
-        return _rank(*self._hierarchies(image), self.seed).astype(np.float32)
-
-    def _hierarchies(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every region of every hierarchy, in OpenCV's order: boxes ``int64[M, 4]`` (xyxy), levels ``int64[M]``."""
+        """Ranked distinct boxes ``float32[K, 4]`` (xyxy, pixels of ``image``) by our grouping and ranking of
+        every region of every hierarchy, in OpenCV's order."""
         images, segmenters, names = self._plan(image)
         shared: dict = {}
         strategies = [_make_strategy(s, shared) for s in names]
@@ -277,7 +261,7 @@ class SelectiveSearch:
                 r, lv = _group(im, regions, strategy, image_id)
                 rects.append(r)
                 levels.append(lv)
-        return np.concatenate(rects), np.concatenate(levels)
+        return _rank(np.concatenate(rects), np.concatenate(levels), self.seed).astype(np.float32)
 
     def _opencv_rects(self, image: np.ndarray) -> np.ndarray:
         """Ranked distinct boxes ``float32[K, 4]`` (xyxy) from OpenCV's own selective search object:
@@ -316,17 +300,10 @@ class SelectiveSearch:
             rects = self._seeded_rects(small) if self.ranking == "seeded" else self._opencv_rects(small)
         except cv2.error as e:
             raise ValueError(f"selective search failed on an image of shape {image.shape}: {e.err or e}") from None
-        return self._finish(rects, back, w, h)
-
-    def _finish(self, rects: np.ndarray, back: np.ndarray, w: int, h: int) -> Proposals:
-        """Ranked rects ``float32[K, 4]`` (xyxy, resized pixels) -> the boxes returned: mapped back by
-        ``back``, clipped to ``w`` x ``h``, small ones and repeats dropped, at most ``max_boxes``."""
+        # mapped back to the image's pixels and clipped to it; small ones and repeats dropped; at most max_boxes
         boxes = clip_boxes(rects * back, w, h).astype(np.float32)
         boxes = boxes[remove_small_boxes(boxes, self.min_box_size)]
-        boxes = boxes[unique_boxes(boxes)]
-        if self.max_boxes is not None:
-            boxes = boxes[: self.max_boxes]
-        return Proposals(boxes)
+        return Proposals(boxes[unique_boxes(boxes)][: self.max_boxes])
 
     def __repr__(self) -> str:
         return (f"SelectiveSearch(mode={self.mode!r}, superpixel_scale={self.superpixel_scale}, "

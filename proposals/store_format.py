@@ -15,12 +15,11 @@ so that equal content gives equal bytes:
 
 Integrity: opening checks every member's dtype and shape, that the offsets rise from 0 to M, that
 ``id_order`` sorts the ids strictly (no id repeats), and the index against ``index_crc32``: a pass over
-the index only (O(I): 0.1-0.2 s for the 97 MB index of ILSVRC's 456,567 training ids, was 3 ms), never
-over the boxes. Each lookup checks the rows it reads against that image's digest (2000 boxes and scores:
-69 us a lookup, was 49 us), so every byte served has been verified and no open reads the 9 GB of an
-ILSVRC-scale store (a full pass, :meth:`ProposalStore.verify`: 1.3 GB/s). Per-image digests rather than
-per-chunk ones or a verified-once marker (size, mtime, inode): a lookup checks exactly the bytes it reads,
-nothing is kept beside the file, and damage after a first check is still caught. A damaged file is
+the index only (O(I)), never over the boxes. Each lookup checks the rows it reads against that image's
+digest, so every byte served has been verified and no open reads the 9 GB of an ILSVRC-scale store (a full
+pass: :meth:`ProposalStore.verify`; timings: benchmarks/scale.md). Per-image digests rather than per-chunk
+ones or a verified-once marker (size, mtime, inode): a lookup checks exactly the bytes it reads, nothing
+is kept beside the file, and damage after a first check is still caught. A damaged file is
 refused with a ``ValueError`` naming it, the image and the problem; a file of an earlier format (1:
 compressed; 2: no digests) with one that says to run ``tools/propose.py`` again.
 
@@ -142,7 +141,6 @@ class StoreWriter:
             raise ValueError(f"{self.path}: repeated image ids")
         self.counts = counts
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.with_scores = with_scores
         self._next = 0
         self._digests = np.zeros((len(self.ids), 2), np.uint32)  # CRC-32 of each image's box and score bytes
         # every member before the boxes, in file order (made before anything is written)
@@ -201,7 +199,7 @@ class StoreWriter:
         data = np.ascontiguousarray(boxes, dtype=self.box_dtype).tobytes()
         self._boxes.write(data)
         self._digests[i, 0] = zlib.crc32(data)
-        if self.with_scores:
+        if self._scores is not None:
             if scores is None or len(np.asarray(scores).reshape(-1)) != len(boxes):
                 raise ValueError(f"{where} needs {len(boxes)} scores")
             data = np.asarray(scores, dtype=np.float16).reshape(-1).tobytes()
@@ -362,9 +360,8 @@ class ProposalStore:
     def __init__(self, image_ids: Sequence[str], offsets: np.ndarray, boxes: np.ndarray,
                  scores: np.ndarray | None = None, meta: dict | None = None, *, id_order: np.ndarray | None = None,
                  source: Path | None = None, digests: np.ndarray | None = None):
-        self._ids = image_ids if isinstance(image_ids, np.ndarray) and image_ids.dtype.kind == "U" \
-            else _ids_array(image_ids)
-        self._ids = self._ids.reshape(-1)
+        ids = image_ids if isinstance(image_ids, np.ndarray) and image_ids.dtype.kind == "U" else _ids_array(image_ids)
+        self._ids = ids.reshape(-1)
         self.offsets = offsets if isinstance(offsets, np.memmap) else np.asarray(offsets, dtype=np.int64)
         self.boxes = boxes if isinstance(boxes, np.memmap) else _as_boxes(boxes, "proposal store")
         self.scores = None if scores is None else (scores if isinstance(scores, np.memmap) else np.asarray(scores).reshape(-1))
@@ -372,12 +369,8 @@ class ProposalStore:
         self._source = source
         self._digests = digests
         self._id_list: list[str] | None = None
-        self._order = self._checked_order(id_order)
         self._width = self._ids.dtype.itemsize // 4  # characters of the fixed-width id array
-
-    def _checked_order(self, id_order: np.ndarray | None) -> np.ndarray:
-        """The structure every lookup relies on (O(I), the boxes are never read); ``id_order`` checked, or
-        made when None."""
+        # the structure every lookup relies on, checked in O(I) (the boxes are never read); id_order made when None
         n = len(self._ids)
         if self.boxes.ndim != 2 or self.boxes.shape[1] != 4 or self.boxes.dtype.kind not in "fu":
             raise ValueError(f"proposal store: boxes are {self.boxes.dtype}{list(self.boxes.shape)}, not [M, 4] numbers")
@@ -393,19 +386,17 @@ class ProposalStore:
             raise ValueError("proposal store: id_order is not an order of the image ids")
         if not _strictly_sorted(self._ids, id_order):
             raise ValueError("proposal store: repeated image ids, or id_order does not sort them")
-        return id_order
+        self._order = id_order
 
     @classmethod
     def from_lists(cls, image_ids: Sequence[str], boxes: Sequence[np.ndarray],
                    scores: Sequence[np.ndarray] | None = None, meta: dict | None = None) -> "ProposalStore":
         """Build from per-image ``float32[N_i, 4]`` boxes (and ``float32[N_i]`` scores)."""
         boxes = [_as_boxes(b, f"proposals of image {i!r}").astype(np.float32) for i, b in zip(image_ids, boxes)]
-        counts = [len(b) for b in boxes]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        cat = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
-        sc = None
-        if scores is not None:
-            sc = np.concatenate([np.asarray(s, np.float32).reshape(-1) for s in scores]) if scores else np.zeros(0, np.float32)
+        offsets = np.cumsum([0, *map(len, boxes)], dtype=np.int64)
+        cat = np.concatenate([np.zeros((0, 4), np.float32), *boxes])
+        sc = None if scores is None else np.concatenate([np.zeros(0, np.float32),
+                                                         *(np.asarray(s, np.float32).reshape(-1) for s in scores)])
         return cls(image_ids, offsets, cat, sc, meta)
 
     # ----------------------------------------------------------------------------- lookups
@@ -495,10 +486,8 @@ class ProposalStore:
     def save(self, path: str | Path) -> None:
         """Write atomically in the current format (module docstring)."""
         b = self.boxes
-        if b.dtype == np.uint16 or len(b) == 0:
-            dtype = np.dtype(np.uint16)
-        else:
-            dtype = box_dtype_for(float(np.nanmin(b)), float(np.nanmax(b)))
+        dtype = np.dtype(np.uint16) if b.dtype == np.uint16 or len(b) == 0 else \
+            box_dtype_for(float(np.nanmin(b)), float(np.nanmax(b)))
         with StoreWriter(path, self._ids, self.boxes_per_image(), dtype, self.scores is not None, self.meta) as w:
             for boxes, scores in self.iter_images():
                 w.add(boxes.astype(np.float32) if dtype == np.float32 else boxes, scores)

@@ -79,13 +79,11 @@ class MultiBoxDataset(Dataset):
         except SampleError as e:  # reported by the trainer through the batch (worker processes included)
             log.warning("skipped %s", e)
             return SkippedItem(str(record.path), f"unreadable image: {e}")
-        height, width = image.shape[:2]
         boxes = record.boxes[~record.ignore].astype(np.float32)
         if self.train:
             image, boxes = self._augment(image, boxes)
-            height, width = image.shape[:2]
-        scale = np.array([width, height, width, height], dtype=np.float32)
-        boxes = (boxes / scale).clip(0.0, 1.0)
+        height, width = image.shape[:2]
+        boxes = (boxes / np.array([width, height, width, height], dtype=np.float32)).clip(0.0, 1.0)
         x = preprocess([image], self.input_size, self.convention)[0]
         return x, torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4)
 

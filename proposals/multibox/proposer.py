@@ -1,7 +1,6 @@
 """Inference: a trained MultiBox checkpoint as a proposer (image -> top-k boxes with confidences)."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Mapping
 
@@ -14,8 +13,6 @@ from detect.distributed import resolve_device
 from detect.io import check_finished, load_checkpoint
 from proposals.base import Proposals, as_rgb_uint8
 from proposals.multibox.model import MultiBoxNet, decode_boxes, preprocess, top_k_boxes
-
-log = logging.getLogger(__name__)
 
 __all__ = ["MultiBoxProposer", "load_multibox"]
 
@@ -157,11 +154,8 @@ class MultiBoxProposer:
         for s in range(0, len(images), self.batch_size):
             chunk = images[s : s + self.batch_size]
             flat = self.net(preprocess(chunk, self.model.input_size, self.model.input_convention))
-            boxes, logits = flat[..., :4], flat[..., 4]
-            boxes, logits = top_k_boxes(boxes, logits, self.top_k)
-            scores = torch.sigmoid(logits)
-            for image, b, sc in zip(chunk, boxes, scores):
+            boxes, logits = top_k_boxes(flat[..., :4], flat[..., 4], self.top_k)
+            for image, b, scores in zip(chunk, boxes, torch.sigmoid(logits)):
                 height, width = image.shape[:2]
-                pixels = decode_boxes(b, width, height)
-                out.append(Proposals(boxes=pixels.cpu().numpy().astype(np.float32), scores=sc.cpu().numpy().astype(np.float32)))
+                out.append(Proposals(decode_boxes(b, width, height).cpu().numpy(), scores.cpu().numpy()))
         return out

@@ -35,13 +35,11 @@ class MultiBoxLossFn:
         self.match = match
 
     def __call__(self, model, batch, device):
-        images, gt = batch.images, batch.boxes
-        images = images.to(device, non_blocking=True)
-        boxes, logits = model(images)
+        gt = batch.boxes
+        boxes, logits = model(batch.images.to(device, non_blocking=True))
         priors = getattr(model, "module", model).priors if self.match == "priors" else None  # DDP wraps
         loss = multibox_loss(boxes, logits, gt, self.alpha, priors=priors)
-        n_gt = sum(len(g) for g in gt) / max(len(gt), 1)
-        return loss, {"gt_per_image": n_gt}
+        return loss, {"gt_per_image": sum(len(g) for g in gt) / max(len(gt), 1)}
 
 
 @torch.inference_mode()
