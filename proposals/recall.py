@@ -20,10 +20,8 @@ __all__ = ["ProposalRecall", "best_proposal_overlaps", "proposal_recall", "store
 
 
 def _widen(boxes: np.ndarray, plus_one: bool) -> np.ndarray:
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
-    if plus_one:
-        boxes[:, 2:] += 1.0
-    return boxes
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return boxes + [0.0, 0.0, 1.0, 1.0] if plus_one else boxes
 
 
 def best_proposal_overlaps(gt: np.ndarray, proposals: np.ndarray, ks: Sequence[int] = (), plus_one: bool = True):

@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from detect.limits import check_bound
 from proposals.base import Proposer
 
 __all__ = ["PROPOSERS", "proposer_class", "proposer_spec", "spec_from_config", "check_spec", "build_proposer",
@@ -162,21 +163,13 @@ def _check_node(spec: Mapping, source: str) -> None:
         raise ValueError(f"{source}: {kind} proposer has no parameter(s) {sorted(map(str, unknown))}; refused")
     for k, v in params.items():
         _check_plain(v, f"{source}: {kind} proposer parameter {k!r}")
-        _check_numbers(k, v, f"{source}: {kind} proposer parameter")
+        for number in v if isinstance(v, list) else [v]:  # NaN and infinity refused everywhere, lists included
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ValueError(f"{source}: {kind} proposer parameter {k}={number!r} is not a finite number")
+            if k in _BOUNDED and number is not None:
+                check_bound(number, k, f"{source}: {kind} proposer parameter", *_BOUNDED[k])
     if role == "network":
         cls.check_network(spec["network"], source)
-
-
-def _check_numbers(name: str, value: Any, source: str) -> None:
-    """NaN and infinity are refused in every parameter (lists included); those in ``_BOUNDED`` must lie
-    within their bounds (:data:`detect.limits.LIMITS`)."""
-    from detect.limits import check_bound
-
-    for v in value if isinstance(value, list) else [value]:
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{source} {name}={v!r} is not a finite number")
-        if name in _BOUNDED and v is not None:
-            check_bound(v, name, source, *_BOUNDED[name])
 
 
 def build_proposer(spec: Mapping, source: str = "spec", onnx_cache: str | Path | None = None) -> Proposer:

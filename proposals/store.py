@@ -109,8 +109,7 @@ def _chunk_arrays(indices: np.ndarray, results: list) -> dict[str, np.ndarray]:
 
 
 def _merge(chunks: ChunkedRun, out_path: Path, image_ids: Sequence[str], meta: dict, run_info: dict) -> SkipLog:
-    """Write the store from every chunk in two streaming passes: sizes, failures and the box range
-    first (small members only), then the boxes image by image in store order."""
+    """Write the store from every chunk in the two streaming passes of the module docstring."""
     counts = np.zeros(chunks.n, np.int64)
     with_scores = np.zeros(chunks.n, bool)
     failed: dict[int, str] = {}
@@ -128,13 +127,16 @@ def _merge(chunks: ChunkedRun, out_path: Path, image_ids: Sequence[str], meta: d
             with_scores[expected] = z["has_scores"]
             failed.update({int(k): v for k, v in json.loads(str(z["errors"])).items()})
             seconds.extend(z["seconds"].tolist())
-    _check_some_processed(chunks, image_ids, failed)
+    if not chunks.n or len(failed) >= chunks.n:  # such a store would look complete and hold nothing
+        first = "; ".join(failed[i] for i in sorted(failed)[:3]) or "the image list is empty"
+        chunks.remove()  # so that a re-run tries again
+        raise RuntimeError(f"{chunks.output}: no image could be processed ({len(failed)} of {chunks.n} failed; "
+                           f"first: {first}); no store written")
     ok = np.ones(chunks.n, bool)
     ok[list(failed)] = False
-    keep_scores = bool(ok.any()) and bool(with_scores[ok].all())
+    keep_scores = bool(with_scores[ok].all())  # ok.any(): some image was processed
     skipped = SkipLog("images")
-    for i in sorted(failed):
-        skipped.entries.append((image_ids[i], failed[i]))
+    skipped.entries.extend((image_ids[i], failed[i]) for i in sorted(failed))
     meta = dict(meta, failed_images=[image_ids[i] for i in sorted(failed)])
     dtype = box_dtype_for(low, high) if np.isfinite(low) else np.dtype(np.uint16)
     per_group = chunks.chunk_size * chunks.world_size  # chunk c of every rank holds images c*per_group ...
@@ -154,17 +156,6 @@ def _merge(chunks: ChunkedRun, out_path: Path, image_ids: Sequence[str], meta: d
     chunks.remove()
     chunks.remove_abandoned(holding=0)
     return skipped
-
-
-def _check_some_processed(chunks: ChunkedRun, image_ids: Sequence[str], failed: dict[int, str]) -> None:
-    """Stop (``RuntimeError`` with the first reasons) when no image of the split gave proposals: such a
-    store would look complete and hold nothing. Its chunks are removed so that a re-run tries again."""
-    if chunks.n and len(failed) < chunks.n:
-        return
-    first = "; ".join(failed[i] for i in sorted(failed)[:3]) or "the image list is empty"
-    chunks.remove()
-    raise RuntimeError(f"{chunks.output}: no image could be processed ({len(failed)} of {chunks.n} failed; first: "
-                       f"{first}); no store written")
 
 
 def propose_dataset(image_paths: Sequence[str | Path], image_ids: Sequence[str], proposer: Proposer,
@@ -235,16 +226,14 @@ def _propose(chunks: ChunkedRun, rank, images, image_ids, proposer, make_propose
         for path in (out_path, sidecar_path(out_path)):
             remove_stale_temps(path)
     mine = chunks.indices(rank)
-    pending = chunks.pending(rank)
-    if stop_after_chunks is not None:
-        pending = pending[:stop_after_chunks]
+    pending = chunks.pending(rank)[:stop_after_chunks]  # None: all
     skipped = SkipLog("images")
-    done_images = sum(len(mine[c]) for c in range(len(mine))) - sum(len(mine[c]) for c in pending)
     log.info("%s: rank %d/%d, %d of %d chunks to compute", out_path.name, rank, world_size, len(pending), len(mine))
     workers = resolve_workers(workers)
     todo = [int(i) for c in pending for i in mine[c]]
-    bar = tqdm(total=sum(len(m) for m in mine), initial=done_images, desc=f"proposals {proposer.name}",
-               disable=not progress, unit="img")
+    total = sum(len(m) for m in mine)
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"proposals {proposer.name}", disable=not progress,
+               unit="img")
     pool = None
     try:
         if workers > 1 and todo:

@@ -427,34 +427,33 @@ class ProposalStore:
     def __contains__(self, image_id: str) -> bool:
         return self._position(image_id) is not None
 
-    def _rows(self, image_id: str) -> tuple[int, slice]:
+    def _read(self, image_id: str, column: int) -> np.ndarray:
+        """Image ``image_id``'s boxes (column 0) or scores (1) as float32, checked against its digest."""
         i = self._position(image_id)
         if i is None:
             raise KeyError(f"no proposals stored for image {image_id!r}")
-        return i, slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+        rows = (self.boxes, self.scores)[column][int(self.offsets[i]):int(self.offsets[i + 1])]
+        return np.array(self._verified(i, column, rows), dtype=np.float32)
 
-    def _verified(self, i: int, column: int, rows: np.ndarray, what: str) -> np.ndarray:
-        """``rows`` (image ``i``'s stored boxes or scores) after the check against its digest."""
+    def _verified(self, i: int, column: int, rows: np.ndarray) -> np.ndarray:
+        """``rows`` (image ``i``'s stored boxes, column 0, or scores, 1) after the check against its digest."""
         if self._digests is not None and zlib.crc32(rows) != int(self._digests[i, column]):
-            raise ValueError(f"{self._source}: image {str(self._ids[i])!r}: its {what} do not match the checksum "
-                             "written with the store: the file is damaged; delete it and run tools/propose.py again")
+            raise ValueError(f"{self._source}: image {str(self._ids[i])!r}: its {('boxes', 'scores')[column]} do not "
+                             "match the checksum written with the store: the file is damaged; delete it and run "
+                             "tools/propose.py again")
         return rows
 
     def get(self, image_id: str) -> np.ndarray:
         """Boxes of one image: ``ndarray[N, 4] float32`` xyxy pixels, in the method's rank order; ValueError
         naming the file and the image when they are damaged or not finite."""
-        i, rows = self._rows(image_id)
-        boxes = np.array(self._verified(i, 0, self.boxes[rows], "boxes"), dtype=np.float32)
+        boxes = self._read(image_id, 0)
         if not np.isfinite(boxes).all():
             raise ValueError(f"{self._source or 'proposal store'}: image {image_id!r}: NaN or infinite box coordinates")
         return boxes
 
     def get_scores(self, image_id: str) -> np.ndarray | None:
         """Scores of one image, ``ndarray[N] float32``, or None when the method has none."""
-        if self.scores is None:
-            return None
-        i, rows = self._rows(image_id)
-        return np.array(self._verified(i, 1, self.scores[rows], "scores"), dtype=np.float32)
+        return None if self.scores is None else self._read(image_id, 1)
 
     def boxes_per_image(self) -> np.ndarray:
         """``ndarray[I] int64``: number of boxes of each image."""
@@ -473,8 +472,7 @@ class ProposalStore:
             scores = None if self.scores is None else np.asarray(self.scores[lo:hi])
             for k in range(i, j):
                 a, b = int(offsets[k]) - lo, int(offsets[k + 1]) - lo
-                yield (self._verified(k, 0, boxes[a:b], "boxes"),
-                       None if scores is None else self._verified(k, 1, scores[a:b], "scores"))
+                yield self._verified(k, 0, boxes[a:b]), None if scores is None else self._verified(k, 1, scores[a:b])
             i = j
 
     def verify(self) -> int:
