@@ -279,7 +279,7 @@ def _member_array(path: Path, f: BinaryIO, info: zipfile.ZipInfo) -> np.ndarray:
 
 
 def _open_mapped(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays of a store, memory-mapped, and its meta dict (the index unchecked: :func:`_check_mapped`);
+    """The arrays of a store, memory-mapped, and its meta dict (the index unchecked: :meth:`ProposalStore.load`);
     ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or not a store of format 3."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: proposal file not found")
@@ -320,24 +320,6 @@ def _open_mapped(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: the store's meta is not a JSON object")
     return arrays, meta
-
-
-def _check_mapped(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """The dtypes and shapes the writer gives, and the index against its checksum; the offsets and the
-    order are checked by :class:`ProposalStore`."""
-    n = arrays["image_ids"].shape[0] if arrays["image_ids"].ndim == 1 else -1
-    expect = {"boxes": ((np.uint16, np.float32), None), "scores": ((np.float16,), 1), "digests": ((np.uint32,), (n, 2)),
-              "index_crc32": ((np.uint32,), ())}
-    for name, (dtypes, shape) in expect.items():
-        a = arrays.get(name)
-        if a is None:
-            continue
-        if a.dtype not in [np.dtype(d) for d in dtypes] or (shape == 1 and a.ndim != 1) \
-                or (isinstance(shape, tuple) and a.shape != shape):
-            raise ValueError(f"{path}: {name} is {a.dtype}{list(a.shape)}, not what the store writer writes")
-    if _index_crc([arrays[k] for k in _INDEX]) != int(arrays["index_crc32"]):
-        raise ValueError(f"{path}: the image index (ids, order, offsets, digests) does not match the checksum "
-                         "written with it: the file is damaged; delete it and run tools/propose.py again")
 
 
 def store_meta(path: str | Path) -> dict:
@@ -500,7 +482,17 @@ class ProposalStore:
             ids = arrays["image_ids"]
             if ids.dtype.kind != "U" or ids.ndim != 1:
                 raise ValueError("image_ids is not a list of strings")
-            _check_mapped(path, arrays)
+            # the dtypes and shapes the writer gives (boxes' shape, offsets and order: the constructor's checks)
+            expect = {"boxes": ((np.uint16, np.float32), None), "scores": ((np.float16,), 1),
+                      "digests": ((np.uint32,), (len(ids), 2)), "index_crc32": ((np.uint32,), ())}
+            for name, (dtypes, shape) in expect.items():
+                a = arrays.get(name)
+                if a is not None and (a.dtype not in [np.dtype(d) for d in dtypes] or (shape == 1 and a.ndim != 1)
+                                      or (isinstance(shape, tuple) and a.shape != shape)):
+                    raise ValueError(f"{name} is {a.dtype}{list(a.shape)}, not what the store writer writes")
+            if _index_crc([arrays[k] for k in _INDEX]) != int(arrays["index_crc32"]):
+                raise ValueError("the image index (ids, order, offsets, digests) does not match the checksum written "
+                                 "with it: the file is damaged; delete it and run tools/propose.py again")
             return cls(ids, arrays["offsets"], arrays["boxes"], arrays.get("scores"), meta,
                        id_order=arrays["id_order"], source=path, digests=arrays["digests"])
         except (ValueError, TypeError) as e:
