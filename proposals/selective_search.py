@@ -4,8 +4,6 @@ R-CNN's fast mode (``selective_search_boxes.m``): colour spaces HSV and Lab; Fel
 segmentations with ``k`` in {50, 100}, ``min_size = k``, ``sigma = 0.8``; the strategies
 colour+texture+size+fill and texture+size+fill; the image resized to width 500 first and the boxes
 mapped back; boxes narrower or shorter than 20 px dropped; duplicates removed.
-``superpixel_scale`` multiplies ``k`` and the minimum segment size: 1.0 is R-CNN, 2.0 is the setting
-of the GoogLeNet detection paper (larger superpixels, about half the boxes).
 
 ``ranking="seeded"`` (the default): OpenCV's graph segmentation gives the initial regions and its
 strategy objects (``setImage`` / ``get`` / ``merge``) every similarity, so the values are OpenCV's own;
@@ -153,7 +151,8 @@ class SelectiveSearch:
 
     mode: ``rcnn_fast`` (the settings below), ``opencv_fast`` / ``opencv_quality`` (OpenCV's presets,
         base and increment ``k`` = 150 x ``superpixel_scale``).
-    superpixel_scale: multiplies every ``k`` and (rcnn_fast) the minimum segment size.
+    superpixel_scale: multiplies every ``k`` and (rcnn_fast) the minimum segment size: 1.0 is R-CNN, 2.0 the
+        setting of the GoogLeNet detection paper (larger superpixels, about half the boxes).
     resize_width: the image is resized to this width before segmenting (None: original size); the
         resize is further limited so that neither side exceeds ``max_side``.
     min_box_size: boxes with a side below this (original pixels) are dropped. R-CNN's
@@ -320,8 +319,7 @@ def segmentation_side(short_sides: np.ndarray, image_sides: np.ndarray, base: in
     short_side`` to keep ``min_object_side`` pixels, or at its own size when it is smaller than that (no
     upscaling); the result is that need at quantile ``share`` over the boxes, rounded up to ``step``,
     within ``[base, limit]`` (``base`` when there is no box). Images already smaller are segmented at their
-    own size whatever the value. On coco128 (benchmarks/own_dataset.md) selective search 2x covered 91-95 % of
-    the boxes whose shorter side was 32-64 px at the segmented size, 58-81 % at 16-32 px, 5-11 % below.
+    own size whatever the value. Recall by box size at the segmented size: benchmarks/own_dataset.md.
     """
     short_sides = np.asarray(short_sides, np.float64).reshape(-1)
     image_sides = np.asarray(image_sides, np.float64).reshape(-1)

@@ -34,10 +34,12 @@ import bisect
 import io
 import json
 import logging
+import shutil
 import struct
 import tempfile
 import zipfile
 import zlib
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
@@ -215,11 +217,9 @@ class StoreWriter:
                 raise ValueError(f"{self.path}: {self._next} of {len(self.ids)} images added")
             self._boxes.close()
             if self._scores is not None:
-                w = self._open_member("scores", np.dtype(np.float16), (int(self.offsets[-1]),))
                 self._scores.seek(0)
-                for block in iter(lambda: self._scores.read(_COPY_BLOCK), b""):
-                    w.write(block)
-                w.close()
+                with self._open_member("scores", np.dtype(np.float16), (int(self.offsets[-1]),)) as w:
+                    shutil.copyfileobj(self._scores, w, _COPY_BLOCK)
                 self._scores.close()
             self._write_member("digests", _npy(self._digests))
             crc = _index_crc([*self._index.values(), self._digests])
@@ -350,7 +350,6 @@ class ProposalStore:
         self.meta = dict(meta or {})
         self._source = source
         self._digests = digests
-        self._id_list: list[str] | None = None
         self._width = self._ids.dtype.itemsize // 4  # characters of the fixed-width id array
         # the structure every lookup relies on, checked in O(I) (the boxes are never read); id_order made when None
         n = len(self._ids)
@@ -383,12 +382,10 @@ class ProposalStore:
 
     # ----------------------------------------------------------------------------- lookups
 
-    @property
+    @cached_property
     def image_ids(self) -> list[str]:
         """The I image ids in store order (built on first use: a list of every id)."""
-        if self._id_list is None:
-            self._id_list = self._ids.tolist()
-        return self._id_list
+        return self._ids.tolist()
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -502,13 +499,13 @@ class ProposalStore:
         """A store opened from a file pickles as its path (worker processes map the file again)."""
         if self._source is not None and isinstance(self.boxes, np.memmap):
             return {"source": str(self._source)}
-        return {k: v for k, v in self.__dict__.items() if k != "_id_list"}
+        return {k: v for k, v in self.__dict__.items() if k != "image_ids"}
 
     def __setstate__(self, state: dict) -> None:
         if set(state) == {"source"}:
             self.__dict__.update(ProposalStore.load(state["source"]).__dict__)
         else:
-            self.__dict__.update(state, _id_list=None)
+            self.__dict__.update(state)
 
 
 def check_coverage(store: ProposalStore, image_ids: Sequence[str], what: str, fallback: str) -> list[str]:

@@ -66,10 +66,8 @@ def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor) -> tuple[np.ndarr
         return _assign(_squared_distances(priors, gt_boxes))
 
 
-def multibox_loss(
-    pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: list[torch.Tensor], alpha: float,
-    priors: torch.Tensor | None = None,
-) -> torch.Tensor:
+def multibox_loss(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: list[torch.Tensor], alpha: float,
+                  priors: torch.Tensor | None = None) -> torch.Tensor:
     """MultiBox loss: per-image objective ``F`` at the assignment, averaged over the batch.
 
     pred_boxes: Tensor[B, K, 4] float, predicted boxes (prior + offset), normalised xyxy
@@ -81,18 +79,14 @@ def multibox_loss(
     Returns a scalar Tensor (float32).
     """
     if pred_boxes.shape[:2] != pred_logits.shape or len(gt_boxes) != len(pred_boxes):
-        raise ValueError(
-            f"shape mismatch: boxes {tuple(pred_boxes.shape)}, logits {tuple(pred_logits.shape)}, {len(gt_boxes)} gt lists"
-        )
+        raise ValueError(f"shape mismatch: boxes {tuple(pred_boxes.shape)}, logits {tuple(pred_logits.shape)}, "
+                         f"{len(gt_boxes)} gt lists")
     pred_boxes, pred_logits = pred_boxes.float(), pred_logits.float()
     # every prediction first counts as unmatched: -log(1 - c_i)
     total = -F.logsigmoid(-pred_logits).sum()
     for b, gt in enumerate(gt_boxes):
         gt = gt.to(device=pred_boxes.device, dtype=torch.float32)
-        if priors is None:
-            rows, cols = match(pred_boxes[b], pred_logits[b], gt, alpha)
-        else:
-            rows, cols = match_priors(priors, gt)
+        rows, cols = match(pred_boxes[b], pred_logits[b], gt, alpha) if priors is None else match_priors(priors, gt)
         if len(rows) == 0:
             continue
         rows_t = torch.as_tensor(rows, device=pred_boxes.device)
