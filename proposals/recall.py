@@ -69,7 +69,7 @@ def proposal_recall(gts: Sequence[np.ndarray], proposals: Sequence[np.ndarray], 
     if len(gts) != len(proposals):
         raise ValueError(f"{len(gts)} ground-truth lists but {len(proposals)} proposal lists")
     ks = [int(k) for k in ks]
-    best_all, at_k_all, thr_all = [], [], []
+    best_all, at_k_all, thr_all = [np.zeros(0)], [np.zeros((len(ks), 0))], [np.zeros(0)]  # for no image at all
     for i, (gt, props) in enumerate(zip(gts, proposals)):
         gt = np.asarray(gt, np.float64).reshape(-1, 4)
         if keep is not None:
@@ -78,9 +78,7 @@ def proposal_recall(gts: Sequence[np.ndarray], proposals: Sequence[np.ndarray], 
         best_all.append(best)
         at_k_all.append(at_k)
         thr_all.append(ilsvrc_thresholds(gt, plus_one=plus_one))
-    best = np.concatenate(best_all) if best_all else np.zeros(0)
-    at_k = np.concatenate(at_k_all, axis=1) if at_k_all else np.zeros((len(ks), 0))
-    thr = np.concatenate(thr_all) if thr_all else np.zeros(0)
+    best, at_k, thr = np.concatenate(best_all), np.concatenate(at_k_all, axis=1), np.concatenate(thr_all)
     n = len(best)
     share = (lambda m: float(m.mean()) if n else 0.0)
     return ProposalRecall(

@@ -104,12 +104,10 @@ def proposer_spec(proposer: Proposer) -> dict:
 def _target_class(target: Any, source: str) -> type:
     """The registered class a Hydra ``_target_`` names (only modules of the ``proposals`` package are imported)."""
     module, _, name = str(target).rpartition(".")
-    cls = None
-    if module == "proposals" or module.startswith("proposals."):
-        try:
-            cls = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            pass
+    try:
+        cls = getattr(importlib.import_module(module), name, None) if module.split(".")[0] == "proposals" else None
+    except ImportError:
+        cls = None
     if cls is None or _kind_of(cls) is None:
         raise ValueError(f"{source}: proposer {target!r} is not one of the project's proposers; refused")
     return cls

@@ -9,10 +9,8 @@ merge streams: it reads each chunk's small arrays once to size the store, then c
 by image in store order (a few chunks in memory at a time), so a split of any size merges in bounded
 memory.
 
-The store's fingerprint (in its meta) covers the image ids, paths and contents
-(:func:`detect.runs.image_list_digest`: file stats, or sha256 with ``image_fingerprint="sha256"``), the
-settings and the chunk size: an image replaced in place makes the store stale. A split in which no
-image could be processed stops with the first reasons and writes no store.
+The store's fingerprint (in its meta) covers the image ids, paths and contents (``image_fingerprint``),
+the settings and the chunk size: an image replaced in place makes the store stale.
 """
 from __future__ import annotations
 
@@ -67,8 +65,7 @@ def _propose_file(proposer: Proposer, path: str, size: tuple[int, int] | None
                   ) -> tuple[Proposals | None, str | None, float]:
     start = time.perf_counter()
     try:
-        result = proposer(read_image(path, size))
-        error = None
+        result, error = proposer(read_image(path, size)), None
     except ValueError as e:  # ImageError included; the message names the problem
         result, error = None, str(e) if str(path) in str(e) else f"{path}: {e}"
     return result, error, time.perf_counter() - start
