@@ -68,9 +68,7 @@ def _make_strategy(name: str, shared: dict | None = None):
         raise ValueError(f"unknown strategy {name!r}: join up to four of {sorted(_STRATEGY_PARTS)} with '_'")
     shared = {} if shared is None else shared
     made = [shared.setdefault(p, _STRATEGY_PARTS[p]()) for p in parts]
-    if len(made) == 1:
-        return made[0]
-    return _seg.createSelectiveSearchSegmentationStrategyMultiple(*made)
+    return made[0] if len(made) == 1 else _seg.createSelectiveSearchSegmentationStrategyMultiple(*made)
 
 
 def _initial_regions(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,8 +205,7 @@ class SelectiveSearch:
         return f"ss{float(params['superpixel_scale']):g}x" if params["mode"] == "rcnn_fast" else f"ss_{params['mode']}"
 
     def spec_params(self) -> dict:
-        """Constructor arguments that rebuild this proposer (plain values, tuples as lists; see
-        :mod:`proposals.spec`): its attributes."""
+        """Constructor arguments that rebuild this proposer: its attributes, tuples as lists (:mod:`proposals.spec`)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
 
     def _resize(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

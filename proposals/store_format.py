@@ -397,11 +397,7 @@ class ProposalStore:
             return None
         ids, order = self._ids, self._order
         pos = bisect.bisect_left(range(len(ids)), key, key=lambda p: str(ids[order[p]]))
-        if pos < len(ids):
-            i = int(order[pos])
-            if str(ids[i]) == key:
-                return i
-        return None
+        return int(order[pos]) if pos < len(ids) and str(ids[order[pos]]) == key else None
 
     def __contains__(self, image_id: str) -> bool:
         return self._position(image_id) is not None
