@@ -245,8 +245,11 @@ class SelectiveSearch:
         return images, segmenters, strategies
 
     def _seeded_rects(self, image: np.ndarray) -> np.ndarray:
-        """Ranked distinct boxes ``float32[K, 4]`` (xyxy, pixels of ``image``) by our grouping and ranking of
-        every region of every hierarchy, in OpenCV's order."""
+        """Ranked distinct boxes ``float32[K, 4]`` (xyxy, pixels of ``image``) by our grouping and ranking."""
+        return _rank(*self._hierarchies(image), self.seed).astype(np.float32)
+
+    def _hierarchies(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every region of every hierarchy, in OpenCV's order: boxes ``int64[M, 4]`` (xyxy), levels ``int64[M]``."""
         images, segmenters, names = self._plan(image)
         shared: dict = {}
         strategies = [_make_strategy(s, shared) for s in names]
@@ -257,7 +260,7 @@ class SelectiveSearch:
                 r, lv = _group(im, regions, strategy, image_id)
                 rects.append(r)
                 levels.append(lv)
-        return _rank(np.concatenate(rects), np.concatenate(levels), self.seed).astype(np.float32)
+        return np.concatenate(rects), np.concatenate(levels)
 
     def _opencv_rects(self, image: np.ndarray) -> np.ndarray:
         """Ranked distinct boxes ``float32[K, 4]`` (xyxy) from OpenCV's own selective search object:
@@ -296,10 +299,14 @@ class SelectiveSearch:
             rects = self._seeded_rects(small) if self.ranking == "seeded" else self._opencv_rects(small)
         except cv2.error as e:
             raise ValueError(f"selective search failed on an image of shape {image.shape}: {e.err or e}") from None
-        # mapped back to the image's pixels and clipped to it; small ones and repeats dropped; at most max_boxes
+        return self._finish(rects, back, w, h)
+
+    def _finish(self, rects: np.ndarray, back: np.ndarray, w: int, h: int) -> Proposals:
+        """Ranked rects ``float32[K, 4]`` (xyxy, resized pixels) -> the boxes returned: mapped back by
+        ``back``, clipped to ``w`` x ``h``, small ones and repeats dropped, at most ``max_boxes``."""
         boxes = clip_boxes(rects * back, w, h).astype(np.float32)
         boxes = boxes[remove_small_boxes(boxes, self.min_box_size)]
-        return Proposals(boxes[unique_boxes(boxes)][: self.max_boxes])
+        return Proposals(boxes[unique_boxes(boxes)][: self.max_boxes])  # max_boxes None: all
 
     def __repr__(self) -> str:
         return (f"SelectiveSearch(mode={self.mode!r}, superpixel_scale={self.superpixel_scale}, "

@@ -2,9 +2,8 @@
 convention, normalised boxes).
 
 Class-agnostic: labels are dropped, ignored boxes (VOC difficult, COCO crowd) left out. Training
-augmentation: a mild random crop (each side keeps at least ``min_crop`` of the image; boxes clipped
-to the crop, those keeping less than ``min_visible`` of their area dropped) and horizontal flips.
-Randomness comes from torch's generator, which the DataLoader seeds per worker.
+augmentation (:class:`MultiBoxDataset`, :func:`crop_boxes`): a mild random crop and horizontal flips,
+drawn from torch's generator, which the DataLoader seeds per worker.
 """
 from __future__ import annotations
 
@@ -32,13 +31,12 @@ def crop_boxes(boxes: np.ndarray, crop: tuple[float, float, float, float], min_v
     (or zero). Returns ``ndarray[M, 4] float32`` in crop pixels."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     x1, y1, x2, y2 = crop
-    clipped = boxes.copy()
-    clipped[:, 0::2] = clipped[:, 0::2].clip(x1, x2)
-    clipped[:, 1::2] = clipped[:, 1::2].clip(y1, y2)
+    origin = np.array([x1, y1, x1, y1], dtype=np.float32)
+    clipped = boxes.clip(origin, np.array([x2, y2, x2, y2], dtype=np.float32))
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
     keep = (visible > 0) & (visible >= min_visible * np.maximum(area, 0))
-    return clipped[keep] - np.array([x1, y1, x1, y1], dtype=np.float32)
+    return clipped[keep] - origin
 
 
 class MultiBoxDataset(Dataset):
