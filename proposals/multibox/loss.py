@@ -37,9 +37,6 @@ def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _assign(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Least-cost bipartite assignment of a ``Tensor[K, G]`` cost (Hungarian algorithm, scipy) ->
     ``(row int64[M], col int64[M])``, ``M = min(K, G)``; empty when either side is empty."""
-    if cost.numel() == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
     rows, cols = linear_sum_assignment(cost.detach().cpu().double().numpy())
     return rows.astype(np.int64), cols.astype(np.int64)
 
@@ -87,8 +84,6 @@ def multibox_loss(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes:
     for b, gt in enumerate(gt_boxes):
         gt = gt.to(device=pred_boxes.device, dtype=torch.float32)
         rows, cols = match(pred_boxes[b], pred_logits[b], gt, alpha) if priors is None else match_priors(priors, gt)
-        if len(rows) == 0:
-            continue
         rows_t = torch.as_tensor(rows, device=pred_boxes.device)
         cols_t = torch.as_tensor(cols, device=pred_boxes.device)
         # matched pairs swap -log(1 - c_i) for -log c_i and add the location term
