@@ -210,8 +210,7 @@ class StoreWriter:
         self._next += 1
 
     def commit(self) -> None:
-        """Finish the file (every image must have been added) and rename it over ``path``; on an error,
-        :meth:`abort`."""
+        """Finish the file (every image must have been added) and rename it over ``path``; :meth:`abort` on an error."""
         try:
             if self._next != len(self.ids):
                 raise ValueError(f"{self.path}: {self._next} of {len(self.ids)} images added")
