@@ -267,7 +267,7 @@ def annotation_records(entries: list[tuple[str, int]], images: list[Path | None]
                        source, skipped: SkipLog, warnings: SkipLog, check_images: bool,
                        missing_annotation: str = "skip", sizes_from_images: bool = True) -> list[DetectionRecord]:
     """One :class:`DetectionRecord` (``image_id`` = name, ``index``) per listed ``(name, index)`` whose image
-    and annotation can be used. ``images``: each entry's image as found (``None``: not found: skipped as
+    and annotation can be used. ``images``: each entry's image as ``finder.find_all`` found it (``None``: skipped as
     "missing image" with ``check_images``, else recorded at ``finder.default_path``); ``parsed``: each
     entry's :class:`ParsedAnnotation`. A missing annotation is skipped (``missing_annotation="empty"``:
     kept without boxes), an unreadable one skipped, each dropped object counted: in ``skipped``, under

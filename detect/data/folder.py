@@ -108,9 +108,7 @@ class ImageFinder:
 
     def default_path(self, name: str) -> Path:
         """The conventional path ``folder/<name><expected>`` (``folder/<name>`` when it has an extension),
-        for an image that was not found."""
-        if leaves_folder(name):
-            raise ValueError(f"{name!r}: image name points outside {self.folder}")
+        for an image that :meth:`find` (which refuses a name leading out of the folder) did not find."""
         return Path(self._prefix + (name if _split_image_name(name)[1] else name + self.expected))
 
     def describe_missing(self, missing: list[str], total: int) -> str:
@@ -159,7 +157,7 @@ def list_images(paths) -> list[Path]:
     ``FileNotFoundError`` naming it."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    out, seen = [], set()
+    out = {}  # the resolved path -> the path as found first
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(Path(folder) / f for folder, _, files in os.walk(p) for f in files if is_image_name(f))
@@ -168,10 +166,8 @@ def list_images(paths) -> list[Path]:
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
         for f in found:
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
-                out.append(f)
-    return out
+            out.setdefault(f.resolve(), f)
+    return list(out.values())
 
 
 def read_image_folder(paths, classes: ClassList | None = None) -> DetectionDataset:

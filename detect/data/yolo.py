@@ -291,8 +291,7 @@ def _class_map(y: YoloData, classes) -> tuple[ClassList, np.ndarray]:
     absent = [w for w, n in zip(class_list.wnids, class_list.names) if w not in known and n not in known]
     if absent:
         raise ValueError(f"data.classes: {absent[0]!r} is not among the names of {y.yaml_file} ({list(y.names)[:8]})")
-    remap = np.array([class_list.index(n) if n in class_list else -1 for n in y.names], dtype=np.int64)
-    return class_list, remap
+    return class_list, np.array([class_list.index(n) if n in class_list else -1 for n in y.names], dtype=np.int64)
 
 
 def _parse_split(y: YoloData, split: str, images: list[Path], labels: list[Path],
@@ -310,13 +309,10 @@ def _find_listed(y: YoloData, images: list[Path], max_missing: float, skipped: S
     ones counted in ``skipped``, more than ``max_missing`` of them stop the reader (``ImageFinder``)."""
     finder = ImageFinder(y.root, ".jpg")
     found = finder.find_all([os.path.relpath(p, y.root) for p in images], True, max_missing)
-    out = []
-    for index, (listed, path) in enumerate(zip(images, found), 1):
+    for listed, path in zip(images, found):
         if path is None:
             skipped.add(listed, "missing image")
-        else:
-            out.append((index, path))
-    return out
+    return [(index, path) for index, path in enumerate(found, 1) if path is not None]
 
 
 def _orphan_labels(y: YoloData, labels: list[Path], skipped: SkipLog) -> None:
