@@ -285,7 +285,7 @@ def _training_classes(root, classes_from, classes_from_files, parts: list[_Part]
     """The classes the training files define (their faults are reported when the training split itself
     is read); files already read are reused. Cached in ``cache_dir`` (refreshed when a file changes),
     so that an evaluation reads no training JSON twice."""
-    if classes_from_files is not None and isinstance(classes_from_files, (str, Path)):
+    if isinstance(classes_from_files, (str, Path)):
         classes_from_files = [classes_from_files]
     names = _names(classes_from, "classes_from") or [Path(str(f)).stem for f in classes_from_files]
     files = [Path(str(f)) if f is not None else _find_split(root, name, "classes_from", "classes_from_files")[0]
