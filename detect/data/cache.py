@@ -10,10 +10,6 @@ annotation file's size, modification and change times (nanoseconds) and inode. A
 differs (a file edited, added or removed, another list) means the annotations are parsed again and
 the cache overwritten; a cache that cannot be read is ignored (and rewritten). The cache holds parse
 results only; which images exist is looked up on every read.
-
-:func:`annotation_records` turns parsed annotations and found images into records by the rules both
-XML readers share (what a missing image, a missing or unreadable annotation, a dropped object or a
-missing size leads to).
 """
 from __future__ import annotations
 
@@ -29,7 +25,7 @@ import numpy as np
 
 from detect.classes import ClassList
 from detect.data.folder import ImageFinder, size_from_image
-from detect.data.records import MAX_PIXELS, DetectionRecord, SkipLog
+from detect.data.records import DetectionRecord, SkipLog
 from detect.io import atomic_write_json, digest, stat_signatures
 from detect.runs import write_npz
 
@@ -53,11 +49,6 @@ class ParsedAnnotation:
     labels: np.ndarray | None = None
     flags: np.ndarray | None = None
     problems: tuple[str, ...] = ()
-
-    @classmethod
-    def from_raw(cls, raw) -> "ParsedAnnotation":
-        """From a parser's raw tuple ``(width, height, boxes [[x1, y1, x2, y2], ...], labels, flags, problems)``."""
-        return ParsedFolder.from_raw([raw])[0]
 
     @classmethod
     def empty(cls) -> "ParsedAnnotation":
@@ -97,7 +88,8 @@ class ParsedFolder:
 
     @classmethod
     def from_raw(cls, items: list) -> "ParsedFolder":
-        """From per-file raw tuples (see :meth:`ParsedAnnotation.from_raw`) or error strings."""
+        """From per-file error strings or parsers' raw tuples ``(width, height, boxes [[x1, y1, x2, y2], ...],
+        labels, flags, problems)``."""
         width, height, counts, boxes, labels, flags = [], [], [], [], [], []
         errors, problems = {}, {}
         for i, item in enumerate(items):
@@ -156,8 +148,7 @@ class ParsedFolder:
             return None
         width, height, counts, boxes, labels, flags = arrays
         total = int(counts.sum()) if counts.ndim == 1 else -1
-        if (len(counts) != num or len(width) != num or len(height) != num or boxes.shape != (total, 4)
-                or len(labels) != total or len(flags) != total):
+        if [a.shape for a in arrays] != [(num,)] * 3 + [(total, 4), (total,), (total,)]:
             log.warning("%s: inconsistent annotation cache; parsing again", path)
             return None
         log.info("%s: %d parsed annotations from the cache", path, num)
@@ -174,12 +165,9 @@ def cache_key(cache_dir: str | Path | None, tag: str, identity: list, files: lis
     return Path(cache_dir) / f"{tag}_{digest(identity, 16)}.npz", digest([extra, list(names), stat_signatures(files)])
 
 
-def cached_class_list(cache_dir, tag: str, identity: list, files: list[str], names: list[str], extra: list,
-                      make: Callable[[], ClassList]) -> ClassList:
-    """``make()``, kept as JSON in ``cache_dir`` (``None``: not kept) under ``tag`` and ``identity`` (see
-    :func:`cache_key`), and made again when the fingerprint of ``extra``, ``names`` and each of
-    ``files``' stat differs (an annotation file edited, added or removed)."""
-    key = cache_key(cache_dir, tag, identity, files, names, extra)
+def cached_class_list(key: tuple[Path, str] | None, make: Callable[[], ClassList]) -> ClassList:
+    """``make()``, kept as JSON beside the cache file of ``key`` (:func:`cache_key`; ``None``: not kept) and
+    made again when the fingerprint differs (an annotation file edited, added or removed)."""
     if key is None:
         return make()
     cache, fingerprint = key[0].with_suffix(".json"), key[1]
@@ -202,7 +190,7 @@ MIN_FILES_PER_WORKER = 2000  # below this many files per worker process, parsing
 
 def parse_files(parse: Callable, items: list, key: tuple[Path, str] | None, what: str,
                 workers: int = 1) -> ParsedFolder:
-    """``parse(item)`` (a raw tuple, see :meth:`ParsedAnnotation.from_raw`) of every item, through the
+    """``parse(item)`` (a raw tuple, see :meth:`ParsedFolder.from_raw`) of every item, through the
     cache ``key`` (:func:`cache_key`; ``None``: no cache). An item ``parse`` refuses (``ValueError``, or
     ``OverflowError``: a number no parser bounded, never a crash) gets ``error``, the exception's text.
     ``what``: the folder or split named in the progress bar. ``workers``: processes that parse when the
@@ -251,24 +239,20 @@ def _parse_in_workers(parse: Callable, items: list, workers: int) -> ParsedFolde
 
 
 def _parse_xml(parse_raw, classes, path: str) -> tuple:
-    """``parse_raw(path, classes)``; ``ValueError`` ``"missing"`` when it fails and the file does not
-    exist, or naming the file when a size does not fit the int64 columns (the parsers bound sizes and
-    coordinates themselves; this keeps one file from failing a whole folder's columns)."""
+    """``parse_raw(path, classes)`` (:func:`detect.data.xmlfile.parse_annotation_xml`, which bounds sizes
+    and coordinates by ``MAX_PIXELS``); ``ValueError`` ``"missing"`` when it fails and the file does not
+    exist."""
     try:
-        raw = parse_raw(path, classes)
+        return parse_raw(path, classes)
     except (ValueError, OverflowError):
         if not os.path.isfile(path):
             raise ValueError("missing") from None
         raise
-    for value in raw[:2]:
-        if value is not None and not 0 <= value <= MAX_PIXELS:
-            raise ValueError(f"{path}: image size {value} out of range (at most {MAX_PIXELS} pixels)")
-    return raw
 
 
 def parse_annotation_files(folder: str | Path, names: list[str], parse_raw, cache_dir: str | Path | None, tag: str,
                            version: int, classes, workers: int = 1) -> ParsedFolder:
-    """``parse_raw(folder/<name>.xml, classes)`` (a raw tuple, see :meth:`ParsedAnnotation.from_raw`) for
+    """``parse_raw(folder/<name>.xml, classes)`` (a raw tuple, see :meth:`ParsedFolder.from_raw`) for
     every name, through :func:`parse_files` (cache in ``cache_dir`` when given, ``workers``). A file that
     cannot be parsed gets ``error`` (its ``ValueError`` text, or ``"missing"``). ``version`` (the
     parser's) and ``classes`` are part of the fingerprint."""
@@ -283,7 +267,7 @@ def annotation_records(entries: list[tuple[str, int]], images: list[Path | None]
                        source, skipped: SkipLog, warnings: SkipLog, check_images: bool,
                        missing_annotation: str = "skip", sizes_from_images: bool = True) -> list[DetectionRecord]:
     """One :class:`DetectionRecord` (``image_id`` = name, ``index``) per listed ``(name, index)`` whose image
-    and annotation can be used. ``images``: each entry's image as found (``None``: not found: skipped as
+    and annotation can be used. ``images``: each entry's image as ``finder.find_all`` found it (``None``: skipped as
     "missing image" with ``check_images``, else recorded at ``finder.default_path``); ``parsed``: each
     entry's :class:`ParsedAnnotation`. A missing annotation is skipped (``missing_annotation="empty"``:
     kept without boxes), an unreadable one skipped, each dropped object counted: in ``skipped``, under

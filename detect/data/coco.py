@@ -48,10 +48,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from detect.classes import ClassList, read_class_list
-from detect.data.cache import cached_class_list
+from detect.data.cache import cache_key, cached_class_list
 from detect.data.folder import ImageFinder, leaves_folder
 from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, check_id, check_pixels, finish_dataset,
                                  reader_logs)
@@ -141,11 +139,10 @@ def _check_annotation(ann, images: dict, categories: dict) -> tuple[int, tuple[i
 
 
 def find_coco_split(root: str | Path, split: str) -> tuple[Path, Path]:
-    """``(annotation file, image folder)`` of ``split`` in the dataset folder ``root``: a Roboflow export
-    (``<split>/_annotations.coco.json``, images beside it) or the official layout
-    (``annotations/instances_<split>.json``, images in ``images/<split>/`` or ``<split>/``; the first
-    when neither exists: an evaluation needs no images). ``FileNotFoundError`` listing what was looked
-    for (and what ``root`` holds) when neither is there; ``ValueError`` when both are."""
+    """``(annotation file, image folder)`` of ``split`` in the dataset folder ``root``, in either layout
+    (module docstring; the official one without an image folder: ``images/<split>/``, as an evaluation
+    needs no images). ``FileNotFoundError`` listing what was looked for (and what ``root`` holds) when
+    neither layout is there; ``ValueError`` when both are."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root}: no such folder")
@@ -226,19 +223,17 @@ class _Part:
 def _read_part(name: str, file: Path, image_dir: Path | None, skipped: SkipLog, warnings: SkipLog) -> _Part:
     """Load and check one file (bad entries counted in ``skipped``, annotation id 0 in ``warnings``)."""
     data = _load_instances(file)
-    categories = _unique_entries(file, data["categories"], "categories", "category", _check_category, skipped)
+    categories = _check_entries(file, data["categories"], "categories", "category", _check_category, skipped)
     if not categories:
         raise ValueError(f"{file}: no usable category; {skipped.summary()}")
-    images = _unique_entries(file, data["images"], "images", "image", _check_image, skipped)
+    images = _check_entries(file, data["images"], "images", "image", _check_image, skipped)
     annotations = data.get("annotations", [])
     if any(isinstance(a, dict) and type(a.get("id")) is int and a["id"] == 0 for a in annotations):
         warnings.add(file, "annotation id 0: pycocotools' COCOeval takes a matched id of 0 for 'unmatched', so "
                            "scored by pycocotools on this file a detection matching that box is a false positive "
                            "(our evaluation and its pycocotools cross-check number annotations from 1)")
-    objects = defaultdict(list)
-    for image_id, obj in _check_entries(file, annotations, "annotations", "annotation",
-                                        lambda a: _check_annotation(a, images, categories), skipped):
-        objects[image_id].append(obj)
+    objects = _check_entries(file, annotations, "annotations", "annotation",
+                             lambda a: _check_annotation(a, images, categories), skipped, unique=False)
     return _Part(name, file, image_dir, categories, images, objects, len(data["images"]))
 
 
@@ -274,8 +269,7 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
             class_list = _class_list(None, parts)
     records = []
     for part in parts:
-        label_of = _labels(part, class_list)
-        records += _coco_records(part, label_of, check_images, max_missing_images, skipped,
+        records += _coco_records(part, _labels(part, class_list), check_images, max_missing_images, skipped,
                                  f"{part.name}/" if len(parts) > 1 else "")
     for index, record in enumerate(records, 1):
         record.index = index
@@ -291,17 +285,17 @@ def _training_classes(root, classes_from, classes_from_files, parts: list[_Part]
     """The classes the training files define (their faults are reported when the training split itself
     is read); files already read are reused. Cached in ``cache_dir`` (refreshed when a file changes),
     so that an evaluation reads no training JSON twice."""
-    if classes_from_files is not None and isinstance(classes_from_files, (str, Path)):
+    if isinstance(classes_from_files, (str, Path)):
         classes_from_files = [classes_from_files]
     names = _names(classes_from, "classes_from") or [Path(str(f)).stem for f in classes_from_files]
     files = [Path(str(f)) if f is not None else _find_split(root, name, "classes_from", "classes_from_files")[0]
              for name, f in zip(names, _per_split(classes_from_files, len(names), "classes_from_files"))]
-    read = {p.file.resolve(): p for p in parts}
-    quiet = SkipLog(log_limit=-1)  # the training split's faults are reported when it is read itself
     paths = [str(f.resolve()) for f in files]
-    return cached_class_list(cache_dir, "coco_classes", paths, paths, names, ["coco classes", CLASSES_VERSION],
-                             lambda: _class_list(None, [read.get(f.resolve()) or _read_part(n, f, None, quiet, quiet)
-                                                        for n, f in zip(names, files)]))
+    read = {str(p.file.resolve()): p for p in parts}
+    quiet = SkipLog(log_limit=-1)
+    key = cache_key(cache_dir, "coco_classes", paths, paths, names, ["coco classes", CLASSES_VERSION])
+    return cached_class_list(key, lambda: _class_list(None, [read.get(path) or _read_part(n, f, None, quiet, quiet)
+                                                             for n, f, path in zip(names, files, paths)]))
 
 
 def _agreeing_categories(parts: list[_Part]) -> dict:
@@ -368,9 +362,8 @@ def coco_image_ids_by_name(annotation_file: str | Path) -> dict[str, int]:
     """``{file name: image id}`` of a COCO file's valid ``images`` (the name without its folders; a name
     two entries share maps to neither). Bad entries are logged and left out."""
     annotation_file = Path(annotation_file)
-    data = _load_instances(annotation_file)
-    skipped = SkipLog("images")
-    images = _unique_entries(annotation_file, data["images"], "images", "image", _check_image, skipped)
+    images = _check_entries(annotation_file, _load_instances(annotation_file)["images"], "images", "image",
+                            _check_image, SkipLog("images"))
     names = Counter(Path(v[0]).name for v in images.values())
     return {Path(v[0]).name: i for i, v in images.items() if names[Path(v[0]).name] == 1}
 
@@ -392,32 +385,26 @@ def _load_instances(annotation_file: Path) -> dict:
     return data
 
 
-def _check_entries(path: Path, entries: list, key: str, what: str, check, skipped: SkipLog) -> list:
-    """``check(entry)`` of each entry of list ``key`` it accepts; an entry it refuses (``ValueError``) is
-    counted in ``skipped`` under ``file: key[k] (id ...)``, as ``bad <what>: <reason>`` unless the
-    reason is one of its own kinds (unknown image, unknown class, degenerate box)."""
-    out = []
+def _check_entries(path: Path, entries: list, key: str, what: str, check, skipped: SkipLog,
+                   unique: bool = True) -> dict:
+    """``{id: value}`` of the entries of list ``key`` that ``check`` (entry -> ``(id, value)``) accepts and
+    whose id is new (``unique=False``: ``{id: [value, ...]}``, an id may repeat). An entry refused
+    (``ValueError``) is counted in ``skipped`` under ``file: key[k] (id ...)``, as ``bad <what>: <reason>``
+    unless the reason is one of its own kinds (unknown image, unknown class, degenerate box)."""
+    kept = {} if unique else defaultdict(list)
     for k, entry in enumerate(entries):
         try:
-            out.append(check(entry))
+            ident, value = check(entry)
+            if not unique:
+                kept[ident].append(value)
+            elif ident in kept:
+                raise ValueError(f"duplicate {what} id {ident}")
+            else:
+                kept[ident] = value
         except ValueError as e:
             text = str(e) if str(e).startswith(("unknown image", "unknown class", "degenerate box")) else f"bad {what}: {e}"
-            ident = entry.get("id") if isinstance(entry, dict) else None
-            skipped.add(f"{path}: {key}[{k}]" + (f" (id {ident!r})" if ident is not None else ""), text)
-    return out
-
-
-def _unique_entries(path: Path, entries: list, key: str, what: str, check, skipped: SkipLog) -> dict:
-    """``{id: value}`` of the entries that ``check`` (entry -> ``(id, value)``) accepts and whose id is new."""
-    kept = {}
-
-    def new(entry):
-        ident, value = check(entry)
-        if ident in kept:
-            raise ValueError(f"duplicate {what} id {ident}")
-        kept[ident] = value
-
-    _check_entries(path, entries, key, what, new, skipped)
+            raw_id = entry.get("id") if isinstance(entry, dict) else None
+            skipped.add(f"{path}: {key}[{k}]" + (f" (id {raw_id!r})" if raw_id is not None else ""), text)
     return kept
 
 
@@ -445,8 +432,7 @@ def _coco_records(part: _Part, label_of: dict, check_images: bool, max_missing_i
             if check_images:
                 skipped.add(path, "missing image")
                 continue
-        xywh = np.array([a[1] for a in anns], np.float64).reshape(-1, 4)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        boxes = [[x, y, x + w, y + h] for _, (x, y, w, h), _ in anns]
         records.append(DetectionRecord(f"{prefix}{image_id}", path, width, height, boxes, [a[0] for a in anns],
                                        [a[2] for a in anns]))
     return records

@@ -1,14 +1,9 @@
-"""Image files: finding a dataset's images by name, and image folders as a dataset without ground truth.
-
-Every reader resolves image files through :class:`ImageFinder`: one directory listing per folder
-(not one ``stat`` or glob per image), and an image is found by its stem whatever its extension and
-the extension's case (``IMG_0001`` -> ``IMG_0001.JPG``, ``.jpeg``, ``.png`` ...; the reader's usual
-extension is preferred when several files share a stem). When many listed images are missing,
-:meth:`ImageFinder.check_missing` stops with an error that names the pattern (what was looked for,
-and what the folder holds instead).
+"""Image files: finding a dataset's images by name (:class:`ImageFinder`, which every reader uses), and
+image folders as a dataset without ground truth.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import Counter
@@ -46,7 +41,10 @@ def leaves_folder(name: str) -> bool:
 
 
 class ImageFinder:
-    """Finds the image files of a dataset under ``folder`` by name, from one listing per sub-folder.
+    """Finds the image files of a dataset under ``folder`` by name, from one listing per sub-folder (not one
+    ``stat`` or glob per image), whatever the extension and its case (``IMG_0001`` -> ``IMG_0001.JPG``,
+    ``.jpeg``, ``.png`` ...). When many listed images are missing, :meth:`check_missing` stops with an
+    error naming the pattern (what was looked for, and what the folder holds instead).
 
     ``expected``: the dataset's usual extension (``".JPEG"`` for ILSVRC, ``".jpg"`` for VOC), preferred
     when several files share a stem and named in error messages. ``find(name)`` takes a name with or
@@ -65,20 +63,18 @@ class ImageFinder:
         if sub not in self._dirs:
             files: set[str] = set()
             stems: dict[str, list[str]] = {}
-            try:
-                with os.scandir(self.folder / sub if sub else self.folder) as it:
-                    for entry in it:
-                        try:
-                            if not entry.is_file():
-                                continue
-                        except OSError:
+            with (contextlib.suppress(FileNotFoundError, NotADirectoryError, PermissionError),
+                  os.scandir(self.folder / sub if sub else self.folder) as it):
+                for entry in it:
+                    try:
+                        if not entry.is_file():
                             continue
-                        files.add(entry.name)
-                        stem, ext = _split_image_name(entry.name)
-                        if ext:
-                            stems.setdefault(stem, []).append(entry.name)
-            except (FileNotFoundError, NotADirectoryError, PermissionError):
-                pass
+                    except OSError:
+                        continue
+                    files.add(entry.name)
+                    stem, ext = _split_image_name(entry.name)
+                    if ext:
+                        stems.setdefault(stem, []).append(entry.name)
             self._dirs[sub] = (files, stems)
         return self._dirs[sub]
 
@@ -93,8 +89,6 @@ class ImageFinder:
             raise ValueError(f"{name!r}: image name points outside {self.folder}")
         sub, _, base = name.replace("\\", "/").rpartition("/")
         files, stems = self._listing(sub)
-        if not files:
-            return None
         if base in files and is_image_name(base):
             return Path(self._prefix + name)
         stem, ext = _split_image_name(base)
@@ -114,9 +108,7 @@ class ImageFinder:
 
     def default_path(self, name: str) -> Path:
         """The conventional path ``folder/<name><expected>`` (``folder/<name>`` when it has an extension),
-        for an image that was not found."""
-        if leaves_folder(name):
-            raise ValueError(f"{name!r}: image name points outside {self.folder}")
+        for an image that :meth:`find` (which refuses a name leading out of the folder) did not find."""
         return Path(self._prefix + (name if _split_image_name(name)[1] else name + self.expected))
 
     def describe_missing(self, missing: list[str], total: int) -> str:
@@ -165,31 +157,23 @@ def list_images(paths) -> list[Path]:
     ``FileNotFoundError`` naming it."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    out, seen = [], set()
+    out = {}  # the resolved path -> the path as found first
     for p in map(Path, paths):
         if p.is_dir():
-            found = []
-            for folder, dirs, files in os.walk(p):
-                dirs.sort()
-                found += [Path(folder) / f for f in files if is_image_name(f)]
-            found.sort()
+            found = sorted(Path(folder) / f for folder, _, files in os.walk(p) for f in files if is_image_name(f))
         elif p.is_file():
             found = [p]
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
         for f in found:
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
-                out.append(f)
-    return out
+            out.setdefault(f.resolve(), f)
+    return list(out.values())
 
 
 def read_image_folder(paths, classes: ClassList | None = None) -> DetectionDataset:
-    """Records without boxes for the images under ``paths`` (see :func:`list_images`).
-
-    Width/height come from the image headers (EXIF rotation applied, as :func:`read_image` does);
-    unreadable files are skipped and counted. ``image_id`` is the file's path as found, ``index`` 1-based.
-    """
+    """Records without boxes for the images under ``paths`` (see :func:`list_images`), their sizes from
+    :func:`image_size` (unreadable files are skipped and counted); ``image_id`` is the file's path as
+    found, ``index`` 1-based."""
     skipped = SkipLog("images")
     records = []
     for f in list_images(paths):

@@ -9,8 +9,7 @@ Layouts (``layout="auto"`` picks the one present under ``root``; ``2015``/``2014
   ``ILSVRC2013_DET_bbox_<split>/<name>.xml`` (train: ``ILSVRC2014_DET_train`` / ``ILSVRC2014_DET_bbox_train``);
   the list is the devkit's ``data/det_lists/<split>.txt``, given as ``devkit`` or found under
   ``root/devkit`` or ``root/ILSVRC2014_devkit``.
-Either works without the images (a ground-truth-only folder): evaluation reads no pixels
-(``check_images=False``). Images are found by name whatever their extension's case (``ImageFinder``).
+Either works without the images (a ground-truth-only folder: evaluation reads no pixels, ``check_images=False``).
 
 ``ground_truth``: the devkit's cache ``ILSVRC2015_det_validation_ground_truth.mat`` (what
 ``eval_detection.m`` saves: ``gt_img_ids`` [N x 1], ``gt_obj_labels`` {1 x N} DET_IDs,
@@ -22,12 +21,11 @@ Boxes are kept as stored (0-based inclusive ints as float32); the evaluator appl
 Objects are dropped or kept by the rule in :mod:`detect.data.records`. The record ``index`` is the
 list line's index column (what submission lines refer to). Blacklist entries (``<val index> <wnid>``)
 refer to the official val list; with another list (R-CNN's val1/val2) they are mapped through the
-names of the official list. Parsed XML is cached in ``cache_dir`` (:mod:`detect.data.cache`).
+names of the official list.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 from functools import partial
 from pathlib import Path
@@ -35,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from detect.classes import ClassList, ilsvrc_det_classes, read_class_list
-from detect.data.cache import ParsedAnnotation, annotation_records, parse_annotation_files
+from detect.data.cache import ParsedAnnotation, ParsedFolder, annotation_records, parse_annotation_files
 from detect.data.folder import ImageFinder, leaves_folder
 from detect.data.records import (DetectionDataset, DetectionRecord, check_id, as_class_list, finish_dataset,
                                  reader_logs, text_lines)
-from detect.data.xmlfile import parse_annotation_xml
+from detect.data.xmlfile import finite_number, parse_annotation_xml
 from detect.evaluation import ilsvrc_thresholds
 
 log = logging.getLogger(__name__)
@@ -94,19 +92,15 @@ def _int_value(text) -> int | None:
     try:
         return int(text)
     except (TypeError, ValueError):
-        pass
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return int(round(value)) if math.isfinite(value) else None
+        value = finite_number(text)
+    return None if value is None else int(round(value))
 
 
 def parse_ilsvrc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
     """Parse one ILSVRC annotation file (root ``<annotation>``; :func:`detect.data.xmlfile.parse_annotation_xml`,
     values rounded to int, as stored) into a :class:`ParsedAnnotation`; ``ValueError`` naming the file
     when it is not readable XML."""
-    return ParsedAnnotation.from_raw(_parse_ilsvrc_raw(path, classes))
+    return ParsedFolder.from_raw([_parse_ilsvrc_raw(path, classes)])[0]
 
 
 _parse_ilsvrc_raw = partial(parse_annotation_xml, number=_int_value, root_tag="annotation")
@@ -166,14 +160,11 @@ def _choose_layout(root: Path, split: str, layout, need_annotations: bool) -> st
 
 def _default_list(root: Path, split: str, layout: str, devkit) -> Path | None:
     if layout == "2015":
-        path = root / "ImageSets" / "DET" / f"{split}.txt"
-        return path if path.is_file() else None
-    candidates = [Path(devkit)] if devkit is not None else [root / "devkit", root / "ILSVRC2014_devkit"]
-    for base in candidates:
-        path = base / "data" / "det_lists" / f"{split}.txt"
-        if path.is_file():
-            return path
-    return None
+        candidates = [root / "ImageSets" / "DET" / f"{split}.txt"]
+    else:
+        devkits = [Path(devkit)] if devkit is not None else [root / "devkit", root / "ILSVRC2014_devkit"]
+        candidates = [base / "data" / "det_lists" / f"{split}.txt" for base in devkits]
+    return next((path for path in candidates if path.is_file()), None)
 
 
 # ---------------------------------------------------------------- ground truth sources
@@ -254,11 +245,11 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     classes: ``None`` (``root/classes.tsv`` or the ILSVRC 200), a path, or a ClassList.
     missing_annotation: a listed image without XML: ``"skip"`` (the default, except for
     ``split="test"``) drops it and counts it; ``"empty"`` keeps it without boxes (the test default).
+    ground_truth: the devkit's cached ground-truth ``.mat`` in place of the XML folder (official list only).
     check_images, max_missing_images, cache_dir, workers: as every reader (:mod:`detect.data.records`).
-    A size missing from the XML is read from the image header (counted in ``dataset.warnings``), else
-    left 0 (unknown). ground_truth: the devkit's cached ground-truth ``.mat`` in place of the XML
-    folder (official list only). Malformed XML skips the image; bad objects are dropped; both are counted in ``dataset.skipped``.
-    A split where nothing is left raises ``ValueError`` with the summary.
+    Malformed XML skips the image, bad objects are dropped (both counted in ``dataset.skipped``); a size
+    missing from the XML is read from the image header (counted in ``dataset.warnings``), else left 0
+    (unknown). A split where nothing is left raises ``ValueError`` with the summary.
     """
     root = Path(root)
     missing_annotation = missing_annotation or ("empty" if split == "test" else "skip")
@@ -315,8 +306,7 @@ def _devkit_entries(ground_truth, image_list, official: Path | None, list_path: 
 
 def _blacklist_pairs(blacklist, classes: ClassList, list_path: Path | None, official: Path | None,
                      records: list[DetectionRecord]) -> set[tuple[int, int]]:
-    """The blacklist file's ``{(record index, label)}`` (empty without one). Its entries use official val
-    indices: with another list they are mapped to this list's indices through the image names."""
+    """The blacklist file's ``{(record index, label)}`` (empty without one; mapping: module docstring)."""
     if blacklist is None:
         return set()
     pairs = read_blacklist(blacklist, classes)

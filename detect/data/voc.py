@@ -1,35 +1,28 @@
-"""PASCAL VOC annotations: ``VOCdevkit/VOC20xx/{Annotations,JPEGImages,ImageSets/Main/<split>.txt}``, or
-split folders holding each image's XML beside it (a Roboflow "Pascal VOC" export: ``train/``, ``valid/``,
-``test/``).
+"""PASCAL VOC annotations: ``VOCdevkit/VOC20xx/{Annotations,JPEGImages,ImageSets/Main/<split>.txt}``, or,
+where there is no such list, split folders holding each image's XML beside it (a Roboflow "Pascal VOC"
+export: ``train/``, ``valid/``, ``test/``; labelImg's default).
 
 VOC XML coordinates are 1-based inclusive; they become 0-based (minus 1) here, the ILSVRC convention
-the evaluator expects (its ``+1`` width rule then matches the VOC devkit). ``difficult`` objects are
-kept with ``ignore=True`` (or dropped with ``use_difficult=False``).
+the evaluator expects (its ``+1`` width rule then matches the VOC devkit).
 
 Sets exported by labelling tools often have ``<size>`` missing, ``0x0`` or not a number: the size is
 then read from the image header and the image kept (counted in ``dataset.warnings`` as repaired); the
-VOC devkit never uses the size, so the evaluation is unchanged. Images are found by name whatever
-their extension's case (``IMG_0001.JPG``, ``.jpeg``, ``.png``: :class:`detect.data.folder.ImageFinder`).
-Objects are dropped or kept by the rule in :mod:`detect.data.records`.
-
-A folder of one's own in this layout needs no class list: with ``classes_from`` the classes are the
-object names found in that split's annotations, sorted (:func:`discover_voc_classes`).
+VOC devkit never uses the size, so the evaluation is unchanged. Objects are dropped or kept by the rule
+in :mod:`detect.data.records`.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from functools import partial
 from pathlib import Path
 
 from detect.classes import ClassList
-from detect.data.cache import annotation_records, cached_class_list, parse_annotation_files
+from detect.data.cache import annotation_records, cache_key, cached_class_list, parse_annotation_files
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import (DetectionDataset, DetectionRecord, as_class_list, finish_dataset, reader_logs,
-                                 text_lines)
-from detect.data.xmlfile import parse_annotation_xml, read_xml_root
+from detect.data.records import DetectionDataset, as_class_list, finish_dataset, reader_logs, text_lines
+from detect.data.xmlfile import finite_number, parse_annotation_xml, read_xml_root
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +37,10 @@ DISCOVERY_VERSION = 2  # part of the class-name cache's fingerprint
 
 
 def _read_split(root: Path, split: str) -> tuple[Path, list[str], Path, Path]:
-    """``(what lists the split, image names, annotation folder, image folder)`` of split ``split``: the
-    VOC layout's ``ImageSets/Main/<split>.txt`` naming files of ``Annotations/`` and ``JPEGImages/``, or,
-    where there is no such list, a folder ``<split>/`` holding each image's XML beside it (a Roboflow
-    "Pascal VOC" export: ``train/``, ``valid/``, ``test/``; labelImg's default). Names in a list that
-    lead outside the dataset are refused; a split found in neither layout is a ``FileNotFoundError``
-    saying what was looked for and which folders hold annotation files."""
+    """``(what lists the split, image names, annotation folder, image folder)`` of split ``split`` in
+    either layout (module docstring). Names in a list that lead outside the dataset are refused; a split
+    found in neither layout is a ``FileNotFoundError`` saying what was looked for and which folders hold
+    annotation files."""
     list_path = root / "ImageSets" / "Main" / f"{split}.txt"
     folder = root / split
     if not list_path.exists() and not leaves_folder(split) and folder.is_dir():
@@ -99,23 +90,14 @@ def discover_voc_classes(root: str | Path, split, cache_dir: str | Path | None =
         log.info("%s %s: %d classes found in the annotations", root, "+".join(_splits(split)), len(found))
         return ClassList.from_names(sorted(found))
 
-    return cached_class_list(cache_dir, f"voc_{'+'.join(_splits(split))}_classes",
-                             [str(xml_dir.resolve()) for _, _, xml_dir, _ in found_in], files,
-                             [n for _, names, _, _ in found_in for n in names], ["voc class names", DISCOVERY_VERSION],
-                             find)
+    return cached_class_list(cache_key(cache_dir, f"voc_{'+'.join(_splits(split))}_classes",
+                                       [str(xml_dir.resolve()) for _, _, xml_dir, _ in found_in], files,
+                                       [n for _, names, _, _ in found_in for n in names],
+                                       ["voc class names", DISCOVERY_VERSION]), find)
 
 
-def _number(text) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-# one annotation file (detect.data.xmlfile.parse_annotation_xml): boxes 0-based (VOC values minus 1),
-# flags the difficult objects
-_parse_voc_raw = partial(parse_annotation_xml, number=_number, offset=1, difficult=True)
+# one annotation file: boxes 0-based (VOC values minus 1), flags the difficult objects
+_parse_voc_raw = partial(parse_annotation_xml, number=finite_number, offset=1, difficult=True)
 
 
 def read_voc(root: str | Path, split="test", classes=None, use_difficult: bool = True,
@@ -133,8 +115,7 @@ def read_voc(root: str | Path, split="test", classes=None, use_difficult: bool =
     penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list(s). Images
     are looked for in ``JPEGImages`` (beside the XML in a split folder); ``check_images``,
     ``max_missing_images``, ``cache_dir``, ``workers``: as every reader (:mod:`detect.data.records`).
-    Unreadable annotations skip the image; bad objects are dropped; both counted in ``dataset.skipped``;
-    sizes read from the images are counted in ``dataset.warnings``.
+    Unreadable annotations skip the image, bad objects are dropped (both counted in ``dataset.skipped``).
     """
     root = Path(root)
     class_list = as_class_list(classes, lambda: ClassList.from_names(VOC_CLASSES) if classes_from is None else
@@ -150,28 +131,16 @@ def read_voc(root: str | Path, split="test", classes=None, use_difficult: bool =
                                         PARSER_VERSION, class_list, workers)
         finder = ImageFinder(image_dir, ".jpg")
         images = finder.find_all(names, check_images, max_missing_images)
-        source = partial(_xml_file, xml_dir)  # the annotation file to name
+        source = lambda name: os.path.join(xml_dir, name + ".xml")  # noqa: E731 (the annotation file to name)
         part = annotation_records([(name, listed + i) for i, name in enumerate(names, 1)], images, parsed, finder,
                                   source, skipped, warnings, check_images)
+        prefix = f"{name_of_split}/" if len(splits) > 1 else ""
         for r in part:
-            xml = source(r.image_id)
-            if len(splits) > 1:
-                r = dataclasses.replace(r, image_id=f"{name_of_split}/{r.image_id}")
-            xml_of[r.image_id] = xml
-            records.append(r)
+            xml_of[prefix + r.image_id] = source(r.image_id)
+            keep = slice(None) if use_difficult else ~r.ignore  # use_difficult=False drops the difficult objects
+            records.append(dataclasses.replace(r, image_id=prefix + r.image_id, boxes=r.boxes[keep],
+                                               labels=r.labels[keep], ignore=r.ignore[keep]))
         listed += len(names)
-    if not use_difficult:
-        records = [_without_difficult(r) for r in records]
     joined = "+".join(splits)
     return finish_dataset(records, class_list, f"voc_{joined}", skipped, warnings, f"{root} {joined}", listed,
                           lambda r: xml_of[r.image_id], logger=log)
-
-
-def _xml_file(xml_dir: Path, name: str) -> str:
-    return os.path.join(xml_dir, name + ".xml")
-
-
-def _without_difficult(record: DetectionRecord) -> DetectionRecord:
-    """``record`` without its ``difficult`` (``ignore``) objects."""
-    keep = ~record.ignore
-    return dataclasses.replace(record, boxes=record.boxes[keep], labels=record.labels[keep], ignore=record.ignore[keep])

@@ -14,6 +14,7 @@ which matters when a whole validation set is read for every evaluation.
 """
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from defusedxml.common import DefusedXmlException, DTDForbidden
 
 from detect.data.records import MAX_PIXELS
 
-__all__ = ["read_xml_root", "parse_xml_bytes", "parse_annotation_xml"]
+__all__ = ["read_xml_root", "parse_xml_bytes", "finite_number", "parse_annotation_xml"]
 
 _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -65,10 +66,19 @@ def read_xml_root(path: str | Path) -> ET.Element:
         raise ValueError(f"{path}: refused XML ({type(e).__name__}: {e})") from None
 
 
+def finite_number(text) -> float | None:
+    """An XML number (``" 378.5 "``) as a float; ``None`` when missing, not a number or not finite."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def parse_annotation_xml(path: str | Path, classes, number, offset: int = 0, difficult: bool = False,
                          root_tag: str | None = None) -> tuple:
     """One ILSVRC / VOC annotation file as a raw tuple ``(width, height, boxes [[x1, y1, x2, y2], ...],
-    labels, flags, problems)`` (:meth:`detect.data.cache.ParsedAnnotation.from_raw`).
+    labels, flags, problems)`` (:meth:`detect.data.cache.ParsedFolder.from_raw`).
 
     Read: the root's ``<size>`` and ``<object>`` children (each ``<name>``, a class of ``classes``, and
     ``<bndbox>`` ``xmin ymin xmax ymax``); ``number(text)`` is a number or ``None`` (missing, not
@@ -92,14 +102,9 @@ def parse_annotation_xml(path: str | Path, classes, number, offset: int = 0, dif
         if node.tag != "object":
             continue
         k += 1
-        name, values, hard = "", {}, None
-        for c in node:
-            if c.tag == "name":
-                name = (c.text or "").strip()
-            elif c.tag == "bndbox":
-                values = {b.tag: b.text for b in c}
-            elif c.tag == "difficult":
-                hard = c.text
+        fields = {c.tag: c for c in node}  # the last of each tag
+        name = (getattr(fields.get("name"), "text", None) or "").strip()
+        values = {b.tag: b.text for b in fields.get("bndbox", ())}
         label = lookup.get(name)
         coords = [number(values.get(t)) for t in _BOX_TAGS]
         if label is None:
@@ -113,7 +118,7 @@ def parse_annotation_xml(path: str | Path, classes, number, offset: int = 0, dif
         else:
             boxes.append([c - offset for c in coords])
             labels.append(label)
-            flags.append(difficult and (number(hard) or 0) > 0)
+            flags.append(difficult and (number(getattr(fields.get("difficult"), "text", None)) or 0) > 0)
     width, height = number(size.get("width")), number(size.get("height"))
     if not (width and height and width >= 1 and height >= 1 and max(width, height) <= MAX_PIXELS):
         return None, None, boxes, labels, flags, problems

@@ -14,9 +14,8 @@ The data yaml (``data.yaml``) is read as ultralytics reads it, and as data only 
 Nothing the yaml names may lie outside the dataset root (``root``, by default the yaml's folder):
 a ``path``, split entry or list entry that does is refused, naming the file and the key.
 
-Labels. The label file of ``.../images/<sub>/<name>.<ext>`` is ``.../labels/<sub>/<name>.txt`` (the
-last ``images`` folder of the path inside the root replaced by ``labels``; an image path without one
-has its label beside it). Each line is ``class cx cy w h``, normalised to the image size (a
+Labels. The label file of ``.../images/<sub>/<name>.<ext>`` is ``.../labels/<sub>/<name>.txt``
+(:func:`yolo_label_path`). Each line is ``class cx cy w h``, normalised to the image size (a
 segmentation line ``class x1 y1 x2 y2 ...`` gives the box around its points). Boxes become float xyxy
 pixels here, with the image size read from the image header (EXIF rotation applied, as
 :func:`detect.data.images.read_image` and ultralytics do); so the images are always read, even for an
@@ -80,14 +79,10 @@ def _normal(path: str | Path) -> Path:
     return Path(os.path.normpath(os.path.abspath(path)))
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
 def _within(yaml_file: Path, root: Path, key: str, value: str, relative_to: Path) -> Path:
     """``value`` resolved against ``relative_to``; ``ValueError`` naming the file and key when outside ``root``."""
-    path = _normal(relative_to / os.path.expanduser(value)) if not os.path.isabs(value) else _normal(value)
-    if not _inside(path, root):
+    path = _normal(relative_to / os.path.expanduser(value))  # an absolute value replaces relative_to
+    if not path.is_relative_to(root):
         raise ValueError(f"{yaml_file}: {key} {value!r} leads outside the dataset folder {root} (refused; "
                          "give data.root=<the dataset folder> if that folder is the dataset)")
     return path
@@ -127,9 +122,9 @@ def _keypoints(yaml_file: Path, data: dict) -> int:
 
 
 def read_yolo_yaml(yaml_file: str | Path | None = None, root: str | Path | None = None) -> YoloData:
-    """Read a data yaml (``<root>/data.yaml`` when ``yaml_file`` is ``None``); ``root`` (default: the
-    yaml's folder) is the folder nothing named in it may leave. ``FileNotFoundError`` / ``ValueError``
-    naming the yaml (and the key) when it cannot be read or names something outside ``root``."""
+    """Read a data yaml (``<root>/data.yaml`` when ``yaml_file`` is ``None``; ``root``: module docstring);
+    ``FileNotFoundError`` / ``ValueError`` naming the yaml (and the key) when it cannot be read, is not a
+    usable data yaml or names something outside ``root``."""
     if yaml_file is None and root is None:
         raise ValueError("data=yolo: give data.root=<folder with data.yaml> or data.yaml_file=<the data yaml>")
     yaml_file = Path(yaml_file) if yaml_file is not None else Path(root) / "data.yaml"
@@ -166,14 +161,13 @@ def _list_file(y: YoloData, key: str, path: Path) -> list[Path]:
 
 
 def _split_path(y: YoloData, split: str, entry: str) -> Path:
-    """A split entry resolved against ``path``; as ultralytics does, an entry ``../x`` that does not exist
-    (or lies outside the root) is also tried as ``x`` (Roboflow's exports write ``train: ../train/images``
-    beside ``train/``). Refused when what it names lies outside the root."""
+    """A split entry resolved against ``path`` (``../x`` that does not exist or lies outside the root is
+    also tried as ``x``: module docstring); refused when what it names lies outside the root."""
     if entry.startswith("../"):
         path = _normal(y.base / entry)
-        if not (_inside(path, y.root) and path.exists()):
+        if not (path.is_relative_to(y.root) and path.exists()):
             again = _normal(y.base / entry[3:])
-            if _inside(again, y.root) and again.exists():
+            if again.is_relative_to(y.root) and again.exists():
                 return again
     return _within(y.yaml_file, y.root, split, entry, y.base)
 
@@ -246,8 +240,6 @@ def _line_box(tokens: list[str], num_classes: int, keypoints: int) -> tuple[int,
         if not (w > 0 and h > 0):
             raise ValueError(f"degenerate box: width {tokens[3]}, height {tokens[4]}")
         box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-        # an edge past the image by the rounding of normalised values (up to 1e-3) is the image's edge;
-        # further out the box stays as written (reported as outside the image)
         return int(cls), [min(max(v, 0.0), 1.0) if -ROUNDING <= v <= 1.0 + ROUNDING else v for v in box]
     xs, ys = coords[0::2], coords[1::2]
     box = [min(xs), min(ys), max(xs), max(ys)]
@@ -259,7 +251,7 @@ def _line_box(tokens: list[str], num_classes: int, keypoints: int) -> tuple[int,
 def parse_yolo_label(label: str | Path, image: str | Path, num_classes: int, keypoints: int = 0) -> tuple:
     """One image and its label file as a raw tuple ``(width, height, boxes [[x1, y1, x2, y2], ...] float
     pixels, labels [class index of names], flags [False, ...], problems)`` (see
-    :meth:`detect.data.cache.ParsedAnnotation.from_raw`); ``problems`` holds :data:`NO_LABEL` when the
+    :meth:`detect.data.cache.ParsedFolder.from_raw`); ``problems`` holds :data:`NO_LABEL` when the
     label file does not exist. ``ValueError`` (``"<kind>: <detail>"``) when the image header or the
     label file cannot be read, or a line cannot be a box (the first such line named, the others counted)."""
     try:
@@ -299,8 +291,7 @@ def _class_map(y: YoloData, classes) -> tuple[ClassList, np.ndarray]:
     absent = [w for w, n in zip(class_list.wnids, class_list.names) if w not in known and n not in known]
     if absent:
         raise ValueError(f"data.classes: {absent[0]!r} is not among the names of {y.yaml_file} ({list(y.names)[:8]})")
-    remap = np.array([class_list.index(n) if n in class_list else -1 for n in y.names], dtype=np.int64)
-    return class_list, remap
+    return class_list, np.array([class_list.index(n) if n in class_list else -1 for n in y.names], dtype=np.int64)
 
 
 def _parse_split(y: YoloData, split: str, images: list[Path], labels: list[Path],
@@ -318,13 +309,10 @@ def _find_listed(y: YoloData, images: list[Path], max_missing: float, skipped: S
     ones counted in ``skipped``, more than ``max_missing`` of them stop the reader (``ImageFinder``)."""
     finder = ImageFinder(y.root, ".jpg")
     found = finder.find_all([os.path.relpath(p, y.root) for p in images], True, max_missing)
-    out = []
-    for index, (listed, path) in enumerate(zip(images, found), 1):
+    for listed, path in zip(images, found):
         if path is None:
             skipped.add(listed, "missing image")
-        else:
-            out.append((index, path))
-    return out
+    return [(index, path) for index, path in enumerate(found, 1) if path is not None]
 
 
 def _orphan_labels(y: YoloData, labels: list[Path], skipped: SkipLog) -> None:
