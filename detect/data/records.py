@@ -122,10 +122,8 @@ def warn_outside(records: list["DetectionRecord"], warnings: "SkipLog", source) 
     if not counts.sum():
         return 0
     boxes = np.concatenate([r.boxes for r in records])
-    width = np.repeat(np.array([r.width for r in records], dtype=np.float64), counts)
-    height = np.repeat(np.array([r.height for r in records], dtype=np.float64), counts)
-    known = (width > 0) & (height > 0)
-    bad = known & ((boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height))
+    size = np.repeat(np.array([(r.width, r.height) for r in records], dtype=np.float64), counts, axis=0)
+    bad = (size > 0).all(1) & ((boxes[:, :2] < 0).any(1) | (boxes[:, 2:] > size).any(1))  # size 0: unknown
     owner = np.repeat(np.arange(len(records)), counts)
     for k in np.flatnonzero(bad).tolist():
         r = records[owner[k]]
@@ -142,7 +140,7 @@ class SkipLog:
     entry is kept and counted in :meth:`summary`.
     """
 
-    def __init__(self, what: str = "items", verb: str = "skipped", log_limit: int | None = 20):
+    def __init__(self, what: str = "items", verb: str = "skipped", log_limit: int = 20):
         self.what = what
         self.verb = verb
         self.log_limit = log_limit
@@ -153,10 +151,9 @@ class SkipLog:
         self.entries.append((str(file), reason))
         kind = reason.split(":")[0]
         self._logged[kind] += 1
-        n = self._logged[kind]
-        if self.log_limit is None or n <= self.log_limit:
+        if self._logged[kind] <= self.log_limit:
             log.warning("%s %s: %s", self.verb, file, reason)
-        elif n == self.log_limit + 1:
+        elif self._logged[kind] == self.log_limit + 1:
             log.warning("%s: more %s %s (%s); not logged one by one, counted in the summary",
                         file, self.what, self.verb, kind)
 

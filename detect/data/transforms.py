@@ -39,20 +39,11 @@ def to_float_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
         if not image.flags.writeable or not image.flags.c_contiguous:
             image = np.array(image)  # torch wants a writable, contiguous array
         image = torch.from_numpy(image).permute(2, 0, 1)
-    if image.dtype == torch.uint8:
-        return image.float().div_(255.0)
-    return image.float()
-
-
-def _check_mode(mode: str) -> str:
-    if mode not in INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation {mode!r}, expected one of {INTERPOLATIONS}")
-    return mode
+    return image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``Tensor[C, H, W]`` float to ``size = (h, w)``; ``area`` is true area averaging."""
-    _check_mode(mode)
+    """Resize ``Tensor[C, H, W]`` float to ``size = (h, w)`` (:data:`INTERPOLATIONS`; ``area``: true area averaging)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     kwargs = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
@@ -60,14 +51,14 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> t
     return out.clamp_(0.0, 1.0) if mode == "bicubic" else out
 
 
-def resize_shorter(x: torch.Tensor, shorter: int, mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``Tensor[C, H, W]`` so that its shorter side is ``shorter`` pixels (aspect kept)."""
+def resize_shorter(x: torch.Tensor, shorter: int) -> torch.Tensor:
+    """Resize ``Tensor[C, H, W]`` (bilinear) so that its shorter side is ``shorter`` pixels (aspect kept)."""
     h, w = x.shape[-2:]
     if h <= w:
         size = (shorter, max(1, round(w * shorter / h)))
     else:
         size = (max(1, round(h * shorter / w)), shorter)
-    return _resize(x, size, mode)
+    return _resize(x, size)
 
 
 class TrainTransform:
@@ -87,7 +78,10 @@ class TrainTransform:
         self.crop_size = int(crop_size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
-        self.interpolations = tuple(_check_mode(m) for m in interpolations)
+        self.interpolations = tuple(interpolations)
+        for mode in self.interpolations:
+            if mode not in INTERPOLATIONS:
+                raise ValueError(f"unknown interpolation {mode!r}, expected one of {INTERPOLATIONS}")
         self.jitter = v2.ColorJitter(brightness, contrast, saturation, hue) if any((brightness, contrast, saturation, hue)) else None
         self.flip_prob = float(flip_prob)
         self.convention = InputConvention.from_dict(convention)
