@@ -116,8 +116,7 @@ def warn_outside(records: list["DetectionRecord"], warnings: "SkipLog", source) 
     """Add a warning per ground-truth box of ``records`` that reaches past its image: ``x1 < 0``,
     ``y1 < 0``, ``x2 > width`` or ``y2 > height`` (so inclusive-pixel formats may end on ``width``, a
     common 1-based slip); none for a record of unknown size (0). The boxes stay as stored (see the
-    module docstring); ``source(record)`` names the annotation file. Returns the count. One vectorised
-    pass over all records."""
+    module docstring); ``source(record)`` names the annotation file. Returns the count."""
     counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
     if not counts.sum():
         return 0

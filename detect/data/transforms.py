@@ -3,8 +3,7 @@
 Training: a random crop of ``scale`` (8%-100%) of the image area with aspect ratio in ``ratio``
 (3/4-4/3), resized to ``crop_size`` with a random interpolation among bilinear, area, nearest and
 bicubic, photometric distortions, a random horizontal flip, then the input convention of the
-weights being trained (``detect.models.convention``: ImageNet mean/std on RGB 0..1 by default, BGR
-0..255 minus the mean for BVLC's weights).
+weights being trained (:mod:`detect.models.convention`).
 
 Test: 1 crop (centre), 10 crops (4 corners + centre, and their mirrors) or the 144 crops of section 7.
 Every size is relative to ``crop_size``: the paper's 256 / 224 resize and its 256/288/320/352 scales
@@ -140,8 +139,7 @@ def crops_144(x: torch.Tensor, size: int, scales: Sequence[int]) -> list[torch.T
         r = resize_shorter(x, int(s))
         h, w = r.shape[-2:]
         side = min(h, w)
-        offsets = (0, (max(h, w) - side) // 2, max(h, w) - side)
-        for o in offsets:
+        for o in (0, (max(h, w) - side) // 2, max(h, w) - side):
             square = r[:, o:o + side, :] if h > w else r[:, :, o:o + side]
             crops += five_crops(square, size)
             crops.append(_resize(square, (size, size)))
