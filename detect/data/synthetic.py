@@ -397,9 +397,8 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
 
 def _draw_world_image(params: dict, classes: list[SceneClass], split: str, i: int,
                       non_empty: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image ``i`` (0-based) of ``split``: :func:`render_detection_image`'s (image uint8[H, W, 3], boxes
-    int64[N, 4] 0-based inclusive, labels int64[N]). ``non_empty``: how many non-empty images of the split
-    came before it (its first object's class is that modulo the class count); ``None``: no object."""
+    """Image ``i`` (0-based) of ``split``: :func:`render_detection_image`'s (image, boxes, labels). ``non_empty``:
+    how many non-empty images of the split came before it (see :func:`make_detection_world`); None: no object."""
     rng = np.random.default_rng([_split_seed(params["seed"], split), 1000, i])
     width, height = (int(v) for v in rng.integers(params["min_side"], params["max_side"] + 1, 2))
     labels = []
