@@ -428,7 +428,7 @@ def _write_world_split(root: Path, params: dict, split: str) -> None:
         file_name, name = Path(image_rel).name, f"synthetic_{split}_{i + 1:06d}"
         if layout == "coco":
             coco["images"].append({"id": i + 1, "file_name": file_name, "width": width, "height": height})
-            for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):  # inclusive pixels -> xywh
+            for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):  # inclusive -> continuous xywh
                 w, h = x2 - x1 + 1, y2 - y1 + 1
                 coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1,
                                             "category_id": label + 1, "bbox": [x1, y1, w, h], "area": w * h,
