@@ -64,10 +64,8 @@ def remove_small_boxes(boxes, min_size: float):
 
 
 def unique_boxes(boxes: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """Indices of the first occurrence of each distinct box after rounding ``boxes * scale``.
-
-    ``boxes: ndarray[N, 4]`` -> sorted ``ndarray[K]`` int64 (keeps the input order of survivors).
-    """
+    """Indices of the first occurrence of each distinct box after rounding ``boxes * scale``:
+    ``boxes: ndarray[N, 4]`` -> sorted ``ndarray[K]`` int64 (keeps the input order of survivors)."""
     boxes = np.asarray(boxes)
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)

@@ -1,11 +1,10 @@
 """Every figure the tools write: precision-recall curves of an evaluation (Pillow), recall curves of
 proposals (matplotlib), and detections drawn on an image (OpenCV); all written atomically.
 
-The PR curves are drawn with Pillow rather than matplotlib: importing and laying out a matplotlib figure
+The PR curves, which ``tools/eval_map.py`` draws on every run, are drawn with Pillow: a matplotlib figure
 costs more CPU than reading a cached ILSVRC val ground truth and scoring a submission together
-(``benchmarks/evaluation.md``), and ``tools/eval_map.py`` draws this figure on every run. The figure is
-simple (two panels of curves on a fixed [0, 1] grid, a legend), so a direct raster drawing loses nothing.
-OpenCV and matplotlib are imported by the functions that use them, so the evaluation path loads neither.
+(``benchmarks/evaluation.md``), and the figure is simple (two panels of curves on a fixed [0, 1] grid, a
+legend). OpenCV and matplotlib are imported by the functions that use them, so the evaluation path loads neither.
 """
 from __future__ import annotations
 

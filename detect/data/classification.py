@@ -7,9 +7,6 @@ Layouts read by :func:`read_split`:
   the ``i``-th image of the folder in sorted order.
 Classes come from a class-list file (``detect.classes.read_class_list``: ``classes.tsv``, the ILSVRC
 lists) or, without one, from the sorted folder names.
-
-Unreadable images are reported with their file name and skipped: the Dataset returns ``None`` and
-:func:`collate_skip` drops it, counting it in the batch's ``dropped`` field.
 """
 from __future__ import annotations
 
@@ -117,10 +114,6 @@ class ClassificationDataset(Dataset):
     def __init__(self, split: ClassificationSplit, transform: Callable):
         self.split, self.transform = split, transform
 
-    @property
-    def classes(self) -> ClassList:
-        return self.split.classes
-
     def __len__(self) -> int:
         return len(self.split)
 
@@ -148,9 +141,7 @@ def collate_skip(items: list) -> ClassificationBatch:
     batch is empty (``B = 0``), which the engine skips and counts."""
     good = [it for it in items if not isinstance(it, SkippedItem)]
     skipped = tuple(it for it in items if isinstance(it, SkippedItem))
-    if not good:
-        return ClassificationBatch(torch.empty(0), torch.empty(0, dtype=torch.long), len(skipped), skipped)
-    images = torch.stack([im for im, _ in good])
+    images = torch.stack([im for im, _ in good]) if good else torch.empty(0)
     labels = torch.tensor([lb for _, lb in good], dtype=torch.long)
     return ClassificationBatch(images, labels, len(skipped), skipped)
 

@@ -149,10 +149,9 @@ def _downscale(crop: np.ndarray, max_side: int) -> np.ndarray:
 def _report_split(root: Path, dataset: DetectionDataset, split: str, written: Counter, num_images: int,
                   skipped: SkipLog) -> None:
     """Log what one part's crops cover (``written``: crops per label); ``ValueError`` when none was written."""
-    classes = dataset.classes
     if not written:
         raise ValueError(f"{dataset.name}: no {split} crop could be written; {skipped.summary()}")
-    missing = [classes.names[c] for c in range(len(classes)) if not written[c]]
+    missing = [name for c, name in enumerate(dataset.classes.names) if not written[c]]
     if missing:
         log.warning("%s: no %s crop of %d classes: %s", root, split, len(missing), ", ".join(missing[:10]))
     log.info("%s: %d %s crops of %d classes from %d images", root, sum(written.values()), split,

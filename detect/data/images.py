@@ -72,12 +72,9 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
                     mismatch = f"{im.size[0]}x{im.size[1]}"
                 im = stored  # annotated on the stored pixels: EXIF orientation not applied
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(background, im).convert("RGB")
+                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA")).convert("RGB")
             elif im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = to_uint8(np.asarray(im))
-                im = Image.fromarray(arr, mode="L").convert("RGB")
+                im = Image.fromarray(to_uint8(np.asarray(im)), mode="L").convert("RGB")
             elif im.mode != "RGB":
                 im = im.convert("RGB")
             arr = np.asarray(im, dtype=np.uint8)

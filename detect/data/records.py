@@ -116,16 +116,13 @@ def warn_outside(records: list["DetectionRecord"], warnings: "SkipLog", source) 
     """Add a warning per ground-truth box of ``records`` that reaches past its image: ``x1 < 0``,
     ``y1 < 0``, ``x2 > width`` or ``y2 > height`` (so inclusive-pixel formats may end on ``width``, a
     common 1-based slip); none for a record of unknown size (0). The boxes stay as stored (see the
-    module docstring); ``source(record)`` names the annotation file. Returns the count. One vectorised
-    pass over all records."""
+    module docstring); ``source(record)`` names the annotation file. Returns the count."""
     counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
     if not counts.sum():
         return 0
     boxes = np.concatenate([r.boxes for r in records])
-    width = np.repeat(np.array([r.width for r in records], dtype=np.float64), counts)
-    height = np.repeat(np.array([r.height for r in records], dtype=np.float64), counts)
-    known = (width > 0) & (height > 0)
-    bad = known & ((boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height))
+    size = np.repeat(np.array([(r.width, r.height) for r in records], dtype=np.float64), counts, axis=0)
+    bad = (size > 0).all(1) & ((boxes[:, :2] < 0).any(1) | (boxes[:, 2:] > size).any(1))  # size 0: unknown
     owner = np.repeat(np.arange(len(records)), counts)
     for k in np.flatnonzero(bad).tolist():
         r = records[owner[k]]
@@ -142,7 +139,7 @@ class SkipLog:
     entry is kept and counted in :meth:`summary`.
     """
 
-    def __init__(self, what: str = "items", verb: str = "skipped", log_limit: int | None = 20):
+    def __init__(self, what: str = "items", verb: str = "skipped", log_limit: int = 20):
         self.what = what
         self.verb = verb
         self.log_limit = log_limit
@@ -153,10 +150,9 @@ class SkipLog:
         self.entries.append((str(file), reason))
         kind = reason.split(":")[0]
         self._logged[kind] += 1
-        n = self._logged[kind]
-        if self.log_limit is None or n <= self.log_limit:
+        if self._logged[kind] <= self.log_limit:
             log.warning("%s %s: %s", self.verb, file, reason)
-        elif n == self.log_limit + 1:
+        elif self._logged[kind] == self.log_limit + 1:
             log.warning("%s: more %s %s (%s); not logged one by one, counted in the summary",
                         file, self.what, self.verb, kind)
 

@@ -128,7 +128,6 @@ def detections_path(detections_dir: str | Path, data: Mapping, block: str) -> Pa
     return Path(detections_dir) / f"{output_stem(data, block)}.txt"
 
 
-
 def evaluation_paths(eval_dir: str | Path, data: Mapping, block: str, rules: str, own_rules: str) -> tuple[Path, Path]:
     """``(report .json, PR curves .png)`` that tools/eval_map.py writes for ``block`` scored by ``rules``:
     ``eval_<stem>.json`` / ``pr_<stem>.png`` under the data's ``own_rules``, else ``eval_<stem>_<rules>...``."""

@@ -18,10 +18,8 @@ Layouts written:
 
 Both are deterministic (same parameters -> the same bytes; each image draws from its own generator
 seeded by ``(seed, split, image number)``) and idempotent under the ownership rules of every generator
-(:mod:`detect.data.generated`): ``root/manifest.json`` records the parameters and the files written;
-when it matches, nothing is done; otherwise exactly the files it lists are removed and the set is
-rebuilt. A folder holding files it did not write (a real dataset given by mistake as ``data.root``) is
-refused with :class:`ForeignDataError` before anything is touched.
+(:mod:`detect.data.generated`, ``root/manifest.json``): a folder holding files they did not write (a real
+dataset given by mistake as ``data.root``) is refused with :class:`ForeignDataError`, untouched.
 """
 from __future__ import annotations
 
@@ -183,16 +181,15 @@ def render_object(rng: np.random.Generator, cls: SceneClass, size: float) -> tup
     dark = colour * 0.3
     freq = rng.uniform(3.5, 5.0)  # texture cycles across the object
     phase = rng.uniform(0, 1, 2)
+    su, sv = u * freq + phase[0], v * freq + phase[1]
     if cls.texture == "solid":
         t = np.zeros_like(u)
     elif cls.texture == "striped":
-        t = (np.floor(u * freq + phase[0]) % 2).astype(np.float32)
+        t = (np.floor(su) % 2).astype(np.float32)
     elif cls.texture == "checked":
-        t = ((np.floor(u * freq + phase[0]) + np.floor(v * freq + phase[1])) % 2).astype(np.float32)
+        t = ((np.floor(su) + np.floor(sv)) % 2).astype(np.float32)
     elif cls.texture == "dotted":
-        du = (u * freq + phase[0]) % 1 - 0.5
-        dv = (v * freq + phase[1]) % 1 - 0.5
-        t = (du * du + dv * dv < 0.09).astype(np.float32)
+        t = ((su % 1 - 0.5) ** 2 + (sv % 1 - 0.5) ** 2 < 0.09).astype(np.float32)
     elif cls.texture == "graded":
         t = np.clip(u + 0.5, 0, 1)
     else:
@@ -202,10 +199,9 @@ def render_object(rng: np.random.Generator, cls: SceneClass, size: float) -> tup
 
 
 def _paste_window(x0: int, y0: int, h: int, w: int, height: int, width: int):
-    """Slices of the image and of a patch at (x0, y0) for their overlap; None when they do not overlap."""
+    """Slices of the image and of a patch at (x0, y0) for their overlap (the callers place patches, at least
+    2 x 2 pixels, so that they always overlap the image)."""
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + w, width), min(y0 + h, height)
-    if ix0 >= ix1 or iy0 >= iy1:
-        return None
     return (slice(iy0, iy1), slice(ix0, ix1)), (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
 
 
@@ -233,8 +229,6 @@ def render_detection_image(rng: np.random.Generator, width: int, height: int, cl
             x0 = int(rng.integers(-w // 2, width - w // 2 + 1))
             y0 = int(rng.integers(-h // 2, height - h // 2 + 1))
             win = _paste_window(x0, y0, h, w, height, width)
-            if win is None:
-                continue
             full = np.zeros((height, width), bool)
             full[win[0]] = mask[win[1]]
             if full.sum() < min_visible * area or any((vis & ~full).sum() < min_visible * a for _, _, a, vis in placed):
@@ -257,8 +251,7 @@ def render_classification_image(rng: np.random.Generator, size: int, cls: SceneC
     x0 = int(round((size - w) / 2 + rng.uniform(-0.12, 0.12) * size))
     y0 = int(round((size - h) / 2 + rng.uniform(-0.12, 0.12) * size))
     win = _paste_window(x0, y0, h, w, size, size)
-    if win is not None:
-        image[win[0]][mask[win[1]]] = pixels[win[1]][mask[win[1]]]
+    image[win[0]][mask[win[1]]] = pixels[win[1]][mask[win[1]]]
     return image
 
 
@@ -314,19 +307,17 @@ def _planned_files(params: dict) -> list[str]:
                  for split, per_class in (("train", params["train_per_class"]), ("val", params["val_per_class"]))
                  for cls in scene_classes(params["num_classes"]) for k in range(per_class)]
         return files + ["classes.tsv"]
-    layout = params.get("layout", "ilsvrc")
     files = []
     for split in ("train", "val"):
         for i in range(params[f"num_{split}"]):
             files += [f for f in _world_files(params, split, i)[:2] if f]
         files.append(_world_files(params, split, 0)[2])
-    return files + (["classes.tsv"] if layout == "ilsvrc" else [])
+    return files + (["classes.tsv"] if params.get("layout", "ilsvrc") == "ilsvrc" else [])
 
 
-def _generate(root: str | Path, params: dict, what: str, write) -> ClassList:
-    """Run ``write(root)``, then write ``classes.tsv`` when the layout has one, under the ownership rules of
-    :mod:`detect.data.generated`; nothing is written when the manifest records ``params`` (complete).
-    Returns the world's :class:`ClassList`."""
+def _generate(root: str | Path, params: dict, what: str, write_split) -> ClassList:
+    """Run ``write_split(root, params, split)`` for the train and val splits, then write ``classes.tsv`` when
+    the layout has one, under the ownership rules (module docstring); returns the world's :class:`ClassList`."""
     root = Path(root)
     classes = scene_classes(params["num_classes"])
     class_list = ClassList(tuple(c.wnid for c in classes), tuple(c.name for c in classes))
@@ -334,7 +325,8 @@ def _generate(root: str | Path, params: dict, what: str, write) -> ClassList:
     if prepare_root(root, params, files, f"synthetic {what}"):
         log.info("%s: %s up to date", root, what)
         return class_list
-    write(root)
+    for split in ("train", "val"):
+        write_split(root, params, split)
     if "classes.tsv" in files:
         write_class_list(class_list, root / "classes.tsv")
     finish_root(root, params, files)
@@ -352,20 +344,17 @@ def make_classification_set(root: str | Path, num_classes: int = 8, train_per_cl
     params = {"kind": "classification_set", "version": RENDERER_VERSION, "num_classes": int(num_classes),
               "train_per_class": int(train_per_class), "val_per_class": int(val_per_class),
               "image_size": int(image_size), "seed": int(seed)}
+    return _generate(root, params, "classification set", _write_classification_split)
 
-    def write(root: Path) -> None:
-        for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-            for cls in tqdm(scene_classes(num_classes), desc=f"synthetic cls {split}", leave=False):
-                folder = root / split / cls.wnid
-                folder.mkdir(parents=True, exist_ok=True)
-                for k in range(per_class):
-                    rng = np.random.default_rng([_split_seed(seed, split), cls.index, k])
-                    write_jpeg(folder / f"{cls.wnid}_{k + 1:05d}.JPEG",
-                               render_classification_image(rng, image_size, cls), JPEG_QUALITY)
-        log.info("%s: wrote %d classes x (%d train + %d val) images", root, num_classes, train_per_class,
-                 val_per_class)
 
-    return _generate(root, params, "classification set", write)
+def _write_classification_split(root: Path, params: dict, split: str) -> None:
+    per_class = params[f"{split}_per_class"]
+    for cls in tqdm(scene_classes(params["num_classes"]), desc=f"synthetic cls {split}", leave=False):
+        for k in range(per_class):
+            rng = np.random.default_rng([_split_seed(params["seed"], split), cls.index, k])
+            write_jpeg(root / split / cls.wnid / f"{cls.wnid}_{k + 1:05d}.JPEG",
+                       render_classification_image(rng, params["image_size"], cls), JPEG_QUALITY)
+    log.info("%s: wrote %d classes x %d %s images", root, params["num_classes"], per_class, split)
 
 
 def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int = 300, num_val: int = 100,
@@ -403,19 +392,13 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
         if not extensions or not all(e.startswith(".") and "/" not in e and len(e) > 1 for e in extensions):
             raise ValueError(f"extensions={extensions!r}: expected file extensions such as ['.jpg', '.JPG']")
         params.update(layout=layout, extensions=extensions)
-
-    def write(root: Path) -> None:
-        for split in ("train", "val"):
-            _write_world_split(root, params, split)
-
-    return _generate(root, params, "detection world", write)
+    return _generate(root, params, "detection world", _write_world_split)
 
 
 def _draw_world_image(params: dict, classes: list[SceneClass], split: str, i: int,
                       non_empty: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image ``i`` (0-based) of ``split``: :func:`render_detection_image`'s (image uint8[H, W, 3], boxes
-    int64[N, 4] 0-based inclusive, labels int64[N]). ``non_empty``: how many non-empty images of the split
-    came before it (its first object's class is that modulo the class count); ``None``: no object."""
+    """Image ``i`` (0-based) of ``split``: :func:`render_detection_image`'s (image, boxes, labels). ``non_empty``:
+    how many non-empty images of the split came before it (see :func:`make_detection_world`); None: no object."""
     rng = np.random.default_rng([_split_seed(params["seed"], split), 1000, i])
     width, height = (int(v) for v in rng.integers(params["min_side"], params["max_side"] + 1, 2))
     labels = []
@@ -429,6 +412,7 @@ def _draw_world_image(params: dict, classes: list[SceneClass], split: str, i: in
 def _write_world_split(root: Path, params: dict, split: str) -> None:
     """Write the images of ``split``, their annotations and the split's list (or COCO file)."""
     layout, count = params.get("layout", "ilsvrc"), params[f"num_{split}"]
+    voc = layout == "voc"
     classes = scene_classes(params["num_classes"])
     split_rng = np.random.default_rng([_split_seed(params["seed"], split)])
     empty = set(split_rng.permutation(count)[: int(round(params["empty_fraction"] * count))].tolist())
@@ -437,41 +421,26 @@ def _write_world_split(root: Path, params: dict, split: str) -> None:
     for i in tqdm(range(count), desc=f"synthetic det {split}", leave=False):
         image, boxes, labels = _draw_world_image(params, classes, split, i, None if i in empty else non_empty)
         non_empty += i not in empty
-        image_rel, annotation_rel, _ = _world_files(params, split, i)
-        image_file = root / image_rel
-        write_jpeg(image_file, image, JPEG_QUALITY)
-        height, width = image.shape[:2]
-        name = f"synthetic_{split}_{i + 1:06d}"
-        if layout == "coco":
-            _add_coco_image(coco, i + 1, image_file.name, width, height, boxes, labels)
-        elif layout == "voc":
-            _write_xml(root / annotation_rel, ilsvrc_xml(
-                "JPEGImages", image_file.name, width, height, boxes, [classes[k].name for k in labels], voc=True))
-            lines.append(name)
-        else:
-            _write_xml(root / annotation_rel,
-                       ilsvrc_xml(split, name, width, height, boxes, [classes[k].wnid for k in labels]))
-            lines.append(f"{name} {i + 1}")
         n_boxes += len(boxes)
+        image_rel, annotation_rel, _ = _world_files(params, split, i)
+        write_jpeg(root / image_rel, image, JPEG_QUALITY)
+        height, width = image.shape[:2]
+        file_name, name = Path(image_rel).name, f"synthetic_{split}_{i + 1:06d}"
+        if layout == "coco":
+            coco["images"].append({"id": i + 1, "file_name": file_name, "width": width, "height": height})
+            for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):  # inclusive -> continuous xywh
+                w, h = x2 - x1 + 1, y2 - y1 + 1
+                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1,
+                                            "category_id": label + 1, "bbox": [x1, y1, w, h], "area": w * h,
+                                            "iscrowd": 0})
+            continue
+        names = [classes[k].name if voc else classes[k].wnid for k in labels]
+        atomic_write_text(root / annotation_rel, ilsvrc_xml("JPEGImages" if voc else split, file_name if voc else name,
+                                                            width, height, boxes, names, voc=voc))
+        lines.append(name if voc else f"{name} {i + 1}")
     list_file = root / _world_files(params, split, 0)[2]
     if layout == "coco":
         atomic_write_json(list_file, coco, indent=None)
     else:
-        atomic_write_text(list_file, "\n".join(lines) + ("\n" if lines else ""))
+        atomic_write_text(list_file, "".join(line + "\n" for line in lines))
     log.info("%s: %s split, %d images, %d boxes, %d empty", root, split, count, n_boxes, len(empty))
-
-
-def _write_xml(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-
-
-def _add_coco_image(coco: dict, image_id: int, file_name: str, width: int, height: int, boxes: np.ndarray,
-                    labels: np.ndarray) -> None:
-    """Add an image and its objects (``boxes: int64[N, 4]`` 0-based inclusive, ``labels: int64[N]``) to ``coco``."""
-    coco["images"].append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-    for box, label in zip(boxes.tolist(), labels.tolist()):  # inclusive pixels -> continuous xywh
-        w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
-        coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
-                                    "category_id": int(label) + 1, "bbox": [box[0], box[1], w, h],
-                                    "area": w * h, "iscrowd": 0})

@@ -3,8 +3,7 @@
 Training: a random crop of ``scale`` (8%-100%) of the image area with aspect ratio in ``ratio``
 (3/4-4/3), resized to ``crop_size`` with a random interpolation among bilinear, area, nearest and
 bicubic, photometric distortions, a random horizontal flip, then the input convention of the
-weights being trained (``detect.models.convention``: ImageNet mean/std on RGB 0..1 by default, BGR
-0..255 minus the mean for BVLC's weights).
+weights being trained (:mod:`detect.models.convention`).
 
 Test: 1 crop (centre), 10 crops (4 corners + centre, and their mirrors) or the 144 crops of section 7.
 Every size is relative to ``crop_size``: the paper's 256 / 224 resize and its 256/288/320/352 scales
@@ -39,20 +38,11 @@ def to_float_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
         if not image.flags.writeable or not image.flags.c_contiguous:
             image = np.array(image)  # torch wants a writable, contiguous array
         image = torch.from_numpy(image).permute(2, 0, 1)
-    if image.dtype == torch.uint8:
-        return image.float().div_(255.0)
-    return image.float()
-
-
-def _check_mode(mode: str) -> str:
-    if mode not in INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation {mode!r}, expected one of {INTERPOLATIONS}")
-    return mode
+    return image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``Tensor[C, H, W]`` float to ``size = (h, w)``; ``area`` is true area averaging."""
-    _check_mode(mode)
+    """Resize ``Tensor[C, H, W]`` float to ``size = (h, w)`` (:data:`INTERPOLATIONS`; ``area``: true area averaging)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     kwargs = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
@@ -60,14 +50,14 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> t
     return out.clamp_(0.0, 1.0) if mode == "bicubic" else out
 
 
-def resize_shorter(x: torch.Tensor, shorter: int, mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``Tensor[C, H, W]`` so that its shorter side is ``shorter`` pixels (aspect kept)."""
+def resize_shorter(x: torch.Tensor, shorter: int) -> torch.Tensor:
+    """Resize ``Tensor[C, H, W]`` (bilinear) so that its shorter side is ``shorter`` pixels (aspect kept)."""
     h, w = x.shape[-2:]
     if h <= w:
         size = (shorter, max(1, round(w * shorter / h)))
     else:
         size = (max(1, round(h * shorter / w)), shorter)
-    return _resize(x, size, mode)
+    return _resize(x, size)
 
 
 class TrainTransform:
@@ -87,7 +77,10 @@ class TrainTransform:
         self.crop_size = int(crop_size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
-        self.interpolations = tuple(_check_mode(m) for m in interpolations)
+        self.interpolations = tuple(interpolations)
+        for mode in self.interpolations:
+            if mode not in INTERPOLATIONS:
+                raise ValueError(f"unknown interpolation {mode!r}, expected one of {INTERPOLATIONS}")
         self.jitter = v2.ColorJitter(brightness, contrast, saturation, hue) if any((brightness, contrast, saturation, hue)) else None
         self.flip_prob = float(flip_prob)
         self.convention = InputConvention.from_dict(convention)
@@ -146,8 +139,7 @@ def crops_144(x: torch.Tensor, size: int, scales: Sequence[int]) -> list[torch.T
         r = resize_shorter(x, int(s))
         h, w = r.shape[-2:]
         side = min(h, w)
-        offsets = (0, (max(h, w) - side) // 2, max(h, w) - side)
-        for o in offsets:
+        for o in (0, (max(h, w) - side) // 2, max(h, w) - side):
             square = r[:, o:o + side, :] if h > w else r[:, :, o:o + side]
             crops += five_crops(square, size)
             crops.append(_resize(square, (size, size)))
