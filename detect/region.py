@@ -68,10 +68,9 @@ def warp_regions(image: Tensor, boxes: Tensor, size: int = 224, context: int = 1
     output pixel ``(i, j)`` samples the image at ``x1 + (j + 0.5) * w / size`` in continuous
     coordinates (pixel ``k`` covers ``[k, k + 1)``). Samples outside the image blend with zeros (the
     mean colour of the image's convention: BVLC's (104, 117, 123) BGR for its weights, ImageNet's mean
-    for ours), as if the image were embedded in an infinite zero plane. Done with one ``grid_sample``
-    over the image expanded (not copied) to the batch: on the CPU it is vectorised and threaded, and
-    faster than the equivalent ``roi_align(aligned=True, sampling_ratio=1)`` (figures:
-    benchmarks/README.md).
+    for ours), as if the image were embedded in an infinite zero plane. One ``grid_sample`` over the image
+    expanded (not copied) to the batch: faster on the CPU than the equivalent ``roi_align(aligned=True,
+    sampling_ratio=1)`` (figures: benchmarks/README.md).
     """
     if image.ndim != 3:
         raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
