@@ -53,15 +53,13 @@ class TorchScorer:
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", amp: str = "auto",
                  channels_last: bool = True):
-        self.device = torch.device(device)
+        self.device, self.channels_last = torch.device(device), channels_last
         self.input_convention = getattr(model, "input_convention", IMAGENET)
-        on_cuda = self.device.type == "cuda"
-        self.channels_last = channels_last
         self.model = model.eval().to(self.device)
-        if self.channels_last:
+        if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if amp == "auto":
-            amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_cuda else "none"
+            amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if self.device.type == "cuda" else "none"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
 
     @torch.inference_mode()
@@ -69,12 +67,8 @@ class TorchScorer:
         crops = crops.to(self.device, non_blocking=True)
         if self.channels_last:
             crops = crops.contiguous(memory_format=torch.channels_last)
-        if self.amp_dtype is not None:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype):
-                logits = self.model(crops)
-        else:
-            logits = self.model(crops)
-        return logits.float()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            return self.model(crops).float()
 
 
 def as_scorer(member: nn.Module | Scorer) -> Scorer:
@@ -137,17 +131,13 @@ def resolve_precision(precision: str, backend: str, has_calibration: bool, cpu_f
     calibration inputs exist; cpu_flags: the CPU's feature flags (None: this CPU's)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return "fp32"
-    if backend != "onnxruntime":
-        if precision == "int8":
-            raise ValueError("precision=int8 runs on ONNX Runtime: use backend=auto on a CPU or backend=onnxruntime")
-        return "fp32"
-    if precision == "int8":
-        if not has_calibration:
-            raise ValueError("precision=int8 needs calibration inputs (the detector file's calibration crops: "
-                             "bundle it again with tools/train_region.py step=bundle)")
-        return "int8"
+    if precision == "int8" and backend != "onnxruntime":
+        raise ValueError("precision=int8 runs on ONNX Runtime: use backend=auto on a CPU or backend=onnxruntime")
+    if precision == "int8" and not has_calibration:
+        raise ValueError("precision=int8 needs calibration inputs (the detector file's calibration crops: "
+                         "bundle it again with tools/train_region.py step=bundle)")
+    if precision != "auto" or backend != "onnxruntime":
+        return precision if precision != "auto" else "fp32"
     if not cpu_has_int8_dot(cpu_flags):
         log.info("precision=auto: no AVX-512 VNNI or AMX on this CPU, where int8 was measured faster: fp32")
         return "fp32"

@@ -1,15 +1,11 @@
 """Detections in memory and on disk: the official ILSVRC submission format and COCO-results JSON.
 
-``Detections`` holds one row per detected box. ``image_index`` is 1-based into the dataset's image
-list (``DetectionRecord.index``, the first column of an ILSVRC submission); labels are 0-based
-(the ILSVRC DET_ID is ``label + 1``); boxes are float xyxy pixels.
+``Detections`` holds one row per detected box; the ILSVRC DET_ID of its 0-based label is ``label + 1``.
 
 Files:
 - ILSVRC submission: text lines ``<image_index> <DET_ID> <confidence> <xmin> <ymin> <xmax> <ymax>``.
-- COCO results: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``. Images map through
-  the dataset's records: ``image_id`` is ``int(record.image_id)`` when every record id is an integer
-  (COCO datasets), else ``record.index``. Categories map through the ClassList: ``int(wnid)`` when
-  every wnid is an integer (COCO datasets: wnids are the category ids), else ``label + 1``.
+- COCO results: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``, ids mapped to the
+  dataset's records and labels by :func:`coco_image_ids` and :func:`coco_category_ids`.
 
 A detections file is the user's output, not corrupt input: whatever parses is kept as written and
 scored as the official code scores it (inverted, zero-area and off-image boxes included; see
@@ -258,12 +254,14 @@ def _integer_ids(values, otherwise) -> np.ndarray:
 
 
 def coco_image_ids(dataset: DetectionDataset) -> np.ndarray:
-    """COCO ``image_id`` of each record, ``int64[N]``: ``int(image_id)`` for COCO data, else ``index``."""
+    """COCO ``image_id`` of each record, ``int64[N]``: ``int(record.image_id)`` when every record's id is an
+    integer (COCO datasets), else ``record.index``."""
     return _integer_ids([r.image_id for r in dataset.records], [r.index for r in dataset.records])
 
 
 def coco_category_ids(dataset: DetectionDataset) -> np.ndarray:
-    """COCO ``category_id`` of each label, ``int64[C]``: ``int(wnid)`` for COCO data, else ``label + 1``."""
+    """COCO ``category_id`` of each label, ``int64[C]``: ``int(wnid)`` when every wnid is an integer (COCO
+    datasets: wnids are the category ids), else ``label + 1``."""
     return _integer_ids(dataset.classes.wnids, np.arange(1, len(dataset.classes) + 1))
 
 
@@ -326,22 +324,16 @@ def read_coco_results(path: str | Path, dataset: DetectionDataset, skipped: Skip
 # ---------------------------------------------------------------- by extension
 
 
-def _format_of(path: Path, fmt: str | None) -> str:
-    if fmt:
-        if fmt not in ("ilsvrc", "coco"):
-            raise ValueError(f"unknown detections format {fmt!r} (ilsvrc | coco)")
-        return fmt
-    if path.suffix.lower() == ".json":
-        return "coco"
-    if path.suffix.lower() in (".txt", ".csv", ""):
-        return "ilsvrc"
-    raise ValueError(f"{path}: cannot tell the detections format from the extension; pass format=ilsvrc|coco")
-
-
 def read_detections(path: str | Path, dataset: DetectionDataset, format: str | None = None,
                     skipped: SkipLog | None = None) -> Detections:
-    """Read detections in the format named or implied by the extension (``.json`` COCO, ``.txt`` ILSVRC)."""
+    """Read detections in the format named (``ilsvrc | coco``) or implied by the extension (``.json``
+    COCO; ``.txt``, ``.csv`` or none ILSVRC); ``ValueError`` for another format or extension."""
     path = Path(path)
-    if _format_of(path, format) == "coco":
+    if format and format not in ("ilsvrc", "coco"):
+        raise ValueError(f"unknown detections format {format!r} (ilsvrc | coco)")
+    format = format or {".json": "coco", ".txt": "ilsvrc", ".csv": "ilsvrc", "": "ilsvrc"}.get(path.suffix.lower())
+    if format is None:
+        raise ValueError(f"{path}: cannot tell the detections format from the extension; pass format=ilsvrc|coco")
+    if format == "coco":
         return read_coco_results(path, dataset, skipped)
     return read_ilsvrc_submission(path, len(dataset.classes), skipped, known_images=[r.index for r in dataset.records])

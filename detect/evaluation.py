@@ -252,8 +252,7 @@ class EvalResult:
             row = {"label": c, "name": name, "ap": number(self.ap[c]),
                    "num_gt": int(self.num_gt[c]), "num_det": int(self.num_det[c])}
             if curves:
-                row["precision"] = self.precision[c].tolist()
-                row["recall"] = self.recall[c].tolist()
+                row.update(precision=self.precision[c].tolist(), recall=self.recall[c].tolist())
             out["classes"].append(row)
         return out
 
@@ -331,19 +330,15 @@ def _place_detections(dataset, detections, unknown_images: str) -> tuple[dict[st
     ``index``, ``labels``, ``score`` float64, ``boxes`` float64 [N, 4]), and the count of those on images
     that are not; with ``unknown_images="error"`` any such detection is a ``ValueError``."""
     record_index = np.array([r.index for r in dataset.records], dtype=np.int64)
+    known = np.isin(detections.image_index, record_index)
     sorter = np.argsort(record_index, kind="stable")
-    if len(sorter):
-        pos = np.minimum(np.searchsorted(record_index[sorter], detections.image_index), len(sorter) - 1)
-        known = record_index[sorter][pos] == detections.image_index
-        pos = sorter[pos]
-    else:
-        pos, known = np.zeros(len(detections), np.int64), np.zeros(len(detections), bool)
+    pos = sorter[np.searchsorted(record_index, detections.image_index[known], sorter=sorter)]
     num_unknown = int((~known).sum())
     if num_unknown and unknown_images == "error":
         bad = np.unique(detections.image_index[~known])[:5].tolist()
         raise ValueError(f"{num_unknown} detections refer to images not in dataset {dataset.name!r} "
                          f"(image indices {bad}...); pass unknown_images='ignore' to drop them")
-    return {"image": pos[known], "index": detections.image_index[known], "labels": detections.labels[known],
+    return {"image": pos, "index": detections.image_index[known], "labels": detections.labels[known],
             "score": detections.scores[known].astype(np.float64),
             "boxes": detections.boxes[known].astype(np.float64)}, num_unknown
 
@@ -367,8 +362,7 @@ def _class_curves(det: dict, status: np.ndarray, num_gt: np.ndarray, method: str
         tp = np.cumsum(tp_sorted[bounds[c]:bounds[c + 1]]).astype(np.float64)
         fp = np.arange(1, len(tp) + 1, dtype=np.float64) - tp
         rec = tp / num_gt[c] if num_gt[c] else np.zeros_like(tp)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            prec = tp / (fp + tp + eps)
+        prec = tp / (fp + tp + eps)  # fp + tp: the rank, from 1
         precision.append(prec)
         recall.append(rec)
         if num_gt[c]:

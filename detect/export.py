@@ -31,8 +31,7 @@ if TYPE_CHECKING:  # onnxruntime is imported where a session is made
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_KEY", "session_options", "with_metadata", "export_onnx", "weights_key", "cached_onnx",
-           "cached_onnx_export"]
+__all__ = ["EXPORT_KEY", "session_options", "with_metadata", "export_onnx", "cached_onnx", "cached_onnx_export"]
 
 _EXPORT_FORMAT = 3  # bump when the export procedure changes: every cached export is then rebuilt
 EXPORT_KEY = "googlenet_detect.export_key"  # ONNX metadata entry: the cache key of what an export was made from
@@ -58,11 +57,8 @@ def with_metadata(model_bytes: bytes, metadata: Mapping[str, str]) -> bytes:
     import onnx
 
     proto = onnx.load_from_string(model_bytes)
-    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in metadata]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *metadata.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, str(value)
+    kept = {p.key: p.value for p in proto.metadata_props if p.key not in metadata}
+    onnx.helper.set_model_props(proto, {**kept, **{key: str(value) for key, value in metadata.items()}})
     return proto.SerializeToString()
 
 
@@ -75,27 +71,16 @@ def export_onnx(model: nn.Module, path: str | Path, crop_size: int, opset: int =
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (example,), buffer, input_names=["crops"], output_names=["logits"],
-            dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
-        )
+        torch.onnx.export(model, (example,), buffer, input_names=["crops"], output_names=["logits"], dynamo=False,
+                          dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
     data = with_metadata(buffer.getvalue(), metadata) if metadata else buffer.getvalue()
     with atomic_open(Path(path), "wb") as f:
         f.write(data)
 
 
-def weights_key(model: nn.Module, crop_size: int) -> str:
-    """The cache key of an export of ``model``: a :func:`detect.io.digest` of the export format, the
-    torch and onnx versions, the crop size, the module structure and the weights."""
-    import onnx
-
-    return digest({"format": _EXPORT_FORMAT, "torch": torch.__version__, "onnx": onnx.__version__,
-                   "crop_size": crop_size, "structure": repr(model), "weights": model.state_dict()})
-
-
 def cached_onnx(path: str | Path, key: str, make: Callable[[], Mapping], what: str, inputs: str,
-                num_threads: int | None = None) -> tuple[Path, InferenceSession]:
-    """``(path, its ONNX Runtime session of num_threads)``: an ONNX model made from the inputs of cache
+                num_threads: int | None = None) -> tuple[Path, str, InferenceSession]:
+    """``(path, key, its ONNX Runtime session of num_threads)``: an ONNX model made from the inputs of cache
     ``key``, reused or made again by the rules of the module docstring (``ValueError`` when a new one lacks
     ``key``). make: writes the model to ``path`` atomically, with ``{EXPORT_KEY: key}`` in its metadata, and
     returns plain facts for the sidecar ``<stem>.json`` (beside ``key`` and the sha256); the warning on a
@@ -118,7 +103,7 @@ def cached_onnx(path: str | Path, key: str, make: Callable[[], Mapping], what: s
         try:
             meta, data = json.loads(sidecar.read_text()), path.read_bytes()
             if meta.get("key") == key and meta.get("sha256") == hashlib.sha256(data).hexdigest():
-                return path, load(data)
+                return path, key, load(data)
             log.warning("%s: stale %s (%s changed), making it again", path, what, inputs)
         except Exception as e:  # corrupt JSON, truncated model, made from other weights, ...
             log.warning("%s: unusable %s (%s), making it again", path, what, e)
@@ -126,15 +111,19 @@ def cached_onnx(path: str | Path, key: str, make: Callable[[], Mapping], what: s
     facts = make()
     data = path.read_bytes()
     atomic_write_json(sidecar, {"key": key, "sha256": hashlib.sha256(data).hexdigest(), **facts})
-    return path, load(data)
+    return path, key, load(data)
 
 
 def cached_onnx_export(model: nn.Module, cache_dir: str | Path, name: str, crop_size: int,
                        num_threads: int | None = None) -> tuple[Path, str, InferenceSession]:
     """``(cache_dir/<name>.onnx, its key, its session)``: a valid export of ``model`` (:func:`cached_onnx`,
-    keyed on :func:`weights_key`, the session of ``num_threads``), exported when missing or stale; the
-    sidecar also records the crop size and the input convention the export's crops follow."""
-    key = weights_key(model, crop_size)
+    the session of ``num_threads``), exported when missing or stale; the key is a :func:`detect.io.digest`
+    of the export format, the torch and onnx versions, the crop size, the module structure and the
+    weights; the sidecar also records the crop size and the input convention the export's crops follow."""
+    import onnx
+
+    key = digest({"format": _EXPORT_FORMAT, "torch": torch.__version__, "onnx": onnx.__version__,
+                  "crop_size": crop_size, "structure": repr(model), "weights": model.state_dict()})
     path = Path(cache_dir) / f"{name}.onnx"
 
     def make() -> dict:
@@ -142,5 +131,4 @@ def cached_onnx_export(model: nn.Module, cache_dir: str | Path, name: str, crop_
         export_onnx(model, path, crop_size, metadata={EXPORT_KEY: key})
         return {"crop_size": crop_size, "input_convention": getattr(model, "input_convention", IMAGENET).to_dict()}
 
-    path, session = cached_onnx(path, key, make, "ONNX export", "weights or exporter", num_threads)
-    return path, key, session
+    return cached_onnx(path, key, make, "ONNX export", "weights or exporter", num_threads)

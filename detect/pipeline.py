@@ -5,10 +5,9 @@ class list, the detector settings (:class:`DetectorSettings`) and the proposer a
 MultiBox network embedded (:mod:`proposals.spec`): the file alone is enough on another machine. It is
 data: it loads with ``weights_only=True``, and nothing in it can choose code to run (the proposer is
 rebuilt only into the project's own proposer classes, member networks only as GoogLeNet). Each
-member records the input convention of its weights in its ``model_kwargs``
-(:mod:`detect.models.convention`); the image is prepared and its regions warped once per distinct
-convention, and each member scores the crops of its own (a member fine-tuned from BVLC's weights
-reads BGR 0..255 crops, ours ImageNet-normalised ones).
+member records the input convention of its weights in its ``model_kwargs`` and scores crops prepared
+in it (:mod:`detect.scoring`; a member fine-tuned from BVLC's weights reads BGR 0..255 crops, ours
+ImageNet-normalised ones).
 """
 from __future__ import annotations
 
@@ -55,11 +54,10 @@ class DetectorSettings:
     crop_size, context: the warp (:func:`detect.region.warp_regions`), as the members were trained;
     nms_iou, score_threshold, max_per_image: :func:`per_class_nms`; batch_size: crops per forward;
     min_size: proposals narrower or shorter than this (pixels, after clipping) are dropped;
-    cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is
-    at least this (:func:`detect.scoring.ensemble_probs`); max_pixels: None, or the pixels
-    above which an image's regions are warped from a downscaled copy (:class:`detect.scoring.RegionWarp`;
-    conf/detect.yaml). Sizes and counts are bounded above by :data:`detect.limits.LIMITS` (a file asking
-    for more is refused). Each member's crops follow its own ``model_kwargs["input_convention"]``.
+    cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is at least
+    this (:func:`detect.scoring.ensemble_probs`); max_pixels: None, or the pixels above which an image's
+    regions are warped from a downscaled copy (:class:`detect.scoring.RegionWarp`; conf/detect.yaml).
+    Sizes and counts are bounded above by :data:`detect.limits.LIMITS` (a file asking for more is refused).
     """
 
     crop_size: int = 224
@@ -73,19 +71,15 @@ class DetectorSettings:
     max_pixels: int | None = None
 
     def __post_init__(self):
-        def number(name, value, integer=False):
+        for f in dataclasses.fields(self):  # each a finite number of its annotated type ("int", "float | None", ...)
+            value, integer = getattr(self, f.name), f.type.startswith("int")
+            if value is None and f.type.endswith("None"):
+                continue
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not ok or (integer and float(value) != int(value)):
-                raise ValueError(f"detector setting {name}={value!r}: expected a finite {'integer' if integer else 'number'}")
-            object.__setattr__(self, name, int(value) if integer else float(value))
-
-        for name in ("crop_size", "context", "max_per_image", "batch_size"):
-            number(name, getattr(self, name), integer=True)
-        for name in ("nms_iou", "score_threshold", "min_size"):
-            number(name, getattr(self, name))
-        for name in ("cascade_threshold", "max_pixels"):
-            if getattr(self, name) is not None:
-                number(name, getattr(self, name), integer=name == "max_pixels")
+                raise ValueError(f"detector setting {f.name}={value!r}: "
+                                 f"expected a finite {'integer' if integer else 'number'}")
+            object.__setattr__(self, f.name, int(value) if integer else float(value))
         checks = [(self.crop_size >= 8, "crop_size must be >= 8"),
                   *[(getattr(self, n) is None or getattr(self, n) <= LIMITS[n], f"{n} must be <= {LIMITS[n]:,}")
                     for n in ("crop_size", "batch_size", "max_per_image", "max_pixels")],
@@ -158,11 +152,8 @@ class Detector:
         if {"device", "channels_last", "amp"} & set(overrides):
             raise TypeError("device, amp and channels_last are the scorers' choice: build them with "
                             "detect.backends.make_scorers(..., device=...) or TorchScorer(model, device, ...)")
-        self.proposer = proposer
-        self.classes = classes
-        settings = settings or DetectorSettings()
-        self.settings = settings.replace(**overrides) if overrides else settings
-        s = self.settings
+        self.proposer, self.classes = proposer, classes
+        self.settings = s = (settings or DetectorSettings()).replace(**overrides)
         self.scorer = WarpScorer([as_scorer(m) for m in scorers],
                                  RegionWarp(s.crop_size, s.context, s.batch_size, s.max_pixels), s.cascade_threshold)
         self.scorers, self.device = self.scorer.members, self.scorer.device
@@ -215,15 +206,11 @@ class Detector:
 
         items = iter(items)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending: deque = deque()
-            for key, path, cached, size in itertools.islice(items, prefetch + 1):
-                pending.append((key, path, pool.submit(prepare, path, cached, size)))
+            submit = lambda key, path, cached, size: (key, path, pool.submit(prepare, path, cached, size))  # noqa: E731
+            pending = deque(submit(*item) for item in itertools.islice(items, prefetch + 1))
             while pending:
                 key, path, future = pending.popleft()
-                nxt = next(items, None)
-                if nxt is not None:
-                    pending.append((nxt[0], nxt[1], pool.submit(prepare, *nxt[1:])))
-                error = None
+                pending.extend(submit(*item) for item in itertools.islice(items, 1))
                 try:
                     image, boxes = future.result()
                     result = self.detect(image, boxes)
@@ -232,11 +219,11 @@ class Detector:
                 except (MemoryError, RuntimeError) as e:  # this image only: the others still run
                     error = ImageError(path, f"detection failed ({type(e).__name__}: {e})")
                     log.warning("%s", error)  # (the failure's traceback, holding its tensors, is let go here)
-                if error is not None:
-                    image = boxes = future = None
-                    yield key, None, None, error
+                else:
+                    yield key, image, result, None
                     continue
-                yield key, image, result, None
+                image = boxes = future = None
+                yield key, None, None, error
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", proposer: Callable | None = None,
@@ -255,9 +242,8 @@ class Detector:
         int8 models are calibrated on the file's ``calibration`` crops and images); overrides:
         :class:`DetectorSettings` values replacing the stored ones (e.g. ``score_threshold=0.1``).
         """
-        ckpt = load_checkpoint(path)
-        contents = _read_detector(ckpt, str(path))
-        settings = contents["settings"].replace(**overrides) if overrides else contents["settings"]
+        contents = _read_detector(load_checkpoint(path), str(path))
+        settings = contents["settings"].replace(**overrides)
         entries = contents["members"]
         if members is not None:
             bad = [i for i in members if not 0 <= int(i) < len(entries)]
@@ -268,8 +254,7 @@ class Detector:
         device = resolve_device(device)
         cache = Path(onnx_cache) if onnx_cache is not None else Path(f"{path}.onnx")
         if proposer is None and stored_proposer and contents["proposer"] is not None:
-            spec = set_params(contents["proposer"], precision=precision)
-            proposer = build_proposer(spec, str(path), onnx_cache=cache)
+            proposer = build_proposer(set_params(contents["proposer"], precision=precision), str(path), onnx_cache=cache)
         calibration = contents["calibration"]  # uint8 RGB crops, prepared for each member in its own convention
         inputs = None if calibration is None else [crops_to_inputs(calibration["crops"], n.input_convention) for n in nets]
         scorers = make_scorers(nets, backend, device, settings.crop_size, amp=amp, cache_dir=cache, precision=precision,
@@ -357,8 +342,7 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
         state = {n: t.detach().cpu() for n, t in strip_module_prefix(ckpt["model_state"]).items()
                  if not n.startswith(("aux1.", "aux2."))}
         entries.append({"model_kwargs": kwargs, "model_state": state})
-    obj = {"format": DETECTOR_FORMAT, "members": entries,
-           "classes": classes.to_dict(),
+    obj = {"format": DETECTOR_FORMAT, "members": entries, "classes": classes.to_dict(),
            "settings": dataclasses.asdict(settings), "proposer": None if proposer is None else dict(proposer),
            "provenance": dict(provenance or {})}
     if calibration is not None:

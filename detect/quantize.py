@@ -9,12 +9,11 @@ ranges, the fully connected layers' outputs left in float; its one setting is an
 The int8 model is cached beside the fp32 export (:func:`cached_int8_export`).
 
 The local response norms: in float they cost a large share of the int8 model's time (Sqrt and Div
-between dequantize/quantize pairs, benchmarks/int8.md). Each LRN's largest effect on the calibration
-inputs is measured, ``1 - s`` for its factor ``s = (d / k)^-beta`` relative to the constant ``k^-beta``
-it tends to for small activations; an LRN whose effect stays below ``lrn_tolerance`` (default 1/512:
-every activation moves by less than half an 8-bit step of its range) is replaced by that constant in the
-int8 model (the others are quantized in their exact form). The decision and the measured effects are
-recorded in the ``.int8.json`` sidecar.
+between dequantize/quantize pairs, benchmarks/int8.md). An LRN whose largest effect on the calibration
+inputs (:func:`lrn_effects`) stays below ``lrn_tolerance`` (default 1/512: every activation moves by less
+than half an 8-bit step of its range) is replaced in the int8 model by the constant ``k^-beta`` its factor
+tends to for small activations (the others are quantized in their exact form). The decision and the
+measured effects are recorded in the ``.int8.json`` sidecar.
 
 Which CPUs gain: int8 convolutions are fast where the CPU has 8-bit dot-product instructions; measured
 on a Xeon with AVX-512 VNNI and AMX-INT8 (:func:`cpu_has_int8_dot` checks for those two); on AVX2-only
@@ -29,6 +28,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -47,9 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Int8Recipe", "QuantizationError", "cached_int8_export", "lrn_effects", "fold_lrns",
-           "cpu_flags", "cpu_has_int8_dot", "draw_calibration_crops", "draw_calibration_images", "crops_to_inputs",
-           "to_pixels", "INT8_DOT_FLAGS"]
+__all__ = ["Int8Recipe", "QuantizationError", "cached_int8_export", "lrn_effects", "fold_lrns", "cpu_has_int8_dot",
+           "draw_calibration_crops", "draw_calibration_images", "crops_to_inputs", "to_pixels", "INT8_DOT_FLAGS"]
 
 _INT8_FORMAT = 2  # bump when the quantization procedure changes: every cached int8 model is then rebuilt
 # /proc/cpuinfo flags where int8 was measured faster (module docstring); AVX-VNNI alone (client CPUs): not measured
@@ -100,22 +99,16 @@ class Int8Recipe:
         return f"qdq-u8s8-pc-lrnfold{self.lrn_tolerance:.3g}-headfloat-minmax"
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of ``/proc/cpuinfo`` (empty where it cannot be read, e.g. not Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_has_int8_dot(flags: Iterable[str] | None = None) -> bool:
-    """True when the CPU has an 8-bit dot-product instruction set (:data:`INT8_DOT_FLAGS`)."""
-    flags = cpu_flags() if flags is None else set(flags)
-    return any(f in flags for f in INT8_DOT_FLAGS)
+    """True when the CPU has an 8-bit dot-product instruction set (:data:`INT8_DOT_FLAGS`); flags: its feature
+    flags (None: those of ``/proc/cpuinfo``, none where it cannot be read, e.g. not Linux)."""
+    if flags is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), ())
+        except OSError:
+            flags = ()
+    return not set(INT8_DOT_FLAGS).isdisjoint(flags)
 
 
 def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndarray], count: int, crop_size: int,
@@ -187,8 +180,7 @@ def to_pixels(inputs: torch.Tensor, convention: InputConvention | Mapping | None
     """The inverse of ``convention.normalize``: ``Tensor[..., 3, H, W]`` float network inputs ->
     ``Tensor[..., 3, H, W] uint8`` RGB pixels (rounded, clamped to 0..255)."""
     c = InputConvention.from_dict(convention)
-    mean = torch.tensor(c.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(c.std, dtype=torch.float32).view(3, 1, 1)
+    mean, std = torch.tensor([c.mean, c.std], dtype=torch.float32).view(2, 3, 1, 1)
     x = (inputs.float() * std + mean) * (255.0 / c.scale)
     if c.channel_order == "BGR":
         x = x.flip(-3)
@@ -201,26 +193,14 @@ def draw_calibration_images(records: Sequence, count: int, size: int, seed: int 
     to ``size x size``). Returns ``ndarray[count, size, size, 3] uint8`` RGB."""
     import cv2
 
-    def take(record, image: np.ndarray, rng) -> np.ndarray:
-        return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)[None]
-
-    return _draw(records, count, seed, "calibration images", take)
+    return _draw(records, count, seed, "calibration images",
+                 lambda record, image, rng: cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)[None])
 
 
 def crops_to_inputs(crops: np.ndarray, convention: InputConvention | Mapping | None = None) -> np.ndarray:
     """``ndarray[N, 3, S, S] uint8`` RGB pixels -> the inputs of a network of input ``convention`` (None =
     ImageNet; :meth:`detect.models.convention.InputConvention.normalize`): ``ndarray[N, 3, S, S] float32``."""
     return InputConvention.from_dict(convention).normalize(torch.from_numpy(np.ascontiguousarray(crops))).numpy()
-
-
-def _check_calibration(calibration: np.ndarray, what: str) -> np.ndarray:
-    calibration = np.asarray(calibration)
-    if calibration.ndim != 4 or len(calibration) == 0 or not np.issubdtype(calibration.dtype, np.floating):
-        raise QuantizationError(f"{what}: calibration inputs must be a non-empty float array [N, C, H, W], "
-                                f"got {calibration.dtype} {calibration.shape}")
-    if not np.isfinite(calibration).all():
-        raise QuantizationError(f"{what}: calibration inputs contain NaN or infinity")
-    return calibration
 
 
 @torch.inference_mode()
@@ -232,17 +212,15 @@ def lrn_effects(model: nn.Module, calibration: np.ndarray, batch_size: int = 16)
     LRN's factor falls below the constant ``k^-beta`` (0 = the LRN is that constant here).
     """
     lrns = {name: m for name, m in model.named_modules() if isinstance(m, LocalResponseNorm)}
-    peak = dict.fromkeys(lrns, 0.0)
+    peak = dict.fromkeys(lrns.values(), 0.0)
 
-    def hook(name):
-        def record(module, inputs, output):
-            x = inputs[0].float()
-            mean_sq = F.avg_pool3d((x * x)[:, None], (module.size, 1, 1), stride=1,
-                                   padding=(module.size // 2, 0, 0), count_include_pad=True)
-            peak[name] = max(peak[name], float(mean_sq.max()) * module.alpha)
-        return record
+    def record(module, inputs, output):
+        x = inputs[0].float()
+        mean_sq = F.avg_pool3d((x * x)[:, None], (module.size, 1, 1), stride=1,
+                               padding=(module.size // 2, 0, 0), count_include_pad=True)
+        peak[module] = max(peak[module], float(mean_sq.max()) * module.alpha)
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in lrns.items()]
+    handles = [m.register_forward_hook(record) for m in lrns.values()]
     try:
         was_training = model.training
         model.eval()
@@ -253,7 +231,7 @@ def lrn_effects(model: nn.Module, calibration: np.ndarray, batch_size: int = 16)
     finally:
         for h in handles:
             h.remove()
-    return {name: 1.0 - (1.0 + peak[name] / lrns[name].k) ** -lrns[name].beta for name in lrns}
+    return {name: 1.0 - (1.0 + peak[m] / m.k) ** -m.beta for name, m in lrns.items()}
 
 
 class _Scale(nn.Module):
@@ -272,23 +250,11 @@ def fold_lrns(model: nn.Module, names: Iterable[str]) -> nn.Module:
     constant factor ``k^-beta`` (an identity when k = 1)."""
     model = copy.deepcopy(model)
     for name in names:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        lrn = getattr(parent, attr)
+        parent, _, attr = name.rpartition(".")
+        lrn = model.get_submodule(name)
         factor = lrn.k ** -lrn.beta
-        setattr(parent, attr, nn.Identity() if factor == 1.0 else _Scale(factor))
+        setattr(model.get_submodule(parent), attr, nn.Identity() if factor == 1.0 else _Scale(factor))
     return model
-
-
-class _Reader:
-    """ONNX Runtime ``CalibrationDataReader`` over ``calibration`` in batches of ``batch_size``."""
-
-    def __init__(self, input_name: str, calibration: np.ndarray, batch_size: int):
-        self.batches = iter([{input_name: np.ascontiguousarray(calibration[i:i + batch_size], np.float32)}
-                             for i in range(0, len(calibration), batch_size)])
-
-    def get_next(self):
-        return next(self.batches, None)
 
 
 def _head_nodes(model_path: Path) -> list[str]:
@@ -305,8 +271,8 @@ def _head_nodes(model_path: Path) -> list[str]:
     return names
 
 
-def _quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, batch_size: int = 8,
-                   metadata: Mapping[str, str] | None = None) -> None:
+def _quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, metadata: Mapping[str, str],
+                   batch_size: int = 8) -> None:
     """Write the int8 model of the ONNX file ``fp32_path`` to ``out_path`` atomically (module docstring).
 
     calibration: ``ndarray[N, 3, S, S] float32`` network inputs (checked by the caller) whose activation
@@ -325,15 +291,15 @@ def _quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, bat
         pre = work / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre))
         input_name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+        batches = iter([{input_name: np.ascontiguousarray(calibration[i:i + batch_size], np.float32)}
+                        for i in range(0, len(calibration), batch_size)])
+        reader = SimpleNamespace(get_next=lambda: next(batches, None))  # an ONNX Runtime CalibrationDataReader
         quantized = work / "int8.onnx"
-        quantize_static(
-            str(pre), str(quantized), _Reader(input_name, calibration, batch_size), quant_format=QuantFormat.QDQ,
-            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=_head_nodes(pre) or None, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
-        )
-        if metadata:
-            quantized.write_bytes(with_metadata(quantized.read_bytes(), metadata))
+        quantize_static(str(pre), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=_head_nodes(pre) or None, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]})
+        quantized.write_bytes(with_metadata(quantized.read_bytes(), metadata))
         os.replace(quantized, out_path)  # same folder: atomic
     except Exception as e:  # the quantizer raises many kinds (ValueError, RuntimeError, ONNX errors)
         raise QuantizationError(f"{fp32_path}: int8 quantization failed ({type(e).__name__}: {e})") from e
@@ -355,8 +321,12 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
     """
     import onnxruntime as ort
 
-    fp32_path = Path(fp32_path)
-    calibration = _check_calibration(calibration, str(fp32_path))
+    fp32_path, calibration = Path(fp32_path), np.asarray(calibration)
+    if calibration.ndim != 4 or len(calibration) == 0 or not np.issubdtype(calibration.dtype, np.floating):
+        raise QuantizationError(f"{fp32_path}: calibration inputs must be a non-empty float array [N, C, H, W], "
+                                f"got {calibration.dtype} {calibration.shape}")
+    if not np.isfinite(calibration).all():
+        raise QuantizationError(f"{fp32_path}: calibration inputs contain NaN or infinity")
     stem = fp32_path.name.removesuffix(".onnx")
     int8_path = fp32_path.with_name(f"{stem}.int8.onnx")
     header = {"format": _INT8_FORMAT, "fp32_key": fp32_key, "recipe": asdict(recipe),
@@ -367,10 +337,10 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
 
     def make() -> dict:
         log.info("quantizing %s to int8 (%s, %d calibration inputs)", fp32_path, recipe.label(), len(calibration))
-        lrns = [name for name, m in model.named_modules() if isinstance(m, LocalResponseNorm)]
-        effects = lrn_effects(model, calibration) if lrns else {}
-        folded = [name for name in lrns if effects[name] <= recipe.lrn_tolerance]
-        if lrns:
+        has_lrn = any(isinstance(m, LocalResponseNorm) for m in model.modules())
+        effects = lrn_effects(model, calibration) if has_lrn else {}
+        folded = [name for name, effect in effects.items() if effect <= recipe.lrn_tolerance]
+        if effects:
             log.info("%s: LRN effects on the calibration inputs %s; folded (<= %g): %s", fp32_path.name,
                      {n: f"{e:.2g}" for n, e in effects.items()}, recipe.lrn_tolerance, folded or "none")
         with tempfile.TemporaryDirectory(prefix=f".{stem}.int8src.", dir=fp32_path.parent) as work:
@@ -378,9 +348,7 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
             if folded:
                 source = Path(work) / "folded.onnx"
                 export_onnx(fold_lrns(model, folded), source, int(calibration.shape[-1]))
-            _quantize_onnx(source, int8_path, calibration, metadata={EXPORT_KEY: key})
+            _quantize_onnx(source, int8_path, calibration, {EXPORT_KEY: key})
         return {**header, "lrn_effects": effects, "lrn_folded": folded}
 
-    int8_path, session = cached_onnx(int8_path, key, make, "int8 model",
-                                     "weights, calibration, recipe or ONNX Runtime", num_threads)
-    return int8_path, key, session
+    return cached_onnx(int8_path, key, make, "int8 model", "weights, calibration, recipe or ONNX Runtime", num_threads)

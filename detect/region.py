@@ -2,9 +2,7 @@
 ground truth and sample R-CNN mini-batches (scoring them at detection time: :mod:`detect.scoring`).
 
 Labels put background at label 0 and class ``c`` at ``c + 1``. Crops are prepared with the input
-convention of the weights that read them (``detect.models.convention``): the image is normalised first
-and warped after, so the zeros that pad a region reaching beyond the image are that convention's mean
-colour.
+convention of the weights that read them (``detect.models.convention``): see :func:`warp_regions`.
 """
 from __future__ import annotations
 
@@ -70,10 +68,9 @@ def warp_regions(image: Tensor, boxes: Tensor, size: int = 224, context: int = 1
     output pixel ``(i, j)`` samples the image at ``x1 + (j + 0.5) * w / size`` in continuous
     coordinates (pixel ``k`` covers ``[k, k + 1)``). Samples outside the image blend with zeros (the
     mean colour of the image's convention: BVLC's (104, 117, 123) BGR for its weights, ImageNet's mean
-    for ours), as if the image were embedded in an infinite zero plane. Done with one ``grid_sample``
-    over the image expanded (not copied) to the batch: on the CPU it is vectorised and threaded, and
-    faster than the equivalent ``roi_align(aligned=True, sampling_ratio=1)`` (figures:
-    benchmarks/README.md).
+    for ours), as if the image were embedded in an infinite zero plane. One ``grid_sample`` over the image
+    expanded (not copied) to the batch: faster on the CPU than the equivalent ``roi_align(aligned=True,
+    sampling_ratio=1)`` (figures: benchmarks/README.md).
     """
     if image.ndim != 3:
         raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
@@ -152,18 +149,14 @@ def sample_regions(labels: Tensor, num: int, fg_fraction: float, rng: np.random.
     labels = labels.cpu().numpy()
     fg = np.flatnonzero(labels > 0)
     bg = np.flatnonzero(labels == 0)
-    n_fg = min(int(round(num * fg_fraction)), num) if len(fg) else 0
-    if len(bg) == 0:
-        n_fg = num if len(fg) else 0
-    n_bg = num - n_fg if len(bg) else 0
-    if n_fg + n_bg < num:
+    if len(fg) == 0 and len(bg) == 0:
         raise ValueError("no usable regions to sample from")
+    n_fg = 0 if len(fg) == 0 else num if len(bg) == 0 else min(int(round(num * fg_fraction)), num)
+    n_bg = num - n_fg
     hard_bg = np.flatnonzero((labels == 0) & hard.cpu().numpy()) if hard is not None else bg[:0]
     n_hard = int(round(n_bg * hard_fraction)) if len(hard_bg) else 0
-    picks = []
-    for pool, k in ((fg, n_fg), (hard_bg, n_hard), (bg, n_bg - n_hard)):
-        if k:
-            picks.append(rng.choice(pool, size=k, replace=len(pool) < k))
+    picks = [rng.choice(pool, size=k, replace=len(pool) < k)
+             for pool, k in ((fg, n_fg), (hard_bg, n_hard), (bg, n_bg - n_hard)) if k]
     return torch.from_numpy(np.concatenate(picks).astype(np.int64))
 
 
@@ -197,19 +190,11 @@ class RegionDataset(Dataset):
                 raise ValueError(f"region sampling settings: {message} (crop_size={crop_size}, context={context}, "
                                  f"regions_per_image={regions_per_image}, fg_fraction={fg_fraction}, fg_iou={fg_iou}, "
                                  f"hard_bg_fraction={hard_bg_fraction}, hard_bg_iou={hard_bg_iou}, flip_prob={flip_prob})")
-        self.records = list(records)
+        self.records, self.proposals, self.convention = list(records), proposals, InputConvention.from_dict(convention)
+        self.regions_per_image, self.fg_fraction, self.fg_iou = regions_per_image, fg_fraction, fg_iou
         self.hard_bg_fraction, self.hard_bg_iou = hard_bg_fraction, hard_bg_iou
-        self.proposals = proposals
-        self.convention = InputConvention.from_dict(convention)
-        self.regions_per_image = regions_per_image
-        self.fg_fraction = fg_fraction
-        self.fg_iou = fg_iou
-        self.crop_size = crop_size
-        self.context = context
-        self.flip_prob = flip_prob
-        self.seed = seed
-        self.resample = resample
-        self._calls = 0
+        self.crop_size, self.context, self.flip_prob = crop_size, context, flip_prob
+        self.seed, self.resample, self._calls = seed, resample, 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -221,13 +206,6 @@ class RegionDataset(Dataset):
         self._calls += 1
         stream = info.seed % (2**63) if info is not None else 0
         return np.random.default_rng([self.seed, index, stream, self._calls])
-
-    def _boxes(self, record: DetectionRecord) -> np.ndarray:
-        try:
-            boxes = self.proposals(record.image_id)
-        except KeyError:
-            return np.zeros((0, 4), np.float32)
-        return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | SkippedItem:
         """The regions of image ``index``, or a :class:`SkippedItem` (logged) when the image cannot be used."""
@@ -241,13 +219,14 @@ class RegionDataset(Dataset):
     def _regions(self, record: DetectionRecord, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
         image = read_image(record.path, (record.width, record.height))
         height, width = image.shape[:2]
-        boxes, labels = add_ground_truth(
-            torch.from_numpy(self._boxes(record)), torch.from_numpy(record.boxes),
-            torch.from_numpy(record.labels), torch.from_numpy(record.ignore), self.fg_iou)
-        hard = None
-        if self.hard_bg_fraction > 0:
-            iou = best_gt_overlaps(boxes, torch.from_numpy(record.boxes), torch.from_numpy(record.ignore))
-            hard = iou >= self.hard_bg_iou
+        try:
+            proposals = np.asarray(self.proposals(record.image_id), dtype=np.float32).reshape(-1, 4)
+        except KeyError:  # no entry: ground truth only
+            proposals = np.zeros((0, 4), np.float32)
+        gt_boxes, gt_ignore = torch.from_numpy(record.boxes), torch.from_numpy(record.ignore)
+        boxes, labels = add_ground_truth(torch.from_numpy(proposals), gt_boxes, torch.from_numpy(record.labels),
+                                         gt_ignore, self.fg_iou)
+        hard = best_gt_overlaps(boxes, gt_boxes, gt_ignore) >= self.hard_bg_iou if self.hard_bg_fraction > 0 else None
         try:
             pick = sample_regions(labels, self.regions_per_image, self.fg_fraction, rng, hard, self.hard_bg_fraction)
         except ValueError:

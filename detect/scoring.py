@@ -6,9 +6,8 @@ region warped to a fixed-size crop (:class:`RegionWarp`) and classified by an en
 (:func:`ensemble_probs`). An RoI-pooling scorer (features of the whole image once, pooled per box)
 would be a second class with the same ``score``.
 
-Crops are prepared with the input convention of the weights that score them: the image is normalised
-first and warped after (:mod:`detect.region`), once per distinct convention of the members (not per
-member), and each member reads the batch of its own.
+Crops are prepared with the input convention of the weights that score them, once per distinct
+convention of the members (:meth:`RegionWarp.batches`), and each member reads the batch of its own.
 """
 from __future__ import annotations
 
@@ -161,14 +160,11 @@ def ensemble_probs(members: Sequence[Callable], crops: Tensor | Mapping[InputCon
         crops = {conventions[0]: crops}
     batches = [crops[getattr(m, "input_convention", IMAGENET)] for m in members]
     probs = _member_probs(members[0], batches[0])
-    passed = None if cascade_threshold is None else torch.where(probs[:, 1:].max(dim=1).values >= cascade_threshold)[0]
-    if len(members) == 1 or (passed is not None and len(passed) == 0):
+    rows = slice(None) if cascade_threshold is None else probs[:, 1:].max(dim=1).values >= cascade_threshold
+    if len(members) == 1 or (cascade_threshold is not None and not rows.any()):
         return probs
-    total = probs.clone() if passed is None else probs[passed].clone()
+    total = probs[rows].clone()
     for member, batch in zip(members[1:], batches[1:]):
-        total += _member_probs(member, batch if passed is None else batch[passed])
-    if passed is None:
-        return total / len(members)
-    probs = probs.clone()
-    probs[passed] = total / len(members)
+        total += _member_probs(member, batch[rows])
+    probs[rows] = total / len(members)
     return probs
