@@ -17,7 +17,6 @@ Images enter a fingerprint through :func:`image_list_digest`.
 """
 from __future__ import annotations
 
-import glob
 import io
 import logging
 import os
@@ -174,8 +173,8 @@ class ChunkedRun:
     def _lock_in_use(self, holding: int | None) -> bool:
         """Whether another process holds a rank lock of this output (a run of other inputs may be writing)."""
         name = re.compile(rf"\.{re.escape(self.output.name)}\.rank(\d+)\.lock")
-        for lock in glob.glob(str(self.output.parent / f".{glob.escape(self.output.name)}.rank*.lock")):
-            m = name.fullmatch(Path(lock).name)
+        for entry in os.scandir(self.output.parent):
+            m = name.fullmatch(entry.name)
             if m is None or int(m[1]) == holding:
                 continue
             try:

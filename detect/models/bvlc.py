@@ -172,9 +172,8 @@ def _blob(buf, where: str) -> np.ndarray:
 
 
 def read_caffemodel(path: str | Path, data: bytes) -> tuple[list[WeightsLayer], str]:
-    """The layers of a ``.caffemodel`` (Caffe ``NetParameter``) of content ``data``, in file order, and the
-    encoding: ``"layer"`` (field 100, current Caffe) or ``"layers"`` (field 2, V1). Raises ``ValueError``
-    naming the file ``path`` for malformed content or a file with neither encoding."""
+    """The layers of a ``.caffemodel`` of content ``data`` in file order, and its encoding (``"layer"`` or V1
+    ``"layers"``). Raises ``ValueError`` naming ``path`` for malformed content or neither encoding."""
     try:
         net = pw.message_fields(data)
         encodings = [(100, "layer", {"name": 1, "type": 2, "blobs": 7, "conv": 106, "ip": 117, "lrn": 118, "pool": 121}),
@@ -214,10 +213,9 @@ _ONNX_NAME = re.compile(r"^(?P<layer>.+)_(?P<kind>[wb])(?:_\d+)?$")
 
 
 def read_onnx(path: str | Path, data: bytes) -> list[WeightsLayer]:
-    """The weighted layers of an ONNX-zoo GoogLeNet of content ``data``: initializers ``<layer>_w[_N]``/
-    ``<layer>_b[_N]`` grouped by Caffe layer name, with the geometry of the node that uses them (``Conv``:
-    stride, pad, group, dilation; ``Gemm``/``MatMul``: whether the weight is stored transposed). Raises
-    ``ValueError`` naming the file ``path`` for unreadable content, external data or non-float weights."""
+    """The weighted layers of an ONNX-zoo GoogLeNet of content ``data``, by Caffe layer name, with the geometry
+    of the node that uses them. Raises ``ValueError`` naming ``path`` for unreadable content, external data
+    or non-float weights."""
     import onnx
     from onnx import numpy_helper
 

@@ -100,20 +100,14 @@ def as_float(entry: tuple[int, int | memoryview]) -> float:
 
 def as_floats(entries: list[tuple[int, int | memoryview]], double: bool = False) -> np.ndarray:
     """A repeated ``float`` (or ``double``) field, packed or not -> ``ndarray`` float32 (float64)."""
-    dtype, wire_single = ("<f8", FIXED64) if double else ("<f4", FIXED32)
-    size = 8 if double else 4
-    parts = []
+    kind, dtype, single = ("double", np.dtype("<f8"), FIXED64) if double else ("float", np.dtype("<f4"), FIXED32)
+    parts = [np.zeros(0, dtype)]
     for wire, value in entries:
-        if wire == LENGTH:
-            if len(value) % size:
-                raise WireError(f"packed {'double' if double else 'float'} field of {len(value)} bytes")
-            parts.append(np.frombuffer(value, dtype=dtype))
-        elif wire == wire_single:
-            parts.append(np.frombuffer(value, dtype=dtype))
-        else:
-            raise WireError(f"expected {'double' if double else 'float'} values, got wire type {wire}")
-    if not parts:
-        return np.zeros(0, dtype=np.float64 if double else np.float32)
+        if wire not in (LENGTH, single):
+            raise WireError(f"expected {kind} values, got wire type {wire}")
+        if len(value) % dtype.itemsize:  # (a single value has the size: only a packed field can be cut)
+            raise WireError(f"packed {kind} field of {len(value)} bytes")
+        parts.append(np.frombuffer(value, dtype=dtype))
     return np.concatenate(parts).astype(np.float64 if double else np.float32)
 
 
