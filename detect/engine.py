@@ -226,16 +226,9 @@ def _check_finite_weights(models: dict[str, nn.Module], path: Path, epoch: int, 
 # ------------------------------------------------------------------------------------------- fit
 @dataclass(frozen=True)
 class TrainSettings:
-    """The training loop's settings, one block for every trainer (conf/training.yaml), checked when built.
-
-    epochs; max_steps_per_epoch (None: the whole loader); checkpoint_every: steps between mid-epoch
-    checkpoints (None: once per epoch); ema_decay: Polyak averaging (None: off); amp, channels_last:
-    bf16 autocast (fp16 + GradScaler where bf16 is unsupported) and channels-last memory, on CUDA only;
-    grad_clip: gradient-norm clip (None: off); resume: continue from the checkpoint when it exists;
-    restart_on_change: when that checkpoint was written with another fingerprint, train from the start
-    (overwriting it) instead of stopping with :class:`CheckpointMismatch`;
-    max_skipped_fraction: an epoch skipping more than this share of its samples stops (None: no limit).
-    """
+    """The training loop's settings, one block for every trainer, checked when built: conf/training.yaml says
+    what each means (None is its null). Without ``restart_on_change`` a checkpoint of another fingerprint
+    stops the run with :class:`CheckpointMismatch`; ``max_skipped_fraction=None``: no limit."""
 
     epochs: int
     max_steps_per_epoch: int | None = None
@@ -473,8 +466,7 @@ def check_fingerprint(state: dict, fingerprint: dict | None, path: str | Path) -
 
 def _check_epoch(epoch: int, totals: dict, skipped: SkipLog | None, max_fraction: float | None,
                  nothing_left: bool = False) -> None:
-    """No silent success: an epoch without a single step (unless a resume found it already done), or
-    one that skipped too many samples, stops the run."""
+    """No silent success (:func:`fit`'s ``skipped``); ``nothing_left``: a resume found the epoch already done."""
     dropped, samples = int(totals["dropped"]), int(totals["samples"])
     reasons = ""
     if skipped is not None and len(skipped):

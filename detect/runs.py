@@ -9,11 +9,10 @@ again with the same inputs skips the chunks that exist, and one with other input
 folder: old and new results are never mixed. A second process working on the same rank of the same
 output is stopped by a lock. Rank 0 merges once every rank's chunks exist and removes the folder.
 
-Ownership and clean-up: the folder's ``owner.json`` (:mod:`detect.records`) names its output. A run
-removes the temporaries of its own killed chunk writes (:meth:`ChunkedRun.begin`) and, after a merge,
-the folders of earlier runs of the same output with other inputs (:meth:`ChunkedRun.remove_abandoned`)
-when they hold nothing else and no process holds a lock of that output. Nothing else is deleted.
-Images enter a fingerprint through :func:`image_list_digest`.
+Ownership and clean-up: the folder's ``owner.json`` (:mod:`detect.records`) names its output. A run deletes
+only the temporaries of its own killed chunk writes (:meth:`ChunkedRun.begin`) and, after a merge, the
+abandoned folders of its output (:meth:`ChunkedRun.remove_abandoned`). Images enter a fingerprint through
+:func:`image_list_digest`.
 """
 from __future__ import annotations
 

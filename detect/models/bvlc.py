@@ -144,12 +144,8 @@ def _ip_params(buf) -> dict:
 
 def _lrn_params(buf) -> dict:
     f = pw.message_fields(buf)
-
-    def flt(n, default):
-        return pw.as_float(f[n][-1]) if n in f else default
-
-    return {"local_size": int(pw.last(f, 1, 5)), "alpha": flt(2, 1.0), "beta": flt(3, 0.75),
-            "region": int(pw.last(f, 4, 0)), "k": flt(5, 1.0)}
+    return {"local_size": int(pw.last(f, 1, 5)), "alpha": pw.last_float(f, 2, 1.0), "beta": pw.last_float(f, 3, 0.75),
+            "region": int(pw.last(f, 4, 0)), "k": pw.last_float(f, 5, 1.0)}
 
 
 def _pool_params(buf) -> dict:

@@ -188,20 +188,15 @@ class Inception(nn.Module):
     def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
                  pool_proj: int, batch_norm: bool = False, five_by_five: bool = True):
         super().__init__()
-        k5 = 5 if five_by_five else 3
-        self.branch1 = ConvReLU(in_channels, ch1x1, 1, batch_norm=batch_norm)
-        self.branch2 = nn.Sequential(
-            ConvReLU(in_channels, ch3x3red, 1, batch_norm=batch_norm),
-            ConvReLU(ch3x3red, ch3x3, 3, padding=1, batch_norm=batch_norm),
-        )
-        self.branch3 = nn.Sequential(
-            ConvReLU(in_channels, ch5x5red, 1, batch_norm=batch_norm),
-            ConvReLU(ch5x5red, ch5x5, k5, padding=k5 // 2, batch_norm=batch_norm),
-        )
-        self.branch4 = nn.Sequential(
-            nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True),
-            ConvReLU(in_channels, pool_proj, 1, batch_norm=batch_norm),
-        )
+
+        def conv(cin: int, cout: int, k: int) -> ConvReLU:  # "same" padding
+            return ConvReLU(cin, cout, k, padding=k // 2, batch_norm=batch_norm)
+
+        self.branch1 = conv(in_channels, ch1x1, 1)
+        self.branch2 = nn.Sequential(conv(in_channels, ch3x3red, 1), conv(ch3x3red, ch3x3, 3))
+        self.branch3 = nn.Sequential(conv(in_channels, ch5x5red, 1), conv(ch5x5red, ch5x5, 5 if five_by_five else 3))
+        self.branch4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True),
+                                     conv(in_channels, pool_proj, 1))
         self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
 
     def forward(self, x: Tensor) -> Tensor:
@@ -246,7 +241,6 @@ class GoogLeNet(nn.Module):
         super().__init__()
         self.config = c = replace(config or GoogLeNetConfig(), **fields)
         self.aux_logits = c.aux_logits
-        self.transform_input = c.transform_input
         width, batch_norm = c.width, c.batch_norm
 
         def ch(n: int) -> int:
@@ -322,7 +316,7 @@ class GoogLeNet(nn.Module):
 
     def _transform_input(self, x: Tensor) -> Tensor:
         """ImageNet-normalised input -> the (x - 0.5) / 0.5 scale of torchvision's ported weights."""
-        if not self.transform_input:
+        if not self.config.transform_input:
             return x
         scale = torch.tensor([s / 0.5 for s in IMAGENET_STD], dtype=x.dtype, device=x.device).view(3, 1, 1)
         shift = torch.tensor([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], dtype=x.dtype, device=x.device).view(3, 1, 1)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["WireError", "iter_fields", "message_fields", "last", "as_text", "as_floats", "as_varints", "as_float"]
+__all__ = ["WireError", "iter_fields", "message_fields", "last", "as_text", "as_floats", "as_varints", "last_float"]
 
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
@@ -90,9 +90,11 @@ def as_text(value: memoryview) -> str:
     return bytes(value).decode("utf-8", errors="replace")
 
 
-def as_float(entry: tuple[int, int | memoryview]) -> float:
-    """A ``float`` field's value from its ``(wire type, value)`` entry."""
-    wire, value = entry
+def last_float(fields: dict, number: int, default: float) -> float:
+    """The value of a non-repeated ``float`` field (its last occurrence), or ``default`` when absent."""
+    if number not in fields:
+        return default
+    wire, value = fields[number][-1]
     if wire != FIXED32:
         raise WireError(f"expected a 32-bit float, got wire type {wire}")
     return struct.unpack("<f", value)[0]

@@ -124,17 +124,10 @@ def load_pretrained(model: GoogLeNet, path: str | Path) -> LoadReport:
         raise ValueError(f"{path}: expected a state dict or a checkpoint with 'model_state', got {type(state).__name__}")
     state = strip_module_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     own = model.state_dict()
-    report = LoadReport(source="checkpoint" if ours else "state dict")
-    to_load = {}
-    for name, tensor in own.items():
-        if name not in state:
-            report.missing.append(name)
-        elif state[name].shape != tensor.shape:
-            report.mismatched.append(name)
-        else:
-            to_load[name] = state[name]
-            report.loaded.append(name)
-    report.unexpected = [k for k in state if k not in own]
+    to_load = {k: state[k] for k in own if k in state and state[k].shape == own[k].shape}
+    report = LoadReport(loaded=list(to_load), mismatched=[k for k in own if k in state and k not in to_load],
+                        missing=[k for k in own if k not in state], unexpected=[k for k in state if k not in own],
+                        source="checkpoint" if ours else "state dict")
     if len(report.loaded) < 0.5 * len(own):
         raise ValueError(
             f"{path}: only {len(report.loaded)} of the model's {len(own)} tensors match by name and shape "
