@@ -390,7 +390,6 @@ def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_step
     process's sums: loss and metrics weighted by batch size, ``samples``, ``steps``, ``dropped``.
     A step whose loss is NaN or infinite raises ``FloatingPointError`` naming it, before ``after_step``
     (the checkpoint) runs; the loss is read back every step anyway (the sums), so this adds no sync."""
-    device = sc.ctx.device
     sc.train_model.train()
     sums = {"loss": 0.0, "samples": 0.0, "steps": 0.0, "dropped": 0.0}
     step = start_step
@@ -406,7 +405,7 @@ def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_step
                 sc.skipped.entries.extend(tuple(entry) for entry in getattr(batch, "skipped", ()))
             empty = float(size == 0)
             if sc.ctx.distributed:  # every process skips together, or DDP would wait forever
-                empty = all_reduce_sum({"empty": empty}, device)["empty"]
+                empty = all_reduce_sum({"empty": empty}, sc.ctx.device)["empty"]
             step += 1
             if empty:
                 log.warning("%s step %d: empty batch (unreadable samples) skipped", desc, step)

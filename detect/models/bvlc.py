@@ -125,10 +125,8 @@ def _pair(fields: dict, repeated: int, h: int, w: int, default: int) -> tuple[in
     axes, or one per axis), else ``default``."""
     if h in fields or w in fields:
         return int(pw.last(fields, h, default)), int(pw.last(fields, w, default))
-    values = pw.as_varints(fields.get(repeated, []))
-    if not values:
-        return default, default
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+    values = pw.as_varints(fields.get(repeated, [])) or [default]
+    return values[0], values[1 if len(values) > 1 else 0]
 
 
 def _conv_params(buf) -> dict:

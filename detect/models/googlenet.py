@@ -241,13 +241,12 @@ class GoogLeNet(nn.Module):
         super().__init__()
         self.config = c = replace(config or GoogLeNetConfig(), **fields)
         self.aux_logits = c.aux_logits
-        width, batch_norm = c.width, c.batch_norm
 
         def ch(n: int) -> int:
-            return max(8, int(round(n * width)))
+            return max(8, int(round(n * c.width)))
 
         def conv(cin: int, cout: int, k: int, **kw) -> ConvReLU:
-            return ConvReLU(cin, cout, k, batch_norm=batch_norm, **kw)
+            return ConvReLU(cin, cout, k, batch_norm=c.batch_norm, **kw)
 
         self.conv1 = conv(3, ch(64), 7, stride=2, padding=3)
         self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
@@ -259,7 +258,7 @@ class GoogLeNet(nn.Module):
 
         cin, pools = ch(192), {"3b": ("maxpool3", 3), "4e": ("maxpool4", c.pool4_size)}  # Table 1's 3x3/2 pools
         for name, widths in INCEPTION_TABLE.items():  # registered in Table 1's order (state dict keys, init draws)
-            module = Inception(cin, *map(ch, widths), batch_norm=batch_norm, five_by_five=c.five_by_five)
+            module = Inception(cin, *map(ch, widths), batch_norm=c.batch_norm, five_by_five=c.five_by_five)
             setattr(self, f"inception{name}", module)
             cin = module.out_channels
             if name in pools:
@@ -267,7 +266,7 @@ class GoogLeNet(nn.Module):
         self.feature_dim = cin
 
         if c.aux_logits:
-            aux = dict(conv_channels=ch(128), hidden=ch(1024), dropout=c.aux_dropout, batch_norm=batch_norm,
+            aux = dict(conv_channels=ch(128), hidden=ch(1024), dropout=c.aux_dropout, batch_norm=c.batch_norm,
                        pool=c.aux_pool)
             self.aux1 = InceptionAux(self.inception4a.out_channels, c.num_classes, **aux)
             self.aux2 = InceptionAux(self.inception4d.out_channels, c.num_classes, **aux)
