@@ -64,11 +64,9 @@ def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
     images: ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]`` float; returns ``Tensor[B, C]`` float32.
     """
-    if images.ndim != 5:
-        return _logits(model(images)).float().softmax(dim=1)
-    b, k = images.shape[:2]
-    probs = _logits(model(images.flatten(0, 1))).float().softmax(dim=1)
-    return probs.view(b, k, -1).mean(dim=1)
+    crops = images.ndim == 5
+    probs = _logits(model(images.flatten(0, 1) if crops else images)).float().softmax(dim=1)
+    return probs.view(*images.shape[:2], -1).mean(dim=1) if crops else probs
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -102,7 +102,9 @@ class _SkipBatches:
 def _iterate_from(loader: Iterable, skip: int, on_resume: Callable[[], None] | None) -> Iterator:
     """Iterate ``loader`` from batch ``skip`` on, calling ``on_resume`` before the first batch kept; for a
     map-style DataLoader the skipped batches are never loaded."""
-    if skip and isinstance(loader, DataLoader) and loader.batch_sampler is not None:
+    if not skip:
+        return iter(loader)
+    if isinstance(loader, DataLoader) and loader.batch_sampler is not None:
         return iter(DataLoader(
             loader.dataset, batch_sampler=_SkipBatches(loader.batch_sampler, skip, on_resume),
             num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
@@ -110,19 +112,8 @@ def _iterate_from(loader: Iterable, skip: int, on_resume: Callable[[], None] | N
             multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
             prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
         ))
-    if skip:
-        log.info("loader is not a map-style DataLoader: loading and dropping %d batches to resume", skip)
-    it = iter(loader)
-    for _ in range(skip):
-        next(it, None)
-    if on_resume is not None:
-        on_resume()
-    return it
-
-
-def _batch_size(batch: Any) -> int:
-    """Samples in a batch: ``B`` of its first entry ``Tensor[B, ...]`` (every collate here; a bare tensor: its own)."""
-    return len(batch[0] if isinstance(batch, (list, tuple)) else batch)
+    log.info("loader is not a map-style DataLoader: loading and dropping %d batches to resume", skip)
+    return iter(_SkipBatches(loader, skip, on_resume))
 
 
 # ------------------------------------------------------------------------------------ checkpoint
@@ -235,16 +226,9 @@ def _check_finite_weights(models: dict[str, nn.Module], path: Path, epoch: int, 
 # ------------------------------------------------------------------------------------------- fit
 @dataclass(frozen=True)
 class TrainSettings:
-    """The training loop's settings, one block for every trainer (conf/training.yaml), checked when built.
-
-    epochs; max_steps_per_epoch (None: the whole loader); checkpoint_every: steps between mid-epoch
-    checkpoints (None: once per epoch); ema_decay: Polyak averaging (None: off); amp, channels_last:
-    bf16 autocast (fp16 + GradScaler where bf16 is unsupported) and channels-last memory, on CUDA only;
-    grad_clip: gradient-norm clip (None: off); resume: continue from the checkpoint when it exists;
-    restart_on_change: when that checkpoint was written with another fingerprint, train from the start
-    (overwriting it) instead of stopping with :class:`CheckpointMismatch`;
-    max_skipped_fraction: an epoch skipping more than this share of its samples stops (None: no limit).
-    """
+    """The training loop's settings, one block for every trainer, checked when built: conf/training.yaml says
+    what each means (None is its null). Without ``restart_on_change`` a checkpoint of another fingerprint
+    stops the run with :class:`CheckpointMismatch`; ``max_skipped_fraction=None``: no limit."""
 
     epochs: int
     max_steps_per_epoch: int | None = None
@@ -275,19 +259,6 @@ class TrainSettings:
         return cls(**{f.name: cfg[f.name] for f in fields(cls)})
 
 
-@contextmanager
-def _owning_the_checkpoint(path: Path, ctx: DistributedContext) -> Iterator[None]:
-    """Hold the checkpoint's lock on the main process while :func:`fit` runs (a second trainer of it stops at
-    once: ``OutputLocked``), and remove the temporary files a killed save left (no writer of ours fills one
-    while the lock is held)."""
-    if not ctx.is_main:
-        yield
-        return
-    with exclusive_lock(path):
-        remove_stale_temps(path)
-        yield
-
-
 def fit(model: nn.Module, loss_fn: LossFn, train_loader: Iterable, optimizer: torch.optim.Optimizer,
         scheduler: Any | None, settings: TrainSettings, ctx: DistributedContext, checkpoint_path: str | Path,
         checkpoint_meta: dict | None = None, evaluate: Callable[[nn.Module], dict] | None = None,
@@ -313,7 +284,11 @@ def fit(model: nn.Module, loss_fn: LossFn, train_loader: Iterable, optimizer: to
     meta["epochs"] = settings.epochs  # planned: a consumer of the file tells a finished run (detect.io.check_finished)
     checkpoint = Checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, averaged, generator, meta, ctx)
     result_model = averaged.module if averaged is not None else model
-    with _owning_the_checkpoint(checkpoint.path, ctx):
+    # the main process holds the checkpoint's lock while fit runs (a second trainer of it stops at once:
+    # OutputLocked) and removes the temporary files a killed save left (no writer of ours fills one now)
+    with exclusive_lock(checkpoint.path) if ctx.is_main else nullcontext():
+        if ctx.is_main:
+            remove_stale_temps(checkpoint.path)
         start = checkpoint.restore(settings.resume, settings.restart_on_change)
         if start.epoch >= settings.epochs:
             log.info("%s: training already finished (%d epochs)", checkpoint_path, start.epoch)
@@ -353,9 +328,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_loader: Iterable, optimizer: to
 
 def _prepare(model: nn.Module, settings: TrainSettings,
              device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler, AveragedModel | None]:
-    """Move ``model`` to ``device`` (channels-last on CUDA when asked); returns the autocast dtype (bf16,
-    fp16 where bf16 is unsupported; None off CUDA or without amp), the GradScaler (enabled for fp16 only)
-    and the Polyak average (None without ``ema_decay``)."""
+    """Move ``model`` to ``device``; returns the autocast dtype (None: no autocast), the GradScaler (enabled
+    for fp16 only) and the Polyak average (None without ``ema_decay``), as :class:`TrainSettings` says."""
     on_cuda = device.type == "cuda"
     model.to(device)
     if settings.channels_last and on_cuda:
@@ -416,7 +390,6 @@ def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_step
     process's sums: loss and metrics weighted by batch size, ``samples``, ``steps``, ``dropped``.
     A step whose loss is NaN or infinite raises ``FloatingPointError`` naming it, before ``after_step``
     (the checkpoint) runs; the loss is read back every step anyway (the sums), so this adds no sync."""
-    device = sc.ctx.device
     sc.train_model.train()
     sums = {"loss": 0.0, "samples": 0.0, "steps": 0.0, "dropped": 0.0}
     step = start_step
@@ -425,13 +398,14 @@ def train_one_epoch(sc: _StepContext, batches: Iterable, start_step: int, n_step
         for batch in batches:
             if n_steps is not None and step >= n_steps:
                 break
-            size = _batch_size(batch) if batch is not None else 0
+            # samples: B of the first entry Tensor[B, ...] (every collate here; a bare tensor: its own)
+            size = 0 if batch is None else len(batch[0] if isinstance(batch, (list, tuple)) else batch)
             sums["dropped"] += float(getattr(batch, "dropped", 0) or 0)
             if sc.skipped is not None:
                 sc.skipped.entries.extend(tuple(entry) for entry in getattr(batch, "skipped", ()))
             empty = float(size == 0)
             if sc.ctx.distributed:  # every process skips together, or DDP would wait forever
-                empty = all_reduce_sum({"empty": empty}, device)["empty"]
+                empty = all_reduce_sum({"empty": empty}, sc.ctx.device)["empty"]
             step += 1
             if empty:
                 log.warning("%s step %d: empty batch (unreadable samples) skipped", desc, step)
@@ -491,8 +465,7 @@ def check_fingerprint(state: dict, fingerprint: dict | None, path: str | Path) -
 
 def _check_epoch(epoch: int, totals: dict, skipped: SkipLog | None, max_fraction: float | None,
                  nothing_left: bool = False) -> None:
-    """No silent success: an epoch without a single step (unless a resume found it already done), or
-    one that skipped too many samples, stops the run."""
+    """No silent success (:func:`fit`'s ``skipped``); ``nothing_left``: a resume found the epoch already done."""
     dropped, samples = int(totals["dropped"]), int(totals["samples"])
     reasons = ""
     if skipped is not None and len(skipped):

@@ -52,10 +52,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[Any]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -78,17 +75,13 @@ def remove_stale_temps(path: str | Path, targets: str | None = None) -> int:
         entries = list(os.scandir(path.parent))
     except FileNotFoundError:
         return 0
-    removed = 0
-    for e in entries:
-        if pattern.fullmatch(temp_target(e.name) or "") and e.is_file(follow_symlinks=False):
-            try:
-                os.unlink(path.parent / e.name)
-                removed += 1
-            except FileNotFoundError:
-                pass
-    if removed:
-        log.info("%s: removed %d temporary file(s) left by an interrupted write", path, removed)
-    return removed
+    stale = [e.name for e in entries
+             if pattern.fullmatch(temp_target(e.name) or "") and e.is_file(follow_symlinks=False)]
+    for name in stale:
+        (path.parent / name).unlink(missing_ok=True)
+    if stale:
+        log.info("%s: removed %d temporary file(s) left by an interrupted write", path, len(stale))
+    return len(stale)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -117,9 +117,8 @@ class OwnedFolder:
         self.folder = Path(folder)
         self.record = self.folder / f".{tool}-outputs"
         self.tool = tool
-        self.owned: set[str] = set()
-        if self.record.is_file():
-            self.owned = {ln for ln in self.record.read_text(encoding="utf-8").splitlines() if ln}
+        self.owned = {ln for ln in self.record.read_text(encoding="utf-8").splitlines() if ln} \
+            if self.record.is_file() else set()
 
     def claim(self, name: str) -> Path:
         """The path of ``name`` in the folder, now recorded as this tool's; refused when it is someone else's file."""

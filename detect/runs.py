@@ -9,15 +9,13 @@ again with the same inputs skips the chunks that exist, and one with other input
 folder: old and new results are never mixed. A second process working on the same rank of the same
 output is stopped by a lock. Rank 0 merges once every rank's chunks exist and removes the folder.
 
-Ownership and clean-up: the folder's ``owner.json`` (:mod:`detect.records`) names its output. A run
-removes the temporaries of its own killed chunk writes (:meth:`ChunkedRun.begin`) and, after a merge,
-the folders of earlier runs of the same output with other inputs (:meth:`ChunkedRun.remove_abandoned`)
-when they hold nothing else and no process holds a lock of that output. Nothing else is deleted.
-Images enter a fingerprint through :func:`image_list_digest`.
+Ownership and clean-up: the folder's ``owner.json`` (:mod:`detect.records`) names its output. A run deletes
+only the temporaries of its own killed chunk writes (:meth:`ChunkedRun.begin`) and, after a merge, the
+abandoned folders of its output (:meth:`ChunkedRun.remove_abandoned`). Images enter a fingerprint through
+:func:`image_list_digest`.
 """
 from __future__ import annotations
 
-import glob
 import io
 import logging
 import os
@@ -174,8 +172,8 @@ class ChunkedRun:
     def _lock_in_use(self, holding: int | None) -> bool:
         """Whether another process holds a rank lock of this output (a run of other inputs may be writing)."""
         name = re.compile(rf"\.{re.escape(self.output.name)}\.rank(\d+)\.lock")
-        for lock in glob.glob(str(self.output.parent / f".{glob.escape(self.output.name)}.rank*.lock")):
-            m = name.fullmatch(Path(lock).name)
+        for entry in os.scandir(self.output.parent):
+            m = name.fullmatch(entry.name)
             if m is None or int(m[1]) == holding:
                 continue
             try:

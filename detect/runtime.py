@@ -5,14 +5,11 @@ core for its helpers (data-loading workers, the detector's prefetch thread):
 ``usable cores // LOCAL_WORLD_SIZE - 1`` (torchrun's count of processes on this machine; 1 without
 torchrun), at least 1. On a 2-core machine that is 1 thread, which measured no slower than 2 for
 training and faster for detection (figures: benchmarks/threads.md). An integer sets the count directly.
-It is applied to torch's intra-op pool and to OpenCV's (ONNX Runtime sessions follow torch's count, see ``detect.export.session_options``).
-Helper processes take 1 thread each: DataLoader workers (:func:`worker_threads`, torch does the same
-for its own pool) and proposal workers (``proposals.store``), since they already run one per core.
-
-Idle OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, set by ``import detect``): with
-libgomp's spinning waits, a process given 2 threads on 2 cores shared with other jobs trained an order
-of magnitude slower than with 1; waiting passively, only slightly slower (benchmarks/threads.md). So a
-thread count that turns out too high for a busy machine costs little.
+It is applied to torch's intra-op pool and to OpenCV's (ONNX Runtime sessions follow torch's count, see
+``detect.export.session_options``). Helper processes take 1 thread each: DataLoader workers
+(:func:`worker_threads`, torch does the same for its own pool) and proposal workers (``proposals.store``),
+since they already run one per core. Idle OpenMP threads wait passively (``import detect`` sets
+``OMP_WAIT_POLICY=PASSIVE``, and says why), so a thread count too high for a busy machine costs little.
 
 The setting is applied by :class:`ThreadsCallback`, a Hydra callback that conf/common.yaml registers
 for every tool, before the tool's own code runs; a bad value stops the tool with the reason.

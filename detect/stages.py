@@ -40,8 +40,6 @@ class Stage:
 def _snapshot(root: Path, exclude: tuple[Path, ...]) -> dict[str, tuple[int, int]]:
     """``relative path -> (size, mtime_ns)`` of every file under ``root`` outside ``exclude``."""
     out = {}
-    if not root.exists():
-        return out
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
         dirnames[:] = [n for n in dirnames if not any((d / n) == e for e in exclude)]

@@ -125,10 +125,8 @@ def _pair(fields: dict, repeated: int, h: int, w: int, default: int) -> tuple[in
     axes, or one per axis), else ``default``."""
     if h in fields or w in fields:
         return int(pw.last(fields, h, default)), int(pw.last(fields, w, default))
-    values = pw.as_varints(fields.get(repeated, []))
-    if not values:
-        return default, default
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+    values = pw.as_varints(fields.get(repeated, [])) or [default]
+    return values[0], values[1 if len(values) > 1 else 0]
 
 
 def _conv_params(buf) -> dict:
@@ -144,12 +142,8 @@ def _ip_params(buf) -> dict:
 
 def _lrn_params(buf) -> dict:
     f = pw.message_fields(buf)
-
-    def flt(n, default):
-        return pw.as_float(f[n][-1]) if n in f else default
-
-    return {"local_size": int(pw.last(f, 1, 5)), "alpha": flt(2, 1.0), "beta": flt(3, 0.75),
-            "region": int(pw.last(f, 4, 0)), "k": flt(5, 1.0)}
+    return {"local_size": int(pw.last(f, 1, 5)), "alpha": pw.last_float(f, 2, 1.0), "beta": pw.last_float(f, 3, 0.75),
+            "region": int(pw.last(f, 4, 0)), "k": pw.last_float(f, 5, 1.0)}
 
 
 def _pool_params(buf) -> dict:
@@ -172,9 +166,8 @@ def _blob(buf, where: str) -> np.ndarray:
 
 
 def read_caffemodel(path: str | Path, data: bytes) -> tuple[list[WeightsLayer], str]:
-    """The layers of a ``.caffemodel`` (Caffe ``NetParameter``) of content ``data``, in file order, and the
-    encoding: ``"layer"`` (field 100, current Caffe) or ``"layers"`` (field 2, V1). Raises ``ValueError``
-    naming the file ``path`` for malformed content or a file with neither encoding."""
+    """The layers of a ``.caffemodel`` of content ``data`` in file order, and its encoding (``"layer"`` or V1
+    ``"layers"``). Raises ``ValueError`` naming ``path`` for malformed content or neither encoding."""
     try:
         net = pw.message_fields(data)
         encodings = [(100, "layer", {"name": 1, "type": 2, "blobs": 7, "conv": 106, "ip": 117, "lrn": 118, "pool": 121}),
@@ -214,10 +207,9 @@ _ONNX_NAME = re.compile(r"^(?P<layer>.+)_(?P<kind>[wb])(?:_\d+)?$")
 
 
 def read_onnx(path: str | Path, data: bytes) -> list[WeightsLayer]:
-    """The weighted layers of an ONNX-zoo GoogLeNet of content ``data``: initializers ``<layer>_w[_N]``/
-    ``<layer>_b[_N]`` grouped by Caffe layer name, with the geometry of the node that uses them (``Conv``:
-    stride, pad, group, dilation; ``Gemm``/``MatMul``: whether the weight is stored transposed). Raises
-    ``ValueError`` naming the file ``path`` for unreadable content, external data or non-float weights."""
+    """The weighted layers of an ONNX-zoo GoogLeNet of content ``data``, by Caffe layer name, with the geometry
+    of the node that uses them. Raises ``ValueError`` naming ``path`` for unreadable content, external data
+    or non-float weights."""
     import onnx
     from onnx import numpy_helper
 

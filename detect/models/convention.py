@@ -52,10 +52,8 @@ class InputConvention:
             raise ValueError(f"input convention: mean and std need 3 values each, got {mean} and {std}")
         if not float(self.scale) > 0 or not all(s > 0 for s in std):
             raise ValueError(f"input convention: scale and std must be positive, got {self.scale} and {std}")
-        object.__setattr__(self, "channel_order", order)
-        object.__setattr__(self, "scale", float(self.scale))
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "std", std)
+        for name, value in (("channel_order", order), ("scale", float(self.scale)), ("mean", mean), ("std", std)):
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict:
         """Plain values (stored in checkpoints, loadable with ``weights_only=True``)."""

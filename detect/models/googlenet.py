@@ -29,11 +29,10 @@ network (no biases, no auxiliary heads, 1000 classes) number 6,990,272, and the 
 rows: e.g. 4c has 512*128 + 512*128 + 128*256*9 + 512*24 + 24*64*25 + 512*64 = 509,440 weights
 (497.5 K) against the printed 463 K; and its ops column sums to about 1.5 G.
 
-Inputs: float ``Tensor[B, 3, H, W]`` prepared by the model's ``input_convention``
-(:mod:`detect.models.convention`: ImageNet mean/std on RGB 0..1 for our own and torchvision's
-weights, BGR 0..255 minus the mean for BVLC's), any H, W >= 96 (small CPU configs warp crops to 96
-or 112). The convention is part of :class:`GoogLeNetConfig`, so every checkpoint and detector file records
-it (in ``model_kwargs``, the config as plain values). Loading weights: :mod:`detect.models.weights`.
+Inputs: float ``Tensor[B, 3, H, W]`` prepared by the model's ``input_convention`` (:mod:`detect.models.convention`),
+any H, W >= 96 (small CPU configs warp crops to 96 or 112). The convention is part of :class:`GoogLeNetConfig`,
+so every checkpoint and detector file records it (in ``model_kwargs``, the config as plain values, read back by
+:meth:`GoogLeNetConfig.from_kwargs`). Loading weights: :mod:`detect.models.weights`.
 """
 from __future__ import annotations
 
@@ -84,9 +83,6 @@ class GoogLeNetConfig:
     input_convention: the input the weights expect (``InputConvention`` or its ``to_dict()``;
         None = ImageNet mean/std on RGB 0..1). Loading weights sets it (``load_pretrained``); it
         does not change the forward pass: callers prepare inputs with ``input_convention.normalize``.
-
-    Checkpoints and detector files store it as ``model_kwargs`` (:meth:`to_kwargs`, plain values);
-    :meth:`from_kwargs` reads them back, refusing anything else.
     """
 
     num_classes: int = 1000
@@ -151,12 +147,10 @@ class LocalResponseNorm(nn.Module):
     pool over the contiguous channel axis, faster on CPU than torch's 3-D pool; other input
     goes through ``F.local_response_norm``. [B, C, H, W] -> [B, C, H, W], same memory format.
 
-    Under ONNX export the layer is written as ONNX Runtime runs it fastest (``onnx_form``): the channel
-    window sum as a fixed banded 1x1 convolution (which stays in ORT's blocked NCHWc layout) and, for
-    beta = 0.75, ``d^-0.75`` as ``1 / (sqrt(d) * sqrt(sqrt(d)))`` instead of ``Pow``. On the project's CPU
-    this makes the exported paper network faster than the traced ``F.local_response_norm`` (figures:
-    benchmarks/README.md, ``bench_scoring.py --lrn-traced``); ONNX's own ``LRN`` kernel was slower
-    than both in a one-off check.
+    Under ONNX export (``onnx_form``) the channel window sum is a fixed banded 1x1 convolution (it stays in
+    ORT's blocked NCHWc layout) and, for beta = 0.75, ``d^-0.75`` is ``1 / (sqrt(d) * sqrt(sqrt(d)))``
+    instead of ``Pow``: on the project's CPU, faster than the traced ``F.local_response_norm`` and than
+    ONNX's ``LRN`` (figures: benchmarks/README.md, ``bench_scoring.py --lrn-traced``).
     """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
@@ -194,20 +188,15 @@ class Inception(nn.Module):
     def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
                  pool_proj: int, batch_norm: bool = False, five_by_five: bool = True):
         super().__init__()
-        k5 = 5 if five_by_five else 3
-        self.branch1 = ConvReLU(in_channels, ch1x1, 1, batch_norm=batch_norm)
-        self.branch2 = nn.Sequential(
-            ConvReLU(in_channels, ch3x3red, 1, batch_norm=batch_norm),
-            ConvReLU(ch3x3red, ch3x3, 3, padding=1, batch_norm=batch_norm),
-        )
-        self.branch3 = nn.Sequential(
-            ConvReLU(in_channels, ch5x5red, 1, batch_norm=batch_norm),
-            ConvReLU(ch5x5red, ch5x5, k5, padding=k5 // 2, batch_norm=batch_norm),
-        )
-        self.branch4 = nn.Sequential(
-            nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True),
-            ConvReLU(in_channels, pool_proj, 1, batch_norm=batch_norm),
-        )
+
+        def conv(cin: int, cout: int, k: int) -> ConvReLU:  # "same" padding
+            return ConvReLU(cin, cout, k, padding=k // 2, batch_norm=batch_norm)
+
+        self.branch1 = conv(in_channels, ch1x1, 1)
+        self.branch2 = nn.Sequential(conv(in_channels, ch3x3red, 1), conv(ch3x3red, ch3x3, 3))
+        self.branch3 = nn.Sequential(conv(in_channels, ch5x5red, 1), conv(ch5x5red, ch5x5, 5 if five_by_five else 3))
+        self.branch4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True),
+                                     conv(in_channels, pool_proj, 1))
         self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
 
     def forward(self, x: Tensor) -> Tensor:
@@ -215,11 +204,8 @@ class Inception(nn.Module):
 
 
 class InceptionAux(nn.Module):
-    """Auxiliary classifier: [B, C, H, W] (14x14 at a 224 input) -> logits [B, num_classes].
-
-    ``pool="paper"``: 5x5/3 average pool when it gives 4x4 (maps 14..16), else adaptive to 4x4;
-    ``pool="adaptive"``: always adaptive to 4x4 (torchvision's port).
-    """
+    """Auxiliary classifier: [B, C, H, W] (14x14 at a 224 input) -> logits [B, num_classes]. ``pool="paper"``:
+    5x5/3 average pool when it gives 4x4 (maps 14..16), else adaptive; ``"adaptive"``: always adaptive to 4x4."""
 
     def __init__(self, in_channels: int, num_classes: int, conv_channels: int = 128, hidden: int = 1024,
                  dropout: float = 0.7, batch_norm: bool = False, pool: str = "paper"):
@@ -255,29 +241,24 @@ class GoogLeNet(nn.Module):
         super().__init__()
         self.config = c = replace(config or GoogLeNetConfig(), **fields)
         self.aux_logits = c.aux_logits
-        self.transform_input = c.transform_input
-        width, batch_norm = c.width, c.batch_norm
 
         def ch(n: int) -> int:
-            return max(8, int(round(n * width)))
+            return max(8, int(round(n * c.width)))
 
         def conv(cin: int, cout: int, k: int, **kw) -> ConvReLU:
-            return ConvReLU(cin, cout, k, batch_norm=batch_norm, **kw)
-
-        def local_response_norm() -> nn.Module:
-            return LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if c.lrn else nn.Identity()
+            return ConvReLU(cin, cout, k, batch_norm=c.batch_norm, **kw)
 
         self.conv1 = conv(3, ch(64), 7, stride=2, padding=3)
         self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.lrn1 = local_response_norm()
+        self.lrn1 = LocalResponseNorm() if c.lrn else nn.Identity()  # the paper's constants: the defaults
         self.conv2 = conv(ch(64), ch(64), 1)
         self.conv3 = conv(ch(64), ch(192), 3, padding=1)
-        self.lrn2 = local_response_norm()
+        self.lrn2 = LocalResponseNorm() if c.lrn else nn.Identity()
         self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
 
         cin, pools = ch(192), {"3b": ("maxpool3", 3), "4e": ("maxpool4", c.pool4_size)}  # Table 1's 3x3/2 pools
         for name, widths in INCEPTION_TABLE.items():  # registered in Table 1's order (state dict keys, init draws)
-            module = Inception(cin, *map(ch, widths), batch_norm=batch_norm, five_by_five=c.five_by_five)
+            module = Inception(cin, *map(ch, widths), batch_norm=c.batch_norm, five_by_five=c.five_by_five)
             setattr(self, f"inception{name}", module)
             cin = module.out_channels
             if name in pools:
@@ -285,7 +266,7 @@ class GoogLeNet(nn.Module):
         self.feature_dim = cin
 
         if c.aux_logits:
-            aux = dict(conv_channels=ch(128), hidden=ch(1024), dropout=c.aux_dropout, batch_norm=batch_norm,
+            aux = dict(conv_channels=ch(128), hidden=ch(1024), dropout=c.aux_dropout, batch_norm=c.batch_norm,
                        pool=c.aux_pool)
             self.aux1 = InceptionAux(self.inception4a.out_channels, c.num_classes, **aux)
             self.aux2 = InceptionAux(self.inception4d.out_channels, c.num_classes, **aux)
@@ -315,13 +296,11 @@ class GoogLeNet(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self) -> None:
-        """Truncated normal (at 2 std) for every conv and linear; biases 0; BatchNorm weight 1, bias 0.
+        """Conv and linear weights: truncated normal (2 std, ``_trunc_normal_``), biases 0; BatchNorm: weight 1, bias 0.
 
         Hidden layers use std sqrt(2 / fan_in) so that the 22-layer network without BatchNorm starts
         with activations that neither vanish nor explode (torchvision's 0.01 everywhere makes them
-        vanish); the classifiers (fc, aux fc2) use std 0.01. Truncation redraws the few values
-        beyond 2 std (``_trunc_normal_``), faster than the inverse-CDF of
-        ``nn.init.trunc_normal_`` at this cut-off.
+        vanish); the classifiers (fc, aux fc2) use std 0.01.
         """
         classifiers = {self.fc} | ({self.aux1.fc2, self.aux2.fc2} if self.aux_logits else set())
         for m in self.modules():
@@ -336,7 +315,7 @@ class GoogLeNet(nn.Module):
 
     def _transform_input(self, x: Tensor) -> Tensor:
         """ImageNet-normalised input -> the (x - 0.5) / 0.5 scale of torchvision's ported weights."""
-        if not self.transform_input:
+        if not self.config.transform_input:
             return x
         scale = torch.tensor([s / 0.5 for s in IMAGENET_STD], dtype=x.dtype, device=x.device).view(3, 1, 1)
         shift = torch.tensor([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], dtype=x.dtype, device=x.device).view(3, 1, 1)
@@ -373,8 +352,9 @@ class GoogLeNet(nn.Module):
 
 
 def _trunc_normal_(weight: Tensor, std: float) -> None:
-    """Fill ``weight`` in place from N(0, std^2) truncated to [-2 std, 2 std]: one normal draw, then
-    redraw only the values outside (4.6% of them, then 4.6% of those, ...)."""
+    """Fill ``weight`` in place from N(0, std^2) truncated to [-2 std, 2 std]: one normal draw, then redraw
+    only the values outside (4.6% of them, then 4.6% of those, ...), faster than the inverse-CDF of
+    ``nn.init.trunc_normal_`` at this cut-off."""
     flat = weight.view(-1)  # a freshly built parameter is contiguous
     flat.normal_(0.0, std)
     idx = (flat.abs() > 2 * std).nonzero().squeeze(1)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["WireError", "iter_fields", "message_fields", "last", "as_text", "as_floats", "as_varints", "as_float"]
+__all__ = ["WireError", "iter_fields", "message_fields", "last", "as_text", "as_floats", "as_varints", "last_float"]
 
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
@@ -90,9 +90,11 @@ def as_text(value: memoryview) -> str:
     return bytes(value).decode("utf-8", errors="replace")
 
 
-def as_float(entry: tuple[int, int | memoryview]) -> float:
-    """A ``float`` field's value from its ``(wire type, value)`` entry."""
-    wire, value = entry
+def last_float(fields: dict, number: int, default: float) -> float:
+    """The value of a non-repeated ``float`` field (its last occurrence), or ``default`` when absent."""
+    if number not in fields:
+        return default
+    wire, value = fields[number][-1]
     if wire != FIXED32:
         raise WireError(f"expected a 32-bit float, got wire type {wire}")
     return struct.unpack("<f", value)[0]
@@ -100,20 +102,14 @@ def as_float(entry: tuple[int, int | memoryview]) -> float:
 
 def as_floats(entries: list[tuple[int, int | memoryview]], double: bool = False) -> np.ndarray:
     """A repeated ``float`` (or ``double``) field, packed or not -> ``ndarray`` float32 (float64)."""
-    dtype, wire_single = ("<f8", FIXED64) if double else ("<f4", FIXED32)
-    size = 8 if double else 4
-    parts = []
+    kind, dtype, single = ("double", np.dtype("<f8"), FIXED64) if double else ("float", np.dtype("<f4"), FIXED32)
+    parts = [np.zeros(0, dtype)]
     for wire, value in entries:
-        if wire == LENGTH:
-            if len(value) % size:
-                raise WireError(f"packed {'double' if double else 'float'} field of {len(value)} bytes")
-            parts.append(np.frombuffer(value, dtype=dtype))
-        elif wire == wire_single:
-            parts.append(np.frombuffer(value, dtype=dtype))
-        else:
-            raise WireError(f"expected {'double' if double else 'float'} values, got wire type {wire}")
-    if not parts:
-        return np.zeros(0, dtype=np.float64 if double else np.float32)
+        if wire not in (LENGTH, single):
+            raise WireError(f"expected {kind} values, got wire type {wire}")
+        if len(value) % dtype.itemsize:  # (a single value has the size: only a packed field can be cut)
+            raise WireError(f"packed {kind} field of {len(value)} bytes")
+        parts.append(np.frombuffer(value, dtype=dtype))
     return np.concatenate(parts).astype(np.float64 if double else np.float32)
 
 

@@ -40,8 +40,9 @@ __all__ = ["LoadReport", "load_model", "load_pretrained", "model_from_entry", "s
 
 def model_from_entry(entry: Any, source: str) -> GoogLeNet:
     """The GoogLeNet a checkpoint-like entry (``model_kwargs`` + ``model_state``, a DDP / AveragedModel
-    ``module.`` prefix allowed) describes, in eval mode. Anything that does not fit is a ``ValueError`` naming ``source``: a width or class count beyond
-    :data:`detect.limits.LIMITS` (checked before anything is allocated), weights holding NaN or infinity."""
+    ``module.`` prefix allowed) describes, in eval mode. Anything that does not fit is a ``ValueError``
+    naming ``source``: a width or class count beyond :data:`detect.limits.LIMITS` (checked before anything
+    is allocated), weights holding NaN or infinity."""
     if not isinstance(entry, Mapping) or not isinstance(entry.get("model_kwargs"), Mapping) \
             or not isinstance(entry.get("model_state"), Mapping):
         raise ValueError(f"{source}: not a GoogLeNet checkpoint (needs 'model_kwargs' and 'model_state')")
@@ -99,18 +100,17 @@ class LoadReport:
     sha1_matches: bool | None = None
 
 
-def load_pretrained(model: GoogLeNet, path: str | Path, min_fraction: float = 0.5) -> LoadReport:
+def load_pretrained(model: GoogLeNet, path: str | Path) -> LoadReport:
     """Load pretrained weights into ``model`` and adopt the input convention they expect.
 
     ``path``, detected by content: our checkpoint (a dict with ``model_state``; its convention from
     its ``model_kwargs``, ImageNet when it records none), a raw state dict (torchvision's
     ``googlenet-1378be20.pth``: ImageNet), or BVLC GoogLeNet's ``.caffemodel`` / ONNX-zoo ``.onnx``
     (into a ``model=googlenet`` GoogLeNet of any ``num_classes``, aux heads or not, by the policy of the
-    module docstring; BVLC's BGR 0..255 convention; the report has ``loaded_layers``, ``skipped_layers``
-    by reason and the sha1). For torch files every tensor whose name and shape match is loaded; layers
-    whose shape differs (fc, aux fc2 for another num_classes) keep their initialisation and are
-    logged. Raises ValueError naming the file when fewer than ``min_fraction`` of the model's
-    tensors match (the wrong architecture).
+    module docstring). For torch files every tensor whose name and shape match is loaded; layers whose
+    shape differs (fc, aux fc2 for another num_classes) keep their initialisation and are logged.
+    Raises ValueError naming the file when fewer than half of the model's tensors match (the wrong
+    architecture).
     """
     kind = weights_format(path)
     if kind != "torch":
@@ -124,18 +124,11 @@ def load_pretrained(model: GoogLeNet, path: str | Path, min_fraction: float = 0.
         raise ValueError(f"{path}: expected a state dict or a checkpoint with 'model_state', got {type(state).__name__}")
     state = strip_module_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     own = model.state_dict()
-    report = LoadReport(source="checkpoint" if ours else "state dict")
-    to_load = {}
-    for name, tensor in own.items():
-        if name not in state:
-            report.missing.append(name)
-        elif state[name].shape != tensor.shape:
-            report.mismatched.append(name)
-        else:
-            to_load[name] = state[name]
-            report.loaded.append(name)
-    report.unexpected = [k for k in state if k not in own]
-    if len(report.loaded) < min_fraction * len(own):
+    to_load = {k: state[k] for k in own if k in state and state[k].shape == own[k].shape}
+    report = LoadReport(loaded=list(to_load), mismatched=[k for k in own if k in state and k not in to_load],
+                        missing=[k for k in own if k not in state], unexpected=[k for k in state if k not in own],
+                        source="checkpoint" if ours else "state dict")
+    if len(report.loaded) < 0.5 * len(own):
         raise ValueError(
             f"{path}: only {len(report.loaded)} of the model's {len(own)} tensors match by name and shape "
             f"(missing {len(report.missing)}, mismatched {len(report.mismatched)}): a different architecture?"
