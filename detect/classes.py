@@ -101,6 +101,8 @@ def read_class_list(path: str | Path) -> ClassList:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise FileNotFoundError(f"{path}: cannot read class list ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: a class list must be UTF-8 text (byte {e.start}: {e.reason})") from None
     return _parse_tsv(text, str(path))
 
 

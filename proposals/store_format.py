@@ -285,7 +285,7 @@ def _open_mapped(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     with open(path, "rb") as f:
         try:
             zf = zipfile.ZipFile(f)
-        except (zipfile.BadZipFile, OSError) as e:
+        except Exception as e:  # BadZipFile, OSError, NotImplementedError (a damaged version field) ...
             raise ValueError(f"{path}: not a readable proposal file ({type(e).__name__}: {e})") from e
         with zf:
             infos = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
@@ -302,8 +302,8 @@ def _open_mapped(path: Path) -> tuple[dict[str, np.ndarray], dict]:
                 if name in infos:
                     try:
                         arrays[name] = _member_array(path, f, infos[name])
-                    except (ValueError, OSError, struct.error) as e:
-                        raise ValueError(f"{path}: not a readable proposal file ({e})") from None
+                    except Exception as e:  # a damaged npy header: ValueError, struct.error, tokenize.TokenError ...
+                        raise ValueError(f"{path}: not a readable proposal file ({type(e).__name__}: {e})") from None
     version = arrays["format_version"]
     if version.shape != () or version.dtype != np.int64 or int(version) != FORMAT_VERSION:
         found = int(version) if version.shape == () and version.dtype.kind in "iu" else f"{version.dtype}{list(version.shape)}"

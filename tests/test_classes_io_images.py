@@ -33,6 +33,9 @@ def test_class_list_round_trip_and_errors(tmp_path):
         read_class_list(tmp_path / "bad.tsv")
     with pytest.raises(FileNotFoundError, match="missing.tsv"):
         read_class_list(tmp_path / "missing.tsv")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\ndog\n".encode("latin-1"))  # saved by an editor in Latin-1
+    with pytest.raises(ValueError, match=r"latin1.txt: a class list must be UTF-8 text \(byte 3"):
+        read_class_list(tmp_path / "latin1.txt")
     with pytest.raises(ValueError):
         ClassList(("a", "a"), ("x", "y"))
 

@@ -208,6 +208,8 @@ def test_coco_results_bad_entries_skipped(tmp_path):
         {**good, "score": None},
         {**good, "score": "0.5"},
         {**good, "score": float("nan")},
+        {**good, "score": 10 ** 400},         # a JSON integer beyond float's range (crashed with OverflowError)
+        {**good, "bbox": [1, 2, 3, -10 ** 400]},
         [9, 3, [1, 2, 3, 4], 0.5],            # an entry that is not an object
         "entry",
     ]

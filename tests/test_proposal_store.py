@@ -407,3 +407,26 @@ def test_images_are_proposed_in_their_annotations_frame(tmp_path):
     again = propose_dataset([path], ["t"], BoxesFromSize(), tmp_path / "a.npz", image_sizes=[(48, 60)],
                             progress=False)
     assert again.chunks_computed == 1 and ProposalStore.load(again.path).get("t")[0].tolist() == [0, 0, 48, 60]
+
+
+def test_every_single_byte_damage_is_refused_naming_the_file_or_harmless(tmp_path):
+    """Each byte of a small store flipped in turn: opening and reading every image either works or raises
+    ValueError naming the file (a flipped zip version or npy header byte escaped as NotImplementedError,
+    tokenize.TokenError or SystemError)."""
+    good = tmp_path / "good.npz"
+    ids = ["a", "b", "c"]
+    ProposalStore.from_lists(ids, [np.ones((2, 4)), np.zeros((0, 4)), np.full((3, 4), 7.0)],
+                             [np.ones(2), np.zeros(0), np.ones(3)]).save(good)
+    data = good.read_bytes()
+    bad = tmp_path / "bad.npz"
+    refused = 0
+    for i in range(len(data)):
+        bad.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
+        try:
+            store = ProposalStore.load(bad)
+            for image_id in ids:
+                store.get(image_id), store.get_scores(image_id)
+        except ValueError as e:
+            assert "bad.npz" in str(e), (i, e)
+            refused += 1
+    assert refused > len(data) // 2  # the checks do see the damage, not merely survive it

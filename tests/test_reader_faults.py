@@ -159,6 +159,7 @@ BAD = [  # (list, bad entry, reason text): one wrongly typed or valued field eac
     ("annotations", {**GOOD_ANN, "bbox": [1, 2, 3]}, "bbox [1, 2, 3] is a list, not a list of 4 numbers"),
     ("annotations", {**GOOD_ANN, "bbox": [1, 2, "3", 4]}, "bbox value '3' is a string, not a number"),
     ("annotations", {**GOOD_ANN, "bbox": [1, 2, 1e999, 4]}, "bbox value inf is not finite"),
+    ("annotations", {**GOOD_ANN, "bbox": [1, 2, 10 ** 400, 4]}, "bbox value (an integer of 401 digits) is out of range"),
     ("annotations", {**GOOD_ANN, "bbox": [1, 2, 0, 4]}, "degenerate box: bbox [1, 2, 0, 4] has width or height <= 0"),
     ("annotations", {**GOOD_ANN, "iscrowd": "0"}, "iscrowd '0' is a string, not 0 or 1"),
     ("annotations", {**GOOD_ANN, "iscrowd": 2}, "iscrowd 2 is an integer, not 0 or 1"),

@@ -74,9 +74,13 @@ def as_number(value, field: str) -> float:
     """``value`` as a finite float (an int or a float, not a bool or a string)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{field} {value!r} is {_kind(value)}, not a number")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range (JSON integers have no bound)
+        raise ValueError(f"{field} (an integer of {len(str(abs(value)))} digits) is out of range") from None
+    if not math.isfinite(number):
         raise ValueError(f"{field} {value!r} is not finite")
-    return float(value)
+    return number
 
 
 def as_bbox(value) -> list[float]:
