@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from detect.data.records import SkipLog
 from detect.distributed import DistributedContext, all_reduce_sum, barrier
-from detect.io import (OutputConflict, atomic_torch_save, digest, exclusive_lock, file_sha256, load_checkpoint,
-                       remove_stale_temps)
+from detect.io import (OutputConflict, atomic_torch_save, checkpoint_position as _where, digest, exclusive_lock,
+                       file_sha256, load_checkpoint, remove_stale_temps)
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +201,6 @@ class Checkpoint:
             kept = " (an earlier one is kept)" if self.path.exists() else ""
             return f"{self.path}: no checkpoint written by this run{kept}"
         return f"{self.path} keeps the last good state ({_where(*self.last_saved)})"
-
-
-def _where(epoch: int, step: int) -> str:
-    """A checkpoint's position in words (``epoch`` counts finished epochs when ``step`` is 0)."""
-    return f"the end of epoch {epoch}" if step == 0 else f"epoch {epoch + 1} step {step}"
 
 
 def _check_finite_weights(models: dict[str, nn.Module], path: Path, epoch: int, step: int, kept: str) -> None:

@@ -123,6 +123,11 @@ class UnfinishedTraining(ValueError):
     """A trainer's checkpoint was given as a trained model, but the run that wrote it stopped early."""
 
 
+def checkpoint_position(epoch: int, step: int) -> str:
+    """A checkpoint's position in words (``epoch`` counts finished epochs when ``step`` is 0)."""
+    return f"the end of epoch {epoch}" if step == 0 else f"epoch {epoch + 1} step {step}"
+
+
 def check_finished(state: Any, path: str | Path, epochs: int | None = None) -> None:
     """Refuse to use ``state`` (a loaded checkpoint) as a trained model when it is a trainer's checkpoint
     (it holds ``raw_state``) whose run stopped before its last epoch (killed, interrupted, a step that
@@ -133,10 +138,9 @@ def check_finished(state: Any, path: str | Path, epochs: int | None = None) -> N
     planned = state.get("epochs", epochs)
     epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
     if step or (planned is not None and epoch < int(planned)):
-        where = f"epoch {epoch + 1} step {step}" if step else f"the end of epoch {epoch}"
         of = f" of {planned}" if planned is not None else ""
         raise UnfinishedTraining(
-            f"{path}: a training checkpoint saved at {where}{of}: its run did not finish, so it is not a trained "
+            f"{path}: a training checkpoint saved at {checkpoint_position(epoch, step)}{of}: its run did not finish, so it is not a trained "
             "model. Run the same trainer command again to finish it (it resumes there)")
 
 

@@ -159,7 +159,8 @@ def main(cfg) -> None:
         print(f"\nmAP@0.5 on {where}, {result.get('rules', 'its')} rules: {result['mean_ap']:.4f} (scored by {scored})")
         if result.get("failed_images"):
             print(f"{result['failed_images']} test images failed in detection (unreadable, or an error named in "
-                  f"{Path(cfg.work_dir) / 'logs' / 'detect_dataset'}): they have no detections and their objects count as misses")
+                  f"{Path(cfg.work_dir) / 'logs' / 'detect_dataset'}): they have no detections and their objects "
+                  "count as misses")
         if (result.get("scoring") or {}).get("precision") == "int8":
             print("the regions were scored in int8; add \"tool_overrides.detect_dataset=['precision=fp32']\" to score "
                   "them in fp32")
