@@ -21,8 +21,9 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(PY) tools/demo.py experiment=demo_quick $(ARGS)
 
+# the tests run in one pytest worker process per core (pytest-xdist), at most 4: half the time on 2 cores
 test: $(STAMP)
-	$(PY) -m pytest -q --full $(ARGS)
+	$(PY) -m pytest -q --full -n auto --maxprocesses=4 --dist worksteal $(ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -34,6 +34,11 @@ def pytest_collection_modifyitems(config, items):
     """Without --full, the tests marked ``slow`` (end-to-end tool runs in subprocesses) are skipped, so
     that the default run is a quick check while working; ``make test`` and CI run everything."""
     if config.getoption("--full"):
+        # the slow tests first: with several workers (make test: pytest-xdist --dist worksteal) the idle
+        # workers take them over, and the last minutes are not one long test running while the others wait
+        # (785 tests on 2 cores, 2026-12-05: 6 min 15 s; in collection order 7 min 16 s; slow first under
+        # --dist load, which hands them all to one worker, 8 min 57 s)
+        items.sort(key=lambda item: "slow" not in item.keywords)
         return
     skip = pytest.mark.skip(reason="slow: part of the full suite (pytest --full, make test)")
     for item in items:
