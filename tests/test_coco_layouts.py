@@ -189,6 +189,15 @@ def test_class_list_honoured_by_name_or_id(roboflow, tmp_path):
     assert sum(len(r.boxes) for r in train) == counts[two[0]] + counts[two[1]]
     assert sum(1 for _, reason in train.skipped.entries if reason.startswith("not a class")) == \
         _boxes(written["train"]) - counts[two[0]] - counts[two[1]]
+    # the same names given inline on the command line (a Hydra list): the same classes and boxes
+    inline = _compose(["data=coco", f"data.root={root}", "data.train_name=train", "data.val_name=test",
+                       f"data.classes=[{cats[max(two)]!r},{cats[min(two)]!r}]"])
+    assert [(r.image_id, r.boxes.tolist()) for r in read_dataset(inline.data.train_full)] == \
+        [(r.image_id, r.boxes.tolist()) for r in train] and read_dataset(inline.data.train_full).classes == train.classes
+    for bad in ("[]", f"[{cats[max(two)]!r},{cats[max(two)]!r}]"):
+        with pytest.raises(ValueError, match="give distinct, non-empty class names"):
+            read_dataset(_compose(["data=coco", f"data.root={root}", "data.train_name=train", "data.val_name=test",
+                                   f"data.classes={bad}"]).data.train_full)
     # ids as prepare_data's classes.tsv writes them (category ids) name the same classes
     (tmp_path / "ids.tsv").write_text(f"{max(two)}\t{cats[max(two)]}\n{min(two)}\t{cats[min(two)]}\n")
     assert read_coco(root=root, split="train", classes=tmp_path / "ids.tsv").classes == train.classes

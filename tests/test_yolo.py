@@ -275,6 +275,8 @@ def test_data_classes_restrict_and_reorder_by_name(tmp_path):
     ds = read_yolo(yaml_file, "train", classes=ClassList.from_names(["bird", "cat"]))
     assert [r.labels.tolist() for r in ds.records] == [[1, 0], []]
     assert [reason for _, reason in ds.skipped.entries] == ["unknown class: object 1 ('dog') is not in data.classes"]
+    inline = read_yolo(yaml_file, "train", classes=["bird", "cat"])  # data.classes=[bird,cat] on the command line
+    assert inline.classes == ds.classes and [r.labels.tolist() for r in inline.records] == [[1, 0], []]
     with pytest.raises(ValueError, match="'cow' is not among the names"):
         read_yolo(yaml_file, "train", classes=ClassList.from_names(["cow"]))
 

@@ -48,11 +48,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from detect.classes import ClassList, read_class_list
+from detect.classes import ClassList
 from detect.data.cache import cache_key, cached_class_list
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, check_id, check_pixels, finish_dataset,
-                                 reader_logs)
+from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, as_class_list, check_id, check_pixels,
+                                 finish_dataset, reader_logs)
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def _class_list(classes, training: list[_Part], require_boxes: bool = True) -> C
                         ", ".join(f"{categories[c]!r} (id {c})" for c in empty))
         ids = [c for c in sorted(categories) if counts[c]]
     else:
-        listed = classes if isinstance(classes, ClassList) else read_class_list(classes)
+        listed = as_class_list(classes, lambda: None)
         ids = [_category_of(w, categories, files) for w in listed.wnids]
         if len(set(ids)) != len(ids):
             raise ValueError(f"class list {listed.wnids}: two entries name the same category of {files}")

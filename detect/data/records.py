@@ -20,7 +20,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -52,12 +52,19 @@ def check_pixels(value: float, field: str) -> float:
     return value
 
 
-def as_class_list(classes: ClassList | str | Path | None, default: Callable[[], ClassList]) -> ClassList:
-    """A reader's ``classes`` argument as a ClassList: itself, the class list file it names, or (``None``)
-    ``default()``."""
+def as_class_list(classes, default: Callable[[], ClassList]) -> ClassList:
+    """A reader's ``classes`` argument as a ClassList: itself, the class list file it names, a list of
+    class names given inline (``data.classes=[person,car]``: ids = names), or (``None``) ``default()``."""
     if classes is None:
         return default()
-    return classes if isinstance(classes, ClassList) else read_class_list(classes)
+    if isinstance(classes, ClassList):
+        return classes
+    if isinstance(classes, Sequence) and not isinstance(classes, str):
+        names = [str(n).strip() for n in classes]
+        if not names or "" in names or len(set(names)) != len(names):
+            raise ValueError(f"data.classes {list(classes)}: give distinct, non-empty class names (or a class list file)")
+        return ClassList.from_names(names)
+    return read_class_list(classes)
 
 
 def text_lines(path: str | Path, what: str, comments: bool = False) -> list[tuple[int, list[str]]]:
