@@ -161,3 +161,20 @@ def test_small_boxes_in_large_photos_raise_the_segmented_size(tmp_path, repo_roo
     for extra in (["segment_size.auto=false"], ["proposals.sources.0.min_box_size=20"]):
         out = _demo(repo_root, *args, *extra, f"work_dir={tmp_path / 'b'}")
         assert "selective search segments" not in out
+
+
+def test_one_class_skips_the_pre_training_that_could_not_learn(tmp_path, repo_root):
+    """A softmax over one class has loss 0: pre-training on one class's crops would run its epochs and
+    change nothing. The one command leaves it out, says so, and starts MultiBox from random weights
+    (``init=null``); train_cls.py itself refuses such a dataset, naming it."""
+    root, work = tmp_path / "voc", tmp_path / "work"
+    make_detection_world(root, layout="voc", **dict(TINY, num_classes=1))
+    out = _demo(repo_root, "data=voc", f"data.root={root}", f"work_dir={work}", "stop_after=train_multibox")
+    assert "one class (" in out and "no pre-training on the crops" in out and "[train_cls]" not in out
+    assert not (work / "cls").exists() and not (work / "data" / "gt_crops").exists()
+    multibox = torch.load(work / "multibox" / "checkpoint.pt", weights_only=True)
+    assert multibox["fingerprint"]["init"] == run_fingerprint(init=init_identity(None))["init"]
+    run = subprocess.run([sys.executable, str(repo_root / "tools" / "train_cls.py"), "experiment=small", "data=voc",
+                          f"data.root={root}", f"work_dir={tmp_path / 'cls'}", "device=cpu", "num_workers=0"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "classification needs at least two classes" in run.stderr + run.stdout

@@ -65,13 +65,15 @@ def synthetic_stages(common: list[str], members: int, draw: list[str], trainer: 
 
 
 def dataset_stages(common: list[str], members: int, draw: list[str], init: str | None,
-                   propose_blocks: list[str], trainer: list[str]) -> list[Stage]:
+                   propose_blocks: list[str], trainer: list[str], num_classes: int) -> list[Stage]:
     """The chain on a dataset of the user's: class list and ground-truth crops, pre-training on the crops
-    (skipped with ``init``), MultiBox, proposals, members, bundle, detection and evaluation of the test
-    split (block ``val``), drawn test images."""
-    init_args = [f"init={init}"] if init else []
-    stages = [Stage("prepare", "prepare_data", [*common, f"classification={'false' if init else 'true'}"])]
-    if not init:
+    (skipped with ``init``, and with one class: MultiBox and the members then start from random weights),
+    MultiBox, proposals, members, bundle, detection and evaluation of the test split (block ``val``),
+    drawn test images."""
+    pretrain = not init and num_classes > 1  # one class: its crops have nothing to tell apart (no gradient)
+    init_args = [f"init={init}"] if init else [] if pretrain else ["init=null"]
+    stages = [Stage("prepare", "prepare_data", [*common, f"classification={str(pretrain).lower()}"])]
+    if pretrain:
         stages.append(Stage("train_cls", "train_cls", [*common, *trainer]))
     stages.append(Stage("train_multibox", "train_multibox", [*common, *trainer, *init_args]))
     stages += [Stage(f"propose_{b}", "propose", [*common, f"split={b}"]) for b in propose_blocks]
@@ -141,8 +143,13 @@ def main(cfg) -> None:
         stems = {}
         for b in BLOCKS:  # one store per dataset split: train and monitor usually share one
             stems.setdefault(output_stem(cfg.data, b), b)
+        num_classes = len(blocks["train"].classes)
+        if num_classes == 1 and not cfg.init:
+            print(f"one class ({blocks['train'].classes.names[0]}): no pre-training on the crops (a single class "
+                  "has nothing to tell apart); MultiBox and the members start from random weights. On photos, "
+                  "give ImageNet weights with init=<file> (README, Starting from better weights)")
         stages = dataset_stages(common, cfg.members, drawn_images(blocks["val"].records, cfg.draw_images),
-                                cfg.init, list(stems.values()), trainer)
+                                cfg.init, list(stems.values()), trainer, num_classes)
         where = f"{output_stem(cfg.data, 'val')} ({len(blocks['val'])} images; {experiment}, {cfg.members} members)"
     for stage in stages:
         stage.args += list(cfg.tool_overrides.get(stage.tool) or [])

@@ -38,6 +38,9 @@ def main(cfg: DictConfig) -> dict:
         classes = train_split.classes
         if val_split.classes != classes:
             raise ValueError(f"{val_split.root}: class list differs from the training split's")
+        if len(classes) < 2:  # a softmax over one class has loss 0 and no gradient: it would train nothing
+            raise ValueError(f"{train_split.root}: {len(classes)} class ({', '.join(classes.names)}): classification "
+                             "needs at least two classes to tell apart")
 
         resolved = OmegaConf.to_container(cfg, resolve=True)
         skipped = SkipLog("training images")
