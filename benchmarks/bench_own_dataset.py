@@ -1,6 +1,7 @@
 """The "own dataset" command on a VOC folder the project writes: wall time per stage and VOC mAP.
 
     .venv/bin/python benchmarks/bench_own_dataset.py --work /tmp/own_dataset [--format voc|coco|roboflow|roboflow_voc|yolo] [--photo]
+    .venv/bin/python benchmarks/bench_own_dataset.py --work /tmp/own_real --format roboflow --real-coco ../shared/data/coco128
 
 Writes the synthetic detection world (the demo's size: 8 classes, 300 training and 100 test images)
 in one of four shapes users bring: a PASCAL VOC folder (1-based boxes, class names,
@@ -19,6 +20,8 @@ image, the cost per ensemble member and the mAP with the data's own rules (VOC f
 COCO). A summary JSON is written to ``<work>/summary.json``. ``--photo`` draws the world at the size of
 phone photos (sides 1000-1500 pixels, objects from 30 pixels to 0.3 of the shorter side) instead of the
 demo's 192-320 pixels: the case where selective search's segmented size decides what can be found.
+``--real-coco`` takes real photos and their COCO annotations instead of the synthetic world (written as
+a Roboflow export, the last ``--num-test`` images as the test split).
 """
 from __future__ import annotations
 
@@ -133,6 +136,33 @@ def write_yolo(voc_root: Path, out: Path) -> None:
     (out / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\nnames:\n{yaml_names}")
 
 
+def write_real_roboflow(annotation_file: Path, image_dir: Path, out: Path, num_test: int,
+                        valid_share: float = 0.15) -> None:
+    """Real photos with their COCO annotations (e.g. ../shared/data/coco128) re-laid as a Roboflow export
+    at ``out``: the last ``num_test`` images (by id) in test/, of the others every ``1 / valid_share``-th
+    in valid/ and the rest in train/; in each folder ``_annotations.coco.json`` with image and
+    annotation ids from 0 and Roboflow's boxless supercategory as category 0 (the real categories keep
+    their ids, their crowd flags, segmentations and areas). Images are copied, bytes unchanged."""
+    import shutil
+
+    data = json.loads(annotation_file.read_text())
+    images = sorted(data["images"], key=lambda im: im["id"])
+    train, test = images[:-num_test], images[-num_test:]
+    step = max(2, round(1 / valid_share))
+    parts = {"train": [im for k, im in enumerate(train) if k % step != step - 1],
+             "valid": [im for k, im in enumerate(train) if k % step == step - 1], "test": test}
+    categories = [{"id": 0, "name": "objects", "supercategory": "none"}] + data["categories"]
+    for split, chosen in parts.items():
+        (out / split).mkdir(parents=True, exist_ok=True)
+        new_id = {im["id"]: k for k, im in enumerate(chosen)}
+        anns = [dict(a, image_id=new_id[a["image_id"]]) for a in data["annotations"] if a["image_id"] in new_id]
+        payload = {"categories": categories, "images": [dict(im, id=new_id[im["id"]]) for im in chosen],
+                   "annotations": [dict(a, id=k) for k, a in enumerate(anns)]}
+        for im in chosen:
+            shutil.copyfile(image_dir / im["file_name"], out / split / im["file_name"])
+        (out / split / "_annotations.coco.json").write_text(json.dumps(payload))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, help="folder for the dataset and the run")
@@ -142,6 +172,10 @@ def main() -> None:
     p.add_argument("--num-val", type=int, default=100)
     p.add_argument("--photo", action="store_true", help="photo-sized images with small objects")
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for tools/demo.py")
+    p.add_argument("--real-coco", type=Path, metavar="FOLDER",
+                   help="real photos instead of the synthetic world: a folder with annotations/instances_*.json and "
+                        "images/<name>/ (e.g. ../shared/data/coco128), written as a Roboflow export (--format roboflow)")
+    p.add_argument("--num-test", type=int, default=28, help="with --real-coco: the images (last ids) held out as test/")
     args = p.parse_args()
     size = dict(min_side=1000, max_side=1500, min_object_size=30.0, max_object_fraction=0.3) if args.photo else {}
     work = Path(args.work).resolve()
@@ -149,14 +183,18 @@ def main() -> None:
     start = time.perf_counter()
     layout = {"roboflow": "coco", "yolo": "voc", "roboflow_voc": "voc"}.get(args.format, args.format)
     source = work / f"{layout}_source" if layout != args.format else data_root
-    make_detection_world(source, num_train=args.num_train, num_val=args.num_val, layout=layout,
-                         extensions=[".jpg", ".jpg", ".JPG"], **size)
-    if args.format == "roboflow":
-        write_roboflow(source, data_root)
-    elif args.format == "yolo":
-        write_yolo(source, data_root)
-    elif args.format == "roboflow_voc":
-        write_roboflow_voc(source, data_root)
+    if args.real_coco is not None:
+        if args.format != "roboflow":
+            raise SystemExit("--real-coco writes a Roboflow export: use it with --format roboflow")
+        (annotation_file,) = sorted((args.real_coco / "annotations").glob("instances_*.json"))
+        image_dir = args.real_coco / "images" / annotation_file.stem.removeprefix("instances_")
+        write_real_roboflow(annotation_file, image_dir, data_root, args.num_test)
+    else:
+        make_detection_world(source, num_train=args.num_train, num_val=args.num_val, layout=layout,
+                             extensions=[".jpg", ".jpg", ".JPG"], **size)
+        writer = {"roboflow": write_roboflow, "yolo": write_yolo, "roboflow_voc": write_roboflow_voc}.get(args.format)
+        if writer is not None:
+            writer(source, data_root)
     print(f"dataset written in {time.perf_counter() - start:.1f} s: {data_root}", flush=True)
     data = DATA_OVERRIDES[args.format]
     cmd = [sys.executable, str(ROOT / "tools" / "demo.py"), "experiment=small", *data, f"data.root={data_root}",
