@@ -59,28 +59,36 @@ DATA_OVERRIDES = {
 }
 
 
+def _roboflow_folder(folder: Path, images: list[dict], annotations: list[dict], categories: list[dict],
+                     image_dir: Path) -> None:
+    """One split folder of a Roboflow COCO export: ``images`` copied from ``image_dir`` (bytes unchanged)
+    and ``_annotations.coco.json`` beside them, image and annotation ids renumbered from 0 as Roboflow does."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    new_id = {im["id"]: k for k, im in enumerate(images)}
+    for im in images:
+        shutil.copyfile(image_dir / im["file_name"], folder / im["file_name"])
+    anns = [a for a in annotations if a["image_id"] in new_id]
+    doc = {"info": {"description": "written by bench_own_dataset.py"}, "categories": categories,
+           "images": [{**im, "id": new_id[im["id"]]} for im in images],
+           "annotations": [{**a, "id": k, "image_id": new_id[a["image_id"]]} for k, a in enumerate(anns)]}
+    (folder / "_annotations.coco.json").write_text(json.dumps(doc))
+
+
 def write_roboflow(coco_root: Path, out: Path, valid_share: float = 0.15) -> None:
     """The official-layout COCO world ``coco_root`` re-laid as a Roboflow export at ``out``: train/ and
     valid/ (every image whose rank modulo 1/valid_share is 0) from the training split, test/ from val;
     ids renumbered from 0 as Roboflow does, category 0 the dataset's supercategory (no boxes)."""
-    import shutil
 
     def split(src_split: str, parts: dict[str, callable]) -> None:
         data = json.loads((coco_root / "annotations" / f"instances_{src_split}.json").read_text())
         categories = [{"id": 0, "name": "shapes", "supercategory": "none"}] + [
             {"id": c["id"], "name": c["name"], "supercategory": "shapes"} for c in data["categories"]]
+        ranked = sorted(data["images"], key=lambda im: im["id"])
         for name, keep in parts.items():
-            folder = out / name
-            folder.mkdir(parents=True, exist_ok=True)
-            images = [im for k, im in enumerate(sorted(data["images"], key=lambda im: im["id"])) if keep(k)]
-            new_id = {im["id"]: k for k, im in enumerate(images)}
-            for im in images:
-                shutil.copyfile(coco_root / "images" / src_split / im["file_name"], folder / im["file_name"])
-            anns = [a for a in data["annotations"] if a["image_id"] in new_id]
-            doc = {"info": {"description": "written by bench_own_dataset.py"}, "categories": categories,
-                   "images": [{**im, "id": new_id[im["id"]]} for im in images],
-                   "annotations": [{**a, "id": k, "image_id": new_id[a["image_id"]]} for k, a in enumerate(anns)]}
-            (folder / "_annotations.coco.json").write_text(json.dumps(doc))
+            _roboflow_folder(out / name, [im for k, im in enumerate(ranked) if keep(k)], data["annotations"],
+                             categories, coco_root / "images" / src_split)
 
     every = round(1 / valid_share)
     split("train", {"train": lambda k: k % every != 0, "valid": lambda k: k % every == 0})
@@ -140,11 +148,8 @@ def write_real_roboflow(annotation_file: Path, image_dir: Path, out: Path, num_t
                         valid_share: float = 0.15) -> None:
     """Real photos with their COCO annotations (e.g. ../shared/data/coco128) re-laid as a Roboflow export
     at ``out``: the last ``num_test`` images (by id) in test/, of the others every ``1 / valid_share``-th
-    in valid/ and the rest in train/; in each folder ``_annotations.coco.json`` with image and
-    annotation ids from 0 and Roboflow's boxless supercategory as category 0 (the real categories keep
-    their ids, their crowd flags, segmentations and areas). Images are copied, bytes unchanged."""
-    import shutil
-
+    in valid/ and the rest in train/; ids from 0 and Roboflow's boxless supercategory as category 0 (the
+    real categories keep their ids, their crowd flags, segmentations and areas)."""
     data = json.loads(annotation_file.read_text())
     images = sorted(data["images"], key=lambda im: im["id"])
     train, test = images[:-num_test], images[-num_test:]
@@ -153,14 +158,7 @@ def write_real_roboflow(annotation_file: Path, image_dir: Path, out: Path, num_t
              "valid": [im for k, im in enumerate(train) if k % step == step - 1], "test": test}
     categories = [{"id": 0, "name": "objects", "supercategory": "none"}] + data["categories"]
     for split, chosen in parts.items():
-        (out / split).mkdir(parents=True, exist_ok=True)
-        new_id = {im["id"]: k for k, im in enumerate(chosen)}
-        anns = [dict(a, image_id=new_id[a["image_id"]]) for a in data["annotations"] if a["image_id"] in new_id]
-        payload = {"categories": categories, "images": [dict(im, id=new_id[im["id"]]) for im in chosen],
-                   "annotations": [dict(a, id=k) for k, a in enumerate(anns)]}
-        for im in chosen:
-            shutil.copyfile(image_dir / im["file_name"], out / split / im["file_name"])
-        (out / split / "_annotations.coco.json").write_text(json.dumps(payload))
+        _roboflow_folder(out / split, chosen, data["annotations"], categories, image_dir)
 
 
 def main() -> None:

@@ -65,12 +65,11 @@ def synthetic_stages(common: list[str], members: int, draw: list[str], trainer: 
 
 
 def dataset_stages(common: list[str], members: int, draw: list[str], init: str | None,
-                   propose_blocks: list[str], trainer: list[str], num_classes: int) -> list[Stage]:
+                   propose_blocks: list[str], trainer: list[str], pretrain: bool) -> list[Stage]:
     """The chain on a dataset of the user's: class list and ground-truth crops, pre-training on the crops
-    (skipped with ``init``, and with one class: MultiBox and the members then start from random weights),
+    (``pretrain``; without it MultiBox and the members start from ``init``, or from random weights),
     MultiBox, proposals, members, bundle, detection and evaluation of the test split (block ``val``),
     drawn test images."""
-    pretrain = not init and num_classes > 1  # one class: its crops have nothing to tell apart (no gradient)
     init_args = [f"init={init}"] if init else [] if pretrain else ["init=null"]
     stages = [Stage("prepare", "prepare_data", [*common, f"classification={str(pretrain).lower()}"])]
     if pretrain:
@@ -143,13 +142,14 @@ def main(cfg) -> None:
         stems = {}
         for b in BLOCKS:  # one store per dataset split: train and monitor usually share one
             stems.setdefault(output_stem(cfg.data, b), b)
-        num_classes = len(blocks["train"].classes)
-        if num_classes == 1 and not cfg.init:
+        # one class: a softmax over it has loss 0, so pre-training on its crops would learn nothing
+        pretrain = not cfg.init and len(blocks["train"].classes) > 1
+        if not cfg.init and not pretrain:
             print(f"one class ({blocks['train'].classes.names[0]}): no pre-training on the crops (a single class "
                   "has nothing to tell apart); MultiBox and the members start from random weights. On photos, "
                   "give ImageNet weights with init=<file> (README, Starting from better weights)")
         stages = dataset_stages(common, cfg.members, drawn_images(blocks["val"].records, cfg.draw_images),
-                                cfg.init, list(stems.values()), trainer, num_classes)
+                                cfg.init, list(stems.values()), trainer, pretrain)
         where = f"{output_stem(cfg.data, 'val')} ({len(blocks['val'])} images; {experiment}, {cfg.members} members)"
     for stage in stages:
         stage.args += list(cfg.tool_overrides.get(stage.tool) or [])
