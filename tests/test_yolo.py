@@ -266,15 +266,19 @@ def test_bad_data_yaml_is_refused_naming_it(tmp_path, spec, message):
         read_yolo_yaml()
 
 
-def test_data_classes_restrict_and_reorder_by_name(tmp_path):
+def test_data_classes_restrict_and_reorder_by_name(tmp_path, caplog):
     for k in range(2):
         _image(tmp_path / "images" / "train" / f"im{k}.jpg")
     _label(tmp_path, "im0", "0 0.5 0.5 0.2 0.2\n2 0.3 0.3 0.2 0.2\n")
     _label(tmp_path, "im1", "1 0.5 0.5 0.2 0.2\n")
     yaml_file = _write_yaml(tmp_path, train="images/train", names=["cat", "dog", "bird"])
-    ds = read_yolo(yaml_file, "train", classes=ClassList.from_names(["bird", "cat"]))
+    with caplog.at_level(logging.WARNING):
+        ds = read_yolo(yaml_file, "train", classes=ClassList.from_names(["bird", "cat"]))
     assert [r.labels.tolist() for r in ds.records] == [[1, 0], []]
     assert [reason for _, reason in ds.skipped.entries] == ["unknown class: object 1 ('dog') is not in data.classes"]
+    # a class left out on purpose is counted and named once in the summary, not warned about object by object
+    assert "skipped" not in caplog.text.replace("annotations skipped", "")
+    assert "unknown class (not logged one by one; 'dog' 1)" in caplog.text
     inline = read_yolo(yaml_file, "train", classes=["bird", "cat"])  # data.classes=[bird,cat] on the command line
     assert inline.classes == ds.classes and [r.labels.tolist() for r in inline.records] == [[1, 0], []]
     with pytest.raises(ValueError, match="'cow' is not among the names"):

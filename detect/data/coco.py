@@ -259,7 +259,7 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
     ``ValueError`` naming the file when it is not JSON, or not a COCO instances object.
     """
     sources = _sources(root, split, annotation_file, image_dir)
-    skipped, warnings = reader_logs()
+    skipped, warnings = reader_logs(quiet=["not a class"])  # objects of categories left out: counted
     parts = [_read_part(name, f, d, skipped, warnings) for name, f, d in sources]
     is_training = classes_from is None and classes_from_files is None
     if is_training or classes is not None:

@@ -17,6 +17,7 @@ are cached (``None``: no cache); ``workers``: processes parsing them on a cold c
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,19 +144,23 @@ class SkipLog:
     ``what`` names the items (``"annotations"``), ``verb`` what happened to them (``"skipped"``,
     ``"repaired"``). Each entry is logged as a warning, the first ``log_limit`` of each kind (the text
     before the reason's first colon) only, so a file with 20,000 bad lines does not flood the log; every
-    entry is kept and counted in :meth:`summary`.
+    entry is kept and counted in :meth:`summary`. Entries of the ``quiet`` kinds are not logged one by one
+    (objects of classes the user left out of ``data.classes``: a choice, not a fault).
     """
 
-    def __init__(self, what: str = "items", verb: str = "skipped", log_limit: int = 20):
+    def __init__(self, what: str = "items", verb: str = "skipped", log_limit: int = 20, quiet=()):
         self.what = what
         self.verb = verb
         self.log_limit = log_limit
+        self.quiet = frozenset(quiet)
         self.entries: list[tuple[str, str]] = []
         self._logged: Counter = Counter()
 
     def add(self, file: str | Path, reason: str) -> None:
         self.entries.append((str(file), reason))
         kind = reason.split(":")[0]
+        if kind in self.quiet:
+            return
         self._logged[kind] += 1
         if self._logged[kind] <= self.log_limit:
             log.warning("%s %s: %s", self.verb, file, reason)
@@ -171,8 +176,16 @@ class SkipLog:
             return f"no {self.what} {self.verb}"
         kinds = Counter(reason.split(":")[0] for _, reason in self.entries)
         lines = [f"{len(self.entries)} {self.what} {self.verb}:"]
-        lines += [f"  {n:6d}  {kind}" for kind, n in kinds.most_common()]
+        lines += [f"  {n:6d}  {kind}" + (self._names(kind) if kind in self.quiet else "")
+                  for kind, n in kinds.most_common()]
         return "\n".join(lines)
+
+    def _names(self, kind: str, most: int = 8) -> str:
+        """The class names most often quoted ``('name')`` in the entries of ``kind``, with their counts."""
+        names = Counter(m.group(2) for _, reason in self.entries if reason.split(":")[0] == kind
+                        for m in [re.search(r"\((['\"])(.*?)\1\)", reason)] if m)
+        top = ", ".join(f"{name!r} {n}" for name, n in names.most_common(most))
+        return f" (not logged one by one; {top}{', ...' if len(names) > most else ''})" if names else ""
 
 
 @dataclass
@@ -204,9 +217,10 @@ class DetectionDataset:
         return self.records[i]
 
 
-def reader_logs() -> tuple[SkipLog, SkipLog]:
-    """A reader's two logs: ``(skipped, warnings)``, of annotations skipped and kept with a warning."""
-    return SkipLog("annotations"), SkipLog("annotations", verb="kept with a warning")
+def reader_logs(quiet=()) -> tuple[SkipLog, SkipLog]:
+    """A reader's two logs: ``(skipped, warnings)``, of annotations skipped (``quiet`` kinds counted, not
+    logged one by one) and kept with a warning."""
+    return SkipLog("annotations", quiet=quiet), SkipLog("annotations", verb="kept with a warning")
 
 
 def finish_dataset(records: list[DetectionRecord], classes: ClassList, name: str, skipped: SkipLog,

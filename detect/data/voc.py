@@ -121,7 +121,7 @@ def read_voc(root: str | Path, split="test", classes=None, use_difficult: bool =
     class_list = as_class_list(classes, lambda: ClassList.from_names(VOC_CLASSES) if classes_from is None else
                                discover_voc_classes(root, classes_from, cache_dir))
     splits = _splits(split)
-    skipped, warnings = reader_logs()
+    skipped, warnings = reader_logs(quiet=["unknown class"] if classes is not None else [])
     records, xml_of, listed = [], {}, 0
     for name_of_split in splits:
         _, names, xml_dir, image_dir = _read_split(root, name_of_split)

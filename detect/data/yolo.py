@@ -370,7 +370,7 @@ def read_yolo(yaml_file: str | Path | None = None, split: str = "val", root: str
     """
     y = read_yolo_yaml(yaml_file, root)
     class_list, remap = _class_map(y, classes)
-    skipped, warnings = reader_logs()
+    skipped, warnings = reader_logs(quiet=["unknown class"] if classes is not None else [])
     images, listed = split_images(y, split)
     images = _unique(images, skipped)
     entries = _find_listed(y, images, max_missing_images, skipped) if listed else list(enumerate(images, 1))
