@@ -129,25 +129,17 @@ def _pair(fields: dict, repeated: int, h: int, w: int, default: int) -> tuple[in
     return values[0], values[1 if len(values) > 1 else 0]
 
 
-def _conv_params(buf) -> dict:
+def _layer_params(kind: str, buf) -> dict:
+    """The ``params`` of a ``kind`` (``conv | ip | lrn | pool``) parameter message (``WeightsLayer``)."""
     f = pw.message_fields(buf)
-    return {"kernel": _pair(f, 4, 11, 12, 0), "stride": _pair(f, 6, 13, 14, 1), "pad": _pair(f, 3, 9, 10, 0),
-            "dilation": _pair(f, 18, 0, 0, 1), "group": int(pw.last(f, 5, 1)), "bias_term": bool(pw.last(f, 2, 1))}
-
-
-def _ip_params(buf) -> dict:
-    f = pw.message_fields(buf)
-    return {"transpose": bool(pw.last(f, 6, 0)), "bias_term": bool(pw.last(f, 2, 1))}
-
-
-def _lrn_params(buf) -> dict:
-    f = pw.message_fields(buf)
-    return {"local_size": int(pw.last(f, 1, 5)), "alpha": pw.last_float(f, 2, 1.0), "beta": pw.last_float(f, 3, 0.75),
-            "region": int(pw.last(f, 4, 0)), "k": pw.last_float(f, 5, 1.0)}
-
-
-def _pool_params(buf) -> dict:
-    f = pw.message_fields(buf)
+    if kind == "conv":
+        return {"kernel": _pair(f, 4, 11, 12, 0), "stride": _pair(f, 6, 13, 14, 1), "pad": _pair(f, 3, 9, 10, 0),
+                "dilation": _pair(f, 18, 0, 0, 1), "group": int(pw.last(f, 5, 1)), "bias_term": bool(pw.last(f, 2, 1))}
+    if kind == "ip":
+        return {"transpose": bool(pw.last(f, 6, 0)), "bias_term": bool(pw.last(f, 2, 1))}
+    if kind == "lrn":
+        return {"local_size": int(pw.last(f, 1, 5)), "alpha": pw.last_float(f, 2, 1.0),
+                "beta": pw.last_float(f, 3, 0.75), "region": int(pw.last(f, 4, 0)), "k": pw.last_float(f, 5, 1.0)}
     return {"method": {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}.get(int(pw.last(f, 1, 0)), "?"),
             "kernel": _pair(f, 2, 5, 6, 0), "stride": _pair(f, 3, 7, 8, 1), "pad": _pair(f, 4, 9, 10, 0),
             "global": bool(pw.last(f, 12, 0)), "ceil": int(pw.last(f, 13, 0)) == 0}
@@ -191,9 +183,9 @@ def read_caffemodel(path: str | Path, data: bytes) -> tuple[list[WeightsLayer], 
                 type_ = V1_TYPES.get(int(pw.last(lf, fn["type"], 0)), f"V1 type {pw.last(lf, fn['type'], 0)}")
             layer = WeightsLayer(name, type_)
             layer.blobs = [_blob(b, f"layer {name!r}") for _, b in lf.get(fn["blobs"], [])]
-            for key, parse in (("conv", _conv_params), ("ip", _ip_params), ("lrn", _lrn_params), ("pool", _pool_params)):
+            for key in ("conv", "ip", "lrn", "pool"):
                 if fn[key] in lf:
-                    layer.params.update(parse(pw.last(lf, fn[key])))
+                    layer.params.update(_layer_params(key, pw.last(lf, fn[key])))
             layers.append(layer)
     except pw.WireError as e:
         raise ValueError(f"{path}: not a readable .caffemodel ({e})") from e
