@@ -130,13 +130,9 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "
         return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
     if method == "11point":  # summed in the devkit's order
         return float(sum(precision[recall >= t].max(initial=0.0) / 11.0 for t in VOC07_RECALL_THRESHOLDS))
-    if method == "101point":
-        env = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
-        idx = np.searchsorted(recall, COCO_RECALL_THRESHOLDS, side="left")
-        q = np.zeros(len(COCO_RECALL_THRESHOLDS))
-        ok = idx < len(env)
-        q[ok] = env[idx[ok]]
-        return float(q.mean())
+    if method == "101point":  # env[-1]: the 0 of thresholds beyond the last rank's recall
+        env = np.r_[np.maximum.accumulate(precision[::-1])[::-1], 0.0]
+        return float(env[np.searchsorted(recall, COCO_RECALL_THRESHOLDS, side="left")].mean())
     raise ValueError(f"unknown AP method {method!r} (area | 11point | 101point)")
 
 

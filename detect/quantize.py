@@ -66,11 +66,8 @@ class QuantizationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Int8Recipe:
-    """How an fp32 export is quantized besides the fixed choices of the module docstring.
-
-    lrn_tolerance: a local response norm whose largest effect on the calibration inputs is at most this
-    is folded to its constant factor (module docstring); 0 folds none (every LRN quantized as is).
-    """
+    """How an fp32 export is quantized besides the fixed choices of the module docstring: ``lrn_tolerance``,
+    the largest effect on the calibration inputs of an LRN that is folded (0 folds none, every LRN quantized)."""
 
     lrn_tolerance: float = 1.0 / 512
 

@@ -209,13 +209,9 @@ def read_onnx(path: str | Path, data: bytes) -> list[WeightsLayer]:
         model = onnx.load_from_string(data)  # external data is never loaded (and refused below)
     except Exception as e:  # DecodeError and friends
         raise ValueError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from e
-    graph = model.graph
-    consumers: dict[str, onnx.NodeProto] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, node)
+    consumers = {name: node for node in reversed(model.graph.node) for name in node.input}  # the first reading each
     layers: dict[str, WeightsLayer] = {}
-    for init in graph.initializer:
+    for init in model.graph.initializer:
         m = _ONNX_NAME.match(init.name)
         if m is None:
             continue  # shape constants and the like
