@@ -208,14 +208,11 @@ def _check_finite_weights(models: dict[str, nn.Module], path: Path, epoch: int, 
     infinite value, before anything is written (one device sync for all tensors)."""
     named = [(what, name, t) for what, m in models.items() for name, t in m.state_dict().items()
              if t.is_floating_point()]
-    if not named:
-        return
-    finite = torch.stack([torch.isfinite(t).all() for _, _, t in named]).cpu()
-    if bool(finite.all()):
-        return
-    bad = [f"{what}: {name}" for (what, name, _), ok in zip(named, finite.tolist()) if not ok]
-    raise FloatingPointError(f"{path}: not written at {_where(epoch, step)}: non-finite values in "
-                             f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} (training diverged); {kept}")
+    finite = torch.stack([torch.isfinite(t).all() for _, _, t in named]).tolist() if named else []
+    bad = [f"{what}: {name}" for (what, name, _), ok in zip(named, finite) if not ok]
+    if bad:
+        raise FloatingPointError(f"{path}: not written at {_where(epoch, step)}: non-finite values in "
+                                 f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} (training diverged); {kept}")
 
 
 # ------------------------------------------------------------------------------------------- fit

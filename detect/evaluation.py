@@ -185,8 +185,7 @@ def _match_ilsvrc(det, gt, iou_threshold, pixel_tolerance):
 def _match_voc(det, gt, iou_threshold):
     d, g, iou = _candidates(det, gt, plus_one=True)
     o = np.lexsort((g, -iou, d))  # each detection's best ground truth (ties: the first in its record) ...
-    first = np.ones(len(o), bool)
-    first[1:] = d[o][1:] != d[o][:-1]
+    first = np.diff(d[o], prepend=-1) != 0
     best = o[first & (iou[o] > 0) & (iou[o] >= iou_threshold)]  # ... is its only candidate
     return _greedy(det, gt, d[best], g[best], (), gt["ignore"])[1]
 
