@@ -40,6 +40,7 @@ Loading them into a model (the policy: which layers must be there and fit, the s
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -107,11 +108,9 @@ def weights_format(path: str | Path) -> str:
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save zip, legacy pickle
         return "torch"
     seen = set()
-    try:
+    with contextlib.suppress(pw.WireError):  # a truncated file still shows what it is (its reader: that it is damaged)
         for number, wire, _ in pw.iter_fields(path.read_bytes()):
             seen.add((number, wire))
-    except pw.WireError:  # a truncated file still shows what it is (its reader then says it is damaged)
-        pass
     if (7, pw.LENGTH) in seen and (1, pw.VARINT) in seen:  # ModelProto: ir_version 1, graph 7
         return "onnx"
     if (100, pw.LENGTH) in seen or (2, pw.LENGTH) in seen:  # NetParameter: layer 100 / layers 2
