@@ -50,16 +50,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "RULES",
-    "EvalResult",
-    "average_precision",
-    "coco_ap50_pycocotools",
-    "evaluate",
-    "ilsvrc_thresholds",
-    "pair_iou",
-    "rules_for_dataset",
-]
+__all__ = ["RULES", "EvalResult", "average_precision", "coco_ap50_pycocotools", "evaluate", "ilsvrc_thresholds",
+           "pair_iou", "rules_for_dataset"]
 
 RULES = ("ilsvrc", "voc", "voc07", "coco")
 COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCOeval's params.recThrs
