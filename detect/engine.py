@@ -110,8 +110,7 @@ def _iterate_from(loader: Iterable, skip: int, on_resume: Callable[[], None] | N
             num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
             timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
             multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
-            prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
-        ))
+            prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None))
     log.info("loader is not a map-style DataLoader: loading and dropping %d batches to resume", skip)
     return iter(_SkipBatches(loader, skip, on_resume))
 
