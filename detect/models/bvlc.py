@@ -108,7 +108,7 @@ def weights_format(path: str | Path) -> str:
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save zip, legacy pickle
         return "torch"
     seen = set()
-    with contextlib.suppress(pw.WireError):  # a truncated file still shows what it is (its reader: that it is damaged)
+    with contextlib.suppress(pw.WireError):  # a truncated file still shows what it is (its reader names the damage)
         for number, wire, _ in pw.iter_fields(path.read_bytes()):
             seen.add((number, wire))
     if (7, pw.LENGTH) in seen and (1, pw.VARINT) in seen:  # ModelProto: ir_version 1, graph 7
