@@ -61,6 +61,7 @@ class TorchScorer:
         if amp == "auto":
             amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if self.device.type == "cuda" else "none"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+        self.precision = "fp32" if amp == "none" else amp  # (describe_scoring)
 
     @torch.inference_mode()
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
@@ -203,12 +204,9 @@ def make_scorers(members: list[nn.Module], backend: str, device: str | torch.dev
 
 def _scorer_kind(scorer) -> dict:
     """``{"backend", "precision", "device"}`` of one scorer (see :func:`describe_scoring`)."""
-    if isinstance(scorer, TorchScorer):
-        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(scorer.amp_dtype, "fp32")
-        return {"backend": "torch", "precision": precision, "device": str(scorer.device)}
-    if isinstance(scorer, OnnxScorer):
-        return {"backend": "onnxruntime", "precision": scorer.precision, "device": "cpu"}
-    return {"backend": type(scorer).__name__, "precision": str(getattr(scorer, "precision", "unknown")),
+    backend = ("torch" if isinstance(scorer, TorchScorer) else "onnxruntime" if isinstance(scorer, OnnxScorer)
+               else type(scorer).__name__)
+    return {"backend": backend, "precision": str(getattr(scorer, "precision", "unknown")),
             "device": str(getattr(scorer, "device", "unknown"))}
 
 

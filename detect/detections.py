@@ -28,16 +28,8 @@ from detect.io import atomic_open, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "Detections",
-    "coco_category_ids",
-    "coco_image_ids",
-    "read_coco_results",
-    "read_detections",
-    "read_ilsvrc_submission",
-    "write_coco_results",
-    "write_ilsvrc_submission",
-]
+__all__ = ["Detections", "coco_category_ids", "coco_image_ids", "read_coco_results", "read_detections",
+           "read_ilsvrc_submission", "write_coco_results", "write_ilsvrc_submission"]
 
 
 @dataclass
@@ -187,10 +179,8 @@ def _read_text(path: Path, errors: str = "strict") -> str:
         raise FileNotFoundError(f"{path}: cannot read detections ({e.strerror})") from e
 
 
-def read_ilsvrc_submission(
-    path: str | Path, num_classes: int | None = None, skipped: SkipLog | None = None,
-    known_images=None,
-) -> Detections:
+def read_ilsvrc_submission(path: str | Path, num_classes: int | None = None, skipped: SkipLog | None = None,
+                           known_images=None) -> Detections:
     """Read an ILSVRC submission file as ``eval_detection.m`` reads it.
 
     Every line of 7 numeric fields (integer image index >= 1 and DET_ID, finite numbers) is kept as

@@ -110,8 +110,7 @@ def _iterate_from(loader: Iterable, skip: int, on_resume: Callable[[], None] | N
             num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
             timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
             multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
-            prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
-        ))
+            prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None))
     log.info("loader is not a map-style DataLoader: loading and dropping %d batches to resume", skip)
     return iter(_SkipBatches(loader, skip, on_resume))
 
@@ -208,14 +207,11 @@ def _check_finite_weights(models: dict[str, nn.Module], path: Path, epoch: int, 
     infinite value, before anything is written (one device sync for all tensors)."""
     named = [(what, name, t) for what, m in models.items() for name, t in m.state_dict().items()
              if t.is_floating_point()]
-    if not named:
-        return
-    finite = torch.stack([torch.isfinite(t).all() for _, _, t in named]).cpu()
-    if bool(finite.all()):
-        return
-    bad = [f"{what}: {name}" for (what, name, _), ok in zip(named, finite.tolist()) if not ok]
-    raise FloatingPointError(f"{path}: not written at {_where(epoch, step)}: non-finite values in "
-                             f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} (training diverged); {kept}")
+    finite = torch.stack([torch.isfinite(t).all() for _, _, t in named]).tolist() if named else []
+    bad = [f"{what}: {name}" for (what, name, _), ok in zip(named, finite) if not ok]
+    if bad:
+        raise FloatingPointError(f"{path}: not written at {_where(epoch, step)}: non-finite values in "
+                                 f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} (training diverged); {kept}")
 
 
 # ------------------------------------------------------------------------------------------- fit

@@ -50,16 +50,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "RULES",
-    "EvalResult",
-    "average_precision",
-    "coco_ap50_pycocotools",
-    "evaluate",
-    "ilsvrc_thresholds",
-    "pair_iou",
-    "rules_for_dataset",
-]
+__all__ = ["RULES", "EvalResult", "average_precision", "coco_ap50_pycocotools", "evaluate", "ilsvrc_thresholds",
+           "pair_iou", "rules_for_dataset"]
 
 RULES = ("ilsvrc", "voc", "voc07", "coco")
 COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCOeval's params.recThrs
@@ -130,13 +122,9 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "
         return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
     if method == "11point":  # summed in the devkit's order
         return float(sum(precision[recall >= t].max(initial=0.0) / 11.0 for t in VOC07_RECALL_THRESHOLDS))
-    if method == "101point":
-        env = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
-        idx = np.searchsorted(recall, COCO_RECALL_THRESHOLDS, side="left")
-        q = np.zeros(len(COCO_RECALL_THRESHOLDS))
-        ok = idx < len(env)
-        q[ok] = env[idx[ok]]
-        return float(q.mean())
+    if method == "101point":  # env[-1]: the 0 of thresholds beyond the last rank's recall
+        env = np.r_[np.maximum.accumulate(precision[::-1])[::-1], 0.0]
+        return float(env[np.searchsorted(recall, COCO_RECALL_THRESHOLDS, side="left")].mean())
     raise ValueError(f"unknown AP method {method!r} (area | 11point | 101point)")
 
 
@@ -189,8 +177,7 @@ def _match_ilsvrc(det, gt, iou_threshold, pixel_tolerance):
 def _match_voc(det, gt, iou_threshold):
     d, g, iou = _candidates(det, gt, plus_one=True)
     o = np.lexsort((g, -iou, d))  # each detection's best ground truth (ties: the first in its record) ...
-    first = np.ones(len(o), bool)
-    first[1:] = d[o][1:] != d[o][:-1]
+    first = np.diff(d[o], prepend=-1) != 0
     best = o[first & (iou[o] > 0) & (iou[o] >= iou_threshold)]  # ... is its only candidate
     return _greedy(det, gt, d[best], g[best], (), gt["ignore"])[1]
 

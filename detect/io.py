@@ -90,9 +90,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent)
-        f.write("\n")
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

@@ -45,8 +45,7 @@ def check_bound(value: Any, name: str, source: str, low: float = 0.0, low_open: 
     if not number or not math.isfinite(value):
         raise ValueError(f"{source}: {name}={value!r} is not a finite number")
     if value < low or (low_open and value == low) or value > LIMITS[name]:
-        side = "(" if low_open else "["
-        raise ValueError(f"{source}: {name}={value!r} is outside {side}{low:g}, {LIMITS[name]:g}] "
+        raise ValueError(f"{source}: {name}={value!r} is outside {'(' if low_open else '['}{low:g}, {LIMITS[name]:g}] "
                          "(bounds of a loaded file: detect/limits.py)")
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,11 +65,8 @@ class QuantizationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Int8Recipe:
-    """How an fp32 export is quantized besides the fixed choices of the module docstring.
-
-    lrn_tolerance: a local response norm whose largest effect on the calibration inputs is at most this
-    is folded to its constant factor (module docstring); 0 folds none (every LRN quantized as is).
-    """
+    """How an fp32 export is quantized besides the fixed choices of the module docstring: ``lrn_tolerance``,
+    the largest effect on the calibration inputs of an LRN that is folded (0 folds none, every LRN quantized)."""
 
     lrn_tolerance: float = 1.0 / 512
 
@@ -284,27 +280,25 @@ def _quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, met
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    try:
-        import onnxruntime as ort
+    with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent,
+                                     ignore_cleanup_errors=True) as work:
+        try:
+            import onnxruntime as ort
 
-        pre = work / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre))
-        input_name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-        batches = iter([{input_name: np.ascontiguousarray(calibration[i:i + batch_size], np.float32)}
-                        for i in range(0, len(calibration), batch_size)])
-        reader = SimpleNamespace(get_next=lambda: next(batches, None))  # an ONNX Runtime CalibrationDataReader
-        quantized = work / "int8.onnx"
-        quantize_static(str(pre), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=_head_nodes(pre) or None, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]})
-        quantized.write_bytes(with_metadata(quantized.read_bytes(), metadata))
-        os.replace(quantized, out_path)  # same folder: atomic
-    except Exception as e:  # the quantizer raises many kinds (ValueError, RuntimeError, ONNX errors)
-        raise QuantizationError(f"{fp32_path}: int8 quantization failed ({type(e).__name__}: {e})") from e
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            pre, quantized = Path(work) / "pre.onnx", Path(work) / "int8.onnx"
+            quant_pre_process(str(fp32_path), str(pre))
+            input_name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+            batches = iter([{input_name: np.ascontiguousarray(calibration[i:i + batch_size], np.float32)}
+                            for i in range(0, len(calibration), batch_size)])
+            reader = SimpleNamespace(get_next=lambda: next(batches, None))  # an ONNX Runtime CalibrationDataReader
+            quantize_static(str(pre), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=_head_nodes(pre) or None, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]})
+            quantized.write_bytes(with_metadata(quantized.read_bytes(), metadata))
+            os.replace(quantized, out_path)  # same folder: atomic
+        except Exception as e:  # the quantizer raises many kinds (ValueError, RuntimeError, ONNX errors)
+            raise QuantizationError(f"{fp32_path}: int8 quantization failed ({type(e).__name__}: {e})") from e
 
 
 def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, calibration: np.ndarray,

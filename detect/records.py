@@ -28,9 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def is_inside(rel: str) -> bool:
-    """A plain relative POSIX path that stays inside its root (no absolute path, no '..', no empty part)."""
-    parts = rel.split("/")
-    return bool(rel) and not rel.startswith("/") and "\\" not in rel and all(p not in ("", ".", "..") for p in parts)
+    """A plain relative POSIX path that stays inside its root (no '..', no empty part, hence no absolute path)."""
+    return "\\" not in rel and all(p not in ("", ".", "..") for p in rel.split("/"))
 
 
 class OutputRecord:
@@ -122,7 +121,7 @@ class OwnedFolder:
 
     def claim(self, name: str) -> Path:
         """The path of ``name`` in the folder, now recorded as this tool's; refused when it is someone else's file."""
-        if "/" in name or name in ("", ".", "..") or name.startswith("."):
+        if not name or "/" in name or name.startswith("."):
             raise OutputConflict(f"{name!r}: not a plain file name for {self.folder}")
         path = self.folder / name
         if name not in self.owned:

@@ -23,16 +23,8 @@ from detect.models.convention import InputConvention
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "normalize_image",
-    "warp_regions",
-    "assign_region_labels",
-    "add_ground_truth",
-    "best_gt_overlaps",
-    "sample_regions",
-    "RegionDataset",
-    "collate_regions",
-]
+__all__ = ["normalize_image", "warp_regions", "assign_region_labels", "add_ground_truth", "best_gt_overlaps",
+           "sample_regions", "RegionDataset", "collate_regions"]
 
 
 def normalize_image(image: np.ndarray, convention: InputConvention | None = None,

@@ -76,9 +76,8 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
+            zf.writestr(info, buf.getvalue(), zipfile.ZIP_DEFLATED)
 
 
 class ChunkedRun:

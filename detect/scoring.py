@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torchvision import ops
 
+from detect.classify import predict_proba
 from detect.models.convention import IMAGENET, InputConvention
 from detect.region import normalize_image, warp_regions
 
@@ -131,12 +132,6 @@ def input_conventions(members: Sequence[Callable]) -> list[InputConvention]:
     return list(dict.fromkeys(getattr(m, "input_convention", IMAGENET) for m in members))
 
 
-def _member_probs(member: Callable, x: Tensor) -> Tensor:
-    out = member(x)
-    logits = out[0] if isinstance(out, tuple) else out
-    return logits.float().softmax(dim=1)
-
-
 def ensemble_probs(members: Sequence[Callable], crops: Tensor | Mapping[InputConvention, Tensor],
                    cascade_threshold: float | None = None) -> Tensor:
     """Average of the members' softmax probabilities over the same B regions.
@@ -159,12 +154,12 @@ def ensemble_probs(members: Sequence[Callable], crops: Tensor | Mapping[InputCon
                              "batch per convention ({convention: crops})")
         crops = {conventions[0]: crops}
     batches = [crops[getattr(m, "input_convention", IMAGENET)] for m in members]
-    probs = _member_probs(members[0], batches[0])
+    probs = predict_proba(members[0], batches[0])
     rows = slice(None) if cascade_threshold is None else probs[:, 1:].max(dim=1).values >= cascade_threshold
     if len(members) == 1 or (cascade_threshold is not None and not rows.any()):
         return probs
     total = probs[rows].clone()
     for member, batch in zip(members[1:], batches[1:]):
-        total += _member_probs(member, batch[rows])
+        total += predict_proba(member, batch[rows])
     probs[rows] = total / len(members)
     return probs

@@ -42,7 +42,7 @@ def _snapshot(root: Path, exclude: tuple[Path, ...]) -> dict[str, tuple[int, int
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
-        dirnames[:] = [n for n in dirnames if not any((d / n) == e for e in exclude)]
+        dirnames[:] = [n for n in dirnames if d / n not in exclude]
         for n in filenames:
             p = d / n
             try:

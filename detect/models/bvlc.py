@@ -40,6 +40,7 @@ Loading them into a model (the policy: which layers must be there and fit, the s
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -107,11 +108,9 @@ def weights_format(path: str | Path) -> str:
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save zip, legacy pickle
         return "torch"
     seen = set()
-    try:
+    with contextlib.suppress(pw.WireError):  # a truncated file still shows what it is (its reader names the damage)
         for number, wire, _ in pw.iter_fields(path.read_bytes()):
             seen.add((number, wire))
-    except pw.WireError:  # a truncated file still shows what it is (its reader then says it is damaged)
-        pass
     if (7, pw.LENGTH) in seen and (1, pw.VARINT) in seen:  # ModelProto: ir_version 1, graph 7
         return "onnx"
     if (100, pw.LENGTH) in seen or (2, pw.LENGTH) in seen:  # NetParameter: layer 100 / layers 2
@@ -129,25 +128,17 @@ def _pair(fields: dict, repeated: int, h: int, w: int, default: int) -> tuple[in
     return values[0], values[1 if len(values) > 1 else 0]
 
 
-def _conv_params(buf) -> dict:
+def _layer_params(kind: str, buf) -> dict:
+    """The ``params`` of a ``kind`` (``conv | ip | lrn | pool``) parameter message (``WeightsLayer``)."""
     f = pw.message_fields(buf)
-    return {"kernel": _pair(f, 4, 11, 12, 0), "stride": _pair(f, 6, 13, 14, 1), "pad": _pair(f, 3, 9, 10, 0),
-            "dilation": _pair(f, 18, 0, 0, 1), "group": int(pw.last(f, 5, 1)), "bias_term": bool(pw.last(f, 2, 1))}
-
-
-def _ip_params(buf) -> dict:
-    f = pw.message_fields(buf)
-    return {"transpose": bool(pw.last(f, 6, 0)), "bias_term": bool(pw.last(f, 2, 1))}
-
-
-def _lrn_params(buf) -> dict:
-    f = pw.message_fields(buf)
-    return {"local_size": int(pw.last(f, 1, 5)), "alpha": pw.last_float(f, 2, 1.0), "beta": pw.last_float(f, 3, 0.75),
-            "region": int(pw.last(f, 4, 0)), "k": pw.last_float(f, 5, 1.0)}
-
-
-def _pool_params(buf) -> dict:
-    f = pw.message_fields(buf)
+    if kind == "conv":
+        return {"kernel": _pair(f, 4, 11, 12, 0), "stride": _pair(f, 6, 13, 14, 1), "pad": _pair(f, 3, 9, 10, 0),
+                "dilation": _pair(f, 18, 0, 0, 1), "group": int(pw.last(f, 5, 1)), "bias_term": bool(pw.last(f, 2, 1))}
+    if kind == "ip":
+        return {"transpose": bool(pw.last(f, 6, 0)), "bias_term": bool(pw.last(f, 2, 1))}
+    if kind == "lrn":
+        return {"local_size": int(pw.last(f, 1, 5)), "alpha": pw.last_float(f, 2, 1.0),
+                "beta": pw.last_float(f, 3, 0.75), "region": int(pw.last(f, 4, 0)), "k": pw.last_float(f, 5, 1.0)}
     return {"method": {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}.get(int(pw.last(f, 1, 0)), "?"),
             "kernel": _pair(f, 2, 5, 6, 0), "stride": _pair(f, 3, 7, 8, 1), "pad": _pair(f, 4, 9, 10, 0),
             "global": bool(pw.last(f, 12, 0)), "ceil": int(pw.last(f, 13, 0)) == 0}
@@ -191,9 +182,9 @@ def read_caffemodel(path: str | Path, data: bytes) -> tuple[list[WeightsLayer], 
                 type_ = V1_TYPES.get(int(pw.last(lf, fn["type"], 0)), f"V1 type {pw.last(lf, fn['type'], 0)}")
             layer = WeightsLayer(name, type_)
             layer.blobs = [_blob(b, f"layer {name!r}") for _, b in lf.get(fn["blobs"], [])]
-            for key, parse in (("conv", _conv_params), ("ip", _ip_params), ("lrn", _lrn_params), ("pool", _pool_params)):
+            for key in ("conv", "ip", "lrn", "pool"):
                 if fn[key] in lf:
-                    layer.params.update(parse(pw.last(lf, fn[key])))
+                    layer.params.update(_layer_params(key, pw.last(lf, fn[key])))
             layers.append(layer)
     except pw.WireError as e:
         raise ValueError(f"{path}: not a readable .caffemodel ({e})") from e
@@ -217,13 +208,9 @@ def read_onnx(path: str | Path, data: bytes) -> list[WeightsLayer]:
         model = onnx.load_from_string(data)  # external data is never loaded (and refused below)
     except Exception as e:  # DecodeError and friends
         raise ValueError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from e
-    graph = model.graph
-    consumers: dict[str, onnx.NodeProto] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, node)
+    consumers = {name: node for node in reversed(model.graph.node) for name in node.input}  # the first reading each
     layers: dict[str, WeightsLayer] = {}
-    for init in graph.initializer:
+    for init in model.graph.initializer:
         m = _ONNX_NAME.match(init.name)
         if m is None:
             continue  # shape constants and the like

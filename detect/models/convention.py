@@ -73,7 +73,7 @@ class InputConvention:
 
     def describe(self) -> str:
         """e.g. ``BGR 0-255 minus mean (104, 117, 123)`` or ``RGB 0-1, mean (...), std (...)``."""
-        values = "0-255" if self.scale == 255.0 else f"0-{self.scale:g}"
+        values = f"0-{self.scale:g}"
         mean = ", ".join(f"{v:g}" for v in self.mean)
         if all(s == 1.0 for s in self.std):
             return f"{self.channel_order} {values} minus mean ({mean})"
@@ -97,8 +97,7 @@ class InputConvention:
             x = x * self.scale if self.scale != 1.0 else x.clone()
         if self.channel_order == "BGR":
             x = x.flip(-3)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        x = x.sub_(mean)
+        x = x.sub_(torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1))
         if any(s != 1.0 for s in self.std):
             x = x.div_(torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1))
         return x

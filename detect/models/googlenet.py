@@ -113,11 +113,6 @@ class GoogLeNetConfig:
                 raise ValueError(f"GoogLeNet: need {rule} ({self})")
         object.__setattr__(self, "input_convention", InputConvention.from_dict(self.input_convention))
 
-    def to_kwargs(self) -> dict:
-        """Plain values (``model_kwargs`` of checkpoints and detector files, ``weights_only`` loadable)."""
-        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {**kwargs, "input_convention": self.input_convention.to_dict()}
-
     @classmethod
     def from_kwargs(cls, kwargs: object, source: str) -> "GoogLeNetConfig":
         """The config a file's ``model_kwargs`` describe: ``ValueError`` naming ``source`` when it is not a
@@ -287,8 +282,9 @@ class GoogLeNet(nn.Module):
 
     @property
     def model_kwargs(self) -> dict:
-        """The config as plain values, as checkpoints and detector files store it (``config.to_kwargs()``)."""
-        return self.config.to_kwargs()
+        """The config as plain values (``weights_only`` loadable), as checkpoints and detector files store it."""
+        c = self.config
+        return {**{f.name: getattr(c, f.name) for f in fields(c)}, "input_convention": c.input_convention.to_dict()}
 
     def set_input_convention(self, convention: InputConvention | dict | None) -> None:
         """Record the input the (newly loaded) weights expect, in ``config``."""

@@ -129,10 +129,9 @@ def load_pretrained(model: GoogLeNet, path: str | Path) -> LoadReport:
                         missing=[k for k in own if k not in state], unexpected=[k for k in state if k not in own],
                         source="checkpoint" if ours else "state dict")
     if len(report.loaded) < 0.5 * len(own):
-        raise ValueError(
-            f"{path}: only {len(report.loaded)} of the model's {len(own)} tensors match by name and shape "
-            f"(missing {len(report.missing)}, mismatched {len(report.mismatched)}): a different architecture?"
-        )
+        raise ValueError(f"{path}: only {len(report.loaded)} of the model's {len(own)} tensors match by name and "
+                         f"shape (missing {len(report.missing)}, mismatched {len(report.mismatched)}): a different "
+                         "architecture?")
     model.load_state_dict(to_load, strict=False)
     kwargs = obj.get("model_kwargs") if ours else None
     convention = InputConvention.from_dict(kwargs.get("input_convention") if isinstance(kwargs, dict) else None)
