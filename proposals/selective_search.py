@@ -137,11 +137,11 @@ def _group(image: np.ndarray, regions: np.ndarray, strategy, image_id: int) -> t
 
 def _rank(rects: np.ndarray, levels: np.ndarray, seed: int) -> np.ndarray:
     """Selective search's ranking (module docstring): ``rects int64[M, 4]``, ``levels int64[M]`` -> distinct
-    rects ``int64[K, 4]`` sorted by ``level * u`` (``u`` from ``default_rng(seed)``), each at its best rank."""
+    rects ``float32[K, 4]`` sorted by ``level * u`` (``u`` from ``default_rng(seed)``), each at its best rank."""
     u = np.random.default_rng(seed).random(len(levels))
     rects = rects[np.argsort(levels * u, kind="stable")]
     _, first = np.unique(rects, axis=0, return_index=True)
-    return rects[np.sort(first)]
+    return rects[np.sort(first)].astype(np.float32)
 
 
 class SelectiveSearch:
@@ -244,23 +244,16 @@ class SelectiveSearch:
         segmenters = [_seg.createGraphSegmentation(self.sigma, float(k * i)) for i in range(1, steps + 1)]
         return images, segmenters, strategies
 
-    def _seeded_rects(self, image: np.ndarray) -> np.ndarray:
-        """Ranked distinct boxes ``float32[K, 4]`` (xyxy, pixels of ``image``) by our grouping and ranking."""
-        return _rank(*self._hierarchies(image), self.seed).astype(np.float32)
-
     def _hierarchies(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every region of every hierarchy, in OpenCV's order: boxes ``int64[M, 4]`` (xyxy), levels ``int64[M]``."""
         images, segmenters, names = self._plan(image)
         shared: dict = {}
         strategies = [_make_strategy(s, shared) for s in names]
-        rects, levels = [], []
+        groups = []  # (boxes, levels) of each hierarchy
         for image_id, (im, gs) in enumerate((im, gs) for im in images for gs in segmenters):
             regions = gs.processImage(im)
-            for strategy in strategies:
-                r, lv = _group(im, regions, strategy, image_id)
-                rects.append(r)
-                levels.append(lv)
-        return np.concatenate(rects), np.concatenate(levels)
+            groups += [_group(im, regions, strategy, image_id) for strategy in strategies]
+        return np.concatenate([r for r, _ in groups]), np.concatenate([lv for _, lv in groups])
 
     def _opencv_rects(self, image: np.ndarray) -> np.ndarray:
         """Ranked distinct boxes ``float32[K, 4]`` (xyxy) from OpenCV's own selective search object:
@@ -296,7 +289,8 @@ class SelectiveSearch:
         if self.num_threads is not None:
             cv2.setNumThreads(int(self.num_threads))
         try:
-            rects = self._seeded_rects(small) if self.ranking == "seeded" else self._opencv_rects(small)
+            rects = (_rank(*self._hierarchies(small), self.seed) if self.ranking == "seeded"
+                     else self._opencv_rects(small))
         except cv2.error as e:
             raise ValueError(f"selective search failed on an image of shape {image.shape}: {e.err or e}") from None
         return self._finish(rects, back, w, h)

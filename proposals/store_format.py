@@ -284,14 +284,12 @@ def _open_mapped(path: Path) -> tuple[dict[str, np.ndarray], dict]:
                                                     for i in infos.values()):
                 raise ValueError(f"{path}: a proposal store of format 1 (compressed), no longer read: "
                                  f"{_RECOMPUTE}")
-            arrays = {}
-            for name in ("format_version", "meta", "image_ids", "id_order", "offsets", "boxes", "scores", "digests",
-                         "index_crc32"):
-                if name in infos:
-                    try:
-                        arrays[name] = _member_array(path, f, infos[name])
-                    except Exception as e:  # a damaged npy header: ValueError, struct.error, tokenize.TokenError ...
-                        raise ValueError(f"{path}: not a readable proposal file ({type(e).__name__}: {e})") from None
+            names = ("format_version", "meta", "image_ids", "id_order", "offsets", "boxes", "scores", "digests",
+                     "index_crc32")
+            try:
+                arrays = {name: _member_array(path, f, infos[name]) for name in names if name in infos}
+            except Exception as e:  # a damaged npy header: ValueError, struct.error, tokenize.TokenError ...
+                raise ValueError(f"{path}: not a readable proposal file ({type(e).__name__}: {e})") from None
     version = arrays["format_version"]
     if version.shape != () or version.dtype != np.int64 or int(version) != FORMAT_VERSION:
         found = int(version) if version.shape == () and version.dtype.kind in "iu" else f"{version.dtype}{list(version.shape)}"
