@@ -15,10 +15,8 @@ __all__ = ["UnionProposer", "union_boxes"]
 
 def _cap(p: Proposals, cap: int | None) -> Proposals:
     """The first ``cap`` boxes; by descending score when the source has scores."""
-    if p.scores is not None:
-        order = np.argsort(-p.scores, kind="stable")
-        p = Proposals(p.boxes[order], p.scores[order])
-    return Proposals(p.boxes[:cap], None if p.scores is None else p.scores[:cap])
+    order = (np.arange(len(p)) if p.scores is None else np.argsort(-p.scores, kind="stable"))[:cap]
+    return Proposals(p.boxes[order], None if p.scores is None else p.scores[order])
 
 
 def union_boxes(parts: Sequence[np.ndarray], dedup_iou: float | None = None) -> np.ndarray:

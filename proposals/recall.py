@@ -30,12 +30,9 @@ def best_proposal_overlaps(gt: np.ndarray, proposals: np.ndarray, ks: Sequence[i
     gt: ``[G, 4]``, proposals: ``[N, 4]`` xyxy -> (``float64[G]``, ``float64[len(ks), G]``).
     """
     g, p = _widen(gt, plus_one), _widen(proposals, plus_one)
-    if len(g) == 0 or len(p) == 0:
-        return np.zeros(len(g)), np.zeros((len(ks), len(g)))
-    iou = box_iou(g, p)  # [G, N]
-    running = np.maximum.accumulate(iou, axis=1)
-    at_k = np.stack([running[:, min(k, len(p)) - 1] if k > 0 else np.zeros(len(g)) for k in ks]) if len(ks) else np.zeros((0, len(g)))
-    return running[:, -1], at_k
+    # column k: the best IoU over the first k proposals (column 0: none, IoU 0)
+    running = np.maximum.accumulate(np.concatenate([np.zeros((len(g), 1)), box_iou(g, p)], axis=1), axis=1)
+    return running[:, -1], running[:, np.clip(np.asarray(ks, np.int64), 0, len(p))].T
 
 
 @dataclass

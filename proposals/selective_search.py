@@ -82,14 +82,10 @@ def _initial_regions(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     sizes = np.bincount(regions.ravel(), minlength=n).astype(np.int32).reshape(n, 1)
     slices = ndimage.find_objects(regions + 1, max_label=n)
     rects = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in slices], np.int64).reshape(n, 4)
-    here = regions[1:, 1:].ravel().astype(np.int64)
-    keys = []
-    for other in (regions[1:, :-1], regions[:-1, 1:], regions[:-1, :-1]):
-        other = other.ravel().astype(np.int64)
-        differ = here != other
-        a, b = here[differ], other[differ]
-        keys.append(np.minimum(a, b) * n + np.maximum(a, b))
-    keys = np.unique(np.concatenate(keys))
+    other = np.stack([regions[1:, :-1], regions[:-1, 1:], regions[:-1, :-1]]).astype(np.int64)
+    here = np.broadcast_to(regions[1:, 1:].astype(np.int64), other.shape)
+    a, b = here[here != other], other[here != other]
+    keys = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
     return sizes, rects, np.stack([keys // n, keys % n], axis=1)
 
 

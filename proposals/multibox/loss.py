@@ -59,8 +59,7 @@ def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor) -> tuple[np.ndarr
     priors: Tensor[K, 4], gt_boxes: Tensor[G, 4] (normalised xyxy) -> ``(prior_index int64[M],
     gt_index int64[M])`` with ``M = min(K, G)``.
     """
-    with torch.no_grad():
-        return _assign(_squared_distances(priors, gt_boxes))
+    return _assign(_squared_distances(priors, gt_boxes))  # neither side needs a gradient
 
 
 def multibox_loss(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: list[torch.Tensor], alpha: float,
