@@ -136,8 +136,7 @@ def _rank(rects: np.ndarray, levels: np.ndarray, seed: int) -> np.ndarray:
     rects ``float32[K, 4]`` sorted by ``level * u`` (``u`` from ``default_rng(seed)``), each at its best rank."""
     u = np.random.default_rng(seed).random(len(levels))
     rects = rects[np.argsort(levels * u, kind="stable")]
-    _, first = np.unique(rects, axis=0, return_index=True)
-    return rects[np.sort(first)].astype(np.float32)
+    return rects[unique_boxes(rects)].astype(np.float32)
 
 
 class SelectiveSearch:

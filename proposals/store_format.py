@@ -335,7 +335,6 @@ class ProposalStore:
         self.meta = dict(meta or {})
         self._source = source
         self._digests = digests
-        self._width = self._ids.dtype.itemsize // 4  # characters of the fixed-width id array
         # the structure every lookup relies on, checked in O(I) (the boxes are never read); id_order made when None
         n = len(self._ids)
         if self.boxes.ndim != 2 or self.boxes.shape[1] != 4 or self.boxes.dtype.kind not in "fu":
@@ -377,9 +376,7 @@ class ProposalStore:
 
     def _position(self, image_id: str) -> int | None:
         """Row of ``image_id`` in ``image_ids``, by binary search over ``id_order`` (O(log I) entries read)."""
-        key = str(image_id)
-        if len(key) > self._width:
-            return None
+        key = str(image_id)  # compared as Python strings: a key longer than the stored width matches nothing
         ids, order = self._ids, self._order
         pos = bisect.bisect_left(range(len(ids)), key, key=lambda p: str(ids[order[p]]))
         return int(order[pos]) if pos < len(ids) and str(ids[order[pos]]) == key else None
