@@ -66,16 +66,13 @@ def proposal_recall(gts: Sequence[np.ndarray], proposals: Sequence[np.ndarray], 
     if len(gts) != len(proposals):
         raise ValueError(f"{len(gts)} ground-truth lists but {len(proposals)} proposal lists")
     ks = [int(k) for k in ks]
-    best_all, at_k_all, thr_all = [np.zeros(0)], [np.zeros((len(ks), 0))], [np.zeros(0)]  # for no image at all
+    per_image = [(np.zeros(0), np.zeros((len(ks), 0)), np.zeros(0))]  # (best, at_k, thresholds); for no image at all
     for i, (gt, props) in enumerate(zip(gts, proposals)):
         gt = np.asarray(gt, np.float64).reshape(-1, 4)
         if keep is not None:
             gt = gt[np.asarray(keep[i], bool).reshape(-1)]
-        best, at_k = best_proposal_overlaps(gt, props, ks, plus_one)
-        best_all.append(best)
-        at_k_all.append(at_k)
-        thr_all.append(ilsvrc_thresholds(gt, plus_one=plus_one))
-    best, at_k, thr = np.concatenate(best_all), np.concatenate(at_k_all, axis=1), np.concatenate(thr_all)
+        per_image.append((*best_proposal_overlaps(gt, props, ks, plus_one), ilsvrc_thresholds(gt, plus_one=plus_one)))
+    best, at_k, thr = (np.concatenate(column, axis=-1) for column in zip(*per_image))  # at_k: along the images
     n = len(best)
     share = (lambda m: float(m.mean()) if n else 0.0)
     return ProposalRecall(

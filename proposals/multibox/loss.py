@@ -82,11 +82,10 @@ def multibox_loss(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes:
     total = -F.logsigmoid(-pred_logits).sum()
     for b, gt in enumerate(gt_boxes):
         gt = gt.to(device=pred_boxes.device, dtype=torch.float32)
-        rows, cols = match(pred_boxes[b], pred_logits[b], gt, alpha) if priors is None else match_priors(priors, gt)
-        rows_t = torch.as_tensor(rows, device=pred_boxes.device)
-        cols_t = torch.as_tensor(cols, device=pred_boxes.device)
+        pairs = match(pred_boxes[b], pred_logits[b], gt, alpha) if priors is None else match_priors(priors, gt)
+        rows, cols = (torch.as_tensor(index, device=pred_boxes.device) for index in pairs)
         # matched pairs swap -log(1 - c_i) for -log c_i and add the location term
-        z = pred_logits[b, rows_t]
-        sq = ((pred_boxes[b, rows_t] - gt[cols_t]) ** 2).sum(-1)
+        z = pred_logits[b, rows]
+        sq = ((pred_boxes[b, rows] - gt[cols]) ** 2).sum(-1)
         total = total + (0.5 * alpha * sq - F.logsigmoid(z) + F.logsigmoid(-z)).sum()
     return total / max(len(gt_boxes), 1)
