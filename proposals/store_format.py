@@ -420,17 +420,14 @@ class ProposalStore:
         """``(boxes ndarray[N_i, 4], scores ndarray[N_i] or None)`` of each image in store order, stored
         dtypes, reading about ``block_rows`` rows at a time (for copying a store without holding it)."""
         offsets = np.asarray(self.offsets)
-        i, n = 0, len(self)
-        while i < n:
-            j = int(np.searchsorted(offsets, offsets[i] + block_rows, side="right")) - 1
-            j = min(max(j, i + 1), n)
+        starts = np.flatnonzero(np.diff(offsets[:-1] // block_rows, prepend=-1))  # images that open a block of rows
+        for i, j in zip(starts.tolist(), [*starts[1:].tolist(), len(self)]):
             lo, hi = int(offsets[i]), int(offsets[j])
             boxes = np.asarray(self.boxes[lo:hi])
             scores = None if self.scores is None else np.asarray(self.scores[lo:hi])
             for k in range(i, j):
                 a, b = int(offsets[k]) - lo, int(offsets[k + 1]) - lo
                 yield self._verified(k, 0, boxes[a:b]), None if scores is None else self._verified(k, 1, scores[a:b])
-            i = j
 
     def verify(self) -> int:
         """Read every image once against its digest (the whole file); returns the images checked."""
