@@ -329,9 +329,7 @@ class ProposalStore:
                  source: Path | None = None, digests: np.ndarray | None = None):
         ids = image_ids if isinstance(image_ids, np.ndarray) and image_ids.dtype.kind == "U" else _ids_array(image_ids)
         self._ids = ids.reshape(-1)
-        self.offsets = offsets if isinstance(offsets, np.memmap) else np.asarray(offsets, dtype=np.int64)
-        self.boxes = boxes if isinstance(boxes, np.memmap) else _as_boxes(boxes, "proposal store")
-        self.scores = None if scores is None else (scores if isinstance(scores, np.memmap) else np.asarray(scores).reshape(-1))
+        self.offsets, self.boxes, self.scores = offsets, boxes, scores  # as from_lists and load give them: checked below
         self.meta = dict(meta or {})
         self._source = source
         self._digests = digests
