@@ -25,10 +25,8 @@ def _widen(boxes: np.ndarray, plus_one: bool) -> np.ndarray:
 
 
 def best_proposal_overlaps(gt: np.ndarray, proposals: np.ndarray, ks: Sequence[int] = (), plus_one: bool = True):
-    """Best IoU of each ground-truth box over all proposals, and over the first ``k`` for each ``k``.
-
-    gt: ``[G, 4]``, proposals: ``[N, 4]`` xyxy -> (``float64[G]``, ``float64[len(ks), G]``).
-    """
+    """Best IoU of each ground-truth box over all proposals, and over the first ``k`` for each ``k``:
+    gt ``[G, 4]``, proposals ``[N, 4]`` xyxy -> (``float64[G]``, ``float64[len(ks), G]``)."""
     g, p = _widen(gt, plus_one), _widen(proposals, plus_one)
     # column k: the best IoU over the first k proposals (column 0: none, IoU 0)
     running = np.maximum.accumulate(np.concatenate([np.zeros((len(g), 1)), box_iou(g, p)], axis=1), axis=1)

@@ -90,11 +90,9 @@ def _initial_regions(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _group(image: np.ndarray, regions: np.ndarray, strategy, image_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """One hierarchy: OpenCV's greedy grouping of ``regions`` under ``strategy`` (see the module docstring).
-
-    Returns every region's box ``int64[M, 4]`` (xyxy, exclusive) and level ``int64[M]`` (1 = initial).
-    The strategy reads ``sizes`` in place, so the merged sizes are written into the same array.
-    """
+    """One hierarchy, OpenCV's greedy grouping of ``regions`` under ``strategy`` (see the module docstring):
+    every region's box ``int64[M, 4]`` (xyxy, exclusive) and level ``int64[M]`` (1 = initial). The strategy
+    reads ``sizes`` in place, so the merged sizes are written into the same array."""
     sizes, rects, pairs = _initial_regions(regions)
     strategy.setImage(image, regions, sizes, image_id)
     n = len(rects)
@@ -271,11 +269,9 @@ class SelectiveSearch:
         return xywh_to_xyxy(np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4))
 
     def __call__(self, image: np.ndarray) -> Proposals:
-        """``image: ndarray[H, W, 3] uint8`` RGB (grey, RGBA, 16-bit arrays are converted) -> Proposals.
-
-        Images with a side below ``min_box_size`` give zero boxes. Raises ``ValueError`` for an empty or
-        malformed array and when OpenCV fails.
-        """
+        """``image: ndarray[H, W, 3] uint8`` RGB (grey, RGBA, 16-bit arrays are converted) -> Proposals; zero
+        boxes for an image with a side below ``min_box_size``; ``ValueError`` for an empty or malformed array
+        and when OpenCV fails."""
         image = as_rgb_uint8(image)
         h, w = image.shape[:2]
         if min(h, w) < self.min_box_size:

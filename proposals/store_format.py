@@ -158,7 +158,7 @@ class StoreWriter:
             w.write(array.tobytes())
 
     def _open_member(self, name: str, dtype: np.dtype, shape: tuple) -> BinaryIO:
-        """Start member ``name`` with the npy header of ``dtype[shape]`` (as ``numpy.save`` writes it); the data follows."""
+        """Start member ``name`` with the npy header of ``dtype[shape]`` (as ``numpy.save`` writes it)."""
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(
             header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})

@@ -42,11 +42,9 @@ def _assign(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def match(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.Tensor, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal bipartite matching for one image: the least-cost assignment of ``cost`` (module docstring).
-
-    pred_boxes: Tensor[K, 4], pred_logits: Tensor[K], gt_boxes: Tensor[G, 4] (normalised xyxy) ->
-    ``(pred_index int64[M], gt_index int64[M])`` with ``M = min(K, G)``.
-    """
+    """Optimal bipartite matching for one image, the least-cost assignment of ``cost`` (module docstring):
+    pred_boxes Tensor[K, 4], pred_logits Tensor[K], gt_boxes Tensor[G, 4] (normalised xyxy) ->
+    ``(pred_index int64[M], gt_index int64[M])`` with ``M = min(K, G)``."""
     with torch.no_grad():
         logits = pred_logits.float()
         return _assign(0.5 * alpha * _squared_distances(pred_boxes, gt_boxes)
@@ -54,11 +52,9 @@ def match(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.T
 
 
 def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Bipartite matching of ground truth to priors by squared L2 distance (training with priors).
-
-    priors: Tensor[K, 4], gt_boxes: Tensor[G, 4] (normalised xyxy) -> ``(prior_index int64[M],
-    gt_index int64[M])`` with ``M = min(K, G)``.
-    """
+    """Bipartite matching of ground truth to priors by squared L2 distance (training with priors): priors
+    Tensor[K, 4], gt_boxes Tensor[G, 4] (normalised xyxy) -> ``(prior_index int64[M], gt_index int64[M])``
+    with ``M = min(K, G)``."""
     return _assign(_squared_distances(priors, gt_boxes))  # neither side needs a gradient
 
 
