@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 
@@ -33,7 +33,6 @@ class Proposals:
         return len(self.boxes)
 
 
-@runtime_checkable
 class Proposer(Protocol):
     """``proposer(image: ndarray[H, W, 3] uint8 RGB) -> Proposals``; ``name`` names the method in file names."""
 

@@ -15,18 +15,14 @@ __all__ = ["UnionProposer", "union_boxes"]
 
 def _cap(p: Proposals, cap: int | None) -> Proposals:
     """The first ``cap`` boxes; by descending score when the source has scores."""
-    if p.scores is not None:
-        order = np.argsort(-p.scores, kind="stable")
-        p = Proposals(p.boxes[order], p.scores[order])
-    return Proposals(p.boxes[:cap], None if p.scores is None else p.scores[:cap])
+    order = (np.arange(len(p)) if p.scores is None else np.argsort(-p.scores, kind="stable"))[:cap]
+    return Proposals(p.boxes[order], None if p.scores is None else p.scores[order])
 
 
 def union_boxes(parts: Sequence[np.ndarray], dedup_iou: float | None = None) -> np.ndarray:
-    """Concatenate ``float32[N_i, 4]`` boxes in order and drop duplicates -> indices ``int64[K]`` (ascending).
-
-    Exact duplicates after rounding to whole pixels are dropped (the first occurrence stays); with
-    ``dedup_iou`` a box is also dropped when its IoU with an earlier kept box exceeds it.
-    """
+    """Concatenate ``float32[N_i, 4]`` boxes in order and drop duplicates -> indices ``int64[K]`` (ascending):
+    exact duplicates after rounding to whole pixels (the first occurrence stays) and, with ``dedup_iou``,
+    every box whose IoU with an earlier kept box exceeds it."""
     boxes = np.concatenate([np.asarray(b, np.float32).reshape(-1, 4) for b in parts]) if parts else np.zeros((0, 4), np.float32)
     keep = unique_boxes(boxes)
     if dedup_iou is not None and len(keep) > 1:

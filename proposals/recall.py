@@ -25,17 +25,12 @@ def _widen(boxes: np.ndarray, plus_one: bool) -> np.ndarray:
 
 
 def best_proposal_overlaps(gt: np.ndarray, proposals: np.ndarray, ks: Sequence[int] = (), plus_one: bool = True):
-    """Best IoU of each ground-truth box over all proposals, and over the first ``k`` for each ``k``.
-
-    gt: ``[G, 4]``, proposals: ``[N, 4]`` xyxy -> (``float64[G]``, ``float64[len(ks), G]``).
-    """
+    """Best IoU of each ground-truth box over all proposals, and over the first ``k`` for each ``k``:
+    gt ``[G, 4]``, proposals ``[N, 4]`` xyxy -> (``float64[G]``, ``float64[len(ks), G]``)."""
     g, p = _widen(gt, plus_one), _widen(proposals, plus_one)
-    if len(g) == 0 or len(p) == 0:
-        return np.zeros(len(g)), np.zeros((len(ks), len(g)))
-    iou = box_iou(g, p)  # [G, N]
-    running = np.maximum.accumulate(iou, axis=1)
-    at_k = np.stack([running[:, min(k, len(p)) - 1] if k > 0 else np.zeros(len(g)) for k in ks]) if len(ks) else np.zeros((0, len(g)))
-    return running[:, -1], at_k
+    # column k: the best IoU over the first k proposals (column 0: none, IoU 0)
+    running = np.maximum.accumulate(np.concatenate([np.zeros((len(g), 1)), box_iou(g, p)], axis=1), axis=1)
+    return running[:, -1], running[:, np.clip(np.asarray(ks, np.int64), 0, len(p))].T
 
 
 @dataclass
@@ -69,16 +64,13 @@ def proposal_recall(gts: Sequence[np.ndarray], proposals: Sequence[np.ndarray], 
     if len(gts) != len(proposals):
         raise ValueError(f"{len(gts)} ground-truth lists but {len(proposals)} proposal lists")
     ks = [int(k) for k in ks]
-    best_all, at_k_all, thr_all = [np.zeros(0)], [np.zeros((len(ks), 0))], [np.zeros(0)]  # for no image at all
+    per_image = [(np.zeros(0), np.zeros((len(ks), 0)), np.zeros(0))]  # (best, at_k, thresholds); for no image at all
     for i, (gt, props) in enumerate(zip(gts, proposals)):
         gt = np.asarray(gt, np.float64).reshape(-1, 4)
         if keep is not None:
             gt = gt[np.asarray(keep[i], bool).reshape(-1)]
-        best, at_k = best_proposal_overlaps(gt, props, ks, plus_one)
-        best_all.append(best)
-        at_k_all.append(at_k)
-        thr_all.append(ilsvrc_thresholds(gt, plus_one=plus_one))
-    best, at_k, thr = np.concatenate(best_all), np.concatenate(at_k_all, axis=1), np.concatenate(thr_all)
+        per_image.append((*best_proposal_overlaps(gt, props, ks, plus_one), ilsvrc_thresholds(gt, plus_one=plus_one)))
+    best, at_k, thr = (np.concatenate(column, axis=-1) for column in zip(*per_image))  # at_k: along the images
     n = len(best)
     share = (lambda m: float(m.mean()) if n else 0.0)
     return ProposalRecall(

@@ -82,23 +82,17 @@ def _initial_regions(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     sizes = np.bincount(regions.ravel(), minlength=n).astype(np.int32).reshape(n, 1)
     slices = ndimage.find_objects(regions + 1, max_label=n)
     rects = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in slices], np.int64).reshape(n, 4)
-    here = regions[1:, 1:].ravel().astype(np.int64)
-    keys = []
-    for other in (regions[1:, :-1], regions[:-1, 1:], regions[:-1, :-1]):
-        other = other.ravel().astype(np.int64)
-        differ = here != other
-        a, b = here[differ], other[differ]
-        keys.append(np.minimum(a, b) * n + np.maximum(a, b))
-    keys = np.unique(np.concatenate(keys))
+    other = np.stack([regions[1:, :-1], regions[:-1, 1:], regions[:-1, :-1]]).astype(np.int64)
+    here = np.broadcast_to(regions[1:, 1:].astype(np.int64), other.shape)
+    a, b = here[here != other], other[here != other]
+    keys = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
     return sizes, rects, np.stack([keys // n, keys % n], axis=1)
 
 
 def _group(image: np.ndarray, regions: np.ndarray, strategy, image_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """One hierarchy: OpenCV's greedy grouping of ``regions`` under ``strategy`` (see the module docstring).
-
-    Returns every region's box ``int64[M, 4]`` (xyxy, exclusive) and level ``int64[M]`` (1 = initial).
-    The strategy reads ``sizes`` in place, so the merged sizes are written into the same array.
-    """
+    """One hierarchy, OpenCV's greedy grouping of ``regions`` under ``strategy`` (see the module docstring):
+    every region's box ``int64[M, 4]`` (xyxy, exclusive) and level ``int64[M]`` (1 = initial). The strategy
+    reads ``sizes`` in place, so the merged sizes are written into the same array."""
     sizes, rects, pairs = _initial_regions(regions)
     strategy.setImage(image, regions, sizes, image_id)
     n = len(rects)
@@ -137,11 +131,10 @@ def _group(image: np.ndarray, regions: np.ndarray, strategy, image_id: int) -> t
 
 def _rank(rects: np.ndarray, levels: np.ndarray, seed: int) -> np.ndarray:
     """Selective search's ranking (module docstring): ``rects int64[M, 4]``, ``levels int64[M]`` -> distinct
-    rects ``int64[K, 4]`` sorted by ``level * u`` (``u`` from ``default_rng(seed)``), each at its best rank."""
+    rects ``float32[K, 4]`` sorted by ``level * u`` (``u`` from ``default_rng(seed)``), each at its best rank."""
     u = np.random.default_rng(seed).random(len(levels))
     rects = rects[np.argsort(levels * u, kind="stable")]
-    _, first = np.unique(rects, axis=0, return_index=True)
-    return rects[np.sort(first)]
+    return rects[unique_boxes(rects)].astype(np.float32)
 
 
 class SelectiveSearch:
@@ -244,23 +237,16 @@ class SelectiveSearch:
         segmenters = [_seg.createGraphSegmentation(self.sigma, float(k * i)) for i in range(1, steps + 1)]
         return images, segmenters, strategies
 
-    def _seeded_rects(self, image: np.ndarray) -> np.ndarray:
-        """Ranked distinct boxes ``float32[K, 4]`` (xyxy, pixels of ``image``) by our grouping and ranking."""
-        return _rank(*self._hierarchies(image), self.seed).astype(np.float32)
-
     def _hierarchies(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every region of every hierarchy, in OpenCV's order: boxes ``int64[M, 4]`` (xyxy), levels ``int64[M]``."""
         images, segmenters, names = self._plan(image)
         shared: dict = {}
         strategies = [_make_strategy(s, shared) for s in names]
-        rects, levels = [], []
+        groups = []  # (boxes, levels) of each hierarchy
         for image_id, (im, gs) in enumerate((im, gs) for im in images for gs in segmenters):
             regions = gs.processImage(im)
-            for strategy in strategies:
-                r, lv = _group(im, regions, strategy, image_id)
-                rects.append(r)
-                levels.append(lv)
-        return np.concatenate(rects), np.concatenate(levels)
+            groups += [_group(im, regions, strategy, image_id) for strategy in strategies]
+        return np.concatenate([r for r, _ in groups]), np.concatenate([lv for _, lv in groups])
 
     def _opencv_rects(self, image: np.ndarray) -> np.ndarray:
         """Ranked distinct boxes ``float32[K, 4]`` (xyxy) from OpenCV's own selective search object:
@@ -283,11 +269,9 @@ class SelectiveSearch:
         return xywh_to_xyxy(np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4))
 
     def __call__(self, image: np.ndarray) -> Proposals:
-        """``image: ndarray[H, W, 3] uint8`` RGB (grey, RGBA, 16-bit arrays are converted) -> Proposals.
-
-        Images with a side below ``min_box_size`` give zero boxes. Raises ``ValueError`` for an empty or
-        malformed array and when OpenCV fails.
-        """
+        """``image: ndarray[H, W, 3] uint8`` RGB (grey, RGBA, 16-bit arrays are converted) -> Proposals; zero
+        boxes for an image with a side below ``min_box_size``; ``ValueError`` for an empty or malformed array
+        and when OpenCV fails."""
         image = as_rgb_uint8(image)
         h, w = image.shape[:2]
         if min(h, w) < self.min_box_size:
@@ -296,7 +280,8 @@ class SelectiveSearch:
         if self.num_threads is not None:
             cv2.setNumThreads(int(self.num_threads))
         try:
-            rects = self._seeded_rects(small) if self.ranking == "seeded" else self._opencv_rects(small)
+            rects = (_rank(*self._hierarchies(small), self.seed) if self.ranking == "seeded"
+                     else self._opencv_rects(small))
         except cv2.error as e:
             raise ValueError(f"selective search failed on an image of shape {image.shape}: {e.err or e}") from None
         return self._finish(rects, back, w, h)

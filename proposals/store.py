@@ -62,12 +62,13 @@ def _init_worker(make_proposer: Callable[[], Proposer]) -> None:
 
 
 def _propose_file(proposer: Proposer, path: str, size: tuple[int, int] | None
-                  ) -> tuple[Proposals | None, str | None, float]:
+                  ) -> tuple[Proposals, str | None, float]:
+    """One image's proposals (none when it failed), the error naming the image or None, and the seconds taken."""
     start = time.perf_counter()
     try:
         result, error = proposer(read_image(path, size)), None
     except ValueError as e:  # ImageError included; the message names the problem
-        result, error = None, str(e) if str(path) in str(e) else f"{path}: {e}"
+        result, error = Proposals(np.zeros((0, 4), np.float32)), str(e) if str(path) in str(e) else f"{path}: {e}"
     return result, error, time.perf_counter() - start
 
 
@@ -86,12 +87,10 @@ class ProposeSummary:
 
 
 def _chunk_arrays(indices: np.ndarray, results: list) -> dict[str, np.ndarray]:
-    """One chunk's partial result: ``results`` = ``(Proposals or None, error or None, seconds)`` for each
-    image of ``indices``."""
-    boxes = [np.zeros((0, 4), np.float32) if r is None else np.asarray(r.boxes, np.float32).reshape(-1, 4)
-             for r, _, _ in results]
-    scores = [np.zeros(len(b), np.float32) if (r is None or r.scores is None) else r.scores
-              for b, (r, _, _) in zip(boxes, results)]
+    """One chunk's partial result: ``results`` = :func:`_propose_file`'s ``(Proposals, error or None, seconds)``
+    for each image of ``indices``."""
+    boxes = [np.asarray(r.boxes, np.float32).reshape(-1, 4) for r, _, _ in results]
+    scores = [np.zeros(len(b), np.float32) if r.scores is None else r.scores for b, (r, _, _) in zip(boxes, results)]
     errors = {int(i): e for i, (_, e, _) in zip(indices, results) if e is not None}
     cat = np.concatenate(boxes)
     return {
@@ -99,7 +98,7 @@ def _chunk_arrays(indices: np.ndarray, results: list) -> dict[str, np.ndarray]:
         "boxes": cat,
         "box_range": np.asarray([np.nanmin(cat), np.nanmax(cat)] if len(cat) else [0.0, 0.0], np.float64),
         "scores": np.concatenate(scores).astype(np.float32),
-        "has_scores": np.asarray([r is not None and r.scores is not None for r, _, _ in results]),
+        "has_scores": np.asarray([r.scores is not None for r, _, _ in results]),  # a failed image has none
         "errors": np.asarray(json.dumps(errors, sort_keys=True)),  # image index -> reason
         "seconds": np.asarray([s for _, _, s in results], np.float64),
     }
@@ -129,9 +128,7 @@ def _merge(chunks: ChunkedRun, out_path: Path, image_ids: Sequence[str], meta: d
         chunks.remove()  # so that a re-run tries again
         raise RuntimeError(f"{chunks.output}: no image could be processed ({len(failed)} of {chunks.n} failed; "
                            f"first: {first}); no store written")
-    ok = np.ones(chunks.n, bool)
-    ok[list(failed)] = False
-    keep_scores = bool(with_scores[ok].all())  # ok.any(): some image was processed
+    keep_scores = bool(np.delete(with_scores, list(failed)).all())  # of the images processed (there are some)
     skipped = SkipLog("images")
     skipped.entries.extend((image_ids[i], failed[i]) for i in sorted(failed))
     meta = dict(meta, failed_images=[image_ids[i] for i in sorted(failed)])

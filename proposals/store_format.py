@@ -71,8 +71,7 @@ def box_dtype_for(low: float, high: float) -> np.dtype:
 
 
 def _ids_array(image_ids: Sequence[str]) -> np.ndarray:
-    ids = [str(i) for i in image_ids]
-    return np.asarray(ids, dtype=str) if ids else np.zeros(0, "<U1")
+    return np.asarray([str(i) for i in image_ids], dtype=str)  # no ids: <U1[0]
 
 
 def _as_boxes(boxes, where: str) -> np.ndarray:
@@ -85,12 +84,6 @@ def _as_boxes(boxes, where: str) -> np.ndarray:
     return boxes
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
 def _index_crc(arrays: Sequence[np.ndarray]) -> int:
     """CRC-32 of the data bytes of ``arrays``, in order (memory-mapped arrays are read, never copied whole)."""
     crc = 0
@@ -101,12 +94,10 @@ def _index_crc(arrays: Sequence[np.ndarray]) -> int:
 
 def _strictly_sorted(ids: np.ndarray, order: np.ndarray, block: int = 1 << 16) -> bool:
     """Whether ``ids[order]`` rises strictly (no repeated id), read ``block`` entries at a time."""
-    previous = None
     for lo in range(0, len(order), block):
-        chunk = ids[np.asarray(order[lo:lo + block])]
-        if (chunk[1:] <= chunk[:-1]).any() or (previous is not None and chunk[0] <= previous):
+        chunk = ids[np.asarray(order[max(lo - 1, 0):lo + block])]  # the block and the last entry before it
+        if (chunk[1:] <= chunk[:-1]).any():
             return False
-        previous = chunk[-1]
     return True
 
 
@@ -139,7 +130,7 @@ class StoreWriter:
         if self.box_dtype not in (np.dtype(np.uint16), np.dtype(np.float32)):
             raise ValueError(f"{self.path}: boxes are stored as uint16 or float32, not {self.box_dtype}")
         order = np.argsort(self.ids, kind="stable")
-        if len(self.ids) > 1 and (self.ids[order][1:] == self.ids[order][:-1]).any():
+        if not _strictly_sorted(self.ids, order):
             raise ValueError(f"{self.path}: repeated image ids")
         self.counts = counts
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -149,37 +140,34 @@ class StoreWriter:
         self._index = {"format_version": np.asarray(FORMAT_VERSION, np.int64), "image_ids": self.ids,
                        "id_order": order.astype(np.int64),
                        "meta": np.asarray(json.dumps(dict(meta or {}), sort_keys=True)), "offsets": self.offsets}
-        small = [(name, _npy(array)) for name, array in self._index.items()]
         self._context = atomic_open(self.path, "wb")
         self._file = self._context.__enter__()
         self._scores = self._boxes = None
         try:
             self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
             self._scores = tempfile.TemporaryFile(dir=self.path.parent) if with_scores else None
-            for name, data in small:
-                self._write_member(name, data)
+            for name, array in self._index.items():
+                self._write_member(name, array)
             self._boxes = self._open_member("boxes", self.box_dtype, (int(self.offsets[-1]), 4))
         except BaseException as e:
             self.abort(e)
             raise
 
-    def _info(self, name: str, size: int) -> zipfile.ZipInfo:
-        info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
-        info.compress_type = zipfile.ZIP_STORED
-        info.external_attr = 0o644 << 16
-        info.file_size = size  # known in advance: zipfile then decides zip64 from it (deterministic)
-        return info
-
-    def _write_member(self, name: str, data: bytes) -> None:
-        with self._zip.open(self._info(name, len(data)), "w") as w:
-            w.write(data)
+    def _write_member(self, name: str, array: np.ndarray) -> None:
+        with self._open_member(name, array.dtype, array.shape) as w:
+            w.write(array.tobytes())
 
     def _open_member(self, name: str, dtype: np.dtype, shape: tuple) -> BinaryIO:
+        """Start member ``name`` with the npy header of ``dtype[shape]`` (as ``numpy.save`` writes it)."""
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(
             header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
-        size = len(header.getvalue()) + int(np.prod(shape)) * dtype.itemsize
-        w = self._zip.open(self._info(name, size), "w")
+        info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+        info.compress_type = zipfile.ZIP_STORED
+        info.external_attr = 0o644 << 16
+        # the size known in advance: zipfile then decides zip64 from it (deterministic)
+        info.file_size = len(header.getvalue()) + int(np.prod(shape)) * dtype.itemsize
+        w = self._zip.open(info, "w")
         w.write(header.getvalue())
         return w
 
@@ -220,9 +208,9 @@ class StoreWriter:
                 with self._open_member("scores", np.dtype(np.float16), (int(self.offsets[-1]),)) as w:
                     shutil.copyfileobj(self._scores, w, _COPY_BLOCK)
                 self._scores.close()
-            self._write_member("digests", _npy(self._digests))
+            self._write_member("digests", self._digests)
             crc = _index_crc([*self._index.values(), self._digests])
-            self._write_member("index_crc32", _npy(np.asarray(crc, np.uint32)))
+            self._write_member("index_crc32", np.asarray(crc, np.uint32))
             self._zip.close()
         except BaseException as e:
             self.abort(e)
@@ -296,14 +284,12 @@ def _open_mapped(path: Path) -> tuple[dict[str, np.ndarray], dict]:
                                                     for i in infos.values()):
                 raise ValueError(f"{path}: a proposal store of format 1 (compressed), no longer read: "
                                  f"{_RECOMPUTE}")
-            arrays = {}
-            for name in ("format_version", "meta", "image_ids", "id_order", "offsets", "boxes", "scores", "digests",
-                         "index_crc32"):
-                if name in infos:
-                    try:
-                        arrays[name] = _member_array(path, f, infos[name])
-                    except Exception as e:  # a damaged npy header: ValueError, struct.error, tokenize.TokenError ...
-                        raise ValueError(f"{path}: not a readable proposal file ({type(e).__name__}: {e})") from None
+            names = ("format_version", "meta", "image_ids", "id_order", "offsets", "boxes", "scores", "digests",
+                     "index_crc32")
+            try:
+                arrays = {name: _member_array(path, f, infos[name]) for name in names if name in infos}
+            except Exception as e:  # a damaged npy header: ValueError, struct.error, tokenize.TokenError ...
+                raise ValueError(f"{path}: not a readable proposal file ({type(e).__name__}: {e})") from None
     version = arrays["format_version"]
     if version.shape != () or version.dtype != np.int64 or int(version) != FORMAT_VERSION:
         found = int(version) if version.shape == () and version.dtype.kind in "iu" else f"{version.dtype}{list(version.shape)}"
@@ -343,13 +329,10 @@ class ProposalStore:
                  source: Path | None = None, digests: np.ndarray | None = None):
         ids = image_ids if isinstance(image_ids, np.ndarray) and image_ids.dtype.kind == "U" else _ids_array(image_ids)
         self._ids = ids.reshape(-1)
-        self.offsets = offsets if isinstance(offsets, np.memmap) else np.asarray(offsets, dtype=np.int64)
-        self.boxes = boxes if isinstance(boxes, np.memmap) else _as_boxes(boxes, "proposal store")
-        self.scores = None if scores is None else (scores if isinstance(scores, np.memmap) else np.asarray(scores).reshape(-1))
+        self.offsets, self.boxes, self.scores = offsets, boxes, scores  # as from_lists and load give them: checked below
         self.meta = dict(meta or {})
         self._source = source
         self._digests = digests
-        self._width = self._ids.dtype.itemsize // 4  # characters of the fixed-width id array
         # the structure every lookup relies on, checked in O(I) (the boxes are never read); id_order made when None
         n = len(self._ids)
         if self.boxes.ndim != 2 or self.boxes.shape[1] != 4 or self.boxes.dtype.kind not in "fu":
@@ -391,9 +374,7 @@ class ProposalStore:
 
     def _position(self, image_id: str) -> int | None:
         """Row of ``image_id`` in ``image_ids``, by binary search over ``id_order`` (O(log I) entries read)."""
-        key = str(image_id)
-        if len(key) > self._width:
-            return None
+        key = str(image_id)  # compared as Python strings: a key longer than the stored width matches nothing
         ids, order = self._ids, self._order
         pos = bisect.bisect_left(range(len(ids)), key, key=lambda p: str(ids[order[p]]))
         return int(order[pos]) if pos < len(ids) and str(ids[order[pos]]) == key else None
@@ -437,17 +418,14 @@ class ProposalStore:
         """``(boxes ndarray[N_i, 4], scores ndarray[N_i] or None)`` of each image in store order, stored
         dtypes, reading about ``block_rows`` rows at a time (for copying a store without holding it)."""
         offsets = np.asarray(self.offsets)
-        i, n = 0, len(self)
-        while i < n:
-            j = int(np.searchsorted(offsets, offsets[i] + block_rows, side="right")) - 1
-            j = min(max(j, i + 1), n)
+        starts = np.flatnonzero(np.diff(offsets[:-1] // block_rows, prepend=-1))  # images that open a block of rows
+        for i, j in zip(starts.tolist(), [*starts[1:].tolist(), len(self)]):
             lo, hi = int(offsets[i]), int(offsets[j])
             boxes = np.asarray(self.boxes[lo:hi])
             scores = None if self.scores is None else np.asarray(self.scores[lo:hi])
             for k in range(i, j):
                 a, b = int(offsets[k]) - lo, int(offsets[k + 1]) - lo
                 yield self._verified(k, 0, boxes[a:b]), None if scores is None else self._verified(k, 1, scores[a:b])
-            i = j
 
     def verify(self) -> int:
         """Read every image once against its digest (the whole file); returns the images checked."""

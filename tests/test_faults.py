@@ -1162,7 +1162,7 @@ def _v3_store(path: Path, ids, boxes, id_order=None, scores=None):
     import zipfile
     import zlib
 
-    from proposals.store_format import _INDEX, _index_crc, _npy
+    from proposals.store_format import _INDEX, _index_crc
 
     boxes = np.asarray(boxes)
     offsets = np.arange(len(ids) + 1, dtype=np.int64) * (len(boxes) // max(len(ids), 1))
@@ -1179,7 +1179,8 @@ def _v3_store(path: Path, ids, boxes, id_order=None, scores=None):
     arrays["index_crc32"] = np.asarray(_index_crc([arrays[k] for k in _INDEX]), np.uint32)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, array in arrays.items():
-            zf.writestr(f"{name}.npy", _npy(array))
+            with zf.open(f"{name}.npy", "w") as w:
+                np.lib.format.write_array(w, array, allow_pickle=False)
     return path
 
 

@@ -164,7 +164,7 @@ def test_union_boxes_against_plain_loop():
 
 def _rect_sets(ss: SelectiveSearch, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     small, _ = ss._resize(image)
-    return ss._seeded_rects(small), ss._opencv_rects(small)
+    return _rank(*ss._hierarchies(small), ss.seed), ss._opencv_rects(small)
 
 
 @pytest.mark.parametrize("mode", ["rcnn_fast", "opencv_fast", "opencv_quality"])

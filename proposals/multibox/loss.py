@@ -42,11 +42,9 @@ def _assign(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def match(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.Tensor, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal bipartite matching for one image: the least-cost assignment of ``cost`` (module docstring).
-
-    pred_boxes: Tensor[K, 4], pred_logits: Tensor[K], gt_boxes: Tensor[G, 4] (normalised xyxy) ->
-    ``(pred_index int64[M], gt_index int64[M])`` with ``M = min(K, G)``.
-    """
+    """Optimal bipartite matching for one image, the least-cost assignment of ``cost`` (module docstring):
+    pred_boxes Tensor[K, 4], pred_logits Tensor[K], gt_boxes Tensor[G, 4] (normalised xyxy) ->
+    ``(pred_index int64[M], gt_index int64[M])`` with ``M = min(K, G)``."""
     with torch.no_grad():
         logits = pred_logits.float()
         return _assign(0.5 * alpha * _squared_distances(pred_boxes, gt_boxes)
@@ -54,13 +52,10 @@ def match(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: torch.T
 
 
 def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Bipartite matching of ground truth to priors by squared L2 distance (training with priors).
-
-    priors: Tensor[K, 4], gt_boxes: Tensor[G, 4] (normalised xyxy) -> ``(prior_index int64[M],
-    gt_index int64[M])`` with ``M = min(K, G)``.
-    """
-    with torch.no_grad():
-        return _assign(_squared_distances(priors, gt_boxes))
+    """Bipartite matching of ground truth to priors by squared L2 distance (training with priors): priors
+    Tensor[K, 4], gt_boxes Tensor[G, 4] (normalised xyxy) -> ``(prior_index int64[M], gt_index int64[M])``
+    with ``M = min(K, G)``."""
+    return _assign(_squared_distances(priors, gt_boxes))  # neither side needs a gradient
 
 
 def multibox_loss(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes: list[torch.Tensor], alpha: float,
@@ -83,11 +78,10 @@ def multibox_loss(pred_boxes: torch.Tensor, pred_logits: torch.Tensor, gt_boxes:
     total = -F.logsigmoid(-pred_logits).sum()
     for b, gt in enumerate(gt_boxes):
         gt = gt.to(device=pred_boxes.device, dtype=torch.float32)
-        rows, cols = match(pred_boxes[b], pred_logits[b], gt, alpha) if priors is None else match_priors(priors, gt)
-        rows_t = torch.as_tensor(rows, device=pred_boxes.device)
-        cols_t = torch.as_tensor(cols, device=pred_boxes.device)
+        pairs = match(pred_boxes[b], pred_logits[b], gt, alpha) if priors is None else match_priors(priors, gt)
+        rows, cols = (torch.as_tensor(index, device=pred_boxes.device) for index in pairs)
         # matched pairs swap -log(1 - c_i) for -log c_i and add the location term
-        z = pred_logits[b, rows_t]
-        sq = ((pred_boxes[b, rows_t] - gt[cols_t]) ** 2).sum(-1)
+        z = pred_logits[b, rows]
+        sq = ((pred_boxes[b, rows] - gt[cols]) ** 2).sum(-1)
         total = total + (0.5 * alpha * sq - F.logsigmoid(z) + F.logsigmoid(-z)).sum()
     return total / max(len(gt_boxes), 1)

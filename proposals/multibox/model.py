@@ -57,9 +57,6 @@ class MultiBoxNet(nn.Module):
         """The input the backbone's weights expect (it is part of ``backbone_kwargs``)."""
         return self.backbone.input_convention
 
-    def set_input_convention(self, convention: InputConvention | dict | None) -> None:
-        self.backbone.set_input_convention(convention)
-
     def set_priors(self, priors) -> None:
         """priors: ndarray | Tensor [K, 4], normalised xyxy."""
         priors = torch.as_tensor(np.asarray(priors, dtype=np.float32))

@@ -35,15 +35,14 @@ def normalised_boxes(records) -> np.ndarray:
 
 def _nearest(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of and squared distance to the nearest centre. ``[N, 4], [K, 4] -> [N] int64, [N] float64``."""
-    index = np.empty(len(points), dtype=np.int64)
-    dist = np.empty(len(points), dtype=np.float64)
     c2 = (centres**2).sum(1)
+    index, dist = [np.zeros(0, np.int64)], [np.zeros(0)]
     for s in range(0, len(points), _CHUNK):
         p = points[s : s + _CHUNK]
         d = (p**2).sum(1)[:, None] - 2.0 * p @ centres.T + c2[None, :]
-        index[s : s + _CHUNK] = d.argmin(1)
-        dist[s : s + _CHUNK] = np.maximum(d[np.arange(len(p)), index[s : s + _CHUNK]], 0.0)
-    return index, dist
+        index.append(d.argmin(1))
+        dist.append(np.maximum(d.min(1), 0.0))
+    return np.concatenate(index), np.concatenate(dist)
 
 
 def _kmeans_pp(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

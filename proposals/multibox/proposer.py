@@ -11,6 +11,7 @@ from torch import nn
 from detect.backends import make_scorer
 from detect.distributed import resolve_device
 from detect.io import check_finished, load_checkpoint
+from detect.limits import check_bound, check_finite_state
 from proposals.base import Proposals, as_rgb_uint8
 from proposals.multibox.model import MultiBoxNet, decode_boxes, preprocess, top_k_boxes
 
@@ -129,8 +130,6 @@ class MultiBoxProposer:
     def check_network(network: Mapping, source: str) -> None:
         """An embedded network's entries, the bounds of its sizes (and its backbone's width) and finite
         weights, checked before anything is built; ``ValueError`` naming ``source``."""
-        from detect.limits import check_bound, check_finite_state
-
         kwargs, state = network.get("model_kwargs"), network.get("model_state")
         if not isinstance(kwargs, Mapping) or not isinstance(state, Mapping):
             raise ValueError(f"{source}: the MultiBox network's model_kwargs and model_state must be mappings")
