@@ -60,18 +60,12 @@ def _regular(n: int, radius: float = 1.0, start: float = -math.pi / 2) -> np.nda
     return np.stack([radius * np.cos(t), radius * np.sin(t)], axis=1)
 
 
-def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
-    outer = _regular(2 * points)
-    outer[1::2] *= inner
-    return outer
-
-
 _CROSS_W = 0.34
 SHAPES: dict[str, list[tuple[np.ndarray, int]]] = {  # unit polygons in [-1, 1]^2, filled (1) or cut (0)
     "circle": [(_regular(48), 1)],
     "square": [(np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float), 1)],
     "triangle": [(np.array([[0, -1], [1, 1], [-1, 1]], float), 1)],
-    "star": [(_star(), 1)],
+    "star": [(_regular(10, np.tile([1.0, 0.45], 5)), 1)],  # 5 points, inner radius 0.45
     "cross": [(np.array([[-_CROSS_W, -1], [_CROSS_W, -1], [_CROSS_W, -_CROSS_W], [1, -_CROSS_W], [1, _CROSS_W],
                          [_CROSS_W, _CROSS_W], [_CROSS_W, 1], [-_CROSS_W, 1], [-_CROSS_W, _CROSS_W],
                          [-1, _CROSS_W], [-1, -_CROSS_W], [-_CROSS_W, -_CROSS_W]], float), 1)],
