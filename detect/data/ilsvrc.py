@@ -120,12 +120,9 @@ def _layout_dirs(root: Path, split: str, layout: str) -> tuple[Path, Path]:
 
 def _present(root: Path, split: str) -> list[str]:
     """Layouts whose image or annotation folder (or 2015 list folder) for ``split`` exists under root."""
-    found = []
-    if any((root / p).is_dir() for p in (f"Annotations/DET/{split}", f"Data/DET/{split}", "ImageSets/DET")):
-        found.append("2015")
-    if split in LAYOUT_2014_DIRS and any((root / d).is_dir() for d in LAYOUT_2014_DIRS[split]):
-        found.append("2014")
-    return found
+    folders = {"2015": (f"Annotations/DET/{split}", f"Data/DET/{split}", "ImageSets/DET"),
+               "2014": LAYOUT_2014_DIRS.get(split, ())}
+    return [layout for layout, names in folders.items() if any((root / d).is_dir() for d in names)]
 
 
 def _choose_layout(root: Path, split: str, layout, need_annotations: bool) -> str:
@@ -138,6 +135,7 @@ def _choose_layout(root: Path, split: str, layout, need_annotations: bool) -> st
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found (data.root)")
     present = _present(root, split)
+    with_xml = [lay for lay in present if _layout_dirs(root, split, lay)[1].is_dir()]
     if layout == "auto":
         if not present:
             have = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())[:8]) or "nothing"
@@ -145,14 +143,13 @@ def _choose_layout(root: Path, split: str, layout, need_annotations: bool) -> st
                 f"{root}: no ILSVRC DET {split} data: expected Annotations/DET/{split} (2015+ layout) or "
                 f"{LAYOUT_2014_DIRS.get(split, ('', 'ILSVRC2013_DET_bbox_' + split))[1]} (2013/2014 layout); "
                 f"the folder has: {have}")
-        with_xml = [lay for lay in present if _layout_dirs(root, split, lay)[1].is_dir()]
         layout = (with_xml or present)[0]
     xml_dir = _layout_dirs(root, split, layout)[1]
     if need_annotations and not xml_dir.is_dir():
-        others = [lay for lay in present if lay != layout and _layout_dirs(root, split, lay)[1].is_dir()]
-        if others:
+        if with_xml:  # another layout has them (never the chosen one, whose annotation folder is missing)
             raise FileNotFoundError(f"{root}: layout={layout} but {xml_dir.name} does not exist; the folder has the "
-                                    f"{others[0]} layout ({_layout_dirs(root, split, others[0])[1]}): use layout={others[0]} or auto")
+                                    f"{with_xml[0]} layout ({_layout_dirs(root, split, with_xml[0])[1]}): "
+                                    f"use layout={with_xml[0]} or auto")
         raise FileNotFoundError(f"{xml_dir}: no annotations for split {split!r} ({layout} layout); give the "
                                 f"folder that holds them as data.root, or the devkit's ground-truth .mat as ground_truth=")
     return layout
@@ -264,8 +261,13 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     if ground_truth is not None:
         entries, parsed = _devkit_entries(ground_truth, image_list, official, list_path, classes)
         source = lambda name: str(ground_truth)  # noqa: E731 (the file to name in messages)
-    else:
-        entries, parsed = _xml_entries(root, split, layout, xml_dir, list_path, classes, cache_dir, workers)
+    elif list_path is None:
+        where = "ImageSets/DET" if layout == "2015" else "the devkit's data/det_lists (give devkit=)"
+        raise FileNotFoundError(f"{root}: no image list {split}.txt in {where}; give image_list=")
+    else:  # the list's entries and their parsed XML (through the cache in cache_dir)
+        entries = read_image_list(list_path)
+        parsed = parse_annotation_files(xml_dir, [n for n, _ in entries], _parse_ilsvrc_raw, cache_dir,
+                                        f"ilsvrc_{layout}_{split}_{list_path.stem}", PARSER_VERSION, classes, workers)
         source = lambda name: os.path.join(str(xml_dir), name + ".xml")  # noqa: E731
     skipped, warnings = reader_logs()
     finder = ImageFinder(image_dir, ".JPEG")
@@ -277,19 +279,6 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
                              len(entries), lambda r: source(r.image_id), blacklist=pairs, logger=log)
     log.info("%s %s: %d images, %d boxes", root, split, len(records), sum(len(r.boxes) for r in records))
     return dataset
-
-
-def _xml_entries(root: Path, split: str, layout: str, xml_dir: Path, list_path: Path | None, classes: ClassList,
-                 cache_dir, workers: int) -> tuple[list[tuple[str, int]], list[ParsedAnnotation]]:
-    """The list's ``(name, index)`` entries and their parsed XML (through the cache in ``cache_dir``);
-    ``FileNotFoundError`` when there is no list."""
-    if list_path is None:
-        where = "ImageSets/DET" if layout == "2015" else "the devkit's data/det_lists (give devkit=)"
-        raise FileNotFoundError(f"{root}: no image list {split}.txt in {where}; give image_list=")
-    entries = read_image_list(list_path)
-    parsed = parse_annotation_files(xml_dir, [n for n, _ in entries], _parse_ilsvrc_raw, cache_dir,
-                                    f"ilsvrc_{layout}_{split}_{Path(list_path).stem}", PARSER_VERSION, classes, workers)
-    return entries, parsed
 
 
 def _devkit_entries(ground_truth, image_list, official: Path | None, list_path: Path | None,
