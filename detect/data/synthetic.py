@@ -105,11 +105,8 @@ def scene_classes(num_classes: int) -> list[SceneClass]:
     s_n, c_n, t_n = len(shapes), len(colours), len(TEXTURES)
     if not 1 <= num_classes <= s_n * c_n * t_n:
         raise ValueError(f"num_classes must be in 1..{s_n * c_n * t_n}, got {num_classes}")
-    out = []
-    for i in range(num_classes):
-        s, q = i % s_n, i // s_n
-        out.append(SceneClass(i, shapes[s], colours[(s + q) % c_n], TEXTURES[(s + q // c_n) % t_n]))
-    return out
+    return [SceneClass(i, shapes[s], colours[(s + q) % c_n], TEXTURES[(s + q // c_n) % t_n])
+            for i in range(num_classes) for q, s in [divmod(i, s_n)]]
 
 
 # ----------------------------------------------------------------------------------------------- drawing
