@@ -167,9 +167,9 @@ def _default_list(root: Path, split: str, layout: str, devkit) -> Path | None:
 # ---------------------------------------------------------------- ground truth sources
 
 
-def _mat_cell(value, name: str, path: Path, n: int) -> list:
-    """A MATLAB cell array {1 x n} (or {n x 1}) as a list of ndarrays; ``ValueError`` naming the variable."""
-    arr = np.asarray(value)
+def _mat_cell(mat: dict, name: str, path: Path, n: int) -> list:
+    """The MATLAB cell array ``mat[name]`` {1 x n} (or {n x 1}) as a list of ndarrays; ``ValueError`` naming it."""
+    arr = np.asarray(mat[name])
     if arr.dtype != object or arr.size != n:
         raise ValueError(f"{path}: {name} should be a cell array of {n} entries, got {arr.dtype} {arr.shape}")
     return [np.asarray(v, dtype=np.float64) for v in arr.reshape(-1)]
@@ -199,13 +199,11 @@ def read_devkit_ground_truth(path: str | Path, classes: ClassList) -> tuple[list
     if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)) or np.any(ids < 1):
         raise ValueError(f"{path}: gt_img_ids must be positive integers")
     n = len(ids)
-    labels = _mat_cell(mat["gt_obj_labels"], "gt_obj_labels", path, n)
-    bboxes = _mat_cell(mat["gt_obj_bboxes"], "gt_obj_bboxes", path, n)
-    thr = _mat_cell(mat["gt_obj_thr"], "gt_obj_thr", path, n) if "gt_obj_thr" in mat else None
+    labels, bboxes = (_mat_cell(mat, name, path, n) for name in ("gt_obj_labels", "gt_obj_bboxes"))
+    thr = _mat_cell(mat, "gt_obj_thr", path, n) if "gt_obj_thr" in mat else None
     parsed, mismatch = [], 0
-    for i in range(n):
-        lab = labels[i].reshape(-1)
-        box = bboxes[i]
+    for i, (lab, box) in enumerate(zip(labels, bboxes)):
+        lab = lab.reshape(-1)
         if box.size == 0 and lab.size == 0:
             parsed.append(ParsedAnnotation.empty())
             continue
