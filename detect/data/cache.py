@@ -196,28 +196,25 @@ def parse_files(parse: Callable, items: list, key: tuple[Path, str] | None, what
     ``what``: the folder or split named in the progress bar. ``workers``: processes that parse when the
     cache is cold (used when each gets at least ``MIN_FILES_PER_WORKER`` items; ``parse`` must then be
     picklable); the result is the same for any number."""
-    if key is not None:
-        parsed = ParsedFolder.load(*key, len(items))
-        if parsed is not None:
-            return parsed
+    parsed = ParsedFolder.load(*key, len(items)) if key is not None else None
+    if parsed is not None:
+        return parsed
     workers = max(1, min(int(workers), len(items) // MIN_FILES_PER_WORKER))
     if workers > 1:
         log.info("parsing %d annotation files in %s with %d processes", len(items), what, workers)
         parsed = _parse_in_workers(parse, items, workers)
     else:
-        parsed = _parse_each(parse, items, progress=f"reading {what}")
+        from tqdm import tqdm  # only when parsing (a warm cache needs no progress bar)
+
+        parsed = _parse_each(parse, tqdm(items, desc=f"reading {what}", leave=False, mininterval=2.0))
     if key is not None:
         parsed.save(*key)
     return parsed
 
 
-def _parse_each(parse: Callable, items: list, progress: str | None = None) -> ParsedFolder:
+def _parse_each(parse: Callable, items) -> ParsedFolder:
     """Parse ``items`` one by one, in this process or in a worker (which hands back the columns)."""
     out = []
-    if progress:
-        from tqdm import tqdm  # only when parsing (a warm cache needs no progress bar)
-
-        items = tqdm(items, desc=progress, leave=False, mininterval=2.0)
     for item in items:
         try:
             out.append(parse(item))
