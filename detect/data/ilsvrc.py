@@ -256,8 +256,13 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     image_dir, xml_dir = _layout_dirs(root, split, layout)
     official = _default_list(root, split, layout, devkit)
     list_path = Path(image_list) if image_list is not None else official
-    if ground_truth is not None:
-        entries, parsed = _devkit_entries(ground_truth, image_list, official, list_path, classes)
+    if ground_truth is not None:  # names from the list (the index itself where the list is absent or lacks it)
+        if image_list is not None and official is not None and Path(image_list).resolve() != official.resolve():
+            raise ValueError(f"{ground_truth}: the devkit's ground truth covers the official list; it cannot be "
+                             f"combined with image_list={image_list} (give the XML folder instead)")
+        ids, parsed = read_devkit_ground_truth(ground_truth, classes)
+        name_of = {index: name for name, index in read_image_list(list_path)} if list_path is not None else {}
+        entries = [(name_of.get(i, str(i)), i) for i in ids]
         source = lambda name: str(ground_truth)  # noqa: E731 (the file to name in messages)
     elif list_path is None:
         where = "ImageSets/DET" if layout == "2015" else "the devkit's data/det_lists (give devkit=)"
@@ -277,18 +282,6 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
                              len(entries), lambda r: source(r.image_id), blacklist=pairs, logger=log)
     log.info("%s %s: %d images, %d boxes", root, split, len(records), sum(len(r.boxes) for r in records))
     return dataset
-
-
-def _devkit_entries(ground_truth, image_list, official: Path | None, list_path: Path | None,
-                    classes: ClassList) -> tuple[list[tuple[str, int]], list[ParsedAnnotation]]:
-    """``(name, index)`` entries and annotations from the devkit's ground-truth ``.mat``; names come from
-    the list (the index itself where the list is absent or lacks it). Only the official list can be given."""
-    if image_list is not None and official is not None and Path(image_list).resolve() != official.resolve():
-        raise ValueError(f"{ground_truth}: the devkit's ground truth covers the official list; it cannot be "
-                         f"combined with image_list={image_list} (give the XML folder instead)")
-    ids, parsed = read_devkit_ground_truth(ground_truth, classes)
-    name_of = {index: name for name, index in read_image_list(list_path)} if list_path is not None else {}
-    return [(name_of.get(i, str(i)), i) for i in ids], parsed
 
 
 def _blacklist_pairs(blacklist, classes: ClassList, list_path: Path | None, official: Path | None,
