@@ -236,9 +236,8 @@ def _parse_in_workers(parse: Callable, items: list, workers: int) -> ParsedFolde
 
 
 def _parse_xml(parse_raw, classes, path: str) -> tuple:
-    """``parse_raw(path, classes)`` (:func:`detect.data.xmlfile.parse_annotation_xml`, which bounds sizes
-    and coordinates by ``MAX_PIXELS``); ``ValueError`` ``"missing"`` when it fails and the file does not
-    exist."""
+    """``parse_raw(path, classes)`` (:func:`detect.data.xmlfile.parse_annotation_xml`: sizes and coordinates
+    bounded by ``MAX_PIXELS``); ``ValueError`` ``"missing"`` when it fails and the file does not exist."""
     try:
         return parse_raw(path, classes)
     except (ValueError, OverflowError):
