@@ -146,11 +146,9 @@ def render_background(rng: np.random.Generator, height: int, width: int) -> np.n
 
 
 def render_object(rng: np.random.Generator, cls: SceneClass, size: float) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one instance of ``cls`` whose longer side is about ``size`` pixels.
-
-    Returns ``mask`` ndarray[h, w] bool (the object's full extent) and ``pixels`` ndarray[h, w, 3] uint8
-    RGB, both the size of the rotated object's bounding patch.
-    """
+    """Draw one instance of ``cls`` whose longer side is about ``size`` pixels: ``mask`` ndarray[h, w] bool
+    (the object's full extent) and ``pixels`` ndarray[h, w, 3] uint8 RGB, both the size of the rotated
+    object's bounding patch."""
     aspect = SHAPE_ASPECT.get(cls.shape, 1.0) * math.exp(rng.uniform(-0.2, 0.2))
     half = np.array([1.0, aspect]) / max(1.0, aspect) * size / 2  # half width, half height
     theta = math.radians(rng.uniform(-15, 15))
