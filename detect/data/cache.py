@@ -196,28 +196,25 @@ def parse_files(parse: Callable, items: list, key: tuple[Path, str] | None, what
     ``what``: the folder or split named in the progress bar. ``workers``: processes that parse when the
     cache is cold (used when each gets at least ``MIN_FILES_PER_WORKER`` items; ``parse`` must then be
     picklable); the result is the same for any number."""
-    if key is not None:
-        parsed = ParsedFolder.load(*key, len(items))
-        if parsed is not None:
-            return parsed
+    parsed = ParsedFolder.load(*key, len(items)) if key is not None else None
+    if parsed is not None:
+        return parsed
     workers = max(1, min(int(workers), len(items) // MIN_FILES_PER_WORKER))
     if workers > 1:
         log.info("parsing %d annotation files in %s with %d processes", len(items), what, workers)
         parsed = _parse_in_workers(parse, items, workers)
     else:
-        parsed = _parse_each(parse, items, progress=f"reading {what}")
+        from tqdm import tqdm  # only when parsing (a warm cache needs no progress bar)
+
+        parsed = _parse_each(parse, tqdm(items, desc=f"reading {what}", leave=False, mininterval=2.0))
     if key is not None:
         parsed.save(*key)
     return parsed
 
 
-def _parse_each(parse: Callable, items: list, progress: str | None = None) -> ParsedFolder:
+def _parse_each(parse: Callable, items) -> ParsedFolder:
     """Parse ``items`` one by one, in this process or in a worker (which hands back the columns)."""
     out = []
-    if progress:
-        from tqdm import tqdm  # only when parsing (a warm cache needs no progress bar)
-
-        items = tqdm(items, desc=progress, leave=False, mininterval=2.0)
     for item in items:
         try:
             out.append(parse(item))
@@ -239,9 +236,8 @@ def _parse_in_workers(parse: Callable, items: list, workers: int) -> ParsedFolde
 
 
 def _parse_xml(parse_raw, classes, path: str) -> tuple:
-    """``parse_raw(path, classes)`` (:func:`detect.data.xmlfile.parse_annotation_xml`, which bounds sizes
-    and coordinates by ``MAX_PIXELS``); ``ValueError`` ``"missing"`` when it fails and the file does not
-    exist."""
+    """``parse_raw(path, classes)`` (:func:`detect.data.xmlfile.parse_annotation_xml`: sizes and coordinates
+    bounded by ``MAX_PIXELS``); ``ValueError`` ``"missing"`` when it fails and the file does not exist."""
     try:
         return parse_raw(path, classes)
     except (ValueError, OverflowError):

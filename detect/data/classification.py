@@ -69,11 +69,9 @@ def _parse_label(token: str, classes: ClassList, where: str, one_based: bool) ->
 
 def read_split(image_dir: str | Path, classes: ClassList | str | Path | None = None,
                labels_file: str | Path | None = None) -> ClassificationSplit:
-    """List the images of one split with their labels (see the module docstring for the layouts).
-
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the folder or file and line for a missing
-    folder, an unknown class folder or label, or an empty split.
-    """
+    """List the images of one split with their labels (layouts: the module docstring). Raises
+    ``FileNotFoundError`` / ``ValueError`` naming the folder or file and line for a missing folder, an
+    unknown class folder or label, or an empty split."""
     root = Path(image_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: image folder not found")

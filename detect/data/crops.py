@@ -64,12 +64,9 @@ def _plan(dataset: DetectionDataset, split: str, min_size: float) -> list[tuple[
     plan = []
     for i, r in enumerate(dataset.records):
         stem = f"{r.index:06d}_{_UNSAFE.sub('_', r.image_id)[-60:]}"
-        jobs = []
-        for k, (box, label, ignore) in enumerate(zip(r.boxes, r.labels, r.ignore)):
-            if ignore or min(box[2] - box[0], box[3] - box[1]) < min_size:
-                continue
-            folder = _folder_name(dataset.classes.wnids[int(label)])
-            jobs.append((k, f"{split}/{folder}/{stem}_{k:02d}.jpg"))
+        jobs = [(k, f"{split}/{_folder_name(dataset.classes.wnids[int(label)])}/{stem}_{k:02d}.jpg")
+                for k, (box, label, ignore) in enumerate(zip(r.boxes, r.labels, r.ignore))
+                if not (ignore or min(box[2] - box[0], box[3] - box[1]) < min_size)]
         if jobs:
             plan.append((i, jobs))
     return plan

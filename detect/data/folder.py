@@ -66,15 +66,13 @@ class ImageFinder:
             with (contextlib.suppress(FileNotFoundError, NotADirectoryError, PermissionError),
                   os.scandir(self.folder / sub if sub else self.folder) as it):
                 for entry in it:
-                    try:
-                        if not entry.is_file():
-                            continue
-                    except OSError:
-                        continue
-                    files.add(entry.name)
-                    stem, ext = _split_image_name(entry.name)
-                    if ext:
-                        stems.setdefault(stem, []).append(entry.name)
+                    with contextlib.suppress(OSError):  # is_file() may raise: such an entry is left out
+                        if entry.is_file():
+                            files.add(entry.name)
+            for name in files:
+                stem, ext = _split_image_name(name)
+                if ext:
+                    stems.setdefault(stem, []).append(name)
             self._dirs[sub] = (files, stems)
         return self._dirs[sub]
 

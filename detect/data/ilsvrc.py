@@ -120,12 +120,9 @@ def _layout_dirs(root: Path, split: str, layout: str) -> tuple[Path, Path]:
 
 def _present(root: Path, split: str) -> list[str]:
     """Layouts whose image or annotation folder (or 2015 list folder) for ``split`` exists under root."""
-    found = []
-    if any((root / p).is_dir() for p in (f"Annotations/DET/{split}", f"Data/DET/{split}", "ImageSets/DET")):
-        found.append("2015")
-    if split in LAYOUT_2014_DIRS and any((root / d).is_dir() for d in LAYOUT_2014_DIRS[split]):
-        found.append("2014")
-    return found
+    folders = {"2015": (f"Annotations/DET/{split}", f"Data/DET/{split}", "ImageSets/DET"),
+               "2014": LAYOUT_2014_DIRS.get(split, ())}
+    return [layout for layout, names in folders.items() if any((root / d).is_dir() for d in names)]
 
 
 def _choose_layout(root: Path, split: str, layout, need_annotations: bool) -> str:
@@ -138,6 +135,7 @@ def _choose_layout(root: Path, split: str, layout, need_annotations: bool) -> st
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found (data.root)")
     present = _present(root, split)
+    with_xml = [lay for lay in present if _layout_dirs(root, split, lay)[1].is_dir()]
     if layout == "auto":
         if not present:
             have = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())[:8]) or "nothing"
@@ -145,14 +143,13 @@ def _choose_layout(root: Path, split: str, layout, need_annotations: bool) -> st
                 f"{root}: no ILSVRC DET {split} data: expected Annotations/DET/{split} (2015+ layout) or "
                 f"{LAYOUT_2014_DIRS.get(split, ('', 'ILSVRC2013_DET_bbox_' + split))[1]} (2013/2014 layout); "
                 f"the folder has: {have}")
-        with_xml = [lay for lay in present if _layout_dirs(root, split, lay)[1].is_dir()]
         layout = (with_xml or present)[0]
     xml_dir = _layout_dirs(root, split, layout)[1]
     if need_annotations and not xml_dir.is_dir():
-        others = [lay for lay in present if lay != layout and _layout_dirs(root, split, lay)[1].is_dir()]
-        if others:
+        if with_xml:  # another layout has them (never the chosen one, whose annotation folder is missing)
             raise FileNotFoundError(f"{root}: layout={layout} but {xml_dir.name} does not exist; the folder has the "
-                                    f"{others[0]} layout ({_layout_dirs(root, split, others[0])[1]}): use layout={others[0]} or auto")
+                                    f"{with_xml[0]} layout ({_layout_dirs(root, split, with_xml[0])[1]}): "
+                                    f"use layout={with_xml[0]} or auto")
         raise FileNotFoundError(f"{xml_dir}: no annotations for split {split!r} ({layout} layout); give the "
                                 f"folder that holds them as data.root, or the devkit's ground-truth .mat as ground_truth=")
     return layout
@@ -170,9 +167,9 @@ def _default_list(root: Path, split: str, layout: str, devkit) -> Path | None:
 # ---------------------------------------------------------------- ground truth sources
 
 
-def _mat_cell(value, name: str, path: Path, n: int) -> list:
-    """A MATLAB cell array {1 x n} (or {n x 1}) as a list of ndarrays; ``ValueError`` naming the variable."""
-    arr = np.asarray(value)
+def _mat_cell(mat: dict, name: str, path: Path, n: int) -> list:
+    """The MATLAB cell array ``mat[name]`` {1 x n} (or {n x 1}) as a list of ndarrays; ``ValueError`` naming it."""
+    arr = np.asarray(mat[name])
     if arr.dtype != object or arr.size != n:
         raise ValueError(f"{path}: {name} should be a cell array of {n} entries, got {arr.dtype} {arr.shape}")
     return [np.asarray(v, dtype=np.float64) for v in arr.reshape(-1)]
@@ -202,13 +199,11 @@ def read_devkit_ground_truth(path: str | Path, classes: ClassList) -> tuple[list
     if not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)) or np.any(ids < 1):
         raise ValueError(f"{path}: gt_img_ids must be positive integers")
     n = len(ids)
-    labels = _mat_cell(mat["gt_obj_labels"], "gt_obj_labels", path, n)
-    bboxes = _mat_cell(mat["gt_obj_bboxes"], "gt_obj_bboxes", path, n)
-    thr = _mat_cell(mat["gt_obj_thr"], "gt_obj_thr", path, n) if "gt_obj_thr" in mat else None
+    labels, bboxes = (_mat_cell(mat, name, path, n) for name in ("gt_obj_labels", "gt_obj_bboxes"))
+    thr = _mat_cell(mat, "gt_obj_thr", path, n) if "gt_obj_thr" in mat else None
     parsed, mismatch = [], 0
-    for i in range(n):
-        lab = labels[i].reshape(-1)
-        box = bboxes[i]
+    for i, (lab, box) in enumerate(zip(labels, bboxes)):
+        lab = lab.reshape(-1)
         if box.size == 0 and lab.size == 0:
             parsed.append(ParsedAnnotation.empty())
             continue
@@ -261,11 +256,21 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     image_dir, xml_dir = _layout_dirs(root, split, layout)
     official = _default_list(root, split, layout, devkit)
     list_path = Path(image_list) if image_list is not None else official
-    if ground_truth is not None:
-        entries, parsed = _devkit_entries(ground_truth, image_list, official, list_path, classes)
+    if ground_truth is not None:  # names from the list (the index itself where the list is absent or lacks it)
+        if image_list is not None and official is not None and Path(image_list).resolve() != official.resolve():
+            raise ValueError(f"{ground_truth}: the devkit's ground truth covers the official list; it cannot be "
+                             f"combined with image_list={image_list} (give the XML folder instead)")
+        ids, parsed = read_devkit_ground_truth(ground_truth, classes)
+        name_of = {index: name for name, index in read_image_list(list_path)} if list_path is not None else {}
+        entries = [(name_of.get(i, str(i)), i) for i in ids]
         source = lambda name: str(ground_truth)  # noqa: E731 (the file to name in messages)
-    else:
-        entries, parsed = _xml_entries(root, split, layout, xml_dir, list_path, classes, cache_dir, workers)
+    elif list_path is None:
+        where = "ImageSets/DET" if layout == "2015" else "the devkit's data/det_lists (give devkit=)"
+        raise FileNotFoundError(f"{root}: no image list {split}.txt in {where}; give image_list=")
+    else:  # the list's entries and their parsed XML (through the cache in cache_dir)
+        entries = read_image_list(list_path)
+        parsed = parse_annotation_files(xml_dir, [n for n, _ in entries], _parse_ilsvrc_raw, cache_dir,
+                                        f"ilsvrc_{layout}_{split}_{list_path.stem}", PARSER_VERSION, classes, workers)
         source = lambda name: os.path.join(str(xml_dir), name + ".xml")  # noqa: E731
     skipped, warnings = reader_logs()
     finder = ImageFinder(image_dir, ".JPEG")
@@ -277,31 +282,6 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
                              len(entries), lambda r: source(r.image_id), blacklist=pairs, logger=log)
     log.info("%s %s: %d images, %d boxes", root, split, len(records), sum(len(r.boxes) for r in records))
     return dataset
-
-
-def _xml_entries(root: Path, split: str, layout: str, xml_dir: Path, list_path: Path | None, classes: ClassList,
-                 cache_dir, workers: int) -> tuple[list[tuple[str, int]], list[ParsedAnnotation]]:
-    """The list's ``(name, index)`` entries and their parsed XML (through the cache in ``cache_dir``);
-    ``FileNotFoundError`` when there is no list."""
-    if list_path is None:
-        where = "ImageSets/DET" if layout == "2015" else "the devkit's data/det_lists (give devkit=)"
-        raise FileNotFoundError(f"{root}: no image list {split}.txt in {where}; give image_list=")
-    entries = read_image_list(list_path)
-    parsed = parse_annotation_files(xml_dir, [n for n, _ in entries], _parse_ilsvrc_raw, cache_dir,
-                                    f"ilsvrc_{layout}_{split}_{Path(list_path).stem}", PARSER_VERSION, classes, workers)
-    return entries, parsed
-
-
-def _devkit_entries(ground_truth, image_list, official: Path | None, list_path: Path | None,
-                    classes: ClassList) -> tuple[list[tuple[str, int]], list[ParsedAnnotation]]:
-    """``(name, index)`` entries and annotations from the devkit's ground-truth ``.mat``; names come from
-    the list (the index itself where the list is absent or lacks it). Only the official list can be given."""
-    if image_list is not None and official is not None and Path(image_list).resolve() != official.resolve():
-        raise ValueError(f"{ground_truth}: the devkit's ground truth covers the official list; it cannot be "
-                         f"combined with image_list={image_list} (give the XML folder instead)")
-    ids, parsed = read_devkit_ground_truth(ground_truth, classes)
-    name_of = {index: name for name, index in read_image_list(list_path)} if list_path is not None else {}
-    return [(name_of.get(i, str(i)), i) for i in ids], parsed
 
 
 def _blacklist_pairs(blacklist, classes: ClassList, list_path: Path | None, official: Path | None,

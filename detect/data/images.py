@@ -1,6 +1,7 @@
 """Reading images of any common form into 8-bit RGB, with errors that name the file; writing JPEGs."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +64,8 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
         with Image.open(path) as im:
             im.load()
             stored = im
-            try:
+            with contextlib.suppress(Exception):  # broken EXIF must not lose the image
                 im = ImageOps.exif_transpose(im)  # a new image (the stored one stays) when EXIF turns it
-            except Exception:  # broken EXIF must not lose the image
-                pass
             if size and all(size) and tuple(size) != im.size:
                 if tuple(size) != stored.size:
                     mismatch = f"{im.size[0]}x{im.size[1]}"

@@ -58,12 +58,9 @@ class HeldOutPart(DetectionDataset):
 
 
 def holdout_part(source: DetectionDataset, part: str, fraction: float, seed: int = 0) -> HeldOutPart:
-    """The ``part`` (``"train"`` or ``"monitor"``) of ``source`` for a held-out share ``fraction``.
-
-    fraction: share of the images drawn into ``monitor``, strictly between 0 and 1.
-    Raises ``ValueError`` naming the setting for a bad fraction or part, or when ``source`` has fewer
-    than 2 images (nothing can be held out).
-    """
+    """The ``part`` (``"train"`` or ``"monitor"``) of ``source`` when a share ``fraction`` of its images,
+    strictly between 0 and 1, is drawn into ``monitor``. Raises ``ValueError`` naming the setting for a
+    bad fraction or part, or when ``source`` has fewer than 2 images (nothing can be held out)."""
     if part not in PARTS:
         raise ValueError(f"holdout part {part!r}: expected one of {PARTS}")
     if not 0.0 < float(fraction) < 1.0:
@@ -75,9 +72,9 @@ def holdout_part(source: DetectionDataset, part: str, fraction: float, seed: int
     keys = [holdout_key(seed, r.image_id) for r in records]
     held = [k < fraction for k in keys]
     if not any(held):
-        held[min(range(len(keys)), key=keys.__getitem__)] = True
+        held[keys.index(min(keys))] = True
     if all(held):
-        held[max(range(len(keys)), key=keys.__getitem__)] = False
+        held[keys.index(max(keys))] = False
     chosen = [r for r, h in zip(records, held) if h == (part == "monitor")]
     indices = {r.index for r in chosen}
     blacklist = {(i, label) for i, label in source.blacklist if i in indices}

@@ -60,18 +60,12 @@ def _regular(n: int, radius: float = 1.0, start: float = -math.pi / 2) -> np.nda
     return np.stack([radius * np.cos(t), radius * np.sin(t)], axis=1)
 
 
-def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
-    outer = _regular(2 * points)
-    outer[1::2] *= inner
-    return outer
-
-
 _CROSS_W = 0.34
 SHAPES: dict[str, list[tuple[np.ndarray, int]]] = {  # unit polygons in [-1, 1]^2, filled (1) or cut (0)
     "circle": [(_regular(48), 1)],
     "square": [(np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float), 1)],
     "triangle": [(np.array([[0, -1], [1, 1], [-1, 1]], float), 1)],
-    "star": [(_star(), 1)],
+    "star": [(_regular(10, np.tile([1.0, 0.45], 5)), 1)],  # 5 points, inner radius 0.45
     "cross": [(np.array([[-_CROSS_W, -1], [_CROSS_W, -1], [_CROSS_W, -_CROSS_W], [1, -_CROSS_W], [1, _CROSS_W],
                          [_CROSS_W, _CROSS_W], [_CROSS_W, 1], [-_CROSS_W, 1], [-_CROSS_W, _CROSS_W],
                          [-1, _CROSS_W], [-1, -_CROSS_W], [-_CROSS_W, -_CROSS_W]], float), 1)],
@@ -111,11 +105,8 @@ def scene_classes(num_classes: int) -> list[SceneClass]:
     s_n, c_n, t_n = len(shapes), len(colours), len(TEXTURES)
     if not 1 <= num_classes <= s_n * c_n * t_n:
         raise ValueError(f"num_classes must be in 1..{s_n * c_n * t_n}, got {num_classes}")
-    out = []
-    for i in range(num_classes):
-        s, q = i % s_n, i // s_n
-        out.append(SceneClass(i, shapes[s], colours[(s + q) % c_n], TEXTURES[(s + q // c_n) % t_n]))
-    return out
+    return [SceneClass(i, shapes[s], colours[(s + q) % c_n], TEXTURES[(s + q // c_n) % t_n])
+            for i in range(num_classes) for q, s in [divmod(i, s_n)]]
 
 
 # ----------------------------------------------------------------------------------------------- drawing
@@ -155,11 +146,9 @@ def render_background(rng: np.random.Generator, height: int, width: int) -> np.n
 
 
 def render_object(rng: np.random.Generator, cls: SceneClass, size: float) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one instance of ``cls`` whose longer side is about ``size`` pixels.
-
-    Returns ``mask`` ndarray[h, w] bool (the object's full extent) and ``pixels`` ndarray[h, w, 3] uint8
-    RGB, both the size of the rotated object's bounding patch.
-    """
+    """Draw one instance of ``cls`` whose longer side is about ``size`` pixels: ``mask`` ndarray[h, w] bool
+    (the object's full extent) and ``pixels`` ndarray[h, w, 3] uint8 RGB, both the size of the rotated
+    object's bounding patch."""
     aspect = SHAPE_ASPECT.get(cls.shape, 1.0) * math.exp(rng.uniform(-0.2, 0.2))
     half = np.array([1.0, aspect]) / max(1.0, aspect) * size / 2  # half width, half height
     theta = math.radians(rng.uniform(-15, 15))

@@ -35,9 +35,7 @@ def to_float_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an image of shape [H, W, 3], got {image.shape}")
-        if not image.flags.writeable or not image.flags.c_contiguous:
-            image = np.array(image)  # torch wants a writable, contiguous array
-        image = torch.from_numpy(image).permute(2, 0, 1)
+        image = torch.from_numpy(np.require(image, requirements="CW")).permute(2, 0, 1)  # torch wants C, writable
     return image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
 
 
@@ -53,10 +51,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> t
 def resize_shorter(x: torch.Tensor, shorter: int) -> torch.Tensor:
     """Resize ``Tensor[C, H, W]`` (bilinear) so that its shorter side is ``shorter`` pixels (aspect kept)."""
     h, w = x.shape[-2:]
-    if h <= w:
-        size = (shorter, max(1, round(w * shorter / h)))
-    else:
-        size = (max(1, round(h * shorter / w)), shorter)
+    size = (shorter, max(1, round(w * shorter / h))) if h <= w else (max(1, round(h * shorter / w)), shorter)
     return _resize(x, size)
 
 
@@ -87,25 +82,16 @@ class TrainTransform:
 
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """A random ``(top, left, h, w)`` of ``scale`` of the area and aspect ``ratio``; the whole image
-        (centre-cropped to the ratio range) when 10 draws fail."""
+        (centre-cropped to the ratio range: the largest such crop) when 10 draws fail."""
         area = height * width
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
             target = area * torch.empty(1).uniform_(*self.scale).item()
             aspect = math.exp(torch.empty(1).uniform_(*log_ratio).item())
-            w = round(math.sqrt(target * aspect))
-            h = round(math.sqrt(target / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                top = int(torch.randint(0, height - h + 1, (1,)))
-                left = int(torch.randint(0, width - w + 1, (1,)))
-                return top, left, h, w
-        aspect = width / height
-        if aspect < self.ratio[0]:
-            w, h = width, round(width / self.ratio[0])
-        elif aspect > self.ratio[1]:
-            h, w = height, round(height * self.ratio[1])
-        else:
-            w, h = width, height
+            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:  # top, then left
+                return int(torch.randint(0, height - h + 1, (1,))), int(torch.randint(0, width - w + 1, (1,))), h, w
+        w, h = min(width, round(height * self.ratio[1])), min(height, round(width / self.ratio[0]))
         return (height - h) // 2, (width - w) // 2, h, w
 
     def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:

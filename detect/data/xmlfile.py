@@ -40,8 +40,7 @@ _WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16/32 byte order marks (UTF-32 LE
 def parse_xml_bytes(data: bytes) -> ET.Element:
     """Root element of an XML document given as bytes; ``DTDForbidden`` for a ``<!DOCTYPE``,
     ``xml.etree.ElementTree.ParseError`` for malformed XML."""
-    ascii_compatible = b"\x00" not in data and not data.startswith(_WIDE_BOMS)
-    if ascii_compatible:
+    if b"\x00" not in data and not data.startswith(_WIDE_BOMS):  # an ASCII-compatible encoding
         if b"<!DOCTYPE" in data:
             raise DTDForbidden(None, None, None)
         parser = ET.XMLParser()  # the C tree builder: no declaration can be in this document
@@ -55,9 +54,7 @@ def read_xml_root(path: str | Path) -> ET.Element:
     """Root element of an XML file; ``ValueError`` naming the file when it is malformed, unreadable, or
     refused (a document type declaration, hence possible entities or external references)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        return parse_xml_bytes(data)
+        return parse_xml_bytes(Path(path).read_bytes())
     except ET.ParseError as e:
         raise ValueError(f"{path}: malformed XML ({e})") from None
     except OSError as e:
