@@ -111,7 +111,7 @@ def compare(images, names, ss: SelectiveSearch, records=None, seeds: int = 1) ->
         if not np.array_equal(c_rand_rank(rects, levels, ss.seed), theirs):
             differ.append(name)
         for seed in range(seeds):
-            for gen, ranked in (("numpy", _rank(rects, levels, seed).astype(np.float32)),
+            for gen, ranked in (("numpy", _rank(rects, levels, seed)),
                                 ("C rand", c_rand_rank(rects, levels, seed))):
                 found.setdefault((gen, seed), []).append(ss._finish(ranked, back, im.shape[1], im.shape[0]).boxes)
     print(f"our hierarchies ranked with C's rand() give process()'s exact order on {len(images) - len(differ)} of "
