@@ -86,7 +86,6 @@ class WeightsLayer:
     params: dict = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------- detection
 def weights_format(path: str | Path) -> str:
     """What a weights file is, from its content: ``"torch"`` (a ``torch.save`` zip or pickle, or
     anything unrecognised: torch's loader then names the problem), ``"caffemodel"`` or ``"onnx"``."""
@@ -108,7 +107,6 @@ def weights_format(path: str | Path) -> str:
     return "torch"
 
 
-# ------------------------------------------------------------------------------------- caffemodel
 def _pair(fields: dict, repeated: int, h: int, w: int, default: int) -> tuple[int, int]:
     """Caffe's 2-D parameter: ``<x>_h``/``<x>_w`` when given, else the repeated value (one for both
     axes, or one per axis), else ``default``."""
@@ -183,7 +181,6 @@ def read_caffemodel(path: str | Path, data: bytes) -> tuple[list[WeightsLayer], 
     return layers, encoding
 
 
-# ------------------------------------------------------------------------------------------- onnx
 _ONNX_NAME = re.compile(r"^(?P<layer>.+)_(?P<kind>[wb])(?:_\d+)?$")
 
 

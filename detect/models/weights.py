@@ -158,7 +158,6 @@ def strip_module_prefix(state: Mapping) -> dict:
     return dict(state)
 
 
-# ------------------------------------------------------------------------------------ BVLC weights
 def _check_architecture(model: nn.Module, path: Path) -> None:
     if not isinstance(model, GoogLeNet):
         raise ValueError(f"{path}: BVLC GoogLeNet weights load into a GoogLeNet, not a {type(model).__name__}")
