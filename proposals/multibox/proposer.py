@@ -116,8 +116,7 @@ class MultiBoxProposer:
         return dict(self._params)
 
     def network_entry(self) -> dict:
-        """The inference part of the checkpoint (``model_kwargs``, ``model_state`` with the priors, and
-        whatever else it records about the model), training state left out: what a detector file embeds."""
+        """What a detector file embeds: :meth:`load_network` of the checkpoint (the priors in ``model_state``)."""
         return dict(self._network)
 
     @staticmethod

@@ -22,8 +22,7 @@ __all__ = ["MultiBoxLossFn", "evaluate_coverage", "resolve_priors"]
 class MultiBoxLossFn:
     """``(model, batch, device) -> (loss, {"gt_per_image": float})`` for the engine.
 
-    batch: a :class:`proposals.multibox.data.MultiBoxBatch` (images ``Tensor[B, 3, S, S]``, boxes: list
-    of B ``Tensor[G_b, 4]``) from ``collate_multibox``.
+    batch: a :class:`proposals.multibox.data.MultiBoxBatch` from ``collate_multibox``.
     match: "priors" assigns ground truth to the model's priors (Erhan et al.'s training with priors),
     "predictions" to the current predictions (see :mod:`proposals.multibox.loss`).
     """
