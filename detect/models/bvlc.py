@@ -145,8 +145,8 @@ def _blob(buf, where: str) -> np.ndarray:
 
 
 def read_caffemodel(path: str | Path, data: bytes) -> tuple[list[WeightsLayer], str]:
-    """The layers of a ``.caffemodel`` of content ``data`` in file order, and its encoding (``"layer"`` or V1
-    ``"layers"``). Raises ``ValueError`` naming ``path`` for malformed content or neither encoding."""
+    """The layers of a ``.caffemodel`` of content ``data`` in file order, and ``read_weights``' source (naming
+    the ``layer`` or V1 ``layers`` encoding). ``ValueError`` naming ``path`` for malformed content or neither."""
     try:
         net = pw.message_fields(data)
         encodings = [(100, "layer", {"name": 1, "type": 2, "blobs": 7, "conv": 106, "ip": 117, "lrn": 118, "pool": 121}),
@@ -178,7 +178,7 @@ def read_caffemodel(path: str | Path, data: bytes) -> tuple[list[WeightsLayer], 
         raise ValueError(f"{path}: not a readable .caffemodel ({e})") from e
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    return layers, encoding
+    return layers, f"caffemodel ({'V1 layers' if encoding == 'layers' else 'layer'} encoding)"
 
 
 _ONNX_NAME = re.compile(r"^(?P<layer>.+)_(?P<kind>[wb])(?:_\d+)?$")
@@ -245,5 +245,4 @@ def read_weights(path: str | Path, kind: str) -> tuple[list[WeightsLayer], str, 
     sha1 = hashlib.sha1(data).hexdigest()
     if kind == "onnx":
         return read_onnx(path, data), "onnx", sha1
-    layers, encoding = read_caffemodel(path, data)
-    return layers, f"caffemodel ({'V1 layers' if encoding == 'layers' else 'layer'} encoding)", sha1
+    return (*read_caffemodel(path, data), sha1)
