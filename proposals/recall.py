@@ -8,7 +8,7 @@ boxes) both for the IoU and for the small-object threshold ``min(0.5, wh / ((w +
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -46,9 +46,6 @@ class ProposalRecall:
     ks: list[int]
     recall_at_k: list[float]
     recall_ilsvrc_at_k: list[float]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def proposal_recall(gts: Sequence[np.ndarray], proposals: Sequence[np.ndarray], keep: Sequence[np.ndarray] | None = None,

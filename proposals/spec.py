@@ -38,8 +38,7 @@ PROPOSERS = {  # kind -> the class its specs build ("module:Class", imported on 
     "multibox": "proposals.multibox.proposer:MultiBoxProposer",
     "union": "proposals.merge:UnionProposer",
 }
-# parameters bounded above by detect.limits.LIMITS (name -> (lowest value, whether it is excluded)): a file
-# asking for more is refused before the proposer is built
+# name -> (lowest value, whether excluded); above, detect.limits.LIMITS: checked before the proposer is built
 _BOUNDED = {"superpixel_scale": (0.0, True), "resize_width": (0.0, True), "max_side": (0.0, True),
             "sigma": (0.0, False), "ks": (0.0, True), "top_k": (0.0, True), "batch_size": (0.0, True)}
 

@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 __all__ = ["ProposalStore", "ProposeSummary", "propose_dataset", "resolve_workers", "sidecar_path"]
 
 
-# --------------------------------------------------------------------------- computing a whole split
-
-
 def resolve_workers(workers: int | str) -> int:
     """``"auto"`` -> the CPU cores this process may use, shared among the ranks that torchrun started on
     this machine (``LOCAL_WORLD_SIZE``), at least 1; an int is returned as it is (0 or 1: in-process)."""

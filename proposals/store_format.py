@@ -14,14 +14,12 @@ so that equal content gives equal bytes:
   meta, offsets and digests.
 
 Integrity: opening checks every member's dtype and shape, that the offsets rise from 0 to M, that
-``id_order`` sorts the ids strictly (no id repeats), and the index against ``index_crc32``: a pass over
-the index only (O(I)), never over the boxes. Each lookup checks the rows it reads against that image's
-digest, so every byte served has been verified and no open reads the 9 GB of an ILSVRC-scale store (a full
-pass: :meth:`ProposalStore.verify`; timings: benchmarks/scale.md). Per-image digests rather than per-chunk
-ones or a verified-once marker (size, mtime, inode): a lookup checks exactly the bytes it reads, nothing
-is kept beside the file, and damage after a first check is still caught. A damaged file is
-refused with a ``ValueError`` naming it, the image and the problem; a file of an earlier format (1:
-compressed; 2: no digests) with one that says to run ``tools/propose.py`` again.
+``id_order`` sorts the ids strictly (no id repeats), and the index against ``index_crc32``: O(I), the
+boxes are never read. Each lookup checks the rows it reads against that image's digest (per image, not
+per chunk or once per file: exactly the bytes served, and damage after a first check is still caught);
+a full pass is :meth:`ProposalStore.verify` (timings: benchmarks/scale.md). A damaged file is refused
+with a ``ValueError`` naming it, the image and the problem; a file of an earlier format (1: compressed;
+2: no digests) with one that says to run ``tools/propose.py`` again.
 
 The writer streams image by image (:class:`StoreWriter`) and a lookup touches the pages of one image:
 neither writing nor reading holds the whole split in memory. Run-dependent figures (seconds per image,
@@ -31,6 +29,7 @@ that a process that only looks up proposals stays small.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import json
 import logging
@@ -99,9 +98,6 @@ def _strictly_sorted(ids: np.ndarray, order: np.ndarray, block: int = 1 << 16) -
         if (chunk[1:] <= chunk[:-1]).any():
             return False
     return True
-
-
-# --------------------------------------------------------------------------------------------- writing
 
 
 class StoreWriter:
@@ -221,12 +217,10 @@ class StoreWriter:
         """Drop the temporary file; ``path`` is left as it was."""
         if self._scores is not None:
             self._scores.close()
-        try:
+        with contextlib.suppress(ValueError, OSError, AttributeError):  # AttributeError: no zip opened yet
             if self._boxes is not None:
                 self._boxes.close()
             self._zip.close()
-        except (ValueError, OSError, AttributeError):
-            pass
         error = error or RuntimeError(f"{self.path}: store not written")
         self._context.__exit__(type(error), error, error.__traceback__)  # removes the temporary file
 
@@ -238,9 +232,6 @@ class StoreWriter:
             self.commit()
         else:
             self.abort(exc)
-
-
-# --------------------------------------------------------------------------------------------- reading
 
 
 def _member_array(path: Path, f: BinaryIO, info: zipfile.ZipInfo) -> np.ndarray:
@@ -266,8 +257,7 @@ def _member_array(path: Path, f: BinaryIO, info: zipfile.ZipInfo) -> np.ndarray:
 
 
 def _open_mapped(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays of a store, memory-mapped, and its meta dict (the index unchecked: :meth:`ProposalStore.load`);
-    ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or not a store of format 3."""
+    """The arrays of a store, memory-mapped, and its meta dict; the errors of :func:`store_meta`."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: proposal file not found")
     with open(path, "rb") as f:
@@ -333,7 +323,6 @@ class ProposalStore:
         self.meta = dict(meta or {})
         self._source = source
         self._digests = digests
-        # the structure every lookup relies on, checked in O(I) (the boxes are never read); id_order made when None
         n = len(self._ids)
         if self.boxes.ndim != 2 or self.boxes.shape[1] != 4 or self.boxes.dtype.kind not in "fu":
             raise ValueError(f"proposal store: boxes are {self.boxes.dtype}{list(self.boxes.shape)}, not [M, 4] numbers")
@@ -361,8 +350,6 @@ class ProposalStore:
         sc = None if scores is None else np.concatenate([np.zeros(0, np.float32),
                                                          *(np.asarray(s, np.float32).reshape(-1) for s in scores)])
         return cls(image_ids, offsets, cat, sc, meta)
-
-    # ----------------------------------------------------------------------------- lookups
 
     @cached_property
     def image_ids(self) -> list[str]:
@@ -430,8 +417,6 @@ class ProposalStore:
     def verify(self) -> int:
         """Read every image once against its digest (the whole file); returns the images checked."""
         return sum(1 for _ in self.iter_images())
-
-    # ----------------------------------------------------------------------------- files
 
     def save(self, path: str | Path) -> None:
         """Write atomically in the current format (module docstring)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -46,7 +47,7 @@ def main(cfg: DictConfig) -> dict:
         side = sidecar_path(path)
         seconds = json.loads(side.read_text()).get("seconds_per_image") if side.is_file() else None
         results[name] = r
-        rows[name] = dict(r.to_dict(), store=str(path), seconds_per_image=seconds)
+        rows[name] = dict(asdict(r), store=str(path), seconds_per_image=seconds)
     header = f"{'method':24s} {'boxes/img':>9s} {'cov@0.5':>8s} {'cov@ILSVRC':>10s} {'MABO':>6s} {'s/img':>6s}"
     lines = [header] + [
         f"{n:24s} {v['boxes_per_image']:9.1f} {v['coverage_050']:8.3f} {v['coverage_ilsvrc']:10.3f} "

@@ -4,30 +4,20 @@ BVLC's replication of the paper network (``bvlc_googlenet.caffemodel``, sha1 :da
 top-1 / 88.9 % top-5 with the centre crop) and the ONNX model zoo's GoogLeNet converted from it
 (Caffe -> Caffe2 -> ONNX, no auxiliary heads) are the network of Table 1 layer by layer: our
 ``GoogLeNet()`` defaults (LRN, real 5x5 convolutions, no batch norm, ceil-mode pooling, 5x5/3 aux
-pool, 3x3 maxpool4). Their 64 weighted layers map one to one onto ours (:data:`CAFFE_TO_MODULE`)::
-
-    conv1/7x7_s2 -> conv1.conv        conv2/3x3_reduce -> conv2.conv     conv2/3x3 -> conv3.conv
-    inception_4a/1x1 -> inception4a.branch1.conv        (3a .. 5b alike)
-    inception_4a/3x3_reduce, 3x3 -> inception4a.branch2.0.conv, branch2.1.conv
-    inception_4a/5x5_reduce, 5x5 -> inception4a.branch3.0.conv, branch3.1.conv
-    inception_4a/pool_proj -> inception4a.branch4.1.conv   (after the 3x3/1 max pool)
-    loss1/conv, loss1/fc, loss1/classifier -> aux1.conv.conv, aux1.fc1, aux1.fc2   (loss2 -> aux2)
-    loss3/classifier -> fc
-
-Each has a weight blob (convolutions ``(out, in, kh, kw)``, fully connected ``(out, in)``, row-major)
-and a bias blob. The input convention differs from ours: BGR, 0..255, minus the mean (104, 117,
-123) of ``train_val.prototxt`` (:data:`detect.models.convention.BVLC`); the loaded model records it.
+pool, 3x3 maxpool4). Their 64 weighted layers map one to one onto ours (:data:`CAFFE_TO_MODULE`,
+e.g. ``inception_4a/5x5_reduce`` -> ``inception4a.branch3.0.conv``, ``loss1/fc`` -> ``aux1.fc1``,
+``loss3/classifier`` -> ``fc``), each a weight blob (convolutions ``(out, in, kh, kw)``, fully connected
+``(out, in)``, row-major) and a bias blob. The input convention differs from ours: BGR, 0..255, minus
+the mean (104, 117, 123) of ``train_val.prototxt`` (:data:`detect.models.convention.BVLC`); the loaded
+model records it.
 
 File formats (detected by content, :func:`weights_format`):
 
 - ``.caffemodel``: a Caffe ``NetParameter`` message (``caffe.proto``), read with our own wire-format
   reader (:mod:`detect.models.protowire`) rather than the ``protobuf`` package, which would need a
   Python module generated from ``caffe.proto`` by ``protoc`` (not installed, and generated code we
-  would have to ship); we decode only the fields named here. Layers come in the new encoding
-  (``layer``, field 100: ``LayerParameter`` name 1, type 2, blobs 7) or the V1 one of older files
-  (``layers``, field 2: ``V1LayerParameter`` name 4, type enum 5, blobs 6); a ``BlobProto`` has its
-  shape in ``BlobShape`` (7) or in num/channels/height/width (1-4), its values in ``data`` (5, packed
-  float) or ``double_data`` (8). Besides the blob shapes, the convolution geometry (stride, pad,
+  would have to ship); we decode only the fields :func:`read_caffemodel` names, of the new ``layer``
+  or the older V1 ``layers`` encoding. Besides the blob shapes, the convolution geometry (stride, pad,
   group, dilation, bias), LRN constants and pooling settings stored in the file are checked against
   the model: a file whose network differs is refused, naming the layer.
 - ``.onnx``: read with the ``onnx`` package, external data refused (a file a user loads may not point
@@ -96,7 +86,6 @@ class WeightsLayer:
     params: dict = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------- detection
 def weights_format(path: str | Path) -> str:
     """What a weights file is, from its content: ``"torch"`` (a ``torch.save`` zip or pickle, or
     anything unrecognised: torch's loader then names the problem), ``"caffemodel"`` or ``"onnx"``."""
@@ -118,7 +107,6 @@ def weights_format(path: str | Path) -> str:
     return "torch"
 
 
-# ------------------------------------------------------------------------------------- caffemodel
 def _pair(fields: dict, repeated: int, h: int, w: int, default: int) -> tuple[int, int]:
     """Caffe's 2-D parameter: ``<x>_h``/``<x>_w`` when given, else the repeated value (one for both
     axes, or one per axis), else ``default``."""
@@ -157,8 +145,8 @@ def _blob(buf, where: str) -> np.ndarray:
 
 
 def read_caffemodel(path: str | Path, data: bytes) -> tuple[list[WeightsLayer], str]:
-    """The layers of a ``.caffemodel`` of content ``data`` in file order, and its encoding (``"layer"`` or V1
-    ``"layers"``). Raises ``ValueError`` naming ``path`` for malformed content or neither encoding."""
+    """The layers of a ``.caffemodel`` of content ``data`` in file order, and ``read_weights``' source (naming
+    the ``layer`` or V1 ``layers`` encoding). ``ValueError`` naming ``path`` for malformed content or neither."""
     try:
         net = pw.message_fields(data)
         encodings = [(100, "layer", {"name": 1, "type": 2, "blobs": 7, "conv": 106, "ip": 117, "lrn": 118, "pool": 121}),
@@ -190,10 +178,9 @@ def read_caffemodel(path: str | Path, data: bytes) -> tuple[list[WeightsLayer], 
         raise ValueError(f"{path}: not a readable .caffemodel ({e})") from e
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    return layers, encoding
+    return layers, f"caffemodel ({'V1 layers' if encoding == 'layers' else 'layer'} encoding)"
 
 
-# ------------------------------------------------------------------------------------------- onnx
 _ONNX_NAME = re.compile(r"^(?P<layer>.+)_(?P<kind>[wb])(?:_\d+)?$")
 
 
@@ -258,5 +245,4 @@ def read_weights(path: str | Path, kind: str) -> tuple[list[WeightsLayer], str, 
     sha1 = hashlib.sha1(data).hexdigest()
     if kind == "onnx":
         return read_onnx(path, data), "onnx", sha1
-    layers, encoding = read_caffemodel(path, data)
-    return layers, f"caffemodel ({'V1 layers' if encoding == 'layers' else 'layer'} encoding)", sha1
+    return (*read_caffemodel(path, data), sha1)

@@ -102,8 +102,6 @@ class InputConvention:
             x = x.div_(torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1))
         return x
 
-    __call__ = normalize
-
 
 IMAGENET = InputConvention()  # torchvision's and our own checkpoints: RGB 0..1, ImageNet mean / std
 BVLC = InputConvention("BGR", 255.0, (104.0, 117.0, 123.0), (1.0, 1.0, 1.0))  # BVLC's train_val.prototxt mean_value

@@ -29,10 +29,9 @@ network (no biases, no auxiliary heads, 1000 classes) number 6,990,272, and the 
 rows: e.g. 4c has 512*128 + 512*128 + 128*256*9 + 512*24 + 24*64*25 + 512*64 = 509,440 weights
 (497.5 K) against the printed 463 K; and its ops column sums to about 1.5 G.
 
-Inputs: float ``Tensor[B, 3, H, W]`` prepared by the model's ``input_convention`` (:mod:`detect.models.convention`),
-any H, W >= 96 (small CPU configs warp crops to 96 or 112). The convention is part of :class:`GoogLeNetConfig`,
-so every checkpoint and detector file records it (in ``model_kwargs``, the config as plain values, read back by
-:meth:`GoogLeNetConfig.from_kwargs`). Loading weights: :mod:`detect.models.weights`.
+Inputs: float ``Tensor[B, 3, H, W]``, any H, W >= 96 (small CPU configs warp crops to 96 or 112), prepared
+by the model's ``input_convention`` (:mod:`detect.models.convention`), a field of :class:`GoogLeNetConfig`
+and so of the ``model_kwargs`` every file records. Loading weights: :mod:`detect.models.weights`.
 """
 from __future__ import annotations
 
@@ -292,12 +291,9 @@ class GoogLeNet(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self) -> None:
-        """Conv and linear weights: truncated normal (2 std, ``_trunc_normal_``), biases 0; BatchNorm: weight 1, bias 0.
-
-        Hidden layers use std sqrt(2 / fan_in) so that the 22-layer network without BatchNorm starts
-        with activations that neither vanish nor explode (torchvision's 0.01 everywhere makes them
-        vanish); the classifiers (fc, aux fc2) use std 0.01.
-        """
+        """Truncated-normal weights (``_trunc_normal_``) of std sqrt(2 / fan_in) in hidden layers, so that the
+        22-layer network without BatchNorm starts with activations that neither vanish nor explode
+        (torchvision's 0.01 everywhere makes them vanish), of std 0.01 in the classifiers (fc, aux fc2)."""
         classifiers = {self.fc} | ({self.aux1.fc2, self.aux2.fc2} if self.aux_logits else set())
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -361,11 +357,8 @@ def _trunc_normal_(weight: Tensor, std: float) -> None:
 
 
 def googlenet_torchvision(**overrides) -> GoogLeNet:
-    """The layout of ``torchvision.models.googlenet``: a torchvision state dict loads into it strictly.
-
-    BatchNorm, 3x3 convs in the "5x5" branch, no LRN, adaptive aux pool, 2x2 maxpool4, dropout 0.2.
-    ``overrides`` are GoogLeNet kwargs (e.g. ``num_classes=201, transform_input=True``).
-    """
+    """The layout of ``torchvision.models.googlenet`` (a torchvision state dict loads into it strictly);
+    ``overrides`` are GoogLeNet kwargs (e.g. ``num_classes=201, transform_input=True``)."""
     config = GoogLeNetConfig(batch_norm=True, five_by_five=False, lrn=False, aux_pool="adaptive", pool4_size=2,
                              dropout=0.2)
     return GoogLeNet(config, **overrides)

@@ -139,9 +139,8 @@ def load_pretrained(model: GoogLeNet, path: str | Path) -> LoadReport:
         log.info("%s: input convention %s (the model was set to %s)", path, convention.describe(),
                  model.input_convention.describe())
     model.set_input_convention(convention)
-    if report.mismatched:
-        log.info("%s: left initialised (shape differs): %s", path, ", ".join(report.mismatched))
-    for level, names, what in ((logging.WARNING, report.missing, "not in the file, left initialised"),
+    for level, names, what in ((logging.INFO, report.mismatched, "left initialised (shape differs)"),
+                               (logging.WARNING, report.missing, "not in the file, left initialised"),
                                (logging.INFO, report.unexpected, "of the file unused")):
         if names:
             log.log(level, "%s: %d tensors %s: %s%s", path, len(names), what, ", ".join(names[:10]),
@@ -158,7 +157,6 @@ def strip_module_prefix(state: Mapping) -> dict:
     return dict(state)
 
 
-# ------------------------------------------------------------------------------------ BVLC weights
 def _check_architecture(model: nn.Module, path: Path) -> None:
     if not isinstance(model, GoogLeNet):
         raise ValueError(f"{path}: BVLC GoogLeNet weights load into a GoogLeNet, not a {type(model).__name__}")
@@ -189,16 +187,15 @@ def _fit(path: Path, layer: WeightsLayer, shape: tuple[int, ...]) -> np.ndarray:
 
 def _check_geometry(path: Path, layer: WeightsLayer, module: nn.Module) -> None:
     p = layer.params
+    kind = {nn.Conv2d: "Convolution", nn.Linear: "InnerProduct"}.get(type(module), layer.type)
+    if layer.type != kind:
+        raise ValueError(f"{path}: layer {layer.name!r} is {layer.type}, expected {kind}")
     if isinstance(module, nn.Conv2d):
-        if layer.type != "Convolution":
-            raise ValueError(f"{path}: layer {layer.name!r} is {layer.type}, expected Convolution")
         if not p:
             return  # an ONNX weight no node uses: nothing to check beyond its shape
         want = {"stride": tuple(module.stride), "pad": tuple(module.padding), "dilation": tuple(module.dilation),
                 "group": module.groups, "bias_term": True}
     elif isinstance(module, nn.Linear):
-        if layer.type != "InnerProduct":
-            raise ValueError(f"{path}: layer {layer.name!r} is {layer.type}, expected InnerProduct")
         want = {"bias_term": True}
     elif isinstance(module, nn.MaxPool2d):
         want = {"method": "MAX", "kernel": (module.kernel_size,) * 2, "stride": (module.stride,) * 2,

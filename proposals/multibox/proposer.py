@@ -70,11 +70,10 @@ class MultiBoxProposer:
     checkpoint: path written by tools/train_multibox.py, or that checkpoint already loaded (as
     :func:`load_multibox` takes it); top_k: boxes kept per image (at most K); device: "auto" | "cpu" |
     "cuda[:N]"; batch_size: images per forward pass in :meth:`propose_batch`.
-    backend, precision: as for region scoring (:mod:`detect.backends`): "auto" (ONNX Runtime on a CPU,
-    torch on a GPU) | "torch" | "onnxruntime", and "fp32" | "int8" | "auto" of ONNX Runtime; the int8
-    model is calibrated on the checkpoint's ``calibration`` images (``uint8 [N, S, S, 3]`` RGB at the input
-    size, prepared in the network's input convention) with its ``int8_recipe``, which the detector bundle
-    step adds to the network it embeds.
+    backend, precision: as for region scoring (:mod:`detect.backends`); the int8 model is calibrated on
+    the checkpoint's ``calibration`` images (``uint8 [N, S, S, 3]`` RGB at the input size, prepared in the
+    network's input convention) with its ``int8_recipe``, which the detector bundle step adds to the
+    network it embeds.
     amp: mixed precision of the torch backend on CUDA, "none" by default because the boxes are
     regressed coordinates (bf16 would round them to ~0.4 % of the image side).
     onnx_cache: folder of the ONNX export, keyed on the weights (default ``<checkpoint>.onnx/`` for a
@@ -82,8 +81,7 @@ class MultiBoxProposer:
     """
 
     name = "multibox"
-    # proposals.spec: a MultiBox spec embeds the network (the checkpoint's inference part), never a path
-    spec_input, spec_args = "network", ("checkpoint", "onnx_cache")
+    spec_input, spec_args = "network", ("checkpoint", "onnx_cache")  # proposals.spec: embedded, never a path
 
     def __init__(self, checkpoint: str | Path | Mapping, top_k: int = 200, device: str = "auto", batch_size: int = 32,
                  backend: str = "auto", amp: str = "none", onnx_cache: str | Path | None = None,
@@ -116,8 +114,7 @@ class MultiBoxProposer:
         return dict(self._params)
 
     def network_entry(self) -> dict:
-        """The inference part of the checkpoint (``model_kwargs``, ``model_state`` with the priors, and
-        whatever else it records about the model), training state left out: what a detector file embeds."""
+        """What a detector file embeds: :meth:`load_network` of the checkpoint (the priors in ``model_state``)."""
         return dict(self._network)
 
     @staticmethod

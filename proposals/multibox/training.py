@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detect.boxes import order_corners
 from detect.io import load_checkpoint
 from proposals.multibox.loss import multibox_loss
-from proposals.multibox.model import top_k_boxes
+from proposals.multibox.model import decode_boxes, top_k_boxes
 from proposals.multibox.priors import compute_priors, normalised_boxes
 from proposals.recall import proposal_recall
 
@@ -22,8 +21,7 @@ __all__ = ["MultiBoxLossFn", "evaluate_coverage", "resolve_priors"]
 class MultiBoxLossFn:
     """``(model, batch, device) -> (loss, {"gt_per_image": float})`` for the engine.
 
-    batch: a :class:`proposals.multibox.data.MultiBoxBatch` (images ``Tensor[B, 3, S, S]``, boxes: list
-    of B ``Tensor[G_b, 4]``) from ``collate_multibox``.
+    batch: a :class:`proposals.multibox.data.MultiBoxBatch` from ``collate_multibox``.
     match: "priors" assigns ground truth to the model's priors (Erhan et al.'s training with priors),
     "predictions" to the current predictions (see :mod:`proposals.multibox.loss`).
     """
@@ -57,7 +55,7 @@ def evaluate_coverage(model, loader, device, top_k: int, iou: float = 0.5) -> di
             continue
         boxes, logits = model(images.to(device))
         top, _ = top_k_boxes(boxes, logits, top_k)
-        proposals += list(order_corners(top.float()).clamp(0, 1).cpu().numpy())
+        proposals += list(decode_boxes(top, 1, 1).cpu().numpy())  # corners in order, clipped to the unit square
         gts += [g.numpy() for g in gt]
     model.train(was_training)
     r = proposal_recall(gts, proposals, ks=(top_k,), iou_threshold=iou, plus_one=False)
