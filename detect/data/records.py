@@ -32,15 +32,14 @@ log = logging.getLogger(__name__)
 __all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "SkippedItem", "warn_outside", "reader_logs",
            "finish_dataset", "MAX_ID", "MAX_PIXELS", "check_id", "check_pixels", "as_class_list", "text_lines"]
 
-# Bounds on the integers read from annotation files: limits of the formats the values are held in, not
-# settings. Beyond them a value is no id or pixel position (it would overflow numpy's int64 or lose
-# its meaning in float32), so the entry is reported and skipped, never a crash of the whole read.
+# Bounds on the integers read from annotation files, the limits of the formats they are held in: beyond
+# them a value is no id or pixel position, so the entry is reported and skipped, never a crash.
 MAX_ID = 2**63 - 1       # ids (COCO image, category and annotation ids, list indices) are held as int64
 MAX_PIXELS = 2**31 - 1   # image sides and box coordinates, in pixels (int32; far past any real image)
 
 
 def check_id(value: int, field: str) -> int:
-    """``value`` (an int) when it fits an int64 id, else ``ValueError`` saying so (``field`` names it)."""
+    """``value`` (an int) when it fits an int64 id, else ``ValueError`` naming ``field``."""
     if not -MAX_ID - 1 <= value <= MAX_ID:
         raise ValueError(f"{field} {value} is out of range (ids are 64-bit integers: |{field}| < 2**63)")
     return value
@@ -69,9 +68,8 @@ def as_class_list(classes, default: Callable[[], ClassList]) -> ClassList:
 
 
 def text_lines(path: str | Path, what: str, comments: bool = False) -> list[tuple[int, list[str]]]:
-    """``(line number, whitespace-separated tokens)`` of each non-blank line of a text file (and, with
-    ``comments``, not starting with ``#``); ``FileNotFoundError`` (unreadable) or ``ValueError`` (not
-    UTF-8) naming the file and ``what`` it is."""
+    """``(line number, tokens)`` of each non-blank line of a text file (with ``comments``: not starting with
+    ``#``); ``FileNotFoundError`` (unreadable) or ``ValueError`` (not UTF-8) naming the file and ``what``."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
@@ -85,7 +83,6 @@ def text_lines(path: str | Path, what: str, comments: bool = False) -> list[tupl
 @dataclass
 class DetectionRecord:
     """One image and its ground truth.
-
     boxes: ndarray[N, 4] float32, xyxy pixels (ILSVRC XML values as stored; see the evaluator's +1 rule)
     labels: ndarray[N] int64, 0-based indices into the dataset's ClassList
     ignore: ndarray[N] bool, boxes that neither count nor penalise (VOC ``difficult``, COCO ``iscrowd``)
@@ -121,10 +118,9 @@ class SkippedItem(NamedTuple):
 
 
 def warn_outside(records: list["DetectionRecord"], warnings: "SkipLog", source) -> int:
-    """Add a warning per ground-truth box of ``records`` that reaches past its image: ``x1 < 0``,
-    ``y1 < 0``, ``x2 > width`` or ``y2 > height`` (so inclusive-pixel formats may end on ``width``, a
-    common 1-based slip); none for a record of unknown size (0). The boxes stay as stored (see the
-    module docstring); ``source(record)`` names the annotation file. Returns the count."""
+    """Add a warning (under ``source(record)``) per box of ``records`` reaching past its image: ``x1 < 0``,
+    ``y1 < 0``, ``x2 > width`` or ``y2 > height`` (inclusive-pixel formats may end on ``width``, a common
+    1-based slip); none for a record of unknown size (0). Boxes stay as stored. Returns the count."""
     counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
     if not counts.sum():
         return 0
@@ -141,11 +137,10 @@ def warn_outside(records: list["DetectionRecord"], warnings: "SkipLog", source) 
 class SkipLog:
     """Counts and reports what was skipped (file, reason); a summary is printed at the end of a run.
 
-    ``what`` names the items (``"annotations"``), ``verb`` what happened to them (``"skipped"``,
-    ``"repaired"``). Each entry is logged as a warning, the first ``log_limit`` of each kind (the text
-    before the reason's first colon) only, so a file with 20,000 bad lines does not flood the log; every
-    entry is kept and counted in :meth:`summary`. Entries of the ``quiet`` kinds are not logged one by one
-    (objects of classes the user left out of ``data.classes``: a choice, not a fault).
+    ``what`` names the items (``"annotations"``), ``verb`` what happened to them (``"skipped"``). Only the
+    first ``log_limit`` entries of each kind (the reason up to its first colon) are logged as warnings, so
+    20,000 bad lines do not flood the log; :meth:`summary` counts them all. The ``quiet`` kinds are not
+    logged one by one (objects of classes left out of ``data.classes``: a choice, not a fault).
     """
 
     def __init__(self, what: str = "items", verb: str = "skipped", log_limit: int = 20, quiet=()):
@@ -191,10 +186,8 @@ class SkipLog:
 @dataclass
 class DetectionDataset:
     """A list of records with their class list; ``blacklist`` holds ignored (record index, label) pairs.
-
     ``skipped``: images and objects left out (with file and reason); ``warnings``: what was kept but
-    repaired or is unusual (an image size read from the image, a box outside the image).
-    """
+    repaired or is unusual (an image size read from the image, a box outside the image)."""
 
     records: list[DetectionRecord]
     classes: ClassList
@@ -218,19 +211,17 @@ class DetectionDataset:
 
 
 def reader_logs(quiet=()) -> tuple[SkipLog, SkipLog]:
-    """A reader's two logs: ``(skipped, warnings)``, of annotations skipped (``quiet`` kinds counted, not
-    logged one by one) and kept with a warning."""
+    """A reader's ``(skipped, warnings)``: annotations skipped (``quiet`` kinds: SkipLog) and kept with a warning."""
     return SkipLog("annotations", quiet=quiet), SkipLog("annotations", verb="kept with a warning")
 
 
 def finish_dataset(records: list[DetectionRecord], classes: ClassList, name: str, skipped: SkipLog,
                    warnings: SkipLog, where: str, listed: int, source, listed_what: str = "listed images",
                    blacklist: set[tuple[int, int]] | None = None, logger: logging.Logger = log) -> DetectionDataset:
-    """A reader's last step: :func:`warn_outside` (``source(record)`` names its annotation file), then the
-    :class:`DetectionDataset` of ``records``, its summary logged (to ``logger``, the reader's) as a
-    warning when anything was skipped or repaired. ``where`` (the file, or folder and split, read)
-    starts the messages; ``listed`` entries (``listed_what``) of which none became a record raise
-    ``ValueError``."""
+    """A reader's last step: :func:`warn_outside`, then the :class:`DetectionDataset` of ``records``, its
+    summary logged to ``logger`` when anything was skipped or repaired. ``where`` (the file, or folder and
+    split, read) starts the messages; ``listed`` entries (``listed_what``) of which none became a record
+    raise ``ValueError``."""
     warn_outside(records, warnings, source)
     dataset = DetectionDataset(records, classes, name=name, blacklist=set() if blacklist is None else blacklist,
                                skipped=skipped, warnings=warnings)
