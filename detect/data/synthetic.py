@@ -8,13 +8,11 @@ and irregular shapes, which no class has.
 Class ids look like ILSVRC wnids: ``n99`` followed by the 6-digit 0-based class index
 (``n99000000``, ``n99000001``, ...); names read like ``"red solid circle"``.
 
-Layouts written:
-- ``make_classification_set``: ``root/{train,val}/<wnid>/<name>.JPEG`` and ``root/classes.tsv``.
-- ``make_detection_world``: the ILSVRC 2015+ layout, ``root/Data/DET/<split>/<name>.JPEG``,
-  ``root/Annotations/DET/<split>/<name>.xml`` (0-based inclusive pixel boxes), ``root/ImageSets/DET/
-  <split>.txt`` (``<name> <index>``, index 1-based) and ``root/classes.tsv``; or the same world as a
-  PASCAL VOC folder (``layout="voc"``) or COCO files (``layout="coco"``), for trying the chain on
-  datasets of one's own (see :func:`make_detection_world`).
+Layouts written: :func:`make_classification_set`, ``root/{train,val}/<wnid>/<wnid>_<k>.JPEG`` and
+``root/classes.tsv``; :func:`make_detection_world`, the ILSVRC 2015+ layout (``Data/DET/<split>/<name>.JPEG``,
+``Annotations/DET/<split>/<name>.xml`` with 0-based inclusive pixel boxes, ``ImageSets/DET/<split>.txt`` of
+``<name> <index>`` lines, index 1-based, and ``classes.tsv``), or the same world as a PASCAL VOC folder or
+COCO files, for trying the chain on datasets of one's own.
 
 Both are deterministic (same parameters -> the same bytes; each image draws from its own generator
 seeded by ``(seed, split, image number)``) and idempotent under the ownership rules of every generator
@@ -198,7 +196,6 @@ def render_detection_image(rng: np.random.Generator, width: int, height: int, cl
                            labels: list[int], min_object_size: float, max_object_fraction: float,
                            min_visible: float, max_attempts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render a scene with objects of the given ``labels`` (larger ones behind smaller ones).
-
     Object sizes are log-uniform in [min_object_size, max_object_fraction * min(width, height)]. An object
     is kept only when it and every object behind it stay at least ``min_visible`` visible (clipping and
     occlusion together); one that cannot be placed in ``max_attempts`` tries is left out.
@@ -292,9 +289,8 @@ def _world_files(params: dict, split: str, i: int) -> tuple[str, str | None, str
 def _planned_files(params: dict) -> list[str]:
     """Every file a generation with ``params`` writes, relative to its root (POSIX separators)."""
     if params["kind"] == "classification_set":
-        files = [f"{split}/{cls.wnid}/{cls.wnid}_{k + 1:05d}.JPEG"
-                 for split, per_class in (("train", params["train_per_class"]), ("val", params["val_per_class"]))
-                 for cls in scene_classes(params["num_classes"]) for k in range(per_class)]
+        files = [f"{split}/{cls.wnid}/{cls.wnid}_{k + 1:05d}.JPEG" for split in ("train", "val")
+                 for cls in scene_classes(params["num_classes"]) for k in range(params[f"{split}_per_class"])]
         return files + ["classes.tsv"]
     files = []
     for split in ("train", "val"):
@@ -328,8 +324,7 @@ def _split_seed(seed: int, split: str) -> int:
 
 def make_classification_set(root: str | Path, num_classes: int = 8, train_per_class: int = 100,
                             val_per_class: int = 20, image_size: int = 128, seed: int = 0) -> ClassList:
-    """Write ``root/{train,val}/<wnid>/<wnid>_<k>.JPEG`` (one object per image) and ``root/classes.tsv``;
-    returns the :class:`ClassList`."""
+    """Write the classification set (module docstring; one object per image); returns its :class:`ClassList`."""
     params = {"kind": "classification_set", "version": RENDERER_VERSION, "num_classes": int(num_classes),
               "train_per_class": int(train_per_class), "val_per_class": int(val_per_class),
               "image_size": int(image_size), "seed": int(seed)}
@@ -352,19 +347,16 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
                          max_object_fraction: float = 0.9, min_visible: float = 0.5,
                          max_attempts: int = 20, layout: str = "ilsvrc",
                          extensions: tuple[str, ...] = (".jpg",)) -> ClassList:
-    """Write a detection set (see the module docstring); returns its ClassList.
-
-    Each image is ``W x H`` with both sides uniform in [min_side, max_side]; ``round(empty_fraction * n)``
-    images per split have no object, the others 1..max_objects objects. The first object of the k-th
-    non-empty image is class ``k % num_classes`` (so every class appears once there are enough images),
-    the rest are uniform. Object sizes, visibility and placement: :func:`render_detection_image`.
-    layout: ``ilsvrc`` (the 2015+ layout with ``classes.tsv``), ``voc`` (a VOC20xx folder: ``JPEGImages/``,
-    ``Annotations/`` with 1-based boxes and class names, ``ImageSets/Main/trainval.txt`` = train and
-    ``test.txt`` = val) or ``coco`` (``annotations/instances_{train,val}.json``, ``images/{train,val}/``,
-    category ids 1..C). The same seed draws the same pictures and boxes in every layout.
-    extensions: voc/coco image file extensions, used in turn image by image (e.g. ``[".jpg", ".JPG"]``
-    to exercise readers' extension handling); the files are JPEG whatever the name says.
-    """
+    """Write a detection set (module docstring); returns its ClassList. Each image is ``W x H``, both sides
+    uniform in [min_side, max_side]; ``round(empty_fraction * n)`` images per split have no object, the
+    others 1..max_objects. The first object of the k-th non-empty image is class ``k % num_classes`` (every
+    class appears once there are enough images), the rest are uniform; sizes, visibility and placement:
+    :func:`render_detection_image`. layout: ``ilsvrc`` (with ``classes.tsv``), ``voc`` (a VOC20xx folder:
+    1-based boxes, class names, ``ImageSets/Main/trainval.txt`` = train, ``test.txt`` = val) or ``coco``
+    (``annotations/instances_{train,val}.json``, ``images/{train,val}/``, category ids 1..C); the same seed
+    draws the same pictures and boxes in every layout (:data:`LAYOUTS`). extensions: voc/coco image file
+    extensions, used in turn (e.g. ``[".jpg", ".JPG"]``, to exercise readers); the files are JPEG whatever
+    the name says."""
     if not (0 < min_side <= max_side) or max_objects < 1 or not 0 <= empty_fraction <= 1:
         raise ValueError(f"bad parameters: min_side={min_side} max_side={max_side} "
                          f"max_objects={max_objects} empty_fraction={empty_fraction}")
