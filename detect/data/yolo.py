@@ -118,9 +118,8 @@ def _keypoints(yaml_file: Path, data: dict) -> int:
 
 
 def read_yolo_yaml(yaml_file: str | Path | None = None, root: str | Path | None = None) -> YoloData:
-    """Read a data yaml (``<root>/data.yaml`` when ``yaml_file`` is ``None``; ``root``: module docstring);
-    ``FileNotFoundError`` / ``ValueError`` naming the yaml (and the key) when it cannot be read, is not a
-    usable data yaml or names something outside ``root``."""
+    """Read a data yaml (``<root>/data.yaml`` when ``yaml_file`` is ``None``); ``FileNotFoundError`` /
+    ``ValueError`` naming the yaml (and the key) when it is unreadable, unusable or leaves ``root``."""
     if yaml_file is None and root is None:
         raise ValueError("data=yolo: give data.root=<folder with data.yaml> or data.yaml_file=<the data yaml>")
     yaml_file = Path(yaml_file) if yaml_file is not None else Path(root) / "data.yaml"
@@ -148,17 +147,13 @@ def _list_file(y: YoloData, key: str, path: Path) -> list[Path]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise FileNotFoundError(f"{y.yaml_file}: {key}: cannot read the image list {path} ({e})") from None
-    out = []
-    for lineno, line in enumerate(lines, 1):
-        entry = line.strip()
-        if entry:
-            out.append(_within(path, y.root, f"line {lineno} ({key} list)", entry, path.parent))
-    return out
+    return [_within(path, y.root, f"line {lineno} ({key} list)", line.strip(), path.parent)
+            for lineno, line in enumerate(lines, 1) if line.strip()]
 
 
 def _split_path(y: YoloData, split: str, entry: str) -> Path:
-    """A split entry resolved against ``path`` (``../x`` that does not exist or lies outside the root is
-    also tried as ``x``: module docstring); refused when what it names lies outside the root."""
+    """A split entry resolved against ``path`` (``../x`` also tried as ``x``: module docstring); refused
+    when what it names lies outside the root."""
     if entry.startswith("../"):
         path = _normal(y.base / entry)
         if not (path.is_relative_to(y.root) and path.exists()):
@@ -237,9 +232,8 @@ def _line_box(tokens: list[str], num_classes: int, keypoints: int) -> tuple[int,
 
 def parse_yolo_label(label: str | Path, image: str | Path, num_classes: int, keypoints: int = 0) -> tuple:
     """One image and its label file as a raw tuple ``(width, height, boxes [[x1, y1, x2, y2], ...] float
-    pixels, labels [class index of names], flags [False, ...], problems)`` (see
-    :meth:`detect.data.cache.ParsedFolder.from_raw`); ``problems`` holds :data:`NO_LABEL` when the
-    label file does not exist. ``ValueError`` (``"<kind>: <detail>"``) when the image header or the
+    pixels, labels [class index of names], flags [False, ...], problems)`` (``problems``: :data:`NO_LABEL`
+    when there is no label file). ``ValueError`` (``"<kind>: <detail>"``) when the image header or the
     label file cannot be read, or a line cannot be a box (the first such line named, the others counted)."""
     try:
         width, height = image_size(image)
