@@ -15,9 +15,8 @@ Image.MAX_IMAGE_PIXELS = 400_000_000  # allow large scans, still refuse decompre
 
 
 class SampleError(ValueError):
-    """One item of a dataset (an image, or an image with its annotation) that cannot be used; ``str()``
-    names the file. Datasets skip and count exactly these; every other error (a bad setting, a bug)
-    stops the run."""
+    """An item of a dataset (an image, with its annotation) that cannot be used; ``str()`` names the file.
+    Datasets skip and count exactly these; every other error (a bad setting, a bug) stops the run."""
 
 
 class ImageError(SampleError):
@@ -46,7 +45,6 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 
 def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an image file as ``ndarray[H, W, 3] uint8`` RGB, EXIF orientation applied.
-
     size: ``(width, height)`` its annotation gives (0 or None: unknown). The image is returned in the frame
     the boxes were drawn in: EXIF-oriented when that matches ``size``; the stored pixels, unrotated, when
     only they match (a photo whose EXIF turns it by 90 degrees, annotated by a tool that ignores EXIF, as
