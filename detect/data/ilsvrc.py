@@ -103,9 +103,6 @@ def parse_ilsvrc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
 _parse_ilsvrc_raw = partial(parse_annotation_xml, number=_int_value, root_tag="annotation")
 
 
-# ---------------------------------------------------------------- layouts and lists
-
-
 def _layout_dirs(root: Path, split: str, layout: str) -> tuple[Path, Path]:
     """(image folder, annotation folder) of ``split`` in ``layout``."""
     if layout == "2015":
@@ -158,9 +155,6 @@ def _default_list(root: Path, split: str, layout: str, devkit) -> Path | None:
         devkits = [Path(devkit)] if devkit is not None else [root / "devkit", root / "ILSVRC2014_devkit"]
         candidates = [base / "data" / "det_lists" / f"{split}.txt" for base in devkits]
     return next((path for path in candidates if path.is_file()), None)
-
-
-# ---------------------------------------------------------------- ground truth sources
 
 
 def _mat_cell(mat: dict, name: str, path: Path, n: int) -> list:
@@ -217,9 +211,6 @@ def read_devkit_ground_truth(path: str | Path, classes: ClassList) -> tuple[list
         log.warning("%s: %d stored gt_obj_thr values differ from min(0.5, wh / ((w + 10)(h + 10))); the evaluator "
                     "computes the thresholds from the boxes with evaluate.pixel_tolerance", path, mismatch)
     return [int(v) for v in ids], parsed
-
-
-# ---------------------------------------------------------------- the reader
 
 
 def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path | None = None,

@@ -107,8 +107,6 @@ def scene_classes(num_classes: int) -> list[SceneClass]:
             for i in range(num_classes) for q, s in [divmod(i, s_n)]]
 
 
-# ----------------------------------------------------------------------------------------------- drawing
-
 def _dull_colour(rng: np.random.Generator) -> np.ndarray:
     """A desaturated colour: grey plus a small tint (float32[3])."""
     return (rng.uniform(40, 215) + rng.uniform(-30, 30, 3)).astype(np.float32)
@@ -240,8 +238,6 @@ def render_classification_image(rng: np.random.Generator, size: int, cls: SceneC
     image[win[0]][mask[win[1]]] = pixels[win[1]][mask[win[1]]]
     return image
 
-
-# ----------------------------------------------------------------------------------------------- writing
 
 def ilsvrc_xml(folder: str, file_name: str, width: int, height: int, boxes: np.ndarray, names: list[str],
                voc: bool = False) -> str:
