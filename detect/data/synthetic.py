@@ -142,9 +142,8 @@ def render_background(rng: np.random.Generator, height: int, width: int) -> np.n
 
 
 def render_object(rng: np.random.Generator, cls: SceneClass, size: float) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one instance of ``cls`` whose longer side is about ``size`` pixels: ``mask`` ndarray[h, w] bool
-    (the object's full extent) and ``pixels`` ndarray[h, w, 3] uint8 RGB, both the size of the rotated
-    object's bounding patch."""
+    """One instance of ``cls``, longer side about ``size`` pixels: ``mask`` bool[h, w] (its full extent) and
+    ``pixels`` uint8[h, w, 3] RGB, both the size of the rotated object's bounding patch."""
     aspect = SHAPE_ASPECT.get(cls.shape, 1.0) * math.exp(rng.uniform(-0.2, 0.2))
     half = np.array([1.0, aspect]) / max(1.0, aspect) * size / 2  # half width, half height
     theta = math.radians(rng.uniform(-15, 15))
@@ -184,8 +183,7 @@ def render_object(rng: np.random.Generator, cls: SceneClass, size: float) -> tup
 
 
 def _paste_window(x0: int, y0: int, h: int, w: int, height: int, width: int):
-    """Slices of the image and of a patch at (x0, y0) for their overlap (the callers place patches, at least
-    2 x 2 pixels, so that they always overlap the image)."""
+    """Slices of the image and of a patch at (x0, y0) for their overlap (callers make sure there is one)."""
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + w, width), min(y0 + h, height)
     return (slice(iy0, iy1), slice(ix0, ix1)), (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
 
@@ -196,10 +194,9 @@ def render_detection_image(rng: np.random.Generator, width: int, height: int, cl
     """Render a scene with objects of the given ``labels`` (larger ones behind smaller ones).
     Object sizes are log-uniform in [min_object_size, max_object_fraction * min(width, height)]. An object
     is kept only when it and every object behind it stay at least ``min_visible`` visible (clipping and
-    occlusion together); one that cannot be placed in ``max_attempts`` tries is left out.
-    Returns image ndarray[H, W, 3] uint8, boxes ndarray[N, 4] int64 (0-based inclusive xmin, ymin, xmax,
-    ymax: the full extent of the object clipped to the image) and labels ndarray[N] int64.
-    """
+    occlusion together); one that cannot be placed in ``max_attempts`` tries is left out. Returns image
+    uint8[H, W, 3], boxes int64[N, 4] (0-based inclusive xmin, ymin, xmax, ymax: the object's full extent
+    clipped to the image) and labels int64[N]."""
     image = render_background(rng, height, width)
     top = max(min_object_size, max_object_fraction * min(width, height))
     sizes = np.exp(rng.uniform(math.log(min_object_size), math.log(top), len(labels)))
@@ -241,9 +238,8 @@ def render_classification_image(rng: np.random.Generator, size: int, cls: SceneC
 
 def ilsvrc_xml(folder: str, file_name: str, width: int, height: int, boxes: np.ndarray, names: list[str],
                voc: bool = False) -> str:
-    """An annotation file in the ILSVRC (PASCAL VOC) layout, one ``object`` per box (``boxes``: 0-based
-    inclusive integer pixels). ``voc``: a PASCAL VOC file instead: 1-based boxes, with the ``depth``,
-    ``segmented``, ``pose``, ``truncated`` and ``difficult`` entries of VOC's own files."""
+    """An ILSVRC annotation file, one ``object`` per box (0-based inclusive integer pixels); ``voc``: a PASCAL
+    VOC one (1-based boxes, VOC's ``depth``, ``segmented``, ``pose``, ``truncated`` and ``difficult``)."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = folder
     ET.SubElement(root, "filename").text = file_name
@@ -274,8 +270,7 @@ VOC_SPLITS = {"train": "trainval", "val": "test"}  # the world's splits as named
 
 
 def _world_files(params: dict, split: str, i: int) -> tuple[str, str | None, str]:
-    """:data:`LAYOUTS`' files of the ``i``-th (0-based) image of ``split``, relative to the root (the
-    image's extension: ``params["extensions"]`` in turn, voc and coco layouts)."""
+    """:data:`LAYOUTS`' files of image ``i`` (0-based) of ``split`` (its extension: ``extensions`` in turn)."""
     extensions = params.get("extensions", [""])
     fields = {"split": split, "name": f"synthetic_{split}_{i + 1:06d}", "ext": extensions[i % len(extensions)],
               "voc_split": VOC_SPLITS[split]}
@@ -297,8 +292,8 @@ def _planned_files(params: dict) -> list[str]:
 
 
 def _generate(root: str | Path, params: dict, what: str, write_split) -> ClassList:
-    """Run ``write_split(root, params, split)`` for the train and val splits, then write ``classes.tsv`` when
-    the layout has one, under the ownership rules (module docstring); returns the world's :class:`ClassList`."""
+    """``write_split(root, params, split)`` for train and val, then ``classes.tsv`` where planned, under the
+    ownership rules (module docstring); returns the world's :class:`ClassList`."""
     root = Path(root)
     classes = scene_classes(params["num_classes"])
     class_list = ClassList(tuple(c.wnid for c in classes), tuple(c.name for c in classes))
