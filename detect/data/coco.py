@@ -16,9 +16,8 @@ training split is refused when that split is read. Every split takes its classes
 (``classes_from``), so that the labels agree; a category id there must carry the same name in each file.
 Boxes ``[x, y, w, h]`` become ``(x, y, x + w, y + h)``; ``iscrowd`` boxes are kept with ``ignore=True``.
 
-Validation: a bad entry of ``images``, ``categories`` or ``annotations`` is reported with the file, its
-list and index and the reason, counted in ``dataset.skipped`` and left out; a wrongly typed field never
-crashes the read:
+Validation: a bad entry is reported with the file, its list and index and the reason, counted in
+``dataset.skipped`` and left out; a wrongly typed field never crashes the read:
 - category: an object with an integer ``id`` (not a bool, not a string, unique) and a string ``name``;
 - image: an object with an integer ``id`` (unique), a non-empty string ``file_name``, and ``width`` /
   ``height`` finite positive integers (``640.0`` is accepted as 640) up to ``MAX_PIXELS``;
@@ -26,10 +25,8 @@ crashes the read:
 - annotation: an object whose integer ``image_id`` / ``category_id`` name a kept image / category, ``bbox``
   a list of 4 finite numbers (not strings such as ``"1234"``) with width and height > 0, ``iscrowd`` 0 or
   1 as an integer or JSON boolean (not the string ``"0"``; missing: 0, as in pycocotools).
-Boxes outside the image are kept as stored (:mod:`detect.data.records`). Images are found by
-``file_name``, or by its stem in any extension case. An annotation ``id`` 0 gets a warning naming the
-file: pycocotools' COCOeval takes a matched id of 0 for "unmatched", so it scores a detection matching
-that box as a false positive; our evaluation and its pycocotools cross-check do not.
+Images are found by ``file_name``, or by its stem in any extension case. A file with an annotation ``id``
+0 gets a warning (pycocotools' COCOeval would score a detection matching that box as a false positive).
 """
 from __future__ import annotations
 
