@@ -3,20 +3,18 @@
 The data yaml (``data.yaml``) is read as ultralytics reads it, as data only (``yaml.safe_load``; a
 ``download`` script in it is never run):
 - ``path``: the dataset folder, relative to the yaml's folder (absent: the yaml's folder);
-- ``train``, ``val``, ``test``: each a folder of images (searched recursively), a ``.txt`` list of
-  image paths, or a list of those; relative to ``path`` (``../train/images`` that does not exist is
-  read as ``train/images``, as ultralytics reads Roboflow's exports); a relative entry of a list file
-  (``./images/train/a.jpg``) is relative to the list file's folder;
+- ``train``, ``val``, ``test``: each a folder of images (searched recursively), a ``.txt`` list of image
+  paths (a relative entry: to the list's folder), or a list of those; relative to ``path``
+  (``../train/images`` that does not exist is read as ``train/images``, as for Roboflow's exports);
 - ``names``: the class names, a list or an ``{index: name}`` dict covering 0..n-1 (``nc``, when
   given, must agree); ``kpt_shape`` (pose sets): that many keypoint values follow each box.
 Nothing the yaml names may lie outside the dataset root (``root``, by default the yaml's folder): a
 ``path``, split entry or list entry that does is refused, naming the file and the key.
 
-Labels. The label file of ``.../images/<sub>/<name>.<ext>`` is ``.../labels/<sub>/<name>.txt``
-(:func:`yolo_label_path`). Each line is ``class cx cy w h``, normalised to the image size (a
-segmentation line ``class x1 y1 x2 y2 ...`` gives the box around its points). Boxes become float xyxy
-pixels with the image size from the image header (EXIF rotation applied, as ultralytics and
-:func:`detect.data.images.read_image` do), so the images are always read (no ``check_images``).
+Labels (:func:`yolo_label_path`: ``.../images/<sub>/<name>.<ext>`` -> ``.../labels/<sub>/<name>.txt``):
+each line is ``class cx cy w h``, normalised to the image size (a segmentation line ``class x1 y1 x2 y2
+...`` gives the box around its points). Boxes become float xyxy pixels with the image size from the
+image header (EXIF rotation applied, as ultralytics does), so the images are always read.
 
 Faults, as ultralytics treats a label it cannot use (the image is left out), counted in
 ``dataset.skipped`` with the file: a label file that cannot be read, or with a line that cannot be a box
@@ -28,10 +26,8 @@ is counted in ``dataset.warnings``; an empty label file is a background image, n
 that ``cx +- w/2`` puts past the border by at most 1e-3 (values written with a few decimals) is the
 border; a box reaching further is kept as stored (:mod:`detect.data.records`). With ``classes`` given,
 an object of a class not in it is dropped and counted (``unknown class``), as the VOC reader does.
-
-Evaluation: the boxes are continuous (no ``+1`` pixel), so ``conf/data/yolo.yaml`` declares
-``rules: coco``. Parsed labels and image sizes are cached (``cache_dir``), keyed on every label and
-image file's stat.
+Boxes are continuous (no ``+1`` pixel: ``conf/data/yolo.yaml`` declares ``rules: coco``). Parsed labels
+and image sizes are cached (``cache_dir``), keyed on every label and image file's stat.
 """
 from __future__ import annotations
 
