@@ -3,12 +3,9 @@ where there is no such list, split folders holding each image's XML beside it (a
 export: ``train/``, ``valid/``, ``test/``; labelImg's default).
 
 VOC XML coordinates are 1-based inclusive; they become 0-based (minus 1) here, the ILSVRC convention
-the evaluator expects (its ``+1`` width rule then matches the VOC devkit).
-
-Sets exported by labelling tools often have ``<size>`` missing, ``0x0`` or not a number: the size is
-then read from the image header and the image kept (counted in ``dataset.warnings`` as repaired); the
-VOC devkit never uses the size, so the evaluation is unchanged. Objects are dropped or kept by the rule
-in :mod:`detect.data.records`.
+the evaluator expects (its ``+1`` width rule then matches the VOC devkit). A ``<size>`` missing, ``0x0``
+or not a number (common in labelling tools' exports) is read from the image header and the image kept
+(counted in ``dataset.warnings``); the VOC devkit never uses the size, so the evaluation is unchanged.
 """
 from __future__ import annotations
 
@@ -94,7 +91,6 @@ def discover_voc_classes(root: str | Path, split, cache_dir: str | Path | None =
                                        ["voc class names", DISCOVERY_VERSION]), find)
 
 
-# one annotation file: boxes 0-based (VOC values minus 1), flags the difficult objects
 _parse_voc_raw = partial(parse_annotation_xml, number=finite_number, offset=1, difficult=True)
 
 
