@@ -1,12 +1,11 @@
 """The in-memory form every detection reader produces, and the logs of what a reader skipped or repaired.
 
-Ground-truth boxes, one rule for every reader (ILSVRC, VOC, COCO): an object is dropped (and counted
-in ``dataset.skipped``) only when it cannot be a box: its class is unknown, a coordinate is missing or
-not a finite number, or it is inverted (``x2 < x1`` or ``y2 < y1``; COCO: width or height <= 0). A box
-that reaches past the image border, or lies wholly outside the image, is **kept exactly as stored**,
-because the official evaluators (``eval_detection.m``, ``VOCevaldet.m``, ``COCOeval``) score ground
-truth as stored; it is counted in ``dataset.warnings`` ("box outside the image"). Code that needs boxes
-inside the image (training targets, crops) clips them itself.
+Ground-truth boxes, one rule for every reader: an object is dropped (and counted in ``dataset.skipped``)
+only when it cannot be a box: its class is unknown, a coordinate is missing or not a finite number, or
+it is inverted (``x2 < x1`` or ``y2 < y1``; COCO: width or height <= 0). A box reaching past the image
+border, or wholly outside it, is **kept exactly as stored**, as the official evaluators (``eval_detection.m``,
+``VOCevaldet.m``, ``COCOeval``) score ground truth, and counted in ``dataset.warnings`` ("box outside
+the image"); code that needs boxes inside the image (training targets, crops) clips them itself.
 
 Parameters the readers share: ``check_images``: look for every listed image (by name, any extension
 case: :class:`detect.data.folder.ImageFinder`); a missing one is skipped and counted, more than
@@ -87,8 +86,7 @@ class DetectionRecord:
     labels: ndarray[N] int64, 0-based indices into the dataset's ClassList
     ignore: ndarray[N] bool, boxes that neither count nor penalise (VOC ``difficult``, COCO ``iscrowd``)
     index: 1-based position in the dataset's image list (the first column of an ILSVRC submission)
-    width, height: pixels; 0 when unknown (an evaluation-only read of an annotation without a size whose
-    image is absent: evaluation needs no size)
+    width, height: pixels; 0 when unknown (an annotation without a size whose image is absent)
     """
 
     image_id: str
@@ -109,9 +107,8 @@ class DetectionRecord:
 
 
 class SkippedItem(NamedTuple):
-    """What a dataset returns instead of an item it cannot use (see ``detect.data.images.SampleError``):
-    the collate functions drop it and hand it on in the batch, so that what DataLoader worker
-    processes skip reaches the trainer's report."""
+    """What a dataset returns instead of an item it cannot use (``detect.data.images.SampleError``): the
+    collate functions hand it on in the batch, so that what DataLoader workers skip reaches the report."""
 
     file: str
     reason: str
