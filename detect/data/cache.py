@@ -35,10 +35,9 @@ __all__ = ["ParsedAnnotation", "ParsedFolder", "cache_key", "cached_class_list",
 
 @dataclass
 class ParsedAnnotation:
-    """One annotation file's parse. ``error``: why the file is unusable (``None`` when parsed; the text
-    ``"missing"`` when the file does not exist). ``width/height``: ``None`` when the file has no usable
-    size. ``boxes: float32[N, 4]``, ``labels: int64[N]``, ``flags: bool[N]`` (VOC ``difficult``),
-    ``problems``: one line per dropped object."""
+    """One annotation file's parse. ``error``: why the file is unusable (``None``: parsed; ``"missing"``:
+    no such file). ``width/height``: ``None`` without a usable size. ``boxes: float32[N, 4]``, ``labels:
+    int64[N]``, ``flags: bool[N]`` (VOC ``difficult``), ``problems``: one line per dropped object."""
 
     error: str | None = None
     width: int | None = None

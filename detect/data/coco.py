@@ -232,7 +232,6 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
               split=None, classes=None, classes_from=None, classes_from_files=None,
               cache_dir: str | Path | None = None) -> DetectionDataset:
     """Read COCO split(s) into one dataset (module docstring: layouts, classes, checks).
-
     ``annotation_file`` / ``image_dir`` (one per split) replace what ``root`` and ``split`` would find.
     ``classes_from`` (split name(s) in ``root``) or ``classes_from_files`` (their files) name the training
     files that define the classes (unreadable: a warning, and the files read here define them); neither:

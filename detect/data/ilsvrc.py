@@ -15,11 +15,10 @@ Either works without the images (evaluation reads no pixels: ``check_images=Fals
 xmax ymax``, ``gt_obj_thr`` {1 x N}) replaces the XML folder; read with ``mat_dtype=True`` (MATLAB stores
 small integers as uint8/uint16, whose arithmetic would wrap).
 
-Boxes are kept as stored (0-based inclusive ints as float32); the evaluator applies the ``+1`` rule.
-Objects are dropped or kept by the rule in :mod:`detect.data.records`. The record ``index`` is the
-list line's index column (what submission lines refer to). Blacklist entries (``<val index> <wnid>``)
-refer to the official val list; with another list (R-CNN's val1/val2) they are mapped through the
-names of the official list.
+Boxes are kept as stored (0-based inclusive ints as float32; the evaluator applies the ``+1`` rule).
+The record ``index`` is the list line's index column (what submission lines refer to). Blacklist entries
+(``<val index> <wnid>``) refer to the official val list; with another list (R-CNN's val1/val2) they are
+mapped through the names of the official list.
 """
 from __future__ import annotations
 
@@ -220,7 +219,6 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
                     ground_truth: str | Path | None = None, cache_dir: str | Path | None = None,
                     workers: int = 1) -> DetectionDataset:
     """Read an ILSVRC DET split into a :class:`DetectionDataset` (layouts: the module docstring).
-
     image_list: a ``<name> <index>`` file replacing the split's own list (e.g. R-CNN's val1/val2).
     blacklist: the devkit's ``ILSVRC2014_det_validation_blacklist.txt``; stored as ``{(record index, label)}``.
     classes: ``None`` (``root/classes.tsv`` or the ILSVRC 200), a path, or a ClassList.
