@@ -251,15 +251,16 @@ def parse_annotation_files(folder: str | Path, names: list[str], parse_raw, cach
     return parse_files(partial(_parse_xml, parse_raw, classes), files, key, folder, workers)
 
 
-def annotation_records(entries: list[tuple[str, int]], images: list[Path | None], parsed, finder: ImageFinder,
-                       source, skipped: SkipLog, warnings: SkipLog, check_images: bool,
+def annotation_records(entries: list[tuple[str, int]], finder: ImageFinder, parsed, source, skipped: SkipLog,
+                       warnings: SkipLog, check_images: bool, max_missing_images: float,
                        missing_annotation: str = "skip", sizes_from_images: bool = True) -> list[DetectionRecord]:
     """One :class:`DetectionRecord` (``image_id`` = name, ``index``) per listed ``(name, index)`` whose image
-    (``images``: as ``finder.find_all`` found it; ``None``: "missing image" with ``check_images``, else
-    ``finder.default_path``) and :class:`ParsedAnnotation` can be used. A missing annotation is skipped
-    (``missing_annotation="empty"``: kept without boxes), an unreadable one skipped, each dropped object
-    counted: in ``skipped``, under ``source(name)``. A missing size is read from the image header
-    (``sizes_from_images``, counted in ``warnings``), else left 0 (unknown)."""
+    (``finder.find_all``: as every reader; not found and not checked: ``finder.default_path``) and
+    :class:`ParsedAnnotation` can be used. A missing annotation is skipped (``missing_annotation="empty"``:
+    kept without boxes), an unreadable one skipped, each dropped object counted: in ``skipped``, under
+    ``source(name)``. A missing size is read from the image header (``sizes_from_images``, counted in
+    ``warnings``), else left 0 (unknown)."""
+    images = finder.find_all([name for name, _ in entries], check_images, max_missing_images)
     records = []
     for (name, index), image_path, p in zip(entries, images, parsed):
         if image_path is None:

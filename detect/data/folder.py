@@ -44,8 +44,7 @@ class ImageFinder:
     """Finds the image files of a dataset under ``folder`` by name, from one listing per sub-folder (not one
     ``stat`` or glob per image), whatever the extension and its case (``IMG_0001`` -> ``IMG_0001.JPG``,
     ``.jpeg``, ``.png`` ...). ``expected``: the dataset's usual extension (``".JPEG"`` for ILSVRC), preferred
-    when several files share a stem and named in error messages.
-    """
+    when several files share a stem and named in error messages."""
 
     def __init__(self, folder: str | Path, expected: str = ".jpg"):
         self.folder = Path(folder)

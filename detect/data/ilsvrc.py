@@ -255,10 +255,8 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
                                         f"ilsvrc_{layout}_{split}_{list_path.stem}", PARSER_VERSION, classes, workers)
         source = lambda name: os.path.join(str(xml_dir), name + ".xml")  # noqa: E731
     skipped, warnings = reader_logs()
-    finder = ImageFinder(image_dir, ".JPEG")
-    images = finder.find_all([name for name, _ in entries], check_images, max_missing_images)
-    records = annotation_records(entries, images, parsed, finder, source, skipped, warnings, check_images,
-                                 missing_annotation, sizes_from_images=ground_truth is None)
+    records = annotation_records(entries, ImageFinder(image_dir, ".JPEG"), parsed, source, skipped, warnings,
+                                 check_images, max_missing_images, missing_annotation, ground_truth is None)
     pairs = _blacklist_pairs(blacklist, classes, list_path, official, records)
     dataset = finish_dataset(records, classes, f"ilsvrc_{split}", skipped, warnings, f"{root} {split}",
                              len(entries), lambda r: source(r.image_id), blacklist=pairs, logger=log)

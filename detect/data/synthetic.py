@@ -3,10 +3,8 @@
 Each class is a fixed combination of a shape (circle, square, triangle, ...), a saturated colour and a
 texture (solid, stripes, checks, dots, gradient); instances vary in size, aspect, rotation, colour and
 texture phase. Backgrounds are cluttered with gradients, noise, lines and blobs in desaturated colours
-and irregular shapes, which no class has.
-
-Class ids look like ILSVRC wnids: ``n99`` followed by the 6-digit 0-based class index
-(``n99000000``, ``n99000001``, ...); names read like ``"red solid circle"``.
+and irregular shapes, which no class has. Class ids look like ILSVRC wnids: ``n99`` followed by the
+6-digit 0-based class index (``n99000000``, ``n99000001``, ...); names read like ``"red solid circle"``.
 
 Layouts written: :func:`make_classification_set`, ``root/{train,val}/<wnid>/<wnid>_<k>.JPEG`` and
 ``root/classes.tsv``; :func:`make_detection_world`, the ILSVRC 2015+ layout (``Data/DET/<split>/<name>.JPEG``,

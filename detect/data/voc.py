@@ -120,11 +120,9 @@ def read_voc(root: str | Path, split="test", classes=None, use_difficult: bool =
             raise FileNotFoundError(f"{xml_dir}: no annotation folder (is data.root the VOC20xx folder?)")
         parsed = parse_annotation_files(xml_dir, names, _parse_voc_raw, cache_dir, f"voc_{name_of_split}",
                                         PARSER_VERSION, class_list, workers)
-        finder = ImageFinder(image_dir, ".jpg")
-        images = finder.find_all(names, check_images, max_missing_images)
         source = lambda name: os.path.join(xml_dir, name + ".xml")  # noqa: E731 (the annotation file to name)
-        part = annotation_records([(name, listed + i) for i, name in enumerate(names, 1)], images, parsed, finder,
-                                  source, skipped, warnings, check_images)
+        part = annotation_records([(name, listed + i) for i, name in enumerate(names, 1)], ImageFinder(image_dir),
+                                  parsed, source, skipped, warnings, check_images, max_missing_images)
         prefix = f"{name_of_split}/" if len(splits) > 1 else ""
         for r in part:
             xml_of[prefix + r.image_id] = source(r.image_id)
