@@ -241,9 +241,8 @@ def _parse_xml(parse_raw, classes, path: str) -> tuple:
 
 def parse_annotation_files(folder: str | Path, names: list[str], parse_raw, cache_dir: str | Path | None, tag: str,
                            version: int, classes, workers: int = 1) -> ParsedFolder:
-    """:func:`parse_files` of ``parse_raw(folder/<name>.xml, classes)`` for every name (an unusable file:
-    ``error`` ``"missing"`` or the ``ValueError`` text); ``version`` (the parser's) and ``classes`` are part
-    of the fingerprint."""
+    """:func:`parse_files` of ``parse_raw(folder/<name>.xml, classes)`` for every name (unusable: ``error``
+    ``"missing"`` or the ``ValueError`` text); the parser's ``version`` and ``classes`` are in the fingerprint."""
     folder = str(folder)
     files = [os.path.join(folder, name + ".xml") for name in names]
     wnids = list(classes.wnids)

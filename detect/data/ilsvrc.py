@@ -8,7 +8,6 @@ Layouts (``layout="auto"`` picks the one present under ``root``; ``2015``/``2014
 - ``"2014"`` (ILSVRC 2013/2014 tarballs): ``ILSVRC2013_DET_<split>/<name>.JPEG`` and
   ``ILSVRC2013_DET_bbox_<split>/<name>.xml`` (train: ``ILSVRC2014_DET_train`` / ``ILSVRC2014_DET_bbox_train``),
   list ``data/det_lists/<split>.txt`` of the devkit (``devkit``, else ``root/devkit`` or ``root/ILSVRC2014_devkit``).
-Either works without the images (evaluation reads no pixels: ``check_images=False``).
 
 ``ground_truth``: the devkit's cache ``ILSVRC2015_det_validation_ground_truth.mat`` (``eval_detection.m``'s
 ``gt_img_ids`` [N x 1], ``gt_obj_labels`` {1 x N} DET_IDs, ``gt_obj_bboxes`` {1 x N} [4 x n] ``xmin ymin

@@ -133,7 +133,6 @@ def warn_outside(records: list["DetectionRecord"], warnings: "SkipLog", source) 
 
 class SkipLog:
     """Counts and reports what was skipped (file, reason); a summary is printed at the end of a run.
-
     ``what`` names the items (``"annotations"``), ``verb`` what happened to them (``"skipped"``). Only the
     first ``log_limit`` entries of each kind (the reason up to its first colon) are logged as warnings, so
     20,000 bad lines do not flood the log; :meth:`summary` counts them all. The ``quiet`` kinds are not

@@ -341,8 +341,7 @@ def read_yolo(yaml_file: str | Path | None = None, split: str = "val", root: str
     ``yaml_file``, ``root``: :func:`read_yolo_yaml`). classes: ``None`` (the yaml's ``names``), or a
     ClassList or class list file restricting or reordering them (by name). Records: ``image_id`` = the
     image path below ``root``, ``index`` = 1-based position in the split (folders: sorted paths),
-    ``ignore`` all False. ``ValueError`` naming the yaml when no image of the split has a label file, or
-    none can be used."""
+    ``ignore`` all False. ``ValueError`` naming the yaml when no image of the split has a label file."""
     y = read_yolo_yaml(yaml_file, root)
     class_list, remap = _class_map(y, classes)
     skipped, warnings = reader_logs(quiet=["unknown class"] if classes is not None else [])
