@@ -61,8 +61,7 @@ class ParsedFolder:
     """The parse results of ``n`` files, one array per field for all files (20,121 files cost a few numpy
     calls, not 60,000); ``folder[i]`` is file ``i``'s :class:`ParsedAnnotation` (views into the columns).
     width, height: ``int64[n]`` (-1: no usable size); counts: ``int64[n]`` objects per file;
-    boxes: ``float32[T, 4]``, labels: ``int64[T]``, flags: ``bool[T]``; errors and problems: dicts by file.
-    """
+    boxes: ``float32[T, 4]``, labels: ``int64[T]``, flags: ``bool[T]``; errors and problems: dicts by file."""
 
     def __init__(self, width, height, counts, boxes, labels, flags, errors: dict, problems: dict):
         self.width, self.height, self.counts = width, height, counts

@@ -238,8 +238,7 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
     the files read here are the training files. A class list (``classes``) is matched against the files
     read here, so an evaluation with one reads no training file. ``cache_dir``: where the training classes
     are cached. Records: every valid image, by image id (``image_id`` = str(COCO id), ``index`` 1-based).
-    ``ValueError`` naming the file when it is not JSON, or not a COCO instances object.
-    """
+    ``ValueError`` naming the file when it is not JSON, or not a COCO instances object."""
     sources = _sources(root, split, annotation_file, image_dir)
     skipped, warnings = reader_logs(quiet=["not a class"])  # objects of categories left out: counted
     parts = [_read_part(name, f, d, skipped, warnings) for name, f, d in sources]

@@ -225,8 +225,7 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
     ``split="test"``) drops it and counts it; ``"empty"`` keeps it without boxes (the test default).
     ground_truth: the devkit's ``.mat`` in place of the XML folder (official list only). Malformed XML
     skips the image, bad objects are dropped (both counted in ``dataset.skipped``); a size missing from
-    the XML is read from the image header (counted in ``dataset.warnings``), else left 0 (unknown).
-    """
+    the XML is read from the image header (counted in ``dataset.warnings``), else left 0 (unknown)."""
     root = Path(root)
     missing_annotation = missing_annotation or ("empty" if split == "test" else "skip")
     if missing_annotation not in ("skip", "empty"):

@@ -52,8 +52,7 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     resized or replaced after it was annotated: its boxes would not fit it).
     Grey, grey+alpha, RGBA (composited on white), palette, CMYK, 16-bit and float images are all
     converted. Raises :class:`ImageError` for a missing, unreadable, truncated or empty image, one above
-    ``Image.MAX_IMAGE_PIXELS``, or one the memory cannot hold.
-    """
+    ``Image.MAX_IMAGE_PIXELS``, or one the memory cannot hold."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, "file not found")

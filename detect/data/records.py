@@ -86,8 +86,7 @@ class DetectionRecord:
     labels: ndarray[N] int64, 0-based indices into the dataset's ClassList
     ignore: ndarray[N] bool, boxes that neither count nor penalise (VOC ``difficult``, COCO ``iscrowd``)
     index: 1-based position in the dataset's image list (the first column of an ILSVRC submission)
-    width, height: pixels; 0 when unknown (an annotation without a size whose image is absent)
-    """
+    width, height: pixels; 0 when unknown (an annotation without a size whose image is absent)"""
 
     image_id: str
     path: Path
@@ -136,8 +135,7 @@ class SkipLog:
     ``what`` names the items (``"annotations"``), ``verb`` what happened to them (``"skipped"``). Only the
     first ``log_limit`` entries of each kind (the reason up to its first colon) are logged as warnings, so
     20,000 bad lines do not flood the log; :meth:`summary` counts them all. The ``quiet`` kinds are not
-    logged one by one (objects of classes left out of ``data.classes``: a choice, not a fault).
-    """
+    logged one by one (objects of classes left out of ``data.classes``: a choice, not a fault)."""
 
     def __init__(self, what: str = "items", verb: str = "skipped", log_limit: int = 20, quiet=()):
         self.what = what

@@ -57,8 +57,7 @@ class TrainTransform:
     scale: range of the crop's area as a fraction of the image; ratio: range of its aspect (w / h);
     interpolations: drawn uniformly per image; brightness/contrast/saturation/hue: ColorJitter
     strengths (0 = off); flip_prob: probability of a horizontal flip; convention: the input convention
-    of the network fed (``InputConvention``, its dict form, or None = ImageNet). Draws use torch's RNG.
-    """
+    of the network fed (``InputConvention``, its dict form, or None = ImageNet). Draws use torch's RNG."""
 
     def __init__(self, crop_size: int = 224, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), interpolations: Sequence[str] = INTERPOLATIONS,
@@ -131,8 +130,7 @@ class TestTransform:
     """Test-time crops; ``__call__(image)`` -> ``Tensor[3, S, S]`` (``crops=1``) or ``Tensor[K, 3, S, S]``
     (``crops=K``, 10 or 144), float32, prepared with ``convention`` (as :class:`TrainTransform`;
     ``detect.models.convention.RGB01`` leaves plain RGB 0..1 crops). resize: the shorter side for 1 and
-    10 crops, in units of a 224 crop (256 -> 256/224 x crop_size); scales: those of the 144 crops, same units.
-    """
+    10 crops, in units of a 224 crop (256 -> 256/224 x crop_size); scales: those of the 144 crops, same units."""
 
     __test__ = False  # not a pytest class
 

@@ -106,8 +106,7 @@ def read_voc(root: str | Path, split="test", classes=None, use_difficult: bool =
     use_difficult: keep ``difficult`` objects as ``ignore=True`` (VOC evaluation: neither counted nor
     penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list(s). Images
     are looked for in ``JPEGImages`` (beside the XML in a split folder). Unreadable annotations skip the
-    image, bad objects are dropped (both counted in ``dataset.skipped``).
-    """
+    image, bad objects are dropped (both counted in ``dataset.skipped``)."""
     root = Path(root)
     class_list = as_class_list(classes, lambda: ClassList.from_names(VOC_CLASSES) if classes_from is None else
                                discover_voc_classes(root, classes_from, cache_dir))
