@@ -75,9 +75,8 @@ class ImageFinder:
         return (ext != wanted_ext, ext.lower() != wanted_ext.lower(), IMAGE_EXTENSIONS.index(ext.lower()), file_name)
 
     def find(self, name: str) -> Path | None:
-        """The image file for ``name`` (with or without an extension, possibly with sub-folders; one given
-        with an extension is first looked up exactly), or ``None`` when the folder has none with that stem; a
-        name that leads out of the folder (:func:`leaves_folder`) is a ``ValueError``."""
+        """The image file for ``name`` (with or without an extension, possibly with sub-folders; one with an
+        extension is first looked up exactly), ``None`` when none has its stem; ``ValueError`` if it leaves."""
         if leaves_folder(name):
             raise ValueError(f"{name!r}: image name points outside {self.folder}")
         sub, _, base = name.replace("\\", "/").rpartition("/")
