@@ -76,7 +76,7 @@ class ImageFinder:
 
     def find(self, name: str) -> Path | None:
         """The image file for ``name`` (with or without an extension, possibly with sub-folders; one with an
-        extension is first looked up exactly), ``None`` when none has its stem; ``ValueError`` if it leaves."""
+        extension is first looked up exactly); ``None`` for an unknown stem; ``ValueError`` if it leaves the folder."""
         if leaves_folder(name):
             raise ValueError(f"{name!r}: image name points outside {self.folder}")
         sub, _, base = name.replace("\\", "/").rpartition("/")
