@@ -19,10 +19,9 @@ __all__ = ["DetectionDataset", "DetectionRecord", "SkipLog", "read_coco", "read_
 
 
 def read_dataset(spec: Mapping[str, Any], **options) -> DetectionDataset:
-    """Build the dataset a ``_target_`` block of ``conf/data/<name>.yaml`` describes, adding ``options``
-    (e.g. ``check_images=False`` for an evaluation) to the reader's arguments where the reader takes
-    them: a reader without such a parameter is called without it. The reader's own error (a missing
-    folder, a wrong layout ...) is raised as it is, not wrapped in Hydra's ``InstantiationException``."""
+    """Build the dataset a ``_target_`` block of ``conf/data/<name>.yaml`` describes, adding those of
+    ``options`` (e.g. ``check_images=False``) the reader takes. The reader's own error (a missing folder,
+    a wrong layout ...) is raised as it is, not wrapped in Hydra's ``InstantiationException``."""
     from hydra.errors import InstantiationException
     from hydra.utils import get_method, instantiate
 

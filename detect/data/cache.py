@@ -2,14 +2,12 @@
 size), so that re-reading a validation set of 20,121 files costs one ``stat`` per file instead of a
 parse (:func:`parse_files`); and of class lists found in annotations (:func:`cached_class_list`).
 
-The cache is one ``.npz`` per annotation folder and reader (its name from the folder's absolute path,
-the list and the class list: :func:`cache_key`), written atomically into a folder the caller chooses:
-the data configs pass ``${work_dir}/cache``, never the dataset folder. It holds a fingerprint of
-everything the parse depends on: the parser version, the class list, the listed names and each
-annotation file's size, modification and change times (nanoseconds) and inode. A fingerprint that
-differs (a file edited, added or removed, another list) means the annotations are parsed again and
-the cache overwritten; a cache that cannot be read is ignored (and rewritten). The cache holds parse
-results only; which images exist is looked up on every read.
+One ``.npz`` per annotation folder and reader (:func:`cache_key`), written atomically into a folder the
+caller chooses (the data configs: ``${work_dir}/cache``, never the dataset folder), holding a
+fingerprint of everything the parse depends on: the parser version, the class list, the listed names
+and each annotation file's size, modification and change times (nanoseconds) and inode. Another
+fingerprint (a file edited, added or removed, another list) or an unreadable cache means parsing again
+and overwriting it. Only parse results are cached; which images exist is looked up on every read.
 """
 from __future__ import annotations
 
@@ -37,10 +35,9 @@ __all__ = ["ParsedAnnotation", "ParsedFolder", "cache_key", "cached_class_list",
 
 @dataclass
 class ParsedAnnotation:
-    """One annotation file's parse. ``error``: why the file is unusable (``None`` when parsed; the text
-    ``"missing"`` when the file does not exist). ``width/height``: ``None`` when the file has no usable
-    size. ``boxes: float32[N, 4]``, ``labels: int64[N]``, ``flags: bool[N]`` (VOC ``difficult``),
-    ``problems``: one line per dropped object."""
+    """One annotation file's parse. ``error``: why the file is unusable (``None``: parsed; ``"missing"``:
+    no such file). ``width/height``: ``None`` without a usable size. ``boxes: float32[N, 4]``, ``labels:
+    int64[N]``, ``flags: bool[N]`` (VOC ``difficult``), ``problems``: one line per dropped object."""
 
     error: str | None = None
     width: int | None = None
@@ -61,13 +58,10 @@ COLUMNS = {"width": np.int64, "height": np.int64, "counts": np.int64, "boxes": n
 
 
 class ParsedFolder:
-    """The parse results of ``n`` files, column by column (one array per field for all files, so that
-    20,121 files cost a few numpy calls, not 60,000); ``folder[i]`` is file ``i``'s
-    :class:`ParsedAnnotation` (views into the columns).
-
+    """The parse results of ``n`` files, one array per field for all files (20,121 files cost a few numpy
+    calls, not 60,000); ``folder[i]`` is file ``i``'s :class:`ParsedAnnotation` (views into the columns).
     width, height: ``int64[n]`` (-1: no usable size); counts: ``int64[n]`` objects per file;
-    boxes: ``float32[T, 4]``, labels: ``int64[T]``, flags: ``bool[T]``; errors and problems: dicts by file.
-    """
+    boxes: ``float32[T, 4]``, labels: ``int64[T]``, flags: ``bool[T]``; errors and problems: dicts by file."""
 
     def __init__(self, width, height, counts, boxes, labels, flags, errors: dict, problems: dict):
         self.width, self.height, self.counts = width, height, counts
@@ -146,7 +140,7 @@ class ParsedFolder:
         except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
             log.warning("%s: unreadable annotation cache (%s); parsing again", path, e)
             return None
-        width, height, counts, boxes, labels, flags = arrays
+        counts = arrays[2]
         total = int(counts.sum()) if counts.ndim == 1 else -1
         if [a.shape for a in arrays] != [(num,)] * 3 + [(total, 4), (total,), (total,)]:
             log.warning("%s: inconsistent annotation cache; parsing again", path)
@@ -157,17 +151,17 @@ class ParsedFolder:
 
 def cache_key(cache_dir: str | Path | None, tag: str, identity: list, files: list[str], names: list[str],
               extra: list) -> tuple[Path, str] | None:
-    """``(cache file, fingerprint)``, ``None`` without ``cache_dir``. The file: ``<cache_dir>/<tag>_<16 hex
-    digits of identity>.npz`` (``identity``: JSON-able: folder, list, classes); the fingerprint:
-    :func:`detect.io.digest` of ``extra``, ``names`` and :func:`detect.io.stat_signatures` of ``files``."""
+    """``(<cache_dir>/<tag>_<16 hex digits of identity>.npz, fingerprint)``, ``None`` without ``cache_dir``;
+    ``identity``: JSON-able (folder, list, classes); fingerprint: :func:`detect.io.digest` of ``extra``,
+    ``names`` and :func:`detect.io.stat_signatures` of ``files``."""
     if cache_dir is None:
         return None
     return Path(cache_dir) / f"{tag}_{digest(identity, 16)}.npz", digest([extra, list(names), stat_signatures(files)])
 
 
 def cached_class_list(key: tuple[Path, str] | None, make: Callable[[], ClassList]) -> ClassList:
-    """``make()``, kept as JSON beside the cache file of ``key`` (:func:`cache_key`; ``None``: not kept) and
-    made again when the fingerprint differs (an annotation file edited, added or removed)."""
+    """``make()``, kept as JSON beside the cache file of ``key`` (``None``: not kept), made again when the
+    fingerprint differs."""
     if key is None:
         return make()
     cache, fingerprint = key[0].with_suffix(".json"), key[1]
@@ -190,12 +184,11 @@ MIN_FILES_PER_WORKER = 2000  # below this many files per worker process, parsing
 
 def parse_files(parse: Callable, items: list, key: tuple[Path, str] | None, what: str,
                 workers: int = 1) -> ParsedFolder:
-    """``parse(item)`` (a raw tuple, see :meth:`ParsedFolder.from_raw`) of every item, through the
-    cache ``key`` (:func:`cache_key`; ``None``: no cache). An item ``parse`` refuses (``ValueError``, or
-    ``OverflowError``: a number no parser bounded, never a crash) gets ``error``, the exception's text.
-    ``what``: the folder or split named in the progress bar. ``workers``: processes that parse when the
-    cache is cold (used when each gets at least ``MIN_FILES_PER_WORKER`` items; ``parse`` must then be
-    picklable); the result is the same for any number."""
+    """``parse(item)`` (a raw tuple, see :meth:`ParsedFolder.from_raw`) of every item, through the cache
+    ``key`` (``None``: none). An item ``parse`` refuses (``ValueError``, or ``OverflowError``: a number no
+    parser bounded) gets ``error``, the exception's text. ``what``: named in the progress bar. ``workers``:
+    processes parsing a cold cache, each given at least ``MIN_FILES_PER_WORKER`` items (``parse`` must then
+    be picklable); the result is the same for any number."""
     parsed = ParsedFolder.load(*key, len(items)) if key is not None else None
     if parsed is not None:
         return parsed
@@ -236,8 +229,7 @@ def _parse_in_workers(parse: Callable, items: list, workers: int) -> ParsedFolde
 
 
 def _parse_xml(parse_raw, classes, path: str) -> tuple:
-    """``parse_raw(path, classes)`` (:func:`detect.data.xmlfile.parse_annotation_xml`: sizes and coordinates
-    bounded by ``MAX_PIXELS``); ``ValueError`` ``"missing"`` when it fails and the file does not exist."""
+    """``parse_raw(path, classes)``; ``ValueError("missing")`` when it fails and the file does not exist."""
     try:
         return parse_raw(path, classes)
     except (ValueError, OverflowError):
@@ -248,10 +240,8 @@ def _parse_xml(parse_raw, classes, path: str) -> tuple:
 
 def parse_annotation_files(folder: str | Path, names: list[str], parse_raw, cache_dir: str | Path | None, tag: str,
                            version: int, classes, workers: int = 1) -> ParsedFolder:
-    """``parse_raw(folder/<name>.xml, classes)`` (a raw tuple, see :meth:`ParsedFolder.from_raw`) for
-    every name, through :func:`parse_files` (cache in ``cache_dir`` when given, ``workers``). A file that
-    cannot be parsed gets ``error`` (its ``ValueError`` text, or ``"missing"``). ``version`` (the
-    parser's) and ``classes`` are part of the fingerprint."""
+    """:func:`parse_files` of ``parse_raw(folder/<name>.xml, classes)`` for every name (unusable: ``error``
+    ``"missing"`` or the ``ValueError`` text); the parser's ``version`` and ``classes`` are in the fingerprint."""
     folder = str(folder)
     files = [os.path.join(folder, name + ".xml") for name in names]
     wnids = list(classes.wnids)
@@ -259,16 +249,16 @@ def parse_annotation_files(folder: str | Path, names: list[str], parse_raw, cach
     return parse_files(partial(_parse_xml, parse_raw, classes), files, key, folder, workers)
 
 
-def annotation_records(entries: list[tuple[str, int]], images: list[Path | None], parsed, finder: ImageFinder,
-                       source, skipped: SkipLog, warnings: SkipLog, check_images: bool,
+def annotation_records(entries: list[tuple[str, int]], finder: ImageFinder, parsed, source, skipped: SkipLog,
+                       warnings: SkipLog, check_images: bool, max_missing_images: float,
                        missing_annotation: str = "skip", sizes_from_images: bool = True) -> list[DetectionRecord]:
     """One :class:`DetectionRecord` (``image_id`` = name, ``index``) per listed ``(name, index)`` whose image
-    and annotation can be used. ``images``: each entry's image as ``finder.find_all`` found it (``None``: skipped as
-    "missing image" with ``check_images``, else recorded at ``finder.default_path``); ``parsed``: each
-    entry's :class:`ParsedAnnotation`. A missing annotation is skipped (``missing_annotation="empty"``:
+    (``finder.find_all``: as every reader; not found and not checked: ``finder.default_path``) and
+    :class:`ParsedAnnotation` can be used. A missing annotation is skipped (``missing_annotation="empty"``:
     kept without boxes), an unreadable one skipped, each dropped object counted: in ``skipped``, under
-    ``source(name)`` (the annotation file to name). A missing size is read from the image header
-    (``sizes_from_images``, counted in ``warnings``), else left 0 (unknown)."""
+    ``source(name)``. A missing size is read from the image header (``sizes_from_images``, counted in
+    ``warnings``), else left 0 (unknown)."""
+    images = finder.find_all([name for name, _ in entries], check_images, max_missing_images)
     records = []
     for (name, index), image_path, p in zip(entries, images, parsed):
         if image_path is None:

@@ -69,9 +69,8 @@ def _parse_label(token: str, classes: ClassList, where: str, one_based: bool) ->
 
 def read_split(image_dir: str | Path, classes: ClassList | str | Path | None = None,
                labels_file: str | Path | None = None) -> ClassificationSplit:
-    """List the images of one split with their labels (layouts: the module docstring). Raises
-    ``FileNotFoundError`` / ``ValueError`` naming the folder or file and line for a missing folder, an
-    unknown class folder or label, or an empty split."""
+    """The images of one split with their labels (module docstring); ``FileNotFoundError`` / ``ValueError``
+    naming the folder or file and line for a missing folder, an unknown class folder or label, no image."""
     root = Path(image_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: image folder not found")
@@ -104,10 +103,7 @@ def read_split(image_dir: str | Path, classes: ClassList | str | Path | None = N
 
 class ClassificationDataset(Dataset):
     """``dataset[i] -> (Tensor image, int label)``, or a :class:`SkippedItem` when the image cannot be read
-    (reported; the collate function drops it and hands it on to the trainer's report).
-
-    transform: ``ndarray[H, W, 3] uint8 -> Tensor`` (``detect.data.transforms``).
-    """
+    (reported; :func:`collate_skip` drops it). transform: ``ndarray[H, W, 3] uint8 -> Tensor``."""
 
     def __init__(self, split: ClassificationSplit, transform: Callable):
         self.split, self.transform = split, transform

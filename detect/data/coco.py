@@ -1,43 +1,32 @@
 """COCO instances JSON -> :class:`DetectionDataset`, every field checked.
 
-Layouts (:func:`find_coco_split`), found from the dataset folder ``root`` and a split name alone:
-- a Roboflow export: ``<root>/<split>/_annotations.coco.json``, the images beside it (splits ``train``,
-  ``valid``, ``test``);
-- the official layout: ``<root>/annotations/instances_<split>.json``, the images in ``<root>/images/<split>/``
-  or ``<root>/<split>/`` (as COCO 2017 ships ``train2017/``).
-A root with neither is an error listing what was looked for; ``annotation_file`` / ``image_dir`` name
-the files of a split directly. Several splits (``split=["train", "valid"]``) are read as one dataset:
-their categories must agree, and their record ids become ``<split>/<image id>`` (unique across them).
+Layouts (:func:`find_coco_split`, from the dataset folder ``root`` and a split name): a Roboflow export,
+``<root>/<split>/_annotations.coco.json`` with the images beside it (splits ``train``, ``valid``, ``test``);
+or the official layout, ``<root>/annotations/instances_<split>.json`` with the images in ``<root>/images/<split>/``
+or ``<root>/<split>/`` (COCO 2017's ``train2017/``). ``annotation_file`` / ``image_dir`` name a split's files
+directly. Several splits (``split=["train", "valid"]``) are read as one dataset: their categories must
+agree, and their record ids become ``<split>/<image id>``.
 
-Classes: ``wnids[i] = str(category id)`` and ``names[i]`` the category name, so label ``i`` maps back
-to a COCO ``category_id`` with ``int(classes.wnids[i])``. Without a class list they are the categories
-that have at least one (non-crowd) box in the training files, sorted by id; a category without one
-(Roboflow's supercategory, id 0) is left out and the log says so (files with no box at all: every
-category). A class list (``classes``, a file or a :class:`ClassList`) fixes order and subset: each id
-is a category **name**, or, naming no category, an integer category id (so the ``classes.tsv`` that
-prepare_data writes, ids = category ids, works too); a listed class without a box in the training
-split is refused when that split is read. Every split of a dataset takes its classes from the
-training files (``classes_from``) so that the labels agree; a category id there must carry the same
-name in each file.
+Classes: ``wnids[i] = str(category id)``, ``names[i]`` the category name. Without a class list they are
+the categories with at least one non-crowd box in the training files, sorted by id; the others (Roboflow's
+supercategory, id 0) are left out and logged (files with no box at all: every category). A class list
+(``classes``, a file or a :class:`ClassList`) fixes order and subset: each id is a category **name**, or,
+naming none, an integer category id (prepare_data's ``classes.tsv``); a listed class without a box in the
+training split is refused when that split is read. Every split takes its classes from the training files
+(``classes_from``), so that the labels agree; a category id there must carry the same name in each file.
 Boxes ``[x, y, w, h]`` become ``(x, y, x + w, y + h)``; ``iscrowd`` boxes are kept with ``ignore=True``.
 
-Validation: each entry of ``images``, ``categories`` and ``annotations`` is checked for the type and
-value of every field the project uses, and a bad entry is reported with the file, its list and index
-and the reason, counted in ``dataset.skipped`` and left out; the rest is kept. Never a crash on a
-wrongly typed field:
+Validation: a bad entry is reported with the file, its list and index and the reason, counted in
+``dataset.skipped`` and left out; a wrongly typed field never crashes the read:
 - category: an object with an integer ``id`` (not a bool, not a string, unique) and a string ``name``;
 - image: an object with an integer ``id`` (unique), a non-empty string ``file_name``, and ``width`` /
   ``height`` finite positive integers (``640.0`` is accepted as 640) up to ``MAX_PIXELS``;
 - ids fit an int64 (:data:`detect.data.records.MAX_ID`); box values lie within ``MAX_PIXELS``;
-- annotation: an object whose ``image_id`` / ``category_id`` are integers naming a kept image /
-  category, ``bbox`` a list of 4 finite numbers (a string such as ``"1234"`` is refused) with
-  width and height > 0, and ``iscrowd`` (when present) 0 or 1 as an integer or JSON boolean (the
-  string ``"0"`` is refused; a missing one is 0, as in pycocotools).
-Boxes outside the image are kept as stored (as COCOeval scores them; :mod:`detect.data.records`).
-Images are found by ``file_name``, or by its stem in any extension case.
-A file with an annotation ``id`` 0 gets a warning naming it: pycocotools' COCOeval takes a matched id
-of 0 for "unmatched" (``gtm``/``dtm`` 0), so it scores a detection matching that box as a false
-positive; our evaluation and its pycocotools cross-check (which numbers annotations from 1) do not.
+- annotation: an object whose integer ``image_id`` / ``category_id`` name a kept image / category, ``bbox``
+  a list of 4 finite numbers (not strings such as ``"1234"``) with width and height > 0, ``iscrowd`` 0 or
+  1 as an integer or JSON boolean (not the string ``"0"``; missing: 0, as in pycocotools).
+Images are found by ``file_name``, or by its stem in any extension case. A file with an annotation ``id``
+0 gets a warning (pycocotools' COCOeval would score a detection matching that box as a false positive).
 """
 from __future__ import annotations
 
@@ -125,8 +114,7 @@ def _check_image(im) -> tuple[int, tuple[str, int, int]]:
 
 
 def _check_annotation(ann, images: dict, categories: dict) -> tuple[int, tuple[int, list[float], bool]]:
-    """``(image id, (category id, [x, y, w, h], crowd))`` of an ``annotations`` entry naming a kept image
-    and category; ``ValueError`` saying what is wrong."""
+    """``(image id, (category id, [x, y, w, h], crowd))`` of an ``annotations`` entry; ``ValueError`` if not."""
     image_id = as_int(_fields(ann, "image_id", "category_id", "bbox")["image_id"], "image_id")
     if image_id not in images:
         raise ValueError(f"unknown image: image_id {image_id}")
@@ -177,8 +165,7 @@ def _names(value, what: str) -> list[str]:
 
 
 def _per_split(value, n: int, key: str) -> list:
-    """``annotation_file`` / ``image_dir`` of each of ``n`` splits: ``None`` (found from root), one path
-    (one split) or a list of ``n``."""
+    """``value`` (``key``) for each of ``n`` splits: ``None`` (found from root), one path (one split) or ``n``."""
     values = [None] * n if value is None else [value] if isinstance(value, (str, Path)) else list(value)
     if len(values) != n:
         raise ValueError(f"{key}={values}: {len(values)} path(s) for {n} split(s); give one per split, or null")
@@ -203,8 +190,7 @@ def _sources(root, split, annotation_file, image_dir) -> list[tuple[str, Path, P
 
 
 def _find_split(root, name: str, key: str, files: str) -> tuple[Path, Path]:
-    """:func:`find_coco_split` of split ``name`` (given as ``key``); ``ValueError`` saying to give ``root``
-    or ``files`` (the keys naming the split's files) when ``root`` is ``None``."""
+    """:func:`find_coco_split`; without ``root``, ``ValueError`` saying to give it or the keys ``files``."""
     if root is None:
         raise ValueError(f"{key} {name!r}: no root to find its files in; give root, or {files}")
     return find_coco_split(root, name)
@@ -246,18 +232,13 @@ def read_coco(annotation_file: str | Path | None = None, image_dir: str | Path |
               split=None, classes=None, classes_from=None, classes_from_files=None,
               cache_dir: str | Path | None = None) -> DetectionDataset:
     """Read COCO split(s) into one dataset (module docstring: layouts, classes, checks).
-
-    Files: ``root`` and ``split`` (a name or a list) through :func:`find_coco_split`; ``annotation_file``
-    / ``image_dir`` (one per split, or one path for a single split) replace what would be found.
-    Classes: ``classes`` (None, a class list file or a ClassList); ``classes_from`` (split name(s) in
-    ``root``) or ``classes_from_files`` (their files) name the training files that define them
-    (unreadable: a warning, and the files read here define them); neither: the files read here are the
-    training files. A class list is matched against the files read here, so an evaluation with one
-    reads no training file. ``cache_dir``: where the training files' classes are cached (None: none).
-    ``check_images`` / ``max_missing_images``: as every reader (:mod:`detect.data.records`). Records:
-    every valid image, by image id (``image_id`` = str(COCO id), ``index`` = 1-based position).
-    ``ValueError`` naming the file when it is not JSON, or not a COCO instances object.
-    """
+    ``annotation_file`` / ``image_dir`` (one per split) replace what ``root`` and ``split`` would find.
+    ``classes_from`` (split name(s) in ``root``) or ``classes_from_files`` (their files) name the training
+    files that define the classes (unreadable: a warning, and the files read here define them); neither:
+    the files read here are the training files. A class list (``classes``) is matched against the files
+    read here, so an evaluation with one reads no training file. ``cache_dir``: where the training classes
+    are cached. Records: every valid image, by image id (``image_id`` = str(COCO id), ``index`` 1-based).
+    ``ValueError`` naming the file when it is not JSON, or not a COCO instances object."""
     sources = _sources(root, split, annotation_file, image_dir)
     skipped, warnings = reader_logs(quiet=["not a class"])  # objects of categories left out: counted
     parts = [_read_part(name, f, d, skipped, warnings) for name, f, d in sources]
@@ -286,9 +267,8 @@ CLASSES_VERSION = 2  # part of the training-classes cache's fingerprint: bump wh
 
 
 def _training_classes(root, classes_from, classes_from_files, parts: list[_Part], cache_dir) -> ClassList:
-    """The classes the training files define (their faults are reported when the training split itself
-    is read); files already read are reused. Cached in ``cache_dir`` (refreshed when a file changes),
-    so that an evaluation reads no training JSON twice."""
+    """The classes the training files define (their faults are reported when that split is read), reusing
+    files read already; cached in ``cache_dir``, so that an evaluation reads no training JSON twice."""
     if isinstance(classes_from_files, (str, Path)):
         classes_from_files = [classes_from_files]
     names = _names(classes_from, "classes_from") or [Path(str(f)).stem for f in classes_from_files]
@@ -352,8 +332,7 @@ def _class_list(classes, training: list[_Part], require_boxes: bool = True) -> C
 
 
 def _labels(part: _Part, classes: ClassList) -> dict[int, int]:
-    """``{category id: label}`` of ``classes``; ``ValueError`` when a class id carries another name in
-    ``part``'s file."""
+    """``{category id: label}`` of ``classes``; ``ValueError`` when a class id has another name in ``part``."""
     label_of = {int(w): i for i, w in enumerate(classes.wnids)}
     for cid, i in label_of.items():
         if part.categories.get(cid, classes.names[i]) != classes.names[i]:
@@ -391,10 +370,9 @@ def _load_instances(annotation_file: Path) -> dict:
 
 def _check_entries(path: Path, entries: list, key: str, what: str, check, skipped: SkipLog,
                    unique: bool = True) -> dict:
-    """``{id: value}`` of the entries of list ``key`` that ``check`` (entry -> ``(id, value)``) accepts and
-    whose id is new (``unique=False``: ``{id: [value, ...]}``, an id may repeat). An entry refused
-    (``ValueError``) is counted in ``skipped`` under ``file: key[k] (id ...)``, as ``bad <what>: <reason>``
-    unless the reason is one of its own kinds (unknown image, unknown class, degenerate box)."""
+    """``{id: value}`` of the entries of list ``key`` that ``check`` (entry -> ``(id, value)``) accepts, ids
+    unique (``unique=False``: ``{id: [value, ...]}``). A refused entry is counted in ``skipped`` under
+    ``file: key[k] (id ...)`` as ``bad <what>: <reason>``, or as its own kind (unknown image, ...)."""
     kept = {} if unique else defaultdict(list)
     for k, entry in enumerate(entries):
         try:
@@ -414,10 +392,8 @@ def _check_entries(path: Path, entries: list, key: str, what: str, check, skippe
 
 def _coco_records(part: _Part, label_of: dict, check_images: bool, max_missing_images: float, skipped: SkipLog,
                   prefix: str = "") -> list[DetectionRecord]:
-    """One record per kept image of ``part``, by image id (``image_id`` = ``prefix`` + id), boxes xywh ->
-    xyxy, labels ``label_of[category id]``: an object of another category is counted in ``skipped``
-    (not a class); with ``check_images`` an image not found is skipped (too many stop the reader, see
-    ``ImageFinder``)."""
+    """One record per kept image of ``part`` (``image_id`` = ``prefix`` + id), boxes xywh -> xyxy, labels
+    ``label_of[category id]`` (another category: counted in ``skipped``); images missing: as every reader."""
     finder = ImageFinder(part.image_dir, ".jpg")
     order = sorted(part.images)
     paths = finder.find_all([part.images[i][0] for i in order], check_images, max_missing_images)

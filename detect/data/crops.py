@@ -2,20 +2,17 @@
 
 :func:`cut_gt_crops` writes every usable ground-truth box of a training part and of a monitoring part
 as an ImageNet-style class-folder set that ``detect.data.classification.read_split`` reads:
-
-    root/train/<wnid>/<index>_<image id>_<k>.jpg     (from ``train``)
-    root/val/<wnid>/<index>_<image id>_<k>.jpg       (from ``val``, e.g. the held-out monitoring part)
-    root/classes.tsv                                 (the detection set's class list, label order)
+``root/{train,val}/<wnid>/<index>_<image id>_<k>.jpg`` (from ``train``, and ``val``: e.g. the held-out
+monitoring part) and ``root/classes.tsv`` (the detection set's class list, label order).
 
 Each crop is the box grown by ``context`` times its width and height on every side (clipped to the
 image), downscaled so that its longer side is at most ``max_side``. Ignored boxes (VOC difficult,
 COCO crowd) and boxes whose shorter side is under ``min_size`` pixels are left out; every image is
 read once (an unreadable one is reported, skipped and counted).
 
-The folder is owned through ``root/manifest.json`` (:mod:`detect.data.generated`): the parameters
+The folder is owned through ``root/manifest.json`` (:mod:`detect.data.generated`); the parameters
 include a digest of both parts' records, so the crops are cut again exactly when the ground truth,
-the image files or the settings change; only files the manifest lists are ever removed, and a folder
-holding anything else is refused.
+the image files or the settings change.
 """
 from __future__ import annotations
 
@@ -74,11 +71,9 @@ def _plan(dataset: DetectionDataset, split: str, min_size: float) -> list[tuple[
 
 def cut_gt_crops(root: str | Path, train: DetectionDataset, val: DetectionDataset, context: float = 0.1,
                  min_size: float = 16.0, max_side: int = 256, jpeg_quality: int = 90) -> ClassList:
-    """Write the ground-truth crops of ``train`` and ``val`` under ``root``: ``context``, ``min_size`` and
-    ``max_side`` as in the module docstring, JPEG quality ``jpeg_quality``. Returns ``train.classes``.
-    Raises ``ValueError`` when the two parts have other classes, when a part has no usable box, or
-    :class:`detect.data.generated.ForeignDataError` when ``root`` holds files it did not write.
-    """
+    """Write the ground-truth crops of ``train`` and ``val`` under ``root`` (module docstring); returns
+    ``train.classes``. ``ValueError`` when the two parts have other classes or a part has no usable box;
+    :class:`detect.data.generated.ForeignDataError` when ``root`` holds files it did not write."""
     root = Path(root)
     if context < 0 or min_size < 1 or max_side < 8 or not 1 <= jpeg_quality <= 100:
         raise ValueError(f"bad crop settings: context={context} min_size={min_size} max_side={max_side} "
@@ -115,8 +110,8 @@ def cut_gt_crops(root: str | Path, train: DetectionDataset, val: DetectionDatase
 
 def _cut_record(root: Path, record: DetectionRecord, jobs: list[tuple[int, str]], context: float, max_side: int,
                 jpeg_quality: int, skipped: SkipLog) -> Counter:
-    """Write the crops ``jobs`` (box number, path relative to ``root``) of one record, reading its image once;
-    an unreadable image or a box outside it is counted in ``skipped``. Returns crops written per label."""
+    """Write the crops ``jobs`` (box number, path below ``root``) of one record (an unreadable image or a box
+    outside it: counted in ``skipped``); returns crops written per label."""
     written = Counter()
     try:
         image = read_image(record.path, (record.width, record.height))

@@ -34,8 +34,8 @@ def _split_image_name(name: str) -> tuple[str, str]:
 
 
 def leaves_folder(name: str) -> bool:
-    """True when a dataset-relative name (an image list entry, a COCO ``file_name``) could point outside
-    the folder it is relative to: an absolute path, a drive, or a ``..`` part. Readers refuse those."""
+    """True when a dataset-relative name (a list entry, a COCO ``file_name``) could point outside its folder:
+    an absolute path, a drive, or a ``..`` part. Readers refuse those."""
     n = name.replace("\\", "/")
     return n.startswith("/") or (len(n) > 1 and n[1] == ":") or ".." in n.split("/")
 
@@ -43,14 +43,8 @@ def leaves_folder(name: str) -> bool:
 class ImageFinder:
     """Finds the image files of a dataset under ``folder`` by name, from one listing per sub-folder (not one
     ``stat`` or glob per image), whatever the extension and its case (``IMG_0001`` -> ``IMG_0001.JPG``,
-    ``.jpeg``, ``.png`` ...). When many listed images are missing, :meth:`check_missing` stops with an
-    error naming the pattern (what was looked for, and what the folder holds instead).
-
-    ``expected``: the dataset's usual extension (``".JPEG"`` for ILSVRC, ``".jpg"`` for VOC), preferred
-    when several files share a stem and named in error messages. ``find(name)`` takes a name with or
-    without an extension, possibly with sub-folders (``ILSVRC2013_train/n01440764/n01440764_10026``);
-    a name given with an extension (COCO ``file_name``) is first looked up exactly.
-    """
+    ``.jpeg``, ``.png`` ...). ``expected``: the dataset's usual extension (``".JPEG"`` for ILSVRC), preferred
+    when several files share a stem and named in error messages."""
 
     def __init__(self, folder: str | Path, expected: str = ".jpg"):
         self.folder = Path(folder)
@@ -81,8 +75,8 @@ class ImageFinder:
         return (ext != wanted_ext, ext.lower() != wanted_ext.lower(), IMAGE_EXTENSIONS.index(ext.lower()), file_name)
 
     def find(self, name: str) -> Path | None:
-        """The image file for ``name``, or ``None`` when the folder has none with that stem; a name that
-        leads out of the folder (:func:`leaves_folder`) is a ``ValueError``."""
+        """The image file for ``name`` (with or without an extension, possibly with sub-folders; one with an
+        extension is first looked up exactly); ``None`` for an unknown stem; ``ValueError`` if it leaves the folder."""
         if leaves_folder(name):
             raise ValueError(f"{name!r}: image name points outside {self.folder}")
         sub, _, base = name.replace("\\", "/").rpartition("/")
@@ -105,8 +99,7 @@ class ImageFinder:
         return found
 
     def default_path(self, name: str) -> Path:
-        """The conventional path ``folder/<name><expected>`` (``folder/<name>`` when it has an extension),
-        for an image that :meth:`find` (which refuses a name leading out of the folder) did not find."""
+        """``folder/<name><expected>`` (``folder/<name>`` when it has an extension), for an image not found."""
         return Path(self._prefix + (name if _split_image_name(name)[1] else name + self.expected))
 
     def describe_missing(self, missing: list[str], total: int) -> str:
@@ -139,8 +132,8 @@ class ImageFinder:
         return f"{text}; {'; '.join(hints)}"
 
     def check_missing(self, missing: list[str], total: int, max_share: float) -> None:
-        """Raise ``FileNotFoundError`` (see :meth:`describe_missing`) when more than ``max_share`` of
-        ``total`` images are missing (always when none at all was found); else log a warning."""
+        """Raise ``FileNotFoundError`` (:meth:`describe_missing`) when more than ``max_share`` of ``total``
+        images (or all) are missing; else log a warning."""
         if not missing:
             return
         text = self.describe_missing(missing, total)
@@ -150,9 +143,8 @@ class ImageFinder:
 
 
 def list_images(paths) -> list[Path]:
-    """Image files among ``paths`` (files, or folders searched recursively), by extension in any letter
-    case, sorted per argument, without duplicates. A path that does not exist raises
-    ``FileNotFoundError`` naming it."""
+    """Image files among ``paths`` (files, or folders searched recursively), sorted per argument, without
+    duplicates; ``FileNotFoundError`` naming a path that does not exist."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     out = {}  # the resolved path -> the path as found first
@@ -169,9 +161,8 @@ def list_images(paths) -> list[Path]:
 
 
 def read_image_folder(paths, classes: ClassList | None = None) -> DetectionDataset:
-    """Records without boxes for the images under ``paths`` (see :func:`list_images`), their sizes from
-    :func:`image_size` (unreadable files are skipped and counted); ``image_id`` is the file's path as
-    found, ``index`` 1-based."""
+    """Records without boxes for the images under ``paths`` (:func:`list_images`; unreadable ones skipped
+    and counted); ``image_id`` is the file's path as found, ``index`` 1-based."""
     skipped = SkipLog("images")
     records = []
     for f in list_images(paths):
@@ -202,9 +193,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 
 def size_from_image(image_path: Path, annotation: str | Path, reason: str, warnings: SkipLog) -> tuple[int, int]:
-    """``(width, height)`` for an annotation whose own size is unusable (``reason``), read from the image
-    header and counted in ``warnings`` as repaired; ``(0, 0)`` (unknown, also counted) when the image
-    is absent or unreadable. Never drops the record: evaluation needs no size."""
+    """``(width, height)`` from the image header for an annotation whose own size is unusable (``reason``),
+    counted in ``warnings``; ``(0, 0)`` (unknown, also counted) when the image is absent or unreadable."""
     if not os.path.isfile(image_path):
         warnings.add(annotation, f"size unknown: {reason}, and no image {Path(image_path).name}")
         return 0, 0

@@ -2,13 +2,12 @@
 
 Every generator of the project (the synthetic world, ground-truth crops) writes into a folder that it
 owns through ``root/manifest.json``, a :class:`detect.records.OutputRecord` (``{"params", "files",
-"complete"}``; the files are not hashed: thousands of images). A generation
-
-1. calls :func:`prepare_root` with its parameters and the list of files it will write. When the
-   manifest records the same parameters and is complete, nothing is to be done (True). Otherwise the
-   files of an earlier generation (those its manifest lists, complete or interrupted) are removed, the
-   new manifest is written with ``complete: false`` and the generation runs;
-2. calls :func:`finish_root` at the end, which marks the manifest complete.
+"complete"}``; the files are not hashed: thousands of images). A generation calls
+1. :func:`prepare_root` with its parameters and the list of files it will write. When the manifest
+   records the same parameters and is complete, nothing is to be done (True). Otherwise the files of an
+   earlier generation (those its manifest lists, complete or interrupted) are removed, the new manifest
+   is written with ``complete: false`` and the generation runs;
+2. :func:`finish_root` at the end, which marks the manifest complete.
 
 A folder holding anything the manifest does not list (a real dataset given by mistake as a data root,
 files added by hand, a manifest this generator cannot read) is refused with :class:`ForeignDataError`
@@ -66,9 +65,8 @@ def _foreign_file(root: Path, owned: set[str]) -> str | None:
 
 
 def prepare_root(root: str | Path, params: dict, files: list[str], what: str) -> bool:
-    """Make ``root`` ready for a generation with ``params`` that writes ``files`` (relative POSIX
-    paths), by the rules in the module docstring; True when a complete generation with the same
-    ``params`` is there already. what: names the data in messages (e.g. "synthetic detection world")."""
+    """Make ``root`` ready for a generation with ``params`` that writes ``files`` (relative POSIX paths;
+    module docstring); True when it is there already. what: names the data in messages."""
     root = Path(root)
     manifest = OutputRecord(root / MANIFEST, files)  # (ValueError for a file name outside root)
     if manifest.up_to_date(params, verify=False):

@@ -2,26 +2,22 @@
 the devkit's cached ground truth ``.mat``.
 
 Layouts (``layout="auto"`` picks the one present under ``root``; ``2015``/``2014`` as int or string):
-- ``"2015"`` (ILSVRC 2015+ and our synthetic world): ``Data/DET/<split>/<name>.JPEG``,
-  ``Annotations/DET/<split>/<name>.xml``, list ``ImageSets/DET/<split>.txt``. Names may contain
-  sub-folders (``ILSVRC2013_train/n01440764/n01440764_10026``).
+- ``"2015"`` (ILSVRC 2015+, the synthetic world): ``Data/DET/<split>/<name>.JPEG``,
+  ``Annotations/DET/<split>/<name>.xml``, list ``ImageSets/DET/<split>.txt``; names may contain
+  sub-folders (``ILSVRC2013_train/n01440764/n01440764_10026``);
 - ``"2014"`` (ILSVRC 2013/2014 tarballs): ``ILSVRC2013_DET_<split>/<name>.JPEG`` and
-  ``ILSVRC2013_DET_bbox_<split>/<name>.xml`` (train: ``ILSVRC2014_DET_train`` / ``ILSVRC2014_DET_bbox_train``);
-  the list is the devkit's ``data/det_lists/<split>.txt``, given as ``devkit`` or found under
-  ``root/devkit`` or ``root/ILSVRC2014_devkit``.
-Either works without the images (a ground-truth-only folder: evaluation reads no pixels, ``check_images=False``).
+  ``ILSVRC2013_DET_bbox_<split>/<name>.xml`` (train: ``ILSVRC2014_DET_train`` / ``ILSVRC2014_DET_bbox_train``),
+  list ``data/det_lists/<split>.txt`` of the devkit (``devkit``, else ``root/devkit`` or ``root/ILSVRC2014_devkit``).
 
-``ground_truth``: the devkit's cache ``ILSVRC2015_det_validation_ground_truth.mat`` (what
-``eval_detection.m`` saves: ``gt_img_ids`` [N x 1], ``gt_obj_labels`` {1 x N} DET_IDs,
-``gt_obj_bboxes`` {1 x N} [4 x n] ``xmin ymin xmax ymax``, ``gt_obj_thr`` {1 x N}, ``num_pos_per_class``)
-replaces the XML folder; it is read with ``mat_dtype=True`` (MATLAB stores small integers as
-uint8/uint16, whose arithmetic would wrap).
+``ground_truth``: the devkit's cache ``ILSVRC2015_det_validation_ground_truth.mat`` (``eval_detection.m``'s
+``gt_img_ids`` [N x 1], ``gt_obj_labels`` {1 x N} DET_IDs, ``gt_obj_bboxes`` {1 x N} [4 x n] ``xmin ymin
+xmax ymax``, ``gt_obj_thr`` {1 x N}) replaces the XML folder; read with ``mat_dtype=True`` (MATLAB stores
+small integers as uint8/uint16, whose arithmetic would wrap).
 
-Boxes are kept as stored (0-based inclusive ints as float32); the evaluator applies the ``+1`` rule.
-Objects are dropped or kept by the rule in :mod:`detect.data.records`. The record ``index`` is the
-list line's index column (what submission lines refer to). Blacklist entries (``<val index> <wnid>``)
-refer to the official val list; with another list (R-CNN's val1/val2) they are mapped through the
-names of the official list.
+Boxes are kept as stored (0-based inclusive ints as float32; the evaluator applies the ``+1`` rule).
+The record ``index`` is the list line's index column (what submission lines refer to). Blacklist entries
+(``<val index> <wnid>``) refer to the official val list; with another list (R-CNN's val1/val2) they are
+mapped through the names of the official list.
 """
 from __future__ import annotations
 
@@ -97,16 +93,12 @@ def _int_value(text) -> int | None:
 
 
 def parse_ilsvrc_xml(path: str | Path, classes: ClassList) -> ParsedAnnotation:
-    """Parse one ILSVRC annotation file (root ``<annotation>``; :func:`detect.data.xmlfile.parse_annotation_xml`,
-    values rounded to int, as stored) into a :class:`ParsedAnnotation`; ``ValueError`` naming the file
-    when it is not readable XML."""
+    """One ILSVRC annotation file (:func:`detect.data.xmlfile.parse_annotation_xml`, root ``<annotation>``,
+    values rounded to int) as a :class:`ParsedAnnotation`; ``ValueError`` naming the file if unreadable."""
     return ParsedFolder.from_raw([_parse_ilsvrc_raw(path, classes)])[0]
 
 
 _parse_ilsvrc_raw = partial(parse_annotation_xml, number=_int_value, root_tag="annotation")
-
-
-# ---------------------------------------------------------------- layouts and lists
 
 
 def _layout_dirs(root: Path, split: str, layout: str) -> tuple[Path, Path]:
@@ -126,9 +118,8 @@ def _present(root: Path, split: str) -> list[str]:
 
 
 def _choose_layout(root: Path, split: str, layout, need_annotations: bool) -> str:
-    """The layout to read (``"2015"`` or ``"2014"``) given ``layout`` (auto, 2015 or 2014, int or string;
-    ``ValueError`` otherwise), or ``FileNotFoundError`` naming the real cause (no folder, no annotations,
-    wrong layout) in one line."""
+    """The layout to read (``"2015"`` or ``"2014"``) given ``layout``; ``ValueError`` for another value,
+    ``FileNotFoundError`` naming the real cause (no folder, no annotations, wrong layout) in one line."""
     given, layout = layout, str(layout).strip().lower() if layout is not None else "auto"
     if layout not in ("auto", "2015", "2014"):
         raise ValueError(f"layout must be auto, 2015 or 2014 (int or string), got {given!r}")
@@ -164,9 +155,6 @@ def _default_list(root: Path, split: str, layout: str, devkit) -> Path | None:
     return next((path for path in candidates if path.is_file()), None)
 
 
-# ---------------------------------------------------------------- ground truth sources
-
-
 def _mat_cell(mat: dict, name: str, path: Path, n: int) -> list:
     """The MATLAB cell array ``mat[name]`` {1 x n} (or {n x 1}) as a list of ndarrays; ``ValueError`` naming it."""
     arr = np.asarray(mat[name])
@@ -176,9 +164,8 @@ def _mat_cell(mat: dict, name: str, path: Path, n: int) -> list:
 
 
 def read_devkit_ground_truth(path: str | Path, classes: ClassList) -> tuple[list[int], list[ParsedAnnotation]]:
-    """The devkit's cached ground truth (``eval_detection.m``'s ``optional_cache_file``) -> (official
-    image indices ``[N]``, one :class:`ParsedAnnotation` per image). ``ValueError`` naming the file and
-    the variable for anything that is not the devkit's structure; labels are DET_IDs 1..len(classes)."""
+    """The devkit's cached ground truth (module docstring) -> (official image indices ``[N]``, one
+    :class:`ParsedAnnotation` per image); ``ValueError`` naming the file and variable for anything else."""
     import scipy.io
 
     path = Path(path)
@@ -224,28 +211,21 @@ def read_devkit_ground_truth(path: str | Path, classes: ClassList) -> tuple[list
     return [int(v) for v in ids], parsed
 
 
-# ---------------------------------------------------------------- the reader
-
-
 def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path | None = None,
                     blacklist: str | Path | None = None, classes=None, layout: str | int = "auto",
                     missing_annotation: str | None = None, devkit: str | Path | None = None,
                     check_images: bool = True, max_missing_images: float = 0.1,
                     ground_truth: str | Path | None = None, cache_dir: str | Path | None = None,
                     workers: int = 1) -> DetectionDataset:
-    """Read an ILSVRC DET split into a :class:`DetectionDataset` (see the module docstring for layouts).
-
+    """Read an ILSVRC DET split into a :class:`DetectionDataset` (layouts: the module docstring).
     image_list: a ``<name> <index>`` file replacing the split's own list (e.g. R-CNN's val1/val2).
     blacklist: the devkit's ``ILSVRC2014_det_validation_blacklist.txt``; stored as ``{(record index, label)}``.
     classes: ``None`` (``root/classes.tsv`` or the ILSVRC 200), a path, or a ClassList.
     missing_annotation: a listed image without XML: ``"skip"`` (the default, except for
     ``split="test"``) drops it and counts it; ``"empty"`` keeps it without boxes (the test default).
-    ground_truth: the devkit's cached ground-truth ``.mat`` in place of the XML folder (official list only).
-    check_images, max_missing_images, cache_dir, workers: as every reader (:mod:`detect.data.records`).
-    Malformed XML skips the image, bad objects are dropped (both counted in ``dataset.skipped``); a size
-    missing from the XML is read from the image header (counted in ``dataset.warnings``), else left 0
-    (unknown). A split where nothing is left raises ``ValueError`` with the summary.
-    """
+    ground_truth: the devkit's ``.mat`` in place of the XML folder (official list only). Malformed XML
+    skips the image, bad objects are dropped (both counted in ``dataset.skipped``); a size missing from
+    the XML is read from the image header (counted in ``dataset.warnings``), else left 0 (unknown)."""
     root = Path(root)
     missing_annotation = missing_annotation or ("empty" if split == "test" else "skip")
     if missing_annotation not in ("skip", "empty"):
@@ -273,10 +253,8 @@ def read_ilsvrc_det(root: str | Path, split: str = "val", image_list: str | Path
                                         f"ilsvrc_{layout}_{split}_{list_path.stem}", PARSER_VERSION, classes, workers)
         source = lambda name: os.path.join(str(xml_dir), name + ".xml")  # noqa: E731
     skipped, warnings = reader_logs()
-    finder = ImageFinder(image_dir, ".JPEG")
-    images = finder.find_all([name for name, _ in entries], check_images, max_missing_images)
-    records = annotation_records(entries, images, parsed, finder, source, skipped, warnings, check_images,
-                                 missing_annotation, sizes_from_images=ground_truth is None)
+    records = annotation_records(entries, ImageFinder(image_dir, ".JPEG"), parsed, source, skipped, warnings,
+                                 check_images, max_missing_images, missing_annotation, ground_truth is None)
     pairs = _blacklist_pairs(blacklist, classes, list_path, official, records)
     dataset = finish_dataset(records, classes, f"ilsvrc_{split}", skipped, warnings, f"{root} {split}",
                              len(entries), lambda r: source(r.image_id), blacklist=pairs, logger=log)

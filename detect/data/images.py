@@ -15,9 +15,8 @@ Image.MAX_IMAGE_PIXELS = 400_000_000  # allow large scans, still refuse decompre
 
 
 class SampleError(ValueError):
-    """One item of a dataset (an image, or an image with its annotation) that cannot be used; ``str()``
-    names the file. Datasets skip and count exactly these; every other error (a bad setting, a bug)
-    stops the run."""
+    """An item of a dataset (an image, with its annotation) that cannot be used; ``str()`` names the file.
+    Datasets skip and count exactly these; every other error (a bad setting, a bug) stops the run."""
 
 
 class ImageError(SampleError):
@@ -46,7 +45,6 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 
 def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an image file as ``ndarray[H, W, 3] uint8`` RGB, EXIF orientation applied.
-
     size: ``(width, height)`` its annotation gives (0 or None: unknown). The image is returned in the frame
     the boxes were drawn in: EXIF-oriented when that matches ``size``; the stored pixels, unrotated, when
     only they match (a photo whose EXIF turns it by 90 degrees, annotated by a tool that ignores EXIF, as
@@ -54,8 +52,7 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     resized or replaced after it was annotated: its boxes would not fit it).
     Grey, grey+alpha, RGBA (composited on white), palette, CMYK, 16-bit and float images are all
     converted. Raises :class:`ImageError` for a missing, unreadable, truncated or empty image, one above
-    ``Image.MAX_IMAGE_PIXELS``, or one the memory cannot hold.
-    """
+    ``Image.MAX_IMAGE_PIXELS``, or one the memory cannot hold."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, "file not found")

@@ -1,12 +1,11 @@
 """The in-memory form every detection reader produces, and the logs of what a reader skipped or repaired.
 
-Ground-truth boxes, one rule for every reader (ILSVRC, VOC, COCO): an object is dropped (and counted
-in ``dataset.skipped``) only when it cannot be a box: its class is unknown, a coordinate is missing or
-not a finite number, or it is inverted (``x2 < x1`` or ``y2 < y1``; COCO: width or height <= 0). A box
-that reaches past the image border, or lies wholly outside the image, is **kept exactly as stored**,
-because the official evaluators (``eval_detection.m``, ``VOCevaldet.m``, ``COCOeval``) score ground
-truth as stored; it is counted in ``dataset.warnings`` ("box outside the image"). Code that needs boxes
-inside the image (training targets, crops) clips them itself.
+Ground-truth boxes, one rule for every reader: an object is dropped (and counted in ``dataset.skipped``)
+only when it cannot be a box: its class is unknown, a coordinate is missing or not a finite number, or
+it is inverted (``x2 < x1`` or ``y2 < y1``; COCO: width or height <= 0). A box reaching past the image
+border, or wholly outside it, is **kept exactly as stored**, as the official evaluators (``eval_detection.m``,
+``VOCevaldet.m``, ``COCOeval``) score ground truth, and counted in ``dataset.warnings`` ("box outside
+the image"); code that needs boxes inside the image (training targets, crops) clips them itself.
 
 Parameters the readers share: ``check_images``: look for every listed image (by name, any extension
 case: :class:`detect.data.folder.ImageFinder`); a missing one is skipped and counted, more than
@@ -32,15 +31,14 @@ log = logging.getLogger(__name__)
 __all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "SkippedItem", "warn_outside", "reader_logs",
            "finish_dataset", "MAX_ID", "MAX_PIXELS", "check_id", "check_pixels", "as_class_list", "text_lines"]
 
-# Bounds on the integers read from annotation files: limits of the formats the values are held in, not
-# settings. Beyond them a value is no id or pixel position (it would overflow numpy's int64 or lose
-# its meaning in float32), so the entry is reported and skipped, never a crash of the whole read.
+# Bounds on the integers read from annotation files, the limits of the formats they are held in: beyond
+# them a value is no id or pixel position, so the entry is reported and skipped, never a crash.
 MAX_ID = 2**63 - 1       # ids (COCO image, category and annotation ids, list indices) are held as int64
 MAX_PIXELS = 2**31 - 1   # image sides and box coordinates, in pixels (int32; far past any real image)
 
 
 def check_id(value: int, field: str) -> int:
-    """``value`` (an int) when it fits an int64 id, else ``ValueError`` saying so (``field`` names it)."""
+    """``value`` (an int) when it fits an int64 id, else ``ValueError`` naming ``field``."""
     if not -MAX_ID - 1 <= value <= MAX_ID:
         raise ValueError(f"{field} {value} is out of range (ids are 64-bit integers: |{field}| < 2**63)")
     return value
@@ -69,9 +67,8 @@ def as_class_list(classes, default: Callable[[], ClassList]) -> ClassList:
 
 
 def text_lines(path: str | Path, what: str, comments: bool = False) -> list[tuple[int, list[str]]]:
-    """``(line number, whitespace-separated tokens)`` of each non-blank line of a text file (and, with
-    ``comments``, not starting with ``#``); ``FileNotFoundError`` (unreadable) or ``ValueError`` (not
-    UTF-8) naming the file and ``what`` it is."""
+    """``(line number, tokens)`` of each non-blank line of a text file (with ``comments``: not starting with
+    ``#``); ``FileNotFoundError`` (unreadable) or ``ValueError`` (not UTF-8) naming the file and ``what``."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
@@ -85,14 +82,11 @@ def text_lines(path: str | Path, what: str, comments: bool = False) -> list[tupl
 @dataclass
 class DetectionRecord:
     """One image and its ground truth.
-
     boxes: ndarray[N, 4] float32, xyxy pixels (ILSVRC XML values as stored; see the evaluator's +1 rule)
     labels: ndarray[N] int64, 0-based indices into the dataset's ClassList
     ignore: ndarray[N] bool, boxes that neither count nor penalise (VOC ``difficult``, COCO ``iscrowd``)
     index: 1-based position in the dataset's image list (the first column of an ILSVRC submission)
-    width, height: pixels; 0 when unknown (an evaluation-only read of an annotation without a size whose
-    image is absent: evaluation needs no size)
-    """
+    width, height: pixels; 0 when unknown (an annotation without a size whose image is absent)"""
 
     image_id: str
     path: Path
@@ -112,19 +106,17 @@ class DetectionRecord:
 
 
 class SkippedItem(NamedTuple):
-    """What a dataset returns instead of an item it cannot use (see ``detect.data.images.SampleError``):
-    the collate functions drop it and hand it on in the batch, so that what DataLoader worker
-    processes skip reaches the trainer's report."""
+    """What a dataset returns instead of an item it cannot use (``detect.data.images.SampleError``): the
+    collate functions hand it on in the batch, so that what DataLoader workers skip reaches the report."""
 
     file: str
     reason: str
 
 
 def warn_outside(records: list["DetectionRecord"], warnings: "SkipLog", source) -> int:
-    """Add a warning per ground-truth box of ``records`` that reaches past its image: ``x1 < 0``,
-    ``y1 < 0``, ``x2 > width`` or ``y2 > height`` (so inclusive-pixel formats may end on ``width``, a
-    common 1-based slip); none for a record of unknown size (0). The boxes stay as stored (see the
-    module docstring); ``source(record)`` names the annotation file. Returns the count."""
+    """Add a warning (under ``source(record)``) per box of ``records`` reaching past its image: ``x1 < 0``,
+    ``y1 < 0``, ``x2 > width`` or ``y2 > height`` (inclusive-pixel formats may end on ``width``, a common
+    1-based slip); none for a record of unknown size (0). Boxes stay as stored. Returns the count."""
     counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
     if not counts.sum():
         return 0
@@ -140,13 +132,10 @@ def warn_outside(records: list["DetectionRecord"], warnings: "SkipLog", source) 
 
 class SkipLog:
     """Counts and reports what was skipped (file, reason); a summary is printed at the end of a run.
-
-    ``what`` names the items (``"annotations"``), ``verb`` what happened to them (``"skipped"``,
-    ``"repaired"``). Each entry is logged as a warning, the first ``log_limit`` of each kind (the text
-    before the reason's first colon) only, so a file with 20,000 bad lines does not flood the log; every
-    entry is kept and counted in :meth:`summary`. Entries of the ``quiet`` kinds are not logged one by one
-    (objects of classes the user left out of ``data.classes``: a choice, not a fault).
-    """
+    ``what`` names the items (``"annotations"``), ``verb`` what happened to them (``"skipped"``). Only the
+    first ``log_limit`` entries of each kind (the reason up to its first colon) are logged as warnings, so
+    20,000 bad lines do not flood the log; :meth:`summary` counts them all. The ``quiet`` kinds are not
+    logged one by one (objects of classes left out of ``data.classes``: a choice, not a fault)."""
 
     def __init__(self, what: str = "items", verb: str = "skipped", log_limit: int = 20, quiet=()):
         self.what = what
@@ -191,10 +180,8 @@ class SkipLog:
 @dataclass
 class DetectionDataset:
     """A list of records with their class list; ``blacklist`` holds ignored (record index, label) pairs.
-
     ``skipped``: images and objects left out (with file and reason); ``warnings``: what was kept but
-    repaired or is unusual (an image size read from the image, a box outside the image).
-    """
+    repaired or is unusual (an image size read from the image, a box outside the image)."""
 
     records: list[DetectionRecord]
     classes: ClassList
@@ -218,19 +205,17 @@ class DetectionDataset:
 
 
 def reader_logs(quiet=()) -> tuple[SkipLog, SkipLog]:
-    """A reader's two logs: ``(skipped, warnings)``, of annotations skipped (``quiet`` kinds counted, not
-    logged one by one) and kept with a warning."""
+    """A reader's ``(skipped, warnings)``: annotations skipped (``quiet`` kinds: SkipLog) and kept with a warning."""
     return SkipLog("annotations", quiet=quiet), SkipLog("annotations", verb="kept with a warning")
 
 
 def finish_dataset(records: list[DetectionRecord], classes: ClassList, name: str, skipped: SkipLog,
                    warnings: SkipLog, where: str, listed: int, source, listed_what: str = "listed images",
                    blacklist: set[tuple[int, int]] | None = None, logger: logging.Logger = log) -> DetectionDataset:
-    """A reader's last step: :func:`warn_outside` (``source(record)`` names its annotation file), then the
-    :class:`DetectionDataset` of ``records``, its summary logged (to ``logger``, the reader's) as a
-    warning when anything was skipped or repaired. ``where`` (the file, or folder and split, read)
-    starts the messages; ``listed`` entries (``listed_what``) of which none became a record raise
-    ``ValueError``."""
+    """A reader's last step: :func:`warn_outside`, then the :class:`DetectionDataset` of ``records``, its
+    summary logged to ``logger`` when anything was skipped or repaired. ``where`` (the file, or folder and
+    split, read) starts the messages; ``listed`` entries (``listed_what``) of which none became a record
+    raise ``ValueError``."""
     warn_outside(records, warnings, source)
     dataset = DetectionDataset(records, classes, name=name, blacklist=set() if blacklist is None else blacklist,
                                skipped=skipped, warnings=warnings)

@@ -1,13 +1,10 @@
 """Dataset splits: the held-out monitoring share of a training split, and what outputs are called.
 
 Blocks and splits. A data config (``conf/data/<name>.yaml``) has three reader blocks that the tools
-take by name (``split=train|monitor|val``):
-
-- ``train``: what the trainers learn from;
-- ``monitor``: what they watch while training (held-out region accuracy, MultiBox coverage); for a
-  real dataset a seeded share of its training split (:func:`holdout_part`), so that the test split
-  is touched only by the final detection and evaluation;
-- ``val``: the evaluation split (VOC ``test``, COCO ``val2017``, ILSVRC ``val``).
+take by name (``split=train|monitor|val``): ``train``, what the trainers learn from; ``monitor``, what
+they watch while training (held-out region accuracy, MultiBox coverage), for a real dataset a seeded
+share of its training split (:func:`holdout_part`), so that the test split is touched only by the final
+detection and evaluation; ``val``, the evaluation split (VOC ``test``, COCO ``val2017``, ILSVRC ``val``).
 
 Output names. Files derived from a block (proposal stores, detections, evaluation reports) are named
 after the dataset's own split, never after the block: ``split_names`` in the data config maps each
@@ -58,9 +55,9 @@ class HeldOutPart(DetectionDataset):
 
 
 def holdout_part(source: DetectionDataset, part: str, fraction: float, seed: int = 0) -> HeldOutPart:
-    """The ``part`` (``"train"`` or ``"monitor"``) of ``source`` when a share ``fraction`` of its images,
-    strictly between 0 and 1, is drawn into ``monitor``. Raises ``ValueError`` naming the setting for a
-    bad fraction or part, or when ``source`` has fewer than 2 images (nothing can be held out)."""
+    """The ``part`` (``"train"`` or ``"monitor"``) of ``source`` when a share ``fraction`` (strictly between
+    0 and 1) of its images is drawn into ``monitor``; ``ValueError`` naming the setting for a bad fraction
+    or part, or a ``source`` of fewer than 2 images."""
     if part not in PARTS:
         raise ValueError(f"holdout part {part!r}: expected one of {PARTS}")
     if not 0.0 < float(fraction) < 1.0:
@@ -98,9 +95,8 @@ def _reader_blocks(data: Mapping) -> list[str]:
 
 
 def split_name(data: Mapping, block: str) -> str:
-    """The dataset's own name of the split that ``block`` of the data config ``data`` reads
-    (``data.split_names[block]``, a list of names joined by ``+``; the block name itself where the
-    config has no such mapping)."""
+    """The dataset's own name of the split that ``block`` of ``data`` reads: ``data.split_names[block]``
+    (a list joined by ``+``), else the block name."""
     if block not in _reader_blocks(data):
         raise ValueError(f"split={block}: data={data.get('name')} has no such reader block "
                          f"(blocks: {_reader_blocks(data)})")

@@ -3,18 +3,14 @@
 Each class is a fixed combination of a shape (circle, square, triangle, ...), a saturated colour and a
 texture (solid, stripes, checks, dots, gradient); instances vary in size, aspect, rotation, colour and
 texture phase. Backgrounds are cluttered with gradients, noise, lines and blobs in desaturated colours
-and irregular shapes, which no class has.
+and irregular shapes, which no class has. Class ids look like ILSVRC wnids: ``n99`` followed by the
+6-digit 0-based class index (``n99000000``, ``n99000001``, ...); names read like ``"red solid circle"``.
 
-Class ids look like ILSVRC wnids: ``n99`` followed by the 6-digit 0-based class index
-(``n99000000``, ``n99000001``, ...); names read like ``"red solid circle"``.
-
-Layouts written:
-- ``make_classification_set``: ``root/{train,val}/<wnid>/<name>.JPEG`` and ``root/classes.tsv``.
-- ``make_detection_world``: the ILSVRC 2015+ layout, ``root/Data/DET/<split>/<name>.JPEG``,
-  ``root/Annotations/DET/<split>/<name>.xml`` (0-based inclusive pixel boxes), ``root/ImageSets/DET/
-  <split>.txt`` (``<name> <index>``, index 1-based) and ``root/classes.tsv``; or the same world as a
-  PASCAL VOC folder (``layout="voc"``) or COCO files (``layout="coco"``), for trying the chain on
-  datasets of one's own (see :func:`make_detection_world`).
+Layouts written: :func:`make_classification_set`, ``root/{train,val}/<wnid>/<wnid>_<k>.JPEG`` and
+``root/classes.tsv``; :func:`make_detection_world`, the ILSVRC 2015+ layout (``Data/DET/<split>/<name>.JPEG``,
+``Annotations/DET/<split>/<name>.xml`` with 0-based inclusive pixel boxes, ``ImageSets/DET/<split>.txt`` of
+``<name> <index>`` lines, index 1-based, and ``classes.tsv``), or the same world as a PASCAL VOC folder or
+COCO files, for trying the chain on datasets of one's own.
 
 Both are deterministic (same parameters -> the same bytes; each image draws from its own generator
 seeded by ``(seed, split, image number)``) and idempotent under the ownership rules of every generator
@@ -109,8 +105,6 @@ def scene_classes(num_classes: int) -> list[SceneClass]:
             for i in range(num_classes) for q, s in [divmod(i, s_n)]]
 
 
-# ----------------------------------------------------------------------------------------------- drawing
-
 def _dull_colour(rng: np.random.Generator) -> np.ndarray:
     """A desaturated colour: grey plus a small tint (float32[3])."""
     return (rng.uniform(40, 215) + rng.uniform(-30, 30, 3)).astype(np.float32)
@@ -146,9 +140,8 @@ def render_background(rng: np.random.Generator, height: int, width: int) -> np.n
 
 
 def render_object(rng: np.random.Generator, cls: SceneClass, size: float) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one instance of ``cls`` whose longer side is about ``size`` pixels: ``mask`` ndarray[h, w] bool
-    (the object's full extent) and ``pixels`` ndarray[h, w, 3] uint8 RGB, both the size of the rotated
-    object's bounding patch."""
+    """One instance of ``cls``, longer side about ``size`` pixels: ``mask`` bool[h, w] (its full extent) and
+    ``pixels`` uint8[h, w, 3] RGB, both the size of the rotated object's bounding patch."""
     aspect = SHAPE_ASPECT.get(cls.shape, 1.0) * math.exp(rng.uniform(-0.2, 0.2))
     half = np.array([1.0, aspect]) / max(1.0, aspect) * size / 2  # half width, half height
     theta = math.radians(rng.uniform(-15, 15))
@@ -188,8 +181,7 @@ def render_object(rng: np.random.Generator, cls: SceneClass, size: float) -> tup
 
 
 def _paste_window(x0: int, y0: int, h: int, w: int, height: int, width: int):
-    """Slices of the image and of a patch at (x0, y0) for their overlap (the callers place patches, at least
-    2 x 2 pixels, so that they always overlap the image)."""
+    """Slices of the image and of a patch at (x0, y0) for their overlap (callers make sure there is one)."""
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + w, width), min(y0 + h, height)
     return (slice(iy0, iy1), slice(ix0, ix1)), (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
 
@@ -198,13 +190,11 @@ def render_detection_image(rng: np.random.Generator, width: int, height: int, cl
                            labels: list[int], min_object_size: float, max_object_fraction: float,
                            min_visible: float, max_attempts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render a scene with objects of the given ``labels`` (larger ones behind smaller ones).
-
     Object sizes are log-uniform in [min_object_size, max_object_fraction * min(width, height)]. An object
     is kept only when it and every object behind it stay at least ``min_visible`` visible (clipping and
-    occlusion together); one that cannot be placed in ``max_attempts`` tries is left out.
-    Returns image ndarray[H, W, 3] uint8, boxes ndarray[N, 4] int64 (0-based inclusive xmin, ymin, xmax,
-    ymax: the full extent of the object clipped to the image) and labels ndarray[N] int64.
-    """
+    occlusion together); one that cannot be placed in ``max_attempts`` tries is left out. Returns image
+    uint8[H, W, 3], boxes int64[N, 4] (0-based inclusive xmin, ymin, xmax, ymax: the object's full extent
+    clipped to the image) and labels int64[N]."""
     image = render_background(rng, height, width)
     top = max(min_object_size, max_object_fraction * min(width, height))
     sizes = np.exp(rng.uniform(math.log(min_object_size), math.log(top), len(labels)))
@@ -244,13 +234,10 @@ def render_classification_image(rng: np.random.Generator, size: int, cls: SceneC
     return image
 
 
-# ----------------------------------------------------------------------------------------------- writing
-
 def ilsvrc_xml(folder: str, file_name: str, width: int, height: int, boxes: np.ndarray, names: list[str],
                voc: bool = False) -> str:
-    """An annotation file in the ILSVRC (PASCAL VOC) layout, one ``object`` per box (``boxes``: 0-based
-    inclusive integer pixels). ``voc``: a PASCAL VOC file instead: 1-based boxes, with the ``depth``,
-    ``segmented``, ``pose``, ``truncated`` and ``difficult`` entries of VOC's own files."""
+    """An ILSVRC annotation file, one ``object`` per box (0-based inclusive integer pixels); ``voc``: a PASCAL
+    VOC one (1-based boxes, VOC's ``depth``, ``segmented``, ``pose``, ``truncated`` and ``difficult``)."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = folder
     ET.SubElement(root, "filename").text = file_name
@@ -281,8 +268,7 @@ VOC_SPLITS = {"train": "trainval", "val": "test"}  # the world's splits as named
 
 
 def _world_files(params: dict, split: str, i: int) -> tuple[str, str | None, str]:
-    """:data:`LAYOUTS`' files of the ``i``-th (0-based) image of ``split``, relative to the root (the
-    image's extension: ``params["extensions"]`` in turn, voc and coco layouts)."""
+    """:data:`LAYOUTS`' files of image ``i`` (0-based) of ``split`` (its extension: ``extensions`` in turn)."""
     extensions = params.get("extensions", [""])
     fields = {"split": split, "name": f"synthetic_{split}_{i + 1:06d}", "ext": extensions[i % len(extensions)],
               "voc_split": VOC_SPLITS[split]}
@@ -292,9 +278,8 @@ def _world_files(params: dict, split: str, i: int) -> tuple[str, str | None, str
 def _planned_files(params: dict) -> list[str]:
     """Every file a generation with ``params`` writes, relative to its root (POSIX separators)."""
     if params["kind"] == "classification_set":
-        files = [f"{split}/{cls.wnid}/{cls.wnid}_{k + 1:05d}.JPEG"
-                 for split, per_class in (("train", params["train_per_class"]), ("val", params["val_per_class"]))
-                 for cls in scene_classes(params["num_classes"]) for k in range(per_class)]
+        files = [f"{split}/{cls.wnid}/{cls.wnid}_{k + 1:05d}.JPEG" for split in ("train", "val")
+                 for cls in scene_classes(params["num_classes"]) for k in range(params[f"{split}_per_class"])]
         return files + ["classes.tsv"]
     files = []
     for split in ("train", "val"):
@@ -305,8 +290,8 @@ def _planned_files(params: dict) -> list[str]:
 
 
 def _generate(root: str | Path, params: dict, what: str, write_split) -> ClassList:
-    """Run ``write_split(root, params, split)`` for the train and val splits, then write ``classes.tsv`` when
-    the layout has one, under the ownership rules (module docstring); returns the world's :class:`ClassList`."""
+    """``write_split(root, params, split)`` for train and val, then ``classes.tsv`` where planned, under the
+    ownership rules (module docstring); returns the world's :class:`ClassList`."""
     root = Path(root)
     classes = scene_classes(params["num_classes"])
     class_list = ClassList(tuple(c.wnid for c in classes), tuple(c.name for c in classes))
@@ -328,8 +313,7 @@ def _split_seed(seed: int, split: str) -> int:
 
 def make_classification_set(root: str | Path, num_classes: int = 8, train_per_class: int = 100,
                             val_per_class: int = 20, image_size: int = 128, seed: int = 0) -> ClassList:
-    """Write ``root/{train,val}/<wnid>/<wnid>_<k>.JPEG`` (one object per image) and ``root/classes.tsv``;
-    returns the :class:`ClassList`."""
+    """Write the classification set (module docstring; one object per image); returns its :class:`ClassList`."""
     params = {"kind": "classification_set", "version": RENDERER_VERSION, "num_classes": int(num_classes),
               "train_per_class": int(train_per_class), "val_per_class": int(val_per_class),
               "image_size": int(image_size), "seed": int(seed)}
@@ -352,19 +336,16 @@ def make_detection_world(root: str | Path, num_classes: int = 8, num_train: int 
                          max_object_fraction: float = 0.9, min_visible: float = 0.5,
                          max_attempts: int = 20, layout: str = "ilsvrc",
                          extensions: tuple[str, ...] = (".jpg",)) -> ClassList:
-    """Write a detection set (see the module docstring); returns its ClassList.
-
-    Each image is ``W x H`` with both sides uniform in [min_side, max_side]; ``round(empty_fraction * n)``
-    images per split have no object, the others 1..max_objects objects. The first object of the k-th
-    non-empty image is class ``k % num_classes`` (so every class appears once there are enough images),
-    the rest are uniform. Object sizes, visibility and placement: :func:`render_detection_image`.
-    layout: ``ilsvrc`` (the 2015+ layout with ``classes.tsv``), ``voc`` (a VOC20xx folder: ``JPEGImages/``,
-    ``Annotations/`` with 1-based boxes and class names, ``ImageSets/Main/trainval.txt`` = train and
-    ``test.txt`` = val) or ``coco`` (``annotations/instances_{train,val}.json``, ``images/{train,val}/``,
-    category ids 1..C). The same seed draws the same pictures and boxes in every layout.
-    extensions: voc/coco image file extensions, used in turn image by image (e.g. ``[".jpg", ".JPG"]``
-    to exercise readers' extension handling); the files are JPEG whatever the name says.
-    """
+    """Write a detection set (module docstring); returns its ClassList. Each image is ``W x H``, both sides
+    uniform in [min_side, max_side]; ``round(empty_fraction * n)`` images per split have no object, the
+    others 1..max_objects. The first object of the k-th non-empty image is class ``k % num_classes`` (every
+    class appears once there are enough images), the rest are uniform; sizes, visibility and placement:
+    :func:`render_detection_image`. layout: ``ilsvrc`` (with ``classes.tsv``), ``voc`` (a VOC20xx folder:
+    1-based boxes, class names, ``ImageSets/Main/trainval.txt`` = train, ``test.txt`` = val) or ``coco``
+    (``annotations/instances_{train,val}.json``, ``images/{train,val}/``, category ids 1..C); the same seed
+    draws the same pictures and boxes in every layout (:data:`LAYOUTS`). extensions: voc/coco image file
+    extensions, used in turn (e.g. ``[".jpg", ".JPG"]``, to exercise readers); the files are JPEG whatever
+    the name says."""
     if not (0 < min_side <= max_side) or max_objects < 1 or not 0 <= empty_fraction <= 1:
         raise ValueError(f"bad parameters: min_side={min_side} max_side={max_side} "
                          f"max_objects={max_objects} empty_fraction={empty_fraction}")

@@ -3,12 +3,9 @@
 Training: a random crop of ``scale`` (8%-100%) of the image area with aspect ratio in ``ratio``
 (3/4-4/3), resized to ``crop_size`` with a random interpolation among bilinear, area, nearest and
 bicubic, photometric distortions, a random horizontal flip, then the input convention of the
-weights being trained (:mod:`detect.models.convention`).
-
-Test: 1 crop (centre), 10 crops (4 corners + centre, and their mirrors) or the 144 crops of section 7.
-Every size is relative to ``crop_size``: the paper's 256 / 224 resize and its 256/288/320/352 scales
-are kept as ratios, so a demo with 96-pixel crops resizes the shorter side to 110, etc.
-
+weights being trained (:mod:`detect.models.convention`). Test: 1 crop (centre), 10 crops (4 corners +
+centre, and their mirrors) or the 144 crops of section 7; every size is relative to ``crop_size`` (the
+paper's 256 / 224 resize and 256/288/320/352 scales are ratios: 96-pixel crops resize to 110, etc.).
 Inputs are ``ndarray[H, W, 3] uint8`` RGB (``detect.data.images.read_image``) or ``Tensor[3, H, W]``
 uint8; outputs are float32 tensors prepared with the transform's ``convention``.
 """
@@ -57,13 +54,10 @@ def resize_shorter(x: torch.Tensor, shorter: int) -> torch.Tensor:
 
 class TrainTransform:
     """The paper's training augmentation; ``__call__(image) -> Tensor[3, crop_size, crop_size] float32``.
-
     scale: range of the crop's area as a fraction of the image; ratio: range of its aspect (w / h);
     interpolations: drawn uniformly per image; brightness/contrast/saturation/hue: ColorJitter
-    strengths (0 = off); flip_prob: probability of a horizontal flip; convention: the input
-    convention of the network fed (``InputConvention``, its dict form, or None = ImageNet). Random
-    draws use torch's RNG.
-    """
+    strengths (0 = off); flip_prob: probability of a horizontal flip; convention: the input convention
+    of the network fed (``InputConvention``, its dict form, or None = ImageNet). Draws use torch's RNG."""
 
     def __init__(self, crop_size: int = 224, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), interpolations: Sequence[str] = INTERPOLATIONS,
@@ -134,13 +128,9 @@ def crops_144(x: torch.Tensor, size: int, scales: Sequence[int]) -> list[torch.T
 
 class TestTransform:
     """Test-time crops; ``__call__(image)`` -> ``Tensor[3, S, S]`` (``crops=1``) or ``Tensor[K, 3, S, S]``
-    (``crops=10``: K = 10; ``crops=144``: K = 144), float32, prepared with ``convention``.
-
-    resize: the shorter side for 1 and 10 crops, in units of a 224 crop (256 -> 256/224 x crop_size);
-    scales: the shorter sides of the 144-crop scheme, same units; convention: as for
-    :class:`TrainTransform` (``detect.models.convention.RGB01`` leaves plain RGB 0..1 crops, for
-    models that prepare their own input).
-    """
+    (``crops=K``, 10 or 144), float32, prepared with ``convention`` (as :class:`TrainTransform`;
+    ``detect.models.convention.RGB01`` leaves plain RGB 0..1 crops). resize: the shorter side for 1 and
+    10 crops, in units of a 224 crop (256 -> 256/224 x crop_size); scales: those of the 144 crops, same units."""
 
     __test__ = False  # not a pytest class
 

@@ -3,12 +3,9 @@ where there is no such list, split folders holding each image's XML beside it (a
 export: ``train/``, ``valid/``, ``test/``; labelImg's default).
 
 VOC XML coordinates are 1-based inclusive; they become 0-based (minus 1) here, the ILSVRC convention
-the evaluator expects (its ``+1`` width rule then matches the VOC devkit).
-
-Sets exported by labelling tools often have ``<size>`` missing, ``0x0`` or not a number: the size is
-then read from the image header and the image kept (counted in ``dataset.warnings`` as repaired); the
-VOC devkit never uses the size, so the evaluation is unchanged. Objects are dropped or kept by the rule
-in :mod:`detect.data.records`.
+the evaluator expects (its ``+1`` width rule then matches the VOC devkit). A ``<size>`` missing, ``0x0``
+or not a number (common in labelling tools' exports) is read from the image header and the image kept
+(counted in ``dataset.warnings``); the VOC devkit never uses the size, so the evaluation is unchanged.
 """
 from __future__ import annotations
 
@@ -37,10 +34,9 @@ DISCOVERY_VERSION = 2  # part of the class-name cache's fingerprint
 
 
 def _read_split(root: Path, split: str) -> tuple[Path, list[str], Path, Path]:
-    """``(what lists the split, image names, annotation folder, image folder)`` of split ``split`` in
-    either layout (module docstring). Names in a list that lead outside the dataset are refused; a split
-    found in neither layout is a ``FileNotFoundError`` saying what was looked for and which folders hold
-    annotation files."""
+    """``(what lists the split, image names, annotation folder, image folder)`` of ``split`` in either
+    layout; a list name leading outside the dataset is refused, a split in neither layout is a
+    ``FileNotFoundError`` saying what was looked for and which folders hold annotation files."""
     list_path = root / "ImageSets" / "Main" / f"{split}.txt"
     folder = root / split
     if not list_path.exists() and not leaves_folder(split) and folder.is_dir():
@@ -67,10 +63,9 @@ def _splits(split) -> list[str]:
 
 def discover_voc_classes(root: str | Path, split, cache_dir: str | Path | None = None) -> ClassList:
     """The classes of a VOC-layout folder of one's own: the distinct ``<object><name>`` values of the
-    annotations of split ``split`` (a name or a list; :func:`_read_split`), sorted (Python string order;
-    for the real VOC sets exactly :data:`VOC_CLASSES`). Ids = names. Unreadable files are left to the
-    reader to report. Cached in ``cache_dir`` (refreshed when an annotation file or the list changes).
-    Raises ``ValueError`` naming the list when no object name is found."""
+    annotations of ``split`` (a name or a list), sorted (for the real VOC sets exactly :data:`VOC_CLASSES`),
+    ids = names; unreadable files are left to the reader to report. Cached in ``cache_dir``. ``ValueError``
+    naming the list when no object name is found."""
     root = Path(root)
     found_in = [_read_split(root, s) for s in _splits(split)]
     files = [os.path.join(xml_dir, name + ".xml") for _, names, xml_dir, _ in found_in for name in names]
@@ -96,7 +91,6 @@ def discover_voc_classes(root: str | Path, split, cache_dir: str | Path | None =
                                        ["voc class names", DISCOVERY_VERSION]), find)
 
 
-# one annotation file: boxes 0-based (VOC values minus 1), flags the difficult objects
 _parse_voc_raw = partial(parse_annotation_xml, number=finite_number, offset=1, difficult=True)
 
 
@@ -106,17 +100,13 @@ def read_voc(root: str | Path, split="test", classes=None, use_difficult: bool =
     """Read ``root`` (a ``VOCdevkit/VOC20xx`` folder, or one of split folders) split ``split`` into a
     :class:`DetectionDataset`. ``split``: a name, or a list of names read as one dataset (a Roboflow
     export's ``[train, valid]``: image ids become ``<split>/<name>``, unique across them).
-
-    classes: ``None``, a class list file, or a ClassList. With ``None``: the classes found in the
-    annotations of split(s) ``classes_from`` (:func:`discover_voc_classes`; give every split of a dataset
-    the same, its training split, so that their labels agree), or the 20 VOC classes when
-    ``classes_from`` is ``None`` too.
+    classes: ``None``, a class list file, or a ClassList; ``None``: the classes found in the annotations of
+    split(s) ``classes_from`` (:func:`discover_voc_classes`; give every split of a dataset its training
+    split, so that the labels agree), or the 20 VOC classes without ``classes_from``.
     use_difficult: keep ``difficult`` objects as ``ignore=True`` (VOC evaluation: neither counted nor
     penalised); ``False`` drops them. Record ``index`` = 1-based position in the split list(s). Images
-    are looked for in ``JPEGImages`` (beside the XML in a split folder); ``check_images``,
-    ``max_missing_images``, ``cache_dir``, ``workers``: as every reader (:mod:`detect.data.records`).
-    Unreadable annotations skip the image, bad objects are dropped (both counted in ``dataset.skipped``).
-    """
+    are looked for in ``JPEGImages`` (beside the XML in a split folder). Unreadable annotations skip the
+    image, bad objects are dropped (both counted in ``dataset.skipped``)."""
     root = Path(root)
     class_list = as_class_list(classes, lambda: ClassList.from_names(VOC_CLASSES) if classes_from is None else
                                discover_voc_classes(root, classes_from, cache_dir))
@@ -129,11 +119,9 @@ def read_voc(root: str | Path, split="test", classes=None, use_difficult: bool =
             raise FileNotFoundError(f"{xml_dir}: no annotation folder (is data.root the VOC20xx folder?)")
         parsed = parse_annotation_files(xml_dir, names, _parse_voc_raw, cache_dir, f"voc_{name_of_split}",
                                         PARSER_VERSION, class_list, workers)
-        finder = ImageFinder(image_dir, ".jpg")
-        images = finder.find_all(names, check_images, max_missing_images)
         source = lambda name: os.path.join(xml_dir, name + ".xml")  # noqa: E731 (the annotation file to name)
-        part = annotation_records([(name, listed + i) for i, name in enumerate(names, 1)], images, parsed, finder,
-                                  source, skipped, warnings, check_images)
+        part = annotation_records([(name, listed + i) for i, name in enumerate(names, 1)], ImageFinder(image_dir),
+                                  parsed, source, skipped, warnings, check_images, max_missing_images)
         prefix = f"{name_of_split}/" if len(splits) > 1 else ""
         for r in part:
             xml_of[prefix + r.image_id] = source(r.image_id)

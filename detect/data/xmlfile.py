@@ -75,17 +75,14 @@ def finite_number(text) -> float | None:
 def parse_annotation_xml(path: str | Path, classes, number, offset: int = 0, difficult: bool = False,
                          root_tag: str | None = None) -> tuple:
     """One ILSVRC / VOC annotation file as a raw tuple ``(width, height, boxes [[x1, y1, x2, y2], ...],
-    labels, flags, problems)`` (:meth:`detect.data.cache.ParsedFolder.from_raw`).
-
-    Read: the root's ``<size>`` and ``<object>`` children (each ``<name>``, a class of ``classes``, and
-    ``<bndbox>`` ``xmin ymin xmax ymax``); ``number(text)`` is a number or ``None`` (missing, not
-    finite). Boxes are the stored values minus ``offset``; ``flags``: ``<difficult>`` > 0 with
-    ``difficult``, else False. An object is dropped with one line in ``problems`` when its class is
-    unknown, a coordinate is missing or not a number, beyond ``MAX_PIXELS`` or the box inverted.
-    ``width``/``height``: ``None`` when the size is missing, below 1, not a number or beyond
-    ``MAX_PIXELS``. ``ValueError`` naming the file when it is not readable XML or its root is not
-    ``root_tag`` (when given).
-    """
+    labels, flags, problems)`` (:meth:`detect.data.cache.ParsedFolder.from_raw`), from the root's ``<size>``
+    and ``<object>`` children (``<name>``, a class of ``classes``; ``<bndbox>`` ``xmin ymin xmax ymax``);
+    ``number(text)``: a number or ``None`` (missing, not finite). Boxes: the stored values minus
+    ``offset``; ``flags``: ``<difficult>`` > 0 with ``difficult``. An object is dropped with one line in
+    ``problems`` when its class is unknown, a coordinate missing or not a number, beyond ``MAX_PIXELS``,
+    or the box inverted. ``width``/``height``: ``None`` when the size is missing, below 1, not a number
+    or beyond ``MAX_PIXELS``. ``ValueError`` naming the file when it is not readable XML or its root is
+    not ``root_tag`` (when given)."""
     root = read_xml_root(path)
     if root_tag is not None and root.tag != root_tag:
         raise ValueError(f"{path}: root element is <{root.tag}>, expected <{root_tag}>")

@@ -1,46 +1,37 @@
 """YOLO (ultralytics) labels: a data yaml, ``images/`` and ``labels/``, one ``.txt`` per image.
 
-The data yaml (``data.yaml``) is read as ultralytics reads it, and as data only (``yaml.safe_load``; a
+The data yaml (``data.yaml``) is read as ultralytics reads it, as data only (``yaml.safe_load``; a
 ``download`` script in it is never run):
-
-- ``path``: the dataset folder; relative to the yaml's folder; absent: the yaml's folder.
-- ``train``, ``val``, ``test``: each a folder of images (searched recursively), a ``.txt`` list of
-  image paths, or a list of those; relative to ``path`` (``../train/images`` that does not exist is
-  read as ``train/images``, as ultralytics reads Roboflow's exports). In a list file, a relative entry
-  (``./images/train/a.jpg``) is relative to the list file's folder.
+- ``path``: the dataset folder, relative to the yaml's folder (absent: the yaml's folder);
+- ``train``, ``val``, ``test``: each a folder of images (searched recursively), a ``.txt`` list of image
+  paths (a relative entry: to the list's folder), or a list of those; relative to ``path``
+  (``../train/images`` that does not exist is read as ``train/images``, as for Roboflow's exports);
 - ``names``: the class names, a list or an ``{index: name}`` dict covering 0..n-1 (``nc``, when
-  given, must agree). ``kpt_shape`` (pose sets): that many keypoint values follow each box.
+  given, must agree); ``kpt_shape`` (pose sets): that many keypoint values follow each box.
+Nothing the yaml names may lie outside the dataset root (``root``, by default the yaml's folder): a
+``path``, split entry or list entry that does is refused, naming the file and the key.
 
-Nothing the yaml names may lie outside the dataset root (``root``, by default the yaml's folder):
-a ``path``, split entry or list entry that does is refused, naming the file and the key.
+Labels (:func:`yolo_label_path`: ``.../images/<sub>/<name>.<ext>`` -> ``.../labels/<sub>/<name>.txt``):
+each line is ``class cx cy w h``, normalised to the image size (a segmentation line ``class x1 y1 x2 y2
+...`` gives the box around its points). Boxes become float xyxy pixels with the image size from the
+image header (EXIF rotation applied, as ultralytics does), so the images are always read.
 
-Labels. The label file of ``.../images/<sub>/<name>.<ext>`` is ``.../labels/<sub>/<name>.txt``
-(:func:`yolo_label_path`). Each line is ``class cx cy w h``, normalised to the image size (a
-segmentation line ``class x1 y1 x2 y2 ...`` gives the box around its points). Boxes become float xyxy
-pixels here, with the image size read from the image header (EXIF rotation applied, as
-:func:`detect.data.images.read_image` and ultralytics do); so the images are always read, even for an
-evaluation (``check_images`` is not a parameter here).
-
-Faults, as ultralytics treats a label it cannot use (the image is left out) and reported as the other
-readers report them (``dataset.skipped``, with the file): a label file that cannot be read, or with a
-line that cannot be a box (wrong number of values, not a number, not finite, a normalised value
-outside [0, 1], width or height <= 0, a class index that is not an integer of ``names``); an image
-whose header cannot be read; a listed image that is missing (more than ``max_missing_images`` missing
-stops the reader); a label file without an image (in a split read from a folder). An image **without a
-label file** is an image without objects (ultralytics' rule) and counted in ``dataset.warnings``; an
-empty label file is a background image and not counted. An edge that ``cx +- w/2`` puts past the border by
-at most 1e-3 (the rounding of values written with a few decimals) is the border; a box that reaches
-further is kept as stored (the rule of :mod:`detect.data.records`). With ``classes`` given, an
-object of a class not in it is dropped and counted (``unknown class``), as the VOC reader does.
-
-Evaluation: the boxes are continuous (no ``+1`` pixel), so ``conf/data/yolo.yaml`` declares
-``rules: coco``. Parsed labels and image sizes are cached like the XML readers' (``cache_dir``),
-keyed on every label and image file's stat.
+Faults, as ultralytics treats a label it cannot use (the image is left out), counted in
+``dataset.skipped`` with the file: a label file that cannot be read, or with a line that cannot be a box
+(wrong number of values, not a finite number, a normalised value outside [0, 1], width or height <= 0,
+a class index that is not an integer of ``names``); an image whose header cannot be read; a listed
+image that is missing (more than ``max_missing_images`` stop the reader); a label file without an image
+(a split read from a folder). An image **without a label file** has no objects (ultralytics' rule) and
+is counted in ``dataset.warnings``; an empty label file is a background image, not counted. An edge
+that ``cx +- w/2`` puts past the border by at most 1e-3 (values written with a few decimals) is the
+border; a box reaching further is kept as stored (:mod:`detect.data.records`). With ``classes`` given,
+an object of a class not in it is dropped and counted (``unknown class``), as the VOC reader does.
+Boxes are continuous (no ``+1`` pixel: ``conf/data/yolo.yaml`` declares ``rules: coco``). Parsed labels
+and image sizes are cached (``cache_dir``), keyed on every label and image file's stat.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +43,7 @@ from detect.classes import ClassList
 from detect.data.cache import ParsedFolder, cache_key, parse_files
 from detect.data.folder import ImageFinder, image_size, list_images
 from detect.data.records import DetectionDataset, DetectionRecord, SkipLog, as_class_list, finish_dataset, reader_logs
+from detect.data.xmlfile import finite_number
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +114,8 @@ def _keypoints(yaml_file: Path, data: dict) -> int:
 
 
 def read_yolo_yaml(yaml_file: str | Path | None = None, root: str | Path | None = None) -> YoloData:
-    """Read a data yaml (``<root>/data.yaml`` when ``yaml_file`` is ``None``; ``root``: module docstring);
-    ``FileNotFoundError`` / ``ValueError`` naming the yaml (and the key) when it cannot be read, is not a
-    usable data yaml or names something outside ``root``."""
+    """Read a data yaml (``<root>/data.yaml`` when ``yaml_file`` is ``None``); ``FileNotFoundError`` /
+    ``ValueError`` naming the yaml (and the key) when it is unreadable, unusable or leaves ``root``."""
     if yaml_file is None and root is None:
         raise ValueError("data=yolo: give data.root=<folder with data.yaml> or data.yaml_file=<the data yaml>")
     yaml_file = Path(yaml_file) if yaml_file is not None else Path(root) / "data.yaml"
@@ -152,17 +143,13 @@ def _list_file(y: YoloData, key: str, path: Path) -> list[Path]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise FileNotFoundError(f"{y.yaml_file}: {key}: cannot read the image list {path} ({e})") from None
-    out = []
-    for lineno, line in enumerate(lines, 1):
-        entry = line.strip()
-        if entry:
-            out.append(_within(path, y.root, f"line {lineno} ({key} list)", entry, path.parent))
-    return out
+    return [_within(path, y.root, f"line {lineno} ({key} list)", line.strip(), path.parent)
+            for lineno, line in enumerate(lines, 1) if line.strip()]
 
 
 def _split_path(y: YoloData, split: str, entry: str) -> Path:
-    """A split entry resolved against ``path`` (``../x`` that does not exist or lies outside the root is
-    also tried as ``x``: module docstring); refused when what it names lies outside the root."""
+    """A split entry resolved against ``path`` (``../x`` also tried as ``x``: module docstring); refused
+    when what it names lies outside the root."""
     if entry.startswith("../"):
         path = _normal(y.base / entry)
         if not (path.is_relative_to(y.root) and path.exists()):
@@ -173,9 +160,8 @@ def _split_path(y: YoloData, split: str, entry: str) -> Path:
 
 
 def split_images(y: YoloData, split: str) -> tuple[list[Path], bool]:
-    """The image paths of split ``split`` (``train``/``val``/``test``) and whether any came from a list
-    file (then a path may name a missing image). ``ValueError`` naming the yaml and key when the split
-    is absent or names something outside the root or neither a folder nor a ``.txt`` list."""
+    """The image paths of ``split`` and whether any came from a list file (then a path may name a missing
+    image); ``ValueError`` / ``FileNotFoundError`` naming the yaml and key when the split is unusable."""
     value = y.splits.get(split)
     if value in (None, "", []):
         given = [k for k, v in y.splits.items() if v not in (None, "", [])]
@@ -208,16 +194,6 @@ def yolo_label_path(image: str | Path, root: str | Path) -> Path:
     return Path(root, *rel).with_suffix(".txt")
 
 
-def _number(token: str) -> float:
-    try:
-        value = float(token)
-    except ValueError:
-        raise ValueError(f"bad value: {token!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"bad value: {token!r} is not finite")
-    return value
-
-
 ROUNDING = 1e-3  # how far cx +- w/2 of values written with 3 or more decimals can pass the image's edge
 
 
@@ -227,7 +203,9 @@ def _line_box(tokens: list[str], num_classes: int, keypoints: int) -> tuple[int,
     if not (n == 5 or (keypoints and n == 5 + keypoints) or (not keypoints and n >= 7 and n % 2 == 1)):
         expected = f"5 or {5 + keypoints}" if keypoints else "5 (class cx cy w h), or an odd number >= 7 (a polygon)"
         raise ValueError(f"bad line: {n} values, expected {expected}")
-    values = [_number(t) for t in tokens]
+    values = [finite_number(t) for t in tokens]
+    if None in values:
+        raise ValueError(f"bad value: {tokens[values.index(None)]!r} is not a finite number")
     cls = values[0]
     if cls != int(cls) or not 0 <= cls < num_classes:
         raise ValueError(f"class index out of range: {tokens[0]} (names has {num_classes} classes: 0..{num_classes - 1})")
@@ -250,9 +228,8 @@ def _line_box(tokens: list[str], num_classes: int, keypoints: int) -> tuple[int,
 
 def parse_yolo_label(label: str | Path, image: str | Path, num_classes: int, keypoints: int = 0) -> tuple:
     """One image and its label file as a raw tuple ``(width, height, boxes [[x1, y1, x2, y2], ...] float
-    pixels, labels [class index of names], flags [False, ...], problems)`` (see
-    :meth:`detect.data.cache.ParsedFolder.from_raw`); ``problems`` holds :data:`NO_LABEL` when the
-    label file does not exist. ``ValueError`` (``"<kind>: <detail>"``) when the image header or the
+    pixels, labels [class index of names], flags [False, ...], problems)`` (``problems``: :data:`NO_LABEL`
+    when there is no label file). ``ValueError`` (``"<kind>: <detail>"``) when the image header or the
     label file cannot be read, or a line cannot be a box (the first such line named, the others counted)."""
     try:
         width, height = image_size(image)
@@ -305,8 +282,8 @@ def _parse_split(y: YoloData, split: str, images: list[Path], labels: list[Path]
 
 
 def _find_listed(y: YoloData, images: list[Path], max_missing: float, skipped: SkipLog) -> list[tuple[int, Path]]:
-    """``(1-based list position, image file)`` of the listed images found (any extension case); missing
-    ones counted in ``skipped``, more than ``max_missing`` of them stop the reader (``ImageFinder``)."""
+    """``(1-based list position, image file)`` of the listed images found; missing ones counted in
+    ``skipped`` (too many stop the reader)."""
     finder = ImageFinder(y.root, ".jpg")
     found = finder.find_all([os.path.relpath(p, y.root) for p in images], True, max_missing)
     for listed, path in zip(images, found):
@@ -360,14 +337,11 @@ def _records(y: YoloData, entries: list[tuple[int, Path]], labels: list[Path], p
 
 def read_yolo(yaml_file: str | Path | None = None, split: str = "val", root: str | Path | None = None,
               classes=None, max_missing_images: float = 0.1, cache_dir: str | Path | None = None) -> DetectionDataset:
-    """Read split ``split`` (``train``/``val``/``test``) of a YOLO data yaml (module docstring).
-
-    yaml_file, root: as :func:`read_yolo_yaml`. classes: ``None`` (the yaml's ``names``, in order), or a
+    """Read split ``split`` (``train``/``val``/``test``) of a YOLO data yaml (module docstring;
+    ``yaml_file``, ``root``: :func:`read_yolo_yaml`). classes: ``None`` (the yaml's ``names``), or a
     ClassList or class list file restricting or reordering them (by name). Records: ``image_id`` = the
     image path below ``root``, ``index`` = 1-based position in the split (folders: sorted paths),
-    ``ignore`` all False. ``ValueError`` naming the yaml when no image of the split has a label file
-    (the labels are elsewhere), or none can be used.
-    """
+    ``ignore`` all False. ``ValueError`` naming the yaml when no image of the split has a label file."""
     y = read_yolo_yaml(yaml_file, root)
     class_list, remap = _class_map(y, classes)
     skipped, warnings = reader_logs(quiet=["unknown class"] if classes is not None else [])
