@@ -78,3 +78,14 @@ def test_split_folders_with_the_xml_beside_each_image(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"split 'trainval' not found: neither .*trainval.txt .* nor a folder "
                                                 r".*folders with annotation XML here: test, train"):
         read_voc(flat, "trainval", classes_from="trainval")
+
+
+@pytest.mark.parametrize("split", [[], ["train", "train"]])
+def test_an_empty_or_repeated_split_list_is_refused(tmp_path, split):
+    """A list of no split would read nothing, a repeated name every image twice (duplicate ground truth):
+    both are refused by name, as the COCO reader refuses them."""
+    (tmp_path / "train").mkdir()
+    with pytest.raises(ValueError, match=r"VOC split=\[.*\]: give one or more distinct split names"):
+        read_voc(tmp_path, split, check_images=False)
+    with pytest.raises(ValueError, match="distinct split names"):
+        discover_voc_classes(tmp_path, split)

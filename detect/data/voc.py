@@ -57,8 +57,12 @@ def _read_split(root: Path, split: str) -> tuple[Path, list[str], Path, Path]:
 
 
 def _splits(split) -> list[str]:
-    """A split name, or a list of them read as one dataset (Roboflow's ``train`` + ``valid``)."""
-    return [str(split)] if isinstance(split, (str, Path)) else [str(s) for s in split]
+    """A split name, or a list of distinct names read as one dataset (Roboflow's ``train`` + ``valid``);
+    an empty list or a repeated name is a ``ValueError`` (it would read nothing, or every image twice)."""
+    names = [str(split)] if isinstance(split, (str, Path)) else [str(s) for s in split]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"VOC split={names}: give one or more distinct split names")
+    return names
 
 
 def discover_voc_classes(root: str | Path, split, cache_dir: str | Path | None = None) -> ClassList:
