@@ -84,9 +84,6 @@ class Detections:
         return Detections(*(c[which] for c in self._columns()))
 
 
-# ---------------------------------------------------------------- ILSVRC submission
-
-
 def write_ilsvrc_submission(path: str | Path, dets: Detections) -> None:
     """Write ``dets`` as an ILSVRC submission file, atomically; floats with 9 significant digits, so
     float32 values read back exactly."""
@@ -232,9 +229,6 @@ def _kept(path: Path, dets: Detections, skipped: SkipLog) -> Detections:
     return dets
 
 
-# ---------------------------------------------------------------- COCO results
-
-
 def _integer_ids(values, otherwise) -> np.ndarray:
     """``int64`` ids: ``int(v)`` of each of ``values`` when every one is an integer, else ``otherwise``."""
     try:
@@ -309,9 +303,6 @@ def read_coco_results(path: str | Path, dataset: DetectionDataset, skipped: Skip
             rows.append((id_to_index[image], cat_to_label[cat], score, x, y, x + w, y + h))
     rows = np.array(rows, dtype=np.float64).reshape(-1, 7)
     return _kept(path, Detections(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3:]), skipped)
-
-
-# ---------------------------------------------------------------- by extension
 
 
 def read_detections(path: str | Path, dataset: DetectionDataset, format: str | None = None,

@@ -53,7 +53,6 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(s)
 
 
-# ----------------------------------------------------------------------------------------- RNG state
 def _rng_state(generator: torch.Generator | None = None) -> dict:
     """Every RNG a step may draw from, as tensors and plain values (loadable with ``weights_only``)."""
     version, mt, gauss = random.getstate()
@@ -79,7 +78,6 @@ def _set_rng_state(state: dict, generator: torch.Generator | None = None) -> Non
         generator.set_state(state["loader"])
 
 
-# ----------------------------------------------------------------------------------- data helpers
 class _SkipBatches:
     """A batch sampler that drops the first ``n`` batches of ``inner`` (indices only, nothing loaded),
     then calls ``on_resume`` once before yielding the next batch."""
@@ -115,7 +113,6 @@ def _iterate_from(loader: Iterable, skip: int, on_resume: Callable[[], None] | N
     return iter(_SkipBatches(loader, skip, on_resume))
 
 
-# ------------------------------------------------------------------------------------ checkpoint
 class ResumePoint(NamedTuple):
     """Where a run continues: epochs done, steps done in the current epoch, and the RNG states of the
     epoch's start (rebuilds its data order) and of the checkpoint's moment (None for a fresh run)."""
@@ -214,7 +211,6 @@ def _check_finite_weights(models: dict[str, nn.Module], path: Path, epoch: int, 
                                  f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} (training diverged); {kept}")
 
 
-# ------------------------------------------------------------------------------------------- fit
 @dataclass(frozen=True)
 class TrainSettings:
     """The training loop's settings, one block for every trainer, checked when built: conf/training.yaml says

@@ -73,9 +73,6 @@ def rules_for_dataset(data) -> str:
     return str(rules)
 
 
-# ---------------------------------------------------------------- boxes, thresholds, AP
-
-
 def pair_iou(a: np.ndarray, b: np.ndarray, plus_one: bool = False, crowd: np.ndarray | None = None) -> np.ndarray:
     """IoU of box pairs ``a[i]``, ``b[i]`` (``[P, 4]`` xyxy each) -> ``float64[P]``; 0 where they do not overlap.
 
@@ -126,9 +123,6 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "
         env = np.r_[np.maximum.accumulate(precision[::-1])[::-1], 0.0]
         return float(env[np.searchsorted(recall, COCO_RECALL_THRESHOLDS, side="left")].mean())
     raise ValueError(f"unknown AP method {method!r} (area | 11point | 101point)")
-
-
-# ---------------------------------------------------------------- matching
 
 
 def _rank(*keys: np.ndarray) -> np.ndarray:
@@ -195,9 +189,6 @@ def _match_coco(det, gt, iou_threshold):
     return status
 
 
-# ---------------------------------------------------------------- result
-
-
 @dataclass
 class EvalResult:
     """Per-class AP and curves. ``ap: float64[C]`` (NaN: no ground truth, left out of the mean),
@@ -242,9 +233,6 @@ class EvalResult:
                 row.update(precision=self.precision[c].tolist(), recall=self.recall[c].tolist())
             out["classes"].append(row)
         return out
-
-
-# ---------------------------------------------------------------- evaluate
 
 
 def _ground_truth(dataset, num_classes: int) -> dict:

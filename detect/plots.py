@@ -95,7 +95,6 @@ def save_pr_curves(result, path: str | Path, best: int = 4, worst: int = 4) -> P
     return path
 
 
-# ------------------------------------------------------------------- proposal recall curves
 def plot_recall_curves(results: dict, path, title: str = "") -> None:
     """Recall at IoU 0.5 (solid) and at the ILSVRC threshold (dashed) against the number of proposals, PNG.
 
@@ -122,7 +121,6 @@ def plot_recall_curves(results: dict, path, title: str = "") -> None:
     plt.close(fig)
 
 
-# ------------------------------------------------------------------- detections on an image
 def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                     class_names: Sequence[str]) -> np.ndarray:
     """A copy of ``image: ndarray[H, W, 3] uint8`` RGB with each box and ``"<class> <score>"`` drawn.
