@@ -9,6 +9,7 @@ own checkpoints), and so does every stage after it. An interrupted stage leaves 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from detect.records import OutputRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Stage", "run_stages", "StageError", "tree_digest"]
+__all__ = ["Stage", "run_stages", "StageError", "tree_digest", "cost_lines"]
 
 
 class StageError(RuntimeError):
@@ -60,8 +61,9 @@ def tree_digest(folder: str | Path) -> str:
 
 
 def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path, stop_after: str | None = None,
-               inputs_digest: str = "") -> dict[str, float]:
-    """Run ``stages`` in order, skipping those whose stamp is still valid. Returns seconds per stage run.
+               inputs_digest: str = "") -> dict[str, tuple[float, bool]]:
+    """Run ``stages`` in order, skipping those whose stamp is still valid. Returns ``{name: (seconds, ran)}``
+    of each stage reached: the seconds it took now (``ran``), or those its stamp recorded (skipped).
 
     ``inputs_digest`` (e.g. :func:`tree_digest` of the config folder) is chained into every stamp, so a
     changed configuration runs every stage again (each tool then resumes or skips its own finished work).
@@ -73,28 +75,43 @@ def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path,
     stamps.mkdir(parents=True, exist_ok=True)
     exclude = (stamps, root / "logs")
     upstream = inputs_digest
-    timings: dict[str, float] = {}
+    timings: dict[str, tuple[float, bool]] = {}
     for stage in stages:
         command = [sys.executable, str(Path(tools_dir) / f"{stage.tool}.py"), *stage.args]
         stamp = OutputRecord(stamps / f"{stage.name}.json", root=root)
         params = {"command": command[1:], "upstream": upstream}
         if stamp.up_to_date(params):
             log.info("[%s] done earlier, outputs verified: skipped", stage.name)
+            seconds = stamp.read().get("seconds")
+            timings[stage.name] = (float(seconds) if isinstance(seconds, (int, float)) else float("nan"), False)
         else:
             stamp.path.unlink(missing_ok=True)
             log.info("[%s] $ %s", stage.name, " ".join(command[1:]))
             before = _snapshot(root, exclude)
             start = time.perf_counter()
             result = subprocess.run(command)
-            timings[stage.name] = time.perf_counter() - start
+            seconds = time.perf_counter() - start
             if result.returncode != 0:
                 raise StageError(f"stage {stage.name} failed with exit code {result.returncode}: "
                                  f"{' '.join(command[1:])}")
             after = _snapshot(root, exclude)
             changed = sorted(rel for rel, meta in after.items() if before.get(rel) != meta)
-            stamp.finish(params, {"name": stage.name, "seconds": timings[stage.name]}, changed)
-            log.info("[%s] finished in %.1f s", stage.name, timings[stage.name])
+            stamp.finish(params, {"name": stage.name, "seconds": seconds}, changed)
+            timings[stage.name] = (seconds, True)
+            log.info("[%s] finished in %.1f s", stage.name, seconds)
         upstream = file_sha256(stamp.path)
         if stop_after == stage.name:
             break
     return timings
+
+
+def cost_lines(timings: dict[str, tuple[float, bool]], wall: float) -> list[str]:
+    """What a chain cost, for its last lines: the wall time of this run and the seconds of each stage
+    (``timings`` as :func:`run_stages` returns them; a skipped stage shows its earlier run's, marked)."""
+    ran = sum(r for _, r in timings.values())
+    head = f"cost: {wall / 60:.1f} min wall in this run ({ran} of {len(timings)} stages run"
+    earlier = [s for s, r in timings.values() if not r and not math.isnan(s)]
+    head += f"; the skipped ones took {sum(earlier) / 60:.1f} min when they ran)" if ran < len(timings) else ")"
+    parts = [f"{name} {'?' if math.isnan(s) else f'{s:.0f}'} s{'' if r else ' (earlier)'}"
+             for name, (s, r) in timings.items()]
+    return [head, "per stage: " + ", ".join(parts)]

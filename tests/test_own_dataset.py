@@ -6,6 +6,7 @@ training split's two parts only, outputs named after the dataset's splits, evalu
 own rules, drawn test images, and a second run that redoes nothing.
 """
 import json
+import re
 import subprocess
 import sys
 
@@ -58,9 +59,13 @@ def test_voc_folder_end_to_end(tmp_path, repo_root):
     assert report["rules"] == "voc" and report["num_images"] == 6 and report["split_name"] == "test"
     assert f"mAP@0.5 on voc_test (6 images; small, 1 members), voc rules: {report['mean_ap']:.4f}" in out
     assert len(list((work / "detect").glob("*.png"))) == 2  # drawn test images (.jpg and .JPG)
+    assert re.search(r"cost: \d+\.\d min wall in this run \(10 of 10 stages run\)\nper stage: prepare \d+ s, "
+                     r"train_cls \d+ s, .*, draw \d+ s", out)
 
     again = _demo(repo_root, "data=voc", f"data.root={root}", f"work_dir={work}")
     assert again.count("done earlier, outputs verified: skipped") == 10 and "finished in" not in again
+    assert re.search(r"\(0 of 10 stages run; the skipped ones took \d+\.\d min when they ran\)\n"
+                     r"per stage: prepare \d+ s \(earlier\), ", again)
 
     # the user edits the dataset: a test image replaced in place (same name and size, new pixels) and a
     # training box moved. The same command trains again over its own checkpoints and detects and scores

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from detect.stages import Stage, StageError, run_stages, tree_digest
+from detect.stages import Stage, StageError, cost_lines, run_stages, tree_digest
 
 WRITER = """
 import sys, pathlib
@@ -63,3 +63,25 @@ def test_tree_digest_follows_contents(tmp_path):
     before = tree_digest(tmp_path)
     (tmp_path / "a.yaml").write_text("x: 2\n")
     assert tree_digest(tmp_path) != before
+
+
+def test_timings_of_run_and_skipped_stages_and_the_cost_lines(tmp_path):
+    """run_stages reports each stage reached: seconds now, or those its stamp recorded when it is skipped;
+    cost_lines says both (a demo's last lines)."""
+    tools, work = tmp_path / "tools", tmp_path / "work"
+    tools.mkdir()
+    work.mkdir()
+    (tools / "nap.py").write_text("import sys, time, pathlib\ntime.sleep(0.3)\npathlib.Path(sys.argv[1]).write_text('x')\n")
+    stages = [Stage(n, "nap", [str(work / f"{n}.txt")]) for n in ("a", "b")]
+    first = run_stages(stages, work, tools)
+    assert list(first) == ["a", "b"] and all(r and 0.3 <= s < 30 for s, r in first.values())
+    second = run_stages(stages, work, tools)
+    assert second == {n: (first[n][0], False) for n in first}  # the recorded seconds, not a new timing
+    head, per_stage = cost_lines(second, 90.0)
+    assert head == f"cost: 1.5 min wall in this run (0 of 2 stages run; the skipped ones took " \
+                   f"{(first['a'][0] + first['b'][0]) / 60:.1f} min when they ran)"
+    assert per_stage == f"per stage: a {first['a'][0]:.0f} s (earlier), b {first['b'][0]:.0f} s (earlier)"
+    assert cost_lines({"a": (12.4, True), "b": (float("nan"), False)}, 30.0) == [
+        "cost: 0.5 min wall in this run (1 of 2 stages run; the skipped ones took 0.0 min when they ran)",
+        "per stage: a 12 s, b ? s (earlier)"]
+

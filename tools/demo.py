@@ -5,6 +5,7 @@
 """
 import json
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -16,7 +17,7 @@ from omegaconf import OmegaConf
 from detect.data.splits import BLOCKS, output_stem
 from detect.io import digest
 from detect.runs import records_digest
-from detect.stages import Stage, StageError, run_stages, tree_digest
+from detect.stages import Stage, StageError, cost_lines, run_stages, tree_digest
 from proposals.selective_search import segmentation_side
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -122,6 +123,7 @@ def drawn_images(records, count: int) -> list[str]:
 
 @hydra.main(config_path="../conf", config_name="demo", version_base="1.3")
 def main(cfg) -> None:
+    start = time.perf_counter()
     hydra_cfg = HydraConfig.get()
     experiment = hydra_cfg.runtime.choices["experiment"]
     common = [f"experiment={experiment}", *forwarded_overrides(list(hydra_cfg.overrides.task)),
@@ -155,7 +157,7 @@ def main(cfg) -> None:
         stage.args += list(cfg.tool_overrides.get(stage.tool) or [])
     try:
         tools_dir = Path(__file__).resolve().parent
-        run_stages(stages, cfg.work_dir, tools_dir, stop_after=cfg.stop_after, inputs_digest=inputs)
+        timings = run_stages(stages, cfg.work_dir, tools_dir, stop_after=cfg.stop_after, inputs_digest=inputs)
     except StageError as e:
         sys.exit(f"demo stopped: {e}\nre-run the same command to continue from this stage")
     stem = output_stem(cfg.data, "val")
@@ -174,6 +176,7 @@ def main(cfg) -> None:
         print(f"report and PR curves: {report}, {report.with_name(f'pr_{stem}.png')}")
         print(f"detector: {cfg.paths.detector}")
         print(f"drawn detections: {Path(cfg.work_dir) / 'detect'}")
+    print("\n".join(cost_lines(timings, time.perf_counter() - start)))
 
 
 if __name__ == "__main__":
