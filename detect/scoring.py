@@ -1,13 +1,9 @@
 """Region scoring: an image and its boxes in, the ensemble's class probabilities out.
 
-A region scorer (:class:`RegionScorer`) has ``score(image, boxes) -> probs`` and a ``device``; the
-detector, int8 calibration and the benchmarks go through one. :class:`WarpScorer` is R-CNN's: each
-region warped to a fixed-size crop (:class:`RegionWarp`) and classified by an ensemble
-(:func:`ensemble_probs`). An RoI-pooling scorer (features of the whole image once, pooled per box)
-would be a second class with the same ``score``.
-
-Crops are prepared with the input convention of the weights that score them, once per distinct
-convention of the members (:meth:`RegionWarp.batches`), and each member reads the batch of its own.
+A region scorer (:class:`RegionScorer`) has ``score(image, boxes) -> probs`` and a ``device``.
+:class:`WarpScorer` is R-CNN's: each region warped to a fixed-size crop (:class:`RegionWarp`), prepared
+once per distinct input convention of the members, and classified by an ensemble (:func:`ensemble_probs`)
+whose members each read the crops of their own convention.
 """
 from __future__ import annotations
 
@@ -102,8 +98,8 @@ class RegionWarp:
 class WarpScorer:
     """R-CNN's region scorer: warped crops (:class:`RegionWarp`) classified by an ensemble.
 
-    members: scorers of :mod:`detect.backends` (they decide their device, autocast and memory format;
-    crops are warped on member 0's device); cascade_threshold: see :func:`ensemble_probs`.
+    members: scorers of :mod:`detect.backends` (crops are warped on member 0's device);
+    cascade_threshold: see :func:`ensemble_probs`.
     """
 
     def __init__(self, members: Sequence[Callable], warp: RegionWarp, cascade_threshold: float | None = None):
