@@ -132,13 +132,12 @@ def ensemble_probs(members: Sequence[Callable], crops: Tensor | Mapping[InputCon
                    cascade_threshold: float | None = None) -> Tensor:
     """Average of the members' softmax probabilities over the same B regions.
 
-    members: region classifiers ``Tensor[B, 3, S, S] -> logits Tensor[B, C + 1]`` (the scorers of
-    :mod:`detect.backends`, or modules in eval mode; a tuple output's first element is the logits), each
-    with the ``input_convention`` of its weights (ImageNet when it names none). crops:
-    ``{convention: Tensor[B, 3, S, S]}`` for every one of :func:`input_conventions` (a bare Tensor when
-    there is one). cascade_threshold: None scores every region with every member; a float lets member 0
-    score all regions and the others only those whose best foreground probability under member 0 is
-    ``>= cascade_threshold`` (the rest keep member 0's probabilities).
+    members: region classifiers ``Tensor[B, 3, S, S] -> logits Tensor[B, C + 1]`` (scorers, or modules in
+    eval mode: :func:`detect.classify.predict_proba`), each with the ``input_convention`` of its weights
+    (ImageNet when it names none). crops: ``{convention: Tensor[B, 3, S, S]}`` for every one of
+    :func:`input_conventions` (a bare Tensor when there is one). cascade_threshold: None scores every region
+    with every member; a float lets member 0 score all regions and the others only those whose best
+    foreground probability under member 0 is ``>= cascade_threshold`` (the rest keep member 0's).
     returns Tensor[B, C + 1] float32, rows summing to 1.
     """
     if not members:
