@@ -2,13 +2,11 @@
 
 A *scorer* is a callable ``crops: Tensor[N, 3, S, S] float32 (prepared with the scorer's
 ``input_convention``, that of the model's weights) -> Tensor[N, C] float32 logits`` with a ``device``
-(where it wants its crops: the CPU for ONNX Runtime). The scorer alone decides the device, autocast
-and memory format of its network; the region scorer (:mod:`detect.scoring`) only ever calls scorers,
-so every backend serves the cascade and the shared crop batch alike.
+(where it wants its crops: the CPU for ONNX Runtime); it alone decides the device, autocast and memory
+format of its network (the region scorer, :mod:`detect.scoring`, only calls it).
 
-- ``torch``: the module in eval mode under ``torch.inference_mode``, channels-last (faster than NCHW
-  for the paper network on the project's CPU: benchmarks/README.md), on CUDA with bf16 (or fp16)
-  autocast; logits returned as float32.
+- ``torch``: :class:`TorchScorer`, the module in eval mode under ``torch.inference_mode``, channels-last
+  (faster than NCHW on the project's CPU: benchmarks/README.md), with autocast on CUDA.
 - ``onnxruntime``: the member exported to ONNX (dynamic batch; cached beside the detector checkpoint and
   checked against the weights in memory, :mod:`detect.export`) and run by ONNX Runtime's CPU provider,
   faster than eager PyTorch on a CPU (figures: benchmarks/README.md).
@@ -48,8 +46,8 @@ PRECISIONS = ("fp32", "int8", "auto")
 
 
 class TorchScorer:
-    """Eager PyTorch scorer. ``amp``: "auto" (bf16 on CUDA when supported, else fp16; none on CPU),
-    "bf16", "fp16" or "none". ``channels_last``: NHWC convolutions (on every device)."""
+    """Eager PyTorch scorer; float32 logits. ``amp``: "auto" (bf16 on CUDA when supported, else fp16; none on
+    CPU), "bf16", "fp16" or "none". ``channels_last``: NHWC convolutions (on every device)."""
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", amp: str = "auto",
                  channels_last: bool = True):
@@ -85,10 +83,8 @@ def as_scorer(member: nn.Module | Scorer) -> Scorer:
 
 class OnnxScorer:
     """ONNX Runtime (CPU provider) scorer for an exported model file; ``session``: a ready session of it
-    (the cache's, :func:`detect.export.cached_onnx`), or None to load the file with
-    :func:`detect.export.session_options` of ``num_threads``; ``input_convention``: how its crops are
-    prepared (that of the exported model's weights); ``precision`` ("fp32" | "int8") records which kind
-    of model the file is."""
+    (:func:`detect.export.cached_onnx`'s), or None to load the file with ``num_threads``;
+    ``input_convention``: that of the exported weights; ``precision``: "fp32" | "int8", the file's kind."""
 
     def __init__(self, onnx_path: str | Path, num_threads: int | None = None,
                  input_convention: InputConvention | None = None, precision: str = "fp32", session=None):
@@ -157,8 +153,8 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
 
     ``cache_dir`` holds the ONNX export ``<name>.onnx`` and the int8 model ``<name>.int8.onnx``
     (required for ``onnxruntime``). With ``backend=auto``, an export that cannot be made (read-only
-    checkpoint folder, full disk, an operator the exporter does not support) falls back to torch with a
-    warning instead of failing; an explicit ``onnxruntime`` raises. precision: module docstring;
+    folder, full disk, an operator the exporter lacks) falls back to torch with a warning; an explicit
+    ``onnxruntime`` raises. backend, precision: module docstring; amp: :class:`TorchScorer`'s;
     calibration: ``ndarray[N, 3, input_size, input_size] float32`` network inputs for the int8 model's
     activation ranges (None: none); int8_recipe: an :class:`Int8Recipe` or its plain values (None: the defaults).
     """
@@ -216,6 +212,5 @@ def describe_scoring(scorers: Sequence[Scorer]) -> dict:
     ``backend``/``precision`` are the members' common value, ``"mixed"`` where they differ. A
     :class:`TorchScorer`'s precision is its autocast dtype (``bf16``, ``fp16``) or ``fp32``."""
     members = [_scorer_kind(s) for s in scorers]
-    common = lambda key: members[0][key] if len({m[key] for m in members}) == 1 else "mixed"  # noqa: E731
-    return {"backend": common("backend") if members else "none", "precision": common("precision") if members else "none",
-            "members": members}
+    values = {key: {m[key] for m in members} for key in ("backend", "precision")}
+    return {**{k: v.pop() if len(v) == 1 else "mixed" if v else "none" for k, v in values.items()}, "members": members}

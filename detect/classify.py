@@ -24,10 +24,9 @@ def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.de
                             background: int | None = None) -> dict[str, float]:
     """Top-1 / top-5 accuracy of ``model`` over ``loader``, summed over all processes.
 
-    loader yields ``(images, labels)`` with images ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]``
-    (K crops per image: their softmax is averaged) and labels ``Tensor[B] int64`` (more fields may
-    follow; negative labels are not counted); ``None`` or empty batches (every sample unreadable) are
-    skipped. Returns ``{"top1", "top5", "n"}`` (accuracies in 0..1; top-5 is top-k with k = min(5,
+    loader yields ``(images, labels, ...)``: images as :func:`predict_proba` takes them, labels
+    ``Tensor[B] int64`` (negative ones not counted); ``None`` or empty batches (every sample unreadable)
+    are skipped. Returns ``{"top1", "top5", "n"}`` (accuracies in 0..1; top-5 is top-k with k = min(5,
     classes)); with ``background`` (a region classifier's background label) also ``fg_acc`` and
     ``bg_acc``, the top-1 accuracy on the object and on the background samples.
     """
@@ -60,10 +59,8 @@ def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.de
 
 
 def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Softmax of ``model`` averaged over crops.
-
-    images: ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]`` float; returns ``Tensor[B, C]`` float32.
-    """
+    """Softmax of ``model`` averaged over crops: ``images Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]``
+    (K crops per image) float -> ``Tensor[B, C]`` float32."""
     crops = images.ndim == 5
     probs = _logits(model(images.flatten(0, 1) if crops else images)).float().softmax(dim=1)
     return probs.view(*images.shape[:2], -1).mean(dim=1) if crops else probs
@@ -72,11 +69,9 @@ def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def collect_probabilities(models: list[nn.Module], loader: Iterable, device: torch.device | str,
                           progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Crop-averaged softmax of every model on every image (one process).
-
-    loader yields ``(images, labels, ...)`` as in :func:`evaluate_classification`. Returns
-    ``(probs Tensor[M, N, C] float32, labels Tensor[N] int64, crops per image)``; an ensemble's
-    prediction is ``probs.mean(0)`` (the average of softmax outputs, never of logits).
+    """Crop-averaged softmax of every model on every image (one process), ``loader`` as in
+    :func:`evaluate_classification`: ``(probs Tensor[M, N, C] float32, labels Tensor[N] int64, crops per
+    image)``; an ensemble's prediction is ``probs.mean(0)`` (the average of softmax outputs, never of logits).
     """
     device = torch.device(device)
     for m in models:

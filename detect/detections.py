@@ -180,13 +180,12 @@ def read_ilsvrc_submission(path: str | Path, num_classes: int | None = None, ski
                            known_images=None) -> Detections:
     """Read an ILSVRC submission file as ``eval_detection.m`` reads it.
 
-    Every line of 7 numeric fields (integer image index >= 1 and DET_ID, finite numbers) is kept as
-    written (inverted or zero-area boxes too: see the module text). Lines that cannot be parsed, whose
+    Every line of 7 numeric fields (integer image index >= 1 and DET_ID, finite numbers, in Python's
+    ``int()``/``float()`` syntax) is kept as written (module text). Lines that cannot be parsed, whose
     DET_ID is outside ``1..num_classes``, or whose image index is not in ``known_images`` (an iterable
-    of indices; ``None``: any) are logged as ``file:line``, counted in ``skipped`` and left out; blank
-    lines are ignored. ``FileNotFoundError`` names a missing file. Numbers follow Python's
-    ``int()``/``float()`` syntax. Vectorised: a file of plain numbers is read in a few numpy passes;
-    any other is read line by line, with the same result.
+    of indices; ``None``: any) are skipped as the module text says, as ``file:line``; blank lines are
+    ignored. ``FileNotFoundError`` names a missing file. A file of plain numbers is read in a few numpy
+    passes, any other line by line, with the same result.
     """
     path = Path(path)
     skipped = skipped if skipped is not None else SkipLog("detection lines")
@@ -267,8 +266,8 @@ def read_coco_results(path: str | Path, dataset: DetectionDataset, skipped: Skip
     Each entry must be an object with an integer ``image_id`` and ``category_id`` (an integral float such
     as ``3.0`` is the same id to pycocotools; a string, a bool or a list is not), a finite number
     ``score`` and a ``bbox`` list of 4 finite numbers (a negative or zero width or height included).
-    Entries that fail those checks, or name an image or category not in ``dataset``, are logged as
-    ``file: entry k``, counted in ``skipped`` and left out.
+    Entries that fail those checks, or name an image or category not in ``dataset``, are skipped as the
+    module text says, as ``file: entry k``.
     """
     from detect.data.coco import as_bbox, as_int, as_number
 

@@ -79,8 +79,7 @@ def _set_rng_state(state: dict, generator: torch.Generator | None = None) -> Non
 
 
 class _SkipBatches:
-    """A batch sampler that drops the first ``n`` batches of ``inner`` (indices only, nothing loaded),
-    then calls ``on_resume`` once before yielding the next batch."""
+    """The batches of ``inner`` after its first ``n`` (dropped unloaded); ``on_resume`` runs once before the next."""
 
     def __init__(self, inner: Iterable[list[int]], n: int, on_resume: Callable[[], None] | None):
         self.inner, self.n, self.on_resume = inner, n, on_resume
@@ -271,8 +270,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_loader: Iterable, optimizer: to
     meta["epochs"] = settings.epochs  # planned: a consumer of the file tells a finished run (detect.io.check_finished)
     checkpoint = Checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, averaged, generator, meta, ctx)
     result_model = averaged.module if averaged is not None else model
-    # the main process holds the checkpoint's lock while fit runs (a second trainer of it stops at once:
-    # OutputLocked) and removes the temporary files a killed save left (no writer of ours fills one now)
+    # rank 0 holds the checkpoint's lock (a second trainer stops: OutputLocked), so a killed save's temporaries can go
     with exclusive_lock(checkpoint.path) if ctx.is_main else nullcontext():
         if ctx.is_main:
             remove_stale_temps(checkpoint.path)

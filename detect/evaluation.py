@@ -181,9 +181,7 @@ def _match_coco(det, gt, iou_threshold):
     ok = iou >= min(iou_threshold, 1 - 1e-10)
     d, g, iou = d[ok], g[ok], iou[ok]
     det_gt, status = _greedy(det, gt, d, g, (-g, -iou, gt["ignore"][g]), gt["ignore"])
-    # COCOeval ignores unmatched detections whose area w * h lies outside the area range [0, 1e10]
-    # ("all"): a box with exactly one negative side has a negative area, so it is ignored, not a miss
-    b = det["boxes"]
+    b = det["boxes"]  # unmatched, outside COCOeval's area range "all" (one negative side): ignored (module text)
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     status[(det_gt < 0) & ((area < COCO_AREA_ALL[0]) | (area > COCO_AREA_ALL[1]))] = -1
     return status
@@ -280,12 +278,8 @@ def evaluate(dataset, detections, rules: str = "ilsvrc", iou_threshold: float = 
         keep = _rank(np.arange(len(key)), -det["score"], key) - np.searchsorted(np.sort(key), key) < max_dets
         det = {k: v[keep] for k, v in det.items()}
 
-    if rules == "ilsvrc":
-        status = _match_ilsvrc(det, gt, iou_threshold, pixel_tolerance)
-    elif rules in ("voc", "voc07"):
-        status = _match_voc(det, gt, iou_threshold)
-    else:
-        status = _match_coco(det, gt, iou_threshold)
+    status = (_match_ilsvrc(det, gt, iou_threshold, pixel_tolerance) if rules == "ilsvrc"
+              else _match_coco(det, gt, iou_threshold) if rules == "coco" else _match_voc(det, gt, iou_threshold))
 
     method = {"ilsvrc": "area", "voc": "area", "voc07": "11point", "coco": interpolation}[rules]
     num_gt = np.bincount(gt["labels"][~gt["ignore"]], minlength=num_classes).astype(np.int64)
@@ -351,12 +345,11 @@ def coco_ap50_pycocotools(dataset, detections, max_dets: int = 100) -> float:
     """AP at IoU 0.5 (area all, ``max_dets`` per image) by pycocotools' COCOeval, for comparison.
 
     The ground truth is built in memory from ``dataset`` (image id = record index, category id =
-    label + 1, ``ignore`` -> ``iscrowd``, area = box area, annotation ids numbered from 1); detections
-    of unknown images are dropped; the blacklist is not applied (COCO has none). So this can differ
-    from pycocotools run on the user's own file: where that file has an annotation with ``id`` 0,
-    COCOeval takes the matched id 0 for "unmatched" (``dtm``/``gtm`` 0) and scores a detection matching
-    it as a false positive; here it is a true positive, as in :func:`evaluate` (the COCO reader warns
-    about such files, naming them).
+    label + 1, ``ignore`` -> ``iscrowd``, area = box area, annotation ids from 1); detections of unknown
+    images are dropped; no blacklist (COCO has none). Unlike pycocotools on a user's file holding an
+    annotation ``id`` 0 (COCOeval takes a match to id 0 for "unmatched", ``dtm``/``gtm`` 0: a false
+    positive), a detection matching it is a true positive here, as in :func:`evaluate` (the COCO reader
+    warns about such files, naming them).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval

@@ -3,12 +3,11 @@
 An export takes the network's prepared crops (``Tensor[N, 3, S, S]`` float32, dynamic batch) and gives
 its single output. Exports and their int8 models (:mod:`detect.quantize`) are cached beside the
 detector checkpoint by :func:`cached_onnx`: each file carries the key of what it was made from inside
-itself (ONNX metadata :data:`EXPORT_KEY`) as well as in its sidecar JSON (with the file's sha256), and
-the key is compared with that of the weights in memory when the file is loaded (read once: hashed, then
-given to ONNX Runtime for the scorer's session, :func:`session_options`). A file made from other
-inputs (another detector's cache copied here, a sidecar edited to match a replaced file), one whose
-sidecar key or content hash does not match, or one ONNX Runtime cannot load, is made again, never
-silently used.
+itself (ONNX metadata :data:`EXPORT_KEY`) and in its sidecar JSON (with the file's sha256), compared with
+that of the weights in memory when the file is loaded (read once: hashed, then given to ONNX Runtime).
+A file made from other inputs (another detector's cache copied here, a sidecar edited to match a replaced
+file), one whose sidecar key or content hash does not match, or one ONNX Runtime cannot load, is made
+again, never silently used.
 """
 from __future__ import annotations
 
@@ -62,8 +61,7 @@ def with_metadata(model_bytes: bytes, metadata: Mapping[str, str]) -> bytes:
     return proto.SerializeToString()
 
 
-def export_onnx(model: nn.Module, path: str | Path, crop_size: int, opset: int = 17,
-                metadata: Mapping[str, str] | None = None) -> None:
+def export_onnx(model: nn.Module, path: str | Path, crop_size: int, metadata: Mapping[str, str] | None = None) -> None:
     """Export ``model`` (eval mode, logits output) to ONNX with a dynamic batch axis, atomically;
     ``metadata``: entries written into the model's ``metadata_props`` (e.g. ``{EXPORT_KEY: key}``)."""
     model = model.eval().to("cpu")
@@ -72,7 +70,7 @@ def export_onnx(model: nn.Module, path: str | Path, crop_size: int, opset: int =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), buffer, input_names=["crops"], output_names=["logits"], dynamo=False,
-                          dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
+                          dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
     data = with_metadata(buffer.getvalue(), metadata) if metadata else buffer.getvalue()
     with atomic_open(Path(path), "wb") as f:
         f.write(data)

@@ -102,10 +102,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True`` (tensors, containers and plain values only).
-
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or unreadable.
-    """
+    """Load a checkpoint with ``weights_only=True`` (tensors, containers and plain values only);
+    ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or unreadable."""
     import torch
 
     path = Path(path)

@@ -137,12 +137,9 @@ class Detector:
     """The GoogLeNet detector of ILSVRC 2014, R-CNN style.
 
     proposer: callable ``ndarray[H, W, 3] uint8 -> Proposals`` (or None when proposals are always passed in)
-    scorers: the ensemble's members, scorers of :mod:`detect.backends` (a module is run by a
-    ``TorchScorer`` on its parameters' device); their outputs: background + ``len(classes)`` columns.
-    They make up the region scorer ``scorer`` (:class:`detect.scoring.WarpScorer`, with the settings'
-    warp, batch size, max_pixels and cascade).
-    classes: ClassList; settings: :class:`DetectorSettings` (keyword ``overrides`` replace single ones,
-    e.g. ``crop_size=64``).
+    scorers: the ensemble's members (:func:`detect.backends.as_scorer`), each giving background +
+    ``len(classes)`` columns, in the region scorer ``scorer`` (:class:`detect.scoring.WarpScorer` of the settings).
+    classes: ClassList; settings: :class:`DetectorSettings` (keyword ``overrides`` replace single ones).
     """
 
     def __init__(self, proposer: Callable | None, scorers: Sequence[Callable], classes: ClassList,
@@ -191,13 +188,10 @@ class Detector:
         """Detect over ``items`` = ``(key, image path, cached proposals or None, (width, height) of its
         annotation or None)`` (``read_image``'s ``size``: the frame the boxes are in), yielding
         ``(key, image, result, None)``, or ``(key, None, None, error)`` for an image that cannot be used:
-        a ``ValueError`` naming the file (unreadable, refused by the proposer) or an :class:`ImageError`
-        naming it for a ``MemoryError`` / ``RuntimeError`` (an allocation torch or ONNX Runtime could
-        not make) met reading, proposing or detecting it; the next images still run.
-
-        Reading the next images and computing their proposals (OpenCV and ONNX Runtime release the GIL)
-        runs in a background thread, ``prefetch`` images ahead, while the current image's crops are
-        scored, so the scoring device does not wait for selective search.
+        a ``ValueError`` naming the file (unreadable, refused by the proposer), or an :class:`ImageError`
+        naming it for a ``MemoryError`` / ``RuntimeError`` (a failed allocation); the next images still run.
+        The next images are read and proposed in a background thread (OpenCV and ONNX Runtime release
+        the GIL), ``prefetch`` images ahead, while the current image's crops are scored.
         """
         def prepare(path, cached, size):
             image = read_image(path, size)
@@ -234,13 +228,10 @@ class Detector:
 
         proposer: replaces the stored proposer; otherwise the stored one is rebuilt from its spec when
         ``stored_proposer`` (None when the file has none), else the detector has none (proposals are
-        passed in). backend: "auto" (ONNX Runtime on a CPU, eager torch on a GPU), "torch" or
-        "onnxruntime" (:mod:`detect.backends`); amp: autocast on CUDA ("auto" = bf16 where supported,
-        "none" = off); onnx_cache: folder of the cached ONNX exports (default ``<path>.onnx/``);
-        members: indices of the members to use (default all); precision: "fp32" | "int8" | "auto" of
-        the ONNX Runtime scorers, members and a stored MultiBox proposer alike (:mod:`detect.backends`;
-        int8 models are calibrated on the file's ``calibration`` crops and images); overrides:
-        :class:`DetectorSettings` values replacing the stored ones (e.g. ``score_threshold=0.1``).
+        passed in). backend, amp, precision: :func:`detect.backends.make_scorer`'s, precision for a stored
+        MultiBox proposer too (int8 calibrated on the file's ``calibration``); onnx_cache: folder of the
+        ONNX exports (default ``<path>.onnx/``); members: indices of the members to use (default all);
+        overrides: :class:`DetectorSettings` values replacing the stored ones (e.g. ``score_threshold=0.1``).
         """
         contents = _read_detector(load_checkpoint(path), str(path))
         settings = contents["settings"].replace(**overrides)
@@ -319,12 +310,11 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
                     calibration: Mapping | None = None) -> dict:
     """Write one detector file from member checkpoints (dicts with ``model_kwargs`` and ``model_state``).
 
-    settings: :class:`DetectorSettings`; proposer: a proposer spec with its networks embedded
-    (:func:`proposals.spec.proposer_spec` of a live proposer, or :func:`proposals.spec.spec_from_config`
-    of a config's with ``embed=True``), or None; provenance: plain facts about the training (data name, ...), kept for the
-    reader; calibration: for int8 scoring, ``{"crops": ndarray[N, 3, S, S] uint8`` RGB (warped training
-    proposals, :func:`detect.quantize.draw_calibration_crops`), ``"recipe": plain Int8Recipe values}``
-    or None. Returns the saved dict.
+    proposer: a proposer spec with its networks embedded (:func:`proposals.spec.proposer_spec` of a live
+    proposer, or :func:`proposals.spec.spec_from_config` of a config's with ``embed=True``), or None;
+    provenance: plain facts about the training (data name, ...); calibration: for int8 scoring,
+    ``{"crops": ndarray[N, 3, S, S] uint8`` RGB (:func:`detect.quantize.draw_calibration_crops`),
+    ``"recipe": plain Int8Recipe values}``, or None. Returns the saved dict.
     """
     if not members:
         raise ValueError("a detector needs at least one member checkpoint")

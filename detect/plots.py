@@ -2,9 +2,8 @@
 proposals (matplotlib), and detections drawn on an image (OpenCV); all written atomically.
 
 The PR curves, which ``tools/eval_map.py`` draws on every run, are drawn with Pillow: a matplotlib figure
-costs more CPU than reading a cached ILSVRC val ground truth and scoring a submission together
-(``benchmarks/evaluation.md``), and the figure is simple (two panels of curves on a fixed [0, 1] grid, a
-legend). OpenCV and matplotlib are imported by the functions that use them, so the evaluation path loads neither.
+costs more CPU than scoring a submission (``benchmarks/evaluation.md``), and the figure is simple. OpenCV
+and matplotlib are imported by the functions that use them, so the evaluation path loads neither.
 """
 from __future__ import annotations
 
@@ -126,8 +125,7 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
     """A copy of ``image: ndarray[H, W, 3] uint8`` RGB with each box and ``"<class> <score>"`` drawn.
 
     boxes: ndarray[K, 4] xyxy pixels; scores: ndarray[K]; labels: ndarray[K] int (0-based into class_names).
-    Boxes are drawn lowest score first, so the best ones end up on top, each in a bright colour of its
-    class, spread around the hue circle (golden-ratio steps).
+    Drawn lowest score first (the best on top), each in its class's colour (golden-ratio hue steps).
     """
     import cv2
 

@@ -15,9 +15,8 @@ than half an 8-bit step of its range) is replaced in the int8 model by the const
 tends to for small activations (the others are quantized in their exact form). The decision and the
 measured effects are recorded in the ``.int8.json`` sidecar.
 
-Which CPUs gain: int8 convolutions are fast where the CPU has 8-bit dot-product instructions; measured
-on a Xeon with AVX-512 VNNI and AMX-INT8 (:func:`cpu_has_int8_dot` checks for those two); on AVX2-only
-CPUs ONNX Runtime's u8s8 kernels have no such instructions and int8 is not expected to beat fp32.
+int8 gains on CPUs with 8-bit dot-product instructions (measured on a Xeon with AVX-512 VNNI and AMX-INT8:
+:func:`cpu_has_int8_dot`); ONNX Runtime's u8s8 kernels on AVX2 alone are not expected to beat fp32.
 """
 from __future__ import annotations
 
@@ -114,14 +113,12 @@ def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndar
 
     records: DetectionRecord list (the training split); proposals: ``image_id -> ndarray[N, 4]`` xyxy
     (e.g. ``ProposalStore.get``; a missing entry (KeyError) falls back to the ground-truth boxes).
-    Images are visited in a seeded random order (:func:`_draw`), ``ceil(count / len(records))`` proposals
-    drawn uniformly from each among :func:`detect.scoring.usable_boxes` and warped by
-    :class:`detect.scoring.RegionWarp` as the detector's scorer warps them for a member of input
-    ``convention`` (None = ImageNet), then turned back into pixels. Returns ``ndarray[count, 3,
-    crop_size, crop_size] uint8`` RGB, whatever the convention: :func:`crops_to_inputs` prepares them
-    for each member in its own (to within half a grey level). Beyond the image border a warp shows
-    ``convention``'s mean colour, so a member of another convention sees that colour there (ImageNet's
-    and BVLC's means differ by under one grey level).
+    Images are visited in a seeded random order (:func:`_draw`), ``ceil(count / len(records))`` of each
+    one's :func:`detect.scoring.usable_boxes` drawn uniformly and warped as the detector warps them for a
+    member of input ``convention`` (None = ImageNet), then turned back into pixels. Returns
+    ``ndarray[count, 3, crop_size, crop_size] uint8`` RGB, which :func:`crops_to_inputs` prepares for each
+    member in its own convention (to within half a grey level; beyond the image border a warp shows
+    ``convention``'s mean colour, and ImageNet's and BVLC's means differ by under one grey level).
     """
     from detect.scoring import RegionWarp, usable_boxes
 
@@ -267,15 +264,13 @@ def _head_nodes(model_path: Path) -> list[str]:
     return names
 
 
-def _quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, metadata: Mapping[str, str],
-                   batch_size: int = 8) -> None:
-    """Write the int8 model of the ONNX file ``fp32_path`` to ``out_path`` atomically (module docstring).
+def _quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, metadata: Mapping[str, str]) -> None:
+    """Write the int8 model of the ONNX file ``fp32_path`` to ``out_path`` (whose folder exists) atomically.
 
-    calibration: ``ndarray[N, 3, S, S] float32`` network inputs (checked by the caller) whose activation
-    ranges set the quantization scales (every input's activations are held until the ranges are computed:
-    keep N in the hundreds at most); batch_size: calibration inputs per forward pass; metadata: entries
-    written into the int8 model's ``metadata_props`` (replacing those of the fp32 model of the same names).
-    ``out_path``'s folder exists. Raises :class:`QuantizationError` naming the model.
+    calibration: ``ndarray[N, 3, S, S] float32`` network inputs (checked by the caller), 8 per forward pass,
+    whose activation ranges set the quantization scales (all activations are held until the ranges are
+    computed: keep N in the hundreds at most); metadata: entries written into the int8 model's
+    ``metadata_props`` (replacing the fp32 model's of the same names). Raises :class:`QuantizationError`.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -288,8 +283,8 @@ def _quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, met
             pre, quantized = Path(work) / "pre.onnx", Path(work) / "int8.onnx"
             quant_pre_process(str(fp32_path), str(pre))
             input_name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-            batches = iter([{input_name: np.ascontiguousarray(calibration[i:i + batch_size], np.float32)}
-                            for i in range(0, len(calibration), batch_size)])
+            batches = iter([{input_name: np.ascontiguousarray(calibration[i:i + 8], np.float32)}
+                            for i in range(0, len(calibration), 8)])
             reader = SimpleNamespace(get_next=lambda: next(batches, None))  # an ONNX Runtime CalibrationDataReader
             quantize_static(str(pre), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

@@ -8,9 +8,8 @@ output (the record claims the files and is not complete), writes the outputs ato
 record of the same params whose files still hold the recorded bytes (changed inputs or outputs: computed
 again); a tool replaces or deletes only the files its record lists, never a path outside the root.
 
-Used for the detections' run record (:func:`detect.runs.detections_record`), a parts folder's
-``owner.json`` (:class:`detect.runs.ChunkedRun`), the demo's stage stamps (:mod:`detect.stages`) and the
-generators' ``manifest.json`` (:mod:`detect.data.generated`; not hashed: thousands of images).
+Used for the detections' run record, a parts folder's ``owner.json`` (:mod:`detect.runs`), the demo's
+stage stamps (:mod:`detect.stages`) and the generators' ``manifest.json`` (not hashed: thousands of images).
 :class:`OwnedFolder` is the same ownership for single files a tool writes into a folder of the user's.
 """
 from __future__ import annotations

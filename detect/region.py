@@ -58,11 +58,9 @@ def warp_regions(image: Tensor, boxes: Tensor, size: int = 224, context: int = 1
     Each box is dilated by :func:`context_boxes` and scaled anisotropically to ``size x size`` with
     plain bilinear sampling (no antialiasing, as R-CNN's ``imresize(..., 'antialiasing', false)``):
     output pixel ``(i, j)`` samples the image at ``x1 + (j + 0.5) * w / size`` in continuous
-    coordinates (pixel ``k`` covers ``[k, k + 1)``). Samples outside the image blend with zeros (the
-    mean colour of the image's convention: BVLC's (104, 117, 123) BGR for its weights, ImageNet's mean
-    for ours), as if the image were embedded in an infinite zero plane. One ``grid_sample`` over the image
-    expanded (not copied) to the batch: faster on the CPU than the equivalent ``roi_align(aligned=True,
-    sampling_ratio=1)`` (figures: benchmarks/README.md).
+    coordinates (pixel ``k`` covers ``[k, k + 1)``). Samples outside the image blend with zeros (the mean
+    colour of its convention), as if it were embedded in an infinite zero plane. One ``grid_sample`` over the
+    image expanded (not copied) to the batch: faster on the CPU than ``roi_align`` (benchmarks/README.md).
     """
     if image.ndim != 3:
         raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
@@ -135,8 +133,8 @@ def sample_regions(labels: Tensor, num: int, fg_fraction: float, rng: np.random.
     hard: Tensor[N] bool marking "hard" backgrounds (e.g. IoU in [0.1, 0.5) with an object: parts of
     objects, near misses); ``hard_fraction`` of the background quota is drawn from them when there
     are any (R-CNN: 0, every background alike). When an image has too few positives the rest is
-    background; a pool smaller than its quota is drawn with replacement, so every image yields exactly
-    ``num`` regions. Raises ``ValueError`` when there is no usable region at all.
+    background; a pool smaller than its quota is drawn with replacement (exactly ``num`` regions per
+    image). Raises ``ValueError`` when there is no usable region at all.
     """
     labels = labels.cpu().numpy()
     fg = np.flatnonzero(labels > 0)
@@ -237,8 +235,7 @@ def collate_regions(items: list[tuple[Tensor, Tensor] | SkippedItem]) -> Classif
     """Concatenate the regions of several images into one batch (crops as ``images``, labels ``0`` =
     background, ``c + 1`` = class ``c``); unusable images (:class:`SkippedItem`) are dropped and handed
     on in ``skipped``; a batch of nothing but those has no crops (the engine skips it and counts them).
-    Train with :class:`detect.classify.ClassificationLoss` ``(background=0)`` and evaluate with
-    :func:`detect.classify.evaluate_classification` ``(background=0)``, as any classifier."""
+    Train and evaluate as any classifier, with ``background=0`` (:mod:`detect.classify`)."""
     kept = [item for item in items if not isinstance(item, SkippedItem)]
     skipped = tuple(item for item in items if isinstance(item, SkippedItem))
     if not kept:

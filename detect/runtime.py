@@ -1,15 +1,13 @@
 """CPU threads of a tool process: the ``threads`` setting of conf/common.yaml, applied once at start-up.
 
 ``threads: auto`` gives each process of a machine an equal share of the cores it may use, less one
-core for its helpers (data-loading workers, the detector's prefetch thread):
-``usable cores // LOCAL_WORLD_SIZE - 1`` (torchrun's count of processes on this machine; 1 without
-torchrun), at least 1. On a 2-core machine that is 1 thread, which measured no slower than 2 for
-training and faster for detection (figures: benchmarks/threads.md). An integer sets the count directly.
-It is applied to torch's intra-op pool and to OpenCV's (ONNX Runtime sessions follow torch's count, see
-``detect.export.session_options``). Helper processes take 1 thread each: DataLoader workers
-(:func:`worker_threads`, torch does the same for its own pool) and proposal workers (``proposals.store``),
-since they already run one per core. Idle OpenMP threads wait passively (``import detect`` sets
-``OMP_WAIT_POLICY=PASSIVE``, and says why), so a thread count too high for a busy machine costs little.
+core for its helpers (data-loading workers, the detector's prefetch thread): :func:`resolve_threads`.
+On 2 cores that is 1 thread, measured no slower than 2 for training and faster for detection
+(benchmarks/threads.md). An integer sets the count directly. It is applied to torch's intra-op pool and
+OpenCV's (ONNX Runtime sessions follow torch's: ``detect.export.session_options``). Helper processes
+already run one per core and take 1 thread each: DataLoader workers (:func:`worker_threads`) and proposal
+workers (``proposals.store``). Idle OpenMP threads wait passively (``import detect`` says why), so a
+count too high for a busy machine costs little.
 
 The setting is applied by :class:`ThreadsCallback`, a Hydra callback that conf/common.yaml registers
 for every tool, before the tool's own code runs; a bad value stops the tool with the reason.
@@ -37,8 +35,9 @@ def usable_cores() -> int:
 
 
 def resolve_threads(setting: Any, cores: int | None = None, env: Mapping[str, str] | None = None) -> int:
-    """The thread count for ``setting``: ``"auto"`` -> ``max(1, cores // LOCAL_WORLD_SIZE - 1)``, a positive
-    integer -> itself. ``cores``/``env`` default to :func:`usable_cores` and ``os.environ``.
+    """The thread count for ``setting``: ``"auto"`` -> ``max(1, cores // LOCAL_WORLD_SIZE - 1)`` (torchrun's
+    processes on this machine; 1 without it), a positive integer -> itself. ``cores``/``env`` default to
+    :func:`usable_cores` and ``os.environ``.
     Raises ``ValueError`` naming the setting for anything else."""
     if setting == "auto" or setting is None:
         env = os.environ if env is None else env

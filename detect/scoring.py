@@ -1,13 +1,9 @@
 """Region scoring: an image and its boxes in, the ensemble's class probabilities out.
 
-A region scorer (:class:`RegionScorer`) has ``score(image, boxes) -> probs`` and a ``device``; the
-detector, int8 calibration and the benchmarks go through one. :class:`WarpScorer` is R-CNN's: each
-region warped to a fixed-size crop (:class:`RegionWarp`) and classified by an ensemble
-(:func:`ensemble_probs`). An RoI-pooling scorer (features of the whole image once, pooled per box)
-would be a second class with the same ``score``.
-
-Crops are prepared with the input convention of the weights that score them, once per distinct
-convention of the members (:meth:`RegionWarp.batches`), and each member reads the batch of its own.
+A region scorer (:class:`RegionScorer`) has ``score(image, boxes) -> probs`` and a ``device``.
+:class:`WarpScorer` is R-CNN's: each region warped to a fixed-size crop (:class:`RegionWarp`), prepared
+once per distinct input convention of the members, and classified by an ensemble (:func:`ensemble_probs`)
+whose members each read the crops of their own convention.
 """
 from __future__ import annotations
 
@@ -102,8 +98,8 @@ class RegionWarp:
 class WarpScorer:
     """R-CNN's region scorer: warped crops (:class:`RegionWarp`) classified by an ensemble.
 
-    members: scorers of :mod:`detect.backends` (they decide their device, autocast and memory format;
-    crops are warped on member 0's device); cascade_threshold: see :func:`ensemble_probs`.
+    members: scorers of :mod:`detect.backends` (crops are warped on member 0's device);
+    cascade_threshold: see :func:`ensemble_probs`.
     """
 
     def __init__(self, members: Sequence[Callable], warp: RegionWarp, cascade_threshold: float | None = None):
@@ -136,13 +132,12 @@ def ensemble_probs(members: Sequence[Callable], crops: Tensor | Mapping[InputCon
                    cascade_threshold: float | None = None) -> Tensor:
     """Average of the members' softmax probabilities over the same B regions.
 
-    members: region classifiers ``Tensor[B, 3, S, S] -> logits Tensor[B, C + 1]`` (the scorers of
-    :mod:`detect.backends`, or modules in eval mode; a tuple output's first element is the logits), each
-    with the ``input_convention`` of its weights (ImageNet when it names none). crops:
-    ``{convention: Tensor[B, 3, S, S]}`` for every one of :func:`input_conventions` (a bare Tensor when
-    there is one). cascade_threshold: None scores every region with every member; a float lets member 0
-    score all regions and the others only those whose best foreground probability under member 0 is
-    ``>= cascade_threshold`` (the rest keep member 0's probabilities).
+    members: region classifiers ``Tensor[B, 3, S, S] -> logits Tensor[B, C + 1]`` (scorers, or modules in
+    eval mode: :func:`detect.classify.predict_proba`), each with the ``input_convention`` of its weights
+    (ImageNet when it names none). crops: ``{convention: Tensor[B, 3, S, S]}`` for every one of
+    :func:`input_conventions` (a bare Tensor when there is one). cascade_threshold: None scores every region
+    with every member; a float lets member 0 score all regions and the others only those whose best
+    foreground probability under member 0 is ``>= cascade_threshold`` (the rest keep member 0's).
     returns Tensor[B, C + 1] float32, rows summing to 1.
     """
     if not members:
