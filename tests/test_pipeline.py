@@ -1,6 +1,7 @@
 """Per-class NMS against a plain loop, the detector on a tiny network, and the detector checkpoint."""
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -218,6 +219,9 @@ def test_train_region_bundle_and_detect_dataset_end_to_end(tmp_path, repo_root):
     dets = read_ilsvrc_submission(out, num_classes=3)
     assert sorted(set(dets.image_index.tolist())) == [1, 2, 3] and len(dets) == 21
     assert (tmp_path / "work" / "detections" / "synthetic_val.json").is_file()
+    # ILSVRC ids are names, not integers: the COCO results say which image_id they use
+    assert "synthetic_val.json: image ids not all integers (first: 'synthetic_val_000001')" in run.stdout
+    assert {e["image_id"] for e in json.loads((out.with_suffix(".json")).read_text())} == {1, 2, 3}
     text = out.read_text()
     run = _run_tool(repo_root, tmp_path, "detect_dataset.py", *common, "split=val",
                     f"proposals_store={stores['val']}")  # resumed: nothing left to do, same file

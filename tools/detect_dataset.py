@@ -32,7 +32,7 @@ from tqdm import tqdm
 from detect.backends import describe_scoring
 from detect.data.records import SkipLog
 from detect.data.splits import detections_path, proposal_store_path, split_name
-from detect.detections import Detections, write_coco_results, write_ilsvrc_submission
+from detect.detections import Detections, coco_image_ids, write_coco_results, write_ilsvrc_submission
 from detect.distributed import barrier, cleanup, setup
 from detect.io import OutputConflict, digest, exclusive_lock, file_sha256, remove_stale_temps
 from detect.pipeline import Detector
@@ -153,6 +153,10 @@ def finish(run: ChunkedRun, output: Path, dataset, key: str, cfg: DictConfig, sc
     run.remove_abandoned()
     lost = f"; {len(failed)} failed and have none" if failed else ""
     print(f"{len(dets)} detections on {len(dataset)} images{lost} ({cfg.data.name} {split_name(cfg.data, cfg.split)}): {output}")
+    ids = coco_image_ids(dataset).tolist()
+    if any(str(i) != str(r.image_id) for i, r in zip(ids, dataset.records)):  # e.g. '<split>/<id>' of merged splits
+        print(f"{output.with_suffix('.json')}: image ids not all integers (first: {dataset.records[0].image_id!r}), "
+              "so its COCO image_id is the image's index, the number the submission file gives it")
 
 
 @hydra.main(config_path="../conf", config_name="detect_dataset", version_base="1.3")
