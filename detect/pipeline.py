@@ -281,10 +281,7 @@ def _read_calibration(entry: Any, crop_size: int, source: str) -> dict | None:
     if not isinstance(crops, torch.Tensor) or crops.dtype != torch.uint8 or crops.ndim != 4 or len(crops) == 0 \
             or tuple(crops.shape[1:]) != (3, crop_size, crop_size):
         raise ValueError(f"{source}: calibration crops must be a non-empty uint8 tensor [N, 3, {crop_size}, {crop_size}]")
-    try:
-        recipe = Int8Recipe.from_dict(entry.get("recipe"))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: calibration recipe refused ({e})") from None
+    recipe = Int8Recipe.from_dict(entry.get("recipe"), f"{source}: calibration recipe")
     return {"crops": crops.numpy(), "recipe": recipe}
 
 

@@ -38,6 +38,7 @@ from torch import nn
 from detect.data.images import read_image
 from detect.export import EXPORT_KEY, cached_onnx, export_onnx, with_metadata
 from detect.io import digest
+from detect.limits import dataclass_from_file
 from detect.models.convention import InputConvention
 from detect.models.googlenet import LocalResponseNorm
 
@@ -75,20 +76,15 @@ class Int8Recipe:
             raise ValueError(f"int8 recipe: lrn_tolerance={self.lrn_tolerance} is not in [0, 1)")
 
     @classmethod
-    def from_dict(cls, values: Mapping | None) -> "Int8Recipe":
+    def from_dict(cls, values: Mapping | None, source: str = "int8 recipe") -> "Int8Recipe":
         """A recipe from plain values (a stored one may name the removed settings at their fixed value,
-        see ``_FIXED``); an unknown key or a bad value is a ``ValueError``."""
-        if values is not None and not isinstance(values, Mapping):
-            raise ValueError(f"int8 recipe: expected a mapping of settings, got {type(values).__name__}")
-        values = dict(values or {})
+        see ``_FIXED``); an unknown key or a bad value is a ``ValueError`` naming ``source``."""
+        values = {} if values is None else values
         for name, fixed in _FIXED.items():
-            if name in values and values.pop(name) != fixed:
-                raise ValueError(f"int8 recipe: {name} other than {fixed!r} is no longer made (the variant measured "
+            if isinstance(values, Mapping) and values.get(name, fixed) != fixed:
+                raise ValueError(f"{source}: {name} other than {fixed!r} is no longer made (the variant measured "
                                  "best is the only one: benchmarks/int8.md); bundle the detector again")
-        unknown = set(values) - {"lrn_tolerance"}
-        if unknown:
-            raise ValueError(f"int8 recipe: unknown setting(s) {sorted(unknown)}")
-        return cls(**values)
+        return dataclass_from_file(cls, values, source, "setting(s)", ignore=tuple(_FIXED))
 
     def label(self) -> str:
         """Short name, e.g. ``qdq-u8s8-pc-lrnfold0.00195-headfloat-minmax``."""
