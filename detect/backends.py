@@ -202,20 +202,14 @@ def make_scorers(members: list[nn.Module], backend: str, device: str | torch.dev
                         per_member[k], int8_recipe) for k, m in enumerate(members)]
 
 
-def _scorer_kind(scorer) -> dict:
-    """``{"backend", "precision", "device"}`` of one scorer (see :func:`describe_scoring`)."""
-    backend = ("torch" if isinstance(scorer, TorchScorer) else "onnxruntime" if isinstance(scorer, OnnxScorer)
-               else type(scorer).__name__)
-    return {"backend": backend, "precision": str(getattr(scorer, "precision", "unknown")),
-            "device": str(getattr(scorer, "device", "unknown"))}
-
-
 def describe_scoring(scorers: Sequence[Scorer]) -> dict:
     """Which backend and precision scored the regions, for run records and reports:
     ``{"backend": str, "precision": str, "members": [{"backend", "precision", "device"}, ...]}``;
     ``backend``/``precision`` are the members' common value, ``"mixed"`` where they differ. A
     :class:`TorchScorer`'s precision is its autocast dtype (``bf16``, ``fp16``) or ``fp32``."""
-    members = [_scorer_kind(s) for s in scorers]
-    common = lambda key: members[0][key] if len({m[key] for m in members}) == 1 else "mixed"  # noqa: E731
+    members = [{"backend": "torch" if isinstance(s, TorchScorer) else "onnxruntime" if isinstance(s, OnnxScorer)
+                else type(s).__name__, "precision": str(getattr(s, "precision", "unknown")),
+                "device": str(getattr(s, "device", "unknown"))} for s in scorers]
+    common = lambda key: "mixed" if len({m[key] for m in members}) > 1 else members[0][key]  # noqa: E731
     return {"backend": common("backend") if members else "none", "precision": common("precision") if members else "none",
             "members": members}
