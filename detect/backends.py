@@ -14,15 +14,11 @@ so every backend serves the cascade and the shared crop batch alike.
   faster than eager PyTorch on a CPU (figures: benchmarks/README.md).
 - ``auto``: ONNX Runtime on a CPU device (when onnxruntime is importable), torch otherwise.
 
-Precision of the ONNX Runtime backend (``precision``):
-
-- ``fp32``: the export as it is.
-- ``int8``: the export quantized statically with activation ranges calibrated on ``calibration``
-  inputs (:mod:`detect.quantize`), cached beside the fp32 export; an error when it cannot be made
-  (no calibration inputs, the torch backend, a failed quantization).
-- ``auto``: int8 on CPUs with 8-bit dot-product instructions (AVX-512 VNNI or AMX), where it
-  was measured faster with no measurable loss of mAP (benchmarks/int8.md), when calibration inputs
-  exist; fp32 otherwise, and fp32 with a warning when the int8 model cannot be made.
+Precision of the ONNX Runtime backend (``precision``): ``fp32``, the export as it is; ``int8``, the
+export quantized on ``calibration`` inputs (:mod:`detect.quantize`), an error when it cannot be made (no
+calibration inputs, the torch backend, a failed quantization); ``auto``, int8 on the CPUs where
+:mod:`detect.quantize` measured it faster with no measurable loss of mAP (benchmarks/int8.md), when
+calibration inputs exist; fp32 otherwise, and fp32 with a warning when the int8 model cannot be made.
 """
 from __future__ import annotations
 
