@@ -234,13 +234,11 @@ class Detector:
 
         proposer: replaces the stored proposer; otherwise the stored one is rebuilt from its spec when
         ``stored_proposer`` (None when the file has none), else the detector has none (proposals are
-        passed in). backend: "auto" (ONNX Runtime on a CPU, eager torch on a GPU), "torch" or
-        "onnxruntime" (:mod:`detect.backends`); amp: autocast on CUDA ("auto" = bf16 where supported,
-        "none" = off); onnx_cache: folder of the cached ONNX exports (default ``<path>.onnx/``);
-        members: indices of the members to use (default all); precision: "fp32" | "int8" | "auto" of
-        the ONNX Runtime scorers, members and a stored MultiBox proposer alike (:mod:`detect.backends`;
-        int8 models are calibrated on the file's ``calibration`` crops and images); overrides:
-        :class:`DetectorSettings` values replacing the stored ones (e.g. ``score_threshold=0.1``).
+        passed in). backend (auto | torch | onnxruntime), amp, precision (fp32 | int8 | auto): as
+        :func:`detect.backends.make_scorer` takes them, for the members and a stored MultiBox proposer alike
+        (int8 models are calibrated on the file's ``calibration`` crops and images);
+        onnx_cache: folder of the cached ONNX exports (default ``<path>.onnx/``); members: indices of the
+        members to use (default all); overrides: :class:`DetectorSettings` values replacing the stored ones.
         """
         contents = _read_detector(load_checkpoint(path), str(path))
         settings = contents["settings"].replace(**overrides)
