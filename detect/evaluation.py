@@ -181,8 +181,7 @@ def _match_coco(det, gt, iou_threshold):
     ok = iou >= min(iou_threshold, 1 - 1e-10)
     d, g, iou = d[ok], g[ok], iou[ok]
     det_gt, status = _greedy(det, gt, d, g, (-g, -iou, gt["ignore"][g]), gt["ignore"])
-    # COCOeval ignores unmatched detections whose area w * h lies outside the area range [0, 1e10]
-    # ("all"): a box with exactly one negative side has a negative area, so it is ignored, not a miss
+    # an unmatched detection of area w * h outside COCOeval's "all" range: ignored (the module text)
     b = det["boxes"]
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     status[(det_gt < 0) & ((area < COCO_AREA_ALL[0]) | (area > COCO_AREA_ALL[1]))] = -1
