@@ -137,12 +137,10 @@ class Detector:
     """The GoogLeNet detector of ILSVRC 2014, R-CNN style.
 
     proposer: callable ``ndarray[H, W, 3] uint8 -> Proposals`` (or None when proposals are always passed in)
-    scorers: the ensemble's members, scorers of :mod:`detect.backends` (a module is run by a
-    ``TorchScorer`` on its parameters' device); their outputs: background + ``len(classes)`` columns.
-    They make up the region scorer ``scorer`` (:class:`detect.scoring.WarpScorer`, with the settings'
-    warp, batch size, max_pixels and cascade).
-    classes: ClassList; settings: :class:`DetectorSettings` (keyword ``overrides`` replace single ones,
-    e.g. ``crop_size=64``).
+    scorers: the ensemble's members (:func:`detect.backends.as_scorer`), background + ``len(classes)``
+    outputs; they make up the region scorer ``scorer`` (:class:`detect.scoring.WarpScorer`, with the settings'
+    warp, batch size, max_pixels and cascade). classes: ClassList; settings: :class:`DetectorSettings`
+    (keyword ``overrides`` replace single ones, e.g. ``crop_size=64``).
     """
 
     def __init__(self, proposer: Callable | None, scorers: Sequence[Callable], classes: ClassList,
