@@ -156,8 +156,7 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
     checkpoint folder, full disk, an operator the exporter does not support) falls back to torch with a
     warning instead of failing; an explicit ``onnxruntime`` raises. precision: module docstring;
     calibration: ``ndarray[N, 3, input_size, input_size] float32`` network inputs for the int8 model's
-    activation ranges (None: none); int8_recipe: an :class:`Int8Recipe` or its plain values (None: the defaults).
-    """
+    activation ranges (None: none); int8_recipe: an :class:`Int8Recipe` or its plain values (None: the defaults)."""
     device = torch.device(device)
     chosen = resolve_backend(backend, device)
     wanted = resolve_precision(precision, chosen, calibration is not None)

@@ -29,8 +29,7 @@ def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.de
     follow; negative labels are not counted); ``None`` or empty batches (every sample unreadable) are
     skipped. Returns ``{"top1", "top5", "n"}`` (accuracies in 0..1; top-5 is top-k with k = min(5,
     classes)); with ``background`` (a region classifier's background label) also ``fg_acc`` and
-    ``bg_acc``, the top-1 accuracy on the object and on the background samples.
-    """
+    ``bg_acc``, the top-1 accuracy on the object and on the background samples."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -62,8 +61,7 @@ def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.de
 def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Softmax of ``model`` averaged over crops.
 
-    images: ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]`` float; returns ``Tensor[B, C]`` float32.
-    """
+    images: ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]`` float; returns ``Tensor[B, C]`` float32."""
     crops = images.ndim == 5
     probs = _logits(model(images.flatten(0, 1) if crops else images)).float().softmax(dim=1)
     return probs.view(*images.shape[:2], -1).mean(dim=1) if crops else probs
@@ -76,8 +74,7 @@ def collect_probabilities(models: list[nn.Module], loader: Iterable, device: tor
 
     loader yields ``(images, labels, ...)`` as in :func:`evaluate_classification`. Returns
     ``(probs Tensor[M, N, C] float32, labels Tensor[N] int64, crops per image)``; an ensemble's
-    prediction is ``probs.mean(0)`` (the average of softmax outputs, never of logits).
-    """
+    prediction is ``probs.mean(0)`` (the average of softmax outputs, never of logits)."""
     device = torch.device(device)
     for m in models:
         m.eval().to(device)
@@ -110,8 +107,7 @@ class ClassificationLoss:
 
     ``__call__(model, batch, device)`` with batch ``(images Tensor[B, 3, H, W], labels Tensor[B] int64, ...)``
     returns ``(loss, {"top1"})`` (training-batch accuracy of the main head), and with ``background`` also
-    ``fg_acc`` (accuracy on the other labels) and ``fg_share`` (their share of the batch).
-    """
+    ``fg_acc`` (accuracy on the other labels) and ``fg_share`` (their share of the batch)."""
 
     def __init__(self, aux_weight: float = 0.3, label_smoothing: float = 0.0, background: int | None = None):
         self.aux_weight, self.label_smoothing = float(aux_weight), float(label_smoothing)

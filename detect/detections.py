@@ -39,8 +39,7 @@ class Detections:
     image_index: ndarray[M] int64, 1-based into the dataset's image list (``DetectionRecord.index``)
     labels: ndarray[M] int64, 0-based class labels
     scores: ndarray[M] float32, confidences (higher is more confident)
-    boxes: ndarray[M, 4] float32, xyxy pixels
-    """
+    boxes: ndarray[M, 4] float32, xyxy pixels"""
 
     image_index: np.ndarray
     labels: np.ndarray
@@ -186,8 +185,7 @@ def read_ilsvrc_submission(path: str | Path, num_classes: int | None = None, ski
     of indices; ``None``: any) are logged as ``file:line``, counted in ``skipped`` and left out; blank
     lines are ignored. ``FileNotFoundError`` names a missing file. Numbers follow Python's
     ``int()``/``float()`` syntax. Vectorised: a file of plain numbers is read in a few numpy passes;
-    any other is read line by line, with the same result.
-    """
+    any other is read line by line, with the same result."""
     path = Path(path)
     skipped = skipped if skipped is not None else SkipLog("detection lines")
     text = _read_text(path, errors="replace")
@@ -268,8 +266,7 @@ def read_coco_results(path: str | Path, dataset: DetectionDataset, skipped: Skip
     as ``3.0`` is the same id to pycocotools; a string, a bool or a list is not), a finite number
     ``score`` and a ``bbox`` list of 4 finite numbers (a negative or zero width or height included).
     Entries that fail those checks, or name an image or category not in ``dataset``, are logged as
-    ``file: entry k``, counted in ``skipped`` and left out.
-    """
+    ``file: entry k``, counted in ``skipped`` and left out."""
     from detect.data.coco import as_bbox, as_int, as_number
 
     path = Path(path)

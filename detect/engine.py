@@ -129,8 +129,7 @@ class Checkpoint:
 
     The file holds ``meta`` (model_kwargs, classes, ``fingerprint``, ``epochs`` planned ...), ``model_state``
     (the averaged weights: the model to use), ``epoch``, ``step`` and the training state (``raw_state``, ``optimizer``,
-    ``scheduler``, ``averaged_state``, ``scaler``, ``rng``, ``epoch_rng``).
-    """
+    ``scheduler``, ``averaged_state``, ``scaler``, ``rng``, ``epoch_rng``)."""
 
     def __init__(self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any | None,
                  scaler: torch.amp.GradScaler, averaged: AveragedModel | None, generator: torch.Generator | None,
@@ -262,8 +261,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_loader: Iterable, optimizer: to
         (or none) is not resumed (:func:`check_fingerprint`, never a silent mix of two runs).
     skipped: receives the samples the data pipeline skipped (from a batch's ``skipped`` entries, worker
         processes included). An epoch that takes no step, or skips more than ``max_skipped_fraction``
-        of its samples, stops the run with a ``RuntimeError`` naming the first reasons.
-    """
+        of its samples, stops the run with a ``RuntimeError`` naming the first reasons."""
     device = ctx.device
     generator = train_loader.generator if isinstance(train_loader, DataLoader) else None
     amp_dtype, scaler, averaged = _prepare(model, settings, device)

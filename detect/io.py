@@ -143,8 +143,7 @@ def digest(value: Any, length: int | None = None) -> str:
     """Hex sha256 of plain data: the one recipe for keys and fingerprints of what an output was made from.
     value: None, bool, int, float, str, lists/tuples and dicts of them (keys sorted), numpy arrays and
     torch tensors (dtype, shape and bytes), ``bytes``; anything else by its ``str`` (a ``Path``).
-    length: keep only the first ``length`` hex digits (None: all 64).
-    """
+    length: keep only the first ``length`` hex digits (None: all 64)."""
     def plain(v: Any) -> Any:
         if isinstance(v, dict):
             return {str(k): plain(x) for k, x in v.items()}

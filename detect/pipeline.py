@@ -57,8 +57,7 @@ class DetectorSettings:
     cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is at least
     this (:func:`detect.scoring.ensemble_probs`); max_pixels: None, or the pixels above which an image's
     regions are warped from a downscaled copy (:class:`detect.scoring.RegionWarp`; conf/detect.yaml).
-    Sizes and counts are bounded above by :data:`detect.limits.LIMITS` (a file asking for more is refused).
-    """
+    Sizes and counts are bounded above by :data:`detect.limits.LIMITS` (a file asking for more is refused)."""
 
     crop_size: int = 224
     context: int = 16
@@ -124,8 +123,7 @@ def per_class_nms(boxes: Tensor, probs: Tensor, nms_iou: float = 0.3, score_thre
 
     boxes: Tensor[N, 4] xyxy; probs: Tensor[N, C + 1] (column 0 background).
     returns (boxes Tensor[K, 4], scores Tensor[K], labels Tensor[K] int64 0-based), score-descending,
-    K <= max_per_image.
-    """
+    K <= max_per_image."""
     scores = probs[:, 1:]
     rows, cols = torch.where(scores >= score_threshold)
     cand_boxes, cand_scores = boxes[rows].float(), scores[rows, cols].float()
@@ -140,8 +138,7 @@ class Detector:
     scorers: the ensemble's members (:func:`detect.backends.as_scorer`), background + ``len(classes)``
     outputs; they make up the region scorer ``scorer`` (:class:`detect.scoring.WarpScorer`, with the settings'
     warp, batch size, max_pixels and cascade). classes: ClassList; settings: :class:`DetectorSettings`
-    (keyword ``overrides`` replace single ones, e.g. ``crop_size=64``).
-    """
+    (keyword ``overrides`` replace single ones, e.g. ``crop_size=64``)."""
 
     def __init__(self, proposer: Callable | None, scorers: Sequence[Callable], classes: ClassList,
                  settings: DetectorSettings | None = None, **overrides):
@@ -195,8 +192,7 @@ class Detector:
 
         Reading the next images and computing their proposals (OpenCV and ONNX Runtime release the GIL)
         runs in a background thread, ``prefetch`` images ahead, while the current image's crops are
-        scored, so the scoring device does not wait for selective search.
-        """
+        scored, so the scoring device does not wait for selective search."""
         def prepare(path, cached, size):
             image = read_image(path, size)
             boxes = self.proposals(image) if cached is None else np.asarray(cached, np.float32).reshape(-1, 4)
@@ -236,8 +232,7 @@ class Detector:
         :func:`detect.backends.make_scorer` takes them, for the members and a stored MultiBox proposer alike
         (int8 models are calibrated on the file's ``calibration`` crops and images);
         onnx_cache: folder of the cached ONNX exports (default ``<path>.onnx/``); members: indices of the
-        members to use (default all); overrides: :class:`DetectorSettings` values replacing the stored ones.
-        """
+        members to use (default all); overrides: :class:`DetectorSettings` values replacing the stored ones."""
         contents = _read_detector(load_checkpoint(path), str(path))
         settings = contents["settings"].replace(**overrides)
         entries = contents["members"]
@@ -317,8 +312,7 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
     of a config's with ``embed=True``), or None; provenance: plain facts about the training (data name, ...), kept for the
     reader; calibration: for int8 scoring, ``{"crops": ndarray[N, 3, S, S] uint8`` RGB (warped training
     proposals, :func:`detect.quantize.draw_calibration_crops`), ``"recipe": plain Int8Recipe values}``
-    or None. Returns the saved dict.
-    """
+    or None. Returns the saved dict."""
     if not members:
         raise ValueError("a detector needs at least one member checkpoint")
     if proposer is not None:

@@ -71,8 +71,7 @@ def save_pr_curves(result, path: str | Path, best: int = 4, worst: int = 4) -> P
     """Write a 1000 x 450 PNG with two panels: the PR curves of the ``best`` and the ``worst`` classes by AP.
 
     ``result``: a ``detect.evaluation.EvalResult`` (classes without ground truth are left out); each
-    curve starts at recall 0 with its first precision. Returns the path written (atomically).
-    """
+    curve starts at recall 0 with its first precision. Returns the path written (atomically)."""
     from PIL import Image, ImageDraw
 
     width, height = 1000, 450
@@ -127,8 +126,7 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
 
     boxes: ndarray[K, 4] xyxy pixels; scores: ndarray[K]; labels: ndarray[K] int (0-based into class_names).
     Boxes are drawn lowest score first, so the best ones end up on top, each in a bright colour of its
-    class, spread around the hue circle (golden-ratio steps).
-    """
+    class, spread around the hue circle (golden-ratio steps)."""
     import cv2
 
     out = np.ascontiguousarray(image, dtype=np.uint8).copy()

@@ -117,8 +117,7 @@ def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndar
     crop_size, crop_size] uint8`` RGB, whatever the convention: :func:`crops_to_inputs` prepares them
     for each member in its own (to within half a grey level). Beyond the image border a warp shows
     ``convention``'s mean colour, so a member of another convention sees that colour there (ImageNet's
-    and BVLC's means differ by under one grey level).
-    """
+    and BVLC's means differ by under one grey level)."""
     from detect.scoring import RegionWarp, usable_boxes
 
     convention, warp = InputConvention.from_dict(convention), RegionWarp(crop_size, context)
@@ -201,8 +200,7 @@ def lrn_effects(model: nn.Module, calibration: np.ndarray, batch_size: int = 16)
 
     calibration: ``ndarray[N, 3, S, S] float32``. Returns ``{module name: max over every activation of
     1 - (d / k)^-beta}``, with ``d = k + alpha * (mean of x^2 over the size-channel window)``: how far the
-    LRN's factor falls below the constant ``k^-beta`` (0 = the LRN is that constant here).
-    """
+    LRN's factor falls below the constant ``k^-beta`` (0 = the LRN is that constant here)."""
     lrns = {name: m for name, m in model.named_modules() if isinstance(m, LocalResponseNorm)}
     peak = dict.fromkeys(lrns.values(), 0.0)
 
@@ -271,8 +269,7 @@ def _quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, met
     ranges set the quantization scales (every input's activations are held until the ranges are computed:
     keep N in the hundreds at most); batch_size: calibration inputs per forward pass; metadata: entries
     written into the int8 model's ``metadata_props`` (replacing those of the fp32 model of the same names).
-    ``out_path``'s folder exists. Raises :class:`QuantizationError` naming the model.
-    """
+    ``out_path``'s folder exists. Raises :class:`QuantizationError` naming the model."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -307,8 +304,7 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
     calibration: ``ndarray[N, 3, S, S] float32`` network inputs, prepared in ``model.input_convention``
     (:func:`crops_to_inputs`). The key covers the fp32 key, the recipe, the calibration inputs' digest,
     the input convention and the ONNX Runtime version; the sidecar also records the LRN decisions.
-    Raises :class:`QuantizationError` when quantization fails.
-    """
+    Raises :class:`QuantizationError` when quantization fails."""
     import onnxruntime as ort
 
     fp32_path, calibration = Path(fp32_path), np.asarray(calibration)

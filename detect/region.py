@@ -62,8 +62,7 @@ def warp_regions(image: Tensor, boxes: Tensor, size: int = 224, context: int = 1
     mean colour of the image's convention: BVLC's (104, 117, 123) BGR for its weights, ImageNet's mean
     for ours), as if the image were embedded in an infinite zero plane. One ``grid_sample`` over the image
     expanded (not copied) to the batch: faster on the CPU than the equivalent ``roi_align(aligned=True,
-    sampling_ratio=1)`` (figures: benchmarks/README.md).
-    """
+    sampling_ratio=1)`` (figures: benchmarks/README.md)."""
     if image.ndim != 3:
         raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
     boxes = boxes.to(device=image.device, dtype=image.dtype).reshape(-1, 4)
@@ -90,8 +89,7 @@ def assign_region_labels(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
     gt_ignore: Tensor[G] bool (crowd / difficult) or None.
     returns Tensor[N] int64: ``class + 1`` of the best-overlapping (non-ignored) ground truth when that
     IoU is ``>= fg_iou``; 0 (background) below; -1 (unused) for a background proposal that overlaps an
-    ignored box by ``>= fg_iou`` (it is neither a positive nor a trustworthy negative).
-    """
+    ignored box by ``>= fg_iou`` (it is neither a positive nor a trustworthy negative)."""
     n = len(proposals)
     labels = torch.zeros(n, dtype=torch.int64)
     if len(gt_boxes) == 0 or n == 0:
@@ -112,8 +110,7 @@ def add_ground_truth(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
                      gt_ignore: Tensor | None = None, fg_iou: float = 0.5) -> tuple[Tensor, Tensor]:
     """Proposals plus the (non-ignored) ground-truth boxes, with labels from :func:`assign_region_labels`.
 
-    returns (boxes Tensor[N + G', 4] float32, labels Tensor[N + G'] int64); the ground truth comes first.
-    """
+    returns (boxes Tensor[N + G', 4] float32, labels Tensor[N + G'] int64); the ground truth comes first."""
     keep = torch.ones(len(gt_boxes), dtype=torch.bool) if gt_ignore is None else ~gt_ignore.bool()
     boxes = torch.cat([gt_boxes[keep].float().reshape(-1, 4), proposals.float().reshape(-1, 4)])
     return boxes, assign_region_labels(boxes, gt_boxes, gt_labels, gt_ignore, fg_iou)
@@ -136,8 +133,7 @@ def sample_regions(labels: Tensor, num: int, fg_fraction: float, rng: np.random.
     objects, near misses); ``hard_fraction`` of the background quota is drawn from them when there
     are any (R-CNN: 0, every background alike). When an image has too few positives the rest is
     background; a pool smaller than its quota is drawn with replacement, so every image yields exactly
-    ``num`` regions. Raises ``ValueError`` when there is no usable region at all.
-    """
+    ``num`` regions. Raises ``ValueError`` when there is no usable region at all."""
     labels = labels.cpu().numpy()
     fg = np.flatnonzero(labels > 0)
     bg = np.flatnonzero(labels == 0)
@@ -163,8 +159,7 @@ class RegionDataset(Dataset):
     every epoch when the loader has a seeded generator), so members with different seeds see
     different samples, reproducibly; ``resample=False`` draws the same regions every time.
     ``hard_bg_fraction`` of each background quota comes from proposals overlapping an object by IoU
-    in ``[hard_bg_iou, fg_iou)`` (see :func:`sample_regions`; 0 = R-CNN's uniform backgrounds).
-    """
+    in ``[hard_bg_iou, fg_iou)`` (see :func:`sample_regions`; 0 = R-CNN's uniform backgrounds)."""
 
     def __init__(self, records: Sequence[DetectionRecord], proposals: Callable[[str], np.ndarray],
                  convention: InputConvention | None = None, regions_per_image: int = 64,

@@ -85,8 +85,7 @@ class ChunkedRun:
 
     output: the run's final output file (the parts folder lives beside it); fingerprint: what the
     result depends on; n: number of items; chunk_size: items per partial file (a killed run redoes at
-    most one chunk per rank); world_size: ranks sharing the items.
-    """
+    most one chunk per rank); world_size: ranks sharing the items."""
 
     def __init__(self, output: str | Path, fingerprint: str, n: int, chunk_size: int, world_size: int = 1):
         if chunk_size < 1 or world_size < 1:

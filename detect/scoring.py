@@ -102,8 +102,7 @@ class WarpScorer:
     """R-CNN's region scorer: warped crops (:class:`RegionWarp`) classified by an ensemble.
 
     members: scorers of :mod:`detect.backends` (crops are warped on member 0's device); cascade_threshold:
-    see :func:`ensemble_probs`.
-    """
+    see :func:`ensemble_probs`."""
 
     def __init__(self, members: Sequence[Callable], warp: RegionWarp, cascade_threshold: float | None = None):
         if not members:
@@ -142,8 +141,7 @@ def ensemble_probs(members: Sequence[Callable], crops: Tensor | Mapping[InputCon
     there is one). cascade_threshold: None scores every region with every member; a float lets member 0
     score all regions and the others only those whose best foreground probability under member 0 is
     ``>= cascade_threshold`` (the rest keep member 0's probabilities).
-    returns Tensor[B, C + 1] float32, rows summing to 1.
-    """
+    returns Tensor[B, C + 1] float32, rows summing to 1."""
     if not members:
         raise ValueError("an ensemble needs at least one member")
     conventions = input_conventions(members)

@@ -68,8 +68,7 @@ def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path,
     ``inputs_digest`` (e.g. :func:`tree_digest` of the config folder) is chained into every stamp, so a
     changed configuration runs every stage again (each tool then resumes or skips its own finished work).
     Stamps live in ``<work_dir>/stages/``; logs (``<work_dir>/logs``) are not outputs. A failing stage
-    raises :class:`StageError` naming it and its exit code (the stages before it stay stamped).
-    """
+    raises :class:`StageError` naming it and its exit code (the stages before it stay stamped)."""
     root = Path(work_dir).resolve()
     stamps = root / "stages"
     stamps.mkdir(parents=True, exist_ok=True)
