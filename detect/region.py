@@ -229,11 +229,10 @@ class RegionDataset(Dataset):
 
 
 def collate_regions(items: list[tuple[Tensor, Tensor] | SkippedItem]) -> ClassificationBatch:
-    """Concatenate the regions of several images into one batch (crops as ``images``, labels ``0`` =
-    background, ``c + 1`` = class ``c``); unusable images (:class:`SkippedItem`) are dropped and handed
-    on in ``skipped``; a batch of nothing but those has no crops (the engine skips it and counts them).
-    Train with :class:`detect.classify.ClassificationLoss` ``(background=0)`` and evaluate with
-    :func:`detect.classify.evaluate_classification` ``(background=0)``, as any classifier."""
+    """Concatenate the regions of several images into one batch (crops as ``images``, labels as the module
+    docstring says: a classifier's batch, :mod:`detect.classify` with ``background=0``); unusable images
+    (:class:`SkippedItem`) are dropped and handed on in ``skipped``; a batch of nothing but those has no
+    crops (the engine skips it and counts them)."""
     kept = [item for item in items if not isinstance(item, SkippedItem)]
     skipped = tuple(item for item in items if isinstance(item, SkippedItem))
     if not kept:
