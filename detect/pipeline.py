@@ -54,10 +54,9 @@ class DetectorSettings:
     crop_size, context: the warp (:func:`detect.region.warp_regions`), as the members were trained;
     nms_iou, score_threshold, max_per_image: :func:`per_class_nms`; batch_size: crops per forward;
     min_size: proposals narrower or shorter than this (pixels, after clipping) are dropped;
-    cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is at least
-    this (:func:`detect.scoring.ensemble_probs`); max_pixels: None, or the pixels above which an image's
-    regions are warped from a downscaled copy (:class:`detect.scoring.RegionWarp`; conf/detect.yaml).
-    Sizes and counts are bounded above by :data:`detect.limits.LIMITS` (a file asking for more is refused)."""
+    cascade_threshold: None or :func:`detect.scoring.ensemble_probs`'s cascade; max_pixels: None or the
+    downscaling bound of :class:`detect.scoring.RegionWarp` (conf/detect.yaml). Sizes and counts are
+    bounded above by :data:`detect.limits.LIMITS` (a file asking for more is refused)."""
 
     crop_size: int = 224
     context: int = 16

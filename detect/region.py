@@ -1,8 +1,8 @@
 """Region classification as in R-CNN: warp each proposal into a fixed-size crop, label it against the
 ground truth and sample R-CNN mini-batches (scoring them at detection time: :mod:`detect.scoring`).
 
-Labels put background at label 0 and class ``c`` at ``c + 1``. Crops are prepared with the input
-convention of the weights that read them (``detect.models.convention``): see :func:`warp_regions`.
+Labels put background at label 0 and class ``c`` at ``c + 1``; crops follow their reader's input convention
+(:func:`warp_regions`).
 """
 from __future__ import annotations
 
