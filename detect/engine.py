@@ -213,8 +213,7 @@ def _check_finite_weights(models: dict[str, nn.Module], path: Path, epoch: int, 
 @dataclass(frozen=True)
 class TrainSettings:
     """The training loop's settings, one block for every trainer, checked when built: conf/training.yaml says
-    what each means (None is its null). Without ``restart_on_change`` a checkpoint of another fingerprint
-    stops the run with :class:`CheckpointMismatch`; ``max_skipped_fraction=None``: no limit."""
+    what each means (None is its null; ``restart_on_change``: :meth:`Checkpoint.restore`)."""
 
     epochs: int
     max_steps_per_epoch: int | None = None
