@@ -213,7 +213,8 @@ def _check_finite_weights(models: dict[str, nn.Module], path: Path, epoch: int, 
 @dataclass(frozen=True)
 class TrainSettings:
     """The training loop's settings, one block for every trainer, checked when built: conf/training.yaml says
-    what each means (None is its null; ``restart_on_change``: :meth:`Checkpoint.restore`)."""
+    what each means (None is its null, for ``max_skipped_fraction`` no limit; ``restart_on_change``: the rule of
+    :meth:`Checkpoint.restore`)."""
 
     epochs: int
     max_steps_per_epoch: int | None = None
