@@ -100,7 +100,6 @@ class RegionWarp:
 
 class WarpScorer:
     """R-CNN's region scorer: warped crops (:class:`RegionWarp`) classified by an ensemble.
-
     members: scorers of :mod:`detect.backends` (crops are warped on member 0's device); cascade_threshold:
     see :func:`ensemble_probs`."""
 
