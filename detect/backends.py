@@ -150,6 +150,7 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
                 num_threads: int | None = None, precision: str = "fp32",
                 calibration: np.ndarray | None = None, int8_recipe: Int8Recipe | dict | None = None) -> Scorer:
     """One scorer for ``model`` (single tensor output; inputs ``[N, 3, input_size, input_size]``).
+
     ``cache_dir`` holds the ONNX export ``<name>.onnx`` and the int8 model ``<name>.int8.onnx``
     (required for ``onnxruntime``). With ``backend=auto``, an export that cannot be made (read-only
     checkpoint folder, full disk, an operator the exporter does not support) falls back to torch with a

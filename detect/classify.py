@@ -23,6 +23,7 @@ __all__ = ["ClassificationLoss", "evaluate_classification", "predict_proba", "co
 def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.device | str,
                             background: int | None = None) -> dict[str, float]:
     """Top-1 / top-5 accuracy of ``model`` over ``loader``, summed over all processes.
+
     loader yields ``(images, labels)`` with images ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]``
     (K crops per image: their softmax is averaged) and labels ``Tensor[B] int64`` (more fields may
     follow; negative labels are not counted); ``None`` or empty batches (every sample unreadable) are
@@ -69,6 +70,7 @@ def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def collect_probabilities(models: list[nn.Module], loader: Iterable, device: torch.device | str,
                           progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Crop-averaged softmax of every model on every image (one process).
+
     loader yields ``(images, labels, ...)`` as in :func:`evaluate_classification`. Returns
     ``(probs Tensor[M, N, C] float32, labels Tensor[N] int64, crops per image)``; an ensemble's
     prediction is ``probs.mean(0)`` (the average of softmax outputs, never of logits)."""
@@ -101,6 +103,7 @@ def _logits(output: Any) -> torch.Tensor:
 class ClassificationLoss:
     """Cross-entropy of the main head plus ``aux_weight`` x that of each auxiliary head (the paper: 0.3),
     for image classification and for region classifiers alike (``background=0``: the region column).
+
     ``__call__(model, batch, device)`` with batch ``(images Tensor[B, 3, H, W], labels Tensor[B] int64, ...)``
     returns ``(loss, {"top1"})`` (training-batch accuracy of the main head), and with ``background`` also
     ``fg_acc`` (accuracy on the other labels) and ``fg_share`` (their share of the batch)."""

@@ -35,6 +35,7 @@ __all__ = ["Detections", "coco_category_ids", "coco_image_ids", "read_coco_resul
 @dataclass
 class Detections:
     """Detected boxes over a dataset.
+
     image_index: ndarray[M] int64, 1-based into the dataset's image list (``DetectionRecord.index``)
     labels: ndarray[M] int64, 0-based class labels
     scores: ndarray[M] float32, confidences (higher is more confident)
@@ -177,6 +178,7 @@ def _read_text(path: Path, errors: str = "strict") -> str:
 def read_ilsvrc_submission(path: str | Path, num_classes: int | None = None, skipped: SkipLog | None = None,
                            known_images=None) -> Detections:
     """Read an ILSVRC submission file as ``eval_detection.m`` reads it.
+
     Every line of 7 numeric fields (integer image index >= 1 and DET_ID, finite numbers) is kept as
     written (inverted or zero-area boxes too: see the module text). Lines that cannot be parsed, whose
     DET_ID is outside ``1..num_classes``, or whose image index is not in ``known_images`` (an iterable
@@ -259,6 +261,7 @@ def write_coco_results(path: str | Path, dets: Detections, dataset: DetectionDat
 
 def read_coco_results(path: str | Path, dataset: DetectionDataset, skipped: SkipLog | None = None) -> Detections:
     """Read COCO-results JSON against ``dataset``, as pycocotools' ``loadRes`` reads it.
+
     Each entry must be an object with an integer ``image_id`` and ``category_id`` (an integral float such
     as ``3.0`` is the same id to pycocotools; a string, a bool or a list is not), a finite number
     ``score`` and a ``bbox`` list of 4 finite numbers (a negative or zero width or height included).

@@ -126,6 +126,7 @@ class ResumePoint(NamedTuple):
 class Checkpoint:
     """The whole training state in one file: :meth:`save` writes it atomically (rank 0), :meth:`restore`
     puts it back for an exact resume.
+
     The file holds ``meta`` (model_kwargs, classes, ``fingerprint``, ``epochs`` planned ...), ``model_state``
     (the averaged weights: the model to use), ``epoch``, ``step`` and the training state (``raw_state``, ``optimizer``,
     ``scheduler``, ``averaged_state``, ``scaler``, ``rng``, ``epoch_rng``)."""
@@ -250,6 +251,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_loader: Iterable, optimizer: to
         fingerprint: dict | None = None, skipped: SkipLog | None = None) -> nn.Module:
     """Train ``model`` as ``settings`` say; returns the Polyak-averaged model (the raw model when
     ``settings.ema_decay`` is None), in eval mode on ``ctx.device``.
+
     loss_fn: ``(model, batch, device) -> (loss: Tensor[] float, metrics: {name: float})``; it moves the
         batch to ``device``. A batch that is ``None`` or empty (every sample unreadable) is skipped by
         every process; a batch's ``dropped`` attribute (samples its collate removed) is summed per epoch.

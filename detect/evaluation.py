@@ -102,6 +102,7 @@ def ilsvrc_thresholds(boxes: np.ndarray, iou_threshold: float = 0.5, pixel_toler
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "area") -> float:
     """AP from a ranked list's ``recall[K]`` and ``precision[K]``.
+
     ``area``: area under the monotone precision envelope (VOC 2010+, ILSVRC); ``11point``: VOC2007's mean
     of the best precision at recall >= 0, 0.1, ..., 1; ``101point``: COCOeval's (envelope sampled at
     the first rank reaching recall 0, 0.01, ..., 1; 0 beyond the last)."""
@@ -250,6 +251,7 @@ def evaluate(dataset, detections, rules: str = "ilsvrc", iou_threshold: float = 
              unknown_images: str = "error") -> EvalResult:
     """AP per class and mAP of ``detections`` (a ``detect.detections.Detections``) on ``dataset``
     (a ``DetectionDataset``) under ``rules`` (``ilsvrc | voc | voc07 | coco``; see the module text).
+
     ``iou_threshold``: the 0.5 of every rule set; ``pixel_tolerance``: ILSVRC's small-object term (10);
     ``max_dets``: COCO's detections per image and class (100); ``interpolation``: COCO AP's ``101point``
     (pycocotools) or ``area``; ``classes_without_gt``: ``skip | zero``; ``unknown_images``: ``error | ignore``."""
@@ -342,6 +344,7 @@ def _class_curves(det: dict, status: np.ndarray, num_gt: np.ndarray, method: str
 
 def coco_ap50_pycocotools(dataset, detections, max_dets: int = 100) -> float:
     """AP at IoU 0.5 (area all, ``max_dets`` per image) by pycocotools' COCOeval, for comparison.
+
     The ground truth is built in memory from ``dataset`` (image id = record index, category id =
     label + 1, ``ignore`` -> ``iscrowd``, area = box area, annotation ids numbered from 1); detections
     of unknown images are dropped; the blacklist is not applied (COCO has none). So this can differ

@@ -50,6 +50,7 @@ DETECTOR_FORMAT = "googlenet-detector-v2"
 class DetectorSettings:
     """Everything the detector does besides its networks and proposer; saved as one
     (``dataclasses.asdict``), loaded with ``from_dict``, overridden with ``replace``; checked when built.
+
     crop_size, context: the warp (:func:`detect.region.warp_regions`), as the members were trained;
     nms_iou, score_threshold, max_per_image: :func:`per_class_nms`; batch_size: crops per forward;
     min_size: proposals narrower or shorter than this (pixels, after clipping) are dropped;
@@ -118,6 +119,7 @@ class DetectionResult:
 def per_class_nms(boxes: Tensor, probs: Tensor, nms_iou: float = 0.3, score_threshold: float = 0.01,
                   max_per_image: int = 100) -> tuple[Tensor, Tensor, Tensor]:
     """R-CNN's post-processing: each class column is thresholded and suppressed on its own.
+
     boxes: Tensor[N, 4] xyxy; probs: Tensor[N, C + 1] (column 0 background).
     returns (boxes Tensor[K, 4], scores Tensor[K], labels Tensor[K] int64 0-based), score-descending,
     K <= max_per_image."""
@@ -130,6 +132,7 @@ def per_class_nms(boxes: Tensor, probs: Tensor, nms_iou: float = 0.3, score_thre
 
 class Detector:
     """The GoogLeNet detector of ILSVRC 2014, R-CNN style.
+
     proposer: callable ``ndarray[H, W, 3] uint8 -> Proposals`` (or None when proposals are always passed in)
     scorers: the ensemble's members (:func:`detect.backends.as_scorer`), background + ``len(classes)``
     outputs; they make up the region scorer ``scorer`` (:class:`detect.scoring.WarpScorer`, with the settings'
@@ -185,6 +188,7 @@ class Detector:
         a ``ValueError`` naming the file (unreadable, refused by the proposer) or an :class:`ImageError`
         naming it for a ``MemoryError`` / ``RuntimeError`` (an allocation torch or ONNX Runtime could
         not make) met reading, proposing or detecting it; the next images still run.
+
         Reading the next images and computing their proposals (OpenCV and ONNX Runtime release the GIL)
         runs in a background thread, ``prefetch`` images ahead, while the current image's crops are
         scored, so the scoring device does not wait for selective search."""
@@ -220,6 +224,7 @@ class Detector:
                         onnx_cache: str | Path | None = None, members: Sequence[int] | None = None,
                         precision: str = "fp32", **overrides) -> "Detector":
         """Load a :func:`bundle_detector` file.
+
         proposer: replaces the stored proposer; otherwise the stored one is rebuilt from its spec when
         ``stored_proposer`` (None when the file has none), else the detector has none (proposals are
         passed in). backend (auto | torch | onnxruntime), amp, precision (fp32 | int8 | auto): as
@@ -300,6 +305,7 @@ def bundle_detector(members: Sequence[dict], classes: ClassList, settings: Detec
                     proposer: Mapping | None = None, provenance: Mapping | None = None,
                     calibration: Mapping | None = None) -> dict:
     """Write one detector file from member checkpoints (dicts with ``model_kwargs`` and ``model_state``).
+
     settings: :class:`DetectorSettings`; proposer: a proposer spec with its networks embedded
     (:func:`proposals.spec.proposer_spec` of a live proposer, or :func:`proposals.spec.spec_from_config`
     of a config's with ``embed=True``), or None; provenance: plain facts about the training (data name, ...), kept for the

@@ -121,6 +121,7 @@ def plot_recall_curves(results: dict, path, title: str = "") -> None:
 def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                     class_names: Sequence[str]) -> np.ndarray:
     """A copy of ``image: ndarray[H, W, 3] uint8`` RGB with each box and ``"<class> <score>"`` drawn.
+
     boxes: ndarray[K, 4] xyxy pixels; scores: ndarray[K]; labels: ndarray[K] int (0-based into class_names).
     Boxes are drawn lowest score first, so the best ones end up on top, each in a bright colour of its
     class, spread around the hue circle (golden-ratio steps)."""

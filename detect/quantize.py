@@ -107,6 +107,7 @@ def draw_calibration_crops(records: Sequence, proposals: Callable[[str], np.ndar
                            context: int, convention: InputConvention | Mapping | None = None, seed: int = 0,
                            min_size: float = 2.0) -> np.ndarray:
     """Warped proposal crops for calibrating int8 region classifiers: what the detector scores, as RGB pixels.
+
     records: DetectionRecord list (the training split); proposals: ``image_id -> ndarray[N, 4]`` xyxy
     (e.g. ``ProposalStore.get``; a missing entry (KeyError) falls back to the ground-truth boxes).
     Images are visited in a seeded random order (:func:`_draw`), ``ceil(count / len(records))`` proposals
@@ -196,6 +197,7 @@ def crops_to_inputs(crops: np.ndarray, convention: InputConvention | Mapping | N
 @torch.inference_mode()
 def lrn_effects(model: nn.Module, calibration: np.ndarray, batch_size: int = 16) -> dict[str, float]:
     """Largest effect of each :class:`LocalResponseNorm` of ``model`` on ``calibration`` inputs.
+
     calibration: ``ndarray[N, 3, S, S] float32``. Returns ``{module name: max over every activation of
     1 - (d / k)^-beta}``, with ``d = k + alpha * (mean of x^2 over the size-channel window)``: how far the
     LRN's factor falls below the constant ``k^-beta`` (0 = the LRN is that constant here)."""
@@ -262,6 +264,7 @@ def _head_nodes(model_path: Path) -> list[str]:
 def _quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, metadata: Mapping[str, str],
                    batch_size: int = 8) -> None:
     """Write the int8 model of the ONNX file ``fp32_path`` to ``out_path`` atomically (module docstring).
+
     calibration: ``ndarray[N, 3, S, S] float32`` network inputs (checked by the caller) whose activation
     ranges set the quantization scales (every input's activations are held until the ranges are computed:
     keep N in the hundreds at most); batch_size: calibration inputs per forward pass; metadata: entries
@@ -297,6 +300,7 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
     """``(<dir>/<name>.int8.onnx, its key, its ONNX Runtime session of num_threads)``: a valid int8 model of
     ``model``, whose fp32 export is ``<dir>/<name>.onnx`` with cache key ``fp32_key``, quantized when
     missing or stale (:func:`detect.export.cached_onnx`).
+
     calibration: ``ndarray[N, 3, S, S] float32`` network inputs, prepared in ``model.input_convention``
     (:func:`crops_to_inputs`). The key covers the fp32 key, the recipe, the calibration inputs' digest,
     the input convention and the ONNX Runtime version; the sidecar also records the LRN decisions.

@@ -50,9 +50,11 @@ def context_boxes(boxes: Tensor, size: int, context: int) -> Tensor:
 
 def warp_regions(image: Tensor, boxes: Tensor, size: int = 224, context: int = 16) -> Tensor:
     """R-CNN's "warp" crops of all proposals of one image in one batched call.
+
     image: Tensor[3, H, W] float, prepared with an input convention (so zero is its mean colour), on any device
     boxes: Tensor[N, 4] float, xyxy pixels of ``image``
     returns Tensor[N, 3, size, size] on the image's device and dtype.
+
     Each box is dilated by :func:`context_boxes` and scaled anisotropically to ``size x size`` with
     plain bilinear sampling (no antialiasing, as R-CNN's ``imresize(..., 'antialiasing', false)``):
     output pixel ``(i, j)`` samples the image at ``x1 + (j + 0.5) * w / size`` in continuous
@@ -82,6 +84,7 @@ def warp_regions(image: Tensor, boxes: Tensor, size: int = 224, context: int = 1
 def assign_region_labels(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
                          gt_ignore: Tensor | None = None, fg_iou: float = 0.5) -> Tensor:
     """Training label of each proposal.
+
     proposals: Tensor[N, 4], gt_boxes: Tensor[G, 4] xyxy; gt_labels: Tensor[G] int64 (0-based classes);
     gt_ignore: Tensor[G] bool (crowd / difficult) or None.
     returns Tensor[N] int64: ``class + 1`` of the best-overlapping (non-ignored) ground truth when that
@@ -123,6 +126,7 @@ def best_gt_overlaps(boxes: Tensor, gt_boxes: Tensor, gt_ignore: Tensor | None =
 def sample_regions(labels: Tensor, num: int, fg_fraction: float, rng: np.random.Generator,
                    hard: Tensor | None = None, hard_fraction: float = 0.0) -> Tensor:
     """Indices of ``num`` regions with ``round(num * fg_fraction)`` positives (R-CNN: 32 of 128).
+
     labels: Tensor[N] int64 (>0 positive, 0 background, -1 unused) -> Tensor[num] int64.
     hard: Tensor[N] bool marking "hard" backgrounds (e.g. IoU in [0.1, 0.5) with an object: parts of
     objects, near misses); ``hard_fraction`` of the background quota is drawn from them when there
@@ -145,6 +149,7 @@ def sample_regions(labels: Tensor, num: int, fg_fraction: float, rng: np.random.
 
 class RegionDataset(Dataset):
     """Training crops of one image per item: ``regions_per_image`` warped regions, a quarter positive.
+
     records: DetectionRecord list; proposals: ``image_id -> ndarray[N, 4]`` xyxy (e.g. ProposalStore.get;
     a missing entry means ground truth only); convention: the input convention of the network trained
     (its ``input_convention``; None = ImageNet). Item ``i`` -> ``(crops Tensor[R, 3, S, S] float32,

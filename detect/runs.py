@@ -82,6 +82,7 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 class ChunkedRun:
     """The partial results of one run (see the module docstring): names, presence, reading, writing.
+
     output: the run's final output file (the parts folder lives beside it); fingerprint: what the
     result depends on; n: number of items; chunk_size: items per partial file (a killed run redoes at
     most one chunk per rank); world_size: ranks sharing the items."""

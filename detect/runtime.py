@@ -58,6 +58,7 @@ def resolve_threads(setting: Any, cores: int | None = None, env: Mapping[str, st
 
 def apply_threads(setting: Any) -> int:
     """Set torch's and OpenCV's thread counts for ``setting`` (see :func:`resolve_threads`); returns it.
+
     A library not imported yet is not imported here (the evaluation tools never load torch): its
     environment variable is set instead, which it reads when it loads (``OMP_NUM_THREADS`` for torch's
     OpenMP runtime and MKL, ``OPENCV_FOR_THREADS_NUM`` for OpenCV)."""

@@ -131,6 +131,7 @@ def input_conventions(members: Sequence[Callable]) -> list[InputConvention]:
 def ensemble_probs(members: Sequence[Callable], crops: Tensor | Mapping[InputConvention, Tensor],
                    cascade_threshold: float | None = None) -> Tensor:
     """Average of the members' softmax probabilities over the same B regions.
+
     members: region classifiers ``Tensor[B, 3, S, S] -> logits Tensor[B, C + 1]`` (the scorers of
     :mod:`detect.backends`, or modules in eval mode; a tuple output's first element is the logits), each
     with the ``input_convention`` of its weights (ImageNet when it names none). crops:

@@ -64,6 +64,7 @@ def run_stages(stages: list[Stage], work_dir: str | Path, tools_dir: str | Path,
                inputs_digest: str = "") -> dict[str, tuple[float, bool]]:
     """Run ``stages`` in order, skipping those whose stamp is still valid. Returns ``{name: (seconds, ran)}``
     of each stage reached: the seconds it took now (``ran``), or those its stamp recorded (skipped).
+
     ``inputs_digest`` (e.g. :func:`tree_digest` of the config folder) is chained into every stamp, so a
     changed configuration runs every stage again (each tool then resumes or skips its own finished work).
     Stamps live in ``<work_dir>/stages/``; logs (``<work_dir>/logs``) are not outputs. A failing stage
