@@ -60,6 +60,7 @@ def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.de
 
 def predict_proba(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Softmax of ``model`` averaged over crops.
+
     images: ``Tensor[B, 3, H, W]`` or ``Tensor[B, K, 3, H, W]`` float; returns ``Tensor[B, C]`` float32."""
     crops = images.ndim == 5
     probs = _logits(model(images.flatten(0, 1) if crops else images)).float().softmax(dim=1)

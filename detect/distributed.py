@@ -35,6 +35,7 @@ class DistributedContext:
 
 def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else ``cpu``; ``cuda`` -> ``cuda:<local_rank>``.
+
     Raises ``ValueError`` when CUDA is asked for but absent."""
     device = str(device).lower()
     if device == "auto":

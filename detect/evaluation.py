@@ -75,6 +75,7 @@ def rules_for_dataset(data) -> str:
 
 def pair_iou(a: np.ndarray, b: np.ndarray, plus_one: bool = False, crowd: np.ndarray | None = None) -> np.ndarray:
     """IoU of box pairs ``a[i]``, ``b[i]`` (``[P, 4]`` xyxy each) -> ``float64[P]``; 0 where they do not overlap.
+
     ``plus_one``: ILSVRC/VOC pixel convention, width = x2 - x1 + 1. ``crowd: bool[P]``: for those pairs
     the denominator is the area of ``a`` (COCO's intersection over detection area for crowd boxes)."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)

@@ -69,6 +69,7 @@ def _panel(draw, image, box, title: str, curves: list, fonts) -> None:
 
 def save_pr_curves(result, path: str | Path, best: int = 4, worst: int = 4) -> Path:
     """Write a 1000 x 450 PNG with two panels: the PR curves of the ``best`` and the ``worst`` classes by AP.
+
     ``result``: a ``detect.evaluation.EvalResult`` (classes without ground truth are left out); each
     curve starts at recall 0 with its first precision. Returns the path written (atomically)."""
     from PIL import Image, ImageDraw
@@ -95,6 +96,7 @@ def save_pr_curves(result, path: str | Path, best: int = 4, worst: int = 4) -> P
 
 def plot_recall_curves(results: dict, path, title: str = "") -> None:
     """Recall at IoU 0.5 (solid) and at the ILSVRC threshold (dashed) against the number of proposals, PNG.
+
     results: ``{method name: proposals.recall.ProposalRecall}``."""
     import matplotlib
 

@@ -34,6 +34,7 @@ def is_inside(rel: str) -> bool:
 
 class OutputRecord:
     """The record at ``path`` of the outputs under ``root`` (default: the record's folder).
+
     files: the outputs' paths relative to ``root`` when they are known in advance (the default of the
     methods' ``files``); ``params``: any JSON value, compared by equality."""
 

@@ -109,6 +109,7 @@ def assign_region_labels(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
 def add_ground_truth(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
                      gt_ignore: Tensor | None = None, fg_iou: float = 0.5) -> tuple[Tensor, Tensor]:
     """Proposals plus the (non-ignored) ground-truth boxes, with labels from :func:`assign_region_labels`.
+
     returns (boxes Tensor[N + G', 4] float32, labels Tensor[N + G'] int64); the ground truth comes first."""
     keep = torch.ones(len(gt_boxes), dtype=torch.bool) if gt_ignore is None else ~gt_ignore.bool()
     boxes = torch.cat([gt_boxes[keep].float().reshape(-1, 4), proposals.float().reshape(-1, 4)])

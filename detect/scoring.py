@@ -99,8 +99,10 @@ class RegionWarp:
 
 
 class WarpScorer:
-    """R-CNN's region scorer (module docstring). members: scorers of :mod:`detect.backends` (crops are
-    warped on member 0's device); cascade_threshold: see :func:`ensemble_probs`."""
+    """R-CNN's region scorer (module docstring).
+
+    members: scorers of :mod:`detect.backends` (crops are warped on member 0's device); cascade_threshold:
+    see :func:`ensemble_probs`."""
 
     def __init__(self, members: Sequence[Callable], warp: RegionWarp, cascade_threshold: float | None = None):
         if not members:
