@@ -12,15 +12,11 @@ format of its network (the region scorer, :mod:`detect.scoring`, only calls it).
   faster than eager PyTorch on a CPU (figures: benchmarks/README.md).
 - ``auto``: ONNX Runtime on a CPU device (when onnxruntime is importable), torch otherwise.
 
-Precision of the ONNX Runtime backend (``precision``):
-
-- ``fp32``: the export as it is.
-- ``int8``: the export quantized statically with activation ranges calibrated on ``calibration``
-  inputs (:mod:`detect.quantize`), cached beside the fp32 export; an error when it cannot be made
-  (no calibration inputs, the torch backend, a failed quantization).
-- ``auto``: int8 on CPUs with 8-bit dot-product instructions (AVX-512 VNNI or AMX), where it
-  was measured faster with no measurable loss of mAP (benchmarks/int8.md), when calibration inputs
-  exist; fp32 otherwise, and fp32 with a warning when the int8 model cannot be made.
+Precision of the ONNX Runtime backend (``precision``): ``fp32``, the export as it is; ``int8``, the
+export quantized on ``calibration`` inputs (:mod:`detect.quantize`), an error when it cannot be made (no
+calibration inputs, the torch backend, a failed quantization); ``auto``, int8 on the CPUs where
+:mod:`detect.quantize` measured it faster with no measurable loss of mAP (benchmarks/int8.md), when
+calibration inputs exist; fp32 otherwise, and fp32 with a warning when the int8 model cannot be made.
 """
 from __future__ import annotations
 
@@ -156,8 +152,7 @@ def make_scorer(model: nn.Module, backend: str, device: str | torch.device, inpu
     folder, full disk, an operator the exporter lacks) falls back to torch with a warning; an explicit
     ``onnxruntime`` raises. backend, precision: module docstring; amp: :class:`TorchScorer`'s;
     calibration: ``ndarray[N, 3, input_size, input_size] float32`` network inputs for the int8 model's
-    activation ranges (None: none); int8_recipe: an :class:`Int8Recipe` or its plain values (None: the defaults).
-    """
+    activation ranges (None: none); int8_recipe: an :class:`Int8Recipe` or its plain values (None: the defaults)."""
     device = torch.device(device)
     chosen = resolve_backend(backend, device)
     wanted = resolve_precision(precision, chosen, calibration is not None)
@@ -196,14 +191,6 @@ def make_scorers(members: list[nn.Module], backend: str, device: str | torch.dev
         raise ValueError(f"{len(per_member)} calibration arrays for {len(members)} members")
     return [make_scorer(m, backend, device, crop_size, cache_dir, f"member{k}", amp, num_threads, precision,
                         per_member[k], int8_recipe) for k, m in enumerate(members)]
-
-
-def _scorer_kind(scorer) -> dict:
-    """``{"backend", "precision", "device"}`` of one scorer (see :func:`describe_scoring`)."""
-    backend = ("torch" if isinstance(scorer, TorchScorer) else "onnxruntime" if isinstance(scorer, OnnxScorer)
-               else type(scorer).__name__)
-    return {"backend": backend, "precision": str(getattr(scorer, "precision", "unknown")),
-            "device": str(getattr(scorer, "device", "unknown"))}
 
 
 def describe_scoring(scorers: Sequence[Scorer]) -> dict:

@@ -28,8 +28,7 @@ def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.de
     ``Tensor[B] int64`` (negative ones not counted); ``None`` or empty batches (every sample unreadable)
     are skipped. Returns ``{"top1", "top5", "n"}`` (accuracies in 0..1; top-5 is top-k with k = min(5,
     classes)); with ``background`` (a region classifier's background label) also ``fg_acc`` and
-    ``bg_acc``, the top-1 accuracy on the object and on the background samples.
-    """
+    ``bg_acc``, the top-1 accuracy on the object and on the background samples."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -105,8 +104,7 @@ class ClassificationLoss:
 
     ``__call__(model, batch, device)`` with batch ``(images Tensor[B, 3, H, W], labels Tensor[B] int64, ...)``
     returns ``(loss, {"top1"})`` (training-batch accuracy of the main head), and with ``background`` also
-    ``fg_acc`` (accuracy on the other labels) and ``fg_share`` (their share of the batch).
-    """
+    ``fg_acc`` (accuracy on the other labels) and ``fg_share`` (their share of the batch)."""
 
     def __init__(self, aux_weight: float = 0.3, label_smoothing: float = 0.0, background: int | None = None):
         self.aux_weight, self.label_smoothing = float(aux_weight), float(label_smoothing)

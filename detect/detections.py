@@ -39,8 +39,7 @@ class Detections:
     image_index: ndarray[M] int64, 1-based into the dataset's image list (``DetectionRecord.index``)
     labels: ndarray[M] int64, 0-based class labels
     scores: ndarray[M] float32, confidences (higher is more confident)
-    boxes: ndarray[M, 4] float32, xyxy pixels
-    """
+    boxes: ndarray[M, 4] float32, xyxy pixels"""
 
     image_index: np.ndarray
     labels: np.ndarray

@@ -52,9 +52,8 @@ def is_distributed() -> bool:
 
 
 def setup(device: str | torch.device = "auto") -> DistributedContext:
-    """Join the ``torchrun`` process group when its environment is present (``nccl`` for CUDA, ``gloo`` for
-    CPU), else run as one process. device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (``cuda``: the GPU of
-    ``LOCAL_RANK``)."""
+    """The context of this process, as the module docstring says. device: ``auto`` | ``cpu`` | ``cuda`` |
+    ``cuda:N`` (``cuda``: the GPU of ``LOCAL_RANK``)."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env and int(env["WORLD_SIZE"]) > 1:
         rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])

@@ -128,8 +128,7 @@ class Checkpoint:
 
     The file holds ``meta`` (model_kwargs, classes, ``fingerprint``, ``epochs`` planned ...), ``model_state``
     (the averaged weights: the model to use), ``epoch``, ``step`` and the training state (``raw_state``, ``optimizer``,
-    ``scheduler``, ``averaged_state``, ``scaler``, ``rng``, ``epoch_rng``).
-    """
+    ``scheduler``, ``averaged_state``, ``scaler``, ``rng``, ``epoch_rng``)."""
 
     def __init__(self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any | None,
                  scaler: torch.amp.GradScaler, averaged: AveragedModel | None, generator: torch.Generator | None,
@@ -213,8 +212,8 @@ def _check_finite_weights(models: dict[str, nn.Module], path: Path, epoch: int, 
 @dataclass(frozen=True)
 class TrainSettings:
     """The training loop's settings, one block for every trainer, checked when built: conf/training.yaml says
-    what each means (None is its null). Without ``restart_on_change`` a checkpoint of another fingerprint
-    stops the run with :class:`CheckpointMismatch`; ``max_skipped_fraction=None``: no limit."""
+    what each means (None is its null, for ``max_skipped_fraction`` no limit; ``restart_on_change``: the rule of
+    :meth:`Checkpoint.restore`)."""
 
     epochs: int
     max_steps_per_epoch: int | None = None
@@ -261,8 +260,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_loader: Iterable, optimizer: to
         (or none) is not resumed (:func:`check_fingerprint`, never a silent mix of two runs).
     skipped: receives the samples the data pipeline skipped (from a batch's ``skipped`` entries, worker
         processes included). An epoch that takes no step, or skips more than ``max_skipped_fraction``
-        of its samples, stops the run with a ``RuntimeError`` naming the first reasons.
-    """
+        of its samples, stops the run with a ``RuntimeError`` naming the first reasons."""
     device = ctx.device
     generator = train_loader.generator if isinstance(train_loader, DataLoader) else None
     amp_dtype, scaler, averaged = _prepare(model, settings, device)

@@ -77,8 +77,7 @@ def pair_iou(a: np.ndarray, b: np.ndarray, plus_one: bool = False, crowd: np.nda
     """IoU of box pairs ``a[i]``, ``b[i]`` (``[P, 4]`` xyxy each) -> ``float64[P]``; 0 where they do not overlap.
 
     ``plus_one``: ILSVRC/VOC pixel convention, width = x2 - x1 + 1. ``crowd: bool[P]``: for those pairs
-    the denominator is the area of ``a`` (COCO's intersection over detection area for crowd boxes).
-    """
+    the denominator is the area of ``a`` (COCO's intersection over detection area for crowd boxes)."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     one = 1.0 if plus_one else 0.0
@@ -107,8 +106,7 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "
 
     ``area``: area under the monotone precision envelope (VOC 2010+, ILSVRC); ``11point``: VOC2007's mean
     of the best precision at recall >= 0, 0.1, ..., 1; ``101point``: COCOeval's (envelope sampled at
-    the first rank reaching recall 0, 0.01, ..., 1; 0 beyond the last).
-    """
+    the first rank reaching recall 0, 0.01, ..., 1; 0 beyond the last)."""
     recall = np.asarray(recall, dtype=np.float64)
     precision = np.asarray(precision, dtype=np.float64)
     if method == "area":
@@ -256,8 +254,7 @@ def evaluate(dataset, detections, rules: str = "ilsvrc", iou_threshold: float = 
 
     ``iou_threshold``: the 0.5 of every rule set; ``pixel_tolerance``: ILSVRC's small-object term (10);
     ``max_dets``: COCO's detections per image and class (100); ``interpolation``: COCO AP's ``101point``
-    (pycocotools) or ``area``; ``classes_without_gt``: ``skip | zero``; ``unknown_images``: ``error | ignore``.
-    """
+    (pycocotools) or ``area``; ``classes_without_gt``: ``skip | zero``; ``unknown_images``: ``error | ignore``."""
     for name, value, allowed in (("rules", rules, RULES), ("classes_without_gt", classes_without_gt, ("skip", "zero")),
                                  ("unknown_images", unknown_images, ("error", "ignore"))):
         if value not in allowed:

@@ -94,7 +94,6 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, then rename over ``path``."""
     import torch
 
     with atomic_open(path, "wb") as f:
@@ -142,11 +141,9 @@ def check_finished(state: Any, path: str | Path, epochs: int | None = None) -> N
 
 def digest(value: Any, length: int | None = None) -> str:
     """Hex sha256 of plain data: the one recipe for keys and fingerprints of what an output was made from.
-
     value: None, bool, int, float, str, lists/tuples and dicts of them (keys sorted), numpy arrays and
     torch tensors (dtype, shape and bytes), ``bytes``; anything else by its ``str`` (a ``Path``).
-    length: keep only the first ``length`` hex digits (None: all 64).
-    """
+    length: keep only the first ``length`` hex digits (None: all 64)."""
     def plain(v: Any) -> Any:
         if isinstance(v, dict):
             return {str(k): plain(x) for k, x in v.items()}
@@ -185,12 +182,10 @@ class OutputLocked(RuntimeError):
 
 @contextmanager
 def exclusive_lock(target: str | Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock for writing ``target`` (``flock`` on ``.<name>.lock`` beside it).
-
-    A second writer of the same output fails at once with :class:`OutputLocked` naming the output and
-    the process that holds it, instead of interleaving its lines with the first one's. The lock file
-    is left in place (removing it would let two processes lock different files of the same name).
-    """
+    """Hold an exclusive advisory lock for writing ``target`` (``flock`` on ``.<name>.lock`` beside it): a
+    second writer of the same output fails at once with :class:`OutputLocked` naming the output and the
+    process that holds it, instead of interleaving its lines with the first one's. The lock file is left in
+    place (removing it would let two processes lock different files of the same name)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.with_name(f".{target.name}.lock")

@@ -54,11 +54,9 @@ class DetectorSettings:
     crop_size, context: the warp (:func:`detect.region.warp_regions`), as the members were trained;
     nms_iou, score_threshold, max_per_image: :func:`per_class_nms`; batch_size: crops per forward;
     min_size: proposals narrower or shorter than this (pixels, after clipping) are dropped;
-    cascade_threshold: None, or members 1.. score only regions whose best class under member 0 is at least
-    this (:func:`detect.scoring.ensemble_probs`); max_pixels: None, or the pixels above which an image's
-    regions are warped from a downscaled copy (:class:`detect.scoring.RegionWarp`; conf/detect.yaml).
-    Sizes and counts are bounded above by :data:`detect.limits.LIMITS` (a file asking for more is refused).
-    """
+    cascade_threshold: None or :func:`detect.scoring.ensemble_probs`'s cascade; max_pixels: None or the
+    downscaling bound of :class:`detect.scoring.RegionWarp` (conf/detect.yaml). Sizes and counts are
+    bounded above by :data:`detect.limits.LIMITS` (a file asking for more is refused)."""
 
     crop_size: int = 224
     context: int = 16
@@ -124,8 +122,7 @@ def per_class_nms(boxes: Tensor, probs: Tensor, nms_iou: float = 0.3, score_thre
 
     boxes: Tensor[N, 4] xyxy; probs: Tensor[N, C + 1] (column 0 background).
     returns (boxes Tensor[K, 4], scores Tensor[K], labels Tensor[K] int64 0-based), score-descending,
-    K <= max_per_image.
-    """
+    K <= max_per_image."""
     scores = probs[:, 1:]
     rows, cols = torch.where(scores >= score_threshold)
     cand_boxes, cand_scores = boxes[rows].float(), scores[rows, cols].float()
@@ -272,10 +269,7 @@ def _read_calibration(entry: Any, crop_size: int, source: str) -> dict | None:
     if not isinstance(crops, torch.Tensor) or crops.dtype != torch.uint8 or crops.ndim != 4 or len(crops) == 0 \
             or tuple(crops.shape[1:]) != (3, crop_size, crop_size):
         raise ValueError(f"{source}: calibration crops must be a non-empty uint8 tensor [N, 3, {crop_size}, {crop_size}]")
-    try:
-        recipe = Int8Recipe.from_dict(entry.get("recipe"))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: calibration recipe refused ({e})") from None
+    recipe = Int8Recipe.from_dict(entry.get("recipe"), f"{source}: calibration recipe")
     return {"crops": crops.numpy(), "recipe": recipe}
 
 

@@ -70,8 +70,7 @@ def save_pr_curves(result, path: str | Path, best: int = 4, worst: int = 4) -> P
     """Write a 1000 x 450 PNG with two panels: the PR curves of the ``best`` and the ``worst`` classes by AP.
 
     ``result``: a ``detect.evaluation.EvalResult`` (classes without ground truth are left out); each
-    curve starts at recall 0 with its first precision. Returns the path written (atomically).
-    """
+    curve starts at recall 0 with its first precision. Returns the path written (atomically)."""
     from PIL import Image, ImageDraw
 
     width, height = 1000, 450

@@ -37,6 +37,7 @@ from torch import nn
 from detect.data.images import read_image
 from detect.export import EXPORT_KEY, cached_onnx, export_onnx, with_metadata
 from detect.io import digest
+from detect.limits import dataclass_from_file
 from detect.models.convention import InputConvention
 from detect.models.googlenet import LocalResponseNorm
 
@@ -74,20 +75,15 @@ class Int8Recipe:
             raise ValueError(f"int8 recipe: lrn_tolerance={self.lrn_tolerance} is not in [0, 1)")
 
     @classmethod
-    def from_dict(cls, values: Mapping | None) -> "Int8Recipe":
+    def from_dict(cls, values: Mapping | None, source: str = "int8 recipe") -> "Int8Recipe":
         """A recipe from plain values (a stored one may name the removed settings at their fixed value,
-        see ``_FIXED``); an unknown key or a bad value is a ``ValueError``."""
-        if values is not None and not isinstance(values, Mapping):
-            raise ValueError(f"int8 recipe: expected a mapping of settings, got {type(values).__name__}")
-        values = dict(values or {})
+        see ``_FIXED``); an unknown key or a bad value is a ``ValueError`` naming ``source``."""
+        values = {} if values is None else values
         for name, fixed in _FIXED.items():
-            if name in values and values.pop(name) != fixed:
-                raise ValueError(f"int8 recipe: {name} other than {fixed!r} is no longer made (the variant measured "
+            if isinstance(values, Mapping) and values.get(name, fixed) != fixed:
+                raise ValueError(f"{source}: {name} other than {fixed!r} is no longer made (the variant measured "
                                  "best is the only one: benchmarks/int8.md); bundle the detector again")
-        unknown = set(values) - {"lrn_tolerance"}
-        if unknown:
-            raise ValueError(f"int8 recipe: unknown setting(s) {sorted(unknown)}")
-        return cls(**values)
+        return dataclass_from_file(cls, values, source, "setting(s)", ignore=tuple(_FIXED))
 
     def label(self) -> str:
         """Short name, e.g. ``qdq-u8s8-pc-lrnfold0.00195-headfloat-minmax``."""
@@ -202,8 +198,7 @@ def lrn_effects(model: nn.Module, calibration: np.ndarray, batch_size: int = 16)
 
     calibration: ``ndarray[N, 3, S, S] float32``. Returns ``{module name: max over every activation of
     1 - (d / k)^-beta}``, with ``d = k + alpha * (mean of x^2 over the size-channel window)``: how far the
-    LRN's factor falls below the constant ``k^-beta`` (0 = the LRN is that constant here).
-    """
+    LRN's factor falls below the constant ``k^-beta`` (0 = the LRN is that constant here)."""
     lrns = {name: m for name, m in model.named_modules() if isinstance(m, LocalResponseNorm)}
     peak = dict.fromkeys(lrns.values(), 0.0)
 
@@ -306,8 +301,7 @@ def cached_int8_export(model: nn.Module, fp32_path: str | Path, fp32_key: str, c
     calibration: ``ndarray[N, 3, S, S] float32`` network inputs, prepared in ``model.input_convention``
     (:func:`crops_to_inputs`). The key covers the fp32 key, the recipe, the calibration inputs' digest,
     the input convention and the ONNX Runtime version; the sidecar also records the LRN decisions.
-    Raises :class:`QuantizationError` when quantization fails.
-    """
+    Raises :class:`QuantizationError` when quantization fails."""
     import onnxruntime as ort
 
     fp32_path, calibration = Path(fp32_path), np.asarray(calibration)

@@ -35,8 +35,7 @@ class OutputRecord:
     """The record at ``path`` of the outputs under ``root`` (default: the record's folder).
 
     files: the outputs' paths relative to ``root`` when they are known in advance (the default of the
-    methods' ``files``); ``params``: any JSON value, compared by equality.
-    """
+    methods' ``files``); ``params``: any JSON value, compared by equality."""
 
     def __init__(self, path: str | Path, files: Sequence[str] | None = None, root: str | Path | None = None):
         self.path = Path(path)

@@ -1,8 +1,8 @@
 """Region classification as in R-CNN: warp each proposal into a fixed-size crop, label it against the
 ground truth and sample R-CNN mini-batches (scoring them at detection time: :mod:`detect.scoring`).
 
-Labels put background at label 0 and class ``c`` at ``c + 1``. Crops are prepared with the input
-convention of the weights that read them (``detect.models.convention``): see :func:`warp_regions`.
+Labels put background at label 0 and class ``c`` at ``c + 1``; crops follow their reader's input convention
+(:func:`warp_regions`).
 """
 from __future__ import annotations
 
@@ -88,8 +88,7 @@ def assign_region_labels(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
     gt_ignore: Tensor[G] bool (crowd / difficult) or None.
     returns Tensor[N] int64: ``class + 1`` of the best-overlapping (non-ignored) ground truth when that
     IoU is ``>= fg_iou``; 0 (background) below; -1 (unused) for a background proposal that overlaps an
-    ignored box by ``>= fg_iou`` (it is neither a positive nor a trustworthy negative).
-    """
+    ignored box by ``>= fg_iou`` (it is neither a positive nor a trustworthy negative)."""
     n = len(proposals)
     labels = torch.zeros(n, dtype=torch.int64)
     if len(gt_boxes) == 0 or n == 0:
@@ -110,8 +109,7 @@ def add_ground_truth(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
                      gt_ignore: Tensor | None = None, fg_iou: float = 0.5) -> tuple[Tensor, Tensor]:
     """Proposals plus the (non-ignored) ground-truth boxes, with labels from :func:`assign_region_labels`.
 
-    returns (boxes Tensor[N + G', 4] float32, labels Tensor[N + G'] int64); the ground truth comes first.
-    """
+    returns (boxes Tensor[N + G', 4] float32, labels Tensor[N + G'] int64); the ground truth comes first."""
     keep = torch.ones(len(gt_boxes), dtype=torch.bool) if gt_ignore is None else ~gt_ignore.bool()
     boxes = torch.cat([gt_boxes[keep].float().reshape(-1, 4), proposals.float().reshape(-1, 4)])
     return boxes, assign_region_labels(boxes, gt_boxes, gt_labels, gt_ignore, fg_iou)
@@ -161,8 +159,7 @@ class RegionDataset(Dataset):
     every epoch when the loader has a seeded generator), so members with different seeds see
     different samples, reproducibly; ``resample=False`` draws the same regions every time.
     ``hard_bg_fraction`` of each background quota comes from proposals overlapping an object by IoU
-    in ``[hard_bg_iou, fg_iou)`` (see :func:`sample_regions`; 0 = R-CNN's uniform backgrounds).
-    """
+    in ``[hard_bg_iou, fg_iou)`` (see :func:`sample_regions`; 0 = R-CNN's uniform backgrounds)."""
 
     def __init__(self, records: Sequence[DetectionRecord], proposals: Callable[[str], np.ndarray],
                  convention: InputConvention | None = None, regions_per_image: int = 64,

@@ -77,9 +77,8 @@ class RegionWarp:
         return torch.cat([b[convention] for b in self.batches(image, boxes, [convention])])
 
     def _bounded(self, image: np.ndarray, boxes: Tensor) -> tuple[np.ndarray, Tensor]:
-        """``(image, boxes)`` as they are when the image has at most ``max_pixels`` pixels (or no limit is
-        set); else a copy downscaled to about that many (OpenCV area interpolation) and the boxes scaled
-        to it, logged as a warning."""
+        """``(image, boxes)``, or for an image above ``max_pixels`` (class docstring) the downscaled copy and
+        the boxes scaled to it, logged as a warning."""
         height, width = image.shape[:2]
         limit = self.max_pixels
         if limit is None or height * width <= limit:
@@ -96,7 +95,7 @@ class RegionWarp:
 
 
 class WarpScorer:
-    """R-CNN's region scorer: warped crops (:class:`RegionWarp`) classified by an ensemble.
+    """R-CNN's region scorer (module docstring).
 
     members: scorers of :mod:`detect.backends` (crops are warped on member 0's device);
     cascade_threshold: see :func:`ensemble_probs`.
