@@ -198,6 +198,8 @@ def describe_scoring(scorers: Sequence[Scorer]) -> dict:
     ``{"backend": str, "precision": str, "members": [{"backend", "precision", "device"}, ...]}``;
     ``backend``/``precision`` are the members' common value, ``"mixed"`` where they differ. A
     :class:`TorchScorer`'s precision is its autocast dtype (``bf16``, ``fp16``) or ``fp32``."""
-    members = [_scorer_kind(s) for s in scorers]
+    members = [{"backend": "torch" if isinstance(s, TorchScorer) else "onnxruntime" if isinstance(s, OnnxScorer)
+                else type(s).__name__, "precision": str(getattr(s, "precision", "unknown")),
+                "device": str(getattr(s, "device", "unknown"))} for s in scorers]
     values = {key: {m[key] for m in members} for key in ("backend", "precision")}
     return {**{k: v.pop() if len(v) == 1 else "mixed" if v else "none" for k, v in values.items()}, "members": members}
