@@ -59,6 +59,7 @@ def test_voc_folder_end_to_end(tmp_path, repo_root):
     assert report["rules"] == "voc" and report["num_images"] == 6 and report["split_name"] == "test"
     assert f"mAP@0.5 on voc_test (6 images; small, 1 members), voc rules: {report['mean_ap']:.4f}" in out
     assert len(list((work / "detect").glob("*.png"))) == 2  # drawn test images (.jpg and .JPG)
+    assert re.search(r"no init=: every network starts from random weights and learns from the \d+ training images", out)
     assert re.search(r"cost: \d+\.\d min wall in this run \(10 of 10 stages run\)\nper stage: prepare \d+ s, "
                      r"train_cls \d+ s, .*, draw \d+ s", out)
 
@@ -98,6 +99,7 @@ def test_coco_files_end_to_end_from_init_weights(tmp_path, repo_root):
                 f"work_dir={work}", f"init={tmp_path / 'init.pt'}")
 
     assert "[train_cls]" not in out and not (work / "cls").exists() and not (work / "data" / "gt_crops").exists()
+    assert "no init=" not in out
     classes = read_coco(root / "annotations" / "instances_train.json", root / "images" / "train").classes
     assert read_class_list(work / "classes.tsv") == classes  # the categories of the training file
     member = torch.load(work / "region" / "member0" / "checkpoint.pt", weights_only=True)

@@ -150,6 +150,10 @@ def main(cfg) -> None:
             print(f"one class ({blocks['train'].classes.names[0]}): no pre-training on the crops (a single class "
                   "has nothing to tell apart); MultiBox and the members start from random weights. On photos, "
                   "give ImageNet weights with init=<file> (README, Starting from better weights)")
+        elif not cfg.init:
+            print(f"no init=: every network starts from random weights and learns from the {len(blocks['train'])} "
+                  "training images alone (pre-training on their ground-truth crops first). That suits simple "
+                  "shapes; on photos give ImageNet weights with init=<file> (README, Starting from better weights)")
         stages = dataset_stages(common, cfg.members, drawn_images(blocks["val"].records, cfg.draw_images),
                                 cfg.init, list(stems.values()), trainer, pretrain)
         where = f"{output_stem(cfg.data, 'val')} ({len(blocks['val'])} images; {experiment}, {cfg.members} members)"
