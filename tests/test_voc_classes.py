@@ -85,7 +85,7 @@ def test_an_empty_or_repeated_split_list_is_refused(tmp_path, split):
     """A list of no split would read nothing, a repeated name every image twice (duplicate ground truth):
     both are refused by name, as the COCO reader refuses them."""
     (tmp_path / "train").mkdir()
-    with pytest.raises(ValueError, match=r"VOC split=\[.*\]: give one or more distinct split names"):
+    with pytest.raises(ValueError, match=r"VOC split=\[.*\]: give one or more distinct names"):
         read_voc(tmp_path, split, check_images=False)
-    with pytest.raises(ValueError, match="distinct split names"):
+    with pytest.raises(ValueError, match="VOC split=.*distinct names"):
         discover_voc_classes(tmp_path, split)

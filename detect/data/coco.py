@@ -41,7 +41,7 @@ from detect.classes import ClassList
 from detect.data.cache import cache_key, cached_class_list
 from detect.data.folder import ImageFinder, leaves_folder
 from detect.data.records import (DetectionDataset, DetectionRecord, SkipLog, as_class_list, check_id, check_pixels,
-                                 finish_dataset, reader_logs)
+                                 finish_dataset, reader_logs, split_names)
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,8 @@ def find_coco_split(root: str | Path, split: str) -> tuple[Path, Path]:
 
 
 def _names(value, what: str) -> list[str]:
-    """A split name or a list of them as a list of strings (``None``: empty)."""
-    names = [] if value is None else [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
-    if value is not None and (len(set(names)) != len(names) or not names):
-        raise ValueError(f"{what}={names}: give one or more distinct names")
-    return names
+    """:func:`detect.data.records.split_names`, with ``None`` (nothing given) as no name."""
+    return [] if value is None else split_names(value, what)
 
 
 def _per_split(value, n: int, key: str) -> list:

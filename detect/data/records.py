@@ -29,7 +29,8 @@ from detect.classes import ClassList, read_class_list
 log = logging.getLogger(__name__)
 
 __all__ = ["DetectionRecord", "DetectionDataset", "SkipLog", "SkippedItem", "warn_outside", "reader_logs",
-           "finish_dataset", "MAX_ID", "MAX_PIXELS", "check_id", "check_pixels", "as_class_list", "text_lines"]
+           "finish_dataset", "MAX_ID", "MAX_PIXELS", "check_id", "check_pixels", "as_class_list", "text_lines",
+           "split_names"]
 
 # Bounds on the integers read from annotation files, the limits of the formats they are held in: beyond
 # them a value is no id or pixel position, so the entry is reported and skipped, never a crash.
@@ -49,6 +50,15 @@ def check_pixels(value: float, field: str) -> float:
     if not abs(value) <= MAX_PIXELS:
         raise ValueError(f"{field} {value:g} is out of range (pixel values are at most {MAX_PIXELS})")
     return value
+
+
+def split_names(value, what: str) -> list[str]:
+    """A split name, or a list of them read as one dataset, as a list of strings; an empty list or a repeated
+    name (it would read nothing, or every image twice) is a ``ValueError`` naming ``what``."""
+    names = [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"{what}={names}: give one or more distinct names")
+    return names
 
 
 def as_class_list(classes, default: Callable[[], ClassList]) -> ClassList:

@@ -18,7 +18,8 @@ from pathlib import Path
 from detect.classes import ClassList
 from detect.data.cache import annotation_records, cache_key, cached_class_list, parse_annotation_files
 from detect.data.folder import ImageFinder, leaves_folder
-from detect.data.records import DetectionDataset, as_class_list, finish_dataset, reader_logs, text_lines
+from detect.data.records import (DetectionDataset, as_class_list, finish_dataset, reader_logs, split_names,
+                                 text_lines)
 from detect.data.xmlfile import finite_number, parse_annotation_xml, read_xml_root
 
 log = logging.getLogger(__name__)
@@ -56,22 +57,13 @@ def _read_split(root: Path, split: str) -> tuple[Path, list[str], Path, Path]:
     return list_path, names, root / "Annotations", root / "JPEGImages"
 
 
-def _splits(split) -> list[str]:
-    """A split name, or a list of distinct names read as one dataset (Roboflow's ``train`` + ``valid``);
-    an empty list or a repeated name is a ``ValueError`` (it would read nothing, or every image twice)."""
-    names = [str(split)] if isinstance(split, (str, Path)) else [str(s) for s in split]
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"VOC split={names}: give one or more distinct split names")
-    return names
-
-
 def discover_voc_classes(root: str | Path, split, cache_dir: str | Path | None = None) -> ClassList:
     """The classes of a VOC-layout folder of one's own: the distinct ``<object><name>`` values of the
     annotations of ``split`` (a name or a list), sorted (for the real VOC sets exactly :data:`VOC_CLASSES`),
     ids = names; unreadable files are left to the reader to report. Cached in ``cache_dir``. ``ValueError``
     naming the list when no object name is found."""
-    root = Path(root)
-    found_in = [_read_split(root, s) for s in _splits(split)]
+    root, splits = Path(root), split_names(split, "VOC split")
+    found_in = [_read_split(root, s) for s in splits]
     files = [os.path.join(xml_dir, name + ".xml") for _, names, xml_dir, _ in found_in for name in names]
     where = ", ".join(str(listing) for listing, *_ in found_in)
 
@@ -86,10 +78,10 @@ def discover_voc_classes(root: str | Path, split, cache_dir: str | Path | None =
         if not found:
             raise ValueError(f"{where}: no object names in the annotations of the {len(files)} listed images; "
                              "the classes cannot be taken from them (give data.classes=<class list file>)")
-        log.info("%s %s: %d classes found in the annotations", root, "+".join(_splits(split)), len(found))
+        log.info("%s %s: %d classes found in the annotations", root, "+".join(splits), len(found))
         return ClassList.from_names(sorted(found))
 
-    return cached_class_list(cache_key(cache_dir, f"voc_{'+'.join(_splits(split))}_classes",
+    return cached_class_list(cache_key(cache_dir, f"voc_{'+'.join(splits)}_classes",
                                        [str(xml_dir.resolve()) for _, _, xml_dir, _ in found_in], files,
                                        [n for _, names, _, _ in found_in for n in names],
                                        ["voc class names", DISCOVERY_VERSION]), find)
@@ -114,7 +106,7 @@ def read_voc(root: str | Path, split="test", classes=None, use_difficult: bool =
     root = Path(root)
     class_list = as_class_list(classes, lambda: ClassList.from_names(VOC_CLASSES) if classes_from is None else
                                discover_voc_classes(root, classes_from, cache_dir))
-    splits = _splits(split)
+    splits = split_names(split, "VOC split")
     skipped, warnings = reader_logs(quiet=["unknown class"] if classes is not None else [])
     records, xml_of, listed = [], {}, 0
     for name_of_split in splits:
